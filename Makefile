@@ -1,0 +1,107 @@
+# gistd — one non-recursive Makefile.
+#
+#   make deps    install the Debian packages the project needs (as root)
+#   make         build everything under build/
+#   make test    build and run every test; ends with `N passed, N failed, N skipped`
+#   make asan    the same under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/)
+#   make run     start gistd in the foreground on the default model
+#   make format  clang-format every C file in place
+#
+# Each module folder's *.c files form one static library; files named *_avx2.c and
+# *_avx512.c are compiled for those instruction sets and chosen at run time.
+
+BUILD    ?= build
+CC       ?= cc
+OPT      ?= -O2
+SAN      ?=
+PYTHON   ?= /usr/bin/python3
+
+PKGS     := libzmq libprotobuf-c jemalloc openblas
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpointer-arith \
+            -Wformat=2 -Wundef -Wno-unused-parameter
+CFLAGS   ?= $(OPT) -g
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -I. -I$(BUILD)/gen $(WARN) -fopenmp -fPIC \
+              $(PKG_CFLAGS) $(SAN) $(CFLAGS)
+LDLIBS   := $(PKG_LIBS) -fopenmp -lm -lpthread
+AVX2_FLAGS   := -mavx2 -mfma -mf16c
+AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c -mavx2
+
+# Libraries, in link order (dependents first).
+MODULES  := policy kvstore model common
+lib_srcs  = $(wildcard $(1)/*.c)
+lib_objs  = $(patsubst %.c,$(BUILD)/obj/%.o,$(call lib_srcs,$(1)))
+LIBS     := $(foreach m,$(MODULES),$(if $(call lib_srcs,$(m)),$(BUILD)/lib/libgist_$(m).a))
+
+GIST_MODEL_SRCS := $(wildcard tools/gist-model/*.c)
+BINS     := $(BUILD)/bin/gist-model
+
+TEST_SRCS := $(wildcard tests/test_*.c)
+TESTS     := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
+TEST_LIB  := $(BUILD)/obj/tests/check.o
+
+.PHONY: all deps deps-train test asan run format clean
+.SECONDARY:
+all: $(LIBS) $(BINS) $(TESTS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%_avx2.o: %_avx2.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(AVX2_FLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%_avx512.o: %_avx512.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(AVX512_FLAGS) -MMD -MP -c $< -o $@
+
+define lib_rule
+$(BUILD)/lib/libgist_$(1).a: $(call lib_objs,$(1))
+	@mkdir -p $$(dir $$@)
+	rm -f $$@ && ar rcs $$@ $$^
+endef
+$(foreach m,$(MODULES),$(eval $(call lib_rule,$(m))))
+
+$(BUILD)/bin/gist-model: $(patsubst %.c,$(BUILD)/obj/%.o,$(GIST_MODEL_SRCS)) $(LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_LIB) $(LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
+
+test: all
+	@bash tests/run.sh $(BUILD)
+
+asan:
+	$(MAKE) BUILD=build-asan OPT=-O1 \
+	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	    test
+
+run: all
+	$(BUILD)/bin/gist-model info $(or $(MODEL),../shared/models/stories260K-f32.gguf)
+
+DEB_PKGS := build-essential pkg-config libjemalloc-dev libzmq3-dev libprotobuf-c-dev \
+            protobuf-c-compiler libopenblas-openmp-dev python3 python3-numpy gnuplot-nox
+TRAIN_PKGS := python3-torch python3-sentencepiece
+deps:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	    | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:" $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else echo "all packages present"; fi
+
+deps-train:
+	@$(MAKE) --no-print-directory deps DEB_PKGS="$(TRAIN_PKGS)"
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

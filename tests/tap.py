@@ -1,0 +1,52 @@
+"""tests/tap.py — the Python side of the project's TAP test harness.
+
+A test module defines functions named test_*, and ends with `tap.main(globals())`.
+A test fails on an exception (AssertionError included) and is skipped by raising
+tap.Skip("why"). Paths: tap.ROOT (repository), tap.BUILD (build folder), tap.shared(rel).
+"""
+import os
+import sys
+import tempfile
+import traceback
+
+ROOT = os.environ.get("GISTD_ROOT", os.getcwd())
+BUILD = os.path.join(ROOT, os.environ.get("GISTD_BUILD", "build"))
+SHARED = os.environ.get("GISTD_SHARED", os.path.join(ROOT, "..", "shared"))
+
+
+class Skip(Exception):
+    pass
+
+
+def shared(rel):
+    """Path of a file under the shared folder, or raise Skip when it is absent."""
+    p = os.path.join(SHARED, rel)
+    if not os.path.exists(p):
+        raise Skip(f"{rel} not found under {SHARED}")
+    return p
+
+
+def tool(name):
+    return os.path.join(BUILD, "bin", name)
+
+
+def tmpdir():
+    return tempfile.mkdtemp(prefix="gistd-pytest-")
+
+
+def main(ns):
+    tests = [(k, v) for k, v in ns.items() if k.startswith("test_") and callable(v)]
+    failed = 0
+    for i, (name, fn) in enumerate(tests, 1):
+        try:
+            fn()
+            print(f"ok {i} - {name}", flush=True)
+        except Skip as s:
+            print(f"ok {i} - {name} # SKIP {s}", flush=True)
+        except Exception:
+            failed += 1
+            for line in traceback.format_exc().rstrip().splitlines():
+                print("# " + line)
+            print(f"not ok {i} - {name}", flush=True)
+    print(f"1..{len(tests)}")
+    sys.exit(1 if failed else 0)
