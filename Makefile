@@ -7,6 +7,8 @@
 #   make run     start gistd in the foreground on the default model
 #   make format  clang-format every C file in place
 #
+# Each bench/NAME.c becomes build/bin/bench_NAME (run by the scripts in bench/).
+#
 # Each module folder's *.c files form one static library; files named *_avx2.c and
 # *_avx512.c are compiled for those instruction sets and chosen at run time.
 
@@ -36,7 +38,9 @@ lib_objs  = $(patsubst %.c,$(BUILD)/obj/%.o,$(call lib_srcs,$(1)))
 LIBS     := $(foreach m,$(MODULES),$(if $(call lib_srcs,$(m)),$(BUILD)/lib/libgist_$(m).a))
 
 GIST_MODEL_SRCS := $(wildcard tools/gist-model/*.c)
-BINS     := $(BUILD)/bin/gist-model
+BENCH_SRCS := $(wildcard bench/*.c)
+BENCHES  := $(patsubst bench/%.c,$(BUILD)/bin/bench_%,$(BENCH_SRCS))
+BINS     := $(BUILD)/bin/gist-model $(BENCHES)
 
 TEST_SRCS := $(wildcard tests/test_*.c)
 TESTS     := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
@@ -66,6 +70,10 @@ endef
 $(foreach m,$(MODULES),$(eval $(call lib_rule,$(m))))
 
 $(BUILD)/bin/gist-model: $(patsubst %.c,$(BUILD)/obj/%.o,$(GIST_MODEL_SRCS)) $(LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/bin/bench_%: $(BUILD)/obj/bench/%.o $(LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
