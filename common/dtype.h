@@ -1,14 +1,18 @@
 /*
- * model/dtype.h — scalar conversions between f32 and the stored types
- * (f16, bf16, q8_0): the reference definitions every SIMD kernel is tested
- * against, and what writers (make-tiny, the kvstore's q8_0 demotion) use.
- * Pure functions; any thread.
+ * common/dtype.h — scalar conversions between f32 and the stored number formats
+ * (f16, bf16, q8_0, q4_0) that the model and the KV store share: the reference
+ * definitions every SIMD kernel is tested against, and what writers (make-tiny,
+ * the KV store's q8_0 demotion) use. Type numbers are ggml's (model/gguf.h uses
+ * the same numbers). Pure functions; any thread.
  */
-#ifndef GISTD_MODEL_DTYPE_H
-#define GISTD_MODEL_DTYPE_H
+#ifndef GISTD_COMMON_DTYPE_H
+#define GISTD_COMMON_DTYPE_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+/* Type numbers, as in ggml and GGUF files. */
+enum dt_type { DT_F32 = 0, DT_F16 = 1, DT_Q4_0 = 2, DT_Q8_0 = 8, DT_BF16 = 30 };
 
 #define QK8_0 32
 /* One q8_0 block: 32 int8 values and their f16 scale; value = d * qs[i]. */
