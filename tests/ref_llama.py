@@ -1,0 +1,212 @@
+"""tests/ref_llama.py — an independent numpy reference of the llama forward pass.
+
+It reads a GGUF file with its own small parser (no project code), dequantizes
+F32/F16/BF16/Q8_0/Q4_0 tensors with numpy, and runs the forward pass as
+llama.cpp reads LLM_ARCH_LLAMA, in float64: token embedding, per layer RMSNorm ->
+Q/K/V -> RoPE on adjacent pairs -> grouped-query causal attention -> output
+projection -> residual -> RMSNorm -> SwiGLU -> residual, final norm, output
+(or tied token_embd). The C engine's results are compared with this.
+
+Usage as a module: m = RefModel(path); logits = m.forward(token_ids)  # [n, n_vocab]
+"""
+import struct
+
+import numpy as np
+
+# ggml tensor types: (elements per block, bytes per block)
+GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0, GGML_BF16 = 0, 1, 2, 8, 30
+_BLOCK = {GGML_F32: (1, 4), GGML_F16: (1, 2), GGML_Q4_0: (32, 18), GGML_Q8_0: (32, 34),
+          GGML_BF16: (1, 2)}
+
+# GGUF metadata value types
+_SCALAR = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1",
+           10: "<u8", 11: "<i8", 12: "<f8"}
+_STRING, _ARRAY = 8, 9
+
+
+class Reader:
+    """A bounds-checked little-endian cursor over the file bytes."""
+
+    def __init__(self, buf):
+        self.buf = buf
+        self.off = 0
+
+    def take(self, n):
+        if self.off + n > len(self.buf):
+            raise ValueError(f"GGUF truncated at byte {self.off}")
+        b = self.buf[self.off:self.off + n]
+        self.off += n
+        return b
+
+    def u32(self):
+        return struct.unpack("<I", self.take(4))[0]
+
+    def u64(self):
+        return struct.unpack("<Q", self.take(8))[0]
+
+    def string(self):
+        return self.take(self.u64()).decode("utf-8", errors="replace")
+
+    def value(self, vt):
+        if vt in _SCALAR:
+            dt = np.dtype(_SCALAR[vt])
+            v = np.frombuffer(self.take(dt.itemsize), dt)[0]
+            return bool(v) if vt == 7 else v.item()
+        if vt == _STRING:
+            return self.string()
+        if vt == _ARRAY:
+            et = self.u32()
+            n = self.u64()
+            if et in _SCALAR:
+                dt = np.dtype(_SCALAR[et])
+                return np.frombuffer(self.take(dt.itemsize * n), dt).copy()
+            return [self.value(et) for _ in range(n)]
+        raise ValueError(f"unknown GGUF value type {vt}")
+
+
+def read_gguf(path):
+    """Returns (metadata dict, {name: (type, ne tuple, raw bytes)})."""
+    with open(path, "rb") as f:
+        buf = f.read()
+    r = Reader(buf)
+    if r.take(4) != b"GGUF":
+        raise ValueError("not a GGUF file")
+    version = r.u32()
+    if version not in (2, 3):
+        raise ValueError(f"GGUF version {version}")
+    n_tensors, n_kv = r.u64(), r.u64()
+    meta = {}
+    for _ in range(n_kv):
+        key = r.string()
+        meta[key] = r.value(r.u32())
+    infos = []
+    for _ in range(n_tensors):
+        name = r.string()
+        n_dims = r.u32()
+        ne = tuple(r.u64() for _ in range(n_dims))
+        ttype = r.u32()
+        offset = r.u64()
+        infos.append((name, ne, ttype, offset))
+    align = int(meta.get("general.alignment", 32))
+    data_off = (r.off + align - 1) // align * align
+    tensors = {}
+    for name, ne, ttype, offset in infos:
+        per, nbytes = _BLOCK[ttype]
+        n = int(np.prod(ne))
+        size = n // per * nbytes
+        start = data_off + offset
+        if start + size > len(buf):
+            raise ValueError(f"tensor {name} runs past end of file")
+        tensors[name] = (ttype, ne, buf[start:start + size])
+    return meta, tensors
+
+
+def dequantize(ttype, ne, raw):
+    """Tensor as float64 numpy array with numpy shape reversed from GGUF ne (rows last-dim)."""
+    shape = tuple(reversed(ne))
+    if ttype == GGML_F32:
+        x = np.frombuffer(raw, "<f4").astype(np.float64)
+    elif ttype == GGML_F16:
+        x = np.frombuffer(raw, "<f2").astype(np.float64)
+    elif ttype == GGML_BF16:
+        x = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    elif ttype == GGML_Q8_0:
+        blk = np.frombuffer(raw, np.dtype([("d", "<f2"), ("qs", "i1", 32)]))
+        x = (blk["d"].astype(np.float64)[:, None] * blk["qs"].astype(np.float64)).reshape(-1)
+    elif ttype == GGML_Q4_0:
+        blk = np.frombuffer(raw, np.dtype([("d", "<f2"), ("qs", "u1", 16)]))
+        lo = (blk["qs"] & 0x0F).astype(np.float64) - 8.0  # elements 0..15
+        hi = (blk["qs"] >> 4).astype(np.float64) - 8.0  # elements 16..31
+        x = (blk["d"].astype(np.float64)[:, None] * np.concatenate([lo, hi], axis=1)).reshape(-1)
+    else:
+        raise ValueError(f"tensor type {ttype} not supported by the reference")
+    return x.reshape(shape)
+
+
+def rms_norm(x, w, eps):
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+
+def silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+def log_sigmoid(z):
+    return np.minimum(z, 0.0) - np.log1p(np.exp(-np.abs(z)))
+
+
+class RefModel:
+    def __init__(self, path):
+        meta, tensors = read_gguf(path)
+        self.meta = meta
+        assert meta["general.architecture"] == "llama", meta["general.architecture"]
+        g = lambda k, d=None: meta.get("llama." + k, d)
+        self.n_embd = int(g("embedding_length"))
+        self.n_layer = int(g("block_count"))
+        self.n_head = int(g("attention.head_count"))
+        self.n_head_kv = int(g("attention.head_count_kv", self.n_head))
+        self.head_dim = int(g("attention.key_length", self.n_embd // self.n_head))
+        self.n_rot = int(g("rope.dimension_count", self.head_dim))
+        self.eps = float(g("attention.layer_norm_rms_epsilon", 1e-5))
+        self.base = float(g("rope.freq_base", 10000.0))
+        scaling = g("rope.scaling.type", "none")
+        self.pos_scale = 1.0
+        if scaling == "linear":
+            self.pos_scale = 1.0 / float(g("rope.scaling.factor", 1.0))
+        elif scaling not in ("none", "llama3"):
+            raise ValueError(f"rope scaling {scaling} not in the reference")
+        self.w = {name: dequantize(*t) for name, t in tensors.items()}
+        self.n_vocab = self.w["token_embd.weight"].shape[0]
+        self.freq_div = self.w.get("rope_freqs.weight", np.ones(self.n_rot // 2))
+
+    def rope(self, x, pos):
+        """x: [n, heads, head_dim]; rotates adjacent pairs of the first n_rot dims."""
+        i = np.arange(self.n_rot // 2, dtype=np.float64)
+        inv = self.base ** (-2.0 * i / self.n_rot) / self.freq_div
+        theta = (np.asarray(pos, np.float64) * self.pos_scale)[:, None] * inv[None, :]
+        c, s = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+        out = x.copy()
+        x0, x1 = x[..., 0:self.n_rot:2], x[..., 1:self.n_rot:2]
+        out[..., 0:self.n_rot:2] = x0 * c - x1 * s
+        out[..., 1:self.n_rot:2] = x0 * s + x1 * c
+        return out
+
+    def forward(self, tokens, pos=None, want_logbeta=False):
+        """Causal prefill of one sequence. Returns logits [n, n_vocab] (float64), and with
+        want_logbeta also the retention log-beta [n, n_layer, n_head_kv] (zeros without gates)."""
+        tokens = np.asarray(tokens, np.int64)
+        n = len(tokens)
+        pos = np.arange(n) if pos is None else np.asarray(pos)
+        W = self.w
+        hd, nh, nkv = self.head_dim, self.n_head, self.n_head_kv
+        x = W["token_embd.weight"][tokens]
+        mask = np.triu(np.full((n, n), -np.inf), k=1)
+        logbeta = np.zeros((n, self.n_layer, nkv))
+        for l in range(self.n_layer):
+            p = f"blk.{l}."
+            xn = rms_norm(x, W[p + "attn_norm.weight"], self.eps)
+            if p + "retention_in.weight" in W:
+                h = silu(xn @ W[p + "retention_in.weight"].T + W[p + "retention_in.bias"])
+                z = h @ W[p + "retention_out.weight"].T + W[p + "retention_out.bias"]
+                logbeta[:, l, :] = log_sigmoid(z)
+            q = (xn @ W[p + "attn_q.weight"].T).reshape(n, nh, hd)
+            k = (xn @ W[p + "attn_k.weight"].T).reshape(n, nkv, hd)
+            v = (xn @ W[p + "attn_v.weight"].T).reshape(n, nkv, hd)
+            q, k = self.rope(q, pos), self.rope(k, pos)
+            grp = nh // nkv
+            att = np.empty((n, nh, hd))
+            for h in range(nh):
+                kh = h // grp
+                s = q[:, h, :] @ k[:, kh, :].T / np.sqrt(hd) + mask
+                s = np.exp(s - s.max(axis=1, keepdims=True))
+                s /= s.sum(axis=1, keepdims=True)
+                att[:, h, :] = s @ v[:, kh, :]
+            x = x + att.reshape(n, nh * hd) @ W[p + "attn_output.weight"].T
+            xn = rms_norm(x, W[p + "ffn_norm.weight"], self.eps)
+            gate = xn @ W[p + "ffn_gate.weight"].T
+            up = xn @ W[p + "ffn_up.weight"].T
+            x = x + (silu(gate) * up) @ W[p + "ffn_down.weight"].T
+        x = rms_norm(x, W["output_norm.weight"], self.eps)
+        out_w = W.get("output.weight", W["token_embd.weight"])
+        logits = x @ out_w.T
+        return (logits, logbeta) if want_logbeta else logits
