@@ -1,0 +1,103 @@
+/*
+ * model/llama_impl.h — the insides of an mdl_t, shared by model/llama.c (loading,
+ * the layer loop) and model/attention.c (attention over KV views). Not for other
+ * modules: they use model/llama.h. Same threading rules as an mdl_t.
+ */
+#ifndef GISTD_MODEL_LLAMA_IMPL_H
+#define GISTD_MODEL_LLAMA_IMPL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/llama.h"
+
+/* A weight matrix: n_rows rows of n_cols elements of `type`, in the mapping. */
+typedef struct mdl_mat {
+    uint32_t type;
+    const void *data;
+    int n_rows, n_cols;
+} mdl_mat_t;
+
+typedef struct mdl_layer {
+    const float *attn_norm; /* [n_embd] */
+    mdl_mat_t wq;           /* [n_head*head_dim][n_embd] */
+    mdl_mat_t wk, wv;       /* [n_head_kv*head_dim][n_embd] */
+    mdl_mat_t wo;           /* [n_embd][n_head*head_dim] */
+    const float *ffn_norm;  /* [n_embd] */
+    mdl_mat_t w_gate, w_up; /* [n_ff][n_embd] */
+    mdl_mat_t w_down;       /* [n_embd][n_ff] */
+    mdl_mat_t ret_in;       /* [n_hidden][n_embd]; data NULL without retention gates */
+    const float *ret_in_b;  /* [n_hidden] */
+    mdl_mat_t ret_out;      /* [n_head_kv][n_hidden] */
+    const float *ret_out_b; /* [n_head_kv] */
+} mdl_layer_t;
+
+/* Scratch of the forward pass, grown as batches and views grow, never shrunk.
+ * Per-item buffers hold `cap` items. */
+typedef struct mdl_scratch {
+    uint32_t cap;
+    float *x;    /* [cap][n_embd] residual stream */
+    float *xb;   /* [cap][n_embd] normalised input of a sublayer; logits rows gathered */
+    float *q;    /* [cap][n_head*head_dim] after RoPE */
+    float *k;    /* [cap][n_head_kv*head_dim] after RoPE */
+    float *v;    /* [cap][n_head_kv*head_dim] */
+    float *att;  /* [cap][n_head*head_dim] attention output */
+    float *hb;   /* [cap][n_ff] gate, then silu(gate) * up */
+    float *hb2;  /* [cap][n_ff] up */
+    float *rh;   /* [cap][ret_hidden] retention gate hidden layer */
+    float *rz;   /* [cap][n_head_kv] retention log-beta */
+    float *rope; /* [cap][n_rot/2][2] cos, sin of each item's angles */
+
+    /* Items grouped by sequence: the sequences of a batch get slots 0..n_slots-1 in
+     * order of first appearance; slot s's items (batch indices, in batch order) are
+     * slot_items[slot_first[s] .. slot_first[s] + slot_n[s]). */
+    int32_t *item_slot;   /* [cap] slot of each item */
+    int32_t *item_j;      /* [cap] index of each item within its sequence's new rows */
+    int32_t *slot_items;  /* [cap] */
+    uint32_t *slot_first; /* [cap] */
+    uint32_t *slot_n;     /* [cap] */
+    int32_t *slot_seq;    /* [cap] sequence index of each slot */
+    int32_t *seq_slot;    /* [MDL_MAX_SEQ] slot of a sequence index, -1 when absent */
+    uint32_t n_slots;
+    mdl_kv_view_t *views; /* [cap][n_head_kv] this layer's views, by slot */
+
+    /* Per-thread attention buffers: scores and dequantised rows. */
+    int n_thr;
+    size_t thr_floats; /* floats per thread */
+    float *thr;        /* [n_thr][thr_floats] */
+} mdl_scratch_t;
+
+struct mdl {
+    gguf_t *g;
+    tok_t *tok; /* NULL when the file carries no tokenizer */
+    mdl_hparams_t hp;
+    int n_threads;
+
+    const void *tok_embd; /* [n_vocab][n_embd] of tok_embd_type */
+    uint32_t tok_embd_type;
+    const float *out_norm; /* [n_embd] */
+    mdl_mat_t out;         /* [n_vocab][n_embd]; token_embd when tied */
+    mdl_layer_t *layers;   /* [n_layer] */
+    bool has_retention;
+    uint32_t ret_hidden;
+
+    double *rope_inv_freq; /* [n_rot/2] base^(-2i/n_rot) / freq factor */
+    double rope_pos_scale; /* 1 / linear scaling factor */
+    float attn_scale;      /* 1 / sqrt(head_dim) */
+
+    float **owned; /* vectors converted to f32 at load, freed with the model */
+    size_t n_owned;
+
+    mdl_scratch_t s;
+};
+
+/* Runs attention of layer-local views for every (item, kv-head) of the batch,
+ * writing s.att. Uses the views in m->s.views, the rows in s.q/s.k/s.v. */
+void mdl_attention(mdl_t *m, uint32_t n_items);
+
+/* Floats of per-thread attention scratch needed for a view set whose largest
+ * (stored + new) row count is n_rows. */
+size_t mdl_attention_scratch(const mdl_t *m, size_t n_rows);
+
+#endif
