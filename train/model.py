@@ -1,0 +1,241 @@
+"""The llama forward pass the C engine computes, in PyTorch, plus the two learned extras.
+
+Shapes use the GGUF words: n_embd, n_head, n_head_kv, head_dim, n_ff, n_layer, n_vocab.
+- RMSNorm: x / sqrt(mean(x^2) + eps) * w.
+- RoPE on ADJACENT pairs (x[2i], x[2i+1]) rotated by pos * base^(-2i/head_dim): llama.cpp's
+  LLM_ARCH_LLAMA rope, so the weights are exported without any permutation.
+- GQA: query head h reads kv head h // (n_head / n_head_kv).
+- SwiGLU feed-forward: ffn_down(silu(ffn_gate(x)) * ffn_up(x)); untied output matrix.
+- Gist tokens are ordinary vocabulary rows; the sentence mask is built by sentence_mask().
+- Retention gates (TRIM-KV): per layer, log beta = logsigmoid(W_out silu(W_in x + b_in)
+  + b_out) per kv head from the normalised attention input x; while training they add
+  (t - i) * log beta_i to the attention logits of key i at query t.
+"""
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class Config:
+    n_vocab: int = 4096
+    n_embd: int = 256
+    n_layer: int = 6
+    n_head: int = 8
+    n_head_kv: int = 4
+    n_ff: int = 688
+    n_ctx: int = 1024
+    rope_base: float = 10000.0
+    eps: float = 1e-5
+
+    @property
+    def head_dim(self):
+        return self.n_embd // self.n_head
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, n, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(n))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rope_tables(n_pos, head_dim, base):
+    """cos, sin [n_pos, head_dim/2]: angle pos * base^(-2i/head_dim) for pair i."""
+    inv = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    ang = torch.arange(n_pos, dtype=torch.float64)[:, None] * inv[None, :]
+    return torch.cos(ang).float(), torch.sin(ang).float()
+
+
+def rope(x, cos, sin):
+    """x [B, T, H, head_dim]; rotates each adjacent pair (x[2i], x[2i+1])."""
+    B, T, H, D = x.shape
+    xp = x.reshape(B, T, H, D // 2, 2)
+    x0, x1 = xp[..., 0], xp[..., 1]
+    c = cos[:T, None, :]
+    s = sin[:T, None, :]
+    return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).reshape(B, T, H, D)
+
+
+class RetentionGate(nn.Module):
+    """log beta [B, T, n_head_kv] from the normalised attention input x [B, T, n_embd]."""
+
+    def __init__(self, n_embd, n_hidden, n_head_kv, init_bias=6.0):
+        super().__init__()
+        self.inp = nn.Linear(n_embd, n_hidden)
+        self.out = nn.Linear(n_hidden, n_head_kv)
+        nn.init.normal_(self.inp.weight, std=1.0 / math.sqrt(n_embd))
+        nn.init.zeros_(self.inp.bias)
+        nn.init.zeros_(self.out.weight)
+        nn.init.constant_(self.out.bias, init_bias)  # beta ~ 1: keep everything at first
+
+    def forward(self, x):
+        return F.logsigmoid(self.out(F.silu(self.inp(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+        hd = c.head_dim
+        self.attn_norm = RMSNorm(c.n_embd, c.eps)
+        self.attn_q = nn.Linear(c.n_embd, c.n_head * hd, bias=False)
+        self.attn_k = nn.Linear(c.n_embd, c.n_head_kv * hd, bias=False)
+        self.attn_v = nn.Linear(c.n_embd, c.n_head_kv * hd, bias=False)
+        self.attn_output = nn.Linear(c.n_head * hd, c.n_embd, bias=False)
+        self.ffn_norm = RMSNorm(c.n_embd, c.eps)
+        self.ffn_gate = nn.Linear(c.n_embd, c.n_ff, bias=False)
+        self.ffn_up = nn.Linear(c.n_embd, c.n_ff, bias=False)
+        self.ffn_down = nn.Linear(c.n_ff, c.n_embd, bias=False)
+        self.retention = None  # a RetentionGate once gates are added
+
+    def forward(self, x, cos, sin, mask_bias, dist, aux):
+        c = self.c
+        B, T, _ = x.shape
+        hd, rep = c.head_dim, c.n_head // c.n_head_kv
+        h = self.attn_norm(x)
+        q = rope(self.attn_q(h).view(B, T, c.n_head, hd), cos, sin)
+        k = rope(self.attn_k(h).view(B, T, c.n_head_kv, hd), cos, sin)
+        v = self.attn_v(h).view(B, T, c.n_head_kv, hd)
+        q = q.transpose(1, 2)                                     # [B, H, T, hd]
+        k = k.transpose(1, 2).repeat_interleave(rep, dim=1)       # [B, H, T, hd]
+        v = v.transpose(1, 2).repeat_interleave(rep, dim=1)
+        s = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(hd)) + mask_bias
+        if self.retention is not None and aux is not None:
+            logb = self.retention(h)                              # [B, T, KV]
+            aux["logbeta"].append(logb)
+            if aux.get("apply_gates"):
+                lb = logb.transpose(1, 2)                         # [B, KV, T]
+                # (t - i) * log beta_i for key i at query t; 0 above the diagonal
+                decay = dist[None, None] * lb[:, :, None, :]      # [B, KV, T, T]
+                aux["decay"].append(decay)
+                s = s + decay.repeat_interleave(rep, dim=1)
+        p = torch.softmax(s, dim=-1)
+        o = torch.matmul(p, v).transpose(1, 2).reshape(B, T, c.n_head * hd)
+        x = x + self.attn_output(o)
+        h = self.ffn_norm(x)
+        return x + self.ffn_down(F.silu(self.ffn_gate(h)) * self.ffn_up(h))
+
+
+class Llama(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+        self.token_embd = nn.Embedding(c.n_vocab, c.n_embd)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
+        self.output_norm = RMSNorm(c.n_embd, c.eps)
+        self.output = nn.Linear(c.n_embd, c.n_vocab, bias=False)
+        cos, sin = rope_tables(c.n_ctx, c.head_dim, c.rope_base)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self.apply(self._init)
+        for b in self.blocks:  # GPT-2 style scaled init of the residual projections
+            nn.init.normal_(b.attn_output.weight, std=0.02 / math.sqrt(2 * c.n_layer))
+            nn.init.normal_(b.ffn_down.weight, std=0.02 / math.sqrt(2 * c.n_layer))
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)) and not isinstance(m, RetentionGate):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def add_gates(self, n_hidden, init_bias=6.0):
+        for b in self.blocks:
+            b.retention = RetentionGate(self.c.n_embd, n_hidden, self.c.n_head_kv, init_bias)
+
+    def has_gates(self):
+        return self.blocks[0].retention is not None
+
+    def resize_vocab(self, n_vocab):
+        """Appends rows to token_embd and output (new embeddings: mean of the old rows plus
+        noise; new output rows: zero), e.g. for gist tokens."""
+        old = self.c.n_vocab
+        if n_vocab <= old:
+            return
+        e = self.token_embd.weight.data
+        extra = e.mean(0, keepdim=True) + 0.02 * torch.randn(n_vocab - old, e.shape[1])
+        self.token_embd = nn.Embedding(n_vocab, e.shape[1])
+        self.token_embd.weight.data = torch.cat([e, extra])
+        o = self.output.weight.data
+        self.output = nn.Linear(o.shape[1], n_vocab, bias=False)
+        self.output.weight.data = torch.cat([o, torch.zeros(n_vocab - old, o.shape[1])])
+        self.c.n_vocab = n_vocab
+
+    def forward(self, tokens, mask=None, aux=None):
+        """tokens [B, T] -> logits [B, T, n_vocab].
+        mask: None for causal attention, else bool [B, T, T] (True = query may see key).
+        aux: optional dict; with gates present, aux["logbeta"] collects each layer's
+        log beta [B, T, n_head_kv], and aux["apply_gates"] = True applies the decay
+        (aux["decay"] then collects each layer's [B, KV, T, T] log-decay)."""
+        B, T = tokens.shape
+        if T > self.c.n_ctx:
+            raise ValueError(f"{T} tokens exceed n_ctx {self.c.n_ctx}")
+        dev = tokens.device
+        if mask is None:
+            causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
+            bias = torch.zeros(1, 1, T, T, device=dev).masked_fill(~causal, float("-inf"))
+        else:
+            bias = torch.zeros(B, 1, T, T, device=dev).masked_fill(~mask[:, None],
+                                                                   float("-inf"))
+        dist = None
+        if aux is not None:
+            aux.setdefault("logbeta", [])
+            aux.setdefault("decay", [])
+            ar = torch.arange(T, device=dev, dtype=torch.float32)
+            dist = (ar[:, None] - ar[None, :]).clamp(min=0)
+        x = self.token_embd(tokens)
+        for b in self.blocks:
+            x = b(x, self.cos, self.sin, bias, dist, aux)
+        return self.output(self.output_norm(x))
+
+
+def sentence_mask(tokens, gist_first, n_gist, n_sinks=1):
+    """The sentence mask, bool [B, T, T], derived from where the gist ids stand.
+
+    A maximal run of gist ids closes the sentence before it and belongs to it. Query i may
+    see key j <= i iff j is one of the first n_sinks positions, or j is a gist token, or
+    i and j belong to the same sentence (its regular tokens and its own gist group).
+    """
+    B, T = tokens.shape
+    is_gist = (tokens >= gist_first) & (tokens < gist_first + n_gist)
+    # a new sentence starts at each regular token that follows a gist token
+    starts = torch.zeros_like(is_gist)
+    starts[:, 1:] = (~is_gist[:, 1:]) & is_gist[:, :-1]
+    sid = torch.cumsum(starts.long(), dim=1)                       # [B, T]
+    pos = torch.arange(T, device=tokens.device)
+    causal = pos[None, :, None] >= pos[None, None, :]               # [1, T(i), T(j)]
+    sink = (pos < n_sinks)[None, None, :]
+    same = sid[:, :, None] == sid[:, None, :]
+    return causal & (sink | is_gist[:, None, :] | same)
+
+
+def save_checkpoint(path, model, opt=None, **state):
+    import os
+
+    d = {"config": model.c.to_dict(), "model": model.state_dict(),
+         "gates": model.has_gates(), **state}
+    if model.has_gates():
+        d["gate_hidden"] = model.blocks[0].retention.inp.out_features
+    if opt is not None:
+        d["opt"] = opt.state_dict()
+    tmp = path + ".tmp"
+    torch.save(d, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """(model, checkpoint dict)."""
+    d = torch.load(path, map_location="cpu")
+    m = Llama(Config(**d["config"]))
+    if d.get("gates"):
+        m.add_gates(d["gate_hidden"])
+    m.load_state_dict(d["model"])
+    return m, d

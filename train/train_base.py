@@ -1,0 +1,100 @@
+"""Stage 1: train the base llama model on the training books.
+
+    nice -n 10 /usr/bin/python3 train/train_base.py --tok train/runs/tok4096.model \
+        --out train/runs/base --minutes 55 --end-utc 22:40
+
+Writes OUT/ckpt.pt every few minutes; running the same command again resumes from it.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import common  # noqa: E402
+import data  # noqa: E402
+import model as M  # noqa: E402
+
+
+@torch.no_grad()
+def eval_nll(model, xs, ys, batch=4):
+    """Mean next-token NLL (nats) over the given windows, with causal attention."""
+    model.eval()
+    tot, n = 0.0, 0
+    for i in range(0, len(xs), batch):
+        x = torch.from_numpy(xs[i : i + batch])
+        y = torch.from_numpy(ys[i : i + batch])
+        logits = model(x)
+        tot += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                     reduction="sum"))
+        n += y.numel()
+    model.train()
+    return tot / n
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--corpus", default=data.DEFAULT_CORPUS)
+    ap.add_argument("--tok", required=True, help="SentencePiece .model file")
+    ap.add_argument("--out", required=True, help="run folder (checkpoint, log)")
+    ap.add_argument("--max-bytes", type=int, default=None, help="read only this much per book")
+    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--ff", type=int, default=None, help="default: ~8/3 dim, multiple of 16")
+    ap.add_argument("--ctx", type=int, default=1024)
+    ap.add_argument("--eval-windows", type=int, default=8)
+    common.add_budget_args(ap, minutes=60, lr=3e-3)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    os.makedirs(a.out, exist_ok=True)
+    ckpt = os.path.join(a.out, "ckpt.pt")
+
+    sp = data.load_sp(a.tok)
+    books, valid = data.split_books(a.corpus)
+    train_tok = [data.book_tokens(a.tok, p, a.max_bytes) for p in books]
+    valid_tok = data.book_tokens(a.tok, valid, a.max_bytes)
+    vx, vy = data.eval_windows(valid_tok, min(a.seq, a.ctx), sp.bos_id(), a.eval_windows)
+
+    if os.path.exists(ckpt):
+        model, d = M.load_checkpoint(ckpt)
+        state = {k: d[k] for k in ("step", "elapsed", "tokens")}
+        print(f"# resuming {ckpt} at step {state['step']}", flush=True)
+    else:
+        ff = a.ff or int(math.ceil(a.dim * 8 / 3 / 16) * 16)
+        cfg = M.Config(n_vocab=sp.GetPieceSize(), n_embd=a.dim, n_layer=a.layers,
+                       n_head=a.heads, n_head_kv=a.kv_heads, n_ff=ff, n_ctx=a.ctx)
+        model, d = M.Llama(cfg), None
+        state = {"step": 0, "elapsed": 0.0, "tokens": 0}
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"# config {json.dumps(model.c.to_dict())} params {n_params}", flush=True)
+    opt = common.make_optimizer(model.parameters(), a.lr)
+    if d is not None and "opt" in d:
+        opt.load_state_dict(d["opt"])
+    sampler = data.TokenSampler(train_tok, a.seq, sp.bos_id(), a.seed + state["step"])
+
+    def step_fn(step):
+        x, y = sampler.batch(a.batch)
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        logits = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        return loss, y.numel()
+
+    def eval_fn():
+        nll = eval_nll(model, vx, vy)
+        return {"valid_nll": round(nll, 4), "valid_ppl": round(math.exp(nll), 3)}
+
+    fig = common.train_loop(a, model, opt, step_fn, eval_fn, ckpt, state)
+    with open(os.path.join(a.out, "result.json"), "w") as f:
+        json.dump({**fig, "params": n_params, "config": model.c.to_dict()}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
