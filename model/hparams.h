@@ -1,0 +1,85 @@
+/*
+ * model/hparams.h — the hyperparameters of a llama-architecture GGUF model, read from its
+ * llama.* keys and the gistd.* extension keys (../shared/GGUF-EXTENSIONS.md), and the
+ * check that every tensor the forward pass needs is present with the right shape.
+ *
+ * A plain struct filled once at load; read-only afterwards, so any thread may read it.
+ * Both functions report a bad file with ERR_FORMAT (ERR_UNSUPPORTED for another
+ * architecture, an unsupported tensor type or rope scaling) and a message that names the
+ * key or tensor, and leave *hp untouched on error.
+ */
+#ifndef GISTD_MODEL_HPARAMS_H
+#define GISTD_MODEL_HPARAMS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "model/gguf.h"
+
+/* llama.rope.scaling.type */
+typedef enum mdl_rope_scaling {
+    MDL_ROPE_SCALING_NONE = 0,
+    MDL_ROPE_SCALING_LINEAR, /* positions divided by factor */
+    MDL_ROPE_SCALING_YARN,
+    MDL_ROPE_SCALING_LLAMA3, /* frequency-dependent, Llama 3.1 style */
+} mdl_rope_scaling_t;
+
+/* gistd.gist.mask: the attention rule learned gist tokens were trained with. */
+typedef enum mdl_gist_mask {
+    MDL_GIST_MASK_NONE = 0, /* the file carries no gist tokens */
+    MDL_GIST_MASK_SENTENCE, /* "sentence" */
+} mdl_gist_mask_t;
+
+typedef struct mdl_hparams {
+    uint32_t n_vocab;   /* llama.vocab_size, else tokenizer tokens, else token_embd ne[1] */
+    uint32_t n_ctx;     /* llama.context_length: the trained context */
+    uint32_t n_embd;    /* llama.embedding_length */
+    uint32_t n_layer;   /* llama.block_count */
+    uint32_t n_ff;      /* llama.feed_forward_length */
+    uint32_t n_head;    /* llama.attention.head_count */
+    uint32_t n_head_kv; /* llama.attention.head_count_kv (default n_head) */
+    uint32_t head_dim;  /* llama.attention.key_length, else n_embd / n_head */
+    uint32_t n_rot;     /* llama.rope.dimension_count (default head_dim); even, <= head_dim */
+    float rms_eps;      /* llama.attention.layer_norm_rms_epsilon */
+    float rope_freq_base; /* llama.rope.freq_base (default 10000) */
+
+    struct {
+        mdl_rope_scaling_t type;   /* llama.rope.scaling.type (default none) */
+        float factor;              /* llama.rope.scaling.factor (default 1) */
+        uint32_t orig_ctx;         /* llama.rope.scaling.original_context_length (or n_ctx) */
+        float low_freq_factor;     /* llama.rope.scaling.low_freq_factor (llama3, default 1) */
+        float high_freq_factor;    /* llama.rope.scaling.high_freq_factor (llama3, default 4) */
+    } rope_scaling;
+
+    bool tied;           /* output.weight absent: the output projection is token_embd */
+    bool has_rope_freqs; /* rope_freqs.weight [n_rot/2] present (per-frequency divisors) */
+
+    /* sentence-anchored gist tokens (n_gist == 0: none) */
+    uint32_t n_gist;          /* gistd.gist.count */
+    uint32_t gist_first;      /* gistd.gist.first_token_id */
+    mdl_gist_mask_t gist_mask; /* gistd.gist.mask */
+    uint32_t gist_sinks;      /* gistd.gist.sinks (default 1) */
+
+    /* TRIM-KV retention gates (retention_hidden == 0: none) */
+    uint32_t retention_hidden; /* gistd.retention.hidden */
+    uint32_t retention_budget; /* gistd.retention.budget (0 when absent) */
+} mdl_hparams_t;
+
+/* Reads and checks the hyperparameters of g: general.architecture must be "llama", the
+ * required keys present, counts of any unsigned integer width, dimensions consistent
+ * (n_embd % n_head, n_head % n_head_kv, n_rot even and <= head_dim, ...) and in sane
+ * ranges, gist tokens inside the vocabulary. */
+int mdl_hparams_read(const gguf_t *g, mdl_hparams_t *hp, err_info_t *e);
+
+/* Checks that every tensor of a llama model with hp is present with its shape (and a type
+ * the kernels convert: f32, f16, bf16, q8_0, q4_0); norms and gate tensors must be f32.
+ * Optional: output.weight (absent = tied), rope_freqs.weight. Retention gate tensors are
+ * required when hp->retention_hidden > 0. Messages: "missing tensor 'blk.2.attn_k.weight'",
+ * "tensor 'blk.3.ffn_up.weight' has shape [64, 100], expected [64, 172]". */
+int mdl_hparams_check_tensors(const gguf_t *g, const mdl_hparams_t *hp, err_info_t *e);
+
+/* "none", "linear", "yarn", "llama3". */
+const char *mdl_rope_scaling_name(mdl_rope_scaling_t t);
+
+#endif
