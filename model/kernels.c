@@ -1,29 +1,67 @@
 /*
- * model/kernels.c — matrix products of stored weights with f32 activations.
+ * model/kernels.c — matrix products of stored weights with f32 activations:
+ * the naive references, the portable path, the run-time choice of SIMD path,
+ * the OpenMP row split for decode and the OpenBLAS path for prefill.
  *
- * Naive references (kern_*_ref) dequantise each row with dt_to_f32 and sum in
- * double; the fast kernels are plain loops for now.
+ * The chosen path lives in one static pointer set once (pthread_once) from
+ * __builtin_cpu_supports; kern_force_simd replaces it for tests and benchmarks.
+ * That pointer is the only mutable state in the file.
  */
 #include "model/kernels.h"
 
 #include "common/dtype.h"
+#include "common/err.h"
+#include "model/kernels_impl.h"
 
 #include <assert.h>
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Bytes of one stored row of n elements (n a multiple of 32 for q8_0/q4_0). */
-static size_t row_bytes(uint32_t type, int n)
+/* Below this many weight bytes a product runs on the calling thread: waking the
+ * pool costs more than it saves. */
+#define PAR_MIN_BYTES (64 * 1024)
+/* Rows handed to each thread are a multiple of this, so no two threads write the
+ * same cache line of y. */
+#define ROW_ALIGN 16
+/* Batches larger than this go through sgemm (see kern_matmul). */
+#define GEMM_MIN_B 12
+/* Target size of one dequantised f32 tile of W for sgemm. */
+#define GEMM_TILE_BYTES (2u << 20)
+
+static int type_slot(uint32_t type)
 {
     switch (type) {
     case DT_F32:
-        return (size_t)n * 4;
+        return KT_F32;
     case DT_F16:
+        return KT_F16;
     case DT_BF16:
-        return (size_t)n * 2;
+        return KT_BF16;
     case DT_Q8_0:
-        return (size_t)(n / QK8_0) * sizeof(block_q8_0);
+        return KT_Q8_0;
     case DT_Q4_0:
+        return KT_Q4_0;
+    default:
+        return -1;
+    }
+}
+
+/* Bytes of one stored row of n elements (n a multiple of 32 for q8_0/q4_0). */
+static size_t row_bytes(int kt, int n)
+{
+    switch (kt) {
+    case KT_F32:
+        return (size_t)n * 4;
+    case KT_F16:
+    case KT_BF16:
+        return (size_t)n * 2;
+    case KT_Q8_0:
+        return (size_t)(n / QK8_0) * sizeof(block_q8_0);
+    case KT_Q4_0:
         return (size_t)(n / QK4_0) * sizeof(block_q4_0);
     default:
         return 0;
@@ -32,18 +70,84 @@ static size_t row_bytes(uint32_t type, int n)
 
 bool kern_type_supported(uint32_t type)
 {
-    return row_bytes(type, 32) != 0;
+    return type_slot(type) >= 0;
+}
+
+/* ---- choice of path ---------------------------------------------------------------------- */
+
+static const kern_path_t *chosen;
+static pthread_once_t chosen_once = PTHREAD_ONCE_INIT;
+
+static bool cpu_has_avx512(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vnni");
+}
+
+static bool cpu_has_avx2(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+}
+
+static void choose_path(void)
+{
+    const char *env = getenv("GISTD_SIMD");
+    if (env && *env && kern_force_simd(env) == 0)
+        return;
+    if (cpu_has_avx512())
+        chosen = &kern_path_avx512;
+    else if (cpu_has_avx2())
+        chosen = &kern_path_avx2;
+    else
+        chosen = &kern_path_portable;
+}
+
+static const kern_path_t *path(void)
+{
+    pthread_once(&chosen_once, choose_path);
+    return chosen;
 }
 
 const char *kern_simd_name(void)
 {
-    return "portable";
+    return path()->name;
 }
+
+int kern_force_simd(const char *name)
+{
+    const kern_path_t *p;
+    if (strcmp(name, "avx512") == 0) {
+        if (!cpu_has_avx512())
+            return ERR_UNSUPPORTED;
+        p = &kern_path_avx512;
+    } else if (strcmp(name, "avx512-fma") == 0) {
+        if (!cpu_has_avx512())
+            return ERR_UNSUPPORTED;
+        p = &kern_path_avx512_fma;
+    } else if (strcmp(name, "avx2") == 0) {
+        if (!cpu_has_avx2())
+            return ERR_UNSUPPORTED;
+        p = &kern_path_avx2;
+    } else if (strcmp(name, "portable") == 0) {
+        p = &kern_path_portable;
+    } else {
+        return ERR_INVAL;
+    }
+    chosen = p;
+    return 0;
+}
+
+/* ---- references ---------------------------------------------------------------------------- */
 
 void kern_get_row(uint32_t type, const void *W, int n_cols, int r, float *out)
 {
-    assert(kern_type_supported(type));
-    const uint8_t *row = (const uint8_t *)W + (size_t)r * row_bytes(type, n_cols);
+    int kt = type_slot(type);
+    assert(kt >= 0);
+    const uint8_t *row = (const uint8_t *)W + (size_t)r * row_bytes(kt, n_cols);
     int rc = dt_to_f32(type, row, out, (size_t)n_cols);
     assert(rc == 0);
     (void)rc;
@@ -74,28 +178,279 @@ void kern_matvec_ref(uint32_t type, const void *W, const float *x, float *y, int
     kern_matmul_ref(type, W, x, y, n_rows, n_cols, 1);
 }
 
+/* ---- shared activation quantisation -------------------------------------------------------- */
+
+float kern_quant_block(const float *x, int8_t *q)
+{
+    float amax = 0;
+    for (int i = 0; i < 32; i++)
+        amax = fmaxf(amax, fabsf(x[i]));
+    float d = amax / 127.0f;
+    float id = d != 0 ? 1.0f / d : 0.0f;
+    for (int i = 0; i < 32; i++)
+        q[i] = (int8_t)roundf(x[i] * id);
+    return d;
+}
+
+static size_t round64(size_t n)
+{
+    return (n + 63) & ~(size_t)63;
+}
+
+size_t kern_qx_simple_bytes(int kt, int n_cols)
+{
+    return round64((size_t)n_cols + (size_t)(n_cols / 32) * 8);
+}
+
+void kern_qx_simple_make(int kt, const float *x, int n_cols, uint8_t *out)
+{
+    int nb = n_cols / 32;
+    int8_t *qs = (int8_t *)out;
+    float *d = (float *)(out + n_cols);
+    int32_t *sum = (int32_t *)(d + nb);
+    for (int k = 0; k < nb; k++) {
+        d[k] = kern_quant_block(x + 32 * k, qs + 32 * k);
+        int32_t s = 0;
+        for (int i = 0; i < 32; i++)
+            s += qs[32 * k + i];
+        sum[k] = s;
+    }
+}
+
+/* ---- portable path --------------------------------------------------------------------------- */
+
+/* Plain loops; four partial sums per dot so the compiler may vectorise them. */
+
+static float dot_f32(const float *w, const float *x, int n)
+{
+    float s[4] = {0, 0, 0, 0};
+    int c = 0;
+    for (; c + 4 <= n; c += 4)
+        for (int i = 0; i < 4; i++)
+            s[i] += w[c + i] * x[c + i];
+    for (; c < n; c++)
+        s[0] += w[c] * x[c];
+    return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+static void rows_f32_portable(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
+                              int nx, int n_cols, float *y, size_t y_stride, int r0, int r1)
+{
+    for (int r = r0; r < r1; r++)
+        for (int i = 0; i < nx; i++)
+            y[i * y_stride + r] = dot_f32((const float *)(W + r * w_stride),
+                                          (const float *)(x + i * x_stride), n_cols);
+}
+
+static inline float bf16_f32(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* The row is converted to f32 in pieces of this many elements, then dotted. */
+#define PIECE 256
+
+static void rows_half_portable(int kt, const uint8_t *W, size_t w_stride, const uint8_t *x,
+                               size_t x_stride, int nx, int n_cols, float *y, size_t y_stride,
+                               int r0, int r1)
+{
+    float buf[PIECE];
+    for (int r = r0; r < r1; r++) {
+        const uint16_t *w = (const uint16_t *)(W + r * w_stride);
+        float acc[KERN_MAX_NX] = {0};
+        for (int c0 = 0; c0 < n_cols; c0 += PIECE) {
+            int n = n_cols - c0 < PIECE ? n_cols - c0 : PIECE;
+            for (int c = 0; c < n; c++)
+                buf[c] = kt == KT_F16 ? dt_f16_to_f32(w[c0 + c]) : bf16_f32(w[c0 + c]);
+            for (int i = 0; i < nx; i++)
+                acc[i] += dot_f32(buf, (const float *)(x + i * x_stride) + c0, n);
+        }
+        for (int i = 0; i < nx; i++)
+            y[i * y_stride + r] = acc[i];
+    }
+}
+
+static void rows_f16_portable(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
+                              int nx, int n_cols, float *y, size_t y_stride, int r0, int r1)
+{
+    rows_half_portable(KT_F16, W, w_stride, x, x_stride, nx, n_cols, y, y_stride, r0, r1);
+}
+
+static void rows_bf16_portable(const uint8_t *W, size_t w_stride, const uint8_t *x,
+                               size_t x_stride, int nx, int n_cols, float *y, size_t y_stride,
+                               int r0, int r1)
+{
+    rows_half_portable(KT_BF16, W, w_stride, x, x_stride, nx, n_cols, y, y_stride, r0, r1);
+}
+
+static void rows_q_portable(int kt, const uint8_t *W, size_t w_stride, const uint8_t *x,
+                            size_t x_stride, int nx, int n_cols, float *y, size_t y_stride, int r0,
+                            int r1)
+{
+    int nb = n_cols / 32;
+    size_t bsz = kt == KT_Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0);
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *row = W + r * w_stride;
+        for (int i = 0; i < nx; i++) {
+            const uint8_t *qx = x + i * x_stride;
+            const int8_t *xq = (const int8_t *)qx;
+            const float *xd = (const float *)(qx + n_cols);
+            float acc = 0;
+            for (int k = 0; k < nb; k++) {
+                const uint8_t *blk = row + k * bsz;
+                uint16_t dh;
+                memcpy(&dh, blk, 2);
+                int32_t s = 0;
+                if (kt == KT_Q8_0) {
+                    const int8_t *wq = (const int8_t *)(blk + 2);
+                    for (int j = 0; j < 32; j++)
+                        s += wq[j] * xq[32 * k + j];
+                } else {
+                    const uint8_t *wq = blk + 2;
+                    for (int j = 0; j < 16; j++) {
+                        s += ((wq[j] & 15) - 8) * xq[32 * k + j];
+                        s += ((wq[j] >> 4) - 8) * xq[32 * k + j + 16];
+                    }
+                }
+                acc += dt_f16_to_f32(dh) * xd[k] * (float)s;
+            }
+            y[i * y_stride + r] = acc;
+        }
+    }
+}
+
+static void rows_q8_0_portable(const uint8_t *W, size_t w_stride, const uint8_t *x,
+                               size_t x_stride, int nx, int n_cols, float *y, size_t y_stride,
+                               int r0, int r1)
+{
+    rows_q_portable(KT_Q8_0, W, w_stride, x, x_stride, nx, n_cols, y, y_stride, r0, r1);
+}
+
+static void rows_q4_0_portable(const uint8_t *W, size_t w_stride, const uint8_t *x,
+                               size_t x_stride, int nx, int n_cols, float *y, size_t y_stride,
+                               int r0, int r1)
+{
+    rows_q_portable(KT_Q4_0, W, w_stride, x, x_stride, nx, n_cols, y, y_stride, r0, r1);
+}
+
+static void to_f32_f32(const uint8_t *src, float *dst, int n)
+{
+    memcpy(dst, src, (size_t)n * 4);
+}
+static void to_f32_f16(const uint8_t *src, float *dst, int n)
+{
+    dt_to_f32(DT_F16, src, dst, (size_t)n);
+}
+static void to_f32_bf16(const uint8_t *src, float *dst, int n)
+{
+    dt_to_f32(DT_BF16, src, dst, (size_t)n);
+}
+static void to_f32_q8_0(const uint8_t *src, float *dst, int n)
+{
+    dt_to_f32(DT_Q8_0, src, dst, (size_t)n);
+}
+static void to_f32_q4_0(const uint8_t *src, float *dst, int n)
+{
+    dt_to_f32(DT_Q4_0, src, dst, (size_t)n);
+}
+
+const kern_path_t kern_path_portable = {
+    .name = "portable",
+    .rows = {rows_f32_portable, rows_f16_portable, rows_bf16_portable, rows_q8_0_portable,
+             rows_q4_0_portable},
+    .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0},
+    .qx_bytes = kern_qx_simple_bytes,
+    .qx_make = kern_qx_simple_make,
+};
+
+/* ---- the fast entry points ------------------------------------------------------------------- */
+
+/* Rows [r0, r1) of thread t of nt: contiguous chunks, multiples of ROW_ALIGN. */
+static void thread_rows(int n_rows, int t, int nt, int *r0, int *r1)
+{
+    int units = (n_rows + ROW_ALIGN - 1) / ROW_ALIGN;
+    int a = (int)((long)units * t / nt) * ROW_ALIGN;
+    int b = (int)((long)units * (t + 1) / nt) * ROW_ALIGN;
+    *r0 = a < n_rows ? a : n_rows;
+    *r1 = b < n_rows ? b : n_rows;
+}
+
+/* One pass over W per group of KERN_MAX_NX vectors; rows split across threads. */
+static void matmul_rows(const kern_path_t *p, int kt, const uint8_t *W, const float *X, float *Y,
+                        int n_rows, int n_cols, int n_b)
+{
+    size_t w_stride = row_bytes(kt, n_cols);
+    const uint8_t *x = (const uint8_t *)X;
+    size_t x_stride = (size_t)n_cols * sizeof(float);
+    uint8_t *qx = NULL;
+    if (kt == KT_Q8_0 || kt == KT_Q4_0) {
+        x_stride = p->qx_bytes(kt, n_cols);
+        qx = aligned_alloc(64, x_stride * (size_t)n_b);
+        assert(qx);
+        for (int b = 0; b < n_b; b++)
+            p->qx_make(kt, X + (size_t)b * n_cols, n_cols, qx + b * x_stride);
+        x = qx;
+    }
+    kern_rows_fn fn = p->rows[kt];
+    bool par = w_stride * (size_t)n_rows >= PAR_MIN_BYTES && omp_get_max_threads() > 1;
+#pragma omp parallel if (par)
+    {
+        int r0, r1;
+        thread_rows(n_rows, omp_get_thread_num(), omp_get_num_threads(), &r0, &r1);
+        for (int b = 0; b < n_b; b += KERN_MAX_NX) {
+            int nx = n_b - b < KERN_MAX_NX ? n_b - b : KERN_MAX_NX;
+            if (r0 < r1)
+                fn(W, w_stride, x + b * x_stride, x_stride, nx, n_cols, Y + (size_t)b * n_rows,
+                   (size_t)n_rows, r0, r1);
+        }
+    }
+    free(qx);
+}
+
+/* Y = X W^T through sgemm; non-f32 W is converted a tile of rows at a time. */
+static void matmul_gemm(const kern_path_t *p, int kt, const uint8_t *W, const float *X, float *Y,
+                        int n_rows, int n_cols, int n_b)
+{
+    if (kt == KT_F32) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_b, n_rows, n_cols, 1.0f, X, n_cols,
+                    (const float *)W, n_cols, 0.0f, Y, n_rows);
+        return;
+    }
+    size_t w_stride = row_bytes(kt, n_cols);
+    int tile = (int)(GEMM_TILE_BYTES / ((size_t)n_cols * sizeof(float)));
+    tile = tile < 64 ? 64 : tile & ~15;
+    if (tile > n_rows)
+        tile = n_rows;
+    float *buf = aligned_alloc(64, round64((size_t)tile * n_cols * sizeof(float)));
+    assert(buf);
+    kern_to_f32_fn conv = p->to_f32[kt];
+    for (int t0 = 0; t0 < n_rows; t0 += tile) {
+        int nt = n_rows - t0 < tile ? n_rows - t0 : tile;
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < nt; r++)
+            conv(W + (size_t)(t0 + r) * w_stride, buf + (size_t)r * n_cols, n_cols);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_b, nt, n_cols, 1.0f, X, n_cols, buf,
+                    n_cols, 0.0f, Y + t0, n_rows);
+    }
+    free(buf);
+}
+
 void kern_matmul(uint32_t type, const void *W, const float *X, float *Y, int n_rows, int n_cols,
                  int n_b)
 {
-    assert(kern_type_supported(type));
-    size_t rb = row_bytes(type, n_cols);
-#pragma omp parallel
-    {
-        float *w = malloc((size_t)n_cols * sizeof *w);
-        assert(w);
-#pragma omp for schedule(static)
-        for (int r = 0; r < n_rows; r++) {
-            dt_to_f32(type, (const uint8_t *)W + (size_t)r * rb, w, (size_t)n_cols);
-            for (int b = 0; b < n_b; b++) {
-                const float *x = X + (size_t)b * n_cols;
-                float s = 0;
-                for (int c = 0; c < n_cols; c++)
-                    s += w[c] * x[c];
-                Y[(size_t)b * n_rows + r] = s;
-            }
-        }
-        free(w);
-    }
+    int kt = type_slot(type);
+    assert(kt >= 0);
+    assert(kt == KT_F32 || kt == KT_F16 || kt == KT_BF16 || n_cols % 32 == 0);
+    if (n_rows <= 0 || n_b <= 0)
+        return;
+    const kern_path_t *p = path();
+    if (n_b >= GEMM_MIN_B)
+        matmul_gemm(p, kt, W, X, Y, n_rows, n_cols, n_b);
+    else
+        matmul_rows(p, kt, W, X, Y, n_rows, n_cols, n_b);
 }
 
 void kern_matvec(uint32_t type, const void *W, const float *x, float *y, int n_rows, int n_cols)

@@ -35,7 +35,14 @@ void kern_get_row(uint32_t type, const void *W, int n_cols, int r, float *out);
 /* Whether kern_matvec supports a type. */
 bool kern_type_supported(uint32_t type);
 
-/* Name of the SIMD path chosen at run time ("avx512", "avx2", "portable"). */
+/* Name of the SIMD path chosen at run time ("avx512", "avx2", "portable"). The choice is
+ * made once, from the CPU's features, or from the environment variable GISTD_SIMD when it
+ * names a path this CPU can run. */
 const char *kern_simd_name(void);
+
+/* Makes every later kernel call use the named path, for tests and benchmarks (not while
+ * another thread is inside a kernel). Returns 0, ERR_UNSUPPORTED when this CPU cannot run
+ * it, or ERR_INVAL for an unknown name. */
+int kern_force_simd(const char *name);
 
 #endif

@@ -1,0 +1,372 @@
+/*
+ * model/kernels_avx512.c — the AVX-512 path of the kernels (see kernels_impl.h).
+ *
+ * Compiled with AVX-512 F/BW/VL/DQ flags (plus VNNI, enabled below); kernels.c calls it
+ * only on a CPU that has them. Float types: 32 elements per step in two zmm registers,
+ * masked loads for a ragged end. Q8_0/Q4_0: two weight blocks per zmm, multiplied with
+ * int8 activations by vpdpbusd (unsigned x signed bytes, summed into int32 lanes). The
+ * weight bytes are made unsigned (q8_0: w + 128; q4_0: the raw nibble q, not q - 8) and
+ * the offset is taken back exactly through the activation block sums, which the
+ * quantised layout stores as the initial value of the accumulating lanes:
+ *
+ *   pair layout, per pair p of blocks (2p, 2p+1), zero-padded to whole pairs:
+ *     qs   int8[64]    the activation bytes of both blocks, in element order
+ *     bias int32[16]   lane 0: -C * sum(qs of block 2p), lane 8: the same for 2p+1, else 0
+ *     dx   float[16]   lanes 0-7: the f32 scale of block 2p, lanes 8-15: of block 2p+1
+ *   with C = 128 for q8_0 and 8 for q4_0; the arrays follow each other (all qs, all bias,
+ *   all dx).
+ *
+ * "avx512-fma" is the same path with Q8_0/Q4_0 dequantised to f32 in registers and
+ * multiplied with f32 activations instead; kept to measure the int8 choice against.
+ */
+#pragma GCC target("avx512vnni")
+
+#include "common/dtype.h"
+#include "model/kernels_impl.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE float f16_f32(uint16_t h)
+{
+    return _cvtsh_ss(h);
+}
+
+/* 16 stored elements of a float type (the first n of them, n <= 16), widened to f32. */
+INLINE __m512 load16(int kt, const uint8_t *p, int n)
+{
+    if (n == 16) {
+        if (kt == KT_F32)
+            return _mm512_loadu_ps(p);
+        __m256i h = _mm256_loadu_si256((const __m256i *)p);
+        if (kt == KT_F16)
+            return _mm512_cvtph_ps(h);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    __mmask16 m = (__mmask16)((1u << n) - 1);
+    if (kt == KT_F32)
+        return _mm512_maskz_loadu_ps(m, p);
+    __m256i h = _mm256_maskz_loadu_epi16(m, p);
+    if (kt == KT_F16)
+        return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+INLINE __m512 xload16(const float *p, int n)
+{
+    return n == 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
+}
+
+INLINE void rows_float(const int kt, const int NX, const uint8_t *W, size_t w_stride,
+                       const uint8_t *x, size_t x_stride, int n_cols, float *y, size_t y_stride,
+                       int r0, int r1)
+{
+    const size_t esz = kt == KT_F32 ? 4 : 2;
+    const float *xs[KERN_MAX_NX];
+    for (int i = 0; i < NX; i++)
+        xs[i] = (const float *)(x + i * x_stride);
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *w = W + r * w_stride;
+        __m512 acc[KERN_MAX_NX][2];
+        for (int i = 0; i < NX; i++)
+            acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+        int c = 0;
+        for (; c + 32 <= n_cols; c += 32) {
+            __m512 w0 = load16(kt, w + c * esz, 16), w1 = load16(kt, w + (c + 16) * esz, 16);
+            for (int i = 0; i < NX; i++) {
+                acc[i][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xs[i] + c), acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xs[i] + c + 16), acc[i][1]);
+            }
+        }
+        for (; c < n_cols; c += 16) {
+            int n = n_cols - c < 16 ? n_cols - c : 16;
+            __m512 w0 = load16(kt, w + c * esz, n);
+            for (int i = 0; i < NX; i++)
+                acc[i][0] = _mm512_fmadd_ps(w0, xload16(xs[i] + c, n), acc[i][0]);
+        }
+        for (int i = 0; i < NX; i++)
+            y[i * y_stride + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]));
+    }
+}
+
+/* ---- quantised weights, int8 dot products ---- */
+
+static size_t qx_pair_bytes(int kt, int n_cols)
+{
+    size_t npairs = (size_t)(n_cols / 32 + 1) / 2;
+    return npairs * 192;
+}
+
+static void qx_pair_make(int kt, const float *x, int n_cols, uint8_t *out)
+{
+    int nb = n_cols / 32, npairs = (nb + 1) / 2;
+    int32_t c = kt == KT_Q8_0 ? 128 : 8;
+    int8_t *qs = (int8_t *)out;
+    int32_t *bias = (int32_t *)(out + (size_t)npairs * 64);
+    float *dx = (float *)(out + (size_t)npairs * 128);
+    memset(out, 0, (size_t)npairs * 192);
+    for (int k = 0; k < nb; k++) {
+        float d = kern_quant_block(x + 32 * k, qs + 32 * k);
+        int32_t s = 0;
+        for (int j = 0; j < 32; j++)
+            s += qs[32 * k + j];
+        bias[8 * k] = -c * s;
+        for (int j = 0; j < 8; j++)
+            dx[8 * k + j] = d;
+    }
+}
+
+/* Weight bytes of blocks k and k+1 as unsigned, in element order (pair loads). */
+INLINE __m512i wpair_q8(const uint8_t *blk)
+{
+    __m256i a = _mm256_loadu_si256((const __m256i *)(blk + 2));
+    __m256i b = _mm256_loadu_si256((const __m256i *)(blk + 2 + sizeof(block_q8_0)));
+    __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+    return _mm512_xor_si512(w, _mm512_set1_epi8((char)0x80));
+}
+
+/* 16 nibble bytes -> 32 values 0..15 (low nibbles first), as a ymm. */
+INLINE __m256i q4_expand(const uint8_t *qs)
+{
+    __m128i v = _mm_loadu_si128((const __m128i *)qs);
+    __m256i t = _mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1);
+    return _mm256_and_si256(t, _mm256_set1_epi8(15));
+}
+
+INLINE __m512i wpair_q4(const uint8_t *blk)
+{
+    __m256i a = q4_expand(blk + 2), b = q4_expand(blk + 2 + sizeof(block_q4_0));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+}
+
+/* The f16 scales of blocks k and k+1 as [d_k x 8, d_k+1 x 8], picked out of one load of
+ * the pair (68 bytes for q8_0, of which the first 64 are read; 36 for q4_0, 32 read). */
+INLINE __m512 dpair(const int kt, const uint8_t *blk)
+{
+    if (kt == KT_Q8_0) {
+        const int w1 = (int)sizeof(block_q8_0) / 2;
+        const __m512i idx = _mm512_castsi256_si512(
+            _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, w1, w1, w1, w1, w1, w1, w1, w1));
+        __m512i raw = _mm512_loadu_si512(blk);
+        return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(idx, raw)));
+    }
+    const int w1 = (int)sizeof(block_q4_0) / 2;
+    const __m256i idx = _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, w1, w1, w1, w1, w1, w1, w1, w1);
+    __m256i raw = _mm256_loadu_si256((const __m256i *)blk);
+    return _mm512_cvtph_ps(_mm256_permutexvar_epi16(idx, raw));
+}
+
+INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_stride,
+                       const uint8_t *x, size_t x_stride, int n_cols, float *y, size_t y_stride,
+                       int r0, int r1)
+{
+    const int nb = n_cols / 32, npairs = (nb + 1) / 2, nfull = nb / 2;
+    const size_t bsz = kt == KT_Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0);
+    const __m512i *xq[KERN_MAX_NX], *xb[KERN_MAX_NX];
+    const __m512 *xd[KERN_MAX_NX];
+    for (int i = 0; i < NX; i++) {
+        const uint8_t *base = x + i * x_stride;
+        xq[i] = (const __m512i *)base;
+        xb[i] = (const __m512i *)(base + (size_t)npairs * 64);
+        xd[i] = (const __m512 *)(base + (size_t)npairs * 128);
+    }
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *row = W + r * w_stride;
+        __m512 acc[KERN_MAX_NX];
+        for (int i = 0; i < NX; i++)
+            acc[i] = _mm512_setzero_ps();
+        for (int p = 0; p < nfull; p++) {
+            const uint8_t *blk = row + 2 * p * bsz;
+            __m512i w = kt == KT_Q8_0 ? wpair_q8(blk) : wpair_q4(blk);
+            __m512 d = dpair(kt, blk);
+            for (int i = 0; i < NX; i++) {
+                __m512i dot = _mm512_dpbusd_epi32(_mm512_load_si512(xb[i] + p), w,
+                                                  _mm512_load_si512(xq[i] + p));
+                acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_load_ps(xd[i] + p)),
+                                         _mm512_cvtepi32_ps(dot), acc[i]);
+            }
+        }
+        if (nb & 1) {
+            /* the last block alone, in the low half of the last pair */
+            const uint8_t *blk = row + (size_t)(nb - 1) * bsz;
+            __m256i w;
+            if (kt == KT_Q8_0)
+                w = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(blk + 2)),
+                                     _mm256_set1_epi8((char)0x80));
+            else
+                w = q4_expand(blk + 2);
+            uint16_t dh;
+            memcpy(&dh, blk, 2);
+            __m256 d = _mm256_set1_ps(f16_f32(dh));
+            for (int i = 0; i < NX; i++) {
+                __m256i dot = _mm256_dpbusd_epi32(
+                    _mm512_castsi512_si256(_mm512_load_si512(xb[i] + nfull)), w,
+                    _mm512_castsi512_si256(_mm512_load_si512(xq[i] + nfull)));
+                __m256 dx = _mm512_castps512_ps256(_mm512_load_ps(xd[i] + nfull));
+                __m256 t = _mm256_mul_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(dot));
+                acc[i] = _mm512_add_ps(acc[i], _mm512_zextps256_ps512(t));
+            }
+        }
+        for (int i = 0; i < NX; i++)
+            y[i * y_stride + r] = _mm512_reduce_add_ps(acc[i]);
+    }
+}
+
+/* ---- quantised weights dequantised to f32 in registers (the "avx512-fma" variant) ---- */
+
+static size_t qx_f32_bytes(int kt, int n_cols)
+{
+    return ((size_t)n_cols * 4 + 63) & ~(size_t)63;
+}
+
+static void qx_f32_make(int kt, const float *x, int n_cols, uint8_t *out)
+{
+    memcpy(out, x, (size_t)n_cols * 4);
+}
+
+/* 32 values of one block, as f32 in two zmm (before the block scale). */
+INLINE void wblock_f32(const int kt, const uint8_t *blk, __m512 *a, __m512 *b)
+{
+    if (kt == KT_Q8_0) {
+        *a = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 2))));
+        *b = _mm512_cvtepi32_ps(
+            _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 18))));
+    } else {
+        __m128i v = _mm_loadu_si128((const __m128i *)(blk + 2));
+        __m128i m = _mm_set1_epi8(15), e = _mm_set1_epi8(8);
+        __m128i lo = _mm_sub_epi8(_mm_and_si128(v, m), e);
+        __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), m), e);
+        *a = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo));
+        *b = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi));
+    }
+}
+
+INLINE void rows_quant_fma(const int kt, const int NX, const uint8_t *W, size_t w_stride,
+                           const uint8_t *x, size_t x_stride, int n_cols, float *y,
+                           size_t y_stride, int r0, int r1)
+{
+    const int nb = n_cols / 32;
+    const size_t bsz = kt == KT_Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0);
+    const float *xs[KERN_MAX_NX];
+    for (int i = 0; i < NX; i++)
+        xs[i] = (const float *)(x + i * x_stride);
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *row = W + r * w_stride;
+        __m512 acc[KERN_MAX_NX];
+        for (int i = 0; i < NX; i++)
+            acc[i] = _mm512_setzero_ps();
+        for (int k = 0; k < nb; k++) {
+            const uint8_t *blk = row + k * bsz;
+            uint16_t dh;
+            memcpy(&dh, blk, 2);
+            __m512 d = _mm512_set1_ps(f16_f32(dh)), wa, wb;
+            wblock_f32(kt, blk, &wa, &wb);
+            for (int i = 0; i < NX; i++) {
+                __m512 t = _mm512_mul_ps(wa, _mm512_loadu_ps(xs[i] + 32 * k));
+                t = _mm512_fmadd_ps(wb, _mm512_loadu_ps(xs[i] + 32 * k + 16), t);
+                acc[i] = _mm512_fmadd_ps(d, t, acc[i]);
+            }
+        }
+        for (int i = 0; i < NX; i++)
+            y[i * y_stride + r] = _mm512_reduce_add_ps(acc[i]);
+    }
+}
+
+#define ROWS_FN(name, body, kt)                                                                   \
+    static void name(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,        \
+                     int nx, int n_cols, float *y, size_t y_stride, int r0, int r1)               \
+    {                                                                                             \
+        switch (nx) {                                                                             \
+        case 1:                                                                                   \
+            body(kt, 1, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                   \
+            break;                                                                                \
+        case 2:                                                                                   \
+            body(kt, 2, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                   \
+            break;                                                                                \
+        case 3:                                                                                   \
+            body(kt, 3, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                   \
+            break;                                                                                \
+        default:                                                                                  \
+            body(kt, 4, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                   \
+            break;                                                                                \
+        }                                                                                         \
+    }
+
+ROWS_FN(rows_f32, rows_float, KT_F32)
+ROWS_FN(rows_f16, rows_float, KT_F16)
+ROWS_FN(rows_bf16, rows_float, KT_BF16)
+ROWS_FN(rows_q8_0, rows_quant, KT_Q8_0)
+ROWS_FN(rows_q4_0, rows_quant, KT_Q4_0)
+ROWS_FN(rows_q8_0_fma, rows_quant_fma, KT_Q8_0)
+ROWS_FN(rows_q4_0_fma, rows_quant_fma, KT_Q4_0)
+
+/* ---- conversion to f32 (sgemm tiles) ---- */
+
+static void to_f32_f32(const uint8_t *src, float *dst, int n)
+{
+    memcpy(dst, src, (size_t)n * 4);
+}
+
+INLINE void to_f32_half(int kt, const uint8_t *src, float *dst, int n)
+{
+    for (int c = 0; c < n; c += 16) {
+        int m = n - c < 16 ? n - c : 16;
+        __m512 v = load16(kt, src + 2 * c, m);
+        if (m == 16)
+            _mm512_storeu_ps(dst + c, v);
+        else
+            _mm512_mask_storeu_ps(dst + c, (__mmask16)((1u << m) - 1), v);
+    }
+}
+
+static void to_f32_f16(const uint8_t *src, float *dst, int n)
+{
+    to_f32_half(KT_F16, src, dst, n);
+}
+
+static void to_f32_bf16(const uint8_t *src, float *dst, int n)
+{
+    to_f32_half(KT_BF16, src, dst, n);
+}
+
+INLINE void to_f32_quant(const int kt, const uint8_t *src, float *dst, int n)
+{
+    const size_t bsz = kt == KT_Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0);
+    for (int k = 0; k < n / 32; k++) {
+        const uint8_t *blk = src + k * bsz;
+        uint16_t dh;
+        memcpy(&dh, blk, 2);
+        __m512 d = _mm512_set1_ps(f16_f32(dh)), a, b;
+        wblock_f32(kt, blk, &a, &b);
+        _mm512_storeu_ps(dst + 32 * k, _mm512_mul_ps(d, a));
+        _mm512_storeu_ps(dst + 32 * k + 16, _mm512_mul_ps(d, b));
+    }
+}
+
+static void to_f32_q8_0(const uint8_t *src, float *dst, int n)
+{
+    to_f32_quant(KT_Q8_0, src, dst, n);
+}
+
+static void to_f32_q4_0(const uint8_t *src, float *dst, int n)
+{
+    to_f32_quant(KT_Q4_0, src, dst, n);
+}
+
+const kern_path_t kern_path_avx512 = {
+    .name = "avx512",
+    .rows = {rows_f32, rows_f16, rows_bf16, rows_q8_0, rows_q4_0},
+    .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0},
+    .qx_bytes = qx_pair_bytes,
+    .qx_make = qx_pair_make,
+};
+
+const kern_path_t kern_path_avx512_fma = {
+    .name = "avx512-fma",
+    .rows = {rows_f32, rows_f16, rows_bf16, rows_q8_0_fma, rows_q4_0_fma},
+    .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0},
+    .qx_bytes = qx_f32_bytes,
+    .qx_make = qx_f32_make,
+};

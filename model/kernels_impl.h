@@ -1,0 +1,67 @@
+/*
+ * model/kernels_impl.h — private to the kernels: the table of one SIMD path.
+ *
+ * kernels.c owns the portable path and picks one table at run time (AVX-512,
+ * AVX2/FMA or portable); kernels_avx2.c and kernels_avx512.c each define one
+ * table, compiled for their instruction set and only called on a CPU that has
+ * it. The tables are constant; any thread may call through them.
+ *
+ * Weight types are indexed by slot (KT_F32 ...), not by their ggml numbers.
+ * Q8_0 and Q4_0 weights are multiplied with activations quantised once per call
+ * to int8 blocks of 32 with an f32 scale (as llama.cpp does); each path lays
+ * those out as its inner loop wants (qx_bytes/qx_make), and dots are exact
+ * int32 sums per block scaled in f32.
+ */
+#ifndef GISTD_MODEL_KERNELS_IMPL_H
+#define GISTD_MODEL_KERNELS_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum { KT_F32, KT_F16, KT_BF16, KT_Q8_0, KT_Q4_0, KT_COUNT };
+
+/* Most vectors one pass over a weight row serves; callers split larger batches. */
+#define KERN_MAX_NX 4
+
+/*
+ * Computes y[i * y_stride + r] = dot(row r of W, activation vector i) for rows
+ * r0 <= r < r1 and i < nx (nx <= KERN_MAX_NX). W rows are w_stride bytes apart.
+ * x points at vector 0 of the prepared activations (f32 rows for F32/F16/BF16,
+ * the path's quantised layout for Q8_0/Q4_0), x_stride bytes apart.
+ */
+typedef void (*kern_rows_fn)(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
+                             int nx, int n_cols, float *y, size_t y_stride, int r0, int r1);
+
+/* Converts n elements of one stored row to f32. */
+typedef void (*kern_to_f32_fn)(const uint8_t *src, float *dst, int n);
+
+typedef struct kern_path {
+    const char *name;
+    kern_rows_fn rows[KT_COUNT];
+    kern_to_f32_fn to_f32[KT_COUNT];
+    /* Bytes of one quantised activation vector of n_cols elements (a multiple of 32)
+     * for weights of slot kt (KT_Q8_0 or KT_Q4_0); a multiple of 64. */
+    size_t (*qx_bytes)(int kt, int n_cols);
+    /* Quantises x[0..n_cols) into out (qx_bytes(kt, n_cols) bytes, 64-byte aligned). */
+    void (*qx_make)(int kt, const float *x, int n_cols, uint8_t *out);
+} kern_path_t;
+
+extern const kern_path_t kern_path_portable;
+extern const kern_path_t kern_path_avx2;
+extern const kern_path_t kern_path_avx512;
+/* AVX-512 with Q8_0/Q4_0 dequantised to f32 in registers: only to measure against. */
+extern const kern_path_t kern_path_avx512_fma;
+
+/*
+ * The "simple" quantised activation layout (portable and AVX2): qs int8[n_cols],
+ * then float d[n_cols / 32], then int32 sum[n_cols / 32] (the sum of each block's qs),
+ * padded to 64 bytes. value c = d[c / 32] * qs[c].
+ */
+size_t kern_qx_simple_bytes(int kt, int n_cols);
+void kern_qx_simple_make(int kt, const float *x, int n_cols, uint8_t *out);
+
+/* Quantises 32 floats the same way for every path: d = max|x| / 127, q = round(x / d).
+ * Returns d (0 for an all-zero block, then every q is 0). */
+float kern_quant_block(const float *x, int8_t *q);
+
+#endif
