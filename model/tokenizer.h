@@ -31,8 +31,12 @@ uint32_t tok_n_vocab(const tok_t *t);
 int32_t tok_bos(const tok_t *t); /* -1 when the vocabulary has none */
 int32_t tok_eos(const tok_t *t); /* -1 when the vocabulary has none */
 bool tok_is_control(const tok_t *t, int32_t id);
+/* The file's tokenizer.ggml.add_bos_token: whether prompts for this model start with BOS
+ * (default true for SentencePiece, false for BPE). tok_encode only adds it when asked. */
+bool tok_add_bos(const tok_t *t);
 
-/* The token's text as stored in the vocabulary (with ▁ or GPT-2 byte symbols), NUL-terminated. */
+/* The token's text as stored in the vocabulary (with ▁ or GPT-2 byte symbols),
+ * NUL-terminated; NULL for an id outside the vocabulary. */
 const char *tok_text(const tok_t *t, int32_t id);
 
 /* Id of the vocabulary entry whose stored text is exactly s, or -1. */
