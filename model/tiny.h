@@ -1,0 +1,47 @@
+/*
+ * model/tiny.h — writes a random-weight llama model as a GGUF file: the fixtures of the
+ * tests and benchmarks (`gist-model make-tiny`), with a small SentencePiece-style `llama`
+ * tokenizer inside and, on request, the gistd extensions (gist tokens, retention gates).
+ *
+ * Weights come from a seeded generator, keyed by the seed and the tensor's name, so the
+ * same seed and shape give the same underlying floats whatever the storage type (an f32
+ * and a q8_0 file of one seed hold the same model up to quantization). The chosen type
+ * applies to the 2-D matrices; norm vectors and gate tensors stay f32, as in real files.
+ * Matrices are uniform(-1, 1) * 1.5 / sqrt(n_cols), norms 1 + 0.1 * uniform(-1, 1), so
+ * activations stay O(1). Pure function of its arguments; any thread.
+ */
+#ifndef GISTD_MODEL_TINY_H
+#define GISTD_MODEL_TINY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/err.h"
+
+typedef struct mdl_tiny_cfg {
+    uint64_t seed;
+    uint32_t type; /* storage type of the matrices: GGML_TYPE_F32/F16/BF16/Q8_0/Q4_0 */
+    uint32_t n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, n_ctx;
+    float rope_base; /* llama.rope.freq_base */
+    float rms_eps;   /* llama.attention.layer_norm_rms_epsilon */
+    bool tied;       /* no output.weight: the output projection is token_embd */
+    uint32_t n_gist; /* > 0: the last n_gist vocabulary entries are <gist_0>.. */
+    uint32_t retention_hidden; /* > 0: retention gate tensors with this hidden width */
+    uint32_t retention_budget; /* gistd.retention.budget (written with the gates) */
+    const char *name;          /* general.name */
+} mdl_tiny_cfg_t;
+
+/* n_embd 64, n_layer 2, n_head 4, n_head_kv 2, n_ff 128, n_vocab 384, n_ctx 256, f32,
+ * untied, rope_base 10000, rms_eps 1e-5, no gist tokens, no gates (budget 64 if enabled),
+ * seed 1, name "tiny". */
+void mdl_tiny_cfg_default(mdl_tiny_cfg_t *cfg);
+
+/* Checks cfg and writes the model to path. ERR_INVAL with a message for a bad shape
+ * (heads that do not divide, a vocabulary smaller than 259 + n_gist, rows that are not
+ * whole q8_0/q4_0 blocks, an unsupported type), ERR_IO when the file cannot be written. */
+int mdl_tiny_write(const char *path, const mdl_tiny_cfg_t *cfg, err_info_t *e);
+
+/* The type number for a name ("f32", "f16", "bf16", "q8_0", "q4_0"), or -1. */
+int mdl_tiny_type_from_name(const char *name);
+
+#endif
