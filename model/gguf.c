@@ -494,11 +494,13 @@ static int parse_tensor_info(gguf_t *g, cursor_t *c, uint64_t i)
         return err_set(c->e, ERR_FORMAT, "%srow of %" PRIu64 " elements is not a whole "
                        "number of %s blocks (%" PRIu32 " elements each)",
                        c->where, t->ne[0], ti->name, ti->block_elems);
-    uint64_t row = t->ne[0] / ti->block_elems * ti->block_bytes; /* < 2^63 / 32 * 292 */
-    uint64_t rows = prod / t->ne[0];
-    if (row != 0 && rows > UINT64_MAX / 2 / row)
-        return err_set(c->e, ERR_FORMAT, "%sbyte size overflows", c->where);
-    t->nbytes = row * rows;
+    /* bytes = blocks per row * block bytes * rows, kept below 2^63 */
+    uint64_t blocks = t->ne[0] / ti->block_elems, rows = prod / t->ne[0];
+    if (blocks > (uint64_t)INT64_MAX / ti->block_bytes ||
+        rows > (uint64_t)INT64_MAX / (blocks * ti->block_bytes))
+        return err_set(c->e, ERR_FORMAT, "%sbyte size of %" PRIu64 " %s elements overflows",
+                       c->where, prod, ti->name);
+    t->nbytes = blocks * ti->block_bytes * rows;
     at = c->off;
     if ((rc = rd_u64(c, &t->offset, "offset")))
         return rc;
