@@ -136,8 +136,12 @@ def log_sigmoid(z):
 
 
 class RefModel:
-    def __init__(self, path):
+    def __init__(self, path, act_quant=False):
+        """act_quant: quantize the input of every product with a q8_0/q4_0 weight to int8
+        blocks of 32 (d = max|x|/127, q = round(x/d)), as llama.cpp's decode kernels do."""
         meta, tensors = read_gguf(path)
+        self.act_quant = act_quant
+        self.wtype = {name: t[0] for name, t in tensors.items()}
         self.meta = meta
         assert meta["general.architecture"] == "llama", meta["general.architecture"]
         g = lambda k, d=None: meta.get("llama." + k, d)
@@ -158,6 +162,15 @@ class RefModel:
         self.w = {name: dequantize(*t) for name, t in tensors.items()}
         self.n_vocab = self.w["token_embd.weight"].shape[0]
         self.freq_div = self.w.get("rope_freqs.weight", np.ones(self.n_rot // 2))
+
+    def mm(self, x, name):
+        """x @ W[name].T, with the input quantized first when act_quant asks for it."""
+        if self.act_quant and self.wtype[name] in (GGML_Q8_0, GGML_Q4_0):
+            b = x.reshape(x.shape[0], -1, 32)
+            d = np.abs(b).max(axis=2, keepdims=True) / 127.0
+            q = np.round(np.divide(b, d, out=np.zeros_like(b), where=d > 0))
+            x = (q * d).reshape(x.shape)
+        return x @ self.w[name].T
 
     def rope(self, x, pos):
         """x: [n, heads, head_dim]; rotates adjacent pairs of the first n_rot dims."""
@@ -186,12 +199,12 @@ class RefModel:
             p = f"blk.{l}."
             xn = rms_norm(x, W[p + "attn_norm.weight"], self.eps)
             if p + "retention_in.weight" in W:
-                h = silu(xn @ W[p + "retention_in.weight"].T + W[p + "retention_in.bias"])
-                z = h @ W[p + "retention_out.weight"].T + W[p + "retention_out.bias"]
+                h = silu(self.mm(xn, p + "retention_in.weight") + W[p + "retention_in.bias"])
+                z = self.mm(h, p + "retention_out.weight") + W[p + "retention_out.bias"]
                 logbeta[:, l, :] = log_sigmoid(z)
-            q = (xn @ W[p + "attn_q.weight"].T).reshape(n, nh, hd)
-            k = (xn @ W[p + "attn_k.weight"].T).reshape(n, nkv, hd)
-            v = (xn @ W[p + "attn_v.weight"].T).reshape(n, nkv, hd)
+            q = self.mm(xn, p + "attn_q.weight").reshape(n, nh, hd)
+            k = self.mm(xn, p + "attn_k.weight").reshape(n, nkv, hd)
+            v = self.mm(xn, p + "attn_v.weight").reshape(n, nkv, hd)
             q, k = self.rope(q, pos), self.rope(k, pos)
             grp = nh // nkv
             att = np.empty((n, nh, hd))
@@ -201,12 +214,11 @@ class RefModel:
                 s = np.exp(s - s.max(axis=1, keepdims=True))
                 s /= s.sum(axis=1, keepdims=True)
                 att[:, h, :] = s @ v[:, kh, :]
-            x = x + att.reshape(n, nh * hd) @ W[p + "attn_output.weight"].T
+            x = x + self.mm(att.reshape(n, nh * hd), p + "attn_output.weight")
             xn = rms_norm(x, W[p + "ffn_norm.weight"], self.eps)
-            gate = xn @ W[p + "ffn_gate.weight"].T
-            up = xn @ W[p + "ffn_up.weight"].T
-            x = x + (silu(gate) * up) @ W[p + "ffn_down.weight"].T
+            gate = self.mm(xn, p + "ffn_gate.weight")
+            up = self.mm(xn, p + "ffn_up.weight")
+            x = x + self.mm(silu(gate) * up, p + "ffn_down.weight")
         x = rms_norm(x, W["output_norm.weight"], self.eps)
-        out_w = W.get("output.weight", W["token_embd.weight"])
-        logits = x @ out_w.T
+        logits = self.mm(x, "output.weight" if "output.weight" in W else "token_embd.weight")
         return (logits, logbeta) if want_logbeta else logits
