@@ -7,7 +7,7 @@
 #   make run     start gistd in the foreground on the default model
 #   make format  clang-format every C file in place
 #
-# Each bench/NAME.c becomes build/bin/bench_NAME (run by the scripts in bench/).
+# Each bench/bench_NAME.c becomes build/bin/bench_NAME (run by the scripts in bench/).
 #
 # Each module folder's *.c files form one static library; files named *_avx2.c and
 # *_avx512.c are compiled for those instruction sets and chosen at run time.
@@ -39,7 +39,7 @@ LIBS     := $(foreach m,$(MODULES),$(if $(call lib_srcs,$(m)),$(BUILD)/lib/libgi
 
 GIST_MODEL_SRCS := $(wildcard tools/gist-model/*.c)
 BENCH_SRCS := $(wildcard bench/*.c)
-BENCHES  := $(patsubst bench/%.c,$(BUILD)/bin/bench_%,$(BENCH_SRCS))
+BENCHES  := $(patsubst bench/%.c,$(BUILD)/bin/%,$(BENCH_SRCS))
 BINS     := $(BUILD)/bin/gist-model $(BENCHES)
 
 TEST_SRCS := $(wildcard tests/test_*.c)
@@ -73,7 +73,7 @@ $(BUILD)/bin/gist-model: $(patsubst %.c,$(BUILD)/obj/%.o,$(GIST_MODEL_SRCS)) $(L
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/bin/bench_%: $(BUILD)/obj/bench/%.o $(LIBS)
+$(BUILD)/bin/bench_%: $(BUILD)/obj/bench/bench_%.o $(LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 

@@ -69,6 +69,8 @@ struct tok {
     int32_t bos, eos, unk, pad;
     bool add_bos;          /* the file's tokenizer.ggml.add_bos_token */
     bool add_space_prefix; /* SPM: prefix the text with one ▁ (and drop it when decoding) */
+    bool spm_chunks;       /* SPM: no piece has ▁ after another character, so words can be
+                              merged one at a time (tok_spm.c) */
     /* SPM: the byte-fallback token of each byte (<0xXX>); BPE: the symbol of each byte's
      * GPT-2 character. -1 when there is none. */
     int32_t byte_sym[256];

@@ -6,12 +6,19 @@
  * vocabulary piece is merged, again and again, until no adjacent pair is a piece (ties
  * go to the leftmost pair). A final symbol that is not a piece falls back to its bytes'
  * <0xXX> tokens. This is the BPE algorithm of SentencePiece as llama.cpp runs it.
+ *
+ * Merging never joins symbols across a point that no piece spans, so when the vocabulary
+ * has no piece with a ▁ after other characters (Llama's has none), the text is cut before
+ * each word's ▁ and the words are merged one by one: the same tokens, with a small heap
+ * instead of one the size of the text.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "model/tok_internal.h"
 #include "model/tok_unicode.h"
+
+#define SPM_MARK "\xE2\x96\x81" /* U+2581 ▁, the space marker */
 
 /* A run of bytes of the escaped text; merged-away symbols have n == 0. */
 typedef struct spm_sym {
@@ -71,7 +78,6 @@ static int spm_emit(const tok_t *t, const char *s, size_t len, tok_vec_t *out)
 /* Escapes text into a new buffer: optional leading ▁, every space as ▁. */
 static char *spm_escape(const char *text, size_t len, bool prefix, size_t *out_len)
 {
-    static const char mark[3] = {'\xE2', '\x96', '\x81'}; /* U+2581 ▁ */
     size_t spaces = prefix;
     for (size_t i = 0; i < len; i++)
         spaces += text[i] == ' ';
@@ -80,12 +86,12 @@ static char *spm_escape(const char *text, size_t len, bool prefix, size_t *out_l
         return NULL;
     size_t n = 0;
     if (prefix) {
-        memcpy(buf, mark, 3);
+        memcpy(buf, SPM_MARK, 3);
         n = 3;
     }
     for (size_t i = 0; i < len; i++) {
         if (text[i] == ' ') {
-            memcpy(buf + n, mark, 3);
+            memcpy(buf + n, SPM_MARK, 3);
             n += 3;
         } else {
             buf[n++] = text[i];
@@ -95,41 +101,42 @@ static char *spm_escape(const char *text, size_t len, bool prefix, size_t *out_l
     return buf;
 }
 
-int tok_spm_encode(const tok_t *t, const char *text, size_t len, bool prefix, tok_vec_t *out)
+/* Start of the next chunk after cs: a ▁ that follows a character other than ▁ (or n). */
+static size_t spm_next_chunk(const char *buf, size_t cs, size_t n)
 {
-    if (len == 0)
-        return 0;
-    int rc = ERR_NOMEM;
-    size_t n;
-    char *buf = spm_escape(text, len, prefix, &n);
-    if (!buf)
-        return ERR_NOMEM;
-    spm_run_t r = {.t = t, .text = buf};
-    if (n >= INT32_MAX) {
-        rc = ERR_TOOBIG;
-        goto free_buf;
+    for (size_t i = cs + 1; i + 3 <= n; i++) {
+        const char *hit = memchr(buf + i, '\xE2', n - i - 2);
+        if (!hit)
+            break;
+        i = (size_t)(hit - buf);
+        if (!memcmp(hit, SPM_MARK, 3) && (i < 3 || memcmp(hit - 3, SPM_MARK, 3) != 0))
+            return i;
     }
-    r.sym = malloc(n * sizeof *r.sym);
-    if (!r.sym)
-        goto free_buf;
+    return n;
+}
 
+/* Merges the symbols of buf[cs, ce) and appends their tokens. */
+static int spm_chunk(spm_run_t *r, size_t cs, size_t ce, tok_vec_t *out)
+{
+    int rc;
     int32_t n_sym = 0;
-    for (size_t off = 0; off < n;) {
+    r->heap.n = 0;
+    for (size_t off = cs; off < ce;) {
         uint32_t cp;
-        size_t cl = tok_utf8_next(buf + off, n - off, &cp);
-        r.sym[n_sym] = (spm_sym_t){(uint32_t)off, (uint32_t)cl, n_sym - 1, -1};
+        size_t cl = tok_utf8_next(r->text + off, ce - off, &cp);
+        r->sym[n_sym] = (spm_sym_t){(uint32_t)off, (uint32_t)cl, n_sym - 1, -1};
         if (n_sym > 0)
-            r.sym[n_sym - 1].next = n_sym;
+            r->sym[n_sym - 1].next = n_sym;
         n_sym++;
         off += cl;
     }
     for (int32_t i = 1; i < n_sym; i++)
-        if ((rc = spm_try_pair(&r, i - 1, i)))
-            goto free_all;
+        if ((rc = spm_try_pair(r, i - 1, i)))
+            return rc;
 
-    while (r.heap.n > 0) {
-        tok_cand_t c = tok_heap_pop(&r.heap);
-        spm_sym_t *l = &r.sym[c.left], *rt = &r.sym[c.right];
+    while (r->heap.n > 0) {
+        tok_cand_t c = tok_heap_pop(&r->heap);
+        spm_sym_t *l = &r->sym[c.left], *rt = &r->sym[c.right];
         /* Stale: one side was merged away or grew since this pair was queued. */
         if (l->n == 0 || rt->n == 0 || l->n + rt->n != c.a)
             continue;
@@ -137,18 +144,42 @@ int tok_spm_encode(const tok_t *t, const char *text, size_t len, bool prefix, to
         rt->n = 0;
         l->next = rt->next;
         if (rt->next >= 0)
-            r.sym[rt->next].prev = c.left;
-        if ((rc = spm_try_pair(&r, l->prev, c.left)) || (rc = spm_try_pair(&r, c.left, l->next)))
-            goto free_all;
+            r->sym[rt->next].prev = c.left;
+        if ((rc = spm_try_pair(r, l->prev, c.left)) || (rc = spm_try_pair(r, c.left, l->next)))
+            return rc;
     }
+    for (int32_t i = 0; i >= 0; i = r->sym[i].next)
+        if ((rc = spm_emit(r->t, r->text + r->sym[i].start, r->sym[i].n, out)))
+            return rc;
+    return 0;
+}
 
-    rc = 0;
-    for (int32_t i = 0; i >= 0 && rc == 0; i = r.sym[i].next)
-        rc = spm_emit(t, buf + r.sym[i].start, r.sym[i].n, out);
-free_all:
+int tok_spm_encode(const tok_t *t, const char *text, size_t len, bool prefix, tok_vec_t *out)
+{
+    if (len == 0)
+        return 0;
+    size_t n;
+    char *buf = spm_escape(text, len, prefix, &n);
+    if (!buf)
+        return ERR_NOMEM;
+    int rc = 0;
+    spm_run_t r = {.t = t, .text = buf};
+    size_t sym_cap = 0;
+    for (size_t cs = 0, ce; cs < n && rc == 0; cs = ce) {
+        ce = t->spm_chunks ? spm_next_chunk(buf, cs, n) : n;
+        if (ce - cs >= INT32_MAX || ce >= UINT32_MAX) {
+            rc = ERR_TOOBIG;
+        } else if (ce - cs > sym_cap) {
+            sym_cap = 2 * (ce - cs);
+            free(r.sym);
+            if (!(r.sym = malloc(sym_cap * sizeof *r.sym)))
+                rc = ERR_NOMEM;
+        }
+        if (rc == 0)
+            rc = spm_chunk(&r, cs, ce, out);
+    }
     free(r.heap.v);
     free(r.sym);
-free_buf:
     free(buf);
     return rc;
 }

@@ -142,6 +142,29 @@ static void load_spm_bytes(tok_t *t)
     }
 }
 
+/* True when no normal piece has a ▁ after a character other than ▁, so SentencePiece can
+ * merge the words of a text (each from its ▁ on) one at a time. */
+static bool spm_words_independent(const tok_t *t)
+{
+    static const char mark[] = "\xE2\x96\x81";
+    for (uint32_t id = 0; id < t->n_vocab; id++) {
+        if (t->types[id] != TOK_TYPE_NORMAL)
+            continue;
+        const char *s = tok_sym_text(t, id);
+        size_t len = tok_sym_len(t, id);
+        bool inner_mark = false, only_marks = len % 3 == 0;
+        for (size_t i = 0; i < len; i++) {
+            bool at_mark = i + 3 <= len && !memcmp(s + i, mark, 3);
+            inner_mark |= at_mark && i > 0;
+            if (i % 3 == 0)
+                only_marks &= at_mark;
+        }
+        if (inner_mark && !only_marks)
+            return false;
+    }
+    return true;
+}
+
 /* Appends to buf the bytes a normal BPE token stands for: each GPT-2 character back to
  * its byte (other characters stay as they are). */
 static size_t bpe_unmap(const char *s, size_t len, char *buf)
@@ -303,6 +326,7 @@ static int tok_load(tok_t *t, const gguf_t *g, err_info_t *e)
                                    &t->add_space_prefix, e)))
             return rc;
         load_spm_bytes(t);
+        t->spm_chunks = spm_words_independent(t);
     } else if ((rc = tok_bpe_load(t, g, e))) {
         return rc;
     }

@@ -218,6 +218,41 @@ static void corpus_round_trip(const char *vocab)
     gguf_close(&g);
 }
 
+/* Llama's vocabulary lets SentencePiece merge word by word; merging the whole text at
+ * once (what a vocabulary with a ▁ inside a piece needs) gives the same tokens. */
+static void test_spm_words_equal_whole_text(void)
+{
+    gguf_t *g;
+    tok_t *t = open_vocab("vocab/ggml-vocab-llama-spm.gguf", &g);
+    if (!t)
+        return;
+    const char *path = check_shared("corpus/jargon.txt");
+    size_t len = 0;
+    char *text = path ? read_file(path, &len) : NULL;
+    CHECK(text != NULL);
+    size_t cut = len < (64u << 10) ? len : (64u << 10);
+    while (cut > 0 && text[cut - 1] != '\n')
+        cut--;
+    static const char extra[] = "  two  spaces,▁marks▁▁here \xe2\x96 and\ttabs   ";
+    for (int k = 0; k < 2 && text; k++) {
+        const char *s = k ? extra : text;
+        size_t n = k ? sizeof extra - 1 : cut;
+        int32_t *a = NULL, *b = NULL;
+        size_t na = 0, nb = 0;
+        CHECK(t->spm_chunks);
+        CHECK_OK(tok_encode(t, s, n, false, false, &a, &na));
+        t->spm_chunks = false;
+        CHECK_OK(tok_encode(t, s, n, false, false, &b, &nb));
+        t->spm_chunks = true;
+        CHECK(na == nb && na > 0 && !memcmp(a, b, na * sizeof *a));
+        free(a);
+        free(b);
+    }
+    free(text);
+    tok_destroy(&t);
+    gguf_close(&g);
+}
+
 static void test_spm_corpus_round_trip(void)
 {
     corpus_round_trip("vocab/ggml-vocab-llama-spm.gguf");
@@ -726,6 +761,7 @@ int main(void)
     RUN(test_crafted_spm);
     RUN(test_spm_edge_round_trips);
     RUN(test_bpe_edge_round_trips);
+    RUN(test_spm_words_equal_whole_text);
     RUN(test_spm_corpus_round_trip);
     RUN(test_bpe_corpus_round_trip);
     return check_done();
