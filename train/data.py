@@ -13,7 +13,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 DEFAULT_CORPUS = os.path.join(REPO, "..", "shared", "corpus")
-RUNS = os.path.join(HERE, "runs")
+RUNS = os.environ.get("GISTD_TRAIN_RUNS", os.path.join(HERE, "runs"))
 VALID_BOOK = "persuasion.txt"
 
 

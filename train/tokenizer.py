@@ -48,7 +48,7 @@ def train_tokenizer(corpus, out_prefix, vocab_size, max_bytes=None, threads=2):
     return out_prefix + ".model"
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", default=data.DEFAULT_CORPUS)
     ap.add_argument("--out", default=os.path.join(data.RUNS, "tok4096"),
@@ -56,7 +56,7 @@ def main():
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("--max-bytes", type=int, default=None,
                     help="read only this many characters of each book (tests)")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     path = train_tokenizer(a.corpus, a.out, a.vocab, a.max_bytes)
     sp = data.load_sp(path)
     _books, valid = data.split_books(a.corpus)

@@ -37,7 +37,7 @@ def eval_nll(model, xs, ys, batch=4):
     return tot / n
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", default=data.DEFAULT_CORPUS)
     ap.add_argument("--tok", required=True, help="SentencePiece .model file")
@@ -51,7 +51,7 @@ def main():
     ap.add_argument("--ctx", type=int, default=1024)
     ap.add_argument("--eval-windows", type=int, default=8)
     common.add_budget_args(ap, minutes=60, lr=3e-3)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     os.makedirs(a.out, exist_ok=True)

@@ -1,0 +1,160 @@
+"""Export a checkpoint (base, gist or gated) and its tokenizer as one llama GGUF file.
+
+    /usr/bin/python3 train/export.py --ckpt train/runs/gates/ckpt.pt \
+        --tok train/runs/tok4096.model --out models/gistd-6m.gguf --type f16
+
+Tensor names and extra keys follow llama.cpp and ../shared/GGUF-EXTENSIONS.md. A torch
+Linear(in -> out) weight [out, in] is written as GGUF dims [in, out]: the same bytes.
+Weights are written as trained (adjacent-pair RoPE: no permutation of attn_q/attn_k).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import data  # noqa: E402
+import gguf_writer as G  # noqa: E402
+import model as M  # noqa: E402
+
+# SentencePiece piece kinds -> llama.cpp token types
+TT_NORMAL, TT_UNKNOWN, TT_CONTROL, TT_USER, TT_UNUSED, TT_BYTE = 1, 2, 3, 4, 5, 6
+
+
+def vocab_entries(sp, n_vocab, n_gist):
+    """(tokens, scores, types) for the SentencePiece pieces, then the gist tokens."""
+    tokens, scores, types = [], [], []
+    for i in range(sp.GetPieceSize()):
+        tokens.append(sp.IdToPiece(i))
+        scores.append(sp.GetScore(i))
+        if sp.IsUnknown(i):
+            types.append(TT_UNKNOWN)
+        elif sp.IsControl(i):
+            types.append(TT_CONTROL)
+        elif sp.IsByte(i):
+            types.append(TT_BYTE)
+        elif sp.IsUnused(i):
+            types.append(TT_UNUSED)
+        else:
+            types.append(TT_NORMAL)
+    for g in range(n_gist):
+        tokens.append(f"<gist_{g}>")
+        scores.append(0.0)
+        types.append(TT_CONTROL)
+    if len(tokens) != n_vocab:
+        raise SystemExit(f"model has {n_vocab} vocabulary rows, tokenizer + gists give "
+                         f"{len(tokens)}")
+    return tokens, scores, types
+
+
+def export(model, sp, path, wtype="f32", gist=None, retention_budget=None, name="gistd"):
+    """gist: None or dict(count, first_token_id, sinks). Returns the file size."""
+    c = model.c
+    w = G.GGUFWriter()
+    w.add_string("general.architecture", "llama")
+    w.add_string("general.name", name)
+    w.add_u32("general.file_type", 1 if wtype == "f16" else 0)
+    w.add_u32("llama.context_length", c.n_ctx)
+    w.add_u32("llama.embedding_length", c.n_embd)
+    w.add_u32("llama.block_count", c.n_layer)
+    w.add_u32("llama.feed_forward_length", c.n_ff)
+    w.add_u32("llama.attention.head_count", c.n_head)
+    w.add_u32("llama.attention.head_count_kv", c.n_head_kv)
+    w.add_f32("llama.attention.layer_norm_rms_epsilon", c.eps)
+    w.add_u32("llama.rope.dimension_count", c.head_dim)
+    w.add_f32("llama.rope.freq_base", c.rope_base)
+    w.add_u32("llama.vocab_size", c.n_vocab)
+
+    n_gist = gist["count"] if gist else 0
+    tokens, scores, types = vocab_entries(sp, c.n_vocab, n_gist)
+    w.add_string("tokenizer.ggml.model", "llama")
+    w.add_array("tokenizer.ggml.tokens", G.STRING, tokens)
+    w.add_array("tokenizer.ggml.scores", G.FLOAT32, scores)
+    w.add_array("tokenizer.ggml.token_type", G.INT32, types)
+    w.add_u32("tokenizer.ggml.bos_token_id", sp.bos_id())
+    w.add_u32("tokenizer.ggml.eos_token_id", sp.eos_id())
+    w.add_u32("tokenizer.ggml.unknown_token_id", sp.unk_id())
+    w.add_bool("tokenizer.ggml.add_bos_token", True)
+    w.add_bool("tokenizer.ggml.add_eos_token", False)
+    w.add_bool("tokenizer.ggml.add_space_prefix", True)
+
+    if gist:
+        w.add_u32("gistd.gist.count", gist["count"])
+        w.add_u32("gistd.gist.first_token_id", gist["first_token_id"])
+        w.add_string("gistd.gist.mask", "sentence")
+        w.add_u32("gistd.gist.sinks", gist.get("sinks", 1))
+    if model.has_gates():
+        w.add_u32("gistd.retention.hidden", model.blocks[0].retention.inp.out_features)
+        w.add_u32("gistd.retention.budget", retention_budget)
+
+    big = G.GGML_F16 if wtype == "f16" else G.GGML_F32
+
+    def t(n, p, typ=G.GGML_F32):
+        w.add_tensor(n, p.detach().cpu().numpy(), typ)
+
+    t("token_embd.weight", model.token_embd.weight, big)
+    for i, b in enumerate(model.blocks):
+        p = f"blk.{i}."
+        t(p + "attn_norm.weight", b.attn_norm.weight)
+        for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up",
+                  "ffn_down"):
+            t(p + n + ".weight", getattr(b, n).weight, big)
+        t(p + "ffn_norm.weight", b.ffn_norm.weight)
+        if b.retention is not None:
+            t(p + "retention_in.weight", b.retention.inp.weight)
+            t(p + "retention_in.bias", b.retention.inp.bias)
+            t(p + "retention_out.weight", b.retention.out.weight)
+            t(p + "retention_out.bias", b.retention.out.bias)
+    t("output_norm.weight", model.output_norm.weight)
+    t("output.weight", model.output.weight, big)
+    return w.write(path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--tok", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--type", choices=("f32", "f16"), default="f32",
+                    help="type of the big matrices (norms and gates stay f32)")
+    ap.add_argument("--name", default="gistd")
+    a = ap.parse_args(argv)
+    model, d = M.load_checkpoint(a.ckpt)
+    sp = data.load_sp(a.tok)
+    size = export(model, sp, a.out, a.type, d.get("gist"), d.get("retention_budget"), a.name)
+    print(f"{a.out}: {size} bytes")
+
+
+if __name__ == "__main__":
+    main()
+
+
+def load_gguf(path):
+    """A Llama (with gist rows and gates if the file has them) rebuilt from a GGUF file
+    written by export(): (model, kv dict). F16 tensors come back as f32."""
+    import torch
+
+    kv, tensors = G.read_gguf(path)
+    c = M.Config(n_vocab=kv["llama.vocab_size"], n_embd=kv["llama.embedding_length"],
+                 n_layer=kv["llama.block_count"], n_head=kv["llama.attention.head_count"],
+                 n_head_kv=kv["llama.attention.head_count_kv"],
+                 n_ff=kv["llama.feed_forward_length"], n_ctx=kv["llama.context_length"],
+                 rope_base=kv["llama.rope.freq_base"],
+                 eps=kv["llama.attention.layer_norm_rms_epsilon"])
+    m = M.Llama(c)
+    if "gistd.retention.hidden" in kv:
+        m.add_gates(kv["gistd.retention.hidden"])
+    sd = {}
+    names = {"token_embd.weight": "token_embd.weight", "output_norm.weight":
+             "output_norm.weight", "output.weight": "output.weight"}
+    for i, b in enumerate(m.blocks):
+        for n in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm",
+                  "ffn_gate", "ffn_up", "ffn_down"):
+            names[f"blk.{i}.{n}.weight"] = f"blocks.{i}.{n}.weight"
+        if b.retention is not None:
+            for n, t in (("retention_in", "inp"), ("retention_out", "out")):
+                for w in ("weight", "bias"):
+                    names[f"blk.{i}.{n}.{w}"] = f"blocks.{i}.retention.{t}.{w}"
+    for g, t in names.items():
+        sd[t] = torch.from_numpy(tensors[g][2].copy())
+    m.load_state_dict(sd)
+    return m, kv

@@ -1,0 +1,238 @@
+"""Stage 2: sentence-anchored gist tokens (Tarasov et al. 2025) on top of the base model.
+
+N_g gist ids are appended to the vocabulary (after the SentencePiece pieces) and inserted
+after every closed sentence of the training text; attention follows the sentence mask
+(model.sentence_mask: sinks, every earlier gist, and one's own sentence). Loss: next-token
+cross-entropy on regular tokens only. Gist positions are never scored, and the first token
+of a sentence is predicted from the last gist of the group before it (the sentence's own
+last token, whose next token is a gist, is not scored).
+
+Phase 1 (--frozen-minutes) trains only the new rows of token_embd and output (the base
+is frozen); phase 2 (--minutes) fine-tunes everything at a lower rate, with --plain-rows
+rows of each batch left without gists so the model keeps working as a plain causal LM.
+
+    nice -n 10 /usr/bin/python3 train/train_gist.py --tok train/runs/tok4096.model \
+        --base train/runs/base/ckpt.pt --out train/runs/gist --frozen-minutes 6 --minutes 12
+"""
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import common  # noqa: E402
+import data  # noqa: E402
+import model as M  # noqa: E402
+
+IGNORE = -100
+
+
+class GistSampler:
+    """Windows [BOS] sentence gists sentence gists ... (the last sentence cut and unclosed),
+    each starting at a random sentence of a random book."""
+
+    def __init__(self, book_sentences, seq_len, bos, gist_first, n_gist, seed):
+        self.books = [s for s in book_sentences if len(s) > 1]
+        sizes = np.array([len(s) for s in self.books], dtype=np.float64)
+        self.p = sizes / sizes.sum()
+        self.seq, self.bos = seq_len, bos
+        self.gists = np.arange(gist_first, gist_first + n_gist, dtype=np.int64)
+        self.rng = np.random.default_rng(seed)
+
+    def window(self, sents, start, with_gists=True):
+        """seq_len + 1 tokens built from sents[start:] (or None if the book runs out)."""
+        parts, n = [np.array([self.bos])], 1
+        i = start
+        while n < self.seq + 1 and i < len(sents):
+            parts.append(sents[i].astype(np.int64))
+            n += len(sents[i])
+            if with_gists and n < self.seq + 1:
+                parts.append(self.gists)
+                n += len(self.gists)
+            i += 1
+        if n < self.seq + 1:
+            return None
+        return np.concatenate(parts)[: self.seq + 1]
+
+    def batch(self, batch_size, plain_rows=0):
+        rows = []
+        while len(rows) < batch_size:
+            sents = self.books[self.rng.choice(len(self.books), p=self.p)]
+            w = self.window(sents, int(self.rng.integers(0, len(sents))),
+                            with_gists=len(rows) >= plain_rows)
+            if w is not None:
+                rows.append(w)
+        return np.stack(rows)
+
+
+def inputs_targets(w, gist_first, n_gist):
+    """(inputs [B, T], targets [B, T]) from windows [B, T + 1]: a target is the next token
+    when it is a regular token, IGNORE when it is a gist."""
+    x = w[:, :-1].copy()
+    y = w[:, 1:].copy()
+    y[(y >= gist_first) & (y < gist_first + n_gist)] = IGNORE
+    return x, y
+
+
+def masked_loss(model, x, y, gist_first, n_gist, reduction="mean"):
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    mask = M.sentence_mask(xt, gist_first, n_gist)
+    logits = model(xt, mask=mask)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yt.reshape(-1),
+                           ignore_index=IGNORE, reduction=reduction), int((yt != IGNORE).sum())
+
+
+def valid_windows(sents, seq, bos, gist_first, n_gist, max_windows=None):
+    """Consecutive windows over the validation book: (gisted windows, the same windows with
+    the gists removed). Both predict exactly the same regular tokens."""
+    s = GistSampler([sents], seq, bos, gist_first, n_gist, 0)
+    gisted, plain, i = [], [], 0
+    while i < len(sents) and (max_windows is None or len(gisted) < max_windows):
+        w = s.window(sents, i)
+        if w is None:
+            break
+        gisted.append(w)
+        # sentences used: count closed sentences (gist groups) in the window
+        used = int(((w[:-1] >= gist_first) & (w[1:] < gist_first)).sum())
+        pw = w[(w < gist_first) | (w >= gist_first + n_gist)]
+        plain.append(pw)
+        i += max(used, 1)
+    return gisted, plain
+
+
+@torch.no_grad()
+def eval_gisted(model, gisted, gist_first, n_gist, batch=4):
+    """(mean NLL, tokens scored) of the regular tokens, with gists and the sentence mask."""
+    model.eval()
+    tot, n = 0.0, 0
+    for i in range(0, len(gisted), batch):
+        x, y = inputs_targets(np.stack(gisted[i : i + batch]), gist_first, n_gist)
+        loss, k = masked_loss(model, x, y, gist_first, n_gist, "sum")
+        tot, n = tot + float(loss), n + k
+    model.train()
+    return tot / n, n
+
+
+@torch.no_grad()
+def eval_plain(model, plain):
+    """(mean NLL, tokens scored) of the same tokens without gists, causal attention."""
+    model.eval()
+    tot, n = 0.0, 0
+    for pw in plain:
+        logits = model(torch.from_numpy(pw[None, :-1]))
+        tot += float(F.cross_entropy(logits[0], torch.from_numpy(pw[1:]), reduction="sum"))
+        n += len(pw) - 1
+    model.train()
+    return tot / n, n
+
+
+def book_sentences(tok_path, sp, paths, max_bytes):
+    texts = data.piece_texts(sp)
+    return [data.split_sentences(data.book_tokens(tok_path, p, max_bytes), texts)
+            for p in paths]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--corpus", default=data.DEFAULT_CORPUS)
+    ap.add_argument("--tok", required=True)
+    ap.add_argument("--base", required=True, help="base checkpoint")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--max-bytes", type=int, default=None)
+    ap.add_argument("--gists", type=int, default=2, help="N_g gist tokens per sentence")
+    ap.add_argument("--frozen-minutes", type=float, default=5.0,
+                    help="phase 1: only the gist rows learn")
+    ap.add_argument("--frozen-lr", type=float, default=3e-3)
+    ap.add_argument("--frozen-steps", type=int, default=None)
+    ap.add_argument("--plain-rows", type=int, default=1,
+                    help="phase 2: rows per batch without gists")
+    ap.add_argument("--eval-windows", type=int, default=8)
+    common.add_budget_args(ap, minutes=10, lr=3e-4)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    os.makedirs(a.out, exist_ok=True)
+    sp = data.load_sp(a.tok)
+    books, valid = data.split_books(a.corpus)
+    train_s = book_sentences(a.tok, sp, books, a.max_bytes)
+    valid_s = book_sentences(a.tok, sp, [valid], a.max_bytes)[0]
+
+    ck1, ck2 = os.path.join(a.out, "phase1.pt"), os.path.join(a.out, "ckpt.pt")
+    gist_first = sp.GetPieceSize()
+    gist = {"count": a.gists, "first_token_id": gist_first, "sinks": 1}
+    vg, vp = valid_windows(valid_s, a.seq, sp.bos_id(), gist_first, a.gists, a.eval_windows)
+    sampler = GistSampler(train_s, a.seq, sp.bos_id(), gist_first, a.gists, a.seed)
+
+    def eval_fn(m):
+        (g, ng), (p, npl) = eval_gisted(m, vg, gist_first, a.gists), eval_plain(m, vp)
+        assert ng == npl, "gisted and plain windows must score the same tokens"
+        return {"gist_nll": round(g, 4), "gist_ppl": round(math.exp(g), 3),
+                "plain_nll": round(p, 4), "plain_ppl": round(math.exp(p), 3)}
+
+    # ---- phase 1: new rows only --------------------------------------------------------
+    if os.path.exists(ck2):
+        model, d = M.load_checkpoint(ck2)
+    else:
+        if os.path.exists(ck1):
+            model, d = M.load_checkpoint(ck1)
+        else:
+            model, d = M.load_checkpoint(a.base)
+            base_nll = eval_plain(model, vp)[0]
+            print(f"# base model, plain: nll {base_nll:.4f} ppl {math.exp(base_nll):.3f}",
+                  flush=True)
+            model.resize_vocab(gist_first + a.gists)
+            d = {"step": 0, "elapsed": 0.0, "tokens": 0}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        emb, out = model.token_embd.weight, model.output.weight
+        emb.requires_grad_(True)
+        out.requires_grad_(True)
+        keep = torch.zeros(model.c.n_vocab, 1)
+        keep[gist_first:] = 1.0
+        emb.register_hook(lambda g: g * keep)
+        out.register_hook(lambda g: g * keep)
+        opt = common.make_optimizer([emb, out], a.frozen_lr, weight_decay=0.0)
+        if "opt" in d:
+            opt.load_state_dict(d["opt"])
+
+        def step1(step):
+            x, y = inputs_targets(sampler.batch(a.batch), gist_first, a.gists)
+            return masked_loss(model, x, y, gist_first, a.gists)
+
+        a1 = copy.copy(a)
+        a1.minutes, a1.lr, a1.max_steps, a1.end_utc = (a.frozen_minutes, a.frozen_lr,
+                                                       a.frozen_steps, None)
+        st = {k: d[k] for k in ("step", "elapsed", "tokens")}
+        print("# phase 1: gist rows only", flush=True)
+        common.train_loop(a1, model, opt, step1, lambda: eval_fn(model), ck1, st,
+                          {"gist": gist})
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model, d = M.load_checkpoint(ck1)  # drops the hooks
+        d = {"step": 0, "elapsed": 0.0, "tokens": 0}
+
+    # ---- phase 2: everything -----------------------------------------------------------
+    opt = common.make_optimizer(model.parameters(), a.lr)
+    if "opt" in d:
+        opt.load_state_dict(d["opt"])
+
+    def step2(step):
+        x, y = inputs_targets(sampler.batch(a.batch, a.plain_rows), gist_first, a.gists)
+        return masked_loss(model, x, y, gist_first, a.gists)
+
+    st = {k: d[k] for k in ("step", "elapsed", "tokens")}
+    print("# phase 2: all weights", flush=True)
+    fig = common.train_loop(a, model, opt, step2, lambda: eval_fn(model), ck2, st,
+                            {"gist": gist})
+    with open(os.path.join(a.out, "result.json"), "w") as f:
+        json.dump({**fig, "gist": gist}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
