@@ -61,16 +61,16 @@ struct gguf {
 /* ---- type tables ---- */
 
 static const ggml_type_info_t type_infos[] = {
-    [GGML_TYPE_F32] = {"f32", 1, 4},     [GGML_TYPE_F16] = {"f16", 1, 2},
-    [GGML_TYPE_Q4_0] = {"q4_0", 32, 18}, [GGML_TYPE_Q4_1] = {"q4_1", 32, 20},
-    [GGML_TYPE_Q5_0] = {"q5_0", 32, 22}, [GGML_TYPE_Q5_1] = {"q5_1", 32, 24},
-    [GGML_TYPE_Q8_0] = {"q8_0", 32, 34}, [GGML_TYPE_Q8_1] = {"q8_1", 32, 36},
-    [GGML_TYPE_Q2_K] = {"q2_k", 256, 84}, [GGML_TYPE_Q3_K] = {"q3_k", 256, 110},
+    [GGML_TYPE_F32] = {"f32", 1, 4},       [GGML_TYPE_F16] = {"f16", 1, 2},
+    [GGML_TYPE_Q4_0] = {"q4_0", 32, 18},   [GGML_TYPE_Q4_1] = {"q4_1", 32, 20},
+    [GGML_TYPE_Q5_0] = {"q5_0", 32, 22},   [GGML_TYPE_Q5_1] = {"q5_1", 32, 24},
+    [GGML_TYPE_Q8_0] = {"q8_0", 32, 34},   [GGML_TYPE_Q8_1] = {"q8_1", 32, 36},
+    [GGML_TYPE_Q2_K] = {"q2_k", 256, 84},  [GGML_TYPE_Q3_K] = {"q3_k", 256, 110},
     [GGML_TYPE_Q4_K] = {"q4_k", 256, 144}, [GGML_TYPE_Q5_K] = {"q5_k", 256, 176},
     [GGML_TYPE_Q6_K] = {"q6_k", 256, 210}, [GGML_TYPE_Q8_K] = {"q8_k", 256, 292},
-    [GGML_TYPE_I8] = {"i8", 1, 1},       [GGML_TYPE_I16] = {"i16", 1, 2},
-    [GGML_TYPE_I32] = {"i32", 1, 4},     [GGML_TYPE_I64] = {"i64", 1, 8},
-    [GGML_TYPE_F64] = {"f64", 1, 8},     [GGML_TYPE_BF16] = {"bf16", 1, 2},
+    [GGML_TYPE_I8] = {"i8", 1, 1},         [GGML_TYPE_I16] = {"i16", 1, 2},
+    [GGML_TYPE_I32] = {"i32", 1, 4},       [GGML_TYPE_I64] = {"i64", 1, 8},
+    [GGML_TYPE_F64] = {"f64", 1, 8},       [GGML_TYPE_BF16] = {"bf16", 1, 2},
 };
 
 const ggml_type_info_t *ggml_type_get(uint32_t type)
@@ -100,7 +100,6 @@ const char *gguf_vtype_name(uint32_t t)
     return t < GGUF_VT_COUNT_ ? vtype_names[t] : "unknown";
 }
 
-
 /* ---- the parsing cursor ---- */
 
 typedef struct cursor {
@@ -111,7 +110,6 @@ typedef struct cursor {
     char where[128]; /* "key #5 'llama.block_count'" — prefixes every message */
 } cursor_t;
 
-
 static uint64_t remaining(const cursor_t *c)
 {
     return c->size - c->off;
@@ -121,7 +119,8 @@ static uint64_t remaining(const cursor_t *c)
 static int need(cursor_t *c, uint64_t n, const char *what)
 {
     if (n > remaining(c))
-        return err_set(c->e, ERR_FORMAT, "%s%s: needs %" PRIu64 " bytes at byte %" PRIu64
+        return err_set(c->e, ERR_FORMAT,
+                       "%s%s: needs %" PRIu64 " bytes at byte %" PRIu64
                        " but the file ends at byte %" PRIu64,
                        c->where, what, n, c->off, c->size);
     return 0;
@@ -154,8 +153,9 @@ static int rd_str(cursor_t *c, gguf_str_t *s, const char *what)
     if (rc)
         return rc;
     if (len > remaining(c))
-        return err_set(c->e, ERR_FORMAT, "%s%s: string length %" PRIu64
-                       " runs past end of file at byte %" PRIu64 " (file is %" PRIu64 " bytes)",
+        return err_set(c->e, ERR_FORMAT,
+                       "%s%s: string length %" PRIu64 " runs past end of file at byte %" PRIu64
+                       " (file is %" PRIu64 " bytes)",
                        c->where, what, len, at, c->size);
     s->ptr = (const char *)c->base + c->off;
     s->len = len;
@@ -210,8 +210,9 @@ static int rd_value(cursor_t *c, uint32_t t, gguf_kv_t *kv)
             break;
         case GGUF_VT_BOOL:
             if (p[0] > 1)
-                return err_set(c->e, ERR_FORMAT, "%sbool value %u at byte %" PRIu64
-                               " is neither 0 nor 1", c->where, p[0], c->off);
+                return err_set(c->e, ERR_FORMAT,
+                               "%sbool value %u at byte %" PRIu64 " is neither 0 nor 1", c->where,
+                               p[0], c->off);
             kv->v.u64 = p[0];
             break;
         }
@@ -222,8 +223,8 @@ static int rd_value(cursor_t *c, uint32_t t, gguf_kv_t *kv)
         return rd_str(c, &kv->v.str, "value");
     if (t == GGUF_VT_ARRAY)
         return rd_array(c, &kv->v.arr, 1);
-    return err_set(c->e, ERR_FORMAT, "%sunknown value type %" PRIu32 " at byte %" PRIu64,
-                   c->where, t, c->off - 4);
+    return err_set(c->e, ERR_FORMAT, "%sunknown value type %" PRIu32 " at byte %" PRIu64, c->where,
+                   t, c->off - 4);
 }
 
 /* Reads an array header and walks its elements (validating every string and nested
@@ -240,13 +241,15 @@ static int rd_array(cursor_t *c, gguf_arr_t *a, int depth)
     if ((rc = rd_u32(c, &et, "array element type")) || (rc = rd_u64(c, &n, "array length")))
         return rc;
     if (et >= GGUF_VT_COUNT_)
-        return err_set(c->e, ERR_FORMAT, "%sunknown array element type %" PRIu32
-                       " at byte %" PRIu64, c->where, et, at);
+        return err_set(c->e, ERR_FORMAT,
+                       "%sunknown array element type %" PRIu32 " at byte %" PRIu64, c->where, et,
+                       at);
     /* the smallest element is 1 byte (scalar), 8 (string) or 12 (array) */
     size_t esz = vtype_size(et);
     uint64_t min = esz ? esz : (et == GGUF_VT_STRING ? 8 : 12);
     if (n > remaining(c) / min)
-        return err_set(c->e, ERR_FORMAT, "%sarray of %" PRIu64 " %s elements at byte %" PRIu64
+        return err_set(c->e, ERR_FORMAT,
+                       "%sarray of %" PRIu64 " %s elements at byte %" PRIu64
                        " runs past end of file (%" PRIu64 " bytes)",
                        c->where, n, gguf_vtype_name(et), at, c->size);
     a->elem_type = (gguf_vtype_t)et;
@@ -256,8 +259,9 @@ static int rd_array(cursor_t *c, gguf_arr_t *a, int depth)
         if (et == GGUF_VT_BOOL)
             for (uint64_t i = 0; i < n; i++)
                 if (a->data[i] > 1)
-                    return err_set(c->e, ERR_FORMAT, "%sbool element %" PRIu64
-                                   " at byte %" PRIu64 " is neither 0 nor 1",
+                    return err_set(c->e, ERR_FORMAT,
+                                   "%sbool element %" PRIu64 " at byte %" PRIu64
+                                   " is neither 0 nor 1",
                                    c->where, i, c->off + i);
         c->off += n * esz;
     } else if (et == GGUF_VT_STRING) {
@@ -311,8 +315,8 @@ static int index_alloc(uint64_t n, uint64_t **slots, uint64_t *mask)
 
 /* Slot where name lives, or the empty slot where it would go. `names` is a strided view
  * over the structs holding a gguf_str_t at offset 0 (both gguf_kv_t and gguf_tensor_t). */
-static uint64_t index_probe(const uint64_t *slots, uint64_t mask, const void *items,
-                            size_t stride, const char *name, uint64_t len)
+static uint64_t index_probe(const uint64_t *slots, uint64_t mask, const void *items, size_t stride,
+                            const char *name, uint64_t len)
 {
     uint64_t i = hash_bytes(name, len) & mask;
     for (;;) {
@@ -349,29 +353,39 @@ static int parse_header(gguf_t *g, cursor_t *c)
     int rc;
     if (c->size < 4 || memcmp(c->base, GGUF_MAGIC, 4) != 0) {
         if (c->size < 4)
-            return err_set(c->e, ERR_FORMAT, "file is %" PRIu64 " bytes, too short for the "
-                           "GGUF magic", c->size);
-        return err_set(c->e, ERR_FORMAT, "bad magic %02x %02x %02x %02x at byte 0 "
-                       "(not a GGUF file)", c->base[0], c->base[1], c->base[2], c->base[3]);
+            return err_set(c->e, ERR_FORMAT,
+                           "file is %" PRIu64 " bytes, too short for the "
+                           "GGUF magic",
+                           c->size);
+        return err_set(c->e, ERR_FORMAT,
+                       "bad magic %02x %02x %02x %02x at byte 0 "
+                       "(not a GGUF file)",
+                       c->base[0], c->base[1], c->base[2], c->base[3]);
     }
     c->off = 4;
     if ((rc = rd_u32(c, &g->version, "version")))
         return rc;
     if (g->version == 1)
-        return err_set(c->e, ERR_UNSUPPORTED, "GGUF version 1 is not supported "
+        return err_set(c->e, ERR_UNSUPPORTED,
+                       "GGUF version 1 is not supported "
                        "(re-convert the model to GGUF v3)");
     if (g->version != 2 && g->version != 3)
-        return err_set(c->e, ERR_FORMAT, "unknown GGUF version %" PRIu32 " at byte 4 "
-                       "(expected 2 or 3)", g->version);
-    if ((rc = rd_u64(c, &g->n_tensors, "tensor count")) ||
-        (rc = rd_u64(c, &g->n_kv, "key count")))
+        return err_set(c->e, ERR_FORMAT,
+                       "unknown GGUF version %" PRIu32 " at byte 4 "
+                       "(expected 2 or 3)",
+                       g->version);
+    if ((rc = rd_u64(c, &g->n_tensors, "tensor count")) || (rc = rd_u64(c, &g->n_kv, "key count")))
         return rc;
     if (g->n_kv > remaining(c) / MIN_KV_BYTES)
-        return err_set(c->e, ERR_FORMAT, "key count %" PRIu64 " at byte 16 is more than the "
-                       "remaining %" PRIu64 " bytes could hold", g->n_kv, remaining(c));
+        return err_set(c->e, ERR_FORMAT,
+                       "key count %" PRIu64 " at byte 16 is more than the "
+                       "remaining %" PRIu64 " bytes could hold",
+                       g->n_kv, remaining(c));
     if (g->n_tensors > remaining(c) / MIN_TENSOR_BYTES)
-        return err_set(c->e, ERR_FORMAT, "tensor count %" PRIu64 " at byte 8 is more than "
-                       "the remaining %" PRIu64 " bytes could hold", g->n_tensors, remaining(c));
+        return err_set(c->e, ERR_FORMAT,
+                       "tensor count %" PRIu64 " at byte 8 is more than "
+                       "the remaining %" PRIu64 " bytes could hold",
+                       g->n_tensors, remaining(c));
     return 0;
 }
 
@@ -435,8 +449,8 @@ static int read_alignment(gguf_t *g, cursor_t *c)
                        gguf_vtype_name(kv->type));
     }
     if (a == 0 || (a & (a - 1)) || a > (1u << 30))
-        return err_set(c->e, ERR_FORMAT, "key 'general.alignment' is %" PRIu64
-                       ", not a nonzero power of two", a);
+        return err_set(c->e, ERR_FORMAT,
+                       "key 'general.alignment' is %" PRIu64 ", not a nonzero power of two", a);
     g->alignment = (uint32_t)a;
     return 0;
 }
@@ -457,16 +471,17 @@ static int parse_tensor_info(gguf_t *g, cursor_t *c, uint64_t i)
     uint64_t slot = index_probe(g->t_index, g->t_index_mask, g->tensors, sizeof *g->tensors,
                                 t->name.ptr, t->name.len);
     if (g->t_index[slot])
-        return err_set(c->e, ERR_FORMAT, "%sduplicate tensor name (tensors #%" PRIu64
-                       " and #%" PRIu64 ")", c->where, g->t_index[slot] - 1, i);
+        return err_set(c->e, ERR_FORMAT,
+                       "%sduplicate tensor name (tensors #%" PRIu64 " and #%" PRIu64 ")", c->where,
+                       g->t_index[slot] - 1, i);
     g->t_index[slot] = i + 1;
 
     uint64_t at = c->off;
     if ((rc = rd_u32(c, &t->n_dims, "n_dims")))
         return rc;
     if (t->n_dims < 1 || t->n_dims > GGUF_MAX_DIMS)
-        return err_set(c->e, ERR_FORMAT, "%sn_dims %" PRIu32 " at byte %" PRIu64
-                       " is not in 1..%d", c->where, t->n_dims, at, GGUF_MAX_DIMS);
+        return err_set(c->e, ERR_FORMAT, "%sn_dims %" PRIu32 " at byte %" PRIu64 " is not in 1..%d",
+                       c->where, t->n_dims, at, GGUF_MAX_DIMS);
     uint64_t prod = 1;
     for (uint32_t d = 0; d < GGUF_MAX_DIMS; d++)
         t->ne[d] = 1;
@@ -475,11 +490,13 @@ static int parse_tensor_info(gguf_t *g, cursor_t *c, uint64_t i)
         if ((rc = rd_u64(c, &t->ne[d], "dim")))
             return rc;
         if (t->ne[d] == 0)
-            return err_set(c->e, ERR_FORMAT, "%sdim %" PRIu32 " is 0 at byte %" PRIu64,
-                           c->where, d, at);
+            return err_set(c->e, ERR_FORMAT, "%sdim %" PRIu32 " is 0 at byte %" PRIu64, c->where, d,
+                           at);
         if (t->ne[d] > (uint64_t)INT64_MAX / prod)
-            return err_set(c->e, ERR_FORMAT, "%selement count overflows at dim %" PRIu32
-                           " (%" PRIu64 ") at byte %" PRIu64, c->where, d, t->ne[d], at);
+            return err_set(c->e, ERR_FORMAT,
+                           "%selement count overflows at dim %" PRIu32 " (%" PRIu64
+                           ") at byte %" PRIu64,
+                           c->where, d, t->ne[d], at);
         prod *= t->ne[d];
     }
     t->n_elems = prod;
@@ -488,10 +505,11 @@ static int parse_tensor_info(gguf_t *g, cursor_t *c, uint64_t i)
         return rc;
     const ggml_type_info_t *ti = ggml_type_get(t->type);
     if (!ti)
-        return err_set(c->e, ERR_UNSUPPORTED, "%sunknown tensor type %" PRIu32
-                       " at byte %" PRIu64, c->where, t->type, at);
+        return err_set(c->e, ERR_UNSUPPORTED, "%sunknown tensor type %" PRIu32 " at byte %" PRIu64,
+                       c->where, t->type, at);
     if (t->ne[0] % ti->block_elems)
-        return err_set(c->e, ERR_FORMAT, "%srow of %" PRIu64 " elements is not a whole "
+        return err_set(c->e, ERR_FORMAT,
+                       "%srow of %" PRIu64 " elements is not a whole "
                        "number of %s blocks (%" PRIu32 " elements each)",
                        c->where, t->ne[0], ti->name, ti->block_elems);
     /* bytes = blocks per row * block bytes * rows, kept below 2^63 */
@@ -505,8 +523,9 @@ static int parse_tensor_info(gguf_t *g, cursor_t *c, uint64_t i)
     if ((rc = rd_u64(c, &t->offset, "offset")))
         return rc;
     if (t->offset % g->alignment)
-        return err_set(c->e, ERR_FORMAT, "%soffset %" PRIu64 " not aligned to %" PRIu32
-                       " (at byte %" PRIu64 ")", c->where, t->offset, g->alignment, at);
+        return err_set(c->e, ERR_FORMAT,
+                       "%soffset %" PRIu64 " not aligned to %" PRIu32 " (at byte %" PRIu64 ")",
+                       c->where, t->offset, g->alignment, at);
     return 0;
 }
 
@@ -527,16 +546,19 @@ static int parse_tensors(gguf_t *g, cursor_t *c)
     if (g->n_tensors == 0)
         return 0;
     if (g->data_offset > c->size)
-        return err_set(c->e, ERR_FORMAT, "data section would start at byte %" PRIu64
-                       " but the file ends at byte %" PRIu64, g->data_offset, c->size);
+        return err_set(c->e, ERR_FORMAT,
+                       "data section would start at byte %" PRIu64
+                       " but the file ends at byte %" PRIu64,
+                       g->data_offset, c->size);
     uint64_t data_size = c->size - g->data_offset;
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         gguf_tensor_t *t = &g->tensors[i];
         if (t->offset > data_size || t->nbytes > data_size - t->offset) {
             char pn[72];
-            return err_set(c->e, ERR_FORMAT, "tensor '%s': data at offset %" PRIu64
-                           " + %" PRIu64 " bytes is outside the data section (%" PRIu64
-                           " bytes at byte %" PRIu64 ")",
+            return err_set(c->e, ERR_FORMAT,
+                           "tensor '%s': data at offset %" PRIu64 " + %" PRIu64
+                           " bytes is outside the data section (%" PRIu64 " bytes at byte %" PRIu64
+                           ")",
                            gguf_printable(pn, sizeof pn, t->name.ptr, t->name.len), t->offset,
                            t->nbytes, data_size, g->data_offset);
         }
@@ -659,8 +681,8 @@ const gguf_tensor_t *gguf_tensor_at(const gguf_t *g, uint64_t i)
 const gguf_tensor_t *gguf_tensor_find(const gguf_t *g, const char *name)
 {
     uint64_t len = strlen(name);
-    uint64_t s = index_probe(g->t_index, g->t_index_mask, g->tensors, sizeof *g->tensors, name,
-                             len);
+    uint64_t s =
+        index_probe(g->t_index, g->t_index_mask, g->tensors, sizeof *g->tensors, name, len);
     return g->t_index[s] ? &g->tensors[g->t_index[s] - 1] : NULL;
 }
 

@@ -22,8 +22,7 @@ static const gguf_kv_t *find_or_missing(const gguf_t *g, const char *key, err_in
 
 static bool vtype_unsigned(uint32_t t)
 {
-    return t == GGUF_VT_UINT8 || t == GGUF_VT_UINT16 || t == GGUF_VT_UINT32 ||
-           t == GGUF_VT_UINT64;
+    return t == GGUF_VT_UINT8 || t == GGUF_VT_UINT16 || t == GGUF_VT_UINT32 || t == GGUF_VT_UINT64;
 }
 
 static bool vtype_signed(uint32_t t)
@@ -35,8 +34,8 @@ static int wrong_type(const gguf_kv_t *kv, const char *expected, err_info_t *e)
 {
     char pk[72];
     return err_set(e, ERR_FORMAT, "key '%s' has type %s, expected %s",
-                   gguf_printable(pk, sizeof pk, kv->key.ptr, kv->key.len), gguf_vtype_name(kv->type),
-                   expected);
+                   gguf_printable(pk, sizeof pk, kv->key.ptr, kv->key.len),
+                   gguf_vtype_name(kv->type), expected);
 }
 
 /* An integer value that must lie in [0, max] (max = UINT64_MAX for u64). */
@@ -145,8 +144,7 @@ int gguf_get_arr(const gguf_t *g, const char *key, gguf_arr_t *out, err_info_t *
     return 0;
 }
 
-int gguf_get_u32_or(const gguf_t *g, const char *key, uint32_t dflt, uint32_t *out,
-                    err_info_t *e)
+int gguf_get_u32_or(const gguf_t *g, const char *key, uint32_t dflt, uint32_t *out, err_info_t *e)
 {
     if (!gguf_kv_find(g, key)) {
         *out = dflt;

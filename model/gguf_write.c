@@ -205,13 +205,13 @@ static int kv_end(gguf_writer_t *w, const char *key)
     return 0;
 }
 
-#define SCALAR_ADDER(fn, ctype, vt, put)                         \
-    int fn(gguf_writer_t *w, const char *key, ctype v)           \
-    {                                                            \
-        if (kv_begin(w, key, vt))                                \
-            return w->err.code;                                  \
-        put;                                                     \
-        return kv_end(w, key);                                   \
+#define SCALAR_ADDER(fn, ctype, vt, put)                                                           \
+    int fn(gguf_writer_t *w, const char *key, ctype v)                                             \
+    {                                                                                              \
+        if (kv_begin(w, key, vt))                                                                  \
+            return w->err.code;                                                                    \
+        put;                                                                                       \
+        return kv_end(w, key);                                                                     \
     }
 
 SCALAR_ADDER(gguf_writer_add_u8, uint8_t, GGUF_VT_UINT8, gguf_buf_u8(&w->kv, v))
@@ -265,8 +265,7 @@ int gguf_writer_add_arr(gguf_writer_t *w, const char *key, gguf_vtype_t elem_typ
     return kv_end(w, key);
 }
 
-int gguf_writer_add_arr_str(gguf_writer_t *w, const char *key, const char *const *strs,
-                            uint64_t n)
+int gguf_writer_add_arr_str(gguf_writer_t *w, const char *key, const char *const *strs, uint64_t n)
 {
     if (kv_begin(w, key, GGUF_VT_ARRAY))
         return w->err.code;
@@ -303,9 +302,10 @@ static int add_tensor(gguf_writer_t *w, const char *name, uint32_t type, uint32_
     }
     if (ne[0] % ti->block_elems) {
         if (!w->err.code)
-            err_set(&w->err, ERR_INVAL, "tensor '%s': row of %" PRIu64 " elements is not a "
-                    "whole number of %s blocks of %" PRIu32, name, ne[0], ti->name,
-                    ti->block_elems);
+            err_set(&w->err, ERR_INVAL,
+                    "tensor '%s': row of %" PRIu64 " elements is not a "
+                    "whole number of %s blocks of %" PRIu32,
+                    name, ne[0], ti->name, ti->block_elems);
         return ERR_INVAL;
     }
     if (w->n_tensors == w->cap_tensors) {
@@ -339,9 +339,8 @@ int gguf_writer_add_tensor(gguf_writer_t *w, const char *name, uint32_t type, ui
     return add_tensor(w, name, type, n_dims, ne, data, NULL, NULL);
 }
 
-int gguf_writer_add_tensor_fill(gguf_writer_t *w, const char *name, uint32_t type,
-                                uint32_t n_dims, const uint64_t *ne, gguf_fill_fn fill,
-                                void *ctx)
+int gguf_writer_add_tensor_fill(gguf_writer_t *w, const char *name, uint32_t type, uint32_t n_dims,
+                                const uint64_t *ne, gguf_fill_fn fill, void *ctx)
 {
     return add_tensor(w, name, type, n_dims, ne, NULL, fill, ctx);
 }
@@ -456,8 +455,8 @@ int gguf_writer_write(gguf_writer_t *w, const char *path, err_info_t *e)
         if (padded > tmp_cap) {
             uint8_t *q = realloc(tmp, (size_t)padded);
             if (!q) {
-                rc = err_set(e, ERR_NOMEM, "out of memory for tensor '%s' (%" PRIu64
-                             " bytes)", w->tensors[i].name, padded);
+                rc = err_set(e, ERR_NOMEM, "out of memory for tensor '%s' (%" PRIu64 " bytes)",
+                             w->tensors[i].name, padded);
                 goto fail;
             }
             tmp = q;

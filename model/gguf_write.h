@@ -82,8 +82,7 @@ int gguf_writer_add_str(gguf_writer_t *w, const char *key, const char *v);
 int gguf_writer_add_arr(gguf_writer_t *w, const char *key, gguf_vtype_t elem_type,
                         const void *elems, uint64_t n);
 /* An array of n NUL-terminated strings. */
-int gguf_writer_add_arr_str(gguf_writer_t *w, const char *key, const char *const *strs,
-                            uint64_t n);
+int gguf_writer_add_arr_str(gguf_writer_t *w, const char *key, const char *const *strs, uint64_t n);
 /* A value of type `type` already encoded in bytes (for nested arrays: encode them with a
  * gguf_buf_t, starting with gguf_buf_arr_head, and pass GGUF_VT_ARRAY). */
 int gguf_writer_add_raw(gguf_writer_t *w, const char *key, gguf_vtype_t type, const void *value,
@@ -93,9 +92,8 @@ int gguf_writer_add_raw(gguf_writer_t *w, const char *key, gguf_vtype_t type, co
  * must be a whole number of the type's blocks (ERR_INVAL with a message otherwise) --- */
 int gguf_writer_add_tensor(gguf_writer_t *w, const char *name, uint32_t type, uint32_t n_dims,
                            const uint64_t *ne, const void *data);
-int gguf_writer_add_tensor_fill(gguf_writer_t *w, const char *name, uint32_t type,
-                                uint32_t n_dims, const uint64_t *ne, gguf_fill_fn fill,
-                                void *ctx);
+int gguf_writer_add_tensor_fill(gguf_writer_t *w, const char *name, uint32_t type, uint32_t n_dims,
+                                const uint64_t *ne, gguf_fill_fn fill, void *ctx);
 
 uint64_t gguf_writer_kv_count(const gguf_writer_t *w);
 uint64_t gguf_writer_tensor_count(const gguf_writer_t *w);

@@ -34,8 +34,7 @@ const char *mdl_rope_scaling_name(mdl_rope_scaling_t t)
 }
 
 /* A required count: absent is a malformed model (ERR_FORMAT), as is 0 or more than max. */
-static int need_u32(const gguf_t *g, const char *key, uint32_t max, uint32_t *out,
-                    err_info_t *e)
+static int need_u32(const gguf_t *g, const char *key, uint32_t max, uint32_t *out, err_info_t *e)
 {
     int rc = gguf_get_u32(g, key, out, e);
     if (rc == ERR_NOTFOUND)
@@ -49,8 +48,8 @@ static int need_u32(const gguf_t *g, const char *key, uint32_t max, uint32_t *ou
 }
 
 /* An optional count, 1..max when present. */
-static int opt_u32(const gguf_t *g, const char *key, uint32_t dflt, uint32_t max,
-                   uint32_t *out, err_info_t *e)
+static int opt_u32(const gguf_t *g, const char *key, uint32_t dflt, uint32_t max, uint32_t *out,
+                   err_info_t *e)
 {
     if (!gguf_kv_find(g, key)) {
         *out = dflt;
@@ -94,8 +93,10 @@ static int read_vocab(const gguf_t *g, mdl_hparams_t *hp, err_info_t *e)
         if (kv->type != GGUF_VT_ARRAY || kv->v.arr.elem_type != GGUF_VT_STRING)
             return err_set(e, ERR_FORMAT, "key tokenizer.ggml.tokens is not an array of strings");
         if (kv->v.arr.n == 0 || kv->v.arr.n > MAX_VOCAB)
-            return err_set(e, ERR_FORMAT, "tokenizer.ggml.tokens has %" PRIu64 " entries, "
-                           "expected 1..%u", kv->v.arr.n, MAX_VOCAB);
+            return err_set(e, ERR_FORMAT,
+                           "tokenizer.ggml.tokens has %" PRIu64 " entries, "
+                           "expected 1..%u",
+                           kv->v.arr.n, MAX_VOCAB);
         hp->n_vocab = (uint32_t)kv->v.arr.n;
         return 0;
     }
@@ -104,7 +105,8 @@ static int read_vocab(const gguf_t *g, mdl_hparams_t *hp, err_info_t *e)
         hp->n_vocab = (uint32_t)t->ne[1];
         return 0;
     }
-    return err_set(e, ERR_FORMAT, "missing key llama.vocab_size (and no tokenizer.ggml.tokens "
+    return err_set(e, ERR_FORMAT,
+                   "missing key llama.vocab_size (and no tokenizer.ggml.tokens "
                    "or token_embd.weight to count the vocabulary from)");
 }
 
@@ -125,8 +127,10 @@ static int read_rope_scaling(const gguf_t *g, mdl_hparams_t *hp, err_info_t *e)
                 known = true;
             }
         if (!known)
-            return err_set(e, ERR_UNSUPPORTED, "llama.rope.scaling.type '%.*s' is not supported "
-                           "(none, linear, yarn, llama3)", (int)(s.len < 40 ? s.len : 40), s.ptr);
+            return err_set(e, ERR_UNSUPPORTED,
+                           "llama.rope.scaling.type '%.*s' is not supported "
+                           "(none, linear, yarn, llama3)",
+                           (int)(s.len < 40 ? s.len : 40), s.ptr);
     }
     /* the older llama.rope.scale_linear key means linear scaling by that factor */
     float dflt = 1.0f;
@@ -161,28 +165,34 @@ static int read_gist(const gguf_t *g, mdl_hparams_t *hp, err_info_t *e)
     if (hp->n_gist > 0) {
         rc = gguf_get_u32(g, "gistd.gist.first_token_id", &hp->gist_first, e);
         if (rc == ERR_NOTFOUND)
-            return err_set(e, ERR_FORMAT, "missing key gistd.gist.first_token_id "
-                           "(gistd.gist.count is %" PRIu32 ")", hp->n_gist);
+            return err_set(e, ERR_FORMAT,
+                           "missing key gistd.gist.first_token_id "
+                           "(gistd.gist.count is %" PRIu32 ")",
+                           hp->n_gist);
         if (rc)
             return rc;
         if (hp->n_gist > hp->n_vocab || hp->gist_first > hp->n_vocab - hp->n_gist)
-            return err_set(e, ERR_FORMAT, "gist tokens %" PRIu32 "..%" PRIu64 " lie outside "
-                           "the vocabulary of %" PRIu32, hp->gist_first,
-                           (uint64_t)hp->gist_first + hp->n_gist - 1, hp->n_vocab);
+            return err_set(e, ERR_FORMAT,
+                           "gist tokens %" PRIu32 "..%" PRIu64 " lie outside "
+                           "the vocabulary of %" PRIu32,
+                           hp->gist_first, (uint64_t)hp->gist_first + hp->n_gist - 1, hp->n_vocab);
         gguf_str_t mask;
         rc = gguf_get_str(g, "gistd.gist.mask", &mask, e);
         if (rc && rc != ERR_NOTFOUND)
             return rc;
         /* the extension defines one rule; a file that omits the key was trained with it */
         if (rc == 0 && !gguf_str_eq(mask, "sentence"))
-            return err_set(e, ERR_UNSUPPORTED, "gistd.gist.mask '%.*s' is not supported "
-                           "(expected 'sentence')", (int)(mask.len < 40 ? mask.len : 40),
-                           mask.ptr);
+            return err_set(e, ERR_UNSUPPORTED,
+                           "gistd.gist.mask '%.*s' is not supported "
+                           "(expected 'sentence')",
+                           (int)(mask.len < 40 ? mask.len : 40), mask.ptr);
         hp->gist_mask = MDL_GIST_MASK_SENTENCE;
     }
     if (hp->retention_hidden > MAX_FF)
-        return err_set(e, ERR_FORMAT, "key gistd.retention.hidden is %" PRIu32 ", expected at "
-                       "most %u", hp->retention_hidden, MAX_FF);
+        return err_set(e, ERR_FORMAT,
+                       "key gistd.retention.hidden is %" PRIu32 ", expected at "
+                       "most %u",
+                       hp->retention_hidden, MAX_FF);
     return 0;
 }
 
@@ -196,14 +206,15 @@ int mdl_hparams_read(const gguf_t *g, mdl_hparams_t *out, err_info_t *e)
         (rc = need_u32(g, "llama.embedding_length", MAX_EMBD, &hp.n_embd, e)) ||
         (rc = need_u32(g, "llama.feed_forward_length", MAX_FF, &hp.n_ff, e)) ||
         (rc = need_u32(g, "llama.attention.head_count", MAX_HEAD, &hp.n_head, e)) ||
-        (rc = opt_u32(g, "llama.attention.head_count_kv", hp.n_head, MAX_HEAD, &hp.n_head_kv,
-                      e)) ||
+        (rc = opt_u32(g, "llama.attention.head_count_kv", hp.n_head, MAX_HEAD, &hp.n_head_kv, e)) ||
         (rc = need_u32(g, "llama.context_length", MAX_CTX, &hp.n_ctx, e)))
         return rc;
 
     if (hp.n_head_kv > hp.n_head || hp.n_head % hp.n_head_kv)
-        return err_set(e, ERR_FORMAT, "head_count %" PRIu32 " is not a multiple of "
-                       "head_count_kv %" PRIu32, hp.n_head, hp.n_head_kv);
+        return err_set(e, ERR_FORMAT,
+                       "head_count %" PRIu32 " is not a multiple of "
+                       "head_count_kv %" PRIu32,
+                       hp.n_head, hp.n_head_kv);
     if (gguf_kv_find(g, "llama.attention.key_length")) {
         if ((rc = need_u32(g, "llama.attention.key_length", MAX_EMBD, &hp.head_dim, e)))
             return rc;
@@ -211,12 +222,16 @@ int mdl_hparams_read(const gguf_t *g, mdl_hparams_t *out, err_info_t *e)
         if ((rc = opt_u32(g, "llama.attention.value_length", hp.head_dim, MAX_EMBD, &vlen, e)))
             return rc;
         if (vlen != hp.head_dim)
-            return err_set(e, ERR_UNSUPPORTED, "value_length %" PRIu32 " differs from "
-                           "key_length %" PRIu32, vlen, hp.head_dim);
+            return err_set(e, ERR_UNSUPPORTED,
+                           "value_length %" PRIu32 " differs from "
+                           "key_length %" PRIu32,
+                           vlen, hp.head_dim);
     } else {
         if (hp.n_embd % hp.n_head)
-            return err_set(e, ERR_FORMAT, "embedding_length %" PRIu32 " is not a multiple of "
-                           "head_count %" PRIu32, hp.n_embd, hp.n_head);
+            return err_set(e, ERR_FORMAT,
+                           "embedding_length %" PRIu32 " is not a multiple of "
+                           "head_count %" PRIu32,
+                           hp.n_embd, hp.n_head);
         hp.head_dim = hp.n_embd / hp.n_head;
     }
     if ((uint64_t)hp.n_head * hp.head_dim > MAX_EMBD)
@@ -225,8 +240,10 @@ int mdl_hparams_read(const gguf_t *g, mdl_hparams_t *out, err_info_t *e)
     if ((rc = opt_u32(g, "llama.rope.dimension_count", hp.head_dim, MAX_EMBD, &hp.n_rot, e)))
         return rc;
     if (hp.n_rot % 2 || hp.n_rot > hp.head_dim)
-        return err_set(e, ERR_FORMAT, "rope.dimension_count %" PRIu32 " must be even and at "
-                       "most head_dim %" PRIu32, hp.n_rot, hp.head_dim);
+        return err_set(e, ERR_FORMAT,
+                       "rope.dimension_count %" PRIu32 " must be even and at "
+                       "most head_dim %" PRIu32,
+                       hp.n_rot, hp.head_dim);
 
     rc = gguf_get_f32(g, "llama.attention.layer_norm_rms_epsilon", &hp.rms_eps, e);
     if (rc == ERR_NOTFOUND)
@@ -275,8 +292,7 @@ static int check_one(const gguf_t *g, const char *name, uint64_t d0, uint64_t d1
         char got_s[96], want_s[64];
         fmt_shape(got_s, sizeof got_s, t->ne, t->n_dims);
         fmt_shape(want_s, sizeof want_s, want, want_dims);
-        return err_set(e, ERR_FORMAT, "tensor '%s' has shape %s, expected %s", name, got_s,
-                       want_s);
+        return err_set(e, ERR_FORMAT, "tensor '%s' has shape %s, expected %s", name, got_s, want_s);
     }
     bool ok = t->type == GGML_TYPE_F32;
     if (!f32_only)
@@ -307,16 +323,15 @@ int mdl_hparams_check_tensors(const gguf_t *g, const mdl_hparams_t *hp, err_info
                            6 n_head_kv */
             bool f32_only, gate;
         } specs[] = {
-            {"attn_norm.weight", 1, 0, true, false},  {"attn_q.weight", 1, 2, false, false},
-            {"attn_k.weight", 1, 3, false, false},    {"attn_v.weight", 1, 3, false, false},
+            {"attn_norm.weight", 1, 0, true, false},    {"attn_q.weight", 1, 2, false, false},
+            {"attn_k.weight", 1, 3, false, false},      {"attn_v.weight", 1, 3, false, false},
             {"attn_output.weight", 2, 1, false, false}, {"ffn_norm.weight", 1, 0, true, false},
-            {"ffn_gate.weight", 1, 4, false, false},  {"ffn_up.weight", 1, 4, false, false},
-            {"ffn_down.weight", 4, 1, false, false},  {"retention_in.weight", 1, 5, true, true},
-            {"retention_in.bias", 5, 0, true, true},  {"retention_out.weight", 5, 6, true, true},
+            {"ffn_gate.weight", 1, 4, false, false},    {"ffn_up.weight", 1, 4, false, false},
+            {"ffn_down.weight", 4, 1, false, false},    {"retention_in.weight", 1, 5, true, true},
+            {"retention_in.bias", 5, 0, true, true},    {"retention_out.weight", 5, 6, true, true},
             {"retention_out.bias", 6, 0, true, true},
         };
-        const uint64_t dims[7] = {0, embd, q, kv, hp->n_ff, hp->retention_hidden,
-                                  hp->n_head_kv};
+        const uint64_t dims[7] = {0, embd, q, kv, hp->n_ff, hp->retention_hidden, hp->n_head_kv};
         for (size_t s = 0; s < sizeof specs / sizeof specs[0]; s++) {
             if (specs[s].gate && hp->retention_hidden == 0)
                 continue;

@@ -32,34 +32,34 @@ typedef enum mdl_gist_mask {
 } mdl_gist_mask_t;
 
 typedef struct mdl_hparams {
-    uint32_t n_vocab;   /* llama.vocab_size, else tokenizer tokens, else token_embd ne[1] */
-    uint32_t n_ctx;     /* llama.context_length: the trained context */
-    uint32_t n_embd;    /* llama.embedding_length */
-    uint32_t n_layer;   /* llama.block_count */
-    uint32_t n_ff;      /* llama.feed_forward_length */
-    uint32_t n_head;    /* llama.attention.head_count */
-    uint32_t n_head_kv; /* llama.attention.head_count_kv (default n_head) */
-    uint32_t head_dim;  /* llama.attention.key_length, else n_embd / n_head */
-    uint32_t n_rot;     /* llama.rope.dimension_count (default head_dim); even, <= head_dim */
-    float rms_eps;      /* llama.attention.layer_norm_rms_epsilon */
+    uint32_t n_vocab;     /* llama.vocab_size, else tokenizer tokens, else token_embd ne[1] */
+    uint32_t n_ctx;       /* llama.context_length: the trained context */
+    uint32_t n_embd;      /* llama.embedding_length */
+    uint32_t n_layer;     /* llama.block_count */
+    uint32_t n_ff;        /* llama.feed_forward_length */
+    uint32_t n_head;      /* llama.attention.head_count */
+    uint32_t n_head_kv;   /* llama.attention.head_count_kv (default n_head) */
+    uint32_t head_dim;    /* llama.attention.key_length, else n_embd / n_head */
+    uint32_t n_rot;       /* llama.rope.dimension_count (default head_dim); even, <= head_dim */
+    float rms_eps;        /* llama.attention.layer_norm_rms_epsilon */
     float rope_freq_base; /* llama.rope.freq_base (default 10000) */
 
     struct {
-        mdl_rope_scaling_t type;   /* llama.rope.scaling.type (default none) */
-        float factor;              /* llama.rope.scaling.factor (default 1) */
-        uint32_t orig_ctx;         /* llama.rope.scaling.original_context_length (or n_ctx) */
-        float low_freq_factor;     /* llama.rope.scaling.low_freq_factor (llama3, default 1) */
-        float high_freq_factor;    /* llama.rope.scaling.high_freq_factor (llama3, default 4) */
+        mdl_rope_scaling_t type; /* llama.rope.scaling.type (default none) */
+        float factor;            /* llama.rope.scaling.factor (default 1) */
+        uint32_t orig_ctx;       /* llama.rope.scaling.original_context_length (or n_ctx) */
+        float low_freq_factor;   /* llama.rope.scaling.low_freq_factor (llama3, default 1) */
+        float high_freq_factor;  /* llama.rope.scaling.high_freq_factor (llama3, default 4) */
     } rope_scaling;
 
     bool tied;           /* output.weight absent: the output projection is token_embd */
     bool has_rope_freqs; /* rope_freqs.weight [n_rot/2] present (per-frequency divisors) */
 
     /* sentence-anchored gist tokens (n_gist == 0: none) */
-    uint32_t n_gist;          /* gistd.gist.count */
-    uint32_t gist_first;      /* gistd.gist.first_token_id */
+    uint32_t n_gist;           /* gistd.gist.count */
+    uint32_t gist_first;       /* gistd.gist.first_token_id */
     mdl_gist_mask_t gist_mask; /* gistd.gist.mask */
-    uint32_t gist_sinks;      /* gistd.gist.sinks (default 1) */
+    uint32_t gist_sinks;       /* gistd.gist.sinks (default 1) */
 
     /* TRIM-KV retention gates (retention_hidden == 0: none) */
     uint32_t retention_hidden; /* gistd.retention.hidden */

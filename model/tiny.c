@@ -27,37 +27,49 @@ enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_BYTE = 6 };
 
 /* Common English words, most frequent first; their "▁"-prefixed prefixes become pieces. */
 static const char *const words[] = {
-    "the", "and", "to", "a", "was", "he", "she", "it", "of", "in", "they", "you", "said",
-    "his", "her", "with", "on", "that", "for", "is", "had", "but", "day", "so", "one", "all",
-    "were", "there", "not", "at", "big", "little", "we", "very", "be", "up", "what", "time",
-    "once", "upon", "happy", "play", "are", "have", "this", "mom", "from", "friend", "saw",
-    "went", "no", "did", "can", "like", "out", "do", "wanted", "then", "them", "when", "an",
-    "my", "him", "me", "man", "girl", "boy", "tree", "dog", "cat", "ball", "house", "sun",
-    "water", "fun", "good", "new", "help", "look", "come", "want", "see", "go", "get", "make",
-    "know", "think", "take", "people", "year", "way", "thing", "woman", "life", "child",
-    "world", "school", "state", "family", "student", "group", "country", "problem", "hand",
-    "part", "place", "case", "week", "company", "system", "program", "question", "work",
-    "number", "night", "point", "home", "room", "mother", "area", "money", "story", "fact",
-    "month", "lot", "right", "study", "book", "eye", "job", "word", "business", "issue",
-    "side", "kind", "head", "service", "power", "hour", "game", "line", "end", "member",
-    "law", "car", "city", "community", "name", "president", "team", "minute", "idea", "kid",
-    "body", "information", "back", "parent", "face", "others", "level", "office", "door",
-    "health", "person", "art", "war", "history", "party", "result", "change", "morning",
-    "reason", "research", "moment", "air", "teacher", "force", "education", "about", "would",
-    "could", "should", "because", "after", "before", "again", "never", "always", "every",
-    "some", "many", "other", "more", "most", "first", "last", "long", "great", "old", "young",
-    "small", "large", "next", "early", "important", "few", "public", "bad", "same", "able",
-    "red", "blue", "green", "sky", "bird", "flower", "park", "toy", "sad", "smile", "laugh",
-    "run", "jump", "walk", "found", "away", "into", "over", "down", "just", "how", "where",
-    "who", "why", "here", "now", "well", "also", "only", "still", "even", "back", "much",
+    "the",         "and",       "to",        "a",       "was",      "he",       "she",
+    "it",          "of",        "in",        "they",    "you",      "said",     "his",
+    "her",         "with",      "on",        "that",    "for",      "is",       "had",
+    "but",         "day",       "so",        "one",     "all",      "were",     "there",
+    "not",         "at",        "big",       "little",  "we",       "very",     "be",
+    "up",          "what",      "time",      "once",    "upon",     "happy",    "play",
+    "are",         "have",      "this",      "mom",     "from",     "friend",   "saw",
+    "went",        "no",        "did",       "can",     "like",     "out",      "do",
+    "wanted",      "then",      "them",      "when",    "an",       "my",       "him",
+    "me",          "man",       "girl",      "boy",     "tree",     "dog",      "cat",
+    "ball",        "house",     "sun",       "water",   "fun",      "good",     "new",
+    "help",        "look",      "come",      "want",    "see",      "go",       "get",
+    "make",        "know",      "think",     "take",    "people",   "year",     "way",
+    "thing",       "woman",     "life",      "child",   "world",    "school",   "state",
+    "family",      "student",   "group",     "country", "problem",  "hand",     "part",
+    "place",       "case",      "week",      "company", "system",   "program",  "question",
+    "work",        "number",    "night",     "point",   "home",     "room",     "mother",
+    "area",        "money",     "story",     "fact",    "month",    "lot",      "right",
+    "study",       "book",      "eye",       "job",     "word",     "business", "issue",
+    "side",        "kind",      "head",      "service", "power",    "hour",     "game",
+    "line",        "end",       "member",    "law",     "car",      "city",     "community",
+    "name",        "president", "team",      "minute",  "idea",     "kid",      "body",
+    "information", "back",      "parent",    "face",    "others",   "level",    "office",
+    "door",        "health",    "person",    "art",     "war",      "history",  "party",
+    "result",      "change",    "morning",   "reason",  "research", "moment",   "air",
+    "teacher",     "force",     "education", "about",   "would",    "could",    "should",
+    "because",     "after",     "before",    "again",   "never",    "always",   "every",
+    "some",        "many",      "other",     "more",    "most",     "first",    "last",
+    "long",        "great",     "old",       "young",   "small",    "large",    "next",
+    "early",       "important", "few",       "public",  "bad",      "same",     "able",
+    "red",         "blue",      "green",     "sky",     "bird",     "flower",   "park",
+    "toy",         "sad",       "smile",     "laugh",   "run",      "jump",     "walk",
+    "found",       "away",      "into",      "over",    "down",     "just",     "how",
+    "where",       "who",       "why",       "here",    "now",      "well",     "also",
+    "only",        "still",     "even",      "back",    "much",
 };
 
 /* Single characters, stored last (lowest scores) as SentencePiece does. */
 static const char *const chars[] = {
-    SPM_SPACE, "e", "t", "a", "o", "i", "n", "s", "h", "r", "d", "l", "u", "c", "m", "w", "f",
-    "g", "y", "p", "b", ".", ",", "v", "k", "'", "\"", "!", "?", "j", "x", "q", "z", "T", "S",
-    "I", "A", "H", "W", "O", "M", "B", "L", "C", "0", "1", "2", "3", "4", "5", "6", "7", "8",
-    "9", "-", ":", ";", "(", ")",
+    SPM_SPACE, "e", "t", "a", "o", "i", "n", "s", "h", "r", "d", "l",  "u", "c", "m",
+    "w",       "f", "g", "y", "p", "b", ".", ",", "v", "k", "'", "\"", "!", "?", "j",
+    "x",       "q", "z", "T", "S", "I", "A", "H", "W", "O", "M", "B",  "L", "C", "0",
+    "1",       "2", "3", "4", "5", "6", "7", "8", "9", "-", ":", ";",  "(", ")",
 };
 
 /* ---- the vocabulary ---- */
@@ -125,8 +137,7 @@ static int vocab_build(vocab_t *v, const mdl_tiny_cfg_t *cfg)
     float score = 0.0f;
 
     /* merged pieces: every "▁"-prefixed prefix of each word, in word order */
-    for (size_t w = 0; w < sizeof words / sizeof words[0] && v->n - first_normal < n_merged;
-         w++) {
+    for (size_t w = 0; w < sizeof words / sizeof words[0] && v->n - first_normal < n_merged; w++) {
         size_t len = strlen(words[w]);
         for (size_t k = 1; k <= len && v->n - first_normal < n_merged; k++) {
             snprintf(buf, sizeof buf, SPM_SPACE "%.*s", (int)k, words[w]);
@@ -264,8 +275,8 @@ static void plan_tensors(tiny_t *t)
     if (!c->tied)
         spec(t, "output.weight", T, c->n_embd, c->n_vocab, W_MATRIX);
     for (uint32_t l = 0; l < c->n_layer; l++) {
-#define BLK(suffix, type, ne0, ne1, kind)                              \
-    snprintf(n, sizeof n, "blk.%" PRIu32 "." suffix, l);                \
+#define BLK(suffix, type, ne0, ne1, kind)                                                          \
+    snprintf(n, sizeof n, "blk.%" PRIu32 "." suffix, l);                                           \
     spec(t, n, type, ne0, ne1, kind)
         BLK("attn_norm.weight", GGML_TYPE_F32, c->n_embd, 0, W_NORM);
         BLK("attn_q.weight", T, c->n_embd, c->n_embd, W_MATRIX);
@@ -309,8 +320,8 @@ void mdl_tiny_cfg_default(mdl_tiny_cfg_t *cfg)
 
 int mdl_tiny_type_from_name(const char *name)
 {
-    static const uint32_t types[] = {GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16,
-                                     GGML_TYPE_Q8_0, GGML_TYPE_Q4_0};
+    static const uint32_t types[] = {GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_Q8_0,
+                                     GGML_TYPE_Q4_0};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
         if (!strcmp(name, ggml_type_get(types[i])->name))
             return (int)types[i];
@@ -340,10 +351,12 @@ static int check_cfg(const mdl_tiny_cfg_t *c, err_info_t *e)
         return err_set(e, ERR_INVAL, "type %" PRIu32 " is not one of f32, f16, bf16, q8_0, q4_0",
                        c->type);
     if (!c->n_embd || !c->n_layer || !c->n_head || !c->n_head_kv || !c->n_ff || !c->n_ctx)
-        return err_set(e, ERR_INVAL, "n_embd, n_layer, n_head, n_head_kv, n_ff and n_ctx must "
+        return err_set(e, ERR_INVAL,
+                       "n_embd, n_layer, n_head, n_head_kv, n_ff and n_ctx must "
                        "all be positive");
     if (c->n_embd > 65536 || c->n_ff > (1u << 20) || c->n_layer > 1024 || c->n_ctx > (1u << 24))
-        return err_set(e, ERR_INVAL, "shape too large (n_embd <= 65536, n_ff <= 1048576, "
+        return err_set(e, ERR_INVAL,
+                       "shape too large (n_embd <= 65536, n_ff <= 1048576, "
                        "n_layer <= 1024, n_ctx <= 16777216)");
     if (c->n_embd % c->n_head)
         return err_set(e, ERR_INVAL, "n_embd %" PRIu32 " is not a multiple of n_head %" PRIu32,
@@ -355,14 +368,16 @@ static int check_cfg(const mdl_tiny_cfg_t *c, err_info_t *e)
         return err_set(e, ERR_INVAL, "head_dim %" PRIu32 " is odd (rope needs pairs)",
                        c->n_embd / c->n_head);
     if (c->n_vocab > (1u << 24) || c->n_gist > (1u << 20) || c->n_vocab < 259 + c->n_gist)
-        return err_set(e, ERR_INVAL, "n_vocab %" PRIu32 " must be at least 259 + n_gist (%" PRIu32
+        return err_set(e, ERR_INVAL,
+                       "n_vocab %" PRIu32 " must be at least 259 + n_gist (%" PRIu32
                        ") for the special and byte tokens, and at most 16777216",
                        c->n_vocab, c->n_gist);
     const ggml_type_info_t *ti = ggml_type_get(c->type);
     if (c->n_embd % ti->block_elems || c->n_ff % ti->block_elems)
-        return err_set(e, ERR_INVAL, "type %s needs n_embd and n_ff to be multiples of %" PRIu32
-                       " (n_embd %" PRIu32 ", n_ff %" PRIu32 ")", ti->name, ti->block_elems,
-                       c->n_embd, c->n_ff);
+        return err_set(e, ERR_INVAL,
+                       "type %s needs n_embd and n_ff to be multiples of %" PRIu32
+                       " (n_embd %" PRIu32 ", n_ff %" PRIu32 ")",
+                       ti->name, ti->block_elems, c->n_embd, c->n_ff);
     if (!(c->rope_base > 0.0f) || !isfinite(c->rope_base) || !(c->rms_eps > 0.0f) ||
         !(c->rms_eps < 1.0f))
         return err_set(e, ERR_INVAL, "rope_base must be positive and rms_eps in (0, 1)");

@@ -22,10 +22,10 @@ typedef struct mdl_tiny_cfg {
     uint64_t seed;
     uint32_t type; /* storage type of the matrices: GGML_TYPE_F32/F16/BF16/Q8_0/Q4_0 */
     uint32_t n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, n_ctx;
-    float rope_base; /* llama.rope.freq_base */
-    float rms_eps;   /* llama.attention.layer_norm_rms_epsilon */
-    bool tied;       /* no output.weight: the output projection is token_embd */
-    uint32_t n_gist; /* > 0: the last n_gist vocabulary entries are <gist_0>.. */
+    float rope_base;           /* llama.rope.freq_base */
+    float rms_eps;             /* llama.attention.layer_norm_rms_epsilon */
+    bool tied;                 /* no output.weight: the output projection is token_embd */
+    uint32_t n_gist;           /* > 0: the last n_gist vocabulary entries are <gist_0>.. */
     uint32_t retention_hidden; /* > 0: retention gate tensors with this hidden width */
     uint32_t retention_budget; /* gistd.retention.budget (written with the gates) */
     const char *name;          /* general.name */

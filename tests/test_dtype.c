@@ -114,7 +114,7 @@ static void test_f16_rounding_ties(void)
     CHECK_INT(dt_f32_to_f16(-INFINITY), ==, 0xfc00);
     CHECK_INT(dt_f32_to_f16(-0.0f), ==, 0x8000);
     CHECK_INT(dt_f32_to_f16(1e-30f), ==, 0);
-    CHECK_INT(dt_f32_to_f16(from_bits(1)), ==, 0); /* f32 subnormal */
+    CHECK_INT(dt_f32_to_f16(from_bits(1)), ==, 0);           /* f32 subnormal */
     CHECK_INT(dt_f32_to_f16((float)ldexp(1, -25)), ==, 0);   /* tie to even (0) */
     CHECK_INT(dt_f32_to_f16((float)ldexp(1.5, -25)), ==, 1); /* above the tie */
 }

@@ -356,7 +356,7 @@ typedef struct craft {
     uint64_t bad_ne[2];
     const char *drop_tensor;
     const char *extra_str_key, *extra_str; /* one more string key */
-    const char *extra_key, *extra2_key; /* up to two more u32 keys */
+    const char *extra_key, *extra2_key;    /* up to two more u32 keys */
     uint32_t extra_u32, extra2_u32;
 } craft_t;
 
@@ -396,9 +396,8 @@ static gguf_t *craft_open(const craft_t *c, uint8_t **buf)
     gguf_writer_new(&w);
     if (!(c->skip && !strcmp(c->skip, "general.architecture")))
         gguf_writer_add_str(w, "general.architecture",
-                            c->alt_key && !strcmp(c->alt_key, "general.architecture")
-                                ? c->alt_str
-                                : "llama");
+                            c->alt_key && !strcmp(c->alt_key, "general.architecture") ? c->alt_str
+                                                                                      : "llama");
     craft_u32(w, c, "llama.block_count", 2);
     craft_u32(w, c, "llama.embedding_length", 64);
     craft_u32(w, c, "llama.feed_forward_length", 128);
@@ -421,10 +420,10 @@ static gguf_t *craft_open(const craft_t *c, uint8_t **buf)
         static const struct {
             const char *s;
             uint64_t a, b;
-        } t[] = {{"attn_norm.weight", 64, 0},  {"attn_q.weight", 64, 64},
-                 {"attn_k.weight", 64, 32},    {"attn_v.weight", 64, 32},
+        } t[] = {{"attn_norm.weight", 64, 0},    {"attn_q.weight", 64, 64},
+                 {"attn_k.weight", 64, 32},      {"attn_v.weight", 64, 32},
                  {"attn_output.weight", 64, 64}, {"ffn_norm.weight", 64, 0},
-                 {"ffn_gate.weight", 64, 128}, {"ffn_up.weight", 64, 128},
+                 {"ffn_gate.weight", 64, 128},   {"ffn_up.weight", 64, 128},
                  {"ffn_down.weight", 128, 64}};
         for (int k = 0; k < 9; k++) {
             snprintf(n, sizeof n, "blk.%d.%s", l, t[k].s);
@@ -481,7 +480,7 @@ static void test_read_rules(void)
     CHECK_MSG(g && mdl_hparams_check_tensors(g, &hp, &e) == 0, "%s", e.msg);
     CHECK(hp.tied);
     CHECK_INT(hp.head_dim, ==, 16);
-    CHECK_INT(hp.n_rot, ==, 16);          /* defaults to head_dim */
+    CHECK_INT(hp.n_rot, ==, 16);             /* defaults to head_dim */
     CHECK_NEAR(hp.rope_freq_base, 10000, 0); /* default */
     CHECK_INT(hp.gist_sinks, ==, 1);
     gguf_close(&g);
@@ -501,15 +500,16 @@ static void test_read_rules(void)
                 "key 'llama.block_count' has type string");
     expect_fail(&(craft_t){.alt_key = "llama.block_count", .alt_u32 = 0}, 0, ERR_FORMAT,
                 "llama.block_count is 0");
-    expect_fail(&(craft_t){.alt_key = "llama.attention.head_count", .alt_u32 = 5}, 0,
-                ERR_FORMAT, "head_count 5 is not a multiple of head_count_kv 2");
-    expect_fail(&(craft_t){.alt_key = "llama.attention.head_count", .alt_u32 = 6,
+    expect_fail(&(craft_t){.alt_key = "llama.attention.head_count", .alt_u32 = 5}, 0, ERR_FORMAT,
+                "head_count 5 is not a multiple of head_count_kv 2");
+    expect_fail(&(craft_t){.alt_key = "llama.attention.head_count",
+                           .alt_u32 = 6,
                            .skip = "llama.attention.head_count_kv"},
                 0, ERR_FORMAT, "embedding_length 64 is not a multiple of head_count 6");
-    expect_fail(&(craft_t){.alt_key = "llama.attention.head_count_kv", .alt_u32 = 8}, 0,
-                ERR_FORMAT, "head_count 4 is not a multiple of head_count_kv 8");
-    expect_fail(&(craft_t){.alt_key = "llama.embedding_length", .alt_u32 = 1u << 20}, 0,
-                ERR_FORMAT, "llama.embedding_length is 1048576");
+    expect_fail(&(craft_t){.alt_key = "llama.attention.head_count_kv", .alt_u32 = 8}, 0, ERR_FORMAT,
+                "head_count 4 is not a multiple of head_count_kv 8");
+    expect_fail(&(craft_t){.alt_key = "llama.embedding_length", .alt_u32 = 1u << 20}, 0, ERR_FORMAT,
+                "llama.embedding_length is 1048576");
     expect_fail(&(craft_t){.extra_key = "llama.rope.dimension_count", .extra_u32 = 7}, 0,
                 ERR_FORMAT, "must be even");
     expect_fail(&(craft_t){.extra_key = "llama.rope.dimension_count", .extra_u32 = 18}, 0,
@@ -518,28 +518,33 @@ static void test_read_rules(void)
                 ERR_UNSUPPORTED, "llama.rope.scaling.type 'ntk'");
     expect_fail(&(craft_t){.extra_key = "gistd.gist.count", .extra_u32 = 4}, 0, ERR_FORMAT,
                 "missing key gistd.gist.first_token_id");
-    expect_fail(&(craft_t){.extra_str_key = "gistd.gist.mask", .extra_str = "causal",
-                           .extra_key = "gistd.gist.count", .extra_u32 = 4,
-                           .extra2_key = "gistd.gist.first_token_id", .extra2_u32 = 296},
+    expect_fail(&(craft_t){.extra_str_key = "gistd.gist.mask",
+                           .extra_str = "causal",
+                           .extra_key = "gistd.gist.count",
+                           .extra_u32 = 4,
+                           .extra2_key = "gistd.gist.first_token_id",
+                           .extra2_u32 = 296},
                 0, ERR_UNSUPPORTED, "gistd.gist.mask 'causal' is not supported");
-    expect_fail(&(craft_t){.extra_key = "gistd.gist.count", .extra_u32 = 4,
-                           .extra2_key = "gistd.gist.first_token_id", .extra2_u32 = 297},
+    expect_fail(&(craft_t){.extra_key = "gistd.gist.count",
+                           .extra_u32 = 4,
+                           .extra2_key = "gistd.gist.first_token_id",
+                           .extra2_u32 = 297},
                 0, ERR_FORMAT, "gist tokens 297..300 lie outside the vocabulary of 300");
 
     /* tensor shapes */
-    expect_fail(&(craft_t){.bad_tensor = "blk.1.ffn_up.weight", .bad_ne = {64, 100}}, 1,
-                ERR_FORMAT, "tensor 'blk.1.ffn_up.weight' has shape [64, 100], expected "
-                            "[64, 128]");
+    expect_fail(&(craft_t){.bad_tensor = "blk.1.ffn_up.weight", .bad_ne = {64, 100}}, 1, ERR_FORMAT,
+                "tensor 'blk.1.ffn_up.weight' has shape [64, 100], expected "
+                "[64, 128]");
     expect_fail(&(craft_t){.bad_tensor = "blk.0.attn_norm.weight", .bad_ne = {64, 2}}, 1,
                 ERR_FORMAT, "has shape [64, 2], expected [64]");
     expect_fail(&(craft_t){.drop_tensor = "blk.1.attn_k.weight"}, 1, ERR_FORMAT,
                 "missing tensor 'blk.1.attn_k.weight'");
     expect_fail(&(craft_t){.drop_tensor = "output_norm.weight"}, 1, ERR_FORMAT,
                 "missing tensor 'output_norm.weight'");
-    expect_fail(&(craft_t){.bad_tensor = "token_embd.weight", .bad_ne = {64, 299}}, 1,
-                ERR_FORMAT, "expected [64, 300]");
-    expect_fail(&(craft_t){.extra_key = "gistd.retention.hidden", .extra_u32 = 8}, 1,
-                ERR_FORMAT, "missing tensor 'blk.0.retention_in.weight'");
+    expect_fail(&(craft_t){.bad_tensor = "token_embd.weight", .bad_ne = {64, 299}}, 1, ERR_FORMAT,
+                "expected [64, 300]");
+    expect_fail(&(craft_t){.extra_key = "gistd.retention.hidden", .extra_u32 = 8}, 1, ERR_FORMAT,
+                "missing tensor 'blk.0.retention_in.weight'");
 }
 
 /* Gist keys, rope scaling, key_length and vocab fallbacks on hand-built metadata. */
@@ -551,7 +556,8 @@ static void test_read_variants(void)
     gguf_t *g;
 
     /* rope scaling: type and original context */
-    g = craft_open(&(craft_t){.extra_str_key = "llama.rope.scaling.type", .extra_str = "linear",
+    g = craft_open(&(craft_t){.extra_str_key = "llama.rope.scaling.type",
+                              .extra_str = "linear",
                               .extra_key = "llama.rope.scaling.original_context_length",
                               .extra_u32 = 64},
                    &buf);
@@ -620,8 +626,10 @@ static void test_read_variants(void)
     free(buf);
 
     /* gist tokens past the end of the vocabulary */
-    g = craft_open(&(craft_t){.extra_key = "gistd.gist.count", .extra_u32 = 4,
-                              .alt_key = "llama.vocab_size", .alt_u32 = 3},
+    g = craft_open(&(craft_t){.extra_key = "gistd.gist.count",
+                              .extra_u32 = 4,
+                              .alt_key = "llama.vocab_size",
+                              .alt_u32 = 3},
                    &buf);
     CHECK_INT(g ? mdl_hparams_read(g, &hp, &e) : -1, ==, ERR_FORMAT);
     gguf_close(&g);

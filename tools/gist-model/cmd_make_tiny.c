@@ -82,7 +82,8 @@ int cmd_make_tiny(int argc, char **argv)
             int t = val ? mdl_tiny_type_from_name(val) : -1;
             if (t < 0)
                 return cmd_usage_error("make-tiny: --type must be f32, f16, bf16, q8_0 or "
-                                       "q4_0, got '%s'", val ? val : "");
+                                       "q4_0, got '%s'",
+                                       val ? val : "");
             cfg.type = (uint32_t)t;
             i++;
         } else if (!strcmp(a, "--rope-base")) {
@@ -90,7 +91,8 @@ int cmd_make_tiny(int argc, char **argv)
             cfg.rope_base = val ? strtof(val, &end) : 0.0f;
             if (!val || *end || !(cfg.rope_base > 0.0f))
                 return cmd_usage_error("make-tiny: --rope-base needs a positive number, "
-                                       "got '%s'", val ? val : "");
+                                       "got '%s'",
+                                       val ? val : "");
             i++;
         } else if (!strcmp(a, "--name")) {
             if (!val)
