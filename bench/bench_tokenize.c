@@ -145,8 +145,8 @@ int main(int argc, char **argv)
         printf("tokens: %zu (%.2f bytes per token)\n", n_ids, (double)len / (double)n_ids);
         printf("encode: best %.1f ms = %.2f MB/s, mean %.2f MB/s (%d runs)\n", 1e3 * enc_best,
                mb / enc_best, mb * reps / enc_sum, reps);
-        printf("decode: best %.1f ms = %.2f MB/s, mean %.2f MB/s\n", 1e3 * dec_best,
-               mb / dec_best, mb * reps / dec_sum);
+        printf("decode: best %.1f ms = %.2f MB/s, mean %.2f MB/s\n", 1e3 * dec_best, mb / dec_best,
+               mb * reps / dec_sum);
     }
     free(text);
     tok_destroy(&t);

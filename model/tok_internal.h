@@ -55,17 +55,18 @@ static inline uint64_t tok_merge_key(uint32_t left, uint32_t right)
 
 struct tok {
     tok_kind_t kind;
-    tok_pre_t pre;      /* BPE only */
-    uint32_t n_vocab;   /* entries of the vocabulary */
-    uint32_t n_sym;     /* n_vocab plus BPE merge strings that are not vocabulary entries */
-    char *texts;        /* every symbol's stored text, NUL-terminated, back to back */
-    uint64_t *text_off; /* [n_sym + 1] offsets into texts */
-    size_t texts_cap, off_cap; /* room in texts (bytes) and text_off (entries) */
-    char *pieces;       /* every token's decoded bytes (what tok_piece gives), back to back */
+    tok_pre_t pre;       /* BPE only */
+    uint32_t n_vocab;    /* entries of the vocabulary */
+    uint32_t n_sym;      /* n_vocab + BPE merge strings that are not vocabulary entries */
+    char *texts;         /* every symbol's stored text, NUL-terminated, back to back */
+    uint64_t *text_off;  /* [n_sym + 1] offsets into texts */
+    size_t texts_cap;    /* bytes of room in texts */
+    size_t off_cap;      /* entries of room in text_off */
+    char *pieces;        /* every token's decoded bytes (what tok_piece gives), back to back */
     uint64_t *piece_off; /* [n_vocab + 1] offsets into pieces */
-    float *scores;      /* [n_vocab] SentencePiece scores (0 when the file has none) */
-    uint8_t *types;     /* [n_vocab] TOK_TYPE_* */
-    tok_strmap_t map;   /* stored text -> symbol id */
+    float *scores;       /* [n_vocab] SentencePiece scores (0 when the file has none) */
+    uint8_t *types;      /* [n_vocab] TOK_TYPE_* */
+    tok_strmap_t map;    /* stored text -> symbol id */
     int32_t bos, eos, unk, pad;
     bool add_bos;          /* the file's tokenizer.ggml.add_bos_token */
     bool add_space_prefix; /* SPM: prefix the text with one ▁ (and drop it when decoding) */

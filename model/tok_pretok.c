@@ -16,15 +16,15 @@
 
 /* Every character has this bit, so a class test past the end of the text is 0. */
 #define PRE_CHAR 0x80u
-#define PRE_LNS (TOK_CPT_LETTER | TOK_CPT_NUMBER | TOK_CPT_SPACE)
-#define PRE_END 0xFFFFFFFEu /* code point "past the end" */
+#define PRE_LNS  (TOK_CPT_LETTER | TOK_CPT_NUMBER | TOK_CPT_SPACE)
+#define PRE_END  0xFFFFFFFEu /* code point "past the end" */
 
 typedef struct pre_text {
-    uint32_t *cp;   /* [n] code points (TOK_CPT_INVALID for a stray byte) */
-    uint8_t *fl;    /* [n] TOK_CPT_* | PRE_CHAR */
-    size_t *off;    /* [n + 1] byte offset of each character, then the length */
+    uint32_t *cp; /* [n] code points (TOK_CPT_INVALID for a stray byte) */
+    uint8_t *fl;  /* [n] TOK_CPT_* | PRE_CHAR */
+    size_t *off;  /* [n + 1] byte offset of each character, then the length */
     size_t n;
-    size_t *ends;   /* words found so far: byte offset past each */
+    size_t *ends; /* words found so far: byte offset past each */
     size_t n_ends;
 } pre_text_t;
 

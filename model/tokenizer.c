@@ -28,8 +28,8 @@ static int load_id(const gguf_t *g, const char *key, int32_t dflt, uint32_t n_vo
     } else if (v >= 0 && v < n_vocab) {
         *out = (int32_t)v;
     } else if (strict) {
-        return err_set(e, ERR_FORMAT, "%s = %" PRId64 " is outside the vocabulary (%u tokens)",
-                       key, v, n_vocab);
+        return err_set(e, ERR_FORMAT, "%s = %" PRId64 " is outside the vocabulary (%u tokens)", key,
+                       v, n_vocab);
     } else {
         *out = -1;
     }
@@ -79,8 +79,10 @@ static int load_scores_types(tok_t *t, const gguf_t *g, err_info_t *e)
             return err_set(e, ERR_FORMAT, "tokenizer.ggml.scores: expected floats, found %s",
                            gguf_vtype_name(a.elem_type));
         if (a.n != t->n_vocab)
-            return err_set(e, ERR_FORMAT, "tokenizer.ggml.scores has %" PRIu64 " entries for %u "
-                           "tokens", a.n, t->n_vocab);
+            return err_set(e, ERR_FORMAT,
+                           "tokenizer.ggml.scores has %" PRIu64 " entries for %u "
+                           "tokens",
+                           a.n, t->n_vocab);
         for (uint32_t i = 0; i < t->n_vocab; i++)
             t->scores[i] = (float)gguf_arr_f64(&a, i);
     }
@@ -93,13 +95,16 @@ static int load_scores_types(tok_t *t, const gguf_t *g, err_info_t *e)
             return err_set(e, ERR_FORMAT, "tokenizer.ggml.token_type: expected integers, found %s",
                            gguf_vtype_name(a.elem_type));
         if (a.n != t->n_vocab)
-            return err_set(e, ERR_FORMAT, "tokenizer.ggml.token_type has %" PRIu64 " entries for "
-                           "%u tokens", a.n, t->n_vocab);
+            return err_set(e, ERR_FORMAT,
+                           "tokenizer.ggml.token_type has %" PRIu64 " entries for "
+                           "%u tokens",
+                           a.n, t->n_vocab);
         for (uint32_t i = 0; i < t->n_vocab; i++) {
             int64_t v = gguf_arr_i64(&a, i);
             if (v < TOK_TYPE_UNDEFINED || v > TOK_TYPE_BYTE)
-                return err_set(e, ERR_FORMAT, "tokenizer.ggml.token_type[%u] = %" PRId64
-                               " is not a token type (0..6)", i, v);
+                return err_set(
+                    e, ERR_FORMAT,
+                    "tokenizer.ggml.token_type[%u] = %" PRId64 " is not a token type (0..6)", i, v);
             t->types[i] = (uint8_t)v;
         }
     }
@@ -313,8 +318,8 @@ static int tok_load(tok_t *t, const gguf_t *g, err_info_t *e)
                       e)) ||
         (rc = load_id(g, "tokenizer.ggml.eos_token_id", spm ? 2 : -1, t->n_vocab, true, &t->eos,
                       e)) ||
-        (rc = load_id(g, "tokenizer.ggml.unknown_token_id", spm ? 0 : -1, t->n_vocab, true,
-                      &t->unk, e)) ||
+        (rc = load_id(g, "tokenizer.ggml.unknown_token_id", spm ? 0 : -1, t->n_vocab, true, &t->unk,
+                      e)) ||
         /* Some converted files name a padding id past the vocabulary; it is never used
          * to encode or decode, so such a value reads as "none". */
         (rc = load_id(g, "tokenizer.ggml.padding_token_id", -1, t->n_vocab, false, &t->pad, e)))
@@ -322,8 +327,8 @@ static int tok_load(tok_t *t, const gguf_t *g, err_info_t *e)
     if ((rc = gguf_get_bool_or(g, "tokenizer.ggml.add_bos_token", spm, &t->add_bos, e)))
         return rc;
     if (spm) {
-        if ((rc = gguf_get_bool_or(g, "tokenizer.ggml.add_space_prefix", true,
-                                   &t->add_space_prefix, e)))
+        if ((rc = gguf_get_bool_or(g, "tokenizer.ggml.add_space_prefix", true, &t->add_space_prefix,
+                                   e)))
             return rc;
         load_spm_bytes(t);
         t->spm_chunks = spm_words_independent(t);
@@ -498,8 +503,7 @@ int tok_encode(const tok_t *t, const char *text, size_t len, bool add_bos, bool 
             rc = tok_vec_push(&out, f.id);
             after_special = true;
         } else if (t->kind == TOK_SPM) {
-            rc = tok_spm_encode(t, text + f.off, f.len, t->add_space_prefix && after_special,
-                                &out);
+            rc = tok_spm_encode(t, text + f.off, f.len, t->add_space_prefix && after_special, &out);
             after_special = false;
         } else {
             rc = tok_bpe_encode(t, text + f.off, f.len, &out);
@@ -526,8 +530,7 @@ static bool shown_type(uint8_t type)
 }
 
 /* The piece of id as (pointer, length), after the first-token rule. */
-static const char *piece_of(const tok_t *t, int32_t id, bool first, bool show_special,
-                            size_t *len)
+static const char *piece_of(const tok_t *t, int32_t id, bool first, bool show_special, size_t *len)
 {
     const char *p;
     if (shown_type(t->types[id])) {

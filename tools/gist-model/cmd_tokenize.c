@@ -152,7 +152,8 @@ static int parse_ids(const char *s, uint32_t n_vocab, int32_t **out, size_t *n_o
         if (v < 0 || v >= n_vocab) {
             free(ids);
             return cmd_usage_error("detokenize: token id %lld is outside the vocabulary "
-                                   "(%u tokens)", v, n_vocab);
+                                   "(%u tokens)",
+                                   v, n_vocab);
         }
         ids[n++] = (int32_t)v;
         p = end;
