@@ -449,8 +449,9 @@ static int read_alignment(gguf_t *g, cursor_t *c)
                        gguf_vtype_name(kv->type));
     }
     if (a == 0 || (a & (a - 1)) || a > (1u << 30))
-        return err_set(c->e, ERR_FORMAT,
-                       "key 'general.alignment' is %" PRIu64 ", not a nonzero power of two", a);
+        return err_set(
+            c->e, ERR_FORMAT,
+            "key 'general.alignment' is %" PRIu64 ", not a nonzero power of two (at most 2^30)", a);
     g->alignment = (uint32_t)a;
     return 0;
 }
