@@ -187,8 +187,9 @@ float kern_quant_block(const float *x, int8_t *q)
         amax = fmaxf(amax, fabsf(x[i]));
     float d = amax / 127.0f;
     float id = d != 0 ? 1.0f / d : 0.0f;
+    /* round to nearest even (the default mode), as the SIMD conversions do */
     for (int i = 0; i < 32; i++)
-        q[i] = (int8_t)roundf(x[i] * id);
+        q[i] = (int8_t)nearbyintf(x[i] * id);
     return d;
 }
 
@@ -438,8 +439,8 @@ static void matmul_gemm(const kern_path_t *p, int kt, const uint8_t *W, const fl
     free(buf);
 }
 
-void kern_matmul(uint32_t type, const void *W, const float *X, float *Y, int n_rows, int n_cols,
-                 int n_b)
+void kern_matmul_how(int how, uint32_t type, const void *W, const float *X, float *Y, int n_rows,
+                     int n_cols, int n_b)
 {
     int kt = type_slot(type);
     assert(kt >= 0);
@@ -447,10 +448,17 @@ void kern_matmul(uint32_t type, const void *W, const float *X, float *Y, int n_r
     if (n_rows <= 0 || n_b <= 0)
         return;
     const kern_path_t *p = path();
-    if (n_b >= GEMM_MIN_B)
+    if (how == KERN_BY_GEMM)
         matmul_gemm(p, kt, W, X, Y, n_rows, n_cols, n_b);
     else
         matmul_rows(p, kt, W, X, Y, n_rows, n_cols, n_b);
+}
+
+void kern_matmul(uint32_t type, const void *W, const float *X, float *Y, int n_rows, int n_cols,
+                 int n_b)
+{
+    kern_matmul_how(n_b >= GEMM_MIN_B ? KERN_BY_GEMM : KERN_BY_ROWS, type, W, X, Y, n_rows, n_cols,
+                    n_b);
 }
 
 void kern_matvec(uint32_t type, const void *W, const float *x, float *y, int n_rows, int n_cols)

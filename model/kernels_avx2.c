@@ -62,16 +62,19 @@ INLINE void rows_float(const int kt, const int NX, const uint8_t *W, size_t w_st
 {
     const size_t esz = kt == KT_F32 ? 4 : 2;
     const float *xs[KERN_MAX_NX];
+    #pragma GCC unroll 4
     for (int i = 0; i < NX; i++)
         xs[i] = (const float *)(x + i * x_stride);
     for (int r = r0; r < r1; r++) {
         const uint8_t *w = W + r * w_stride;
         __m256 acc[KERN_MAX_NX][2];
+        #pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             acc[i][0] = acc[i][1] = _mm256_setzero_ps();
         int c = 0;
         for (; c + 16 <= n_cols; c += 16) {
             __m256 w0 = load8(kt, w + c * esz), w1 = load8(kt, w + (c + 8) * esz);
+            #pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
                 acc[i][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xs[i] + c), acc[i][0]);
                 acc[i][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xs[i] + c + 8), acc[i][1]);
@@ -79,10 +82,12 @@ INLINE void rows_float(const int kt, const int NX, const uint8_t *W, size_t w_st
         }
         if (c + 8 <= n_cols) {
             __m256 w0 = load8(kt, w + c * esz);
+            #pragma GCC unroll 4
             for (int i = 0; i < NX; i++)
                 acc[i][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xs[i] + c), acc[i][0]);
             c += 8;
         }
+        #pragma GCC unroll 4
         for (int i = 0; i < NX; i++) {
             float s = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
             for (int t = c; t < n_cols; t++)
@@ -114,6 +119,7 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
     const int8_t *xq[KERN_MAX_NX];
     const float *xd[KERN_MAX_NX];
     const int32_t *xsum[KERN_MAX_NX];
+    #pragma GCC unroll 4
     for (int i = 0; i < NX; i++) {
         xq[i] = (const int8_t *)(x + i * x_stride);
         xd[i] = (const float *)(x + i * x_stride + n_cols);
@@ -122,6 +128,7 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
     for (int r = r0; r < r1; r++) {
         const uint8_t *row = W + r * w_stride;
         __m256 acc[KERN_MAX_NX];
+        #pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             acc[i] = _mm256_setzero_ps();
         for (int k = 0; k < nb; k++) {
@@ -136,6 +143,7 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
             } else {
                 wv = q4_nibbles(blk + 2);
             }
+            #pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
                 __m256i xv = _mm256_loadu_si256((const __m256i *)(xq[i] + 32 * k));
                 __m256i p16;
@@ -151,6 +159,7 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
                                          acc[i]);
             }
         }
+        #pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             y[i * y_stride + r] = hsum(acc[i]);
     }
@@ -242,10 +251,48 @@ static void to_f32_q4_0(const uint8_t *src, float *dst, int n)
     }
 }
 
+/* The simple layout of kernels_impl.h, with the arithmetic of kern_quant_block. */
+static void qx_make(int kt, const float *x, int n_cols, uint8_t *out)
+{
+    int nb = n_cols / 32;
+    int8_t *qs = (int8_t *)out;
+    float *dx = (float *)(out + n_cols);
+    int32_t *sum = (int32_t *)(dx + nb);
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int k = 0; k < nb; k++) {
+        __m256 v[4];
+        for (int j = 0; j < 4; j++)
+            v[j] = _mm256_loadu_ps(x + 32 * k + 8 * j);
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], absmask),
+                                               _mm256_and_ps(v[1], absmask)),
+                                 _mm256_max_ps(_mm256_and_ps(v[2], absmask),
+                                               _mm256_and_ps(v[3], absmask)));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        float d = _mm_cvtss_f32(h) / 127.0f;
+        __m256 id = _mm256_set1_ps(d != 0 ? 1.0f / d : 0.0f);
+        __m256i q[4];
+        for (int j = 0; j < 4; j++)
+            q[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], id));
+        __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        sum[k] = _mm_cvtsi128_si32(s4);
+        /* int32 -> int16 -> int8 packs work within 128-bit lanes: put the lanes back */
+        __m256i p16a = _mm256_packs_epi32(q[0], q[1]), p16b = _mm256_packs_epi32(q[2], q[3]);
+        __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+        p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(qs + 32 * k), p8);
+        dx[k] = d;
+    }
+}
+
 const kern_path_t kern_path_avx2 = {
     .name = "avx2",
     .rows = {rows_f32, rows_f16, rows_bf16, rows_q8_0, rows_q4_0},
     .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0},
     .qx_bytes = kern_qx_simple_bytes,
-    .qx_make = kern_qx_simple_make,
+    .qx_make = qx_make,
 };

@@ -65,16 +65,19 @@ INLINE void rows_float(const int kt, const int NX, const uint8_t *W, size_t w_st
 {
     const size_t esz = kt == KT_F32 ? 4 : 2;
     const float *xs[KERN_MAX_NX];
+    #pragma GCC unroll 4
     for (int i = 0; i < NX; i++)
         xs[i] = (const float *)(x + i * x_stride);
     for (int r = r0; r < r1; r++) {
         const uint8_t *w = W + r * w_stride;
         __m512 acc[KERN_MAX_NX][2];
+        #pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             acc[i][0] = acc[i][1] = _mm512_setzero_ps();
         int c = 0;
         for (; c + 32 <= n_cols; c += 32) {
             __m512 w0 = load16(kt, w + c * esz, 16), w1 = load16(kt, w + (c + 16) * esz, 16);
+            #pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
                 acc[i][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xs[i] + c), acc[i][0]);
                 acc[i][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xs[i] + c + 16), acc[i][1]);
@@ -83,9 +86,11 @@ INLINE void rows_float(const int kt, const int NX, const uint8_t *W, size_t w_st
         for (; c < n_cols; c += 16) {
             int n = n_cols - c < 16 ? n_cols - c : 16;
             __m512 w0 = load16(kt, w + c * esz, n);
+            #pragma GCC unroll 4
             for (int i = 0; i < NX; i++)
                 acc[i][0] = _mm512_fmadd_ps(w0, xload16(xs[i] + c, n), acc[i][0]);
         }
+        #pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             y[i * y_stride + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]));
     }
@@ -106,15 +111,28 @@ static void qx_pair_make(int kt, const float *x, int n_cols, uint8_t *out)
     int8_t *qs = (int8_t *)out;
     int32_t *bias = (int32_t *)(out + (size_t)npairs * 64);
     float *dx = (float *)(out + (size_t)npairs * 128);
-    memset(out, 0, (size_t)npairs * 192);
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     for (int k = 0; k < nb; k++) {
-        float d = kern_quant_block(x + 32 * k, qs + 32 * k);
-        int32_t s = 0;
-        for (int j = 0; j < 32; j++)
-            s += qs[32 * k + j];
-        bias[8 * k] = -c * s;
-        for (int j = 0; j < 8; j++)
-            dx[8 * k + j] = d;
+        /* the same arithmetic as kern_quant_block, 32 lanes at a time */
+        __m512 a = _mm512_loadu_ps(x + 32 * k), b = _mm512_loadu_ps(x + 32 * k + 16);
+        float amax = _mm512_reduce_max_ps(
+            _mm512_max_ps(_mm512_and_ps(a, absmask), _mm512_and_ps(b, absmask)));
+        float d = amax / 127.0f;
+        __m512 id = _mm512_set1_ps(d != 0 ? 1.0f / d : 0.0f);
+        __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, id));
+        __m512i qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, id));
+        _mm_storeu_si128((__m128i *)(qs + 32 * k), _mm512_cvtepi32_epi8(qa));
+        _mm_storeu_si128((__m128i *)(qs + 32 * k + 16), _mm512_cvtepi32_epi8(qb));
+        int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+        _mm256_storeu_si256((__m256i *)(bias + 8 * k), _mm256_setr_epi32(-c * sum, 0, 0, 0, 0, 0,
+                                                                         0, 0));
+        _mm256_storeu_ps(dx + 8 * k, _mm256_set1_ps(d));
+    }
+    if (nb & 1) {
+        /* the padding block of the last pair */
+        memset(qs + 32 * nb, 0, 32);
+        memset(bias + 8 * nb, 0, 32);
+        memset(dx + 8 * nb, 0, 32);
     }
 }
 
@@ -166,6 +184,7 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
     const size_t bsz = kt == KT_Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0);
     const __m512i *xq[KERN_MAX_NX], *xb[KERN_MAX_NX];
     const __m512 *xd[KERN_MAX_NX];
+    #pragma GCC unroll 4
     for (int i = 0; i < NX; i++) {
         const uint8_t *base = x + i * x_stride;
         xq[i] = (const __m512i *)base;
@@ -175,12 +194,14 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
     for (int r = r0; r < r1; r++) {
         const uint8_t *row = W + r * w_stride;
         __m512 acc[KERN_MAX_NX];
+        #pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             acc[i] = _mm512_setzero_ps();
         for (int p = 0; p < nfull; p++) {
             const uint8_t *blk = row + 2 * p * bsz;
             __m512i w = kt == KT_Q8_0 ? wpair_q8(blk) : wpair_q4(blk);
             __m512 d = dpair(kt, blk);
+            #pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
                 __m512i dot = _mm512_dpbusd_epi32(_mm512_load_si512(xb[i] + p), w,
                                                   _mm512_load_si512(xq[i] + p));
@@ -200,6 +221,7 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
             uint16_t dh;
             memcpy(&dh, blk, 2);
             __m256 d = _mm256_set1_ps(f16_f32(dh));
+            #pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
                 __m256i dot = _mm256_dpbusd_epi32(
                     _mm512_castsi512_si256(_mm512_load_si512(xb[i] + nfull)), w,
@@ -209,6 +231,7 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
                 acc[i] = _mm512_add_ps(acc[i], _mm512_zextps256_ps512(t));
             }
         }
+        #pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             y[i * y_stride + r] = _mm512_reduce_add_ps(acc[i]);
     }
@@ -250,11 +273,13 @@ INLINE void rows_quant_fma(const int kt, const int NX, const uint8_t *W, size_t 
     const int nb = n_cols / 32;
     const size_t bsz = kt == KT_Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0);
     const float *xs[KERN_MAX_NX];
+    #pragma GCC unroll 4
     for (int i = 0; i < NX; i++)
         xs[i] = (const float *)(x + i * x_stride);
     for (int r = r0; r < r1; r++) {
         const uint8_t *row = W + r * w_stride;
         __m512 acc[KERN_MAX_NX];
+        #pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             acc[i] = _mm512_setzero_ps();
         for (int k = 0; k < nb; k++) {
@@ -263,12 +288,14 @@ INLINE void rows_quant_fma(const int kt, const int NX, const uint8_t *W, size_t 
             memcpy(&dh, blk, 2);
             __m512 d = _mm512_set1_ps(f16_f32(dh)), wa, wb;
             wblock_f32(kt, blk, &wa, &wb);
+            #pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
                 __m512 t = _mm512_mul_ps(wa, _mm512_loadu_ps(xs[i] + 32 * k));
                 t = _mm512_fmadd_ps(wb, _mm512_loadu_ps(xs[i] + 32 * k + 16), t);
                 acc[i] = _mm512_fmadd_ps(d, t, acc[i]);
             }
         }
+        #pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             y[i * y_stride + r] = _mm512_reduce_add_ps(acc[i]);
     }

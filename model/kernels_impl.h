@@ -52,6 +52,13 @@ extern const kern_path_t kern_path_avx512;
 /* AVX-512 with Q8_0/Q4_0 dequantised to f32 in registers: only to measure against. */
 extern const kern_path_t kern_path_avx512_fma;
 
+/* kern_matmul with the method picked by the caller (for benchmarks that find the batch
+ * size where sgemm starts to win): one pass of the row kernels per KERN_MAX_NX vectors,
+ * or OpenBLAS sgemm (on f32 tiles of W for other types). */
+enum { KERN_BY_ROWS = 1, KERN_BY_GEMM = 2 };
+void kern_matmul_how(int how, uint32_t type, const void *W, const float *X, float *Y, int n_rows,
+                     int n_cols, int n_b);
+
 /*
  * The "simple" quantised activation layout (portable and AVX2): qs int8[n_cols],
  * then float d[n_cols / 32], then int32 sum[n_cols / 32] (the sum of each block's qs),
@@ -60,7 +67,8 @@ extern const kern_path_t kern_path_avx512_fma;
 size_t kern_qx_simple_bytes(int kt, int n_cols);
 void kern_qx_simple_make(int kt, const float *x, int n_cols, uint8_t *out);
 
-/* Quantises 32 floats the same way for every path: d = max|x| / 127, q = round(x / d).
+/* Quantises 32 floats as every path does (the SIMD ones with the same f32 operations, so
+ * the bytes agree): d = max|x| / 127, q = x * (1 / d) rounded to nearest even.
  * Returns d (0 for an all-zero block, then every q is 0). */
 float kern_quant_block(const float *x, int8_t *q);
 
