@@ -36,7 +36,7 @@ uint16_t dt_f32_to_f16(float f); /* round to nearest even, inf/nan kept */
 float dt_bf16_to_f32(uint16_t h);
 uint16_t dt_f32_to_bf16(float f); /* round to nearest even, nan kept */
 
-/* Quantize n floats (n a multiple of 32) as ggml does: d = max|x| / 127, q = round(x / d). */
+/* Quantize n floats (n a multiple of 32) as ggml does: d = max|x| / 127, q = round(x * (1/d)). */
 void dt_quantize_q8_0(const float *x, block_q8_0 *out, size_t n);
 void dt_quantize_q4_0(const float *x, block_q4_0 *out, size_t n);
 

@@ -65,7 +65,10 @@ int err_prefix(err_info_t *e, const char *fmt, ...)
     vsnprintf(head, sizeof head, fmt, ap);
     va_end(ap);
     memcpy(old, e->msg, sizeof old);
-    snprintf(e->msg, sizeof e->msg, "%s%s", head, old[0] ? old : err_str(e->code));
+    /* A message too long for the buffer is cut, never overrun. */
+    int n = snprintf(e->msg, sizeof e->msg, "%s", head);
+    if (n >= 0 && (size_t)n < sizeof e->msg)
+        snprintf(e->msg + n, sizeof e->msg - (size_t)n, "%s", old[0] ? old : err_str(e->code));
     return e->code;
 }
 

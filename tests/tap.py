@@ -4,7 +4,9 @@ A test module defines functions named test_*, and ends with `tap.main(globals())
 A test fails on an exception (AssertionError included) and is skipped by raising
 tap.Skip("why"). Paths: tap.ROOT (repository), tap.BUILD (build folder), tap.shared(rel).
 """
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import traceback
@@ -31,7 +33,10 @@ def tool(name):
 
 
 def tmpdir():
-    return tempfile.mkdtemp(prefix="gistd-pytest-")
+    """A fresh temporary folder, removed when the test program exits."""
+    d = tempfile.mkdtemp(prefix="gistd-pytest-")
+    atexit.register(shutil.rmtree, d, True)
+    return d
 
 
 def main(ns):
