@@ -1,0 +1,191 @@
+/*
+ * kvstore/kv_impl.h — the store's insides, shared by its .c files and nobody else.
+ *
+ * Memory: every allocation goes through kv_mem_alloc (charged: the store's arena, counted
+ * at jemalloc's size class against the store and, when given, a session) or kv_scratch_alloc
+ * (uncharged working memory freed before the call returns); both consult the test hook.
+ * A block is two allocations: the header with its metadata arrays, and the payload (K rows
+ * then V rows). Blocks are reference counted: after a fork, full blocks are shared, and a
+ * shared block is never written (an edit copies it first).
+ *
+ * Invariants between calls (checked by kv_store_check): a lane's rows are ordered by
+ * position; no block is empty; within each maximal run of same-type blocks every block but
+ * the last is full; counters equal what a walk over the structures adds up.
+ */
+#ifndef GISTD_KVSTORE_KV_IMPL_H
+#define GISTD_KVSTORE_KV_IMPL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "kvstore/kvstore.h"
+
+#define KV_KIND_DEAD     0xff  /* a row marked for removal inside an edit */
+#define KV_TPAGE         1024u /* transcript positions per page (6 KiB) */
+#define KV_PAYLOAD_ALIGN 64u
+
+typedef struct kv_block {
+    uint32_t refs; /* lanes holding it (more than one only for shared, full blocks) */
+    uint32_t n;    /* rows in use */
+    uint32_t type; /* DT_F32, DT_F16 or DT_Q8_0 */
+    uint32_t mark; /* walk epoch: counts a shared block once */
+    uint32_t seen; /* references seen by kv_store_check */
+    uint8_t *k;    /* [cap][row_bytes] into the payload allocation */
+    uint8_t *v;    /* [cap][row_bytes] */
+    float *pos;    /* [cap] metadata arrays, inside the header allocation */
+    float *mass;
+    float *bias; /* log(mass) */
+    float *logbeta;
+    uint32_t *first;
+    uint32_t *last;
+    uint8_t *kind;
+    uint8_t *level;
+} kv_block_t;
+
+/* A lane's hold on a block; the accumulator is the lane's own (not shared with forks). */
+typedef struct kv_bref {
+    kv_block_t *blk;
+    float *acc; /* [cap] or NULL when the session keeps no accumulators */
+} kv_bref_t;
+
+typedef struct kv_lane {
+    kv_bref_t *b; /* [cap]: n_blk blocks in position order, then n_pend reserved ones */
+    uint32_t n_blk;
+    uint32_t n_pend;
+    uint32_t cap;
+    uint32_t n_rows;
+} kv_lane_t;
+
+typedef struct kv_tpage {
+    uint32_t tok[KV_TPAGE];
+    uint16_t live[KV_TPAGE]; /* lanes holding the position as a raw row */
+} kv_tpage_t;
+
+typedef struct kv_transcript {
+    uint32_t len;
+    uint32_t n_pages; /* allocated pages (some may be reserved beyond len) */
+    uint32_t cap_pages;
+    kv_tpage_t **pages;
+} kv_transcript_t;
+
+typedef struct kv_session {
+    uint32_t id;
+    size_t hard, soft;
+    size_t bytes, peak;
+    bool attn_acc;
+    uint32_t n_reserved; /* rows of the pending reservation, 0 when none */
+    kv_lane_t *lanes;    /* [n_lane] */
+    kv_transcript_t tr;
+} kv_session_t;
+
+struct kv_store {
+    kv_store_config_t cfg;
+    uint32_t n_lane;
+    uint32_t B; /* block_rows */
+    unsigned arena;
+    bool arena_ok;
+    size_t row_bytes[KV_N_TIERS];
+    size_t payload_bytes[KV_N_TIERS]; /* 2 * B * row_bytes, requested */
+    size_t hdr_bytes;                 /* block header + metadata arrays, requested */
+    size_t block_charge[KV_N_TIERS];  /* nallocx(header) + nallocx(payload) */
+    size_t hard, soft;
+    size_t bytes, peak;
+    size_t overhead; /* store-wide charged structures */
+    kv_session_t **sess;
+    uint32_t n_sess, cap_sess;
+    uint32_t next_id;
+    uint32_t epoch;
+    float *scratch; /* [2][head_dim] for conversions */
+};
+
+/* ---- memory (store.c) ---- */
+int kv_tier(uint32_t type); /* tier index, or -1 */
+size_t kv_charge(size_t bytes);
+size_t kv_charge_aligned(size_t bytes);
+void *kv_mem_alloc(kv_store_t *st, kv_session_t *s, size_t bytes);
+void *kv_mem_alloc_aligned(kv_store_t *st, kv_session_t *s, size_t bytes);
+void kv_mem_free(kv_store_t *st, kv_session_t *s, void *p, size_t bytes);
+void kv_mem_free_aligned(kv_store_t *st, kv_session_t *s, void *p, size_t bytes);
+void *kv_scratch_alloc(kv_store_t *st, size_t bytes);
+void kv_charge_session(kv_store_t *st, kv_session_t *s, size_t bytes);
+void kv_uncharge_session(kv_session_t *s, size_t bytes);
+/* ERR_BUDGET with a message when `need` more bytes would cross the session's or the
+ * store's hard limit (need_global may differ: shared blocks). */
+int kv_budget_check(kv_store_t *st, kv_session_t *s, size_t need_session, size_t need_global,
+                    const char *what, err_info_t *e);
+kv_session_t *kv_session_find(const kv_store_t *st, uint32_t sid);
+int kv_session_add(kv_store_t *st, kv_session_t *s, err_info_t *e);
+int kv_session_alloc(kv_store_t *st, const kv_session_config_t *cfg, kv_session_t **out);
+void kv_session_free(kv_store_t *st, kv_session_t *s);
+
+/* ---- blocks and lanes (lane.c) ---- */
+kv_block_t *kv_block_new(kv_store_t *st, kv_session_t *s, uint32_t type);
+void kv_block_ref(kv_store_t *st, kv_session_t *s, kv_block_t *b);
+void kv_block_unref(kv_store_t *st, kv_session_t *s, kv_block_t *b);
+/* Copies row sb:si to db:di (same type) with its metadata; acc arrays may be NULL. */
+void kv_row_copy(const kv_store_t *st, kv_block_t *db, float *dacc, uint32_t di,
+                 const kv_block_t *sb, const float *sacc, uint32_t si);
+/* Writes an f32 row with metadata into b:i, converting to b's type. */
+void kv_row_put(kv_store_t *st, kv_block_t *b, uint32_t i, const float *k, const float *v,
+                const kv_row_meta_t *m);
+void kv_row_get_meta(const kv_block_t *b, uint32_t i, kv_row_meta_t *m);
+void kv_bref_release(kv_store_t *st, kv_session_t *s, kv_bref_t *r);
+size_t kv_acc_bytes(const kv_store_t *st);
+kv_lane_t *kv_lane_at(const kv_store_t *st, kv_session_t *s, uint32_t layer, uint32_t head);
+
+/* An insertion group: n rows of one type that go before old row `at` (at == n_rows: at the
+ * end). Rows come from f32 data, or (k == NULL) from old rows old0.. converted. */
+typedef struct kv_ins {
+    uint32_t at, n, type;
+    const float *k, *v;        /* [n][head_dim] */
+    const kv_row_meta_t *meta; /* [n] */
+    uint32_t old0;
+} kv_ins_t;
+
+/* One lane's edit: delete old rows, insert groups; prepared (all allocation) then committed
+ * (no failure). The plan fields belong to lane.c. */
+typedef struct kv_edit {
+    const uint32_t *del; /* sorted old indices to delete, or NULL: the range below */
+    uint32_t n_del;
+    uint32_t del_lo, del_hi;
+    kv_ins_t *ins; /* sorted by at */
+    uint32_t n_ins;
+    /* plan */
+    bool active;
+    uint32_t fb, rb;   /* first touched block; first block that may be written */
+    uint32_t *starts;  /* [n_blk + 1] scratch */
+    kv_block_t **priv; /* [n_blk - rb] private copies of shared blocks */
+    kv_bref_t *fresh;  /* new blocks of the groups, in order */
+    uint32_t n_fresh;
+    kv_bref_t *split; /* blocks for segments cut off by interior insertion points */
+    uint32_t n_split;
+    kv_bref_t *list; /* [n_list] scratch: the block list being built */
+    uint32_t n_list;
+    kv_bref_t *arr; /* the lane's new array when it must grow */
+    uint32_t arr_cap;
+    void *scratch;
+} kv_edit_t;
+
+/* Plans an edit (allocating its scratch: ERR_NOMEM) and sets *need to the bytes prepare
+ * will charge (the session and the store alike). Then prepare (ERR_NOMEM: call abort),
+ * and commit or abort. */
+int kv_edit_plan(kv_store_t *st, kv_session_t *s, const kv_lane_t *ln, kv_edit_t *ed, size_t *need);
+int kv_edit_prepare(kv_store_t *st, kv_session_t *s, const kv_lane_t *ln, kv_edit_t *ed);
+void kv_edit_abort(kv_store_t *st, kv_session_t *s, kv_edit_t *ed);
+void kv_edit_commit(kv_store_t *st, kv_session_t *s, kv_lane_t *ln, kv_edit_t *ed);
+
+/* ---- transcript (transcript.c) ---- */
+size_t kv_tr_need(const kv_transcript_t *tr, uint32_t n);
+int kv_tr_reserve(kv_store_t *st, kv_session_t *s, uint32_t n);
+void kv_tr_release_unused(kv_store_t *st, kv_session_t *s);
+void kv_tr_append(kv_transcript_t *tr, const uint32_t *tokens, uint32_t n, uint16_t live);
+uint16_t *kv_tr_live(kv_transcript_t *tr, uint32_t pos);
+void kv_tr_free(kv_store_t *st, kv_session_t *s);
+int kv_tr_copy(kv_store_t *st, kv_session_t *dst, const kv_transcript_t *src);
+size_t kv_tr_bytes(const kv_transcript_t *tr);
+size_t kv_tr_copy_bytes(const kv_transcript_t *tr); /* what kv_tr_copy would charge */
+uint32_t kv_tr_token(const kv_transcript_t *tr, uint32_t pos);
+
+#endif

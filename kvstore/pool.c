@@ -1,0 +1,108 @@
+/*
+ * kvstore/pool.c — RoPE at fractional positions and mass-weighted pooling of rows.
+ *
+ * Angles and sums are taken in double: a pooled row averages rows rotated at positions far
+ * apart, and f32 angles at large positions would lose more than the average is worth.
+ */
+#include "kvstore/kv_pool.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#include "common/err.h"
+
+static int rope_check(const kv_rope_t *rope, uint32_t head_dim)
+{
+    if (!rope || rope->n_rot % 2 != 0 || rope->n_rot > head_dim || !(rope->base > 0.0f))
+        return ERR_INVAL;
+    if (rope->scale < 0.0f)
+        return ERR_INVAL;
+    return 0;
+}
+
+/* Rotates pairs of x (double) by sign * theta_i(pos). */
+static void rope_rotate(const kv_rope_t *rope, double pos, int sign, double *x)
+{
+    double p = rope->scale > 0.0f ? pos / (double)rope->scale : pos;
+    for (uint32_t i = 0; i < rope->n_rot / 2; i++) {
+        double theta = p * pow((double)rope->base, -2.0 * (double)i / (double)rope->n_rot);
+        if (rope->freq_div)
+            theta /= (double)rope->freq_div[i];
+        double c = cos(theta), s = sign * sin(theta);
+        double x0 = x[2 * i], x1 = x[2 * i + 1];
+        x[2 * i] = x0 * c - x1 * s;
+        x[2 * i + 1] = x0 * s + x1 * c;
+    }
+}
+
+int kv_rope_apply(const kv_rope_t *rope, uint32_t head_dim, float pos, int sign, float *x)
+{
+    if (rope_check(rope, head_dim) != 0 || (sign != 1 && sign != -1) || !x)
+        return ERR_INVAL;
+    double *t = malloc(sizeof *t * head_dim);
+    if (!t)
+        return ERR_NOMEM;
+    for (uint32_t d = 0; d < head_dim; d++)
+        t[d] = x[d];
+    rope_rotate(rope, pos, sign, t);
+    for (uint32_t d = 0; d < head_dim; d++)
+        x[d] = (float)t[d];
+    free(t);
+    return 0;
+}
+
+int kv_pool_rows(const kv_rope_t *rope, uint32_t head_dim, uint32_t n, const float *k,
+                 const float *v, const kv_row_meta_t *meta, float *k_out, float *v_out,
+                 kv_row_meta_t *meta_out)
+{
+    if (rope_check(rope, head_dim) != 0 || n == 0 || !k || !v || !meta || !k_out || !v_out ||
+        !meta_out)
+        return ERR_INVAL;
+    double mass = 0.0, pos = 0.0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (!(meta[i].mass > 0.0f) || !isfinite(meta[i].pos))
+            return ERR_INVAL;
+        mass += meta[i].mass;
+        pos += (double)meta[i].mass * meta[i].pos;
+    }
+    pos /= mass;
+
+    double *sk = calloc(3 * (size_t)head_dim, sizeof *sk);
+    if (!sk)
+        return ERR_NOMEM;
+    double *sv = sk + head_dim, *t = sv + head_dim;
+    kv_row_meta_t out = {.pos = 0.0f, .mass = (float)mass, .kind = KV_KIND_POOLED};
+    out.first = meta[0].first;
+    out.last = meta[0].last;
+    out.logbeta = meta[0].logbeta;
+    uint8_t level = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const float *ki = k + (size_t)i * head_dim, *vi = v + (size_t)i * head_dim;
+        for (uint32_t d = 0; d < head_dim; d++)
+            t[d] = ki[d];
+        rope_rotate(rope, meta[i].pos, -1, t);
+        double w = meta[i].mass / mass;
+        for (uint32_t d = 0; d < head_dim; d++) {
+            sk[d] += w * t[d];
+            sv[d] += w * vi[d];
+        }
+        if (meta[i].first < out.first)
+            out.first = meta[i].first;
+        if (meta[i].last > out.last)
+            out.last = meta[i].last;
+        if (meta[i].logbeta > out.logbeta)
+            out.logbeta = meta[i].logbeta;
+        if (meta[i].level > level)
+            level = meta[i].level;
+    }
+    rope_rotate(rope, pos, 1, sk);
+    for (uint32_t d = 0; d < head_dim; d++) {
+        k_out[d] = (float)sk[d];
+        v_out[d] = (float)sv[d];
+    }
+    out.pos = (float)pos;
+    out.level = (uint8_t)(level < 255 ? level + 1 : 255);
+    *meta_out = out;
+    free(sk);
+    return 0;
+}

@@ -1,0 +1,469 @@
+/* Tests for kvstore: appending, views, budgets and limits, memory going back to the arena,
+ * forks sharing blocks, the transcript, and the edit verbs on small hand-checked cases. */
+#include <math.h>
+#include <string.h>
+
+#include "tests/test_kvstore_util.h"
+
+/* Rows read back from a lane equal what was appended (f32: exactly). */
+static void test_append_and_view(void)
+{
+    kv_store_t *st = kvt_store(2, 2, 64, 16, DT_F32, 0);
+    uint32_t sid;
+    err_info_t e;
+    CHECK_OK(kv_session_create(st, NULL, &sid, &e));
+    for (int i = 0; i < 5; i++)
+        CHECK_OK(kvt_append(st, sid, 7, 100 + 7 * i, 42, &e));
+    KVT_CHECK_STORE(st);
+    uint32_t rows, nc;
+    CHECK_OK(kv_lane_size(st, sid, 1, 1, &rows, &nc));
+    CHECK_INT(rows, ==, 35);
+    CHECK_INT(nc, ==, 3); /* 16 + 16 + 3 */
+    kv_chunk_t ch[8];
+    CHECK_OK(kv_lane_view(st, sid, 1, 1, ch, 8, &nc));
+    uint32_t r = 0;
+    for (uint32_t c = 0; c < nc; c++) {
+        CHECK_INT(ch[c].type, ==, DT_F32);
+        CHECK(ch[c].attn_acc == NULL);
+        for (uint32_t i = 0; i < ch[c].n; i++, r++) {
+            const float *k = (const float *)ch[c].k + i * 64;
+            const float *v = (const float *)ch[c].v + i * 64;
+            for (uint32_t d = 0; d < 64; d++) {
+                CHECK(k[d] == kvt_val(42, 3, r, d));
+                CHECK(v[d] == kvt_val(~42ull, 3, r, d));
+            }
+            CHECK(ch[c].bias[i] == 0.0f);
+        }
+    }
+    CHECK_INT(r, ==, 35);
+    kv_row_meta_t m[35];
+    CHECK_OK(kv_lane_read(st, sid, 1, 1, 0, 35, m, NULL, NULL));
+    for (uint32_t i = 0; i < 35; i++) {
+        CHECK(m[i].pos == (float)i);
+        CHECK(m[i].mass == 1.0f && m[i].kind == KV_KIND_RAW && m[i].level == 0);
+        CHECK(m[i].first == i && m[i].last == i);
+        CHECK(m[i].logbeta == -(float)i / 1000.0f);
+    }
+    uint32_t tok[35], len;
+    uint16_t live[35];
+    CHECK_OK(kv_transcript_len(st, sid, &len));
+    CHECK_INT(len, ==, 35);
+    CHECK_OK(kv_transcript_read(st, sid, 0, 35, tok, live));
+    for (uint32_t i = 0; i < 35; i++) {
+        CHECK_INT(tok[i], ==, 100 + i);
+        CHECK_INT(live[i], ==, 4);
+    }
+    CHECK_INT(kv_lane_view(st, sid, 1, 1, ch, 2, &nc), ==, ERR_RANGE);
+    CHECK_INT(nc, ==, 3);
+    CHECK_INT(kv_lane_size(st, sid, 2, 0, &rows, &nc), ==, ERR_RANGE);
+    CHECK_INT(kv_lane_size(st, sid + 1, 0, 0, &rows, &nc), ==, ERR_NOTFOUND);
+    kv_store_destroy(&st);
+    CHECK(st == NULL);
+}
+
+/* An f16 hot tier holds values within f16 rounding. */
+static void test_f16_tier(void)
+{
+    kv_store_t *st = kvt_store(1, 1, 32, 8, DT_F16, 0);
+    uint32_t sid;
+    CHECK_OK(kv_session_create(st, NULL, &sid, NULL));
+    CHECK_OK(kvt_append(st, sid, 20, 0, 7, NULL));
+    float k[20 * 32];
+    kv_row_meta_t m[20];
+    CHECK_OK(kv_lane_read(st, sid, 0, 0, 0, 20, m, k, NULL));
+    for (uint32_t r = 0; r < 20; r++) {
+        CHECK_INT(m[r].type, ==, DT_F16);
+        for (uint32_t d = 0; d < 32; d++) {
+            float x = kvt_val(7, 0, r, d);
+            CHECK_NEAR(k[r * 32 + d], x, fabsf(x) * 0x1p-11f + 1e-7f);
+        }
+    }
+    kv_stats_t s;
+    CHECK_OK(kv_session_stats(st, sid, &s));
+    CHECK_INT(s.tier_rows[KV_TIER_F16], ==, 20);
+    CHECK_INT(s.tier_blocks[KV_TIER_F16], ==, 3);
+    CHECK_INT(s.tier_bytes[KV_TIER_F16], ==, 3 * kv_block_bytes(st, DT_F16));
+    KVT_CHECK_STORE(st);
+    kv_store_destroy(&st);
+}
+
+/* A reservation that does not fit fails with ERR_BUDGET, says why, and changes nothing. */
+static void test_budget(void)
+{
+    kv_store_t *st = kvt_store(2, 1, 32, 8, DT_F32, 0);
+    size_t blk = kv_block_bytes(st, DT_F32);
+    kv_session_config_t cfg = {.hard_limit = 20 * blk, .soft_limit = 10 * blk};
+    uint32_t sid;
+    err_info_t e;
+    CHECK_OK(kv_session_create(st, &cfg, &sid, &e));
+    int rc = 0;
+    uint32_t appended = 0;
+    while ((rc = kvt_append(st, sid, 3, appended, 1, &e)) == 0)
+        appended += 3;
+    CHECK_INT(rc, ==, ERR_BUDGET);
+    CHECK(strstr(e.msg, "needs") != NULL && strstr(e.msg, "available") != NULL);
+    kv_stats_t s;
+    CHECK_OK(kv_session_stats(st, sid, &s));
+    CHECK(s.bytes <= cfg.hard_limit);
+    CHECK_MSG(s.over_soft > 0, "bytes %zu soft %zu hard %zu blk %zu", s.bytes, s.soft_limit,
+              s.hard_limit, blk);
+    CHECK_INT(s.over_hard, ==, 0);
+    uint32_t len;
+    CHECK_OK(kv_transcript_len(st, sid, &len));
+    CHECK_INT(len, ==, appended);
+    KVT_CHECK_STORE(st);
+
+    /* the global limit holds too, for a session with no limit of its own */
+    uint32_t s2;
+    CHECK_OK(kv_session_create(st, NULL, &s2, &e));
+    kv_stats_t g;
+    kv_store_stats(st, &g);
+    size_t excess = 1;
+    CHECK_OK(kv_store_set_limits(st, g.bytes + 3 * blk, 0, &excess));
+    CHECK_INT(excess, ==, 0);
+    while ((rc = kvt_append(st, s2, 5, 0, 2, &e)) == 0)
+        ;
+    CHECK_INT(rc, ==, ERR_BUDGET);
+    CHECK(strstr(e.msg, "global") != NULL);
+    kv_store_stats(st, &g);
+    CHECK(g.bytes <= g.hard_limit);
+
+    /* lowering a limit below use reports what must be freed */
+    CHECK_OK(kv_store_set_limits(st, g.bytes - 100, 0, &excess));
+    CHECK_INT(excess, ==, 100);
+    CHECK_OK(kv_session_set_limits(st, sid, s.bytes - 7, 0, &excess));
+    CHECK_INT(excess, ==, 7);
+    CHECK_INT(kv_session_set_limits(st, sid, 10, 20, &excess), ==, ERR_INVAL);
+    CHECK_OK(kv_store_set_limits(st, 0, 0, NULL));
+    KVT_CHECK_STORE(st);
+    kv_store_destroy(&st);
+}
+
+static size_t arena_allocated(kv_store_t *st)
+{
+    kv_stats_t s;
+    kv_store_stats(st, &s);
+    return s.je_allocated;
+}
+
+/* Evicting rows frees blocks, and the arena's figures go down by their size. */
+static void test_memory_goes_back(void)
+{
+    kv_store_t *st = kvt_store(1, 2, 64, 16, DT_F32, 0);
+    uint32_t sid;
+    CHECK_OK(kv_session_create(st, NULL, &sid, NULL));
+    CHECK_OK(kvt_append(st, sid, 160, 0, 3, NULL));
+    size_t before = arena_allocated(st);
+    kv_stats_t s;
+    kv_store_stats(st, &s);
+    CHECK_INT(s.je_allocated, ==, s.bytes);
+    CHECK(s.je_active >= s.je_allocated);
+    /* evict every other row of lane (0,1): 160 -> 80 rows, 10 -> 5 blocks */
+    uint32_t rows[80];
+    for (uint32_t i = 0; i < 80; i++)
+        rows[i] = 2 * i + 1;
+    CHECK_OK(kv_lane_evict(st, sid, 0, 1, rows, 80, NULL));
+    size_t after = arena_allocated(st);
+    CHECK_INT(before - after, ==, 5 * kv_block_bytes(st, DT_F32));
+    uint32_t n, nc;
+    CHECK_OK(kv_lane_size(st, sid, 0, 1, &n, &nc));
+    CHECK_INT(n, ==, 80);
+    CHECK_INT(nc, ==, 5);
+    kv_row_meta_t m[80];
+    float k[80 * 64];
+    CHECK_OK(kv_lane_read(st, sid, 0, 1, 0, 80, m, k, NULL));
+    for (uint32_t i = 0; i < 80; i++) {
+        CHECK(m[i].pos == (float)(2 * i));
+        CHECK(k[i * 64 + 5] == kvt_val(3, 1, 2 * i, 5));
+    }
+    uint16_t live[4];
+    CHECK_OK(kv_transcript_read(st, sid, 0, 4, NULL, live));
+    CHECK_INT(live[0], ==, 2);
+    CHECK_INT(live[1], ==, 1);
+    KVT_CHECK_STORE(st);
+    CHECK_OK(kv_session_destroy(st, sid));
+    kv_store_stats(st, &s);
+    CHECK_INT(s.je_allocated, ==, s.bytes);
+    CHECK_INT(s.bytes, ==, s.overhead_bytes);
+    CHECK_INT(kv_session_destroy(st, sid), ==, ERR_NOTFOUND);
+    kv_store_destroy(&st);
+}
+
+/* A fork shares full blocks; editing either side copies only what it writes. */
+static void test_fork_shares(void)
+{
+    kv_store_t *st = kvt_store(1, 1, 32, 8, DT_F32, 0);
+    uint32_t a, b;
+    CHECK_OK(kv_session_create(st, NULL, &a, NULL));
+    CHECK_OK(kvt_append(st, a, 30, 0, 9, NULL)); /* 3 full blocks + 6 rows */
+    kv_stats_t g0, g1, sa, sb;
+    kv_store_stats(st, &g0);
+    CHECK_OK(kv_session_fork(st, a, NULL, &b, NULL));
+    KVT_CHECK_STORE(st);
+    kv_store_stats(st, &g1);
+    CHECK_OK(kv_session_stats(st, a, &sa));
+    CHECK_OK(kv_session_stats(st, b, &sb));
+    size_t blk = kv_block_bytes(st, DT_F32);
+    CHECK_INT(sa.shared_bytes, ==, 3 * blk);
+    CHECK_INT(sb.shared_bytes, ==, 3 * blk);
+    CHECK_INT(sb.block_bytes, ==, 4 * blk);
+    /* the store paid for one new block (the partial one) plus b's structures */
+    CHECK_INT(g1.bytes - g0.bytes, ==, sb.bytes - 3 * blk);
+    CHECK_INT(g1.blocks, ==, 5);
+
+    kvt_capture_t ca = {0}, cb = {0}, ca2 = {0}, cb2 = {0};
+    kvt_capture_session(st, a, &ca, false);
+    kvt_capture_session(st, b, &cb, false);
+    /* evict row 3 in b: b copies the blocks it writes; a is unchanged */
+    uint32_t r3 = 3;
+    CHECK_OK(kv_lane_evict(st, b, 0, 0, &r3, 1, NULL));
+    KVT_CHECK_STORE(st);
+    kvt_capture_session(st, a, &ca2, false);
+    CHECK(kvt_capture_equal(&ca, &ca2));
+    CHECK_OK(kv_session_stats(st, a, &sa));
+    CHECK_INT(sa.shared_bytes, ==, 0);
+    /* both keep appending independently */
+    CHECK_OK(kvt_append(st, a, 5, 30, 9, NULL));
+    CHECK_OK(kvt_append(st, b, 5, 99, 10, NULL));
+    float ka[32], kb[32];
+    CHECK_OK(kv_lane_read(st, a, 0, 0, 30, 1, NULL, ka, NULL));
+    CHECK_OK(kv_lane_read(st, b, 0, 0, 29, 1, NULL, kb, NULL));
+    CHECK(ka[0] == kvt_val(9, 0, 30, 0));
+    CHECK(kb[0] == kvt_val(10, 0, 30, 0));
+    uint32_t ta, tb;
+    CHECK_OK(kv_transcript_read(st, a, 30, 1, &ta, NULL));
+    CHECK_OK(kv_transcript_read(st, b, 30, 1, &tb, NULL));
+    CHECK_INT(ta, ==, 30);
+    CHECK_INT(tb, ==, 99);
+    KVT_CHECK_STORE(st);
+    CHECK_OK(kv_session_destroy(st, a));
+    KVT_CHECK_STORE(st);
+    kvt_capture_session(st, b, &cb2, false);
+    CHECK(cb2.n > 0);
+    CHECK_OK(kv_session_destroy(st, b));
+    kv_store_stats(st, &g1);
+    CHECK_INT(g1.bytes, ==, g1.overhead_bytes);
+    CHECK_INT(g1.je_allocated, ==, g1.bytes);
+    kvt_capture_free(&ca);
+    kvt_capture_free(&cb);
+    kvt_capture_free(&ca2);
+    kvt_capture_free(&cb2);
+    kv_store_destroy(&st);
+}
+
+/* A span becomes one gist row in every lane; re-expanding puts the raw rows back. */
+static void test_span_replace_and_expand(void)
+{
+    kv_store_t *st = kvt_store(1, 2, 32, 8, DT_F32, 0);
+    uint32_t sid;
+    err_info_t e;
+    CHECK_OK(kv_session_create(st, NULL, &sid, NULL));
+    CHECK_OK(kvt_append(st, sid, 40, 500, 5, NULL));
+    kvt_capture_t before = {0}, after = {0};
+    kvt_capture_session(st, sid, &before, false);
+
+    float gk[2][32], gv[2][32];
+    kv_row_meta_t gm[2];
+    const float *kp[2], *vp[2];
+    const kv_row_meta_t *mp[2];
+    uint32_t n[2] = {1, 1};
+    for (int l = 0; l < 2; l++) {
+        for (int d = 0; d < 32; d++) {
+            gk[l][d] = (float)(l + d);
+            gv[l][d] = (float)(l - d);
+        }
+        gm[l] = (kv_row_meta_t){
+            .pos = 14.5f, .mass = 20.0f, .first = 5, .last = 24, .kind = KV_KIND_GIST, .level = 1};
+        kp[l] = gk[l];
+        vp[l] = gv[l];
+        mp[l] = &gm[l];
+    }
+    kv_rows_t rows = {.n = n, .k = kp, .v = vp, .meta = mp};
+    CHECK_OK(kv_span_replace(st, sid, 5.0f, 24.0f, &rows, &e));
+    KVT_CHECK_STORE(st);
+    uint32_t nr, nc;
+    CHECK_OK(kv_lane_size(st, sid, 0, 1, &nr, &nc));
+    CHECK_INT(nr, ==, 21);
+    CHECK_INT(nc, ==, 3);
+    kv_row_meta_t m[21];
+    float k[21 * 32];
+    CHECK_OK(kv_lane_read(st, sid, 0, 1, 0, 21, m, k, NULL));
+    CHECK(m[5].pos == 14.5f && m[5].mass == 20.0f && m[5].kind == KV_KIND_GIST);
+    CHECK(k[5 * 32 + 3] == 4.0f);
+    CHECK(m[4].pos == 4.0f && m[6].pos == 25.0f);
+    kv_chunk_t ch[4];
+    CHECK_OK(kv_lane_view(st, sid, 0, 1, ch, 4, &nc));
+    CHECK(ch[0].bias[5] == logf(20.0f));
+    uint16_t live[40];
+    CHECK_OK(kv_transcript_read(st, sid, 0, 40, NULL, live));
+    CHECK_INT(live[4], ==, 2);
+    CHECK_INT(live[5], ==, 0);
+    CHECK_INT(live[24], ==, 0);
+    CHECK_INT(live[25], ==, 2);
+
+    /* order is enforced: a gist row may not land after the next kept row */
+    gm[0].pos = 30.0f;
+    CHECK_INT(kv_span_replace(st, sid, 14.0f, 15.0f, &rows, &e), ==, ERR_INVAL);
+    gm[0].pos = 14.5f;
+
+    /* re-expand: replace the gist by the raw rows 5..24 again */
+    float rk[2][20 * 32], rv[2][20 * 32];
+    kv_row_meta_t rm[20];
+    uint32_t rn[2] = {20, 20};
+    for (uint32_t j = 0; j < 20; j++)
+        rm[j] = (kv_row_meta_t){.pos = (float)(5 + j),
+                                .mass = 1.0f,
+                                .first = 5 + j,
+                                .last = 5 + j,
+                                .logbeta = -(float)(5 + j) / 1000.0f};
+    for (int l = 0; l < 2; l++) {
+        for (uint32_t j = 0; j < 20; j++)
+            for (int d = 0; d < 32; d++) {
+                rk[l][j * 32 + d] = kvt_val(5, l, 5 + j, d);
+                rv[l][j * 32 + d] = kvt_val(~5ull, l, 5 + j, d);
+            }
+        kp[l] = rk[l];
+        vp[l] = rv[l];
+        mp[l] = rm;
+    }
+    rows.n = rn;
+    CHECK_OK(kv_span_replace(st, sid, 14.5f, 14.5f, &rows, &e));
+    KVT_CHECK_STORE(st);
+    kvt_capture_session(st, sid, &after, false);
+    CHECK(kvt_capture_equal(&before, &after));
+    kvt_capture_free(&before);
+    kvt_capture_free(&after);
+    kv_store_destroy(&st);
+}
+
+/* Demoting rows in the middle of a block splits it into type runs; values stay close. */
+static void test_demote(void)
+{
+    kv_store_t *st = kvt_store(1, 1, 64, 8, DT_F32, 0);
+    uint32_t sid;
+    err_info_t e;
+    CHECK_OK(kv_session_create(st, NULL, &sid, NULL));
+    CHECK_OK(kvt_append(st, sid, 30, 0, 11, NULL));
+    uint32_t rows[] = {2, 3, 4, 5, 6, 7, 8, 9, 10};
+    CHECK_OK(kv_lane_demote(st, sid, 0, 0, rows, 9, &e));
+    KVT_CHECK_STORE(st);
+    kv_chunk_t ch[8];
+    uint32_t nc;
+    CHECK_OK(kv_lane_view(st, sid, 0, 0, ch, 8, &nc));
+    /* f32 [0,1] | q8 [2..10] (8 + 1) | f32 [11..29] (8 + 8 + 3) */
+    uint32_t want_n[] = {2, 8, 1, 8, 8, 3};
+    uint32_t want_t[] = {DT_F32, DT_Q8_0, DT_Q8_0, DT_F32, DT_F32, DT_F32};
+    CHECK_INT(nc, ==, 6);
+    for (uint32_t c = 0; c < nc && c < 6; c++) {
+        CHECK_INT(ch[c].n, ==, want_n[c]);
+        CHECK_INT(ch[c].type, ==, want_t[c]);
+    }
+    float k[30 * 64];
+    CHECK_OK(kv_lane_read(st, sid, 0, 0, 0, 30, NULL, k, NULL));
+    for (uint32_t r = 0; r < 30; r++) {
+        bool q = r >= 2 && r <= 10;
+        for (uint32_t d = 0; d < 64; d++) {
+            float x = kvt_val(11, 0, r, d);
+            if (q)
+                CHECK_NEAR(k[r * 64 + d], x, 2.0f / 127.0f);
+            else
+                CHECK(k[r * 64 + d] == x);
+        }
+    }
+    /* demoting the rest merges into one q8 run */
+    uint32_t all[30];
+    for (uint32_t i = 0; i < 30; i++)
+        all[i] = i;
+    CHECK_OK(kv_lane_demote(st, sid, 0, 0, all, 30, &e));
+    CHECK_OK(kv_lane_view(st, sid, 0, 0, ch, 8, &nc));
+    CHECK_INT(nc, ==, 4);
+    KVT_CHECK_STORE(st);
+    kv_stats_t s;
+    CHECK_OK(kv_session_stats(st, sid, &s));
+    CHECK_INT(s.tier_rows[KV_TIER_Q8_0], ==, 30);
+    CHECK_INT(s.tier_bytes[KV_TIER_F32], ==, 0);
+    kv_store_t *odd = kvt_store(1, 1, 48, 8, DT_F32, 0);
+    uint32_t s2;
+    CHECK_OK(kv_session_create(odd, NULL, &s2, NULL));
+    CHECK_OK(kvt_append(odd, s2, 3, 0, 1, NULL));
+    CHECK_INT(kv_lane_demote(odd, s2, 0, 0, all, 1, &e), ==, ERR_UNSUPPORTED);
+    kv_store_destroy(&odd);
+    kv_store_destroy(&st);
+}
+
+/* A pending reservation blocks edits; commit of fewer rows releases the rest. */
+static void test_reservation(void)
+{
+    kv_store_t *st = kvt_store(1, 1, 32, 8, DT_F32, 0);
+    uint32_t sid;
+    err_info_t e;
+    CHECK_OK(kv_session_create(st, NULL, &sid, NULL));
+    kv_stats_t s0, s1;
+    CHECK_OK(kv_session_stats(st, sid, &s0));
+    CHECK_OK(kv_reserve(st, sid, 20, &e));
+    CHECK_INT(kv_reserve(st, sid, 1, &e), ==, ERR_BUSY);
+    uint32_t r0 = 0;
+    CHECK_INT(kv_lane_evict(st, sid, 0, 0, &r0, 1, &e), ==, ERR_BUSY);
+    KVT_CHECK_STORE(st);
+    kv_reserve_cancel(st, sid);
+    CHECK_OK(kv_session_stats(st, sid, &s1));
+    CHECK_INT(s1.block_bytes, ==, 0);
+    CHECK_INT(s1.transcript_bytes, ==, s0.transcript_bytes);
+    KVT_CHECK_STORE(st);
+    CHECK_OK(kv_reserve(st, sid, 20, &e));
+    float k[5 * 32] = {0}, v[5 * 32] = {0};
+    const float *kp[1] = {k}, *vp[1] = {v};
+    uint32_t tok[5] = {1, 2, 3, 4, 5};
+    kv_append_t a = {.n = 5, .tokens = tok, .k = kp, .v = vp};
+    CHECK_OK(kv_commit(st, sid, &a, &e));
+    CHECK_INT(kv_commit(st, sid, &a, &e), ==, ERR_INVAL);
+    CHECK_OK(kv_session_stats(st, sid, &s1));
+    CHECK_INT(s1.blocks, ==, 1);
+    CHECK_INT(s1.rows, ==, 5);
+    KVT_CHECK_STORE(st);
+    kv_store_destroy(&st);
+}
+
+/* Accumulators: present in views when asked for, zeroed, kept by edits, dropped on off. */
+static void test_attn_acc(void)
+{
+    kv_store_t *st = kvt_store(1, 1, 32, 8, DT_F32, 0);
+    uint32_t sid;
+    err_info_t e;
+    kv_session_config_t cfg = {.attn_acc = true};
+    CHECK_OK(kv_session_create(st, &cfg, &sid, NULL));
+    CHECK_OK(kvt_append(st, sid, 12, 0, 1, NULL));
+    kv_chunk_t ch[4];
+    uint32_t nc;
+    CHECK_OK(kv_lane_view(st, sid, 0, 0, ch, 4, &nc));
+    CHECK(ch[0].attn_acc != NULL && ch[1].attn_acc != NULL);
+    for (uint32_t i = 0; i < 8; i++)
+        ch[0].attn_acc[i] = (float)i; /* as the forward pass would */
+    uint32_t ev[2] = {1, 2};
+    CHECK_OK(kv_lane_evict(st, sid, 0, 0, ev, 2, &e));
+    kv_row_meta_t m[10];
+    CHECK_OK(kv_lane_read(st, sid, 0, 0, 0, 10, m, NULL, NULL));
+    CHECK(m[0].attn == 0.0f && m[1].attn == 3.0f && m[5].attn == 7.0f && m[6].attn == 0.0f);
+    KVT_CHECK_STORE(st);
+    CHECK_OK(kv_session_set_attn_acc(st, sid, false, &e));
+    CHECK_OK(kv_lane_view(st, sid, 0, 0, ch, 4, &nc));
+    CHECK(ch[0].attn_acc == NULL);
+    KVT_CHECK_STORE(st);
+    CHECK_OK(kv_session_set_attn_acc(st, sid, true, &e));
+    KVT_CHECK_STORE(st);
+    kv_store_destroy(&st);
+}
+
+int main(void)
+{
+    RUN(test_append_and_view);
+    RUN(test_f16_tier);
+    RUN(test_budget);
+    RUN(test_memory_goes_back);
+    RUN(test_fork_shares);
+    RUN(test_span_replace_and_expand);
+    RUN(test_demote);
+    RUN(test_reservation);
+    RUN(test_attn_acc);
+    return check_done();
+}
