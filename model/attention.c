@@ -6,7 +6,9 @@
  * chunks (F32, F16 or Q8_0 payload, plus an optional per-row bias); new rows come
  * from the batch's own K/V scratch (f32, after RoPE), causal within a sequence.
  * Scores are scaled by 1/sqrt(head_dim), biased, and softmaxed in f32 with the
- * maximum subtracted. Units run in parallel with OpenMP; when a view asks for
+ * maximum subtracted. The inner loops are model/attn_ops.h's (SIMD where the CPU has
+ * it); stored rows are converted a tile at a time. Units run in parallel with OpenMP;
+ * when a view asks for
  * attention accumulation the unit becomes (sequence, kv-head), so that one thread
  * owns each accumulator and no atomics are needed.
  */
@@ -15,84 +17,44 @@
 #include <string.h>
 
 #include "common/dtype.h"
+#include "model/attn_ops.h"
 #include "model/llama_impl.h"
 
-static inline float dot(const float *a, const float *b, int n)
-{
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int i = 0; i < n; i++)
-        s += a[i] * b[i];
-    return s;
-}
-
-static inline void axpy(float *y, float a, const float *x, int n)
-{
-#pragma omp simd
-    for (int i = 0; i < n; i++)
-        y[i] += a * x[i];
-}
-
-static inline uint32_t f32_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
-static inline float f32_from_bits(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-/* f16 -> f32, exact for every value (subnormals, inf, nan), branch-free so that the
- * row loop vectorises (M. Dukhan's FP16 library method, as ggml uses). */
-static inline float f16_f32(uint16_t h)
-{
-    const uint32_t w = (uint32_t)h << 16;
-    const uint32_t sign = w & 0x80000000u;
-    const uint32_t two_w = w + w;
-    const float normal = f32_from_bits((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
-    const float denormal = f32_from_bits((two_w >> 17) | (126u << 23)) - 0.5f;
-    const uint32_t bits = two_w < (1u << 27) ? f32_bits(denormal) : f32_bits(normal);
-    return f32_from_bits(sign | bits);
-}
-
-/* Row r of a chunk payload as f32: a pointer into the payload itself for F32,
- * else buf[hd] filled with the converted row. */
-static inline const float *chunk_row(uint32_t type, const void *base, size_t r, int hd,
-                                     float *buf)
-{
-    if (type == DT_F32)
-        return (const float *)base + r * (size_t)hd;
-    if (type == DT_F16) {
-        const uint16_t *h = (const uint16_t *)base + r * (size_t)hd;
-        for (int i = 0; i < hd; i++)
-            buf[i] = f16_f32(h[i]);
-        return buf;
-    }
-    /* DT_Q8_0; the forward checked the type and that hd is a multiple of 32 */
-    const block_q8_0 *b = (const block_q8_0 *)base + r * (size_t)(hd / QK8_0);
-    for (int blk = 0; blk < hd / QK8_0; blk++) {
-        const float d = f16_f32(b[blk].d);
-        for (int i = 0; i < QK8_0; i++)
-            buf[blk * QK8_0 + i] = d * (float)b[blk].qs[i];
-    }
-    return buf;
-}
+/* Stored rows are read a tile at a time: converted to f32 once for all heads of the group. */
+#define TILE 64
 
 size_t mdl_attention_scratch(const mdl_t *m, size_t n_rows)
 {
     size_t g = m->hp.n_head / m->hp.n_head_kv;
-    /* a row buffer, then [g][n_rows] scores; padded to keep threads' areas apart */
-    return ((size_t)m->hp.head_dim + g * n_rows + 31) & ~(size_t)15;
+    /* an f32 tile of rows, [g][n_rows] scores, g normalisers; padded to keep threads apart */
+    return ((size_t)TILE * m->hp.head_dim + g * n_rows + g + 31) & ~(size_t)15;
+}
+
+/* Rows r0 .. r0+nt of a chunk payload as f32 rows of hd: the payload itself for F32, else
+ * tile, filled. */
+static const float *tile_rows(const mdl_attn_ops_t *ops, uint32_t type, const void *base,
+                              uint32_t r0, uint32_t nt, int hd, float *tile)
+{
+    if (type == DT_F32)
+        return (const float *)base + (size_t)r0 * hd;
+    const size_t row_bytes = type == DT_F16 ? (size_t)hd * 2 : (size_t)hd / QK8_0 * 34;
+    ops->to_f32(type, (const uint8_t *)base + (size_t)r0 * row_bytes, tile, (size_t)nt * hd);
+    return tile;
+}
+
+/* The length of the run of consecutive batch items starting at news[jj], up to news[last]. */
+static int run_length(const int32_t *news, int jj, int last)
+{
+    int n = 1;
+    while (jj + n <= last && news[jj + n] == news[jj] + n)
+        n++;
+    return n;
 }
 
 /* Attention of batch item i for the query heads of kv-head kvh. */
 static void attend(mdl_t *m, uint32_t i, int kvh, float *buf, bool acc)
 {
+    const mdl_attn_ops_t *ops = m->attn_ops;
     const mdl_scratch_t *s = &m->s;
     const int hd = (int)m->hp.head_dim, n_kv = (int)m->hp.n_head_kv;
     const int g = (int)(m->hp.n_head / m->hp.n_head_kv);
@@ -100,77 +62,76 @@ static void attend(mdl_t *m, uint32_t i, int kvh, float *buf, bool acc)
     const int slot = s->item_slot[i], j = s->item_j[i];
     const mdl_kv_view_t *view = &s->views[(size_t)slot * n_kv + kvh];
     const int32_t *news = s->slot_items + s->slot_first[slot];
-    const float scale = m->attn_scale;
+    const float *q = s->q + i * q_dim + (size_t)kvh * g * hd;
+    float *out = s->att + i * q_dim + (size_t)kvh * g * hd;
+    const float *kn = s->k + (size_t)kvh * hd, *vn = s->v + (size_t)kvh * hd; /* new rows */
 
     size_t n_rows = (size_t)j + 1;
     for (uint32_t c = 0; c < view->n_chunks; c++)
         n_rows += view->chunks[c].n;
-    float *rowbuf = buf;
-    float *sc = buf + hd; /* [g][n_rows] */
-    const float *q = s->q + i * q_dim + (size_t)kvh * g * hd;
-    float *out = s->att + i * q_dim + (size_t)kvh * g * hd;
+    float *tile = buf;                       /* [TILE][hd] */
+    float *sc = buf + (size_t)TILE * hd;     /* [g][n_rows] scores, then exp(score - max) */
+    float *inv = sc + (size_t)g * n_rows;    /* [g] 1 / sum of each head's exps */
 
-    /* scores */
+    /* scores: stored rows, then the new rows of this sequence up to item j */
     size_t r = 0;
     for (uint32_t c = 0; c < view->n_chunks; c++) {
         const mdl_kv_chunk_t *ch = &view->chunks[c];
-        for (uint32_t rr = 0; rr < ch->n; rr++, r++) {
-            const float *kr = chunk_row(ch->type, ch->k, rr, hd, rowbuf);
-            const float bias = ch->bias ? ch->bias[rr] : 0.0f;
-            for (int h = 0; h < g; h++)
-                sc[h * n_rows + r] = dot(q + h * hd, kr, hd) * scale + bias;
+        for (uint32_t r0 = 0; r0 < ch->n; r0 += TILE) {
+            const uint32_t nt = ch->n - r0 < TILE ? ch->n - r0 : TILE;
+            const float *kt = tile_rows(ops, ch->type, ch->k, r0, nt, hd, tile);
+            ops->scores(q, g, hd, kt, (size_t)hd, (int)nt, m->attn_scale,
+                        ch->bias ? ch->bias + r0 : NULL, sc + r, n_rows);
+            r += nt;
         }
     }
-    for (int jj = 0; jj <= j; jj++, r++) {
-        const float *kr = s->k + (size_t)news[jj] * kv_dim + (size_t)kvh * hd;
-        for (int h = 0; h < g; h++)
-            sc[h * n_rows + r] = dot(q + h * hd, kr, hd) * scale;
+    for (int jj = 0; jj <= j;) {
+        const int run = run_length(news, jj, j);
+        ops->scores(q, g, hd, kn + (size_t)news[jj] * kv_dim, kv_dim, run, m->attn_scale, NULL,
+                    sc + r, n_rows);
+        r += (size_t)run;
+        jj += run;
     }
 
-    /* softmax per query head */
+    /* softmax, with the normalisation folded into the output */
     for (int h = 0; h < g; h++) {
-        float *p = sc + h * n_rows;
-        float max = -INFINITY;
-        for (size_t t = 0; t < n_rows; t++)
-            max = p[t] > max ? p[t] : max;
-        float sum = 0.0f;
-        for (size_t t = 0; t < n_rows; t++) {
-            p[t] = expf(p[t] - max);
-            sum += p[t];
-        }
-        const float inv = 1.0f / sum;
-        for (size_t t = 0; t < n_rows; t++)
-            p[t] *= inv;
+        float *p = sc + (size_t)h * n_rows;
+        inv[h] = 1.0f / ops->exp_sum(p, n_rows, ops->vmax(p, n_rows));
     }
 
-    /* weighted values, and the accumulators when asked */
+    /* probability-weighted values, and the accumulators when asked */
     memset(out, 0, sizeof(float) * (size_t)g * hd);
     r = 0;
     for (uint32_t c = 0; c < view->n_chunks; c++) {
         const mdl_kv_chunk_t *ch = &view->chunks[c];
-        for (uint32_t rr = 0; rr < ch->n; rr++, r++) {
-            const float *vr = chunk_row(ch->type, ch->v, rr, hd, rowbuf);
-            float tot = 0.0f;
-            for (int h = 0; h < g; h++) {
-                const float p = sc[h * n_rows + r];
-                axpy(out + h * hd, p, vr, hd);
-                tot += p;
+        for (uint32_t r0 = 0; r0 < ch->n; r0 += TILE) {
+            const uint32_t nt = ch->n - r0 < TILE ? ch->n - r0 : TILE;
+            const float *vt = tile_rows(ops, ch->type, ch->v, r0, nt, hd, tile);
+            ops->accum(out, g, hd, vt, (size_t)hd, (int)nt, sc + r, n_rows);
+            for (uint32_t t = 0; acc && ch->attn_acc && t < nt; t++) {
+                float tot = 0.0f;
+                for (int h = 0; h < g; h++)
+                    tot += sc[(size_t)h * n_rows + r + t] * inv[h];
+                ch->attn_acc[r0 + t] += tot;
             }
-            if (acc && ch->attn_acc)
-                ch->attn_acc[rr] += tot;
+            r += nt;
         }
     }
-    for (int jj = 0; jj <= j; jj++, r++) {
-        const float *vr = s->v + (size_t)news[jj] * kv_dim + (size_t)kvh * hd;
-        float tot = 0.0f;
-        for (int h = 0; h < g; h++) {
-            const float p = sc[h * n_rows + r];
-            axpy(out + h * hd, p, vr, hd);
-            tot += p;
+    for (int jj = 0; jj <= j;) {
+        const int run = run_length(news, jj, j);
+        ops->accum(out, g, hd, vn + (size_t)news[jj] * kv_dim, kv_dim, run, sc + r, n_rows);
+        for (int t = 0; acc && view->new_attn_acc && t < run; t++) {
+            float tot = 0.0f;
+            for (int h = 0; h < g; h++)
+                tot += sc[(size_t)h * n_rows + r + (size_t)t] * inv[h];
+            view->new_attn_acc[jj + t] += tot;
         }
-        if (acc && view->new_attn_acc)
-            view->new_attn_acc[jj] += tot;
+        r += (size_t)run;
+        jj += run;
     }
+    for (int h = 0; h < g; h++)
+        for (int d = 0; d < hd; d++)
+            out[(size_t)h * hd + d] *= inv[h];
 }
 
 void mdl_attention(mdl_t *m, uint32_t n)

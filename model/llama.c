@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common/dtype.h"
+#include "model/attn_ops.h"
 #include "model/kernels.h"
 #include "model/llama_impl.h"
 
@@ -216,6 +217,7 @@ int mdl_new(const char *path, mdl_t **out, err_info_t *e)
     if ((rc = setup_rope(m, e)) || (rc = bind_weights(m, e)))
         goto fail;
     m->attn_scale = 1.0f / sqrtf((float)hp->head_dim);
+    m->attn_ops = mdl_attn_ops((int)hp->head_dim);
     if (gguf_kv_find(m->g, "tokenizer.ggml.model") && (rc = tok_new(m->g, &m->tok, e)))
         goto fail;
     m->s.seq_slot = malloc(sizeof(int32_t) * MDL_MAX_SEQ);

@@ -208,8 +208,11 @@ int32_t mdl_sampler_sample(mdl_sampler_t *s, const float *logits)
 {
     const mdl_sampler_cfg_t *c = &s->cfg;
     int32_t nv = (int32_t)s->n_vocab;
-    float *w = s->work;
-    mdl_sampler_penalize(s, logits, w);
+    const float *w = logits;
+    if (c->repeat_penalty != 1.0f && s->n_recent > 0) {
+        mdl_sampler_penalize(s, logits, s->work);
+        w = s->work;
+    }
 
     if (c->temp <= 0.0f) {
         int32_t best = 0;

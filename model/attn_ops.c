@@ -1,0 +1,106 @@
+/* model/attn_ops.c — the portable (reference) attention loops and the choice of a table. */
+#include "model/attn_ops.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "common/dtype.h"
+
+static void scores_portable(const float *q, int g, int hd, const float *K, size_t k_stride, int n,
+                            float scale, const float *bias, float *sc, size_t sc_stride)
+{
+    for (int r = 0; r < n; r++) {
+        const float *k = K + (size_t)r * k_stride;
+        const float b = bias ? bias[r] : 0.0f;
+        for (int h = 0; h < g; h++) {
+            const float *qh = q + (size_t)h * hd;
+            float s = 0.0f;
+            for (int d = 0; d < hd; d++)
+                s += qh[d] * k[d];
+            sc[(size_t)h * sc_stride + r] = s * scale + b;
+        }
+    }
+}
+
+static void accum_portable(float *out, int g, int hd, const float *V, size_t v_stride, int n,
+                           const float *p, size_t p_stride)
+{
+    for (int h = 0; h < g; h++) {
+        float *o = out + (size_t)h * hd;
+        const float *ph = p + (size_t)h * p_stride;
+        for (int r = 0; r < n; r++) {
+            const float *v = V + (size_t)r * v_stride;
+            for (int d = 0; d < hd; d++)
+                o[d] += ph[r] * v[d];
+        }
+    }
+}
+
+static float vmax_portable(const float *p, size_t n)
+{
+    float m = p[0];
+    for (size_t i = 1; i < n; i++)
+        m = p[i] > m ? p[i] : m;
+    return m;
+}
+
+static float exp_sum_portable(float *p, size_t n, float max)
+{
+    float sum = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        p[i] = expf(p[i] - max);
+        sum += p[i];
+    }
+    return sum;
+}
+
+static void to_f32_portable(uint32_t type, const void *src, float *dst, size_t n)
+{
+    dt_to_f32(type, src, dst, n);
+}
+
+const mdl_attn_ops_t mdl_attn_ops_portable = {
+    .name = "portable",
+    .dim_multiple = 1,
+    .scores = scores_portable,
+    .accum = accum_portable,
+    .vmax = vmax_portable,
+    .exp_sum = exp_sum_portable,
+    .to_f32 = to_f32_portable,
+};
+
+static int runs(const char *name)
+{
+    if (!strcmp(name, "portable"))
+        return 1;
+    __builtin_cpu_init();
+    if (!strcmp(name, "avx2"))
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
+    if (!strcmp(name, "avx512"))
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    return 0;
+}
+
+const mdl_attn_ops_t *mdl_attn_ops_named(const char *name)
+{
+    if (!runs(name))
+        return NULL;
+    if (!strcmp(name, "avx512"))
+        return &mdl_attn_ops_avx512;
+    if (!strcmp(name, "avx2"))
+        return &mdl_attn_ops_avx2;
+    return &mdl_attn_ops_portable;
+}
+
+const mdl_attn_ops_t *mdl_attn_ops(int head_dim)
+{
+    static const char *const order[] = {"avx512", "avx2"};
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
+        const mdl_attn_ops_t *o = mdl_attn_ops_named(order[i]);
+        if (o && head_dim % o->dim_multiple == 0)
+            return o;
+    }
+    return &mdl_attn_ops_portable;
+}

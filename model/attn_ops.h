@@ -1,0 +1,46 @@
+/*
+ * model/attn_ops.h — the inner loops of attention (model/attention.c): scores of a group
+ * of query heads against rows of keys, the probability-weighted sum of value rows,
+ * exp-and-sum for the softmax, and f16/q8_0 row conversion.
+ *
+ * Each has a portable version (the reference, plain C) and AVX2 / AVX-512 versions
+ * (model/attn_ops_avx2.c, model/attn_ops_avx512.c). mdl_attn_ops() picks the best
+ * table for the CPU and a head_dim; the tables are constant, so the choice needs no
+ * mutable state. Pure functions on caller memory: any thread.
+ */
+#ifndef GISTD_MODEL_ATTN_OPS_H
+#define GISTD_MODEL_ATTN_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct mdl_attn_ops {
+    const char *name;
+    /* Rows must have a multiple of this many elements (head_dim). */
+    int dim_multiple;
+    /* sc[h*sc_stride + r] = dot(q[h*hd ..], K[r*k_stride ..]) * scale + (bias ? bias[r] : 0)
+     * for h < g, r < n. */
+    void (*scores)(const float *q, int g, int hd, const float *K, size_t k_stride, int n,
+                   float scale, const float *bias, float *sc, size_t sc_stride);
+    /* out[h*hd + d] += sum_r p[h*p_stride + r] * V[r*v_stride + d] for h < g, d < hd. */
+    void (*accum)(float *out, int g, int hd, const float *V, size_t v_stride, int n,
+                  const float *p, size_t p_stride);
+    /* The largest of p[0..n), n >= 1 (NaN-free input). */
+    float (*vmax)(const float *p, size_t n);
+    /* p[i] = exp(p[i] - max) for i < n; returns the sum. Accurate to a few ulp. */
+    float (*exp_sum)(float *p, size_t n, float max);
+    /* n elements (a multiple of 32 for q8_0) of a payload type (DT_F16, DT_Q8_0) to f32. */
+    void (*to_f32)(uint32_t type, const void *src, float *dst, size_t n);
+} mdl_attn_ops_t;
+
+extern const mdl_attn_ops_t mdl_attn_ops_portable;
+extern const mdl_attn_ops_t mdl_attn_ops_avx2;
+extern const mdl_attn_ops_t mdl_attn_ops_avx512;
+
+/* The fastest table this CPU runs for rows of head_dim elements. */
+const mdl_attn_ops_t *mdl_attn_ops(int head_dim);
+
+/* A table by name ("portable", "avx2", "avx512"), or NULL when this CPU cannot run it. */
+const mdl_attn_ops_t *mdl_attn_ops_named(const char *name);
+
+#endif
