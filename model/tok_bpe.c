@@ -202,7 +202,8 @@ static int bpe_try_pair(bpe_run_t *r, int32_t left, int32_t right)
     return tok_heap_push(&r->heap, c);
 }
 
-/* Appends the tokens of a final symbol: itself, or (past the vocabulary) its bytes. */
+/* Appends the tokens of a final symbol: itself, or (past the vocabulary) its bytes'
+ * tokens, or <unk> for a byte without one. */
 static int bpe_emit(const tok_t *t, const bpe_sym_t *s, const char *word, tok_vec_t *out)
 {
     if (s->id < t->n_vocab)
@@ -212,7 +213,7 @@ static int bpe_emit(const tok_t *t, const bpe_sym_t *s, const char *word, tok_ve
         if ((uint32_t)b >= t->n_vocab)
             b = t->unk;
         if (b < 0)
-            continue; /* a byte the vocabulary cannot spell */
+            return ERR_RANGE; /* a byte the vocabulary cannot spell */
         int rc = tok_vec_push(out, b);
         if (rc)
             return rc;

@@ -7,7 +7,8 @@
  *
  * Everything here is filled once by tok_new and read-only after; encode-time scratch
  * lives on the caller's stack or heap, so a tok_t serves many threads at once.
- * Functions return 0 or a negative ERR_* code (ERR_NOMEM is the only failure).
+ * Functions return 0 or a negative ERR_* code: ERR_NOMEM, and where noted ERR_TOOBIG
+ * or ERR_RANGE.
  */
 #ifndef GISTD_MODEL_TOK_INTERNAL_H
 #define GISTD_MODEL_TOK_INTERNAL_H
@@ -132,16 +133,19 @@ tok_cand_t tok_heap_pop(tok_heap_t *h); /* h->n > 0 */
 /* --- tok_spm.c --- */
 
 /* Appends the SentencePiece tokens of len bytes of raw text (no special tokens in it)
- * to out; prefix adds the ▁ space prefix. */
+ * to out; prefix adds the ▁ space prefix. ERR_RANGE when a byte has neither a byte token
+ * nor an <unk> to stand for it; ERR_TOOBIG for a word of 2 GiB or more. */
 int tok_spm_encode(const tok_t *t, const char *text, size_t len, bool prefix, tok_vec_t *out);
 
 /* --- tok_bpe.c --- */
 
-/* Reads tokenizer.ggml.merges into t (after texts, map and byte_sym of the vocabulary
- * exist); may add symbols past n_vocab for merge strings that are not tokens. */
+/* Sets t->byte_sym and reads tokenizer.ggml.merges into t (once the vocabulary's texts
+ * and map exist); adds symbols past n_vocab for strings that are not tokens. */
 int tok_bpe_load(tok_t *t, const gguf_t *g, err_info_t *e);
 
-/* Appends the byte-level BPE tokens of len bytes of raw text to out. */
+/* Appends the byte-level BPE tokens of len bytes of raw text to out. ERR_RANGE when a
+ * byte has neither a token nor an <unk> to stand for it; ERR_TOOBIG for a word of 2 GiB
+ * or more. */
 int tok_bpe_encode(const tok_t *t, const char *text, size_t len, tok_vec_t *out);
 
 /* The GPT-2 byte-to-character table: byte b is stored in token texts as code point

@@ -12,7 +12,9 @@
 
 /* ---- loading ---- */
 
-/* Reads an optional token id key: -1 when absent (or stored as -1). */
+/* Reads an optional token id key into *out: dflt when absent (and inside the vocabulary),
+ * -1 when stored as -1. Another value outside the vocabulary is ERR_FORMAT when strict,
+ * else read as -1. */
 static int load_id(const gguf_t *g, const char *key, int32_t dflt, uint32_t n_vocab, bool strict,
                    int32_t *out, err_info_t *e)
 {
@@ -36,7 +38,7 @@ static int load_id(const gguf_t *g, const char *key, int32_t dflt, uint32_t n_vo
     return 0;
 }
 
-/* Copies the token texts into t->texts / t->text_off (room left for BPE to add more). */
+/* Copies the token texts into t->texts / t->text_off, each followed by a NUL. */
 static int load_texts(tok_t *t, const gguf_str_t *strs, err_info_t *e)
 {
     size_t total = 0;
@@ -50,8 +52,6 @@ static int load_texts(tok_t *t, const gguf_str_t *strs, err_info_t *e)
         return err_set(e, ERR_NOMEM, "tokenizer: out of memory");
     uint64_t off = 0;
     for (uint32_t i = 0; i < t->n_vocab; i++) {
-        if (memchr(strs[i].ptr, '\0', strs[i].len))
-            return err_set(e, ERR_FORMAT, "tokenizer.ggml.tokens[%u] contains a NUL byte", i);
         t->text_off[i] = off;
         memcpy(t->texts + off, strs[i].ptr, strs[i].len);
         off += strs[i].len;
@@ -79,10 +79,8 @@ static int load_scores_types(tok_t *t, const gguf_t *g, err_info_t *e)
             return err_set(e, ERR_FORMAT, "tokenizer.ggml.scores: expected floats, found %s",
                            gguf_vtype_name(a.elem_type));
         if (a.n != t->n_vocab)
-            return err_set(e, ERR_FORMAT,
-                           "tokenizer.ggml.scores has %" PRIu64 " entries for %u "
-                           "tokens",
-                           a.n, t->n_vocab);
+            return err_set(e, ERR_FORMAT, "tokenizer.ggml.scores: %" PRIu64 " for %u tokens", a.n,
+                           t->n_vocab);
         for (uint32_t i = 0; i < t->n_vocab; i++)
             t->scores[i] = (float)gguf_arr_f64(&a, i);
     }
@@ -95,9 +93,7 @@ static int load_scores_types(tok_t *t, const gguf_t *g, err_info_t *e)
             return err_set(e, ERR_FORMAT, "tokenizer.ggml.token_type: expected integers, found %s",
                            gguf_vtype_name(a.elem_type));
         if (a.n != t->n_vocab)
-            return err_set(e, ERR_FORMAT,
-                           "tokenizer.ggml.token_type has %" PRIu64 " entries for "
-                           "%u tokens",
+            return err_set(e, ERR_FORMAT, "tokenizer.ggml.token_type: %" PRIu64 " for %u tokens",
                            a.n, t->n_vocab);
         for (uint32_t i = 0; i < t->n_vocab; i++) {
             int64_t v = gguf_arr_i64(&a, i);

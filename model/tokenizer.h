@@ -44,14 +44,18 @@ int32_t tok_find(const tok_t *t, const char *s, size_t len);
 
 /* Tokenizes len bytes of text into a malloc'd array (*ids, *n_ids; caller frees).
  * add_bos prepends BOS. parse_special recognises control/special token texts
- * ("<s>", "<|endoftext|>", ...) in the text; otherwise they are plain text. */
+ * ("<s>", "<|endoftext|>", ...) in the text; otherwise they are plain text.
+ * Any bytes are accepted (invalid UTF-8 falls back to byte tokens). Errors, with *ids
+ * untouched: ERR_NOTFOUND when add_bos and the vocabulary has no BOS, ERR_RANGE when a
+ * byte has no token to spell it (no byte token and no <unk>), ERR_NOMEM. */
 int tok_encode(const tok_t *t, const char *text, size_t len, bool add_bos, bool parse_special,
                int32_t **ids, size_t *n_ids);
 
 /* The bytes one token contributes to the text: byte tokens give their byte,
- * ▁ becomes a space, GPT-2 byte symbols are mapped back, control tokens give
- * nothing unless show_special. `first` is true for the first token after BOS
- * (or of the text): SentencePiece then drops the space prefix it added.
+ * ▁ becomes a space, GPT-2 byte symbols are mapped back, control tokens (and unknown
+ * and unused ones) give nothing unless show_special, which gives their stored text.
+ * `first` is true for the first token after BOS (or of the text): SentencePiece then
+ * drops the space prefix it added.
  * Writes at most cap bytes to buf and returns the piece's full length. */
 size_t tok_piece(const tok_t *t, int32_t id, bool first, bool show_special, char *buf, size_t cap);
 
