@@ -1,0 +1,121 @@
+"""Writes models/README.md (the model card) from the run folder's logs and figures."""
+import argparse
+import ast
+import hashlib
+import json
+import os
+import re
+
+
+def finals(log):
+    """[(figures dict, steps, tokens, minutes)] of each 'final eval' line in a log."""
+    out = []
+    if not os.path.exists(log):
+        return out
+    for line in open(log, encoding="utf-8"):
+        m = re.match(r"final eval (\{.*\}) steps (\d+) tokens (\d+) minutes ([\d.]+)", line)
+        if m:
+            out.append((ast.literal_eval(m.group(1)), int(m.group(2)), int(m.group(3)),
+                        float(m.group(4))))
+    return out
+
+
+def config(log):
+    for line in open(log, encoding="utf-8"):
+        m = re.match(r"# config (\{.*\}) params (\d+)", line)
+        if m:
+            return json.loads(m.group(1)), int(m.group(2))
+    return {}, 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    r = a.runs
+    cfg, params = config(os.path.join(r, "base", "log.txt"))
+    base = finals(os.path.join(r, "base", "log.txt"))
+    gist = finals(os.path.join(r, "gist", "log.txt"))
+    gates = finals(os.path.join(r, "gates", "log.txt"))
+    ev = json.load(open(os.path.join(r, "eval.json")))
+    size = os.path.getsize(a.model)
+    sha = hashlib.sha256(open(a.model, "rb").read()).hexdigest()
+    name = os.path.basename(a.model)
+
+    def stage(f, i=-1):
+        if not f:
+            return "not run"
+        _fig, steps, tokens, minutes = f[i]
+        return f"{minutes:.1f} min, {steps} steps, {tokens:,} tokens"
+
+    def row(k, what):
+        e = ev.get(k)
+        if not e:
+            return ""
+        return (f"| {what} | {e['ppl']:.2f} | {e['nll']:.4f} | {e['bits_per_byte']:.3f} | "
+                f"{e['tokens']:,} |\n")
+
+    hd = cfg.get("n_embd", 0) // max(cfg.get("n_head", 1), 1)
+    text = f"""# {name}
+
+The project's own small llama model: trained from scratch on public-domain English books,
+with sentence-anchored gist tokens and TRIM-KV retention gates, all in one GGUF file.
+Made by the recipes in `train/` (see `train/README.md`); everything below was measured
+by them.
+
+- File: `{name}`, {size:,} bytes ({size / 2**20:.1f} MiB), sha256 `{sha[:16]}...`.
+  Big matrices F16; norms and gate weights F32.
+- Architecture: llama, {cfg.get('n_layer')} layers, n_embd {cfg.get('n_embd')},
+  {cfg.get('n_head')} query heads / {cfg.get('n_head_kv')} kv heads (head_dim {hd}),
+  SwiGLU n_ff {cfg.get('n_ff')}, RMSNorm eps {cfg.get('eps')}, RoPE base
+  {cfg.get('rope_base')} on adjacent pairs, context {cfg.get('n_ctx')}, untied output;
+  {params:,} parameters in the base model (vocabulary {cfg.get("n_vocab")}).
+- Tokenizer: SentencePiece BPE, 4096 pieces (byte fallback, no normalisation, dummy
+  space prefix, digits split), trained on the training books; GGUF `llama` tokenizer.
+  Then 2 gist tokens `<gist_0>`, `<gist_1>` (control) at ids 4096 and 4097.
+- Data: `../shared/corpus/` (Austen, Melville, the King James Bible, Conan Doyle, Twain,
+  the Jargon File, Dasher's training text; about 3.4M tokens), minus the held-out
+  `persuasion.txt` (never seen by the tokenizer or any training stage).
+  `train/rebuild_corpus.sh` rebuilds the corpus from its Debian packages.
+
+## Training (2 CPU cores shared with other work, PyTorch 1.13)
+
+| stage | what learns | time |
+|---|---|---|
+| base | everything; seq 1024, batch 4, AdamW lr 2e-3 cosine to 10% | {stage(base)} |
+| gist, phase 1 | only the 2 gist rows of token_embd and output | {stage(gist, 0) if len(gist) > 1 else 'not run'} |
+| gist, phase 2 | everything, lr 3e-4; 1 row in 4 without gists | {stage(gist)} |
+| gates | only the retention gates (hidden 32, budget 128) | {stage(gates)} |
+
+Gists (Tarasov et al. 2025): 2 gist tokens after every sentence (`.`/`?`/`!` followed by
+whitespace, or a paragraph break), sentence mask with 1 sink (BOS). Gist positions are
+not scored; the first token of a sentence is predicted from the last gist of the group
+before it. Gates (TRIM-KV, Bui et al. 2025) were trained on the gist model (frozen),
+on plain text without gists, with loss KL(model || gated model) + next-token loss
++ 0.01 * mean(max(0, sum_i beta_i^(t-i) - 128)).
+
+Command: `BASE_MIN=110 BASE_END=22:38 GIST_END=22:58 GATES_END=23:08 train/pipeline.sh`
+(see the script for every stage's flags).
+
+## Validation (held-out persuasion.txt)
+
+{ev['windows']} sentence-aligned windows of about 1024 tokens from the start of the book;
+every row scores the same {ev['base']['tokens']:,} tokens. Persuasion tokenizes at
+{ev['tokens_per_byte']} tokens/byte.
+
+| model | perplexity / token | nll (nats) | bits / byte | tokens |
+|---|---|---|---|---|
+{row('base', 'base, causal')}{row('plain', 'final, causal (no gists)')}{row('gist', 'final, gists + sentence mask')}{row('gated', 'final, causal + gate decay')}
+"final" is this file (after the gist fine-tune). "gists + sentence mask": no token sees the
+raw tokens of an earlier sentence, only its gists. "gate decay": key i weighs
+beta_i^(t-i) at query t (the soft form the gates are trained with).
+"""
+    with open(a.out, "w") as f:
+        f.write(text)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

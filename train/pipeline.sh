@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The whole recipe, stage after stage: tokenizer, base model, gist tokens, retention gates,
+# export, evaluation and model card. Every stage resumes from its checkpoint, so running
+# this again after an interruption carries on where it stopped. Stage budgets are minutes
+# of training and, optionally, absolute end times (HH:MM UTC):
+#
+#   BASE_MIN=110 BASE_END=22:38 GIST_END=22:58 GATES_END=23:08 train/pipeline.sh
+#
+# Long stages run under `nice -n 10`. Outputs: train/runs/ (checkpoints, logs, figures),
+# models/$NAME.gguf and models/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=/usr/bin/python3
+RUNS=train/runs
+CORPUS=${CORPUS:-../shared/corpus}
+NAME=${NAME:-gistd-6m}
+TOK=$RUNS/tok4096.model
+RUN="nice -n 10 $PY"
+mkdir -p $RUNS/base $RUNS/gist $RUNS/gates models
+
+[ -f $TOK ] || $RUN train/tokenizer.py --corpus "$CORPUS" --out $RUNS/tok4096 --vocab 4096
+
+$RUN train/train_base.py --corpus "$CORPUS" --tok $TOK --out $RUNS/base \
+    --dim 256 --layers 6 --heads 8 --kv-heads 4 --seq 1024 --batch 4 --lr 2e-3 \
+    --minutes "${BASE_MIN:-110}" ${BASE_END:+--end-utc $BASE_END} --eval-windows 8 \
+    >> $RUNS/base/log.txt 2>&1
+
+$RUN train/train_gist.py --corpus "$CORPUS" --tok $TOK --base $RUNS/base/ckpt.pt \
+    --out $RUNS/gist --gists 2 --seq 1024 --batch 4 --frozen-minutes "${GIST_FROZEN_MIN:-5}" \
+    --frozen-lr 1e-2 --minutes "${GIST_MIN:-12}" ${GIST_END:+--end-utc $GIST_END} --lr 3e-4 \
+    --warmup 10 --plain-rows 1 --eval-windows 8 --eval-minutes 30 >> $RUNS/gist/log.txt 2>&1
+
+$RUN train/train_gates.py --corpus "$CORPUS" --tok $TOK --model $RUNS/gist/ckpt.pt \
+    --out $RUNS/gates --hidden 32 --budget 128 --lam 0.01 --init-bias 5 --seq 1024 --batch 2 \
+    --lr 2e-2 --warmup 5 --minutes "${GATES_MIN:-8}" ${GATES_END:+--end-utc $GATES_END} \
+    --eval-windows 4 --eval-minutes 30 --log-every 5 >> $RUNS/gates/log.txt 2>&1
+
+$PY train/export.py --ckpt $RUNS/gates/ckpt.pt --tok $TOK --out models/$NAME.gguf \
+    --type f16 --name $NAME
+$RUN train/evaluate.py --corpus "$CORPUS" --tok $TOK --base $RUNS/base/ckpt.pt \
+    --final $RUNS/gates/ckpt.pt --windows "${EVAL_WINDOWS:-24}" --out $RUNS/eval.json
+$PY train/make_card.py --runs $RUNS --model models/$NAME.gguf --out models/README.md
