@@ -2,7 +2,7 @@
  * bench/bench_kernels.c — speed of the compute kernels against the machine's memory
  * bandwidth.
  *
- *   bench_bench_kernels [MODE...] [--threads 1,2] [--reps N]
+ *   bench_kernels [MODE...] [--threads 1,2] [--reps N]
  *     bw       streaming read of a 1 GiB buffer (best and median of several), per thread count
  *     matvec   GB/s of kern_matvec per weight type on SmolLM2-135M-shaped matrices; the
  *              matrices are copied until the working set is 256 MiB, so every call streams
@@ -17,6 +17,7 @@
 #include "common/dtype.h"
 #include "model/kernels.h"
 #include "model/kernels_impl.h"
+#include "bench/bench_util.h"
 
 #include <cblas.h>
 #include <omp.h>
@@ -27,25 +28,6 @@
 
 #define MiB (1024.0 * 1024.0)
 #define WORKING_SET (256u << 20)
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static uint64_t rng_next(uint64_t *s)
 {
@@ -58,78 +40,6 @@ static uint64_t rng_next(uint64_t *s)
 static float rng_uniform(uint64_t *s)
 {
     return (float)((rng_next(s) >> 40) * 0x1p-24) * 2.0f - 1.0f;
-}
-
-static void print_machine(void)
-{
-    char line[256], model[256] = "unknown";
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    while (f && fgets(line, sizeof line, f)) {
-        if (strncmp(line, "model name", 10) == 0) {
-            char *p = strchr(line, ':');
-            if (p) {
-                snprintf(model, sizeof model, "%s", p + 2);
-                model[strcspn(model, "\n")] = '\0';
-            }
-            break;
-        }
-    }
-    if (f)
-        fclose(f);
-    printf("# machine: %s, %d cores online, OpenMP max threads %d\n", model,
-           omp_get_num_procs(), omp_get_max_threads());
-    printf("# kernels: %s path; OpenBLAS %s (%s)\n", kern_simd_name(), openblas_get_config(),
-           openblas_get_corename());
-}
-
-/* ---- memory bandwidth ---- */
-
-static uint64_t sum_range(const uint64_t *p, size_t n)
-{
-    uint64_t a = 0, b = 0, c = 0, d = 0;
-    for (size_t i = 0; i + 4 <= n; i += 4) {
-        a += p[i];
-        b += p[i + 1];
-        c += p[i + 2];
-        d += p[i + 3];
-    }
-    return a ^ b ^ c ^ d;
-}
-
-/* GB/s of reading a 1 GiB buffer with nt threads: best and median of reps passes. */
-static void bandwidth(int nt, int reps, double *best, double *med)
-{
-    size_t bytes = (size_t)1 << 30, n = bytes / 8;
-    uint64_t *buf = aligned_alloc(64, bytes);
-    if (!buf) {
-        *best = *med = 0;
-        return;
-    }
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (size_t i = 0; i < n; i++)
-        buf[i] = i;
-    double t[32];
-    volatile uint64_t sink = 0;
-    if (reps > 32)
-        reps = 32;
-    for (int r = 0; r < reps; r++) {
-        double t0 = now();
-        uint64_t s = 0;
-#pragma omp parallel num_threads(nt) reduction(^ : s)
-        {
-            int id = omp_get_thread_num(), k = omp_get_num_threads();
-            size_t a = n * id / k, b = n * (id + 1) / k;
-            s ^= sum_range(buf + a, b - a);
-        }
-        sink ^= s;
-        t[r] = bytes / (now() - t0) / 1e9;
-    }
-    (void)sink;
-    free(buf);
-    *best = 0;
-    for (int r = 0; r < reps; r++)
-        *best = t[r] > *best ? t[r] : *best;
-    *med = median(t, reps);
 }
 
 /* ---- weights ---- */
@@ -199,7 +109,7 @@ static float *vec_make(size_t n)
 /* Seconds per matvec over the copies (one pass through the working set). */
 static double time_matvec(const bench_mat_t *m, const float *x, float *y, bool sgemv)
 {
-    double t0 = now();
+    double t0 = bench_now();
     for (int k = 0; k < m->copies; k++) {
         const void *W = m->data + m->bytes * k;
         if (sgemv)
@@ -208,7 +118,7 @@ static double time_matvec(const bench_mat_t *m, const float *x, float *y, bool s
         else
             kern_matvec(m->type, W, x, y, m->rows, m->cols);
     }
-    return (now() - t0) / m->copies;
+    return (bench_now() - t0) / m->copies;
 }
 
 /* SmolLM2-135M's matrices as (rows, cols): q/o, k/v, gate/up, down, output. */
@@ -240,7 +150,7 @@ static void run_matvec(const int *threads, int n_threads, int reps)
                     time_matvec(&m, x, y, sgemv); /* warm up the pool */
                     for (int r = 0; r < reps; r++)
                         t[r] = time_matvec(&m, x, y, sgemv);
-                    double s = median(t, reps);
+                    double s = bench_median(t, reps);
                     printf("  %8.1f %8.1f", m.bytes / s / 1e9, s * 1e6);
                 }
                 printf("\n");
@@ -280,7 +190,7 @@ static void run_compare(const int *threads, int n_threads, int reps)
                             time_matvec(&m, x, y, false);
                         t[v][r] = time_matvec(&m, x, y, false);
                     }
-                double a = median(t[0], reps), b = median(t[1], reps);
+                double a = bench_median(t[0], reps), b = bench_median(t[1], reps);
                 printf("%-5s %5dx%-5d %dT  avx512 %6.1f  avx512-fma %6.1f  ratio %.2f\n",
                        type_names[ti], m.rows, m.cols, threads[i], m.bytes / a / 1e9,
                        m.bytes / b / 1e9, b / a);
@@ -312,14 +222,14 @@ static void run_batch(const int *threads, int n_threads, int reps)
                 double t[2][32];
                 for (int r = 0; r < reps; r++)
                     for (int how = 0; how < 2; how++) {
-                        double t0 = now();
+                        double t0 = bench_now();
                         for (int k = 0; k < m.copies; k++)
                             kern_matmul_how(how ? KERN_BY_GEMM : KERN_BY_ROWS, m.type,
                                             m.data + m.bytes * k, X, Y, m.rows, m.cols, nbs[bi]);
-                        t[how][r] = (now() - t0) / m.copies;
+                        t[how][r] = (bench_now() - t0) / m.copies;
                     }
-                printf("  b%d %.0f/%.0f", nbs[bi], median(t[0], reps) * 1e6,
-                       median(t[1], reps) * 1e6);
+                printf("  b%d %.0f/%.0f", nbs[bi], bench_median(t[0], reps) * 1e6,
+                       bench_median(t[1], reps) * 1e6);
             }
             printf("\n");
             fflush(stdout);
@@ -346,11 +256,11 @@ static void run_prefill(const int *threads, int n_threads, int reps)
                 double t[32];
                 kern_matmul(m.type, m.data, X, Y, m.rows, m.cols, nb);
                 for (int r = 0; r < reps; r++) {
-                    double t0 = now();
+                    double t0 = bench_now();
                     kern_matmul(m.type, m.data, X, Y, m.rows, m.cols, nb);
-                    t[r] = now() - t0;
+                    t[r] = bench_now() - t0;
                 }
-                double s = median(t, reps);
+                double s = bench_median(t, reps);
                 printf("  %dT %7.1f", threads[i], 2.0 * nb * m.rows * m.cols / s / 1e9);
             }
             printf("\n");
@@ -390,12 +300,13 @@ int main(int argc, char **argv)
     }
     for (int k = 0; k < 5 && !any; k++)
         want[k] = true;
-    print_machine();
+    bench_print_machine();
     if (want[0]) {
         printf("\n## memory bandwidth: streaming read of 1 GiB\n");
         for (int i = 0; i < n_threads; i++) {
-            double best, med;
-            bandwidth(threads[i], reps, &best, &med);
+            double best = 0, med = 0;
+            if (bench_bandwidth(threads[i], reps, &best, &med) != 0)
+                fprintf(stderr, "no memory for the 1 GiB buffer\n");
             printf("%dT  best %.1f GB/s  median %.1f GB/s\n", threads[i], best, med);
             fflush(stdout);
         }

@@ -1,0 +1,110 @@
+/*
+ * bench/bench_util.h — what the speed benchmarks share: a monotonic clock, medians, the
+ * machine line every benchmark prints, and the machine's streaming read bandwidth.
+ * Header-only (each bench/bench_*.c is its own program); single-threaded callers.
+ */
+#ifndef GISTD_BENCH_UTIL_H
+#define GISTD_BENCH_UTIL_H
+
+#include <cblas.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "model/kernels.h"
+
+static inline double bench_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static inline int bench_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Median of v[0..n) (sorts v). */
+static inline double bench_median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, bench_cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Prints "# machine: CPU model, cores" and the kernel path and OpenBLAS build. */
+static inline void bench_print_machine(void)
+{
+    char line[256], model[256] = "unknown";
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    while (f && fgets(line, sizeof line, f)) {
+        if (strncmp(line, "model name", 10) == 0) {
+            char *p = strchr(line, ':');
+            if (p) {
+                snprintf(model, sizeof model, "%s", p + 2);
+                model[strcspn(model, "\n")] = '\0';
+            }
+            break;
+        }
+    }
+    if (f)
+        fclose(f);
+    printf("# machine: %s, %d cores online\n", model, omp_get_num_procs());
+    printf("# kernels: %s path; %s (core %s)\n", kern_simd_name(), openblas_get_config(),
+           openblas_get_corename());
+}
+
+static inline uint64_t bench_sum_range(const uint64_t *p, size_t n)
+{
+    uint64_t a = 0, b = 0, c = 0, d = 0;
+    for (size_t i = 0; i + 4 <= n; i += 4) {
+        a += p[i];
+        b += p[i + 1];
+        c += p[i + 2];
+        d += p[i + 3];
+    }
+    return a ^ b ^ c ^ d;
+}
+
+/* GB/s of reading a 1 GiB buffer (much larger than any cache) with nt threads, each
+ * streaming its own contiguous part: the best and the median of reps passes (reps <= 32).
+ * Returns -1 when the buffer cannot be allocated. */
+static inline int bench_bandwidth(int nt, int reps, double *best, double *med)
+{
+    size_t bytes = (size_t)1 << 30, n = bytes / 8;
+    uint64_t *buf = aligned_alloc(64, bytes);
+    if (!buf)
+        return -1;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (size_t i = 0; i < n; i++)
+        buf[i] = i;
+    double t[32];
+    volatile uint64_t sink = 0;
+    if (reps > 32)
+        reps = 32;
+    for (int r = 0; r < reps; r++) {
+        double t0 = bench_now();
+        uint64_t s = 0;
+#pragma omp parallel num_threads(nt) reduction(^ : s)
+        {
+            int id = omp_get_thread_num(), k = omp_get_num_threads();
+            size_t a = n * id / k, b = n * (id + 1) / k;
+            s ^= bench_sum_range(buf + a, b - a);
+        }
+        sink ^= s;
+        t[r] = bytes / (bench_now() - t0) / 1e9;
+    }
+    (void)sink;
+    free(buf);
+    *best = 0;
+    for (int r = 0; r < reps; r++)
+        *best = t[r] > *best ? t[r] : *best;
+    *med = bench_median(t, reps);
+    return 0;
+}
+
+#endif
