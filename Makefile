@@ -42,13 +42,26 @@ BENCH_SRCS := $(wildcard bench/*.c)
 BENCHES  := $(patsubst bench/%.c,$(BUILD)/bin/%,$(BENCH_SRCS))
 BINS     := $(BUILD)/bin/gist-model $(BENCHES)
 
+# The daemon and its clients (see the protocol section below).
+GISTD_SRCS   := $(wildcard daemon/*.c)
+GISTC_SRCS   := $(wildcard clients/libgistc/*.c)
+GISTCTL_SRCS := $(wildcard clients/gistctl/*.c)
+PROTO_C      := $(BUILD)/gen/proto/gistd.pb-c.c
+PROTO_H      := $(BUILD)/gen/proto/gistd.pb-c.h
+PROTO_PY     := $(BUILD)/gen/python/gistd_pb2.py
+PROTO_LIB    := $(BUILD)/lib/libgist_proto.a
+GISTC_LIB    := $(BUILD)/lib/libgistc.a
+GISTC_PC     := $(BUILD)/gistc.pc
+BINS     += $(if $(GISTD_SRCS),$(BUILD)/bin/gistd) $(if $(GISTCTL_SRCS),$(BUILD)/bin/gistctl)
+
 TEST_SRCS := $(wildcard tests/test_*.c)
 TESTS     := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
 TEST_LIB  := $(BUILD)/obj/tests/check.o
 
 .PHONY: all deps deps-train test asan run format clean
 .SECONDARY:
-all: $(LIBS) $(BINS) $(TESTS)
+all: $(LIBS) $(PROTO_LIB) $(PROTO_PY) $(if $(GISTC_SRCS),$(GISTC_LIB) $(GISTC_PC)) $(BINS) \
+     $(TESTS)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -81,6 +94,57 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_LIB) $(LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
+# ---- protocol, daemon, clients
+# proto/gistd.proto is compiled at build time: C (protobuf-c) for the daemon, libgistc and the
+# tests, Python for the Python client. Objects that include the generated header wait for it.
+$(PROTO_C) $(PROTO_H) &: proto/gistd.proto
+	@mkdir -p $(BUILD)/gen
+	protoc-c --proto_path=. --c_out=$(BUILD)/gen $<
+
+$(PROTO_PY): proto/gistd.proto
+	@mkdir -p $(dir $@)
+	protoc --proto_path=proto --python_out=$(dir $@) $<
+
+$(BUILD)/obj/proto/gistd.pb-c.o: $(PROTO_C)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+$(patsubst %.c,$(BUILD)/obj/%.o,$(GISTD_SRCS) $(GISTC_SRCS) $(GISTCTL_SRCS) $(TEST_SRCS)): \
+    | $(PROTO_H)
+
+$(PROTO_LIB): $(BUILD)/obj/proto/gistd.pb-c.o
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/bin/gistd: $(patsubst %.c,$(BUILD)/obj/%.o,$(GISTD_SRCS)) $(PROTO_LIB) $(LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
+
+# libgistc.a carries the protocol code and the error table, so a client links it alone
+# (with the libraries gistc.pc names).
+$(GISTC_LIB): $(patsubst %.c,$(BUILD)/obj/%.o,$(GISTC_SRCS)) $(BUILD)/obj/proto/gistd.pb-c.o \
+              $(BUILD)/obj/common/err.o
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(GISTC_PC): Makefile
+	@mkdir -p $(dir $@)
+	printf '%s\n' 'prefix=$(CURDIR)' 'libdir=$${prefix}/$(BUILD)/lib' \
+	    'Name: gistc' 'Description: C client library for gistd' 'Version: 0.1' \
+	    'Requires.private: libzmq libprotobuf-c' \
+	    'Cflags: -I$${prefix} -I$${prefix}/$(BUILD)/gen' \
+	    'Libs: -L$${libdir} -lgistc -lzmq -lprotobuf-c' > $@
+
+$(BUILD)/bin/gistctl: $(patsubst %.c,$(BUILD)/obj/%.o,$(GISTCTL_SRCS)) $(GISTC_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
+
+# Daemon tests drive a real gistd through libgistc.
+$(BUILD)/tests/test_daemon%: $(BUILD)/obj/tests/test_daemon%.o $(TEST_LIB) $(GISTC_LIB) \
+                             $(PROTO_LIB) $(LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
+
 test: all
 	@bash tests/run.sh $(BUILD)
 
@@ -89,11 +153,14 @@ asan:
 	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	    test
 
+# The project's own model when models/ has one, else the shared stories260K.
+DEFAULT_MODEL = $(firstword $(wildcard models/*.gguf) ../shared/models/stories260K-f32.gguf)
 run: all
-	$(BUILD)/bin/gist-model info $(or $(MODEL),../shared/models/stories260K-f32.gguf)
+	$(BUILD)/bin/gistd --model $(or $(MODEL),$(DEFAULT_MODEL))
 
 DEB_PKGS := build-essential pkg-config libjemalloc-dev libzmq3-dev libprotobuf-c-dev \
-            protobuf-c-compiler libopenblas-openmp-dev python3 python3-numpy gnuplot-nox
+            protobuf-c-compiler libopenblas-openmp-dev python3 python3-numpy gnuplot-nox \
+            protobuf-compiler python3-zmq python3-protobuf
 TRAIN_PKGS := python3-torch python3-sentencepiece
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
