@@ -296,11 +296,20 @@ int tok_bpe_encode(const tok_t *t, const char *text, size_t len, tok_vec_t *out)
     if (rc)
         return rc;
     bpe_run_t r = {.t = t};
+    tok_wcache_t cache = {0};
     size_t start = 0;
     for (size_t i = 0; i < n_words && rc == 0; i++) {
-        rc = bpe_word(&r, text + start, ends[i] - start, out);
+        const char *w = text + start;
+        size_t wlen = ends[i] - start, first = out->n;
+        uint32_t h = tok_hash_bytes(w, wlen);
+        bool hit;
         start = ends[i];
+        if ((rc = tok_wcache_get(&cache, w, wlen, h, out, &hit)) || hit)
+            continue;
+        if ((rc = bpe_word(&r, w, wlen, out)) == 0)
+            rc = tok_wcache_put(&cache, w, wlen, h, first, out->n - first);
     }
+    tok_wcache_free(&cache);
     free(r.sym);
     free(r.heap.v);
     free(r.spelled);

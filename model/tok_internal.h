@@ -114,6 +114,32 @@ typedef struct tok_vec {
 
 int tok_vec_push(tok_vec_t *v, int32_t id);
 
+/* The tokens of the words met so far in one encode call, so a repeated word is merged
+ * once: a word's tokens depend on its bytes alone. Keys point into the caller's text and
+ * values are ranges of the output vector, so both must outlive the cache (they do: the
+ * cache lives inside one call). Entries stop being added at TOK_WCACHE_MAX. */
+typedef struct tok_wcache_ent {
+    const char *key; /* NULL in an empty slot */
+    uint32_t len, hash;
+    size_t first; /* the word's tokens are out->v[first, first + n) */
+    size_t n;
+} tok_wcache_ent_t;
+
+typedef struct tok_wcache {
+    tok_wcache_ent_t *ent;
+    uint32_t mask, used;
+} tok_wcache_t;
+
+enum { TOK_WCACHE_MAX = 1 << 16, TOK_WCACHE_WORD_MAX = 128 };
+
+/* Appends the cached tokens of word (w, len) with hash h to out and sets *hit, or clears
+ * *hit when the word is not cached. */
+int tok_wcache_get(const tok_wcache_t *c, const char *w, size_t len, uint32_t h, tok_vec_t *out,
+                   bool *hit);
+/* Remembers that the word's tokens are out->v[first, first + n). */
+int tok_wcache_put(tok_wcache_t *c, const char *w, size_t len, uint32_t h, size_t first, size_t n);
+void tok_wcache_free(tok_wcache_t *c);
+
 /* A binary heap of candidate merges. `key` orders it (largest first) and ties go to
  * the smaller `left`; a and b are what the caller needs to tell a stale entry. */
 typedef struct tok_cand {

@@ -164,9 +164,15 @@ int tok_spm_encode(const tok_t *t, const char *text, size_t len, bool prefix, to
         return ERR_NOMEM;
     int rc = 0;
     spm_run_t r = {.t = t, .text = buf};
+    tok_wcache_t cache = {0};
     size_t sym_cap = 0;
     for (size_t cs = 0, ce; cs < n && rc == 0; cs = ce) {
         ce = t->spm_chunks ? spm_next_chunk(buf, cs, n) : n;
+        size_t first = out->n;
+        uint32_t h = tok_hash_bytes(buf + cs, ce - cs);
+        bool hit;
+        if ((rc = tok_wcache_get(&cache, buf + cs, ce - cs, h, out, &hit)) || hit)
+            continue;
         if (ce - cs >= INT32_MAX || ce >= UINT32_MAX) {
             rc = ERR_TOOBIG;
         } else if (ce - cs > sym_cap) {
@@ -175,9 +181,10 @@ int tok_spm_encode(const tok_t *t, const char *text, size_t len, bool prefix, to
             if (!(r.sym = malloc(sym_cap * sizeof *r.sym)))
                 rc = ERR_NOMEM;
         }
-        if (rc == 0)
-            rc = spm_chunk(&r, cs, ce, out);
+        if (rc == 0 && (rc = spm_chunk(&r, cs, ce, out)) == 0)
+            rc = tok_wcache_put(&cache, buf + cs, ce - cs, h, first, out->n - first);
     }
+    tok_wcache_free(&cache);
     free(r.heap.v);
     free(r.sym);
     free(buf);

@@ -1,4 +1,5 @@
-/* model/tok_util.c — the tokenizer's containers: string map, id vector, merge heap. */
+/* model/tok_util.c — the tokenizer's containers: string map, id vector, word cache, merge
+ * heap. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -115,6 +116,69 @@ int tok_vec_push(tok_vec_t *v, int32_t id)
     }
     v->v[v->n++] = id;
     return 0;
+}
+
+int tok_wcache_get(const tok_wcache_t *c, const char *w, size_t len, uint32_t h, tok_vec_t *out,
+                   bool *hit)
+{
+    *hit = false;
+    if (!c->ent)
+        return 0;
+    for (uint32_t i = h & c->mask;; i = (i + 1) & c->mask) {
+        const tok_wcache_ent_t *e = &c->ent[i];
+        if (!e->key)
+            return 0;
+        if (e->hash != h || e->len != len || memcmp(e->key, w, len) != 0)
+            continue;
+        if (out->n + e->n > out->cap) {
+            size_t cap = 2 * (out->n + e->n);
+            int32_t *p = realloc(out->v, cap * sizeof *p);
+            if (!p)
+                return ERR_NOMEM;
+            out->v = p;
+            out->cap = cap;
+        }
+        memcpy(out->v + out->n, out->v + e->first, e->n * sizeof *out->v);
+        out->n += e->n;
+        *hit = true;
+        return 0;
+    }
+}
+
+int tok_wcache_put(tok_wcache_t *c, const char *w, size_t len, uint32_t h, size_t first, size_t n)
+{
+    if (len > TOK_WCACHE_WORD_MAX || c->used >= TOK_WCACHE_MAX)
+        return 0;
+    if (2 * (c->used + 1) > c->mask + 1 || !c->ent) {
+        uint32_t cap = c->ent ? 2 * (c->mask + 1) : 1024;
+        tok_wcache_ent_t *ne = calloc(cap, sizeof *ne);
+        if (!ne)
+            return ERR_NOMEM;
+        for (uint32_t i = 0; c->ent && i <= c->mask; i++) {
+            if (!c->ent[i].key)
+                continue;
+            uint32_t j = c->ent[i].hash & (cap - 1);
+            while (ne[j].key)
+                j = (j + 1) & (cap - 1);
+            ne[j] = c->ent[i];
+        }
+        free(c->ent);
+        c->ent = ne;
+        c->mask = cap - 1;
+    }
+    uint32_t i = h & c->mask;
+    while (c->ent[i].key)
+        i = (i + 1) & c->mask;
+    c->ent[i] = (tok_wcache_ent_t){w, (uint32_t)len, h, first, n};
+    c->used++;
+    return 0;
+}
+
+void tok_wcache_free(tok_wcache_t *c)
+{
+    free(c->ent);
+    c->ent = NULL;
+    c->mask = c->used = 0;
 }
 
 /* True when a should leave the heap before b. */
