@@ -4,47 +4,19 @@
  *   build/bin/bench_tokenize VOCAB.gguf TEXT [--bytes N] [--reps R]
  *
  * Takes the first N bytes of TEXT (default 1 MiB, cut back to a line end), encodes them
- * R times (default 3) and decodes the ids R times, and prints the best and mean MB/s
- * of each with the machine it ran on. Checks the decoded text equals the input.
+ * R times (default 5, at most 32) and decodes the ids R times, and prints the best and
+ * median MB/s of each with the machine it ran on. Checks the decoded text equals the
+ * input.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/utsname.h>
-#include <time.h>
 
+#include "bench/bench_util.h"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void print_machine(void)
-{
-    char model[256] = "unknown CPU";
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (f) {
-        char line[512];
-        while (fgets(line, sizeof line, f)) {
-            char *c = strchr(line, ':');
-            if (!strncmp(line, "model name", 10) && c) {
-                snprintf(model, sizeof model, "%s", c + 2);
-                model[strcspn(model, "\n")] = '\0';
-                break;
-            }
-        }
-        fclose(f);
-    }
-    struct utsname u;
-    if (uname(&u) == 0)
-        printf("machine: %s, %s %s %s\n", model, u.sysname, u.release, u.machine);
-    else
-        printf("machine: %s\n", model);
-}
+enum { MAX_REPS = 32 };
 
 static char *read_prefix(const char *path, size_t max, size_t *len)
 {
@@ -72,14 +44,14 @@ int main(int argc, char **argv)
         return 2;
     }
     size_t max = 1u << 20;
-    int reps = 3;
+    int reps = 5;
     for (int i = 3; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--bytes"))
             max = strtoull(argv[i + 1], NULL, 10);
         else if (!strcmp(argv[i], "--reps"))
             reps = atoi(argv[i + 1]);
     }
-    if (reps < 1 || max == 0) {
+    if (reps < 1 || reps > MAX_REPS || max == 0) {
         fprintf(stderr, "bench_tokenize: bad --bytes or --reps\n");
         return 2;
     }
@@ -88,13 +60,13 @@ int main(int argc, char **argv)
     err_clear(&e);
     gguf_t *g = NULL;
     tok_t *t = NULL;
-    double t0 = now();
+    double t0 = bench_now();
     if (gguf_open(argv[1], &g, &e) || tok_new(g, &t, &e)) {
         fprintf(stderr, "bench_tokenize: %s: %s\n", argv[1], err_msg(&e));
         gguf_close(&g);
         return 2;
     }
-    double load_s = now() - t0;
+    double load_s = bench_now() - t0;
     size_t len;
     char *text = read_prefix(argv[2], max, &len);
     if (!text) {
@@ -102,51 +74,51 @@ int main(int argc, char **argv)
         return 2;
     }
 
-    print_machine();
+    bench_print_machine();
     printf("vocab: %s (%s, %u tokens), loaded in %.1f ms\n", argv[1],
            tok_kind(t) == TOK_SPM ? "SentencePiece" : "byte-level BPE", tok_n_vocab(t),
            1e3 * load_s);
     printf("text: %s, %zu bytes\n", argv[2], len);
 
-    double enc_best = 1e30, enc_sum = 0, dec_best = 1e30, dec_sum = 0;
+    double enc[MAX_REPS], dec[MAX_REPS];
     size_t n_ids = 0;
     int status = 0;
     for (int r = 0; r < reps && status == 0; r++) {
         int32_t *ids;
         char *back;
         size_t blen;
-        double a = now();
+        double a = bench_now();
         if (tok_encode(t, text, len, false, false, &ids, &n_ids)) {
             fprintf(stderr, "bench_tokenize: encode failed\n");
             status = 1;
             break;
         }
-        double b = now();
+        double b = bench_now();
         if (tok_decode(t, ids, n_ids, &back, &blen)) {
             fprintf(stderr, "bench_tokenize: decode failed\n");
             free(ids);
             status = 1;
             break;
         }
-        double c = now();
+        double c = bench_now();
         if (blen != len || memcmp(back, text, len)) {
             fprintf(stderr, "bench_tokenize: decoded text differs from the input\n");
             status = 1;
         }
-        enc_best = b - a < enc_best ? b - a : enc_best;
-        dec_best = c - b < dec_best ? c - b : dec_best;
-        enc_sum += b - a;
-        dec_sum += c - b;
+        enc[r] = b - a;
+        dec[r] = c - b;
         free(ids);
         free(back);
     }
     if (status == 0) {
         double mb = (double)len / 1e6;
+        /* bench_median sorts, so [0] is then the best run */
+        double enc_med = bench_median(enc, reps), dec_med = bench_median(dec, reps);
         printf("tokens: %zu (%.2f bytes per token)\n", n_ids, (double)len / (double)n_ids);
-        printf("encode: best %.1f ms = %.2f MB/s, mean %.2f MB/s (%d runs)\n", 1e3 * enc_best,
-               mb / enc_best, mb * reps / enc_sum, reps);
-        printf("decode: best %.1f ms = %.2f MB/s, mean %.2f MB/s\n", 1e3 * dec_best, mb / dec_best,
-               mb * reps / dec_sum);
+        printf("encode: best %.1f ms = %.2f MB/s, median %.2f MB/s (%d runs)\n", 1e3 * enc[0],
+               mb / enc[0], mb / enc_med, reps);
+        printf("decode: best %.1f ms = %.2f MB/s, median %.2f MB/s\n", 1e3 * dec[0], mb / dec[0],
+               mb / dec_med);
     }
     free(text);
     tok_destroy(&t);
