@@ -115,7 +115,8 @@ int tok_bpe_load(tok_t *t, const gguf_t *g, err_info_t *e)
     if (arr.elem_type != GGUF_VT_STRING)
         return err_set(e, ERR_FORMAT, "tokenizer.ggml.merges: expected strings, found %s",
                        gguf_vtype_name(arr.elem_type));
-    if (arr.n >= INT32_MAX)
+    /* Bounded so that symbol ids (vocabulary + 3 per merge) stay below 2^31. */
+    if (arr.n > (1u << 26))
         return err_set(e, ERR_FORMAT, "tokenizer.ggml.merges: %llu merges is too many",
                        (unsigned long long)arr.n);
     uint32_t cap = 16;
@@ -154,9 +155,10 @@ int tok_bpe_load(tok_t *t, const gguf_t *g, err_info_t *e)
         memcpy(cat, s, ll);
         memcpy(cat + ll, sp + 1, rl);
         uint32_t left, right, merged;
-        if (bpe_intern(t, s, ll, &left) || bpe_intern(t, sp + 1, rl, &right) ||
-            bpe_intern(t, cat, ll + rl, &merged)) {
-            rc = err_set(e, ERR_NOMEM, "tokenizer: out of memory");
+        if ((rc = bpe_intern(t, s, ll, &left)) || (rc = bpe_intern(t, sp + 1, rl, &right)) ||
+            (rc = bpe_intern(t, cat, ll + rl, &merged))) {
+            rc = err_set(e, rc, "tokenizer.ggml.merges[%llu]: %s", (unsigned long long)r,
+                         err_str(rc));
             break;
         }
         uint64_t key = tok_merge_key(left, right);
@@ -252,6 +254,8 @@ static int bpe_word(bpe_run_t *r, const char *w, size_t len, tok_vec_t *out)
         if (id >= 0)
             return tok_vec_push(out, id);
     }
+    if (len >= INT32_MAX)
+        return ERR_TOOBIG;
     if (len > r->sym_cap) {
         bpe_sym_t *p = realloc(r->sym, 2 * len * sizeof *p);
         if (!p)
@@ -259,8 +263,6 @@ static int bpe_word(bpe_run_t *r, const char *w, size_t len, tok_vec_t *out)
         r->sym = p;
         r->sym_cap = 2 * len;
     }
-    if (len >= INT32_MAX)
-        return ERR_TOOBIG;
     for (size_t i = 0; i < len; i++)
         r->sym[i] = (bpe_sym_t){(uint32_t)t->byte_sym[(unsigned char)w[i]], (uint32_t)i, 1,
                                 (int32_t)i - 1, i + 1 < len ? (int32_t)i + 1 : -1};
