@@ -142,6 +142,7 @@ typedef struct kv_stats {
     size_t je_active;    /* pactive x page size */
     size_t je_resident;
     size_t je_mapped;
+    uint32_t je_arena; /* the arena's index, for further mallctl queries */
 } kv_stats_t;
 
 /* ---- store ---- */

@@ -37,6 +37,7 @@ static void arena_figures(const kv_store_t *st, kv_stats_t *o)
     o->je_active = arena_stat(st->arena, "pactive") * page;
     o->je_resident = arena_stat(st->arena, "resident");
     o->je_mapped = arena_stat(st->arena, "mapped");
+    o->je_arena = st->arena;
 }
 
 /* Adds a session's figures to o; blocks already counted in this walk (mark == epoch) are
