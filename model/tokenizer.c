@@ -552,7 +552,8 @@ size_t tok_piece(const tok_t *t, int32_t id, bool first, bool show_special, char
         return 0;
     size_t len;
     const char *p = piece_of(t, id, first, show_special, &len);
-    memcpy(buf, p, len < cap ? len : cap);
+    if (cap > 0) /* buf may be NULL when only the length is wanted */
+        memcpy(buf, p, len < cap ? len : cap);
     return len;
 }
 

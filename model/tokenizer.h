@@ -56,7 +56,8 @@ int tok_encode(const tok_t *t, const char *text, size_t len, bool add_bos, bool 
  * and unused ones) give nothing unless show_special, which gives their stored text.
  * `first` is true for the first token after BOS (or of the text): SentencePiece then
  * drops the space prefix it added.
- * Writes at most cap bytes to buf and returns the piece's full length. */
+ * Writes at most cap bytes to buf (NULL with cap 0 only measures) and returns the
+ * piece's full length; 0 for an id outside the vocabulary. */
 size_t tok_piece(const tok_t *t, int32_t id, bool first, bool show_special, char *buf, size_t cap);
 
 /* Detokenizes n ids into a malloc'd NUL-terminated string (caller frees); BOS/EOS

@@ -392,6 +392,7 @@ static void test_spm_details(void)
     pl = tok_piece(t, 1, false, true, buf, sizeof buf);
     CHECK(pl == 3 && !memcmp(buf, "<s>", 3));
     CHECK_INT(tok_piece(t, 15043, false, false, buf, 2), ==, 6); /* full length, 2 written */
+    CHECK_INT(tok_piece(t, 15043, false, false, NULL, 0), ==, 6);
     CHECK_INT(tok_piece(t, 99999, false, false, buf, sizeof buf), ==, 0);
 
     /* " Hello" is ▁ + ▁Hello: decoding drops only the one space that encoding added. */
