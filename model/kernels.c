@@ -27,8 +27,13 @@
 /* Rows handed to each thread are a multiple of this, so no two threads write the
  * same cache line of y. */
 #define ROW_ALIGN 16
-/* Batches larger than this go through sgemm (see kern_matmul). */
-#define GEMM_MIN_B 12
+/* Rows of W the row kernels take through all vectors of a batch before moving on. */
+#define ROW_BLOCK_BYTES (64 * 1024)
+/* Vectors that pass over one block of rows together (a multiple of KERN_MAX_NX). */
+#define VEC_BLOCK 64
+/* Batches of this many vectors or more of a float type go through sgemm: below it, reading
+ * W once per KERN_MAX_NX vectors from DRAM is faster (bench_kernels batch). */
+#define GEMM_MIN_B 32
 /* Target size of one dequantised f32 tile of W for sgemm. */
 #define GEMM_TILE_BYTES (2u << 20)
 
@@ -379,7 +384,18 @@ static void thread_rows(int n_rows, int t, int nt, int *r0, int *r1)
     *r1 = b < n_rows ? b : n_rows;
 }
 
-/* One pass over W per group of KERN_MAX_NX vectors; rows split across threads. */
+/* Quantises the activations (Q8_0/Q4_0) for all vectors, shared among the team. */
+static void quantise_x(const kern_path_t *p, int kt, const float *X, int n_cols, int n_b,
+                       uint8_t *qx, size_t x_stride)
+{
+#pragma omp for schedule(static)
+    for (int b = 0; b < n_b; b++)
+        p->qx_make(kt, X + (size_t)b * n_cols, n_cols, qx + b * x_stride);
+}
+
+/* The row kernels over W: rows split across threads; with more vectors than one pass
+ * serves, blocks of VEC_BLOCK vectors times ROW_BLOCK_BYTES of rows, so that both stay
+ * in L2 while every vector of the block passes over every row of the block. */
 static void matmul_rows(const kern_path_t *p, int kt, const uint8_t *W, const float *X, float *Y,
                         int n_rows, int n_cols, int n_b)
 {
@@ -387,25 +403,32 @@ static void matmul_rows(const kern_path_t *p, int kt, const uint8_t *W, const fl
     const uint8_t *x = (const uint8_t *)X;
     size_t x_stride = (size_t)n_cols * sizeof(float);
     uint8_t *qx = NULL;
-    if (kt == KT_Q8_0 || kt == KT_Q4_0) {
+    bool quant = kt == KT_Q8_0 || kt == KT_Q4_0;
+    if (quant) {
         x_stride = p->qx_bytes(kt, n_cols);
         qx = aligned_alloc(64, x_stride * (size_t)n_b);
         assert(qx);
-        for (int b = 0; b < n_b; b++)
-            p->qx_make(kt, X + (size_t)b * n_cols, n_cols, qx + b * x_stride);
         x = qx;
     }
     kern_rows_fn fn = p->rows[kt];
     bool par = w_stride * (size_t)n_rows >= PAR_MIN_BYTES && omp_get_max_threads() > 1;
+    int rblock = n_b <= KERN_MAX_NX ? n_rows : (int)(ROW_BLOCK_BYTES / w_stride) + 1;
 #pragma omp parallel if (par)
     {
+        if (quant)
+            quantise_x(p, kt, X, n_cols, n_b, qx, x_stride);
         int r0, r1;
         thread_rows(n_rows, omp_get_thread_num(), omp_get_num_threads(), &r0, &r1);
-        for (int b = 0; b < n_b; b += KERN_MAX_NX) {
-            int nx = n_b - b < KERN_MAX_NX ? n_b - b : KERN_MAX_NX;
-            if (r0 < r1)
-                fn(W, w_stride, x + b * x_stride, x_stride, nx, n_cols, Y + (size_t)b * n_rows,
-                   (size_t)n_rows, r0, r1);
+        for (int vb = 0; vb < n_b; vb += VEC_BLOCK) {
+            int ve = n_b - vb < VEC_BLOCK ? n_b : vb + VEC_BLOCK;
+            for (int rb = r0; rb < r1; rb += rblock) {
+                int re = r1 - rb < rblock ? r1 : rb + rblock;
+                for (int b = vb; b < ve; b += KERN_MAX_NX) {
+                    int nx = ve - b < KERN_MAX_NX ? ve - b : KERN_MAX_NX;
+                    fn(W, w_stride, x + b * x_stride, x_stride, nx, n_cols,
+                       Y + (size_t)b * n_rows, (size_t)n_rows, rb, re);
+                }
+            }
         }
     }
     free(qx);
@@ -457,8 +480,11 @@ void kern_matmul_how(int how, uint32_t type, const void *W, const float *X, floa
 void kern_matmul(uint32_t type, const void *W, const float *X, float *Y, int n_rows, int n_cols,
                  int n_b)
 {
-    kern_matmul_how(n_b >= GEMM_MIN_B ? KERN_BY_GEMM : KERN_BY_ROWS, type, W, X, Y, n_rows, n_cols,
-                    n_b);
+    /* Q8_0/Q4_0 int8 row kernels outrun dequantising to f32 for sgemm at every batch size
+     * (bench_kernels batch/prefill), so only float types switch to OpenBLAS. */
+    bool quant = type == DT_Q8_0 || type == DT_Q4_0;
+    kern_matmul_how(!quant && n_b >= GEMM_MIN_B ? KERN_BY_GEMM : KERN_BY_ROWS, type, W, X, Y, n_rows,
+                    n_cols, n_b);
 }
 
 void kern_matvec(uint32_t type, const void *W, const float *x, float *y, int n_rows, int n_cols)

@@ -6,7 +6,10 @@
  * with f32 activations. Each kernel has a naive reference (suffix _ref) kept
  * beside the fast one; the fast ones pick AVX-512, AVX2/FMA or portable code at
  * run time and split rows across OpenMP threads (the caller's omp thread count).
- * Large batches go through OpenBLAS sgemm (OpenMP build, one runtime).
+ * Large batches of f32/f16/bf16 weights go through OpenBLAS sgemm (OpenMP build, one
+ * runtime); Q8_0/Q4_0 weights always take the row kernels, which quantise the activations
+ * to int8 blocks of 32 (scale max|x|/127) once per call and sum exact int8 products per
+ * block, as llama.cpp does: each x is then off by at most half its block's scale.
  * Supported weight types: F32, F16, BF16, Q8_0, Q4_0.
  * Callable from the thread that owns the model; kernels parallelise inside.
  */
@@ -23,7 +26,8 @@ void kern_matvec_ref(uint32_t type, const void *W, const float *x, float *y, int
                      int n_cols);
 
 /* Y[b][r] = sum_c W[r][c] * X[b][c], for b < n_b (X is [n_b][n_cols], Y is [n_b][n_rows]).
- * Reads W once for small batches (decode across sessions); sgemm for large ones (prefill). */
+ * Reads W from memory once for small batches (decode across sessions), in cache-sized
+ * blocks for larger ones; sgemm for large batches of float types (prefill). */
 void kern_matmul(uint32_t type, const void *W, const float *X, float *Y, int n_rows, int n_cols,
                  int n_b);
 void kern_matmul_ref(uint32_t type, const void *W, const float *X, float *Y, int n_rows,

@@ -24,6 +24,7 @@
 #include "common/dtype.h"
 #include "common/err.h"
 #include "model/kernels.h"
+#include "model/kernels_impl.h"
 #include "tests/check.h"
 
 static const uint32_t types[] = {DT_F32, DT_F16, DT_BF16, DT_Q8_0, DT_Q4_0};
@@ -219,8 +220,8 @@ static void exact(uint32_t t, const uint8_t *W, const float *X, int rows, int co
 /* Runs one product (kern_matvec for n_b == 1 when vec is set, else kern_matmul) on an
  * output with guard elements after it, and checks every element against the double loop.
  * quant_x: whether the error of quantising x may appear. Returns the number of bad ones. */
-static int check_product(uint32_t t, int rows, int cols, int n_b, bool ref, bool vec,
-                         bool exact_x, uint64_t seed)
+static int check_product_how(int how, uint32_t t, int rows, int cols, int n_b, bool ref, bool vec,
+                             bool exact_x, uint64_t seed)
 {
     uint64_t s = seed;
     uint8_t *W = make_weights(t, rows, cols, &s);
@@ -235,6 +236,8 @@ static int check_product(uint32_t t, int rows, int cols, int n_b, bool ref, bool
         kern_matvec_ref(t, W, X, Y, rows, cols);
     else if (ref)
         kern_matmul_ref(t, W, X, Y, rows, cols, n_b);
+    else if (how)
+        kern_matmul_how(how, t, W, X, Y, rows, cols, n_b);
     else if (vec && n_b == 1)
         kern_matvec(t, W, X, Y, rows, cols);
     else
@@ -244,7 +247,7 @@ static int check_product(uint32_t t, int rows, int cols, int n_b, bool ref, bool
     for (size_t i = 0; i < ny; i++) {
         /* the reference sums in double and rounds once */
         double tol = ref ? 1e-6 * A[i] : (cols + 8) * 0x1p-24 * A[i];
-        if (!ref && is_quant(t) && !exact_x)
+        if (!ref && is_quant(t) && !exact_x && how != KERN_BY_GEMM)
             tol += Q[i] * (1 + 1e-4) + (cols + 8) * 0x1p-24 * Q[i];
         tol += 1e-30;
         if (!(fabs(Y[i] - Yd[i]) <= tol)) {
@@ -268,6 +271,12 @@ static int check_product(uint32_t t, int rows, int cols, int n_b, bool ref, bool
     free(A);
     free(Q);
     return bad;
+}
+
+static int check_product(uint32_t t, int rows, int cols, int n_b, bool ref, bool vec, bool exact_x,
+                         uint64_t seed)
+{
+    return check_product_how(0, t, rows, cols, n_b, ref, vec, exact_x, seed);
 }
 
 /* Shapes for every type (n_cols a multiple of 32) and extra ragged ones for float types. */
@@ -335,7 +344,7 @@ static void run_fast_all(void)
             CHECK_INT(check_product(t, rows, cols, 1, false, true, true, seed++), ==, 0);
             CHECK_INT(check_product(t, rows, cols, 1, false, true, false, seed++), ==, 0);
             for (int bi = 0; bi < N_OF(batches); bi++) {
-                if ((size_t)rows * cols * batches[bi] > 4000000)
+                if ((size_t)rows * cols * batches[bi] > 1500000)
                     continue;
                 CHECK_INT(check_product(t, rows, cols, batches[bi], false, false, true, seed++),
                           ==, 0);
@@ -351,8 +360,16 @@ static void run_fast_all(void)
                     CHECK_INT(check_product(t, ragged[si][0], ragged[si][1], batches[bi], false,
                                             false, false, seed++),
                               ==, 0);
-        /* several sgemm tiles of a converted W (the tile is ~2 MB of f32) */
-        CHECK_INT(check_product(t, 300, 4096, 16, false, false, true, seed++), ==, 0);
+        /* both methods whatever kern_matmul would pick; for the row kernels, more vectors
+         * than one block of them; for sgemm, several tiles of a converted W (~2 MB each) */
+        CHECK_INT(check_product_how(KERN_BY_ROWS, t, 33, 160, 70, false, false, true, seed++), ==,
+                  0);
+        CHECK_INT(check_product_how(KERN_BY_ROWS, t, 300, 576, 67, false, false, false, seed++),
+                  ==, 0);
+        CHECK_INT(check_product_how(KERN_BY_GEMM, t, 33, 160, 5, false, false, false, seed++), ==,
+                  0);
+        CHECK_INT(check_product_how(KERN_BY_GEMM, t, 300, 4096, 16, false, false, false, seed++),
+                  ==, 0);
     }
 }
 
