@@ -8,6 +8,7 @@ projection -> residual -> RMSNorm -> SwiGLU -> residual, final norm, output
 (or tied token_embd). The C engine's results are compared with this.
 
 Usage as a module: m = RefModel(path); logits = m.forward(token_ids)  # [n, n_vocab]
+sentence_mask(tokens, first, count, sinks) gives the gist tokens' attention rule.
 """
 import struct
 
@@ -123,6 +124,17 @@ def dequantize(ttype, ne, raw):
     return x.reshape(shape)
 
 
+def sentence_mask(tokens, gist_first, n_gist, n_sinks=1):
+    """bool [n, n]: query i may see key j <= i iff j is a sink (j < n_sinks), or j is a gist
+    token, or i and j are in the same sentence. A run of gist ids closes the sentence before
+    it and belongs to it; a new sentence starts at a regular token after a gist token."""
+    t = np.asarray(tokens)
+    is_gist = (t >= gist_first) & (t < gist_first + n_gist)
+    sid = np.cumsum(np.r_[False, ~is_gist[1:] & is_gist[:-1]])
+    j = np.arange(len(t))
+    return (j[None, :] < n_sinks) | is_gist[None, :] | (sid[:, None] == sid[None, :])
+
+
 def rms_norm(x, w, eps):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
@@ -184,9 +196,10 @@ class RefModel:
         out[..., 1:self.n_rot:2] = x0 * s + x1 * c
         return out
 
-    def forward(self, tokens, pos=None, want_logbeta=False):
+    def forward(self, tokens, pos=None, want_logbeta=False, allow=None):
         """Causal prefill of one sequence. Returns logits [n, n_vocab] (float64), and with
-        want_logbeta also the retention log-beta [n, n_layer, n_head_kv] (zeros without gates)."""
+        want_logbeta also the retention log-beta [n, n_layer, n_head_kv] (zeros without gates).
+        allow: optional bool [n, n], True where query i may see key j (on top of causality)."""
         tokens = np.asarray(tokens, np.int64)
         n = len(tokens)
         pos = np.arange(n) if pos is None else np.asarray(pos)
@@ -194,6 +207,8 @@ class RefModel:
         hd, nh, nkv = self.head_dim, self.n_head, self.n_head_kv
         x = W["token_embd.weight"][tokens]
         mask = np.triu(np.full((n, n), -np.inf), k=1)
+        if allow is not None:
+            mask[~np.asarray(allow, bool)] = -np.inf
         logbeta = np.zeros((n, self.n_layer, nkv))
         for l in range(self.n_layer):
             p = f"blk.{l}."

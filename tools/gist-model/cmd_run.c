@@ -149,25 +149,87 @@ static int read_file(const char *path, char **buf, size_t *len)
 
 /* ------------------------------------------------------------------ logits */
 
+/* The sentence mask of learned gist tokens (../shared/GGUF-EXTENSIONS.md), applied by
+ * narrowing the flat cache's views: a query sees the sinks, every earlier gist token and
+ * the tokens of its own sentence (a gist group belongs to the sentence it closes). Each
+ * item runs alone, so the item being computed is always the row after the stored ones. */
+typedef struct gist_io {
+    mdl_kv_io_t inner;
+    uint32_t n_kv, sinks, gist_first, n_gist;
+    size_t row_bytes;
+    const int32_t *const *ids; /* [n_seq] token ids of each sequence */
+    int32_t **sid;             /* [n_seq] sentence index of each token */
+    mdl_kv_chunk_t *runs;      /* [n_seq * n_kv][max_len] the allowed runs of rows */
+    uint32_t max_len;
+} gist_io_t;
+
+static bool gist_is(const gist_io_t *gi, int32_t id)
+{
+    return id >= (int32_t)gi->gist_first && id < (int32_t)(gi->gist_first + gi->n_gist);
+}
+
+static int gist_view(void *ctx, int seq, int layer, int h, uint32_t n_new, mdl_kv_view_t *out)
+{
+    gist_io_t *gi = ctx;
+    int rc = gi->inner.view(gi->inner.ctx, seq, layer, h, n_new, out);
+    if (rc || out->n_chunks == 0)
+        return rc;
+    if (n_new != 1 || out->n_chunks != 1)
+        return ERR_INTERNAL; /* one item per batch over one stored chunk */
+    const mdl_kv_chunk_t all = out->chunks[0];
+    const int32_t *ids = gi->ids[seq], *sid = gi->sid[seq];
+    const uint32_t q = all.n; /* the query is the row after the stored ones */
+    mdl_kv_chunk_t *runs = gi->runs + ((size_t)seq * gi->n_kv + (size_t)h) * gi->max_len;
+    uint32_t n_runs = 0;
+    for (uint32_t r = 0; r < q;) {
+        if (!(r < gi->sinks || gist_is(gi, ids[r]) || sid[r] == sid[q])) {
+            r++;
+            continue;
+        }
+        uint32_t e = r + 1;
+        while (e < q && (e < gi->sinks || gist_is(gi, ids[e]) || sid[e] == sid[q]))
+            e++;
+        runs[n_runs++] = (mdl_kv_chunk_t){
+            .n = e - r,
+            .type = all.type,
+            .k = (const uint8_t *)all.k + r * gi->row_bytes,
+            .v = (const uint8_t *)all.v + r * gi->row_bytes,
+            .bias = all.bias ? all.bias + r : NULL,
+            .attn_acc = all.attn_acc ? all.attn_acc + r : NULL,
+        };
+        r = e;
+    }
+    out->chunks = runs;
+    out->n_chunks = n_runs;
+    return 0;
+}
+
+
 #define MAX_SEQS 64
 
 /* gist-model logits MODEL --tokens "ID ..." [--tokens "ID ..." ...] --out FILE [--threads N]
  *   [--ubatch N] [--kv-type f32|f16|q8_0] [--chunk-rows N] [--retention-out FILE]
+ *   [--gist-mask]
  * Each --tokens is one sequence, at positions 0, 1, ... Their items are interleaved
  * (round robin over sequences) and run in batches of --ubatch items (default: all in
  * one batch). FILE gets float32 little-endian logits [n_tokens][n_vocab], the sequences
  * one after another in the order given. --retention-out writes float32 log-beta
- * [n_tokens][n_layer][n_head_kv] (models with retention gates only). */
+ * [n_tokens][n_layer][n_head_kv] (models with retention gates only). --gist-mask applies
+ * the sentence mask of the model's gist tokens, found where the gist ids stand in the
+ * given tokens (each item then runs alone). */
 int cmd_logits(int argc, char **argv)
 {
     const char *model = NULL, *out_path = NULL, *ret_path = NULL;
     const char *seq_text[MAX_SEQS];
     uint32_t n_seq = 0, kv_type = DT_F32;
     long threads = 0, ubatch = 0, chunk_rows = 0;
+    bool gist_mask = false;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         bool has = i + 1 < argc;
-        if (!strcmp(a, "--tokens") && has) {
+        if (!strcmp(a, "--gist-mask")) {
+            gist_mask = true;
+        } else if (!strcmp(a, "--tokens") && has) {
             if (n_seq == MAX_SEQS)
                 return cmd_usage_error("logits: at most %d --tokens sequences", MAX_SEQS);
             seq_text[n_seq++] = argv[++i];
@@ -213,6 +275,8 @@ int cmd_logits(int argc, char **argv)
     uint8_t *want = NULL;
     float *logits = NULL, *all = NULL;
     FILE *f = NULL;
+    gist_io_t gi = {0};
+    int32_t *sid[MAX_SEQS] = {0};
     for (uint32_t s = 0; s < n_seq; s++) {
         if (parse_tokens(seq_text[s], &ids[s], &len[s]))
             goto done;
@@ -226,10 +290,45 @@ int cmd_logits(int argc, char **argv)
         rc = cmd_usage_error("%s: --retention-out: the model has no retention gates", model);
         goto done;
     }
+    if (gist_mask)
+        chunk_rows = 0; /* the mask narrows one chunk of all stored rows */
     if (new_cache(m, n_seq, max_len, kv_type, (uint32_t)chunk_rows, ret_path != NULL, &kv))
         goto done;
     if (ubatch == 0 || ubatch > total)
         ubatch = total;
+    mdl_kv_io_t io = mdl_flatkv_io(kv);
+    if (gist_mask) {
+        if (hp->n_gist == 0) {
+            rc = cmd_usage_error("%s: --gist-mask: the model has no gist tokens", model);
+            goto done;
+        }
+        gi = (gist_io_t){.inner = io,
+                         .n_kv = hp->n_head_kv,
+                         .sinks = hp->gist_sinks,
+                         .gist_first = hp->gist_first,
+                         .n_gist = hp->n_gist,
+                         .row_bytes = ggml_row_bytes(kv_type, hp->head_dim),
+                         .ids = (const int32_t *const *)ids,
+                         .sid = sid,
+                         .max_len = max_len};
+        gi.runs = malloc(sizeof(mdl_kv_chunk_t) * n_seq * hp->n_head_kv * max_len);
+        bool ok = gi.runs != NULL;
+        for (uint32_t s = 0; ok && s < n_seq; s++) {
+            ok = (sid[s] = malloc(sizeof(int32_t) * len[s])) != NULL;
+            /* a new sentence starts at each regular token that follows a gist token */
+            for (uint32_t t = 0, cur = 0; ok && t < len[s]; t++) {
+                if (t > 0 && !gist_is(&gi, ids[s][t]) && gist_is(&gi, ids[s][t - 1]))
+                    cur++;
+                sid[s][t] = (int32_t)cur;
+            }
+        }
+        if (!ok) {
+            rc = cmd_usage_error("out of memory");
+            goto done;
+        }
+        io = (mdl_kv_io_t){.ctx = &gi, .view = gist_view};
+        ubatch = 1;
+    }
 
     /* the interleaved order of all items */
     tok = malloc(sizeof(int32_t) * total);
@@ -254,7 +353,6 @@ int cmd_logits(int argc, char **argv)
                 n++;
             }
 
-    mdl_kv_io_t io = mdl_flatkv_io(kv);
     for (uint32_t at = 0; at < total; at += (uint32_t)ubatch) {
         uint32_t nb = total - at < (uint32_t)ubatch ? total - at : (uint32_t)ubatch;
         memset(want, 1, nb); /* every item's logits */
@@ -306,8 +404,11 @@ int cmd_logits(int argc, char **argv)
 done:
     if (f)
         fclose(f);
-    for (uint32_t s = 0; s < n_seq; s++)
+    for (uint32_t s = 0; s < n_seq; s++) {
         free(ids[s]);
+        free(sid[s]);
+    }
+    free(gi.runs);
     free(tok);
     free(pos);
     free(seq);
