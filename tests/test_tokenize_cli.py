@@ -304,13 +304,21 @@ def test_spm_matches_sentencepiece():
 
 
 def test_errors():
-    spm = tap.shared(VOCABS["spm"])
     not_gguf = os.path.join(TMP, "not.gguf")
     with open(not_gguf, "wb") as f:
         f.write(b"this is not a model file\n")
     cases = [
         ("tokenize", not_gguf, "--text", "x"),
         ("tokenize", os.path.join(TMP, "absent.gguf"), "--text", "x"),
+        ("tokenize", "--text", "x"),
+        ("detokenize", not_gguf, "--tokens", "1"),
+        ("detokenize", "--tokens", "1"),
+    ]
+    try:
+        spm = tap.shared(VOCABS["spm"])
+    except tap.Skip:
+        spm = None  # the cases above need no vocabulary
+    cases += [] if spm is None else [
         ("tokenize", spm),
         ("tokenize", spm, "--text", "a", "--file", not_gguf),
         ("tokenize", spm, "--frobnicate", "--text", "x"),
@@ -319,7 +327,6 @@ def test_errors():
         ("detokenize", spm, "--tokens", "1 two 3"),
         ("detokenize", spm, "--tokens", "32000"),
         ("detokenize", spm, "--tokens", "-1"),
-        ("detokenize", not_gguf, "--tokens", "1"),
     ]
     for args in cases:
         r = run(*args)
