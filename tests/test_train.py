@@ -288,7 +288,7 @@ def test_engine_tokenizer_matches_sentencepiece():
 
 
 def test_committed_model():
-    """The model under models/ carries base, gists and gates, and the engine runs it."""
+    """The model under models/ is consistent, and the engine computes what PyTorch does."""
     need_torch()
     mdir = os.path.join(tap.ROOT, "models")
     files = sorted(n for n in os.listdir(mdir) if n.endswith(".gguf")) if os.path.isdir(
@@ -298,8 +298,16 @@ def test_committed_model():
     _d, export, _M = train_modules()
     path = os.path.join(mdir, files[-1])
     kv, tensors = export.G.read_gguf(path)
-    assert kv["gistd.gist.mask"] == "sentence" and "gistd.retention.hidden" in kv
-    assert "blk.0.retention_in.weight" in tensors
+    assert kv["general.architecture"] == "llama"
+    assert len(kv["tokenizer.ggml.tokens"]) == kv["llama.vocab_size"]
+    if "gistd.gist.count" in kv:
+        first, count = kv["gistd.gist.first_token_id"], kv["gistd.gist.count"]
+        assert kv["gistd.gist.mask"] == "sentence"
+        assert kv["tokenizer.ggml.tokens"][first : first + count] == [
+            f"<gist_{i}>" for i in range(count)]
+    if "gistd.retention.hidden" in kv:
+        assert tensors["blk.0.retention_out.weight"][0] == [
+            kv["gistd.retention.hidden"], kv["llama.attention.head_count_kv"]]
     toks = [kv["tokenizer.ggml.bos_token_id"], 450, 451, 452, 453, 454, 455]
     got, _dd = engine_logits(path, toks)
     want, _lb, _kv = torch_forward(path, toks)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole recipe, stage after stage: tokenizer, base model, gist tokens, retention gates,
 # export, evaluation and model card. Every stage resumes from its checkpoint, so running
-# this again after an interruption carries on where it stopped. Stage budgets are minutes
+# this again after an interruption carries on where it stopped (a stage that wrote its
+# result.json is done and skipped). Stage budgets are minutes
 # of training and, optionally, absolute end times (HH:MM UTC):
 #
 #   BASE_MIN=110 BASE_END=22:38 GIST_END=22:58 GATES_END=23:08 train/pipeline.sh
@@ -20,16 +21,19 @@ mkdir -p $RUNS/base $RUNS/gist $RUNS/gates models
 
 [ -f $TOK ] || $RUN train/tokenizer.py --corpus "$CORPUS" --out $RUNS/tok4096 --vocab 4096
 
+[ -f $RUNS/base/result.json ] || \
 $RUN train/train_base.py --corpus "$CORPUS" --tok $TOK --out $RUNS/base \
     --dim 256 --layers 6 --heads 8 --kv-heads 4 --seq 1024 --batch 4 --lr 2e-3 \
     --minutes "${BASE_MIN:-110}" ${BASE_END:+--end-utc $BASE_END} --eval-windows 8 \
     >> $RUNS/base/log.txt 2>&1
 
+[ -f $RUNS/gist/result.json ] || \
 $RUN train/train_gist.py --corpus "$CORPUS" --tok $TOK --base $RUNS/base/ckpt.pt \
     --out $RUNS/gist --gists 2 --seq 1024 --batch 4 --frozen-minutes "${GIST_FROZEN_MIN:-5}" \
     --frozen-lr 1e-2 --minutes "${GIST_MIN:-12}" ${GIST_END:+--end-utc $GIST_END} --lr 3e-4 \
     --warmup 10 --plain-rows 1 --eval-windows 8 --eval-minutes 30 >> $RUNS/gist/log.txt 2>&1
 
+[ -f $RUNS/gates/result.json ] || \
 $RUN train/train_gates.py --corpus "$CORPUS" --tok $TOK --model $RUNS/gist/ckpt.pt \
     --out $RUNS/gates --hidden 32 --budget 128 --lam 0.01 --init-bias 5 --seq 1024 --batch 2 \
     --lr 2e-2 --warmup 5 --minutes "${GATES_MIN:-8}" ${GATES_END:+--end-utc $GATES_END} \
