@@ -604,7 +604,7 @@ static double token_nll(const float *row, uint32_t n, int32_t target)
         max = row[i] > max ? row[i] : max;
     double sum = 0.0;
     for (uint32_t i = 0; i < n; i++)
-        sum += exp((double)row[i] - max);
+        sum += expf(row[i] - max); /* terms in [0, 1]: float is exact enough, summed in double */
     return log(sum) + max - row[target];
 }
 
