@@ -84,7 +84,7 @@ by them.
 
 | stage | what learns | time |
 |---|---|---|
-| base | everything; seq 1024, batch 4, AdamW lr 2e-3 cosine to 10% | {stage(base)} |
+| base | everything; seq 1024, batch 2 (4 for the first 59 steps), AdamW lr 2e-3, cosine to 10% | {stage(base)} |
 | gist, phase 1 | only the 2 gist rows of token_embd and output | {stage(gist, 0) if len(gist) > 1 else 'not run'} |
 | gist, phase 2 | everything, lr 3e-4; 1 row in 4 without gists | {stage(gist)} |
 | gates | only the retention gates (hidden 32, budget 128) | {stage(gates)} |

@@ -23,7 +23,7 @@ mkdir -p $RUNS/base $RUNS/gist $RUNS/gates models
 
 [ -f $RUNS/base/result.json ] || \
 $RUN train/train_base.py --corpus "$CORPUS" --tok $TOK --out $RUNS/base \
-    --dim 256 --layers 6 --heads 8 --kv-heads 4 --seq 1024 --batch 4 --lr 2e-3 \
+    --dim 256 --layers 6 --heads 8 --kv-heads 4 --seq 1024 --batch 2 --lr 2e-3 \
     --minutes "${BASE_MIN:-110}" ${BASE_END:+--end-utc $BASE_END} --eval-windows 8 \
     >> $RUNS/base/log.txt 2>&1
 
