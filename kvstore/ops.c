@@ -74,7 +74,8 @@ int kv_reserve(kv_store_t *st, uint32_t sid, uint32_t n, err_info_t *e)
         return err_set(e, ERR_NOMEM, "%s: out of memory", what);
     uint32_t *caps = (uint32_t *)(arr + nl), *got = caps + nl;
     uint32_t l = 0;
-    for (; l < nl; l++) {
+    bool failed = false;
+    for (; l < nl && !failed; l++) {
         kv_lane_t *ln = &s->lanes[l];
         uint32_t room = tail_room(st, ln);
         uint32_t k = n > room ? (n - room + st->B - 1) / st->B : 0;
@@ -83,8 +84,10 @@ int kv_reserve(kv_store_t *st, uint32_t sid, uint32_t n, err_info_t *e)
         if (ln->n_blk + k > ln->cap) {
             caps[l] = 2 * ln->cap > ln->n_blk + k ? 2 * ln->cap : ln->n_blk + k;
             arr[l] = kv_mem_alloc(st, s, caps[l] * sizeof **arr);
-            if (!arr[l])
+            if (!arr[l]) {
+                failed = true;
                 break;
+            }
         }
         for (got[l] = 0; got[l] < k; got[l]++) {
             kv_bref_t *r = &arr[l][ln->n_blk + got[l]];
@@ -101,12 +104,9 @@ int kv_reserve(kv_store_t *st, uint32_t sid, uint32_t n, err_info_t *e)
                 memset(r->acc, 0, st->B * sizeof(float));
             }
         }
-        if (got[l] < k) {
-            l++;
-            break;
-        }
+        failed = got[l] < k; /* the loop's l++ takes this lane into the undo below */
     }
-    if (l == nl && kv_tr_reserve(st, s, n) == 0) {
+    if (!failed && kv_tr_reserve(st, s, n) == 0) {
         for (l = 0; l < nl; l++) {
             kv_lane_t *ln = &s->lanes[l];
             if (arr[l] != ln->b) {
@@ -123,7 +123,8 @@ int kv_reserve(kv_store_t *st, uint32_t sid, uint32_t n, err_info_t *e)
         free(arr);
         return 0;
     }
-    /* undo lanes [0, l) (the last one possibly partly done) */
+    /* undo lanes [0, l) (the last one possibly partly done; one whose array could not be
+     * had is not among them) */
     for (uint32_t u = 0; u < l; u++) {
         kv_lane_t *ln = &s->lanes[u];
         if (!arr[u])
