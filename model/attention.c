@@ -69,9 +69,9 @@ static void attend(mdl_t *m, uint32_t i, int kvh, float *buf, bool acc)
     size_t n_rows = (size_t)j + 1;
     for (uint32_t c = 0; c < view->n_chunks; c++)
         n_rows += view->chunks[c].n;
-    float *tile = buf;                       /* [TILE][hd] */
-    float *sc = buf + (size_t)TILE * hd;     /* [g][n_rows] scores, then exp(score - max) */
-    float *inv = sc + (size_t)g * n_rows;    /* [g] 1 / sum of each head's exps */
+    float *tile = buf;                    /* [TILE][hd] */
+    float *sc = buf + (size_t)TILE * hd;  /* [g][n_rows] scores, then exp(score - max) */
+    float *inv = sc + (size_t)g * n_rows; /* [g] 1 / sum of each head's exps */
 
     /* scores: stored rows, then the new rows of this sequence up to item j */
     size_t r = 0;
@@ -164,8 +164,7 @@ void mdl_attention(mdl_t *m, uint32_t n)
             float *buf = s->thr + (size_t)omp_get_thread_num() * s->thr_floats;
             const int slot = u / n_kv;
             for (uint32_t jj = 0; jj < s->slot_n[slot]; jj++)
-                attend(m, (uint32_t)s->slot_items[s->slot_first[slot] + jj], u % n_kv, buf,
-                       true);
+                attend(m, (uint32_t)s->slot_items[s->slot_first[slot] + jj], u % n_kv, buf, true);
         }
     } else {
         const int units = (int)n * n_kv;

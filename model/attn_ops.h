@@ -23,8 +23,8 @@ typedef struct mdl_attn_ops {
     void (*scores)(const float *q, int g, int hd, const float *K, size_t k_stride, int n,
                    float scale, const float *bias, float *sc, size_t sc_stride);
     /* out[h*hd + d] += sum_r p[h*p_stride + r] * V[r*v_stride + d] for h < g, d < hd. */
-    void (*accum)(float *out, int g, int hd, const float *V, size_t v_stride, int n,
-                  const float *p, size_t p_stride);
+    void (*accum)(float *out, int g, int hd, const float *V, size_t v_stride, int n, const float *p,
+                  size_t p_stride);
     /* The largest of p[0..n), n >= 1 (NaN-free input). */
     float (*vmax)(const float *p, size_t n);
     /* p[i] = exp(p[i] - max) for i < n; returns the sum. Accurate to a few ulp. */

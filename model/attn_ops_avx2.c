@@ -73,10 +73,10 @@ static void accum_avx2(float *out, int g, int hd, const float *V, size_t v_strid
             for (; r + 4 <= n; r += 4, v += 4 * v_stride) {
                 a0 = _mm256_fmadd_ps(_mm256_set1_ps(ph[r]), _mm256_loadu_ps(v), a0);
                 a1 = _mm256_fmadd_ps(_mm256_set1_ps(ph[r + 1]), _mm256_loadu_ps(v + v_stride), a1);
-                a2 = _mm256_fmadd_ps(_mm256_set1_ps(ph[r + 2]),
-                                     _mm256_loadu_ps(v + 2 * v_stride), a2);
-                a3 = _mm256_fmadd_ps(_mm256_set1_ps(ph[r + 3]),
-                                     _mm256_loadu_ps(v + 3 * v_stride), a3);
+                a2 = _mm256_fmadd_ps(_mm256_set1_ps(ph[r + 2]), _mm256_loadu_ps(v + 2 * v_stride),
+                                     a2);
+                a3 = _mm256_fmadd_ps(_mm256_set1_ps(ph[r + 3]), _mm256_loadu_ps(v + 3 * v_stride),
+                                     a3);
             }
             for (; r < n; r++, v += v_stride)
                 a0 = _mm256_fmadd_ps(_mm256_set1_ps(ph[r]), _mm256_loadu_ps(v), a0);
@@ -103,8 +103,8 @@ static inline __m256 exp8(__m256 x)
     y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
     y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
     y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
-                                                         _mm256_set1_epi32(127)), 23);
+    const __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(e)));
 }
 

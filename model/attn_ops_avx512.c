@@ -66,10 +66,10 @@ static void accum_avx512(float *out, int g, int hd, const float *V, size_t v_str
             for (; r + 4 <= n; r += 4, v += 4 * v_stride) {
                 a0 = _mm512_fmadd_ps(_mm512_set1_ps(ph[r]), _mm512_loadu_ps(v), a0);
                 a1 = _mm512_fmadd_ps(_mm512_set1_ps(ph[r + 1]), _mm512_loadu_ps(v + v_stride), a1);
-                a2 = _mm512_fmadd_ps(_mm512_set1_ps(ph[r + 2]),
-                                     _mm512_loadu_ps(v + 2 * v_stride), a2);
-                a3 = _mm512_fmadd_ps(_mm512_set1_ps(ph[r + 3]),
-                                     _mm512_loadu_ps(v + 3 * v_stride), a3);
+                a2 = _mm512_fmadd_ps(_mm512_set1_ps(ph[r + 2]), _mm512_loadu_ps(v + 2 * v_stride),
+                                     a2);
+                a3 = _mm512_fmadd_ps(_mm512_set1_ps(ph[r + 3]), _mm512_loadu_ps(v + 3 * v_stride),
+                                     a3);
             }
             for (; r < n; r++, v += v_stride)
                 a0 = _mm512_fmadd_ps(_mm512_set1_ps(ph[r]), _mm512_loadu_ps(v), a0);
@@ -96,8 +96,8 @@ static inline __m512 exp16(__m512 x)
     y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
     y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
     y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n),
-                                                         _mm512_set1_epi32(127)), 23);
+    const __m512i e =
+        _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
     return _mm512_maskz_mul_ps(keep, y, _mm512_castsi512_ps(e));
 }
 
@@ -125,8 +125,8 @@ static float exp_sum_avx512(float *p, size_t n, float max)
     }
     if (i < n) {
         const __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
-        const __m512 y = _mm512_maskz_mov_ps(
-            k, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p + i), m)));
+        const __m512 y =
+            _mm512_maskz_mov_ps(k, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p + i), m)));
         _mm512_mask_storeu_ps(p + i, k, y);
         acc = _mm512_add_ps(acc, y);
     }

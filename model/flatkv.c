@@ -9,11 +9,11 @@
 
 /* The rows of one (sequence, layer, kv-head). */
 typedef struct lane {
-    uint8_t *k, *v;       /* [n_ctx] rows of row_bytes */
-    float *bias;          /* [n_ctx] or NULL */
-    float *logbeta;       /* [n_ctx] or NULL */
-    float *acc;           /* [n_ctx] or NULL */
-    mdl_kv_chunk_t *chunks; /* [max_chunks], filled by the view */
+    uint8_t *k, *v;           /* [n_ctx] rows of row_bytes */
+    float *bias;              /* [n_ctx] or NULL */
+    float *logbeta;           /* [n_ctx] or NULL */
+    float *acc;               /* [n_ctx] or NULL */
+    mdl_kv_chunk_t *chunks;   /* [max_chunks], filled by the view */
     float *stage_k, *stage_v; /* [stage_cap][head_dim] new rows before conversion (non-F32) */
     uint32_t stage_cap;
 } lane_t;
@@ -46,8 +46,10 @@ int mdl_flatkv_new(const mdl_flatkv_cfg_t *cfg, mdl_flatkv_t **out, err_info_t *
         return err_set(e, ERR_INVAL, "flat KV cache: payload type %u (f32, f16 or q8_0)",
                        cfg->type);
     if (cfg->type == DT_Q8_0 && cfg->head_dim % QK8_0)
-        return err_set(e, ERR_INVAL, "flat KV cache: q8_0 rows need head_dim %u to be a "
-                       "multiple of 32", cfg->head_dim);
+        return err_set(e, ERR_INVAL,
+                       "flat KV cache: q8_0 rows need head_dim %u to be a "
+                       "multiple of 32",
+                       cfg->head_dim);
     mdl_flatkv_t *kv = calloc(1, sizeof *kv);
     if (!kv)
         return err_set(e, ERR_NOMEM, "flat KV cache: out of memory");
@@ -236,8 +238,7 @@ const float *mdl_flatkv_logbeta(const mdl_flatkv_t *kv, uint32_t seq, uint32_t l
     return in_range(kv, seq, layer, h) ? lane_at(kv, seq, layer, h)->logbeta : NULL;
 }
 
-const float *mdl_flatkv_attn_acc(const mdl_flatkv_t *kv, uint32_t seq, uint32_t layer,
-                                 uint32_t h)
+const float *mdl_flatkv_attn_acc(const mdl_flatkv_t *kv, uint32_t seq, uint32_t layer, uint32_t h)
 {
     return in_range(kv, seq, layer, h) ? lane_at(kv, seq, layer, h)->acc : NULL;
 }

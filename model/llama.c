@@ -45,8 +45,8 @@ static int bind_vec(mdl_t *m, const char *name, uint64_t n, const float **out, e
         return err_set(e, ERR_NOMEM, "out of memory converting tensor '%s'", name);
     if (dt_to_f32(t->type, t->data, v, n) != 0) {
         free(v);
-        return err_set(e, ERR_UNSUPPORTED, "tensor '%s' has type %u, which cannot be read",
-                       name, t->type);
+        return err_set(e, ERR_UNSUPPORTED, "tensor '%s' has type %u, which cannot be read", name,
+                       t->type);
     }
     m->owned[m->n_owned++] = v;
     *out = v;
@@ -61,13 +61,14 @@ static int bind_mat(mdl_t *m, const char *name, int n_rows, int n_cols, mdl_mat_
     if (!t)
         return err_set(e, ERR_FORMAT, "missing tensor '%s'", name);
     if (t->ne[0] != (uint64_t)n_cols || t->n_elems != (uint64_t)n_rows * (uint64_t)n_cols)
-        return err_set(e, ERR_FORMAT, "tensor '%s' has shape [%llu, %llu], expected [%d, %d]",
-                       name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1], n_cols,
-                       n_rows);
+        return err_set(e, ERR_FORMAT, "tensor '%s' has shape [%llu, %llu], expected [%d, %d]", name,
+                       (unsigned long long)t->ne[0], (unsigned long long)t->ne[1], n_cols, n_rows);
     if (!kern_type_supported(t->type)) {
         const ggml_type_info_t *ti = ggml_type_get(t->type);
-        return err_set(e, ERR_UNSUPPORTED, "tensor '%s' has type %s, which the kernels do not "
-                       "support (f32, f16, bf16, q8_0, q4_0)", name, ti ? ti->name : "unknown");
+        return err_set(e, ERR_UNSUPPORTED,
+                       "tensor '%s' has type %s, which the kernels do not "
+                       "support (f32, f16, bf16, q8_0, q4_0)",
+                       name, ti ? ti->name : "unknown");
     }
     *out = (mdl_mat_t){.type = t->type, .data = t->data, .n_rows = n_rows, .n_cols = n_cols};
     return 0;
@@ -109,7 +110,8 @@ static int setup_rope(mdl_t *m, err_info_t *e)
         /* No rope_freqs tensor: derive the per-pair divisors as Llama 3's reference does. */
         if (!(hp->rope_scaling.factor > 0.0f) || hp->rope_scaling.orig_ctx == 0 ||
             !(hp->rope_scaling.high_freq_factor > hp->rope_scaling.low_freq_factor))
-            return err_set(e, ERR_FORMAT, "llama3 rope scaling needs factor, original context "
+            return err_set(e, ERR_FORMAT,
+                           "llama3 rope scaling needs factor, original context "
                            "length and high > low frequency factors (or rope_freqs.weight)");
         for (uint32_t i = 0; i < half; i++) {
             double freq = m->rope_inv_freq[i], wavelen = 2.0 * M_PI / freq;
@@ -119,21 +121,23 @@ static int setup_rope(mdl_t *m, err_info_t *e)
             if (wavelen > lo_wl) {
                 div = hp->rope_scaling.factor;
             } else if (wavelen >= hi_wl) {
-                double smooth = (hp->rope_scaling.orig_ctx / wavelen - hp->rope_scaling.low_freq_factor) /
-                                (hp->rope_scaling.high_freq_factor - hp->rope_scaling.low_freq_factor);
+                double smooth =
+                    (hp->rope_scaling.orig_ctx / wavelen - hp->rope_scaling.low_freq_factor) /
+                    (hp->rope_scaling.high_freq_factor - hp->rope_scaling.low_freq_factor);
                 div = 1.0 / ((1.0 - smooth) / hp->rope_scaling.factor + smooth);
             }
             m->rope_inv_freq[i] /= div;
         }
         break;
     default:
-        return err_set(e, ERR_UNSUPPORTED, "rope scaling '%s' is not supported (none, linear "
-                       "and llama3 are)", mdl_rope_scaling_name(hp->rope_scaling.type));
+        return err_set(e, ERR_UNSUPPORTED,
+                       "rope scaling '%s' is not supported (none, linear "
+                       "and llama3 are)",
+                       mdl_rope_scaling_name(hp->rope_scaling.type));
     }
     for (uint32_t i = 0; freq_div && i < half; i++) {
         if (!(freq_div[i] > 0.0f))
-            return err_set(e, ERR_FORMAT, "rope_freqs.weight[%u] = %g must be > 0", i,
-                           freq_div[i]);
+            return err_set(e, ERR_FORMAT, "rope_freqs.weight[%u] = %g must be > 0", i, freq_div[i]);
         m->rope_inv_freq[i] /= freq_div[i];
     }
     return 0;
@@ -210,8 +214,8 @@ int mdl_new(const char *path, mdl_t **out, err_info_t *e)
         goto fail;
     const mdl_hparams_t *hp = &m->hp;
     if (hp->n_head == 0 || hp->n_head_kv == 0 || hp->n_head % hp->n_head_kv || hp->head_dim == 0) {
-        rc = err_set(e, ERR_FORMAT, "head counts %u / %u and head_dim %u do not fit",
-                     hp->n_head, hp->n_head_kv, hp->head_dim);
+        rc = err_set(e, ERR_FORMAT, "head counts %u / %u and head_dim %u do not fit", hp->n_head,
+                     hp->n_head_kv, hp->head_dim);
         goto fail;
     }
     if ((rc = setup_rope(m, e)) || (rc = bind_weights(m, e)))
@@ -238,8 +242,8 @@ fail:
 
 static void scratch_free(mdl_scratch_t *s)
 {
-    float *fs[] = {s->x, s->xb, s->q, s->k, s->v, s->att, s->hb, s->hb2, s->rh, s->rz, s->rope,
-                   s->thr};
+    float *fs[] = {s->x,  s->xb,  s->q,  s->k,  s->v,    s->att,
+                   s->hb, s->hb2, s->rh, s->rz, s->rope, s->thr};
     for (size_t i = 0; i < sizeof fs / sizeof fs[0]; i++)
         free(fs[i]);
     free(s->item_slot);
@@ -426,8 +430,10 @@ static int batch_prepare(mdl_t *m, const mdl_batch_t *b, uint32_t *n_want, err_i
     for (uint32_t i = 0; i < n; i++) {
         const int32_t seq = b->seq ? b->seq[i] : 0;
         if (b->token[i] < 0 || (uint32_t)b->token[i] >= m->hp.n_vocab)
-            return err_set(e, ERR_RANGE, "batch item %u: token %d is outside the vocabulary "
-                           "(%u)", i, b->token[i], m->hp.n_vocab);
+            return err_set(e, ERR_RANGE,
+                           "batch item %u: token %d is outside the vocabulary "
+                           "(%u)",
+                           i, b->token[i], m->hp.n_vocab);
         if (b->pos[i] < 0)
             return err_set(e, ERR_RANGE, "batch item %u: position %d is negative", i, b->pos[i]);
         if (seq < 0 || seq >= MDL_MAX_SEQ)
@@ -462,8 +468,7 @@ static int batch_prepare(mdl_t *m, const mdl_batch_t *b, uint32_t *n_want, err_i
 }
 
 /* Calls the views of one layer, checks them and writes the new rows into them. */
-static int layer_views(mdl_t *m, int layer, const mdl_kv_io_t *io, size_t *max_rows,
-                       err_info_t *e)
+static int layer_views(mdl_t *m, int layer, const mdl_kv_io_t *io, size_t *max_rows, err_info_t *e)
 {
     mdl_scratch_t *s = &m->s;
     const int n_kv = (int)m->hp.n_head_kv, hd = (int)m->hp.head_dim;
@@ -488,13 +493,16 @@ static int layer_views(mdl_t *m, int layer, const mdl_kv_io_t *io, size_t *max_r
                     continue;
                 if (ch->type != DT_F32 && ch->type != DT_F16 &&
                     !(ch->type == DT_Q8_0 && hd % QK8_0 == 0))
-                    return err_set(e, ERR_UNSUPPORTED, "KV view of sequence %d, layer %d, "
+                    return err_set(e, ERR_UNSUPPORTED,
+                                   "KV view of sequence %d, layer %d, "
                                    "kv-head %d: chunk %u has payload type %u (f32, f16 and, "
                                    "for head_dim a multiple of 32, q8_0 are read)",
                                    s->slot_seq[sl], layer, h, c, ch->type);
                 if (!ch->k || !ch->v)
-                    return err_set(e, ERR_INVAL, "KV view of sequence %d, layer %d, kv-head "
-                                   "%d: chunk %u has no payload", s->slot_seq[sl], layer, h, c);
+                    return err_set(e, ERR_INVAL,
+                                   "KV view of sequence %d, layer %d, kv-head "
+                                   "%d: chunk %u has no payload",
+                                   s->slot_seq[sl], layer, h, c);
                 rows += ch->n;
             }
             if (rows > *max_rows)
@@ -528,8 +536,7 @@ static void retention(mdl_t *m, const mdl_layer_t *L, uint32_t n)
         s->rz[i] = log_sigmoid(s->rz[i] + L->ret_out_b[i % nkv]);
 }
 
-int mdl_forward(mdl_t *m, const mdl_batch_t *b, const mdl_kv_io_t *io, float *logits,
-                err_info_t *e)
+int mdl_forward(mdl_t *m, const mdl_batch_t *b, const mdl_kv_io_t *io, float *logits, err_info_t *e)
 {
     const uint32_t n = b->n;
     if (n == 0)
@@ -543,8 +550,7 @@ int mdl_forward(mdl_t *m, const mdl_batch_t *b, const mdl_kv_io_t *io, float *lo
     if (rc)
         return rc;
     if (n_want && !logits)
-        return err_set(e, ERR_INVAL, "%u items want logits but no logits buffer was given",
-                       n_want);
+        return err_set(e, ERR_INVAL, "%u items want logits but no logits buffer was given", n_want);
 
     mdl_scratch_t *s = &m->s;
     const mdl_hparams_t *hp = &m->hp;
@@ -562,8 +568,7 @@ int mdl_forward(mdl_t *m, const mdl_batch_t *b, const mdl_kv_io_t *io, float *lo
         }
     }
     for (uint32_t i = 0; i < n; i++)
-        kern_get_row(m->tok_embd_type, m->tok_embd, n_embd, b->token[i],
-                     s->x + (size_t)i * n_embd);
+        kern_get_row(m->tok_embd_type, m->tok_embd, n_embd, b->token[i], s->x + (size_t)i * n_embd);
 
     for (uint32_t l = 0; l < hp->n_layer; l++) {
         const mdl_layer_t *L = &m->layers[l];

@@ -82,9 +82,9 @@ struct mdl {
     bool has_retention;
     uint32_t ret_hidden;
 
-    double *rope_inv_freq; /* [n_rot/2] base^(-2i/n_rot) / freq factor */
-    double rope_pos_scale; /* 1 / linear scaling factor */
-    float attn_scale;      /* 1 / sqrt(head_dim) */
+    double *rope_inv_freq;               /* [n_rot/2] base^(-2i/n_rot) / freq factor */
+    double rope_pos_scale;               /* 1 / linear scaling factor */
+    float attn_scale;                    /* 1 / sqrt(head_dim) */
     const struct mdl_attn_ops *attn_ops; /* attention loops for this CPU and head_dim */
 
     float **owned; /* vectors converted to f32 at load, freed with the model */

@@ -73,11 +73,9 @@ int mdl_sampler_new(const mdl_sampler_cfg_t *cfg, uint32_t n_vocab, mdl_sampler_
     if (!(cfg->min_p >= 0.0f && cfg->min_p <= 1.0f))
         return err_set(e, ERR_INVAL, "sampler: min-p %g must be in [0, 1]", cfg->min_p);
     if (!(cfg->repeat_penalty > 0.0f) || !isfinite(cfg->repeat_penalty))
-        return err_set(e, ERR_INVAL, "sampler: repeat penalty %g must be > 0",
-                       cfg->repeat_penalty);
+        return err_set(e, ERR_INVAL, "sampler: repeat penalty %g must be > 0", cfg->repeat_penalty);
     if (cfg->repeat_last_n < 0)
-        return err_set(e, ERR_INVAL, "sampler: repeat window %d must be >= 0",
-                       cfg->repeat_last_n);
+        return err_set(e, ERR_INVAL, "sampler: repeat window %d must be >= 0", cfg->repeat_last_n);
 
     mdl_sampler_t *s = calloc(1, sizeof *s);
     if (!s)

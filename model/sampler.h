@@ -22,11 +22,11 @@
 #include "common/err.h"
 
 typedef struct mdl_sampler_cfg {
-    float temp;           /* <= 0: greedy */
-    int32_t top_k;        /* <= 0: off */
-    float top_p;          /* >= 1: off */
-    float min_p;          /* <= 0: off */
-    float repeat_penalty; /* 1: off */
+    float temp;            /* <= 0: greedy */
+    int32_t top_k;         /* <= 0: off */
+    float top_p;           /* >= 1: off */
+    float min_p;           /* <= 0: off */
+    float repeat_penalty;  /* 1: off */
     int32_t repeat_last_n; /* window of recent tokens the penalty looks at */
     uint64_t seed;
 } mdl_sampler_cfg_t;

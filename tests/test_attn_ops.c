@@ -47,7 +47,8 @@ static void test_scores_accum(void)
             for (size_t gi = 0; gi < sizeof gs / sizeof gs[0]; gi++) {
                 const int g = gs[gi];
                 const size_t stride = (size_t)hd + STRIDE_PAD;
-                float *q = malloc(sizeof(float) * g * hd), *K = malloc(sizeof(float) * MAXN * stride);
+                float *q = malloc(sizeof(float) * g * hd),
+                      *K = malloc(sizeof(float) * MAXN * stride);
                 float *bias = malloc(sizeof(float) * MAXN), *sc = malloc(sizeof(float) * g * MAXN);
                 float *out = malloc(sizeof(float) * g * hd);
                 double *want = malloc(sizeof(double) * g * hd);
@@ -150,7 +151,7 @@ static void test_to_f32(void)
                 h[i] = (uint16_t)(rng >> (i % 48)); /* any bit pattern but NaN-free below */
             for (size_t i = 0; i < n; i++)
                 if ((h[i] & 0x7C00) == 0x7C00)
-                    h[i] &= 0xBFFF; /* no inf/nan: compared with == below */
+                    h[i] &= 0xBFFF;           /* no inf/nan: compared with == below */
             o->to_f32(DT_F16, h, got, n - 3); /* odd lengths take the scalar tail */
             for (size_t i = 0; i < n - 3; i++) {
                 /* f16 = (-1)^s 2^(e-15) (1 + m/1024), or 2^-14 m/1024 when e = 0 */

@@ -58,8 +58,8 @@ static void check_empirical(mdl_sampler_t *s, const float *l, const double *p, i
         if (p[i] == 0.0)
             CHECK_MSG(cnt[i] == 0, "token %d has probability 0 but was drawn %d times", i, cnt[i]);
         else
-            CHECK_MSG(fabs(f - p[i]) < 5 * se, "token %d: frequency %.5f vs p %.5f (se %.5f)", i,
-                      f, p[i], se);
+            CHECK_MSG(fabs(f - p[i]) < 5 * se, "token %d: frequency %.5f vs p %.5f (se %.5f)", i, f,
+                      p[i], se);
     }
 }
 

@@ -204,7 +204,6 @@ static int gist_view(void *ctx, int seq, int layer, int h, uint32_t n_new, mdl_k
     return 0;
 }
 
-
 #define MAX_SEQS 64
 
 /* gist-model logits MODEL --tokens "ID ..." [--tokens "ID ..." ...] --out FILE [--threads N]
@@ -356,8 +355,8 @@ int cmd_logits(int argc, char **argv)
     for (uint32_t at = 0; at < total; at += (uint32_t)ubatch) {
         uint32_t nb = total - at < (uint32_t)ubatch ? total - at : (uint32_t)ubatch;
         memset(want, 1, nb); /* every item's logits */
-        mdl_batch_t b = {.n = nb, .token = tok + at, .pos = pos + at, .seq = seq + at,
-                         .want = want};
+        mdl_batch_t b = {
+            .n = nb, .token = tok + at, .pos = pos + at, .seq = seq + at, .want = want};
         err_info_t e;
         err_clear(&e);
         if (mdl_forward(m, &b, &io, logits, &e)) {
@@ -390,8 +389,7 @@ int cmd_logits(int argc, char **argv)
             for (uint32_t t = 0; ok && t < len[s]; t++)
                 for (uint32_t l = 0; ok && l < hp->n_layer; l++)
                     for (uint32_t h = 0; ok && h < hp->n_head_kv; h++)
-                        ok = fwrite(mdl_flatkv_logbeta(kv, s, l, h) + t, sizeof(float), 1, f) ==
-                             1;
+                        ok = fwrite(mdl_flatkv_logbeta(kv, s, l, h) + t, sizeof(float), 1, f) == 1;
         if (f && fclose(f))
             ok = false;
         f = NULL;
@@ -517,8 +515,8 @@ int cmd_generate(int argc, char **argv)
     if (ctx == 0)
         ctx = hp->n_ctx;
     if ((long)n_ids >= ctx) {
-        rc = cmd_usage_error("generate: the prompt has %zu tokens, the context only %ld",
-                             n_ids, ctx);
+        rc = cmd_usage_error("generate: the prompt has %zu tokens, the context only %ld", n_ids,
+                             ctx);
         goto done;
     }
     if (new_cache(m, 1, (uint32_t)ctx, DT_F32, 0, false, &kv))
@@ -580,9 +578,11 @@ int cmd_generate(int argc, char **argv)
     double t2 = now_s();
     fputc('\n', stdout);
     fflush(stdout);
-    fprintf(stderr, "prompt: %zu tokens, %.1f tokens/s; generated: %ld tokens, %.1f tokens/s "
-            "(%d threads)\n", n_ids, n_ids / (t1 - t0), made,
-            made > 1 ? (made - 1) / (t2 - t1) : 0.0, mdl_threads(m));
+    fprintf(stderr,
+            "prompt: %zu tokens, %.1f tokens/s; generated: %ld tokens, %.1f tokens/s "
+            "(%d threads)\n",
+            n_ids, n_ids / (t1 - t0), made, made > 1 ? (made - 1) / (t2 - t1) : 0.0,
+            mdl_threads(m));
     rc = 0;
 done:
     free(ids);
