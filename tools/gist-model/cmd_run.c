@@ -531,7 +531,7 @@ int cmd_generate(int argc, char **argv)
         pos[i] = (int32_t)i;
         mdl_sampler_accept(smp, ids[i]);
     }
-    if (!seeded)
+    if (!seeded && sc.temp > 0.0f)
         fprintf(stderr, "seed: %llu\n", (unsigned long long)sc.seed);
     fputs(prompt, stdout);
     fflush(stdout);
