@@ -1,0 +1,256 @@
+/*
+ * daemon/dmn_impl.h — the daemon's insides, shared by the daemon's .c files and nobody else.
+ *
+ * One dmn_t holds everything: the model, the KV store, the sessions, the scheduler's
+ * scratch, the socket and the counters behind `stats`. Sessions run at most one request at
+ * a time (dmn_active_t); their tokens wait in a pending queue until a scheduler step
+ * forwards them, and the step answers the request's client as it goes (token events, a
+ * final reply).
+ *
+ * Files: server.c (socket, loop, replies, logging), handlers.c (requests), session.c
+ * (sessions, tokens, chat templates), sched.c (the batched step), stats.c (figures),
+ * snapshot.c (snapshots). Threads: the daemon's one thread. Errors: 0 or a negative ERR_*
+ * code with a message in an err_info_t; a failed request is answered with an Error reply.
+ */
+#ifndef GISTD_DAEMON_DMN_IMPL_H
+#define GISTD_DAEMON_DMN_IMPL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "daemon/gistd.h"
+#include "daemon/policy.h"
+#include "kvstore/kvstore.h"
+#include "model/llama.h"
+#include "model/sampler.h"
+#include "proto/gistd.pb-c.h"
+
+#define DMN_VERSION "gistd 0.1"
+#define DMN_PROTOCOL 1
+#define DMN_MAX_STOP 16       /* stop strings per Generate */
+#define DMN_MAX_STOP_LEN 256  /* bytes per stop string */
+#define DMN_NAME_LEN 64
+#define DMN_RATE_RING 256
+
+/* A client, as the ROUTER socket names it. */
+typedef struct dmn_peer {
+    uint8_t len;
+    uint8_t id[255];
+} dmn_peer_t;
+
+/* A chat template: how a turn of each role is wrapped (index: Gistd__Role). */
+typedef struct dmn_tmpl {
+    const char *name;
+    const char *prefix[4];
+    const char *suffix[4];
+    const char *stop; /* ends an assistant turn (a stop string for ROLE_ASSISTANT), or NULL */
+} dmn_tmpl_t;
+
+typedef enum dmn_req_kind {
+    DMN_REQ_NONE = 0,
+    DMN_REQ_APPEND,
+    DMN_REQ_GENERATE,
+    DMN_REQ_SCORE,
+} dmn_req_kind_t;
+
+/* The request a session is running, and what it has done so far. */
+typedef struct dmn_active {
+    dmn_req_kind_t kind;
+    dmn_peer_t peer;
+    uint64_t id;
+    uint32_t prompt_left;   /* this request's own tokens still pending (the queue's tail) */
+    uint32_t prompt_tokens; /* tokens forwarded before the first sample */
+    bool peer_gone;         /* the client went away: finish without replying */
+    /* generate */
+    uint32_t max_tokens, n_gen;
+    mdl_sampler_t *smp;
+    char *stop[DMN_MAX_STOP];
+    size_t stop_len[DMN_MAX_STOP];
+    uint32_t n_stop;
+    size_t stop_max;
+    char *text; /* generated text */
+    size_t text_len, text_cap;
+    /* score */
+    uint32_t score_first, n_score; /* positions [score_first, score_first + n_score) */
+    int32_t *score_tok;
+    float *logprob;
+    /* usage */
+    double t_arrive, t_start, t_prefill, t_first;
+    uint32_t compactions;
+    size_t bytes_freed;
+} dmn_active_t;
+
+typedef struct dmn_session {
+    struct dmn *owner;
+    uint32_t id; /* the wire id */
+    uint32_t kv; /* the store's id */
+    char name[DMN_NAME_LEN];
+    const dmn_pol_ops_t *pol;
+    void *pol_state;
+    dmn_pins_t pins;
+    uint32_t *sys_spans; /* [n_sys][2] */
+    uint32_t n_sys, cap_sys;
+    const dmn_tmpl_t *tmpl;
+    mdl_sampler_cfg_t sampling; /* defaults for Generate */
+    bool add_bos;
+    /* tokens: n_past stored in the KV store, then pend[head .. head + n_pend) waiting */
+    uint32_t n_past;
+    int32_t *pend;
+    uint32_t pend_head, n_pend, pend_cap;
+    float *logits;    /* [n_vocab]: the prediction for position n_past */
+    bool have_logits; /* false until a step has forwarded a token */
+    bool text_started; /* a piece of text has been appended or generated */
+    dmn_active_t act;
+    /* figures */
+    uint64_t prompt_tokens, generated_tokens, events_dropped;
+    uint32_t compactions;
+    size_t bytes_freed;
+    double t_last;     /* last activity */
+    double tps;        /* decode tokens/s of the last generate */
+    uint64_t shrunk_epoch; /* dmn_shrink's mark: asked once per pass */
+} dmn_session_t;
+
+/* One scheduler step's batch: its items, the KV views handed to the forward pass, the new
+ * K/V rows it writes, and its logits. Grown as needed, reused across steps. */
+typedef struct dmn_slot {
+    dmn_session_t *s;
+    uint32_t first, n; /* items [first, first + n) */
+    uint32_t want0;    /* its first logits row */
+    bool want_all;     /* every item's logits (score), else only the last item's */
+} dmn_slot_t;
+
+typedef struct dmn_batch {
+    uint32_t cap_items, cap_slots, cap_chunks, cap_want;
+    int32_t *tok, *pos, *seq;
+    uint32_t *utok;
+    uint8_t *want;
+    dmn_slot_t *slots;
+    mdl_kv_view_t *views; /* [slot][lane] */
+    mdl_kv_chunk_t *chunks;
+    kv_chunk_t *kvch; /* one lane's chunks from the store */
+    uint32_t cap_kvch;
+    float *newk, *newv; /* [item-offset * n_lane][...]: per slot [lane][n][head_dim] */
+    const float **kptr, **vptr; /* [n_lane] */
+    float *logits;              /* [cap_want][n_vocab] */
+    uint32_t n_slots;
+} dmn_batch_t;
+
+typedef struct dmn_counters {
+    uint64_t requests, errors, events_dropped, clients_gone, budget_refusals;
+    uint64_t steps, items, tokens_generated, tokens_prefilled;
+    uint64_t compactions, bytes_freed;
+} dmn_counters_t;
+
+struct dmn {
+    dmn_cfg_t cfg;
+    char *model_path, *snapshot_dir, *listen;
+    char endpoint[256];
+    mdl_t *model;
+    const mdl_hparams_t *hp;
+    const tok_t *tok;
+    kv_store_t *store;
+    uint32_t n_lane;
+    void *zctx, *sock;
+    dmn_session_t **sess; /* in creation order */
+    uint32_t n_sess, cap_sess;
+    uint32_t next_id;
+    bool stopping;
+    dmn_batch_t batch;
+    uint8_t *out; /* packed reply */
+    size_t out_cap;
+    dmn_counters_t c;
+    double t_start;
+    double t_watermark; /* last global watermark check */
+    uint64_t epoch;     /* dmn_shrink passes */
+    struct {
+        double t, dt;
+        uint32_t dec, pre;
+    } rate[DMN_RATE_RING]; /* the last steps: when, how long, tokens decoded and prefilled */
+    uint32_t rate_head;
+};
+
+/* ---- server.c ---- */
+double dmn_now(void);
+void dmn_log(const dmn_t *d, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Packs and sends r to peer without blocking. 0; ERR_BUSY when the peer's queue is full
+ * (the reply is dropped and counted); ERR_NOTFOUND when the peer is gone. */
+int dmn_send(dmn_t *d, const dmn_peer_t *to, const Gistd__Reply *r);
+/* Sends a final Error reply for request id (counted in errors). */
+void dmn_send_error(dmn_t *d, const dmn_peer_t *to, uint64_t id, uint32_t session,
+                    const err_info_t *e);
+void dmn_send_errorf(dmn_t *d, const dmn_peer_t *to, uint64_t id, uint32_t session, int code,
+                     const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+/* ---- handlers.c ---- */
+/* Decodes one request payload, answers it (or starts it) and frees the decoded message. */
+void dmn_handle(dmn_t *d, const dmn_peer_t *from, const uint8_t *payload, size_t len);
+
+/* ---- session.c ---- */
+const dmn_tmpl_t *dmn_tmpl_find(const char *name);
+dmn_session_t *dmn_session_find(const dmn_t *d, uint32_t id);
+/* Opens a session (id 0: the next free id). Checks every parameter, and that the budget
+ * holds at least one token. */
+int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_session_t **out,
+                     err_info_t *e);
+/* Ends its request (reply CANCELLED), frees it and drops it from the table. */
+void dmn_session_close(dmn_t *d, dmn_session_t *s);
+/* The sampler settings of w (NULL: the session's defaults) in *c, checked (ERR_INVAL). */
+int dmn_session_sampling(const dmn_session_t *s, const Gistd__Sampling *w,
+                         mdl_sampler_cfg_t *c, uint32_t n_vocab, err_info_t *e);
+/* Appends tokens to the pending queue. */
+int dmn_session_push(dmn_session_t *s, const int32_t *tok, uint32_t n);
+/* Tokenizes text as a turn of role (wrapped by the session's template; BOS first when the
+ * session is empty) and appends it to the pending queue; *n_added says how many tokens. */
+int dmn_session_push_text(dmn_t *d, dmn_session_t *s, const uint8_t *text, size_t len, int role,
+                          bool special, uint32_t *n_added, err_info_t *e);
+/* Forgets the last n pending tokens. */
+void dmn_session_drop_tail(dmn_session_t *s, uint32_t n);
+/* Token ids of positions [first, first + n) of transcript + pending. */
+int dmn_session_tokens(const dmn_t *d, const dmn_session_t *s, uint32_t first, uint32_t n,
+                       int32_t *out);
+/* The policy's view of the session (emit goes to dmn_session_emit). */
+void dmn_session_pol_ctx(dmn_t *d, dmn_session_t *s, dmn_pol_ctx_t *c);
+/* Frees the request's resources and marks the session idle. */
+void dmn_active_clear(dmn_active_t *a);
+
+/* ---- sched.c ---- */
+/* Whether some session has work for the scheduler. */
+bool dmn_sched_busy(const dmn_t *d);
+/* One batched step over every session with work. */
+void dmn_sched_step(dmn_t *d);
+/* Ends the session's request with a final reply: a Done (generate), an Ack (append), a
+ * ScoreReply (score). */
+void dmn_req_finish(dmn_t *d, dmn_session_t *s, Gistd__StopReason reason, const char *stop,
+                    size_t stop_len);
+/* Ends the session's request with an Error reply; its prompt tokens still pending are
+ * dropped (generated ones are kept). */
+void dmn_req_fail(dmn_t *d, dmn_session_t *s, const err_info_t *e);
+/* Brings the session (sid 0: the whole store) under `target` bytes through the policies;
+ * *freed gets what was freed. */
+int dmn_shrink(dmn_t *d, dmn_session_t *s, size_t target, const char *reason, size_t *freed,
+               err_info_t *e);
+/* Fills a Usage message for the session's request. */
+void dmn_usage(const dmn_t *d, const dmn_session_t *s, Gistd__Usage *u);
+
+/* ---- stats.c ---- */
+/* Fills info for s; strings point into s. */
+void dmn_session_info(const dmn_t *d, const dmn_session_t *s, Gistd__SessionInfo *info,
+                      Gistd__TierBytes *tiers);
+/* Answers a Stats request (with every session's figures when asked). */
+void dmn_send_stats(dmn_t *d, const dmn_peer_t *to, uint64_t id, bool sessions);
+/* Records a step for the tokens/s figures. */
+void dmn_rate_note(dmn_t *d, double t, double dt, uint32_t dec, uint32_t pre);
+
+/* ---- snapshot.c ---- */
+/* Writes s to the snapshot folder; *path (may be NULL) gets the file's path (malloc'd). */
+int dmn_snapshot_write(dmn_t *d, dmn_session_t *s, char **path, err_info_t *e);
+/* Restores session id from the snapshot folder. */
+int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t *e);
+/* Restores every session found in the snapshot folder (logging the ones that fail). */
+void dmn_snapshot_restore_all(dmn_t *d);
+/* Removes session id's snapshot (when the session is closed). */
+void dmn_snapshot_remove(dmn_t *d, uint32_t id);
+
+#endif

@@ -1,0 +1,58 @@
+/*
+ * daemon/gistd.h — the gistd daemon as an object: configure, start, run, stop.
+ *
+ * A dmn_t owns the model, the KV store, every session, the scheduler and the one ROUTER
+ * socket clients talk to (proto/gistd.proto). dmn_run is its event loop: it polls the
+ * socket and a stop descriptor (the self-pipe main.c's signal handlers write to), answers
+ * requests, and runs one batched scheduler step whenever a session has work.
+ *
+ * Threads: everything runs on the thread that calls dmn_run (the model's OpenMP threads
+ * work inside each forward pass). Errors: 0 or a negative ERR_* code, with a message in e.
+ */
+#ifndef GISTD_DAEMON_GISTD_H
+#define GISTD_DAEMON_GISTD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+
+#define DMN_DEFAULT_LISTEN "tcp://127.0.0.1:5557"
+
+enum dmn_log_level { DMN_LOG_ERROR = 0, DMN_LOG_WARN, DMN_LOG_INFO, DMN_LOG_DEBUG };
+
+typedef struct dmn_cfg {
+    const char *model_path;
+    const char *listen;       /* endpoint to bind; "tcp://127.0.0.1:*" picks a free port */
+    const char *snapshot_dir; /* NULL: no snapshots */
+    size_t kv_budget;         /* global hard limit in bytes (0: none) */
+    size_t session_budget;    /* default per-session hard limit (0: none) */
+    size_t max_request;       /* largest request payload accepted, bytes */
+    int threads;              /* forward-pass threads (0: all processors) */
+    uint32_t max_sessions;
+    uint32_t prefill_chunk; /* prefill tokens per scheduler step, all sessions together */
+    uint32_t kv_type;       /* DT_F32 or DT_F16: payload of new rows */
+    uint32_t block_rows;    /* rows per KV block */
+    int log_level;          /* enum dmn_log_level */
+} dmn_cfg_t;
+
+typedef struct dmn dmn_t;
+
+/* Defaults: listen DMN_DEFAULT_LISTEN, no budgets, max_request 1 MiB, 64 sessions,
+ * prefill_chunk 64, f32 rows in blocks of 64, log level warn. */
+void dmn_cfg_default(dmn_cfg_t *cfg);
+
+/* Loads the model, makes the store, binds the socket and restores the sessions found in
+ * the snapshot folder. On error nothing is left behind and e says what went wrong. */
+int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e);
+void dmn_destroy(dmn_t **d);
+
+/* The endpoint actually bound (the port resolved when the configuration asked for "*"). */
+const char *dmn_endpoint(const dmn_t *d);
+
+/* Serves until stop_fd becomes readable, then stops accepting work, ends every running
+ * request (its stream ends with reason CANCELLED), snapshots every session when there is a
+ * snapshot folder, and returns 0 (or the first error that stopped the loop). */
+int dmn_run(dmn_t *d, int stop_fd);
+
+#endif

@@ -1,0 +1,664 @@
+/*
+ * daemon/sched.c — continuous batching: one forward pass per step over every session with
+ * work, and the ends of requests.
+ *
+ * A step takes one token from every session that is decoding (one pending token) and, in
+ * the same batch, up to cfg.prefill_chunk prompt tokens from the sessions that are
+ * prefilling, oldest request first. The decoders are never starved: however long a prompt
+ * is, it enters the batch a chunk at a time beside them. For each session in the batch the
+ * step reserves its new rows in the KV store (asking the session's policy to make room when
+ * a budget refuses), hands the model a view of the session's lanes, commits the new rows,
+ * and then samples, scores or acknowledges as the session's request needs.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/dmn_impl.h"
+
+/* Global watermark checks walk the store: at most this often. */
+#define DMN_WATERMARK_EVERY_S 0.1
+
+/* ------------------------------------------------------------------ requests end */
+
+void dmn_usage(const dmn_t *d, const dmn_session_t *s, Gistd__Usage *u)
+{
+    const dmn_active_t *a = &s->act;
+    const double now = dmn_now();
+    kv_stats_t ks;
+    kv_session_stats(d->store, s->kv, &ks);
+    u->prompt_tokens = a->prompt_tokens;
+    u->generated_tokens = a->n_gen;
+    u->kv_bytes = ks.bytes;
+    u->compactions = a->compactions;
+    u->bytes_freed = a->bytes_freed;
+    u->queue_ms = a->t_start > 0 ? (a->t_start - a->t_arrive) * 1e3 : 0.0;
+    u->prefill_ms = a->t_prefill > 0 && a->t_start > 0 ? (a->t_prefill - a->t_start) * 1e3 : 0.0;
+    u->first_token_ms = a->t_first > 0 ? (a->t_first - a->t_arrive) * 1e3 : 0.0;
+    u->total_ms = (now - a->t_arrive) * 1e3;
+}
+
+void dmn_req_finish(dmn_t *d, dmn_session_t *s, Gistd__StopReason reason, const char *stop,
+                    size_t stop_len)
+{
+    dmn_active_t *a = &s->act;
+    const double now = dmn_now();
+    if (a->kind == DMN_REQ_GENERATE && a->n_gen > 1 && a->t_first > 0 && now > a->t_first)
+        s->tps = (a->n_gen - 1) / (now - a->t_first);
+    s->t_last = now;
+    if (a->peer_gone) {
+        dmn_active_clear(a);
+        return;
+    }
+    Gistd__Usage u = GISTD__USAGE__INIT;
+    dmn_usage(d, s, &u);
+    Gistd__Reply r = GISTD__REPLY__INIT;
+    r.id = a->id;
+    r.final = true;
+    r.session = s->id;
+    Gistd__Done done = GISTD__DONE__INIT;
+    Gistd__Ack ack = GISTD__ACK__INIT;
+    Gistd__ScoreReply sr = GISTD__SCORE_REPLY__INIT;
+    if (a->kind == DMN_REQ_GENERATE) {
+        done.reason = reason;
+        done.usage = &u;
+        done.stop.data = (uint8_t *)stop;
+        done.stop.len = stop ? stop_len : 0;
+        done.text.data = (uint8_t *)a->text;
+        done.text.len = a->text_len;
+        r.body_case = GISTD__REPLY__BODY_DONE;
+        r.done = &done;
+    } else if (a->kind == DMN_REQ_SCORE && reason != GISTD__STOP_REASON__STOP_CANCELLED) {
+        double total = 0.0;
+        for (uint32_t i = 0; i < a->n_score; i++)
+            if (isfinite(a->logprob[i]))
+                total += a->logprob[i];
+        sr.n_tokens = a->n_score;
+        sr.tokens = a->score_tok;
+        sr.n_logprobs = a->n_score;
+        sr.logprobs = a->logprob;
+        sr.total = total;
+        sr.usage = &u;
+        r.body_case = GISTD__REPLY__BODY_SCORE;
+        r.score = &sr;
+    } else if (reason == GISTD__STOP_REASON__STOP_CANCELLED) {
+        /* an append or score cut short: the tokens it had not stored are forgotten */
+        dmn_session_drop_tail(s, a->prompt_left);
+        err_info_t e;
+        err_set(&e, ERR_CANCELLED, "cancelled after %u tokens were stored", a->prompt_tokens);
+        dmn_send_error(d, &a->peer, a->id, s->id, &e);
+        dmn_active_clear(a);
+        return;
+    } else {
+        ack.usage = &u;
+        r.body_case = GISTD__REPLY__BODY_ACK;
+        r.ack = &ack;
+    }
+    if (dmn_send(d, &a->peer, &r) == ERR_BUSY)
+        s->events_dropped++;
+    dmn_active_clear(a);
+}
+
+void dmn_req_fail(dmn_t *d, dmn_session_t *s, const err_info_t *e)
+{
+    dmn_active_t *a = &s->act;
+    dmn_session_drop_tail(s, a->prompt_left);
+    s->t_last = dmn_now();
+    if (!a->peer_gone)
+        dmn_send_error(d, &a->peer, a->id, s->id, e);
+    dmn_active_clear(a);
+}
+
+/* ------------------------------------------------------------------ generating */
+
+/* Samples the session's next token from its logits, streams it, and ends the request when a
+ * stop condition holds. The token joins the pending queue either way: it is part of the
+ * text the client saw. */
+static void gen_next(dmn_t *d, dmn_session_t *s)
+{
+    dmn_active_t *a = &s->act;
+    if (a->n_gen >= a->max_tokens) {
+        dmn_req_finish(d, s, GISTD__STOP_REASON__STOP_LENGTH, NULL, 0);
+        return;
+    }
+    if (!s->have_logits) {
+        err_info_t e;
+        err_set(&e, ERR_INTERNAL, "session %u has nothing to predict from", s->id);
+        dmn_req_fail(d, s, &e);
+        return;
+    }
+    const int32_t t = mdl_sampler_sample(a->smp, s->logits);
+    mdl_sampler_accept(a->smp, t);
+    const uint32_t pos = s->n_past + s->n_pend;
+    if (dmn_session_push(s, &t, 1)) {
+        err_info_t e;
+        err_set(&e, ERR_NOMEM, "no memory for session %u's next token", s->id);
+        dmn_req_fail(d, s, &e);
+        return;
+    }
+    if (a->n_gen == 0)
+        a->t_first = dmn_now();
+    a->n_gen++;
+    s->generated_tokens++;
+    d->c.tokens_generated++;
+    if (t == tok_eos(d->tok)) {
+        dmn_req_finish(d, s, GISTD__STOP_REASON__STOP_EOS, NULL, 0);
+        return;
+    }
+
+    char piece[512];
+    size_t pl = tok_piece(d->tok, t, !s->text_started, false, piece, sizeof piece);
+    pl = pl < sizeof piece ? pl : sizeof piece;
+    s->text_started = true;
+    if (a->text_len + pl + 1 > a->text_cap) {
+        size_t cap = a->text_cap ? a->text_cap * 2 : 256;
+        while (cap < a->text_len + pl + 1)
+            cap *= 2;
+        char *p = realloc(a->text, cap);
+        if (!p) {
+            err_info_t e;
+            err_set(&e, ERR_NOMEM, "no memory for session %u's text", s->id);
+            dmn_req_fail(d, s, &e);
+            return;
+        }
+        a->text = p;
+        a->text_cap = cap;
+    }
+    memcpy(a->text + a->text_len, piece, pl);
+    a->text_len += pl;
+    a->text[a->text_len] = 0;
+
+    if (!a->peer_gone) {
+        Gistd__TokenEvent ev = GISTD__TOKEN_EVENT__INIT;
+        ev.id = t;
+        ev.text.data = (uint8_t *)piece;
+        ev.text.len = pl;
+        ev.index = a->n_gen - 1;
+        ev.pos = pos;
+        Gistd__Reply r = GISTD__REPLY__INIT;
+        r.id = a->id;
+        r.session = s->id;
+        r.body_case = GISTD__REPLY__BODY_TOKEN;
+        r.token = &ev;
+        int rc = dmn_send(d, &a->peer, &r);
+        if (rc == ERR_BUSY) {
+            s->events_dropped++;
+        } else if (rc == ERR_NOTFOUND) {
+            /* the client went away: its stream ends here, and costs nobody else anything */
+            a->peer_gone = true;
+            d->c.clients_gone++;
+            dmn_log(d, DMN_LOG_INFO, "session %u: the client of request %llu went away", s->id,
+                    (unsigned long long)a->id);
+            dmn_req_finish(d, s, GISTD__STOP_REASON__STOP_CANCELLED, NULL, 0);
+            return;
+        }
+    }
+
+    for (uint32_t i = 0; i < a->n_stop; i++) {
+        /* a match must end in the new piece */
+        size_t from = a->text_len > pl + a->stop_len[i] - 1 ? a->text_len - pl - a->stop_len[i] + 1
+                                                             : 0;
+        if (memmem(a->text + from, a->text_len - from, a->stop[i], a->stop_len[i])) {
+            dmn_req_finish(d, s, GISTD__STOP_REASON__STOP_STRING, a->stop[i], a->stop_len[i]);
+            return;
+        }
+    }
+    if (a->n_gen >= a->max_tokens)
+        dmn_req_finish(d, s, GISTD__STOP_REASON__STOP_LENGTH, NULL, 0);
+}
+
+/* ------------------------------------------------------------------ the batch */
+
+/* Makes room for n_items items over n_slots slots and n_want logits rows. */
+static int batch_reserve(dmn_t *d, uint32_t n_items, uint32_t n_slots, uint32_t n_want)
+{
+    dmn_batch_t *b = &d->batch;
+    const size_t hd = d->hp->head_dim;
+    if (n_items > b->cap_items) {
+        uint32_t cap = n_items * 2;
+        int32_t *tok = realloc(b->tok, sizeof(int32_t) * cap);
+        b->tok = tok ? tok : b->tok;
+        int32_t *pos = realloc(b->pos, sizeof(int32_t) * cap);
+        b->pos = pos ? pos : b->pos;
+        int32_t *seq = realloc(b->seq, sizeof(int32_t) * cap);
+        b->seq = seq ? seq : b->seq;
+        uint32_t *utok = realloc(b->utok, sizeof(uint32_t) * cap);
+        b->utok = utok ? utok : b->utok;
+        uint8_t *want = realloc(b->want, cap);
+        b->want = want ? want : b->want;
+        float *nk = realloc(b->newk, sizeof(float) * cap * d->n_lane * hd);
+        b->newk = nk ? nk : b->newk;
+        float *nv = realloc(b->newv, sizeof(float) * cap * d->n_lane * hd);
+        b->newv = nv ? nv : b->newv;
+        if (!tok || !pos || !seq || !utok || !want || !nk || !nv)
+            return ERR_NOMEM;
+        b->cap_items = cap;
+    }
+    if (n_slots > b->cap_slots) {
+        uint32_t cap = n_slots * 2;
+        dmn_slot_t *sl = realloc(b->slots, sizeof *sl * cap);
+        b->slots = sl ? sl : b->slots;
+        mdl_kv_view_t *vw = realloc(b->views, sizeof *vw * cap * d->n_lane);
+        b->views = vw ? vw : b->views;
+        if (!sl || !vw)
+            return ERR_NOMEM;
+        b->cap_slots = cap;
+    }
+    if (!b->kptr) {
+        b->kptr = malloc(sizeof *b->kptr * d->n_lane);
+        b->vptr = malloc(sizeof *b->vptr * d->n_lane);
+        if (!b->kptr || !b->vptr)
+            return ERR_NOMEM;
+    }
+    if (n_want > b->cap_want) {
+        uint32_t cap = n_want * 2;
+        float *lg = realloc(b->logits, sizeof(float) * cap * d->hp->n_vocab);
+        if (!lg)
+            return ERR_NOMEM;
+        b->logits = lg;
+        b->cap_want = cap;
+    }
+    return 0;
+}
+
+/* Reserves n rows for s, asking its policy for room when a budget refuses. */
+static int reserve_rows(dmn_t *d, dmn_session_t *s, uint32_t n, err_info_t *e)
+{
+    err_info_t ke;
+    err_clear(&ke);
+    int rc = kv_reserve(d->store, s->kv, n, &ke);
+    for (int tries = 0; rc == ERR_BUDGET && tries < 4; tries++) {
+        const uint32_t blocks = (n + kv_block_rows(d->store) - 1) / kv_block_rows(d->store) + 1;
+        const size_t need = (size_t)d->n_lane * blocks * kv_block_bytes(d->store, d->cfg.kv_type);
+        dmn_pol_ctx_t c;
+        dmn_session_pol_ctx(d, s, &c);
+        err_info_t pe;
+        err_clear(&pe);
+        int prc = s->pol->make_room(s->pol_state, &c, need, &pe);
+        if (prc) {
+            d->c.budget_refusals++;
+            return err_set(e, ERR_BUDGET, "session %u: %s; %s", s->id, err_msg(&ke),
+                           err_msg(&pe));
+        }
+        err_clear(&ke);
+        rc = kv_reserve(d->store, s->kv, n, &ke);
+    }
+    if (rc == ERR_BUDGET)
+        d->c.budget_refusals++;
+    if (rc)
+        return err_set(e, rc, "session %u: %s", s->id, err_msg(&ke));
+    return 0;
+}
+
+/* Adds a slot of n items for s, its rows reserved; a refused reservation ends s's request. */
+static void add_slot(dmn_t *d, dmn_session_t *s, uint32_t n, uint32_t *n_items, uint32_t *n_want)
+{
+    dmn_batch_t *b = &d->batch;
+    err_info_t e;
+    err_clear(&e);
+    if (reserve_rows(d, s, n, &e)) {
+        dmn_req_fail(d, s, &e);
+        return;
+    }
+    dmn_slot_t *sl = &b->slots[b->n_slots++];
+    sl->s = s;
+    sl->first = *n_items;
+    sl->n = n;
+    sl->want_all = s->act.kind == DMN_REQ_SCORE;
+    sl->want0 = *n_want;
+    *n_items += n;
+    *n_want += sl->want_all ? n : 1;
+}
+
+static bool in_batch(const dmn_batch_t *b, const dmn_session_t *s)
+{
+    for (uint32_t k = 0; k < b->n_slots; k++)
+        if (b->slots[k].s == s)
+            return true;
+    return false;
+}
+
+/* Chooses this step's slots: every decoder, then prefill chunks, oldest request first. */
+static int plan(dmn_t *d, uint32_t *n_items, uint32_t *n_want)
+{
+    dmn_batch_t *b = &d->batch;
+    b->n_slots = 0;
+    *n_items = *n_want = 0;
+    int rc = batch_reserve(d, d->n_sess + d->cfg.prefill_chunk, d->n_sess,
+                           d->n_sess + d->cfg.prefill_chunk);
+    if (rc)
+        return rc;
+    for (uint32_t i = 0; i < d->n_sess; i++) {
+        dmn_session_t *s = d->sess[i];
+        if (s->act.kind != DMN_REQ_NONE && s->n_pend == 1)
+            add_slot(d, s, 1, n_items, n_want);
+    }
+    uint32_t left = d->cfg.prefill_chunk;
+    while (left > 0) {
+        dmn_session_t *best = NULL;
+        for (uint32_t i = 0; i < d->n_sess; i++) {
+            dmn_session_t *s = d->sess[i];
+            if (s->act.kind != DMN_REQ_NONE && s->n_pend > 1 && !in_batch(b, s) &&
+                (!best || s->act.t_arrive < best->act.t_arrive))
+                best = s;
+        }
+        if (!best)
+            break;
+        const uint32_t n = best->n_pend < left ? best->n_pend : left;
+        const uint32_t before = b->n_slots;
+        add_slot(d, best, n, n_items, n_want);
+        if (b->n_slots > before)
+            left -= n;
+    }
+    return 0;
+}
+
+static int view_cb(void *ctx, int seq, int layer, int kv_head, uint32_t n_new, mdl_kv_view_t *out)
+{
+    const dmn_t *d = ctx;
+    const dmn_batch_t *b = &d->batch;
+    if (seq < 0 || (uint32_t)seq >= b->n_slots || n_new != b->slots[seq].n)
+        return ERR_INTERNAL;
+    *out = b->views[(size_t)seq * d->n_lane + (size_t)layer * d->hp->n_head_kv + kv_head];
+    return 0;
+}
+
+/* Fills the batch's items and the views of every slot's lanes (after the reservations: the
+ * store's pointers stay valid until the commit). */
+static int build(dmn_t *d, uint32_t n_items, err_info_t *e)
+{
+    dmn_batch_t *b = &d->batch;
+    const uint32_t hd = d->hp->head_dim, nhk = d->hp->n_head_kv;
+    uint32_t total = 0;
+    for (uint32_t k = 0; k < b->n_slots; k++)
+        for (uint32_t l = 0; l < d->n_lane; l++) {
+            uint32_t rows, nc;
+            int rc = kv_lane_size(d->store, b->slots[k].s->kv, l / nhk, l % nhk, &rows, &nc);
+            if (rc)
+                return err_set(e, rc, "session %u: cannot size lane %u", b->slots[k].s->id, l);
+            total += nc;
+            if (nc > b->cap_kvch) {
+                kv_chunk_t *t = realloc(b->kvch, sizeof *t * nc * 2);
+                if (!t)
+                    return err_set(e, ERR_NOMEM, "out of memory for %u chunks", nc);
+                b->kvch = t;
+                b->cap_kvch = nc * 2;
+            }
+        }
+    if (total > b->cap_chunks) {
+        mdl_kv_chunk_t *t = realloc(b->chunks, sizeof *t * total * 2);
+        if (!t)
+            return err_set(e, ERR_NOMEM, "out of memory for %u chunks", total);
+        b->chunks = t;
+        b->cap_chunks = total * 2;
+    }
+    uint32_t off = 0;
+    for (uint32_t k = 0; k < b->n_slots; k++) {
+        const dmn_slot_t *sl = &b->slots[k];
+        const dmn_session_t *s = sl->s;
+        for (uint32_t i = 0; i < sl->n; i++) {
+            const uint32_t it = sl->first + i;
+            b->tok[it] = s->pend[s->pend_head + i];
+            b->utok[it] = (uint32_t)b->tok[it];
+            b->pos[it] = (int32_t)(s->n_past + i);
+            b->seq[it] = (int32_t)k;
+            b->want[it] = sl->want_all || i + 1 == sl->n;
+        }
+        for (uint32_t l = 0; l < d->n_lane; l++) {
+            uint32_t nc;
+            int rc = kv_lane_view(d->store, s->kv, l / nhk, l % nhk, b->kvch, b->cap_kvch, &nc);
+            if (rc)
+                return err_set(e, rc, "session %u: cannot view lane %u", s->id, l);
+            for (uint32_t c = 0; c < nc; c++) {
+                mdl_kv_chunk_t *mc = &b->chunks[off + c];
+                mc->n = b->kvch[c].n;
+                mc->type = b->kvch[c].type;
+                mc->k = b->kvch[c].k;
+                mc->v = b->kvch[c].v;
+                mc->bias = b->kvch[c].bias;
+                mc->attn_acc = b->kvch[c].attn_acc;
+            }
+            const size_t base = ((size_t)sl->first * d->n_lane + (size_t)l * sl->n) * hd;
+            mdl_kv_view_t *v = &b->views[(size_t)k * d->n_lane + l];
+            v->n_chunks = nc;
+            v->chunks = b->chunks + off;
+            v->new_k = b->newk + base;
+            v->new_v = b->newv + base;
+            v->new_logbeta = NULL;
+            v->new_attn_acc = NULL;
+            off += nc;
+        }
+    }
+    (void)n_items;
+    return 0;
+}
+
+/* log softmax(row)[t], in double. */
+static float logprob_of(const float *row, uint32_t n, int32_t t)
+{
+    float mx = row[0];
+    for (uint32_t i = 1; i < n; i++)
+        mx = row[i] > mx ? row[i] : mx;
+    double sum = 0.0;
+    for (uint32_t i = 0; i < n; i++)
+        sum += exp((double)row[i] - mx);
+    return (float)((double)row[t] - mx - log(sum));
+}
+
+/* After the forward: stores slot k's rows, takes its tokens off the queue, keeps its logits
+ * and scores. Returns true when the session's request may go on. */
+static bool commit_slot(dmn_t *d, uint32_t k, double now)
+{
+    dmn_batch_t *b = &d->batch;
+    const dmn_slot_t *sl = &b->slots[k];
+    dmn_session_t *s = sl->s;
+    dmn_active_t *a = &s->act;
+    const uint32_t hd = d->hp->head_dim, nv = d->hp->n_vocab;
+    for (uint32_t l = 0; l < d->n_lane; l++) {
+        const size_t base = ((size_t)sl->first * d->n_lane + (size_t)l * sl->n) * hd;
+        b->kptr[l] = b->newk + base;
+        b->vptr[l] = b->newv + base;
+    }
+    kv_append_t ap = {.n = sl->n, .tokens = b->utok + sl->first, .k = b->kptr, .v = b->vptr};
+    err_info_t e;
+    err_clear(&e);
+    if (kv_commit(d->store, s->kv, &ap, &e)) {
+        kv_reserve_cancel(d->store, s->kv);
+        dmn_req_fail(d, s, &e);
+        return false;
+    }
+    const uint32_t pos0 = s->n_past;
+    if (a->kind == DMN_REQ_SCORE)
+        for (uint32_t i = 0; i < sl->n; i++) {
+            const uint32_t q = pos0 + i + 1; /* the position item i predicts */
+            if (q >= a->score_first && q < a->score_first + a->n_score && i + 1 < s->n_pend)
+                a->logprob[q - a->score_first] =
+                    logprob_of(b->logits + (size_t)(sl->want0 + i) * nv, nv,
+                               s->pend[s->pend_head + i + 1]);
+        }
+    const uint32_t last = sl->want_all ? sl->want0 + sl->n - 1 : sl->want0;
+    memcpy(s->logits, b->logits + (size_t)last * nv, sizeof(float) * nv);
+    s->have_logits = true;
+    s->pend_head += sl->n;
+    s->n_pend -= sl->n;
+    if (s->n_pend == 0)
+        s->pend_head = 0;
+    if (a->prompt_left > s->n_pend)
+        a->prompt_left = s->n_pend;
+    s->n_past += sl->n;
+    s->t_last = now;
+    if (a->t_start == 0)
+        a->t_start = now;
+    if (a->n_gen == 0) {
+        a->prompt_tokens += sl->n;
+        s->prompt_tokens += sl->n;
+        d->c.tokens_prefilled += sl->n;
+    }
+
+    dmn_pol_ctx_t c;
+    dmn_session_pol_ctx(d, s, &c);
+    if (s->pol->after_step(s->pol_state, &c, pos0, sl->n, &e)) {
+        dmn_req_fail(d, s, &e);
+        return false;
+    }
+    return a->kind != DMN_REQ_NONE;
+}
+
+/* A session whose queue is empty: its request goes on (generate) or ends. */
+static void advance(dmn_t *d, dmn_session_t *s)
+{
+    if (s->act.kind == DMN_REQ_NONE || s->n_pend > 0)
+        return;
+    if (s->act.kind == DMN_REQ_GENERATE) {
+        if (s->act.n_gen == 0 && s->act.t_prefill == 0)
+            s->act.t_prefill = dmn_now();
+        gen_next(d, s);
+    } else {
+        dmn_req_finish(d, s, GISTD__STOP_REASON__STOP_NONE, NULL, 0);
+    }
+}
+
+/* ------------------------------------------------------------------ the step */
+
+bool dmn_sched_busy(const dmn_t *d)
+{
+    for (uint32_t i = 0; i < d->n_sess; i++)
+        if (d->sess[i]->act.kind != DMN_REQ_NONE)
+            return true;
+    return false;
+}
+
+/* Above the global watermark: the sessions furthest above their fair share, idle ones first,
+ * are asked to shrink. */
+static void watermark(dmn_t *d, double now)
+{
+    static const double every = DMN_WATERMARK_EVERY_S;
+    if (now - d->t_watermark < every)
+        return;
+    d->t_watermark = now;
+    kv_stats_t st;
+    kv_store_stats(d->store, &st);
+    if (st.over_soft == 0 || d->n_sess == 0)
+        return;
+    size_t freed = 0;
+    err_info_t e;
+    err_clear(&e);
+    dmn_shrink(d, NULL, st.soft_limit, "watermark", &freed, &e);
+}
+
+void dmn_sched_step(dmn_t *d)
+{
+    dmn_batch_t *b = &d->batch;
+    const double t0 = dmn_now();
+    for (uint32_t i = 0; i < d->n_sess; i++)
+        advance(d, d->sess[i]);
+
+    uint32_t n_items, n_want;
+    if (plan(d, &n_items, &n_want)) {
+        dmn_log(d, DMN_LOG_ERROR, "out of memory planning a step");
+        for (uint32_t k = 0; k < b->n_slots; k++)
+            kv_reserve_cancel(d->store, b->slots[k].s->kv);
+        return;
+    }
+    if (b->n_slots == 0)
+        return;
+
+    err_info_t e;
+    err_clear(&e);
+    int rc = build(d, n_items, &e);
+    if (!rc) {
+        mdl_batch_t mb = {.n = n_items, .token = b->tok, .pos = b->pos, .seq = b->seq,
+                          .want = b->want};
+        mdl_kv_io_t io = {.ctx = d, .view = view_cb};
+        rc = mdl_forward(d->model, &mb, &io, b->logits, &e);
+    }
+    if (rc) {
+        dmn_log(d, DMN_LOG_ERROR, "forward pass failed: %s", err_msg(&e));
+        for (uint32_t k = 0; k < b->n_slots; k++) {
+            kv_reserve_cancel(d->store, b->slots[k].s->kv);
+            dmn_req_fail(d, b->slots[k].s, &e);
+        }
+        return;
+    }
+    const double t1 = dmn_now();
+    uint32_t dec = 0;
+    for (uint32_t k = 0; k < b->n_slots; k++) {
+        dmn_session_t *s = b->slots[k].s;
+        if (s->act.kind == DMN_REQ_GENERATE && s->act.n_gen > 0)
+            dec += b->slots[k].n;
+        if (commit_slot(d, k, t1))
+            advance(d, s);
+    }
+    d->c.steps++;
+    d->c.items += n_items;
+    dmn_rate_note(d, t0, dmn_now() - t0, dec, n_items - dec);
+    watermark(d, t1);
+}
+
+/* ------------------------------------------------------------------ shrinking */
+
+int dmn_shrink(dmn_t *d, dmn_session_t *only, size_t target, const char *reason, size_t *freed,
+               err_info_t *e)
+{
+    *freed = 0;
+    if (only) {
+        kv_stats_t ks;
+        kv_session_stats(d->store, only->kv, &ks);
+        if (ks.bytes <= target)
+            return 0;
+        dmn_pol_ctx_t c;
+        dmn_session_pol_ctx(d, only, &c);
+        int rc = only->pol->shrink(only->pol_state, &c, target, e);
+        kv_stats_t after;
+        kv_session_stats(d->store, only->kv, &after);
+        *freed = ks.bytes > after.bytes ? ks.bytes - after.bytes : 0;
+        return rc;
+    }
+    /* the whole store: fair share = target / sessions; furthest above it first, idle first */
+    kv_stats_t st;
+    kv_store_stats(d->store, &st);
+    if (st.bytes <= target)
+        return 0;
+    const size_t fair = target / d->n_sess;
+    const size_t start = st.bytes;
+    for (int pass = 0; pass < 2; pass++) { /* pass 0: idle sessions, pass 1: busy ones */
+        for (;;) {
+            dmn_session_t *best = NULL;
+            size_t best_over = 0;
+            for (uint32_t i = 0; i < d->n_sess; i++) {
+                dmn_session_t *s = d->sess[i];
+                if ((s->act.kind == DMN_REQ_NONE) != (pass == 0) || s->shrunk_epoch == d->epoch)
+                    continue;
+                kv_stats_t ks;
+                kv_session_stats(d->store, s->kv, &ks);
+                if (ks.bytes > fair && ks.bytes - fair > best_over) {
+                    best = s;
+                    best_over = ks.bytes - fair;
+                }
+            }
+            if (!best)
+                break;
+            best->shrunk_epoch = d->epoch;
+            kv_store_stats(d->store, &st);
+            if (st.bytes <= target)
+                break;
+            const size_t over = st.bytes - target;
+            kv_stats_t ks;
+            kv_session_stats(d->store, best->kv, &ks);
+            size_t goal = ks.bytes > over ? ks.bytes - over : 0;
+            goal = goal > fair ? goal : fair;
+            dmn_pol_ctx_t c;
+            dmn_session_pol_ctx(d, best, &c);
+            err_info_t pe;
+            err_clear(&pe);
+            if (best->pol->shrink(best->pol_state, &c, goal, &pe))
+                dmn_log(d, DMN_LOG_WARN, "session %u: shrinking for the %s: %s", best->id, reason,
+                        err_msg(&pe));
+        }
+    }
+    d->epoch++;
+    kv_store_stats(d->store, &st);
+    *freed = start > st.bytes ? start - st.bytes : 0;
+    (void)e;
+    return 0;
+}

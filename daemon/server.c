@@ -1,0 +1,374 @@
+/*
+ * daemon/server.c — the daemon's object, its ROUTER socket and its event loop.
+ *
+ * The loop polls the socket and the stop descriptor. It reads at most DMN_RECV_BURST
+ * messages before each scheduler step, so a flood of requests cannot starve the sessions
+ * that are generating, and it never blocks while work is waiting. Replies are sent without
+ * blocking: a client whose queue is full loses that reply (counted in events_dropped), and a
+ * client that has gone away ends its own stream and nothing else.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "common/dtype.h"
+#include "daemon/dmn_impl.h"
+
+#define DMN_RECV_BURST 256
+#define DMN_SNDHWM 100000 /* replies queued per client before they are dropped */
+
+void dmn_cfg_default(dmn_cfg_t *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->listen = DMN_DEFAULT_LISTEN;
+    cfg->max_request = 1u << 20;
+    cfg->max_sessions = 64;
+    cfg->prefill_chunk = 64;
+    cfg->kv_type = DT_F32;
+    cfg->block_rows = 64;
+    cfg->log_level = DMN_LOG_WARN;
+}
+
+double dmn_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void dmn_log(const dmn_t *d, int level, const char *fmt, ...)
+{
+    if (level > d->cfg.log_level)
+        return;
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "gistd: %s: ", names[level]);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* ------------------------------------------------------------------ replies */
+
+int dmn_send(dmn_t *d, const dmn_peer_t *to, const Gistd__Reply *r)
+{
+    size_t len = gistd__reply__get_packed_size(r);
+    if (len > d->out_cap) {
+        size_t cap = len < 4096 ? 4096 : len * 2;
+        uint8_t *p = realloc(d->out, cap);
+        if (!p) {
+            dmn_log(d, DMN_LOG_ERROR, "out of memory packing a reply of %zu bytes", len);
+            return ERR_NOMEM;
+        }
+        d->out = p;
+        d->out_cap = cap;
+    }
+    gistd__reply__pack(r, d->out);
+    /* ROUTER_MANDATORY: the first frame fails at once when the peer is gone or its queue is
+     * full; once it is accepted, the rest of the message goes with it. */
+    if (zmq_send(d->sock, to->id, to->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        if (errno == EAGAIN) {
+            d->c.events_dropped++;
+            return ERR_BUSY;
+        }
+        return ERR_NOTFOUND;
+    }
+    if (zmq_send(d->sock, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_send(d->sock, d->out, len, ZMQ_DONTWAIT) < 0) {
+        dmn_log(d, DMN_LOG_WARN, "a reply was cut short: %s", zmq_strerror(errno));
+        return ERR_IO;
+    }
+    return 0;
+}
+
+void dmn_send_error(dmn_t *d, const dmn_peer_t *to, uint64_t id, uint32_t session,
+                    const err_info_t *e)
+{
+    int code = e->code ? e->code : ERR_INTERNAL;
+    Gistd__Error er = GISTD__ERROR__INIT;
+    er.code = err_wire(code);
+    char name[32];
+    snprintf(name, sizeof name, "%s", err_str(code));
+    /* the symbolic name, from the table's order */
+    static const struct {
+        int code;
+        const char *name;
+    } names[] = {
+#define ERR_NAME_(n, v, m) {v, #n},
+        ERR_TABLE(ERR_NAME_)
+#undef ERR_NAME_
+    };
+    er.name = (char *)"ERR_INTERNAL";
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (names[i].code == code)
+            er.name = (char *)names[i].name;
+    er.message = (char *)err_msg(e);
+    Gistd__Reply r = GISTD__REPLY__INIT;
+    r.id = id;
+    r.final = true;
+    r.session = session;
+    r.body_case = GISTD__REPLY__BODY_ERROR;
+    r.error = &er;
+    d->c.errors++;
+    dmn_log(d, DMN_LOG_INFO, "request %llu: %s: %s", (unsigned long long)id, er.name, er.message);
+    dmn_send(d, to, &r);
+}
+
+void dmn_send_errorf(dmn_t *d, const dmn_peer_t *to, uint64_t id, uint32_t session, int code,
+                     const char *fmt, ...)
+{
+    err_info_t e;
+    e.code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e.msg, sizeof e.msg, fmt, ap);
+    va_end(ap);
+    dmn_send_error(d, to, id, session, &e);
+}
+
+/* ------------------------------------------------------------------ receiving */
+
+/* Reads one message [identity][empty][payload] and handles it. Returns 1 when a message was
+ * read, 0 when none was waiting, or a negative code when the socket failed. */
+static int recv_one(dmn_t *d)
+{
+    zmq_msg_t part, payload;
+    dmn_peer_t peer = {0};
+    int n_parts = 0, rc = 1;
+    bool more = true, bad_delim = false;
+
+    zmq_msg_init(&payload);
+    while (more) {
+        zmq_msg_init(&part);
+        if (zmq_msg_recv(&part, d->sock, n_parts == 0 ? ZMQ_DONTWAIT : 0) < 0) {
+            int err = errno;
+            zmq_msg_close(&part);
+            rc = n_parts == 0 && (err == EAGAIN || err == EINTR) ? 0 : ERR_IO;
+            if (rc)
+                dmn_log(d, DMN_LOG_ERROR, "receive: %s", zmq_strerror(err));
+            goto done;
+        }
+        more = zmq_msg_more(&part);
+        if (n_parts == 0) {
+            size_t len = zmq_msg_size(&part);
+            peer.len = (uint8_t)(len < sizeof peer.id ? len : sizeof peer.id);
+            memcpy(peer.id, zmq_msg_data(&part), peer.len);
+        } else if (n_parts == 1) {
+            bad_delim = zmq_msg_size(&part) != 0;
+        } else if (n_parts == 2) {
+            zmq_msg_move(&payload, &part); /* keeps the payload without a copy */
+        }
+        zmq_msg_close(&part);
+        n_parts++;
+    }
+    d->c.requests++;
+    const size_t len = zmq_msg_size(&payload);
+    if (bad_delim || n_parts != 3) {
+        dmn_send_errorf(d, &peer, 0, 0, ERR_PROTO,
+                        "malformed message: expected an empty delimiter frame and one payload "
+                        "frame after the identity, got %d frame%s%s",
+                        n_parts - 1, n_parts == 2 ? "" : "s",
+                        bad_delim ? " and no empty delimiter" : "");
+    } else if (len > d->cfg.max_request) {
+        dmn_send_errorf(d, &peer, 0, 0, ERR_TOOBIG,
+                        "request of %zu bytes is larger than the limit of %zu bytes", len,
+                        d->cfg.max_request);
+    } else {
+        dmn_handle(d, &peer, zmq_msg_data(&payload), len);
+    }
+done:
+    zmq_msg_close(&payload);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ life */
+
+int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
+{
+    if (!cfg->model_path)
+        return err_set(e, ERR_INVAL, "no model file given (--model FILE)");
+    if (cfg->kv_type != DT_F32 && cfg->kv_type != DT_F16)
+        return err_set(e, ERR_INVAL, "the KV payload type must be f32 or f16");
+    if (cfg->max_sessions == 0 || cfg->prefill_chunk == 0)
+        return err_set(e, ERR_INVAL, "--max-sessions and the prefill chunk must be at least 1");
+    dmn_t *d = calloc(1, sizeof *d);
+    if (!d)
+        return err_set(e, ERR_NOMEM, "out of memory");
+    d->cfg = *cfg;
+    d->t_start = dmn_now();
+    d->next_id = 1;
+    d->epoch = 1;
+    d->model_path = strdup(cfg->model_path);
+    d->listen = strdup(cfg->listen ? cfg->listen : DMN_DEFAULT_LISTEN);
+    d->snapshot_dir = cfg->snapshot_dir ? strdup(cfg->snapshot_dir) : NULL;
+    d->cfg.model_path = d->model_path;
+    d->cfg.listen = d->listen;
+    d->cfg.snapshot_dir = d->snapshot_dir;
+    int rc;
+    if (!d->model_path || !d->listen || (cfg->snapshot_dir && !d->snapshot_dir)) {
+        rc = err_set(e, ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+
+    rc = mdl_new(d->model_path, &d->model, e);
+    if (rc)
+        goto fail;
+    mdl_set_threads(d->model, cfg->threads);
+    d->hp = mdl_hparams(d->model);
+    d->tok = mdl_tok(d->model);
+    if (!d->tok) {
+        rc = err_set(e, ERR_UNSUPPORTED, "%s: the model file carries no tokenizer",
+                     d->model_path);
+        goto fail;
+    }
+    d->n_lane = d->hp->n_layer * d->hp->n_head_kv;
+
+    kv_store_config_t kc = {.n_layer = d->hp->n_layer,
+                            .n_head_kv = d->hp->n_head_kv,
+                            .head_dim = d->hp->head_dim,
+                            .block_rows = cfg->block_rows,
+                            .hot_type = cfg->kv_type,
+                            .hard_limit = cfg->kv_budget,
+                            .soft_limit = cfg->kv_budget / 8 * 7};
+    rc = kv_store_new(&kc, &d->store, e);
+    if (rc)
+        goto fail;
+
+    d->zctx = zmq_ctx_new();
+    d->sock = d->zctx ? zmq_socket(d->zctx, ZMQ_ROUTER) : NULL;
+    if (!d->sock) {
+        rc = err_set(e, ERR_IO, "cannot make a ZeroMQ socket: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    int one = 1, zero = 0, hwm = DMN_SNDHWM;
+    int64_t maxmsg = (int64_t)cfg->max_request * 4 + 4096; /* beyond this: disconnect */
+    zmq_setsockopt(d->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+    zmq_setsockopt(d->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(d->sock, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(d->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    if (zmq_bind(d->sock, d->listen) < 0) {
+        rc = err_set(e, ERR_IO, "cannot listen on %s: %s", d->listen, zmq_strerror(errno));
+        goto fail;
+    }
+    size_t ep_len = sizeof d->endpoint;
+    if (zmq_getsockopt(d->sock, ZMQ_LAST_ENDPOINT, d->endpoint, &ep_len) < 0)
+        snprintf(d->endpoint, sizeof d->endpoint, "%s", d->listen);
+
+    if (d->snapshot_dir)
+        dmn_snapshot_restore_all(d);
+    dmn_log(d, DMN_LOG_INFO, "serving %s on %s (%u layers, %u kv-heads, head_dim %u)",
+            d->model_path, d->endpoint, d->hp->n_layer, d->hp->n_head_kv, d->hp->head_dim);
+    *out = d;
+    return 0;
+fail:
+    dmn_destroy(&d);
+    return rc;
+}
+
+void dmn_destroy(dmn_t **p)
+{
+    dmn_t *d = *p;
+    if (!d)
+        return;
+    while (d->n_sess > 0)
+        dmn_session_close(d, d->sess[d->n_sess - 1]);
+    free(d->sess);
+    if (d->sock)
+        zmq_close(d->sock);
+    if (d->zctx)
+        zmq_ctx_term(d->zctx);
+    kv_store_destroy(&d->store);
+    mdl_destroy(&d->model);
+    dmn_batch_t *b = &d->batch;
+    free(b->tok);
+    free(b->pos);
+    free(b->seq);
+    free(b->utok);
+    free(b->want);
+    free(b->slots);
+    free(b->views);
+    free(b->chunks);
+    free(b->kvch);
+    free(b->newk);
+    free(b->newv);
+    free(b->kptr);
+    free(b->vptr);
+    free(b->logits);
+    free(d->out);
+    free(d->model_path);
+    free(d->listen);
+    free(d->snapshot_dir);
+    free(d);
+    *p = NULL;
+}
+
+const char *dmn_endpoint(const dmn_t *d)
+{
+    return d->endpoint;
+}
+
+/* Ends every running request and, with a snapshot folder, writes every session. */
+static void shut_down(dmn_t *d)
+{
+    for (uint32_t i = 0; i < d->n_sess; i++) {
+        dmn_session_t *s = d->sess[i];
+        if (s->act.kind != DMN_REQ_NONE)
+            dmn_req_finish(d, s, GISTD__STOP_REASON__STOP_CANCELLED, NULL, 0);
+    }
+    if (!d->snapshot_dir)
+        return;
+    for (uint32_t i = 0; i < d->n_sess; i++) {
+        err_info_t e;
+        err_clear(&e);
+        if (dmn_snapshot_write(d, d->sess[i], NULL, &e))
+            dmn_log(d, DMN_LOG_ERROR, "snapshot of session %u: %s", d->sess[i]->id, err_msg(&e));
+    }
+    dmn_log(d, DMN_LOG_INFO, "wrote %u session snapshot(s) to %s", d->n_sess, d->snapshot_dir);
+}
+
+int dmn_run(dmn_t *d, int stop_fd)
+{
+    zmq_pollitem_t items[2] = {{d->sock, 0, ZMQ_POLLIN, 0}, {NULL, stop_fd, ZMQ_POLLIN, 0}};
+    int rc = 0;
+    while (!d->stopping) {
+        bool busy = dmn_sched_busy(d);
+        int n = zmq_poll(items, stop_fd >= 0 ? 2 : 1, busy ? 0 : -1);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            dmn_log(d, DMN_LOG_ERROR, "poll: %s", zmq_strerror(errno));
+            rc = ERR_IO;
+            break;
+        }
+        if (stop_fd >= 0 && (items[1].revents & ZMQ_POLLIN)) {
+            char c;
+            if (read(stop_fd, &c, 1) < 0) /* any byte, or end of file, asks to stop */
+                dmn_log(d, DMN_LOG_WARN, "stop descriptor: %s", strerror(errno));
+            dmn_log(d, DMN_LOG_INFO, "stopping");
+            d->stopping = true;
+            break;
+        }
+        if (items[0].revents & ZMQ_POLLIN) {
+            for (int i = 0; i < DMN_RECV_BURST; i++) {
+                int got = recv_one(d);
+                if (got <= 0) {
+                    if (got < 0)
+                        rc = got;
+                    break;
+                }
+            }
+            if (rc < 0)
+                break;
+        }
+        if (dmn_sched_busy(d))
+            dmn_sched_step(d);
+    }
+    shut_down(d);
+    return rc;
+}

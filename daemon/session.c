@@ -1,0 +1,380 @@
+/*
+ * daemon/session.c — sessions: opening and closing, their pending tokens, chat templates,
+ * and the view of a session its policy gets.
+ *
+ * A session's positions are the KV store's transcript (n_past tokens, stored) followed by
+ * the pending queue (tokens appended or sampled, not yet forwarded). A request pushes its
+ * tokens at the queue's tail; a scheduler step takes them from the head.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/dmn_impl.h"
+
+/* ------------------------------------------------------------------ chat templates */
+
+static const dmn_tmpl_t templates[] = {
+    {.name = "none", .prefix = {"", "", "", ""}, .suffix = {"", "", "", ""}, .stop = NULL},
+    {.name = "chatml",
+     .prefix = {"", "<|im_start|>system\n", "<|im_start|>user\n", "<|im_start|>assistant\n"},
+     .suffix = {"", "<|im_end|>\n", "<|im_end|>\n", "<|im_end|>\n"},
+     .stop = "<|im_end|>"},
+    {.name = "plain",
+     .prefix = {"", "System: ", "User: ", "Assistant: "},
+     .suffix = {"", "\n", "\n", "\n"},
+     .stop = "\nUser:"},
+};
+
+const dmn_tmpl_t *dmn_tmpl_find(const char *name)
+{
+    if (!name || !*name)
+        return &templates[0];
+    for (size_t i = 0; i < sizeof templates / sizeof templates[0]; i++)
+        if (!strcmp(templates[i].name, name))
+            return &templates[i];
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ the table */
+
+dmn_session_t *dmn_session_find(const dmn_t *d, uint32_t id)
+{
+    for (uint32_t i = 0; i < d->n_sess; i++)
+        if (d->sess[i]->id == id)
+            return d->sess[i];
+    return NULL;
+}
+
+/* The sampler settings of a Sampling message (zero means off, see proto/gistd.proto). */
+static void sampling_from_wire(const Gistd__Sampling *w, mdl_sampler_cfg_t *c)
+{
+    c->temp = w->temp;
+    c->top_k = w->top_k;
+    c->top_p = w->top_p <= 0.0f ? 1.0f : w->top_p;
+    c->min_p = w->min_p;
+    c->repeat_penalty = w->repeat_penalty == 0.0f ? 1.0f : w->repeat_penalty;
+    c->repeat_last_n = w->repeat_last_n;
+    c->seed = w->seed;
+}
+
+int dmn_session_sampling(const dmn_session_t *s, const Gistd__Sampling *w,
+                         mdl_sampler_cfg_t *c, uint32_t n_vocab, err_info_t *e)
+{
+    if (w)
+        sampling_from_wire(w, c);
+    else
+        *c = s->sampling;
+    mdl_sampler_t *smp = NULL;
+    int rc = mdl_sampler_new(c, n_vocab, &smp, e);
+    mdl_sampler_destroy(&smp);
+    return rc;
+}
+
+static void session_free(dmn_t *d, dmn_session_t *s)
+{
+    if (!s)
+        return;
+    dmn_active_clear(&s->act);
+    if (s->pol && s->pol_state)
+        s->pol->destroy(s->pol_state);
+    if (s->kv)
+        kv_session_destroy(d->store, s->kv);
+    free(s->sys_spans);
+    free(s->pend);
+    free(s->logits);
+    free(s);
+}
+
+int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_session_t **out,
+                     err_info_t *e)
+{
+    if (d->n_sess >= d->cfg.max_sessions)
+        return err_set(e, ERR_LIMIT, "the daemon already holds %u sessions (--max-sessions)",
+                       d->n_sess);
+    if (id && dmn_session_find(d, id))
+        return err_set(e, ERR_EXISTS, "session %u already exists", id);
+    const dmn_pol_ops_t *pol = dmn_pol_find(o->policy);
+    if (!pol)
+        return err_set(e, ERR_INVAL, "unknown policy '%s' (known: %s)", o->policy,
+                       dmn_pol_names());
+    const dmn_tmpl_t *tmpl = dmn_tmpl_find(o->chat_template);
+    if (!tmpl)
+        return err_set(e, ERR_INVAL, "unknown chat template '%s' (known: none, chatml, plain)",
+                       o->chat_template);
+    if (o->name && strlen(o->name) >= DMN_NAME_LEN)
+        return err_set(e, ERR_INVAL, "session name longer than %d bytes", DMN_NAME_LEN - 1);
+    size_t hard = o->budget_bytes ? o->budget_bytes : d->cfg.session_budget;
+    size_t soft = o->soft_bytes ? o->soft_bytes : hard / 8 * 7;
+    if (o->soft_bytes && (!hard || o->soft_bytes > hard))
+        return err_set(e, ERR_INVAL, "soft watermark of %zu bytes above the hard limit of %zu",
+                       (size_t)o->soft_bytes, hard);
+
+    dmn_session_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return err_set(e, ERR_NOMEM, "out of memory");
+    int rc;
+    s->logits = malloc(sizeof(float) * d->hp->n_vocab);
+    if (!s->logits) {
+        rc = err_set(e, ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    s->owner = d;
+    s->pol = pol;
+    s->tmpl = tmpl;
+    s->add_bos = !o->no_bos && tok_bos(d->tok) >= 0;
+    snprintf(s->name, sizeof s->name, "%s", o->name ? o->name : "");
+    if (o->pins) {
+        s->pins.sink_tokens = o->pins->sink_tokens;
+        s->pins.recent_tokens = o->pins->recent_tokens;
+        s->pins.system_prompt = o->pins->system_prompt;
+    }
+    mdl_sampler_cfg_default(&s->sampling);
+    rc = dmn_session_sampling(s, o->sampling, &s->sampling, d->hp->n_vocab, e);
+    if (rc)
+        goto fail;
+
+    dmn_pol_param_t params[32];
+    if (o->n_policy_params > 32) {
+        rc = err_set(e, ERR_INVAL, "more than 32 policy parameters");
+        goto fail;
+    }
+    for (size_t i = 0; i < o->n_policy_params; i++) {
+        params[i].key = o->policy_params[i]->key;
+        params[i].value = o->policy_params[i]->value;
+    }
+    rc = pol->create(params, (uint32_t)o->n_policy_params, &s->pol_state, e);
+    if (rc)
+        goto fail;
+
+    kv_session_config_t kc = {.hard_limit = hard, .soft_limit = soft};
+    uint32_t kid;
+    rc = kv_session_create(d->store, &kc, &kid, e);
+    if (rc)
+        goto fail;
+    s->kv = kid;
+    /* a budget must hold at least one token */
+    err_info_t ke;
+    err_clear(&ke);
+    rc = kv_reserve(d->store, s->kv, 1, &ke);
+    if (rc == ERR_BUDGET) {
+        rc = err_set(e, ERR_BUDGET, "budget too small for even one token: %s", err_msg(&ke));
+        goto fail;
+    } else if (rc) {
+        rc = err_set(e, rc, "%s", err_msg(&ke));
+        goto fail;
+    }
+    kv_reserve_cancel(d->store, s->kv);
+
+    if (d->n_sess == d->cap_sess) {
+        uint32_t cap = d->cap_sess ? d->cap_sess * 2 : 16;
+        dmn_session_t **t = realloc(d->sess, sizeof *t * cap);
+        if (!t) {
+            rc = err_set(e, ERR_NOMEM, "out of memory");
+            goto fail;
+        }
+        d->sess = t;
+        d->cap_sess = cap;
+    }
+    if (!id) {
+        while (dmn_session_find(d, d->next_id) || d->next_id == 0)
+            d->next_id++;
+        id = d->next_id++;
+    }
+    s->id = id;
+    s->t_last = dmn_now();
+    d->sess[d->n_sess++] = s;
+    *out = s;
+    return 0;
+fail:
+    session_free(d, s);
+    return rc;
+}
+
+void dmn_session_close(dmn_t *d, dmn_session_t *s)
+{
+    if (s->act.kind != DMN_REQ_NONE)
+        dmn_req_finish(d, s, GISTD__STOP_REASON__STOP_CANCELLED, NULL, 0);
+    for (uint32_t i = 0; i < d->n_sess; i++)
+        if (d->sess[i] == s) {
+            memmove(d->sess + i, d->sess + i + 1, sizeof *d->sess * (d->n_sess - i - 1));
+            d->n_sess--;
+            break;
+        }
+    session_free(d, s);
+}
+
+void dmn_active_clear(dmn_active_t *a)
+{
+    mdl_sampler_destroy(&a->smp);
+    for (uint32_t i = 0; i < a->n_stop; i++)
+        free(a->stop[i]);
+    free(a->text);
+    free(a->score_tok);
+    free(a->logprob);
+    memset(a, 0, sizeof *a);
+}
+
+/* ------------------------------------------------------------------ tokens */
+
+int dmn_session_push(dmn_session_t *s, const int32_t *tok, uint32_t n)
+{
+    if (s->pend_head > 0 && s->pend_head + s->n_pend + n > s->pend_cap) {
+        memmove(s->pend, s->pend + s->pend_head, sizeof(int32_t) * s->n_pend);
+        s->pend_head = 0;
+    }
+    if (s->n_pend + n > s->pend_cap) {
+        if ((uint64_t)s->n_pend + n > UINT32_MAX / 2)
+            return ERR_LIMIT;
+        uint32_t cap = s->pend_cap ? s->pend_cap : 64;
+        while (cap < s->n_pend + n)
+            cap *= 2;
+        int32_t *p = realloc(s->pend, sizeof(int32_t) * cap);
+        if (!p)
+            return ERR_NOMEM;
+        s->pend = p;
+        s->pend_cap = cap;
+    }
+    memcpy(s->pend + s->pend_head + s->n_pend, tok, sizeof(int32_t) * n);
+    s->n_pend += n;
+    return 0;
+}
+
+void dmn_session_drop_tail(dmn_session_t *s, uint32_t n)
+{
+    s->n_pend -= n < s->n_pend ? n : s->n_pend;
+    if (s->n_pend == 0)
+        s->pend_head = 0;
+}
+
+/* Tokenizes one piece of text and pushes it; BOS first when asked. */
+static int push_piece(dmn_t *d, dmn_session_t *s, const char *text, size_t len, bool bos,
+                      bool special, uint32_t *n_added, err_info_t *e)
+{
+    if (len == 0 && !bos)
+        return 0;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (tok_encode(d->tok, text, len, bos, special, &ids, &n))
+        return err_set(e, ERR_FORMAT, "cannot tokenize %zu bytes of text", len);
+    int rc = dmn_session_push(s, ids, (uint32_t)n);
+    free(ids);
+    if (rc)
+        return err_set(e, rc, "no room for %zu more pending tokens", n);
+    *n_added += (uint32_t)n;
+    return 0;
+}
+
+int dmn_session_push_text(dmn_t *d, dmn_session_t *s, const uint8_t *text, size_t len, int role,
+                          bool special, uint32_t *n_added, err_info_t *e)
+{
+    if (role < 0 || role > 3)
+        return err_set(e, ERR_INVAL, "unknown role %d", role);
+    const uint32_t before = s->n_past + s->n_pend;
+    bool bos = before == 0 && s->add_bos;
+    const char *pre = s->tmpl->prefix[role], *suf = s->tmpl->suffix[role];
+    uint32_t added = 0;
+    int rc = 0;
+    if (*pre) {
+        rc = push_piece(d, s, pre, strlen(pre), bos, true, &added, e);
+        bos = false;
+    }
+    if (!rc)
+        rc = push_piece(d, s, (const char *)text, len, bos, special, &added, e);
+    if (!rc && *suf)
+        rc = push_piece(d, s, suf, strlen(suf), false, true, &added, e);
+    if (rc) {
+        dmn_session_drop_tail(s, added);
+        return rc;
+    }
+    if (role == GISTD__ROLE__ROLE_SYSTEM && added > 0) {
+        if (s->n_sys == s->cap_sys) {
+            uint32_t cap = s->cap_sys ? s->cap_sys * 2 : 4;
+            uint32_t *t = realloc(s->sys_spans, sizeof(uint32_t) * 2 * cap);
+            if (!t) {
+                dmn_session_drop_tail(s, added);
+                return err_set(e, ERR_NOMEM, "out of memory");
+            }
+            s->sys_spans = t;
+            s->cap_sys = cap;
+        }
+        s->sys_spans[2 * s->n_sys] = before;
+        s->sys_spans[2 * s->n_sys + 1] = before + added - 1;
+        s->n_sys++;
+    }
+    if (len > 0 || *pre)
+        s->text_started = true;
+    *n_added = added;
+    return 0;
+}
+
+int dmn_session_tokens(const dmn_t *d, const dmn_session_t *s, uint32_t first, uint32_t n,
+                       int32_t *out)
+{
+    if ((uint64_t)first + n > (uint64_t)s->n_past + s->n_pend)
+        return ERR_RANGE;
+    uint32_t i = 0;
+    if (first < s->n_past) {
+        uint32_t m = s->n_past - first < n ? s->n_past - first : n;
+        /* the transcript holds uint32 ids; read them straight into out */
+        int rc = kv_transcript_read(d->store, s->kv, first, m, (uint32_t *)out, NULL);
+        if (rc)
+            return rc;
+        i = m;
+    }
+    for (; i < n; i++)
+        out[i] = s->pend[s->pend_head + (first + i - s->n_past)];
+    return 0;
+}
+
+/* ------------------------------------------------------------------ policy */
+
+/* A compaction the policy made: counted, and streamed to the client of the running request. */
+static void session_emit(void *ectx, const dmn_compaction_t *c)
+{
+    dmn_session_t *s = ectx;
+    dmn_t *d = s->owner;
+    s->compactions++;
+    s->bytes_freed += c->bytes_freed;
+    d->c.compactions++;
+    d->c.bytes_freed += c->bytes_freed;
+    if (s->act.kind == DMN_REQ_NONE || s->act.peer_gone)
+        return;
+    s->act.compactions++;
+    s->act.bytes_freed += c->bytes_freed;
+    kv_stats_t ks;
+    kv_session_stats(d->store, s->kv, &ks);
+    Gistd__Span span = GISTD__SPAN__INIT;
+    span.first = c->first;
+    span.last = c->last;
+    Gistd__CompactionEvent ev = GISTD__COMPACTION_EVENT__INIT;
+    ev.action = (char *)c->action;
+    ev.span = &span;
+    ev.level = c->level;
+    ev.rows_before = c->rows_before;
+    ev.rows_after = c->rows_after;
+    ev.bytes_freed = c->bytes_freed;
+    ev.session_bytes = ks.bytes;
+    ev.reason = (char *)(c->reason ? c->reason : "");
+    Gistd__Reply r = GISTD__REPLY__INIT;
+    r.id = s->act.id;
+    r.session = s->id;
+    r.body_case = GISTD__REPLY__BODY_COMPACTION;
+    r.compaction = &ev;
+    if (dmn_send(d, &s->act.peer, &r) == ERR_BUSY)
+        s->events_dropped++;
+}
+
+void dmn_session_pol_ctx(dmn_t *d, dmn_session_t *s, dmn_pol_ctx_t *c)
+{
+    memset(c, 0, sizeof *c);
+    c->store = d->store;
+    c->sid = s->kv;
+    c->model = d->model;
+    c->pins = &s->pins;
+    c->system_spans = s->sys_spans;
+    c->n_system = s->n_sys;
+    c->n_past = s->n_past;
+    c->emit = session_emit;
+    c->ectx = s;
+}

@@ -1,0 +1,450 @@
+/*
+ * daemon/snapshot.c — a session to a file and back: `snapshot`/`restore`, and every session
+ * at shutdown and start-up when the daemon has a snapshot folder.
+ *
+ * The file (DIR/session-<id>.gistd) holds what the session is made of: its settings (policy
+ * and its state, pins, template, sampling defaults, limits), its figures, and every token of
+ * its transcript and pending queue. The KV rows are not in it: a restored session prefills
+ * its tokens again before its next request runs, and the forward pass is deterministic, so
+ * the session goes on as it would have.
+ *
+ * Format, little-endian: magic "GISTDSES", u32 version, the fields in the order of
+ * write_body, then an FNV-1a 64 checksum of everything before it. Written atomically: a
+ * temporary file in the same folder, fsync, rename. A file that is short, corrupt or of
+ * another version is refused with ERR_FORMAT or ERR_CORRUPT, and nothing changes.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "daemon/dmn_impl.h"
+
+#define SNAP_MAGIC "GISTDSES"
+#define SNAP_VERSION 1u
+
+/* ------------------------------------------------------------------ a byte buffer */
+
+typedef struct buf {
+    uint8_t *p;
+    size_t len, cap;
+    bool oom;
+} buf_t;
+
+static void put(buf_t *b, const void *src, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 4096;
+        while (cap < b->len + n)
+            cap *= 2;
+        uint8_t *t = realloc(b->p, cap);
+        if (!t) {
+            b->oom = true;
+            return;
+        }
+        b->p = t;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, src, n);
+    b->len += n;
+}
+
+static void put_u32(buf_t *b, uint32_t v)
+{
+    uint8_t x[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
+    put(b, x, 4);
+}
+
+static void put_u64(buf_t *b, uint64_t v)
+{
+    put_u32(b, (uint32_t)v);
+    put_u32(b, (uint32_t)(v >> 32));
+}
+
+static void put_f32(buf_t *b, float f)
+{
+    uint32_t v;
+    memcpy(&v, &f, 4);
+    put_u32(b, v);
+}
+
+static void put_str(buf_t *b, const char *s)
+{
+    const uint32_t n = (uint32_t)strlen(s);
+    put_u32(b, n);
+    put(b, s, n);
+}
+
+/* A reader over a byte range: every get checks the bounds. */
+typedef struct rd {
+    const uint8_t *p;
+    size_t len, at;
+    bool short_read;
+} rd_t;
+
+static const uint8_t *get(rd_t *r, size_t n)
+{
+    if (r->short_read || r->len - r->at < n) {
+        r->short_read = true;
+        return NULL;
+    }
+    const uint8_t *q = r->p + r->at;
+    r->at += n;
+    return q;
+}
+
+static uint32_t get_u32(rd_t *r)
+{
+    const uint8_t *x = get(r, 4);
+    return x ? (uint32_t)x[0] | (uint32_t)x[1] << 8 | (uint32_t)x[2] << 16 | (uint32_t)x[3] << 24
+             : 0;
+}
+
+static uint64_t get_u64(rd_t *r)
+{
+    uint64_t lo = get_u32(r);
+    return lo | (uint64_t)get_u32(r) << 32;
+}
+
+static float get_f32(rd_t *r)
+{
+    uint32_t v = get_u32(r);
+    float f;
+    memcpy(&f, &v, 4);
+    return f;
+}
+
+/* A string of at most cap - 1 bytes into out. */
+static void get_str(rd_t *r, char *out, size_t cap)
+{
+    uint32_t n = get_u32(r);
+    if (n >= cap) {
+        r->short_read = true;
+        return;
+    }
+    const uint8_t *s = get(r, n);
+    if (s) {
+        memcpy(out, s, n);
+        out[n] = 0;
+    }
+}
+
+static uint64_t fnv1a(const uint8_t *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+/* ------------------------------------------------------------------ writing */
+
+static char *snap_path(const dmn_t *d, uint32_t id, const char *suffix)
+{
+    size_t n = strlen(d->snapshot_dir) + 48;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%s/session-%u.gistd%s", d->snapshot_dir, id, suffix);
+    return p;
+}
+
+static int write_body(const dmn_t *d, const dmn_session_t *s, buf_t *b, err_info_t *e)
+{
+    kv_stats_t ks;
+    kv_session_stats(d->store, s->kv, &ks);
+    put(b, SNAP_MAGIC, 8);
+    put_u32(b, SNAP_VERSION);
+    put_u32(b, s->id);
+    put_str(b, s->name);
+    put_str(b, s->pol->name);
+    put_str(b, s->tmpl->name);
+    put_u32(b, s->pins.sink_tokens);
+    put_u32(b, s->pins.recent_tokens);
+    put_u32(b, s->pins.system_prompt);
+    put_f32(b, s->sampling.temp);
+    put_u32(b, (uint32_t)s->sampling.top_k);
+    put_f32(b, s->sampling.top_p);
+    put_f32(b, s->sampling.min_p);
+    put_f32(b, s->sampling.repeat_penalty);
+    put_u32(b, (uint32_t)s->sampling.repeat_last_n);
+    put_u64(b, s->sampling.seed);
+    put_u32(b, s->add_bos);
+    put_u32(b, s->text_started);
+    put_u64(b, ks.hard_limit);
+    put_u64(b, ks.soft_limit);
+    put_u64(b, s->prompt_tokens);
+    put_u64(b, s->generated_tokens);
+    put_u32(b, s->n_sys);
+    for (uint32_t i = 0; i < 2 * s->n_sys; i++)
+        put_u32(b, s->sys_spans[i]);
+    const uint32_t n = s->n_past + s->n_pend;
+    put_u32(b, n);
+    int32_t *ids = malloc(sizeof(int32_t) * (n ? n : 1));
+    if (!ids)
+        return err_set(e, ERR_NOMEM, "out of memory");
+    int rc = dmn_session_tokens(d, s, 0, n, ids);
+    for (uint32_t i = 0; !rc && i < n; i++)
+        put_u32(b, (uint32_t)ids[i]);
+    free(ids);
+    if (rc)
+        return err_set(e, rc, "cannot read session %u's transcript", s->id);
+    uint8_t *pst = NULL;
+    size_t pst_len = 0;
+    if (s->pol->save && s->pol->save(s->pol_state, &pst, &pst_len))
+        return err_set(e, ERR_NOMEM, "policy '%s' cannot save its state", s->pol->name);
+    put_u32(b, (uint32_t)pst_len);
+    put(b, pst, pst_len);
+    free(pst);
+    put_u64(b, fnv1a(b->p, b->len));
+    return b->oom ? err_set(e, ERR_NOMEM, "out of memory") : 0;
+}
+
+int dmn_snapshot_write(dmn_t *d, dmn_session_t *s, char **path_out, err_info_t *e)
+{
+    if (!d->snapshot_dir)
+        return err_set(e, ERR_UNSUPPORTED, "the daemon was started without --snapshot-dir");
+    buf_t b = {0};
+    char *path = snap_path(d, s->id, ""), *tmp = snap_path(d, s->id, ".tmp");
+    int rc = path && tmp ? write_body(d, s, &b, e) : err_set(e, ERR_NOMEM, "out of memory");
+    int fd = -1;
+    if (!rc) {
+        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0)
+            rc = err_set(e, ERR_IO, "%s: %s", tmp, strerror(errno));
+    }
+    for (size_t at = 0; !rc && at < b.len;) {
+        ssize_t w = write(fd, b.p + at, b.len - at);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            rc = err_set(e, ERR_IO, "%s: %s", tmp, strerror(errno));
+        else
+            at += (size_t)w;
+    }
+    if (!rc && fsync(fd) < 0)
+        rc = err_set(e, ERR_IO, "%s: %s", tmp, strerror(errno));
+    if (fd >= 0 && close(fd) < 0 && !rc)
+        rc = err_set(e, ERR_IO, "%s: %s", tmp, strerror(errno));
+    if (!rc && rename(tmp, path) < 0)
+        rc = err_set(e, ERR_IO, "%s: %s", path, strerror(errno));
+    if (rc && tmp)
+        unlink(tmp);
+    if (!rc && path_out) {
+        *path_out = path;
+        path = NULL;
+    }
+    free(b.p);
+    free(path);
+    free(tmp);
+    return rc;
+}
+
+void dmn_snapshot_remove(dmn_t *d, uint32_t id)
+{
+    if (!d->snapshot_dir)
+        return;
+    char *path = snap_path(d, id, "");
+    if (path && unlink(path) == 0)
+        dmn_log(d, DMN_LOG_INFO, "removed %s", path);
+    free(path);
+}
+
+/* ------------------------------------------------------------------ reading */
+
+static int read_file(const char *path, uint8_t **out, size_t *len, err_info_t *e)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return err_set(e, errno == ENOENT ? ERR_NOTFOUND : ERR_IO, "%s: %s", path,
+                       strerror(errno));
+    size_t cap = 1 << 16, n = 0;
+    uint8_t *p = malloc(cap);
+    while (p) {
+        n += fread(p + n, 1, cap - n, f);
+        if (n < cap)
+            break;
+        uint8_t *t = realloc(p, cap *= 2);
+        if (!t)
+            free(p);
+        p = t;
+    }
+    const bool bad = ferror(f);
+    fclose(f);
+    if (!p || bad) {
+        free(p);
+        return err_set(e, bad ? ERR_IO : ERR_NOMEM, "%s: cannot read it", path);
+    }
+    *out = p;
+    *len = n;
+    return 0;
+}
+
+int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t *e)
+{
+    if (dmn_session_find(d, id))
+        return err_set(e, ERR_EXISTS, "session %u already exists", id);
+    char *path = snap_path(d, id, "");
+    if (!path)
+        return err_set(e, ERR_NOMEM, "out of memory");
+    uint8_t *p = NULL;
+    size_t len = 0;
+    int rc = read_file(path, &p, &len, e);
+    if (rc) {
+        free(path);
+        return rc;
+    }
+    rd_t r = {.p = p, .len = len};
+    char name[DMN_NAME_LEN] = "", policy[64] = "", tmpl[64] = "";
+    int32_t *ids = NULL;
+    uint32_t *spans = NULL;
+    dmn_session_t *s = NULL;
+    const uint8_t *magic = get(&r, 8);
+    if (!magic || memcmp(magic, SNAP_MAGIC, 8)) {
+        rc = err_set(e, ERR_FORMAT, "%s: not a gistd session snapshot", path);
+        goto done;
+    }
+    const uint32_t version = get_u32(&r);
+    if (version != SNAP_VERSION) {
+        rc = err_set(e, ERR_FORMAT, "%s: snapshot version %u, this daemon reads %u", path,
+                     version, SNAP_VERSION);
+        goto done;
+    }
+    if (r.short_read || len < 20) {
+        rc = err_set(e, ERR_FORMAT, "%s: truncated (%zu bytes)", path, len);
+        goto done;
+    }
+    r.at = len - 8;
+    const uint64_t sum = get_u64(&r);
+    if (fnv1a(p, len - 8) != sum) {
+        rc = err_set(e, ERR_CORRUPT, "%s: checksum mismatch (%zu bytes)", path, len);
+        goto done;
+    }
+    r.len = len - 8;
+    r.at = 12;
+    const uint32_t file_id = get_u32(&r);
+    get_str(&r, name, sizeof name);
+    get_str(&r, policy, sizeof policy);
+    get_str(&r, tmpl, sizeof tmpl);
+    Gistd__Pins pins = GISTD__PINS__INIT;
+    pins.sink_tokens = get_u32(&r);
+    pins.recent_tokens = get_u32(&r);
+    pins.system_prompt = get_u32(&r) != 0;
+    Gistd__Sampling smp = GISTD__SAMPLING__INIT;
+    smp.temp = get_f32(&r);
+    smp.top_k = (int32_t)get_u32(&r);
+    smp.top_p = get_f32(&r);
+    smp.min_p = get_f32(&r);
+    smp.repeat_penalty = get_f32(&r);
+    smp.repeat_last_n = (int32_t)get_u32(&r);
+    smp.seed = get_u64(&r);
+    const bool add_bos = get_u32(&r) != 0, text_started = get_u32(&r) != 0;
+    const uint64_t hard = get_u64(&r), soft = get_u64(&r);
+    const uint64_t prompt_tokens = get_u64(&r), generated_tokens = get_u64(&r);
+    const uint32_t n_sys = get_u32(&r);
+    if (r.short_read || file_id != id || n_sys > (r.len - r.at) / 8) {
+        rc = err_set(e, ERR_FORMAT, "%s: bad header (session %u, %u system spans)", path,
+                     file_id, n_sys);
+        goto done;
+    }
+    spans = malloc(sizeof(uint32_t) * 2 * (n_sys ? n_sys : 1));
+    for (uint32_t i = 0; spans && i < 2 * n_sys; i++)
+        spans[i] = get_u32(&r);
+    const uint32_t n = get_u32(&r);
+    if (r.short_read || n > (r.len - r.at) / 4) {
+        rc = err_set(e, ERR_FORMAT, "%s: %u tokens do not fit in the file", path, n);
+        goto done;
+    }
+    ids = malloc(sizeof(int32_t) * (n ? n : 1));
+    if (!spans || !ids) {
+        rc = err_set(e, ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        ids[i] = (int32_t)get_u32(&r);
+        if (ids[i] < 0 || (uint32_t)ids[i] >= d->hp->n_vocab) {
+            rc = err_set(e, ERR_FORMAT, "%s: token %d at position %u is outside this model's "
+                                        "vocabulary", path, ids[i], i);
+            goto done;
+        }
+    }
+    const uint32_t pst_len = get_u32(&r);
+    const uint8_t *pst = get(&r, pst_len);
+    if (r.short_read || r.at != r.len) {
+        rc = err_set(e, ERR_FORMAT, "%s: the policy state does not end the file", path);
+        goto done;
+    }
+
+    Gistd__OpenSession o = GISTD__OPEN_SESSION__INIT;
+    o.policy = policy;
+    o.budget_bytes = hard;
+    o.soft_bytes = soft;
+    o.pins = &pins;
+    o.chat_template = tmpl;
+    o.sampling = &smp;
+    o.no_bos = !add_bos;
+    o.name = name;
+    rc = dmn_session_open(d, &o, id, &s, e);
+    if (rc) {
+        err_prefix(e, "%s: ", path);
+        goto done;
+    }
+    if (pst_len && (!s->pol->load || s->pol->load(s->pol_state, pst, pst_len, e))) {
+        rc = s->pol->load ? e->code : err_set(e, ERR_FORMAT, "%s: policy '%s' keeps no state",
+                                              path, policy);
+        goto done;
+    }
+    rc = dmn_session_push(s, ids, n);
+    if (rc) {
+        err_set(e, rc, "%s: no room for %u tokens", path, n);
+        goto done;
+    }
+    free(s->sys_spans);
+    s->sys_spans = spans;
+    s->n_sys = s->cap_sys = n_sys;
+    spans = NULL;
+    s->text_started = text_started;
+    s->prompt_tokens = prompt_tokens;
+    s->generated_tokens = generated_tokens;
+    dmn_log(d, DMN_LOG_INFO, "restored session %u (%u tokens) from %s", id, n, path);
+    *out = s;
+    s = NULL;
+done:
+    if (s)
+        dmn_session_close(d, s);
+    free(p);
+    free(ids);
+    free(spans);
+    free(path);
+    return rc;
+}
+
+void dmn_snapshot_restore_all(dmn_t *d)
+{
+    DIR *dir = opendir(d->snapshot_dir);
+    if (!dir) {
+        dmn_log(d, DMN_LOG_WARN, "snapshot folder %s: %s", d->snapshot_dir, strerror(errno));
+        return;
+    }
+    struct dirent *de;
+    while ((de = readdir(dir))) {
+        unsigned id;
+        char tail[8];
+        if (sscanf(de->d_name, "session-%u.gistd%7s", &id, tail) != 1 || id == 0)
+            continue;
+        dmn_session_t *s;
+        err_info_t e;
+        err_clear(&e);
+        if (dmn_snapshot_restore(d, id, &s, &e))
+            dmn_log(d, DMN_LOG_ERROR, "%s", err_msg(&e));
+        else if (id >= d->next_id)
+            d->next_id = id + 1;
+    }
+    closedir(dir);
+}
