@@ -62,6 +62,8 @@ static void lane_insert(ref_lane_t *ln, uint32_t at, const ref_row_t *rows, uint
         ln->cap = (ln->n + n) * 2;
         ln->r = realloc(ln->r, sizeof *ln->r * ln->cap);
     }
+    if (n == 0)
+        return;
     memmove(&ln->r[at + n], &ln->r[at], sizeof *ln->r * (ln->n - at));
     memcpy(&ln->r[at], rows, sizeof *rows * n);
     ln->n += n;
@@ -87,11 +89,13 @@ static void sess_copy(ref_sess_t *d, const ref_sess_t *s)
     for (int l = 0; l < NL; l++) {
         d->lane[l].cap = s->lane[l].n + 1;
         d->lane[l].r = malloc(sizeof(ref_row_t) * d->lane[l].cap);
-        memcpy(d->lane[l].r, s->lane[l].r, sizeof(ref_row_t) * s->lane[l].n);
+        if (s->lane[l].n)
+            memcpy(d->lane[l].r, s->lane[l].r, sizeof(ref_row_t) * s->lane[l].n);
     }
     d->cap = s->len + 1;
     d->tok = malloc(sizeof(uint32_t) * d->cap);
-    memcpy(d->tok, s->tok, sizeof(uint32_t) * s->len);
+    if (s->len)
+        memcpy(d->tok, s->tok, sizeof(uint32_t) * s->len);
 }
 
 static int pick_session(world_t *w)
