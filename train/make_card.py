@@ -57,6 +57,18 @@ def main():
         return (f"| {what} | {e['ppl']:.2f} | {e['nll']:.4f} | {e['bits_per_byte']:.3f} | "
                 f"{e['tokens']:,} |\n")
 
+    phase1 = stage(gist, 0) if len(gist) > 1 else "not run"
+    rows = (row("base", "base, causal") + row("plain", "final, causal (no gists)")
+            + row("gist", "final, gists + sentence mask")
+            + row("gated", "final, causal + gate decay"))
+    ec = ev.get("engine_check")
+    engine = ""
+    if ec:
+        engine = (f"\nCross-check of the exported file: on the first {ec['bytes']:,} bytes "
+                  f"of persuasion\n({ec['tokens']:,} tokens scored as `gist-model perplexity` "
+                  f"scores a file, windows of {ec['ctx']}),\n`gist-model perplexity` gives "
+                  f"{ec['engine_ppl']:.3f}, PyTorch on the same weights "
+                  f"{ec['torch_ppl']:.3f}.\n")
     hd = cfg.get("n_embd", 0) // max(cfg.get("n_head", 1), 1)
     text = f"""# {name}
 
@@ -84,8 +96,8 @@ by them.
 
 | stage | what learns | time |
 |---|---|---|
-| base | everything; seq 1024, batch 2 (4 for the first 59 steps), AdamW lr 2e-3, cosine to 10% | {stage(base)} |
-| gist, phase 1 | only the 2 gist rows of token_embd and output | {stage(gist, 0) if len(gist) > 1 else 'not run'} |
+| base | all; seq 1024, batch 2 (4 in steps 1-59), AdamW 2e-3, cosine | {stage(base)} |
+| gist, phase 1 | only the 2 gist rows of token_embd and output | {phase1} |
 | gist, phase 2 | everything, lr 3e-4; 1 row in 4 without gists | {stage(gist)} |
 | gates | only the retention gates (hidden 32, budget 128) | {stage(gates)} |
 
@@ -96,7 +108,8 @@ before it. Gates (TRIM-KV, Bui et al. 2025) were trained on the gist model (froz
 on plain text without gists, with loss KL(model || gated model) + next-token loss
 + 0.01 * mean(max(0, sum_i beta_i^(t-i) - 128)).
 
-Command: `BASE_MIN=110 BASE_END=22:38 GIST_END=22:58 GATES_END=23:08 train/pipeline.sh`
+Command: `BASE_MIN=110 BASE_END=22:38 GIST_END=22:57 GATES_END=23:06 EVAL_WINDOWS=16
+train/pipeline.sh`
 (see the script for every stage's flags).
 
 ## Validation (held-out persuasion.txt)
@@ -107,11 +120,11 @@ every row scores the same {ev['base']['tokens']:,} tokens. Persuasion tokenizes 
 
 | model | perplexity / token | nll (nats) | bits / byte | tokens |
 |---|---|---|---|---|
-{row('base', 'base, causal')}{row('plain', 'final, causal (no gists)')}{row('gist', 'final, gists + sentence mask')}{row('gated', 'final, causal + gate decay')}
+{rows}
 "final" is this file (after the gist fine-tune). "gists + sentence mask": no token sees the
 raw tokens of an earlier sentence, only its gists. "gate decay": key i weighs
 beta_i^(t-i) at query t (the soft form the gates are trained with).
-"""
+{engine}"""
     with open(a.out, "w") as f:
         f.write(text)
     print(f"wrote {a.out}")

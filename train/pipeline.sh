@@ -42,5 +42,6 @@ $RUN train/train_gates.py --corpus "$CORPUS" --tok $TOK --model $RUNS/gist/ckpt.
 $PY train/export.py --ckpt $RUNS/gates/ckpt.pt --tok $TOK --out models/$NAME.gguf \
     --type f16 --name $NAME
 $RUN train/evaluate.py --corpus "$CORPUS" --tok $TOK --base $RUNS/base/ckpt.pt \
-    --final $RUNS/gates/ckpt.pt --windows "${EVAL_WINDOWS:-24}" --out $RUNS/eval.json
+    --final $RUNS/gates/ckpt.pt --windows "${EVAL_WINDOWS:-24}" --out $RUNS/eval.json \
+    --gguf models/$NAME.gguf
 $PY train/make_card.py --runs $RUNS --model models/$NAME.gguf --out models/README.md
