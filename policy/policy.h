@@ -1,0 +1,275 @@
+/*
+ * policy/policy.h — what to compress or evict in one session's KV rows, and when.
+ *
+ * A pol_t belongs to one session of a KV store (kvstore/kvstore.h). It is chosen by name
+ * with key=value parameters:
+ *   full    keep every row; a reservation over budget fails (the baseline)
+ *   window  sinks + the most recent rows (StreamingLLM, positions kept, not re-indexed)
+ *   h2o     evict per lane the rows with the least accumulated attention (recent window kept)
+ *   tova    evict per lane the rows the last queries attended to least
+ *   trim    evict per lane the lowest TRIM-KV retention log(beta) * (t - pos) (needs gates)
+ *   pool    progressive: pooled sentence gists, then gists of gists, then eviction
+ *   gist    learned sentence-anchored gists as each sentence closes (needs gist tokens),
+ *           then gists of gists, then eviction
+ *   auto    the progressive schedule with whatever the model supports (the default):
+ *           learned gists if the model has gist tokens, else pooled ones; merges; eviction
+ *           by TRIM-KV scores if it has gates, else by accumulated attention
+ * New policies are presets of the same engine (policy/policy.c), so they slot in without
+ * touching the kvstore or the model.
+ *
+ * The caller runs the model; the policy reads and edits rows only through the store's
+ * verbs, and reaches the model only through the runner the caller fills (pol_runner_t), used
+ * to run learned gist tokens under the sentence mask. The policy never includes model/.
+ *
+ * The caller's loop, for a prefill or a decode step (tools/gist-model/kvrun.c is one):
+ *
+ *     while tokens remain:
+ *         pol_next(p, pieces, n, &k)      the text of the tokens about to run; the policy may
+ *                                         close a sentence first (learned gists) and says how
+ *                                         many tokens to run in one batch (k >= 1)
+ *         pol_reserve(p, k)               kv_reserve, compacting when a budget refuses it
+ *         forward k tokens over the store's lanes, kv_commit
+ *         pol_commit(p, pieces, k)        the segmenter sees them; above the soft watermark
+ *                                         the progressive schedule runs
+ *
+ * and at the edges of a session: pol_end_turn (a chat turn ended), pol_mark_thought (a
+ * client's thought marker), pol_pin_span (a system prompt), pol_shrink (a budget was
+ * lowered), pol_compact (an explicit request). Learned gist tokens are committed to the
+ * session as tokens (the transcript holds their ids, at the positions they were trained
+ * at: right after their sentence), so a caller's position counter must follow
+ * kv_transcript_len, not its own count of text tokens.
+ *
+ * Every change a policy makes is reported as a pol_event_t through the emit callback: what
+ * (action, method, positions, lanes, level), why (reason) and the session's bytes before and
+ * after, so that the events' bytes add up to the store's byte changes outside commits.
+ *
+ * Pins: the first `sinks` positions, spans given to pol_pin_span, and the last `recent`
+ * positions are never compacted by the schedule; pol_compact (the client's explicit request)
+ * may touch them. A session never crosses its hard limit (the store refuses); when pins
+ * leave nothing to free, pol_reserve fails with ERR_BUDGET and nothing stored is lost.
+ *
+ * Threads: a pol_t and its session belong to one thread (the store's). Errors: 0 or a
+ * negative ERR_* code (common/err.h) with a message in err_info_t; pol_new reports an
+ * unknown name or parameter with ERR_INVAL and a learned policy on a model without gist
+ * tokens or gates with ERR_UNSUPPORTED. A failed hook leaves the rows as they were, except
+ * for what it already reported through events.
+ */
+#ifndef GISTD_POLICY_POLICY_H
+#define GISTD_POLICY_POLICY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "kvstore/kv_pool.h"
+#include "kvstore/kvstore.h"
+
+typedef struct pol pol_t;
+
+/* ---- events ---- */
+
+enum pol_action {
+    POL_GIST = 0,  /* closed sentences -> level-1 gist rows (learned or pooled) */
+    POL_MERGE = 1, /* runs of gists -> pooled rows one level up */
+    POL_EVICT = 2, /* rows removed (their tokens stay in the cold transcript) */
+    POL_N_ACTIONS = 3
+};
+
+enum pol_method {
+    POL_M_LEARNED = 0, /* the model's gist tokens under the sentence mask */
+    POL_M_POOLED,      /* mass-weighted means (kv_pool_rows) */
+    POL_M_WINDOW,      /* oldest unpinned positions, every lane alike */
+    POL_M_H2O,         /* least accumulated attention, per lane */
+    POL_M_TOVA,        /* least attention from the last step's queries, per lane */
+    POL_M_TRIM,        /* lowest log(beta) * (t - pos), per lane */
+    POL_M_RECENCY,     /* oldest unpinned rows, per lane */
+    POL_N_METHODS
+};
+
+enum pol_reason {
+    POL_R_SENTENCE = 0, /* a sentence closed (learned gists are made right away) */
+    POL_R_WATERMARK,    /* the session was above its soft watermark after a commit */
+    POL_R_BUDGET,       /* a reservation (or a learned gist) needed room under the hard limit */
+    POL_R_SHRINK,       /* pol_shrink: a lowered budget or the global watermark */
+    POL_R_REQUEST,      /* pol_compact: the client asked */
+    POL_N_REASONS
+};
+
+/* One compaction. Positions are transcript positions, spans inclusive. */
+typedef struct pol_event {
+    uint8_t action;       /* enum pol_action */
+    uint8_t method;       /* enum pol_method */
+    uint8_t reason;       /* enum pol_reason */
+    uint8_t level;        /* level of the rows made (gist 1, merge 2+); 0 for evictions */
+    uint32_t first, last; /* the span of positions it touched */
+    uint32_t lanes;       /* lanes it changed */
+    uint64_t rows_before; /* rows of the span in those lanes, before */
+    uint64_t rows_after;  /* and after (learned gists: the gist rows that replaced it) */
+    uint64_t tokens;      /* text tokens the span stands for */
+    size_t bytes_before;  /* the session's bytes (kv_session_stats) before the step */
+    size_t bytes_after;   /* and after it */
+    int64_t bytes_freed;  /* bytes_before - bytes_after: negative when a step stored more
+                             than it freed (learned gists of a short sentence) */
+} pol_event_t;
+
+typedef void (*pol_emit_fn)(void *ctx, const pol_event_t *ev);
+
+/* "gist", "merge", "evict" (the wire's CompactionEvent.action); "learned", "pooled",
+ * "window", "h2o", "tova", "trim", "recency"; "sentence", "watermark", "budget", "shrink",
+ * "request". "?" for a value out of range. */
+const char *pol_action_name(int action);
+const char *pol_method_name(int method);
+const char *pol_reason_name(int reason);
+
+/* ---- what the policy needs from the caller ---- */
+
+/* One run of learned gist tokens: the tokens, and which stored rows they may attend to. A
+ * stored row is visible when its position lies in one of the ranges, or (see_gists) when it
+ * is not a raw token row (a learned gist or a pooled row); the run's own tokens see each
+ * other causally. */
+typedef struct pol_run {
+    uint32_t n;            /* tokens */
+    const int32_t *tokens; /* [n] token ids (the model's gist tokens) */
+    uint32_t n_see;        /* position ranges */
+    const float (*see)[2]; /* [n_see] inclusive [lo, hi] position ranges */
+    bool see_gists;        /* every non-raw row is visible too */
+} pol_run_t;
+
+/* How the policy runs the model. run() reserves r->n rows in the session (kv_reserve), runs
+ * the tokens at the next transcript positions with r's mask over the session's lanes, and
+ * commits their rows (kv_commit, with retention log-beta when the model has gates). It
+ * returns ERR_BUDGET, having changed nothing, when the reservation was refused: the policy
+ * then frees room and calls again. It must not call back into the policy. A caller that
+ * scores text keeps the last token's logits: the text token that follows is predicted from
+ * the last gist token, as the model was trained. */
+typedef struct pol_runner {
+    void *ctx;
+    int (*run)(void *ctx, const pol_run_t *r, err_info_t *e);
+} pol_runner_t;
+
+/* What the policy knows of the model. */
+typedef struct pol_model {
+    uint32_t n_gist;     /* gistd.gist.count (0: no gist tokens) */
+    uint32_t gist_first; /* gistd.gist.first_token_id */
+    uint32_t gist_sinks; /* gistd.gist.sinks: tokens every token sees under the mask */
+    bool has_gates;      /* the model writes retention log-beta for every new row */
+    kv_rope_t rope;      /* the model's RoPE, for pooled rows (n_rot 0: pooling refused) */
+} pol_model_t;
+
+/* One parameter as given by a client or the command line ("recent", "64"). */
+typedef struct pol_param {
+    const char *key;
+    const char *value;
+} pol_param_t;
+
+/* Text of one token, as the tokenizer's piece (may hold any byte). */
+typedef struct pol_text {
+    const char *s;
+    uint32_t len;
+} pol_text_t;
+
+typedef struct pol_config {
+    const char *name;          /* see the list above; NULL or "" means "auto" */
+    const pol_param_t *params; /* [n_params] (see pol_param_help) */
+    uint32_t n_params;
+    kv_store_t *store;
+    uint32_t sid; /* the session; attention accumulators are turned on here when the
+                     policy scores by attention (h2o, tova, auto without gates) */
+    pol_model_t model;
+    pol_runner_t runner; /* required by learned gists */
+    pol_emit_fn emit;    /* may be NULL */
+    void *emit_ctx;
+} pol_config_t;
+
+/* Creates the policy for a session (which should be empty, or hold only tokens the policy
+ * may treat as one unclosed sentence). ERR_INVAL: unknown name ("unknown policy 'x' (known:
+ * ...)") or parameter, or a bad value; ERR_UNSUPPORTED: `gist` on a model without gist
+ * tokens, `trim` without retention gates, pooling without RoPE parameters. */
+int pol_new(const pol_config_t *cfg, pol_t **out, err_info_t *e);
+/* NULL-safe; sets *p to NULL. Leaves the session and its rows alone. */
+void pol_destroy(pol_t **p);
+
+/* "full, window, h2o, tova, pool, gist, trim, auto". */
+const char *pol_names(void);
+/* One line per parameter, "key=default  what" (for --help and error messages). */
+const char *pol_param_help(void);
+/* The policy's name as resolved ("auto" for ""). */
+const char *pol_name(const pol_t *p);
+
+/* Whether the forward should accumulate attention into the session's rows (the store's
+ * kv_lane_view then hands out accumulators, and kv_commit wants the new rows' sums). */
+bool pol_wants_attn_acc(const pol_t *p);
+/* Bytes to keep between the soft watermark and the hard limit so that a reservation of
+ * `ubatch` rows and the policy's own compaction steps (which allocate their new rows before
+ * freeing the old ones) fit under the hard limit. */
+size_t pol_headroom(const pol_t *p, uint32_t ubatch);
+
+/* ---- hooks the caller runs ---- */
+
+/* Before running tokens: their text pieces, in order (n >= 1). When the previous token
+ * closed a sentence (decided by the first of these pieces) the policy acts first (learned
+ * gists run through the runner). *n_run (1..n) says how many of them to run in one batch:
+ * fewer than n when a sentence boundary lies among them and the policy needs to act there.
+ * Changes nothing but the session's rows and the policy's state. */
+int pol_next(pol_t *p, const pol_text_t *pieces, uint32_t n, uint32_t *n_run, err_info_t *e);
+
+/* kv_reserve(n) for the session; when a budget refuses it, compacts (progressive schedule,
+ * reason "budget") and tries again, until it fits or nothing more can be freed (ERR_BUDGET,
+ * nothing lost). */
+int pol_reserve(pol_t *p, uint32_t n, err_info_t *e);
+
+/* After kv_commit of the n tokens last given to pol_next (the first n of them): the
+ * segmenter records them, and while the session is above its soft watermark the schedule
+ * compacts (reason "watermark"). TOVA scores are read, then the accumulators zeroed. */
+int pol_commit(pol_t *p, const pol_text_t *pieces, uint32_t n, err_info_t *e);
+
+/* A chat turn ended: the open sentence closes now (learned gists run at once). */
+int pol_end_turn(pol_t *p, err_info_t *e);
+/* A thought ended here (the client's marker): closes the open sentence and remembers the
+ * boundary for pol_compact's last_thought. Paragraph breaks ("\n\n") mark thoughts too. */
+int pol_mark_thought(pol_t *p, err_info_t *e);
+
+/* Pins positions [first, last] (a system prompt): never compacted by the schedule. */
+int pol_pin_span(pol_t *p, uint32_t first, uint32_t last, err_info_t *e);
+
+/* Frees at least `need` bytes of the session (reason "budget"); ERR_BUDGET when the pins
+ * leave too little (what could be freed is freed, and reported). */
+int pol_make_room(pol_t *p, size_t need, err_info_t *e);
+/* Compacts until the session holds at most `target` bytes or nothing more can be freed
+ * (reason "shrink"); freeing less is not an error: the caller compares. */
+int pol_shrink(pol_t *p, size_t target, err_info_t *e);
+
+/* An explicit request: gist the sentences of a span now, pins included. */
+typedef struct pol_compact_req {
+    bool last_thought;    /* the last finished thought (between the last two thought marks) */
+    uint32_t first, last; /* else these positions */
+} pol_compact_req_t;
+/* Learned gists close the open sentence when the span reaches it; closed raw sentences are
+ * pooled. ERR_UNSUPPORTED for `full`; ERR_NOTFOUND when there is no finished thought;
+ * ERR_RANGE for a span outside the transcript. */
+int pol_compact(pol_t *p, const pol_compact_req_t *r, err_info_t *e);
+
+/* ---- figures ---- */
+
+typedef struct pol_stats {
+    uint64_t events[POL_N_ACTIONS][POL_N_METHODS]; /* compactions by kind */
+    uint64_t rows_removed;                         /* rows_before - rows_after summed over events */
+    int64_t bytes_freed;                           /* summed over events */
+    uint64_t text_tokens;                          /* tokens committed through pol_commit */
+    uint64_t gist_tokens;                          /* learned gist tokens run */
+    uint64_t sentences;                            /* sentences closed */
+    uint64_t thoughts;                             /* thought boundaries */
+} pol_stats_t;
+
+void pol_stats(const pol_t *p, pol_stats_t *out);
+
+/* ---- snapshots ---- */
+
+/* The policy's state (segments, pins, segmenter) as a malloc'd buffer with a version and a
+ * checksum; pol_load restores it into a policy of the same name made for the restored
+ * session (ERR_FORMAT / ERR_CORRUPT for a bad buffer, nothing changed). */
+int pol_save(const pol_t *p, uint8_t **buf, size_t *len);
+int pol_load(pol_t *p, const uint8_t *buf, size_t len, err_info_t *e);
+
+#endif
