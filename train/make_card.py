@@ -98,7 +98,7 @@ by them.
 |---|---|---|
 | base | all; seq 1024, batch 2 (4 in steps 1-59), AdamW 2e-3, cosine | {stage(base)} |
 | gist, phase 1 | only the 2 gist rows of token_embd and output | {phase1} |
-| gist, phase 2 | everything, lr 3e-4; 1 row in 4 without gists | {stage(gist)} |
+| gist, phase 2 | everything, lr 3e-4; 1/4 of windows without gists | {stage(gist)} |
 | gates | only the retention gates (hidden 32, budget 128) | {stage(gates)} |
 
 Gists (Tarasov et al. 2025): 2 gist tokens after every sentence (`.`/`?`/`!` followed by

@@ -29,13 +29,13 @@ $RUN train/train_base.py --corpus "$CORPUS" --tok $TOK --out $RUNS/base \
 
 [ -f $RUNS/gist/result.json ] || \
 $RUN train/train_gist.py --corpus "$CORPUS" --tok $TOK --base $RUNS/base/ckpt.pt \
-    --out $RUNS/gist --gists 2 --seq 1024 --batch 4 --frozen-minutes "${GIST_FROZEN_MIN:-5}" \
+    --out $RUNS/gist --gists 2 --seq 1024 --batch 2 --frozen-minutes "${GIST_FROZEN_MIN:-5}" \
     --frozen-lr 1e-2 --minutes "${GIST_MIN:-12}" ${GIST_END:+--end-utc $GIST_END} --lr 3e-4 \
-    --warmup 10 --plain-rows 1 --eval-windows 8 --eval-minutes 30 >> $RUNS/gist/log.txt 2>&1
+    --warmup 10 --plain-frac 0.25 --eval-windows 8 --eval-minutes 30 >> $RUNS/gist/log.txt 2>&1
 
 [ -f $RUNS/gates/result.json ] || \
 $RUN train/train_gates.py --corpus "$CORPUS" --tok $TOK --model $RUNS/gist/ckpt.pt \
-    --out $RUNS/gates --hidden 32 --budget 128 --lam 0.01 --init-bias 5 --seq 1024 --batch 2 \
+    --out $RUNS/gates --hidden 32 --budget 128 --lam 0.01 --init-bias 5 --seq 1024 --batch 1 \
     --lr 2e-2 --warmup 5 --minutes "${GATES_MIN:-8}" ${GATES_END:+--end-utc $GATES_END} \
     --eval-windows 4 --eval-minutes 30 --log-every 5 >> $RUNS/gates/log.txt 2>&1
 

@@ -8,8 +8,8 @@ of a sentence is predicted from the last gist of the group before it (the senten
 last token, whose next token is a gist, is not scored).
 
 Phase 1 (--frozen-minutes) trains only the new rows of token_embd and output (the base
-is frozen); phase 2 (--minutes) fine-tunes everything at a lower rate, with --plain-rows
-rows of each batch left without gists so the model keeps working as a plain causal LM.
+is frozen); phase 2 (--minutes) fine-tunes everything at a lower rate, with a share
+(--plain-frac) of the windows left without gists so the model stays a plain causal LM.
 
     nice -n 10 /usr/bin/python3 train/train_gist.py --tok train/runs/tok4096.model \
         --base train/runs/base/ckpt.pt --out train/runs/gist --frozen-minutes 6 --minutes 12
@@ -60,12 +60,14 @@ class GistSampler:
             return None
         return np.concatenate(parts)[: self.seq + 1]
 
-    def batch(self, batch_size, plain_rows=0):
+    def batch(self, batch_size, plain_frac=0.0):
+        """[batch_size, seq_len + 1] windows; each is left without gists with probability
+        plain_frac."""
         rows = []
         while len(rows) < batch_size:
             sents = self.books[self.rng.choice(len(self.books), p=self.p)]
             w = self.window(sents, int(self.rng.integers(0, len(sents))),
-                            with_gists=len(rows) >= plain_rows)
+                            with_gists=self.rng.random() >= plain_frac)
             if w is not None:
                 rows.append(w)
         return np.stack(rows)
@@ -150,8 +152,8 @@ def main(argv=None):
                     help="phase 1: only the gist rows learn")
     ap.add_argument("--frozen-lr", type=float, default=3e-3)
     ap.add_argument("--frozen-steps", type=int, default=None)
-    ap.add_argument("--plain-rows", type=int, default=1,
-                    help="phase 2: rows per batch without gists")
+    ap.add_argument("--plain-frac", type=float, default=0.25,
+                    help="phase 2: share of the windows left without gists")
     ap.add_argument("--eval-windows", type=int, default=8)
     common.add_budget_args(ap, minutes=10, lr=3e-4)
     a = ap.parse_args(argv)
@@ -223,7 +225,7 @@ def main(argv=None):
         opt.load_state_dict(d["opt"])
 
     def step2(step):
-        x, y = inputs_targets(sampler.batch(a.batch, a.plain_rows), gist_first, a.gists)
+        x, y = inputs_targets(sampler.batch(a.batch, a.plain_frac), gist_first, a.gists)
         return masked_loss(model, x, y, gist_first, a.gists)
 
     st = {k: d[k] for k in ("step", "elapsed", "tokens")}
