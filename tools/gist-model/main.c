@@ -15,10 +15,12 @@ static const struct {
     {"detokenize", cmd_detokenize, "detokenize MODEL --tokens \"ID ID ...\""},
     {"make-tiny", cmd_make_tiny,
      "make-tiny OUT.gguf --seed N [--type f32|f16|bf16|q8_0|q4_0] [shape options]"},
-    {"logits", cmd_logits, "logits MODEL --tokens \"ID ID ...\" --out FILE [--threads N]"},
+    {"logits", cmd_logits,
+     "logits MODEL --tokens \"ID ID ...\" [--tokens ...] --out FILE [--ubatch N] "
+     "[--kv-type f32|f16|q8_0] [--gist-mask] [--retention-out FILE] [--threads N]"},
     {"generate", cmd_generate,
      "generate MODEL --prompt STR -n N [--temp T] [--seed S] [--top-k K] [--top-p P] "
-     "[--threads N]"},
+     "[--min-p P] [--repeat-penalty R] [--threads N]"},
     {"perplexity", cmd_perplexity, "perplexity MODEL --file F [--ctx N] [--threads N]"},
 };
 
