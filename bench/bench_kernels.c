@@ -26,7 +26,7 @@
 #include <string.h>
 #include <time.h>
 
-#define MiB (1024.0 * 1024.0)
+#define MiB         (1024.0 * 1024.0)
 #define WORKING_SET (256u << 20)
 
 static uint64_t rng_next(uint64_t *s)
@@ -113,8 +113,8 @@ static double time_matvec(const bench_mat_t *m, const float *x, float *y, bool s
     for (int k = 0; k < m->copies; k++) {
         const void *W = m->data + m->bytes * k;
         if (sgemv)
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, m->rows, m->cols, 1.0f, W, m->cols, x, 1,
-                        0.0f, y, 1);
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, m->rows, m->cols, 1.0f, W, m->cols, x, 1, 0.0f,
+                        y, 1);
         else
             kern_matvec(m->type, W, x, y, m->rows, m->cols);
     }
@@ -290,8 +290,9 @@ int main(int argc, char **argv)
             while (k < 5 && strcmp(argv[i], modes[k]) != 0)
                 k++;
             if (k == 5) {
-                fprintf(stderr, "usage: %s [bw|matvec|compare|batch|prefill]... [--threads 1,2] "
-                                "[--reps N]\n",
+                fprintf(stderr,
+                        "usage: %s [bw|matvec|compare|batch|prefill]... [--threads 1,2] "
+                        "[--reps N]\n",
                         argv[0]);
                 return 2;
             }

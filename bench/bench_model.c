@@ -20,7 +20,7 @@
 #include <stdbool.h>
 
 #define MAX_THREADS 8
-#define MAX_REPS 15
+#define MAX_REPS    15
 
 static uint64_t rng_next(uint64_t *s)
 {
@@ -142,8 +142,9 @@ int main(int argc, char **argv)
     }
     if (n_models == 0 || n_threads == 0 || n_prefill < 1 || n_decode < 1 || reps < 1 ||
         reps > MAX_REPS) {
-        fprintf(stderr, "usage: bench_model MODEL.gguf... [--threads 1,2] [--prefill N] "
-                        "[--decode N] [--reps N<=%d]\n",
+        fprintf(stderr,
+                "usage: bench_model MODEL.gguf... [--threads 1,2] [--prefill N] "
+                "[--decode N] [--reps N<=%d]\n",
                 MAX_REPS);
         return 2;
     }

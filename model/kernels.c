@@ -158,8 +158,8 @@ void kern_get_row(uint32_t type, const void *W, int n_cols, int r, float *out)
     (void)rc;
 }
 
-void kern_matmul_ref(uint32_t type, const void *W, const float *X, float *Y, int n_rows,
-                     int n_cols, int n_b)
+void kern_matmul_ref(uint32_t type, const void *W, const float *X, float *Y, int n_rows, int n_cols,
+                     int n_b)
 {
     assert(kern_type_supported(type));
     float *w = malloc((size_t)n_cols * sizeof *w);
@@ -177,8 +177,7 @@ void kern_matmul_ref(uint32_t type, const void *W, const float *X, float *Y, int
     free(w);
 }
 
-void kern_matvec_ref(uint32_t type, const void *W, const float *x, float *y, int n_rows,
-                     int n_cols)
+void kern_matvec_ref(uint32_t type, const void *W, const float *x, float *y, int n_rows, int n_cols)
 {
     kern_matmul_ref(type, W, x, y, n_rows, n_cols, 1);
 }
@@ -285,9 +284,8 @@ static void rows_f16_portable(const uint8_t *W, size_t w_stride, const uint8_t *
     rows_half_portable(KT_F16, W, w_stride, x, x_stride, nx, n_cols, y, y_stride, r0, r1);
 }
 
-static void rows_bf16_portable(const uint8_t *W, size_t w_stride, const uint8_t *x,
-                               size_t x_stride, int nx, int n_cols, float *y, size_t y_stride,
-                               int r0, int r1)
+static void rows_bf16_portable(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
+                               int nx, int n_cols, float *y, size_t y_stride, int r0, int r1)
 {
     rows_half_portable(KT_BF16, W, w_stride, x, x_stride, nx, n_cols, y, y_stride, r0, r1);
 }
@@ -328,16 +326,14 @@ static void rows_q_portable(int kt, const uint8_t *W, size_t w_stride, const uin
     }
 }
 
-static void rows_q8_0_portable(const uint8_t *W, size_t w_stride, const uint8_t *x,
-                               size_t x_stride, int nx, int n_cols, float *y, size_t y_stride,
-                               int r0, int r1)
+static void rows_q8_0_portable(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
+                               int nx, int n_cols, float *y, size_t y_stride, int r0, int r1)
 {
     rows_q_portable(KT_Q8_0, W, w_stride, x, x_stride, nx, n_cols, y, y_stride, r0, r1);
 }
 
-static void rows_q4_0_portable(const uint8_t *W, size_t w_stride, const uint8_t *x,
-                               size_t x_stride, int nx, int n_cols, float *y, size_t y_stride,
-                               int r0, int r1)
+static void rows_q4_0_portable(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
+                               int nx, int n_cols, float *y, size_t y_stride, int r0, int r1)
 {
     rows_q_portable(KT_Q4_0, W, w_stride, x, x_stride, nx, n_cols, y, y_stride, r0, r1);
 }
@@ -425,8 +421,8 @@ static void matmul_rows(const kern_path_t *p, int kt, const uint8_t *W, const fl
                 int re = r1 - rb < rblock ? r1 : rb + rblock;
                 for (int b = vb; b < ve; b += KERN_MAX_NX) {
                     int nx = ve - b < KERN_MAX_NX ? ve - b : KERN_MAX_NX;
-                    fn(W, w_stride, x + b * x_stride, x_stride, nx, n_cols,
-                       Y + (size_t)b * n_rows, (size_t)n_rows, rb, re);
+                    fn(W, w_stride, x + b * x_stride, x_stride, nx, n_cols, Y + (size_t)b * n_rows,
+                       (size_t)n_rows, rb, re);
                 }
             }
         }
@@ -483,8 +479,8 @@ void kern_matmul(uint32_t type, const void *W, const float *X, float *Y, int n_r
     /* Q8_0/Q4_0 int8 row kernels outrun dequantising to f32 for sgemm at every batch size
      * (bench_kernels batch/prefill), so only float types switch to OpenBLAS. */
     bool quant = type == DT_Q8_0 || type == DT_Q4_0;
-    kern_matmul_how(!quant && n_b >= GEMM_MIN_B ? KERN_BY_GEMM : KERN_BY_ROWS, type, W, X, Y, n_rows,
-                    n_cols, n_b);
+    kern_matmul_how(!quant && n_b >= GEMM_MIN_B ? KERN_BY_GEMM : KERN_BY_ROWS, type, W, X, Y,
+                    n_rows, n_cols, n_b);
 }
 
 void kern_matvec(uint32_t type, const void *W, const float *x, float *y, int n_rows, int n_cols)

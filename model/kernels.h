@@ -30,8 +30,8 @@ void kern_matvec_ref(uint32_t type, const void *W, const float *x, float *y, int
  * blocks for larger ones; sgemm for large batches of float types (prefill). */
 void kern_matmul(uint32_t type, const void *W, const float *X, float *Y, int n_rows, int n_cols,
                  int n_b);
-void kern_matmul_ref(uint32_t type, const void *W, const float *X, float *Y, int n_rows,
-                     int n_cols, int n_b);
+void kern_matmul_ref(uint32_t type, const void *W, const float *X, float *Y, int n_rows, int n_cols,
+                     int n_b);
 
 /* Copies row r of W to f32 (embedding lookup). */
 void kern_get_row(uint32_t type, const void *W, int n_cols, int r, float *out);

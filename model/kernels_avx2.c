@@ -62,19 +62,19 @@ INLINE void rows_float(const int kt, const int NX, const uint8_t *W, size_t w_st
 {
     const size_t esz = kt == KT_F32 ? 4 : 2;
     const float *xs[KERN_MAX_NX];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int i = 0; i < NX; i++)
         xs[i] = (const float *)(x + i * x_stride);
     for (int r = r0; r < r1; r++) {
         const uint8_t *w = W + r * w_stride;
         __m256 acc[KERN_MAX_NX][2];
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             acc[i][0] = acc[i][1] = _mm256_setzero_ps();
         int c = 0;
         for (; c + 16 <= n_cols; c += 16) {
             __m256 w0 = load8(kt, w + c * esz), w1 = load8(kt, w + (c + 8) * esz);
-            #pragma GCC unroll 4
+#pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
                 acc[i][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xs[i] + c), acc[i][0]);
                 acc[i][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xs[i] + c + 8), acc[i][1]);
@@ -82,12 +82,12 @@ INLINE void rows_float(const int kt, const int NX, const uint8_t *W, size_t w_st
         }
         if (c + 8 <= n_cols) {
             __m256 w0 = load8(kt, w + c * esz);
-            #pragma GCC unroll 4
+#pragma GCC unroll 4
             for (int i = 0; i < NX; i++)
                 acc[i][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xs[i] + c), acc[i][0]);
             c += 8;
         }
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int i = 0; i < NX; i++) {
             float s = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
             for (int t = c; t < n_cols; t++)
@@ -119,7 +119,7 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
     const int8_t *xq[KERN_MAX_NX];
     const float *xd[KERN_MAX_NX];
     const int32_t *xsum[KERN_MAX_NX];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int i = 0; i < NX; i++) {
         xq[i] = (const int8_t *)(x + i * x_stride);
         xd[i] = (const float *)(x + i * x_stride + n_cols);
@@ -128,7 +128,7 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
     for (int r = r0; r < r1; r++) {
         const uint8_t *row = W + r * w_stride;
         __m256 acc[KERN_MAX_NX];
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             acc[i] = _mm256_setzero_ps();
         for (int k = 0; k < nb; k++) {
@@ -143,7 +143,7 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
             } else {
                 wv = q4_nibbles(blk + 2);
             }
-            #pragma GCC unroll 4
+#pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
                 __m256i xv = _mm256_loadu_si256((const __m256i *)(xq[i] + 32 * k));
                 __m256i p16;
@@ -155,35 +155,35 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
                 if (kt == KT_Q4_0)
                     p32 = _mm256_add_epi32(
                         p32, _mm256_zextsi128_si256(_mm_cvtsi32_si128(-8 * xsum[i][k])));
-                acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[i][k]), _mm256_cvtepi32_ps(p32),
-                                         acc[i]);
+                acc[i] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(dw * xd[i][k]), _mm256_cvtepi32_ps(p32), acc[i]);
             }
         }
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             y[i * y_stride + r] = hsum(acc[i]);
     }
 }
 
 /* Instantiates a rows function of a type for each NX (the loops then unroll). */
-#define ROWS_FN(name, body, kt)                                                                   \
-    static void name(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,        \
-                     int nx, int n_cols, float *y, size_t y_stride, int r0, int r1)               \
-    {                                                                                             \
-        switch (nx) {                                                                             \
-        case 1:                                                                                   \
-            body(kt, 1, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                   \
-            break;                                                                                \
-        case 2:                                                                                   \
-            body(kt, 2, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                   \
-            break;                                                                                \
-        case 3:                                                                                   \
-            body(kt, 3, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                   \
-            break;                                                                                \
-        default:                                                                                  \
-            body(kt, 4, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                   \
-            break;                                                                                \
-        }                                                                                         \
+#define ROWS_FN(name, body, kt)                                                                    \
+    static void name(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride, int nx, \
+                     int n_cols, float *y, size_t y_stride, int r0, int r1)                        \
+    {                                                                                              \
+        switch (nx) {                                                                              \
+        case 1:                                                                                    \
+            body(kt, 1, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                    \
+            break;                                                                                 \
+        case 2:                                                                                    \
+            body(kt, 2, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                    \
+            break;                                                                                 \
+        case 3:                                                                                    \
+            body(kt, 3, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                    \
+            break;                                                                                 \
+        default:                                                                                   \
+            body(kt, 4, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                    \
+            break;                                                                                 \
+        }                                                                                          \
     }
 
 ROWS_FN(rows_f32, rows_float, KT_F32)
@@ -263,10 +263,9 @@ static void qx_make(int kt, const float *x, int n_cols, uint8_t *out)
         __m256 v[4];
         for (int j = 0; j < 4; j++)
             v[j] = _mm256_loadu_ps(x + 32 * k + 8 * j);
-        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], absmask),
-                                               _mm256_and_ps(v[1], absmask)),
-                                 _mm256_max_ps(_mm256_and_ps(v[2], absmask),
-                                               _mm256_and_ps(v[3], absmask)));
+        __m256 m = _mm256_max_ps(
+            _mm256_max_ps(_mm256_and_ps(v[0], absmask), _mm256_and_ps(v[1], absmask)),
+            _mm256_max_ps(_mm256_and_ps(v[2], absmask), _mm256_and_ps(v[3], absmask)));
         __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         h = _mm_max_ps(h, _mm_movehl_ps(h, h));
         h = _mm_max_ss(h, _mm_movehdup_ps(h));

@@ -65,19 +65,19 @@ INLINE void rows_float(const int kt, const int NX, const uint8_t *W, size_t w_st
 {
     const size_t esz = kt == KT_F32 ? 4 : 2;
     const float *xs[KERN_MAX_NX];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int i = 0; i < NX; i++)
         xs[i] = (const float *)(x + i * x_stride);
     for (int r = r0; r < r1; r++) {
         const uint8_t *w = W + r * w_stride;
         __m512 acc[KERN_MAX_NX][2];
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             acc[i][0] = acc[i][1] = _mm512_setzero_ps();
         int c = 0;
         for (; c + 32 <= n_cols; c += 32) {
             __m512 w0 = load16(kt, w + c * esz, 16), w1 = load16(kt, w + (c + 16) * esz, 16);
-            #pragma GCC unroll 4
+#pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
                 acc[i][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xs[i] + c), acc[i][0]);
                 acc[i][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xs[i] + c + 16), acc[i][1]);
@@ -86,11 +86,11 @@ INLINE void rows_float(const int kt, const int NX, const uint8_t *W, size_t w_st
         for (; c < n_cols; c += 16) {
             int n = n_cols - c < 16 ? n_cols - c : 16;
             __m512 w0 = load16(kt, w + c * esz, n);
-            #pragma GCC unroll 4
+#pragma GCC unroll 4
             for (int i = 0; i < NX; i++)
                 acc[i][0] = _mm512_fmadd_ps(w0, xload16(xs[i] + c, n), acc[i][0]);
         }
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             y[i * y_stride + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]));
     }
@@ -124,8 +124,8 @@ static void qx_pair_make(int kt, const float *x, int n_cols, uint8_t *out)
         _mm_storeu_si128((__m128i *)(qs + 32 * k), _mm512_cvtepi32_epi8(qa));
         _mm_storeu_si128((__m128i *)(qs + 32 * k + 16), _mm512_cvtepi32_epi8(qb));
         int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
-        _mm256_storeu_si256((__m256i *)(bias + 8 * k), _mm256_setr_epi32(-c * sum, 0, 0, 0, 0, 0,
-                                                                         0, 0));
+        _mm256_storeu_si256((__m256i *)(bias + 8 * k),
+                            _mm256_setr_epi32(-c * sum, 0, 0, 0, 0, 0, 0, 0));
         _mm256_storeu_ps(dx + 8 * k, _mm256_set1_ps(d));
     }
     if (nb & 1) {
@@ -184,7 +184,7 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
     const size_t bsz = kt == KT_Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0);
     const __m512i *xq[KERN_MAX_NX], *xb[KERN_MAX_NX];
     const __m512 *xd[KERN_MAX_NX];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int i = 0; i < NX; i++) {
         const uint8_t *base = x + i * x_stride;
         xq[i] = (const __m512i *)base;
@@ -194,14 +194,14 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
     for (int r = r0; r < r1; r++) {
         const uint8_t *row = W + r * w_stride;
         __m512 acc[KERN_MAX_NX];
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             acc[i] = _mm512_setzero_ps();
         for (int p = 0; p < nfull; p++) {
             const uint8_t *blk = row + 2 * p * bsz;
             __m512i w = kt == KT_Q8_0 ? wpair_q8(blk) : wpair_q4(blk);
             __m512 d = dpair(kt, blk);
-            #pragma GCC unroll 4
+#pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
                 __m512i dot = _mm512_dpbusd_epi32(_mm512_load_si512(xb[i] + p), w,
                                                   _mm512_load_si512(xq[i] + p));
@@ -221,17 +221,17 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
             uint16_t dh;
             memcpy(&dh, blk, 2);
             __m256 d = _mm256_set1_ps(f16_f32(dh));
-            #pragma GCC unroll 4
+#pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
-                __m256i dot = _mm256_dpbusd_epi32(
-                    _mm512_castsi512_si256(_mm512_load_si512(xb[i] + nfull)), w,
-                    _mm512_castsi512_si256(_mm512_load_si512(xq[i] + nfull)));
+                __m256i dot =
+                    _mm256_dpbusd_epi32(_mm512_castsi512_si256(_mm512_load_si512(xb[i] + nfull)), w,
+                                        _mm512_castsi512_si256(_mm512_load_si512(xq[i] + nfull)));
                 __m256 dx = _mm512_castps512_ps256(_mm512_load_ps(xd[i] + nfull));
                 __m256 t = _mm256_mul_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(dot));
                 acc[i] = _mm512_add_ps(acc[i], _mm512_zextps256_ps512(t));
             }
         }
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             y[i * y_stride + r] = _mm512_reduce_add_ps(acc[i]);
     }
@@ -254,8 +254,7 @@ INLINE void wblock_f32(const int kt, const uint8_t *blk, __m512 *a, __m512 *b)
 {
     if (kt == KT_Q8_0) {
         *a = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 2))));
-        *b = _mm512_cvtepi32_ps(
-            _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 18))));
+        *b = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 18))));
     } else {
         __m128i v = _mm_loadu_si128((const __m128i *)(blk + 2));
         __m128i m = _mm_set1_epi8(15), e = _mm_set1_epi8(8);
@@ -267,19 +266,19 @@ INLINE void wblock_f32(const int kt, const uint8_t *blk, __m512 *a, __m512 *b)
 }
 
 INLINE void rows_quant_fma(const int kt, const int NX, const uint8_t *W, size_t w_stride,
-                           const uint8_t *x, size_t x_stride, int n_cols, float *y,
-                           size_t y_stride, int r0, int r1)
+                           const uint8_t *x, size_t x_stride, int n_cols, float *y, size_t y_stride,
+                           int r0, int r1)
 {
     const int nb = n_cols / 32;
     const size_t bsz = kt == KT_Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0);
     const float *xs[KERN_MAX_NX];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int i = 0; i < NX; i++)
         xs[i] = (const float *)(x + i * x_stride);
     for (int r = r0; r < r1; r++) {
         const uint8_t *row = W + r * w_stride;
         __m512 acc[KERN_MAX_NX];
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             acc[i] = _mm512_setzero_ps();
         for (int k = 0; k < nb; k++) {
@@ -288,37 +287,37 @@ INLINE void rows_quant_fma(const int kt, const int NX, const uint8_t *W, size_t 
             memcpy(&dh, blk, 2);
             __m512 d = _mm512_set1_ps(f16_f32(dh)), wa, wb;
             wblock_f32(kt, blk, &wa, &wb);
-            #pragma GCC unroll 4
+#pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
                 __m512 t = _mm512_mul_ps(wa, _mm512_loadu_ps(xs[i] + 32 * k));
                 t = _mm512_fmadd_ps(wb, _mm512_loadu_ps(xs[i] + 32 * k + 16), t);
                 acc[i] = _mm512_fmadd_ps(d, t, acc[i]);
             }
         }
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             y[i * y_stride + r] = _mm512_reduce_add_ps(acc[i]);
     }
 }
 
-#define ROWS_FN(name, body, kt)                                                                   \
-    static void name(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,        \
-                     int nx, int n_cols, float *y, size_t y_stride, int r0, int r1)               \
-    {                                                                                             \
-        switch (nx) {                                                                             \
-        case 1:                                                                                   \
-            body(kt, 1, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                   \
-            break;                                                                                \
-        case 2:                                                                                   \
-            body(kt, 2, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                   \
-            break;                                                                                \
-        case 3:                                                                                   \
-            body(kt, 3, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                   \
-            break;                                                                                \
-        default:                                                                                  \
-            body(kt, 4, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                   \
-            break;                                                                                \
-        }                                                                                         \
+#define ROWS_FN(name, body, kt)                                                                    \
+    static void name(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride, int nx, \
+                     int n_cols, float *y, size_t y_stride, int r0, int r1)                        \
+    {                                                                                              \
+        switch (nx) {                                                                              \
+        case 1:                                                                                    \
+            body(kt, 1, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                    \
+            break;                                                                                 \
+        case 2:                                                                                    \
+            body(kt, 2, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                    \
+            break;                                                                                 \
+        case 3:                                                                                    \
+            body(kt, 3, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                    \
+            break;                                                                                 \
+        default:                                                                                   \
+            body(kt, 4, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                    \
+            break;                                                                                 \
+        }                                                                                          \
     }
 
 ROWS_FN(rows_f32, rows_float, KT_F32)

@@ -179,8 +179,8 @@ static float *make_x_exact(int n_b, int cols, uint64_t *s)
             int n = cols - c0 < 32 ? cols - c0 : 32;
             for (int j = 0; j < n; j++)
                 x[(size_t)b * cols + c0 + j] = p * (float)((int)(rng_next(s) % 255) - 127);
-            x[(size_t)b * cols + c0 + (int)(rng_next(s) % n)] = (rng_next(s) & 1) ? 127 * p
-                                                                                 : -127 * p;
+            x[(size_t)b * cols + c0 + (int)(rng_next(s) % n)] =
+                (rng_next(s) & 1) ? 127 * p : -127 * p;
         }
     }
     return x;
@@ -254,8 +254,7 @@ static int check_product_how(int how, uint32_t t, int rows, int cols, int n_b, b
             if (bad++ < 3)
                 check_fail_(__FILE__, __LINE__,
                             "%s %s %dx%d n_b=%d%s: Y[%zu][%zu] = %.9g, exact %.9g, tol %.3g",
-                            tname(t),
-                            ref ? "ref" : kern_simd_name(), rows, cols, n_b,
+                            tname(t), ref ? "ref" : kern_simd_name(), rows, cols, n_b,
                             exact_x ? " exact-x" : "", i / rows, i % rows, Y[i], Yd[i], tol);
         }
     }
@@ -280,7 +279,7 @@ static int check_product(uint32_t t, int rows, int cols, int n_b, bool ref, bool
 }
 
 /* Shapes for every type (n_cols a multiple of 32) and extra ragged ones for float types. */
-static const int shapes[][2] = {{1, 32},  {3, 64},   {17, 96},  {33, 160}, {64, 32},
+static const int shapes[][2] = {{1, 32},  {3, 64},   {17, 96},   {33, 160}, {64, 32},
                                 {7, 576}, {129, 64}, {300, 576}, {40, 1536}};
 static const int ragged[][2] = {{5, 1}, {9, 7}, {13, 15}, {3, 17}, {31, 33}, {20, 100}, {2, 255}};
 static const int batches[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 16, 17, 20, 33, 64};
@@ -346,12 +345,12 @@ static void run_fast_all(void)
             for (int bi = 0; bi < N_OF(batches); bi++) {
                 if ((size_t)rows * cols * batches[bi] > 1500000)
                     continue;
-                CHECK_INT(check_product(t, rows, cols, batches[bi], false, false, true, seed++),
-                          ==, 0);
+                CHECK_INT(check_product(t, rows, cols, batches[bi], false, false, true, seed++), ==,
+                          0);
                 if (bi % 3 == 0)
                     CHECK_INT(
-                        check_product(t, rows, cols, batches[bi], false, false, false, seed++),
-                        ==, 0);
+                        check_product(t, rows, cols, batches[bi], false, false, false, seed++), ==,
+                        0);
             }
         }
         if (!is_quant(t))
@@ -364,8 +363,8 @@ static void run_fast_all(void)
          * than one block of them; for sgemm, several tiles of a converted W (~2 MB each) */
         CHECK_INT(check_product_how(KERN_BY_ROWS, t, 33, 160, 70, false, false, true, seed++), ==,
                   0);
-        CHECK_INT(check_product_how(KERN_BY_ROWS, t, 300, 576, 67, false, false, false, seed++),
-                  ==, 0);
+        CHECK_INT(check_product_how(KERN_BY_ROWS, t, 300, 576, 67, false, false, false, seed++), ==,
+                  0);
         CHECK_INT(check_product_how(KERN_BY_GEMM, t, 33, 160, 5, false, false, false, seed++), ==,
                   0);
         CHECK_INT(check_product_how(KERN_BY_GEMM, t, 300, 4096, 16, false, false, false, seed++),
