@@ -1,0 +1,184 @@
+/*
+ * gistctl — the command line for a running gistd.
+ *
+ *   gistctl [--connect ENDPOINT] [--timeout MS] COMMAND ...
+ *
+ * ENDPOINT defaults to $GISTD_ENDPOINT, else tcp://127.0.0.1:5557. The timeout (default
+ * 10000 ms) bounds every wait for the daemon; when it passes, gistctl says so and exits 3.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clients/gistctl/ctl.h"
+
+static const struct {
+    const char *name;
+    int (*fn)(ctl_t *, int, char **);
+    const char *usage;
+} commands[] = {
+    {"gen", ctl_gen,
+     "gen --prompt STR -n N [--temp T] [--seed S] [--top-k K] [--top-p P] [--stop STR]... "
+     "[--session ID]"},
+    {"chat", ctl_chat,
+     "chat [--session ID] [--template none|chatml|plain] [--system STR] [-n N] [--temp T] "
+     "[--budget SIZE]"},
+    {"open", ctl_open,
+     "open [--budget SIZE] [--soft SIZE] [--policy P] [--template T] [--name STR]"},
+    {"close", ctl_close, "close ID"},
+    {"cancel", ctl_cancel, "cancel ID"},
+    {"sessions", ctl_sessions, "sessions [--json]"},
+    {"stats", ctl_stats, "stats [--json] [--sessions]"},
+    {"top", ctl_top, "top [--interval SECONDS] [--count N]"},
+    {"budget", ctl_budget, "budget SIZE [--soft SIZE] [--session ID]"},
+    {"transcript", ctl_transcript, "transcript ID [--tokens] [--first N] [--count N]"},
+    {"snapshot", ctl_snapshot, "snapshot [ID]"},
+    {"restore", ctl_restore, "restore ID"},
+};
+
+int ctl_usage(const char *fmt, ...)
+{
+    va_list ap;
+    fputs("gistctl: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return CTL_USAGE;
+}
+
+int ctl_fail(const err_info_t *e)
+{
+    fprintf(stderr, "gistctl: %s\n", err_msg(e));
+    return e->code == ERR_TIMEOUT ? CTL_NO_ANSWER : CTL_DAEMON;
+}
+
+int ctl_uint(const char *opt, const char *s, unsigned long max, unsigned long *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-' || v > max)
+        return ctl_usage("%s: '%s' is not a whole number up to %lu", opt, s, max);
+    *out = v;
+    return 0;
+}
+
+int ctl_float(const char *opt, const char *s, float *out)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end || !isfinite(v))
+        return ctl_usage("%s: '%s' is not a number", opt, s);
+    *out = v;
+    return 0;
+}
+
+void ctl_json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            fprintf(f, "\\%c", *p);
+        else if (*p == '\n')
+            fputs("\\n", f);
+        else if (*p < 0x20)
+            fprintf(f, "\\u%04x", *p);
+        else
+            fputc(*p, f);
+    }
+    fputc('"', f);
+}
+
+void ctl_json_session(FILE *f, const gc_session_info_t *s)
+{
+    fprintf(f, "{\"id\": %u, \"name\": ", s->id);
+    ctl_json_str(f, s->name);
+    fprintf(f, ", \"state\": ");
+    ctl_json_str(f, s->state);
+    fprintf(f, ", \"policy\": ");
+    ctl_json_str(f, s->policy);
+    fprintf(f, ", \"chat_template\": ");
+    ctl_json_str(f, s->chat_template);
+    fprintf(f,
+            ", \"bytes\": %llu, \"peak_bytes\": %llu, \"hard_bytes\": %llu, \"soft_bytes\": %llu"
+            ", \"tokens\": %u, \"pending\": %u, \"rows\": %llu, \"compression\": %.6g"
+            ", \"prompt_tokens\": %llu, \"generated_tokens\": %llu, \"tokens_per_s\": %.6g"
+            ", \"idle_s\": %.3f, \"compactions\": %u, \"bytes_freed\": %llu"
+            ", \"events_dropped\": %llu, \"tier_bytes\": {\"f32\": %llu, \"f16\": %llu, "
+            "\"q8_0\": %llu}}",
+            (unsigned long long)s->bytes, (unsigned long long)s->peak_bytes,
+            (unsigned long long)s->hard_bytes, (unsigned long long)s->soft_bytes, s->tokens,
+            s->pending, (unsigned long long)s->rows, s->compression,
+            (unsigned long long)s->prompt_tokens, (unsigned long long)s->generated_tokens,
+            s->tokens_per_s, s->idle_s, s->compactions, (unsigned long long)s->bytes_freed,
+            (unsigned long long)s->events_dropped, (unsigned long long)s->tier_f32,
+            (unsigned long long)s->tier_f16, (unsigned long long)s->tier_q8_0);
+}
+
+gc_client_t *ctl_client(ctl_t *x, int *status)
+{
+    if (x->c)
+        return x->c;
+    err_info_t e;
+    err_clear(&e);
+    if (gc_connect(x->endpoint, x->timeout_ms, &x->c, &e)) {
+        fprintf(stderr, "gistctl: cannot reach gistd at %s: %s\n",
+                x->endpoint ? x->endpoint : GC_DEFAULT_ENDPOINT, err_msg(&e));
+        *status = e.code == ERR_TIMEOUT || e.code == ERR_IO ? CTL_NO_ANSWER : CTL_DAEMON;
+        return NULL;
+    }
+    return x->c;
+}
+
+static void usage(FILE *f)
+{
+    fputs("usage: gistctl [--connect ENDPOINT] [--timeout MS] COMMAND ...\n", f);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  gistctl %s\n", commands[i].usage);
+    fputs("ENDPOINT: $GISTD_ENDPOINT, else " GC_DEFAULT_ENDPOINT ". SIZE: bytes or 64K, 8M, 1G.\n"
+          "Exit status: 0 ok, 1 the daemon refused, 2 bad arguments, 3 no answer in time.\n",
+          f);
+}
+
+int main(int argc, char **argv)
+{
+    const char *endpoint = getenv("GISTD_ENDPOINT");
+    unsigned long timeout = 10000;
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        }
+        if (i + 1 >= argc)
+            return ctl_usage("'%s' needs a value or is unknown (try gistctl --help)", a);
+        if (!strcmp(a, "--connect")) {
+            endpoint = argv[++i];
+        } else if (!strcmp(a, "--timeout")) {
+            if (ctl_uint(a, argv[++i], 86400000ul, &timeout) || timeout == 0)
+                return CTL_USAGE;
+        } else {
+            return ctl_usage("unknown option '%s' (try gistctl --help)", a);
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return CTL_USAGE;
+    }
+    const char *name = argv[i];
+    for (size_t k = 0; k < sizeof commands / sizeof commands[0]; k++) {
+        if (strcmp(name, commands[k].name))
+            continue;
+        ctl_t x = {.endpoint = endpoint, .timeout_ms = (int)timeout};
+        int rc = commands[k].fn(&x, argc - i - 1, argv + i + 1);
+        gc_disconnect(&x.c);
+        return rc;
+    }
+    return ctl_usage("unknown command '%s' (try gistctl --help)", name);
+}
