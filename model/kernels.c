@@ -98,10 +98,37 @@ static bool cpu_has_avx2(void)
            __builtin_cpu_supports("f16c");
 }
 
+/* The path of a name, or NULL with *rc set (ERR_UNSUPPORTED, ERR_INVAL). */
+static const kern_path_t *path_named(const char *name, int *rc)
+{
+    static const struct {
+        const char *name;
+        const kern_path_t *path;
+        bool (*cpu_has)(void);
+    } paths[] = {
+        {"avx512", &kern_path_avx512, cpu_has_avx512},
+        {"avx512-fma", &kern_path_avx512_fma, cpu_has_avx512},
+        {"avx2", &kern_path_avx2, cpu_has_avx2},
+        {"portable", &kern_path_portable, NULL},
+    };
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        if (strcmp(name, paths[i].name) != 0)
+            continue;
+        if (paths[i].cpu_has && !paths[i].cpu_has()) {
+            *rc = ERR_UNSUPPORTED;
+            return NULL;
+        }
+        return paths[i].path;
+    }
+    *rc = ERR_INVAL;
+    return NULL;
+}
+
 static void choose_path(void)
 {
     const char *env = getenv("GISTD_SIMD");
-    if (env && *env && kern_force_simd(env) == 0)
+    int rc;
+    if (env && *env && (chosen = path_named(env, &rc)) != NULL)
         return;
     if (cpu_has_avx512())
         chosen = &kern_path_avx512;
@@ -124,24 +151,11 @@ const char *kern_simd_name(void)
 
 int kern_force_simd(const char *name)
 {
-    const kern_path_t *p;
-    if (strcmp(name, "avx512") == 0) {
-        if (!cpu_has_avx512())
-            return ERR_UNSUPPORTED;
-        p = &kern_path_avx512;
-    } else if (strcmp(name, "avx512-fma") == 0) {
-        if (!cpu_has_avx512())
-            return ERR_UNSUPPORTED;
-        p = &kern_path_avx512_fma;
-    } else if (strcmp(name, "avx2") == 0) {
-        if (!cpu_has_avx2())
-            return ERR_UNSUPPORTED;
-        p = &kern_path_avx2;
-    } else if (strcmp(name, "portable") == 0) {
-        p = &kern_path_portable;
-    } else {
-        return ERR_INVAL;
-    }
+    int rc = 0;
+    const kern_path_t *p = path_named(name, &rc);
+    if (!p)
+        return rc;
+    path(); /* the first choice is made before, so that it cannot undo this one */
     chosen = p;
     return 0;
 }

@@ -285,6 +285,16 @@ static const int ragged[][2] = {{5, 1}, {9, 7}, {13, 15}, {3, 17}, {31, 33}, {20
 static const int batches[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 16, 17, 20, 33, 64};
 #define N_OF(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
+/* Runs first: a path forced before any kernel ran must not be undone by the first
+ * run-time choice. Leaves the best path this CPU has. */
+static void test_force_first(void)
+{
+    CHECK_OK(kern_force_simd("portable"));
+    CHECK_STR(kern_simd_name(), "portable");
+    if (kern_force_simd("avx512") != 0 && kern_force_simd("avx2") != 0)
+        CHECK_OK(kern_force_simd("portable"));
+}
+
 static void test_type_supported(void)
 {
     for (int i = 0; i < N_TYPES; i++)
@@ -463,6 +473,7 @@ static void test_quant_error_visible(void)
 
 int main(void)
 {
+    RUN(test_force_first);
     RUN(test_type_supported);
     RUN(test_ref_vs_double);
     RUN(test_get_row);
