@@ -140,8 +140,9 @@ $(BUILD)/bin/gistctl: $(patsubst %.c,$(BUILD)/obj/%.o,$(GISTCTL_SRCS)) $(GISTC_L
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
 # Daemon tests drive a real gistd through libgistc.
-$(BUILD)/tests/test_daemon%: $(BUILD)/obj/tests/test_daemon%.o $(TEST_LIB) $(GISTC_LIB) \
-                             $(PROTO_LIB) $(LIBS)
+DAEMON_TESTS := $(filter $(BUILD)/tests/test_daemon%,$(TESTS))
+$(DAEMON_TESTS): $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_LIB) $(GISTC_LIB) $(PROTO_LIB) \
+                                   $(LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 

@@ -1,0 +1,198 @@
+/*
+ * tests/test_daemon_util.h — helpers for the daemon's integration tests: run gistd as a real
+ * process on a free loopback port (it prints the endpoint it bound on its first stdout line,
+ * which is also how a test knows it is ready), make tiny models with gist-model, and run
+ * gist-model to get reference outputs. Header-only; each test program includes it once.
+ */
+#ifndef GISTD_TESTS_TEST_DAEMON_UTIL_H
+#define GISTD_TESTS_TEST_DAEMON_UTIL_H
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "clients/libgistc/gistc.h"
+#include "tests/check.h"
+
+/* Path of a built program (GISTD_BUILD, default "build"). */
+static const char *td_bin(const char *name)
+{
+    static char buf[4][512];
+    static int k;
+    const char *b = getenv("GISTD_BUILD");
+    char *p = buf[k++ % 4];
+    snprintf(p, sizeof buf[0], "%s/%s/bin/%s", check_root(), b ? b : "build", name);
+    return p;
+}
+
+/* Runs argv, waits, and returns its exit status (-1 if it did not exit normally); its stdout
+ * goes to out (NUL-terminated, at most cap - 1 bytes) when out is given, its stderr nowhere. */
+static int td_run(char *const argv[], char *out, size_t cap)
+{
+    int fd[2];
+    if (pipe(fd) < 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        dup2(fd[1], 1);
+        close(fd[0]);
+        close(fd[1]);
+        int null = open("/dev/null", O_WRONLY);
+        if (null >= 0)
+            dup2(null, 2);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(fd[1]);
+    size_t n = 0;
+    char sink[4096];
+    for (;;) {
+        ssize_t r = out && n + 1 < cap ? read(fd[0], out + n, cap - 1 - n)
+                                       : read(fd[0], sink, sizeof sink);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        if (out && n + 1 < cap)
+            n += (size_t)r;
+    }
+    if (out)
+        out[n] = 0;
+    close(fd[0]);
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Writes a tiny random-weight model (gist-model make-tiny) into the test's folder. */
+static const char *td_tiny_model(const char *name, const char *seed)
+{
+    static char path[4][512];
+    static int k;
+    char *p = path[k++ % 4];
+    snprintf(p, sizeof path[0], "%s/%s", check_tmpdir(), name);
+    char *argv[] = {(char *)td_bin("gist-model"), "make-tiny", p, "--seed", (char *)seed, NULL};
+    if (td_run(argv, NULL, 0) != 0) {
+        check_fail_(__FILE__, __LINE__, "gist-model make-tiny %s failed", p);
+        return NULL;
+    }
+    return p;
+}
+
+/* The text `gist-model generate` adds after the prompt (greedy), into out. */
+static int td_reference(const char *model, const char *prompt, const char *n, char *out,
+                        size_t cap)
+{
+    char buf[65536];
+    char *argv[] = {(char *)td_bin("gist-model"), "generate", (char *)model, "--prompt",
+                    (char *)prompt, "-n", (char *)n, "--temp", "0", NULL};
+    if (td_run(argv, buf, sizeof buf) != 0)
+        return -1;
+    size_t pl = strlen(prompt), bl = strlen(buf);
+    if (bl < pl + 1 || strncmp(buf, prompt, pl) || buf[bl - 1] != '\n')
+        return -1;
+    snprintf(out, cap, "%.*s", (int)(bl - pl - 1), buf + pl);
+    return 0;
+}
+
+typedef struct td_daemon {
+    pid_t pid;
+    char endpoint[256];
+} td_daemon_t;
+
+/* Starts gistd with --model model --listen tcp://127.0.0.1:* and the extra arguments (NULL-
+ * terminated), and waits for the endpoint on its first stdout line. */
+static int td_start(td_daemon_t *d, const char *model, const char *const *extra)
+{
+    const char *argv[40];
+    int n = 0;
+    argv[n++] = td_bin("gistd");
+    argv[n++] = "--model";
+    argv[n++] = model;
+    argv[n++] = "--listen";
+    argv[n++] = "tcp://127.0.0.1:*";
+    argv[n++] = "--log-level";
+    argv[n++] = "error";
+    bool has_listen = false;
+    for (int i = 0; extra && extra[i] && n < 38; i++) {
+        has_listen |= !strcmp(extra[i], "--listen");
+        argv[n++] = extra[i];
+    }
+    argv[n] = NULL;
+    if (has_listen) { /* the caller's --listen replaces the default */
+        memmove(argv + 3, argv + 5, sizeof argv[0] * (size_t)(n - 4));
+        n -= 2;
+    }
+    int fd[2];
+    if (pipe(fd) < 0)
+        return -1;
+    d->pid = fork();
+    if (d->pid < 0)
+        return -1;
+    if (d->pid == 0) {
+        dup2(fd[1], 1);
+        close(fd[0]);
+        close(fd[1]);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(fd[1]);
+    size_t got = 0;
+    d->endpoint[0] = 0;
+    struct pollfd p = {fd[0], POLLIN, 0};
+    while (got + 1 < sizeof d->endpoint) {
+        if (poll(&p, 1, 60000) <= 0)
+            break;
+        ssize_t r = read(fd[0], d->endpoint + got, 1);
+        if (r <= 0 || d->endpoint[got] == '\n')
+            break;
+        got++;
+    }
+    d->endpoint[got] = 0;
+    close(fd[0]); /* gistd writes nothing more on stdout */
+    if (got == 0) {
+        kill(d->pid, SIGKILL);
+        waitpid(d->pid, NULL, 0);
+        d->pid = 0;
+        check_fail_(__FILE__, __LINE__, "gistd did not print its endpoint");
+        return -1;
+    }
+    return 0;
+}
+
+/* Sends sig to the daemon and returns its exit status (-1: killed by a signal). */
+static int td_stop(td_daemon_t *d, int sig)
+{
+    if (d->pid <= 0)
+        return -1;
+    kill(d->pid, sig);
+    int st;
+    while (waitpid(d->pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    d->pid = 0;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static gc_client_t *td_connect(const td_daemon_t *d)
+{
+    gc_client_t *c = NULL;
+    err_info_t e;
+    err_clear(&e);
+    if (gc_connect(d->endpoint, 30000, &c, &e))
+        check_fail_(__FILE__, __LINE__, "connect %s: %s", d->endpoint, err_msg(&e));
+    return c;
+}
+
+/* Greedy sampling. */
+static const gc_sampling_t td_greedy = {.temp = 0.0f, .repeat_penalty = 1.0f};
+
+#endif
