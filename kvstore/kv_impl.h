@@ -154,10 +154,11 @@ typedef struct kv_edit {
     uint32_t n_ins;
     /* plan */
     bool active;
-    uint32_t fb, rb;   /* first touched block; first block that may be written */
-    uint32_t *starts;  /* [n_blk + 1] scratch */
-    kv_block_t **priv; /* [n_blk - rb] private copies of shared blocks */
-    kv_bref_t *fresh;  /* new blocks of the groups, in order */
+    const kv_ins_t *inplace; /* the one group, written over its deleted rows (no blocks) */
+    uint32_t fb, rb;         /* first touched block; first block that may be written */
+    uint32_t *starts;        /* [n_blk + 1] scratch */
+    kv_block_t **priv;       /* [n_blk - rb] private copies of shared blocks */
+    kv_bref_t *fresh;        /* new blocks of the groups, in order */
     uint32_t n_fresh;
     kv_bref_t *split; /* blocks for segments cut off by interior insertion points */
     uint32_t n_split;

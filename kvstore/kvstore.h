@@ -196,7 +196,8 @@ uint32_t kv_session_list(const kv_store_t *st, uint32_t *ids, uint32_t cap);
 /* Reserves room for n new rows in every lane and n transcript positions: everything is
  * allocated here, so the matching kv_commit cannot fail for lack of memory. ERR_BUDGET (with
  * bytes needed vs available) or ERR_NOMEM changes nothing; ERR_BUSY if a reservation is
- * already pending. */
+ * already pending. Limits count allocations: rows that fit in room already allocated (the
+ * last blocks' free rows, the transcript page) are accepted even over a lowered limit. */
 int kv_reserve(kv_store_t *st, uint32_t sid, uint32_t n, err_info_t *e);
 /* Writes the reserved rows (a->n <= the reserved n; any rest is released): converts the
  * caller's f32 K/V to the hot type, appends tokens to the transcript at positions
@@ -231,7 +232,10 @@ int kv_transcript_read(const kv_store_t *st, uint32_t sid, uint32_t pos0, uint32
 /* In every lane, replaces the rows whose position lies in [p0, p1] by the given rows, in
  * one step (all lanes or none). New rows must keep each lane ordered by position, lie below
  * the transcript length, have mass > 0 and first <= last; raw rows must sit at an integral
- * position with mass 1 and span [pos, pos] (re-expanding a span by prefilling it again). */
+ * position with mass 1 and span [pos, pos] (re-expanding a span by prefilling it again).
+ * Where a lane's new rows are no more than the rows they replace and those are hot rows,
+ * they are written in their place and nothing is allocated, so a gist of a hot span always
+ * goes through, even over a limit. */
 int kv_span_replace(kv_store_t *st, uint32_t sid, float p0, float p1, const kv_rows_t *rows,
                     err_info_t *e);
 /* Removes rows (indices in the lane's current order, strictly increasing) from one lane. */

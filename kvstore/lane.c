@@ -229,6 +229,21 @@ static uint32_t group_blocks(const kv_store_t *st, const kv_ins_t *g)
     return (g->n + st->B - 1) / st->B;
 }
 
+/* Whether a group of new rows can overwrite the rows it replaces: they are all deleted and
+ * sit in blocks of the group's type (a gist of a hot span, the usual case, allocates
+ * nothing then). Needs ed->starts. */
+static bool fits_in_place(const kv_lane_t *ln, const kv_edit_t *ed, const kv_ins_t *g)
+{
+    if (!g->k || (uint64_t)g->at + g->n > ln->n_rows)
+        return false;
+    for (uint32_t j = 0; j < g->n; j++) {
+        uint32_t o = g->at + j;
+        if (!ed_is_del(ed, o) || ln->b[block_of(ed->starts, ln->n_blk, o)].blk->type != g->type)
+            return false;
+    }
+    return true;
+}
+
 /* Plans an edit: finds what it touches and allocates its scratch. Sets *need to the bytes
  * kv_edit_prepare will charge. ERR_NOMEM when the scratch cannot be had. */
 int kv_edit_plan(kv_store_t *st, kv_session_t *s, const kv_lane_t *ln, kv_edit_t *ed, size_t *need)
@@ -255,6 +270,11 @@ int kv_edit_plan(kv_store_t *st, kv_session_t *s, const kv_lane_t *ln, kv_edit_t
     ed->rb = ed->fb;
     if (ed->rb > 0 && ln->b[ed->rb - 1].blk->n < st->B)
         ed->rb--;
+    ed->inplace = NULL;
+    if (ed->n_ins == 1 && fits_in_place(ln, ed, &ed->ins[0])) {
+        ed->inplace = &ed->ins[0];
+        ed->n_ins = 0; /* no insertion point left: no new block, no split */
+    }
 
     size_t bytes = 0;
     for (uint32_t i = ed->rb; i < nb; i++)
@@ -422,6 +442,28 @@ int kv_edit_prepare(kv_store_t *st, kv_session_t *s, const kv_lane_t *ln, kv_edi
     return 0;
 }
 
+/* Moves n rows (payload, metadata, accumulators) from src:si to dst:di within one type;
+ * the ranges may overlap inside one block (di < si). */
+static void rows_move(const kv_store_t *st, kv_bref_t *dst, uint32_t di, const kv_bref_t *src,
+                      uint32_t si, uint32_t n)
+{
+    kv_block_t *db = dst->blk;
+    const kv_block_t *sb = src->blk;
+    size_t rb = row_bytes(st, db->type);
+    memmove(db->k + di * rb, sb->k + si * rb, n * rb);
+    memmove(db->v + di * rb, sb->v + si * rb, n * rb);
+    memmove(db->pos + di, sb->pos + si, n * sizeof *db->pos);
+    memmove(db->mass + di, sb->mass + si, n * sizeof *db->mass);
+    memmove(db->bias + di, sb->bias + si, n * sizeof *db->bias);
+    memmove(db->logbeta + di, sb->logbeta + si, n * sizeof *db->logbeta);
+    memmove(db->first + di, sb->first + si, n * sizeof *db->first);
+    memmove(db->last + di, sb->last + si, n * sizeof *db->last);
+    memmove(db->kind + di, sb->kind + si, n);
+    memmove(db->level + di, sb->level + si, n);
+    if (dst->acc)
+        memmove(dst->acc + di, src->acc + si, n * sizeof *dst->acc);
+}
+
 /* Frees blocks from q on that hold no live row, then packs every same-type run from q. */
 static void repack(kv_store_t *st, kv_session_t *s, kv_lane_t *ln, uint32_t q)
 {
@@ -447,16 +489,24 @@ static void repack(kv_store_t *st, kv_session_t *s, kv_lane_t *ln, uint32_t q)
         uint32_t d = i, ds = 0;
         for (uint32_t si = i; si < j; si++) {
             kv_block_t *sb = b[si].blk;
-            uint32_t n = sb->n;
-            for (uint32_t r = 0; r < n; r++) {
-                if (sb->kind[r] == KV_KIND_DEAD)
-                    continue;
-                if (d != si || ds != r)
-                    kv_row_copy(st, b[d].blk, b[d].acc, ds, sb, b[si].acc, r);
-                if (++ds == st->B) {
-                    b[d].blk->n = st->B;
-                    d++;
-                    ds = 0;
+            uint32_t n = sb->n, r = 0;
+            while (r < n) {
+                while (r < n && sb->kind[r] == KV_KIND_DEAD)
+                    r++;
+                uint32_t r1 = r;
+                while (r1 < n && sb->kind[r1] != KV_KIND_DEAD)
+                    r1++;
+                while (r < r1) { /* live rows [r, r1), as much as fits at the cursor */
+                    uint32_t take = r1 - r < st->B - ds ? r1 - r : st->B - ds;
+                    if (d != si || ds != r)
+                        rows_move(st, &b[d], ds, &b[si], r, take);
+                    ds += take;
+                    r += take;
+                    if (ds == st->B) {
+                        b[d].blk->n = st->B;
+                        d++;
+                        ds = 0;
+                    }
                 }
             }
         }
@@ -510,6 +560,19 @@ void kv_edit_commit(kv_store_t *st, kv_session_t *s, kv_lane_t *ln, kv_edit_t *e
         for (uint32_t o = ed->del_lo; o < ed->del_hi; o++) {
             uint32_t bi = block_of(starts, nb, o);
             mark_dead(s, ln->b[bi].blk, o - starts[bi]);
+        }
+    }
+    if (ed->inplace) {
+        const kv_ins_t *g = ed->inplace;
+        size_t hd = st->cfg.head_dim;
+        for (uint32_t j = 0; j < g->n; j++) {
+            uint32_t o = g->at + j, bi = block_of(starts, nb, o), i = o - starts[bi];
+            kv_bref_t *r = &ln->b[bi];
+            kv_row_put(st, r->blk, i, g->k + j * hd, g->v + j * hd, &g->meta[j]);
+            if (r->acc)
+                r->acc[i] = 0.0f;
+            if (g->meta[j].kind == KV_KIND_RAW)
+                (*kv_tr_live(&s->tr, (uint32_t)g->meta[j].pos))++;
         }
     }
     const kv_split_t *sp = ed_split_info(ln, ed);

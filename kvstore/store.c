@@ -112,17 +112,19 @@ void *kv_scratch_alloc(kv_store_t *st, size_t bytes)
     return calloc(1, bytes ? bytes : 1);
 }
 
+/* A call that allocates nothing always passes, even over a limit lowered below use: it can
+ * only free memory. */
 int kv_budget_check(kv_store_t *st, kv_session_t *s, size_t need_session, size_t need_global,
                     const char *what, err_info_t *e)
 {
-    if (st->hard && st->bytes + need_global > st->hard) {
+    if (need_global && st->hard && st->bytes + need_global > st->hard) {
         size_t avail = st->hard > st->bytes ? st->hard - st->bytes : 0;
         return err_set(e, ERR_BUDGET,
                        "%s needs %zu bytes, %zu available under the global hard limit of %zu "
                        "(%zu in use)",
                        what, need_global, avail, st->hard, st->bytes);
     }
-    if (s && s->hard && s->bytes + need_session > s->hard) {
+    if (need_session && s && s->hard && s->bytes + need_session > s->hard) {
         size_t avail = s->hard > s->bytes ? s->hard - s->bytes : 0;
         return err_set(e, ERR_BUDGET,
                        "%s needs %zu bytes, %zu available under session %u's hard limit of %zu "

@@ -454,6 +454,39 @@ static void test_attn_acc(void)
     kv_store_destroy(&st);
 }
 
+/* Over a lowered hard limit, a gist of a hot span still goes through: it is written over
+ * the rows it replaces and allocates nothing, so the policy can always get back under. */
+static void test_gist_over_limit(void)
+{
+    kv_store_t *st = kvt_store(2, 2, 32, 8, DT_F32, 0);
+    uint32_t sid;
+    err_info_t e;
+    CHECK_OK(kv_session_create(st, NULL, &sid, &e));
+    CHECK_OK(kvt_append(st, sid, 100, 0, 3, &e));
+    kv_stats_t s0, s1, g0, g1;
+    CHECK_OK(kv_session_stats(st, sid, &s0));
+    size_t excess;
+    CHECK_OK(kv_session_set_limits(st, sid, s0.bytes - 1000, 0, &excess));
+    CHECK_INT(excess, ==, 1000);
+    CHECK_INT(kvt_append(st, sid, 8, 0, 3, &e), ==, ERR_BUDGET); /* needs new blocks */
+    kv_store_stats(st, &g0);
+    float k[2 * 32] = {0}, v[2 * 32] = {0};
+    kv_row_meta_t m[2] = {{.pos = 12.0f, .mass = 10.0f, .first = 8, .last = 27, .kind = 1},
+                          {.pos = 20.0f, .mass = 10.0f, .first = 8, .last = 27, .kind = 1}};
+    const float *kp[4] = {k, k, k, k}, *vp[4] = {v, v, v, v};
+    const kv_row_meta_t *mp[4] = {m, m, m, m};
+    uint32_t n[4] = {2, 2, 2, 2};
+    kv_rows_t rows = {.n = n, .k = kp, .v = vp, .meta = mp};
+    CHECK_MSG(kv_span_replace(st, sid, 8.0f, 27.0f, &rows, &e) == 0, "%s", err_msg(&e));
+    kv_store_stats(st, &g1);
+    CHECK(g1.peak == g0.peak);
+    CHECK_OK(kv_session_stats(st, sid, &s1));
+    CHECK_INT(s0.bytes - s1.bytes, ==, 4 * 2 * kv_block_bytes(st, DT_F32)); /* 100->82 rows */
+    CHECK_INT(s1.over_hard, ==, 0);
+    KVT_CHECK_STORE(st);
+    kv_store_destroy(&st);
+}
+
 int main(void)
 {
     RUN(test_append_and_view);
@@ -465,5 +498,6 @@ int main(void)
     RUN(test_demote);
     RUN(test_reservation);
     RUN(test_attn_acc);
+    RUN(test_gist_over_limit);
     return check_done();
 }
