@@ -423,9 +423,14 @@ static void matmul_rows(const kern_path_t *p, int kt, const uint8_t *W, const fl
     kern_rows_fn fn = p->rows[kt];
     bool par = w_stride * (size_t)n_rows >= PAR_MIN_BYTES && omp_get_max_threads() > 1;
     int rblock = n_b <= KERN_MAX_NX ? n_rows : (int)(ROW_BLOCK_BYTES / w_stride) + 1;
+    /* a few vectors are quantised here: sharing them out would cost a barrier */
+    bool quant_shared = quant && n_b > KERN_MAX_NX;
+    if (quant && !quant_shared)
+        for (int b = 0; b < n_b; b++)
+            p->qx_make(kt, X + (size_t)b * n_cols, n_cols, qx + b * x_stride);
 #pragma omp parallel if (par)
     {
-        if (quant)
+        if (quant_shared)
             quantise_x(p, kt, X, n_cols, n_b, qx, x_stride);
         int r0, r1;
         thread_rows(n_rows, omp_get_thread_num(), omp_get_num_threads(), &r0, &r1);
