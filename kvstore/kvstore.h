@@ -157,6 +157,9 @@ void kv_store_destroy(kv_store_t **p);
  * hard limit. Nothing is freed here: that is the policy's job. */
 int kv_store_set_limits(kv_store_t *st, size_t hard, size_t soft, size_t *excess);
 void kv_store_stats(kv_store_t *st, kv_stats_t *out);
+/* Writes the figures as `name:value` lines (Redis INFO style) into buf (at most cap bytes,
+ * NUL-terminated when cap > 0); returns the length the whole text needs, like snprintf. */
+int kv_stats_format(const kv_stats_t *s, char *buf, size_t cap);
 
 /* Walks every structure and compares it with the counters, the invariants (lanes ordered by
  * position, no empty block, same-type runs packed, reference counts, transcript live

@@ -119,6 +119,42 @@ void kv_store_stats(kv_store_t *st, kv_stats_t *out)
     arena_figures(st, out);
 }
 
+int kv_stats_format(const kv_stats_t *s, char *buf, size_t cap)
+{
+    static const char *tier[KV_N_TIERS] = {"f32", "f16", "q8_0"};
+    static const char *kind[KV_N_KINDS] = {"raw", "gist", "pooled"};
+    size_t n = 0;
+#define KV_PUT(...)                                                                                \
+    do {                                                                                           \
+        int k_ = snprintf(buf + (n < cap ? n : cap), n < cap ? cap - n : 0, __VA_ARGS__);          \
+        if (k_ > 0)                                                                                \
+            n += (size_t)k_;                                                                       \
+    } while (0)
+    KV_PUT("used_bytes:%zu\npeak_bytes:%zu\nhard_limit:%zu\nsoft_limit:%zu\n", s->bytes, s->peak,
+           s->hard_limit, s->soft_limit);
+    KV_PUT("over_hard:%zu\nover_soft:%zu\n", s->over_hard, s->over_soft);
+    KV_PUT("block_bytes:%zu\nshared_bytes:%zu\nstruct_bytes:%zu\ntranscript_bytes:%zu\n"
+           "overhead_bytes:%zu\n",
+           s->block_bytes, s->shared_bytes, s->struct_bytes, s->transcript_bytes,
+           s->overhead_bytes);
+    for (int t = 0; t < KV_N_TIERS; t++)
+        KV_PUT("tier_%s_bytes:%zu\ntier_%s_blocks:%llu\ntier_%s_rows:%llu\n", tier[t],
+               s->tier_bytes[t], tier[t], (unsigned long long)s->tier_blocks[t], tier[t],
+               (unsigned long long)s->tier_rows[t]);
+    for (int k = 0; k < KV_N_KINDS; k++)
+        KV_PUT("kind_%s_bytes:%zu\nkind_%s_rows:%llu\n", kind[k], s->kind_bytes[k], kind[k],
+               (unsigned long long)s->kind_rows[k]);
+    KV_PUT("rows:%llu\nblocks:%llu\nrow_capacity:%llu\nfragmentation:%.4f\n",
+           (unsigned long long)s->rows, (unsigned long long)s->blocks,
+           (unsigned long long)s->row_capacity, s->fragmentation);
+    KV_PUT("tokens:%llu\nsessions:%u\nlanes:%u\n", (unsigned long long)s->tokens, s->sessions,
+           s->lanes);
+    KV_PUT("je_allocated:%zu\nje_active:%zu\nje_resident:%zu\nje_mapped:%zu\n", s->je_allocated,
+           s->je_active, s->je_resident, s->je_mapped);
+#undef KV_PUT
+    return (int)n;
+}
+
 /* ---- the consistency walk ---- */
 
 static int lane_check(kv_store_t *st, const kv_session_t *s, uint32_t l, uint32_t *raw,

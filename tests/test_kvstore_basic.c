@@ -83,6 +83,15 @@ static void test_f16_tier(void)
     CHECK_INT(s.tier_rows[KV_TIER_F16], ==, 20);
     CHECK_INT(s.tier_blocks[KV_TIER_F16], ==, 3);
     CHECK_INT(s.tier_bytes[KV_TIER_F16], ==, 3 * kv_block_bytes(st, DT_F16));
+    char text[2048], want[64];
+    int len = kv_stats_format(&s, text, sizeof text);
+    CHECK(len > 0 && (size_t)len < sizeof text && strlen(text) == (size_t)len);
+    snprintf(want, sizeof want, "\nused_bytes:%zu\n", s.bytes);
+    CHECK(strncmp(text, want + 1, strlen(want + 1)) == 0);
+    CHECK(strstr(text, "\ntier_f16_rows:20\n") != NULL);
+    CHECK(strstr(text, "\nkind_raw_rows:20\n") != NULL);
+    CHECK_INT(kv_stats_format(&s, text, 10), ==, len);
+    CHECK_INT(strlen(text), ==, 9);
     KVT_CHECK_STORE(st);
     kv_store_destroy(&st);
 }
