@@ -149,12 +149,16 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
 
     kv_session_config_t kc = {.hard_limit = hard, .soft_limit = soft};
     uint32_t kid;
-    rc = kv_session_create(d->store, &kc, &kid, e);
-    if (rc)
+    err_info_t ke;
+    err_clear(&ke);
+    rc = kv_session_create(d->store, &kc, &kid, &ke);
+    if (rc) {
+        rc = err_set(e, rc, "%s%s", rc == ERR_BUDGET ? "budget too small for even one token: " : "",
+                     err_msg(&ke));
         goto fail;
+    }
     s->kv = kid;
     /* a budget must hold at least one token */
-    err_info_t ke;
     err_clear(&ke);
     rc = kv_reserve(d->store, s->kv, 1, &ke);
     if (rc == ERR_BUDGET) {
