@@ -21,7 +21,7 @@
 #include "tests/check.h"
 
 /* Path of a built program (GISTD_BUILD, default "build"). */
-static const char *td_bin(const char *name)
+static inline const char *td_bin(const char *name)
 {
     static char buf[4][512];
     static int k;
@@ -33,7 +33,7 @@ static const char *td_bin(const char *name)
 
 /* Runs argv, waits, and returns its exit status (-1 if it did not exit normally); its stdout
  * goes to out (NUL-terminated, at most cap - 1 bytes) when out is given, its stderr nowhere. */
-static int td_run(char *const argv[], char *out, size_t cap)
+static inline int td_run(char *const argv[], char *out, size_t cap)
 {
     int fd[2];
     if (pipe(fd) < 0)
@@ -74,7 +74,7 @@ static int td_run(char *const argv[], char *out, size_t cap)
 }
 
 /* Writes a tiny random-weight model (gist-model make-tiny) into the test's folder. */
-static const char *td_tiny_model(const char *name, const char *seed)
+static inline const char *td_tiny_model(const char *name, const char *seed)
 {
     static char path[4][512];
     static int k;
@@ -89,7 +89,7 @@ static const char *td_tiny_model(const char *name, const char *seed)
 }
 
 /* The text `gist-model generate` adds after the prompt (greedy), into out. */
-static int td_reference(const char *model, const char *prompt, const char *n, char *out,
+static inline int td_reference(const char *model, const char *prompt, const char *n, char *out,
                         size_t cap)
 {
     char buf[65536];
@@ -111,7 +111,7 @@ typedef struct td_daemon {
 
 /* Starts gistd with --model model --listen tcp://127.0.0.1:* and the extra arguments (NULL-
  * terminated), and waits for the endpoint on its first stdout line. */
-static int td_start(td_daemon_t *d, const char *model, const char *const *extra)
+static inline int td_start(td_daemon_t *d, const char *model, const char *const *extra)
 {
     const char *argv[40];
     int n = 0;
@@ -170,7 +170,7 @@ static int td_start(td_daemon_t *d, const char *model, const char *const *extra)
 }
 
 /* Sends sig to the daemon and returns its exit status (-1: killed by a signal). */
-static int td_stop(td_daemon_t *d, int sig)
+static inline int td_stop(td_daemon_t *d, int sig)
 {
     if (d->pid <= 0)
         return -1;
@@ -182,7 +182,7 @@ static int td_stop(td_daemon_t *d, int sig)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static gc_client_t *td_connect(const td_daemon_t *d)
+static inline gc_client_t *td_connect(const td_daemon_t *d)
 {
     gc_client_t *c = NULL;
     err_info_t e;

@@ -1,0 +1,250 @@
+/* Budgets and snapshots against a real gistd: under a budget far below what the sessions
+ * need, no figure ever shows the global or a session limit crossed, refused requests keep
+ * everything stored, compaction events add up to the bytes freed, lowering a budget below
+ * use is refused (policy `full`) and raising it lets work go on; a session snapshotted at
+ * SIGTERM continues after a restart exactly as it would have without one. */
+#include <sys/stat.h>
+
+#include "tests/test_daemon_util.h"
+
+/* ------------------------------------------------------------------ budgets */
+
+typedef struct watch {
+    gc_client_t *stats; /* a second connection, polled from the first one's callbacks */
+    uint64_t budget, session_budget;
+    uint32_t polls, crossed;
+    uint64_t max_used;
+    uint64_t event_bytes; /* bytes_freed summed over compaction events */
+    uint32_t events;
+} watch_t;
+
+static void poll_stats(watch_t *w)
+{
+    gc_stats_t st;
+    err_info_t e;
+    if (gc_stats(w->stats, true, &st, &e)) {
+        w->crossed++;
+        return;
+    }
+    w->polls++;
+    w->max_used = st.kv_used_bytes > w->max_used ? st.kv_used_bytes : w->max_used;
+    if (st.kv_used_bytes > w->budget || st.kv_peak_bytes > w->budget)
+        w->crossed++;
+    for (uint32_t i = 0; i < st.n_session_list; i++)
+        if (st.session_list[i].bytes > w->session_budget ||
+            st.session_list[i].peak_bytes > w->session_budget)
+            w->crossed++;
+    gc_stats_free(&st);
+}
+
+static int on_tok(void *ctx, uint32_t session, int32_t id, const char *piece, size_t len)
+{
+    poll_stats(ctx);
+    return 0;
+}
+
+static void on_compaction(void *ctx, uint32_t session, const gc_compaction_t *c)
+{
+    watch_t *w = ctx;
+    w->events++;
+    w->event_bytes += c->bytes_freed;
+}
+
+static void test_budget_never_crossed(void)
+{
+    const char *model = td_tiny_model("tiny_budget.gguf", "31");
+    /* the tiny model's 4 lanes take a ~9 KiB block each per 64 tokens: a session budget of
+     * 60 KiB holds one block per lane (64 tokens), and 150 KiB do not hold four sessions */
+    const char *extra[] = {"--kv-budget", "150K", "--session-budget", "60K", NULL};
+    td_daemon_t d;
+    if (!model || td_start(&d, model, extra))
+        return;
+    gc_client_t *c = td_connect(&d);
+    watch_t w = {.stats = td_connect(&d), .budget = 150 * 1024, .session_budget = 60 * 1024};
+    if (!c || !w.stats)
+        return;
+    err_info_t e;
+    uint32_t sid[4];
+    uint64_t req[4];
+    const char *prompt = "Once upon a time";
+    gc_callbacks_t cb = {.ctx = &w, .on_token = on_tok, .on_compaction = on_compaction};
+    for (int i = 0; i < 4; i++) {
+        CHECK_OK(gc_open(c, NULL, &sid[i], &e));
+        gc_gen_opts_t o = {.session = sid[i], .max_tokens = 300, .prompt = prompt,
+                           .sampling = &td_greedy};
+        CHECK_OK(gc_generate_start(c, &o, &cb, &req[i], &e));
+    }
+    uint32_t refused = 0;
+    for (int i = 0; i < 4; i++) {
+        gc_result_t res = {0};
+        int rc = gc_wait(c, req[i], &res, &e);
+        if (rc == ERR_BUDGET) {
+            refused++;
+            CHECK_MSG(strstr(e.msg, "needs") && strstr(e.msg, "available"), "message: %s",
+                      e.msg);
+        } else {
+            CHECK_MSG(rc == 0 && res.reason == GC_STOP_EOS, "session %u: rc %d reason %d",
+                      sid[i], rc, res.reason);
+        }
+        gc_result_free(&res);
+    }
+    CHECK_INT(refused, >=, 3);
+    poll_stats(&w);
+    CHECK_INT(w.crossed, ==, 0);
+    CHECK_INT(w.polls, >=, 50);
+    CHECK(w.max_used > 100 * 1024); /* it did fill up */
+
+    /* nothing stored was lost: each transcript is the prompt and every streamed token */
+    gc_stats_t st;
+    CHECK_OK(gc_stats(c, true, &st, &e));
+    CHECK_INT(st.compactions, ==, w.events);
+    CHECK_INT(st.bytes_freed, ==, w.event_bytes);
+    CHECK_INT(st.budget_refusals, >=, refused);
+    uint32_t filled = 0;
+    for (uint32_t i = 0; i < st.n_session_list; i++) {
+        const gc_session_info_t *si = &st.session_list[i];
+        CHECK_INT(si->tokens, ==, si->prompt_tokens + si->generated_tokens);
+        char *text = NULL;
+        uint32_t n = 0, total = 0;
+        CHECK_OK(gc_transcript(c, si->id, 0, 0, &text, NULL, NULL, &n, &total, &e));
+        CHECK_INT(total, ==, si->tokens);
+        /* a request refused during its prompt stored none of it */
+        CHECK_MSG(text && (total == 0 || !strncmp(text, prompt, strlen(prompt))),
+                  "transcript \"%s\"", text);
+        filled += total > 0;
+        free(text);
+    }
+    CHECK_INT(filled, >=, 2);
+    const uint64_t used = st.kv_used_bytes;
+    gc_stats_free(&st);
+
+    /* lowering the global budget below use is refused by `full`; the limit stays */
+    gc_budget_t b;
+    CHECK_INT(gc_set_budget(c, 0, 16 * 1024, 0, &b, &e), ==, ERR_BUDGET);
+    CHECK_MSG(strstr(e.msg, "limit stays"), "message: %s", e.msg);
+    CHECK_OK(gc_stats(c, false, &st, &e));
+    CHECK_INT(st.kv_budget_bytes, ==, 150 * 1024);
+    CHECK_INT(st.kv_used_bytes, ==, used);
+    gc_stats_free(&st);
+    CHECK_INT(gc_set_budget(c, sid[0], 1024, 0, &b, &e), ==, ERR_BUDGET);
+
+    /* raising both lets a refused session go on */
+    CHECK_OK(gc_set_budget(c, 0, 4 << 20, 0, &b, &e));
+    CHECK_INT(b.hard_bytes, ==, 4 << 20);
+    CHECK_INT(b.soft_bytes, ==, (4 << 20) / 8 * 7);
+    CHECK_OK(gc_set_budget(c, sid[0], 1 << 20, 0, &b, &e));
+    gc_gen_opts_t more = {.session = sid[0], .max_tokens = 80, .sampling = &td_greedy};
+    gc_result_t res = {0};
+    CHECK_OK(gc_generate(c, &more, NULL, &res, &e));
+    CHECK(res.reason == GC_STOP_LENGTH || res.reason == GC_STOP_EOS);
+    gc_result_free(&res);
+    CHECK_OK(gc_stats(c, true, &st, &e));
+    CHECK(st.kv_used_bytes > used);
+    gc_stats_free(&st);
+
+    gc_disconnect(&w.stats);
+    gc_disconnect(&c);
+    CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
+}
+
+/* ------------------------------------------------------------------ snapshots */
+
+static int gen(gc_client_t *c, uint32_t s, uint32_t n, const char *prompt, char *out, size_t cap)
+{
+    gc_gen_opts_t o = {.session = s, .max_tokens = n, .prompt = prompt, .sampling = &td_greedy};
+    gc_result_t res = {0};
+    err_info_t e;
+    int rc = gc_generate(c, &o, NULL, &res, &e);
+    if (rc)
+        check_fail_(__FILE__, __LINE__, "generate: %s", err_msg(&e));
+    snprintf(out, cap, "%s", res.text ? res.text : "");
+    gc_result_free(&res);
+    return rc;
+}
+
+static void test_snapshot_restart(void)
+{
+    const char *model = td_tiny_model("tiny_snap.gguf", "32");
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/snaps", check_tmpdir());
+    mkdir(dir, 0700);
+    const char *extra[] = {"--snapshot-dir", dir, NULL};
+    td_daemon_t d;
+    if (!model || td_start(&d, model, extra))
+        return;
+    gc_client_t *c = td_connect(&d);
+    err_info_t e;
+    uint32_t s1, s2;
+    char a1[4096], a2[4096], ref[4096], before[8192];
+    gc_open_opts_t oo = {.name = "kept", .chat_template = "plain"};
+    CHECK_OK(gc_open(c, &oo, &s1, &e));
+    CHECK_OK(gc_open(c, &oo, &s2, &e));
+    /* two sessions with the same history; the second one goes on without a restart */
+    gen(c, s1, 10, "Once upon a time", a1, sizeof a1);
+    gen(c, s2, 10, "Once upon a time", a2, sizeof a2);
+    CHECK_STR(a1, a2);
+    gen(c, s2, 12, NULL, ref, sizeof ref);
+    char *text = NULL;
+    CHECK_OK(gc_transcript(c, s1, 0, 0, &text, NULL, NULL, NULL, NULL, &e));
+    snprintf(before, sizeof before, "%s", text ? text : "");
+    free(text);
+    uint32_t n_done = 0;
+    CHECK_OK(gc_snapshot(c, s1, &n_done, &e));
+    CHECK_INT(n_done, ==, 1);
+    gc_disconnect(&c);
+    CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
+
+    /* a new daemon on the same folder has both sessions back */
+    if (td_start(&d, model, extra))
+        return;
+    c = td_connect(&d);
+    gc_session_info_t *list = NULL;
+    uint32_t n = 0;
+    CHECK_OK(gc_sessions(c, &list, &n, &e));
+    CHECK_INT(n, ==, 2);
+    for (uint32_t i = 0; list && i < n; i++) {
+        CHECK(list[i].id == s1 || list[i].id == s2);
+        CHECK_STR(list[i].name, "kept");
+        CHECK_STR(list[i].chat_template, "plain");
+    }
+    free(list);
+    CHECK_OK(gc_transcript(c, s1, 0, 0, &text, NULL, NULL, NULL, NULL, &e));
+    CHECK_MSG(text && !strcmp(text, before), "restored \"%s\" vs \"%s\"", text, before);
+    free(text);
+    char cont[4096];
+    gen(c, s1, 12, NULL, cont, sizeof cont);
+    CHECK_MSG(!strcmp(cont, ref), "after restart \"%s\" vs without \"%s\"", cont, ref);
+
+    /* closing forgets the snapshot; a corrupt one is refused and changes nothing */
+    CHECK_OK(gc_close(c, s2, &e));
+    CHECK_INT(gc_restore(c, s2, &e), ==, ERR_NOTFOUND);
+    char bad[700];
+    snprintf(bad, sizeof bad, "%s/session-%u.gistd", dir, s1);
+    CHECK_INT(gc_restore(c, s1, &e), ==, ERR_EXISTS);
+    CHECK_OK(gc_snapshot(c, s1, NULL, &e));
+    CHECK_OK(gc_close(c, s1, &e)); /* removes it: write it back corrupted */
+    FILE *f = fopen(bad, "wb");
+    CHECK(f && fwrite("GISTDSES\1\0\0\0garbage-garbage-garbage", 1, 36, f) == 36);
+    if (f)
+        fclose(f);
+    CHECK_INT(gc_restore(c, s1, &e), ==, ERR_CORRUPT);
+    CHECK_OK(gc_sessions(c, &list, &n, &e));
+    CHECK_INT(n, ==, 0);
+    free(list);
+    gc_disconnect(&c);
+    CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
+    /* and a daemon starting beside it starts anyway */
+    if (td_start(&d, model, extra))
+        return;
+    c = td_connect(&d);
+    CHECK(c != NULL);
+    gc_disconnect(&c);
+    CHECK_INT(td_stop(&d, SIGINT), ==, 0);
+}
+
+int main(void)
+{
+    RUN(test_budget_never_crossed);
+    RUN(test_snapshot_restart);
+    return check_done();
+}
