@@ -1,0 +1,583 @@
+/*
+ * policy/policy.c — the named policies (presets of one engine), their parameters, the hooks
+ * the caller runs, events and figures. The compaction steps are in policy/steps.c, snapshots
+ * of the state in policy/save.c.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/dtype.h"
+#include "policy/pol_impl.h"
+
+/* ------------------------------------------------------------------ names */
+
+const char *pol_action_name(int action)
+{
+    static const char *const n[] = {"gist", "merge", "evict"};
+    return action >= 0 && action < POL_N_ACTIONS ? n[action] : "?";
+}
+
+const char *pol_method_name(int method)
+{
+    static const char *const n[] = {"learned", "pooled", "window", "h2o",
+                                    "tova",    "trim",   "recency"};
+    return method >= 0 && method < POL_N_METHODS ? n[method] : "?";
+}
+
+const char *pol_reason_name(int reason)
+{
+    static const char *const n[] = {"sentence", "watermark", "budget", "shrink", "request"};
+    return reason >= 0 && reason < POL_N_REASONS ? n[reason] : "?";
+}
+
+const char *pol_names(void)
+{
+    return "full, window, h2o, tova, pool, gist, trim, auto";
+}
+
+const char *pol_param_help(void)
+{
+    return "sinks=N        first positions never compacted (default 4; gist: the model's sinks)\n"
+           "recent=N       last positions never compacted (default 16; window, tova: 0)\n"
+           "gist_rows=N    pooled rows per sentence (default 2)\n"
+           "merge=N        gist groups merged into one level-up group (default 4; 0: none)\n"
+           "levels=N       highest gist level a merge makes (default 3)\n"
+           "min_gist=N     raw tokens a pooled gist step takes at least (default: block rows)\n"
+           "max_sentence=N tokens after which a sentence closes anyway (default 64)\n"
+           "rule=R         sentence rule: text (quotes, abbreviations) or train (default: train "
+           "for learned gists, else text)\n"
+           "score=S        eviction score: window, recency, h2o, tova, trim (the policy's own "
+           "by default)\n";
+}
+
+const char *pol_name(const pol_t *p)
+{
+    return p->name;
+}
+
+/* ------------------------------------------------------------------ parameters */
+
+static int parse_u32(const char *key, const char *v, uint32_t lo, uint32_t hi, uint32_t *out,
+                     err_info_t *e)
+{
+    char *end;
+    errno = 0;
+    unsigned long x = v ? strtoul(v, &end, 10) : 0;
+    if (!v || errno || end == v || *end || v[0] == '-' || x < lo || x > hi)
+        return err_set(e, ERR_INVAL, "policy parameter %s: '%s' is not an integer in [%u, %u]", key,
+                       v ? v : "", lo, hi);
+    *out = (uint32_t)x;
+    return 0;
+}
+
+static int parse_score(const char *v, int *out, err_info_t *e)
+{
+    static const struct {
+        const char *name;
+        int ev;
+    } t[] = {{"window", POL_EV_WINDOW}, {"recency", POL_EV_RECENCY}, {"h2o", POL_EV_H2O},
+             {"tova", POL_EV_TOVA},     {"trim", POL_EV_TRIM},       {"none", POL_EV_NONE}};
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+        if (v && !strcmp(v, t[i].name)) {
+            *out = t[i].ev;
+            return 0;
+        }
+    return err_set(e, ERR_INVAL,
+                   "policy parameter score: '%s' is not window, recency, h2o, tova, trim or none",
+                   v ? v : "");
+}
+
+/* The preset of a name. */
+static int preset(pol_t *p, const char *name, err_info_t *e)
+{
+    const pol_model_t *m = &p->model;
+    p->sinks = 4;
+    p->recent = 16;
+    p->gist_rows = 2;
+    p->merge_k = 4;
+    p->levels = 3;
+    p->gist_mode = POL_GIST_NONE;
+    p->evict = POL_EV_NONE;
+    if (!strcmp(name, "full")) {
+        p->merge_k = 0;
+    } else if (!strcmp(name, "window")) {
+        p->recent = 0;
+        p->merge_k = 0;
+        p->evict = POL_EV_WINDOW;
+    } else if (!strcmp(name, "h2o")) {
+        p->merge_k = 0;
+        p->evict = POL_EV_H2O;
+    } else if (!strcmp(name, "tova")) {
+        p->recent = 0;
+        p->merge_k = 0;
+        p->evict = POL_EV_TOVA;
+    } else if (!strcmp(name, "trim")) {
+        if (!m->has_gates)
+            return err_set(e, ERR_UNSUPPORTED,
+                           "policy 'trim' needs retention gates (blk.N.retention_*), and the "
+                           "model has none; try h2o or auto");
+        p->merge_k = 0;
+        p->evict = POL_EV_TRIM;
+    } else if (!strcmp(name, "pool")) {
+        p->gist_mode = POL_GIST_POOLED;
+        p->evict = POL_EV_RECENCY;
+    } else if (!strcmp(name, "gist")) {
+        if (m->n_gist == 0)
+            return err_set(e, ERR_UNSUPPORTED,
+                           "policy 'gist' needs a model with gist tokens (gistd.gist.count), "
+                           "and this one has none; try pool or auto");
+        p->gist_mode = POL_GIST_LEARNED;
+        p->evict = POL_EV_RECENCY;
+    } else if (!strcmp(name, "auto")) {
+        p->gist_mode = m->n_gist ? POL_GIST_LEARNED : POL_GIST_POOLED;
+        p->evict = m->has_gates ? POL_EV_TRIM : POL_EV_H2O;
+    } else {
+        return err_set(e, ERR_INVAL, "unknown policy '%s' (known: %s)", name, pol_names());
+    }
+    if (p->gist_mode == POL_GIST_LEARNED) {
+        p->sinks = m->gist_sinks ? m->gist_sinks : 1;
+        p->recent = 0; /* closed sentences are seen through their gists only */
+    }
+    snprintf(p->name, sizeof p->name, "%s", name);
+    return 0;
+}
+
+static int apply_params(pol_t *p, const pol_param_t *ps, uint32_t n, pol_seg_cfg_t *sc,
+                        err_info_t *e)
+{
+    bool rule_set = false;
+    for (uint32_t i = 0; i < n; i++) {
+        const char *k = ps[i].key ? ps[i].key : "", *v = ps[i].value;
+        int rc;
+        if (!strcmp(k, "sinks"))
+            rc = parse_u32(k, v, 0, 1u << 20, &p->sinks, e);
+        else if (!strcmp(k, "recent"))
+            rc = parse_u32(k, v, 0, 1u << 24, &p->recent, e);
+        else if (!strcmp(k, "gist_rows"))
+            rc = parse_u32(k, v, 1, 64, &p->gist_rows, e);
+        else if (!strcmp(k, "merge"))
+            rc = parse_u32(k, v, 0, 1024, &p->merge_k, e);
+        else if (!strcmp(k, "levels"))
+            rc = parse_u32(k, v, 1, 250, &p->levels, e);
+        else if (!strcmp(k, "min_gist"))
+            rc = parse_u32(k, v, 1, 1u << 20, &p->min_gist, e);
+        else if (!strcmp(k, "max_sentence"))
+            rc = parse_u32(k, v, 0, 1u << 20, &sc->max_len, e);
+        else if (!strcmp(k, "score"))
+            rc = parse_score(v, &p->evict, e);
+        else if (!strcmp(k, "rule")) {
+            rule_set = true;
+            if (v && !strcmp(v, "train"))
+                sc->train_rule = true, rc = 0;
+            else if (v && !strcmp(v, "text"))
+                sc->train_rule = false, rc = 0;
+            else
+                rc = err_set(e, ERR_INVAL, "policy parameter rule: '%s' is not text or train",
+                             v ? v : "");
+        } else
+            rc = err_set(e, ERR_INVAL,
+                         "policy '%s' has no parameter '%s' (known: sinks, recent, "
+                         "gist_rows, merge, levels, min_gist, max_sentence, rule, score)",
+                         p->name, k);
+        if (rc)
+            return rc;
+    }
+    if (!rule_set)
+        sc->train_rule = p->gist_mode == POL_GIST_LEARNED;
+    if (!strcmp(p->name, "full") && p->evict != POL_EV_NONE)
+        return err_set(e, ERR_INVAL, "policy 'full' never evicts (score=%s given)",
+                       pol_method_name(p->evict));
+    if (p->evict == POL_EV_TRIM && !p->model.has_gates)
+        return err_set(e, ERR_UNSUPPORTED, "score=trim needs retention gates; the model has none");
+    return 0;
+}
+
+/* ------------------------------------------------------------------ life */
+
+int pol_new(const pol_config_t *cfg, pol_t **out, err_info_t *e)
+{
+    *out = NULL;
+    if (!cfg || !cfg->store)
+        return err_set(e, ERR_INVAL, "policy: no store");
+    if (cfg->n_params && !cfg->params)
+        return err_set(e, ERR_INVAL, "policy: %u parameters but no list", cfg->n_params);
+    uint32_t len;
+    if (kv_transcript_len(cfg->store, cfg->sid, &len))
+        return err_set(e, ERR_NOTFOUND, "policy: no session %u in the store", cfg->sid);
+    pol_t *p = calloc(1, sizeof *p);
+    if (!p)
+        return err_set(e, ERR_NOMEM, "policy: out of memory");
+    p->st = cfg->store;
+    p->sid = cfg->sid;
+    p->model = cfg->model;
+    p->runner = cfg->runner;
+    p->emit = cfg->emit;
+    p->emit_ctx = cfg->emit_ctx;
+    p->open_first = len ? 0 : POL_NONE;
+    pol_seg_cfg_t sc = {.max_len = 64};
+    const char *name = cfg->name && *cfg->name ? cfg->name : "auto";
+    int rc = preset(p, name, e);
+    if (!rc)
+        rc = apply_params(p, cfg->params, cfg->n_params, &sc, e);
+    if (!rc && p->gist_mode == POL_GIST_LEARNED) {
+        if (!cfg->runner.run)
+            rc = err_set(e, ERR_INVAL, "policy '%s': learned gists need a runner", p->name);
+        if (p->model.n_gist > 64)
+            rc = err_set(e, ERR_UNSUPPORTED, "policy '%s': %u gist tokens (at most 64)", p->name,
+                         p->model.n_gist);
+    }
+    bool pooling = p->gist_mode != POL_GIST_NONE;
+    if (!rc && pooling && p->model.rope.n_rot == 0 && p->gist_mode == POL_GIST_POOLED)
+        rc = err_set(e, ERR_UNSUPPORTED,
+                     "policy '%s': pooled gists need the model's RoPE parameters", p->name);
+    if (!rc && p->min_gist == 0)
+        p->min_gist = kv_block_rows(p->st);
+    p->acc = p->evict == POL_EV_H2O || p->evict == POL_EV_TOVA;
+    if (!rc && p->acc)
+        rc = kv_session_set_attn_acc(p->st, p->sid, true, e);
+    if (rc) {
+        pol_destroy(&p);
+        return rc;
+    }
+    pol_seg_init(&p->seg, &sc);
+    *out = p;
+    return 0;
+}
+
+void pol_destroy(pol_t **pp)
+{
+    if (!pp || !*pp)
+        return;
+    pol_t *p = *pp;
+    free(p->spans);
+    free(p->pins);
+    free(p->meta);
+    free(p);
+    *pp = NULL;
+}
+
+bool pol_wants_attn_acc(const pol_t *p)
+{
+    return p->acc;
+}
+
+size_t pol_headroom(const pol_t *p, uint32_t ubatch)
+{
+    const kv_store_config_t *c = kv_store_config(p->st);
+    size_t B = kv_block_rows(p->st), blk = kv_block_bytes(p->st, c->hot_type);
+    if (p->acc)
+        blk += B * sizeof(float);
+    size_t per_lane = (ubatch + B - 1) / B + 1; /* a reservation may start a new block */
+    if (p->gist_mode != POL_GIST_NONE || p->merge_k)
+        per_lane += 2; /* a gist step's new block, and one split by its insertion point */
+    return kv_lane_count(p->st) * per_lane * blk + 8192; /* + a transcript page */
+}
+
+/* ------------------------------------------------------------------ helpers */
+
+uint32_t pol_transcript_len(const pol_t *p)
+{
+    uint32_t len = 0;
+    kv_transcript_len(p->st, p->sid, &len);
+    return len;
+}
+
+size_t pol_session_bytes(pol_t *p)
+{
+    kv_stats_t s;
+    if (kv_session_stats(p->st, p->sid, &s))
+        return 0;
+    return s.bytes;
+}
+
+size_t pol_session_avail(pol_t *p)
+{
+    kv_stats_t s, g;
+    size_t avail = SIZE_MAX;
+    if (kv_session_stats(p->st, p->sid, &s) == 0 && s.hard_limit)
+        avail = s.hard_limit > s.bytes ? s.hard_limit - s.bytes : 0;
+    kv_store_stats(p->st, &g);
+    if (g.hard_limit) {
+        size_t a = g.hard_limit > g.bytes ? g.hard_limit - g.bytes : 0;
+        avail = a < avail ? a : avail;
+    }
+    return avail;
+}
+
+void pol_emit_event(pol_t *p, pol_event_t *ev)
+{
+    ev->bytes_freed = (int64_t)ev->bytes_before - (int64_t)ev->bytes_after;
+    if (ev->action < POL_N_ACTIONS && ev->method < POL_N_METHODS)
+        p->stats.events[ev->action][ev->method]++;
+    if (ev->rows_before > ev->rows_after)
+        p->stats.rows_removed += ev->rows_before - ev->rows_after;
+    p->stats.bytes_freed += ev->bytes_freed;
+    if (p->emit)
+        p->emit(p->emit_ctx, ev);
+}
+
+int pol_span_push(pol_t *p, const pol_span_t *s)
+{
+    if (p->n_spans == p->cap_spans) {
+        uint32_t cap = p->cap_spans ? 2 * p->cap_spans : 64;
+        pol_span_t *t = realloc(p->spans, cap * sizeof *t);
+        if (!t)
+            return ERR_NOMEM;
+        p->spans = t;
+        p->cap_spans = cap;
+    }
+    p->spans[p->n_spans++] = *s;
+    return 0;
+}
+
+bool pol_pinned(const pol_t *p, uint32_t first, uint32_t last)
+{
+    for (uint32_t i = 0; i < p->n_pins; i++)
+        if (p->pins[i][0] <= last && first <= p->pins[i][1])
+            return true;
+    return false;
+}
+
+void pol_stats(const pol_t *p, pol_stats_t *out)
+{
+    *out = p->stats;
+}
+
+/* ------------------------------------------------------------------ hooks */
+
+int pol_pin_span(pol_t *p, uint32_t first, uint32_t last, err_info_t *e)
+{
+    if (first > last)
+        return err_set(e, ERR_INVAL, "pin: span [%u, %u] is empty", first, last);
+    if (p->n_pins == p->cap_pins) {
+        uint32_t cap = p->cap_pins ? 2 * p->cap_pins : 8;
+        uint32_t(*t)[2] = realloc(p->pins, cap * sizeof *t);
+        if (!t)
+            return err_set(e, ERR_NOMEM, "pin: out of memory");
+        p->pins = t;
+        p->cap_pins = cap;
+    }
+    p->pins[p->n_pins][0] = first;
+    p->pins[p->n_pins][1] = last;
+    p->n_pins++;
+    return 0;
+}
+
+int pol_next(pol_t *p, const pol_text_t *pieces, uint32_t n, uint32_t *n_run, err_info_t *e)
+{
+    if (n == 0 || !pieces)
+        return err_set(e, ERR_INVAL, "policy: no tokens to run");
+    *n_run = n;
+    int kind = pol_seg_peek(&p->seg, pieces[0].s, pieces[0].len);
+    if (kind != POL_SEG_NONE && p->open_first != POL_NONE) {
+        uint32_t len = pol_transcript_len(p);
+        pol_seg_close(&p->seg);
+        int rc = pol_close_sentence(p, len - 1, kind == POL_SEG_PARAGRAPH, e);
+        if (rc)
+            return rc;
+    }
+    if (p->gist_mode != POL_GIST_LEARNED)
+        return 0;
+    /* learned gists: a batch must not run past a sentence boundary (the sentence mask) */
+    pol_seg_t sim = p->seg;
+    for (uint32_t i = 0; i < n; i++) {
+        if (pol_seg_push(&sim, pieces[i].s, pieces[i].len) != POL_SEG_NONE && i > 0) {
+            *n_run = i;
+            break;
+        }
+    }
+    return 0;
+}
+
+/* While the session is above `target` (its soft watermark when target is SIZE_MAX), runs
+ * steps; stops when nothing more can go. */
+static int compact_to(pol_t *p, size_t target, int reason, err_info_t *e)
+{
+    for (int guard = 0; guard < 1 << 20; guard++) {
+        kv_stats_t s;
+        if (kv_session_stats(p->st, p->sid, &s))
+            return err_set(e, ERR_NOTFOUND, "policy: session %u is gone", p->sid);
+        size_t over;
+        if (target == SIZE_MAX) {
+            kv_stats_t g;
+            kv_store_stats(p->st, &g);
+            over = s.over_soft > g.over_soft ? s.over_soft : g.over_soft;
+        } else {
+            over = s.bytes > target ? s.bytes - target : 0;
+        }
+        if (over == 0)
+            return 0;
+        bool progress = false;
+        int rc = pol_step(p, over, reason, &progress, e);
+        if (rc)
+            return rc;
+        if (!progress)
+            return 0;
+    }
+    return 0;
+}
+
+int pol_commit(pol_t *p, const pol_text_t *pieces, uint32_t n, err_info_t *e)
+{
+    if (n && !pieces)
+        return err_set(e, ERR_INVAL, "policy: no pieces for %u tokens", n);
+    uint32_t len = pol_transcript_len(p);
+    if (n > len)
+        return err_set(e, ERR_INVAL, "policy: %u tokens committed, the transcript holds %u", n,
+                       len);
+    uint32_t pos0 = len - n;
+    for (uint32_t i = 0; i < n; i++) {
+        int kind = pol_seg_push(&p->seg, pieces[i].s, pieces[i].len);
+        if (kind != POL_SEG_NONE && p->open_first != POL_NONE && pos0 + i > p->open_first) {
+            /* a boundary inside the batch: the sentence is recorded raw (learned gists can
+             * only follow their sentence; pol_next keeps batches from crossing one) */
+            int save = p->gist_mode;
+            p->gist_mode = save == POL_GIST_LEARNED ? POL_GIST_POOLED : save;
+            int rc = pol_close_sentence(p, pos0 + i - 1, kind == POL_SEG_PARAGRAPH, e);
+            p->gist_mode = save;
+            if (rc)
+                return rc;
+        }
+        if (p->open_first == POL_NONE)
+            p->open_first = pos0 + i;
+    }
+    p->stats.text_tokens += n;
+    int rc = compact_to(p, SIZE_MAX, POL_R_WATERMARK, e);
+    if (p->evict == POL_EV_TOVA)
+        pol_zero_acc(p);
+    return rc;
+}
+
+int pol_reserve(pol_t *p, uint32_t n, err_info_t *e)
+{
+    for (int guard = 0; guard < 1 << 20; guard++) {
+        err_info_t e2;
+        err_clear(&e2);
+        int rc = kv_reserve(p->st, p->sid, n, &e2);
+        if (rc != ERR_BUDGET) {
+            if (rc && e)
+                *e = e2;
+            return rc;
+        }
+        size_t want = kv_block_bytes(p->st, kv_store_config(p->st)->hot_type);
+        bool progress = false;
+        rc = pol_step(p, want, POL_R_BUDGET, &progress, e);
+        if (rc)
+            return rc;
+        if (!progress) {
+            if (e)
+                *e = e2;
+            return err_prefix(e, "policy '%s' cannot free more (the rest is pinned): ", p->name);
+        }
+    }
+    return err_set(e, ERR_INTERNAL, "policy: no end to making room");
+}
+
+int pol_end_turn(pol_t *p, err_info_t *e)
+{
+    if (p->open_first == POL_NONE)
+        return 0;
+    uint32_t len = pol_transcript_len(p);
+    pol_seg_close(&p->seg);
+    return pol_close_sentence(p, len - 1, false, e);
+}
+
+int pol_mark_thought(pol_t *p, err_info_t *e)
+{
+    if (p->open_first != POL_NONE) {
+        uint32_t len = pol_transcript_len(p);
+        pol_seg_close(&p->seg);
+        return pol_close_sentence(p, len - 1, true, e);
+    }
+    if (p->n_spans) {
+        if (!p->spans[p->n_spans - 1].thought_end)
+            p->stats.thoughts++;
+        p->spans[p->n_spans - 1].thought_end = 1;
+    }
+    return 0;
+}
+
+int pol_make_room(pol_t *p, size_t need, err_info_t *e)
+{
+    size_t start = pol_session_bytes(p);
+    for (int guard = 0; guard < 1 << 20; guard++) {
+        size_t now = pol_session_bytes(p);
+        size_t freed = start > now ? start - now : 0;
+        if (freed >= need)
+            return 0;
+        bool progress = false;
+        int rc = pol_step(p, need - freed, POL_R_BUDGET, &progress, e);
+        if (rc)
+            return rc;
+        if (!progress)
+            return err_set(e, ERR_BUDGET,
+                           "policy '%s' freed %zu of the %zu bytes needed; the rest is pinned",
+                           p->name, freed, need);
+    }
+    return err_set(e, ERR_INTERNAL, "policy: no end to making room");
+}
+
+int pol_shrink(pol_t *p, size_t target, err_info_t *e)
+{
+    return compact_to(p, target, POL_R_SHRINK, e);
+}
+
+int pol_compact(pol_t *p, const pol_compact_req_t *r, err_info_t *e)
+{
+    if (!strcmp(p->name, "full"))
+        return err_set(e, ERR_UNSUPPORTED, "policy 'full' never compacts");
+    if (p->gist_mode != POL_GIST_LEARNED && p->model.rope.n_rot == 0)
+        return err_set(e, ERR_UNSUPPORTED,
+                       "policy '%s': compacting a span needs pooled gists, and the model's "
+                       "RoPE parameters are unknown",
+                       p->name);
+    uint32_t len = pol_transcript_len(p), first, last;
+    if (r->last_thought) {
+        int32_t a = -1, b = -1; /* indices of the last two thought ends */
+        for (int32_t i = (int32_t)p->n_spans - 1; i >= 0 && a < 0; i--)
+            if (p->spans[i].thought_end) {
+                if (b < 0)
+                    b = i;
+                else
+                    a = i;
+            }
+        if (b < 0)
+            return err_set(e, ERR_NOTFOUND, "compact: no finished thought yet");
+        first = a < 0 ? 0 : pol_span_end(&p->spans[a]) + 1;
+        last = p->spans[b].last;
+    } else {
+        first = r->first;
+        last = r->last;
+        if (first > last || last >= len)
+            return err_set(e, ERR_RANGE, "compact: span [%u, %u] outside the %u positions", first,
+                           last, len);
+        /* the open sentence closes first when the span reaches it */
+        if (p->open_first != POL_NONE && last >= p->open_first) {
+            pol_seg_close(&p->seg);
+            int rc = pol_close_sentence(p, len - 1, false, e);
+            if (rc)
+                return rc;
+        }
+    }
+    if (p->model.rope.n_rot == 0)
+        return 0; /* learned gists only: nothing left raw to pool */
+    /* pool the raw sentences of the span, consecutive runs at a time */
+    for (uint32_t i = 0; i < p->n_spans;) {
+        const pol_span_t *s = &p->spans[i];
+        if (s->level != 0 || s->last < first || s->first > last || s->last < p->sinks) {
+            i++;
+            continue;
+        }
+        uint32_t j = i;
+        while (j + 1 < p->n_spans && p->spans[j + 1].level == 0 && p->spans[j + 1].first <= last)
+            j++;
+        int rc = pol_pool_spans(p, i, j, POL_R_REQUEST, e);
+        if (rc)
+            return rc;
+        i = j + 1;
+    }
+    return 0;
+}

@@ -1,0 +1,753 @@
+/*
+ * policy/steps.c — the compaction steps: pooled gists of closed sentences, learned gists
+ * through the caller's runner, merges of gists into coarser ones, and eviction by score.
+ *
+ * Every step reads the rows it needs back from the store, edits them with the store's verbs
+ * (a span verb for every lane at once, or one lane at a time for per-lane eviction) and
+ * reports one event with the session's bytes before and after. A step the store refuses for
+ * lack of room (ERR_BUDGET: a span edit allocates its new rows before it frees the old ones)
+ * changes nothing, and the schedule moves on to the next kind of step.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvstore/kv_pool.h"
+#include "policy/pol_impl.h"
+
+#define LEVEL_GONE 255 /* a span whose rows were all evicted */
+#define SPAN_BUSY  2u  /* a span whose learned gists are being made */
+
+static uint32_t n_head_kv(const pol_t *p)
+{
+    return kv_store_config(p->st)->n_head_kv;
+}
+
+int pol_lane_meta(pol_t *p, uint32_t l, uint32_t *n, err_info_t *e)
+{
+    uint32_t nh = n_head_kv(p), rows = 0;
+    int rc = kv_lane_size(p->st, p->sid, l / nh, l % nh, &rows, NULL);
+    if (rc)
+        return err_set(e, rc, "policy: lane %u of session %u", l, p->sid);
+    if (rows > p->meta_cap) {
+        uint32_t cap = rows + rows / 2 + 64;
+        kv_row_meta_t *t = realloc(p->meta, cap * sizeof *t);
+        if (!t)
+            return err_set(e, ERR_NOMEM, "policy: out of memory for %u rows", rows);
+        p->meta = t;
+        p->meta_cap = cap;
+    }
+    rc = rows ? kv_lane_read(p->st, p->sid, l / nh, l % nh, 0, rows, p->meta, NULL, NULL) : 0;
+    if (rc)
+        return err_set(e, rc, "policy: reading lane %u", l);
+    *n = rows;
+    return 0;
+}
+
+/* First index in meta[0..n) whose position is >= x. */
+static uint32_t lower_pos(const kv_row_meta_t *m, uint32_t n, float x)
+{
+    uint32_t lo = 0, hi = n;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (m[mid].pos < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Adds `v` to the accumulators of rows [r0, r0+n) of lane l (n values). */
+static void acc_write(pol_t *p, uint32_t l, uint32_t r0, uint32_t n, const float *v)
+{
+    uint32_t nh = n_head_kv(p), nc = 0;
+    if (kv_lane_size(p->st, p->sid, l / nh, l % nh, NULL, &nc) || nc == 0)
+        return;
+    kv_chunk_t *ch = malloc(nc * sizeof *ch);
+    if (!ch)
+        return;
+    if (kv_lane_view(p->st, p->sid, l / nh, l % nh, ch, nc, &nc) == 0) {
+        uint32_t base = 0;
+        for (uint32_t c = 0; c < nc; c++) {
+            for (uint32_t i = 0; i < ch[c].n && ch[c].attn_acc; i++) {
+                uint32_t r = base + i;
+                if (r >= r0 && r < r0 + n)
+                    ch[c].attn_acc[i] = v[r - r0];
+            }
+            base += ch[c].n;
+        }
+    }
+    free(ch);
+}
+
+void pol_zero_acc(pol_t *p)
+{
+    uint32_t nl = kv_lane_count(p->st), nh = n_head_kv(p);
+    kv_chunk_t *ch = NULL;
+    uint32_t cap = 0;
+    for (uint32_t l = 0; l < nl; l++) {
+        uint32_t nc = 0;
+        if (kv_lane_size(p->st, p->sid, l / nh, l % nh, NULL, &nc) || nc == 0)
+            continue;
+        if (nc > cap) {
+            kv_chunk_t *t = realloc(ch, nc * sizeof *t);
+            if (!t)
+                break;
+            ch = t;
+            cap = nc;
+        }
+        if (kv_lane_view(p->st, p->sid, l / nh, l % nh, ch, cap, &nc))
+            continue;
+        for (uint32_t c = 0; c < nc; c++)
+            if (ch[c].attn_acc)
+                memset(ch[c].attn_acc, 0, ch[c].n * sizeof(float));
+    }
+    free(ch);
+}
+
+/* ------------------------------------------------------------------ pooling */
+
+/* Replacement rows being built for every lane. */
+typedef struct lane_out {
+    uint32_t *n;
+    float **k, **v, **acc;
+    kv_row_meta_t **meta;
+    uint32_t *at; /* index of the first replaced row in each lane */
+} lane_out_t;
+
+static void out_free(lane_out_t *o, uint32_t nl)
+{
+    for (uint32_t l = 0; o->k && l < nl; l++) {
+        free(o->k[l]);
+        free(o->v[l]);
+        free(o->acc[l]);
+        free(o->meta[l]);
+    }
+    free(o->n);
+    free(o->k);
+    free(o->v);
+    free(o->acc);
+    free(o->meta);
+    free(o->at);
+}
+
+static int out_alloc(lane_out_t *o, uint32_t nl)
+{
+    memset(o, 0, sizeof *o);
+    o->n = calloc(nl, sizeof *o->n);
+    o->at = calloc(nl, sizeof *o->at);
+    o->k = calloc(nl, sizeof *o->k);
+    o->v = calloc(nl, sizeof *o->v);
+    o->acc = calloc(nl, sizeof *o->acc);
+    o->meta = calloc(nl, sizeof *o->meta);
+    return o->n && o->at && o->k && o->v && o->acc && o->meta ? 0 : ERR_NOMEM;
+}
+
+/* Pools rows [0, n) of k/v/meta into g groups of about equal mass, appending to lane l's
+ * output at index *j. */
+static int pool_groups(const pol_t *p, uint32_t hd, uint32_t n, const float *k, const float *v,
+                       const kv_row_meta_t *m, uint32_t g, uint8_t level, lane_out_t *o, uint32_t l,
+                       uint32_t *j)
+{
+    double total = 0.0;
+    for (uint32_t i = 0; i < n; i++)
+        total += m[i].mass;
+    uint32_t i = 0;
+    double cum = 0.0;
+    for (uint32_t q = 0; q < g && i < n; q++) {
+        uint32_t i0 = i;
+        double goal = total * (q + 1) / g;
+        /* at least one row per group, and leave one row for each group still to come */
+        do {
+            cum += m[i].mass;
+            i++;
+        } while (i < n && n - i > g - q - 1 && cum + 0.5 * m[i].mass <= goal);
+        if (q == g - 1)
+            while (i < n)
+                cum += m[i++].mass;
+        kv_row_meta_t *mo = &o->meta[l][*j];
+        int rc = kv_pool_rows(&p->model.rope, hd, i - i0, k + (size_t)i0 * hd, v + (size_t)i0 * hd,
+                              m + i0, o->k[l] + (size_t)*j * hd, o->v[l] + (size_t)*j * hd, mo);
+        if (rc)
+            return rc;
+        mo->level = level;
+        float a = 0.0f;
+        for (uint32_t r = i0; r < i; r++)
+            a += m[r].attn;
+        o->acc[l][*j] = a;
+        (*j)++;
+    }
+    return 0;
+}
+
+/* In every lane, replaces the rows of each range ranges[r] = [lo, hi] (ordered, disjoint)
+ * with at most `rows_each` pooled rows at `level`; rows in [ranges[0].lo, ranges[n-1].hi]
+ * outside every range stay. Fills ev's rows, lanes and bytes. *changed is false when no lane
+ * had a row there. */
+static int pool_ranges(pol_t *p, const float (*ranges)[2], uint32_t n_rng, uint32_t rows_each,
+                       uint8_t level, pol_event_t *ev, bool *changed, err_info_t *e)
+{
+    const uint32_t nl = kv_lane_count(p->st), hd = kv_head_dim(p->st), nh = n_head_kv(p);
+    const float p0 = ranges[0][0], p1 = ranges[n_rng - 1][1];
+    lane_out_t o;
+    float *k = NULL, *v = NULL;
+    int rc = out_alloc(&o, nl);
+    *changed = false;
+    ev->bytes_before = pol_session_bytes(p);
+    for (uint32_t l = 0; !rc && l < nl; l++) {
+        uint32_t n;
+        rc = pol_lane_meta(p, l, &n, e);
+        if (rc)
+            break;
+        uint32_t a = lower_pos(p->meta, n, p0), b = a;
+        while (b < n && p->meta[b].pos <= p1)
+            b++;
+        o.at[l] = a;
+        uint32_t cnt = b - a;
+        if (cnt == 0)
+            continue;
+        ev->rows_before += cnt;
+        ev->lanes++;
+        kv_row_meta_t *m = malloc(cnt * sizeof *m);
+        k = malloc((size_t)cnt * hd * sizeof *k);
+        v = malloc((size_t)cnt * hd * sizeof *v);
+        o.k[l] = malloc((size_t)cnt * hd * sizeof(float));
+        o.v[l] = malloc((size_t)cnt * hd * sizeof(float));
+        o.acc[l] = malloc(cnt * sizeof(float));
+        o.meta[l] = malloc(cnt * sizeof(kv_row_meta_t));
+        if (!m || !k || !v || !o.k[l] || !o.v[l] || !o.acc[l] || !o.meta[l]) {
+            free(m);
+            rc = err_set(e, ERR_NOMEM, "policy: out of memory pooling %u rows", cnt);
+            break;
+        }
+        rc = kv_lane_read(p->st, p->sid, l / nh, l % nh, a, cnt, m, k, v);
+        uint32_t j = 0, i = 0;
+        for (uint32_t r = 0; !rc && r < n_rng; r++) {
+            for (; i < cnt && m[i].pos < ranges[r][0]; i++) { /* kept as they are */
+                o.meta[l][j] = m[i];
+                o.acc[l][j] = m[i].attn;
+                memcpy(o.k[l] + (size_t)j * hd, k + (size_t)i * hd, hd * sizeof(float));
+                memcpy(o.v[l] + (size_t)j * hd, v + (size_t)i * hd, hd * sizeof(float));
+                j++;
+            }
+            uint32_t i0 = i;
+            while (i < cnt && m[i].pos <= ranges[r][1])
+                i++;
+            if (i > i0) {
+                uint32_t g = rows_each < i - i0 ? rows_each : i - i0;
+                rc = pool_groups(p, hd, i - i0, k + (size_t)i0 * hd, v + (size_t)i0 * hd, m + i0, g,
+                                 level, &o, l, &j);
+            }
+        }
+        for (; !rc && i < cnt; i++, j++) { /* after the last range */
+            o.meta[l][j] = m[i];
+            o.acc[l][j] = m[i].attn;
+            memcpy(o.k[l] + (size_t)j * hd, k + (size_t)i * hd, hd * sizeof(float));
+            memcpy(o.v[l] + (size_t)j * hd, v + (size_t)i * hd, hd * sizeof(float));
+        }
+        for (uint32_t q = 0; q < j; q++)
+            o.meta[l][q].attn = 0.0f;
+        o.n[l] = j;
+        ev->rows_after += j;
+        free(m);
+        free(k);
+        free(v);
+        k = v = NULL;
+        if (rc && rc != ERR_NOMEM)
+            rc = err_set(e, ERR_INTERNAL, "policy: pooling lane %u failed (%d)", l, rc);
+    }
+    if (!rc && ev->lanes) {
+        kv_rows_t rows = {.n = o.n,
+                          .k = (const float *const *)o.k,
+                          .v = (const float *const *)o.v,
+                          .meta = (const kv_row_meta_t *const *)o.meta};
+        rc = kv_span_replace(p->st, p->sid, p0, p1, &rows, e);
+        if (!rc) {
+            *changed = true;
+            if (p->acc)
+                for (uint32_t l = 0; l < nl; l++)
+                    if (o.n[l])
+                        acc_write(p, l, o.at[l], o.n[l], o.acc[l]);
+        }
+    }
+    ev->bytes_after = pol_session_bytes(p);
+    free(k);
+    free(v);
+    out_free(&o, nl);
+    return rc;
+}
+
+int pol_pool_spans(pol_t *p, uint32_t i0, uint32_t i1, int reason, err_info_t *e)
+{
+    uint32_t n = i1 - i0 + 1;
+    float(*rng)[2] = malloc(n * sizeof *rng);
+    if (!rng)
+        return err_set(e, ERR_NOMEM, "policy: out of memory");
+    uint32_t m = 0;
+    uint64_t tokens = 0;
+    for (uint32_t i = i0; i <= i1; i++) {
+        const pol_span_t *s = &p->spans[i];
+        uint32_t lo = s->first > p->sinks ? s->first : p->sinks, hi = pol_span_end(s);
+        if (lo > hi)
+            continue;
+        rng[m][0] = (float)lo;
+        rng[m][1] = (float)hi;
+        m++;
+        tokens += s->tokens;
+    }
+    int rc = 0;
+    if (m) {
+        pol_event_t ev = {.action = POL_GIST,
+                          .method = POL_M_POOLED,
+                          .reason = (uint8_t)reason,
+                          .level = 1,
+                          .first = (uint32_t)rng[0][0],
+                          .last = (uint32_t)rng[m - 1][1],
+                          .tokens = tokens};
+        bool changed = false;
+        rc = pool_ranges(p, (const float(*)[2])rng, m, p->gist_rows, 1, &ev, &changed, e);
+        if (!rc) {
+            for (uint32_t i = i0; i <= i1; i++)
+                p->spans[i].level = changed ? 1 : LEVEL_GONE;
+            if (changed)
+                pol_emit_event(p, &ev);
+        }
+    }
+    free(rng);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ merges */
+
+/* Merges spans [i0, i1] (all at level L) into one span at level L+1. */
+static int merge_spans(pol_t *p, uint32_t i0, uint32_t i1, int reason, err_info_t *e)
+{
+    pol_span_t *a = &p->spans[i0], *b = &p->spans[i1];
+    uint32_t lo = a->first > p->sinks ? a->first : p->sinks, hi = pol_span_end(b);
+    uint8_t level = (uint8_t)(a->level + 1);
+    uint64_t tokens = 0;
+    for (uint32_t i = i0; i <= i1; i++)
+        tokens += p->spans[i].tokens;
+    float rng[1][2] = {{(float)lo, (float)hi}};
+    uint32_t rows = p->gist_mode == POL_GIST_LEARNED ? p->model.n_gist : p->gist_rows;
+    pol_event_t ev = {.action = POL_MERGE,
+                      .method = POL_M_POOLED,
+                      .reason = (uint8_t)reason,
+                      .level = level,
+                      .first = lo,
+                      .last = hi,
+                      .tokens = tokens};
+    bool changed = false;
+    int rc = pool_ranges(p, (const float(*)[2])rng, 1, rows, level, &ev, &changed, e);
+    if (rc)
+        return rc;
+    pol_span_t s = {.first = a->first,
+                    .last = hi,
+                    .gfirst = POL_NONE,
+                    .glast = 0,
+                    .tokens = (uint32_t)tokens,
+                    .level = changed ? level : LEVEL_GONE,
+                    .thought_end = b->thought_end};
+    p->spans[i0] = s;
+    memmove(&p->spans[i0 + 1], &p->spans[i1 + 1], (p->n_spans - i1 - 1) * sizeof *p->spans);
+    p->n_spans -= i1 - i0;
+    if (changed)
+        pol_emit_event(p, &ev);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ eviction */
+
+typedef struct scored {
+    float score;
+    float pos;
+    uint32_t idx;
+} scored_t;
+
+static int cmp_scored(const void *x, const void *y)
+{
+    const scored_t *a = x, *b = y;
+    if (a->score != b->score)
+        return a->score < b->score ? -1 : 1;
+    if (a->pos != b->pos)
+        return a->pos < b->pos ? -1 : 1;
+    return 0;
+}
+
+static int cmp_u32(const void *x, const void *y)
+{
+    uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
+    return a < b ? -1 : a > b;
+}
+
+static float row_score(const pol_t *p, const kv_row_meta_t *m, uint32_t t)
+{
+    switch (p->evict) {
+    case POL_EV_H2O:
+    case POL_EV_TOVA:
+        return m->attn;
+    case POL_EV_TRIM:
+        return m->logbeta * ((float)t - m->pos);
+    default:
+        return m->pos;
+    }
+}
+
+static bool row_pinned(const pol_t *p, const kv_row_meta_t *m, uint32_t len)
+{
+    if (m->pos < (float)p->sinks || (p->recent && m->pos >= (float)len - (float)p->recent))
+        return true;
+    for (uint32_t i = 0; i < p->n_pins; i++)
+        if (m->pos >= (float)p->pins[i][0] && m->pos <= (float)p->pins[i][1])
+            return true;
+    return false;
+}
+
+static int evict_method(int evict)
+{
+    switch (evict) {
+    case POL_EV_WINDOW:
+        return POL_M_WINDOW;
+    case POL_EV_H2O:
+        return POL_M_H2O;
+    case POL_EV_TOVA:
+        return POL_M_TOVA;
+    case POL_EV_TRIM:
+        return POL_M_TRIM;
+    default:
+        return POL_M_RECENCY;
+    }
+}
+
+/* Evicts from every lane the lowest-scored unpinned rows: enough to free `blocks` blocks of
+ * the lane (its rows are packed, so that is the rows in its last partial block, then whole
+ * blocks). */
+static int evict_step(pol_t *p, uint32_t blocks, int reason, bool *progress, err_info_t *e)
+{
+    const uint32_t nl = kv_lane_count(p->st), nh = n_head_kv(p), B = kv_block_rows(p->st);
+    const uint32_t len = pol_transcript_len(p);
+    pol_event_t ev = {.action = POL_EVICT,
+                      .method = (uint8_t)evict_method(p->evict),
+                      .reason = (uint8_t)reason,
+                      .first = UINT32_MAX,
+                      .bytes_before = pol_session_bytes(p)};
+    scored_t *sc = NULL;
+    uint32_t *idx = NULL, cap = 0;
+    int rc = 0;
+    for (uint32_t l = 0; l < nl; l++) {
+        uint32_t n;
+        rc = pol_lane_meta(p, l, &n, e);
+        if (rc)
+            break;
+        if (n == 0)
+            continue;
+        if (n > cap) {
+            scored_t *t = realloc(sc, n * sizeof *t);
+            uint32_t *u = t ? realloc(idx, n * sizeof *u) : NULL;
+            if (t)
+                sc = t;
+            if (!t || !u) {
+                rc = err_set(e, ERR_NOMEM, "policy: out of memory scoring %u rows", n);
+                break;
+            }
+            idx = u;
+            cap = n;
+        }
+        uint32_t ne = 0;
+        for (uint32_t i = 0; i < n; i++)
+            if (!row_pinned(p, &p->meta[i], len))
+                sc[ne++] = (scored_t){row_score(p, &p->meta[i], len), p->meta[i].pos, i};
+        uint32_t k = (n - 1) % B + 1 + (blocks > 1 ? (blocks - 1) * B : 0);
+        k = k < ne ? k : ne;
+        if (k == 0)
+            continue;
+        qsort(sc, ne, sizeof *sc, cmp_scored);
+        for (uint32_t i = 0; i < k; i++) {
+            idx[i] = sc[i].idx;
+            uint32_t pos = (uint32_t)p->meta[sc[i].idx].pos;
+            ev.first = pos < ev.first ? pos : ev.first;
+            ev.last = pos > ev.last ? pos : ev.last;
+        }
+        qsort(idx, k, sizeof *idx, cmp_u32);
+        rc = kv_lane_evict(p->st, p->sid, l / nh, l % nh, idx, k, e);
+        if (rc)
+            break;
+        ev.lanes++;
+        ev.rows_before += k;
+    }
+    free(sc);
+    free(idx);
+    if (ev.lanes) {
+        *progress = true;
+        ev.bytes_after = pol_session_bytes(p);
+        ev.tokens = ev.rows_before / nl;
+        pol_emit_event(p, &ev);
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------------ the schedule */
+
+static bool span_free(const pol_t *p, const pol_span_t *s, uint32_t len)
+{
+    uint32_t end = pol_span_end(s);
+    if (s->flags & SPAN_BUSY || end < p->sinks)
+        return false;
+    if (p->recent && (uint64_t)end + p->recent >= len)
+        return false;
+    return !pol_pinned(p, s->first, end);
+}
+
+int pol_step(pol_t *p, size_t want, int reason, bool *progress, err_info_t *e)
+{
+    *progress = false;
+    const uint32_t len = pol_transcript_len(p), nl = kv_lane_count(p->st);
+    const uint32_t B = kv_block_rows(p->st);
+    size_t blk = kv_block_bytes(p->st, kv_store_config(p->st)->hot_type) * nl;
+    uint32_t blocks = (uint32_t)((want + blk - 1) / (blk ? blk : 1));
+    blocks = blocks ? blocks : 1;
+
+    /* 1. pooled gists of the oldest closed raw sentences */
+    if (p->gist_mode != POL_GIST_NONE && p->model.rope.n_rot) {
+        uint32_t i = 0;
+        while (i < p->n_spans && !(p->spans[i].level == 0 && span_free(p, &p->spans[i], len)))
+            i++;
+        if (i < p->n_spans) {
+            uint32_t j = i, tokens = p->spans[i].tokens, goal = blocks * B;
+            goal = goal > p->min_gist ? goal : p->min_gist;
+            while (tokens < goal && j + 1 < p->n_spans && p->spans[j + 1].level == 0 &&
+                   span_free(p, &p->spans[j + 1], len))
+                tokens += p->spans[++j].tokens;
+            err_info_t e2;
+            err_clear(&e2);
+            int rc = pol_pool_spans(p, i, j, reason, &e2);
+            if (rc == 0) {
+                *progress = true;
+                return 0;
+            }
+            if (rc != ERR_BUDGET) {
+                if (e)
+                    *e = e2;
+                return rc;
+            }
+        }
+    }
+
+    /* 2. merges of the oldest run of gists, lowest level first */
+    if (p->merge_k >= 2 && p->gist_mode != POL_GIST_NONE && p->model.rope.n_rot) {
+        for (uint32_t L = 1; L < p->levels; L++) {
+            uint32_t run = 0;
+            for (uint32_t i = 0; i < p->n_spans; i++) {
+                const pol_span_t *s = &p->spans[i];
+                bool ok = s->level == L && span_free(p, s, len);
+                run = ok ? run + 1 : 0;
+                if (ok && s->thought_end && run < p->merge_k)
+                    run = 0; /* a merge does not cross a thought boundary */
+                if (run < p->merge_k)
+                    continue;
+                err_info_t e2;
+                err_clear(&e2);
+                int rc = merge_spans(p, i + 1 - run, i, reason, &e2);
+                if (rc == 0) {
+                    *progress = true;
+                    return 0;
+                }
+                if (rc != ERR_BUDGET) {
+                    if (e)
+                        *e = e2;
+                    return rc;
+                }
+                break;
+            }
+        }
+    }
+
+    /* 3. eviction by score */
+    if (p->evict != POL_EV_NONE)
+        return evict_step(p, blocks, reason, progress, e);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ sentences */
+
+/* Runs the learned gist tokens of span idx and replaces its raw rows with them. */
+static int learned_gist(pol_t *p, uint32_t idx, err_info_t *e)
+{
+    const uint32_t ng = p->model.n_gist, nl = kv_lane_count(p->st), hd = kv_head_dim(p->st);
+    const uint32_t nh = n_head_kv(p);
+    pol_event_t ev = {.action = POL_GIST,
+                      .method = POL_M_LEARNED,
+                      .reason = POL_R_SENTENCE,
+                      .level = 1,
+                      .first = p->spans[idx].first,
+                      .last = p->spans[idx].last,
+                      .tokens = p->spans[idx].tokens,
+                      .bytes_before = pol_session_bytes(p)};
+    int32_t tokens[64];
+    for (uint32_t j = 0; j < ng; j++)
+        tokens[j] = (int32_t)(p->model.gist_first + j);
+
+    /* the mask: the sinks, the sentence, every earlier gist */
+    uint32_t n_see = 0;
+    for (uint32_t i = 0; i < idx; i++)
+        n_see += (p->spans[i].flags & POL_SPAN_GISTED_RAW) != 0;
+    float(*see)[2] = malloc((n_see + 2) * sizeof *see);
+    if (!see)
+        return err_set(e, ERR_NOMEM, "policy: out of memory");
+    n_see = 0;
+    uint32_t gs = p->model.gist_sinks;
+    if (gs) {
+        see[n_see][0] = 0.0f;
+        see[n_see++][1] = (float)(gs - 1);
+    }
+    see[n_see][0] = (float)p->spans[idx].first;
+    see[n_see++][1] = (float)p->spans[idx].last;
+    for (uint32_t i = 0; i < idx; i++)
+        if (p->spans[i].flags & POL_SPAN_GISTED_RAW) {
+            see[n_see][0] = (float)p->spans[i].gfirst;
+            see[n_see++][1] = (float)p->spans[i].glast;
+        }
+    pol_run_t run = {.n = ng,
+                     .tokens = tokens,
+                     .n_see = n_see,
+                     .see = (const float(*)[2])see,
+                     .see_gists = true};
+    p->spans[idx].flags |= SPAN_BUSY;
+    int rc;
+    for (;;) {
+        err_info_t e2;
+        err_clear(&e2);
+        rc = p->runner.run(p->runner.ctx, &run, &e2);
+        if (rc != ERR_BUDGET) {
+            if (rc && e)
+                *e = e2;
+            break;
+        }
+        size_t want = kv_block_bytes(p->st, kv_store_config(p->st)->hot_type);
+        bool progress = false;
+        rc = pol_step(p, want, POL_R_BUDGET, &progress, e);
+        if (rc)
+            break;
+        if (!progress) {
+            if (e)
+                *e = e2;
+            rc = err_prefix(e, "policy '%s': no room for the gist tokens: ", p->name);
+            break;
+        }
+    }
+    free(see);
+    pol_span_t *s = &p->spans[idx];
+    s->flags &= (uint8_t)~SPAN_BUSY;
+    if (rc)
+        return rc;
+    uint32_t len = pol_transcript_len(p);
+    s->gfirst = len - ng;
+    s->glast = len - 1;
+    s->level = 1;
+    p->stats.gist_tokens += ng;
+    if (pol_pinned(p, s->first, s->last)) {
+        s->flags |= POL_SPAN_GISTED_RAW; /* the client pinned it: keep its raw rows */
+        return 0;
+    }
+
+    /* one edit per lane: the sentence's raw rows and the raw-kind gist rows go, the gist
+     * rows come back as learned gists */
+    uint32_t lo = s->first > p->sinks ? s->first : p->sinks;
+    kv_row_meta_t *meta = malloc((size_t)nl * ng * sizeof *meta);
+    float *k = malloc((size_t)nl * ng * hd * sizeof *k),
+          *v = malloc((size_t)nl * ng * hd * sizeof *v);
+    const float **kp = malloc(nl * sizeof *kp), **vp = malloc(nl * sizeof *vp);
+    const kv_row_meta_t **mp = malloc(nl * sizeof *mp);
+    uint32_t *n = calloc(nl, sizeof *n), *at = calloc(nl, sizeof *at);
+    float *acc = malloc((size_t)nl * ng * sizeof *acc);
+    rc = meta && k && v && kp && vp && mp && n && at && acc ? 0 : ERR_NOMEM;
+    if (rc)
+        err_set(e, rc, "policy: out of memory");
+    for (uint32_t l = 0; !rc && l < nl; l++) {
+        uint32_t rows;
+        rc = pol_lane_meta(p, l, &rows, e);
+        if (rc)
+            break;
+        uint32_t a = lower_pos(p->meta, rows, (float)lo),
+                 g = lower_pos(p->meta, rows, (float)s->gfirst);
+        ev.rows_before += g - a;
+        at[l] = a;
+        n[l] = rows - g < ng ? rows - g : ng;
+        kp[l] = k + (size_t)l * ng * hd;
+        vp[l] = v + (size_t)l * ng * hd;
+        mp[l] = meta + (size_t)l * ng;
+        if (n[l] == 0)
+            continue;
+        rc = kv_lane_read(p->st, p->sid, l / nh, l % nh, g, n[l], meta + (size_t)l * ng,
+                          k + (size_t)l * ng * hd, v + (size_t)l * ng * hd);
+        for (uint32_t j = 0; !rc && j < n[l]; j++) {
+            kv_row_meta_t *m = &meta[(size_t)l * ng + j];
+            acc[(size_t)l * ng + j] = m->attn;
+            m->attn = 0.0f;
+            m->kind = KV_KIND_GIST;
+            m->level = 1;
+            m->first = s->first;
+            m->last = s->last;
+        }
+        ev.rows_after += n[l];
+        ev.lanes++;
+    }
+    if (!rc) {
+        kv_rows_t rows = {.n = n, .k = kp, .v = vp, .meta = mp};
+        err_info_t e2;
+        err_clear(&e2);
+        rc = kv_span_replace(p->st, p->sid, (float)lo, (float)s->glast, &rows, &e2);
+        if (rc == 0 && p->acc) {
+            for (uint32_t l = 0; l < nl; l++)
+                if (n[l])
+                    acc_write(p, l, at[l], n[l], acc + (size_t)l * ng);
+        } else if (rc == ERR_BUDGET) {
+            /* no room to relabel: drop the raw rows only; the gist rows stay raw-kind */
+            memset(n, 0, nl * sizeof *n);
+            rc = lo <= s->last ? kv_span_replace(p->st, p->sid, (float)lo, (float)s->last, &rows, e)
+                               : 0;
+            s->flags |= POL_SPAN_GISTED_RAW;
+        } else if (rc && e) {
+            *e = e2;
+        }
+    }
+    free(meta);
+    free(k);
+    free(v);
+    free(kp);
+    free(vp);
+    free(mp);
+    free(n);
+    free(at);
+    free(acc);
+    if (rc)
+        return rc;
+    ev.bytes_after = pol_session_bytes(p);
+    pol_emit_event(p, &ev);
+    return 0;
+}
+
+int pol_close_sentence(pol_t *p, uint32_t last, bool thought, err_info_t *e)
+{
+    if (p->open_first == POL_NONE || last < p->open_first || last == POL_NONE) {
+        if (thought && p->n_spans && !p->spans[p->n_spans - 1].thought_end) {
+            p->spans[p->n_spans - 1].thought_end = 1;
+            p->stats.thoughts++;
+        }
+        return 0;
+    }
+    pol_span_t s = {.first = p->open_first,
+                    .last = last,
+                    .gfirst = POL_NONE,
+                    .tokens = last - p->open_first + 1,
+                    .thought_end = thought};
+    if (pol_span_push(p, &s))
+        return err_set(e, ERR_NOMEM, "policy: out of memory");
+    p->open_first = POL_NONE;
+    p->stats.sentences++;
+    p->stats.thoughts += thought;
+    if (p->gist_mode == POL_GIST_LEARNED)
+        return learned_gist(p, p->n_spans - 1, e);
+    return 0;
+}
