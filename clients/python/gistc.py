@@ -1,0 +1,410 @@
+"""gistc — a Python client for gistd, over pyzmq and the protobuf module generated from
+proto/gistd.proto (Debian's python3-zmq and python3-protobuf).
+
+    import gistc
+    with gistc.Client("tcp://127.0.0.1:5557") as c:
+        s = c.open_session(budget="8M", template="chatml")
+        s.append("You are terse.", role="system")
+        for ev in s.generate("Tell me a story.", role="assistant", max_tokens=64):
+            if ev.kind == "token":
+                print(ev.text, end="", flush=True)
+            elif ev.kind == "compaction":
+                print(f"[{ev.action} {ev.first}-{ev.last}: {ev.bytes_freed} bytes]")
+
+A Client is one DEALER connection; requests are matched to replies by id, so several
+streams may be read at once, interleaved. It is not thread-safe: use one Client per thread.
+Every wait is bounded by the client's timeout (Timeout, a GistdError). The daemon's error
+replies raise GistdError with its code (the wire code of common/err.h), name and message.
+
+The generated module gistd_pb2 is found in $GISTD_PYPROTO, then in build/gen/python of this
+checkout (`make` writes it there), else it is generated with protoc into a temporary folder.
+"""
+import codecs
+import os
+import subprocess
+import sys
+import tempfile
+
+import zmq
+
+PROTOCOL_VERSION = 1
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5557"
+
+
+def _load_pb2():
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(here))
+    build = os.environ.get("GISTD_BUILD", "build")
+    candidates = [os.environ.get("GISTD_PYPROTO"), os.path.join(root, build, "gen", "python")]
+    for d in candidates:
+        if d and os.path.exists(os.path.join(d, "gistd_pb2.py")):
+            sys.path.insert(0, d)
+            break
+    else:
+        proto = os.path.join(root, "proto", "gistd.proto")
+        d = tempfile.mkdtemp(prefix="gistc-pb2-")
+        subprocess.run(["protoc", "--proto_path", os.path.dirname(proto), "--python_out", d,
+                        proto], check=True)
+        sys.path.insert(0, d)
+    import gistd_pb2
+    return gistd_pb2
+
+
+pb = _load_pb2()
+
+ROLES = {None: pb.ROLE_NONE, "": pb.ROLE_NONE, "none": pb.ROLE_NONE, "system": pb.ROLE_SYSTEM,
+         "user": pb.ROLE_USER, "assistant": pb.ROLE_ASSISTANT}
+STOP_REASONS = {pb.STOP_NONE: "none", pb.STOP_LENGTH: "length", pb.STOP_EOS: "eos",
+                pb.STOP_STRING: "stop", pb.STOP_CANCELLED: "cancelled"}
+ERR_TIMEOUT = 12
+
+
+class GistdError(Exception):
+    """An error reply from the daemon (or a timeout): code, name and message."""
+
+    def __init__(self, code, name, message):
+        super().__init__(f"{name}: {message}")
+        self.code, self.name, self.message = code, name, message
+
+
+class Timeout(GistdError):
+    def __init__(self, message):
+        super().__init__(ERR_TIMEOUT, "ERR_TIMEOUT", message)
+
+
+def parse_size(v):
+    """Bytes from an int or a string like "64K", "8M", "1.5G" (powers of 1024)."""
+    if isinstance(v, int):
+        return v
+    s = str(v).strip()
+    if s[-1:] in "bB" and s[-2:-1].isdigit():
+        s = s[:-1]
+    mul = 1
+    for i, u in enumerate("KMGT"):
+        if s[-1:].upper() == u or s[-2:].upper() == u + "B" or s[-3:].upper() == u + "IB":
+            s = s.rstrip("bB").rstrip("iI")[:-1]
+            mul = 1024 ** (i + 1)
+            break
+    return int(float(s) * mul)
+
+
+def _to_dict(msg):
+    """A message as a dict of plain Python values (numbers stay numbers), defaults included."""
+    out = {}
+    for f in msg.DESCRIPTOR.fields:
+        v = getattr(msg, f.name)
+        is_msg = f.message_type is not None
+        if f.label == f.LABEL_REPEATED:
+            out[f.name] = [_to_dict(x) for x in v] if is_msg else list(v)
+        else:
+            out[f.name] = _to_dict(v) if is_msg else v
+    return out
+
+
+def _sampling(temp=None, top_k=None, top_p=None, min_p=None, repeat_penalty=None,
+              repeat_last_n=None, seed=None):
+    """A Sampling message when any setting is given (the rest at the daemon's defaults)."""
+    given = [temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed]
+    if all(v is None for v in given):
+        return None
+    d = dict(temp=0.8, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.0, repeat_last_n=64,
+             seed=0)
+    for k, v in zip(d, given):
+        if v is not None:
+            d[k] = v
+    return pb.Sampling(**d)
+
+
+class Event:
+    """One streamed event: kind "token" (id, text, raw, index, pos) or "compaction"
+    (action, first, last, level, rows_before, rows_after, bytes_freed, session_bytes,
+    reason)."""
+
+    def __init__(self, kind, **kw):
+        self.kind = kind
+        self.__dict__.update(kw)
+
+    def __repr__(self):
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if k != "kind")
+        return f"Event({self.kind}, {fields})"
+
+
+class Stream:
+    """The events of one Generate, as an iterator. After it ends: reason ("length", "eos",
+    "stop", "cancelled"), text (the whole generated text), usage (a dict). Breaking out of
+    the loop early does not stop the daemon: call cancel()."""
+
+    def __init__(self, client, req_id, session):
+        self._c, self._id, self.session = client, req_id, session
+        self._dec = codecs.getincrementaldecoder("utf-8")("replace")
+        self.reason = self.text = self.usage = self.stop = None
+        self.done = False
+        self.tokens = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.done:
+            raise StopIteration
+        r = self._c._next_reply(self._id)
+        body = r.WhichOneof("body")
+        if body == "token":
+            t = r.token
+            self.tokens.append(t.id)
+            return Event("token", id=t.id, raw=t.text, text=self._dec.decode(t.text),
+                         index=t.index, pos=t.pos)
+        if body == "compaction":
+            e = r.compaction
+            return Event("compaction", action=e.action, first=e.span.first, last=e.span.last,
+                         level=e.level, rows_before=e.rows_before, rows_after=e.rows_after,
+                         bytes_freed=e.bytes_freed, session_bytes=e.session_bytes,
+                         reason=e.reason)
+        self.done = True
+        if body == "error":
+            raise GistdError(r.error.code, r.error.name, r.error.message)
+        d = r.done
+        self.reason = STOP_REASONS.get(d.reason, str(d.reason))
+        self.text = d.text.decode("utf-8", "replace")
+        self.stop = d.stop.decode("utf-8", "replace")
+        self.usage = _to_dict(d.usage)
+        raise StopIteration
+
+    def wait(self):
+        """Reads the stream to its end; returns the generated text."""
+        for _ in self:
+            pass
+        return self.text
+
+    def cancel(self):
+        """Stops the generation; the rest of the stream is read and dropped."""
+        if not self.done:
+            self._c.cancel(self.session)
+            for _ in self:
+                pass
+
+
+class Session:
+    """A session on the daemon (from Client.open_session or Client.session)."""
+
+    def __init__(self, client, sid):
+        self.client, self.id = client, sid
+
+    def append(self, text=None, tokens=None, role=None, special=False):
+        """Appends and prefills; returns the usage (a dict)."""
+        m = pb.Append(session=self.id, role=ROLES[role], special=special)
+        if text is not None:
+            m.text = text.encode() if isinstance(text, str) else text
+        elif tokens is not None:
+            m.tokens.extend(tokens)
+        return _to_dict(self.client._call(pb.Request(append=m), "ack").usage)
+
+    def generate(self, prompt=None, max_tokens=128, stop=(), role=None, prompt_role=None,
+                 special=False, **sampling):
+        """Starts a generation and returns its Stream (an iterator of Events). sampling:
+        temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed."""
+        m = pb.Generate(session=self.id, max_tokens=max_tokens, role=ROLES[role],
+                        prompt_role=ROLES[prompt_role], special=special)
+        if prompt:
+            m.prompt = prompt.encode() if isinstance(prompt, str) else prompt
+        m.stop.extend(s.encode() if isinstance(s, str) else s for s in stop)
+        smp = _sampling(**sampling)
+        if smp is not None:
+            m.sampling.CopyFrom(smp)
+        rid = self.client._send(pb.Request(generate=m))
+        return Stream(self.client, rid, self.id)
+
+    def complete(self, prompt=None, **kw):
+        """Generates and returns the whole text."""
+        return self.generate(prompt, **kw).wait()
+
+    def score(self, text=None, tokens=None):
+        """(tokens, logprobs) of text (or token ids), each given everything before it."""
+        m = pb.Score(session=self.id)
+        if text is not None:
+            m.text = text.encode() if isinstance(text, str) else text
+        else:
+            m.tokens.extend(tokens)
+        r = self.client._call(pb.Request(score=m), "score")
+        return list(r.tokens), list(r.logprobs)
+
+    def transcript(self, first=0, count=0):
+        """The session's text (decoded) and token ids."""
+        m = pb.TranscriptRequest(session=self.id, first=first, count=count)
+        r = self.client._call(pb.Request(transcript=m), "transcript")
+        return r.text.decode("utf-8", "replace"), list(r.tokens)
+
+    def info(self):
+        return self.client._call(pb.Request(info=pb.SessionInfoRequest(session=self.id)),
+                                 "info", as_dict=True)
+
+    def set_budget(self, hard, soft=0):
+        return self.client.set_budget(hard, soft, session=self.id)
+
+    def compact(self, first=None, last=None, last_thought=False):
+        m = pb.Compact(session=self.id, last_thought=last_thought)
+        if not last_thought:
+            m.span.first, m.span.last = first, last
+        self.client._call(pb.Request(compact=m), "ack")
+
+    def snapshot(self):
+        return self.client.snapshot(self.id)
+
+    def cancel(self):
+        self.client.cancel(self.id)
+
+    def close(self):
+        self.client._call(pb.Request(close=pb.CloseSession(session=self.id)), "ack")
+
+
+class Client:
+    def __init__(self, endpoint=None, timeout=30.0, context=None):
+        self.endpoint = endpoint or os.environ.get("GISTD_ENDPOINT") or DEFAULT_ENDPOINT
+        self.timeout = timeout
+        self._own_ctx = context is None
+        self._ctx = context or zmq.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(self.endpoint)
+        self._next_id = 1
+        self._queues = {}  # request id -> replies not yet read
+        try:
+            r = self._call(pb.Request(hello=pb.Hello(version=PROTOCOL_VERSION,
+                                                     client="gistc.py")), "hello")
+        except BaseException:
+            self.close()
+            raise
+        self.server, self.version = r.server, r.version
+        self.model = _to_dict(r.model)
+        self.max_request_bytes = r.max_request_bytes
+
+    def close(self):
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+            if self._own_ctx:
+                self._ctx.term()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- plumbing
+
+    def _send(self, req):
+        req.id = self._next_id
+        self._next_id += 1
+        self._queues[req.id] = []
+        self._sock.send_multipart([b"", req.SerializeToString()])
+        return req.id
+
+    def _pump(self):
+        if not self._sock.poll(int(self.timeout * 1000)):
+            raise Timeout(f"{self.endpoint}: no reply from gistd within {self.timeout} s")
+        frames = self._sock.recv_multipart()
+        r = pb.Reply()
+        r.ParseFromString(frames[-1])
+        q = self._queues.get(r.id)
+        if q is not None:
+            q.append(r)
+
+    def _next_reply(self, rid):
+        q = self._queues[rid]
+        while not q:
+            self._pump()
+        r = q.pop(0)
+        if r.final:
+            del self._queues[rid]
+        return r
+
+    def _call(self, req, want, as_dict=False):
+        rid = self._send(req)
+        while True:
+            r = self._next_reply(rid)
+            if r.final:
+                break
+        body = r.WhichOneof("body")
+        if body == "error":
+            raise GistdError(r.error.code, r.error.name, r.error.message)
+        if body != want:
+            raise GistdError(14, "ERR_PROTO", f"expected a {want} reply, got {body}")
+        out = getattr(r, want)
+        return _to_dict(out) if as_dict else out
+
+    # ---- requests
+
+    def open_session(self, policy="", budget=0, soft=0, template="", name="", no_bos=False,
+                     sinks=0, recent=0, pin_system=False, params=None, **sampling):
+        """Opens a session and returns it. budget/soft: bytes or "8M"-style sizes."""
+        m = pb.OpenSession(policy=policy, budget_bytes=parse_size(budget),
+                           soft_bytes=parse_size(soft), chat_template=template, name=name,
+                           no_bos=no_bos)
+        m.pins.sink_tokens, m.pins.recent_tokens = sinks, recent
+        m.pins.system_prompt = pin_system
+        for k, v in (params or {}).items():
+            m.policy_params.add(key=str(k), value=str(v))
+        smp = _sampling(**sampling)
+        if smp is not None:
+            m.sampling.CopyFrom(smp)
+        return Session(self, self._call(pb.Request(open=m), "opened").session)
+
+    def session(self, sid):
+        return Session(self, sid)
+
+    def sessions(self):
+        r = self._call(pb.Request(list=pb.ListSessions()), "sessions")
+        return [_to_dict(s) for s in r.sessions]
+
+    def stats(self, sessions=False):
+        return self._call(pb.Request(stats=pb.StatsRequest(sessions=sessions)), "stats",
+                          as_dict=True)
+
+    def set_budget(self, hard, soft=0, session=0):
+        m = pb.SetBudget(session=session, hard_bytes=parse_size(hard), soft_bytes=parse_size(soft))
+        return self._call(pb.Request(set_budget=m), "budget", as_dict=True)
+
+    def snapshot(self, session=0):
+        r = self._call(pb.Request(snapshot=pb.Snapshot(session=session)), "snapshot")
+        return list(r.paths)
+
+    def restore(self, session):
+        return Session(self, self._call(pb.Request(restore=pb.Restore(session=session)),
+                                        "opened").session)
+
+    def cancel(self, session):
+        self._call(pb.Request(cancel=pb.Cancel(session=session)), "ack")
+
+
+class Daemon:
+    """Runs gistd as a child process on a free loopback port (or the given endpoint) and
+    knows its endpoint once it is ready (gistd prints it on its first stdout line):
+
+        with gistc.Daemon("build/bin/gistd", "model.gguf", "--kv-budget", "64M") as d:
+            with gistc.Client(d.endpoint) as c: ...
+
+    stop() sends SIGTERM and returns gistd's exit status."""
+
+    def __init__(self, gistd, model, *args, listen="tcp://127.0.0.1:*", log_level="error"):
+        import subprocess
+        self.proc = subprocess.Popen([gistd, "--model", model, "--listen", listen,
+                                      "--log-level", log_level, *args],
+                                     stdout=subprocess.PIPE)
+        self.endpoint = self.proc.stdout.readline().decode().strip()
+        self.proc.stdout.close()
+        if not self.endpoint:
+            rc = self.proc.wait()
+            raise RuntimeError(f"gistd exited with status {rc} before it was ready")
+
+    def stop(self, sig=None):
+        import signal
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig or signal.SIGTERM)
+        return self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()

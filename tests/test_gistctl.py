@@ -1,0 +1,127 @@
+"""gistctl against a real gistd on a loopback port: `gen` prints what `gist-model generate`
+prints after the prompt, `stats --json` is one JSON object with the budget figures, the
+session commands work, and a missing daemon or bad arguments give clear exit statuses."""
+import json
+import os
+import subprocess
+import sys
+
+import tap
+
+sys.path.insert(0, os.path.join(tap.ROOT, "clients", "python"))
+os.environ.setdefault("GISTD_PYPROTO", os.path.join(tap.BUILD, "gen", "python"))
+import gistc  # noqa: E402
+
+GISTCTL = tap.tool("gistctl")
+_models = {}
+
+
+def tiny(seed="51"):
+    if seed not in _models:
+        path = os.path.join(tap.tmpdir(), f"tiny{seed}.gguf")
+        subprocess.run([tap.tool("gist-model"), "make-tiny", path, "--seed", seed], check=True,
+                       stdout=subprocess.DEVNULL)
+        _models[seed] = path
+    return _models[seed]
+
+
+def ctl(ep, *args, inp=None):
+    p = subprocess.run([GISTCTL, "--connect", ep, "--timeout", "30000", *args],
+                       capture_output=True, input=inp, timeout=120)
+    return p.returncode, p.stdout, p.stderr.decode()
+
+
+def reference(model, prompt, n):
+    out = subprocess.run([tap.tool("gist-model"), "generate", model, "--prompt", prompt, "-n",
+                          str(n), "--temp", "0"], check=True, capture_output=True).stdout
+    return out[len(prompt.encode()):]
+
+
+def test_gen_equals_gist_model():
+    for model in [tiny()] + ([os.path.join(tap.SHARED, "models/stories260K-f32.gguf")]
+                             if os.path.exists(os.path.join(tap.SHARED,
+                                                            "models/stories260K-f32.gguf"))
+                             else []):
+        want = reference(model, "Once upon a time", 30)
+        with gistc.Daemon(tap.tool("gistd"), model) as d:
+            rc, out, err = ctl(d.endpoint, "gen", "--prompt", "Once upon a time", "-n", "30",
+                               "--temp", "0")
+            assert rc == 0, err
+            assert out == want, (out, want)
+            # a temporary session is closed afterwards
+            rc, out, err = ctl(d.endpoint, "sessions", "--json")
+            assert rc == 0 and json.loads(out) == []
+
+
+def test_stats_json():
+    with gistc.Daemon(tap.tool("gistd"), tiny(), "--kv-budget", "1M") as d:
+        rc, out, err = ctl(d.endpoint, "stats", "--json")
+        assert rc == 0, err
+        st = json.loads(out)
+        for k in ("kv_budget_bytes", "kv_used_bytes", "kv_peak_bytes", "sessions"):
+            assert isinstance(st[k], int), k
+        assert st["kv_budget_bytes"] == 1 << 20 and st["sessions"] == 0
+        rc, out, _ = ctl(d.endpoint, "gen", "--prompt", "hi", "-n", "5", "--temp", "0")
+        assert rc == 0
+        st2 = json.loads(ctl(d.endpoint, "stats", "--json", "--sessions")[1])
+        assert st2["kv_peak_bytes"] > 0 and st2["tokens_generated"] >= 1
+        assert st2["kv_peak_bytes"] <= st2["kv_budget_bytes"]
+        assert st2["session_list"] == []
+        rc, out, _ = ctl(d.endpoint, "stats")
+        assert rc == 0 and b"kv budget" in out and b"1.00 MiB" in out
+
+
+def test_sessions_budget_transcript():
+    with gistc.Daemon(tap.tool("gistd"), tiny()) as d:
+        ep = d.endpoint
+        rc, out, err = ctl(ep, "open", "--budget", "256K", "--name", "work")
+        assert rc == 0, err
+        sid = out.decode().strip()
+        rc, out, _ = ctl(ep, "gen", "--session", sid, "--prompt", "Once upon a time", "-n",
+                         "12", "--temp", "0")
+        assert rc == 0
+        generated = out[:-1]
+        rc, out, _ = ctl(ep, "transcript", sid)
+        assert rc == 0 and out.startswith(b"Once upon a time")
+        rc, out, _ = ctl(ep, "transcript", sid, "--tokens")
+        ids = [int(x) for x in out.split()]
+        assert len(ids) >= 12 and ids[0] == 1  # BOS first
+        sess = json.loads(ctl(ep, "sessions", "--json")[1])
+        assert [s["id"] for s in sess] == [int(sid)] and sess[0]["name"] == "work"
+        assert sess[0]["hard_bytes"] == 256 * 1024 and sess[0]["tokens"] == len(ids)
+        rc, out, _ = ctl(ep, "budget", "512K", "--session", sid)
+        assert rc == 0 and b"512 KiB" in out
+        rc, _, err = ctl(ep, "budget", "1K", "--session", sid)
+        assert rc == 1 and "limit stays" in err
+        rc, out, _ = ctl(ep, "top", "--count", "1")
+        assert rc == 0 and b"work" in out and b"budget" in out
+        rc, out, _ = ctl(ep, "close", sid)
+        assert rc == 0
+        rc, _, err = ctl(ep, "close", sid)
+        assert rc == 1 and "no session" in err
+        assert generated
+
+
+def test_chat():
+    with gistc.Daemon(tap.tool("gistd"), tiny()) as d:
+        rc, out, err = ctl(d.endpoint, "chat", "-n", "6", "--temp", "0",
+                           inp=b"hello there\nhow are you\n")
+        assert rc == 0, err
+        assert out.count(b"\n") == 2
+        assert "session 1" in err
+
+
+def test_exit_statuses():
+    none = "ipc://" + os.path.join(tap.tmpdir(), "nobody.sock")
+    p = subprocess.run([GISTCTL, "--connect", none, "--timeout", "300", "stats", "--json"],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 3 and b"no reply" in p.stderr
+    p = subprocess.run([GISTCTL, "--connect", none, "gen", "-n", "3"], capture_output=True)
+    assert p.returncode == 2 and b"usage" in p.stderr
+    p = subprocess.run([GISTCTL, "frobnicate"], capture_output=True)
+    assert p.returncode == 2 and b"unknown command" in p.stderr
+    p = subprocess.run([GISTCTL, "--help"], capture_output=True)
+    assert p.returncode == 0 and b"gistctl stats" in p.stdout
+
+
+tap.main(globals())

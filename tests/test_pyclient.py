@@ -1,0 +1,149 @@
+"""The Python client (clients/python/gistc.py) against a real gistd on a loopback port:
+streams equal `gist-model generate`, interleaved streams keep to their own requests, errors
+come back as GistdError with the daemon's code, and the figures are there."""
+import math
+import os
+import subprocess
+import sys
+
+import tap
+
+sys.path.insert(0, os.path.join(tap.ROOT, "clients", "python"))
+os.environ.setdefault("GISTD_PYPROTO", os.path.join(tap.BUILD, "gen", "python"))
+import gistc  # noqa: E402
+
+_models = {}
+
+
+def tiny(seed="41"):
+    if seed not in _models:
+        path = os.path.join(tap.tmpdir(), f"tiny{seed}.gguf")
+        subprocess.run([tap.tool("gist-model"), "make-tiny", path, "--seed", seed], check=True,
+                       stdout=subprocess.DEVNULL)
+        _models[seed] = path
+    return _models[seed]
+
+
+def reference(model, prompt, n):
+    """What gist-model generate adds after the prompt, greedy, as bytes."""
+    out = subprocess.run([tap.tool("gist-model"), "generate", model, "--prompt", prompt, "-n",
+                          str(n), "--temp", "0"], check=True, capture_output=True).stdout
+    assert out.startswith(prompt.encode()) and out.endswith(b"\n"), out
+    return out[len(prompt.encode()):-1]
+
+
+def daemon(model, *args):
+    return gistc.Daemon(tap.tool("gistd"), model, *args)
+
+
+def test_stream_equals_gist_model():
+    model = tiny()
+    want = reference(model, "Once upon a time", 20)
+    with daemon(model) as d, gistc.Client(d.endpoint) as c:
+        assert c.model["n_vocab"] == 384 and c.version == 1
+        s = c.open_session()
+        stream = s.generate("Once upon a time", max_tokens=20, temp=0)
+        raw, texts, idx = b"", "", []
+        for ev in stream:
+            assert ev.kind == "token"
+            raw += ev.raw
+            texts += ev.text
+            idx.append(ev.index)
+        assert raw == want, (raw, want)
+        assert stream.text == want.decode("utf-8", "replace")
+        assert texts == stream.text
+        assert idx == list(range(len(idx)))
+        assert stream.reason in ("length", "eos")
+        assert stream.usage["generated_tokens"] == len(stream.tokens) or stream.reason == "eos"
+        text, toks = s.transcript()
+        assert text.encode() == b"Once upon a time" + want or "\ufffd" in text
+        assert toks[-len(stream.tokens):] == stream.tokens
+
+
+def test_interleaved_streams():
+    """Two streams read in turns: each gets its own tokens, equal to running alone."""
+    model = tiny()
+    prompts = ["The little dog", "A bird sat on the"]
+    want = [reference(model, p, 24) for p in prompts]
+    with daemon(model) as d, gistc.Client(d.endpoint) as c:
+        streams = [c.open_session().generate(p, max_tokens=24, temp=0) for p in prompts]
+        got = [b"", b""]
+        live = [iter(s) for s in streams]
+        while live:
+            for it in list(live):
+                try:
+                    ev = next(it)
+                    got[streams.index(it)] += ev.raw
+                except StopIteration:
+                    live.remove(it)
+        assert got == want, (got, want)
+        st = c.stats(sessions=True)
+        assert st["sessions"] == 2 and len(st["session_list"]) == 2
+        assert st["tokens_generated"] >= 2
+
+
+def test_real_text_stories():
+    model = tap.shared("models/stories260K-f32.gguf")
+    want = reference(model, "One day, Lily", 40)
+    with daemon(model) as d, gistc.Client(d.endpoint) as c:
+        s = c.open_session()
+        assert s.complete("One day, Lily", max_tokens=40, temp=0).encode() == want
+        # score: log-probabilities of a likely and an unlikely continuation
+        s2 = c.open_session()
+        toks, lps = s2.score("Once upon a time, there was a little girl.")
+        assert len(toks) == len(lps) and len(toks) > 5
+        assert all(lp <= 0 for lp in lps if not math.isnan(lp))
+        s3 = c.open_session()
+        _, bad = s3.score("time a upon Once girl little there, was.")
+        assert sum(lps) > sum(bad)
+
+
+def test_errors_raise():
+    model = tiny()
+    with daemon(model, "--kv-budget", "200K") as d, gistc.Client(d.endpoint) as c:
+        try:
+            c.session(4242).complete("x", max_tokens=2)
+            raise AssertionError("no error for an unknown session")
+        except gistc.GistdError as e:
+            assert e.name == "ERR_NOTFOUND" and e.code == 6 and "4242" in e.message
+        try:
+            c.open_session(budget=100)
+            raise AssertionError("no error for a budget below one token")
+        except gistc.GistdError as e:
+            assert e.name == "ERR_BUDGET" and "one token" in e.message
+        try:
+            c.open_session(policy="nope")
+            raise AssertionError("no error for an unknown policy")
+        except gistc.GistdError as e:
+            assert e.name == "ERR_INVAL"
+        try:
+            c.set_budget("1K")
+            c.open_session()
+            raise AssertionError("no error under a 1 KiB global budget")
+        except gistc.GistdError as e:
+            assert e.name == "ERR_BUDGET"
+        b = c.set_budget("2M")
+        assert b["hard_bytes"] == 2 << 20
+        assert c.open_session().complete("ok", max_tokens=3, temp=0) is not None
+
+
+def test_cancel_and_timeout():
+    model = tiny()
+    with daemon(model) as d, gistc.Client(d.endpoint) as c:
+        s = c.open_session()
+        stream = s.generate("go", max_tokens=100000, temp=0)
+        for i, ev in enumerate(stream):
+            if i == 4:
+                break
+        stream.cancel()
+        assert stream.reason == "cancelled" and len(stream.tokens) < 100000
+        assert s.info()["state"] == "idle"
+        assert d.stop() == 0
+    try:
+        gistc.Client("ipc://" + os.path.join(tap.tmpdir(), "none.sock"), timeout=0.2)
+        raise AssertionError("no timeout without a daemon")
+    except gistc.Timeout as e:
+        assert "no reply" in e.message
+
+
+tap.main(globals())
