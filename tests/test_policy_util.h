@@ -83,6 +83,7 @@ typedef struct pt_fx {
     /* the fake runner */
     uint32_t runs;
     pol_run_t last_run;
+    int32_t run_tokens[64];
     float see[64][2];
     uint32_t visible; /* stored rows of lane 0 the last run could see */
     bool refuse_runs; /* the runner answers ERR_BUDGET */
@@ -152,6 +153,8 @@ static int pt_run(void *ctx, const pol_run_t *r, err_info_t *e)
     pt_fx_t *f = ctx;
     f->runs++;
     f->last_run = *r;
+    for (uint32_t i = 0; i < r->n && i < 64; i++)
+        f->run_tokens[i] = r->tokens[i];
     for (uint32_t i = 0; i < r->n_see && i < 64; i++) {
         f->see[i][0] = r->see[i][0];
         f->see[i][1] = r->see[i][1];
