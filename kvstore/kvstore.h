@@ -17,7 +17,10 @@
  *
  * Threading: a store and everything in it belong to one thread (the daemon's); no call is
  * thread-safe. Pointers handed out by kv_lane_view stay valid until the next call that
- * changes the same session (reserve/commit, replace, evict, demote, acc, destroy).
+ * moves or frees the same session's rows (replace, evict, demote, accumulators, destroy);
+ * kv_reserve and kv_commit move nothing, so views taken between them (as the forward pass
+ * does) stay valid, showing the rows as they were. Edits of another session never touch
+ * this one's rows, even where a fork shares them.
  *
  * Errors: actions return 0 or a negative ERR_* code (common/err.h) and, where they take an
  * err_info_t, say what was wrong. On error a call changes nothing: every verb that edits
