@@ -2,16 +2,19 @@
  * daemon/snapshot.c — a session to a file and back: `snapshot`/`restore`, and every session
  * at shutdown and start-up when the daemon has a snapshot folder.
  *
- * The file (DIR/session-<id>.gistd) holds what the session is made of: its settings (policy
- * and its state, pins, template, sampling defaults, limits), its figures, and every token of
- * its transcript and pending queue. The KV rows are not in it: a restored session prefills
- * its tokens again before its next request runs, and the forward pass is deterministic, so
- * the session goes on as it would have.
+ * Two files per session. DIR/session-<id>.kv is the KV store's own snapshot of the session's
+ * rows and transcript (kv_snapshot_write: bit-identical on restore). DIR/session-<id>.gistd
+ * holds what the daemon adds: settings (policy and its state, pins, template, sampling
+ * defaults, limits), figures, the logits the session predicts its next token with, and every
+ * token of its transcript and pending queue. The .kv file is written first, so a .gistd file
+ * always has its rows beside it. When the .kv file is missing or does not match, the session
+ * is restored from its tokens alone: it prefills them again before its next request (the
+ * forward pass is deterministic, so a session that never compacted goes on as before).
  *
- * Format, little-endian: magic "GISTDSES", u32 version, the fields in the order of
- * write_body, then an FNV-1a 64 checksum of everything before it. Written atomically: a
- * temporary file in the same folder, fsync, rename. A file that is short, corrupt or of
- * another version is refused with ERR_FORMAT or ERR_CORRUPT, and nothing changes.
+ * Format of the .gistd file, little-endian: magic "GISTDSES", u32 version, the fields in
+ * the order of write_body, then an FNV-1a 64 checksum of everything before it. Both files
+ * are written atomically (temporary file, fsync, rename). A file that is short, corrupt or
+ * of another version is refused with ERR_FORMAT or ERR_CORRUPT, and nothing changes.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -24,7 +27,7 @@
 #include "daemon/dmn_impl.h"
 
 #define SNAP_MAGIC "GISTDSES"
-#define SNAP_VERSION 1u
+#define SNAP_VERSION 2u
 
 /* ------------------------------------------------------------------ a byte buffer */
 
@@ -184,6 +187,10 @@ static int write_body(const dmn_t *d, const dmn_session_t *s, buf_t *b, err_info
     put_u32(b, s->n_sys);
     for (uint32_t i = 0; i < 2 * s->n_sys; i++)
         put_u32(b, s->sys_spans[i]);
+    put_u32(b, s->have_logits);
+    for (uint32_t i = 0; s->have_logits && i < d->hp->n_vocab; i++)
+        put_f32(b, s->logits[i]);
+    put_u32(b, s->n_past);
     const uint32_t n = s->n_past + s->n_pend;
     put_u32(b, n);
     int32_t *ids = malloc(sizeof(int32_t) * (n ? n : 1));
@@ -212,7 +219,12 @@ int dmn_snapshot_write(dmn_t *d, dmn_session_t *s, char **path_out, err_info_t *
         return err_set(e, ERR_UNSUPPORTED, "the daemon was started without --snapshot-dir");
     buf_t b = {0};
     char *path = snap_path(d, s->id, ""), *tmp = snap_path(d, s->id, ".tmp");
-    int rc = path && tmp ? write_body(d, s, &b, e) : err_set(e, ERR_NOMEM, "out of memory");
+    char *kvpath = snap_path(d, s->id, ".kv");
+    int rc = path && tmp && kvpath ? 0 : err_set(e, ERR_NOMEM, "out of memory");
+    if (!rc)
+        rc = kv_snapshot_write(d->store, s->kv, kvpath, e);
+    if (!rc)
+        rc = write_body(d, s, &b, e);
     int fd = -1;
     if (!rc) {
         fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -243,6 +255,7 @@ int dmn_snapshot_write(dmn_t *d, dmn_session_t *s, char **path_out, err_info_t *
     free(b.p);
     free(path);
     free(tmp);
+    free(kvpath);
     return rc;
 }
 
@@ -250,10 +263,13 @@ void dmn_snapshot_remove(dmn_t *d, uint32_t id)
 {
     if (!d->snapshot_dir)
         return;
-    char *path = snap_path(d, id, "");
+    char *path = snap_path(d, id, ""), *kvpath = snap_path(d, id, ".kv");
     if (path && unlink(path) == 0)
         dmn_log(d, DMN_LOG_INFO, "removed %s", path);
+    if (kvpath)
+        unlink(kvpath);
     free(path);
+    free(kvpath);
 }
 
 /* ------------------------------------------------------------------ reading */
@@ -286,6 +302,41 @@ static int read_file(const char *path, uint8_t **out, size_t *len, err_info_t *e
     return 0;
 }
 
+/* Puts the rows of the store's snapshot under s, when it holds exactly the first n_past
+ * tokens of ids. 0, or a negative code (logged) when s keeps its empty rows. */
+static int restore_rows(dmn_t *d, dmn_session_t *s, uint32_t id, const int32_t *ids,
+                        uint32_t n_past)
+{
+    char *kvpath = snap_path(d, id, ".kv");
+    uint32_t ksid = 0, len = 0;
+    uint32_t *tr = malloc(sizeof(uint32_t) * (n_past ? n_past : 1));
+    err_info_t ke;
+    err_clear(&ke);
+    int rc = kvpath && tr ? kv_snapshot_read(d->store, kvpath, NULL, &ksid, &ke) : ERR_NOMEM;
+    if (!rc)
+        rc = kv_transcript_len(d->store, ksid, &len);
+    if (!rc && len != n_past)
+        rc = err_set(&ke, ERR_FORMAT, "it holds %u positions, the session %u", len, n_past);
+    if (!rc && n_past)
+        rc = kv_transcript_read(d->store, ksid, 0, n_past, tr, NULL);
+    for (uint32_t i = 0; !rc && i < n_past; i++)
+        if (tr[i] != (uint32_t)ids[i])
+            rc = err_set(&ke, ERR_FORMAT, "its token at position %u differs", i);
+    if (rc) {
+        if (ksid)
+            kv_session_destroy(d->store, ksid);
+        dmn_log(d, DMN_LOG_WARN, "%s: %s; the session's tokens will be prefilled again",
+                kvpath ? kvpath : "snapshot", err_msg(&ke));
+    } else {
+        kv_session_destroy(d->store, s->kv);
+        s->kv = ksid;
+        s->n_past = n_past;
+    }
+    free(kvpath);
+    free(tr);
+    return rc;
+}
+
 int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t *e)
 {
     if (dmn_session_find(d, id))
@@ -304,6 +355,7 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
     char name[DMN_NAME_LEN] = "", policy[64] = "", tmpl[64] = "";
     int32_t *ids = NULL;
     uint32_t *spans = NULL;
+    float *logits = NULL;
     dmn_session_t *s = NULL;
     const uint8_t *magic = get(&r, 8);
     if (!magic || memcmp(magic, SNAP_MAGIC, 8)) {
@@ -356,8 +408,19 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
     spans = malloc(sizeof(uint32_t) * 2 * (n_sys ? n_sys : 1));
     for (uint32_t i = 0; spans && i < 2 * n_sys; i++)
         spans[i] = get_u32(&r);
+    const bool have_logits = get_u32(&r) != 0;
+    if (have_logits) {
+        logits = malloc(sizeof(float) * d->hp->n_vocab);
+        if (!logits) {
+            rc = err_set(e, ERR_NOMEM, "out of memory");
+            goto done;
+        }
+        for (uint32_t i = 0; i < d->hp->n_vocab; i++)
+            logits[i] = get_f32(&r);
+    }
+    const uint32_t n_past = get_u32(&r);
     const uint32_t n = get_u32(&r);
-    if (r.short_read || n > (r.len - r.at) / 4) {
+    if (r.short_read || n > (r.len - r.at) / 4 || n_past > n) {
         rc = err_set(e, ERR_FORMAT, "%s: %u tokens do not fit in the file", path, n);
         goto done;
     }
@@ -400,10 +463,17 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
                                               path, policy);
         goto done;
     }
-    rc = dmn_session_push(s, ids, n);
+    /* the rows themselves when the store's snapshot matches; else the tokens are prefilled
+     * again */
+    const uint32_t stored = restore_rows(d, s, id, ids, n_past) ? 0 : n_past;
+    rc = dmn_session_push(s, ids + stored, n - stored);
     if (rc) {
-        err_set(e, rc, "%s: no room for %u tokens", path, n);
+        err_set(e, rc, "%s: no room for %u tokens", path, n - stored);
         goto done;
+    }
+    if (stored > 0 && have_logits) {
+        memcpy(s->logits, logits, sizeof(float) * d->hp->n_vocab);
+        s->have_logits = true;
     }
     free(s->sys_spans);
     s->sys_spans = spans;
@@ -419,6 +489,7 @@ done:
     if (s)
         dmn_session_close(d, s);
     free(p);
+    free(logits);
     free(ids);
     free(spans);
     free(path);
