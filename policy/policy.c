@@ -270,9 +270,10 @@ size_t pol_headroom(const pol_t *p, uint32_t ubatch)
     size_t B = kv_block_rows(p->st), blk = kv_block_bytes(p->st, c->hot_type);
     if (p->acc)
         blk += B * sizeof(float);
-    size_t per_lane = (ubatch + B - 1) / B + 1; /* a reservation may start a new block */
+    size_t per_lane = (ubatch + B - 1) / B; /* new blocks a reservation may need */
     if (p->gist_mode != POL_GIST_NONE || p->merge_k)
-        per_lane += 2; /* a gist step's new block, and one split by its insertion point */
+        per_lane += 1; /* a gist step's new block (its span is at least a block long, so its
+                          insertion point splits no block) */
     return kv_lane_count(p->st) * per_lane * blk + 8192; /* + a transcript page */
 }
 

@@ -17,6 +17,7 @@
 #include "model/llama.h"
 #include "model/sampler.h"
 #include "tools/gist-model/cmd.h"
+#include "tools/gist-model/cmd_kv.h"
 
 /* ------------------------------------------------------------------ arguments */
 
@@ -218,6 +219,8 @@ static int gist_view(void *ctx, int seq, int layer, int h, uint32_t n_new, mdl_k
  * given tokens (each item then runs alone). */
 int cmd_logits(int argc, char **argv)
 {
+    if (kv_mode_wanted(argc, argv)) /* the KV store under a policy: cmd_kv.c */
+        return kv_cmd_logits(argc, argv);
     const char *model = NULL, *out_path = NULL, *ret_path = NULL;
     const char *seq_text[MAX_SEQS];
     uint32_t n_seq = 0, kv_type = DT_F32;
@@ -429,6 +432,8 @@ done:
  * (default: the model's) is full. Timings go to stderr. */
 int cmd_generate(int argc, char **argv)
 {
+    if (kv_mode_wanted(argc, argv)) /* the KV store under a policy: cmd_kv.c */
+        return kv_cmd_generate(argc, argv);
     const char *model = NULL, *prompt = NULL;
     long threads = 0, n_gen = -1, ctx = 0;
     mdl_sampler_cfg_t sc;
@@ -616,6 +621,8 @@ static double token_nll(const float *row, uint32_t n, int32_t target)
  * stderr, then `tokens: K` (tokens scored) and `ppl: X` as the last stdout line. */
 int cmd_perplexity(int argc, char **argv)
 {
+    if (kv_mode_wanted(argc, argv)) /* the KV store under a policy: cmd_kv.c */
+        return kv_cmd_perplexity(argc, argv);
     const char *model = NULL, *path = NULL;
     long threads = 0, ctx = 0, ubatch = 256;
     for (int i = 0; i < argc; i++) {

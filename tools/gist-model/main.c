@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "tools/gist-model/cmd.h"
+#include "tools/gist-model/cmd_kv.h"
 
 static const struct {
     const char *name;
@@ -22,6 +23,11 @@ static const struct {
      "generate MODEL --prompt STR -n N [--temp T] [--seed S] [--top-k K] [--top-p P] "
      "[--min-p P] [--repeat-penalty R] [--threads N]"},
     {"perplexity", cmd_perplexity, "perplexity MODEL --file F [--ctx N] [--threads N]"},
+    {"  (KV store)", NULL,
+     "logits|generate|perplexity ... --policy NAME [--kv-budget SIZE|P%] [--kv-soft SIZE] "
+     "[--param KEY=VALUE] [--kv-block-rows N] [--events]"},
+    {"segment", cmd_segment,
+     "segment MODEL (--file F | --text S) [--rule train|text] [--max-sentence N]"},
 };
 
 int cmd_usage_error(const char *fmt, ...)
@@ -53,7 +59,7 @@ int main(int argc, char **argv)
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (!strcmp(argv[1], commands[i].name))
+        if (commands[i].fn && !strcmp(argv[1], commands[i].name))
             return commands[i].fn(argc - 2, argv + 2);
     return cmd_usage_error("unknown command '%s' (try gist-model --help)", argv[1]);
 }
