@@ -471,6 +471,8 @@ int pol_reserve(pol_t *p, uint32_t n, err_info_t *e)
         if (!progress) {
             if (e)
                 *e = e2;
+            if (!strcmp(p->name, "full"))
+                return err_prefix(e, "policy 'full' never compacts: ");
             return err_prefix(e, "policy '%s' cannot free more (the rest is pinned): ", p->name);
         }
     }
