@@ -33,7 +33,7 @@ AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -m
 
 # Libraries, in link order (dependents first).
 MODULES  := policy kvstore model common
-lib_srcs  = $(wildcard $(1)/*.c)
+lib_srcs  = $(filter-out $(1)/fuzz_%.c,$(wildcard $(1)/*.c))
 lib_objs  = $(patsubst %.c,$(BUILD)/obj/%.o,$(call lib_srcs,$(1)))
 LIBS     := $(foreach m,$(MODULES),$(if $(call lib_srcs,$(m)),$(BUILD)/lib/libgist_$(m).a))
 
@@ -58,7 +58,7 @@ TEST_SRCS := $(wildcard tests/test_*.c)
 TESTS     := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
 TEST_LIB  := $(BUILD)/obj/tests/check.o
 
-.PHONY: all deps deps-train test asan run format clean
+.PHONY: all deps deps-train test asan fuzz fuzz-build check tsan run format clean
 .SECONDARY:
 all: $(LIBS) $(PROTO_LIB) $(PROTO_PY) $(if $(GISTC_SRCS),$(GISTC_LIB) $(GISTC_PC)) $(BINS) \
      $(TESTS)
@@ -154,6 +154,35 @@ asan:
 	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	    test
 
+# ---- fuzzing, valgrind, ThreadSanitizer (see the header)
+# Fuzz targets are model/fuzz_*.c and kvstore/fuzz_*.c (kept out of the libraries by lib_srcs).
+# In build-fuzz/ clang compiles them and the parsers they reach (FUZZ_DEPS: the GGUF reader
+# and writer, hparams, the tokenizer, the KV store) with address+undefined and libFuzzer's
+# coverage, and links each target with -fsanitize=fuzzer. The same target files, compiled
+# normally, are linked into tests/test_fuzz_regress, which replays the corpora.
+FUZZ_SRCS    := $(wildcard model/fuzz_*.c kvstore/fuzz_*.c)
+FUZZ_DEPS    := $(wildcard common/*.c kvstore/*.c model/gguf*.c model/hparams.c model/tok*.c)
+FUZZERS      := $(addprefix $(BUILD)/fuzz/,$(basename $(notdir $(FUZZ_SRCS))))
+FUZZ_SECONDS ?= 60
+$(BUILD)/tests/test_fuzz_regress: $(BUILD)/obj/tests/test_fuzz_regress.o \
+                                  $(patsubst %.c,$(BUILD)/obj/%.o,$(FUZZ_SRCS)) $(TEST_LIB) $(LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
+
+define fuzz_rule
+$(BUILD)/fuzz/$(basename $(notdir $(1))): $(patsubst %.c,$(BUILD)/obj/%.o,$(1) $(FUZZ_DEPS))
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(ALL_CFLAGS) -fsanitize=fuzzer -o $$@ $$^ $$(LDLIBS)
+endef
+$(foreach f,$(FUZZ_SRCS),$(eval $(call fuzz_rule,$(f))))
+
+fuzz:
+	$(MAKE) BUILD=build-fuzz CC=clang OPT=-O1 SAN="-fsanitize=fuzzer-no-link,address,undefined \
+	    -fno-sanitize-recover=undefined -fno-omit-frame-pointer -DGISTD_FUZZ_ENTRY" fuzz-build
+	bash fuzz/run.sh build-fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-build: $(FUZZERS)
+
 # The project's own model when models/ has one, else the shared stories260K.
 DEFAULT_MODEL = $(firstword $(wildcard models/*.gguf) ../shared/models/stories260K-f32.gguf)
 run: all
@@ -178,6 +207,6 @@ format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz build-tsan
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
