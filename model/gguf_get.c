@@ -173,6 +173,24 @@ int gguf_get_bool_or(const gguf_t *g, const char *key, bool dflt, bool *out, err
 
 /* ---- array elements (the arrays were validated at open, so walking them is safe) ---- */
 
+/* A float element read as an integer saturates (NaN reads 0): converting an out-of-range
+ * float to an integer type is undefined behaviour, and the file decides the value. */
+static uint64_t f64_to_u64(double d)
+{
+    if (!(d > 0.0))
+        return 0;
+    return d >= 18446744073709551616.0 ? UINT64_MAX : (uint64_t)d;
+}
+
+static int64_t f64_to_i64(double d)
+{
+    if (d != d)
+        return 0;
+    if (d < -9223372036854775808.0)
+        return INT64_MIN;
+    return d >= 9223372036854775808.0 ? INT64_MAX : (int64_t)d;
+}
+
 uint64_t gguf_arr_u64(const gguf_arr_t *a, uint64_t i)
 {
     if (vtype_signed(a->elem_type))
@@ -192,7 +210,7 @@ uint64_t gguf_arr_u64(const gguf_arr_t *a, uint64_t i)
         return ld64(p);
     case GGUF_VT_FLOAT32:
     case GGUF_VT_FLOAT64:
-        return (uint64_t)gguf_arr_f64(a, i);
+        return f64_to_u64(gguf_arr_f64(a, i));
     default:
         return 0;
     }
@@ -214,7 +232,7 @@ int64_t gguf_arr_i64(const gguf_arr_t *a, uint64_t i)
         return (int64_t)ld64(p);
     case GGUF_VT_FLOAT32:
     case GGUF_VT_FLOAT64:
-        return (int64_t)gguf_arr_f64(a, i);
+        return f64_to_i64(gguf_arr_f64(a, i));
     default:
         return (int64_t)gguf_arr_u64(a, i);
     }

@@ -1,0 +1,133 @@
+/*
+ * tests/test_fuzz_regress.c — the fuzz targets' checks (fuzz/fuzz.h) on every checked-in
+ * seed (fuzz/corpus/<target>/) and every input that once broke something
+ * (tests/data/fuzz/<target>/), so the normal, asan, valgrind and tsan builds all replay
+ * them; then one test per finding that states the behaviour the fix gave, on inline bytes.
+ */
+#include <dirent.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fuzz/fuzz.h"
+#include "model/gguf.h"
+#include "model/gguf_write.h"
+#include "tests/check.h"
+
+typedef int (*fuzz_fn)(const uint8_t *, size_t, char *, size_t);
+
+static uint8_t *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    uint8_t *buf = NULL;
+    size_t cap = 0, n = 0;
+    for (;;) {
+        if (n == cap) {
+            uint8_t *p = realloc(buf, cap ? 2 * cap : 4096);
+            if (!p)
+                break;
+            buf = p;
+            cap = cap ? 2 * cap : 4096;
+        }
+        size_t k = fread(buf + n, 1, cap - n, f);
+        if (k == 0)
+            break;
+        n += k;
+    }
+    fclose(f);
+    *len = n;
+    return buf ? buf : malloc(1);
+}
+
+/* Runs fn on every file of root/dir; returns how many there were. */
+static int replay_dir(const char *dir, fuzz_fn fn)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", check_root(), dir);
+    DIR *d = opendir(path);
+    if (!d)
+        return 0;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue;
+        char file[sizeof path + 260];
+        snprintf(file, sizeof file, "%s/%s", path, de->d_name);
+        size_t len = 0;
+        uint8_t *buf = slurp(file, &len);
+        CHECK_MSG(buf != NULL, "cannot read %s", file);
+        if (!buf)
+            continue;
+        char why[512] = "";
+        CHECK_MSG(fn(buf, len, why, sizeof why) == 0, "%s/%s: %s", dir, de->d_name, why);
+        free(buf);
+        n++;
+    }
+    closedir(d);
+    return n;
+}
+
+static void replay(const char *target, fuzz_fn fn)
+{
+    char seeds[256], found[256];
+    snprintf(seeds, sizeof seeds, "fuzz/corpus/%s", target);
+    snprintf(found, sizeof found, "tests/data/fuzz/%s", target);
+    int n = replay_dir(seeds, fn);
+    CHECK_MSG(n > 0, "no seeds in %s", seeds);
+    replay_dir(found, fn);
+}
+
+static void test_replay_gguf(void)
+{
+    replay("fuzz_gguf", fuzz_gguf_one);
+}
+
+/* ---- findings ---- */
+
+/* A key holding an f32 array read through gguf_arr_u64 / gguf_arr_i64: the float was cast
+ * to an integer type unchecked, undefined for -1.7e38 (found by fuzz_gguf). Out-of-range
+ * values now saturate and NaN reads 0. */
+static void test_gguf_float_array_as_integer(void)
+{
+    const float vals[] = {-1.70141e38f, 1e30f, NAN, 3.75f, -2.5f, INFINITY};
+    gguf_writer_t *w = NULL;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    gguf_t *g = NULL;
+    err_info_t e;
+    CHECK_OK(gguf_writer_new(&w));
+    CHECK_OK(gguf_writer_add_arr(w, "x", GGUF_VT_FLOAT32, vals, 6));
+    CHECK_OK(gguf_writer_write_mem(w, &buf, &len, &e));
+    gguf_writer_destroy(&w);
+    CHECK_OK(gguf_open_mem(buf, len, &g, &e));
+    if (g) {
+        gguf_arr_t a;
+        CHECK_OK(gguf_get_arr(g, "x", &a, &e));
+        CHECK(gguf_arr_u64(&a, 0) == 0);
+        CHECK(gguf_arr_u64(&a, 1) == UINT64_MAX);
+        CHECK(gguf_arr_u64(&a, 2) == 0);
+        CHECK(gguf_arr_u64(&a, 3) == 3);
+        CHECK(gguf_arr_u64(&a, 4) == 0);
+        CHECK(gguf_arr_u64(&a, 5) == UINT64_MAX);
+        CHECK(gguf_arr_i64(&a, 0) == INT64_MIN);
+        CHECK(gguf_arr_i64(&a, 1) == INT64_MAX);
+        CHECK(gguf_arr_i64(&a, 2) == 0);
+        CHECK(gguf_arr_i64(&a, 3) == 3);
+        CHECK(gguf_arr_i64(&a, 4) == -2);
+        CHECK(gguf_arr_i64(&a, 5) == INT64_MAX);
+    }
+    gguf_close(&g);
+    free(buf);
+}
+
+int main(void)
+{
+    RUN(test_replay_gguf);
+    RUN(test_gguf_float_array_as_integer);
+    return check_done();
+}
