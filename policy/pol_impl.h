@@ -62,15 +62,18 @@ struct pol {
     void *emit_ctx;
 
     /* parameters */
-    uint32_t sinks;     /* pinned first positions */
-    uint32_t recent;    /* pinned last positions */
-    uint32_t gist_rows; /* pooled rows per sentence */
-    uint32_t merge_k;   /* gist groups per merge (0: no merges) */
-    uint32_t levels;    /* highest level a merge makes */
-    uint32_t min_gist;  /* raw tokens a pooled gist step takes at least */
-    int gist_mode;      /* enum pol_gist_mode */
-    int evict;          /* enum pol_evict */
-    bool acc;           /* attention accumulators on */
+    uint32_t sinks;      /* pinned first positions */
+    uint32_t recent;     /* pinned last positions */
+    float recent_frac;   /* or this fraction of the rows the soft watermark holds, if more */
+    uint32_t recent_eff; /* the recent window in force for the step being taken */
+    uint32_t gist_rows;  /* pooled rows per sentence */
+    uint32_t merge_k;    /* gist groups per merge (0: no merges) */
+    uint32_t levels;     /* highest level a merge makes */
+    uint32_t min_gist;   /* raw tokens a pooled gist step takes at least */
+    int gist_mode;       /* enum pol_gist_mode */
+    int evict;           /* enum pol_evict */
+    bool acc;            /* attention accumulators on */
+    bool no_mass_bias;   /* pooled rows weigh as one token, not as their mass */
 
     /* state */
     pol_seg_t seg;

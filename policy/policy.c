@@ -42,13 +42,16 @@ const char *pol_param_help(void)
 {
     return "sinks=N        first positions never compacted (default 4; gist: the model's sinks)\n"
            "recent=N       last positions never compacted (default 16; window, tova: 0)\n"
+           "recent_frac=F  or this fraction of the rows the budget holds, if more (default "
+           "0.5 for h2o, pool and auto with pooled gists, else 0)\n"
            "gist_rows=N    pooled rows per sentence (default 2)\n"
            "merge=N        gist groups merged into one level-up group (default 4; 0: none)\n"
            "levels=N       highest gist level a merge makes (default 3)\n"
-           "min_gist=N     raw tokens a pooled gist step takes at least (default: block rows)\n"
+           "min_gist=N     raw tokens a pooled gist step takes at least (default: 3 blocks' rows)\n"
            "max_sentence=N tokens after which a sentence closes anyway (default 64)\n"
            "rule=R         sentence rule: text (quotes, abbreviations) or train (default: train "
            "for learned gists, else text)\n"
+           "mass_bias=0|1  pooled rows attended with their log-mass bias (default 1)\n"
            "score=S        eviction score: window, recency, h2o, tova, trim (the policy's own "
            "by default)\n";
 }
@@ -70,6 +73,18 @@ static int parse_u32(const char *key, const char *v, uint32_t lo, uint32_t hi, u
         return err_set(e, ERR_INVAL, "policy parameter %s: '%s' is not an integer in [%u, %u]", key,
                        v ? v : "", lo, hi);
     *out = (uint32_t)x;
+    return 0;
+}
+
+static int parse_frac(const char *key, const char *v, float *out, err_info_t *e)
+{
+    char *end;
+    errno = 0;
+    float x = v ? strtof(v, &end) : 0.0f;
+    if (!v || errno || end == v || *end || !(x >= 0.0f && x <= 1.0f))
+        return err_set(e, ERR_INVAL, "policy parameter %s: '%s' is not a number in [0, 1]", key,
+                       v ? v : "");
+    *out = x;
     return 0;
 }
 
@@ -109,6 +124,7 @@ static int preset(pol_t *p, const char *name, err_info_t *e)
         p->evict = POL_EV_WINDOW;
     } else if (!strcmp(name, "h2o")) {
         p->merge_k = 0;
+        p->recent_frac = 0.5f; /* H2O's split: half heavy hitters, half recent rows */
         p->evict = POL_EV_H2O;
     } else if (!strcmp(name, "tova")) {
         p->recent = 0;
@@ -122,6 +138,7 @@ static int preset(pol_t *p, const char *name, err_info_t *e)
         p->merge_k = 0;
         p->evict = POL_EV_TRIM;
     } else if (!strcmp(name, "pool")) {
+        p->recent_frac = 0.5f;
         p->gist_mode = POL_GIST_POOLED;
         p->evict = POL_EV_RECENCY;
     } else if (!strcmp(name, "gist")) {
@@ -133,6 +150,7 @@ static int preset(pol_t *p, const char *name, err_info_t *e)
         p->evict = POL_EV_RECENCY;
     } else if (!strcmp(name, "auto")) {
         p->gist_mode = m->n_gist ? POL_GIST_LEARNED : POL_GIST_POOLED;
+        p->recent_frac = m->n_gist ? 0.0f : 0.5f;
         p->evict = m->has_gates ? POL_EV_TRIM : POL_EV_H2O;
     } else {
         return err_set(e, ERR_INVAL, "unknown policy '%s' (known: %s)", name, pol_names());
@@ -140,6 +158,7 @@ static int preset(pol_t *p, const char *name, err_info_t *e)
     if (p->gist_mode == POL_GIST_LEARNED) {
         p->sinks = m->gist_sinks ? m->gist_sinks : 1;
         p->recent = 0; /* closed sentences are seen through their gists only */
+        p->recent_frac = 0.0f;
     }
     snprintf(p->name, sizeof p->name, "%s", name);
     return 0;
@@ -162,6 +181,12 @@ static int apply_params(pol_t *p, const pol_param_t *ps, uint32_t n, pol_seg_cfg
             rc = parse_u32(k, v, 0, 1024, &p->merge_k, e);
         else if (!strcmp(k, "levels"))
             rc = parse_u32(k, v, 1, 250, &p->levels, e);
+        else if (!strcmp(k, "mass_bias")) {
+            uint32_t b = 1;
+            rc = parse_u32(k, v, 0, 1, &b, e);
+            p->no_mass_bias = b == 0;
+        } else if (!strcmp(k, "recent_frac"))
+            rc = parse_frac(k, v, &p->recent_frac, e);
         else if (!strcmp(k, "min_gist"))
             rc = parse_u32(k, v, 1, 1u << 20, &p->min_gist, e);
         else if (!strcmp(k, "max_sentence"))
@@ -178,10 +203,11 @@ static int apply_params(pol_t *p, const pol_param_t *ps, uint32_t n, pol_seg_cfg
                 rc = err_set(e, ERR_INVAL, "policy parameter rule: '%s' is not text or train",
                              v ? v : "");
         } else
-            rc = err_set(e, ERR_INVAL,
-                         "policy '%s' has no parameter '%s' (known: sinks, recent, "
-                         "gist_rows, merge, levels, min_gist, max_sentence, rule, score)",
-                         p->name, k);
+            rc = err_set(
+                e, ERR_INVAL,
+                "policy '%s' has no parameter '%s' (known: sinks, recent, recent_frac, mass_bias, "
+                "gist_rows, merge, levels, min_gist, max_sentence, rule, score)",
+                p->name, k);
         if (rc)
             return rc;
     }
@@ -234,7 +260,7 @@ int pol_new(const pol_config_t *cfg, pol_t **out, err_info_t *e)
         rc = err_set(e, ERR_UNSUPPORTED,
                      "policy '%s': pooled gists need the model's RoPE parameters", p->name);
     if (!rc && p->min_gist == 0)
-        p->min_gist = kv_block_rows(p->st);
+        p->min_gist = 3 * kv_block_rows(p->st);
     p->acc = p->evict == POL_EV_H2O || p->evict == POL_EV_TOVA;
     if (!rc && p->acc)
         rc = kv_session_set_attn_acc(p->st, p->sid, true, e);
@@ -270,10 +296,9 @@ size_t pol_headroom(const pol_t *p, uint32_t ubatch)
     size_t B = kv_block_rows(p->st), blk = kv_block_bytes(p->st, c->hot_type);
     if (p->acc)
         blk += B * sizeof(float);
-    size_t per_lane = (ubatch + B - 1) / B; /* new blocks a reservation may need */
-    if (p->gist_mode != POL_GIST_NONE || p->merge_k)
-        per_lane += 1; /* a gist step's new block (its span is at least a block long, so its
-                          insertion point splits no block) */
+    /* the new blocks a reservation may need; a gist step that finds no room for its new rows
+     * frees the old ones first (a span of min_gist >= 3 blocks' rows frees what they need) */
+    size_t per_lane = (ubatch + B - 1) / B;
     return kv_lane_count(p->st) * per_lane * blk + 8192; /* + a transcript page */
 }
 

@@ -172,6 +172,8 @@ static int pool_groups(const pol_t *p, uint32_t hd, uint32_t n, const float *k, 
         if (rc)
             return rc;
         mo->level = level;
+        if (p->no_mass_bias)
+            mo->mass = 1.0f; /* weighs as one token (an ablation: no log-mass bias) */
         float a = 0.0f;
         for (uint32_t r = i0; r < i; r++)
             a += m[r].attn;
@@ -262,7 +264,42 @@ static int pool_ranges(pol_t *p, const float (*ranges)[2], uint32_t n_rng, uint3
                           .k = (const float *const *)o.k,
                           .v = (const float *const *)o.v,
                           .meta = (const kv_row_meta_t *const *)o.meta};
-        rc = kv_span_replace(p->st, p->sid, p0, p1, &rows, e);
+        /* the edit allocates the new rows before it frees the old ones; when that does not
+         * fit under the hard limit, free the old rows first (nothing allocated), then insert
+         * the new ones; if even that does not fit, the span is evicted, and said so */
+        const uint32_t B = kv_block_rows(p->st);
+        uint32_t most = 0;
+        for (uint32_t l = 0; l < nl; l++)
+            most = o.n[l] > most ? o.n[l] : most;
+        size_t blk = kv_block_bytes(p->st, kv_store_config(p->st)->hot_type) +
+                     (p->acc ? B * sizeof(float) : 0);
+        size_t need = (size_t)nl * blk * (2 + (most + B - 1) / B) + 4096;
+        if (pol_session_avail(p) < need) {
+            uint32_t *zero = calloc(nl, sizeof *zero);
+            kv_rows_t none = {.n = zero};
+            rc = zero ? kv_span_replace(p->st, p->sid, p0, p1, &none, e) : ERR_NOMEM;
+            free(zero);
+            if (rc == ERR_NOMEM)
+                err_set(e, rc, "policy: out of memory");
+            if (!rc) {
+                *changed = true;
+                err_info_t e2;
+                err_clear(&e2);
+                rc = kv_span_replace(p->st, p->sid, p0, p1, &rows, &e2);
+                if (rc == ERR_BUDGET) {
+                    ev->action = POL_EVICT;
+                    ev->method = POL_M_RECENCY;
+                    ev->level = 0;
+                    ev->rows_after = 0;
+                    rc = 0;
+                    memset(o.n, 0, nl * sizeof *o.n);
+                } else if (rc && e) {
+                    *e = e2;
+                }
+            }
+        } else {
+            rc = kv_span_replace(p->st, p->sid, p0, p1, &rows, e);
+        }
         if (!rc) {
             *changed = true;
             if (p->acc)
@@ -396,7 +433,7 @@ static float row_score(const pol_t *p, const kv_row_meta_t *m, uint32_t t)
 
 static bool row_pinned(const pol_t *p, const kv_row_meta_t *m, uint32_t len)
 {
-    if (m->pos < (float)p->sinks || (p->recent && m->pos >= (float)len - (float)p->recent))
+    if (m->pos < (float)p->sinks || (p->recent_eff && m->pos >= (float)len - (float)p->recent_eff))
         return true;
     for (uint32_t i = 0; i < p->n_pins; i++)
         if (m->pos >= (float)p->pins[i][0] && m->pos <= (float)p->pins[i][1])
@@ -494,14 +531,36 @@ static bool span_free(const pol_t *p, const pol_span_t *s, uint32_t len)
     uint32_t end = pol_span_end(s);
     if (s->flags & SPAN_BUSY || end < p->sinks)
         return false;
-    if (p->recent && (uint64_t)end + p->recent >= len)
+    if (p->recent_eff && (uint64_t)end + p->recent_eff >= len)
         return false;
     return !pol_pinned(p, s->first, end);
+}
+
+/* The recent window: `recent` positions, or recent_frac of the rows a lane can hold under
+ * the session's soft watermark (its hard limit when it has none), whichever is more. */
+static uint32_t effective_recent(pol_t *p)
+{
+    kv_stats_t s;
+    if (p->recent_frac <= 0.0f || kv_session_stats(p->st, p->sid, &s))
+        return p->recent;
+    size_t limit = s.soft_limit ? s.soft_limit : s.hard_limit;
+    if (!limit)
+        return p->recent;
+    const size_t B = kv_block_rows(p->st), nl = kv_lane_count(p->st);
+    size_t blk = kv_block_bytes(p->st, kv_store_config(p->st)->hot_type);
+    size_t acc = p->acc ? B * sizeof(float) : 0;
+    size_t fixed = s.bytes - s.block_bytes - (size_t)s.blocks * acc;
+    if (limit <= fixed)
+        return p->recent;
+    double rows = (double)(limit - fixed) / (double)(nl * (blk + acc)) * (double)B;
+    uint32_t r = (uint32_t)(p->recent_frac * rows);
+    return r > p->recent ? r : p->recent;
 }
 
 int pol_step(pol_t *p, size_t want, int reason, bool *progress, err_info_t *e)
 {
     *progress = false;
+    p->recent_eff = effective_recent(p);
     const uint32_t len = pol_transcript_len(p), nl = kv_lane_count(p->st);
     const uint32_t B = kv_block_rows(p->st);
     size_t blk = kv_block_bytes(p->st, kv_store_config(p->st)->hot_type) * nl;
@@ -519,6 +578,9 @@ int pol_step(pol_t *p, size_t want, int reason, bool *progress, err_info_t *e)
             while (tokens < goal && j + 1 < p->n_spans && p->spans[j + 1].level == 0 &&
                    span_free(p, &p->spans[j + 1], len))
                 tokens += p->spans[++j].tokens;
+            /* a shorter run would free too little to pay for its own new rows */
+            if (tokens < p->min_gist)
+                goto merges;
             err_info_t e2;
             err_clear(&e2);
             int rc = pol_pool_spans(p, i, j, reason, &e2);
@@ -534,6 +596,7 @@ int pol_step(pol_t *p, size_t want, int reason, bool *progress, err_info_t *e)
         }
     }
 
+merges:
     /* 2. merges of the oldest run of gists, lowest level first */
     if (p->merge_k >= 2 && p->gist_mode != POL_GIST_NONE && p->model.rope.n_rot) {
         for (uint32_t L = 1; L < p->levels; L++) {

@@ -62,8 +62,8 @@ static void test_pool_replaces_old_sentences(void)
 {
     pt_fx_t f;
     err_info_t e;
-    pol_param_t ps[] = {{"merge", "0"}, {"gist_rows", "2"}, {"recent", "12"}};
-    pt_opts_t o = {.name = "pool", .params = ps, .n_params = 3};
+    pol_param_t ps[] = {{"merge", "0"}, {"gist_rows", "2"}, {"recent", "12"}, {"recent_frac", "0"}};
+    pt_opts_t o = {.name = "pool", .params = ps, .n_params = 4};
     CHECK_OK(pt_open(&f, &o, &e));
     const char **text = pt_text(120, 10);
     CHECK_OK(pt_feed(&f, text, 120, 4, &e));
@@ -98,8 +98,8 @@ static void test_merges_make_level_two(void)
 {
     pt_fx_t f;
     err_info_t e;
-    pol_param_t ps[] = {{"merge", "3"}, {"gist_rows", "2"}, {"recent", "8"}};
-    pt_opts_t o = {.name = "pool", .params = ps, .n_params = 3};
+    pol_param_t ps[] = {{"merge", "3"}, {"gist_rows", "2"}, {"recent", "8"}, {"recent_frac", "0"}};
+    pt_opts_t o = {.name = "pool", .params = ps, .n_params = 4};
     CHECK_OK(pt_open(&f, &o, &e));
     const char **text = pt_text(400, 8);
     size_t hard, soft;

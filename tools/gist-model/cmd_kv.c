@@ -467,7 +467,7 @@ int kv_cmd_logits(int argc, char **argv)
     const uint32_t nv = mdl_hparams(m)->n_vocab;
     if (kv_resolve(&o, m, max_len, &full))
         goto out;
-    o.cfg.ubatch = (uint32_t)(ubatch ? ubatch : max_len);
+    o.cfg.ubatch = (uint32_t)(ubatch ? ubatch : (o.cfg.hard ? 1 : max_len));
     if (new_run(m, &o, &r))
         goto out;
     logits = malloc(sizeof(float) * (size_t)max_len * nv);
