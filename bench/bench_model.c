@@ -7,8 +7,10 @@
  * For each model and thread count: a prefill of N random tokens in one batch, then N
  * decode steps of one token each (a flat f32 KV cache, one sequence), repeated --reps
  * times with the thread counts alternated; medians are printed. Decode reads every
- * weight matrix once per token, so its bound is bandwidth / (weight bytes per token),
- * with the bandwidth measured here (best streaming read of 1 GiB at that thread count).
+ * weight matrix once per token, so its bound is bandwidth / (weight bytes per token).
+ * The bandwidth (best of 3 streaming reads of 1 GiB at the same thread count) is measured
+ * right before each repetition, because this machine's drifts from minute to minute;
+ * "of bound" is the median over repetitions of decode speed / that repetition's bound.
  * bench/run-model-bench.sh makes SmolLM2-135M-shaped models and runs this.
  */
 #include "bench/bench_util.h"
@@ -150,20 +152,22 @@ int main(int argc, char **argv)
     }
 
     bench_print_machine();
-    double bw[MAX_THREADS];
+    bench_bw_t bwbuf;
+    if (bench_bw_init(&bwbuf) != 0) {
+        fprintf(stderr, "bench_model: no memory for the bandwidth buffer\n");
+        return 1;
+    }
     for (int k = 0; k < n_threads; k++) {
-        double med;
-        if (bench_bandwidth(threads[k], 5, &bw[k], &med) != 0) {
-            fprintf(stderr, "bench_model: no memory for the bandwidth buffer\n");
-            return 1;
-        }
-        printf("# bandwidth %dT: best %.1f GB/s, median %.1f GB/s (streaming read of 1 GiB)\n",
-               threads[k], bw[k], med);
+        double best, med;
+        bench_bw_measure(&bwbuf, threads[k], 5, &best, &med);
+        printf("# bandwidth %dT at start: best %.1f GB/s, median %.1f GB/s (streaming read of "
+               "1 GiB)\n",
+               threads[k], best, med);
     }
     printf("# prefill: %d tokens in one batch; decode: %d tokens after it; median of %d\n",
            n_prefill, n_decode, reps);
-    printf("%-6s %9s %3s %12s %11s %11s %9s\n", "type", "weight MB", "T", "prefill t/s",
-           "decode t/s", "bound t/s", "of bound");
+    printf("%-6s %9s %3s %12s %11s %8s %11s %9s\n", "type", "weight MB", "T", "prefill t/s",
+           "decode t/s", "bw GB/s", "bound t/s", "of bound");
 
     for (int mi = 0; mi < n_models; mi++) {
         mdl_t *m = NULL;
@@ -188,26 +192,32 @@ int main(int argc, char **argv)
         }
         double bytes = decode_bytes(m);
         double tp[MAX_THREADS][MAX_REPS], td[MAX_THREADS][MAX_REPS];
+        double bw[MAX_THREADS][MAX_REPS], frac[MAX_THREADS][MAX_REPS];
         /* one untimed pass maps the file in and sizes the scratch buffers */
         mdl_set_threads(m, threads[n_threads - 1]);
         if (run_once(m, kv, n_prefill, 4, 1, &tp[0][0], &td[0][0]))
             return 1;
         for (int r = 0; r < reps; r++)
             for (int k = 0; k < n_threads; k++) {
+                double med;
+                bench_bw_measure(&bwbuf, threads[k], 3, &bw[k][r], &med);
                 mdl_set_threads(m, threads[k]);
                 if (run_once(m, kv, n_prefill, n_decode, 100 + r, &tp[k][r], &td[k][r]))
                     return 1;
+                frac[k][r] = (n_decode / td[k][r]) / (bw[k][r] * 1e9 / bytes);
             }
         for (int k = 0; k < n_threads; k++) {
             double p = n_prefill / bench_median(tp[k], reps);
             double d = n_decode / bench_median(td[k], reps);
-            double bound = bw[k] * 1e9 / bytes;
-            printf("%-6s %9.1f %3d %12.1f %11.1f %11.1f %8.0f%%\n", type_name(weight_type(m)),
-                   bytes / 1e6, threads[k], p, d, bound, 100 * d / bound);
+            double b = bench_median(bw[k], reps);
+            printf("%-6s %9.1f %3d %12.1f %11.1f %8.1f %11.1f %8.0f%%\n", type_name(weight_type(m)),
+                   bytes / 1e6, threads[k], p, d, b, b * 1e9 / bytes,
+                   100 * bench_median(frac[k], reps));
         }
         fflush(stdout);
         mdl_flatkv_destroy(&kv);
         mdl_destroy(&m);
     }
+    bench_bw_fini(&bwbuf);
     return 0;
 }

@@ -70,20 +70,39 @@ static inline uint64_t bench_sum_range(const uint64_t *p, size_t n)
     return a ^ b ^ c ^ d;
 }
 
-/* GB/s of reading a 1 GiB buffer (much larger than any cache) with nt threads, each
- * streaming its own contiguous part: the best and the median of reps passes (reps <= 32).
- * Returns -1 when the buffer cannot be allocated. */
-static inline int bench_bandwidth(int nt, int reps, double *best, double *med)
+/* A 1 GiB buffer (much larger than any cache) for measuring the streaming read bandwidth. */
+typedef struct bench_bw {
+    uint64_t *buf;
+    size_t n; /* uint64_t elements */
+} bench_bw_t;
+
+/* Allocates and touches the buffer; -1 when there is no memory for it. */
+static inline int bench_bw_init(bench_bw_t *b)
 {
-    size_t bytes = (size_t)1 << 30, n = bytes / 8;
-    uint64_t *buf = aligned_alloc(64, bytes);
-    if (!buf)
+    b->n = ((size_t)1 << 30) / 8;
+    b->buf = aligned_alloc(64, b->n * 8);
+    if (!b->buf)
         return -1;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (size_t i = 0; i < n; i++)
-        buf[i] = i;
+    for (size_t i = 0; i < b->n; i++)
+        b->buf[i] = i;
+    return 0;
+}
+
+static inline void bench_bw_fini(bench_bw_t *b)
+{
+    free(b->buf);
+    b->buf = NULL;
+}
+
+/* GB/s of reading the buffer with nt threads, each streaming its own contiguous part:
+ * the best and the median of reps passes (reps <= 32). */
+static inline void bench_bw_measure(const bench_bw_t *bw, int nt, int reps, double *best,
+                                    double *med)
+{
     double t[32];
     volatile uint64_t sink = 0;
+    const uint64_t *buf = bw->buf;
+    const size_t n = bw->n;
     if (reps > 32)
         reps = 32;
     for (int r = 0; r < reps; r++) {
@@ -92,18 +111,27 @@ static inline int bench_bandwidth(int nt, int reps, double *best, double *med)
 #pragma omp parallel num_threads(nt) reduction(^ : s)
         {
             int id = omp_get_thread_num(), k = omp_get_num_threads();
-            size_t a = n * id / k, b = n * (id + 1) / k;
-            s ^= bench_sum_range(buf + a, b - a);
+            size_t a = n * id / k, e = n * (id + 1) / k;
+            s ^= bench_sum_range(buf + a, e - a);
         }
         sink ^= s;
-        t[r] = bytes / (bench_now() - t0) / 1e9;
+        t[r] = (double)(n * 8) / (bench_now() - t0) / 1e9;
     }
     (void)sink;
-    free(buf);
     *best = 0;
     for (int r = 0; r < reps; r++)
         *best = t[r] > *best ? t[r] : *best;
     *med = bench_median(t, reps);
+}
+
+/* bench_bw_init, one measurement, bench_bw_fini. Returns -1 when out of memory. */
+static inline int bench_bandwidth(int nt, int reps, double *best, double *med)
+{
+    bench_bw_t b;
+    if (bench_bw_init(&b) != 0)
+        return -1;
+    bench_bw_measure(&b, nt, reps, best, med);
+    bench_bw_fini(&b);
     return 0;
 }
 
