@@ -87,6 +87,21 @@ static void test_replay_gguf(void)
     replay("fuzz_gguf", fuzz_gguf_one);
 }
 
+static void test_replay_gguf_vocab(void)
+{
+    replay("fuzz_gguf_vocab", fuzz_gguf_vocab_one);
+}
+
+static void test_replay_tokenizer(void)
+{
+    replay("fuzz_tokenizer", fuzz_tokenizer_one);
+}
+
+static void test_replay_snapshot(void)
+{
+    replay("fuzz_snapshot", fuzz_snapshot_one);
+}
+
 /* ---- findings ---- */
 
 /* A key holding an f32 array read through gguf_arr_u64 / gguf_arr_i64: the float was cast
@@ -128,6 +143,9 @@ static void test_gguf_float_array_as_integer(void)
 int main(void)
 {
     RUN(test_replay_gguf);
+    RUN(test_replay_gguf_vocab);
+    RUN(test_replay_tokenizer);
+    RUN(test_replay_snapshot);
     RUN(test_gguf_float_array_as_integer);
     return check_done();
 }
