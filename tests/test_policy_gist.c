@@ -347,6 +347,70 @@ static void test_save_load(void)
     pt_close(&f);
 }
 
+/* With no room for a gist step's new rows (the hard limit right above the session), the
+ * step frees the span first and then inserts the gists: pooled rows, never over the limit. */
+static void test_pool_frees_first_when_tight(void)
+{
+    pt_fx_t f;
+    err_info_t e;
+    pol_param_t ps[] = {{"recent_frac", "0"}, {"merge", "0"}};
+    pt_opts_t o = {.name = "pool", .params = ps, .n_params = 2, .block_rows = 4};
+    CHECK_OK(pt_open(&f, &o, &e));
+    const char **text = pt_text(100, 10);
+    CHECK_OK(pt_feed(&f, text, 100, 8, &e));
+    size_t b0 = pt_bytes(&f), blk = kv_block_bytes(f.st, DT_F32);
+    CHECK_OK(kv_session_set_limits(f.st, f.sid, b0 + blk / 2, b0 - 1, NULL));
+    CHECK_OK(pol_commit(f.p, NULL, 0, &e));
+    CHECK(f.n_ev >= 1);
+    CHECK_INT(f.ev[0].action, ==, POL_GIST);
+    CHECK_INT(f.ev[0].method, ==, POL_M_POOLED);
+    CHECK(f.ev[0].tokens >= 12); /* min_gist: three blocks of 4 rows */
+    kv_stats_t s;
+    kv_session_stats(f.st, f.sid, &s);
+    CHECK_INT(s.peak, <=, b0 + blk / 2);
+    CHECK(s.bytes < b0);
+    CHECK_INT((int64_t)(b0 - s.bytes), ==, pt_event_freed(&f));
+    uint32_t lv[4];
+    check_pooled(&f, 4, lv);
+    CHECK(lv[1] > 0);
+    CHECK_OK(kv_store_check(f.st, &e));
+    free(text);
+    pt_close(&f);
+}
+
+/* recent_frac pins a share of what the budget holds: the newest positions stay in every
+ * lane, however little attention they got. */
+static void test_recent_share_of_budget(void)
+{
+    pt_fx_t f;
+    err_info_t e;
+    pol_param_t ps[] = {{"recent_frac", "0.5"}, {"recent", "0"}};
+    pt_opts_t o = {.name = "h2o", .params = ps, .n_params = 2};
+    CHECK_OK(pt_open(&f, &o, &e));
+    f.old_heavy = true; /* without the pin, the newest rows would go first */
+    size_t blk = kv_block_bytes(f.st, DT_F32) + 8 * sizeof(float);
+    size_t hard = pt_bytes(&f) + PT_LANES * 8 * blk + 16384;
+    CHECK_OK(kv_session_set_limits(f.st, f.sid, hard, hard - pol_headroom(f.p, 1), NULL));
+    const char **text = pt_text(400, 9);
+    CHECK_OK(pt_feed(&f, text, 400, 1, &e));
+    /* the budget holds about 8 blocks of 8 rows per lane: at least the newest 24 positions
+     * are pinned, though they have the least accumulated attention */
+    for (uint32_t l = 0; l < PT_LANES; l++) {
+        float pos[512];
+        uint32_t n = pt_positions(&f, l, pos, NULL, 512);
+        CHECK(n < 80);
+        uint32_t recent = 0;
+        for (uint32_t i = 0; i < n; i++)
+            recent += pos[i] >= 400 - 24;
+        CHECK_INT(recent, ==, 24);
+    }
+    kv_stats_t s;
+    kv_session_stats(f.st, f.sid, &s);
+    CHECK_INT(s.peak, <=, hard);
+    free(text);
+    pt_close(&f);
+}
+
 int main(void)
 {
     RUN(test_pool_replaces_old_sentences);
@@ -356,5 +420,7 @@ int main(void)
     RUN(test_compact_span_and_last_thought);
     RUN(test_make_room);
     RUN(test_save_load);
+    RUN(test_pool_frees_first_when_tight);
+    RUN(test_recent_share_of_budget);
     return check_done();
 }

@@ -87,6 +87,7 @@ typedef struct pt_fx {
     float see[64][2];
     uint32_t visible; /* stored rows of lane 0 the last run could see */
     bool refuse_runs; /* the runner answers ERR_BUDGET */
+    bool old_heavy;   /* new rows start with accumulated attention 1000 - pos */
 } pt_fx_t;
 
 static void pt_emit(void *ctx, const pol_event_t *ev)
@@ -125,6 +126,7 @@ static int pt_commit_rows(pt_fx_t *f, const int32_t *tok, uint32_t n, float ksca
                 v[((size_t)l * n + i) * PT_HD + d] = pt_v(l, len + i, (uint32_t)d);
             }
             lb[(size_t)l * n + i] = pt_logbeta(l, len + i);
+            acc[(size_t)l * n + i] = f->old_heavy ? 1000.0f - (float)(len + i) : 0.0f;
         }
         kp[l] = k + (size_t)l * n * PT_HD;
         vp[l] = v + (size_t)l * n * PT_HD;
