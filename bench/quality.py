@@ -214,6 +214,38 @@ def write_csv(path, rows):
         w.writerows(rows)
 
 
+ABLATIONS = [
+    ("pool", ["recent_frac=0"]),
+    ("pool", ["recent_frac=0.25"]),
+    ("pool", []),
+    ("pool", ["recent_frac=0.75"]),
+    ("pool", ["gist_rows=1"]),
+    ("pool", ["gist_rows=4"]),
+    ("pool", ["mass_bias=0"]),
+    ("pool", ["merge=0"]),
+    ("h2o", ["recent_frac=0"]),
+    ("h2o", ["recent_frac=0.75"]),
+]
+
+
+def ablations(model, text, ctx, budgets, rows, log):
+    """The pooled policy's parameters one at a time, against its defaults (pool, no params)."""
+    name = os.path.basename(model)
+    full_ppl = float([r for r in rows if r["model"] == name and r["policy"] == "full"][0]["ppl"])
+    out = []
+    log(f"ablations on {name}:")
+    for pol, params in ABLATIONS:
+        extra = [x for p in params for x in ("--param", p)]
+        for b in budgets:
+            f = perplexity(model, text, ctx, pol, b, extra)
+            r = row(name, text, ctx, pol + (" " + " ".join(params) if params else ""), b, f,
+                    full_ppl)
+            out.append(r)
+            log(f"  {r['policy']:24s} {b:5g}%  ppl {r['ppl']:>9s} ({r['vs_full']:>7s})  "
+                f"rows/token {r['rows_per_token']:>6s}  {r['compactions'] or r['error']}")
+    return out
+
+
 def markdown(rows, budgets, recall_res, machine):
     out = [f"# KV budget against perplexity\n", f"{machine}\n"]
     for model in dict.fromkeys(r["model"] for r in rows):
@@ -311,6 +343,8 @@ def main():
     ap.add_argument("--policies", default=",".join(ALL_POLICIES))
     ap.add_argument("--quick", action="store_true", help="shorter texts, for a smoke test")
     ap.add_argument("--no-recall", action="store_true")
+    ap.add_argument("--ablations", action="store_true",
+                    help="also the pooled policy's parameters one at a time (ablations.csv)")
     a = ap.parse_args()
     OUTDIR = a.out
     os.makedirs(a.out, exist_ok=True)
@@ -348,12 +382,14 @@ def main():
     machine = (f"Machine: {platform.node()}, {platform.machine()}, "
                f"{os.cpu_count()} CPUs, one thread; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     log(machine)
-    rows, recall_rows, recall_res = [], [], {}
+    rows, recall_rows, recall_res, abl = [], [], {}, []
     for model, text, limit, ctx in jobs:
         pols, gist, gates = supported(model)
         pols = [p for p in pols if p in want]
         src = text_file(text, limit, a.out)
         bench_model(model, src, ctx, budgets, pols, rows, log)
+        if a.ablations:
+            abl += ablations(model, src, ctx, [b for b in budgets if b in (25, 12.5)], rows, log)
         if not a.no_recall:
             filler = text_file(os.path.join(ROOT, "tests", "data", "tinystory.txt")
                                if os.path.basename(model).startswith("stories") else text,
@@ -363,7 +399,14 @@ def main():
                 model, filler, [b for b in budgets if b < 100], pols, recall_rows, log)
     write_csv(os.path.join(a.out, "quality.csv"), rows)
     write_csv(os.path.join(a.out, "recall.csv"), recall_rows)
+    write_csv(os.path.join(a.out, "ablations.csv"), abl)
     md = markdown(rows, budgets, recall_res, machine)
+    if abl:
+        md += "\n## Ablations (pooled gists, H2O's recent share)\n\n| variant | budget | ppl | " \
+              "rows/token | compactions |\n|---|---|---|---|---|\n"
+        for r in abl:
+            md += (f"| {r['model']}: {r['policy']} | {r['budget_pct']}% | {r['ppl']} "
+                   f"({r['vs_full']}) | {r['rows_per_token']} | {r['compactions']} |\n")
     with open(os.path.join(a.out, "quality.md"), "w") as f:
         f.write(md + "\n")
     log(plot(rows, budgets, os.path.join(a.out, "quality.png")))
