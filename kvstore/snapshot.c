@@ -462,6 +462,9 @@ static int check_header(const kv_store_t *st, const char *path, const uint8_t *b
                        st->cfg.head_dim, st->B, st->cfg.hot_type);
     if (flags > 1)
         return err_set(e, ERR_FORMAT, "snapshot %s: unknown flags %#x", path, flags);
+    if (get32(buf + 68) != 0)
+        return err_set(e, ERR_FORMAT, "snapshot %s: reserved header field is %#x, not 0", path,
+                       get32(buf + 68));
     cfg->attn_acc = flags & 1;
     cfg->hard_limit = get64(buf + 48);
     cfg->soft_limit = get64(buf + 56);
