@@ -161,7 +161,8 @@ asan:
 # coverage, and links each target with -fsanitize=fuzzer. The same target files, compiled
 # normally, are linked into tests/test_fuzz_regress, which replays the corpora.
 FUZZ_SRCS    := $(wildcard model/fuzz_*.c kvstore/fuzz_*.c)
-FUZZ_DEPS    := $(wildcard common/*.c kvstore/*.c model/gguf*.c model/hparams.c model/tok*.c)
+FUZZ_DEPS    := $(filter-out $(FUZZ_SRCS),$(wildcard common/*.c kvstore/*.c model/gguf*.c \
+                model/hparams.c model/tok*.c))
 FUZZERS      := $(addprefix $(BUILD)/fuzz/,$(basename $(notdir $(FUZZ_SRCS))))
 FUZZ_SECONDS ?= 60
 $(BUILD)/tests/test_fuzz_regress: $(BUILD)/obj/tests/test_fuzz_regress.o \
