@@ -31,8 +31,8 @@
 #define ROW_BLOCK_BYTES (64 * 1024)
 /* Vectors that pass over one block of rows together (a multiple of KERN_MAX_NX). */
 #define VEC_BLOCK 64
-/* Batches of this many vectors or more of a float type go through sgemm: below it, reading
- * W once per KERN_MAX_NX vectors from DRAM is faster (bench_kernels batch). */
+/* Batches of this many vectors or more of a float type go through sgemm: below it the row
+ * kernels, which read W from memory once, are faster (bench_kernels batch, one thread). */
 #define GEMM_MIN_B 32
 /* Target size of one dequantised f32 tile of W for sgemm. */
 #define GEMM_TILE_BYTES (2u << 20)
