@@ -30,7 +30,9 @@ enum pol_evict {
     POL_EV_TRIM,
 };
 
-#define POL_NONE UINT32_MAX
+#define POL_NONE   UINT32_MAX
+#define LEVEL_GONE 255 /* a span whose rows were all evicted */
+#define SPAN_BUSY  2u  /* a span whose learned gists are being made */
 
 /* Span flags. */
 #define POL_SPAN_GISTED_RAW 1u /* learned gist rows kept as raw-kind rows (relabel refused) */
@@ -116,6 +118,12 @@ int pol_close_sentence(pol_t *p, uint32_t last, bool thought, err_info_t *e);
 
 /* Zeroes every attention accumulator of the session (TOVA's "last step only"). */
 void pol_zero_acc(pol_t *p);
+
+uint32_t pol_n_head_kv(const pol_t *p);
+/* First index in m[0..n) whose position is >= x. */
+uint32_t pol_lower_pos(const kv_row_meta_t *m, uint32_t n, float x);
+/* Sets the accumulators of rows [r0, r0+n) of lane l to v[0..n). */
+void pol_acc_write(pol_t *p, uint32_t l, uint32_t r0, uint32_t n, const float *v);
 
 /* Reads lane l's metadata into p->meta; returns its rows through *n. */
 int pol_lane_meta(pol_t *p, uint32_t l, uint32_t *n, err_info_t *e);

@@ -201,8 +201,8 @@ const char *pol_name(const pol_t *p);
  * kv_lane_view then hands out accumulators, and kv_commit wants the new rows' sums). */
 bool pol_wants_attn_acc(const pol_t *p);
 /* Bytes to keep between the soft watermark and the hard limit so that a reservation of
- * `ubatch` rows and the policy's own compaction steps (which allocate their new rows before
- * freeing the old ones) fit under the hard limit. */
+ * `ubatch` rows fits under the hard limit (a gist step that finds no room for its new rows
+ * frees its span first). */
 size_t pol_headroom(const pol_t *p, uint32_t ubatch);
 
 /* ---- hooks the caller runs ---- */
