@@ -4,9 +4,11 @@
  *
  * Every step reads the rows it needs back from the store, edits them with the store's verbs
  * (a span verb for every lane at once, or one lane at a time for per-lane eviction) and
- * reports one event with the session's bytes before and after. A step the store refuses for
- * lack of room (ERR_BUDGET: a span edit allocates its new rows before it frees the old ones)
- * changes nothing, and the schedule moves on to the next kind of step.
+ * reports one event with the session's bytes before and after. A span edit allocates its new
+ * rows before it frees the old ones; a gist or merge step that finds no room for that frees
+ * its span first and inserts the new rows after (should even that not fit, the event says
+ * the span was evicted). Steps cannot pay for themselves below min_gist raw tokens: the
+ * schedule then moves on to merges and eviction.
  */
 #include <math.h>
 #include <stdlib.h>
