@@ -119,6 +119,8 @@ int pol_save(const pol_t *p, uint8_t **buf, size_t *len)
     put(&w, "GPOL", 4);
     put32(&w, SAVE_VERSION);
     put(&w, p->name, sizeof p->name);
+    uint32_t frac_bits;
+    memcpy(&frac_bits, &p->recent_frac, 4);
     uint32_t params[] = {p->sinks,
                          p->recent,
                          p->gist_rows,
@@ -129,7 +131,9 @@ int pol_save(const pol_t *p, uint8_t **buf, size_t *len)
                          (uint32_t)p->evict,
                          p->acc,
                          p->seg.cfg.train_rule,
-                         p->seg.cfg.max_len};
+                         p->seg.cfg.max_len,
+                         frac_bits,
+                         p->no_mass_bias};
     for (size_t i = 0; i < sizeof params / sizeof params[0]; i++)
         put32(&w, params[i]);
     const pol_seg_t *g = &p->seg;
@@ -184,8 +188,8 @@ int pol_load(pol_t *p, const uint8_t *buf, size_t len, err_info_t *e)
     if (strcmp(name, p->name))
         return err_set(e, ERR_FORMAT, "policy state: saved by policy '%s', restoring into '%s'",
                        name, p->name);
-    uint32_t params[11];
-    for (int i = 0; i < 11; i++)
+    uint32_t params[13];
+    for (int i = 0; i < 13; i++)
         params[i] = get32(&r);
     pol_seg_t g;
     pol_seg_cfg_t sc = {.train_rule = params[9] != 0, .max_len = params[10]};
@@ -247,6 +251,8 @@ int pol_load(pol_t *p, const uint8_t *buf, size_t len, err_info_t *e)
     p->gist_mode = (int)params[6];
     p->evict = (int)params[7];
     p->acc = params[8] != 0;
+    memcpy(&p->recent_frac, &params[11], 4);
+    p->no_mass_bias = params[12] != 0;
     p->seg = g;
     p->open_first = open_first;
     free(p->spans);
