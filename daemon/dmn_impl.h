@@ -27,12 +27,12 @@
 #include "model/sampler.h"
 #include "proto/gistd.pb-c.h"
 
-#define DMN_VERSION "gistd 0.1"
-#define DMN_PROTOCOL 1
-#define DMN_MAX_STOP 16       /* stop strings per Generate */
-#define DMN_MAX_STOP_LEN 256  /* bytes per stop string */
-#define DMN_NAME_LEN 64
-#define DMN_RATE_RING 256
+#define DMN_VERSION      "gistd 0.1"
+#define DMN_PROTOCOL     1
+#define DMN_MAX_STOP     16  /* stop strings per Generate */
+#define DMN_MAX_STOP_LEN 256 /* bytes per stop string */
+#define DMN_NAME_LEN     64
+#define DMN_RATE_RING    256
 
 /* A client, as the ROUTER socket names it. */
 typedef struct dmn_peer {
@@ -99,16 +99,16 @@ typedef struct dmn_session {
     uint32_t n_past;
     int32_t *pend;
     uint32_t pend_head, n_pend, pend_cap;
-    float *logits;    /* [n_vocab]: the prediction for position n_past */
-    bool have_logits; /* false until a step has forwarded a token */
+    float *logits;     /* [n_vocab]: the prediction for position n_past */
+    bool have_logits;  /* false until a step has forwarded a token */
     bool text_started; /* a piece of text has been appended or generated */
     dmn_active_t act;
     /* figures */
     uint64_t prompt_tokens, generated_tokens, events_dropped;
     uint32_t compactions;
     size_t bytes_freed;
-    double t_last;     /* last activity */
-    double tps;        /* decode tokens/s of the last generate */
+    double t_last;         /* last activity */
+    double tps;            /* decode tokens/s of the last generate */
     uint64_t shrunk_epoch; /* dmn_shrink's mark: asked once per pass */
 } dmn_session_t;
 
@@ -131,7 +131,7 @@ typedef struct dmn_batch {
     mdl_kv_chunk_t *chunks;
     kv_chunk_t *kvch; /* one lane's chunks from the store */
     uint32_t cap_kvch;
-    float *newk, *newv; /* [item-offset * n_lane][...]: per slot [lane][n][head_dim] */
+    float *newk, *newv;         /* [item-offset * n_lane][...]: per slot [lane][n][head_dim] */
     const float **kptr, **vptr; /* [n_lane] */
     float *logits;              /* [cap_want][n_vocab] */
     uint32_t n_slots;
@@ -197,8 +197,8 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
 /* Ends its request (reply CANCELLED), frees it and drops it from the table. */
 void dmn_session_close(dmn_t *d, dmn_session_t *s);
 /* The sampler settings of w (NULL: the session's defaults) in *c, checked (ERR_INVAL). */
-int dmn_session_sampling(const dmn_session_t *s, const Gistd__Sampling *w,
-                         mdl_sampler_cfg_t *c, uint32_t n_vocab, err_info_t *e);
+int dmn_session_sampling(const dmn_session_t *s, const Gistd__Sampling *w, mdl_sampler_cfg_t *c,
+                         uint32_t n_vocab, err_info_t *e);
 /* Appends tokens to the pending queue. */
 int dmn_session_push(dmn_session_t *s, const int32_t *tok, uint32_t n);
 /* Tokenizes text as a turn of role (wrapped by the session's template; BOS first when the

@@ -242,16 +242,18 @@ static void on_generate(const hctx_t *h, const Gistd__Generate *m)
     uint32_t added = 0, more = 0;
     int rc = 0;
     if (m->prompt.len > 0 || s->n_past + s->n_pend == 0)
-        rc = dmn_session_push_text(d, s, m->prompt.data, m->prompt.len, m->prompt_role,
-                                   m->special, &added, &e);
+        rc = dmn_session_push_text(d, s, m->prompt.data, m->prompt.len, m->prompt_role, m->special,
+                                   &added, &e);
     if (!rc && m->role == GISTD__ROLE__ROLE_ASSISTANT && *s->tmpl->prefix[m->role]) {
         const char *pre = s->tmpl->prefix[m->role];
         rc = dmn_session_push_text(d, s, (const uint8_t *)pre, strlen(pre), 0, true, &more, &e);
         added += more;
     }
     if (!rc && s->n_past + s->n_pend == 0)
-        rc = err_set(&e, ERR_INVAL, "session %u is empty and the model has no BOS token: give "
-                                    "a prompt", s->id);
+        rc = err_set(&e, ERR_INVAL,
+                     "session %u is empty and the model has no BOS token: give "
+                     "a prompt",
+                     s->id);
     a->prompt_left = added;
     if (!rc) {
         for (size_t i = 0; i < m->n_stop + (tstop != NULL) && !rc; i++) {
@@ -295,9 +297,9 @@ static void on_score(const hctx_t *h, const Gistd__Score *m)
     const uint32_t before = s->n_past + s->n_pend, pend_before = s->n_pend;
     const bool bos = before == 0 && s->add_bos;
     uint32_t added = 0;
-    int rc = m->text.len > 0 ? dmn_session_push_text(d, s, m->text.data, m->text.len, 0, false,
-                                                     &added, &e)
-                             : push_ids(h, s, m->tokens, m->n_tokens, &added, &e);
+    int rc = m->text.len > 0
+                 ? dmn_session_push_text(d, s, m->text.data, m->text.len, 0, false, &added, &e)
+                 : push_ids(h, s, m->tokens, m->n_tokens, &added, &e);
     if (rc) {
         fail(h, s->id, &e);
         return;
@@ -305,8 +307,8 @@ static void on_score(const hctx_t *h, const Gistd__Score *m)
     start(h, s, DMN_REQ_SCORE);
     dmn_active_t *a = &s->act;
     a->prompt_left = added;
-    const uint32_t skip = bos && added > 0 && s->pend[s->pend_head + pend_before] ==
-                                                  tok_bos(d->tok);
+    const uint32_t skip =
+        bos && added > 0 && s->pend[s->pend_head + pend_before] == tok_bos(d->tok);
     a->score_first = before + skip;
     a->n_score = added - skip;
     a->score_tok = malloc(sizeof(int32_t) * (a->n_score ? a->n_score : 1));
@@ -438,8 +440,7 @@ static void on_transcript(const hctx_t *h, const Gistd__TranscriptRequest *m)
     if (!rc)
         rc = tok_decode(d->tok, ids, n, &text, &text_len);
     if (rc) {
-        dmn_send_errorf(d, h->peer, h->id, s->id, rc, "cannot read session %u's transcript",
-                        s->id);
+        dmn_send_errorf(d, h->peer, h->id, s->id, rc, "cannot read session %u's transcript", s->id);
     } else {
         Gistd__TranscriptReply tr = GISTD__TRANSCRIPT_REPLY__INIT;
         tr.session = s->id;
@@ -497,8 +498,8 @@ static void on_set_budget(const hctx_t *h, const Gistd__SetBudget *m)
             dmn_send_errorf(d, h->peer, h->id, m->session, ERR_BUDGET,
                             "%s holds %zu bytes, above the new limit of %zu, and its "
                             "polic%s freed only %zu; the limit stays %zu",
-                            s ? "the session" : "the store", ks.bytes, hard, s ? "y" : "ies",
-                            freed, ks.hard_limit);
+                            s ? "the session" : "the store", ks.bytes, hard, s ? "y" : "ies", freed,
+                            ks.hard_limit);
             return;
         }
     }
@@ -509,8 +510,8 @@ static void on_set_budget(const hctx_t *h, const Gistd__SetBudget *m)
         dmn_send_errorf(d, h->peer, h->id, m->session, rc, "cannot set the limits");
         return;
     }
-    dmn_log(d, DMN_LOG_INFO, "%s budget now %zu bytes (soft %zu)", s ? "session" : "global",
-            hard, soft);
+    dmn_log(d, DMN_LOG_INFO, "%s budget now %zu bytes (soft %zu)", s ? "session" : "global", hard,
+            soft);
     Gistd__BudgetReply br = GISTD__BUDGET_REPLY__INIT;
     br.session = m->session;
     br.hard_bytes = hard;

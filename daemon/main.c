@@ -73,12 +73,11 @@ static int parse_size(const char *s, size_t *out)
     if (errno || end == s || !(v >= 0) || !isfinite(v))
         return ERR_INVAL;
     double mul = 1;
-    switch (*end) {
-    case 'k': case 'K': mul = 1024.0; end++; break;
-    case 'm': case 'M': mul = 1024.0 * 1024; end++; break;
-    case 'g': case 'G': mul = 1024.0 * 1024 * 1024; end++; break;
-    case 't': case 'T': mul = 1024.0 * 1024 * 1024 * 1024; end++; break;
-    default: break;
+    const char *u = *end ? strchr("KMGT", *end >= 'a' ? *end - 'a' + 'A' : *end) : NULL;
+    if (u) {
+        for (const char *q = "KMGT"; q <= u; q++)
+            mul *= 1024.0;
+        end++;
     }
     if (mul > 1 && *end == 'i')
         end++;

@@ -14,8 +14,7 @@ static int full_create(const dmn_pol_param_t *params, uint32_t n_params, void **
 {
     *state = NULL;
     if (n_params > 0)
-        return err_set(e, ERR_INVAL, "policy 'full' takes no parameters (got '%s')",
-                       params[0].key);
+        return err_set(e, ERR_INVAL, "policy 'full' takes no parameters (got '%s')", params[0].key);
     return 0;
 }
 

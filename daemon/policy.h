@@ -76,8 +76,7 @@ typedef struct dmn_pol_ops {
     const char *name;
     /* Makes the policy's per-session state from the client's parameters (ERR_INVAL for an
      * unknown key or a bad value, with a message). *state may be left NULL. */
-    int (*create)(const dmn_pol_param_t *params, uint32_t n_params, void **state,
-                  err_info_t *e);
+    int (*create)(const dmn_pol_param_t *params, uint32_t n_params, void **state, err_info_t *e);
     void (*destroy)(void *state);
     /* A reservation needing `need` more bytes was refused by a budget: free at least that
      * much, or return ERR_BUDGET saying why not. The caller retries the reservation. */
@@ -89,8 +88,7 @@ typedef struct dmn_pol_ops {
      * budget, the global watermark). Freeing less is not an error: the caller checks. */
     int (*shrink)(void *state, const dmn_pol_ctx_t *c, size_t target, err_info_t *e);
     /* An explicit Compact request. */
-    int (*compact)(void *state, const dmn_pol_ctx_t *c, const dmn_compact_req_t *r,
-                   err_info_t *e);
+    int (*compact)(void *state, const dmn_pol_ctx_t *c, const dmn_compact_req_t *r, err_info_t *e);
     /* The state to keep in a snapshot (a malloc'd buffer, *len 0 and *buf NULL for none),
      * and back. May be NULL for a policy without state. */
     int (*save)(void *state, uint8_t **buf, size_t *len);

@@ -196,8 +196,8 @@ static void gen_next(dmn_t *d, dmn_session_t *s)
 
     for (uint32_t i = 0; i < a->n_stop; i++) {
         /* a match must end in the new piece */
-        size_t from = a->text_len > pl + a->stop_len[i] - 1 ? a->text_len - pl - a->stop_len[i] + 1
-                                                             : 0;
+        size_t from =
+            a->text_len > pl + a->stop_len[i] - 1 ? a->text_len - pl - a->stop_len[i] + 1 : 0;
         if (memmem(a->text + from, a->text_len - from, a->stop[i], a->stop_len[i])) {
             dmn_req_finish(d, s, GISTD__STOP_REASON__STOP_STRING, a->stop[i], a->stop_len[i]);
             return;
@@ -277,8 +277,7 @@ static int reserve_rows(dmn_t *d, dmn_session_t *s, uint32_t n, err_info_t *e)
         int prc = s->pol->make_room(s->pol_state, &c, need, &pe);
         if (prc) {
             d->c.budget_refusals++;
-            return err_set(e, ERR_BUDGET, "session %u: %s; %s", s->id, err_msg(&ke),
-                           err_msg(&pe));
+            return err_set(e, ERR_BUDGET, "session %u: %s; %s", s->id, err_msg(&ke), err_msg(&pe));
         }
         err_clear(&ke);
         rc = kv_reserve(d->store, s->kv, n, &ke);
@@ -472,9 +471,8 @@ static bool commit_slot(dmn_t *d, uint32_t k, double now)
         for (uint32_t i = 0; i < sl->n; i++) {
             const uint32_t q = pos0 + i + 1; /* the position item i predicts */
             if (q >= a->score_first && q < a->score_first + a->n_score && i + 1 < s->n_pend)
-                a->logprob[q - a->score_first] =
-                    logprob_of(b->logits + (size_t)(sl->want0 + i) * nv, nv,
-                               s->pend[s->pend_head + i + 1]);
+                a->logprob[q - a->score_first] = logprob_of(
+                    b->logits + (size_t)(sl->want0 + i) * nv, nv, s->pend[s->pend_head + i + 1]);
         }
     const uint32_t last = sl->want_all ? sl->want0 + sl->n - 1 : sl->want0;
     memcpy(s->logits, b->logits + (size_t)last * nv, sizeof(float) * nv);
@@ -567,8 +565,8 @@ void dmn_sched_step(dmn_t *d)
     err_clear(&e);
     int rc = build(d, n_items, &e);
     if (!rc) {
-        mdl_batch_t mb = {.n = n_items, .token = b->tok, .pos = b->pos, .seq = b->seq,
-                          .want = b->want};
+        mdl_batch_t mb = {
+            .n = n_items, .token = b->tok, .pos = b->pos, .seq = b->seq, .want = b->want};
         mdl_kv_io_t io = {.ctx = d, .view = view_cb};
         rc = mdl_forward(d->model, &mb, &io, b->logits, &e);
     }

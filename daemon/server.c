@@ -20,7 +20,7 @@
 #include "daemon/dmn_impl.h"
 
 #define DMN_RECV_BURST 256
-#define DMN_SNDHWM 100000 /* replies queued per client before they are dropped */
+#define DMN_SNDHWM     100000 /* replies queued per client before they are dropped */
 
 void dmn_cfg_default(dmn_cfg_t *cfg)
 {
@@ -223,8 +223,7 @@ int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
     d->hp = mdl_hparams(d->model);
     d->tok = mdl_tok(d->model);
     if (!d->tok) {
-        rc = err_set(e, ERR_UNSUPPORTED, "%s: the model file carries no tokenizer",
-                     d->model_path);
+        rc = err_set(e, ERR_UNSUPPORTED, "%s: the model file carries no tokenizer", d->model_path);
         goto fail;
     }
     d->n_lane = d->hp->n_layer * d->hp->n_head_kv;

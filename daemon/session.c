@@ -58,8 +58,8 @@ static void sampling_from_wire(const Gistd__Sampling *w, mdl_sampler_cfg_t *c)
     c->seed = w->seed;
 }
 
-int dmn_session_sampling(const dmn_session_t *s, const Gistd__Sampling *w,
-                         mdl_sampler_cfg_t *c, uint32_t n_vocab, err_info_t *e)
+int dmn_session_sampling(const dmn_session_t *s, const Gistd__Sampling *w, mdl_sampler_cfg_t *c,
+                         uint32_t n_vocab, err_info_t *e)
 {
     if (w)
         sampling_from_wire(w, c);
@@ -96,8 +96,7 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
         return err_set(e, ERR_EXISTS, "session %u already exists", id);
     const dmn_pol_ops_t *pol = dmn_pol_find(o->policy);
     if (!pol)
-        return err_set(e, ERR_INVAL, "unknown policy '%s' (known: %s)", o->policy,
-                       dmn_pol_names());
+        return err_set(e, ERR_INVAL, "unknown policy '%s' (known: %s)", o->policy, dmn_pol_names());
     const dmn_tmpl_t *tmpl = dmn_tmpl_find(o->chat_template);
     if (!tmpl)
         return err_set(e, ERR_INVAL, "unknown chat template '%s' (known: none, chatml, plain)",
@@ -223,6 +222,8 @@ void dmn_active_clear(dmn_active_t *a)
 
 int dmn_session_push(dmn_session_t *s, const int32_t *tok, uint32_t n)
 {
+    if (n == 0)
+        return 0;
     if (s->pend_head > 0 && s->pend_head + s->n_pend + n > s->pend_cap) {
         memmove(s->pend, s->pend + s->pend_head, sizeof(int32_t) * s->n_pend);
         s->pend_head = 0;

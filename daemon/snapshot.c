@@ -26,7 +26,7 @@
 
 #include "daemon/dmn_impl.h"
 
-#define SNAP_MAGIC "GISTDSES"
+#define SNAP_MAGIC   "GISTDSES"
 #define SNAP_VERSION 2u
 
 /* ------------------------------------------------------------------ a byte buffer */
@@ -39,7 +39,7 @@ typedef struct buf {
 
 static void put(buf_t *b, const void *src, size_t n)
 {
-    if (b->oom)
+    if (b->oom || n == 0)
         return;
     if (b->len + n > b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 4096;
@@ -278,8 +278,7 @@ static int read_file(const char *path, uint8_t **out, size_t *len, err_info_t *e
 {
     FILE *f = fopen(path, "rb");
     if (!f)
-        return err_set(e, errno == ENOENT ? ERR_NOTFOUND : ERR_IO, "%s: %s", path,
-                       strerror(errno));
+        return err_set(e, errno == ENOENT ? ERR_NOTFOUND : ERR_IO, "%s: %s", path, strerror(errno));
     size_t cap = 1 << 16, n = 0;
     uint8_t *p = malloc(cap);
     while (p) {
@@ -364,8 +363,8 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
     }
     const uint32_t version = get_u32(&r);
     if (version != SNAP_VERSION) {
-        rc = err_set(e, ERR_FORMAT, "%s: snapshot version %u, this daemon reads %u", path,
-                     version, SNAP_VERSION);
+        rc = err_set(e, ERR_FORMAT, "%s: snapshot version %u, this daemon reads %u", path, version,
+                     SNAP_VERSION);
         goto done;
     }
     if (r.short_read || len < 20) {
@@ -401,8 +400,8 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
     const uint64_t prompt_tokens = get_u64(&r), generated_tokens = get_u64(&r);
     const uint32_t n_sys = get_u32(&r);
     if (r.short_read || file_id != id || n_sys > (r.len - r.at) / 8) {
-        rc = err_set(e, ERR_FORMAT, "%s: bad header (session %u, %u system spans)", path,
-                     file_id, n_sys);
+        rc = err_set(e, ERR_FORMAT, "%s: bad header (session %u, %u system spans)", path, file_id,
+                     n_sys);
         goto done;
     }
     spans = malloc(sizeof(uint32_t) * 2 * (n_sys ? n_sys : 1));
@@ -432,8 +431,10 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
     for (uint32_t i = 0; i < n; i++) {
         ids[i] = (int32_t)get_u32(&r);
         if (ids[i] < 0 || (uint32_t)ids[i] >= d->hp->n_vocab) {
-            rc = err_set(e, ERR_FORMAT, "%s: token %d at position %u is outside this model's "
-                                        "vocabulary", path, ids[i], i);
+            rc = err_set(e, ERR_FORMAT,
+                         "%s: token %d at position %u is outside this model's "
+                         "vocabulary",
+                         path, ids[i], i);
             goto done;
         }
     }
@@ -459,8 +460,8 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
         goto done;
     }
     if (pst_len && (!s->pol->load || s->pol->load(s->pol_state, pst, pst_len, e))) {
-        rc = s->pol->load ? e->code : err_set(e, ERR_FORMAT, "%s: policy '%s' keeps no state",
-                                              path, policy);
+        rc = s->pol->load ? e->code
+                          : err_set(e, ERR_FORMAT, "%s: policy '%s' keeps no state", path, policy);
         goto done;
     }
     /* the rows themselves when the store's snapshot matches; else the tokens are prefilled

@@ -129,8 +129,8 @@ void dmn_send_stats(dmn_t *d, const dmn_peer_t *to, uint64_t id, bool sessions)
     st.uptime_s = dmn_now() - d->t_start;
     st.model = d->model_path;
     st.threads = (uint32_t)mdl_threads(d->model);
-    st.kv_bytes_per_token = (uint64_t)d->n_lane * kv_block_bytes(d->store, d->cfg.kv_type) /
-                            kv_block_rows(d->store);
+    st.kv_bytes_per_token =
+        (uint64_t)d->n_lane * kv_block_bytes(d->store, d->cfg.kv_type) / kv_block_rows(d->store);
 
     Gistd__SessionInfo *infos = NULL, **ptrs = NULL;
     Gistd__TierBytes *stiers = NULL;

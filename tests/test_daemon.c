@@ -8,7 +8,7 @@
 
 static const char *const prompts[8] = {
     "Once upon a time", "The little dog", "She said hello to", "One day, a big",
-    "Tom and Sue went", "The sun was", "A bird sat on the", "In the garden there",
+    "Tom and Sue went", "The sun was",    "A bird sat on the", "In the garden there",
 };
 
 typedef struct tally {
@@ -144,8 +144,14 @@ static void test_score_matches_logits(void)
     snprintf(path, sizeof path, "%s/score_logits.bin", check_tmpdir());
     for (size_t i = 0; i < n; i++)
         snprintf(list + strlen(list), sizeof list - strlen(list), "%s%d", i ? " " : "", ids[i]);
-    char *argv[] = {(char *)td_bin("gist-model"), "logits", (char *)model, "--tokens", list,
-                    "--out", path, NULL};
+    char *argv[] = {(char *)td_bin("gist-model"),
+                    "logits",
+                    (char *)model,
+                    "--tokens",
+                    list,
+                    "--out",
+                    path,
+                    NULL};
     if (td_run(argv, NULL, 0) != 0) {
         CHECK(!"gist-model logits failed");
         return;

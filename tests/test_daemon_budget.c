@@ -70,8 +70,8 @@ static void test_budget_never_crossed(void)
     gc_callbacks_t cb = {.ctx = &w, .on_token = on_tok, .on_compaction = on_compaction};
     for (int i = 0; i < 4; i++) {
         CHECK_OK(gc_open(c, NULL, &sid[i], &e));
-        gc_gen_opts_t o = {.session = sid[i], .max_tokens = 300, .prompt = prompt,
-                           .sampling = &td_greedy};
+        gc_gen_opts_t o = {
+            .session = sid[i], .max_tokens = 300, .prompt = prompt, .sampling = &td_greedy};
         CHECK_OK(gc_generate_start(c, &o, &cb, &req[i], &e));
     }
     uint32_t refused = 0;
@@ -80,11 +80,10 @@ static void test_budget_never_crossed(void)
         int rc = gc_wait(c, req[i], &res, &e);
         if (rc == ERR_BUDGET) {
             refused++;
-            CHECK_MSG(strstr(e.msg, "needs") && strstr(e.msg, "available"), "message: %s",
-                      e.msg);
+            CHECK_MSG(strstr(e.msg, "needs") && strstr(e.msg, "available"), "message: %s", e.msg);
         } else {
-            CHECK_MSG(rc == 0 && res.reason == GC_STOP_EOS, "session %u: rc %d reason %d",
-                      sid[i], rc, res.reason);
+            CHECK_MSG(rc == 0 && res.reason == GC_STOP_EOS, "session %u: rc %d reason %d", sid[i],
+                      rc, res.reason);
         }
         gc_result_free(&res);
     }

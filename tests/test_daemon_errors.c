@@ -181,7 +181,7 @@ static void test_bad_requests_then_serves(void)
     gc_gen_opts_t bad_role = {.session = s, .max_tokens = 1, .prompt = "x", .prompt_role = 9};
     CHECK_INT(gc_generate(c, &bad_role, NULL, NULL, &e), ==, ERR_INVAL);
     CHECK_INT(gc_compact(c, s, 0, 3, false, NULL, &e), ==, ERR_RANGE); /* nothing stored */
-    CHECK_INT(gc_snapshot(c, s, NULL, &e), ==, ERR_UNSUPPORTED); /* no --snapshot-dir */
+    CHECK_INT(gc_snapshot(c, s, NULL, &e), ==, ERR_UNSUPPORTED);       /* no --snapshot-dir */
     CHECK_INT(gc_set_budget(c, 0, 100, 200, NULL, &e), ==, ERR_INVAL); /* soft above hard */
 
     /* a busy session refuses a second request; cancel ends the first */
@@ -201,8 +201,8 @@ static void test_bad_requests_then_serves(void)
     /* after all that, it still serves exactly */
     uint32_t s2;
     CHECK_OK(gc_open(c, NULL, &s2, &e));
-    gc_gen_opts_t good = {.session = s2, .max_tokens = 16, .prompt = "Once upon a time",
-                          .sampling = &td_greedy};
+    gc_gen_opts_t good = {
+        .session = s2, .max_tokens = 16, .prompt = "Once upon a time", .sampling = &td_greedy};
     CHECK_OK(gc_generate(c, &good, NULL, &res, &e));
     CHECK_MSG(res.text && !strcmp(res.text, ref), "\"%s\" vs \"%s\"", res.text, ref);
     gc_result_free(&res);
@@ -299,8 +299,8 @@ static void test_sigterm_mid_stream(void)
     uint32_t s;
     CHECK_OK(gc_open(c, NULL, &s, &e));
     term_ctx_t t = {.pid = d.pid};
-    gc_gen_opts_t o = {.session = s, .max_tokens = 100000, .prompt = "Once",
-                       .sampling = &td_greedy};
+    gc_gen_opts_t o = {
+        .session = s, .max_tokens = 100000, .prompt = "Once", .sampling = &td_greedy};
     gc_callbacks_t cb = {.ctx = &t, .on_token = term_after};
     gc_result_t res = {0};
     CHECK_OK(gc_generate(c, &o, &cb, &res, &e));

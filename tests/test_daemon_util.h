@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -55,8 +56,8 @@ static inline int td_run(char *const argv[], char *out, size_t cap)
     size_t n = 0;
     char sink[4096];
     for (;;) {
-        ssize_t r = out && n + 1 < cap ? read(fd[0], out + n, cap - 1 - n)
-                                       : read(fd[0], sink, sizeof sink);
+        ssize_t r =
+            out && n + 1 < cap ? read(fd[0], out + n, cap - 1 - n) : read(fd[0], sink, sizeof sink);
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0)
@@ -90,11 +91,19 @@ static inline const char *td_tiny_model(const char *name, const char *seed)
 
 /* The text `gist-model generate` adds after the prompt (greedy), into out. */
 static inline int td_reference(const char *model, const char *prompt, const char *n, char *out,
-                        size_t cap)
+                               size_t cap)
 {
     char buf[65536];
-    char *argv[] = {(char *)td_bin("gist-model"), "generate", (char *)model, "--prompt",
-                    (char *)prompt, "-n", (char *)n, "--temp", "0", NULL};
+    char *argv[] = {(char *)td_bin("gist-model"),
+                    "generate",
+                    (char *)model,
+                    "--prompt",
+                    (char *)prompt,
+                    "-n",
+                    (char *)n,
+                    "--temp",
+                    "0",
+                    NULL};
     if (td_run(argv, buf, sizeof buf) != 0)
         return -1;
     size_t pl = strlen(prompt), bl = strlen(buf);
@@ -139,6 +148,7 @@ static inline int td_start(td_daemon_t *d, const char *model, const char *const 
     if (d->pid < 0)
         return -1;
     if (d->pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* a test that crashes leaves no daemon behind */
         dup2(fd[1], 1);
         close(fd[0]);
         close(fd[1]);

@@ -8,10 +8,10 @@
 
 #include "clients/gistctl/ctl.h"
 
-#define CONNECT_OR_RETURN(x, c)                                                               \
-    int st_ = CTL_OK;                                                                         \
-    gc_client_t *c = ctl_client(x, &st_);                                                     \
-    if (!c)                                                                                   \
+#define CONNECT_OR_RETURN(x, c)                                                                    \
+    int st_ = CTL_OK;                                                                              \
+    gc_client_t *c = ctl_client(x, &st_);                                                          \
+    if (!c)                                                                                        \
         return st_;
 
 static int session_arg(const char *s, uint32_t *id)
@@ -250,22 +250,22 @@ static void stats_json(const gc_stats_t *s, bool sessions)
             ", \"tier_bytes\": {\"f32\": %" PRIu64 ", \"f16\": %" PRIu64 ", \"q8_0\": %" PRIu64
             "}, \"rows\": %" PRIu64 ", \"blocks\": %" PRIu64 ", \"fragmentation\": %.6g"
             ", \"transcript_bytes\": %" PRIu64 ", \"tokens\": %" PRIu64
-            ", \"je_allocated\": %" PRIu64 ", \"je_active\": %" PRIu64
-            ", \"je_resident\": %" PRIu64 ", \"steps\": %" PRIu64
-            ", \"tokens_generated\": %" PRIu64 ", \"tokens_prefilled\": %" PRIu64
+            ", \"je_allocated\": %" PRIu64 ", \"je_active\": %" PRIu64 ", \"je_resident\": %" PRIu64
+            ", \"steps\": %" PRIu64 ", \"tokens_generated\": %" PRIu64
+            ", \"tokens_prefilled\": %" PRIu64
             ", \"decode_tokens_per_s\": %.6g, \"prefill_tokens_per_s\": %.6g"
             ", \"avg_batch\": %.6g, \"requests\": %" PRIu64 ", \"errors\": %" PRIu64
             ", \"events_dropped\": %" PRIu64 ", \"clients_gone\": %" PRIu64
             ", \"budget_refusals\": %" PRIu64 ", \"compactions\": %" PRIu64
             ", \"bytes_freed\": %" PRIu64 ", \"kv_bytes_per_token\": %" PRIu64
             ", \"uptime_s\": %.3f, \"threads\": %u, \"model\": ",
-            s->kv_budget_bytes, s->kv_soft_bytes, s->kv_used_bytes, s->kv_peak_bytes,
-            s->sessions, s->max_sessions, s->session_budget_bytes, s->tier_f32, s->tier_f16,
-            s->tier_q8_0, s->rows, s->blocks, s->fragmentation, s->transcript_bytes, s->tokens,
-            s->je_allocated, s->je_active, s->je_resident, s->steps, s->tokens_generated,
-            s->tokens_prefilled, s->decode_tokens_per_s, s->prefill_tokens_per_s, s->avg_batch,
-            s->requests, s->errors, s->events_dropped, s->clients_gone, s->budget_refusals,
-            s->compactions, s->bytes_freed, s->kv_bytes_per_token, s->uptime_s, s->threads);
+            s->kv_budget_bytes, s->kv_soft_bytes, s->kv_used_bytes, s->kv_peak_bytes, s->sessions,
+            s->max_sessions, s->session_budget_bytes, s->tier_f32, s->tier_f16, s->tier_q8_0,
+            s->rows, s->blocks, s->fragmentation, s->transcript_bytes, s->tokens, s->je_allocated,
+            s->je_active, s->je_resident, s->steps, s->tokens_generated, s->tokens_prefilled,
+            s->decode_tokens_per_s, s->prefill_tokens_per_s, s->avg_batch, s->requests, s->errors,
+            s->events_dropped, s->clients_gone, s->budget_refusals, s->compactions, s->bytes_freed,
+            s->kv_bytes_per_token, s->uptime_s, s->threads);
     ctl_json_str(f, s->model);
     if (sessions) {
         fputs(", \"session_list\": [", f);
@@ -408,8 +408,8 @@ int ctl_transcript(ctl_t *x, int argc, char **argv)
     uint32_t n = 0, total = 0;
     err_info_t e;
     err_clear(&e);
-    if (gc_transcript(c, session, (uint32_t)first, (uint32_t)count, &text, &len, &ids, &n,
-                      &total, &e))
+    if (gc_transcript(c, session, (uint32_t)first, (uint32_t)count, &text, &len, &ids, &n, &total,
+                      &e))
         return ctl_fail(&e);
     if (tokens) {
         for (uint32_t i = 0; i < n; i++)

@@ -22,10 +22,10 @@ static int chat_token(void *ctx, uint32_t session, int32_t id, const char *piece
 static void chat_compaction(void *ctx, uint32_t session, const gc_compaction_t *c)
 {
     char b[32];
-    fprintf(stderr, "\n[session %u: %s positions %u-%u (%s): %" PRIu64 " -> %" PRIu64
-                    " rows, %s freed]\n",
-            session, c->action, c->first, c->last, c->reason,
-            c->rows_before, c->rows_after, gc_format_size(c->bytes_freed, b, sizeof b));
+    fprintf(stderr,
+            "\n[session %u: %s positions %u-%u (%s): %" PRIu64 " -> %" PRIu64 " rows, %s freed]\n",
+            session, c->action, c->first, c->last, c->reason, c->rows_before, c->rows_after,
+            gc_format_size(c->bytes_freed, b, sizeof b));
 }
 
 int ctl_chat(ctl_t *x, int argc, char **argv)
@@ -166,8 +166,8 @@ static void top_frame(const gc_stats_t *s, bool tty)
            "USED", "TOKENS", "RATIO", "TOK/S");
     for (uint32_t i = 0; i < s->n_session_list; i++) {
         const gc_session_info_t *ss = &s->session_list[i];
-        printf("%6u %-12.12s %-9s %11s %11s %6.1f%% %8u %8.2f %9.1f\n", ss->id, ss->name,
-               ss->state, gc_format_size(ss->bytes, a, sizeof a),
+        printf("%6u %-12.12s %-9s %11s %11s %6.1f%% %8u %8.2f %9.1f\n", ss->id, ss->name, ss->state,
+               gc_format_size(ss->bytes, a, sizeof a),
                ss->hard_bytes ? gc_format_size(ss->hard_bytes, b, sizeof b) : "-",
                ss->hard_bytes ? 100.0 * ss->bytes / ss->hard_bytes : 0.0, ss->tokens,
                ss->compression, ss->tokens_per_s);

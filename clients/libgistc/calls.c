@@ -252,17 +252,16 @@ int gc_wait(gc_client_t *c, uint64_t req, gc_result_t *res, err_info_t *e)
     return rc;
 }
 
-int gc_generate(gc_client_t *c, const gc_gen_opts_t *o, const gc_callbacks_t *cb,
-                gc_result_t *res, err_info_t *e)
+int gc_generate(gc_client_t *c, const gc_gen_opts_t *o, const gc_callbacks_t *cb, gc_result_t *res,
+                err_info_t *e)
 {
     uint64_t req;
     int rc = gc_generate_start(c, o, cb, &req, e);
     return rc ? rc : gc_wait(c, req, res, e);
 }
 
-int gc_score(gc_client_t *c, uint32_t session, const char *text, const int32_t *ids,
-             size_t n_ids, float **logprobs, int32_t **tokens, size_t *n, double *total,
-             err_info_t *e)
+int gc_score(gc_client_t *c, uint32_t session, const char *text, const int32_t *ids, size_t n_ids,
+             float **logprobs, int32_t **tokens, size_t *n, double *total, err_info_t *e)
 {
     Gistd__Score m = GISTD__SCORE__INIT;
     m.session = session;
@@ -290,8 +289,10 @@ int gc_score(gc_client_t *c, uint32_t session, const char *text, const int32_t *
         gistd__reply__free_unpacked(rep, NULL);
         return err_set(e, ERR_NOMEM, "out of memory");
     }
-    memcpy(lp, sr->logprobs, sizeof(float) * k);
-    memcpy(tk, sr->tokens, sizeof(int32_t) * k);
+    if (k) {
+        memcpy(lp, sr->logprobs, sizeof(float) * k);
+        memcpy(tk, sr->tokens, sizeof(int32_t) * k);
+    }
     if (total)
         *total = sr->total;
     gistd__reply__free_unpacked(rep, NULL);
@@ -307,8 +308,8 @@ int gc_score(gc_client_t *c, uint32_t session, const char *text, const int32_t *
     return 0;
 }
 
-int gc_compact(gc_client_t *c, uint32_t session, uint32_t first, uint32_t last,
-               bool last_thought, const gc_callbacks_t *cb, err_info_t *e)
+int gc_compact(gc_client_t *c, uint32_t session, uint32_t first, uint32_t last, bool last_thought,
+               const gc_callbacks_t *cb, err_info_t *e)
 {
     Gistd__Compact m = GISTD__COMPACT__INIT;
     Gistd__Span span = GISTD__SPAN__INIT;
@@ -357,14 +358,16 @@ int gc_transcript(gc_client_t *c, uint32_t session, uint32_t first, uint32_t cou
         return err_set(e, ERR_NOMEM, "out of memory");
     }
     if (text) {
-        memcpy(t, tr->text.data, tr->text.len);
+        if (tr->text.len)
+            memcpy(t, tr->text.data, tr->text.len);
         t[tr->text.len] = 0;
         *text = t;
         if (text_len)
             *text_len = tr->text.len;
     }
     if (tokens) {
-        memcpy(ids, tr->tokens, sizeof(int32_t) * tr->n_tokens);
+        if (tr->n_tokens)
+            memcpy(ids, tr->tokens, sizeof(int32_t) * tr->n_tokens);
         *tokens = ids;
     }
     if (n_tokens)

@@ -108,7 +108,8 @@ static void on_event(gc_client_t *c, gc_pending_t *p, const Gistd__Reply *r)
         char small[256], *piece = t->text.len < sizeof small ? small : malloc(t->text.len + 1);
         if (!piece)
             return;
-        memcpy(piece, t->text.data, t->text.len);
+        if (t->text.len)
+            memcpy(piece, t->text.data, t->text.len);
         piece[t->text.len] = 0;
         int stop = p->cb.on_token(p->cb.ctx, r->session, t->id, piece, t->text.len);
         if (piece != small)
@@ -152,7 +153,8 @@ static void on_final(gc_pending_t *p, Gistd__Reply *r)
         p->res.reason = (gc_stop_t)d->reason;
         p->res.text = malloc(d->text.len + 1);
         if (p->res.text) {
-            memcpy(p->res.text, d->text.data, d->text.len);
+            if (d->text.len)
+                memcpy(p->res.text, d->text.data, d->text.len);
             p->res.text[d->text.len] = 0;
             p->res.text_len = d->text.len;
         }

@@ -25,12 +25,17 @@
 
 #include "common/err.h"
 
-#define GC_DEFAULT_ENDPOINT "tcp://127.0.0.1:5557"
+#define GC_DEFAULT_ENDPOINT   "tcp://127.0.0.1:5557"
 #define GC_DEFAULT_TIMEOUT_MS 30000
 
 typedef struct gc_client gc_client_t;
 
-typedef enum gc_role { GC_ROLE_NONE = 0, GC_ROLE_SYSTEM, GC_ROLE_USER, GC_ROLE_ASSISTANT } gc_role_t;
+typedef enum gc_role {
+    GC_ROLE_NONE = 0,
+    GC_ROLE_SYSTEM,
+    GC_ROLE_USER,
+    GC_ROLE_ASSISTANT
+} gc_role_t;
 
 typedef enum gc_stop {
     GC_STOP_NONE = 0,
@@ -63,14 +68,14 @@ typedef struct gc_sampling {
 void gc_sampling_default(gc_sampling_t *s);
 
 typedef struct gc_open_opts {
-    const char *policy;        /* NULL: "full" */
+    const char *policy; /* NULL: "full" */
     const char *const *param_keys, *const *param_values;
     uint32_t n_params;
-    size_t budget_bytes;       /* 0: the daemon's default */
-    size_t soft_bytes;         /* 0: 7/8 of the budget */
+    size_t budget_bytes; /* 0: the daemon's default */
+    size_t soft_bytes;   /* 0: 7/8 of the budget */
     uint32_t sink_tokens, recent_tokens;
     bool pin_system;
-    const char *chat_template; /* NULL: "none" */
+    const char *chat_template;     /* NULL: "none" */
     const gc_sampling_t *sampling; /* NULL: the daemon's defaults */
     bool no_bos;
     const char *name;
@@ -105,7 +110,7 @@ typedef struct gc_gen_opts {
     const char *prompt; /* appended first (NULL or "": none) */
     size_t prompt_len;  /* 0: strlen(prompt) */
     gc_role_t prompt_role;
-    gc_role_t role;     /* GC_ROLE_ASSISTANT: open an assistant turn */
+    gc_role_t role;                /* GC_ROLE_ASSISTANT: open an assistant turn */
     const gc_sampling_t *sampling; /* NULL: the session's defaults */
     const char *const *stop;
     uint32_t n_stop;
@@ -185,8 +190,8 @@ int gc_append_tokens(gc_client_t *c, uint32_t session, const int32_t *ids, size_
                      gc_usage_t *usage, err_info_t *e);
 
 /* Generates, streaming to cb (may be NULL); res (may be NULL) gets the outcome. */
-int gc_generate(gc_client_t *c, const gc_gen_opts_t *o, const gc_callbacks_t *cb,
-                gc_result_t *res, err_info_t *e);
+int gc_generate(gc_client_t *c, const gc_gen_opts_t *o, const gc_callbacks_t *cb, gc_result_t *res,
+                err_info_t *e);
 /* Starts a generation and returns at once; *req names it for gc_wait. cb is copied. */
 int gc_generate_start(gc_client_t *c, const gc_gen_opts_t *o, const gc_callbacks_t *cb,
                       uint64_t *req, err_info_t *e);
@@ -196,13 +201,12 @@ int gc_wait(gc_client_t *c, uint64_t req, gc_result_t *res, err_info_t *e);
 
 /* Log-probabilities of text's tokens (or of ids when text is NULL), each given everything
  * before it; the tokens join the session. *logprobs and *tokens are malloc'd ([*n]). */
-int gc_score(gc_client_t *c, uint32_t session, const char *text, const int32_t *ids,
-             size_t n_ids, float **logprobs, int32_t **tokens, size_t *n, double *total,
-             err_info_t *e);
+int gc_score(gc_client_t *c, uint32_t session, const char *text, const int32_t *ids, size_t n_ids,
+             float **logprobs, int32_t **tokens, size_t *n, double *total, err_info_t *e);
 
 /* Compacts a span of positions now (or the last thought), with its events to cb. */
-int gc_compact(gc_client_t *c, uint32_t session, uint32_t first, uint32_t last,
-               bool last_thought, const gc_callbacks_t *cb, err_info_t *e);
+int gc_compact(gc_client_t *c, uint32_t session, uint32_t first, uint32_t last, bool last_thought,
+               const gc_callbacks_t *cb, err_info_t *e);
 
 /* ---- reading and operating ---- */
 
