@@ -139,6 +139,11 @@ $(BUILD)/bin/gistctl: $(patsubst %.c,$(BUILD)/obj/%.o,$(GISTCTL_SRCS)) $(GISTC_L
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
+# bench_daemon drives a real gistd through libgistc.
+$(BUILD)/bin/bench_daemon: $(BUILD)/obj/bench/bench_daemon.o $(GISTC_LIB) $(LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
+
 # Daemon tests drive a real gistd through libgistc.
 DAEMON_TESTS := $(filter $(BUILD)/tests/test_daemon%,$(TESTS))
 $(DAEMON_TESTS): $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_LIB) $(GISTC_LIB) $(PROTO_LIB) \
