@@ -8,9 +8,10 @@
  * final reply).
  *
  * Files: server.c (socket, loop, replies, logging), handlers.c (requests), session.c
- * (sessions, tokens, chat templates), sched.c (the batched step), stats.c (figures),
- * snapshot.c (snapshots). Threads: the daemon's one thread. Errors: 0 or a negative ERR_*
- * code with a message in an err_info_t; a failed request is answered with an Error reply.
+ * (sessions, tokens, chat templates), sched.c (the batched step), policy.c (the sessions'
+ * compaction policies, policy/policy.h), stats.c (figures), snapshot.c (snapshots). Threads: the
+ * daemon's one thread. Errors: 0 or a negative ERR_* code with a message in an err_info_t; a failed
+ * request is answered with an Error reply.
  */
 #ifndef GISTD_DAEMON_DMN_IMPL_H
 #define GISTD_DAEMON_DMN_IMPL_H
@@ -21,10 +22,11 @@
 
 #include "common/err.h"
 #include "daemon/gistd.h"
-#include "daemon/policy.h"
+#include "kvstore/kv_pool.h"
 #include "kvstore/kvstore.h"
 #include "model/llama.h"
 #include "model/sampler.h"
+#include "policy/policy.h"
 #include "proto/gistd.pb-c.h"
 
 #define DMN_VERSION      "gistd 0.1"
@@ -33,12 +35,21 @@
 #define DMN_MAX_STOP_LEN 256 /* bytes per stop string */
 #define DMN_NAME_LEN     64
 #define DMN_RATE_RING    256
+#define DMN_MAX_PARAMS   32 /* policy parameters per session */
+#define DMN_PARAM_LEN    64 /* bytes per parameter key or value */
 
 /* A client, as the ROUTER socket names it. */
 typedef struct dmn_peer {
     uint8_t len;
     uint8_t id[255];
 } dmn_peer_t;
+
+/* Positions a policy must not compact unless the client asks. */
+typedef struct dmn_pins {
+    uint32_t sink_tokens;   /* the first N positions (the policy's `sinks`) */
+    uint32_t recent_tokens; /* the last N positions (the policy's `recent`) */
+    bool system_prompt;     /* every position appended with the system role */
+} dmn_pins_t;
 
 /* A chat template: how a turn of each role is wrapped (index: Gistd__Role). */
 typedef struct dmn_tmpl {
@@ -61,6 +72,8 @@ typedef struct dmn_active {
     dmn_peer_t peer;
     uint64_t id;
     uint32_t prompt_left;   /* this request's own tokens still pending (the queue's tail) */
+    uint32_t pos_first;     /* first position it stored (UINT32_MAX: none yet) */
+    int role;               /* an append's role (Gistd__Role) */
     uint32_t prompt_tokens; /* tokens forwarded before the first sample */
     bool peer_gone;         /* the client went away: finish without replying */
     /* generate */
@@ -79,7 +92,7 @@ typedef struct dmn_active {
     /* usage */
     double t_arrive, t_start, t_prefill, t_first;
     uint32_t compactions;
-    size_t bytes_freed;
+    int64_t bytes_freed;
 } dmn_active_t;
 
 typedef struct dmn_session {
@@ -87,11 +100,13 @@ typedef struct dmn_session {
     uint32_t id; /* the wire id */
     uint32_t kv; /* the store's id */
     char name[DMN_NAME_LEN];
-    const dmn_pol_ops_t *pol;
-    void *pol_state;
+    pol_t *pol;
+    char pol_name[32];
+    char param_key[DMN_MAX_PARAMS][DMN_PARAM_LEN], param_value[DMN_MAX_PARAMS][DMN_PARAM_LEN];
+    uint32_t n_params;
     dmn_pins_t pins;
-    uint32_t *sys_spans; /* [n_sys][2] */
-    uint32_t n_sys, cap_sys;
+    const dmn_peer_t *ev_peer; /* where compaction events go when not to the running request */
+    uint64_t ev_id;
     const dmn_tmpl_t *tmpl;
     mdl_sampler_cfg_t sampling; /* defaults for Generate */
     bool add_bos;
@@ -106,7 +121,7 @@ typedef struct dmn_session {
     /* figures */
     uint64_t prompt_tokens, generated_tokens, events_dropped;
     uint32_t compactions;
-    size_t bytes_freed;
+    int64_t bytes_freed;
     double t_last;         /* last activity */
     double tps;            /* decode tokens/s of the last generate */
     uint64_t shrunk_epoch; /* dmn_shrink's mark: asked once per pass */
@@ -131,16 +146,18 @@ typedef struct dmn_batch {
     mdl_kv_chunk_t *chunks;
     kv_chunk_t *kvch; /* one lane's chunks from the store */
     uint32_t cap_kvch;
-    float *newk, *newv;         /* [item-offset * n_lane][...]: per slot [lane][n][head_dim] */
-    const float **kptr, **vptr; /* [n_lane] */
-    float *logits;              /* [cap_want][n_vocab] */
+    float *newk, *newv;    /* [item-offset * n_lane][...]: per slot [lane][n][head_dim] */
+    float *newlb, *newacc; /* [item-offset * n_lane]: per slot [lane][n] */
+    const float **kptr, **vptr, **lbptr, **accptr; /* [n_lane] */
+    float *logits;                                 /* [cap_want][n_vocab] */
     uint32_t n_slots;
 } dmn_batch_t;
 
 typedef struct dmn_counters {
     uint64_t requests, errors, events_dropped, clients_gone, budget_refusals;
     uint64_t steps, items, tokens_generated, tokens_prefilled;
-    uint64_t compactions, bytes_freed;
+    uint64_t compactions;
+    int64_t bytes_freed;
 } dmn_counters_t;
 
 struct dmn {
@@ -152,6 +169,12 @@ struct dmn {
     const tok_t *tok;
     kv_store_t *store;
     uint32_t n_lane;
+    pol_model_t pm;     /* what policies know of the model */
+    float *freq_div;    /* [n_rot/2] RoPE divisors for pooled rows, or NULL */
+    pol_text_t *pieces; /* scratch: token texts for the policies */
+    uint32_t cap_pieces;
+    char *piece_text;
+    size_t cap_piece_text;
     void *zctx, *sock;
     dmn_session_t **sess; /* in creation order */
     uint32_t n_sess, cap_sess;
@@ -210,8 +233,6 @@ void dmn_session_drop_tail(dmn_session_t *s, uint32_t n);
 /* Token ids of positions [first, first + n) of transcript + pending. */
 int dmn_session_tokens(const dmn_t *d, const dmn_session_t *s, uint32_t first, uint32_t n,
                        int32_t *out);
-/* The policy's view of the session (emit goes to dmn_session_emit). */
-void dmn_session_pol_ctx(dmn_t *d, dmn_session_t *s, dmn_pol_ctx_t *c);
 /* Frees the request's resources and marks the session idle. */
 void dmn_active_clear(dmn_active_t *a);
 
@@ -227,12 +248,31 @@ void dmn_req_finish(dmn_t *d, dmn_session_t *s, Gistd__StopReason reason, const 
 /* Ends the session's request with an Error reply; its prompt tokens still pending are
  * dropped (generated ones are kept). */
 void dmn_req_fail(dmn_t *d, dmn_session_t *s, const err_info_t *e);
-/* Brings the session (sid 0: the whole store) under `target` bytes through the policies;
+/* Brings the session (NULL: the whole store) under `target` bytes through the policies;
  * *freed gets what was freed. */
-int dmn_shrink(dmn_t *d, dmn_session_t *s, size_t target, const char *reason, size_t *freed,
+int dmn_shrink(dmn_t *d, dmn_session_t *s, size_t target, const char *reason, int64_t *freed,
                err_info_t *e);
+/* The policy's runner: n gist tokens of run at s's next positions, seeing only the rows the
+ * mask lets them see; their rows are committed and s's logits follow the last of them.
+ * ERR_BUDGET, having changed nothing, when the reservation is refused. */
+int dmn_sched_run_masked(dmn_t *d, dmn_session_t *s, const pol_run_t *run, err_info_t *e);
 /* Fills a Usage message for the session's request. */
 void dmn_usage(const dmn_t *d, const dmn_session_t *s, Gistd__Usage *u);
+
+/* ---- policy.c ---- */
+/* What policies know of the model (d->pm), from its file. */
+int dmn_policy_model(dmn_t *d, err_info_t *e);
+/* Makes s's policy (s->pol_name, its parameters and pins) for its KV session. */
+int dmn_policy_open(dmn_t *d, dmn_session_t *s, err_info_t *e);
+void dmn_policy_close(dmn_session_t *s);
+/* How many of s's next n pending tokens to run now (1..n); learned gists may run first. */
+int dmn_policy_next(dmn_t *d, dmn_session_t *s, uint32_t n, uint32_t *n_run, err_info_t *e);
+/* Reserves n rows for s, compacting when a budget refuses (ERR_BUDGET: nothing lost). */
+int dmn_policy_reserve(dmn_t *d, dmn_session_t *s, uint32_t n, err_info_t *e);
+/* After the commit of tokens tok[0..n). */
+int dmn_policy_commit(dmn_t *d, dmn_session_t *s, const int32_t *tok, uint32_t n, err_info_t *e);
+/* n_past follows the transcript (learned gist tokens join it). */
+void dmn_session_sync(dmn_t *d, dmn_session_t *s);
 
 /* ---- stats.c ---- */
 /* Fills info for s; strings point into s. */

@@ -66,6 +66,7 @@ static void start(const hctx_t *h, dmn_session_t *s, dmn_req_kind_t kind)
     s->act.kind = kind;
     s->act.peer = *h->peer;
     s->act.id = h->id;
+    s->act.pos_first = UINT32_MAX;
     s->act.t_arrive = dmn_now();
 }
 
@@ -159,7 +160,7 @@ static void on_open(const hctx_t *h, const Gistd__OpenSession *m)
         fail(h, 0, &e);
         return;
     }
-    dmn_log(h->d, DMN_LOG_INFO, "session %u opened (policy %s)", s->id, s->pol->name);
+    dmn_log(h->d, DMN_LOG_INFO, "session %u opened (policy %s)", s->id, pol_name(s->pol));
     send_opened(h, s);
 }
 
@@ -202,6 +203,7 @@ static void on_append(const hctx_t *h, const Gistd__Append *m)
         return;
     }
     start(h, s, DMN_REQ_APPEND);
+    s->act.role = m->role;
     s->act.prompt_left = added; /* an empty append is acknowledged by the next step */
 }
 
@@ -238,6 +240,7 @@ static void on_generate(const hctx_t *h, const Gistd__Generate *m)
 
     start(h, s, DMN_REQ_GENERATE);
     dmn_active_t *a = &s->act;
+    a->role = m->role;
     a->max_tokens = m->max_tokens;
     uint32_t added = 0, more = 0;
     int rc = 0;
@@ -342,7 +345,7 @@ static void on_compact(const hctx_t *h, const Gistd__Compact *m)
     dmn_session_t *s = find(h, m->session, true);
     if (!s)
         return;
-    dmn_compact_req_t cr = {.last_thought = m->last_thought};
+    pol_compact_req_t cr = {.last_thought = m->last_thought};
     if (!m->last_thought) {
         if (!m->span || m->span->first > m->span->last || m->span->last >= s->n_past) {
             dmn_send_errorf(d, h->peer, h->id, s->id, ERR_RANGE,
@@ -355,11 +358,11 @@ static void on_compact(const hctx_t *h, const Gistd__Compact *m)
     }
     /* compaction events of this request go to its client */
     start(h, s, DMN_REQ_APPEND);
-    dmn_pol_ctx_t c;
-    dmn_session_pol_ctx(d, s, &c);
     err_info_t e;
     err_clear(&e);
-    if (s->pol->compact(s->pol_state, &c, &cr, &e))
+    int rc = pol_compact(s->pol, &cr, &e);
+    dmn_session_sync(d, s);
+    if (rc)
         dmn_req_fail(d, s, &e);
     else
         dmn_req_finish(d, s, GISTD__STOP_REASON__STOP_NONE, NULL, 0);
@@ -472,7 +475,9 @@ static void on_set_budget(const hctx_t *h, const Gistd__SetBudget *m)
     if (m->session && !(s = find(h, m->session, false)))
         return;
     const size_t hard = m->hard_bytes;
-    const size_t soft = m->soft_bytes ? m->soft_bytes : hard / 8 * 7;
+    /* a session's soft watermark leaves its policy room to work; the store's is 7/8 */
+    const size_t head = s ? pol_headroom(s->pol, d->cfg.prefill_chunk) : hard / 8;
+    const size_t soft = m->soft_bytes ? m->soft_bytes : hard > head ? hard - head : hard / 2;
     if (m->soft_bytes && (!hard || m->soft_bytes > hard)) {
         dmn_send_errorf(d, h->peer, h->id, m->session, ERR_INVAL,
                         "soft watermark of %llu bytes above the hard limit of %zu",
@@ -484,7 +489,7 @@ static void on_set_budget(const hctx_t *h, const Gistd__SetBudget *m)
         kv_session_stats(d->store, s->kv, &ks);
     else
         kv_store_stats(d->store, &ks);
-    size_t freed = 0;
+    int64_t freed = 0;
     err_info_t e;
     err_clear(&e);
     if (hard && ks.bytes > hard) {
@@ -497,9 +502,9 @@ static void on_set_budget(const hctx_t *h, const Gistd__SetBudget *m)
         if (ks.bytes > hard) {
             dmn_send_errorf(d, h->peer, h->id, m->session, ERR_BUDGET,
                             "%s holds %zu bytes, above the new limit of %zu, and its "
-                            "polic%s freed only %zu; the limit stays %zu",
-                            s ? "the session" : "the store", ks.bytes, hard, s ? "y" : "ies", freed,
-                            ks.hard_limit);
+                            "polic%s freed only %lld; the limit stays %zu",
+                            s ? "the session" : "the store", ks.bytes, hard, s ? "y" : "ies",
+                            (long long)freed, ks.hard_limit);
             return;
         }
     }

@@ -38,10 +38,33 @@ void dmn_usage(const dmn_t *d, const dmn_session_t *s, Gistd__Usage *u)
     u->total_ms = (now - a->t_arrive) * 1e3;
 }
 
+/* A chat turn ended with the request: the policy closes the open sentence (learned gists run
+ * now), after pinning a system prompt when the session pins them. */
+static void end_turn(dmn_t *d, dmn_session_t *s, Gistd__StopReason reason)
+{
+    const dmn_active_t *a = &s->act;
+    const bool turn = (a->kind == DMN_REQ_APPEND && a->role != GISTD__ROLE__ROLE_NONE) ||
+                      (a->kind == DMN_REQ_GENERATE && a->role == GISTD__ROLE__ROLE_ASSISTANT);
+    if (!turn || reason == GISTD__STOP_REASON__STOP_CANCELLED)
+        return;
+    err_info_t e;
+    err_clear(&e);
+    int rc = 0;
+    if (a->kind == DMN_REQ_APPEND && a->role == GISTD__ROLE__ROLE_SYSTEM && s->pins.system_prompt &&
+        a->pos_first != UINT32_MAX && s->n_past > a->pos_first)
+        rc = pol_pin_span(s->pol, a->pos_first, s->n_past - 1, &e);
+    if (!rc)
+        rc = pol_end_turn(s->pol, &e);
+    dmn_session_sync(d, s);
+    if (rc)
+        dmn_log(d, DMN_LOG_WARN, "session %u: end of turn: %s", s->id, err_msg(&e));
+}
+
 void dmn_req_finish(dmn_t *d, dmn_session_t *s, Gistd__StopReason reason, const char *stop,
                     size_t stop_len)
 {
     dmn_active_t *a = &s->act;
+    end_turn(d, s, reason);
     const double now = dmn_now();
     if (a->kind == DMN_REQ_GENERATE && a->n_gen > 1 && a->t_first > 0 && now > a->t_first)
         s->tps = (a->n_gen - 1) / (now - a->t_first);
@@ -230,7 +253,11 @@ static int batch_reserve(dmn_t *d, uint32_t n_items, uint32_t n_slots, uint32_t 
         b->newk = nk ? nk : b->newk;
         float *nv = realloc(b->newv, sizeof(float) * cap * d->n_lane * hd);
         b->newv = nv ? nv : b->newv;
-        if (!tok || !pos || !seq || !utok || !want || !nk || !nv)
+        float *lb = realloc(b->newlb, sizeof(float) * cap * d->n_lane);
+        b->newlb = lb ? lb : b->newlb;
+        float *acc = realloc(b->newacc, sizeof(float) * cap * d->n_lane);
+        b->newacc = acc ? acc : b->newacc;
+        if (!tok || !pos || !seq || !utok || !want || !nk || !nv || !lb || !acc)
             return ERR_NOMEM;
         b->cap_items = cap;
     }
@@ -244,10 +271,12 @@ static int batch_reserve(dmn_t *d, uint32_t n_items, uint32_t n_slots, uint32_t 
             return ERR_NOMEM;
         b->cap_slots = cap;
     }
-    if (!b->kptr) {
-        b->kptr = malloc(sizeof *b->kptr * d->n_lane);
-        b->vptr = malloc(sizeof *b->vptr * d->n_lane);
-        if (!b->kptr || !b->vptr)
+    if (!b->accptr) {
+        b->kptr = b->kptr ? b->kptr : malloc(sizeof *b->kptr * d->n_lane);
+        b->vptr = b->vptr ? b->vptr : malloc(sizeof *b->vptr * d->n_lane);
+        b->lbptr = b->lbptr ? b->lbptr : malloc(sizeof *b->lbptr * d->n_lane);
+        b->accptr = b->kptr && b->vptr && b->lbptr ? malloc(sizeof *b->accptr * d->n_lane) : NULL;
+        if (!b->accptr)
             return ERR_NOMEM;
     }
     if (n_want > b->cap_want) {
@@ -261,41 +290,18 @@ static int batch_reserve(dmn_t *d, uint32_t n_items, uint32_t n_slots, uint32_t 
     return 0;
 }
 
-/* Reserves n rows for s, asking its policy for room when a budget refuses. */
-static int reserve_rows(dmn_t *d, dmn_session_t *s, uint32_t n, err_info_t *e)
-{
-    err_info_t ke;
-    err_clear(&ke);
-    int rc = kv_reserve(d->store, s->kv, n, &ke);
-    for (int tries = 0; rc == ERR_BUDGET && tries < 4; tries++) {
-        const uint32_t blocks = (n + kv_block_rows(d->store) - 1) / kv_block_rows(d->store) + 1;
-        const size_t need = (size_t)d->n_lane * blocks * kv_block_bytes(d->store, d->cfg.kv_type);
-        dmn_pol_ctx_t c;
-        dmn_session_pol_ctx(d, s, &c);
-        err_info_t pe;
-        err_clear(&pe);
-        int prc = s->pol->make_room(s->pol_state, &c, need, &pe);
-        if (prc) {
-            d->c.budget_refusals++;
-            return err_set(e, ERR_BUDGET, "session %u: %s; %s", s->id, err_msg(&ke), err_msg(&pe));
-        }
-        err_clear(&ke);
-        rc = kv_reserve(d->store, s->kv, n, &ke);
-    }
-    if (rc == ERR_BUDGET)
-        d->c.budget_refusals++;
-    if (rc)
-        return err_set(e, rc, "session %u: %s", s->id, err_msg(&ke));
-    return 0;
-}
-
 /* Adds a slot of n items for s, its rows reserved; a refused reservation ends s's request. */
 static void add_slot(dmn_t *d, dmn_session_t *s, uint32_t n, uint32_t *n_items, uint32_t *n_want)
 {
     dmn_batch_t *b = &d->batch;
     err_info_t e;
     err_clear(&e);
-    if (reserve_rows(d, s, n, &e)) {
+    /* the policy may close a sentence first, and may want fewer tokens in this batch */
+    if (dmn_policy_next(d, s, n, &n, &e)) {
+        dmn_req_fail(d, s, &e);
+        return;
+    }
+    if (dmn_policy_reserve(d, s, n, &e)) {
         dmn_req_fail(d, s, &e);
         return;
     }
@@ -347,7 +353,9 @@ static int plan(dmn_t *d, uint32_t *n_items, uint32_t *n_want)
         const uint32_t before = b->n_slots;
         add_slot(d, best, n, n_items, n_want);
         if (b->n_slots > before)
-            left -= n;
+            left -= b->slots[b->n_slots - 1].n;
+        else if (best->act.kind != DMN_REQ_NONE)
+            break; /* not refused, yet not added: try again next step */
     }
     return 0;
 }
@@ -417,14 +425,16 @@ static int build(dmn_t *d, uint32_t n_items, err_info_t *e)
                 mc->bias = b->kvch[c].bias;
                 mc->attn_acc = b->kvch[c].attn_acc;
             }
-            const size_t base = ((size_t)sl->first * d->n_lane + (size_t)l * sl->n) * hd;
+            const size_t rbase = (size_t)sl->first * d->n_lane + (size_t)l * sl->n;
             mdl_kv_view_t *v = &b->views[(size_t)k * d->n_lane + l];
             v->n_chunks = nc;
             v->chunks = b->chunks + off;
-            v->new_k = b->newk + base;
-            v->new_v = b->newv + base;
-            v->new_logbeta = NULL;
-            v->new_attn_acc = NULL;
+            v->new_k = b->newk + rbase * hd;
+            v->new_v = b->newv + rbase * hd;
+            v->new_logbeta = d->pm.has_gates ? b->newlb + rbase : NULL;
+            v->new_attn_acc = pol_wants_attn_acc(s->pol) ? b->newacc + rbase : NULL;
+            if (v->new_attn_acc)
+                memset(v->new_attn_acc, 0, sizeof(float) * sl->n);
             off += nc;
         }
     }
@@ -454,11 +464,18 @@ static bool commit_slot(dmn_t *d, uint32_t k, double now)
     dmn_active_t *a = &s->act;
     const uint32_t hd = d->hp->head_dim, nv = d->hp->n_vocab;
     for (uint32_t l = 0; l < d->n_lane; l++) {
-        const size_t base = ((size_t)sl->first * d->n_lane + (size_t)l * sl->n) * hd;
-        b->kptr[l] = b->newk + base;
-        b->vptr[l] = b->newv + base;
+        const size_t rbase = (size_t)sl->first * d->n_lane + (size_t)l * sl->n;
+        b->kptr[l] = b->newk + rbase * hd;
+        b->vptr[l] = b->newv + rbase * hd;
+        b->lbptr[l] = b->newlb + rbase;
+        b->accptr[l] = b->newacc + rbase;
     }
-    kv_append_t ap = {.n = sl->n, .tokens = b->utok + sl->first, .k = b->kptr, .v = b->vptr};
+    kv_append_t ap = {.n = sl->n,
+                      .tokens = b->utok + sl->first,
+                      .k = b->kptr,
+                      .v = b->vptr,
+                      .logbeta = d->pm.has_gates ? b->lbptr : NULL,
+                      .attn_acc = pol_wants_attn_acc(s->pol) ? b->accptr : NULL};
     err_info_t e;
     err_clear(&e);
     if (kv_commit(d->store, s->kv, &ap, &e)) {
@@ -493,9 +510,9 @@ static bool commit_slot(dmn_t *d, uint32_t k, double now)
         d->c.tokens_prefilled += sl->n;
     }
 
-    dmn_pol_ctx_t c;
-    dmn_session_pol_ctx(d, s, &c);
-    if (s->pol->after_step(s->pol_state, &c, pos0, sl->n, &e)) {
+    if (a->pos_first == UINT32_MAX)
+        a->pos_first = pos0;
+    if (dmn_policy_commit(d, s, b->tok + sl->first, sl->n, &e)) {
         dmn_req_fail(d, s, &e);
         return false;
     }
@@ -538,7 +555,7 @@ static void watermark(dmn_t *d, double now)
     kv_store_stats(d->store, &st);
     if (st.over_soft == 0 || d->n_sess == 0)
         return;
-    size_t freed = 0;
+    int64_t freed = 0;
     err_info_t e;
     err_clear(&e);
     dmn_shrink(d, NULL, st.soft_limit, "watermark", &freed, &e);
@@ -595,34 +612,31 @@ void dmn_sched_step(dmn_t *d)
 
 /* ------------------------------------------------------------------ shrinking */
 
-int dmn_shrink(dmn_t *d, dmn_session_t *only, size_t target, const char *reason, size_t *freed,
+int dmn_shrink(dmn_t *d, dmn_session_t *only, size_t target, const char *reason, int64_t *freed,
                err_info_t *e)
 {
     *freed = 0;
+    kv_stats_t st;
     if (only) {
-        kv_stats_t ks;
-        kv_session_stats(d->store, only->kv, &ks);
-        if (ks.bytes <= target)
+        kv_session_stats(d->store, only->kv, &st);
+        if (st.bytes <= target)
             return 0;
-        dmn_pol_ctx_t c;
-        dmn_session_pol_ctx(d, only, &c);
-        int rc = only->pol->shrink(only->pol_state, &c, target, e);
-        kv_stats_t after;
-        kv_session_stats(d->store, only->kv, &after);
-        *freed = ks.bytes > after.bytes ? ks.bytes - after.bytes : 0;
+        const size_t start = st.bytes;
+        int rc = pol_shrink(only->pol, target, e);
+        dmn_session_sync(d, only);
+        kv_session_stats(d->store, only->kv, &st);
+        *freed = (int64_t)start - (int64_t)st.bytes;
         return rc;
     }
     /* the whole store: fair share = target / sessions; furthest above it first, idle first */
-    kv_stats_t st;
     kv_store_stats(d->store, &st);
-    if (st.bytes <= target)
+    if (st.bytes <= target || d->n_sess == 0)
         return 0;
-    const size_t fair = target / d->n_sess;
-    const size_t start = st.bytes;
+    const size_t fair = target / d->n_sess, start = st.bytes;
     for (int pass = 0; pass < 2; pass++) { /* pass 0: idle sessions, pass 1: busy ones */
         for (;;) {
             dmn_session_t *best = NULL;
-            size_t best_over = 0;
+            size_t best_over = 0, best_bytes = 0;
             for (uint32_t i = 0; i < d->n_sess; i++) {
                 dmn_session_t *s = d->sess[i];
                 if ((s->act.kind == DMN_REQ_NONE) != (pass == 0) || s->shrunk_epoch == d->epoch)
@@ -632,6 +646,7 @@ int dmn_shrink(dmn_t *d, dmn_session_t *only, size_t target, const char *reason,
                 if (ks.bytes > fair && ks.bytes - fair > best_over) {
                     best = s;
                     best_over = ks.bytes - fair;
+                    best_bytes = ks.bytes;
                 }
             }
             if (!best)
@@ -641,22 +656,158 @@ int dmn_shrink(dmn_t *d, dmn_session_t *only, size_t target, const char *reason,
             if (st.bytes <= target)
                 break;
             const size_t over = st.bytes - target;
-            kv_stats_t ks;
-            kv_session_stats(d->store, best->kv, &ks);
-            size_t goal = ks.bytes > over ? ks.bytes - over : 0;
+            size_t goal = best_bytes > over ? best_bytes - over : 0;
             goal = goal > fair ? goal : fair;
-            dmn_pol_ctx_t c;
-            dmn_session_pol_ctx(d, best, &c);
             err_info_t pe;
             err_clear(&pe);
-            if (best->pol->shrink(best->pol_state, &c, goal, &pe))
+            if (pol_shrink(best->pol, goal, &pe))
                 dmn_log(d, DMN_LOG_WARN, "session %u: shrinking for the %s: %s", best->id, reason,
                         err_msg(&pe));
+            dmn_session_sync(d, best);
         }
     }
     d->epoch++;
     kv_store_stats(d->store, &st);
-    *freed = start > st.bytes ? start - st.bytes : 0;
+    *freed = (int64_t)start - (int64_t)st.bytes;
     (void)e;
     return 0;
+}
+
+/* ------------------------------------------------------------------ learned gists */
+
+/* One masked run's views: for each lane, the runs of visible rows of its chunks. */
+typedef struct masked {
+    const dmn_t *d;
+    mdl_kv_view_t *views; /* [n_lane] */
+} masked_t;
+
+static int masked_view(void *ctx, int seq, int layer, int kv_head, uint32_t n_new,
+                       mdl_kv_view_t *out)
+{
+    const masked_t *m = ctx;
+    if (seq != 0)
+        return ERR_INTERNAL;
+    *out = m->views[(size_t)layer * m->d->hp->n_head_kv + kv_head];
+    return 0;
+}
+
+static bool visible(const pol_run_t *run, const kv_row_meta_t *m)
+{
+    if (run->see_gists && m->kind != KV_KIND_RAW)
+        return true;
+    for (uint32_t i = 0; i < run->n_see; i++)
+        if (m->pos >= run->see[i][0] && m->pos <= run->see[i][1])
+            return true;
+    return false;
+}
+
+int dmn_sched_run_masked(dmn_t *d, dmn_session_t *s, const pol_run_t *run, err_info_t *e)
+{
+    const uint32_t nl = d->n_lane, nhk = d->hp->n_head_kv, hd = d->hp->head_dim, n = run->n;
+    int rc = kv_reserve(d->store, s->kv, n, e);
+    if (rc)
+        return rc; /* ERR_BUDGET: the policy frees room and calls again */
+    uint32_t max_rows = 0, max_nc = 0, total = 0;
+    for (uint32_t l = 0; l < nl && !rc; l++) {
+        uint32_t rows, nc;
+        rc = kv_lane_size(d->store, s->kv, l / nhk, l % nhk, &rows, &nc);
+        max_rows = rows > max_rows ? rows : max_rows;
+        max_nc = nc > max_nc ? nc : max_nc;
+        total += rows > nc ? rows : nc; /* a mask may cut every row apart */
+    }
+    masked_t m = {.d = d, .views = calloc(nl, sizeof *m.views)};
+    mdl_kv_chunk_t *chunks = malloc(sizeof *chunks * (total ? total : 1));
+    kv_chunk_t *kc = malloc(sizeof *kc * (max_nc ? max_nc : 1));
+    kv_row_meta_t *meta = malloc(sizeof *meta * (max_rows ? max_rows : 1));
+    float *nk = malloc(sizeof(float) * nl * n * hd), *nv = malloc(sizeof(float) * nl * n * hd);
+    float *lb = malloc(sizeof(float) * nl * n), *acc = calloc((size_t)nl * n, sizeof(float));
+    const float **ptr = malloc(sizeof *ptr * 4 * nl);
+    int32_t *pos = malloc(sizeof(int32_t) * n);
+    uint32_t *utok = malloc(sizeof(uint32_t) * n);
+    if (!rc &&
+        (!m.views || !chunks || !kc || !meta || !nk || !nv || !lb || !acc || !ptr || !pos || !utok))
+        rc = err_set(e, ERR_NOMEM, "out of memory for %u gist tokens", n);
+    const bool want_acc = pol_wants_attn_acc(s->pol);
+    uint32_t off = 0;
+    for (uint32_t l = 0; l < nl && !rc; l++) {
+        uint32_t rows, nc;
+        rc = kv_lane_size(d->store, s->kv, l / nhk, l % nhk, &rows, &nc);
+        if (!rc)
+            rc = kv_lane_view(d->store, s->kv, l / nhk, l % nhk, kc, max_nc ? max_nc : 1, &nc);
+        if (!rc && rows)
+            rc = kv_lane_read(d->store, s->kv, l / nhk, l % nhk, 0, rows, meta, NULL, NULL);
+        if (rc)
+            break;
+        mdl_kv_view_t *v = &m.views[l];
+        v->chunks = chunks + off;
+        for (uint32_t c = 0, base = 0; c < nc; base += kc[c].n, c++) {
+            const size_t rb = ggml_row_bytes(kc[c].type, hd);
+            for (uint32_t i = 0; i < kc[c].n;) {
+                if (!visible(run, &meta[base + i])) {
+                    i++;
+                    continue;
+                }
+                uint32_t j = i + 1;
+                while (j < kc[c].n && visible(run, &meta[base + j]))
+                    j++;
+                chunks[off++] = (mdl_kv_chunk_t){
+                    .n = j - i,
+                    .type = kc[c].type,
+                    .k = (const uint8_t *)kc[c].k + i * rb,
+                    .v = (const uint8_t *)kc[c].v + i * rb,
+                    .bias = kc[c].bias ? kc[c].bias + i : NULL,
+                    .attn_acc = kc[c].attn_acc ? kc[c].attn_acc + i : NULL,
+                };
+                i = j;
+            }
+        }
+        v->n_chunks = (uint32_t)(chunks + off - v->chunks);
+        v->new_k = nk + (size_t)l * n * hd;
+        v->new_v = nv + (size_t)l * n * hd;
+        v->new_logbeta = d->pm.has_gates ? lb + (size_t)l * n : NULL;
+        v->new_attn_acc = want_acc ? acc + (size_t)l * n : NULL;
+    }
+    if (!rc) {
+        for (uint32_t i = 0; i < n; i++) {
+            pos[i] = (int32_t)(s->n_past + i);
+            utok[i] = (uint32_t)run->tokens[i];
+        }
+        mdl_batch_t mb = {.n = n, .token = run->tokens, .pos = pos}; /* logits of the last */
+        mdl_kv_io_t io = {.ctx = &m, .view = masked_view};
+        rc = mdl_forward(d->model, &mb, &io, s->logits, e);
+    }
+    if (!rc) {
+        const float **k = ptr, **v = ptr + nl, **l_b = ptr + 2 * nl, **a = ptr + 3 * nl;
+        for (uint32_t l = 0; l < nl; l++) {
+            k[l] = nk + (size_t)l * n * hd;
+            v[l] = nv + (size_t)l * n * hd;
+            l_b[l] = lb + (size_t)l * n;
+            a[l] = acc + (size_t)l * n;
+        }
+        kv_append_t ap = {.n = n,
+                          .tokens = utok,
+                          .k = k,
+                          .v = v,
+                          .logbeta = d->pm.has_gates ? l_b : NULL,
+                          .attn_acc = want_acc ? a : NULL};
+        rc = kv_commit(d->store, s->kv, &ap, e);
+    }
+    if (rc) {
+        kv_reserve_cancel(d->store, s->kv);
+    } else {
+        s->n_past += n;
+        s->have_logits = true;
+    }
+    free(m.views);
+    free(chunks);
+    free(kc);
+    free(meta);
+    free(nk);
+    free(nv);
+    free(lb);
+    free(acc);
+    free(ptr);
+    free(pos);
+    free(utok);
+    return rc;
 }

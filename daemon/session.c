@@ -1,6 +1,5 @@
 /*
- * daemon/session.c — sessions: opening and closing, their pending tokens, chat templates,
- * and the view of a session its policy gets.
+ * daemon/session.c — sessions: opening and closing, their pending tokens, chat templates.
  *
  * A session's positions are the KV store's transcript (n_past tokens, stored) followed by
  * the pending queue (tokens appended or sampled, not yet forwarded). A request pushes its
@@ -76,11 +75,9 @@ static void session_free(dmn_t *d, dmn_session_t *s)
     if (!s)
         return;
     dmn_active_clear(&s->act);
-    if (s->pol && s->pol_state)
-        s->pol->destroy(s->pol_state);
+    dmn_policy_close(s);
     if (s->kv)
         kv_session_destroy(d->store, s->kv);
-    free(s->sys_spans);
     free(s->pend);
     free(s->logits);
     free(s);
@@ -94,9 +91,16 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
                        d->n_sess);
     if (id && dmn_session_find(d, id))
         return err_set(e, ERR_EXISTS, "session %u already exists", id);
-    const dmn_pol_ops_t *pol = dmn_pol_find(o->policy);
-    if (!pol)
-        return err_set(e, ERR_INVAL, "unknown policy '%s' (known: %s)", o->policy, dmn_pol_names());
+    const char *pol_name = o->policy && *o->policy ? o->policy : "full";
+    if (strlen(pol_name) >= sizeof((dmn_session_t *)0)->pol_name)
+        return err_set(e, ERR_INVAL, "unknown policy '%s' (known: %s)", pol_name, pol_names());
+    if (o->n_policy_params > DMN_MAX_PARAMS)
+        return err_set(e, ERR_INVAL, "more than %d policy parameters", DMN_MAX_PARAMS);
+    for (size_t i = 0; i < o->n_policy_params; i++)
+        if (strlen(o->policy_params[i]->key) >= DMN_PARAM_LEN ||
+            strlen(o->policy_params[i]->value) >= DMN_PARAM_LEN)
+            return err_set(e, ERR_INVAL, "policy parameter %zu is longer than %d bytes", i,
+                           DMN_PARAM_LEN - 1);
     const dmn_tmpl_t *tmpl = dmn_tmpl_find(o->chat_template);
     if (!tmpl)
         return err_set(e, ERR_INVAL, "unknown chat template '%s' (known: none, chatml, plain)",
@@ -104,7 +108,6 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
     if (o->name && strlen(o->name) >= DMN_NAME_LEN)
         return err_set(e, ERR_INVAL, "session name longer than %d bytes", DMN_NAME_LEN - 1);
     size_t hard = o->budget_bytes ? o->budget_bytes : d->cfg.session_budget;
-    size_t soft = o->soft_bytes ? o->soft_bytes : hard / 8 * 7;
     if (o->soft_bytes && (!hard || o->soft_bytes > hard))
         return err_set(e, ERR_INVAL, "soft watermark of %zu bytes above the hard limit of %zu",
                        (size_t)o->soft_bytes, hard);
@@ -119,7 +122,12 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
         goto fail;
     }
     s->owner = d;
-    s->pol = pol;
+    snprintf(s->pol_name, sizeof s->pol_name, "%s", pol_name);
+    for (size_t i = 0; i < o->n_policy_params; i++) {
+        snprintf(s->param_key[i], DMN_PARAM_LEN, "%s", o->policy_params[i]->key);
+        snprintf(s->param_value[i], DMN_PARAM_LEN, "%s", o->policy_params[i]->value);
+    }
+    s->n_params = (uint32_t)o->n_policy_params;
     s->tmpl = tmpl;
     s->add_bos = !o->no_bos && tok_bos(d->tok) >= 0;
     snprintf(s->name, sizeof s->name, "%s", o->name ? o->name : "");
@@ -133,20 +141,7 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
     if (rc)
         goto fail;
 
-    dmn_pol_param_t params[32];
-    if (o->n_policy_params > 32) {
-        rc = err_set(e, ERR_INVAL, "more than 32 policy parameters");
-        goto fail;
-    }
-    for (size_t i = 0; i < o->n_policy_params; i++) {
-        params[i].key = o->policy_params[i]->key;
-        params[i].value = o->policy_params[i]->value;
-    }
-    rc = pol->create(params, (uint32_t)o->n_policy_params, &s->pol_state, e);
-    if (rc)
-        goto fail;
-
-    kv_session_config_t kc = {.hard_limit = hard, .soft_limit = soft};
+    kv_session_config_t kc = {.hard_limit = hard};
     uint32_t kid;
     err_info_t ke;
     err_clear(&ke);
@@ -168,6 +163,19 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
         goto fail;
     }
     kv_reserve_cancel(d->store, s->kv);
+    rc = dmn_policy_open(d, s, e);
+    if (rc)
+        goto fail;
+    /* the soft watermark leaves the policy room to work under the hard limit */
+    if (hard) {
+        size_t head = pol_headroom(s->pol, d->cfg.prefill_chunk);
+        size_t soft = o->soft_bytes ? o->soft_bytes : hard > head ? hard - head : hard / 2;
+        rc = kv_session_set_limits(d->store, s->kv, hard, soft, NULL);
+        if (rc) {
+            rc = err_set(e, rc, "cannot set the session's limits");
+            goto fail;
+        }
+    }
 
     if (d->n_sess == d->cap_sess) {
         uint32_t cap = d->cap_sess ? d->cap_sess * 2 : 16;
@@ -292,21 +300,6 @@ int dmn_session_push_text(dmn_t *d, dmn_session_t *s, const uint8_t *text, size_
         dmn_session_drop_tail(s, added);
         return rc;
     }
-    if (role == GISTD__ROLE__ROLE_SYSTEM && added > 0) {
-        if (s->n_sys == s->cap_sys) {
-            uint32_t cap = s->cap_sys ? s->cap_sys * 2 : 4;
-            uint32_t *t = realloc(s->sys_spans, sizeof(uint32_t) * 2 * cap);
-            if (!t) {
-                dmn_session_drop_tail(s, added);
-                return err_set(e, ERR_NOMEM, "out of memory");
-            }
-            s->sys_spans = t;
-            s->cap_sys = cap;
-        }
-        s->sys_spans[2 * s->n_sys] = before;
-        s->sys_spans[2 * s->n_sys + 1] = before + added - 1;
-        s->n_sys++;
-    }
     if (len > 0 || *pre)
         s->text_started = true;
     *n_added = added;
@@ -330,56 +323,4 @@ int dmn_session_tokens(const dmn_t *d, const dmn_session_t *s, uint32_t first, u
     for (; i < n; i++)
         out[i] = s->pend[s->pend_head + (first + i - s->n_past)];
     return 0;
-}
-
-/* ------------------------------------------------------------------ policy */
-
-/* A compaction the policy made: counted, and streamed to the client of the running request. */
-static void session_emit(void *ectx, const dmn_compaction_t *c)
-{
-    dmn_session_t *s = ectx;
-    dmn_t *d = s->owner;
-    s->compactions++;
-    s->bytes_freed += c->bytes_freed;
-    d->c.compactions++;
-    d->c.bytes_freed += c->bytes_freed;
-    if (s->act.kind == DMN_REQ_NONE || s->act.peer_gone)
-        return;
-    s->act.compactions++;
-    s->act.bytes_freed += c->bytes_freed;
-    kv_stats_t ks;
-    kv_session_stats(d->store, s->kv, &ks);
-    Gistd__Span span = GISTD__SPAN__INIT;
-    span.first = c->first;
-    span.last = c->last;
-    Gistd__CompactionEvent ev = GISTD__COMPACTION_EVENT__INIT;
-    ev.action = (char *)c->action;
-    ev.span = &span;
-    ev.level = c->level;
-    ev.rows_before = c->rows_before;
-    ev.rows_after = c->rows_after;
-    ev.bytes_freed = c->bytes_freed;
-    ev.session_bytes = ks.bytes;
-    ev.reason = (char *)(c->reason ? c->reason : "");
-    Gistd__Reply r = GISTD__REPLY__INIT;
-    r.id = s->act.id;
-    r.session = s->id;
-    r.body_case = GISTD__REPLY__BODY_COMPACTION;
-    r.compaction = &ev;
-    if (dmn_send(d, &s->act.peer, &r) == ERR_BUSY)
-        s->events_dropped++;
-}
-
-void dmn_session_pol_ctx(dmn_t *d, dmn_session_t *s, dmn_pol_ctx_t *c)
-{
-    memset(c, 0, sizeof *c);
-    c->store = d->store;
-    c->sid = s->kv;
-    c->model = d->model;
-    c->pins = &s->pins;
-    c->system_spans = s->sys_spans;
-    c->n_system = s->n_sys;
-    c->n_past = s->n_past;
-    c->emit = session_emit;
-    c->ectx = s;
 }

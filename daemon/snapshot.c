@@ -27,7 +27,7 @@
 #include "daemon/dmn_impl.h"
 
 #define SNAP_MAGIC   "GISTDSES"
-#define SNAP_VERSION 2u
+#define SNAP_VERSION 3u
 
 /* ------------------------------------------------------------------ a byte buffer */
 
@@ -166,7 +166,7 @@ static int write_body(const dmn_t *d, const dmn_session_t *s, buf_t *b, err_info
     put_u32(b, SNAP_VERSION);
     put_u32(b, s->id);
     put_str(b, s->name);
-    put_str(b, s->pol->name);
+    put_str(b, s->pol_name);
     put_str(b, s->tmpl->name);
     put_u32(b, s->pins.sink_tokens);
     put_u32(b, s->pins.recent_tokens);
@@ -184,9 +184,11 @@ static int write_body(const dmn_t *d, const dmn_session_t *s, buf_t *b, err_info
     put_u64(b, ks.soft_limit);
     put_u64(b, s->prompt_tokens);
     put_u64(b, s->generated_tokens);
-    put_u32(b, s->n_sys);
-    for (uint32_t i = 0; i < 2 * s->n_sys; i++)
-        put_u32(b, s->sys_spans[i]);
+    put_u32(b, s->n_params);
+    for (uint32_t i = 0; i < s->n_params; i++) {
+        put_str(b, s->param_key[i]);
+        put_str(b, s->param_value[i]);
+    }
     put_u32(b, s->have_logits);
     for (uint32_t i = 0; s->have_logits && i < d->hp->n_vocab; i++)
         put_f32(b, s->logits[i]);
@@ -204,8 +206,8 @@ static int write_body(const dmn_t *d, const dmn_session_t *s, buf_t *b, err_info
         return err_set(e, rc, "cannot read session %u's transcript", s->id);
     uint8_t *pst = NULL;
     size_t pst_len = 0;
-    if (s->pol->save && s->pol->save(s->pol_state, &pst, &pst_len))
-        return err_set(e, ERR_NOMEM, "policy '%s' cannot save its state", s->pol->name);
+    if (pol_save(s->pol, &pst, &pst_len))
+        return err_set(e, ERR_NOMEM, "policy '%s' cannot save its state", s->pol_name);
     put_u32(b, (uint32_t)pst_len);
     put(b, pst, pst_len);
     free(pst);
@@ -302,7 +304,8 @@ static int read_file(const char *path, uint8_t **out, size_t *len, err_info_t *e
 }
 
 /* Puts the rows of the store's snapshot under s, when it holds exactly the first n_past
- * tokens of ids. 0, or a negative code (logged) when s keeps its empty rows. */
+ * tokens of ids, and makes s's policy again for them. 0 when it did; 1 (logged) when s keeps
+ * its empty rows; -1 when the policy could not be made (the restore fails). */
 static int restore_rows(dmn_t *d, dmn_session_t *s, uint32_t id, const int32_t *ids,
                         uint32_t n_past)
 {
@@ -327,13 +330,23 @@ static int restore_rows(dmn_t *d, dmn_session_t *s, uint32_t id, const int32_t *
         dmn_log(d, DMN_LOG_WARN, "%s: %s; the session's tokens will be prefilled again",
                 kvpath ? kvpath : "snapshot", err_msg(&ke));
     } else {
+        /* the session's policy follows it to the restored rows */
+        dmn_policy_close(s);
         kv_session_destroy(d->store, s->kv);
         s->kv = ksid;
         s->n_past = n_past;
+        rc = dmn_policy_open(d, s, &ke);
+        if (rc) {
+            dmn_log(d, DMN_LOG_ERROR, "%s: %s", kvpath ? kvpath : "snapshot", err_msg(&ke));
+            rc = -1; /* the session has rows but no policy: the restore fails */
+        }
+        free(kvpath);
+        free(tr);
+        return rc;
     }
     free(kvpath);
     free(tr);
-    return rc;
+    return 1;
 }
 
 int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t *e)
@@ -353,8 +366,9 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
     rd_t r = {.p = p, .len = len};
     char name[DMN_NAME_LEN] = "", policy[64] = "", tmpl[64] = "";
     int32_t *ids = NULL;
-    uint32_t *spans = NULL;
     float *logits = NULL;
+    char keys[DMN_MAX_PARAMS][DMN_PARAM_LEN], values[DMN_MAX_PARAMS][DMN_PARAM_LEN];
+    Gistd__Param params[DMN_MAX_PARAMS], *pparams[DMN_MAX_PARAMS];
     dmn_session_t *s = NULL;
     const uint8_t *magic = get(&r, 8);
     if (!magic || memcmp(magic, SNAP_MAGIC, 8)) {
@@ -398,15 +412,20 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
     const bool add_bos = get_u32(&r) != 0, text_started = get_u32(&r) != 0;
     const uint64_t hard = get_u64(&r), soft = get_u64(&r);
     const uint64_t prompt_tokens = get_u64(&r), generated_tokens = get_u64(&r);
-    const uint32_t n_sys = get_u32(&r);
-    if (r.short_read || file_id != id || n_sys > (r.len - r.at) / 8) {
-        rc = err_set(e, ERR_FORMAT, "%s: bad header (session %u, %u system spans)", path, file_id,
-                     n_sys);
+    const uint32_t n_params = get_u32(&r);
+    if (r.short_read || file_id != id || n_params > DMN_MAX_PARAMS) {
+        rc = err_set(e, ERR_FORMAT, "%s: bad header (session %u, %u policy parameters)", path,
+                     file_id, n_params);
         goto done;
     }
-    spans = malloc(sizeof(uint32_t) * 2 * (n_sys ? n_sys : 1));
-    for (uint32_t i = 0; spans && i < 2 * n_sys; i++)
-        spans[i] = get_u32(&r);
+    for (uint32_t i = 0; i < n_params; i++) {
+        get_str(&r, keys[i], DMN_PARAM_LEN);
+        get_str(&r, values[i], DMN_PARAM_LEN);
+        gistd__param__init(&params[i]);
+        params[i].key = keys[i];
+        params[i].value = values[i];
+        pparams[i] = &params[i];
+    }
     const bool have_logits = get_u32(&r) != 0;
     if (have_logits) {
         logits = malloc(sizeof(float) * d->hp->n_vocab);
@@ -424,7 +443,7 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
         goto done;
     }
     ids = malloc(sizeof(int32_t) * (n ? n : 1));
-    if (!spans || !ids) {
+    if (!ids) {
         rc = err_set(e, ERR_NOMEM, "out of memory");
         goto done;
     }
@@ -447,6 +466,8 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
 
     Gistd__OpenSession o = GISTD__OPEN_SESSION__INIT;
     o.policy = policy;
+    o.n_policy_params = n_params;
+    o.policy_params = pparams;
     o.budget_bytes = hard;
     o.soft_bytes = soft;
     o.pins = &pins;
@@ -459,14 +480,15 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
         err_prefix(e, "%s: ", path);
         goto done;
     }
-    if (pst_len && (!s->pol->load || s->pol->load(s->pol_state, pst, pst_len, e))) {
-        rc = s->pol->load ? e->code
-                          : err_set(e, ERR_FORMAT, "%s: policy '%s' keeps no state", path, policy);
-        goto done;
-    }
     /* the rows themselves when the store's snapshot matches; else the tokens are prefilled
      * again */
-    const uint32_t stored = restore_rows(d, s, id, ids, n_past) ? 0 : n_past;
+    const int rows = restore_rows(d, s, id, ids, n_past);
+    if (rows < 0) {
+        rc = err_set(e, ERR_FORMAT, "%s: the policy '%s' cannot be made for the restored rows",
+                     path, policy);
+        goto done;
+    }
+    const uint32_t stored = rows == 0 ? n_past : 0;
     rc = dmn_session_push(s, ids + stored, n - stored);
     if (rc) {
         err_set(e, rc, "%s: no room for %u tokens", path, n - stored);
@@ -476,10 +498,11 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
         memcpy(s->logits, logits, sizeof(float) * d->hp->n_vocab);
         s->have_logits = true;
     }
-    free(s->sys_spans);
-    s->sys_spans = spans;
-    s->n_sys = s->cap_sys = n_sys;
-    spans = NULL;
+    /* the policy's state goes with the rows it describes */
+    if (stored > 0 && pst_len && pol_load(s->pol, pst, pst_len, e)) {
+        rc = err_prefix(e, "%s: ", path);
+        goto done;
+    }
     s->text_started = text_started;
     s->prompt_tokens = prompt_tokens;
     s->generated_tokens = generated_tokens;
@@ -492,7 +515,6 @@ done:
     free(p);
     free(logits);
     free(ids);
-    free(spans);
     free(path);
     return rc;
 }

@@ -65,7 +65,7 @@ void dmn_session_info(const dmn_t *d, const dmn_session_t *s, Gistd__SessionInfo
     info->id = s->id;
     info->name = (char *)s->name;
     info->state = (char *)state_name(s);
-    info->policy = (char *)s->pol->name;
+    info->policy = (char *)pol_name(s->pol);
     info->chat_template = (char *)s->tmpl->name;
     info->bytes = ks.bytes;
     info->peak_bytes = ks.peak;

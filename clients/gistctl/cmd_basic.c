@@ -257,7 +257,7 @@ static void stats_json(const gc_stats_t *s, bool sessions)
             ", \"avg_batch\": %.6g, \"requests\": %" PRIu64 ", \"errors\": %" PRIu64
             ", \"events_dropped\": %" PRIu64 ", \"clients_gone\": %" PRIu64
             ", \"budget_refusals\": %" PRIu64 ", \"compactions\": %" PRIu64
-            ", \"bytes_freed\": %" PRIu64 ", \"kv_bytes_per_token\": %" PRIu64
+            ", \"bytes_freed\": %" PRId64 ", \"kv_bytes_per_token\": %" PRIu64
             ", \"uptime_s\": %.3f, \"threads\": %u, \"model\": ",
             s->kv_budget_bytes, s->kv_soft_bytes, s->kv_used_bytes, s->kv_peak_bytes, s->sessions,
             s->max_sessions, s->session_budget_bytes, s->tier_f32, s->tier_f16, s->tier_q8_0,
@@ -306,7 +306,7 @@ static void stats_text(const gc_stats_t *s)
            " prefilled, %" PRIu64 " requests, %" PRIu64 " errors\n",
            s->steps, s->tokens_generated, s->tokens_prefilled, s->requests, s->errors);
     printf("compaction       %" PRIu64 " events, %s freed, %" PRIu64 " budget refusals\n",
-           s->compactions, gc_format_size(s->bytes_freed, a, sizeof a), s->budget_refusals);
+           s->compactions, ctl_size_signed(s->bytes_freed, a, sizeof a), s->budget_refusals);
     printf("clients          %" PRIu64 " events dropped (slow clients), %" PRIu64
            " streams ended by clients gone\n",
            s->events_dropped, s->clients_gone);
@@ -373,7 +373,7 @@ int ctl_budget(ctl_t *x, int argc, char **argv)
     char h[32], s[32], u[32], f[32];
     printf("%s budget %s (soft %s), %s in use, %s freed\n", session ? "session" : "global",
            gc_format_size(b.hard_bytes, h, sizeof h), gc_format_size(b.soft_bytes, s, sizeof s),
-           gc_format_size(b.used_bytes, u, sizeof u), gc_format_size(b.bytes_freed, f, sizeof f));
+           gc_format_size(b.used_bytes, u, sizeof u), ctl_size_signed(b.bytes_freed, f, sizeof f));
     return CTL_OK;
 }
 

@@ -23,9 +23,10 @@ static void chat_compaction(void *ctx, uint32_t session, const gc_compaction_t *
 {
     char b[32];
     fprintf(stderr,
-            "\n[session %u: %s positions %u-%u (%s): %" PRIu64 " -> %" PRIu64 " rows, %s freed]\n",
-            session, c->action, c->first, c->last, c->reason, c->rows_before, c->rows_after,
-            gc_format_size(c->bytes_freed, b, sizeof b));
+            "\n[session %u: %s/%s positions %u-%u (%s): %" PRIu64 " -> %" PRIu64
+            " rows, %s freed]\n",
+            session, c->action, c->method, c->first, c->last, c->reason, c->rows_before,
+            c->rows_after, ctl_size_signed(c->bytes_freed, b, sizeof b));
 }
 
 int ctl_chat(ctl_t *x, int argc, char **argv)
@@ -160,7 +161,7 @@ static void top_frame(const gc_stats_t *s, bool tty)
            gc_format_size(s->transcript_bytes, b, sizeof b));
     printf("compactions %" PRIu64 " (%s freed)  refusals %" PRIu64 "  dropped events %" PRIu64
            "\n\n",
-           s->compactions, gc_format_size(s->bytes_freed, a, sizeof a), s->budget_refusals,
+           s->compactions, ctl_size_signed(s->bytes_freed, a, sizeof a), s->budget_refusals,
            s->events_dropped);
     printf("%6s %-12s %-9s %11s %11s %7s %8s %8s %9s\n", "ID", "NAME", "STATE", "BYTES", "BUDGET",
            "USED", "TOKENS", "RATIO", "TOK/S");

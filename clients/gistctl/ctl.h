@@ -45,6 +45,8 @@ int ctl_fail(const err_info_t *e);
 /* Parses a whole unsigned decimal number up to max. */
 int ctl_uint(const char *opt, const char *s, unsigned long max, unsigned long *out);
 int ctl_float(const char *opt, const char *s, float *out);
+/* gc_format_size for a signed count ("-1.5 KiB"). */
+const char *ctl_size_signed(int64_t v, char *buf, size_t cap);
 /* A JSON string (quoted, escaped). */
 void ctl_json_str(FILE *f, const char *s);
 /* One session's figures as a JSON object. */

@@ -108,14 +108,14 @@ void ctl_json_session(FILE *f, const gc_session_info_t *s)
             ", \"bytes\": %llu, \"peak_bytes\": %llu, \"hard_bytes\": %llu, \"soft_bytes\": %llu"
             ", \"tokens\": %u, \"pending\": %u, \"rows\": %llu, \"compression\": %.6g"
             ", \"prompt_tokens\": %llu, \"generated_tokens\": %llu, \"tokens_per_s\": %.6g"
-            ", \"idle_s\": %.3f, \"compactions\": %u, \"bytes_freed\": %llu"
+            ", \"idle_s\": %.3f, \"compactions\": %u, \"bytes_freed\": %lld"
             ", \"events_dropped\": %llu, \"tier_bytes\": {\"f32\": %llu, \"f16\": %llu, "
             "\"q8_0\": %llu}}",
             (unsigned long long)s->bytes, (unsigned long long)s->peak_bytes,
             (unsigned long long)s->hard_bytes, (unsigned long long)s->soft_bytes, s->tokens,
             s->pending, (unsigned long long)s->rows, s->compression,
             (unsigned long long)s->prompt_tokens, (unsigned long long)s->generated_tokens,
-            s->tokens_per_s, s->idle_s, s->compactions, (unsigned long long)s->bytes_freed,
+            s->tokens_per_s, s->idle_s, s->compactions, (long long)s->bytes_freed,
             (unsigned long long)s->events_dropped, (unsigned long long)s->tier_f32,
             (unsigned long long)s->tier_f16, (unsigned long long)s->tier_q8_0);
 }
@@ -133,6 +133,15 @@ gc_client_t *ctl_client(ctl_t *x, int *status)
         return NULL;
     }
     return x->c;
+}
+
+const char *ctl_size_signed(int64_t v, char *buf, size_t cap)
+{
+    if (v >= 0)
+        return gc_format_size((uint64_t)v, buf, cap);
+    buf[0] = '-';
+    gc_format_size((uint64_t)-v, buf + 1, cap - 1);
+    return buf;
 }
 
 static void usage(FILE *f)

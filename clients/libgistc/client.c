@@ -126,14 +126,18 @@ static void on_event(gc_client_t *c, gc_pending_t *p, const Gistd__Reply *r)
     } else if (r->body_case == GISTD__REPLY__BODY_COMPACTION && p->cb.on_compaction) {
         const Gistd__CompactionEvent *ev = r->compaction;
         gc_compaction_t cc = {.action = ev->action,
+                              .method = ev->method,
+                              .reason = ev->reason,
                               .first = ev->span ? ev->span->first : 0,
                               .last = ev->span ? ev->span->last : 0,
                               .level = ev->level,
+                              .lanes = ev->lanes,
                               .rows_before = ev->rows_before,
                               .rows_after = ev->rows_after,
+                              .tokens = ev->tokens,
                               .bytes_freed = ev->bytes_freed,
-                              .session_bytes = ev->session_bytes,
-                              .reason = ev->reason};
+                              .session_bytes_before = ev->session_bytes_before,
+                              .session_bytes = ev->session_bytes};
         p->cb.on_compaction(p->cb.ctx, r->session, &cc);
     }
 }

@@ -83,15 +83,19 @@ typedef struct gc_open_opts {
 
 typedef struct gc_usage {
     uint32_t prompt_tokens, generated_tokens, compactions;
-    uint64_t kv_bytes, bytes_freed;
+    uint64_t kv_bytes;
+    int64_t bytes_freed; /* by compactions (negative: they stored more than they freed) */
     double queue_ms, prefill_ms, first_token_ms, total_ms;
 } gc_usage_t;
 
 typedef struct gc_compaction {
-    const char *action; /* "gist", "merge", "evict", "demote" */
-    uint32_t first, last, level;
-    uint64_t rows_before, rows_after, bytes_freed, session_bytes;
-    const char *reason;
+    const char *action; /* "gist", "merge", "evict" */
+    const char *method; /* "learned", "pooled", "window", "h2o", "tova", "trim", "recency" */
+    const char *reason; /* "sentence", "watermark", "budget", "shrink", "request" */
+    uint32_t first, last, level, lanes;
+    uint64_t rows_before, rows_after, tokens;
+    int64_t bytes_freed; /* session_bytes_before - session_bytes */
+    uint64_t session_bytes_before, session_bytes;
 } gc_compaction_t;
 
 /* Streaming callbacks (any may be NULL); the pointers they get live for the call only. A
@@ -131,7 +135,8 @@ typedef struct gc_session_info {
     char name[64], state[16], policy[32], chat_template[16];
     uint64_t bytes, peak_bytes, hard_bytes, soft_bytes;
     uint32_t tokens, pending, compactions;
-    uint64_t rows, prompt_tokens, generated_tokens, bytes_freed, events_dropped;
+    uint64_t rows, prompt_tokens, generated_tokens, events_dropped;
+    int64_t bytes_freed;
     uint64_t tier_f32, tier_f16, tier_q8_0;
     double compression, tokens_per_s, idle_s;
 } gc_session_info_t;
@@ -147,7 +152,8 @@ typedef struct gc_stats {
     uint64_t steps, tokens_generated, tokens_prefilled;
     double decode_tokens_per_s, prefill_tokens_per_s, avg_batch, uptime_s;
     uint64_t requests, errors, events_dropped, clients_gone, budget_refusals;
-    uint64_t compactions, bytes_freed, kv_bytes_per_token;
+    uint64_t compactions, kv_bytes_per_token;
+    int64_t bytes_freed;
     char model[256];
     gc_session_info_t *session_list; /* [n_session_list], when asked for (gc_stats_free) */
     uint32_t n_session_list;
@@ -156,7 +162,8 @@ typedef struct gc_stats {
 void gc_stats_free(gc_stats_t *s);
 
 typedef struct gc_budget {
-    uint64_t hard_bytes, soft_bytes, used_bytes, bytes_freed;
+    uint64_t hard_bytes, soft_bytes, used_bytes;
+    int64_t bytes_freed;
 } gc_budget_t;
 
 /* ---- connection ---- */
