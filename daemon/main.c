@@ -4,7 +4,7 @@
  *   gistd --model FILE [--listen tcp://127.0.0.1:5557] [--kv-budget SIZE]
  *         [--session-budget SIZE] [--threads N] [--max-sessions N] [--snapshot-dir DIR]
  *         [--log-level error|warn|info|debug] [--max-request SIZE] [--prefill-chunk N]
- *         [--kv-type f32|f16]
+ *         [--kv-type f32|f16] [--block-rows N]
  *
  * The first line on stdout is the endpoint it listens on (with the port resolved when the
  * listen address ends in ":*"), printed once it is ready to serve; everything else goes to
@@ -55,7 +55,8 @@ static void usage(FILE *f)
     fputs("usage: gistd --model FILE [--listen ENDPOINT] [--kv-budget SIZE] "
           "[--session-budget SIZE]\n"
           "             [--threads N] [--max-sessions N] [--snapshot-dir DIR] [--log-level L]\n"
-          "             [--max-request SIZE] [--prefill-chunk N] [--kv-type f32|f16]\n"
+          "             [--max-request SIZE] [--prefill-chunk N] [--kv-type f32|f16] "
+          "[--block-rows N]\n"
           "  ENDPOINT  tcp://127.0.0.1:5557 (default), tcp://127.0.0.1:* (a free port), "
           "ipc:///path\n"
           "  SIZE      bytes, or with a suffix K, M, G (powers of 1024): 64M, 1.5G\n"
@@ -137,6 +138,10 @@ int main(int argc, char **argv)
             if (parse_uint(v, 1u << 20, &u) || u == 0)
                 return usage_error("--max-sessions: '%s' is not a positive number", v);
             cfg.max_sessions = (uint32_t)u;
+        } else if (!strcmp(a, "--block-rows")) {
+            if (parse_uint(v, 1u << 16, &u) || u == 0)
+                return usage_error("--block-rows: '%s' is not a positive number", v);
+            cfg.block_rows = (uint32_t)u;
         } else if (!strcmp(a, "--prefill-chunk")) {
             if (parse_uint(v, 1u << 16, &u) || u == 0)
                 return usage_error("--prefill-chunk: '%s' is not a positive number", v);

@@ -227,6 +227,9 @@ int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
         goto fail;
     }
     d->n_lane = d->hp->n_layer * d->hp->n_head_kv;
+    rc = dmn_policy_model(d, e);
+    if (rc)
+        goto fail;
 
     kv_store_config_t kc = {.n_layer = d->hp->n_layer,
                             .n_head_kv = d->hp->n_head_kv,
@@ -298,8 +301,15 @@ void dmn_destroy(dmn_t **p)
     free(b->newv);
     free(b->kptr);
     free(b->vptr);
+    free(b->lbptr);
+    free(b->accptr);
+    free(b->newlb);
+    free(b->newacc);
     free(b->logits);
     free(d->out);
+    free(d->freq_div);
+    free(d->pieces);
+    free(d->piece_text);
     free(d->model_path);
     free(d->listen);
     free(d->snapshot_dir);

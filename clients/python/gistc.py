@@ -117,8 +117,8 @@ def _sampling(temp=None, top_k=None, top_p=None, min_p=None, repeat_penalty=None
 
 class Event:
     """One streamed event: kind "token" (id, text, raw, index, pos) or "compaction"
-    (action, first, last, level, rows_before, rows_after, bytes_freed, session_bytes,
-    reason)."""
+    (action, method, reason, first, last, level, lanes, rows_before, rows_after, tokens,
+    bytes_freed = session_bytes_before - session_bytes)."""
 
     def __init__(self, kind, **kw):
         self.kind = kind
@@ -156,10 +156,11 @@ class Stream:
                          index=t.index, pos=t.pos)
         if body == "compaction":
             e = r.compaction
-            return Event("compaction", action=e.action, first=e.span.first, last=e.span.last,
-                         level=e.level, rows_before=e.rows_before, rows_after=e.rows_after,
-                         bytes_freed=e.bytes_freed, session_bytes=e.session_bytes,
-                         reason=e.reason)
+            return Event("compaction", action=e.action, method=e.method, reason=e.reason,
+                         first=e.span.first, last=e.span.last, level=e.level, lanes=e.lanes,
+                         rows_before=e.rows_before, rows_after=e.rows_after, tokens=e.tokens,
+                         bytes_freed=e.bytes_freed, session_bytes_before=e.session_bytes_before,
+                         session_bytes=e.session_bytes)
         self.done = True
         if body == "error":
             raise GistdError(r.error.code, r.error.name, r.error.message)

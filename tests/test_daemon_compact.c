@@ -1,0 +1,203 @@
+/* Compaction through a real gistd: sessions under budgets far below what they need keep
+ * generating with compacting policies (window, pool, learned gists), every event's bytes
+ * freed is its session's bytes before minus after, the events add up to the daemon's count,
+ * no figure ever shows a limit crossed, the cold transcript keeps every token, a lowered
+ * budget compacts down at once, and an explicit compaction is streamed to whoever asked. */
+#include "tests/test_daemon_util.h"
+
+typedef struct watch {
+    gc_client_t *stats; /* a second connection, polled from the first one's callbacks */
+    uint64_t budget, session_budget;
+    uint32_t polls, crossed, events, bad_events;
+    int64_t event_bytes;
+    char methods[256];
+} watch_t;
+
+static void poll_stats(watch_t *w)
+{
+    gc_stats_t st;
+    err_info_t e;
+    if (gc_stats(w->stats, true, &st, &e)) {
+        w->crossed++;
+        return;
+    }
+    w->polls++;
+    if (w->budget && (st.kv_used_bytes > w->budget || st.kv_peak_bytes > w->budget))
+        w->crossed++;
+    for (uint32_t i = 0; i < st.n_session_list; i++)
+        if (st.session_list[i].peak_bytes > w->session_budget)
+            w->crossed++;
+    gc_stats_free(&st);
+}
+
+static int on_tok(void *ctx, uint32_t session, int32_t id, const char *piece, size_t len)
+{
+    watch_t *w = ctx;
+    if (w->stats)
+        poll_stats(w);
+    return 0;
+}
+
+static void on_compaction(void *ctx, uint32_t session, const gc_compaction_t *c)
+{
+    watch_t *w = ctx;
+    w->events++;
+    w->event_bytes += c->bytes_freed;
+    if (c->bytes_freed != (int64_t)c->session_bytes_before - (int64_t)c->session_bytes ||
+        c->session_bytes > w->session_budget || c->first > c->last)
+        w->bad_events++;
+    char tag[64];
+    snprintf(tag, sizeof tag, "%s/%s ", c->method, c->reason);
+    if (!strstr(w->methods, tag) && strlen(w->methods) + strlen(tag) < sizeof w->methods)
+        strcat(w->methods, tag);
+}
+
+/* n sessions under `policy`, each far over its budget by the end, all at once. */
+static void under_budget(const char *model, const char *policy, const char *session_budget,
+                         uint64_t sb, const char *global, uint64_t gb, uint32_t n_tok,
+                         const char *want_method)
+{
+    const char *extra[] = {"--block-rows", "16", "--session-budget", session_budget, "--kv-budget",
+                           global,         NULL};
+    td_daemon_t d;
+    if (td_start(&d, model, extra))
+        return;
+    gc_client_t *c = td_connect(&d);
+    watch_t w = {.stats = td_connect(&d), .budget = gb, .session_budget = sb};
+    if (!c || !w.stats)
+        return;
+    err_info_t e;
+    uint32_t sid[3];
+    uint64_t req[3];
+    const char *prompt = "Once upon a time, there was a little girl.";
+    gc_callbacks_t cb = {.ctx = &w, .on_token = on_tok, .on_compaction = on_compaction};
+    gc_open_opts_t oo = {.policy = policy};
+    for (int i = 0; i < 3; i++) {
+        CHECK_OK(gc_open(c, &oo, &sid[i], &e));
+        gc_gen_opts_t o = {
+            .session = sid[i], .max_tokens = n_tok, .prompt = prompt, .sampling = &td_greedy};
+        CHECK_OK(gc_generate_start(c, &o, &cb, &req[i], &e));
+    }
+    for (int i = 0; i < 3; i++) {
+        gc_result_t res = {0};
+        CHECK_MSG(gc_wait(c, req[i], &res, &e) == 0, "policy %s: %s", policy, e.msg);
+        CHECK(res.reason == GC_STOP_LENGTH || res.reason == GC_STOP_EOS);
+        gc_result_free(&res);
+    }
+    poll_stats(&w);
+    CHECK_INT(w.crossed, ==, 0);
+    CHECK_INT(w.bad_events, ==, 0);
+    CHECK_MSG(w.events > 0 && strstr(w.methods, want_method), "policy %s: %u events (%s)", policy,
+              w.events, w.methods);
+    gc_stats_t st;
+    CHECK_OK(gc_stats(c, true, &st, &e));
+    CHECK_INT(st.compactions, ==, w.events);
+    CHECK_INT(st.bytes_freed, ==, w.event_bytes);
+    CHECK_INT(st.budget_refusals, ==, 0);
+    for (uint32_t i = 0; i < st.n_session_list; i++) {
+        const gc_session_info_t *si = &st.session_list[i];
+        /* the cold transcript keeps every token (and learned gist tokens between them) */
+        CHECK_INT(si->tokens, >=, si->prompt_tokens + si->generated_tokens);
+        CHECK_MSG(si->compression > 2.0, "session %u: compression %.2f", si->id, si->compression);
+        CHECK(si->peak_bytes <= sb);
+        char *text = NULL;
+        uint32_t total = 0;
+        CHECK_OK(gc_transcript(c, si->id, 0, 0, &text, NULL, NULL, NULL, &total, &e));
+        CHECK_INT(total, ==, si->tokens);
+        CHECK(text && !strncmp(text, prompt, strlen(prompt)));
+        free(text);
+    }
+    gc_stats_free(&st);
+    gc_disconnect(&w.stats);
+    gc_disconnect(&c);
+    CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
+}
+
+static void test_window_tiny(void)
+{
+    const char *model = td_tiny_model("tiny_win.gguf", "61");
+    if (model)
+        under_budget(model, "window", "48K", 48 * 1024, "160K", 160 * 1024, 400, "window/");
+}
+
+static void test_pool_stories(void)
+{
+    const char *model = check_shared("models/stories260K-f32.gguf");
+    if (!model) {
+        check_skip("models/stories260K-f32.gguf not found under the shared folder");
+        return;
+    }
+    under_budget(model, "pool", "300K", 300 * 1024, "1M", 1 << 20, 400, "pooled/");
+}
+
+static void test_learned_gists(void)
+{
+    const char *model = td_tiny_model("tiny_gist.gguf", "62");
+    if (!model)
+        return;
+    /* make-tiny writes gist tokens when asked: a second model with two of them */
+    char path[600];
+    snprintf(path, sizeof path, "%s/tiny_gist2.gguf", check_tmpdir());
+    char *argv[] = {
+        (char *)td_bin("gist-model"), "make-tiny", path, "--seed", "62", "--gist", "2", NULL};
+    CHECK_INT(td_run(argv, NULL, 0), ==, 0);
+    under_budget(path, "gist", "48K", 48 * 1024, "160K", 160 * 1024, 300, "learned/sentence");
+}
+
+/* Lowering a session's budget below its use compacts it down at once; an explicit compaction
+ * reaches the client that asked for it. */
+static void test_lower_budget_and_compact(void)
+{
+    const char *model = td_tiny_model("tiny_lower.gguf", "63");
+    const char *extra[] = {"--block-rows", "16", NULL};
+    td_daemon_t d;
+    if (!model || td_start(&d, model, extra))
+        return;
+    gc_client_t *c = td_connect(&d);
+    err_info_t e;
+    uint32_t s;
+    gc_open_opts_t oo = {.policy = "pool"};
+    CHECK_OK(gc_open(c, &oo, &s, &e));
+    gc_gen_opts_t o = {
+        .session = s, .max_tokens = 400, .prompt = "Once upon a time", .sampling = &td_greedy};
+    CHECK_OK(gc_generate(c, &o, NULL, NULL, &e));
+    gc_session_info_t before, after;
+    CHECK_OK(gc_session_info(c, s, &before, &e));
+    CHECK_INT(before.compactions, ==, 0); /* no budget, nothing to do */
+
+    const size_t target = before.bytes / 2;
+    gc_budget_t b;
+    CHECK_MSG(gc_set_budget(c, s, target, 0, &b, &e) == 0, "%s", e.msg);
+    CHECK_OK(gc_session_info(c, s, &after, &e));
+    CHECK(after.bytes <= target);
+    CHECK_INT(b.bytes_freed, ==, (int64_t)before.bytes - (int64_t)after.bytes);
+    CHECK_INT(after.hard_bytes, ==, target);
+    CHECK_INT(after.tokens, ==, before.tokens);
+    CHECK(after.compactions > 0);
+
+    /* an explicit request, with its events streamed to this caller */
+    watch_t w = {.session_budget = target};
+    gc_callbacks_t cb = {.ctx = &w, .on_compaction = on_compaction};
+    int rc = gc_compact(c, s, 0, after.tokens - after.pending - 1, false, &cb, &e);
+    CHECK_MSG(rc == 0 || rc == ERR_NOTFOUND, "compact: %s", e.msg);
+    CHECK_INT(w.bad_events, ==, 0);
+    if (w.events)
+        CHECK_MSG(strstr(w.methods, "/request"), "events: %s", w.methods);
+    /* and it goes on generating within its new budget */
+    o.max_tokens = 50;
+    o.prompt = NULL;
+    CHECK_OK(gc_generate(c, &o, NULL, NULL, &e));
+    CHECK_OK(gc_session_info(c, s, &after, &e));
+    CHECK(after.peak_bytes <= before.peak_bytes && after.bytes <= target);
+    gc_disconnect(&c);
+    CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
+}
+
+int main(void)
+{
+    RUN(test_window_tiny);
+    RUN(test_pool_stories);
+    RUN(test_learned_gists);
+    RUN(test_lower_budget_and_compact);
+    return check_done();
+}
