@@ -162,7 +162,7 @@ typedef struct dmn_counters {
 
 struct dmn {
     dmn_cfg_t cfg;
-    char *model_path, *snapshot_dir, *listen;
+    char *model_path, *snapshot_dir, *listen, *policy;
     char endpoint[256];
     mdl_t *model;
     const mdl_hparams_t *hp;

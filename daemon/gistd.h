@@ -25,6 +25,7 @@ typedef struct dmn_cfg {
     const char *model_path;
     const char *listen;       /* endpoint to bind; "tcp://127.0.0.1:*" picks a free port */
     const char *snapshot_dir; /* NULL: no snapshots */
+    const char *policy;       /* for sessions that name none (NULL: "full") */
     size_t kv_budget;         /* global hard limit in bytes (0: none) */
     size_t session_budget;    /* default per-session hard limit (0: none) */
     size_t max_request;       /* largest request payload accepted, bytes */

@@ -4,7 +4,7 @@
  *   gistd --model FILE [--listen tcp://127.0.0.1:5557] [--kv-budget SIZE]
  *         [--session-budget SIZE] [--threads N] [--max-sessions N] [--snapshot-dir DIR]
  *         [--log-level error|warn|info|debug] [--max-request SIZE] [--prefill-chunk N]
- *         [--kv-type f32|f16] [--block-rows N]
+ *         [--kv-type f32|f16] [--block-rows N] [--policy P]
  *
  * The first line on stdout is the endpoint it listens on (with the port resolved when the
  * listen address ends in ":*"), printed once it is ready to serve; everything else goes to
@@ -56,7 +56,9 @@ static void usage(FILE *f)
           "[--session-budget SIZE]\n"
           "             [--threads N] [--max-sessions N] [--snapshot-dir DIR] [--log-level L]\n"
           "             [--max-request SIZE] [--prefill-chunk N] [--kv-type f32|f16] "
-          "[--block-rows N]\n"
+          "[--block-rows N] [--policy P]\n"
+          "  P         the policy of sessions that name none: full (default), window, h2o, tova,\n"
+          "            trim, pool, gist, auto\n"
           "  ENDPOINT  tcp://127.0.0.1:5557 (default), tcp://127.0.0.1:* (a free port), "
           "ipc:///path\n"
           "  SIZE      bytes, or with a suffix K, M, G (powers of 1024): 64M, 1.5G\n"
@@ -121,6 +123,8 @@ int main(int argc, char **argv)
             cfg.listen = v;
         } else if (!strcmp(a, "--snapshot-dir")) {
             cfg.snapshot_dir = v;
+        } else if (!strcmp(a, "--policy")) {
+            cfg.policy = v;
         } else if (!strcmp(a, "--kv-budget")) {
             if (parse_size(v, &cfg.kv_budget))
                 return usage_error("--kv-budget: '%s' is not a size (like 64M)", v);

@@ -301,7 +301,14 @@ static void add_slot(dmn_t *d, dmn_session_t *s, uint32_t n, uint32_t *n_items, 
         dmn_req_fail(d, s, &e);
         return;
     }
-    if (dmn_policy_reserve(d, s, n, &e)) {
+    /* a chunk the budget cannot hold goes in smaller pieces, down to one token */
+    int rc;
+    while ((rc = dmn_policy_reserve(d, s, n, &e)) == ERR_BUDGET && n > 1) {
+        d->c.budget_refusals--; /* not refused yet: retried smaller */
+        n /= 2;
+        err_clear(&e);
+    }
+    if (rc) {
         dmn_req_fail(d, s, &e);
         return;
     }

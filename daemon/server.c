@@ -189,6 +189,30 @@ done:
 
 /* ------------------------------------------------------------------ life */
 
+static int no_run(void *ctx, const pol_run_t *r, err_info_t *e)
+{
+    return err_set(e, ERR_UNSUPPORTED, "no model runs here");
+}
+
+/* The default policy works with this model (made once for a scratch session). */
+static int check_policy(dmn_t *d, err_info_t *e)
+{
+    uint32_t sid;
+    int rc = kv_session_create(d->store, NULL, &sid, e);
+    if (rc)
+        return rc;
+    pol_t *p = NULL;
+    pol_config_t pc = {.name = d->policy,
+                       .store = d->store,
+                       .sid = sid,
+                       .model = d->pm,
+                       .runner = {.run = no_run}};
+    rc = pol_new(&pc, &p, e);
+    pol_destroy(&p);
+    kv_session_destroy(d->store, sid);
+    return rc ? err_prefix(e, "--policy %s: ", d->policy) : 0;
+}
+
 int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
 {
     if (!cfg->model_path)
@@ -207,11 +231,13 @@ int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
     d->model_path = strdup(cfg->model_path);
     d->listen = strdup(cfg->listen ? cfg->listen : DMN_DEFAULT_LISTEN);
     d->snapshot_dir = cfg->snapshot_dir ? strdup(cfg->snapshot_dir) : NULL;
+    d->policy = strdup(cfg->policy && *cfg->policy ? cfg->policy : "full");
+    d->cfg.policy = d->policy;
     d->cfg.model_path = d->model_path;
     d->cfg.listen = d->listen;
     d->cfg.snapshot_dir = d->snapshot_dir;
     int rc;
-    if (!d->model_path || !d->listen || (cfg->snapshot_dir && !d->snapshot_dir)) {
+    if (!d->model_path || !d->listen || !d->policy || (cfg->snapshot_dir && !d->snapshot_dir)) {
         rc = err_set(e, ERR_NOMEM, "out of memory");
         goto fail;
     }
@@ -239,6 +265,9 @@ int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
                             .hard_limit = cfg->kv_budget,
                             .soft_limit = cfg->kv_budget / 8 * 7};
     rc = kv_store_new(&kc, &d->store, e);
+    if (rc)
+        goto fail;
+    rc = check_policy(d, e);
     if (rc)
         goto fail;
 
@@ -313,6 +342,7 @@ void dmn_destroy(dmn_t **p)
     free(d->model_path);
     free(d->listen);
     free(d->snapshot_dir);
+    free(d->policy);
     free(d);
     *p = NULL;
 }

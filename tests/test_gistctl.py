@@ -102,6 +102,28 @@ def test_sessions_budget_transcript():
         assert generated
 
 
+def test_policy_and_params():
+    with gistc.Daemon(tap.tool("gistd"), tiny(), "--block-rows", "16") as d:
+        ep = d.endpoint
+        rc, out, err = ctl(ep, "open", "--policy", "window", "--param", "recent=32",
+                           "--budget", "48K")
+        assert rc == 0, err
+        sid = out.decode().strip()
+        rc, out, err = ctl(ep, "gen", "--session", sid, "--prompt", "Once", "-n", "300",
+                           "--temp", "0")
+        assert rc == 0, err
+        sess = json.loads(ctl(ep, "sessions", "--json")[1])[0]
+        assert sess["policy"] == "window" and sess["compactions"] > 0
+        assert sess["peak_bytes"] <= 48 * 1024 and sess["tokens"] >= 300
+        rc, _, err = ctl(ep, "open", "--param", "recent")
+        assert rc == 2 and "KEY=VALUE" in err
+        rc, _, err = ctl(ep, "open", "--policy", "window", "--param", "bogus=1")
+        assert rc == 1 and "bogus" in err
+        rc, out, err = ctl(ep, "chat", "--policy", "pool", "--budget", "48K", "-n", "40",
+                           "--temp", "0", inp=b"tell me a story\nand another one\n")
+        assert rc == 0, err
+
+
 def test_chat():
     with gistc.Daemon(tap.tool("gistd"), tiny()) as d:
         rc, out, err = ctl(d.endpoint, "chat", "-n", "6", "--temp", "0",

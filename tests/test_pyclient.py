@@ -127,6 +127,30 @@ def test_errors_raise():
         assert c.open_session().complete("ok", max_tokens=3, temp=0) is not None
 
 
+def test_compaction_events():
+    """A pooling session far over its budget streams compaction events that add up."""
+    with daemon(tiny(), "--block-rows", "16") as d, gistc.Client(d.endpoint) as c:
+        s = c.open_session(policy="pool", budget="48K")
+        events, tokens = [], 0
+        stream = s.generate("Once upon a time", max_tokens=400, temp=0)
+        for ev in stream:
+            if ev.kind == "compaction":
+                assert ev.bytes_freed == ev.session_bytes_before - ev.session_bytes, ev
+                assert ev.session_bytes <= 48 * 1024 and ev.first <= ev.last
+                events.append(ev)
+            else:
+                tokens += 1
+        assert (tokens == 400 or stream.reason == "eos") and tokens > 200 and events
+        assert {e.method for e in events} & {"pooled", "recency"}
+        st = c.stats(sessions=True)
+        assert st["compactions"] == len(events)
+        assert st["bytes_freed"] == sum(e.bytes_freed for e in events)
+        info = st["session_list"][0]
+        assert info["peak_bytes"] <= 48 * 1024 and info["compression"] > 2
+        text, toks = s.transcript()
+        assert len(toks) == info["tokens"] and text.startswith("Once upon a time")
+
+
 def test_cancel_and_timeout():
     model = tiny()
     with daemon(model) as d, gistc.Client(d.endpoint) as c:

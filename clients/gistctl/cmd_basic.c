@@ -126,6 +126,7 @@ int ctl_gen(ctl_t *x, int argc, char **argv)
 int ctl_open(ctl_t *x, int argc, char **argv)
 {
     gc_open_opts_t o = {0};
+    ctl_params_t pp = {.n = 0};
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (!val)
@@ -139,6 +140,9 @@ int ctl_open(ctl_t *x, int argc, char **argv)
                 return CTL_USAGE;
         } else if (!strcmp(a, "--policy")) {
             o.policy = val;
+        } else if (!strcmp(a, "--param")) {
+            if (ctl_param(&pp, val))
+                return CTL_USAGE;
         } else if (!strcmp(a, "--template")) {
             o.chat_template = val;
         } else if (!strcmp(a, "--name")) {
@@ -147,6 +151,9 @@ int ctl_open(ctl_t *x, int argc, char **argv)
             return ctl_usage("open: unknown option '%s'", a);
         }
     }
+    o.param_keys = pp.key;
+    o.param_values = pp.value;
+    o.n_params = pp.n;
     CONNECT_OR_RETURN(x, c);
     uint32_t id;
     err_info_t e;

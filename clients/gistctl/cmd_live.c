@@ -33,8 +33,9 @@ int ctl_chat(ctl_t *x, int argc, char **argv)
 {
     uint32_t session = 0;
     unsigned long n = 256, v;
-    const char *tmpl = "plain", *system = NULL;
+    const char *tmpl = "plain", *system = NULL, *policy = NULL;
     size_t budget = 0;
+    ctl_params_t pp = {.n = 0};
     gc_sampling_t smp;
     gc_sampling_default(&smp);
     bool sampled = false;
@@ -58,6 +59,10 @@ int ctl_chat(ctl_t *x, int argc, char **argv)
             sampled = true;
         } else if (!strcmp(a, "--budget")) {
             bad = gc_parse_size(val, &budget) ? ctl_usage("--budget: '%s' is not a size", val) : 0;
+        } else if (!strcmp(a, "--policy")) {
+            policy = val;
+        } else if (!strcmp(a, "--param")) {
+            bad = ctl_param(&pp, val);
         } else {
             return ctl_usage("chat: unknown option '%s'", a);
         }
@@ -72,7 +77,13 @@ int ctl_chat(ctl_t *x, int argc, char **argv)
     err_clear(&e);
     const bool opened = session == 0;
     if (opened) {
-        gc_open_opts_t o = {.chat_template = tmpl, .budget_bytes = budget, .name = "chat"};
+        gc_open_opts_t o = {.chat_template = tmpl,
+                            .budget_bytes = budget,
+                            .name = "chat",
+                            .policy = policy,
+                            .param_keys = pp.key,
+                            .param_values = pp.value,
+                            .n_params = pp.n};
         if (gc_open(c, &o, &session, &e))
             return ctl_fail(&e);
     }

@@ -38,6 +38,16 @@ int ctl_restore(ctl_t *x, int argc, char **argv);
 int ctl_chat(ctl_t *x, int argc, char **argv);
 int ctl_top(ctl_t *x, int argc, char **argv);
 
+/* Policy parameters from --param KEY=VALUE options (at most 16; pointers into argv). */
+typedef struct ctl_params {
+    const char *key[16], *value[16];
+    uint32_t n;
+    char buf[16][128];
+} ctl_params_t;
+
+/* Adds "KEY=VALUE" to p; CTL_USAGE (after saying why) when it is malformed or one too many. */
+int ctl_param(ctl_params_t *p, const char *kv);
+
 /* Prints "gistctl: <msg>" on stderr and returns CTL_USAGE. */
 int ctl_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Prints the error and returns the exit status it calls for (CTL_NO_ANSWER for a timeout). */

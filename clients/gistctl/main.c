@@ -25,9 +25,10 @@ static const struct {
      "[--session ID]"},
     {"chat", ctl_chat,
      "chat [--session ID] [--template none|chatml|plain] [--system STR] [-n N] [--temp T] "
-     "[--budget SIZE]"},
+     "[--budget SIZE] [--policy P] [--param KEY=VALUE]..."},
     {"open", ctl_open,
-     "open [--budget SIZE] [--soft SIZE] [--policy P] [--template T] [--name STR]"},
+     "open [--budget SIZE] [--soft SIZE] [--policy P] [--param KEY=VALUE]... [--template T] "
+     "[--name STR]"},
     {"close", ctl_close, "close ID"},
     {"cancel", ctl_cancel, "cancel ID"},
     {"sessions", ctl_sessions, "sessions [--json]"},
@@ -133,6 +134,22 @@ gc_client_t *ctl_client(ctl_t *x, int *status)
         return NULL;
     }
     return x->c;
+}
+
+int ctl_param(ctl_params_t *p, const char *kv)
+{
+    const char *eq = strchr(kv, '=');
+    if (!eq || eq == kv || strlen(kv) >= sizeof p->buf[0])
+        return ctl_usage("--param: '%s' is not KEY=VALUE", kv);
+    if (p->n == 16)
+        return ctl_usage("--param: at most 16 parameters");
+    char *b = p->buf[p->n];
+    snprintf(b, sizeof p->buf[0], "%s", kv);
+    b[eq - kv] = 0;
+    p->key[p->n] = b;
+    p->value[p->n] = b + (eq - kv) + 1;
+    p->n++;
+    return 0;
 }
 
 const char *ctl_size_signed(int64_t v, char *buf, size_t cap)
