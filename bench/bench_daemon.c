@@ -4,6 +4,8 @@
  *
  *   bench_daemon MODEL.gguf [--sessions 1,2,4,8,16] [--tokens 32] [--reps 3] [--threads N]
  *                [--gistd PATH] [--dat FILE]
+ *   bench_daemon MODEL.gguf --long-chat 20000 [--budget-rows 2000] [--policy auto]
+ *                [--turn 100] [--threads N] [--gistd PATH] [--dat FILE]
  *
  * Starts its own gistd (PATH, default build/bin/gistd) on a free loopback port. For each
  * session count N, N sessions each start a greedy generation of --tokens tokens from a short
@@ -12,6 +14,12 @@
  * token; time to first token is measured by the client from the request. Repetitions
  * alternate the session counts; medians are printed, and the speedup over one session
  * (the requirement: at least 3x at 8 sessions). --dat writes the table for gnuplot.
+ *
+ * --long-chat N: one session under a budget of --budget-rows rows' bytes (the bytes a raw
+ * token takes in every lane, times the rows) and the given policy, fed turns (a short user
+ * line, then an assistant reply of --turn tokens) until it has seen N tokens. Each turn's
+ * line gives tokens seen, the reply's decode tokens/s, the session's KV bytes and its
+ * compactions: with a bounded store the speed stays flat however long the chat runs.
  */
 #include <signal.h>
 #include <sys/prctl.h>
@@ -118,11 +126,87 @@ static pid_t start_gistd(const char *gistd, const char *model, const char *threa
     return n ? pid : -1;
 }
 
+static int on_tok_count(void *ctx, uint32_t session, int32_t id, const char *piece, size_t len)
+{
+    return on_token(ctx, session, id, piece, len);
+}
+
+/* One session fed turns until it has seen `total` tokens (see the header). */
+static int long_chat(gc_client_t *c, uint32_t total, uint32_t rows, const char *policy,
+                     uint32_t turn, const char *dat)
+{
+    static const char *const lines[] = {"Tell me more.", "What happened next?",
+                                        "And then what did they do?", "Why was that?"};
+    gc_stats_t st;
+    err_info_t e;
+    if (gc_stats(c, false, &st, &e)) {
+        fprintf(stderr, "bench_daemon: %s\n", err_msg(&e));
+        return -1;
+    }
+    const size_t budget = (size_t)st.kv_bytes_per_token * rows;
+    gc_stats_free(&st);
+    gc_open_opts_t oo = {.policy = policy, .budget_bytes = budget, .chat_template = "plain"};
+    uint32_t s;
+    if (gc_open(c, &oo, &s, &e)) {
+        fprintf(stderr, "bench_daemon: open: %s\n", err_msg(&e));
+        return -1;
+    }
+    FILE *df = dat ? fopen(dat, "w") : NULL;
+    printf("# long chat: policy %s, budget %zu bytes (%u rows), %u-token replies\n", policy, budget,
+           rows, turn);
+    printf("%10s %12s %14s %12s %12s\n", "seen", "decode t/s", "kv bytes", "compactions", "ratio");
+    if (df)
+        fprintf(df, "# seen decode_tok_s kv_bytes compactions compression\n");
+    gc_sampling_t smp = {
+        .temp = 0.8f, .top_k = 40, .top_p = 0.95f, .repeat_penalty = 1.0f, .seed = 7};
+    uint32_t seen = 0, k = 0;
+    double first_tps = 0, last_tps = 0;
+    while (seen < total) {
+        track_t tr = {0};
+        gc_gen_opts_t o = {.session = s,
+                           .max_tokens = turn,
+                           .prompt = lines[k++ % 4],
+                           .prompt_role = GC_ROLE_USER,
+                           .role = GC_ROLE_ASSISTANT,
+                           .sampling = &smp};
+        gc_callbacks_t cb = {.ctx = &tr, .on_token = on_tok_count};
+        gc_result_t res = {0};
+        if (gc_generate(c, &o, &cb, &res, &e)) {
+            fprintf(stderr, "bench_daemon: turn %u: %s\n", k, err_msg(&e));
+            if (df)
+                fclose(df);
+            return -1;
+        }
+        gc_result_free(&res);
+        gc_session_info_t si;
+        if (gc_session_info(c, s, &si, &e))
+            break;
+        seen = si.tokens;
+        const double tps =
+            tr.n > 1 && tr.t_last > tr.t_first ? (tr.n - 1) / (tr.t_last - tr.t_first) : 0;
+        first_tps = first_tps > 0 ? first_tps : tps;
+        last_tps = tps;
+        if (k % 10 == 1 || seen >= total)
+            printf("%10u %12.1f %14llu %12u %12.2f\n", seen, tps, (unsigned long long)si.bytes,
+                   si.compactions, si.compression);
+        if (df)
+            fprintf(df, "%u %.3f %llu %u %.3f\n", seen, tps, (unsigned long long)si.bytes,
+                    si.compactions, si.compression);
+    }
+    if (df)
+        fclose(df);
+    printf("# first turn %.1f tokens/s, last turn %.1f tokens/s (%.0f%%)\n", first_tps, last_tps,
+           first_tps > 0 ? 100.0 * last_tps / first_tps : 0.0);
+    gc_close(c, s, &e);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *model = NULL, *gistd = "build/bin/gistd", *dat = NULL, *threads = "0";
+    const char *policy = "auto";
     int counts[MAX_COUNTS] = {1, 2, 4, 8, 16}, n_counts = 5, reps = 3;
-    uint32_t tokens = 32;
+    uint32_t tokens = 32, chat = 0, rows = 2000, turn = 100;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--sessions") && v) {
@@ -146,11 +230,21 @@ int main(int argc, char **argv)
             gistd = argv[++i];
         } else if (!strcmp(a, "--dat") && v) {
             dat = argv[++i];
+        } else if (!strcmp(a, "--long-chat") && v) {
+            chat = (uint32_t)atoi(argv[++i]);
+        } else if (!strcmp(a, "--budget-rows") && v) {
+            rows = (uint32_t)atoi(argv[++i]);
+        } else if (!strcmp(a, "--turn") && v) {
+            turn = (uint32_t)atoi(argv[++i]);
+        } else if (!strcmp(a, "--policy") && v) {
+            policy = argv[++i];
         } else if (a[0] != '-' && !model) {
             model = a;
         } else {
             fprintf(stderr, "usage: bench_daemon MODEL.gguf [--sessions 1,2,4,8,16] [--tokens N] "
-                            "[--reps N] [--threads N] [--gistd PATH] [--dat FILE]\n");
+                            "[--reps N] [--threads N] [--gistd PATH] [--dat FILE]\n"
+                            "       bench_daemon MODEL.gguf --long-chat N [--budget-rows N] "
+                            "[--policy P] [--turn N] [--threads N] [--gistd PATH] [--dat FILE]\n");
             return 2;
         }
     }
@@ -175,6 +269,10 @@ int main(int argc, char **argv)
     const gc_model_info_t *mi = gc_model(c);
     printf("# model: %s (%s): n_embd %u, n_layer %u, n_head %u/%u, n_vocab %u\n", model, mi->name,
            mi->n_embd, mi->n_layer, mi->n_head, mi->n_head_kv, mi->n_vocab);
+    if (chat) {
+        rc = long_chat(c, chat, rows, policy, turn ? turn : 100, dat) ? 1 : 0;
+        goto done;
+    }
     printf("# %u tokens per session, greedy; %d repetitions, medians; gistd --threads %s\n", tokens,
            reps, threads);
 

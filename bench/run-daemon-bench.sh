@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # gistd's aggregate decode speed and time to first token against 1, 2, 4, 8 and 16
 # concurrent sessions, on the SmolLM2-135M-shaped model (random weights, seed 1; made once
-# under bench/out/, git-ignored). Writes bench/out/daemon-bench.txt and .dat, and
-# bench/out/daemon-bench.png when gnuplot is installed.
+# under bench/out/, git-ignored); then a long chat (20,000 tokens of turns into one session
+# under a budget of 2,000 rows' bytes, policy auto) on the shared stories260K model when it
+# is there. Writes bench/out/daemon-bench.{txt,dat}, bench/out/daemon-chat.{txt,dat}, and
+# the plots bench/out/daemon-bench.png and daemon-chat.png when gnuplot is installed.
 # Usage: bench/run-daemon-bench.sh [TYPE (default q8_0)] [extra bench_daemon args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,4 +38,24 @@ plot "bench/out/daemon-bench.dat" using 1:5 with linespoints title "median", \
 unset multiplot
 PLOT
     echo "plot: bench/out/daemon-bench.png"
+fi
+chat_model=${GISTD_SHARED:-../shared}/models/stories260K-f32.gguf
+if [ -s "$chat_model" ]; then
+    build/bin/bench_daemon "$chat_model" --long-chat 20000 --budget-rows 2000 --policy auto \
+        --turn 100 --dat bench/out/daemon-chat.dat "$@" | tee bench/out/daemon-chat.txt
+    if command -v gnuplot >/dev/null; then
+        gnuplot <<'PLOT'
+set terminal pngcairo size 900,420
+set output "bench/out/daemon-chat.png"
+set multiplot layout 1,2 title "gistd long chat: one session, budget of 2,000 rows, policy auto"
+set xlabel "tokens seen"
+set xtics 5000
+set ylabel "decode tokens/s"
+plot "bench/out/daemon-chat.dat" using 1:2 with lines notitle
+set ylabel "KV bytes"
+plot "bench/out/daemon-chat.dat" using 1:3 with lines notitle
+unset multiplot
+PLOT
+        echo "plot: bench/out/daemon-chat.png"
+    fi
 fi
