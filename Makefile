@@ -189,6 +189,19 @@ fuzz:
 
 fuzz-build: $(FUZZERS)
 
+# make check: every C test program under valgrind (tests/run.sh puts GISTD_WRAP before each;
+# Python tests are left to make test). Leaks count when definite or indirect; jemalloc's
+# malloc is checked like libc's (--soname-synonyms); OMP_WAIT_POLICY=passive keeps libgomp's
+# threads from spinning on valgrind's one CPU. GISTD_TEST_QUICK=1 shrinks the slowest workloads
+# (test_kvstore_random). The daemon tests (test_daemon*) run unwrapped: they drive a gistd
+# process at full speed and assert on its batching, which a client slowed 30x changes.
+VALGRIND := valgrind -q --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect \
+            --errors-for-leak-kinds=definite,indirect --soname-synonyms=somalloc=*jemalloc* \
+            --suppressions=tests/valgrind.supp
+check: all
+	OMP_WAIT_POLICY=passive GISTD_TEST_QUICK=1 GISTD_WRAP="$(VALGRIND)" \
+	    GISTD_NOWRAP='test_daemon*' bash tests/run.sh $(BUILD)
+
 # The project's own model when models/ has one, else the shared stories260K.
 DEFAULT_MODEL = $(firstword $(wildcard models/*.gguf) ../shared/models/stories260K-f32.gguf)
 run: all

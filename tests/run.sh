@@ -10,6 +10,9 @@ filter=${2:-}
 export GISTD_BUILD=$build GISTD_ROOT=$PWD
 export GISTD_SHARED=${GISTD_SHARED:-$PWD/../shared}
 python=${GISTD_PYTHON:-/usr/bin/python3}
+# GISTD_WRAP: a command put before each C test program (make check: valgrind), except those
+# whose name matches the pattern GISTD_NOWRAP; when it is set, Python tests are left out.
+read -r -a wrap <<<"${GISTD_WRAP:-}"
 passed=0 failed=0 skipped=0
 failed_names=()
 
@@ -40,10 +43,14 @@ for t in "$build"/tests/test_*; do
     [ -x "$t" ] || continue
     name=$(basename "$t")
     [ -n "$filter" ] && [[ $name != *$filter* ]] && continue
-    run_one "$name" "$t"
+    if [[ -n ${GISTD_NOWRAP:-} && $name == $GISTD_NOWRAP ]]; then
+        run_one "$name" "$t"
+    else
+        run_one "$name" "${wrap[@]}" "$t"
+    fi
 done
 for t in tests/test_*.py; do
-    [ -f "$t" ] || continue
+    [ -f "$t" ] && [ ${#wrap[@]} -eq 0 ] || continue
     name=$(basename "$t")
     [ -n "$filter" ] && [[ $name != *$filter* ]] && continue
     run_one "$name" "$python" "$t"

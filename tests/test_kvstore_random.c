@@ -759,14 +759,21 @@ static void run_world(uint32_t hot, uint64_t seed, int steps)
     free(w);
 }
 
+/* Steps per world: GISTD_TEST_QUICK=1 (make check, under valgrind) runs fewer. */
+static int world_steps(void)
+{
+    const char *q = getenv("GISTD_TEST_QUICK");
+    return q && *q && strcmp(q, "0") != 0 ? 300 : 2500;
+}
+
 static void test_random_f32(void)
 {
-    run_world(DT_F32, 0x5eed0001, 2500);
+    run_world(DT_F32, 0x5eed0001, world_steps());
 }
 
 static void test_random_f16(void)
 {
-    run_world(DT_F16, 0x5eed0002, 2500);
+    run_world(DT_F16, 0x5eed0002, world_steps());
 }
 
 int main(void)
