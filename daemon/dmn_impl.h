@@ -9,7 +9,8 @@
  *
  * Files: server.c (socket, loop, replies, logging), handlers.c (requests), session.c
  * (sessions, tokens, chat templates), sched.c (the batched step), policy.c (the sessions'
- * compaction policies, policy/policy.h), stats.c (figures), snapshot.c (snapshots). Threads: the
+ * compaction policies, policy/policy.h), runner.c (learned gists under their mask), stats.c
+ * (figures), snapshot.c (snapshots). Threads: the
  * daemon's one thread. Errors: 0 or a negative ERR_* code with a message in an err_info_t; a failed
  * request is answered with an Error reply.
  */
@@ -252,12 +253,14 @@ void dmn_req_fail(dmn_t *d, dmn_session_t *s, const err_info_t *e);
  * *freed gets what was freed. */
 int dmn_shrink(dmn_t *d, dmn_session_t *s, size_t target, const char *reason, int64_t *freed,
                err_info_t *e);
+/* Fills a Usage message for the session's request. */
+void dmn_usage(const dmn_t *d, const dmn_session_t *s, Gistd__Usage *u);
+
+/* ---- runner.c ---- */
 /* The policy's runner: n gist tokens of run at s's next positions, seeing only the rows the
  * mask lets them see; their rows are committed and s's logits follow the last of them.
  * ERR_BUDGET, having changed nothing, when the reservation is refused. */
 int dmn_sched_run_masked(dmn_t *d, dmn_session_t *s, const pol_run_t *run, err_info_t *e);
-/* Fills a Usage message for the session's request. */
-void dmn_usage(const dmn_t *d, const dmn_session_t *s, Gistd__Usage *u);
 
 /* ---- policy.c ---- */
 /* What policies know of the model (d->pm), from its file. */
