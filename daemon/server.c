@@ -231,7 +231,7 @@ int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
     d->model_path = strdup(cfg->model_path);
     d->listen = strdup(cfg->listen ? cfg->listen : DMN_DEFAULT_LISTEN);
     d->snapshot_dir = cfg->snapshot_dir ? strdup(cfg->snapshot_dir) : NULL;
-    d->policy = strdup(cfg->policy && *cfg->policy ? cfg->policy : "full");
+    d->policy = strdup(cfg->policy && *cfg->policy ? cfg->policy : "auto");
     d->cfg.policy = d->policy;
     d->cfg.model_path = d->model_path;
     d->cfg.listen = d->listen;

@@ -93,7 +93,7 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
         return err_set(e, ERR_EXISTS, "session %u already exists", id);
     const char *pol_name = o->policy && *o->policy           ? o->policy
                            : d->cfg.policy && *d->cfg.policy ? d->cfg.policy
-                                                             : "full";
+                                                             : "auto";
     if (strlen(pol_name) >= sizeof((dmn_session_t *)0)->pol_name)
         return err_set(e, ERR_INVAL, "unknown policy '%s' (known: %s)", pol_name, pol_names());
     if (o->n_policy_params > DMN_MAX_PARAMS)
