@@ -16,6 +16,16 @@ int cmd_logits(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
 
+/* Helpers shared by the commands (util.c). Each parser prints what is wrong and returns 2,
+ * or returns 0 and sets *out. */
+#include <stddef.h>
+int cmd_parse_long(const char *opt, const char *s, long lo, long hi, long *out);
+int cmd_parse_float(const char *opt, const char *s, float *out); /* finite only */
+/* Reads a whole file (any bytes) into a malloc'd buffer (caller frees). */
+int cmd_read_file(const char *path, char **buf, size_t *len);
+/* Seconds on the monotonic clock. */
+double cmd_now(void);
+
 /* Prints "gist-model: <msg>" on stderr and returns 2. */
 int cmd_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -40,35 +40,6 @@ bool kv_mode_wanted(int argc, char **argv)
     return false;
 }
 
-static int parse_long(const char *opt, const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return cmd_usage_error("%s: '%s' is not an integer in [%ld, %ld]", opt, s, lo, hi);
-    *out = v;
-    return 0;
-}
-
-static int parse_float(const char *opt, const char *s, float *out)
-{
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end || !isfinite(v))
-        return cmd_usage_error("%s: '%s' is not a number", opt, s);
-    *out = v;
-    return 0;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* The store options, as parsed. */
 typedef struct kv_opts {
     kvr_cfg_t cfg;
@@ -120,7 +91,7 @@ static int kv_opt(kv_opts_t *o, int argc, char **argv, int *i)
     } else if (!strcmp(a, "--kv-soft")) {
         o->soft = argv[++*i];
     } else if (!strcmp(a, "--kv-block-rows")) {
-        if (parse_long(a, argv[++*i], 1, 1 << 16, &v))
+        if (cmd_parse_long(a, argv[++*i], 1, 1 << 16, &v))
             return -1;
         o->cfg.block_rows = (uint32_t)v;
     } else if (!strcmp(a, "--kv-type")) {
@@ -202,33 +173,6 @@ static void print_compactions(FILE *f, const pol_stats_t *s)
     fputs(any ? "\n" : "none\n", f);
 }
 
-static int read_file(const char *path, char **buf, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return cmd_usage_error("%s: %s", path, strerror(errno));
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap);
-    while (b) {
-        n += fread(b + n, 1, cap - n, f);
-        if (n < cap)
-            break;
-        char *t = realloc(b, cap *= 2);
-        if (!t)
-            free(b);
-        b = t;
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (!b || err) {
-        free(b);
-        return cmd_usage_error("%s: cannot read the file", path);
-    }
-    *buf = b;
-    *len = n;
-    return 0;
-}
-
 static double token_nll(const float *row, uint32_t n, int32_t target)
 {
     float max = row[0];
@@ -260,11 +204,11 @@ int kv_cmd_perplexity(int argc, char **argv)
         if (!strcmp(a, "--file") && has)
             path = argv[++i];
         else if (!strcmp(a, "--ctx") && has)
-            bad = parse_long(a, argv[++i], 2, INT32_MAX, &ctx);
+            bad = cmd_parse_long(a, argv[++i], 2, INT32_MAX, &ctx);
         else if (!strcmp(a, "--ubatch") && has)
-            bad = parse_long(a, argv[++i], 1, 1 << 20, &ubatch);
+            bad = cmd_parse_long(a, argv[++i], 1, 1 << 20, &ubatch);
         else if (!strcmp(a, "--threads") && has)
-            bad = parse_long(a, argv[++i], 0, 1024, &threads);
+            bad = cmd_parse_long(a, argv[++i], 0, 1024, &threads);
         else if (a[0] == '-' || model)
             bad = cmd_usage_error("perplexity: unexpected argument '%s'", a);
         else
@@ -284,7 +228,7 @@ int kv_cmd_perplexity(int argc, char **argv)
     size_t text_len = 0, n_ids = 0, full = 0;
     int32_t *ids = NULL;
     float *logits = NULL;
-    if (read_file(path, &text, &text_len) || load_model(model, threads, &m))
+    if (cmd_read_file(path, &text, &text_len) || load_model(model, threads, &m))
         goto out;
     const mdl_hparams_t *hp = mdl_hparams(m);
     const tok_t *tk = mdl_tok(m);
@@ -316,7 +260,7 @@ int kv_cmd_perplexity(int argc, char **argv)
 
     rc = 1;
     const size_t n_windows = (n_ids - 2) / (size_t)(ctx - 1) + 1;
-    double nll = 0.0, t0 = now_s(), rows_sum = 0.0, text_sum = 0.0;
+    double nll = 0.0, t0 = cmd_now(), rows_sum = 0.0, text_sum = 0.0;
     size_t scored = 0, w = 0, peak = 0;
     uint64_t gist_tokens = 0;
     pol_stats_t total = {0};
@@ -343,7 +287,7 @@ int kv_cmd_perplexity(int argc, char **argv)
             for (int mth = 0; mth < POL_N_METHODS; mth++)
                 total.events[a][mth] += fg.pol.events[a][mth];
         fprintf(stderr, "[%zu/%zu] %zu tokens scored, ppl so far %.4f (%.1f tokens/s)\n", w + 1,
-                n_windows, scored, exp(nll / scored), scored / (now_s() - t0));
+                n_windows, scored, exp(nll / scored), scored / (cmd_now() - t0));
     }
     printf("policy: %s\n", pol_name(kvr_policy(r)));
     printf("tokens: %zu\n", scored);
@@ -434,9 +378,9 @@ int kv_cmd_logits(int argc, char **argv)
         } else if (!strcmp(a, "--out") && has) {
             out_path = argv[++i];
         } else if (!strcmp(a, "--threads") && has) {
-            bad = parse_long(a, argv[++i], 0, 1024, &threads);
+            bad = cmd_parse_long(a, argv[++i], 0, 1024, &threads);
         } else if (!strcmp(a, "--ubatch") && has) {
-            bad = parse_long(a, argv[++i], 1, 1 << 20, &ubatch);
+            bad = cmd_parse_long(a, argv[++i], 1, 1 << 20, &ubatch);
         } else if (a[0] == '-' || model) {
             bad = cmd_usage_error("logits: '%s' is not an option of the KV store mode", a);
         } else {
@@ -528,26 +472,26 @@ int kv_cmd_generate(int argc, char **argv)
         if (!strcmp(a, "--prompt") && has) {
             prompt = argv[++i];
         } else if (!strcmp(a, "-n") && has) {
-            bad = parse_long(a, argv[++i], 0, INT32_MAX, &n_gen);
+            bad = cmd_parse_long(a, argv[++i], 0, INT32_MAX, &n_gen);
         } else if (!strcmp(a, "--threads") && has) {
-            bad = parse_long(a, argv[++i], 0, 1024, &threads);
+            bad = cmd_parse_long(a, argv[++i], 0, 1024, &threads);
         } else if (!strcmp(a, "--ctx") && has) {
-            bad = parse_long(a, argv[++i], 1, INT32_MAX, &ctx);
+            bad = cmd_parse_long(a, argv[++i], 1, INT32_MAX, &ctx);
         } else if (!strcmp(a, "--ubatch") && has) {
-            bad = parse_long(a, argv[++i], 1, 1 << 20, &ubatch);
+            bad = cmd_parse_long(a, argv[++i], 1, 1 << 20, &ubatch);
         } else if (!strcmp(a, "--temp") && has) {
-            bad = parse_float(a, argv[++i], &sc.temp);
+            bad = cmd_parse_float(a, argv[++i], &sc.temp);
         } else if (!strcmp(a, "--top-k") && has) {
-            bad = parse_long(a, argv[++i], 0, INT32_MAX, &v);
+            bad = cmd_parse_long(a, argv[++i], 0, INT32_MAX, &v);
             sc.top_k = (int32_t)v;
         } else if (!strcmp(a, "--top-p") && has) {
-            bad = parse_float(a, argv[++i], &sc.top_p);
+            bad = cmd_parse_float(a, argv[++i], &sc.top_p);
         } else if (!strcmp(a, "--min-p") && has) {
-            bad = parse_float(a, argv[++i], &sc.min_p);
+            bad = cmd_parse_float(a, argv[++i], &sc.min_p);
         } else if (!strcmp(a, "--repeat-penalty") && has) {
-            bad = parse_float(a, argv[++i], &sc.repeat_penalty);
+            bad = cmd_parse_float(a, argv[++i], &sc.repeat_penalty);
         } else if (!strcmp(a, "--repeat-last-n") && has) {
-            bad = parse_long(a, argv[++i], 0, 1 << 20, &v);
+            bad = cmd_parse_long(a, argv[++i], 0, 1 << 20, &v);
             sc.repeat_last_n = (int32_t)v;
         } else if (!strcmp(a, "--seed") && has) {
             char *end;
@@ -613,12 +557,12 @@ int kv_cmd_generate(int argc, char **argv)
     fputs(prompt, stdout);
     fflush(stdout);
     rc = 1;
-    double t0 = now_s();
+    double t0 = cmd_now();
     if (kvr_feed(r, ids, (uint32_t)n_ids, NULL, logits, &e)) {
         fprintf(stderr, "\ngist-model: %s\n", err_msg(&e));
         goto out;
     }
-    double t1 = now_s();
+    double t1 = cmd_now();
     long made = 0;
     const int32_t eos = tok_eos(tk);
     bool first = n_ids == 1 && tok_bos(tk) >= 0;
@@ -646,7 +590,7 @@ int kv_cmd_generate(int argc, char **argv)
             goto out;
         }
     }
-    double t2 = now_s();
+    double t2 = cmd_now();
     fputc('\n', stdout);
     fflush(stdout);
     kvr_figures_t fg;
@@ -691,7 +635,7 @@ int cmd_segment(int argc, char **argv)
                 return cmd_usage_error("--rule: '%s' is not train or text", r);
             sc.train_rule = !strcmp(r, "train");
         } else if (!strcmp(a, "--max-sentence") && has) {
-            if (parse_long(a, argv[++i], 0, 1 << 20, &v))
+            if (cmd_parse_long(a, argv[++i], 0, 1 << 20, &v))
                 return 2;
             sc.max_len = (uint32_t)v;
         } else if (a[0] == '-' || model) {
@@ -705,7 +649,7 @@ int cmd_segment(int argc, char **argv)
                                "[--rule train|text] [--max-sentence N]");
     char *buf = NULL;
     size_t len = 0, n = 0;
-    if (path && read_file(path, &buf, &len))
+    if (path && cmd_read_file(path, &buf, &len))
         return 2;
     if (text) {
         buf = strdup(text);

@@ -21,35 +21,6 @@
 
 /* ------------------------------------------------------------------ arguments */
 
-static int parse_long(const char *opt, const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return cmd_usage_error("%s: '%s' is not an integer in [%ld, %ld]", opt, s, lo, hi);
-    *out = v;
-    return 0;
-}
-
-static int parse_float(const char *opt, const char *s, float *out)
-{
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || end == s || *end || !isfinite(v))
-        return cmd_usage_error("%s: '%s' is not a number", opt, s);
-    *out = v;
-    return 0;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Token ids separated by spaces or commas, into a malloc'd array. */
 static int parse_tokens(const char *s, int32_t **out, uint32_t *n_out)
 {
@@ -117,34 +88,6 @@ static int new_cache(const mdl_t *m, uint32_t n_seq, uint32_t n_ctx, uint32_t ty
     err_clear(&e);
     if (mdl_flatkv_new(&c, kv, &e))
         return cmd_usage_error("%s", err_msg(&e));
-    return 0;
-}
-
-/* Reads a whole file into a malloc'd buffer. */
-static int read_file(const char *path, char **buf, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return cmd_usage_error("%s: %s", path, strerror(errno));
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap);
-    while (b) {
-        n += fread(b + n, 1, cap - n, f);
-        if (n < cap)
-            break;
-        char *t = realloc(b, cap *= 2);
-        if (!t)
-            free(b);
-        b = t;
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (!b || err) {
-        free(b);
-        return cmd_usage_error("%s: cannot read the file", path);
-    }
-    *buf = b;
-    *len = n;
     return 0;
 }
 
@@ -240,13 +183,13 @@ int cmd_logits(int argc, char **argv)
         } else if (!strcmp(a, "--retention-out") && has) {
             ret_path = argv[++i];
         } else if (!strcmp(a, "--threads") && has) {
-            if (parse_long(a, argv[++i], 0, 1024, &threads))
+            if (cmd_parse_long(a, argv[++i], 0, 1024, &threads))
                 return 2;
         } else if (!strcmp(a, "--ubatch") && has) {
-            if (parse_long(a, argv[++i], 1, 1 << 20, &ubatch))
+            if (cmd_parse_long(a, argv[++i], 1, 1 << 20, &ubatch))
                 return 2;
         } else if (!strcmp(a, "--chunk-rows") && has) {
-            if (parse_long(a, argv[++i], 0, 1 << 30, &chunk_rows))
+            if (cmd_parse_long(a, argv[++i], 0, 1 << 30, &chunk_rows))
                 return 2;
         } else if (!strcmp(a, "--kv-type") && has) {
             const char *t = argv[++i];
@@ -447,24 +390,24 @@ int cmd_generate(int argc, char **argv)
         if (!strcmp(a, "--prompt") && has) {
             prompt = argv[++i];
         } else if (!strcmp(a, "-n") && has) {
-            bad = parse_long(a, argv[++i], 0, INT32_MAX, &n_gen);
+            bad = cmd_parse_long(a, argv[++i], 0, INT32_MAX, &n_gen);
         } else if (!strcmp(a, "--threads") && has) {
-            bad = parse_long(a, argv[++i], 0, 1024, &threads);
+            bad = cmd_parse_long(a, argv[++i], 0, 1024, &threads);
         } else if (!strcmp(a, "--ctx") && has) {
-            bad = parse_long(a, argv[++i], 1, INT32_MAX, &ctx);
+            bad = cmd_parse_long(a, argv[++i], 1, INT32_MAX, &ctx);
         } else if (!strcmp(a, "--temp") && has) {
-            bad = parse_float(a, argv[++i], &sc.temp);
+            bad = cmd_parse_float(a, argv[++i], &sc.temp);
         } else if (!strcmp(a, "--top-k") && has) {
-            bad = parse_long(a, argv[++i], 0, INT32_MAX, &v);
+            bad = cmd_parse_long(a, argv[++i], 0, INT32_MAX, &v);
             sc.top_k = (int32_t)v;
         } else if (!strcmp(a, "--top-p") && has) {
-            bad = parse_float(a, argv[++i], &sc.top_p);
+            bad = cmd_parse_float(a, argv[++i], &sc.top_p);
         } else if (!strcmp(a, "--min-p") && has) {
-            bad = parse_float(a, argv[++i], &sc.min_p);
+            bad = cmd_parse_float(a, argv[++i], &sc.min_p);
         } else if (!strcmp(a, "--repeat-penalty") && has) {
-            bad = parse_float(a, argv[++i], &sc.repeat_penalty);
+            bad = cmd_parse_float(a, argv[++i], &sc.repeat_penalty);
         } else if (!strcmp(a, "--repeat-last-n") && has) {
-            bad = parse_long(a, argv[++i], 0, 1 << 20, &v);
+            bad = cmd_parse_long(a, argv[++i], 0, 1 << 20, &v);
             sc.repeat_last_n = (int32_t)v;
         } else if (!strcmp(a, "--seed") && has) {
             char *end;
@@ -543,14 +486,14 @@ int cmd_generate(int argc, char **argv)
 
     mdl_kv_io_t io = mdl_flatkv_io(kv);
     rc = 1;
-    double t0 = now_s();
+    double t0 = cmd_now();
     mdl_batch_t b = {.n = (uint32_t)n_ids, .token = ids, .pos = pos}; /* logits of the last */
     if (mdl_forward(m, &b, &io, logits, &e)) {
         fprintf(stderr, "\ngist-model: %s\n", err_msg(&e));
         goto done;
     }
     mdl_flatkv_commit(kv);
-    double t1 = now_s();
+    double t1 = cmd_now();
     int32_t cur_pos = (int32_t)n_ids;
     long made = 0;
     const int32_t eos = tok_eos(tk);
@@ -580,7 +523,7 @@ int cmd_generate(int argc, char **argv)
         mdl_flatkv_commit(kv);
         cur_pos++;
     }
-    double t2 = now_s();
+    double t2 = cmd_now();
     fputc('\n', stdout);
     fflush(stdout);
     fprintf(stderr,
@@ -632,11 +575,11 @@ int cmd_perplexity(int argc, char **argv)
         if (!strcmp(a, "--file") && has)
             path = argv[++i];
         else if (!strcmp(a, "--ctx") && has)
-            bad = parse_long(a, argv[++i], 2, INT32_MAX, &ctx);
+            bad = cmd_parse_long(a, argv[++i], 2, INT32_MAX, &ctx);
         else if (!strcmp(a, "--ubatch") && has)
-            bad = parse_long(a, argv[++i], 1, 1 << 20, &ubatch);
+            bad = cmd_parse_long(a, argv[++i], 1, 1 << 20, &ubatch);
         else if (!strcmp(a, "--threads") && has)
-            bad = parse_long(a, argv[++i], 0, 1024, &threads);
+            bad = cmd_parse_long(a, argv[++i], 0, 1024, &threads);
         else if (a[0] == '-' || model)
             return cmd_usage_error("perplexity: unexpected argument '%s'", a);
         else
@@ -656,7 +599,7 @@ int cmd_perplexity(int argc, char **argv)
     int32_t *ids = NULL, *pos = NULL;
     uint8_t *want = NULL;
     float *logits = NULL;
-    if (read_file(path, &text, &text_len) || load_model(model, threads, &m))
+    if (cmd_read_file(path, &text, &text_len) || load_model(model, threads, &m))
         goto done;
     const mdl_hparams_t *hp = mdl_hparams(m);
     const tok_t *tk = mdl_tok(m);
@@ -690,7 +633,7 @@ int cmd_perplexity(int argc, char **argv)
     rc = 1;
     mdl_kv_io_t io = mdl_flatkv_io(kv);
     const size_t n_windows = (n_ids - 2) / (size_t)(ctx - 1) + 1;
-    double nll = 0.0, t0 = now_s();
+    double nll = 0.0, t0 = cmd_now();
     size_t scored = 0, w = 0;
     for (size_t start = 0; start + 1 < n_ids; start += (size_t)ctx - 1, w++) {
         const size_t end = start + (size_t)ctx < n_ids ? start + (size_t)ctx : n_ids;
@@ -713,7 +656,7 @@ int cmd_perplexity(int argc, char **argv)
             }
         }
         fprintf(stderr, "[%zu/%zu] %zu tokens scored, ppl so far %.4f (%.1f tokens/s)\n", w + 1,
-                n_windows, scored, exp(nll / scored), scored / (now_s() - t0));
+                n_windows, scored, exp(nll / scored), scored / (cmd_now() - t0));
     }
     printf("tokens: %zu\nppl: %.4f\n", scored, exp(nll / scored));
     rc = 0;

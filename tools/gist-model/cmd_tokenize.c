@@ -31,37 +31,6 @@ static int open_tokenizer(const char *cmd, const char *path, gguf_t **g, tok_t *
     return 0;
 }
 
-/* Reads a whole file (any bytes) into a malloc'd buffer. */
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap)
-            break;
-        char *p = realloc(buf, 2 * cap);
-        if (!p) {
-            free(buf);
-            buf = NULL;
-            break;
-        }
-        buf = p;
-        cap *= 2;
-    }
-    bool bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(buf);
-        return NULL;
-    }
-    *len = n;
-    return buf;
-}
-
 int cmd_tokenize(int argc, char **argv)
 {
     const char *model = NULL, *text = NULL, *file = NULL;
@@ -95,8 +64,8 @@ int cmd_tokenize(int argc, char **argv)
     char *owned = NULL;
     size_t len;
     if (file) {
-        if (!(owned = slurp(file, &len)))
-            return cmd_usage_error("tokenize: cannot read %s: %s", file, strerror(errno));
+        if (cmd_read_file(file, &owned, &len))
+            return 2;
         text = owned;
     } else {
         len = strlen(text);
