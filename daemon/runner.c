@@ -30,16 +30,6 @@ static int masked_view(void *ctx, int seq, int layer, int kv_head, uint32_t n_ne
     return 0;
 }
 
-static bool visible(const pol_run_t *run, const kv_row_meta_t *m)
-{
-    if (run->see_gists && m->kind != KV_KIND_RAW)
-        return true;
-    for (uint32_t i = 0; i < run->n_see; i++)
-        if (m->pos >= run->see[i][0] && m->pos <= run->see[i][1])
-            return true;
-    return false;
-}
-
 int dmn_sched_run_masked(dmn_t *d, dmn_session_t *s, const pol_run_t *run, err_info_t *e)
 {
     const uint32_t nl = d->n_lane, nhk = d->hp->n_head_kv, hd = d->hp->head_dim, n = run->n;
@@ -82,12 +72,12 @@ int dmn_sched_run_masked(dmn_t *d, dmn_session_t *s, const pol_run_t *run, err_i
         for (uint32_t c = 0, base = 0; c < nc; base += kc[c].n, c++) {
             const size_t rb = ggml_row_bytes(kc[c].type, hd);
             for (uint32_t i = 0; i < kc[c].n;) {
-                if (!visible(run, &meta[base + i])) {
+                if (!pol_run_sees(run, &meta[base + i])) {
                     i++;
                     continue;
                 }
                 uint32_t j = i + 1;
-                while (j < kc[c].n && visible(run, &meta[base + j]))
+                while (j < kc[c].n && pol_run_sees(run, &meta[base + j]))
                     j++;
                 chunks[off++] = (mdl_kv_chunk_t){
                     .n = j - i,

@@ -189,3 +189,13 @@ int pol_close_sentence(pol_t *p, uint32_t last, bool thought, err_info_t *e)
         return learned_gist(p, p->n_spans - 1, e);
     return 0;
 }
+
+bool pol_run_sees(const pol_run_t *r, const kv_row_meta_t *m)
+{
+    if (r->see_gists && m->kind != KV_KIND_RAW)
+        return true;
+    for (uint32_t i = 0; i < r->n_see; i++)
+        if (m->pos >= r->see[i][0] && m->pos <= r->see[i][1])
+            return true;
+    return false;
+}

@@ -136,6 +136,9 @@ typedef struct pol_run {
     bool see_gists;        /* every non-raw row is visible too */
 } pol_run_t;
 
+/* Whether a stored row is visible to the tokens of run r (the mask a runner applies). */
+bool pol_run_sees(const pol_run_t *r, const kv_row_meta_t *m);
+
 /* How the policy runs the model. run() reserves r->n rows in the session (kv_reserve), runs
  * the tokens at the next transcript positions with r's mask over the session's lanes, and
  * commits their rows (kv_commit, with retention log-beta when the model has gates). It

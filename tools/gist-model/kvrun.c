@@ -73,16 +73,6 @@ static int grow_new(kvr_t *r, uint32_t n)
     return 0;
 }
 
-static bool visible(const pol_run_t *run, const kv_row_meta_t *m)
-{
-    if (run->see_gists && m->kind != KV_KIND_RAW)
-        return true;
-    for (uint32_t i = 0; i < run->n_see; i++)
-        if (m->pos >= run->see[i][0] && m->pos <= run->see[i][1])
-            return true;
-    return false;
-}
-
 static int view(void *ctx, int seq, int layer, int head, uint32_t n_new, mdl_kv_view_t *out)
 {
     kvr_t *r = ctx;
@@ -138,12 +128,12 @@ static int view(void *ctx, int seq, int layer, int head, uint32_t n_new, mdl_kv_
         for (uint32_t c = 0; c < nc; c++) {
             size_t rb = r->row_bytes[kc[c].type];
             for (uint32_t i = 0; i < kc[c].n;) {
-                if (!visible(r->mask, &r->meta[base + i])) {
+                if (!pol_run_sees(r->mask, &r->meta[base + i])) {
                     i++;
                     continue;
                 }
                 uint32_t j = i + 1;
-                while (j < kc[c].n && visible(r->mask, &r->meta[base + j]))
+                while (j < kc[c].n && pol_run_sees(r->mask, &r->meta[base + j]))
                     j++;
                 mc[n_out++] = (mdl_kv_chunk_t){
                     .n = j - i,
