@@ -21,12 +21,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Below this many weight bytes a product runs on the calling thread: waking the
- * pool costs more than it saves. */
+/* Below this much work (weight bytes times vectors) kern_matmul_multi runs on the
+ * calling thread: waking the pool costs more than it saves. */
 #define PAR_MIN_BYTES (64 * 1024)
-/* Rows handed to each thread are a multiple of this, so no two threads write the
- * same cache line of y. */
-#define ROW_ALIGN 16
+/* Rows handed out are whole units of this many, so no two threads write the same cache
+ * line of y. */
+#define ROW_ALIGN KERN_ROW_UNIT
+/* A fused product is cut into at most this many chunks per thread (taken in turn, so a
+ * thread that was held up leaves its share to the others), of at least CHUNK_MIN_BYTES of
+ * weights when the product is small. */
+#define CHUNKS_PER_THREAD 8
+#define CHUNK_MIN_BYTES   (32 * 1024)
 /* Rows of W the row kernels take through all vectors of a batch before moving on. */
 #define ROW_BLOCK_BYTES (64 * 1024)
 /* Vectors that pass over one block of rows together (a multiple of KERN_MAX_NX). */
@@ -216,12 +221,12 @@ static size_t round64(size_t n)
     return (n + 63) & ~(size_t)63;
 }
 
-size_t kern_qx_simple_bytes(int kt, int n_cols)
+size_t kern_qx_simple_bytes(int n_cols)
 {
     return round64((size_t)n_cols + (size_t)(n_cols / 32) * 8);
 }
 
-void kern_qx_simple_make(int kt, const float *x, int n_cols, uint8_t *out)
+void kern_qx_simple_make(const float *x, int n_cols, uint8_t *out)
 {
     int nb = n_cols / 32;
     int8_t *qs = (int8_t *)out;
@@ -416,124 +421,315 @@ const kern_path_t kern_path_portable = {
     .qx_make = kern_qx_simple_make,
 };
 
-/* ---- the fast entry points ------------------------------------------------------------------- */
+/* ---- fused products ------------------------------------------------------------------------ */
 
-/* Rows [r0, r1) of thread t of nt: contiguous chunks, multiples of ROW_ALIGN. */
-static void thread_rows(int n_rows, int t, int nt, int *r0, int *r1)
+struct kern_scratch {
+    uint8_t *qx; /* kern_matmul_multi's quantised activations */
+    size_t qx_cap;
+    int n_thr;
+    float **tile;     /* [n_thr] each thread's f32 tile of W for sgemm, made on first use */
+    size_t *tile_cap; /* [n_thr] floats */
+};
+
+int kern_scratch_new(kern_scratch_t **out)
+{
+    *out = calloc(1, sizeof **out);
+    return *out ? 0 : ERR_NOMEM;
+}
+
+void kern_scratch_destroy(kern_scratch_t **p)
+{
+    if (!p || !*p)
+        return;
+    kern_scratch_t *ks = *p;
+    for (int t = 0; t < ks->n_thr; t++)
+        free(ks->tile[t]);
+    free(ks->tile);
+    free(ks->tile_cap);
+    free(ks->qx);
+    free(ks);
+    *p = NULL;
+}
+
+int kern_scratch_reserve(kern_scratch_t *ks, int n_threads)
+{
+    if (n_threads <= ks->n_thr)
+        return 0;
+    float **tile = realloc(ks->tile, sizeof *tile * (size_t)n_threads);
+    if (!tile)
+        return ERR_NOMEM;
+    ks->tile = tile;
+    size_t *cap = realloc(ks->tile_cap, sizeof *cap * (size_t)n_threads);
+    if (!cap)
+        return ERR_NOMEM;
+    ks->tile_cap = cap;
+    for (int t = ks->n_thr; t < n_threads; t++) {
+        ks->tile[t] = NULL;
+        ks->tile_cap[t] = 0;
+    }
+    ks->n_thr = n_threads;
+    return 0;
+}
+
+size_t kern_qx_bytes(int n_cols)
+{
+    return path()->qx_bytes(n_cols);
+}
+
+void kern_qx_make(const float *x, int n_cols, void *qx)
+{
+    path()->qx_make(x, n_cols, qx);
+}
+
+static bool is_quant(int kt)
+{
+    return kt == KT_Q8_0 || kt == KT_Q4_0;
+}
+
+/* Rows [r0, r1) of chunk c of nc: contiguous, whole units of ROW_ALIGN rows. */
+static void chunk_rows(int n_rows, int c, int nc, int *r0, int *r1)
 {
     int units = (n_rows + ROW_ALIGN - 1) / ROW_ALIGN;
-    int a = (int)((long)units * t / nt) * ROW_ALIGN;
-    int b = (int)((long)units * (t + 1) / nt) * ROW_ALIGN;
+    int a = (int)((long)units * c / nc) * ROW_ALIGN;
+    int b = (int)((long)units * (c + 1) / nc) * ROW_ALIGN;
     *r0 = a < n_rows ? a : n_rows;
     *r1 = b < n_rows ? b : n_rows;
 }
 
-/* Quantises the activations (Q8_0/Q4_0) for all vectors, shared among the team. */
-static void quantise_x(const kern_path_t *p, int kt, const float *X, int n_cols, int n_b,
-                       uint8_t *qx, size_t x_stride)
+/* Whether matrix slot kt in a product of n_b vectors goes through sgemm. */
+static bool by_gemm(int how, int kt, int n_b)
 {
-#pragma omp for schedule(static)
-    for (int b = 0; b < n_b; b++)
-        p->qx_make(kt, X + (size_t)b * n_cols, n_cols, qx + b * x_stride);
+    if (how)
+        return how == KERN_BY_GEMM;
+    /* Q8_0/Q4_0 int8 row kernels outrun dequantising to f32 for sgemm at every batch size
+     * (bench_kernels batch/prefill), so only float types switch to OpenBLAS. */
+    return !is_quant(kt) && n_b >= GEMM_MIN_B;
 }
 
-/* The row kernels over W: rows split across threads; with more vectors than one pass
- * serves, blocks of VEC_BLOCK vectors times ROW_BLOCK_BYTES of rows, so that both stay
- * in L2 while every vector of the block passes over every row of the block. */
-static void matmul_rows(const kern_path_t *p, int kt, const uint8_t *W, const float *X, float *Y,
-                        int n_rows, int n_cols, int n_b)
+/* Rows [r0, r1) of one matrix by the row kernels: with more vectors than one pass serves,
+ * blocks of VEC_BLOCK vectors times ROW_BLOCK_BYTES of rows, so that both stay in L2 while
+ * every vector of the block passes over every row of the block. */
+static void rows_range(const kern_path_t *p, int kt, const kern_mat_t *m, const kern_act_t *a,
+                       int r0, int r1)
 {
-    size_t w_stride = row_bytes(kt, n_cols);
-    const uint8_t *x = (const uint8_t *)X;
+    const int n_cols = a->n_cols, n_b = a->n_b, n_rows = m->n_rows;
+    const size_t w_stride = row_bytes(kt, n_cols);
+    const uint8_t *x = (const uint8_t *)a->x;
     size_t x_stride = (size_t)n_cols * sizeof(float);
-    uint8_t *qx = NULL;
-    bool quant = kt == KT_Q8_0 || kt == KT_Q4_0;
-    if (quant) {
-        x_stride = p->qx_bytes(kt, n_cols);
-        qx = aligned_alloc(64, x_stride * (size_t)n_b);
-        assert(qx);
-        x = qx;
+    if (is_quant(kt)) {
+        assert(a->qx);
+        x = a->qx;
+        x_stride = p->qx_bytes(n_cols);
     }
     kern_rows_fn fn = p->rows[kt];
-    bool par = w_stride * (size_t)n_rows >= PAR_MIN_BYTES && omp_get_max_threads() > 1;
-    int rblock = n_b <= KERN_MAX_NX ? n_rows : (int)(ROW_BLOCK_BYTES / w_stride) + 1;
-    /* a few vectors are quantised here: sharing them out would cost a barrier */
-    bool quant_shared = quant && n_b > KERN_MAX_NX;
-    if (quant && !quant_shared)
-        for (int b = 0; b < n_b; b++)
-            p->qx_make(kt, X + (size_t)b * n_cols, n_cols, qx + b * x_stride);
-#pragma omp parallel if (par)
-    {
-        if (quant_shared)
-            quantise_x(p, kt, X, n_cols, n_b, qx, x_stride);
-        int r0, r1;
-        thread_rows(n_rows, omp_get_thread_num(), omp_get_num_threads(), &r0, &r1);
-        for (int vb = 0; vb < n_b; vb += VEC_BLOCK) {
-            int ve = n_b - vb < VEC_BLOCK ? n_b : vb + VEC_BLOCK;
-            for (int rb = r0; rb < r1; rb += rblock) {
-                int re = r1 - rb < rblock ? r1 : rb + rblock;
-                for (int b = vb; b < ve; b += KERN_MAX_NX) {
-                    int nx = ve - b < KERN_MAX_NX ? ve - b : KERN_MAX_NX;
-                    fn(W, w_stride, x + b * x_stride, x_stride, nx, n_cols, Y + (size_t)b * n_rows,
-                       (size_t)n_rows, rb, re);
-                }
+    const int rblock = n_b <= KERN_MAX_NX ? r1 - r0 : (int)(ROW_BLOCK_BYTES / w_stride) + 1;
+    for (int vb = 0; vb < n_b; vb += VEC_BLOCK) {
+        int ve = n_b - vb < VEC_BLOCK ? n_b : vb + VEC_BLOCK;
+        for (int rb = r0; rb < r1; rb += rblock) {
+            int re = r1 - rb < rblock ? r1 : rb + rblock;
+            for (int b = vb; b < ve; b += KERN_MAX_NX) {
+                int nx = ve - b < KERN_MAX_NX ? ve - b : KERN_MAX_NX;
+                fn(m->W, w_stride, x + b * x_stride, x_stride, nx, n_cols,
+                   m->Y + (size_t)b * n_rows, (size_t)n_rows, rb, re);
             }
         }
     }
-    free(qx);
 }
 
-/* Y = X W^T through sgemm; non-f32 W is converted a tile of rows at a time. */
-static void matmul_gemm(const kern_path_t *p, int kt, const uint8_t *W, const float *X, float *Y,
-                        int n_rows, int n_cols, int n_b)
+/* Rows of W converted at a time for sgemm: about GEMM_TILE_BYTES of f32, whole units. */
+static int tile_rows(int n_cols)
 {
+    int rows = (int)(GEMM_TILE_BYTES / ((size_t)n_cols * sizeof(float)));
+    rows &= ~(ROW_ALIGN - 1);
+    return rows < ROW_ALIGN ? ROW_ALIGN : rows;
+}
+
+/* The calling thread's f32 tile, grown to n floats; NULL when there is no memory. */
+static float *thread_tile(kern_scratch_t *ks, size_t n)
+{
+    int t = omp_get_thread_num();
+    if (!ks || t >= ks->n_thr)
+        return NULL;
+    if (ks->tile_cap[t] < n) {
+        free(ks->tile[t]);
+        ks->tile[t] = aligned_alloc(64, round64(n * sizeof(float)));
+        ks->tile_cap[t] = ks->tile[t] ? n : 0;
+    }
+    return ks->tile[t];
+}
+
+/* Rows [r0, r1) of one matrix through sgemm on the calling thread (OpenBLAS runs one
+ * thread inside a parallel region); other types than f32 are converted a tile at a time.
+ * Without memory for a tile, the row kernels do it. */
+static void gemm_range(const kern_path_t *p, int kt, const kern_mat_t *m, const kern_act_t *a,
+                       int r0, int r1, kern_scratch_t *ks)
+{
+    const int n_cols = a->n_cols, n_b = a->n_b, n_rows = m->n_rows;
+    const size_t w_stride = row_bytes(kt, n_cols);
+    const uint8_t *W = m->W;
     if (kt == KT_F32) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_b, n_rows, n_cols, 1.0f, X, n_cols,
-                    (const float *)W, n_cols, 0.0f, Y, n_rows);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_b, r1 - r0, n_cols, 1.0f, a->x,
+                    n_cols, (const float *)(W + (size_t)r0 * w_stride), n_cols, 0.0f, m->Y + r0,
+                    n_rows);
         return;
     }
-    size_t w_stride = row_bytes(kt, n_cols);
-    int tile = (int)(GEMM_TILE_BYTES / ((size_t)n_cols * sizeof(float)));
-    tile = tile < 64 ? 64 : tile & ~15;
-    if (tile > n_rows)
-        tile = n_rows;
-    float *buf = aligned_alloc(64, round64((size_t)tile * n_cols * sizeof(float)));
-    assert(buf);
-    kern_to_f32_fn conv = p->to_f32[kt];
-    for (int t0 = 0; t0 < n_rows; t0 += tile) {
-        int nt = n_rows - t0 < tile ? n_rows - t0 : tile;
-#pragma omp parallel for schedule(static)
-        for (int r = 0; r < nt; r++)
-            conv(W + (size_t)(t0 + r) * w_stride, buf + (size_t)r * n_cols, n_cols);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_b, nt, n_cols, 1.0f, X, n_cols, buf,
-                    n_cols, 0.0f, Y + t0, n_rows);
+    const int piece = tile_rows(n_cols);
+    float *tile = thread_tile(ks, (size_t)piece * n_cols);
+    if (!tile) {
+        rows_range(p, kt, m, a, r0, r1);
+        return;
     }
-    free(buf);
+    kern_to_f32_fn conv = p->to_f32[kt];
+    for (int t0 = r0; t0 < r1; t0 += piece) {
+        int nt = r1 - t0 < piece ? r1 - t0 : piece;
+        for (int r = 0; r < nt; r++)
+            conv(W + (size_t)(t0 + r) * w_stride, tile + (size_t)r * n_cols, n_cols);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_b, nt, n_cols, 1.0f, a->x, n_cols,
+                    tile, n_cols, 0.0f, m->Y + t0, n_rows);
+    }
+}
+
+/* Chunks of a product: one per thread when sgemm does the work (each call packs X again);
+ * else up to CHUNKS_PER_THREAD per thread, of CHUNK_MIN_BYTES of weights or more, and no
+ * more than the largest matrix has units. */
+static int product_chunks(int how, int n_mats, const kern_mat_t *mats, int n_cols, int n_b, int nt)
+{
+    if (nt <= 1)
+        return 1;
+    size_t bytes = 0;
+    int units = 1;
+    for (int i = 0; i < n_mats; i++) {
+        int kt = type_slot(mats[i].type);
+        if (by_gemm(how, kt, n_b))
+            return nt;
+        bytes += row_bytes(kt, n_cols) * (size_t)mats[i].n_rows;
+        int u = (mats[i].n_rows + ROW_ALIGN - 1) / ROW_ALIGN;
+        units = u > units ? u : units;
+    }
+    size_t by_size = bytes * (size_t)(n_b < KERN_MAX_NX ? n_b : KERN_MAX_NX) / CHUNK_MIN_BYTES;
+    int nc = CHUNKS_PER_THREAD * nt;
+    if (by_size < (size_t)nc)
+        nc = by_size > (size_t)nt ? (int)by_size : nt;
+    return nc < units ? nc : units;
+}
+
+static void multi_team(int how, int n_mats, const kern_mat_t *mats, const kern_act_t *a,
+                       kern_scratch_t *ks, kern_done_fn done, void *ctx)
+{
+    const kern_path_t *p = path();
+    const int nc = product_chunks(how, n_mats, mats, a->n_cols, a->n_b, omp_get_num_threads());
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int c = 0; c < nc; c++) {
+        int r0[KERN_MAX_MATS], r1[KERN_MAX_MATS];
+        for (int i = 0; i < n_mats; i++) {
+            chunk_rows(mats[i].n_rows, c, nc, &r0[i], &r1[i]);
+            if (r0[i] == r1[i])
+                continue;
+            int kt = type_slot(mats[i].type);
+            if (by_gemm(how, kt, a->n_b))
+                gemm_range(p, kt, &mats[i], a, r0[i], r1[i], ks);
+            else
+                rows_range(p, kt, &mats[i], a, r0[i], r1[i]);
+        }
+        if (done)
+            done(ctx, r0, r1);
+    }
+}
+
+void kern_matmul_multi_team(int n_mats, const kern_mat_t *mats, const kern_act_t *a,
+                            kern_scratch_t *ks, kern_done_fn done, void *ctx)
+{
+    assert(n_mats >= 0 && n_mats <= KERN_MAX_MATS);
+    if (a->n_b > 0)
+        multi_team(0, n_mats, mats, a, ks, done, ctx);
+}
+
+void kern_matmul_rows(const kern_mat_t *mat, const kern_act_t *a, int r0, int r1)
+{
+    int kt = type_slot(mat->type);
+    assert(kt >= 0);
+    if (r0 < r1 && a->n_b > 0)
+        rows_range(path(), kt, mat, a, r0, r1);
+}
+
+/* kern_matmul_multi with the method picked (0: by batch size and type). */
+static int multi(int how, int n_mats, const kern_mat_t *mats, const float *X, int n_cols, int n_b,
+                 kern_scratch_t *ks, kern_done_fn done, void *ctx)
+{
+    assert(n_mats >= 0 && n_mats <= KERN_MAX_MATS);
+    if (n_b <= 0 || n_mats == 0)
+        return 0;
+    const kern_path_t *p = path();
+    bool quant = false;
+    size_t bytes = 0;
+    for (int i = 0; i < n_mats; i++) {
+        int kt = type_slot(mats[i].type);
+        assert(kt >= 0);
+        assert(!is_quant(kt) || n_cols % 32 == 0);
+        quant |= is_quant(kt);
+        bytes += row_bytes(kt, n_cols) * (size_t)mats[i].n_rows;
+    }
+    const int nt = omp_get_max_threads();
+    const size_t qxb = quant ? p->qx_bytes(n_cols) : 0;
+    if (kern_scratch_reserve(ks, nt))
+        return ERR_NOMEM;
+    if (qxb * (size_t)n_b > ks->qx_cap) {
+        free(ks->qx);
+        ks->qx = aligned_alloc(64, qxb * (size_t)n_b);
+        ks->qx_cap = ks->qx ? qxb * (size_t)n_b : 0;
+        if (!ks->qx)
+            return ERR_NOMEM;
+    }
+    const kern_act_t a = {.x = X, .qx = quant ? ks->qx : NULL, .n_cols = n_cols, .n_b = n_b};
+    /* a few vectors are quantised here: sharing them out would cost a barrier */
+    const bool quant_shared = quant && n_b > KERN_MAX_NX;
+    for (int b = 0; quant && !quant_shared && b < n_b; b++)
+        p->qx_make(X + (size_t)b * n_cols, n_cols, ks->qx + b * qxb);
+    const bool par = nt > 1 && bytes * (size_t)n_b >= PAR_MIN_BYTES;
+#pragma omp parallel if (par)
+    {
+        if (quant_shared) {
+#pragma omp for schedule(static)
+            for (int b = 0; b < n_b; b++)
+                p->qx_make(X + (size_t)b * n_cols, n_cols, ks->qx + b * qxb);
+        }
+        multi_team(how, n_mats, mats, &a, ks, done, ctx);
+    }
+    return 0;
+}
+
+int kern_matmul_multi(int n_mats, const kern_mat_t *mats, const float *X, int n_cols, int n_b,
+                      kern_scratch_t *ks, kern_done_fn done, void *ctx)
+{
+    return multi(0, n_mats, mats, X, n_cols, n_b, ks, done, ctx);
+}
+
+/* One matrix through a scratch made for the call. */
+static void matmul_once(int how, uint32_t type, const void *W, const float *X, float *Y, int n_rows,
+                        int n_cols, int n_b)
+{
+    assert(kern_type_supported(type));
+    kern_scratch_t *ks = NULL;
+    const kern_mat_t m = {.type = type, .W = W, .n_rows = n_rows, .Y = Y};
+    int rc = kern_scratch_new(&ks);
+    if (rc == 0)
+        rc = multi(how, 1, &m, X, n_cols, n_b, ks, NULL, NULL);
+    assert(rc == 0);
+    (void)rc;
+    kern_scratch_destroy(&ks);
 }
 
 void kern_matmul_how(int how, uint32_t type, const void *W, const float *X, float *Y, int n_rows,
                      int n_cols, int n_b)
 {
-    int kt = type_slot(type);
-    assert(kt >= 0);
-    assert(kt == KT_F32 || kt == KT_F16 || kt == KT_BF16 || n_cols % 32 == 0);
-    if (n_rows <= 0 || n_b <= 0)
-        return;
-    const kern_path_t *p = path();
-    if (how == KERN_BY_GEMM)
-        matmul_gemm(p, kt, W, X, Y, n_rows, n_cols, n_b);
-    else
-        matmul_rows(p, kt, W, X, Y, n_rows, n_cols, n_b);
+    assert(how == KERN_BY_ROWS || how == KERN_BY_GEMM);
+    matmul_once(how, type, W, X, Y, n_rows, n_cols, n_b);
 }
 
 void kern_matmul(uint32_t type, const void *W, const float *X, float *Y, int n_rows, int n_cols,
                  int n_b)
 {
-    /* Q8_0/Q4_0 int8 row kernels outrun dequantising to f32 for sgemm at every batch size
-     * (bench_kernels batch/prefill), so only float types switch to OpenBLAS. */
-    bool quant = type == DT_Q8_0 || type == DT_Q4_0;
-    kern_matmul_how(!quant && n_b >= GEMM_MIN_B ? KERN_BY_GEMM : KERN_BY_ROWS, type, W, X, Y,
-                    n_rows, n_cols, n_b);
+    matmul_once(0, type, W, X, Y, n_rows, n_cols, n_b);
 }
 
 void kern_matvec(uint32_t type, const void *W, const float *x, float *y, int n_rows, int n_cols)

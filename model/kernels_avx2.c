@@ -252,7 +252,7 @@ static void to_f32_q4_0(const uint8_t *src, float *dst, int n)
 }
 
 /* The simple layout of kernels_impl.h, with the arithmetic of kern_quant_block. */
-static void qx_make(int kt, const float *x, int n_cols, uint8_t *out)
+static void qx_make(const float *x, int n_cols, uint8_t *out)
 {
     int nb = n_cols / 32;
     int8_t *qs = (int8_t *)out;

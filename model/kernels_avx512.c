@@ -7,14 +7,16 @@
  * int8 activations by vpdpbusd (unsigned x signed bytes, summed into int32 lanes). The
  * weight bytes are made unsigned (q8_0: w + 128; q4_0: the raw nibble q, not q - 8) and
  * the offset is taken back exactly through the activation block sums, which the
- * quantised layout stores as the initial value of the accumulating lanes:
+ * quantised layout stores as the initial value of the accumulating lanes (for q4_0
+ * shifted right by 4: -128 * sum / 16 = -8 * sum, exact; one layout for both types).
+ * Keeping the weight bytes small matters: each lane is converted to f32 on its own, so
+ * an offset as large as 128 on 0..15 would turn into rounding error of the lane sums.
  *
  *   pair layout, per pair p of blocks (2p, 2p+1), zero-padded to whole pairs:
  *     qs   int8[64]    the activation bytes of both blocks, in element order
- *     bias int32[16]   lane 0: -C * sum(qs of block 2p), lane 8: the same for 2p+1, else 0
+ *     bias int32[16]   lane 0: -128 * sum(qs of block 2p), lane 8: the same for 2p+1, else 0
  *     dx   float[16]   lanes 0-7: the f32 scale of block 2p, lanes 8-15: of block 2p+1
- *   with C = 128 for q8_0 and 8 for q4_0; the arrays follow each other (all qs, all bias,
- *   all dx).
+ *   the arrays follow each other (all qs, all bias, all dx).
  *
  * "avx512-fma" is the same path with Q8_0/Q4_0 dequantised to f32 in registers and
  * multiplied with f32 activations instead; kept to measure the int8 choice against
@@ -102,16 +104,16 @@ INLINE void rows_float(const int kt, const int NX, const uint8_t *W, size_t w_st
 
 /* ---- quantised weights, int8 dot products ---- */
 
-static size_t qx_pair_bytes(int kt, int n_cols)
+static size_t qx_pair_bytes(int n_cols)
 {
     size_t npairs = (size_t)(n_cols / 32 + 1) / 2;
     return npairs * 192;
 }
 
-static void qx_pair_make(int kt, const float *x, int n_cols, uint8_t *out)
+static void qx_pair_make(const float *x, int n_cols, uint8_t *out)
 {
     int nb = n_cols / 32, npairs = (nb + 1) / 2;
-    int32_t c = kt == KT_Q8_0 ? 128 : 8;
+    const int32_t c = 128;
     int8_t *qs = (int8_t *)out;
     int32_t *bias = (int32_t *)(out + (size_t)npairs * 64);
     float *dx = (float *)(out + (size_t)npairs * 128);
@@ -207,8 +209,10 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
             __m512 d = dpair(kt, blk);
 #pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
-                __m512i dot = _mm512_dpbusd_epi32(_mm512_load_si512(xb[i] + p), w,
-                                                  _mm512_load_si512(xq[i] + p));
+                __m512i bias = _mm512_load_si512(xb[i] + p);
+                if (kt == KT_Q4_0)
+                    bias = _mm512_srai_epi32(bias, 4);
+                __m512i dot = _mm512_dpbusd_epi32(bias, w, _mm512_load_si512(xq[i] + p));
                 acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_load_ps(xd[i] + p)),
                                          _mm512_cvtepi32_ps(dot), acc[i]);
             }
@@ -227,9 +231,11 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
             __m256 d = _mm256_set1_ps(f16_f32(dh));
 #pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
-                __m256i dot =
-                    _mm256_dpbusd_epi32(_mm512_castsi512_si256(_mm512_load_si512(xb[i] + nfull)), w,
-                                        _mm512_castsi512_si256(_mm512_load_si512(xq[i] + nfull)));
+                __m256i bias = _mm512_castsi512_si256(_mm512_load_si512(xb[i] + nfull));
+                if (kt == KT_Q4_0)
+                    bias = _mm256_srai_epi32(bias, 4);
+                __m256i dot = _mm256_dpbusd_epi32(
+                    bias, w, _mm512_castsi512_si256(_mm512_load_si512(xq[i] + nfull)));
                 __m256 dx = _mm512_castps512_ps256(_mm512_load_ps(xd[i] + nfull));
                 __m256 t = _mm256_mul_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(dot));
                 acc[i] = _mm512_add_ps(acc[i], _mm512_zextps256_ps512(t));
@@ -243,12 +249,12 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
 
 /* ---- quantised weights dequantised to f32 in registers (the "avx512-fma" variant) ---- */
 
-static size_t qx_f32_bytes(int kt, int n_cols)
+static size_t qx_f32_bytes(int n_cols)
 {
     return ((size_t)n_cols * 4 + 63) & ~(size_t)63;
 }
 
-static void qx_f32_make(int kt, const float *x, int n_cols, uint8_t *out)
+static void qx_f32_make(const float *x, int n_cols, uint8_t *out)
 {
     memcpy(out, x, (size_t)n_cols * 4);
 }

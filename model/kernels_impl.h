@@ -7,10 +7,10 @@
  * it. The tables are constant; any thread may call through them.
  *
  * Weight types are indexed by slot (KT_F32 ...), not by their ggml numbers.
- * Q8_0 and Q4_0 weights are multiplied with activations quantised once per call
- * to int8 blocks of 32 with an f32 scale (as llama.cpp does); each path lays
- * those out as its inner loop wants (qx_bytes/qx_make), and dots are exact
- * int32 sums per block scaled in f32.
+ * Q8_0 and Q4_0 weights are multiplied with activations quantised once per
+ * product to int8 blocks of 32 with an f32 scale (as llama.cpp does); each path
+ * lays those out as its inner loop wants (qx_bytes/qx_make), one layout that
+ * serves both weight types, and dots are exact int32 sums per block scaled in f32.
  */
 #ifndef GISTD_MODEL_KERNELS_IMPL_H
 #define GISTD_MODEL_KERNELS_IMPL_H
@@ -39,11 +39,11 @@ typedef struct kern_path {
     const char *name;
     kern_rows_fn rows[KT_COUNT];
     kern_to_f32_fn to_f32[KT_COUNT];
-    /* Bytes of one quantised activation vector of n_cols elements (a multiple of 32)
-     * for weights of slot kt (KT_Q8_0 or KT_Q4_0); a multiple of 64. */
-    size_t (*qx_bytes)(int kt, int n_cols);
-    /* Quantises x[0..n_cols) into out (qx_bytes(kt, n_cols) bytes, 64-byte aligned). */
-    void (*qx_make)(int kt, const float *x, int n_cols, uint8_t *out);
+    /* Bytes of one quantised activation vector of n_cols elements (a multiple of 32),
+     * read by the Q8_0 and the Q4_0 row kernels alike; a multiple of 64. */
+    size_t (*qx_bytes)(int n_cols);
+    /* Quantises x[0..n_cols) into out (qx_bytes(n_cols) bytes, 64-byte aligned). */
+    void (*qx_make)(const float *x, int n_cols, uint8_t *out);
 } kern_path_t;
 
 extern const kern_path_t kern_path_portable;
@@ -54,7 +54,7 @@ extern const kern_path_t kern_path_avx512_fma;
 
 /* kern_matmul with the method picked by the caller (for benchmarks that find the batch
  * size where sgemm starts to win): one pass of the row kernels per KERN_MAX_NX vectors,
- * or OpenBLAS sgemm (on f32 tiles of W for other types). */
+ * or OpenBLAS sgemm on each thread's rows (on f32 tiles of W for other types). */
 enum { KERN_BY_ROWS = 1, KERN_BY_GEMM = 2 };
 void kern_matmul_how(int how, uint32_t type, const void *W, const float *X, float *Y, int n_rows,
                      int n_cols, int n_b);
@@ -64,8 +64,8 @@ void kern_matmul_how(int how, uint32_t type, const void *W, const float *X, floa
  * then float d[n_cols / 32], then int32 sum[n_cols / 32] (the sum of each block's qs),
  * padded to 64 bytes. value c = d[c / 32] * qs[c].
  */
-size_t kern_qx_simple_bytes(int kt, int n_cols);
-void kern_qx_simple_make(int kt, const float *x, int n_cols, uint8_t *out);
+size_t kern_qx_simple_bytes(int n_cols);
+void kern_qx_simple_make(const float *x, int n_cols, uint8_t *out);
 
 /* Quantises 32 floats as every path does (the SIMD ones with the same f32 operations, so
  * the bytes agree): d = max|x| / 127, q = x * (1 / d) rounded to nearest even.
