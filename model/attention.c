@@ -7,27 +7,67 @@
  * from the batch's own K/V scratch (f32, after RoPE), causal within a sequence.
  * Scores are scaled by 1/sqrt(head_dim), biased, and softmaxed in f32 with the
  * maximum subtracted. The inner loops are model/attn_ops.h's (SIMD where the CPU has
- * it); stored rows are converted a tile at a time. Units run in parallel with OpenMP;
- * when a view asks for
- * attention accumulation the unit becomes (sequence, kv-head), so that one thread
- * owns each accumulator and no atomics are needed.
+ * it); stored rows are converted a tile at a time. Units are shared out among the
+ * forward's OpenMP team; when a view asks for attention accumulation the unit becomes
+ * (sequence, kv-head), so that one thread owns each accumulator and no atomics are
+ * needed. The unit that owns a (batch item, kv-head) also writes the item's new row into
+ * its view (K, V and, with retention gates, log-beta).
  */
 #include <math.h>
 #include <omp.h>
 #include <string.h>
 
 #include "common/dtype.h"
+#include "model/kernels.h"
 #include "model/attn_ops.h"
 #include "model/llama_impl.h"
 
 /* Stored rows are read a tile at a time: converted to f32 once for all heads of the group. */
 #define TILE 64
 
+/* Floats at the start of a thread's buffer for one row of a retention gate's output
+ * matrix in f32; a multiple of 16, so what follows stays 64-byte aligned. */
+static size_t ret_floats(const mdl_t *m)
+{
+    return m->has_retention ? ((size_t)m->ret_hidden + 15) & ~(size_t)15 : 0;
+}
+
 size_t mdl_attention_scratch(const mdl_t *m, size_t n_rows)
 {
     size_t g = m->hp.n_head / m->hp.n_head_kv;
-    /* an f32 tile of rows, [g][n_rows] scores, g normalisers; padded to keep threads apart */
-    return ((size_t)TILE * m->hp.head_dim + g * n_rows + g + 31) & ~(size_t)15;
+    /* a gate row, an f32 tile of rows, [g][n_rows] scores, g normalisers; padded to keep
+     * threads apart */
+    return ret_floats(m) + (((size_t)TILE * m->hp.head_dim + g * n_rows + g + 31) & ~(size_t)15);
+}
+
+static inline float log_sigmoid(float z)
+{
+    return fminf(z, 0.0f) - log1pf(expf(-fabsf(z)));
+}
+
+/* Writes batch item i's new K and V rows for kv-head kvh into its view, and its retention
+ * log-beta: logsigmoid(W2 . h + b2) from the gate's hidden layer h (s.rh, silu applied),
+ * with row kvh of W2 widened to f32 in wrow and the dot summed in double. */
+static void store_new(mdl_t *m, const mdl_layer_t *L, uint32_t i, int kvh, float *wrow)
+{
+    const mdl_scratch_t *s = &m->s;
+    const int hd = (int)m->hp.head_dim, n_kv = (int)m->hp.n_head_kv;
+    const size_t kv_dim = (size_t)n_kv * hd;
+    const mdl_kv_view_t *v = &s->views[(size_t)s->item_slot[i] * n_kv + kvh];
+    const size_t j = (size_t)s->item_j[i];
+    if (v->new_k)
+        memcpy(v->new_k + j * hd, s->k + i * kv_dim + (size_t)kvh * hd, sizeof(float) * hd);
+    if (v->new_v)
+        memcpy(v->new_v + j * hd, s->v + i * kv_dim + (size_t)kvh * hd, sizeof(float) * hd);
+    if (v->new_logbeta && m->has_retention) {
+        const int nh = (int)m->ret_hidden;
+        const float *h = s->rh + (size_t)i * nh;
+        kern_get_row(L->ret_out.type, L->ret_out.data, nh, kvh, wrow);
+        double z = L->ret_out_b[kvh];
+        for (int c = 0; c < nh; c++)
+            z += (double)wrow[c] * h[c];
+        v->new_logbeta[j] = log_sigmoid((float)z);
+    }
 }
 
 /* Rows r0 .. r0+nt of a chunk payload as f32 rows of hd: the payload itself for F32, else
@@ -134,44 +174,39 @@ static void attend(mdl_t *m, uint32_t i, int kvh, float *buf, bool acc)
             out[(size_t)h * hd + d] *= inv[h];
 }
 
-void mdl_attention(mdl_t *m, uint32_t n)
+void mdl_attention(mdl_t *m, int layer, uint32_t n)
 {
     mdl_scratch_t *s = &m->s;
+    const mdl_layer_t *L = &m->layers[layer];
     const int n_kv = (int)m->hp.n_head_kv;
     const size_t n_views = (size_t)s->n_slots * n_kv;
+    float *buf = s->thr + (size_t)omp_get_thread_num() * s->thr_floats;
+    float *att_buf = buf + ret_floats(m);
 
     bool acc = false;
-    double work = 0.0; /* multiply-adds, to skip threading for tiny batches */
     for (size_t u = 0; u < n_views && !acc; u++) {
         const mdl_kv_view_t *v = &s->views[u];
         acc = v->new_attn_acc != NULL;
         for (uint32_t c = 0; c < v->n_chunks && !acc; c++)
             acc = v->chunks[c].attn_acc != NULL;
     }
-    for (size_t u = 0; u < n_views; u++) {
-        size_t stored = 0, n_new = s->slot_n[u / n_kv];
-        for (uint32_t c = 0; c < s->views[u].n_chunks; c++)
-            stored += s->views[u].chunks[c].n;
-        work += (double)n_new * (double)(stored + n_new);
-    }
-    work *= 2.0 * m->hp.head_dim * (m->hp.n_head / m->hp.n_head_kv);
-    const bool par = m->n_threads > 1 && work > 65536.0;
-
     if (acc) {
         const int units = (int)n_views;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(m->n_threads) if (par)
+#pragma omp for schedule(dynamic, 1) nowait
         for (int u = 0; u < units; u++) {
-            float *buf = s->thr + (size_t)omp_get_thread_num() * s->thr_floats;
             const int slot = u / n_kv;
-            for (uint32_t jj = 0; jj < s->slot_n[slot]; jj++)
-                attend(m, (uint32_t)s->slot_items[s->slot_first[slot] + jj], u % n_kv, buf, true);
+            for (uint32_t jj = 0; jj < s->slot_n[slot]; jj++) {
+                const uint32_t i = (uint32_t)s->slot_items[s->slot_first[slot] + jj];
+                store_new(m, L, i, u % n_kv, buf);
+                attend(m, i, u % n_kv, att_buf, true);
+            }
         }
     } else {
         const int units = (int)n * n_kv;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(m->n_threads) if (par)
+#pragma omp for schedule(dynamic, 1) nowait
         for (int u = 0; u < units; u++) {
-            float *buf = s->thr + (size_t)omp_get_thread_num() * s->thr_floats;
-            attend(m, (uint32_t)(u / n_kv), u % n_kv, buf, false);
+            store_new(m, L, (uint32_t)(u / n_kv), u % n_kv, buf);
+            attend(m, (uint32_t)(u / n_kv), u % n_kv, att_buf, false);
         }
     }
 }

@@ -1,7 +1,9 @@
 /*
  * model/llama_impl.h — the insides of an mdl_t, shared by model/llama.c (loading,
- * the layer loop) and model/attention.c (attention over KV views). Not for other
- * modules: they use model/llama.h. Same threading rules as an mdl_t.
+ * scratch), model/forward.c (the layer loop) and model/attention.c (attention over KV
+ * views). Not for other modules: they use model/llama.h. Same threading rules as an
+ * mdl_t; inside mdl_forward, the functions below marked "team" are called by every
+ * thread of the forward's OpenMP team (or by the caller alone when it runs unthreaded).
  */
 #ifndef GISTD_MODEL_LLAMA_IMPL_H
 #define GISTD_MODEL_LLAMA_IMPL_H
@@ -10,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "model/kernels.h"
 #include "model/llama.h"
 
 /* A weight matrix: n_rows rows of n_cols elements of `type`, in the mapping. */
@@ -33,6 +36,10 @@ typedef struct mdl_layer {
     const float *ret_out_b; /* [n_head_kv] */
 } mdl_layer_t;
 
+/* Products of up to this many items take activations that each thread of the forward's
+ * team normalises and quantises for itself (one pass of the row kernels serves four). */
+#define MDL_PRV_ROWS 4
+
 /* Scratch of the forward pass, grown as batches and views grow, never shrunk.
  * Per-item buffers hold `cap` items. */
 typedef struct mdl_scratch {
@@ -45,9 +52,11 @@ typedef struct mdl_scratch {
     float *att;  /* [cap][n_head*head_dim] attention output */
     float *hb;   /* [cap][n_ff] gate, then silu(gate) * up */
     float *hb2;  /* [cap][n_ff] up */
-    float *rh;   /* [cap][ret_hidden] retention gate hidden layer */
-    float *rz;   /* [cap][n_head_kv] retention log-beta */
+    float *rh;   /* [cap][ret_hidden] retention gate hidden layer, after silu */
     float *rope; /* [cap][n_rot/2][2] cos, sin of each item's angles */
+    uint8_t *qx; /* [cap][qx_row] the activations of a product, quantised (shared) */
+    size_t qx_row;
+    int32_t *want; /* [cap] batch indices of the items that want logits */
 
     /* Items grouped by sequence: the sequences of a batch get slots 0..n_slots-1 in
      * order of first appearance; slot s's items (batch indices, in batch order) are
@@ -62,10 +71,15 @@ typedef struct mdl_scratch {
     uint32_t n_slots;
     mdl_kv_view_t *views; /* [cap][n_head_kv] this layer's views, by slot */
 
-    /* Per-thread attention buffers: scores and dequantised rows. */
+    /* Per-thread buffers. Activations of a product of a few items, made by each thread
+     * for itself (cheaper than sharing them out and waiting for each other): */
+    int n_prv;
+    float *prv_x;    /* [n_prv][MDL_PRV_ROWS][n_embd] normalised rows */
+    uint8_t *prv_qx; /* [n_prv][MDL_PRV_ROWS][qx_row] */
+    /* attention: scores and dequantised rows */
     int n_thr;
     size_t thr_floats; /* floats per thread */
-    float *thr;        /* [n_thr][thr_floats] */
+    float *thr;        /* [n_thr][thr_floats], 64-byte aligned */
 } mdl_scratch_t;
 
 struct mdl {
@@ -90,12 +104,24 @@ struct mdl {
     float **owned; /* vectors converted to f32 at load, freed with the model */
     size_t n_owned;
 
+    /* What one layer costs, to decide whether a forward call is worth threads: */
+    double layer_bytes;  /* weight bytes, on average over layers (with the output's share) */
+    double layer_params; /* weights, likewise */
+    double par_min_ns;   /* estimated one-thread time of a layer below which a call runs on
+                            the caller's thread alone (GISTD_PAR_MIN_NS overrides) */
+
+    kern_scratch_t *ks;
     mdl_scratch_t s;
 };
 
-/* Runs attention of layer-local views for every (item, kv-head) of the batch,
- * writing s.att. Uses the views in m->s.views, the rows in s.q/s.k/s.v. */
-void mdl_attention(mdl_t *m, uint32_t n_items);
+/* Team. Attention of layer `layer` for every (item, kv-head) of the batch, writing s.att;
+ * also writes each view's new rows (K, V, retention log-beta). Uses the views in
+ * m->s.views and the rows in s.q/s.k/s.v (s.rh with retention gates). Shares units out
+ * with `omp for nowait`: the caller waits for the team before reading s.att. */
+void mdl_attention(mdl_t *m, int layer, uint32_t n_items);
+
+/* Frees the buffers of a scratch (model/forward.c). */
+void mdl_scratch_free(mdl_scratch_t *s);
 
 /* Floats of per-thread attention scratch needed for a view set whose largest
  * (stored + new) row count is n_rows. */

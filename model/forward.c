@@ -1,0 +1,534 @@
+/*
+ * model/forward.c — the layer loop of the forward pass (mdl_forward, model/llama.h) and
+ * its scratch. Loading is in model/llama.c, attention in model/attention.c.
+ *
+ * One call is one OpenMP parallel region: every thread of the team runs the layer loop,
+ * the products share out their rows (kern_matmul_multi_team) and the threads meet at a
+ * barrier where a step needs what another thread made. Per layer:
+ *
+ *   thread 0: this layer's KV views       | all: norm, Q K V (+ gate input) and RoPE
+ *   -- barrier --  attention, new rows into the views
+ *   -- barrier --  output projection and residual
+ *   -- barrier --  norm, gate and up, SwiGLU
+ *   -- barrier --  down projection and residual
+ *   -- barrier --
+ *
+ * Element-wise work rides on the products: RoPE, SwiGLU and the residual run on the rows
+ * a thread has just made (the done callbacks). The activations of a product of a few
+ * items (decode) are normalised and quantised by every thread for itself, which costs
+ * less than one more barrier; larger batches share that work out (one more barrier). A
+ * call too small to gain from threads (a tiny model, a short decode step) runs on the
+ * caller's thread alone: see work_ns.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/dtype.h"
+#include "model/attn_ops.h"
+#include "model/kernels.h"
+#include "model/llama_impl.h"
+
+/* Estimated speeds of one thread, for work_ns: weight bytes streamed per ns, flops per ns
+ * of the products, and of attention. Rough on purpose: they only tell a tiny model from
+ * a real one. */
+#define EST_BYTES_PER_NS     20.0
+#define EST_FLOPS_PER_NS     40.0
+#define EST_ATT_FLOPS_PER_NS 20.0
+
+/* ------------------------------------------------------------------ scratch */
+
+static int grow(void *pp, size_t elem, size_t n)
+{
+    void *p = realloc(*(void **)pp, elem * (n ? n : 1));
+    if (!p)
+        return ERR_NOMEM;
+    *(void **)pp = p;
+    return 0;
+}
+
+static int grow_aligned(uint8_t **p, size_t bytes)
+{
+    uint8_t *q = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!q)
+        return ERR_NOMEM;
+    free(*p);
+    *p = q;
+    return 0;
+}
+
+/* Widest input of a product: its quantised rows are the largest. */
+static int max_cols(const mdl_t *m)
+{
+    const mdl_hparams_t *hp = &m->hp;
+    uint32_t c = hp->n_embd;
+    c = hp->n_head * hp->head_dim > c ? hp->n_head * hp->head_dim : c;
+    c = hp->n_ff > c ? hp->n_ff : c;
+    c = m->ret_hidden > c ? m->ret_hidden : c;
+    return (int)c;
+}
+
+/* Per-item buffers for n items, per-thread buffers for the model's thread count. */
+static int scratch_reserve(mdl_t *m, uint32_t n)
+{
+    mdl_scratch_t *s = &m->s;
+    const mdl_hparams_t *hp = &m->hp;
+    /* the quantised layout belongs to the kernel path, which tests may change */
+    const size_t qx_row = kern_qx_bytes(max_cols(m));
+    if (n > s->cap || qx_row > s->qx_row) {
+        const uint32_t cap = n > s->cap ? n : s->cap;
+        const size_t q_dim = (size_t)hp->n_head * hp->head_dim;
+        const size_t kv_dim = (size_t)hp->n_head_kv * hp->head_dim;
+        int rc = 0;
+        rc |= grow(&s->x, sizeof(float) * hp->n_embd, cap);
+        rc |= grow(&s->xb, sizeof(float) * hp->n_embd, cap);
+        rc |= grow(&s->q, sizeof(float) * q_dim, cap);
+        rc |= grow(&s->k, sizeof(float) * kv_dim, cap);
+        rc |= grow(&s->v, sizeof(float) * kv_dim, cap);
+        rc |= grow(&s->att, sizeof(float) * q_dim, cap);
+        rc |= grow(&s->hb, sizeof(float) * hp->n_ff, cap);
+        rc |= grow(&s->hb2, sizeof(float) * hp->n_ff, cap);
+        rc |= grow(&s->rh, sizeof(float) * (m->ret_hidden ? m->ret_hidden : 1), cap);
+        rc |= grow(&s->rope, sizeof(float) * (hp->n_rot ? hp->n_rot : 1), cap);
+        rc |= grow(&s->want, sizeof(int32_t), cap);
+        rc |= grow(&s->item_slot, sizeof(int32_t), cap);
+        rc |= grow(&s->item_j, sizeof(int32_t), cap);
+        rc |= grow(&s->slot_items, sizeof(int32_t), cap);
+        rc |= grow(&s->slot_first, sizeof(uint32_t), cap);
+        rc |= grow(&s->slot_n, sizeof(uint32_t), cap);
+        rc |= grow(&s->slot_seq, sizeof(int32_t), cap);
+        rc |= grow(&s->views, sizeof(mdl_kv_view_t) * hp->n_head_kv, cap);
+        rc |= grow_aligned(&s->qx, qx_row * cap);
+        if (rc)
+            return ERR_NOMEM;
+        s->cap = cap;
+        s->qx_row = qx_row;
+        s->n_prv = 0; /* the private rows follow qx_row */
+    }
+    if (s->n_prv < m->n_threads) {
+        const size_t nt = (size_t)m->n_threads;
+        if (grow(&s->prv_x, sizeof(float) * MDL_PRV_ROWS * hp->n_embd, nt) ||
+            grow_aligned(&s->prv_qx, nt * MDL_PRV_ROWS * s->qx_row))
+            return ERR_NOMEM;
+        s->n_prv = m->n_threads;
+    }
+    return kern_scratch_reserve(m->ks, m->n_threads);
+}
+
+/* Per-thread attention buffers for views of up to n_rows rows. */
+static int scratch_reserve_attention(mdl_t *m, size_t n_rows)
+{
+    mdl_scratch_t *s = &m->s;
+    size_t need = mdl_attention_scratch(m, n_rows);
+    if (need <= s->thr_floats && s->n_thr >= m->n_threads)
+        return 0;
+    if (need > s->thr_floats) /* amortise decode, keep 64-byte multiples */
+        need = need > s->thr_floats * 3 / 2 ? need : (s->thr_floats * 3 / 2 + 15) & ~(size_t)15;
+    else
+        need = s->thr_floats;
+    float *p = aligned_alloc(64, sizeof(float) * need * (size_t)m->n_threads);
+    if (!p)
+        return ERR_NOMEM;
+    free(s->thr);
+    s->thr = p;
+    s->thr_floats = need;
+    s->n_thr = m->n_threads;
+    return 0;
+}
+
+void mdl_scratch_free(mdl_scratch_t *s)
+{
+    float *fs[] = {s->x,  s->xb,  s->q,  s->k,    s->v,   s->att,
+                   s->hb, s->hb2, s->rh, s->rope, s->thr, s->prv_x};
+    for (size_t i = 0; i < sizeof fs / sizeof fs[0]; i++)
+        free(fs[i]);
+    free(s->qx);
+    free(s->prv_qx);
+    free(s->want);
+    free(s->item_slot);
+    free(s->item_j);
+    free(s->slot_items);
+    free(s->slot_first);
+    free(s->slot_n);
+    free(s->slot_seq);
+    free(s->seq_slot);
+    free(s->views);
+}
+
+/* ------------------------------------------------------------------ batch and views */
+
+/* Checks the batch and groups its items by sequence; lists the items that want logits. */
+static int batch_prepare(mdl_t *m, const mdl_batch_t *b, uint32_t *n_want, err_info_t *e)
+{
+    mdl_scratch_t *s = &m->s;
+    const uint32_t n = b->n;
+    uint32_t nw = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const int32_t seq = b->seq ? b->seq[i] : 0;
+        if (b->token[i] < 0 || (uint32_t)b->token[i] >= m->hp.n_vocab)
+            return err_set(e, ERR_RANGE,
+                           "batch item %u: token %d is outside the vocabulary "
+                           "(%u)",
+                           i, b->token[i], m->hp.n_vocab);
+        if (b->pos[i] < 0)
+            return err_set(e, ERR_RANGE, "batch item %u: position %d is negative", i, b->pos[i]);
+        if (seq < 0 || seq >= MDL_MAX_SEQ)
+            return err_set(e, ERR_RANGE, "batch item %u: sequence %d is outside [0, %d)", i, seq,
+                           MDL_MAX_SEQ);
+        if (b->want ? b->want[i] != 0 : i + 1 == n)
+            s->want[nw++] = (int32_t)i;
+    }
+    /* slots in order of first appearance; counts, then offsets, then the lists */
+    s->n_slots = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const int32_t seq = b->seq ? b->seq[i] : 0;
+        int32_t slot = s->seq_slot[seq];
+        if (slot < 0) {
+            slot = (int32_t)s->n_slots++;
+            s->seq_slot[seq] = slot;
+            s->slot_seq[slot] = seq;
+            s->slot_n[slot] = 0;
+        }
+        s->item_slot[i] = slot;
+        s->item_j[i] = (int32_t)s->slot_n[slot]++;
+    }
+    uint32_t first = 0;
+    for (uint32_t sl = 0; sl < s->n_slots; sl++) {
+        s->slot_first[sl] = first;
+        first += s->slot_n[sl];
+        s->seq_slot[s->slot_seq[sl]] = -1; /* leave the table clean for the next batch */
+    }
+    for (uint32_t i = 0; i < n; i++)
+        s->slot_items[s->slot_first[s->item_slot[i]] + (uint32_t)s->item_j[i]] = (int32_t)i;
+    *n_want = nw;
+    return 0;
+}
+
+/* Calls the views of one layer, checks them and makes room for attention over them (the
+ * new rows are written into them by mdl_attention). */
+static int layer_views(mdl_t *m, int layer, const mdl_kv_io_t *io, err_info_t *e)
+{
+    mdl_scratch_t *s = &m->s;
+    const int n_kv = (int)m->hp.n_head_kv, hd = (int)m->hp.head_dim;
+    size_t max_rows = 0;
+    for (uint32_t sl = 0; sl < s->n_slots; sl++) {
+        const uint32_t n_new = s->slot_n[sl];
+        for (int h = 0; h < n_kv; h++) {
+            mdl_kv_view_t *v = &s->views[sl * (size_t)n_kv + h];
+            memset(v, 0, sizeof *v);
+            if (io && io->view) {
+                int rc = io->view(io->ctx, s->slot_seq[sl], layer, h, n_new, v);
+                if (rc)
+                    return err_set(e, rc, "KV view of sequence %d, layer %d, kv-head %d: %s",
+                                   s->slot_seq[sl], layer, h, err_str(rc));
+            }
+            size_t rows = n_new;
+            for (uint32_t c = 0; c < v->n_chunks; c++) {
+                const mdl_kv_chunk_t *ch = &v->chunks[c];
+                if (ch->n == 0)
+                    continue;
+                if (ch->type != DT_F32 && ch->type != DT_F16 &&
+                    !(ch->type == DT_Q8_0 && hd % QK8_0 == 0))
+                    return err_set(e, ERR_UNSUPPORTED,
+                                   "KV view of sequence %d, layer %d, "
+                                   "kv-head %d: chunk %u has payload type %u (f32, f16 and, "
+                                   "for head_dim a multiple of 32, q8_0 are read)",
+                                   s->slot_seq[sl], layer, h, c, ch->type);
+                if (!ch->k || !ch->v)
+                    return err_set(e, ERR_INVAL,
+                                   "KV view of sequence %d, layer %d, kv-head "
+                                   "%d: chunk %u has no payload",
+                                   s->slot_seq[sl], layer, h, c);
+                rows += ch->n;
+            }
+            max_rows = rows > max_rows ? rows : max_rows;
+        }
+    }
+    if (scratch_reserve_attention(m, max_rows))
+        return err_set(e, ERR_NOMEM, "out of memory for attention over %zu rows", max_rows);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ steps */
+
+/* The state of one call, shared by its team. */
+typedef struct fwd {
+    mdl_t *m;
+    const mdl_kv_io_t *io;
+    err_info_t *e;
+    uint32_t n, n_want;
+    float *logits;
+    int rc; /* written by thread 0 before a barrier, read by all after it */
+} fwd_t;
+
+/* What the done callbacks of a product need; each thread passes its own. */
+typedef struct step {
+    const fwd_t *f;
+    const mdl_layer_t *L;
+} step_t;
+
+/* out = x / rms(x) * w for one row of d. Sum of squares in double, as ggml. */
+static void rms_norm_row(const float *x, const float *w, float *out, int d, float eps)
+{
+    double ss = 0.0;
+    for (int c = 0; c < d; c++)
+        ss += (double)x[c] * x[c];
+    const float scale = (float)(1.0 / sqrt(ss / d + eps));
+    for (int c = 0; c < d; c++)
+        out[c] = x[c] * scale * w[c];
+}
+
+static bool any_quant(const kern_mat_t *mats, int n_mats)
+{
+    for (int i = 0; i < n_mats; i++)
+        if (mats[i].type == DT_Q8_0 || mats[i].type == DT_Q4_0)
+            return true;
+    return false;
+}
+
+/*
+ * Team. The activations of a product for the calling thread: rows idx[0..n) of X [.][d]
+ * (rows 0..n when idx is NULL), normalised with w when w is set, quantised when quant.
+ * Up to MDL_PRV_ROWS rows, each thread makes its own copy; more rows are shared out into
+ * s.xb (normalised rows; must not be an input) and s.qx, and the team meets at the
+ * barrier of that omp for.
+ */
+static kern_act_t prepare(fwd_t *f, const float *X, const int32_t *idx, uint32_t n, int d,
+                          const float *w, bool quant)
+{
+    mdl_t *m = f->m;
+    mdl_scratch_t *s = &m->s;
+    const float eps = m->hp.rms_eps;
+    const size_t qxb = quant ? kern_qx_bytes(d) : 0; /* <= s.qx_row */
+    kern_act_t a = {.x = X, .qx = NULL, .n_cols = d, .n_b = (int)n};
+    if (n <= MDL_PRV_ROWS) {
+        const int t = omp_get_thread_num();
+        float *xo = s->prv_x + (size_t)t * MDL_PRV_ROWS * m->hp.n_embd;
+        uint8_t *qo = s->prv_qx + (size_t)t * MDL_PRV_ROWS * s->qx_row;
+        for (uint32_t i = 0; i < n; i++) {
+            const float *xi = X + (size_t)(idx ? (uint32_t)idx[i] : i) * d;
+            if (w || idx) {
+                if (w)
+                    rms_norm_row(xi, w, xo + (size_t)i * d, d, eps);
+                else
+                    memcpy(xo + (size_t)i * d, xi, sizeof(float) * d);
+                xi = xo + (size_t)i * d;
+            }
+            if (quant)
+                kern_qx_make(xi, d, qo + i * qxb);
+        }
+        if (w || idx)
+            a.x = xo;
+        a.qx = quant ? qo : NULL;
+        return a;
+    }
+#pragma omp for schedule(static)
+    for (uint32_t i = 0; i < n; i++) {
+        const float *xi = X + (size_t)(idx ? (uint32_t)idx[i] : i) * d;
+        if (w || idx) {
+            if (w)
+                rms_norm_row(xi, w, s->xb + (size_t)i * d, d, eps);
+            else
+                memcpy(s->xb + (size_t)i * d, xi, sizeof(float) * d);
+            xi = s->xb + (size_t)i * d;
+        }
+        if (quant)
+            kern_qx_make(xi, d, s->qx + i * qxb);
+    }
+    if (w || idx)
+        a.x = s->xb;
+    a.qx = quant ? s->qx : NULL;
+    return a;
+}
+
+static inline float silu(float x)
+{
+    return x / (1.0f + expf(-x));
+}
+
+/* Rotates the pairs of rows [r0, r1) (r0 even) of every item's rows of dim: adjacent
+ * pairs of the first n_rot dims of each head, by the item's angles. */
+static void rope_rows(const mdl_t *m, float *x, int dim, uint32_t n, int r0, int r1)
+{
+    const int hd = (int)m->hp.head_dim, n_rot = (int)m->hp.n_rot;
+    for (uint32_t i = 0; i < n; i++) {
+        const float *cs = m->s.rope + (size_t)i * n_rot;
+        float *v = x + (size_t)i * dim;
+        for (int r = r0; r + 1 < r1; r += 2) {
+            const int d = r % hd;
+            if (d >= n_rot)
+                continue;
+            const float c = cs[d], sn = cs[d + 1];
+            const float a = v[r], b = v[r + 1];
+            v[r] = a * c - b * sn;
+            v[r + 1] = a * sn + b * c;
+        }
+    }
+}
+
+/* Q, K, V (and the retention gate's hidden layer) of rows that are ready. */
+static void qkv_done(void *ctx, const int *r0, const int *r1)
+{
+    const step_t *st = ctx;
+    const fwd_t *f = st->f;
+    const mdl_t *m = f->m;
+    const mdl_hparams_t *hp = &m->hp;
+    const mdl_scratch_t *s = &m->s;
+    rope_rows(m, s->q, (int)(hp->n_head * hp->head_dim), f->n, r0[0], r1[0]);
+    rope_rows(m, s->k, (int)(hp->n_head_kv * hp->head_dim), f->n, r0[1], r1[1]);
+    if (!m->has_retention)
+        return;
+    const int nh = (int)m->ret_hidden;
+    for (uint32_t i = 0; i < f->n; i++)
+        for (int r = r0[3]; r < r1[3]; r++)
+            s->rh[(size_t)i * nh + r] = silu(s->rh[(size_t)i * nh + r] + st->L->ret_in_b[r]);
+}
+
+/* x += xb on rows that are ready (output and down projections). */
+static void residual_done(void *ctx, const int *r0, const int *r1)
+{
+    const fwd_t *f = ((const step_t *)ctx)->f;
+    const mdl_scratch_t *s = &f->m->s;
+    const size_t d = f->m->hp.n_embd;
+    for (uint32_t i = 0; i < f->n; i++)
+        for (int r = r0[0]; r < r1[0]; r++)
+            s->x[i * d + r] += s->xb[i * d + r];
+}
+
+/* hb = silu(gate) * up on rows that are ready (the same rows of both). */
+static void swiglu_done(void *ctx, const int *r0, const int *r1)
+{
+    const fwd_t *f = ((const step_t *)ctx)->f;
+    const mdl_scratch_t *s = &f->m->s;
+    const size_t d = f->m->hp.n_ff;
+    for (uint32_t i = 0; i < f->n; i++)
+        for (int r = r0[0]; r < r1[0]; r++)
+            s->hb[i * d + r] = silu(s->hb[i * d + r]) * s->hb2[i * d + r];
+}
+
+static kern_mat_t mat(const mdl_mat_t *w, float *y)
+{
+    return (kern_mat_t){.type = w->type, .W = w->data, .n_rows = w->n_rows, .Y = y};
+}
+
+/* Team. One product of prepared activations, then the team meets. */
+static void product(step_t *st, int n_mats, const kern_mat_t *mats, const kern_act_t *a,
+                    kern_done_fn done)
+{
+    kern_matmul_multi_team(n_mats, mats, a, st->f->m->ks, done, st);
+#pragma omp barrier
+}
+
+/* Team. Layer l; 0, or the error every thread of the team returns. */
+static int layer_run(fwd_t *f, uint32_t l)
+{
+    mdl_t *m = f->m;
+    mdl_scratch_t *s = &m->s;
+    const mdl_layer_t *L = &m->layers[l];
+    const uint32_t n = f->n;
+    const int n_embd = (int)m->hp.n_embd, q_dim = (int)(m->hp.n_head * m->hp.head_dim);
+    step_t st = {.f = f, .L = L};
+
+    /* attention block: the views come while the others start on Q, K and V */
+    if (omp_get_thread_num() == 0) {
+        int rc = layer_views(m, (int)l, f->io, f->e);
+        if (rc)
+            f->rc = rc;
+    }
+    kern_mat_t qkv[4] = {mat(&L->wq, s->q), mat(&L->wk, s->k), mat(&L->wv, s->v),
+                         mat(&L->ret_in, s->rh)};
+    const int n_qkv = m->has_retention ? 4 : 3;
+    kern_act_t a = prepare(f, s->x, NULL, n, n_embd, L->attn_norm, any_quant(qkv, n_qkv));
+    product(&st, n_qkv, qkv, &a, qkv_done);
+    const int rc = f->rc;
+    if (rc)
+        return rc;
+    mdl_attention(m, (int)l, n);
+#pragma omp barrier
+    kern_mat_t o = mat(&L->wo, s->xb);
+    a = prepare(f, s->att, NULL, n, q_dim, NULL, any_quant(&o, 1));
+    product(&st, 1, &o, &a, residual_done);
+
+    /* feed-forward block */
+    kern_mat_t gu[2] = {mat(&L->w_gate, s->hb), mat(&L->w_up, s->hb2)};
+    a = prepare(f, s->x, NULL, n, n_embd, L->ffn_norm, any_quant(gu, 2));
+    product(&st, 2, gu, &a, swiglu_done);
+    kern_mat_t d = mat(&L->w_down, s->xb);
+    a = prepare(f, s->hb, NULL, n, (int)m->hp.n_ff, NULL, any_quant(&d, 1));
+    product(&st, 1, &d, &a, residual_done);
+    return 0;
+}
+
+/* Team. Logits of the rows that want them (final norm on the way). */
+static void output_run(fwd_t *f)
+{
+    mdl_t *m = f->m;
+    kern_mat_t o = mat(&m->out, f->logits);
+    kern_act_t a =
+        prepare(f, m->s.x, m->s.want, f->n_want, (int)m->hp.n_embd, m->out_norm, any_quant(&o, 1));
+    kern_matmul_multi_team(1, &o, &a, m->ks, NULL, NULL);
+}
+
+/* ------------------------------------------------------------------ forward */
+
+/* Estimated one-thread nanoseconds of one layer of batch b: weights streamed, product
+ * flops, attention over the rows before each item (its position, at most). */
+static double work_ns(const mdl_t *m, const mdl_batch_t *b)
+{
+    const mdl_hparams_t *hp = &m->hp;
+    double att = 0;
+    for (uint32_t i = 0; i < b->n; i++)
+        att += (double)b->pos[i] + 1;
+    att *= 4.0 * hp->n_head * hp->head_dim;
+    return m->layer_bytes / EST_BYTES_PER_NS + b->n * 2.0 * m->layer_params / EST_FLOPS_PER_NS +
+           att / EST_ATT_FLOPS_PER_NS;
+}
+
+int mdl_forward(mdl_t *m, const mdl_batch_t *b, const mdl_kv_io_t *io, float *logits, err_info_t *e)
+{
+    const uint32_t n = b->n;
+    if (n == 0)
+        return 0;
+    if (!b->token || !b->pos)
+        return err_set(e, ERR_INVAL, "batch of %u items without tokens or positions", n);
+    if (scratch_reserve(m, n))
+        return err_set(e, ERR_NOMEM, "out of memory for a batch of %u items", n);
+    uint32_t n_want = 0;
+    int rc = batch_prepare(m, b, &n_want, e);
+    if (rc)
+        return rc;
+    if (n_want && !logits)
+        return err_set(e, ERR_INVAL, "%u items want logits but no logits buffer was given", n_want);
+
+    mdl_scratch_t *s = &m->s;
+    const mdl_hparams_t *hp = &m->hp;
+    const int n_embd = (int)hp->n_embd, half = (int)hp->n_rot / 2;
+
+    /* cos/sin of every item's angles, computed in double */
+    for (uint32_t i = 0; i < n; i++) {
+        const double pos = (double)b->pos[i] * m->rope_pos_scale;
+        for (int p = 0; p < half; p++) {
+            const double th = pos * m->rope_inv_freq[p];
+            s->rope[((size_t)i * half + p) * 2] = (float)cos(th);
+            s->rope[((size_t)i * half + p) * 2 + 1] = (float)sin(th);
+        }
+    }
+    for (uint32_t i = 0; i < n; i++)
+        kern_get_row(m->tok_embd_type, m->tok_embd, n_embd, b->token[i], s->x + (size_t)i * n_embd);
+
+    fwd_t f = {.m = m, .io = io, .e = e, .n = n, .n_want = n_want, .logits = logits};
+    const bool par = m->n_threads > 1 && work_ns(m, b) >= m->par_min_ns;
+#pragma omp parallel num_threads(m->n_threads) if (par)
+    {
+        /* OpenBLAS, called inside, must not start threads of its own: it does not when
+         * the region is active, and with this when the team is the caller alone */
+        omp_set_num_threads(1);
+        int trc = 0;
+        for (uint32_t l = 0; l < hp->n_layer && !trc; l++)
+            trc = layer_run(&f, l);
+        if (!trc && n_want)
+            output_run(&f);
+    }
+    return f.rc;
+}
