@@ -11,6 +11,11 @@
  *              registers ("avx512-fma"), alternated within the run: medians and ratios
  *     batch    small batches: row kernels against sgemm, per batch size (where the switch is)
  *     prefill  GFLOP/s of kern_matmul with 512 activation rows
+ *     fused    Q/K/V and gate/up of one layer: one kern_matmul_multi call per matrix against
+ *              one call for all of them (one parallel region, one quantisation), alternated;
+ *              1, 4 and 512 activation rows
+ *   Products go through kern_matmul_multi with one scratch for the whole run, as the forward
+ *   pass calls them (kern_matmul and kern_matvec allocate their buffers on every call).
  *   No mode: all of them. The bandwidth of this machine drifts by up to 30% from minute to
  *   minute, so compare figures from one run; variants are alternated, not run in blocks.
  */
@@ -106,8 +111,20 @@ static float *vec_make(size_t n)
     return v;
 }
 
+/* One product as the forward pass makes it: kern_matmul_multi through a kept scratch. */
+static void product(kern_scratch_t *ks, const bench_mat_t *m, const void *W, const float *X,
+                    float *Y, int n_b)
+{
+    const kern_mat_t km = {.type = m->type, .W = W, .n_rows = m->rows, .Y = Y};
+    if (kern_matmul_multi(1, &km, X, m->cols, n_b, ks, NULL, NULL) != 0) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+}
+
 /* Seconds per matvec over the copies (one pass through the working set). */
-static double time_matvec(const bench_mat_t *m, const float *x, float *y, bool sgemv)
+static double time_matvec(kern_scratch_t *ks, const bench_mat_t *m, const float *x, float *y,
+                          bool sgemv)
 {
     double t0 = bench_now();
     for (int k = 0; k < m->copies; k++) {
@@ -116,7 +133,7 @@ static double time_matvec(const bench_mat_t *m, const float *x, float *y, bool s
             cblas_sgemv(CblasRowMajor, CblasNoTrans, m->rows, m->cols, 1.0f, W, m->cols, x, 1, 0.0f,
                         y, 1);
         else
-            kern_matvec(m->type, W, x, y, m->rows, m->cols);
+            product(ks, m, W, x, y, 1);
     }
     return (bench_now() - t0) / m->copies;
 }
@@ -125,7 +142,7 @@ static double time_matvec(const bench_mat_t *m, const float *x, float *y, bool s
 static const int shapes[][2] = {{576, 576}, {192, 576}, {1536, 576}, {576, 1536}, {49152, 576}};
 #define N_SHAPES 5
 
-static void run_matvec(const int *threads, int n_threads, int reps)
+static void run_matvec(kern_scratch_t *ks, const int *threads, int n_threads, int reps)
 {
     printf("\n## kern_matvec, GB/s of weights streamed (median of %d passes over %d MiB)\n", reps,
            (int)(WORKING_SET / MiB));
@@ -147,9 +164,9 @@ static void run_matvec(const int *threads, int n_threads, int reps)
                 for (int i = 0; i < n_threads; i++) {
                     omp_set_num_threads(threads[i]);
                     double t[32];
-                    time_matvec(&m, x, y, sgemv); /* warm up the pool */
+                    time_matvec(ks, &m, x, y, sgemv); /* warm up the pool */
                     for (int r = 0; r < reps; r++)
-                        t[r] = time_matvec(&m, x, y, sgemv);
+                        t[r] = time_matvec(ks, &m, x, y, sgemv);
                     double s = bench_median(t, reps);
                     printf("  %8.1f %8.1f", m.bytes / s / 1e9, s * 1e6);
                 }
@@ -164,7 +181,7 @@ static void run_matvec(const int *threads, int n_threads, int reps)
 }
 
 /* int8 activations against f32 dequantisation, alternated. */
-static void run_compare(const int *threads, int n_threads, int reps)
+static void run_compare(kern_scratch_t *ks, const int *threads, int n_threads, int reps)
 {
     const char *variants[] = {"avx512", "avx512-fma"};
     if (kern_force_simd("avx512") != 0) {
@@ -187,8 +204,8 @@ static void run_compare(const int *threads, int n_threads, int reps)
                     for (int v = 0; v < 2; v++) {
                         kern_force_simd(variants[v]);
                         if (r == 0)
-                            time_matvec(&m, x, y, false);
-                        t[v][r] = time_matvec(&m, x, y, false);
+                            time_matvec(ks, &m, x, y, false);
+                        t[v][r] = time_matvec(ks, &m, x, y, false);
                     }
                 double a = bench_median(t[0], reps), b = bench_median(t[1], reps);
                 printf("%-5s %5dx%-5d %dT  avx512 %6.1f  avx512-fma %6.1f  ratio %.2f\n",
@@ -240,10 +257,10 @@ static void run_batch(const int *threads, int n_threads, int reps)
     free(Y);
 }
 
-static void run_prefill(const int *threads, int n_threads, int reps)
+static void run_prefill(kern_scratch_t *ks, const int *threads, int n_threads, int reps)
 {
     const int nb = 512;
-    printf("\n## kern_matmul with %d activation rows: GFLOP/s (median of %d)\n", nb, reps);
+    printf("\n## products with %d activation rows: GFLOP/s (median of %d)\n", nb, reps);
     float *X = vec_make((size_t)nb * 1536), *Y = vec_make((size_t)nb * 49152);
     for (int ti = 0; ti < 5; ti++) {
         for (int si = 0; si < N_SHAPES; si++) {
@@ -254,10 +271,10 @@ static void run_prefill(const int *threads, int n_threads, int reps)
             for (int i = 0; i < n_threads; i++) {
                 omp_set_num_threads(threads[i]);
                 double t[32];
-                kern_matmul(m.type, m.data, X, Y, m.rows, m.cols, nb);
+                product(ks, &m, m.data, X, Y, nb);
                 for (int r = 0; r < reps; r++) {
                     double t0 = bench_now();
-                    kern_matmul(m.type, m.data, X, Y, m.rows, m.cols, nb);
+                    product(ks, &m, m.data, X, Y, nb);
                     t[r] = bench_now() - t0;
                 }
                 double s = bench_median(t, reps);
@@ -272,11 +289,72 @@ static void run_prefill(const int *threads, int n_threads, int reps)
     free(Y);
 }
 
+/* Q/K/V (576, 192, 192 rows of 576) and gate/up (2 x 1536 rows of 576) of one
+ * SmolLM2-135M layer, stored one after the other per copy: one call per matrix against one
+ * fused call, alternated. */
+static void run_fused(kern_scratch_t *ks, const int *threads, int n_threads, int reps)
+{
+    static const int nbs[] = {1, 4, 512};
+    static const int groups[2][3] = {{576, 192, 192}, {1536, 1536, 0}};
+    static const char *group_names[2] = {"q/k/v", "gate/up"};
+    printf("\n## fused products: us per layer's group, one call per matrix / one fused call "
+           "(median of %d alternated)\n",
+           reps);
+    float *X = vec_make((size_t)512 * 576), *Y = vec_make((size_t)512 * 3072);
+    for (int ti = 0; ti < 5; ti += (ti == 0 ? 1 : 2)) { /* f32, f16, q8_0 */
+        for (int g = 0; g < 2; g++) {
+            const int n_mats = groups[g][2] ? 3 : 2;
+            int total = 0;
+            for (int i = 0; i < n_mats; i++)
+                total += groups[g][i];
+            bench_mat_t m; /* all matrices of the group as one, rows split below */
+            if (mat_make(&m, types[ti], total, 576, WORKING_SET) != 0)
+                return;
+            for (int bi = 0; bi < 3; bi++) {
+                const int nb = nbs[bi], copies = nb > 4 ? 1 : m.copies;
+                printf("%-5s %-8s b%-4d", type_names[ti], group_names[g], nb);
+                for (int i = 0; i < n_threads; i++) {
+                    omp_set_num_threads(threads[i]);
+                    double t[2][32];
+                    for (int r = 0; r <= reps; r++)
+                        for (int fused = 0; fused < 2; fused++) {
+                            double t0 = bench_now();
+                            for (int k = 0; k < copies; k++) {
+                                kern_mat_t km[3];
+                                const uint8_t *W = m.data + m.bytes * k;
+                                float *y = Y;
+                                for (int j = 0; j < n_mats; j++) {
+                                    km[j] = (kern_mat_t){
+                                        .type = m.type, .W = W, .n_rows = groups[g][j], .Y = y};
+                                    W += row_size(m.type, 576) * groups[g][j];
+                                    y += (size_t)nb * groups[g][j];
+                                }
+                                for (int j = 0; j < (fused ? 1 : n_mats); j++)
+                                    if (kern_matmul_multi(fused ? n_mats : 1, km + j, X, 576, nb,
+                                                          ks, NULL, NULL) != 0)
+                                        return;
+                            }
+                            if (r > 0) /* the first round warms up */
+                                t[fused][r - 1] = (bench_now() - t0) / copies;
+                        }
+                    double a = bench_median(t[0], reps), b = bench_median(t[1], reps);
+                    printf("  %dT %8.1f / %8.1f (%.2fx)", threads[i], a * 1e6, b * 1e6, a / b);
+                }
+                printf("\n");
+                fflush(stdout);
+            }
+            free(m.data);
+        }
+    }
+    free(X);
+    free(Y);
+}
+
 int main(int argc, char **argv)
 {
     int threads[8] = {1, 2}, n_threads = 2, reps = 7;
-    bool want[5] = {false}, any = false;
-    static const char *modes[] = {"bw", "matvec", "compare", "batch", "prefill"};
+    bool want[6] = {false}, any = false;
+    static const char *modes[] = {"bw", "matvec", "compare", "batch", "prefill", "fused"};
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
             n_threads = 0;
@@ -287,11 +365,11 @@ int main(int argc, char **argv)
             reps = reps < 1 ? 1 : reps > 32 ? 32 : reps;
         } else {
             int k = 0;
-            while (k < 5 && strcmp(argv[i], modes[k]) != 0)
+            while (k < 6 && strcmp(argv[i], modes[k]) != 0)
                 k++;
-            if (k == 5) {
+            if (k == 6) {
                 fprintf(stderr,
-                        "usage: %s [bw|matvec|compare|batch|prefill]... [--threads 1,2] "
+                        "usage: %s [bw|matvec|compare|batch|prefill|fused]... [--threads 1,2] "
                         "[--reps N]\n",
                         argv[0]);
                 return 2;
@@ -299,8 +377,11 @@ int main(int argc, char **argv)
             want[k] = any = true;
         }
     }
-    for (int k = 0; k < 5 && !any; k++)
+    for (int k = 0; k < 6 && !any; k++)
         want[k] = true;
+    kern_scratch_t *ks = NULL;
+    if (kern_scratch_new(&ks) != 0)
+        return 1;
     bench_print_machine();
     if (want[0]) {
         printf("\n## memory bandwidth: streaming read of 1 GiB\n");
@@ -313,12 +394,15 @@ int main(int argc, char **argv)
         }
     }
     if (want[1])
-        run_matvec(threads, n_threads, reps);
+        run_matvec(ks, threads, n_threads, reps);
     if (want[2])
-        run_compare(threads, n_threads, reps);
+        run_compare(ks, threads, n_threads, reps);
     if (want[3])
         run_batch(threads, n_threads, reps);
     if (want[4])
-        run_prefill(threads, n_threads, reps);
+        run_prefill(ks, threads, n_threads, reps);
+    if (want[5])
+        run_fused(ks, threads, n_threads, reps);
+    kern_scratch_destroy(&ks);
     return 0;
 }

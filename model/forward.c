@@ -20,6 +20,7 @@
  * call too small to gain from threads (a tiny model, a short decode step) runs on the
  * caller's thread alone: see work_ns.
  */
+#include <assert.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -289,7 +290,8 @@ static bool any_quant(const kern_mat_t *mats, int n_mats)
 
 /*
  * Team. The activations of a product for the calling thread: rows idx[0..n) of X [.][d]
- * (rows 0..n when idx is NULL), normalised with w when w is set, quantised when quant.
+ * (rows 0..n when idx is NULL), normalised with w when w is set (d is n_embd then),
+ * quantised when quant.
  * Up to MDL_PRV_ROWS rows, each thread makes its own copy; more rows are shared out into
  * s.xb (normalised rows; must not be an input) and s.qx, and the team meets at the
  * barrier of that omp for.
@@ -302,6 +304,9 @@ static kern_act_t prepare(fwd_t *f, const float *X, const int32_t *idx, uint32_t
     const float eps = m->hp.rms_eps;
     const size_t qxb = quant ? kern_qx_bytes(d) : 0; /* <= s.qx_row */
     kern_act_t a = {.x = X, .qx = NULL, .n_cols = d, .n_b = (int)n};
+    if (!w && !idx && !quant)
+        return a; /* the rows as they are */
+    assert(!(w || idx) || d == (int)m->hp.n_embd);
     if (n <= MDL_PRV_ROWS) {
         const int t = omp_get_thread_num();
         float *xo = s->prv_x + (size_t)t * MDL_PRV_ROWS * m->hp.n_embd;
