@@ -4,7 +4,8 @@
  *
  * One call is one OpenMP parallel region: every thread of the team runs the layer loop,
  * the products share out their rows (kern_matmul_multi_team) and the threads meet at a
- * barrier where a step needs what another thread made. Per layer:
+ * barrier where a step needs what another thread made (the forward's own: see
+ * team_barrier). Per layer:
  *
  *   thread 0: this layer's KV views       | all: norm, Q K V (+ gate input) and RoPE
  *   -- barrier --  attention, new rows into the views
@@ -21,10 +22,16 @@
  * caller's thread alone: see work_ns.
  */
 #include <assert.h>
+#include <immintrin.h>
+#include <linux/futex.h>
 #include <math.h>
 #include <omp.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "common/dtype.h"
 #include "model/attn_ops.h"
@@ -37,6 +44,13 @@
 #define EST_BYTES_PER_NS     20.0
 #define EST_FLOPS_PER_NS     40.0
 #define EST_ATT_FLOPS_PER_NS 20.0
+
+/* How long a thread that reaches a barrier first spins before it sleeps. Barriers of a
+ * decode step wait a few microseconds on an idle machine; on a busy one the thread waited
+ * for may not be running, and spinning on would take the core it needs (libgomp's default
+ * spins some 300000 rounds: 2-thread decode ran 10x slower than 1 thread while one core
+ * was busy with other work). */
+#define BARRIER_SPIN_NS 20000
 
 /* ------------------------------------------------------------------ scratch */
 
@@ -253,6 +267,14 @@ static int layer_views(mdl_t *m, int layer, const mdl_kv_io_t *io, err_info_t *e
 
 /* ------------------------------------------------------------------ steps */
 
+/* A barrier for a team of n threads: the last to arrive starts the next generation. */
+typedef struct team_bar {
+    atomic_uint arrived;  /* threads at the current barrier */
+    atomic_uint gen;      /* barriers passed; the futex word */
+    atomic_uint sleepers; /* threads asleep on gen */
+    atomic_uint n;        /* team size: each thread stores it before its first barrier */
+} team_bar_t;
+
 /* The state of one call, shared by its team. */
 typedef struct fwd {
     mdl_t *m;
@@ -261,11 +283,48 @@ typedef struct fwd {
     uint32_t n, n_want;
     float *logits;
     int rc; /* written by thread 0 before a barrier, read by all after it */
+    team_bar_t bar;
 } fwd_t;
+
+static double now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+/* Team. Waits until every thread of the team has called it; what each wrote before is
+ * then visible to all. Spins for up to BARRIER_SPIN_NS, then sleeps on a futex. */
+static void team_barrier(fwd_t *f)
+{
+    team_bar_t *b = &f->bar;
+    const unsigned n = atomic_load_explicit(&b->n, memory_order_relaxed);
+    if (n <= 1)
+        return;
+    const unsigned gen = atomic_load(&b->gen);
+    if (atomic_fetch_add(&b->arrived, 1) + 1 == n) {
+        atomic_store(&b->arrived, 0);
+        atomic_fetch_add(&b->gen, 1);
+        if (atomic_load(&b->sleepers))
+            syscall(SYS_futex, (unsigned *)&b->gen, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+        return;
+    }
+    const double t0 = now_ns();
+    for (unsigned i = 1; atomic_load_explicit(&b->gen, memory_order_acquire) == gen; i++) {
+        _mm_pause();
+        if (i % 64 == 0 && now_ns() - t0 > BARRIER_SPIN_NS) {
+            atomic_fetch_add(&b->sleepers, 1);
+            while (atomic_load(&b->gen) == gen)
+                syscall(SYS_futex, (unsigned *)&b->gen, FUTEX_WAIT_PRIVATE, gen, NULL, NULL, 0);
+            atomic_fetch_sub(&b->sleepers, 1);
+            return;
+        }
+    }
+}
 
 /* What the done callbacks of a product need; each thread passes its own. */
 typedef struct step {
-    const fwd_t *f;
+    fwd_t *f;
     const mdl_layer_t *L;
 } step_t;
 
@@ -328,7 +387,7 @@ static kern_act_t prepare(fwd_t *f, const float *X, const int32_t *idx, uint32_t
         a.qx = quant ? qo : NULL;
         return a;
     }
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
     for (uint32_t i = 0; i < n; i++) {
         const float *xi = X + (size_t)(idx ? (uint32_t)idx[i] : i) * d;
         if (w || idx) {
@@ -341,6 +400,7 @@ static kern_act_t prepare(fwd_t *f, const float *X, const int32_t *idx, uint32_t
         if (quant)
             kern_qx_make(xi, d, s->qx + i * qxb);
     }
+    team_barrier(f);
     if (w || idx)
         a.x = s->xb;
     a.qx = quant ? s->qx : NULL;
@@ -422,7 +482,7 @@ static void product(step_t *st, int n_mats, const kern_mat_t *mats, const kern_a
                     kern_done_fn done)
 {
     kern_matmul_multi_team(n_mats, mats, a, st->f->m->ks, done, st);
-#pragma omp barrier
+    team_barrier(st->f);
 }
 
 /* Team. Layer l; 0, or the error every thread of the team returns. */
@@ -450,7 +510,7 @@ static int layer_run(fwd_t *f, uint32_t l)
     if (rc)
         return rc;
     mdl_attention(m, (int)l, n);
-#pragma omp barrier
+    team_barrier(f);
     kern_mat_t o = mat(&L->wo, s->xb);
     a = prepare(f, s->att, NULL, n, q_dim, NULL, any_quant(&o, 1));
     product(&st, 1, &o, &a, residual_done);
@@ -529,6 +589,7 @@ int mdl_forward(mdl_t *m, const mdl_batch_t *b, const mdl_kv_io_t *io, float *lo
         /* OpenBLAS, called inside, must not start threads of its own: it does not when
          * the region is active, and with this when the team is the caller alone */
         omp_set_num_threads(1);
+        atomic_store_explicit(&f.bar.n, (unsigned)omp_get_num_threads(), memory_order_relaxed);
         int trc = 0;
         for (uint32_t l = 0; l < hp->n_layer && !trc; l++)
             trc = layer_run(&f, l);
