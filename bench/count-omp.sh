@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# OpenMP parallel regions (fork/joins) and barriers per decoded token and per prefill of
-# the forward pass, counted by wrapping libgomp's entry points (LD_PRELOAD) while
-# `gist-model logits` runs a model token by token and in one batch. Two runs of N and 2N
-# tokens are subtracted, so loading and the first token do not count.
+# OpenMP parallel regions (fork/joins) and libgomp barriers per decoded token and per
+# prefill of the forward pass, counted by wrapping libgomp's entry points (LD_PRELOAD)
+# while `gist-model logits` runs a model token by token and in one batch. Two runs of N and
+# 2N tokens are subtracted, so loading and the first token do not count. The forward's own
+# barriers (model/forward.c, team_barrier: five a layer for decode) are not libgomp's and
+# do not show here.
 # Usage: bench/count-omp.sh MODEL.gguf [THREADS (2)] [N (16)] [GIST_MODEL (build/bin/gist-model)]
 set -euo pipefail
 model=$1 threads=${2:-2} n=${3:-16}
@@ -100,6 +102,6 @@ count() { # tokens ubatch -> "regions barriers"
 read -r r1 b1 <<<"$(count "$n" 1)"
 read -r r2 b2 <<<"$(count $((2 * n)) 1)"
 read -r rp bp <<<"$(count "$n" "$n")"
-echo "# $(basename "$model"), $threads threads: OpenMP regions and barriers with 2+ threads"
+echo "# $(basename "$model"), $threads threads: OpenMP regions and libgomp barriers with 2+ threads"
 echo "decode, per token:         $(((r2 - r1) / n)) regions, $(((b2 - b1) / n)) barriers"
 echo "prefill of $n, whole batch: $rp regions, $bp barriers"
