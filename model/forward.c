@@ -18,11 +18,10 @@
  * a thread has just made (the done callbacks). The activations of a product of a few
  * items (decode) are normalised and quantised by every thread for itself, which costs
  * less than one more barrier; larger batches share that work out (one more barrier). A
- * call too small to gain from threads (a tiny model, a short decode step) runs on the
- * caller's thread alone: see work_ns.
+ * call too small to gain from threads (a tiny model) runs on the caller's thread alone:
+ * see work_ns.
  */
 #include <assert.h>
-#include <immintrin.h>
 #include <linux/futex.h>
 #include <math.h>
 #include <omp.h>
@@ -51,6 +50,13 @@
  * spins some 300000 rounds: 2-thread decode ran 10x slower than 1 thread while one core
  * was busy with other work). */
 #define BARRIER_SPIN_NS 20000
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#else
+#define cpu_relax() ((void)0)
+#endif
 
 /* ------------------------------------------------------------------ scratch */
 
@@ -311,7 +317,7 @@ static void team_barrier(fwd_t *f)
     }
     const double t0 = now_ns();
     for (unsigned i = 1; atomic_load_explicit(&b->gen, memory_order_acquire) == gen; i++) {
-        _mm_pause();
+        cpu_relax();
         if (i % 64 == 0 && now_ns() - t0 > BARRIER_SPIN_NS) {
             atomic_fetch_add(&b->sleepers, 1);
             while (atomic_load(&b->gen) == gen)
