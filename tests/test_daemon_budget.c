@@ -69,8 +69,10 @@ static void test_budget_never_crossed(void)
     const char *prompt = "Once upon a time";
     gc_callbacks_t cb = {.ctx = &w, .on_token = on_tok, .on_compaction = on_compaction};
     gc_open_opts_t full = {.policy = "full"}; /* refuses rather than compacts */
-    for (int i = 0; i < 4; i++) {
+    /* every session exists before any fills the budget, so only the generations compete */
+    for (int i = 0; i < 4; i++)
         CHECK_OK(gc_open(c, &full, &sid[i], &e));
+    for (int i = 0; i < 4; i++) {
         gc_gen_opts_t o = {
             .session = sid[i], .max_tokens = 300, .prompt = prompt, .sampling = &td_greedy};
         CHECK_OK(gc_generate_start(c, &o, &cb, &req[i], &e));
