@@ -202,6 +202,25 @@ check: all
 	OMP_WAIT_POLICY=passive GISTD_TEST_QUICK=1 GISTD_WRAP="$(VALGRIND)" \
 	    GISTD_NOWRAP='test_daemon*' bash tests/run.sh $(BUILD)
 
+# make tsan: the suite (C and Python) built with ThreadSanitizer in build-tsan/. The project's own
+# code starts no threads; the threads are libgomp's (kernels, forward pass), OpenBLAS's (on
+# libgomp's) and ZeroMQ's I/O threads, none of them built for TSan, so tests/tsan.supp drops
+# the false reports their invisible synchronisation causes (each entry says why). OpenMP keeps
+# its real thread counts: OMP_THREAD_LIMIT=1 would hide the regions as well, but OpenBLAS then
+# spins waiting for workers it never gets. The matmul kernels and their tests are compiled
+# without instrumentation (TSAN_PLAIN): TSan cannot judge their OpenMP regions, and instrumented
+# they make test_kernels run for over ten minutes. history_size=7 keeps the workers' stacks
+# whole, which the suppressions match on.
+TSAN_PLAIN := $(wildcard model/kernels*.c tests/test_kernels*.c)
+ifneq ($(findstring -fsanitize=thread,$(SAN)),)
+$(patsubst %.c,$(BUILD)/obj/%.o,$(TSAN_PLAIN)): ALL_CFLAGS := \
+    $(filter-out -fsanitize=thread,$(ALL_CFLAGS))
+endif
+tsan:
+	$(MAKE) BUILD=build-tsan OPT=-O1 SAN="-fsanitize=thread -fno-omit-frame-pointer" all
+	TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp history_size=7 halt_on_error=0" \
+	    bash tests/run.sh build-tsan
+
 # The project's own model when models/ has one, else the shared stories260K.
 DEFAULT_MODEL = $(firstword $(wildcard models/*.gguf) ../shared/models/stories260K-f32.gguf)
 run: all
