@@ -435,7 +435,7 @@ static int build(dmn_t *d, uint32_t n_items, err_info_t *e)
             const size_t rbase = (size_t)sl->first * d->n_lane + (size_t)l * sl->n;
             mdl_kv_view_t *v = &b->views[(size_t)k * d->n_lane + l];
             v->n_chunks = nc;
-            v->chunks = b->chunks + off;
+            v->chunks = nc ? b->chunks + off : NULL; /* none yet: b->chunks may be NULL */
             v->new_k = b->newk + rbase * hd;
             v->new_v = b->newv + rbase * hd;
             v->new_logbeta = d->pm.has_gates ? b->newlb + rbase : NULL;
