@@ -43,7 +43,7 @@ BENCHES  := $(patsubst bench/%.c,$(BUILD)/bin/%,$(BENCH_SRCS))
 BINS     := $(BUILD)/bin/gist-model $(BENCHES)
 
 # The daemon and its clients (see the protocol section below).
-GISTD_SRCS   := $(wildcard daemon/*.c)
+GISTD_SRCS   := $(filter-out daemon/fuzz_%.c,$(wildcard daemon/*.c))
 GISTC_SRCS   := $(wildcard clients/libgistc/*.c)
 GISTCTL_SRCS := $(wildcard clients/gistctl/*.c)
 PROTO_C      := $(BUILD)/gen/proto/gistd.pb-c.c
@@ -181,6 +181,29 @@ $(BUILD)/fuzz/$(basename $(notdir $(1))): $(patsubst %.c,$(BUILD)/obj/%.o,$(1) $
 	$$(CC) $$(ALL_CFLAGS) -fsanitize=fuzzer -o $$@ $$^ $$(LDLIBS)
 endef
 $(foreach f,$(FUZZ_SRCS),$(eval $(call fuzz_rule,$(f))))
+
+# The request target (daemon/fuzz_*.c) reaches the whole daemon: every library, the protocol
+# code and the daemon's objects but main.o. clang 14 cannot build the SIMD kernels (its
+# __builtin_cpu_supports does not know "f16c"; it ignores `#pragma GCC target`), so in
+# build-fuzz gcc compiles them (FUZZ_GCC), without sanitizers or coverage: the request
+# fuzzer only needs them to run.
+FUZZ_DMN_SRCS := $(wildcard daemon/fuzz_*.c)
+FUZZ_DMN_DEPS := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out daemon/main.c,$(GISTD_SRCS))) \
+                 $(PROTO_LIB) $(LIBS)
+FUZZERS       += $(addprefix $(BUILD)/fuzz/,$(basename $(notdir $(FUZZ_DMN_SRCS))))
+$(patsubst %.c,$(BUILD)/obj/%.o,$(FUZZ_DMN_SRCS)): | $(PROTO_H)
+$(BUILD)/fuzz/fuzz_%: $(BUILD)/obj/daemon/fuzz_%.o $(FUZZ_DMN_DEPS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(LDLIBS)
+$(BUILD)/tests/test_fuzz_regress_daemon: $(BUILD)/obj/tests/test_fuzz_regress_daemon.o \
+        $(patsubst %.c,$(BUILD)/obj/%.o,$(FUZZ_DMN_SRCS)) $(TEST_LIB) $(FUZZ_DMN_DEPS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
+FUZZ_GCC := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard model/kernels*.c model/attn_ops*.c))
+ifneq ($(findstring fuzzer-no-link,$(SAN)),)
+$(FUZZ_GCC): override CC := gcc
+$(FUZZ_GCC): ALL_CFLAGS := $(filter-out -fsanitize=% -fno-sanitize-recover=%,$(ALL_CFLAGS))
+endif
 
 fuzz:
 	$(MAKE) BUILD=build-fuzz CC=clang OPT=-O1 SAN="-fsanitize=fuzzer-no-link,address,undefined \

@@ -1,9 +1,9 @@
 /*
  * fuzz/fuzz.h — the checks behind the libFuzzer targets, callable from ordinary tests.
  *
- * Each target file (model/fuzz_*.c, kvstore/fuzz_*.c) defines fuzz_<target>_one: it runs one
- * input through the parser it fuzzes and checks what must hold for any input (a refusal has a
- * code and a message, every pointer handed out lies inside the input, a round trip gives the
+ * Each target file (model/fuzz_*.c, kvstore/fuzz_*.c, daemon/fuzz_*.c) defines fuzz_<target>_one:
+ * it runs one input through the parser it fuzzes and checks what must hold for any input (a refusal
+ * has a code and a message, every pointer handed out lies inside the input, a round trip gives the
  * input back, ...). It returns 0, or 1 with a message in why (cap bytes) when a property
  * broke; memory errors are the sanitizers' to catch. Compiled with -DGISTD_FUZZ_ENTRY (the
  * `make fuzz` build), the file also defines LLVMFuzzerTestOneInput, which aborts on a broken
@@ -26,6 +26,7 @@ int fuzz_gguf_one(const uint8_t *data, size_t size, char *why, size_t cap);
 int fuzz_gguf_vocab_one(const uint8_t *data, size_t size, char *why, size_t cap);
 int fuzz_tokenizer_one(const uint8_t *data, size_t size, char *why, size_t cap);
 int fuzz_snapshot_one(const uint8_t *data, size_t size, char *why, size_t cap);
+int fuzz_request_one(const uint8_t *data, size_t size, char *why, size_t cap);
 
 /* Writes a printf-style message to why and returns 1: `return fuzz_fail(why, cap, ...)`. */
 static inline int fuzz_fail(char *why, size_t cap, const char *fmt, ...)

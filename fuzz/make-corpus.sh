@@ -12,9 +12,9 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 # shellcheck disable=SC2046
-cc -std=c11 -D_GNU_SOURCE -I. -O1 -o "$tmp/seeds" fuzz/seeds.c \
-    "$build"/lib/libgist_kvstore.a "$build"/lib/libgist_model.a "$build"/lib/libgist_common.a \
-    $(pkg-config --libs jemalloc openblas) -fopenmp -lm
+cc -std=c11 -D_GNU_SOURCE -I. -I"$build/gen" -O1 -o "$tmp/seeds" fuzz/seeds.c \
+    "$build"/lib/libgist_proto.a "$build"/lib/libgist_kvstore.a "$build"/lib/libgist_model.a \
+    "$build"/lib/libgist_common.a $(pkg-config --libs jemalloc openblas libprotobuf-c) -fopenmp -lm
 mkdir -p "$tmp/out"
 "$tmp/seeds" "$tmp/out"
 

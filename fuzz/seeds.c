@@ -11,7 +11,10 @@
  * OUT_DIR/fuzz_tokenizer: texts (ASCII, UTF-8 of several scripts, invalid bytes, special
  *   token texts, whitespace runs);
  * OUT_DIR/fuzz_snapshot: snapshots of small stores (f32 and f16 rows, gists, q8_0 rows,
- *   evictions, accumulators, an empty session) behind fuzz_snapshot's flag byte.
+ *   evictions, accumulators, an empty session) behind fuzz_snapshot's flag byte;
+ * OUT_DIR/fuzz_request: runs of gistd requests in fuzz_request's framing (u16 length, packed
+ *   gistd.Request): sessions under several policies and templates, appends, generation,
+ *   scoring, compaction, budgets, snapshots and restores, cancels, and a few malformed ones.
  * Deterministic: the same build writes the same bytes.
  */
 #include <errno.h>
@@ -26,6 +29,7 @@
 #include "model/gguf.h"
 #include "model/gguf_write.h"
 #include "model/tok_internal.h"
+#include "proto/gistd.pb-c.h"
 
 static const char *out_dir;
 static int failures;
@@ -447,6 +451,262 @@ static void snapshot_seed(const char *name, uint32_t nl, uint32_t nh, uint32_t h
     kv_store_destroy(&st);
 }
 
+/* ---- fuzz_request ---- */
+
+typedef struct run {
+    uint8_t buf[8192];
+    size_t n;
+    uint64_t id;
+} run_t;
+
+static void add_raw(run_t *r, const void *p, size_t n)
+{
+    if (r->n + 2 + n > sizeof r->buf) {
+        failures++;
+        return;
+    }
+    r->buf[r->n++] = (uint8_t)n;
+    r->buf[r->n++] = (uint8_t)(n >> 8);
+    memcpy(r->buf + r->n, p, n);
+    r->n += n;
+}
+
+static void add(run_t *r, Gistd__Request *q)
+{
+    uint8_t tmp[4096];
+    q->id = ++r->id;
+    size_t n = gistd__request__get_packed_size(q);
+    if (n > sizeof tmp) {
+        failures++;
+        return;
+    }
+    gistd__request__pack(q, tmp);
+    add_raw(r, tmp, n);
+}
+
+static void req_hello(run_t *r)
+{
+    Gistd__Hello m = GISTD__HELLO__INIT;
+    m.version = 1;
+    m.client = "seed";
+    Gistd__Request q = GISTD__REQUEST__INIT;
+    q.body_case = GISTD__REQUEST__BODY_HELLO;
+    q.hello = &m;
+    add(r, &q);
+}
+
+static void req_open(run_t *r, const char *policy, const char *tmpl, uint64_t budget,
+                     const char *key, const char *value)
+{
+    Gistd__OpenSession m = GISTD__OPEN_SESSION__INIT;
+    Gistd__Param pa = GISTD__PARAM__INIT;
+    Gistd__Param *pp[1] = {&pa};
+    Gistd__Pins pins = GISTD__PINS__INIT;
+    m.policy = (char *)policy;
+    m.chat_template = (char *)tmpl;
+    m.budget_bytes = budget;
+    if (key) {
+        pa.key = (char *)key;
+        pa.value = (char *)value;
+        m.n_policy_params = 1;
+        m.policy_params = pp;
+    }
+    pins.sink_tokens = 2;
+    pins.recent_tokens = 8;
+    m.pins = &pins;
+    m.name = "seed";
+    Gistd__Request q = GISTD__REQUEST__INIT;
+    q.body_case = GISTD__REQUEST__BODY_OPEN;
+    q.open = &m;
+    add(r, &q);
+}
+
+static void req_append(run_t *r, uint32_t sid, const char *text, Gistd__Role role)
+{
+    Gistd__Append m = GISTD__APPEND__INIT;
+    m.session = sid;
+    m.text.data = (uint8_t *)text;
+    m.text.len = strlen(text);
+    m.role = role;
+    Gistd__Request q = GISTD__REQUEST__INIT;
+    q.body_case = GISTD__REQUEST__BODY_APPEND;
+    q.append = &m;
+    add(r, &q);
+}
+
+static void req_append_tokens(run_t *r, uint32_t sid, int32_t *tok, size_t n)
+{
+    Gistd__Append m = GISTD__APPEND__INIT;
+    m.session = sid;
+    m.tokens = tok;
+    m.n_tokens = n;
+    Gistd__Request q = GISTD__REQUEST__INIT;
+    q.body_case = GISTD__REQUEST__BODY_APPEND;
+    q.append = &m;
+    add(r, &q);
+}
+
+static void req_generate(run_t *r, uint32_t sid, uint32_t max, const char *prompt, bool sample,
+                         const char *stop)
+{
+    Gistd__Generate m = GISTD__GENERATE__INIT;
+    Gistd__Sampling smp = GISTD__SAMPLING__INIT;
+    ProtobufCBinaryData st = {stop ? strlen(stop) : 0, (uint8_t *)stop};
+    m.session = sid;
+    m.max_tokens = max;
+    if (prompt) {
+        m.prompt.data = (uint8_t *)prompt;
+        m.prompt.len = strlen(prompt);
+        m.prompt_role = GISTD__ROLE__ROLE_USER;
+        m.role = GISTD__ROLE__ROLE_ASSISTANT;
+    }
+    if (sample) {
+        smp.temp = 0.8f;
+        smp.top_k = 20;
+        smp.top_p = 0.9f;
+        smp.min_p = 0.05f;
+        smp.repeat_penalty = 1.1f;
+        smp.repeat_last_n = 16;
+        smp.seed = 7;
+        m.sampling = &smp;
+    }
+    if (stop) {
+        m.n_stop = 1;
+        m.stop = &st;
+    }
+    Gistd__Request q = GISTD__REQUEST__INIT;
+    q.body_case = GISTD__REQUEST__BODY_GENERATE;
+    q.generate = &m;
+    add(r, &q);
+}
+
+/* The requests that carry only a session (and maybe a number or two). */
+static void req_simple(run_t *r, Gistd__Request__BodyCase kind, uint32_t sid, uint64_t a,
+                       uint64_t b)
+{
+    Gistd__Request q = GISTD__REQUEST__INIT;
+    Gistd__CloseSession close = GISTD__CLOSE_SESSION__INIT;
+    Gistd__Score score = GISTD__SCORE__INIT;
+    Gistd__Compact compact = GISTD__COMPACT__INIT;
+    Gistd__Span span = GISTD__SPAN__INIT;
+    Gistd__SessionInfoRequest info = GISTD__SESSION_INFO_REQUEST__INIT;
+    Gistd__ListSessions list = GISTD__LIST_SESSIONS__INIT;
+    Gistd__TranscriptRequest tr = GISTD__TRANSCRIPT_REQUEST__INIT;
+    Gistd__StatsRequest stats = GISTD__STATS_REQUEST__INIT;
+    Gistd__SetBudget budget = GISTD__SET_BUDGET__INIT;
+    Gistd__Snapshot snap = GISTD__SNAPSHOT__INIT;
+    Gistd__Restore restore = GISTD__RESTORE__INIT;
+    Gistd__Cancel cancel = GISTD__CANCEL__INIT;
+    int32_t toks[4] = {20, 40, 60, 80};
+    q.body_case = kind;
+    switch (kind) {
+    case GISTD__REQUEST__BODY_CLOSE:
+        close.session = sid, q.close = &close;
+        break;
+    case GISTD__REQUEST__BODY_SCORE:
+        score.session = sid, score.tokens = toks, score.n_tokens = 4, q.score = &score;
+        break;
+    case GISTD__REQUEST__BODY_COMPACT:
+        compact.session = sid;
+        if (a || b)
+            span.first = (uint32_t)a, span.last = (uint32_t)b, compact.span = &span;
+        else
+            compact.last_thought = true;
+        q.compact = &compact;
+        break;
+    case GISTD__REQUEST__BODY_INFO:
+        info.session = sid, q.info = &info;
+        break;
+    case GISTD__REQUEST__BODY_LIST:
+        q.list = &list;
+        break;
+    case GISTD__REQUEST__BODY_TRANSCRIPT:
+        tr.session = sid, tr.first = (uint32_t)a, tr.count = (uint32_t)b, q.transcript = &tr;
+        break;
+    case GISTD__REQUEST__BODY_STATS:
+        stats.sessions = true, q.stats = &stats;
+        break;
+    case GISTD__REQUEST__BODY_SET_BUDGET:
+        budget.session = sid, budget.hard_bytes = a, budget.soft_bytes = b;
+        q.set_budget = &budget;
+        break;
+    case GISTD__REQUEST__BODY_SNAPSHOT:
+        snap.session = sid, q.snapshot = &snap;
+        break;
+    case GISTD__REQUEST__BODY_RESTORE:
+        restore.session = sid, q.restore = &restore;
+        break;
+    case GISTD__REQUEST__BODY_CANCEL:
+        cancel.session = sid, q.cancel = &cancel;
+        break;
+    default:
+        break;
+    }
+    add(r, &q);
+}
+
+static void put_run(const char *name, const run_t *r)
+{
+    put("fuzz_request", name, r->buf, r->n);
+}
+
+static void request_seeds(void)
+{
+    run_t r = {.n = 0};
+    req_hello(&r);
+    req_open(&r, "", "", 0, NULL, NULL);
+    req_append(&r, 1, "Once upon a time, there was a tiny model.", GISTD__ROLE__ROLE_NONE);
+    req_generate(&r, 1, 8, NULL, false, NULL);
+    req_simple(&r, GISTD__REQUEST__BODY_STATS, 0, 0, 0);
+    req_simple(&r, GISTD__REQUEST__BODY_CLOSE, 1, 0, 0);
+    put_run("chat-basic", &r);
+
+    r = (run_t){.n = 0};
+    req_open(&r, "window", "chatml", 1u << 16, "recent", "16");
+    req_generate(&r, 1, 12, "Tell me a story. Then stop.", true, ".");
+    req_simple(&r, GISTD__REQUEST__BODY_COMPACT, 1, 0, 0);
+    req_simple(&r, GISTD__REQUEST__BODY_TRANSCRIPT, 1, 0, 0);
+    req_simple(&r, GISTD__REQUEST__BODY_INFO, 1, 0, 0);
+    req_simple(&r, GISTD__REQUEST__BODY_LIST, 0, 0, 0);
+    put_run("window-chatml", &r);
+
+    r = (run_t){.n = 0};
+    int32_t toks[6] = {1, 50, 60, 70, 80, 90};
+    req_open(&r, "pool", "plain", 0, "sinks", "2");
+    req_append_tokens(&r, 1, toks, 6);
+    req_simple(&r, GISTD__REQUEST__BODY_SCORE, 1, 0, 0);
+    req_simple(&r, GISTD__REQUEST__BODY_COMPACT, 1, 1, 4);
+    req_simple(&r, GISTD__REQUEST__BODY_SNAPSHOT, 1, 0, 0);
+    req_simple(&r, GISTD__REQUEST__BODY_CLOSE, 1, 0, 0);
+    req_simple(&r, GISTD__REQUEST__BODY_RESTORE, 1, 0, 0);
+    req_simple(&r, GISTD__REQUEST__BODY_TRANSCRIPT, 1, 2, 3);
+    put_run("snapshot-restore", &r);
+
+    static const char *const policies[] = {"gist", "h2o", "tova", "trim", "auto", "full"};
+    for (size_t i = 0; i < sizeof policies / sizeof policies[0]; i++) {
+        r = (run_t){.n = 0};
+        req_open(&r, policies[i], "", 24u << 10, NULL, NULL);
+        req_append(&r, 1, "The cat sat. The dog ran! Did it rain? Yes.\n\nA new thought.",
+                   GISTD__ROLE__ROLE_SYSTEM);
+        req_generate(&r, 1, 40, "And then", i % 2 == 0, NULL);
+        req_simple(&r, GISTD__REQUEST__BODY_SET_BUDGET, 1, 16u << 10, 0);
+        req_simple(&r, GISTD__REQUEST__BODY_CANCEL, 1, 0, 0);
+        req_simple(&r, GISTD__REQUEST__BODY_SET_BUDGET, 0, 1u << 20, 0);
+        req_simple(&r, GISTD__REQUEST__BODY_STATS, 0, 0, 0);
+        char name[32];
+        snprintf(name, sizeof name, "policy-%s", policies[i]);
+        put_run(name, &r);
+    }
+
+    r = (run_t){.n = 0};
+    add_raw(&r, "\xff\xff\xff not a protobuf", 20);
+    add_raw(&r, "", 0);
+    Gistd__Request empty = GISTD__REQUEST__INIT;
+    add(&r, &empty);
+    req_generate(&r, 99, 4, NULL, false, NULL);
+    put_run("malformed", &r);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
@@ -464,5 +724,6 @@ int main(int argc, char **argv)
     snapshot_seed("f16-busy.snap", 2, 2, 32, 3, DT_F16, 14, false, true);
     snapshot_seed("f32-small-heads.snap", 2, 1, 8, 2, DT_F32, 5, false, false);
     snapshot_seed("empty.snap", 1, 2, 64, 64, DT_F16, 0, true, false);
+    request_seeds();
     return failures ? 1 : 0;
 }

@@ -4,7 +4,6 @@
  * (tests/data/fuzz/<target>/), so the normal, asan, valgrind and tsan builds all replay
  * them; then one test per finding that states the behaviour the fix gave, on inline bytes.
  */
-#include <dirent.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -13,95 +12,30 @@
 
 #include "common/dtype.h"
 #include "fuzz/fuzz.h"
+#include "fuzz/replay.h"
 #include "kvstore/kvstore.h"
 #include "model/gguf.h"
 #include "model/gguf_write.h"
 #include "tests/check.h"
 
-typedef int (*fuzz_fn)(const uint8_t *, size_t, char *, size_t);
-
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    uint8_t *buf = NULL;
-    size_t cap = 0, n = 0;
-    for (;;) {
-        if (n == cap) {
-            uint8_t *p = realloc(buf, cap ? 2 * cap : 4096);
-            if (!p)
-                break;
-            buf = p;
-            cap = cap ? 2 * cap : 4096;
-        }
-        size_t k = fread(buf + n, 1, cap - n, f);
-        if (k == 0)
-            break;
-        n += k;
-    }
-    fclose(f);
-    *len = n;
-    return buf ? buf : malloc(1);
-}
-
-/* Runs fn on every file of root/dir; returns how many there were. */
-static int replay_dir(const char *dir, fuzz_fn fn)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", check_root(), dir);
-    DIR *d = opendir(path);
-    if (!d)
-        return 0;
-    int n = 0;
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        if (de->d_name[0] == '.')
-            continue;
-        char file[sizeof path + 260];
-        snprintf(file, sizeof file, "%s/%s", path, de->d_name);
-        size_t len = 0;
-        uint8_t *buf = slurp(file, &len);
-        CHECK_MSG(buf != NULL, "cannot read %s", file);
-        if (!buf)
-            continue;
-        char why[512] = "";
-        CHECK_MSG(fn(buf, len, why, sizeof why) == 0, "%s/%s: %s", dir, de->d_name, why);
-        free(buf);
-        n++;
-    }
-    closedir(d);
-    return n;
-}
-
-static void replay(const char *target, fuzz_fn fn)
-{
-    char seeds[256], found[256];
-    snprintf(seeds, sizeof seeds, "fuzz/corpus/%s", target);
-    snprintf(found, sizeof found, "tests/data/fuzz/%s", target);
-    int n = replay_dir(seeds, fn);
-    CHECK_MSG(n > 0, "no seeds in %s", seeds);
-    replay_dir(found, fn);
-}
-
 static void test_replay_gguf(void)
 {
-    replay("fuzz_gguf", fuzz_gguf_one);
+    fuzz_replay("fuzz_gguf", fuzz_gguf_one);
 }
 
 static void test_replay_gguf_vocab(void)
 {
-    replay("fuzz_gguf_vocab", fuzz_gguf_vocab_one);
+    fuzz_replay("fuzz_gguf_vocab", fuzz_gguf_vocab_one);
 }
 
 static void test_replay_tokenizer(void)
 {
-    replay("fuzz_tokenizer", fuzz_tokenizer_one);
+    fuzz_replay("fuzz_tokenizer", fuzz_tokenizer_one);
 }
 
 static void test_replay_snapshot(void)
 {
-    replay("fuzz_snapshot", fuzz_snapshot_one);
+    fuzz_replay("fuzz_snapshot", fuzz_snapshot_one);
 }
 
 /* ---- findings ---- */
@@ -169,7 +103,7 @@ static void test_snapshot_reserved_field(void)
     snprintf(path, sizeof path, "%s/reserved.snap", check_tmpdir());
     CHECK_OK(kv_snapshot_write(st, sid, path, &e));
     size_t n = 0;
-    uint8_t *buf = slurp(path, &n);
+    uint8_t *buf = fuzz_slurp(path, &n);
     CHECK(buf && n >= 80);
     if (buf && n >= 80) {
         CHECK_OK(kv_snapshot_read(st, path, NULL, &back, &e)); /* as written: fine */
