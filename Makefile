@@ -4,13 +4,19 @@
 #   make         build everything under build/
 #   make test    build and run every test; ends with `N passed, N failed, N skipped`
 #   make asan    the same under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/)
+#   make check   the C test programs under valgrind: no leaks, no errors (GISTD_TEST_QUICK=1)
+#   make tsan    the suite under ThreadSanitizer (build-tsan/; tests/tsan.supp says what it drops)
+#   make fuzz    build the libFuzzer targets with clang (build-fuzz/) and run each for
+#                FUZZ_SECONDS (default 60) from its seeds in fuzz/corpus/; FUZZ_TARGETS=name...
+#                picks some; findings land in build-fuzz/crashes/ (fuzz/run.sh says more)
 #   make run     start gistd in the foreground on the default model
 #   make format  clang-format every C file in place
 #
 # Each bench/bench_NAME.c becomes build/bin/bench_NAME (run by the scripts in bench/).
 #
-# Each module folder's *.c files form one static library; files named *_avx2.c and
-# *_avx512.c are compiled for those instruction sets and chosen at run time.
+# Each module folder's *.c files (but the fuzz targets, fuzz_*.c) form one static library;
+# files named *_avx2.c and *_avx512.c are compiled for those instruction sets and chosen at
+# run time.
 
 BUILD    ?= build
 CC       ?= cc
@@ -251,7 +257,7 @@ run: all
 
 DEB_PKGS := build-essential pkg-config libjemalloc-dev libzmq3-dev libprotobuf-c-dev \
             protobuf-c-compiler libopenblas-openmp-dev python3 python3-numpy gnuplot-nox \
-            protobuf-compiler python3-zmq python3-protobuf
+            protobuf-compiler python3-zmq python3-protobuf clang-14 libclang-rt-14-dev valgrind
 TRAIN_PKGS := python3-torch python3-sentencepiece
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
