@@ -5,11 +5,11 @@
  * fuzz_<target>_one: it runs one input through the code it fuzzes and checks what must hold
  * for any input (a refusal has a code and a message, every pointer handed out lies inside the
  * input, a round trip gives the input back, ...). It returns 0, or 1 with a message in why
- * (cap bytes) when a property
- * broke; memory errors are the sanitizers' to catch. Compiled with -DGISTD_FUZZ_ENTRY (the
- * `make fuzz` build), the file also defines LLVMFuzzerTestOneInput, which aborts on a broken
- * property so that libFuzzer keeps the input. tests/test_fuzz_regress*.c replay the seed
- * corpora and every input that once broke something through the same functions.
+ * (cap bytes) when a property broke; memory errors are the sanitizers' to catch. Compiled
+ * with -DGISTD_FUZZ_ENTRY (the `make fuzz` build), the file also defines
+ * LLVMFuzzerTestOneInput, which aborts on a broken property so that libFuzzer keeps the input.
+ * tests/test_fuzz_regress*.c replay the seed corpora and every input that once broke something
+ * through the same functions.
  *
  * A target may build what it needs once (tokenizers, stores) and keep it in static
  * variables for the life of the process: one thread only.
