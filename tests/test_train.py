@@ -196,6 +196,21 @@ def test_sentence_mask_rule():
     assert not m[5, 1] and not m[10, 6] and m[10, 3] and m[9, 5] and m[4, 3] and not m[3, 4]
 
 
+def test_end_time_rolls_over_midnight():
+    train_modules()
+    import datetime as dt
+
+    import common
+
+    utc = dt.timezone.utc
+    now = dt.datetime(2026, 11, 25, 23, 50, 30, tzinfo=utc)
+    assert common.end_time_utc("01:30", now) == dt.datetime(2026, 11, 26, 1, 30, tzinfo=utc)
+    assert common.end_time_utc("23:55", now) == dt.datetime(2026, 11, 25, 23, 55, tzinfo=utc)
+    assert common.end_time_utc("23:50", now) == dt.datetime(2026, 11, 26, 23, 50, tzinfo=utc)
+    assert common.end_time_utc(None, now) is None
+    assert common.seconds_left(None) == math.inf
+
+
 def test_sentence_split():
     data, _export, _M = train_modules()
     texts = {0: "", 1: "Hello", 2: ".", 3: " there", 4: "!", 5: "\n", 6: " ok", 7: "e.g"}

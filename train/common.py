@@ -31,13 +31,22 @@ def add_budget_args(ap, minutes, lr):
     ap.add_argument("--log-every", type=int, default=10)
 
 
-def seconds_left_utc(end_utc):
+def end_time_utc(end_utc, now=None):
+    """The next time the clock reads HH:MM (UTC) after now, or None for no end time: a run
+    started at 23:50 with --end-utc 01:30 ends tomorrow at 01:30. Resolved once per run, so
+    the end does not move on a day while the run approaches it."""
     if not end_utc:
-        return math.inf
-    now = dt.datetime.now(dt.timezone.utc)
+        return None
+    now = now or dt.datetime.now(dt.timezone.utc)
     hh, mm = (int(v) for v in end_utc.split(":"))
     end = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
-    return (end - now).total_seconds()
+    return end if end > now else end + dt.timedelta(days=1)
+
+
+def seconds_left(end):
+    if end is None:
+        return math.inf
+    return (end - dt.datetime.now(dt.timezone.utc)).total_seconds()
 
 
 def lr_at(step, elapsed, total, a):
@@ -62,7 +71,8 @@ def train_loop(a, model, opt, step_fn, eval_fn, ckpt_path, state, extra_state=No
     eval_fn() -> dict of figures, printed now and then and at the end."""
     extra_state = extra_state or {}
     step, elapsed, tokens = state["step"], state["elapsed"], state["tokens"]
-    total = min(a.minutes * 60.0, elapsed + seconds_left_utc(a.end_utc))
+    end = end_time_utc(a.end_utc)
+    total = min(a.minutes * 60.0, elapsed + seconds_left(end))
     print(f"# budget {total / 60:.1f} min, {elapsed / 60:.1f} already spent, step {step}",
           flush=True)
     last_ckpt = last_eval = time.time()
@@ -100,7 +110,7 @@ def train_loop(a, model, opt, step_fn, eval_fn, ckpt_path, state, extra_state=No
         if now - last_eval > a.eval_minutes * 60:
             print("eval", eval_fn(), flush=True)
             last_eval = time.time()
-        total = min(a.minutes * 60.0, elapsed + seconds_left_utc(a.end_utc))
+        total = min(a.minutes * 60.0, elapsed + seconds_left(end))
     save()
     figures = eval_fn()
     print("final eval", figures, f"steps {step} tokens {tokens} "
