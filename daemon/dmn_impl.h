@@ -38,6 +38,7 @@
 #define DMN_RATE_RING    256
 #define DMN_MAX_PARAMS   32 /* policy parameters per session */
 #define DMN_PARAM_LEN    64 /* bytes per parameter key or value */
+#define DMN_CRED_LEN     48 /* a credential: a CURVE public key in z85 (40 chars), "" locally */
 
 /* A client, as the ROUTER socket names it. */
 typedef struct dmn_peer {
@@ -101,6 +102,7 @@ typedef struct dmn_session {
     uint32_t id; /* the wire id */
     uint32_t kv; /* the store's id */
     char name[DMN_NAME_LEN];
+    char cred[DMN_CRED_LEN]; /* the credential that opened it, its owner ("": local) */
     pol_t *pol;
     char pol_name[32];
     char param_key[DMN_MAX_PARAMS][DMN_PARAM_LEN], param_value[DMN_MAX_PARAMS][DMN_PARAM_LEN];

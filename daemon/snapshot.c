@@ -27,7 +27,7 @@
 #include "daemon/dmn_impl.h"
 
 #define SNAP_MAGIC   "GISTDSES"
-#define SNAP_VERSION 3u
+#define SNAP_VERSION 4u
 
 /* ------------------------------------------------------------------ a byte buffer */
 
@@ -166,6 +166,7 @@ static int write_body(const dmn_t *d, const dmn_session_t *s, buf_t *b, err_info
     put_u32(b, SNAP_VERSION);
     put_u32(b, s->id);
     put_str(b, s->name);
+    put_str(b, s->cred);
     put_str(b, s->pol_name);
     put_str(b, s->tmpl->name);
     put_u32(b, s->pins.sink_tokens);
@@ -364,7 +365,7 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
         return rc;
     }
     rd_t r = {.p = p, .len = len};
-    char name[DMN_NAME_LEN] = "", policy[64] = "", tmpl[64] = "";
+    char name[DMN_NAME_LEN] = "", owner[DMN_CRED_LEN] = "", policy[64] = "", tmpl[64] = "";
     int32_t *ids = NULL;
     float *logits = NULL;
     char keys[DMN_MAX_PARAMS][DMN_PARAM_LEN], values[DMN_MAX_PARAMS][DMN_PARAM_LEN];
@@ -395,6 +396,7 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
     r.at = 12;
     const uint32_t file_id = get_u32(&r);
     get_str(&r, name, sizeof name);
+    get_str(&r, owner, sizeof owner);
     get_str(&r, policy, sizeof policy);
     get_str(&r, tmpl, sizeof tmpl);
     Gistd__Pins pins = GISTD__PINS__INIT;
@@ -504,6 +506,7 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
         goto done;
     }
     s->text_started = text_started;
+    memcpy(s->cred, owner, sizeof owner);
     s->prompt_tokens = prompt_tokens;
     s->generated_tokens = generated_tokens;
     dmn_log(d, DMN_LOG_INFO, "restored session %u (%u tokens) from %s", id, n, path);
