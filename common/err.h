@@ -32,7 +32,8 @@
     X(ERR_CORRUPT, -15, "corrupt data (checksum mismatch)")               \
     X(ERR_TOOBIG, -16, "request too large")                               \
     X(ERR_LIMIT, -17, "limit reached")                                    \
-    X(ERR_INTERNAL, -18, "internal error")
+    X(ERR_INTERNAL, -18, "internal error")                                \
+    X(ERR_RATE, -19, "rate limited: too many requests")
 
 enum {
 #define ERR_ENUM_(name, value, msg) name = value,
