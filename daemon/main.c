@@ -183,6 +183,9 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* A file-size limit (RLIMIT_FSIZE) hit while writing a snapshot must fail that write with
+     * EFBIG, which the snapshot reports, rather than kill the daemon and every session. */
+    signal(SIGXFSZ, SIG_IGN);
 
     dmn_t *d = NULL;
     err_info_t e;
