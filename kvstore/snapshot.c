@@ -85,7 +85,15 @@ typedef struct writer {
     uint64_t hash;
     uint64_t bytes;
     bool failed;
+    int err; /* errno of the first failure (ENOSPC, EFBIG, EIO ...), for the message */
 } writer_t;
+
+static void w_fail(writer_t *w)
+{
+    if (!w->failed)
+        w->err = errno ? errno : EIO;
+    w->failed = true;
+}
 
 static void w_raw(writer_t *w, const void *p, size_t n)
 {
@@ -94,7 +102,7 @@ static void w_raw(writer_t *w, const void *p, size_t n)
     w->hash = fnv1a(w->hash, p, n);
     w->bytes += n;
     if (fwrite(p, 1, n, w->f) != n)
-        w->failed = true;
+        w_fail(w);
 }
 
 static void w_u32(writer_t *w, uint32_t x)
@@ -204,24 +212,36 @@ int kv_snapshot_write(kv_store_t *st, uint32_t sid, const char *path, err_info_t
     snprintf(tmp, plen + 16, "%s.tmp.XXXXXX", path);
     int fd = mkstemp(tmp);
     if (fd < 0) {
-        int rc = err_set(e, ERR_IO, "snapshot %s: cannot create a temporary file: %s", path,
-                         strerror(errno));
+        const char *name = strerrorname_np(errno);
+        int rc = err_set(e, ERR_IO, "snapshot %s: cannot create a temporary file: %s (%s)", path,
+                         strerror(errno), name ? name : "?");
         free(tmp);
         return rc;
     }
+    errno = 0;
     writer_t w = {.f = fdopen(fd, "wb"), .hash = FNV_OFFSET};
     if (!w.f) {
+        w_fail(&w);
         close(fd);
-        w.failed = true;
     } else {
         write_session(st, s, &w);
         if (fflush(w.f) != 0 || fsync(fileno(w.f)) != 0)
-            w.failed = true;
+            w_fail(&w);
         if (fclose(w.f) != 0)
-            w.failed = true;
+            w_fail(&w);
     }
-    if (w.failed || w.bytes != snap_bytes(st, s) || rename(tmp, path) != 0) {
-        int rc = err_set(e, ERR_IO, "snapshot %s: write failed: %s", path, strerror(errno));
+    if (!w.failed && w.bytes != snap_bytes(st, s)) {
+        w.failed = true;
+        w.err = EIO;
+    }
+    if (!w.failed && rename(tmp, path) != 0)
+        w_fail(&w);
+    if (w.failed) {
+        /* the first failure is the cause (a full disk: ENOSPC; a file-size limit: EFBIG); the
+         * temporary file goes, and a snapshot already at path stays as it was */
+        const char *name = strerrorname_np(w.err);
+        int rc = err_set(e, ERR_IO, "snapshot %s: write failed: %s (%s)", path, strerror(w.err),
+                         name ? name : "?");
         unlink(tmp);
         free(tmp);
         return rc;
