@@ -6,15 +6,19 @@
  * rows and transcript (kv_snapshot_write: bit-identical on restore). DIR/session-<id>.gistd
  * holds what the daemon adds: settings (policy and its state, pins, template, sampling
  * defaults, limits), figures, the logits the session predicts its next token with, and every
- * token of its transcript and pending queue. The .kv file is written first, so a .gistd file
- * always has its rows beside it. When the .kv file is missing or does not match, the session
+ * token of its transcript and pending queue. Both are written whole under temporary names
+ * before either replaces the previous pair (dmn_snapshot_write), so a failed snapshot leaves
+ * the previous one as it was. When the .kv file is missing or does not match, the session
  * is restored from its tokens alone: it prefills them again before its next request (the
  * forward pass is deterministic, so a session that never compacted goes on as before).
+ * At start-up, temporary files left by a snapshot that was cut short are logged and removed;
+ * a .gistd that is short or corrupt is logged and not restored.
  *
  * Format of the .gistd file, little-endian: magic "GISTDSES", u32 version, the fields in
  * the order of write_body, then an FNV-1a 64 checksum of everything before it. Both files
- * are written atomically (temporary file, fsync, rename). A file that is short, corrupt or
- * of another version is refused with ERR_FORMAT or ERR_CORRUPT, and nothing changes.
+ * are written atomically (temporary file, fsync, rename, fsync of the folder). A file that
+ * is short, corrupt or of another version is refused with ERR_FORMAT or ERR_CORRUPT, and
+ * nothing changes.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -216,41 +220,82 @@ static int write_body(const dmn_t *d, const dmn_session_t *s, buf_t *b, err_info
     return b->oom ? err_set(e, ERR_NOMEM, "out of memory") : 0;
 }
 
+/* "No space left on device (ENOSPC)": the reason a call failed, with errno's name. */
+static int io_fail(err_info_t *e, const char *path, const char *what, int err)
+{
+    const char *name = strerrorname_np(err);
+    return err_set(e, ERR_IO, "snapshot %s: %s: %s (%s)", path, what, strerror(err),
+                   name ? name : "?");
+}
+
+/* Writes the .gistd body to tmp and makes it durable. On error tmp is removed. */
+static int write_tmp(const char *tmp, const buf_t *b, err_info_t *e)
+{
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return io_fail(e, tmp, "cannot create it", errno);
+    int rc = 0;
+    for (size_t at = 0; !rc && at < b->len;) {
+        ssize_t w = write(fd, b->p + at, b->len - at);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            rc = io_fail(e, tmp, "write failed", w < 0 ? errno : EIO);
+        else
+            at += (size_t)w;
+    }
+    if (!rc && fsync(fd) < 0)
+        rc = io_fail(e, tmp, "fsync failed", errno);
+    if (close(fd) < 0 && !rc)
+        rc = io_fail(e, tmp, "close failed", errno);
+    if (rc)
+        unlink(tmp);
+    return rc;
+}
+
+/*
+ * A snapshot replaces the previous pair of files only once both new files are whole: the
+ * store's rows go to DIR/session-<id>.gistd.kv.next, the body to DIR/session-<id>.gistd.tmp,
+ * and only then are they renamed over the .kv and the .gistd (in that order). A failure on
+ * the way (a full disk, a file-size limit, a folder that is gone or not a folder) removes
+ * what it wrote and leaves the previous snapshot as it was. A crash between the two renames
+ * leaves a new .kv beside the previous .gistd: restore_rows finds that they do not match and
+ * the session is prefilled again from the .gistd's tokens.
+ */
 int dmn_snapshot_write(dmn_t *d, dmn_session_t *s, char **path_out, err_info_t *e)
 {
     if (!d->snapshot_dir)
         return err_set(e, ERR_UNSUPPORTED, "the daemon was started without --snapshot-dir");
     buf_t b = {0};
     char *path = snap_path(d, s->id, ""), *tmp = snap_path(d, s->id, ".tmp");
-    char *kvpath = snap_path(d, s->id, ".kv");
-    int rc = path && tmp && kvpath ? 0 : err_set(e, ERR_NOMEM, "out of memory");
-    if (!rc)
-        rc = kv_snapshot_write(d->store, s->kv, kvpath, e);
+    char *kvpath = snap_path(d, s->id, ".kv"), *kvnext = snap_path(d, s->id, ".kv.next");
+    int rc = path && tmp && kvpath && kvnext ? 0 : err_set(e, ERR_NOMEM, "out of memory");
     if (!rc)
         rc = write_body(d, s, &b, e);
-    int fd = -1;
+    if (!rc)
+        rc = kv_snapshot_write(d->store, s->kv, kvnext, e);
     if (!rc) {
-        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        if (fd < 0)
-            rc = err_set(e, ERR_IO, "%s: %s", tmp, strerror(errno));
+        rc = write_tmp(tmp, &b, e);
+        if (rc)
+            unlink(kvnext);
     }
-    for (size_t at = 0; !rc && at < b.len;) {
-        ssize_t w = write(fd, b.p + at, b.len - at);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            rc = err_set(e, ERR_IO, "%s: %s", tmp, strerror(errno));
-        else
-            at += (size_t)w;
-    }
-    if (!rc && fsync(fd) < 0)
-        rc = err_set(e, ERR_IO, "%s: %s", tmp, strerror(errno));
-    if (fd >= 0 && close(fd) < 0 && !rc)
-        rc = err_set(e, ERR_IO, "%s: %s", tmp, strerror(errno));
-    if (!rc && rename(tmp, path) < 0)
-        rc = err_set(e, ERR_IO, "%s: %s", path, strerror(errno));
-    if (rc && tmp)
+    if (!rc && rename(kvnext, kvpath) < 0) {
+        rc = io_fail(e, kvpath, "rename failed", errno);
+        unlink(kvnext);
         unlink(tmp);
+    }
+    if (!rc && rename(tmp, path) < 0) {
+        rc = io_fail(e, path, "rename failed", errno);
+        unlink(tmp);
+    }
+    if (!rc) {
+        /* the renames themselves survive a crash once the folder is synced */
+        int dfd = open(d->snapshot_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+            fsync(dfd);
+            close(dfd);
+        }
+    }
     if (!rc && path_out) {
         *path_out = path;
         path = NULL;
@@ -259,6 +304,7 @@ int dmn_snapshot_write(dmn_t *d, dmn_session_t *s, char **path_out, err_info_t *
     free(path);
     free(tmp);
     free(kvpath);
+    free(kvnext);
     return rc;
 }
 
@@ -533,6 +579,15 @@ void dmn_snapshot_restore_all(dmn_t *d)
     while ((de = readdir(dir))) {
         unsigned id;
         char tail[8];
+        if (!strncmp(de->d_name, "session-", 8) &&
+            (strstr(de->d_name, ".tmp") || strstr(de->d_name, ".next"))) {
+            /* what a snapshot that was cut short left behind: never read, only removed */
+            dmn_log(d, DMN_LOG_WARN, "%s/%s: a temporary file of an interrupted snapshot; removed",
+                    d->snapshot_dir, de->d_name);
+            if (unlinkat(dirfd(dir), de->d_name, 0) < 0)
+                dmn_log(d, DMN_LOG_WARN, "%s/%s: %s", d->snapshot_dir, de->d_name, strerror(errno));
+            continue;
+        }
         if (sscanf(de->d_name, "session-%u.gistd%7s", &id, tail) != 1 || id == 0)
             continue;
         dmn_session_t *s;
