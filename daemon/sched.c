@@ -105,10 +105,21 @@ void dmn_req_finish(dmn_t *d, dmn_session_t *s, Gistd__StopReason reason, const 
         r.body_case = GISTD__REPLY__BODY_SCORE;
         r.score = &sr;
     } else if (reason == GISTD__STOP_REASON__STOP_CANCELLED) {
-        /* an append or score cut short: the tokens it had not stored are forgotten */
-        dmn_session_drop_tail(s, a->prompt_left);
         err_info_t e;
-        err_set(&e, ERR_CANCELLED, "cancelled after %u tokens were stored", a->prompt_tokens);
+        if (d->stopping) {
+            /* The daemon is stopping mid-prefill. The turn was accepted whole when it was
+             * queued, so it stays whole: its tokens not yet stored stay pending, the snapshot
+             * taken at shutdown holds them, and a restarted daemon prefills them before the
+             * session's next request. A client that sees this reply need not append it again. */
+            err_set(&e, ERR_CANCELLED,
+                    "the daemon is stopping: session %u keeps this request's tokens (%u stored, "
+                    "%u still to prefill after a restart)",
+                    s->id, a->prompt_tokens, a->prompt_left);
+        } else {
+            /* cancelled by the client: the tokens it had not stored are forgotten */
+            dmn_session_drop_tail(s, a->prompt_left);
+            err_set(&e, ERR_CANCELLED, "cancelled after %u tokens were stored", a->prompt_tokens);
+        }
         dmn_send_error(d, &a->peer, a->id, s->id, &e);
         dmn_active_clear(a);
         return;
