@@ -145,8 +145,9 @@ $(BUILD)/bin/gistctl: $(patsubst %.c,$(BUILD)/obj/%.o,$(GISTCTL_SRCS)) $(GISTC_L
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
-# bench_daemon drives a real gistd through libgistc.
-$(BUILD)/bin/bench_daemon: $(BUILD)/obj/bench/bench_daemon.o $(GISTC_LIB) $(LIBS)
+# bench_daemon and bench_load drive a real gistd through libgistc.
+$(BUILD)/bin/bench_daemon $(BUILD)/bin/bench_load: $(BUILD)/bin/%: $(BUILD)/obj/bench/%.o \
+                                                  $(GISTC_LIB) $(LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
