@@ -10,7 +10,8 @@
  * Files: server.c (socket, loop, replies, logging), handlers.c (requests), session.c
  * (sessions, tokens, chat templates), sched.c (the batched step), policy.c (the sessions'
  * compaction policies, policy/policy.h), runner.c (learned gists under their mask), stats.c
- * (figures), snapshot.c (snapshots). Threads: the
+ * (figures), snapshot.c (snapshots), auth.c (CURVE, the allow list, the ZAP handler, session
+ * ownership and request rates). Threads: the
  * daemon's one thread. Errors: 0 or a negative ERR_* code with a message in an err_info_t; a failed
  * request is answered with an Error reply.
  */
@@ -40,11 +41,26 @@
 #define DMN_PARAM_LEN    64 /* bytes per parameter key or value */
 #define DMN_CRED_LEN     48 /* a credential: a CURVE public key in z85 (40 chars), "" locally */
 
-/* A client, as the ROUTER socket names it. */
+/* A client, as the ROUTER socket names it, and who it is (auth.c). */
 typedef struct dmn_peer {
     uint8_t len;
     uint8_t id[255];
+    char cred[DMN_CRED_LEN]; /* its credential: its CURVE public key (z85), "" without CURVE */
+    bool admin;              /* its key is marked admin on the allow list */
 } dmn_peer_t;
+
+/* An allow-list entry: a client public key (z85) and whether it may run daemon-wide work. */
+typedef struct dmn_allow {
+    char key[DMN_CRED_LEN];
+    bool admin;
+} dmn_allow_t;
+
+/* A token bucket for the requests of one credential from one address. */
+typedef struct dmn_bucket {
+    char cred[DMN_CRED_LEN];
+    char addr[64];
+    double tokens, t; /* tokens left at time t */
+} dmn_bucket_t;
 
 /* Positions a policy must not compact unless the client asks. */
 typedef struct dmn_pins {
@@ -195,6 +211,16 @@ struct dmn {
         uint32_t dec, pre;
     } rate[DMN_RATE_RING]; /* the last steps: when, how long, tokens decoded and prefilled */
     uint32_t rate_head;
+    /* access (auth.c) */
+    bool curve;                  /* CURVE on: credentials are client keys */
+    void *zap;                   /* the ZAP handler's REP socket, or NULL */
+    dmn_allow_t *allow;          /* the allow list */
+    uint32_t n_allow, cap_allow;
+    dmn_bucket_t *buckets;       /* request rates */
+    uint32_t n_buckets, cap_buckets;
+    double req_rate, req_burst;  /* requests/s and bucket size (req_rate 0: no limit) */
+    uint32_t max_client_sessions; /* 0: no limit */
+    uint64_t refused_rate, refused_perm; /* requests refused */
 };
 
 /* ---- server.c ---- */
@@ -209,9 +235,34 @@ void dmn_send_error(dmn_t *d, const dmn_peer_t *to, uint64_t id, uint32_t sessio
 void dmn_send_errorf(dmn_t *d, const dmn_peer_t *to, uint64_t id, uint32_t session, int code,
                      const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
+/* ---- auth.c ---- */
+/* Whether ep is a loopback tcp address, ipc:// or inproc://. */
+bool dmn_endpoint_is_local(const char *ep);
+/* Reads a key file: its first line that is not blank or a comment, 40 z85 characters. */
+int dmn_key_read(const char *path, char out[DMN_CRED_LEN], err_info_t *e);
+/* Resolves the limits and, with CURVE, loads the keys, starts the ZAP handler and makes the
+ * socket a CURVE server; before the socket binds. */
+int dmn_auth_init(dmn_t *d, err_info_t *e);
+void dmn_auth_fini(dmn_t *d);
+/* Answers the ZAP requests waiting (non-blocking). */
+void dmn_zap_serve(dmn_t *d);
+/* Sets p's credential from its frames' User-Id (NULL: none) and its admin mark. */
+void dmn_peer_identify(const dmn_t *d, dmn_peer_t *p, const char *user_id);
+/* Whether p may run daemon-wide work (always without CURVE). */
+bool dmn_peer_admin(const dmn_t *d, const dmn_peer_t *p);
+/* Whether p may use session s: its owner, or an admin. */
+bool dmn_peer_owns(const dmn_t *d, const dmn_peer_t *p, const dmn_session_t *s);
+/* Sessions owned by cred. */
+uint32_t dmn_cred_sessions(const dmn_t *d, const char *cred);
+/* Takes a token from the bucket of (cred, addr): 0, or ERR_RATE with *wait_s until one is
+ * there. */
+int dmn_rate_take(dmn_t *d, const char *cred, const char *addr, double now, double *wait_s);
+
 /* ---- handlers.c ---- */
 /* Decodes one request payload, answers it (or starts it) and frees the decoded message. */
 void dmn_handle(dmn_t *d, const dmn_peer_t *from, const uint8_t *payload, size_t len);
+/* The id of a request payload read without decoding it (field 1), 0 when it has none. */
+uint64_t dmn_request_peek_id(const uint8_t *payload, size_t len);
 
 /* ---- session.c ---- */
 const dmn_tmpl_t *dmn_tmpl_find(const char *name);
@@ -283,7 +334,7 @@ void dmn_session_sync(dmn_t *d, dmn_session_t *s);
 /* Fills info for s; strings point into s. */
 void dmn_session_info(const dmn_t *d, const dmn_session_t *s, Gistd__SessionInfo *info,
                       Gistd__TierBytes *tiers);
-/* Answers a Stats request (with every session's figures when asked). */
+/* Answers a Stats request (with the figures of every session `to` may use when asked). */
 void dmn_send_stats(dmn_t *d, const dmn_peer_t *to, uint64_t id, bool sessions);
 /* Records a step for the tokens/s figures. */
 void dmn_rate_note(dmn_t *d, double t, double dt, uint32_t dec, uint32_t pre);

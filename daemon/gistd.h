@@ -12,12 +12,15 @@
 #ifndef GISTD_DAEMON_GISTD_H
 #define GISTD_DAEMON_GISTD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "common/err.h"
 
-#define DMN_DEFAULT_LISTEN "tcp://127.0.0.1:5557"
+#define DMN_DEFAULT_LISTEN          "tcp://127.0.0.1:5557"
+#define DMN_DEFAULT_RATE            200.0 /* requests/s per client key and address (CURVE) */
+#define DMN_DEFAULT_CLIENT_SESSIONS 16    /* sessions per client key (CURVE) */
 
 enum dmn_log_level { DMN_LOG_ERROR = 0, DMN_LOG_WARN, DMN_LOG_INFO, DMN_LOG_DEBUG };
 
@@ -35,13 +38,31 @@ typedef struct dmn_cfg {
     uint32_t kv_type;       /* DT_F32 or DT_F16: payload of new rows */
     uint32_t block_rows;    /* rows per KV block */
     int log_level;          /* enum dmn_log_level */
+    /* access (daemon/auth.c) */
+    const char *curve_secret; /* file with the daemon's CURVE secret key (z85); NULL: no CURVE */
+    const char *allow_keys;   /* file of client public keys ("KEY [admin]" a line) */
+    bool insecure;            /* serve a non-loopback address without CURVE */
+    double rate_limit;        /* requests/s per credential and address; 0: off; < 0: default */
+    double rate_burst;        /* bucket size; 0: twice the rate */
+    int64_t max_client_sessions; /* sessions per credential; 0: off; < 0: default */
 } dmn_cfg_t;
 
 typedef struct dmn dmn_t;
 
 /* Defaults: listen DMN_DEFAULT_LISTEN, no budgets, max_request 1 MiB, 64 sessions,
- * prefill_chunk 64, f32 rows in blocks of 64, log level warn. */
+ * prefill_chunk 64, f32 rows in blocks of 64, log level warn, no CURVE; with CURVE,
+ * DMN_DEFAULT_RATE requests/s (burst twice that) and DMN_DEFAULT_CLIENT_SESSIONS sessions per
+ * client key, without it no per-client limits (every local client shares one credential). */
 void dmn_cfg_default(dmn_cfg_t *cfg);
+
+/* Writes a new CURVE key pair: PREFIX.key (the secret, mode 0600) and PREFIX.pub (the public
+ * key), z85 text each; never replaces a file (ERR_EXISTS). */
+int dmn_keygen(const char *prefix, err_info_t *e);
+
+/* Checks the access options against the listen address without starting anything: CURVE is
+ * required (ERR_PERM, saying what to give) for an address other than loopback or ipc://
+ * unless cfg->insecure. */
+int dmn_auth_check(const dmn_cfg_t *cfg, err_info_t *e);
 
 /* Loads the model, makes the store, binds the socket and restores the sessions found in
  * the snapshot folder. On error nothing is left behind and e says what went wrong. */

@@ -6,6 +6,11 @@
  * session's queue, stop strings are copied). Requests that need the model (append,
  * generate, score) only set up the session's request here; the scheduler runs them.
  * Every check that fails is an Error reply saying what was wrong; nothing changes then.
+ *
+ * Access: a session belongs to the credential that opened it (auth.c). Another credential
+ * cannot use it, see it in a listing or restore over it (ERR_PERM, "session N belongs to
+ * another client") unless it is an admin key; with CURVE on, budgets and snapshots of every
+ * session are for admin keys only. Without CURVE every client is the local credential.
  */
 #include <math.h>
 #include <stdio.h>
@@ -33,12 +38,37 @@ static void fail(const hctx_t *h, uint32_t session, const err_info_t *e)
     dmn_send_error(h->d, h->peer, h->id, session, e);
 }
 
+static void refuse_foreign(const hctx_t *h, uint32_t id)
+{
+    h->d->refused_perm++;
+    dmn_log(h->d, DMN_LOG_INFO, "client %s refused session %u: not its owner",
+            *h->peer->cred ? h->peer->cred : "(local)", id);
+    dmn_send_errorf(h->d, h->peer, h->id, id, ERR_PERM, "session %u belongs to another client",
+                    id);
+}
+
+/* Whether the client may run daemon-wide work `what`; after an Error reply when not. */
+static bool need_admin(const hctx_t *h, uint32_t session, const char *what)
+{
+    if (dmn_peer_admin(h->d, h->peer))
+        return true;
+    h->d->refused_perm++;
+    dmn_send_errorf(h->d, h->peer, h->id, session, ERR_PERM,
+                    "%s is for admin keys only (marked 'admin' in the daemon's --allow-keys)",
+                    what);
+    return false;
+}
+
 /* The session a request names, or NULL after an Error reply. */
 static dmn_session_t *find(const hctx_t *h, uint32_t id, bool must_be_idle)
 {
     dmn_session_t *s = dmn_session_find(h->d, id);
     if (!s) {
         dmn_send_errorf(h->d, h->peer, h->id, id, ERR_NOTFOUND, "no session %u", id);
+        return NULL;
+    }
+    if (!dmn_peer_owns(h->d, h->peer, s)) {
+        refuse_foreign(h, id);
         return NULL;
     }
     if (must_be_idle && s->act.kind != DMN_REQ_NONE) {
@@ -156,10 +186,19 @@ static void on_open(const hctx_t *h, const Gistd__OpenSession *m)
     dmn_session_t *s;
     err_info_t e;
     err_clear(&e);
+    const uint32_t lim = h->d->max_client_sessions;
+    if (lim && dmn_cred_sessions(h->d, h->peer->cred) >= lim) {
+        dmn_send_errorf(h->d, h->peer, h->id, 0, ERR_LIMIT,
+                        "this client already has %u sessions open, the most one client may "
+                        "hold (gistd --max-client-sessions); close one first",
+                        lim);
+        return;
+    }
     if (dmn_session_open(h->d, m, 0, &s, &e)) {
         fail(h, 0, &e);
         return;
     }
+    snprintf(s->cred, sizeof s->cred, "%s", h->peer->cred);
     dmn_log(h->d, DMN_LOG_INFO, "session %u opened (policy %s)", s->id, pol_name(s->pol));
     send_opened(h, s);
 }
@@ -394,12 +433,16 @@ static void on_list(const hctx_t *h)
     if (!infos || !ptrs || !tiers) {
         dmn_send_errorf(d, h->peer, h->id, 0, ERR_NOMEM, "out of memory");
     } else {
+        uint32_t k = 0;
         for (uint32_t i = 0; i < n; i++) {
-            dmn_session_info(d, d->sess[i], &infos[i], &tiers[i]);
-            ptrs[i] = &infos[i];
+            if (!dmn_peer_owns(d, h->peer, d->sess[i]))
+                continue; /* another client's session is not shown */
+            dmn_session_info(d, d->sess[i], &infos[k], &tiers[k]);
+            ptrs[k] = &infos[k];
+            k++;
         }
         Gistd__SessionList sl = GISTD__SESSION_LIST__INIT;
-        sl.n_sessions = n;
+        sl.n_sessions = k;
         sl.sessions = ptrs;
         Gistd__Reply r = GISTD__REPLY__INIT;
         r.body_case = GISTD__REPLY__BODY_SESSIONS;
@@ -472,6 +515,8 @@ static void on_set_budget(const hctx_t *h, const Gistd__SetBudget *m)
 {
     dmn_t *d = h->d;
     dmn_session_t *s = NULL;
+    if (!need_admin(h, m->session, "changing a budget"))
+        return;
     if (m->session && !(s = find(h, m->session, false)))
         return;
     const size_t hard = m->hard_bytes;
@@ -538,6 +583,8 @@ static void on_snapshot(const hctx_t *h, const Gistd__Snapshot *m)
         return;
     }
     dmn_session_t *one = NULL;
+    if (!m->session && !need_admin(h, 0, "a snapshot of every session (session 0)"))
+        return;
     if (m->session && !(one = find(h, m->session, false)))
         return;
     const uint32_t n = one ? 1 : d->n_sess;
@@ -584,17 +631,79 @@ static void on_restore(const hctx_t *h, const Gistd__Restore *m)
         dmn_send_errorf(d, h->peer, h->id, 0, ERR_INVAL, "restore needs a session id");
         return;
     }
-    dmn_session_t *s;
+    dmn_session_t *s = dmn_session_find(d, m->session);
+    if (s && !dmn_peer_owns(d, h->peer, s)) {
+        refuse_foreign(h, m->session);
+        return;
+    }
     err_info_t e;
     err_clear(&e);
     if (dmn_snapshot_restore(d, m->session, &s, &e)) {
         fail(h, m->session, &e);
         return;
     }
+    /* the file names its owner: another client's snapshot stays on disk, unrestored */
+    if (!dmn_peer_owns(d, h->peer, s)) {
+        dmn_session_close(d, s);
+        refuse_foreign(h, m->session);
+        return;
+    }
     send_opened(h, s);
 }
 
 /* ------------------------------------------------------------------ dispatch */
+
+uint64_t dmn_request_peek_id(const uint8_t *p, size_t len)
+{
+    /* top-level fields: a varint key (field << 3 | wire type), then the value */
+    size_t at = 0;
+    for (int field_no = 0; at < len && field_no < 64; field_no++) {
+        uint64_t v[2] = {0, 0};
+        for (int k = 0; k < 2; k++) { /* the key, then a varint value */
+            unsigned shift = 0;
+            while (at < len && shift < 64) {
+                const uint8_t b = p[at++];
+                v[k] |= (uint64_t)(b & 0x7f) << shift;
+                shift += 7;
+                if (!(b & 0x80))
+                    break;
+            }
+            if (k == 0 && (v[0] & 7) != 0)
+                break; /* not a varint: its value is skipped below */
+        }
+        const uint64_t key = v[0];
+        if (key == (1u << 3 | 0))
+            return v[1];
+        switch (key & 7) {
+        case 0: /* varint: read above */
+            break;
+        case 1:
+            at += 8;
+            break;
+        case 5:
+            at += 4;
+            break;
+        case 2: {
+            uint64_t n = 0;
+            unsigned shift = 0;
+            while (at < len && shift < 64) {
+                const uint8_t b = p[at++];
+                n |= (uint64_t)(b & 0x7f) << shift;
+                shift += 7;
+                if (!(b & 0x80))
+                    break;
+            }
+            if (n > len - at)
+                return 0;
+            at += n;
+            break;
+        }
+        default:
+            return 0;
+        }
+    }
+    return 0;
+}
 
 void dmn_handle(dmn_t *d, const dmn_peer_t *from, const uint8_t *payload, size_t len)
 {

@@ -5,6 +5,9 @@
  *         [--session-budget SIZE] [--threads N] [--max-sessions N] [--snapshot-dir DIR]
  *         [--log-level error|warn|info|debug] [--max-request SIZE] [--prefill-chunk N]
  *         [--kv-type f32|f16] [--block-rows N] [--policy P]
+ *         [--curve-secret FILE --allow-keys FILE | --insecure] [--rate-limit N]
+ *         [--rate-burst N] [--max-client-sessions N]
+ *   gistd --keygen PREFIX      (writes PREFIX.key and PREFIX.pub, then exits)
  *
  * The first line on stdout is the endpoint it listens on (with the port resolved when the
  * listen address ends in ":*"), printed once it is ready to serve; everything else goes to
@@ -57,12 +60,37 @@ static void usage(FILE *f)
           "             [--threads N] [--max-sessions N] [--snapshot-dir DIR] [--log-level L]\n"
           "             [--max-request SIZE] [--prefill-chunk N] [--kv-type f32|f16] "
           "[--block-rows N] [--policy P]\n"
+          "             [--curve-secret FILE --allow-keys FILE | --insecure] [--rate-limit N]\n"
+          "             [--rate-burst N] [--max-client-sessions N]\n"
+          "       gistd --keygen PREFIX\n"
           "  P         the policy of sessions that name none: auto (default), full, window, h2o, tova,\n"
           "            trim, pool, gist\n"
           "  ENDPOINT  tcp://127.0.0.1:5557 (default), tcp://127.0.0.1:* (a free port), "
           "ipc:///path\n"
           "  SIZE      bytes, or with a suffix K, M, G (powers of 1024): 64M, 1.5G\n"
           "  L         error, warn (default), info, debug\n"
+          "Access:\n"
+          "  --curve-secret FILE   the daemon's CURVE secret key (z85 text, as gistd --keygen "
+          "writes it)\n"
+          "  --allow-keys FILE     client public keys it accepts, one a line: KEY [admin]; "
+          "'#' comments\n"
+          "                        (admin keys may change budgets and snapshot every session)\n"
+          "  --insecure            serve an address other than loopback or ipc:// without "
+          "CURVE\n"
+          "                        (without it such a --listen is refused)\n"
+          "  --rate-limit N        requests/s per client key and address, 0: off (default: "
+          "200 with CURVE,\n"
+          "                        off without it, where every local client shares one "
+          "credential)\n"
+          "  --rate-burst N        requests a client may send at once (default: twice the rate)\n"
+          "  --max-client-sessions N  sessions one client key may hold, 0: off (default: 16 "
+          "with CURVE,\n"
+          "                        off without it)\n"
+          "  --max-request SIZE    largest request accepted (default 1M); up to 4 times that is "
+          "answered\n"
+          "                        with an error, a larger frame drops the connection\n"
+          "  gistd --keygen PREFIX writes a key pair, PREFIX.key (secret, mode 0600) and "
+          "PREFIX.pub\n"
           "The first line on stdout is the endpoint gistd listens on.\n",
           f);
 }
@@ -114,11 +142,42 @@ int main(int argc, char **argv)
             usage(stdout);
             return 0;
         }
+        if (!strcmp(a, "--insecure")) {
+            cfg.insecure = true;
+            continue;
+        }
         if (!v)
             return usage_error("'%s' needs a value or is unknown", a);
         i++;
-        if (!strcmp(a, "--model")) {
+        if (!strcmp(a, "--keygen")) {
+            err_info_t e;
+            err_clear(&e);
+            if (dmn_keygen(v, &e)) {
+                fprintf(stderr, "gistd: --keygen: %s\n", err_msg(&e));
+                return 1;
+            }
+            printf("%s.key\n%s.pub\n", v, v);
+            return 0;
+        } else if (!strcmp(a, "--model")) {
             cfg.model_path = v;
+        } else if (!strcmp(a, "--curve-secret")) {
+            cfg.curve_secret = v;
+        } else if (!strcmp(a, "--allow-keys")) {
+            cfg.allow_keys = v;
+        } else if (!strcmp(a, "--rate-limit") || !strcmp(a, "--rate-burst")) {
+            char *end;
+            errno = 0;
+            const double r = strtod(v, &end);
+            if (errno || end == v || *end || !(r >= 0) || r > 1e9)
+                return usage_error("%s: '%s' is not a number of requests", a, v);
+            if (!strcmp(a, "--rate-limit"))
+                cfg.rate_limit = r;
+            else
+                cfg.rate_burst = r;
+        } else if (!strcmp(a, "--max-client-sessions")) {
+            if (parse_uint(v, 1u << 20, &u))
+                return usage_error("--max-client-sessions: '%s' is not a number", v);
+            cfg.max_client_sessions = (int64_t)u;
         } else if (!strcmp(a, "--listen")) {
             cfg.listen = v;
         } else if (!strcmp(a, "--snapshot-dir")) {
@@ -171,6 +230,12 @@ int main(int argc, char **argv)
     }
     if (!cfg.model_path)
         return usage_error("no model: give --model FILE");
+    err_info_t e;
+    err_clear(&e);
+    if (dmn_auth_check(&cfg, &e)) {
+        fprintf(stderr, "gistd: %s\n", err_msg(&e));
+        return 2;
+    }
 
     if (pipe2(stop_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
         fprintf(stderr, "gistd: pipe: %s\n", strerror(errno));
@@ -188,8 +253,6 @@ int main(int argc, char **argv)
     signal(SIGXFSZ, SIG_IGN);
 
     dmn_t *d = NULL;
-    err_info_t e;
-    err_clear(&e);
     int rc = dmn_new(&cfg, &d, &e);
     if (rc) {
         fprintf(stderr, "gistd: %s\n", err_msg(&e));

@@ -32,6 +32,8 @@ void dmn_cfg_default(dmn_cfg_t *cfg)
     cfg->kv_type = DT_F32;
     cfg->block_rows = 64;
     cfg->log_level = DMN_LOG_WARN;
+    cfg->rate_limit = -1;
+    cfg->max_client_sessions = -1;
 }
 
 double dmn_now(void)
@@ -135,13 +137,16 @@ void dmn_send_errorf(dmn_t *d, const dmn_peer_t *to, uint64_t id, uint32_t sessi
 /* ------------------------------------------------------------------ receiving */
 
 /* Reads one message [identity][empty][payload] and handles it. Returns 1 when a message was
- * read, 0 when none was waiting, or a negative code when the socket failed. */
+ * read, 0 when none was waiting, or a negative code when the socket failed. Every message
+ * counts against its client's rate before anything else is looked at; a refused one is
+ * answered with an error that names the request when its id can be read. */
 static int recv_one(dmn_t *d)
 {
     zmq_msg_t part, payload;
     dmn_peer_t peer = {0};
     int n_parts = 0, rc = 1;
-    bool more = true, bad_delim = false;
+    bool more = true, bad_delim = false, have_user = false;
+    char user[DMN_CRED_LEN] = "", addr[64] = "";
 
     zmq_msg_init(&payload);
     while (more) {
@@ -155,6 +160,14 @@ static int recv_one(dmn_t *d)
             goto done;
         }
         more = zmq_msg_more(&part);
+        if (n_parts >= 1 && !have_user) {
+            /* the ZAP handler's User-Id and the address ride on the client's own frames */
+            const char *u = zmq_msg_gets(&part, "User-Id");
+            const char *a = zmq_msg_gets(&part, "Peer-Address");
+            snprintf(user, sizeof user, "%s", u ? u : "");
+            snprintf(addr, sizeof addr, "%s", a ? a : "");
+            have_user = true;
+        }
         if (n_parts == 0) {
             size_t len = zmq_msg_size(&part);
             peer.len = (uint8_t)(len < sizeof peer.id ? len : sizeof peer.id);
@@ -168,15 +181,24 @@ static int recv_one(dmn_t *d)
         n_parts++;
     }
     d->c.requests++;
+    dmn_peer_identify(d, &peer, d->curve ? user : NULL);
     const size_t len = zmq_msg_size(&payload);
-    if (bad_delim || n_parts != 3) {
+    const uint64_t id = n_parts == 3 ? dmn_request_peek_id(zmq_msg_data(&payload), len) : 0;
+    double wait_s = 0;
+    if (dmn_rate_take(d, peer.cred, addr, dmn_now(), &wait_s)) {
+        d->refused_rate++;
+        dmn_send_errorf(d, &peer, id, 0, ERR_RATE,
+                        "rate limited: more than %g requests/s (burst %g) from this client; "
+                        "retry in %.0f ms",
+                        d->req_rate, d->req_burst, wait_s * 1000 + 0.5);
+    } else if (bad_delim || n_parts != 3) {
         dmn_send_errorf(d, &peer, 0, 0, ERR_PROTO,
                         "malformed message: expected an empty delimiter frame and one payload "
                         "frame after the identity, got %d frame%s%s",
                         n_parts - 1, n_parts == 2 ? "" : "s",
                         bad_delim ? " and no empty delimiter" : "");
     } else if (len > d->cfg.max_request) {
-        dmn_send_errorf(d, &peer, 0, 0, ERR_TOOBIG,
+        dmn_send_errorf(d, &peer, id, 0, ERR_TOOBIG,
                         "request of %zu bytes is larger than the limit of %zu bytes", len,
                         d->cfg.max_request);
     } else {
@@ -221,6 +243,9 @@ int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
         return err_set(e, ERR_INVAL, "the KV payload type must be f32 or f16");
     if (cfg->max_sessions == 0 || cfg->prefill_chunk == 0)
         return err_set(e, ERR_INVAL, "--max-sessions and the prefill chunk must be at least 1");
+    int rc = dmn_auth_check(cfg, e); /* before the model loads: a refusal comes at once */
+    if (rc)
+        return rc;
     dmn_t *d = calloc(1, sizeof *d);
     if (!d)
         return err_set(e, ERR_NOMEM, "out of memory");
@@ -236,7 +261,6 @@ int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
     d->cfg.model_path = d->model_path;
     d->cfg.listen = d->listen;
     d->cfg.snapshot_dir = d->snapshot_dir;
-    int rc;
     if (!d->model_path || !d->listen || !d->policy || (cfg->snapshot_dir && !d->snapshot_dir)) {
         rc = err_set(e, ERR_NOMEM, "out of memory");
         goto fail;
@@ -283,6 +307,9 @@ int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
     zmq_setsockopt(d->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(d->sock, ZMQ_LINGER, &zero, sizeof zero);
     zmq_setsockopt(d->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    rc = dmn_auth_init(d, e);
+    if (rc)
+        goto fail;
     if (zmq_bind(d->sock, d->listen) < 0) {
         rc = err_set(e, ERR_IO, "cannot listen on %s: %s", d->listen, zmq_strerror(errno));
         goto fail;
@@ -312,6 +339,7 @@ void dmn_destroy(dmn_t **p)
     free(d->sess);
     if (d->sock)
         zmq_close(d->sock);
+    dmn_auth_fini(d);
     if (d->zctx)
         zmq_ctx_term(d->zctx);
     kv_store_destroy(&d->store);
@@ -373,11 +401,21 @@ static void shut_down(dmn_t *d)
 
 int dmn_run(dmn_t *d, int stop_fd)
 {
-    zmq_pollitem_t items[2] = {{d->sock, 0, ZMQ_POLLIN, 0}, {NULL, stop_fd, ZMQ_POLLIN, 0}};
+    /* the socket, the ZAP handler (with CURVE), the stop descriptor */
+    zmq_pollitem_t items[3] = {{d->sock, 0, ZMQ_POLLIN, 0}};
+    int n_items = 1, i_zap = -1, i_stop = -1;
+    if (d->zap) {
+        i_zap = n_items;
+        items[n_items++] = (zmq_pollitem_t){d->zap, 0, ZMQ_POLLIN, 0};
+    }
+    if (stop_fd >= 0) {
+        i_stop = n_items;
+        items[n_items++] = (zmq_pollitem_t){NULL, stop_fd, ZMQ_POLLIN, 0};
+    }
     int rc = 0;
     while (!d->stopping) {
         bool busy = dmn_sched_busy(d);
-        int n = zmq_poll(items, stop_fd >= 0 ? 2 : 1, busy ? 0 : -1);
+        int n = zmq_poll(items, n_items, busy ? 0 : -1);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -385,7 +423,9 @@ int dmn_run(dmn_t *d, int stop_fd)
             rc = ERR_IO;
             break;
         }
-        if (stop_fd >= 0 && (items[1].revents & ZMQ_POLLIN)) {
+        if (i_zap >= 0 && (items[i_zap].revents & ZMQ_POLLIN))
+            dmn_zap_serve(d);
+        if (i_stop >= 0 && (items[i_stop].revents & ZMQ_POLLIN)) {
             char c;
             if (read(stop_fd, &c, 1) < 0) /* any byte, or end of file, asks to stop */
                 dmn_log(d, DMN_LOG_WARN, "stop descriptor: %s", strerror(errno));

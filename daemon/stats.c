@@ -129,6 +129,9 @@ void dmn_send_stats(dmn_t *d, const dmn_peer_t *to, uint64_t id, bool sessions)
     st.uptime_s = dmn_now() - d->t_start;
     st.model = d->model_path;
     st.threads = (uint32_t)mdl_threads(d->model);
+    st.rate_refusals = d->refused_rate;
+    st.permission_refusals = d->refused_perm;
+    st.curve = d->curve;
     st.kv_bytes_per_token =
         (uint64_t)d->n_lane * kv_block_bytes(d->store, d->cfg.kv_type) / kv_block_rows(d->store);
 
@@ -146,11 +149,15 @@ void dmn_send_stats(dmn_t *d, const dmn_peer_t *to, uint64_t id, bool sessions)
                             d->n_sess);
             return;
         }
+        uint32_t k = 0;
         for (uint32_t i = 0; i < d->n_sess; i++) {
-            dmn_session_info(d, d->sess[i], &infos[i], &stiers[i]);
-            ptrs[i] = &infos[i];
+            if (!dmn_peer_owns(d, to, d->sess[i]))
+                continue; /* another client's session is not shown */
+            dmn_session_info(d, d->sess[i], &infos[k], &stiers[k]);
+            ptrs[k] = &infos[k];
+            k++;
         }
-        st.n_session_list = d->n_sess;
+        st.n_session_list = k;
         st.session_list = ptrs;
     }
     Gistd__Reply r = GISTD__REPLY__INIT;
