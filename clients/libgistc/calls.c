@@ -427,6 +427,9 @@ int gc_stats(gc_client_t *c, bool sessions, gc_stats_t *o, err_info_t *e)
     o->compactions = s->compactions;
     o->bytes_freed = s->bytes_freed;
     o->kv_bytes_per_token = s->kv_bytes_per_token;
+    o->rate_refusals = s->rate_refusals;
+    o->permission_refusals = s->permission_refusals;
+    o->curve = s->curve;
     snprintf(o->model, sizeof o->model, "%s", s->model);
     if (s->n_session_list > 0) {
         o->session_list = calloc(s->n_session_list, sizeof *o->session_list);

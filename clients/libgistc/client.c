@@ -1,6 +1,10 @@
 /*
  * clients/libgistc/client.c — the connection: handshake, sending requests, and the pump that
  * receives replies and streams events to their requests' callbacks.
+ *
+ * A socket monitor (ZMQ_EVENT_HANDSHAKE_FAILED_*) is read beside the DEALER socket, so a
+ * daemon that refuses this client's key, or a CURVE/plain mismatch, ends the waiting call
+ * with ERR_PERM instead of a timeout (ZeroMQ itself only retries the connection quietly).
  */
 #include <errno.h>
 #include <math.h>
@@ -47,6 +51,14 @@ static int send_raw(gc_client_t *c, const Gistd__Request *r, err_info_t *e)
         return err_set(e, ERR_NOMEM, "out of memory for a request of %zu bytes", len);
     gistd__request__pack(r, buf);
     int rc = 0;
+    const uint64_t max = c->model.max_request_bytes;
+    if (max && len > max) {
+        free(buf);
+        return err_set(e, ERR_TOOBIG,
+                       "%s: a request of %zu bytes is larger than the daemon's limit of %llu "
+                       "bytes",
+                       c->endpoint, len, (unsigned long long)max);
+    }
     if (zmq_send(c->sock, "", 0, ZMQ_SNDMORE) < 0 || zmq_send(c->sock, buf, len, 0) < 0)
         rc = err_set(e, ERR_IO, "%s: cannot send: %s", c->endpoint, zmq_strerror(errno));
     free(buf);
@@ -167,16 +179,62 @@ static void on_final(gc_pending_t *p, Gistd__Reply *r)
     p->final = r;
 }
 
-/* Receives and handles one reply, waiting up to timeout_ms. 0, or ERR_TIMEOUT, ERR_IO. */
+/* Reads one monitor event: 0, or ERR_PERM with the reason when a handshake failed. */
+static int monitor_event(gc_client_t *c, err_info_t *e)
+{
+    uint8_t head[6] = {0};
+    int n = zmq_recv(c->mon, head, sizeof head, ZMQ_DONTWAIT);
+    if (n < 0)
+        return 0;
+    int more = 0;
+    size_t ml = sizeof more;
+    zmq_getsockopt(c->mon, ZMQ_RCVMORE, &more, &ml);
+    if (more) {
+        char addr[256];
+        zmq_recv(c->mon, addr, sizeof addr, 0); /* the endpoint: already known */
+    }
+    if (n < 6)
+        return 0;
+    uint16_t ev;
+    uint32_t value;
+    memcpy(&ev, head, 2);
+    memcpy(&value, head + 2, 4);
+    const char *hint = c->curve ? "it may not use CURVE, or its public key is not the one given"
+                                : "it may require CURVE keys (a server key and a client key pair)";
+    if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+        return err_set(e, ERR_PERM,
+                       "%s: the daemon refused this client's key (CURVE authentication failed, "
+                       "status %u): its operator must add the key to its --allow-keys",
+                       c->endpoint, value);
+    if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        return err_set(e, ERR_PERM,
+                       "%s: the security handshake with the daemon failed (protocol error "
+                       "0x%x): %s",
+                       c->endpoint, value, hint);
+    if (ev == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        return err_set(e, ERR_PERM, "%s: the security handshake with the daemon failed: %s",
+                       c->endpoint, hint);
+    return 0;
+}
+
+/* Receives and handles one reply, waiting up to timeout_ms. 0, or ERR_TIMEOUT, ERR_IO,
+ * ERR_PERM (a refused handshake). */
 static int pump(gc_client_t *c, int timeout_ms, err_info_t *e)
 {
-    zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLIN, 0};
-    int n = zmq_poll(&it, 1, timeout_ms);
+    zmq_pollitem_t it[2] = {{c->sock, 0, ZMQ_POLLIN, 0}, {c->mon, 0, ZMQ_POLLIN, 0}};
+    int n = zmq_poll(it, c->mon ? 2 : 1, timeout_ms);
     if (n < 0)
         return err_set(e, errno == EINTR ? ERR_CANCELLED : ERR_IO, "%s: %s", c->endpoint,
                        zmq_strerror(errno));
     if (n == 0)
         return ERR_TIMEOUT;
+    if (c->mon && (it[1].revents & ZMQ_POLLIN)) {
+        int rc = monitor_event(c, e);
+        if (rc)
+            return rc;
+        if (!(it[0].revents & ZMQ_POLLIN))
+            return 0;
+    }
     zmq_msg_t part;
     Gistd__Reply *r = NULL;
     int n_parts = 0;
@@ -271,16 +329,62 @@ int gc_call(gc_client_t *c, Gistd__Request *r, Gistd__Reply__BodyCase want, Gist
 
 /* ------------------------------------------------------------------ connection */
 
+/* A z85 key of 40 characters that decodes. */
+static bool key_ok(const char *z)
+{
+    uint8_t raw[32];
+    return z && strlen(z) == 40 && zmq_z85_decode(raw, z) != NULL;
+}
+
+int gc_key_read(const char *path, char out[GC_KEY_LEN], err_info_t *e)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return err_set(e, ERR_IO, "cannot read the key file %s: %s", path, strerror(errno));
+    char line[512];
+    int rc = err_set(e, ERR_FORMAT, "%s holds no key (a line of 40 z85 characters)", path);
+    while (fgets(line, sizeof line, f)) {
+        char word[64];
+        if (sscanf(line, "%63s", word) != 1 || word[0] == '#')
+            continue;
+        if (key_ok(word)) {
+            memcpy(out, word, GC_KEY_LEN);
+            rc = 0;
+        } else {
+            rc = err_set(e, ERR_FORMAT, "%s: '%.63s' is not a CURVE key (40 z85 characters)",
+                         path, word);
+        }
+        break;
+    }
+    fclose(f);
+    return rc;
+}
+
 int gc_connect(const char *endpoint, int timeout_ms, gc_client_t **out, err_info_t *e)
 {
+    const gc_connect_opts_t o = {.endpoint = endpoint, .timeout_ms = timeout_ms};
+    return gc_connect_opts(&o, out, e);
+}
+
+int gc_connect_opts(const gc_connect_opts_t *o, gc_client_t **out, err_info_t *e)
+{
+    const char *endpoint = o->endpoint;
     if (!endpoint || !*endpoint)
         endpoint = GC_DEFAULT_ENDPOINT;
+    const int n_keys = !!o->server_key + !!o->public_key + !!o->secret_key;
+    if (n_keys != 0 && n_keys != 3)
+        return err_set(e, ERR_INVAL,
+                       "CURVE needs the daemon's public key and this client's public and secret "
+                       "keys, all three");
+    if (n_keys && (!key_ok(o->server_key) || !key_ok(o->public_key) || !key_ok(o->secret_key)))
+        return err_set(e, ERR_INVAL, "a CURVE key is not 40 z85 characters");
     gc_client_t *c = calloc(1, sizeof *c);
     if (!c)
         return err_set(e, ERR_NOMEM, "out of memory");
     snprintf(c->endpoint, sizeof c->endpoint, "%s", endpoint);
-    c->timeout_ms = timeout_ms > 0 ? timeout_ms : GC_DEFAULT_TIMEOUT_MS;
+    c->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : GC_DEFAULT_TIMEOUT_MS;
     c->next_id = 1;
+    c->curve = n_keys == 3;
     int rc = 0;
     c->zctx = zmq_ctx_new();
     c->sock = c->zctx ? zmq_socket(c->zctx, ZMQ_DEALER) : NULL;
@@ -290,6 +394,28 @@ int gc_connect(const char *endpoint, int timeout_ms, gc_client_t **out, err_info
     }
     int zero = 0;
     zmq_setsockopt(c->sock, ZMQ_LINGER, &zero, sizeof zero);
+    if (c->curve && (zmq_setsockopt(c->sock, ZMQ_CURVE_SERVERKEY, o->server_key, 40) < 0 ||
+                     zmq_setsockopt(c->sock, ZMQ_CURVE_PUBLICKEY, o->public_key, 40) < 0 ||
+                     zmq_setsockopt(c->sock, ZMQ_CURVE_SECRETKEY, o->secret_key, 40) < 0)) {
+        rc = err_set(e, ERR_UNSUPPORTED, "cannot use CURVE: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    /* handshake failures, read by the pump (a unique inproc name per client) */
+    char mon_ep[64];
+    snprintf(mon_ep, sizeof mon_ep, "inproc://gistc-monitor-%p", (void *)c);
+    if (zmq_socket_monitor(c->sock, mon_ep,
+                           ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) == 0) {
+        c->mon = zmq_socket(c->zctx, ZMQ_PAIR);
+        if (c->mon) {
+            zmq_setsockopt(c->mon, ZMQ_LINGER, &zero, sizeof zero);
+            if (zmq_connect(c->mon, mon_ep) < 0) {
+                zmq_close(c->mon);
+                c->mon = NULL;
+            }
+        }
+    }
     if (zmq_connect(c->sock, endpoint) < 0) {
         rc = err_set(e, ERR_INVAL, "cannot connect to '%s': %s", endpoint, zmq_strerror(errno));
         goto fail;
@@ -340,6 +466,10 @@ void gc_disconnect(gc_client_t **p)
     while (c->n_pend > 0)
         pending_drop(c, &c->pend[c->n_pend - 1]);
     free(c->pend);
+    if (c->sock && c->mon)
+        zmq_socket_monitor(c->sock, NULL, 0);
+    if (c->mon)
+        zmq_close(c->mon);
     if (c->sock)
         zmq_close(c->sock);
     if (c->zctx)

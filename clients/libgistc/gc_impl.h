@@ -26,6 +26,8 @@ typedef struct gc_pending {
 
 struct gc_client {
     void *zctx, *sock;
+    void *mon;  /* PAIR socket reading the DEALER's handshake failures */
+    bool curve; /* this client authenticates with CURVE */
     char endpoint[256];
     int timeout_ms;
     uint64_t next_id;

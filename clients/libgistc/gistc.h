@@ -11,6 +11,11 @@
  * collect each with gc_wait; while any wait runs, the events of every running request go to
  * their own callbacks. Outstanding requests are matched to replies by request id.
  *
+ * CURVE: gc_connect_opts takes the daemon's public key and this client's key pair (z85 text,
+ * as `gistd --keygen` writes them; gc_key_read reads such a file). A daemon that refuses the
+ * key, or a handshake that fails because one side uses CURVE and the other does not, ends
+ * the waiting call with ERR_PERM and a message saying so, not with a timeout.
+ *
  * Ownership: strings and arrays a call returns are malloc'd and freed by the caller (or by
  * the matching gc_*_free). Threads: a client belongs to one thread at a time; use one client
  * per thread. Errors: 0 or a negative ERR_* code (common/err.h); the daemon's error replies
@@ -153,6 +158,8 @@ typedef struct gc_stats {
     double decode_tokens_per_s, prefill_tokens_per_s, avg_batch, uptime_s;
     uint64_t requests, errors, events_dropped, clients_gone, budget_refusals;
     uint64_t compactions, kv_bytes_per_token;
+    uint64_t rate_refusals, permission_refusals; /* requests refused by limits and owners */
+    bool curve;                                  /* the daemon authenticates clients by key */
     int64_t bytes_freed;
     char model[256];
     gc_session_info_t *session_list; /* [n_session_list], when asked for (gc_stats_free) */
@@ -168,9 +175,25 @@ typedef struct gc_budget {
 
 /* ---- connection ---- */
 
+#define GC_KEY_LEN 41 /* a CURVE key as z85 text, with its NUL */
+
+typedef struct gc_connect_opts {
+    const char *endpoint; /* NULL or "": GC_DEFAULT_ENDPOINT */
+    int timeout_ms;       /* <= 0: GC_DEFAULT_TIMEOUT_MS */
+    /* CURVE, all three or none (z85 text, 40 characters each) */
+    const char *server_key; /* the daemon's public key (its PREFIX.pub) */
+    const char *public_key; /* this client's key pair (PREFIX.pub, PREFIX.key) */
+    const char *secret_key;
+} gc_connect_opts_t;
+
 /* Connects and shakes hands. ERR_TIMEOUT when the daemon does not answer within timeout_ms
  * (<= 0: GC_DEFAULT_TIMEOUT_MS); ERR_UNSUPPORTED when it speaks another protocol version. */
 int gc_connect(const char *endpoint, int timeout_ms, gc_client_t **out, err_info_t *e);
+/* gc_connect with CURVE keys when o names them (ERR_INVAL for a malformed key or only some of
+ * the three; ERR_PERM when the daemon refuses the handshake). */
+int gc_connect_opts(const gc_connect_opts_t *o, gc_client_t **out, err_info_t *e);
+/* Reads a key file: its first line that is not blank or a '#' comment, 40 z85 characters. */
+int gc_key_read(const char *path, char out[GC_KEY_LEN], err_info_t *e);
 void gc_disconnect(gc_client_t **c);
 /* The longest wait for a reply (milliseconds, <= 0: the default). */
 void gc_set_timeout(gc_client_t *c, int timeout_ms);
