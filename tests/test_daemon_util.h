@@ -14,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -204,5 +206,107 @@ static inline gc_client_t *td_connect(const td_daemon_t *d)
 
 /* Greedy sampling. */
 static const gc_sampling_t td_greedy = {.temp = 0.0f, .repeat_penalty = 1.0f};
+
+/* How td_start_with starts gistd: where its stderr goes (NULL: the test's stderr), and a
+ * file-size limit in bytes (RLIMIT_FSIZE, 0: none) set in the child before exec. */
+typedef struct td_opts {
+    const char *log_path;
+    long fsize_limit;
+} td_opts_t;
+
+/* td_start with options (see td_opts_t); extra as for td_start. */
+static inline int td_start_with(td_daemon_t *d, const char *model, const char *const *extra,
+                                const td_opts_t *o)
+{
+    const char *argv[40];
+    int n = 0;
+    bool has_listen = false, has_log = false;
+    for (int i = 0; extra && extra[i]; i++) {
+        has_listen |= !strcmp(extra[i], "--listen");
+        has_log |= !strcmp(extra[i], "--log-level");
+    }
+    argv[n++] = td_bin("gistd");
+    argv[n++] = "--model";
+    argv[n++] = model;
+    if (!has_listen) {
+        argv[n++] = "--listen";
+        argv[n++] = "tcp://127.0.0.1:*";
+    }
+    if (!has_log) {
+        argv[n++] = "--log-level";
+        argv[n++] = "error";
+    }
+    for (int i = 0; extra && extra[i] && n < 39; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    int fd[2];
+    if (pipe(fd) < 0)
+        return -1;
+    d->pid = fork();
+    if (d->pid < 0)
+        return -1;
+    if (d->pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        dup2(fd[1], 1);
+        close(fd[0]);
+        close(fd[1]);
+        if (o && o->log_path) {
+            int lf = open(o->log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+            if (lf >= 0)
+                dup2(lf, 2);
+        }
+        if (o && o->fsize_limit > 0) {
+            struct rlimit rl = {(rlim_t)o->fsize_limit, (rlim_t)o->fsize_limit};
+            setrlimit(RLIMIT_FSIZE, &rl);
+        }
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(fd[1]);
+    size_t got = 0;
+    d->endpoint[0] = 0;
+    struct pollfd p = {fd[0], POLLIN, 0};
+    while (got + 1 < sizeof d->endpoint) {
+        if (poll(&p, 1, 60000) <= 0)
+            break;
+        ssize_t r = read(fd[0], d->endpoint + got, 1);
+        if (r <= 0 || d->endpoint[got] == '\n')
+            break;
+        got++;
+    }
+    d->endpoint[got] = 0;
+    close(fd[0]);
+    if (got == 0) {
+        kill(d->pid, SIGKILL);
+        waitpid(d->pid, NULL, 0);
+        d->pid = 0;
+        check_fail_(__FILE__, __LINE__, "gistd did not print its endpoint");
+        return -1;
+    }
+    return 0;
+}
+
+/* Resident memory of a process in KiB (VmRSS in /proc/PID/status), or -1. */
+static inline long td_rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kib = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmRSS:", 6))
+            kib = strtol(line + 6, NULL, 10);
+    if (f)
+        fclose(f);
+    return kib;
+}
+
+/* Seconds on a monotonic clock, for deadlines. */
+static inline double td_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 #endif
