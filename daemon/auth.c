@@ -139,8 +139,8 @@ static int allow_load(dmn_t *d, const char *path, err_info_t *e)
             continue;
         if (!key_valid(key)) {
             rc = err_set(e, ERR_FORMAT,
-                         "%s:%u: '%.63s' is not a CURVE public key (40 z85 characters)", path,
-                         ln, key);
+                         "%s:%u: '%.63s' is not a CURVE public key (40 z85 characters)", path, ln,
+                         key);
         } else if (n == 3 || (n == 2 && strcmp(word, "admin"))) {
             rc = err_set(e, ERR_FORMAT, "%s:%u: after the key only the word 'admin' may follow",
                          path, ln);
@@ -178,8 +178,8 @@ static const dmn_allow_t *allow_find(const dmn_t *d, const char *key)
 
 bool dmn_endpoint_is_local(const char *ep)
 {
-    static const char *const local[] = {"ipc://", "inproc://", "tcp://127.", "tcp://[::1]:",
-                                        "tcp://localhost:"};
+    static const char *const local[] = {"ipc://", "inproc://", "tcp://127.",
+                                        "tcp://[::1]:", "tcp://localhost:"};
     for (size_t i = 0; i < sizeof local / sizeof local[0]; i++)
         if (!strncmp(ep, local[i], strlen(local[i])))
             return !strchr(ep, ';'); /* "src;dst" names another address */
@@ -221,8 +221,8 @@ int dmn_auth_init(dmn_t *d, err_info_t *e)
     if (d->req_burst < 1)
         d->req_burst = 1;
     d->max_client_sessions = cfg->max_client_sessions >= 0 ? (uint32_t)cfg->max_client_sessions
-                             : cfg->curve_secret         ? DMN_DEFAULT_CLIENT_SESSIONS
-                                                         : 0;
+                             : cfg->curve_secret           ? DMN_DEFAULT_CLIENT_SESSIONS
+                                                           : 0;
     if (!cfg->curve_secret) {
         if (!dmn_endpoint_is_local(d->listen))
             dmn_log(d, DMN_LOG_WARN,
@@ -331,8 +331,8 @@ static int zap_one(dmn_t *d)
         }
     }
     if (strcmp(status, "200"))
-        dmn_log(d, DMN_LOG_WARN, "refused a %s client from %s%s%s: %s", *mech ? mech : "?",
-                address, *user ? " with key " : "", user, text);
+        dmn_log(d, DMN_LOG_WARN, "refused a %s client from %s%s%s: %s", *mech ? mech : "?", address,
+                *user ? " with key " : "", user, text);
     else
         dmn_log(d, DMN_LOG_DEBUG, "accepted key %s from %s", user, address);
     zap_send(d->zap, "1.0", 3, true);
@@ -392,7 +392,8 @@ int dmn_rate_take(dmn_t *d, const char *cred, const char *addr, double now, doub
     if (d->req_rate <= 0)
         return 0;
     dmn_bucket_t *b = NULL;
-    const double full_after = d->req_burst / d->req_rate; /* an idle bucket is full again after this */
+    const double full_after =
+        d->req_burst / d->req_rate; /* an idle bucket is full again after this */
     for (uint32_t i = 0; i < d->n_buckets && !b; i++) {
         dmn_bucket_t *x = &d->buckets[i];
         if (!strcmp(x->cred, cred) && !strcmp(x->addr, addr))

@@ -212,14 +212,14 @@ struct dmn {
     } rate[DMN_RATE_RING]; /* the last steps: when, how long, tokens decoded and prefilled */
     uint32_t rate_head;
     /* access (auth.c) */
-    bool curve;                  /* CURVE on: credentials are client keys */
-    void *zap;                   /* the ZAP handler's REP socket, or NULL */
-    dmn_allow_t *allow;          /* the allow list */
+    bool curve;         /* CURVE on: credentials are client keys */
+    void *zap;          /* the ZAP handler's REP socket, or NULL */
+    dmn_allow_t *allow; /* the allow list */
     uint32_t n_allow, cap_allow;
-    dmn_bucket_t *buckets;       /* request rates */
+    dmn_bucket_t *buckets; /* request rates */
     uint32_t n_buckets, cap_buckets;
-    double req_rate, req_burst;  /* requests/s and bucket size (req_rate 0: no limit) */
-    uint32_t max_client_sessions; /* 0: no limit */
+    double req_rate, req_burst;          /* requests/s and bucket size (req_rate 0: no limit) */
+    uint32_t max_client_sessions;        /* 0: no limit */
     uint64_t refused_rate, refused_perm; /* requests refused */
 };
 

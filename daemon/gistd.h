@@ -39,11 +39,11 @@ typedef struct dmn_cfg {
     uint32_t block_rows;    /* rows per KV block */
     int log_level;          /* enum dmn_log_level */
     /* access (daemon/auth.c) */
-    const char *curve_secret; /* file with the daemon's CURVE secret key (z85); NULL: no CURVE */
-    const char *allow_keys;   /* file of client public keys ("KEY [admin]" a line) */
-    bool insecure;            /* serve a non-loopback address without CURVE */
-    double rate_limit;        /* requests/s per credential and address; 0: off; < 0: default */
-    double rate_burst;        /* bucket size; 0: twice the rate */
+    const char *curve_secret;    /* file with the daemon's CURVE secret key (z85); NULL: no CURVE */
+    const char *allow_keys;      /* file of client public keys ("KEY [admin]" a line) */
+    bool insecure;               /* serve a non-loopback address without CURVE */
+    double rate_limit;           /* requests/s per credential and address; 0: off; < 0: default */
+    double rate_burst;           /* bucket size; 0: twice the rate */
     int64_t max_client_sessions; /* sessions per credential; 0: off; < 0: default */
 } dmn_cfg_t;
 

@@ -43,8 +43,7 @@ static void refuse_foreign(const hctx_t *h, uint32_t id)
     h->d->refused_perm++;
     dmn_log(h->d, DMN_LOG_INFO, "client %s refused session %u: not its owner",
             *h->peer->cred ? h->peer->cred : "(local)", id);
-    dmn_send_errorf(h->d, h->peer, h->id, id, ERR_PERM, "session %u belongs to another client",
-                    id);
+    dmn_send_errorf(h->d, h->peer, h->id, id, ERR_PERM, "session %u belongs to another client", id);
 }
 
 /* Whether the client may run daemon-wide work `what`; after an Error reply when not. */

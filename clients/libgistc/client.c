@@ -351,8 +351,8 @@ int gc_key_read(const char *path, char out[GC_KEY_LEN], err_info_t *e)
             memcpy(out, word, GC_KEY_LEN);
             rc = 0;
         } else {
-            rc = err_set(e, ERR_FORMAT, "%s: '%.63s' is not a CURVE key (40 z85 characters)",
-                         path, word);
+            rc = err_set(e, ERR_FORMAT, "%s: '%.63s' is not a CURVE key (40 z85 characters)", path,
+                         word);
         }
         break;
     }
