@@ -128,7 +128,6 @@ typedef struct load {
 
 typedef struct client {
     load_t *L;
-    int id;
     pthread_t thread;
     gc_client_t *gc;
     uint64_t quota, done, failed;
@@ -205,8 +204,7 @@ static const char *const user_lines[] = {
 
 static int do_open(client_t *c)
 {
-    err_info_t e;
-    err_clear(&e);
+    err_info_t e = {0};
     gc_open_opts_t o = {
         .policy = c->L->policy, .budget_bytes = c->L->budget, .chat_template = "plain"};
     const double t0 = bench_now();
@@ -218,8 +216,7 @@ static int do_open(client_t *c)
 
 static void do_close(client_t *c)
 {
-    err_info_t e;
-    err_clear(&e);
+    err_info_t e = {0};
     const double t0 = bench_now();
     int rc = gc_close(c->gc, c->session, &e);
     note(c, K_CLOSE, t0, rc, &e, 0);
@@ -228,8 +225,7 @@ static void do_close(client_t *c)
 
 static void do_append(client_t *c)
 {
-    err_info_t e;
-    err_clear(&e);
+    err_info_t e = {0};
     const char *line = user_lines[rng_next(&c->rng) % N_LINES];
     const double t0 = bench_now();
     int rc = gc_append(c->gc, c->session, line, 0, GC_ROLE_USER, NULL, &e);
@@ -238,8 +234,7 @@ static void do_append(client_t *c)
 
 static void do_generate(client_t *c)
 {
-    err_info_t e;
-    err_clear(&e);
+    err_info_t e = {0};
     gc_sampling_t smp;
     gc_sampling_default(&smp);
     smp.seed = rng_next(&c->rng);
@@ -256,8 +251,7 @@ static void do_generate(client_t *c)
 
 static void do_score(client_t *c)
 {
-    err_info_t e;
-    err_clear(&e);
+    err_info_t e = {0};
     float *lp = NULL;
     int32_t *tok = NULL;
     size_t n = 0;
@@ -274,8 +268,7 @@ static void do_score(client_t *c)
 
 static void do_stats(client_t *c)
 {
-    err_info_t e;
-    err_clear(&e);
+    err_info_t e = {0};
     gc_stats_t st;
     const bool sessions = rng_next(&c->rng) % 4 == 0;
     const double t0 = bench_now();
@@ -287,8 +280,7 @@ static void do_stats(client_t *c)
 
 static void do_info(client_t *c)
 {
-    err_info_t e;
-    err_clear(&e);
+    err_info_t e = {0};
     gc_session_info_t si;
     const double t0 = bench_now();
     int rc = gc_session_info(c->gc, c->session, &si, &e);
@@ -333,8 +325,7 @@ static void *client_main(void *arg)
 {
     client_t *c = arg;
     load_t *L = c->L;
-    err_info_t e;
-    err_clear(&e);
+    err_info_t e = {0};
     if (gc_connect(L->endpoint, L->timeout_ms, &c->gc, &e)) {
         pthread_mutex_lock(&L->mu);
         L->connect_errors++;
@@ -381,6 +372,37 @@ static int read_mem(pid_t pid, long *hwm, long *rss)
     }
     fclose(f);
     return *hwm >= 0 && *rss >= 0 ? 0 : -1;
+}
+
+/* The daemon's memory, sampled by the main thread: the last figures, the largest VmRSS seen,
+ * and (t, VmRSS) pairs for the soak's slope. */
+typedef struct memwatch {
+    pid_t pid; /* 0: unknown */
+    long hwm, rss, rss_max;
+    size_t n, cap;
+    double *t;
+    long *rss_at;
+} memwatch_t;
+
+static bool mem_sample(memwatch_t *m, double t)
+{
+    if (m->pid <= 0 || read_mem(m->pid, &m->hwm, &m->rss))
+        return false;
+    m->rss_max = m->rss > m->rss_max ? m->rss : m->rss_max;
+    if (m->n == m->cap) {
+        m->cap = m->cap ? 2 * m->cap : 256;
+        double *nt = realloc(m->t, m->cap * sizeof *nt);
+        m->t = nt ? nt : m->t;
+        long *nr = realloc(m->rss_at, m->cap * sizeof *nr);
+        m->rss_at = nr ? nr : m->rss_at;
+        if (!nt || !nr) {
+            fprintf(stderr, "bench_load: out of memory\n");
+            exit(1);
+        }
+    }
+    m->t[m->n] = t;
+    m->rss_at[m->n++] = m->rss;
+    return true;
 }
 
 /* ipc://..., or tcp:// on 127.x.x.x, localhost or [::1]. */
@@ -441,14 +463,6 @@ static void default_gistd(char *buf, size_t cap)
 
 /* ------------------------------------------------------------------ reporting */
 
-static void kib(char *buf, size_t cap, long k)
-{
-    if (k < 0)
-        snprintf(buf, cap, "-");
-    else
-        snprintf(buf, cap, "%.1f MiB", k / 1024.0);
-}
-
 static void print_latency(const load_t *L)
 {
     printf("%-9s %9s %10s %10s %10s %10s\n", "kind", "count", "p50 ms", "p90 ms", "p99 ms",
@@ -479,13 +493,14 @@ static void print_errors(const load_t *L)
         printf("  and %llu more of other kinds\n", (unsigned long long)L->errs_other);
 }
 
-/* Least-squares slope of rss over t (KiB per minute) for the samples at or after t_from. */
-static double rss_slope(const double *t, const long *rss, size_t n, double t_from, size_t *used)
+/* Least-squares slope of rss over t (KiB per minute) for the samples in [t_from, t_to]. */
+static double rss_slope(const double *t, const long *rss, size_t n, double t_from, double t_to,
+                        size_t *used)
 {
     double st = 0, sr = 0, stt = 0, str = 0;
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        if (t[i] < t_from)
+        if (t[i] < t_from || t[i] > t_to)
             continue;
         st += t[i];
         sr += (double)rss[i];
@@ -496,6 +511,28 @@ static double rss_slope(const double *t, const long *rss, size_t n, double t_fro
     *used = k;
     const double den = (double)k * stt - st * st;
     return k >= 2 && den > 0 ? ((double)k * str - st * sr) / den * 60.0 : 0.0;
+}
+
+/* One soak line: this interval's requests, req/s, p99 and errors; VmRSS; the KV arena's
+ * jemalloc figures (the monitor's own stats call). */
+static void soak_line(load_t *L, gc_client_t *mon, const memwatch_t *m, double t, double span,
+                      uint64_t *errors_before)
+{
+    pthread_mutex_lock(&L->mu);
+    const double p99 = hist_pct(&L->iv, 0.99);
+    const uint64_t n = L->iv.n, errors = L->errors - *errors_before;
+    *errors_before = L->errors;
+    memset(&L->iv, 0, sizeof L->iv);
+    pthread_mutex_unlock(&L->mu);
+    gc_stats_t s;
+    err_info_t e;
+    const bool ok = gc_stats(mon, false, &s, &e) == 0;
+    printf("%8.0f %9llu %8.1f %9.2f %7llu %11ld %13.0f %13.0f\n", t, (unsigned long long)n,
+           n / span, p99, (unsigned long long)errors, m->pid > 0 ? m->rss : -1L,
+           ok ? s.je_allocated / 1024.0 : -1.0, ok ? s.je_resident / 1024.0 : -1.0);
+    fflush(stdout);
+    if (ok)
+        gc_stats_free(&s);
 }
 
 /* ------------------------------------------------------------------ main */
@@ -590,18 +627,11 @@ int main(int argc, char **argv)
     /* the daemon */
     pid_t pid = (pid_t)given_pid;
     if (spawn) {
-        const char *av[MAX_GISTD_ARGS];
-        int n = 0;
         snprintf(maxs, sizeof maxs, "%d", 2 * L.n_clients + 8);
-        av[n++] = gistd;
-        av[n++] = "--model";
-        av[n++] = model;
-        av[n++] = "--listen";
-        av[n++] = "tcp://127.0.0.1:*";
-        av[n++] = "--log-level";
-        av[n++] = "error";
-        av[n++] = "--max-sessions";
-        av[n++] = maxs;
+        const char *av[MAX_GISTD_ARGS] = {gistd,      "--model",           model,
+                                          "--listen", "tcp://127.0.0.1:*", "--log-level",
+                                          "error",    "--max-sessions",    maxs};
+        int n = 9;
         for (int i = 0; i < n_gargs; i++) /* later options win */
             av[n++] = gargs[i];
         av[n] = NULL;
@@ -615,8 +645,7 @@ int main(int argc, char **argv)
     L.endpoint = endpoint;
     pthread_mutex_init(&L.mu, NULL);
     int rc = 1;
-    err_info_t e;
-    err_clear(&e);
+    err_info_t e = {0};
     gc_client_t *mon = NULL; /* the monitor's own connection */
     uint64_t mon_calls = 0;
     gc_stats_t st0 = {0}, st1 = {0};
@@ -651,17 +680,14 @@ int main(int argc, char **argv)
     fflush(stdout);
 
     /* memory samples, one a second (soak: for the slope) */
-    size_t n_samp = 0, cap_samp = 0;
-    double *samp_t = NULL;
-    long *samp_rss = NULL, hwm = -1, rss = -1, rss_max = -1;
-    const bool have_pid = pid > 0 && read_mem(pid, &hwm, &rss) == 0;
+    memwatch_t mw = {.pid = pid, .hwm = -1, .rss = -1, .rss_max = -1};
+    const bool have_pid = mem_sample(&mw, 0.0);
 
     const double t0 = bench_now();
     L.t_end = t0 + L.duration;
     atomic_store(&L.running, L.n_clients);
     for (int i = 0; i < L.n_clients; i++) {
         cl[i].L = &L;
-        cl[i].id = i;
         cl[i].rng = L.seed * 1000003u + (uint64_t)i;
         cl[i].quota =
             L.requests / (uint64_t)L.n_clients + ((uint64_t)i < L.requests % (uint64_t)L.n_clients);
@@ -673,49 +699,22 @@ int main(int argc, char **argv)
         }
     }
     if (L.duration > 0)
-        printf("%8s %9s %8s %9s %11s %13s %13s\n", "time s", "requests", "req/s", "p99 ms",
-               "rss KiB", "je alloc KiB", "je resid KiB");
-    double next_sample = t0, next_line = t0 + interval;
-    uint64_t last_req = 0;
+        printf("%8s %9s %8s %9s %7s %11s %13s %13s\n", "time s", "requests", "req/s", "p99 ms",
+               "errors", "rss KiB", "je alloc KiB", "je resid KiB");
+    double next_sample = t0 + 1.0, next_line = t0 + interval;
+    uint64_t errors_before = 0;
     while (atomic_load(&L.running) > 0) {
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
         const double now = bench_now();
         if (have_pid && now >= next_sample) {
             next_sample += 1.0;
-            if (read_mem(pid, &hwm, &rss) == 0) {
-                rss_max = rss > rss_max ? rss : rss_max;
-                if (n_samp == cap_samp) {
-                    cap_samp = cap_samp ? 2 * cap_samp : 256;
-                    samp_t = realloc(samp_t, cap_samp * sizeof *samp_t);
-                    samp_rss = realloc(samp_rss, cap_samp * sizeof *samp_rss);
-                    if (!samp_t || !samp_rss) {
-                        fprintf(stderr, "bench_load: out of memory\n");
-                        exit(1);
-                    }
-                }
-                samp_t[n_samp] = now - t0;
-                samp_rss[n_samp++] = rss;
-            }
+            mem_sample(&mw, now - t0);
         }
         if (L.duration > 0 && now >= next_line) {
-            const double span = now - (next_line - interval);
-            next_line += interval;
-            pthread_mutex_lock(&L.mu);
-            const double p99 = hist_pct(&L.iv, 0.99);
-            const uint64_t n_iv = L.iv.n;
-            memset(&L.iv, 0, sizeof L.iv);
-            pthread_mutex_unlock(&L.mu);
-            last_req += n_iv;
-            gc_stats_t s;
-            const bool ok = gc_stats(mon, false, &s, &e) == 0;
+            soak_line(&L, mon, &mw, now - t0, now - (next_line - interval), &errors_before);
             mon_calls++;
-            printf("%8.0f %9llu %8.1f %9.2f %11ld %13.0f %13.0f\n", now - t0,
-                   (unsigned long long)n_iv, n_iv / span, p99, have_pid ? rss : -1L,
-                   ok ? s.je_allocated / 1024.0 : -1.0, ok ? s.je_resident / 1024.0 : -1.0);
-            fflush(stdout);
-            if (ok)
-                gc_stats_free(&s);
+            next_line += interval;
         }
     }
     for (int i = 0; i < L.n_clients; i++)
@@ -723,8 +722,8 @@ int main(int argc, char **argv)
     const double wall = bench_now() - t0;
 
     /* the figures */
-    if (have_pid && read_mem(pid, &hwm, &rss) == 0)
-        rss_max = rss > rss_max ? rss : rss_max;
+    if (have_pid)
+        mem_sample(&mw, wall);
     uint64_t done = 0, failed = 0, short_clients = 0, cmin = UINT64_MAX, cmax = 0;
     for (int i = 0; i < L.n_clients; i++) {
         done += cl[i].done;
@@ -768,16 +767,17 @@ int main(int argc, char **argv)
     } else {
         printf("daemon: stats failed: %s\n", err_msg(&e));
     }
-    char h1[32], h2[32], h3[32];
-    kib(h1, sizeof h1, have_pid ? hwm : -1);
-    kib(h2, sizeof h2, have_pid ? rss : -1);
-    kib(h3, sizeof h3, have_pid ? rss_max : -1);
-    printf("daemon memory: VmHWM %s, VmRSS %s now, %s at most while sampled%s\n", h1, h2, h3,
-           have_pid ? "" : " (no pid: give --pid)");
+    if (have_pid)
+        printf("daemon memory: VmHWM %.1f MiB, VmRSS %.1f MiB now, %.1f MiB at most while "
+               "sampled\n",
+               mw.hwm / 1024.0, mw.rss / 1024.0, mw.rss_max / 1024.0);
+    else
+        printf("daemon memory: unknown (give --pid)\n");
     double slope = 0;
     size_t used = 0;
     if (L.duration > 0 && have_pid) {
-        slope = rss_slope(samp_t, samp_rss, n_samp, wall / 2, &used);
+        /* the second half of the soak, not the clients' closing after it */
+        slope = rss_slope(mw.t, mw.rss_at, mw.n, L.duration / 2, L.duration, &used);
         printf("rss slope over the second half: %+.1f KiB/min (%zu samples)\n", slope, used);
     }
     gc_disconnect(&mon);
@@ -803,13 +803,13 @@ int main(int argc, char **argv)
            "kv_peak=%llu slope_kib_min=%.1f status=%s\n",
            L.n_clients, (unsigned long long)done, (unsigned long long)L.requests,
            (unsigned long long)L.errors, (unsigned long long)short_clients, (long long)unaccounted,
-           (unsigned long long)L.tokens, wall, done / wall, L.tokens / wall, have_pid ? hwm : -1L,
-           have_pid ? rss : -1L, have_pid ? rss_max : -1L, (unsigned long long)st1.je_allocated,
-           (unsigned long long)st1.je_resident, (unsigned long long)st1.compactions,
-           (unsigned long long)st1.kv_peak_bytes, slope, ok ? "ok" : "FAILED");
+           (unsigned long long)L.tokens, wall, done / wall, L.tokens / wall, mw.hwm, mw.rss,
+           mw.rss_max, (unsigned long long)st1.je_allocated, (unsigned long long)st1.je_resident,
+           (unsigned long long)st1.compactions, (unsigned long long)st1.kv_peak_bytes, slope,
+           ok ? "ok" : "FAILED");
     rc = ok ? 0 : 1;
-    free(samp_t);
-    free(samp_rss);
+    free(mw.t);
+    free(mw.rss_at);
 out:
     gc_stats_free(&st0);
     gc_stats_free(&st1);
