@@ -251,6 +251,18 @@ int dmn_auth_init(dmn_t *d, err_info_t *e)
         zmq_bind(d->zap, ZAP_ENDPOINT) < 0)
         return err_set(e, ERR_IO, "cannot start the ZAP handler on %s: %s", ZAP_ENDPOINT,
                        zmq_strerror(errno));
+    /* handshakes that fail before the ZAP handler sees them (a plain client, a wrong server
+     * key) are only logged: ZeroMQ names no peer address for them */
+    if (zmq_socket_monitor(d->sock, "inproc://gistd-handshakes",
+                           ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) == 0) {
+        d->mon = zmq_socket(d->zctx, ZMQ_PAIR);
+        if (d->mon && (zmq_setsockopt(d->mon, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
+                       zmq_connect(d->mon, "inproc://gistd-handshakes") < 0)) {
+            zmq_close(d->mon);
+            d->mon = NULL;
+        }
+    }
     char pub[41];
     if (zmq_setsockopt(d->sock, ZMQ_CURVE_SERVER, &one, sizeof one) < 0 ||
         zmq_setsockopt(d->sock, ZMQ_CURVE_SECRETKEY, secret, KEY_Z85_LEN) < 0 ||
@@ -263,6 +275,11 @@ int dmn_auth_init(dmn_t *d, err_info_t *e)
 
 void dmn_auth_fini(dmn_t *d)
 {
+    if (d->mon) {
+        zmq_socket_monitor(d->sock, NULL, 0);
+        zmq_close(d->mon);
+    }
+    d->mon = NULL;
     if (d->zap)
         zmq_close(d->zap);
     d->zap = NULL;
@@ -355,6 +372,24 @@ void dmn_zap_serve(dmn_t *d)
     if (!d->zap)
         return;
     for (int i = 0; i < 64 && zap_one(d); i++) {
+    }
+    uint8_t head[6];
+    char where[256];
+    while (d->mon && zmq_recv(d->mon, head, sizeof head, ZMQ_DONTWAIT) >= 0) {
+        int more = 0;
+        size_t ml = sizeof more;
+        zmq_getsockopt(d->mon, ZMQ_RCVMORE, &more, &ml);
+        int n = more ? zmq_recv(d->mon, where, sizeof where - 1, 0) : 0;
+        where[n > 0 ? (n < (int)sizeof where ? n : (int)sizeof where - 1) : 0] = 0;
+        uint16_t ev;
+        uint32_t value;
+        memcpy(&ev, head, 2);
+        memcpy(&value, head + 2, 4);
+        dmn_log(d, DMN_LOG_WARN,
+                "a client on %s failed the CURVE handshake (%s 0x%x): a client without CURVE "
+                "keys, or one with another server key",
+                where, ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ? "protocol error" : "event",
+                ev == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ? value : ev);
     }
 }
 

@@ -214,6 +214,7 @@ struct dmn {
     /* access (auth.c) */
     bool curve;         /* CURVE on: credentials are client keys */
     void *zap;          /* the ZAP handler's REP socket, or NULL */
+    void *mon;          /* PAIR socket: the socket's failed handshakes, or NULL */
     dmn_allow_t *allow; /* the allow list */
     uint32_t n_allow, cap_allow;
     dmn_bucket_t *buckets; /* request rates */
@@ -244,7 +245,7 @@ int dmn_key_read(const char *path, char out[DMN_CRED_LEN], err_info_t *e);
  * socket a CURVE server; before the socket binds. */
 int dmn_auth_init(dmn_t *d, err_info_t *e);
 void dmn_auth_fini(dmn_t *d);
-/* Answers the ZAP requests waiting (non-blocking). */
+/* Answers the ZAP requests waiting and logs failed handshakes (non-blocking). */
 void dmn_zap_serve(dmn_t *d);
 /* Sets p's credential from its frames' User-Id (NULL: none) and its admin mark. */
 void dmn_peer_identify(const dmn_t *d, dmn_peer_t *p, const char *user_id);

@@ -1,7 +1,8 @@
 /*
  * daemon/server.c — the daemon's object, its ROUTER socket and its event loop.
  *
- * The loop polls the socket and the stop descriptor. It reads at most DMN_RECV_BURST
+ * The loop polls the socket, the stop descriptor and, with CURVE, the ZAP handler and the
+ * socket's handshake monitor (auth.c). It reads at most DMN_RECV_BURST
  * messages before each scheduler step, so a flood of requests cannot starve the sessions
  * that are generating, and it never blocks while work is waiting. Replies are sent without
  * blocking: a client whose queue is full loses that reply (counted in events_dropped), and a
@@ -402,11 +403,15 @@ static void shut_down(dmn_t *d)
 int dmn_run(dmn_t *d, int stop_fd)
 {
     /* the socket, the ZAP handler (with CURVE), the stop descriptor */
-    zmq_pollitem_t items[3] = {{d->sock, 0, ZMQ_POLLIN, 0}};
-    int n_items = 1, i_zap = -1, i_stop = -1;
+    zmq_pollitem_t items[4] = {{d->sock, 0, ZMQ_POLLIN, 0}};
+    int n_items = 1, i_zap = -1, i_mon = -1, i_stop = -1;
     if (d->zap) {
         i_zap = n_items;
         items[n_items++] = (zmq_pollitem_t){d->zap, 0, ZMQ_POLLIN, 0};
+    }
+    if (d->mon) {
+        i_mon = n_items;
+        items[n_items++] = (zmq_pollitem_t){d->mon, 0, ZMQ_POLLIN, 0};
     }
     if (stop_fd >= 0) {
         i_stop = n_items;
@@ -423,7 +428,8 @@ int dmn_run(dmn_t *d, int stop_fd)
             rc = ERR_IO;
             break;
         }
-        if (i_zap >= 0 && (items[i_zap].revents & ZMQ_POLLIN))
+        if ((i_zap >= 0 && (items[i_zap].revents & ZMQ_POLLIN)) ||
+            (i_mon >= 0 && (items[i_mon].revents & ZMQ_POLLIN)))
             dmn_zap_serve(d);
         if (i_stop >= 0 && (items[i_stop].revents & ZMQ_POLLIN)) {
             char c;

@@ -265,14 +265,16 @@ static void stats_json(const gc_stats_t *s, bool sessions)
             ", \"events_dropped\": %" PRIu64 ", \"clients_gone\": %" PRIu64
             ", \"budget_refusals\": %" PRIu64 ", \"compactions\": %" PRIu64
             ", \"bytes_freed\": %" PRId64 ", \"kv_bytes_per_token\": %" PRIu64
-            ", \"uptime_s\": %.3f, \"threads\": %u, \"model\": ",
+            ", \"rate_refusals\": %" PRIu64 ", \"permission_refusals\": %" PRIu64
+            ", \"curve\": %s, \"uptime_s\": %.3f, \"threads\": %u, \"model\": ",
             s->kv_budget_bytes, s->kv_soft_bytes, s->kv_used_bytes, s->kv_peak_bytes, s->sessions,
             s->max_sessions, s->session_budget_bytes, s->tier_f32, s->tier_f16, s->tier_q8_0,
             s->rows, s->blocks, s->fragmentation, s->transcript_bytes, s->tokens, s->je_allocated,
             s->je_active, s->je_resident, s->steps, s->tokens_generated, s->tokens_prefilled,
             s->decode_tokens_per_s, s->prefill_tokens_per_s, s->avg_batch, s->requests, s->errors,
             s->events_dropped, s->clients_gone, s->budget_refusals, s->compactions, s->bytes_freed,
-            s->kv_bytes_per_token, s->uptime_s, s->threads);
+            s->kv_bytes_per_token, s->rate_refusals, s->permission_refusals,
+            s->curve ? "true" : "false", s->uptime_s, s->threads);
     ctl_json_str(f, s->model);
     if (sessions) {
         fputs(", \"session_list\": [", f);
@@ -317,6 +319,9 @@ static void stats_text(const gc_stats_t *s)
     printf("clients          %" PRIu64 " events dropped (slow clients), %" PRIu64
            " streams ended by clients gone\n",
            s->events_dropped, s->clients_gone);
+    printf("access           %s, %" PRIu64 " requests over the rate limit, %" PRIu64
+           " refused by ownership or admin rights\n",
+           s->curve ? "CURVE keys" : "local (no CURVE)", s->rate_refusals, s->permission_refusals);
 }
 
 int ctl_stats(ctl_t *x, int argc, char **argv)

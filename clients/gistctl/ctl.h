@@ -19,6 +19,8 @@ enum { CTL_OK = 0, CTL_DAEMON = 1, CTL_USAGE = 2, CTL_NO_ANSWER = 3 };
 typedef struct ctl {
     const char *endpoint;
     int timeout_ms;
+    bool curve; /* the keys below are set */
+    char server_key[GC_KEY_LEN], public_key[GC_KEY_LEN], secret_key[GC_KEY_LEN];
     gc_client_t *c;
 } ctl_t;
 

@@ -1,10 +1,13 @@
 /*
  * gistctl — the command line for a running gistd.
  *
- *   gistctl [--connect ENDPOINT] [--timeout MS] COMMAND ...
+ *   gistctl [--connect ENDPOINT] [--timeout MS] [--server-key FILE --key PREFIX] COMMAND ...
  *
  * ENDPOINT defaults to $GISTD_ENDPOINT, else tcp://127.0.0.1:5557. The timeout (default
  * 10000 ms) bounds every wait for the daemon; when it passes, gistctl says so and exits 3.
+ * With CURVE, FILE is the daemon's public key (its .pub) and PREFIX names this client's key
+ * pair, PREFIX.pub and PREFIX.key, as `gistd --keygen PREFIX` writes them ($GISTD_SERVER_KEY
+ * and $GISTD_KEY when the options are not given).
  */
 #include <errno.h>
 #include <math.h>
@@ -127,7 +130,13 @@ gc_client_t *ctl_client(ctl_t *x, int *status)
         return x->c;
     err_info_t e;
     err_clear(&e);
-    if (gc_connect(x->endpoint, x->timeout_ms, &x->c, &e)) {
+    gc_connect_opts_t o = {.endpoint = x->endpoint, .timeout_ms = x->timeout_ms};
+    if (x->curve) {
+        o.server_key = x->server_key;
+        o.public_key = x->public_key;
+        o.secret_key = x->secret_key;
+    }
+    if (gc_connect_opts(&o, &x->c, &e)) {
         fprintf(stderr, "gistctl: cannot reach gistd at %s: %s\n",
                 x->endpoint ? x->endpoint : GC_DEFAULT_ENDPOINT, err_msg(&e));
         *status = e.code == ERR_TIMEOUT || e.code == ERR_IO ? CTL_NO_ANSWER : CTL_DAEMON;
@@ -163,17 +172,52 @@ const char *ctl_size_signed(int64_t v, char *buf, size_t cap)
 
 static void usage(FILE *f)
 {
-    fputs("usage: gistctl [--connect ENDPOINT] [--timeout MS] COMMAND ...\n", f);
+    fputs("usage: gistctl [--connect ENDPOINT] [--timeout MS] [--server-key FILE --key PREFIX] "
+          "COMMAND ...\n",
+          f);
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  gistctl %s\n", commands[i].usage);
-    fputs("ENDPOINT: $GISTD_ENDPOINT, else " GC_DEFAULT_ENDPOINT ". SIZE: bytes or 64K, 8M, 1G.\n"
-          "Exit status: 0 ok, 1 the daemon refused, 2 bad arguments, 3 no answer in time.\n",
-          f);
+    fputs(
+        "ENDPOINT: $GISTD_ENDPOINT, else " GC_DEFAULT_ENDPOINT ". SIZE: bytes or 64K, 8M, 1G.\n"
+        "CURVE: FILE is the daemon's public key, PREFIX.pub and PREFIX.key this client's key pair\n"
+        "(gistd --keygen PREFIX); $GISTD_SERVER_KEY and $GISTD_KEY stand in for the options.\n"
+        "Exit status: 0 ok, 1 the daemon refused, 2 bad arguments, 3 no answer in time.\n",
+        f);
+}
+
+/* The CURVE keys of x from the daemon's public key file and this client's key prefix. */
+static int load_keys(ctl_t *x, const char *server_file, const char *prefix)
+{
+    if (!server_file && !prefix)
+        return 0;
+    if (!server_file || !prefix)
+        return ctl_usage("CURVE needs both --server-key FILE and --key PREFIX");
+    char path[4096];
+    err_info_t e;
+    err_clear(&e);
+    int rc = gc_key_read(server_file, x->server_key, &e);
+    if (!rc) {
+        snprintf(path, sizeof path, "%s.pub", prefix);
+        rc = gc_key_read(path, x->public_key, &e);
+    }
+    if (!rc) {
+        snprintf(path, sizeof path, "%s.key", prefix);
+        rc = gc_key_read(path, x->secret_key, &e);
+    }
+    if (rc)
+        return ctl_usage("%s", err_msg(&e));
+    x->curve = true;
+    return 0;
 }
 
 int main(int argc, char **argv)
 {
     const char *endpoint = getenv("GISTD_ENDPOINT");
+    const char *server_key = getenv("GISTD_SERVER_KEY"), *key = getenv("GISTD_KEY");
+    if (server_key && !*server_key)
+        server_key = NULL;
+    if (key && !*key)
+        key = NULL;
     unsigned long timeout = 10000;
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
@@ -186,6 +230,10 @@ int main(int argc, char **argv)
             return ctl_usage("'%s' needs a value or is unknown (try gistctl --help)", a);
         if (!strcmp(a, "--connect")) {
             endpoint = argv[++i];
+        } else if (!strcmp(a, "--server-key")) {
+            server_key = argv[++i];
+        } else if (!strcmp(a, "--key")) {
+            key = argv[++i];
         } else if (!strcmp(a, "--timeout")) {
             if (ctl_uint(a, argv[++i], 86400000ul, &timeout) || timeout == 0)
                 return CTL_USAGE;
@@ -202,6 +250,8 @@ int main(int argc, char **argv)
         if (strcmp(name, commands[k].name))
             continue;
         ctl_t x = {.endpoint = endpoint, .timeout_ms = (int)timeout};
+        if (load_keys(&x, server_key, key))
+            return CTL_USAGE;
         int rc = commands[k].fn(&x, argc - i - 1, argv + i + 1);
         gc_disconnect(&x.c);
         return rc;
