@@ -170,4 +170,60 @@ def test_cancel_and_timeout():
         assert "no reply" in e.message
 
 
+def _keygen(folder, name):
+    prefix = os.path.join(folder, name)
+    subprocess.run([tap.tool("gistd"), "--keygen", prefix], check=True,
+                   stdout=subprocess.DEVNULL)
+    return gistc.load_key(prefix + ".pub"), gistc.load_key(prefix + ".key")
+
+
+def test_curve_keys():
+    import zmq
+    if not zmq.has("curve"):
+        raise tap.Skip("this libzmq has no CURVE support")
+    model = tiny()
+    folder = tap.tmpdir()
+    srv, a, b, stranger = (_keygen(folder, n) for n in ("srv", "a", "b", "stranger"))
+    allow = os.path.join(folder, "allow.txt")
+    with open(allow, "w") as f:
+        f.write(f"# two clients\n{a[0]}\n{b[0]}\n")
+    secret = os.path.join(folder, "srv.key")
+
+    def client(d, k, **kw):
+        return gistc.Client(d.endpoint, curve_server_key=srv[0], curve_public_key=k[0],
+                            curve_secret_key=k[1], **kw)
+
+    want = reference(model, "Once upon a time", 12)
+    with daemon(model, "--curve-secret", secret, "--allow-keys", allow) as d:
+        with client(d, a) as ca, client(d, b) as cb:
+            s = ca.open_session()
+            s.append("Once upon a time")
+            for call in (lambda: cb.session(s.id).generate(max_tokens=4, temp=0).wait(),
+                         lambda: cb.session(s.id).append("evil"),
+                         lambda: cb.session(s.id).close(),
+                         lambda: cb.set_budget("64M")):
+                try:
+                    call()
+                    assert False, "another client used the session"
+                except gistc.GistdError as err:
+                    assert err.code == gistc.ERR_PERM, err
+            assert [x["id"] for x in cb.sessions()] == []
+            assert [x["id"] for x in ca.sessions()] == [s.id]
+            out = s.generate(max_tokens=12, temp=0)
+            out.wait()
+            assert out.text.encode() == want or "\ufffd" in out.text, (out.text, want)
+            assert ca.stats()["curve"]
+        for keys in (stranger, None):
+            try:
+                if keys:
+                    client(d, keys, timeout=20)
+                else:
+                    gistc.Client(d.endpoint, timeout=20)
+                assert False, "the daemon let an unknown client in"
+            except gistc.Timeout:
+                assert False, "a refused handshake ended in a timeout"
+            except gistc.GistdError as err:
+                assert err.code == gistc.ERR_PERM, err
+
+
 tap.main(globals())

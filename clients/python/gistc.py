@@ -16,6 +16,16 @@ streams may be read at once, interleaved. It is not thread-safe: use one Client 
 Every wait is bounded by the client's timeout (Timeout, a GistdError). The daemon's error
 replies raise GistdError with its code (the wire code of common/err.h), name and message.
 
+CURVE: give the daemon's public key and this client's key pair (z85 text, or files as
+`gistd --keygen PREFIX` writes them, read with load_key):
+
+    c = gistc.Client(ep, curve_server_key=gistc.load_key("server.pub"),
+                     curve_public_key=gistc.load_key("me.pub"),
+                     curve_secret_key=gistc.load_key("me.key"))
+
+A daemon that refuses the key, or a handshake that fails because one side uses CURVE and the
+other does not, raises GistdError ERR_PERM (code 13) instead of a timeout.
+
 The generated module gistd_pb2 is found in $GISTD_PYPROTO, then in build/gen/python of this
 checkout (`make` writes it there), else it is generated with protoc into a temporary folder.
 """
@@ -57,6 +67,8 @@ ROLES = {None: pb.ROLE_NONE, "": pb.ROLE_NONE, "none": pb.ROLE_NONE, "system": p
 STOP_REASONS = {pb.STOP_NONE: "none", pb.STOP_LENGTH: "length", pb.STOP_EOS: "eos",
                 pb.STOP_STRING: "stop", pb.STOP_CANCELLED: "cancelled"}
 ERR_TIMEOUT = 12
+ERR_PERM = 13
+ERR_TOOBIG = 16
 
 
 class GistdError(Exception):
@@ -70,6 +82,21 @@ class GistdError(Exception):
 class Timeout(GistdError):
     def __init__(self, message):
         super().__init__(ERR_TIMEOUT, "ERR_TIMEOUT", message)
+
+
+def load_key(path):
+    """A CURVE key (40 z85 characters) from a file: its first line that is not blank or a
+    '#' comment."""
+    with open(path) as f:
+        for line in f:
+            word = line.strip()
+            if not word or word.startswith("#"):
+                continue
+            word = word.split()[0]
+            if len(word) != 40:
+                raise ValueError(f"{path}: '{word}' is not a CURVE key (40 z85 characters)")
+            return word
+    raise ValueError(f"{path} holds no key")
 
 
 def parse_size(v):
@@ -259,13 +286,28 @@ class Session:
 
 
 class Client:
-    def __init__(self, endpoint=None, timeout=30.0, context=None):
+    def __init__(self, endpoint=None, timeout=30.0, context=None, curve_server_key=None,
+                 curve_public_key=None, curve_secret_key=None):
         self.endpoint = endpoint or os.environ.get("GISTD_ENDPOINT") or DEFAULT_ENDPOINT
         self.timeout = timeout
+        keys = [curve_server_key, curve_public_key, curve_secret_key]
+        if any(k is not None for k in keys) and not all(k is not None for k in keys):
+            raise ValueError("CURVE needs curve_server_key, curve_public_key and "
+                             "curve_secret_key, all three")
+        self.curve = keys[0] is not None
+        self.max_request_bytes = 0
+        self._sock = self._mon = None
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if self.curve:
+            key = [k.encode() if isinstance(k, str) else k for k in keys]
+            self._sock.curve_serverkey, self._sock.curve_publickey, self._sock.curve_secretkey = key
+        # handshake failures: read beside the socket, so a refusal is an error, not a timeout
+        self._mon = self._sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
         self._sock.connect(self.endpoint)
         self._next_id = 1
         self._queues = {}  # request id -> replies not yet read
@@ -281,6 +323,10 @@ class Client:
 
     def close(self):
         if self._sock is not None:
+            if self._mon is not None:
+                self._sock.disable_monitor()
+                self._mon.close(0)
+                self._mon = None
             self._sock.close(0)
             self._sock = None
             if self._own_ctx:
@@ -297,12 +343,37 @@ class Client:
     def _send(self, req):
         req.id = self._next_id
         self._next_id += 1
+        payload = req.SerializeToString()
+        if self.max_request_bytes and len(payload) > self.max_request_bytes:
+            raise GistdError(ERR_TOOBIG, "ERR_TOOBIG",
+                             f"{self.endpoint}: a request of {len(payload)} bytes is larger "
+                             f"than the daemon's limit of {self.max_request_bytes} bytes")
         self._queues[req.id] = []
-        self._sock.send_multipart([b"", req.SerializeToString()])
+        self._sock.send_multipart([b"", payload])
         return req.id
 
+    def _handshake_failed(self):
+        """Raises ERR_PERM for a failed handshake read from the monitor."""
+        from zmq.utils.monitor import recv_monitor_message
+        ev = recv_monitor_message(self._mon)
+        hint = ("it may not use CURVE, or its public key is not the one given" if self.curve
+                else "it may require CURVE keys (a server key and a client key pair)")
+        if ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            raise GistdError(ERR_PERM, "ERR_PERM",
+                             f"{self.endpoint}: the daemon refused this client's key (CURVE "
+                             f"authentication failed, status {ev['value']})")
+        raise GistdError(ERR_PERM, "ERR_PERM",
+                         f"{self.endpoint}: the security handshake with the daemon failed: "
+                         f"{hint}")
+
     def _pump(self):
-        if not self._sock.poll(int(self.timeout * 1000)):
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._mon, zmq.POLLIN)
+        ready = dict(poller.poll(int(self.timeout * 1000)))
+        if self._mon in ready:
+            self._handshake_failed()
+        if self._sock not in ready:
             raise Timeout(f"{self.endpoint}: no reply from gistd within {self.timeout} s")
         frames = self._sock.recv_multipart()
         r = pb.Reply()
