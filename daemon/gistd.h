@@ -6,6 +6,10 @@
  * socket and a stop descriptor (the self-pipe main.c's signal handlers write to), answers
  * requests, and runs one batched scheduler step whenever a session has work.
  *
+ * Access (daemon/auth.c): with CURVE (curve_secret and allow_keys) a client is known by its
+ * public key and owns the sessions it opens; without it every client is the one local
+ * credential. CURVE is required to listen beyond loopback and ipc:// unless `insecure`.
+ *
  * Threads: everything runs on the thread that calls dmn_run (the model's OpenMP threads
  * work inside each forward pass). Errors: 0 or a negative ERR_* code, with a message in e.
  */

@@ -647,6 +647,15 @@ static void on_restore(const hctx_t *h, const Gistd__Restore *m)
         refuse_foreign(h, m->session);
         return;
     }
+    const uint32_t lim = d->max_client_sessions;
+    if (lim && dmn_cred_sessions(d, s->cred) > lim) {
+        dmn_session_close(d, s);
+        dmn_send_errorf(d, h->peer, h->id, m->session, ERR_LIMIT,
+                        "the owner of session %u already has %u sessions open, the most one "
+                        "client may hold (gistd --max-client-sessions); close one first",
+                        m->session, lim);
+        return;
+    }
     send_opened(h, s);
 }
 
