@@ -17,6 +17,7 @@
 #include <time.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -307,6 +308,118 @@ static inline double td_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- sessions and files, for tests that snapshot and restore ---- */
+
+/* A file's bytes (malloc'd, one NUL past *len so text can be searched), or NULL. */
+static inline char *td_slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *p = malloc(n > 0 ? (size_t)n + 1 : 1);
+    if (p && n > 0 && fread(p, 1, (size_t)n, f) != (size_t)n) {
+        free(p);
+        p = NULL;
+    }
+    fclose(f);
+    *len = n > 0 ? (size_t)n : 0;
+    if (p)
+        p[*len] = 0;
+    return p;
+}
+
+static inline int td_spew(const char *path, const void *p, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    const bool ok = fwrite(p, 1, len, f) == len;
+    return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+/* Makes the folder name under the test's folder and returns its path. */
+static inline const char *td_mkdir(const char *name)
+{
+    static char path[4][512];
+    static int k;
+    char *p = path[k++ % 4];
+    snprintf(p, sizeof path[0], "%s/%s", check_tmpdir(), name);
+    if (mkdir(p, 0755) < 0 && errno != EEXIST)
+        check_fail_(__FILE__, __LINE__, "mkdir %s: %s", p, strerror(errno));
+    return p;
+}
+
+/* The session's token ids (*n of them; malloc'd), or NULL after a failed check. */
+static inline int32_t *td_transcript_ids(gc_client_t *c, uint32_t s, uint32_t *n)
+{
+    err_info_t e;
+    int32_t *ids = NULL;
+    uint32_t total = 0;
+    *n = 0;
+    if (gc_transcript(c, s, 0, 0, NULL, NULL, &ids, n, &total, &e)) {
+        check_fail_(__FILE__, __LINE__, "transcript of session %u: %s", s, err_msg(&e));
+        return NULL;
+    }
+    if (*n != total)
+        check_fail_(__FILE__, __LINE__, "transcript of session %u: %u of %u tokens", s, *n, total);
+    return ids;
+}
+
+/* Checks that session s holds exactly ids[0..n), token for token. */
+static inline void td_expect_ids(gc_client_t *c, uint32_t s, const int32_t *ids, uint32_t n,
+                                 const char *what)
+{
+    uint32_t m = 0;
+    int32_t *got = td_transcript_ids(c, s, &m);
+    if (m != n)
+        check_fail_(__FILE__, __LINE__, "%s: session %u holds %u tokens, expected %u", what, s, m,
+                    n);
+    for (uint32_t i = 0; got && ids && i < m && i < n; i++)
+        if (got[i] != ids[i]) {
+            check_fail_(__FILE__, __LINE__, "%s: session %u position %u: %d, expected %d", what, s,
+                        i, got[i], ids[i]);
+            break;
+        }
+    free(got);
+}
+
+/* A fresh session holding exactly ids (no BOS added: ids carry their own); its id. */
+static inline uint32_t td_twin_of(gc_client_t *c, const int32_t *ids, uint32_t n)
+{
+    err_info_t e;
+    uint32_t s = 0;
+    gc_usage_t u;
+    gc_open_opts_t oo = {.no_bos = true};
+    if (gc_open(c, &oo, &s, &e) || gc_append_tokens(c, s, ids, n, &u, &e))
+        check_fail_(__FILE__, __LINE__, "a session of %u tokens: %s", n, err_msg(&e));
+    td_expect_ids(c, s, ids, n, "twin");
+    return s;
+}
+
+/* Checks that sessions a and b go on with the same 12 greedy tokens. */
+static inline void td_same_continuation(gc_client_t *c, uint32_t a, uint32_t b, const char *what)
+{
+    err_info_t e;
+    gc_gen_opts_t o = {.session = a, .max_tokens = 12, .sampling = &td_greedy};
+    gc_result_t ra = {0}, rb = {0};
+    if (gc_generate(c, &o, NULL, &ra, &e))
+        check_fail_(__FILE__, __LINE__, "%s: generate on %u: %s", what, a, err_msg(&e));
+    o.session = b;
+    if (gc_generate(c, &o, NULL, &rb, &e))
+        check_fail_(__FILE__, __LINE__, "%s: generate on %u: %s", what, b, err_msg(&e));
+    if (!ra.text || !rb.text || strcmp(ra.text, rb.text) || ra.n_tokens != 12)
+        check_fail_(__FILE__, __LINE__,
+                    "%s: session %u goes on \"%s\" (%u tokens), a fresh one with its tokens "
+                    "\"%s\"",
+                    what, a, ra.text ? ra.text : "(none)", ra.n_tokens,
+                    rb.text ? rb.text : "(none)");
+    gc_result_free(&ra);
+    gc_result_free(&rb);
 }
 
 #endif
