@@ -52,21 +52,6 @@ static Gistd__Reply *raw_recv(void *s)
     return n < 0 ? NULL : gistd__reply__unpack(NULL, (size_t)n, buf);
 }
 
-/* The session's token ids (*n of them; malloc'd), or NULL after a failed check. */
-static int32_t *transcript_ids(gc_client_t *c, uint32_t s, uint32_t *n)
-{
-    err_info_t e;
-    int32_t *ids = NULL;
-    uint32_t total = 0;
-    *n = 0;
-    if (gc_transcript(c, s, 0, 0, NULL, NULL, &ids, n, &total, &e)) {
-        check_fail_(__FILE__, __LINE__, "transcript of session %u: %s", s, err_msg(&e));
-        return NULL;
-    }
-    CHECK_INT(*n, ==, total);
-    return ids;
-}
-
 /* Polls session s's info until its state is "idle" (deadline: 20 s). */
 static bool wait_idle(gc_client_t *c, uint32_t s, gc_session_info_t *info)
 {
@@ -187,12 +172,12 @@ static void test_client_killed_mid_stream(void)
 
     /* its transcript: the prompt, then the greedy continuation as far as it went */
     uint32_t n_k = 0, n_p = 0, n_f = 0;
-    int32_t *ids_k = transcript_ids(c, killed, &n_k);
+    int32_t *ids_k = td_transcript_ids(c, killed, &n_k);
     uint32_t probe;
     CHECK_OK(gc_open(c, NULL, &probe, &e));
     gc_usage_t u;
     CHECK_OK(gc_append(c, probe, "Once upon a time", 0, GC_ROLE_NONE, &u, &e));
-    int32_t *ids_p = transcript_ids(c, probe, &n_p);
+    int32_t *ids_p = td_transcript_ids(c, probe, &n_p);
     CHECK_INT(n_k, >, n_p + (uint32_t)seen - 1);
     CHECK(ids_k && ids_p && !memcmp(ids_k, ids_p, sizeof(int32_t) * n_p));
     const uint32_t gen = n_k > n_p ? n_k - n_p : 0;
@@ -208,8 +193,8 @@ static void test_client_killed_mid_stream(void)
     gc_result_free(&more);
     free(ids_k);
     free(ids_p);
-    ids_k = transcript_ids(c, killed, &n_k);
-    int32_t *ids_f = transcript_ids(c, probe, &n_f);
+    ids_k = td_transcript_ids(c, killed, &n_k);
+    int32_t *ids_f = td_transcript_ids(c, probe, &n_f);
     CHECK_INT(n_k, ==, n_f);
     for (uint32_t i = 0; ids_k && ids_f && i < n_k && i < n_f; i++)
         if (ids_k[i] != ids_f[i]) {
@@ -470,7 +455,7 @@ static void test_unknown_session_flood(void)
     CHECK_OK(gc_append(c, kept, "Tom and Sue went to the park.", 0, GC_ROLE_NONE, &u, &e));
     CHECK_OK(gc_open(c, NULL, &gen, &e));
     uint32_t n0 = 0, n1 = 0;
-    int32_t *before = transcript_ids(c, kept, &n0);
+    int32_t *before = td_transcript_ids(c, kept, &n0);
 
     void *ctx = zmq_ctx_new();
     void *raw = raw_open(ctx, d.endpoint);
@@ -489,7 +474,7 @@ static void test_unknown_session_flood(void)
               res.text ? res.text : "(none)", ref);
     gc_result_free(&res);
 
-    int32_t *after = transcript_ids(c, kept, &n1);
+    int32_t *after = td_transcript_ids(c, kept, &n1);
     CHECK_INT(n1, ==, n0);
     CHECK(before && after && n0 == n1 && !memcmp(before, after, sizeof(int32_t) * n0));
     free(before);
