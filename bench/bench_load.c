@@ -6,7 +6,7 @@
  *   bench_load --spawn --model FILE [--gistd PATH] [gistd options...]
  *   bench_load --endpoint E [--pid PID]
  *       [--clients 64] [--requests 2000 | --duration SECONDS] [--interval 10]
- *       [--policy auto] [--budget SIZE] [--seed 1] [--timeout-ms 120000]
+ *       [--policy auto] [--budget SIZE] [--seed 1] [--timeout-ms 60000]
  *
  * --spawn starts gistd (PATH, default the gistd beside this program) on a free loopback port,
  * with --max-sessions 2 x clients + 8; options bench_load does not know go to it with their
@@ -124,6 +124,7 @@ typedef struct load {
     int n_errs;
     uint64_t errs_other; /* errors of a kind and code beyond MAX_ERRS */
     atomic_int running;
+    atomic_bool abort; /* the daemon is gone: clients stop after their current request */
 } load_t;
 
 typedef struct client {
@@ -132,7 +133,7 @@ typedef struct client {
     gc_client_t *gc;
     uint64_t quota, done, failed;
     uint32_t session;
-    bool open;
+    bool open, timed_out;
     uint64_t rng;
 } client_t;
 
@@ -177,6 +178,7 @@ static void note(client_t *c, int kind, double t0, int rc, const err_info_t *e, 
     const double ms = (bench_now() - t0) * 1e3;
     c->done++;
     c->failed += rc != 0;
+    c->timed_out |= rc == ERR_TIMEOUT;
     pthread_mutex_lock(&L->mu);
     if (rc) {
         note_error_locked(L, kind, rc, e);
@@ -307,7 +309,8 @@ static void step(client_t *c, uint64_t left)
     const uint32_t r = (uint32_t)(rng_next(&c->rng) % 100);
     if (r < 55 && left >= 4) { /* a turn: the user's line, then the reply */
         do_append(c);
-        do_generate(c);
+        if (!c->timed_out)
+            do_generate(c);
     } else if (r < 65) {
         do_generate(c); /* the reply goes on */
     } else if (r < 75) {
@@ -345,8 +348,8 @@ static void *client_main(void *arg)
         } else {
             left = c->quota - c->done;
         }
-        if (left == 0)
-            break;
+        if (left == 0 || c->timed_out || atomic_load(&L->abort))
+            break; /* done; or no answer (the connection is suspect), or no daemon */
         step(c, left);
     }
     gc_disconnect(&c->gc);
@@ -541,7 +544,7 @@ static int usage(void)
     fputs("usage: bench_load --spawn --model FILE [--gistd PATH] [gistd options...]\n"
           "       bench_load --endpoint E [--pid PID]\n"
           "           [--clients 64] [--requests 2000 | --duration SECONDS] [--interval 10]\n"
-          "           [--policy auto] [--budget SIZE] [--seed 1] [--timeout-ms 120000]\n",
+          "           [--policy auto] [--budget SIZE] [--seed 1] [--timeout-ms 60000]\n",
           stderr);
     return 2;
 }
@@ -559,7 +562,7 @@ int main(int argc, char **argv)
     L.n_clients = 64;
     L.policy = "auto";
     L.seed = 1;
-    L.timeout_ms = 120000;
+    L.timeout_ms = 60000;
     default_gistd(gistd, sizeof gistd);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -701,12 +704,22 @@ int main(int argc, char **argv)
         printf("%8s %9s %8s %9s %7s %11s %13s %13s\n", "time s", "requests", "req/s", "p99 ms",
                "errors", "rss KiB", "je alloc KiB", "je resid KiB");
     double next_sample = t0 + 1.0, next_line = t0 + interval;
+    int dstatus = 0;
+    bool died = false;
     uint64_t errors_before = 0;
     while (atomic_load(&L.running) > 0) {
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
         const double now = bench_now();
-        if (have_pid && now >= next_sample) {
+        if (spawn && !died && waitpid(pid, &dstatus, WNOHANG) == pid) {
+            died = true;
+            atomic_store(&L.abort, true);
+            printf("daemon died after %.1f s (%s %d); stopping the clients\n", now - t0,
+                   WIFSIGNALED(dstatus) ? "signal" : "exit status",
+                   WIFSIGNALED(dstatus) ? WTERMSIG(dstatus) : WEXITSTATUS(dstatus));
+            fflush(stdout);
+        }
+        if (have_pid && !died && now >= next_sample) {
             next_sample += 1.0;
             mem_sample(&mw, now - t0);
         }
@@ -742,7 +755,7 @@ int main(int argc, char **argv)
                L.n_clients);
     printf("\n");
     print_errors(&L);
-    const bool st_ok = gc_stats(mon, false, &st1, &e) == 0;
+    const bool st_ok = !died && gc_stats(mon, false, &st1, &e) == 0;
     mon_calls++;
     int64_t unaccounted = 0;
     if (st_ok) {
@@ -764,7 +777,7 @@ int main(int argc, char **argv)
                gc_format_size(st1.je_active, b5, sizeof b5),
                gc_format_size(st1.je_resident, b6, sizeof b6));
     } else {
-        printf("daemon: stats failed: %s\n", err_msg(&e));
+        printf("daemon: %s\n", died ? "gone, no stats" : err_msg(&e));
     }
     if (have_pid)
         printf("daemon memory: VmHWM %.1f MiB, VmRSS %.1f MiB now, %.1f MiB at most while "
@@ -780,11 +793,10 @@ int main(int argc, char **argv)
         printf("rss slope over the second half: %+.1f KiB/min (%zu samples)\n", slope, used);
     }
     gc_disconnect(&mon);
-    int dstatus = 0;
-    if (spawn) {
+    if (spawn && !died) {
         if (waitpid(pid, &dstatus, WNOHANG) == pid) {
-            printf("daemon died during the run (status %d)\n", dstatus);
-            dstatus = -1;
+            printf("daemon died at the end of the run (status %d)\n", dstatus);
+            died = true;
         } else {
             kill(pid, SIGTERM);
             waitpid(pid, &dstatus, 0);
@@ -792,10 +804,11 @@ int main(int argc, char **argv)
             if (dstatus)
                 printf("daemon exit status %d after SIGTERM\n", dstatus);
         }
-        pid = 0;
     }
+    if (spawn)
+        pid = 0;
     const bool ok = L.errors == 0 && failed == 0 && short_clients == 0 && st_ok &&
-                    (!spawn || unaccounted == 0) && dstatus == 0;
+                    (!spawn || unaccounted == 0) && !died && dstatus == 0;
     printf("summary: clients=%d requests=%llu expected=%llu errors=%llu short_clients=%llu "
            "unaccounted=%lld tokens=%llu wall_s=%.2f req_s=%.1f tok_s=%.1f hwm_kib=%ld "
            "rss_kib=%ld rss_max_kib=%ld je_allocated=%llu je_resident=%llu compactions=%llu "
