@@ -594,7 +594,7 @@ void dmn_snapshot_restore_all(dmn_t *d)
         err_info_t e;
         err_clear(&e);
         if (dmn_snapshot_restore(d, id, &s, &e))
-            dmn_log(d, DMN_LOG_ERROR, "%s", err_msg(&e));
+            dmn_log(d, DMN_LOG_ERROR, "%s; the session is not restored", err_msg(&e));
         else if (id >= d->next_id)
             d->next_id = id + 1;
     }
