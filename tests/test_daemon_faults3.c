@@ -291,6 +291,7 @@ static void test_sigkill_then_restart(void)
                   log_has(text, "session-92.gistd.kv.next", "removed"),
               "stray files not logged:\n%s", t ? text : "");
     CHECK_MSG(t && log_has(text, "session-93.gistd", "checksum") &&
+                  log_has(text, "session-93.gistd", "not restored") &&
                   log_has(text, "session-94.gistd", "checksum"),
               "corrupt snapshots not logged:\n%s", t ? text : "");
     snprintf(p, sizeof p, "session-%u.gistd.kv", b);
