@@ -723,7 +723,7 @@ int main(int argc, char **argv)
             next_sample += 1.0;
             mem_sample(&mw, now - t0);
         }
-        if (L.duration > 0 && now >= next_line) {
+        if (L.duration > 0 && now >= next_line && now < L.t_end) { /* not the closing */
             soak_line(&L, mon, &mw, now - t0, now - (next_line - interval), &errors_before);
             mon_calls++;
             next_line += interval;

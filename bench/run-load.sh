@@ -6,8 +6,10 @@
 #   soak: the same mix for 10 minutes, a line every 10 s (requests, p99, VmRSS, jemalloc), and
 #         the RSS slope over the second half (KiB/min): memory is flat when it is near zero.
 # On the shared stories260K model when it is there, else a tiny random one made under
-# bench/out/ (git-ignored). Writes bench/out/load.txt and bench/out/soak.txt. Both take the
-# machine's cores for their length: run them on a quiet machine, once.
+# bench/out/ (git-ignored). Writes bench/out/load.txt, bench/out/soak.txt, the soak's interval
+# lines as bench/out/soak.dat and, when gnuplot is installed, bench/out/soak.png (VmRSS and
+# jemalloc's figures, and p99 latency, over time). Both runs take the machine's cores for
+# their length: run them on a quiet machine, once.
 # Usage: bench/run-load.sh [load|soak|both (default)] [extra bench_load or gistd options]
 #   CLIENTS=64 REQUESTS=5000 SOAK_SECONDS=600 INTERVAL=10 KV_BUDGET=16M override the sizes.
 set -euo pipefail
@@ -31,5 +33,25 @@ fi
 if [ "$what" = soak ] || [ "$what" = both ]; then
     build/bin/bench_load "${common[@]}" --duration "${SOAK_SECONDS:-600}" \
         --interval "${INTERVAL:-10}" "$@" | tee bench/out/soak.txt || status=1
+    # the interval lines: time, requests, req/s, p99 ms, errors, rss, je allocated, je resident
+    awk 'NF == 8 && $1 ~ /^[0-9]+$/' bench/out/soak.txt >bench/out/soak.dat
+    if command -v gnuplot >/dev/null && [ -s bench/out/soak.dat ]; then
+        gnuplot <<'PLOT'
+set terminal pngcairo size 900,420
+set output "bench/out/soak.png"
+set multiplot layout 1,2 title "gistd soak: chat mix, many clients"
+set xlabel "seconds"
+set key center right
+set ylabel "MiB"
+set yrange [0:*]
+plot "bench/out/soak.dat" using 1:($6/1024) with lines title "VmRSS", \
+     "" using 1:($8/1024) with lines title "jemalloc resident (KV)", \
+     "" using 1:($7/1024) with lines title "jemalloc allocated (KV)"
+set ylabel "p99 latency (ms)"
+plot "bench/out/soak.dat" using 1:4 with lines notitle
+unset multiplot
+PLOT
+        echo "plot: bench/out/soak.png"
+    fi
 fi
 exit $status
