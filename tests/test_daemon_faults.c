@@ -8,6 +8,16 @@
 #include "proto/gistd.pb-c.h"
 #include "tests/test_daemon_util.h"
 
+/* Under sanitizers RSS says nothing about the daemon (shadow memory, quarantined frees): the
+ * memory bounds are not checked there, and deadlines are longer. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define RSS_CHECKED 0
+#define DEADLINE_S  120
+#else
+#define RSS_CHECKED 1
+#define DEADLINE_S  30
+#endif
+
 /* ------------------------------------------------------------------ raw frames */
 
 /* A DEALER with a receive timeout and a send timeout (a daemon that stopped reading would
@@ -52,11 +62,11 @@ static Gistd__Reply *raw_recv(void *s)
     return n < 0 ? NULL : gistd__reply__unpack(NULL, (size_t)n, buf);
 }
 
-/* Polls session s's info until its state is "idle" (deadline: 20 s). */
+/* Polls session s's info until its state is "idle" (deadline: DEADLINE_S). */
 static bool wait_idle(gc_client_t *c, uint32_t s, gc_session_info_t *info)
 {
     err_info_t e;
-    for (const double end = td_now() + 20; td_now() < end;) {
+    for (const double end = td_now() + DEADLINE_S; td_now() < end;) {
         if (gc_session_info(c, s, info, &e))
             return false;
         if (!strcmp(info->state, "idle"))
@@ -233,12 +243,12 @@ static int flood_generate(void *raw, uint32_t s, uint64_t first, int n, uint32_t
 }
 
 /* Polls stats until the daemon has read `requests` requests besides these polls themselves
- * (deadline: 30 s). st gets the last stats. */
+ * (deadline: DEADLINE_S). st gets the last stats. */
 static bool wait_requests(gc_client_t *c, uint64_t requests, gc_stats_t *st)
 {
     err_info_t e;
     uint64_t polls = 0;
-    for (const double end = td_now() + 30; td_now() < end;) {
+    for (const double end = td_now() + DEADLINE_S; td_now() < end;) {
         if (gc_stats(c, false, st, &e))
             return false;
         gc_stats_free(st);
@@ -319,8 +329,10 @@ static void test_client_never_reads(void)
     fprintf(stderr, "# deaf client: RSS %ld -> %ld -> %ld KiB, %llu replies dropped\n", rss0, rss1,
             rss2, (unsigned long long)st.events_dropped);
     CHECK(rss0 > 0 && rss1 > 0 && rss2 > 0);
-    CHECK_MSG(rss2 - rss1 < 8 * 1024, "RSS grew %ld KiB during the second flood", rss2 - rss1);
-    CHECK_MSG(rss1 - rss0 < 128 * 1024, "RSS grew %ld KiB with one deaf client", rss1 - rss0);
+    CHECK_MSG(rss2 - rss1 < 8 * 1024 || !RSS_CHECKED, "RSS grew %ld KiB during the second flood",
+              rss2 - rss1);
+    CHECK_MSG(rss1 - rss0 < 128 * 1024 || !RSS_CHECKED, "RSS grew %ld KiB with one deaf client",
+              rss1 - rss0);
 
     /* the daemon still answers, and the deaf client's session is whole */
     gc_session_info_t info;
@@ -491,7 +503,8 @@ static void test_unknown_session_flood(void)
     gc_stats_free(&st);
     fprintf(stderr, "# unknown-session flood: RSS %ld -> %ld KiB\n", rss1, rss2);
     CHECK(rss1 > 0 && rss2 > 0);
-    CHECK_MSG(rss2 - rss1 < 2048, "RSS grew %ld KiB over %d more requests", rss2 - rss1, n);
+    CHECK_MSG(rss2 - rss1 < 2048 || !RSS_CHECKED, "RSS grew %ld KiB over %d more requests",
+              rss2 - rss1, n);
     zmq_close(raw);
     zmq_ctx_term(ctx);
     gc_disconnect(&c);
