@@ -10,6 +10,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+
 #include "tests/test_daemon_util.h"
 
 /* ------------------------------------------------------------------ helpers */
