@@ -495,12 +495,14 @@ static void print_errors(const load_t *L)
         printf("  and %llu more of other kinds\n", (unsigned long long)L->errs_other);
 }
 
-/* Least-squares slope of rss over t (KiB per minute) for the samples in [t_from, t_to]. */
+/* Least-squares slope of rss over t (KiB per minute) for the samples in [t_from, t_to], their
+ * number and their range (KiB). */
 static double rss_slope(const double *t, const long *rss, size_t n, double t_from, double t_to,
-                        size_t *used)
+                        size_t *used, long *lo, long *hi)
 {
     double st = 0, sr = 0, stt = 0, str = 0;
     size_t k = 0;
+    *lo = *hi = -1;
     for (size_t i = 0; i < n; i++) {
         if (t[i] < t_from || t[i] > t_to)
             continue;
@@ -508,6 +510,8 @@ static double rss_slope(const double *t, const long *rss, size_t n, double t_fro
         sr += (double)rss[i];
         stt += t[i] * t[i];
         str += t[i] * (double)rss[i];
+        *lo = k == 0 || rss[i] < *lo ? rss[i] : *lo;
+        *hi = k == 0 || rss[i] > *hi ? rss[i] : *hi;
         k++;
     }
     *used = k;
@@ -789,8 +793,11 @@ int main(int argc, char **argv)
     size_t used = 0;
     if (L.duration > 0 && have_pid) {
         /* the second half of the soak, not the clients' closing after it */
-        slope = rss_slope(mw.t, mw.rss_at, mw.n, L.duration / 2, L.duration, &used);
-        printf("rss slope over the second half: %+.1f KiB/min (%zu samples)\n", slope, used);
+        long lo, hi;
+        slope = rss_slope(mw.t, mw.rss_at, mw.n, L.duration / 2, L.duration, &used, &lo, &hi);
+        printf("rss slope over the second half: %+.1f KiB/min (%zu samples, VmRSS %ld to %ld "
+               "KiB)\n",
+               slope, used, lo, hi);
     }
     gc_disconnect(&mon);
     if (spawn && !died) {
