@@ -267,7 +267,9 @@ static bool wait_requests(gc_client_t *c, uint64_t requests, gc_stats_t *st)
  * Checked: the daemon never blocks (it reads every request, and keeps answering), another
  * client meanwhile gets exactly gist-model's greedy text, replies are dropped once the queue
  * is full, and the daemon's memory stops growing: a second flood as large as the first
- * leaves RSS where it was.
+ * leaves RSS where it was. The bound counts replies, not bytes: what it holds is DMN_SNDHWM
+ * times the replies' size, small here (BUSY errors, token events); a deaf client asking for
+ * large replies (whole transcripts) holds that many of them.
  */
 static void test_client_never_reads(void)
 {
