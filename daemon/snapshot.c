@@ -31,7 +31,7 @@
 #include "daemon/dmn_impl.h"
 
 #define SNAP_MAGIC   "GISTDSES"
-#define SNAP_VERSION 4u
+#define SNAP_VERSION 5u
 
 /* ------------------------------------------------------------------ a byte buffer */
 
@@ -162,7 +162,8 @@ static char *snap_path(const dmn_t *d, uint32_t id, const char *suffix)
     return p;
 }
 
-static int write_body(const dmn_t *d, const dmn_session_t *s, buf_t *b, err_info_t *e)
+static int write_body(const dmn_t *d, const dmn_session_t *s, uint64_t kv_sum, buf_t *b,
+                      err_info_t *e)
 {
     kv_stats_t ks;
     kv_session_stats(d->store, s->kv, &ks);
@@ -197,6 +198,7 @@ static int write_body(const dmn_t *d, const dmn_session_t *s, buf_t *b, err_info
     put_u32(b, s->have_logits);
     for (uint32_t i = 0; s->have_logits && i < d->hp->n_vocab; i++)
         put_f32(b, s->logits[i]);
+    put_u64(b, kv_sum);
     put_u32(b, s->n_past);
     const uint32_t n = s->n_past + s->n_pend;
     put_u32(b, n);
@@ -253,6 +255,26 @@ static int write_tmp(const char *tmp, const buf_t *b, err_info_t *e)
     return rc;
 }
 
+/* The last 8 bytes of a store snapshot (its FNV-1a trailer): what pairs it with a .gistd. */
+static int kv_trailer(const char *path, uint64_t *sum, err_info_t *e)
+{
+    uint8_t t[8];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return io_fail(e, path, "open failed", errno);
+    const off_t end = lseek(fd, 0, SEEK_END);
+    const ssize_t got = end >= 8 ? pread(fd, t, 8, end - 8) : -1;
+    const int err = errno;
+    close(fd);
+    if (got != 8)
+        return got < 0 && end >= 8 ? io_fail(e, path, "read failed", err)
+                                   : err_set(e, ERR_FORMAT, "%s: too short for a snapshot", path);
+    *sum = 0;
+    for (int i = 7; i >= 0; i--)
+        *sum = *sum << 8 | t[i];
+    return 0;
+}
+
 /*
  * A snapshot replaces the previous pair of files only once both new files are whole: the
  * store's rows go to DIR/session-<id>.gistd.kv.next, the body to DIR/session-<id>.gistd.tmp,
@@ -260,7 +282,9 @@ static int write_tmp(const char *tmp, const buf_t *b, err_info_t *e)
  * the way (a full disk, a file-size limit, a folder that is gone or not a folder) removes
  * what it wrote and leaves the previous snapshot as it was. A crash between the two renames
  * leaves a new .kv beside the previous .gistd: restore_rows finds that they do not match and
- * the session is prefilled again from the .gistd's tokens.
+ * the session is prefilled again from the .gistd's tokens. The .gistd names its .kv by the
+ * .kv's checksum, so the pair is told apart even when the tokens agree (rows compacted
+ * between the two snapshots).
  */
 int dmn_snapshot_write(dmn_t *d, dmn_session_t *s, char **path_out, err_info_t *e)
 {
@@ -270,10 +294,13 @@ int dmn_snapshot_write(dmn_t *d, dmn_session_t *s, char **path_out, err_info_t *
     char *path = snap_path(d, s->id, ""), *tmp = snap_path(d, s->id, ".tmp");
     char *kvpath = snap_path(d, s->id, ".kv"), *kvnext = snap_path(d, s->id, ".kv.next");
     int rc = path && tmp && kvpath && kvnext ? 0 : err_set(e, ERR_NOMEM, "out of memory");
-    if (!rc)
-        rc = write_body(d, s, &b, e);
+    uint64_t kv_sum = 0;
     if (!rc)
         rc = kv_snapshot_write(d->store, s->kv, kvnext, e);
+    if (!rc && (rc = kv_trailer(kvnext, &kv_sum, e)) != 0)
+        unlink(kvnext);
+    if (!rc && (rc = write_body(d, s, kv_sum, &b, e)) != 0)
+        unlink(kvnext);
     if (!rc) {
         rc = write_tmp(tmp, &b, e);
         if (rc)
@@ -354,14 +381,23 @@ static int read_file(const char *path, uint8_t **out, size_t *len, err_info_t *e
  * tokens of ids, and makes s's policy again for them. 0 when it did; 1 (logged) when s keeps
  * its empty rows; -1 when the policy could not be made (the restore fails). */
 static int restore_rows(dmn_t *d, dmn_session_t *s, uint32_t id, const int32_t *ids,
-                        uint32_t n_past)
+                        uint32_t n_past, uint64_t kv_sum)
 {
     char *kvpath = snap_path(d, id, ".kv");
     uint32_t ksid = 0, len = 0;
     uint32_t *tr = malloc(sizeof(uint32_t) * (n_past ? n_past : 1));
     err_info_t ke;
     err_clear(&ke);
-    int rc = kvpath && tr ? kv_snapshot_read(d->store, kvpath, NULL, &ksid, &ke) : ERR_NOMEM;
+    uint64_t sum = 0;
+    int rc =
+        kvpath && tr ? kv_trailer(kvpath, &sum, &ke) : err_set(&ke, ERR_NOMEM, "out of memory");
+    if (!rc && sum != kv_sum)
+        rc = err_set(&ke, ERR_FORMAT,
+                     "it is not the one this session's .gistd was written with (checksum %016llx, "
+                     "expected %016llx: a crash between the two renames?)",
+                     (unsigned long long)sum, (unsigned long long)kv_sum);
+    if (!rc)
+        rc = kv_snapshot_read(d->store, kvpath, NULL, &ksid, &ke);
     if (!rc)
         rc = kv_transcript_len(d->store, ksid, &len);
     if (!rc && len != n_past)
@@ -484,6 +520,7 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
         for (uint32_t i = 0; i < d->hp->n_vocab; i++)
             logits[i] = get_f32(&r);
     }
+    const uint64_t kv_sum = get_u64(&r);
     const uint32_t n_past = get_u32(&r);
     const uint32_t n = get_u32(&r);
     if (r.short_read || n > (r.len - r.at) / 4 || n_past > n) {
@@ -530,7 +567,7 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
     }
     /* the rows themselves when the store's snapshot matches; else the tokens are prefilled
      * again */
-    const int rows = restore_rows(d, s, id, ids, n_past);
+    const int rows = restore_rows(d, s, id, ids, n_past, kv_sum);
     if (rows < 0) {
         rc = err_set(e, ERR_FORMAT, "%s: the policy '%s' cannot be made for the restored rows",
                      path, policy);

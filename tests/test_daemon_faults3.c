@@ -305,9 +305,75 @@ done:
     free(tb);
 }
 
+/*
+ * A crash between a snapshot's two renames leaves the new .kv beside the previous .gistd.
+ * Here the tokens agree (the session was compacted between the snapshots, nothing appended),
+ * so only the checksum the .gistd keeps of its own .kv tells the pair apart: the restarted
+ * daemon logs that the .kv is not the .gistd's and prefills the session again from the
+ * .gistd's tokens, and the session holds those tokens and goes on as a fresh one would.
+ */
+static void test_crash_between_renames(void)
+{
+    const char *model = td_tiny_model("tiny_renames.gguf", "48");
+    const char *dir = td_mkdir("snap_renames");
+    char log[600];
+    snprintf(log, sizeof log, "%s/renames.log", check_tmpdir());
+    const char *extra[] = {"--snapshot-dir", dir, NULL};
+    td_daemon_t d;
+    if (!model || td_start(&d, model, extra))
+        return;
+    gc_client_t *c = td_connect(&d);
+    err_info_t e;
+    uint32_t a, n = 0;
+    gc_open_opts_t oo = {.policy = "pool"};
+    CHECK_OK(gc_open(c, &oo, &a, &e));
+    append(c, a,
+           "One fish. Two fish. Red fish. Blue fish. Old fish. New fish. This one has a "
+           "little star. This one has a little car.");
+    CHECK_OK(gc_snapshot(c, a, NULL, &e));
+    saved_t first;
+    save(&first, dir, a, "");
+    int32_t *ta = td_transcript_ids(c, a, &n);
+    gc_session_info_t before, after;
+    CHECK_OK(gc_session_info(c, a, &before, &e));
+    gc_budget_t b;
+    CHECK_MSG(gc_set_budget(c, a, before.bytes / 4 * 3, 0, &b, &e) == 0, "%s", e.msg);
+    CHECK_OK(gc_session_info(c, a, &after, &e));
+    CHECK(after.compactions > before.compactions && after.tokens == before.tokens);
+    CHECK_OK(gc_snapshot(c, a, NULL, &e)); /* the new .kv: compacted rows, the same tokens */
+    gc_disconnect(&c);
+    CHECK_INT(td_stop(&d, SIGKILL), ==, -1);
+    if (first.p) /* as if the daemon died after renaming the .kv, before the .gistd */
+        CHECK(td_spew(first.path, first.p, first.len) == 0);
+
+    const char *verbose[] = {"--snapshot-dir", dir, "--log-level", "warn", NULL};
+    const td_opts_t opts = {.log_path = log};
+    if (td_start_with(&d, model, verbose, &opts) == 0) {
+        c = td_connect(&d);
+        td_expect_ids(c, a, ta, n, "after a crash between the renames");
+        gc_session_info_t back;
+        CHECK_OK(gc_session_info(c, a, &back, &e));
+        CHECK_INT(back.compactions, ==, before.compactions); /* as the .gistd had it */
+        CHECK_INT(back.pending, ==, n); /* every token to prefill again, none of the rows */
+        const uint32_t twin = td_twin_of(c, ta, n);
+        td_same_continuation(c, a, twin, "after a crash between the renames");
+        gc_disconnect(&c);
+        CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
+    }
+    size_t ll = 0;
+    char *text = td_slurp(log, &ll), kvname[64];
+    snprintf(kvname, sizeof kvname, "session-%u.gistd.kv", a);
+    CHECK_MSG(text && log_has(text, kvname, "not the one") && log_has(text, kvname, "prefilled"),
+              "the mismatched .kv not logged:\n%s", text ? text : "");
+    free(text);
+    free(first.p);
+    free(ta);
+}
+
 int main(void)
 {
     RUN(test_sigterm_during_prefill);
     RUN(test_sigkill_then_restart);
+    RUN(test_crash_between_renames);
     return check_done();
 }
