@@ -21,7 +21,10 @@
 #include "daemon/dmn_impl.h"
 
 #define DMN_RECV_BURST 256
-#define DMN_SNDHWM     100000 /* replies queued per client before they are dropped */
+#define DMN_SNDHWM     16384 /* replies queued per client before they are dropped */
+/* requests queued per client before its sends wait: with frames of up to 4 x max_request,
+ * what one client can make the daemon hold before it reads them */
+#define DMN_RCVHWM     256
 
 void dmn_cfg_default(dmn_cfg_t *cfg)
 {
@@ -302,10 +305,11 @@ int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
         rc = err_set(e, ERR_IO, "cannot make a ZeroMQ socket: %s", zmq_strerror(errno));
         goto fail;
     }
-    int one = 1, zero = 0, hwm = DMN_SNDHWM;
+    int one = 1, zero = 0, hwm = DMN_SNDHWM, rcvhwm = DMN_RCVHWM;
     int64_t maxmsg = (int64_t)cfg->max_request * 4 + 4096; /* beyond this: disconnect */
     zmq_setsockopt(d->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
     zmq_setsockopt(d->sock, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(d->sock, ZMQ_RCVHWM, &rcvhwm, sizeof rcvhwm);
     zmq_setsockopt(d->sock, ZMQ_LINGER, &zero, sizeof zero);
     zmq_setsockopt(d->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     rc = dmn_auth_init(d, e);

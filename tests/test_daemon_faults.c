@@ -300,7 +300,7 @@ static void test_client_never_reads(void)
     void *raw = raw_open(ctx, d.endpoint);
     /* one generation that streams to the deaf client, then requests answered BUSY */
     CHECK_INT(flood_generate(raw, deaf_s, 1, 1, 1u << 30), ==, 1);
-    const int n_flood = 150000; /* more replies than DMN_SNDHWM: the queue fills */
+    const int n_flood = 150000; /* more replies than DMN_SNDHWM and the socket buffers hold */
     CHECK_INT(flood_generate(raw, deaf_s, 2, n_flood, 1), ==, n_flood);
     sent += 1 + (uint64_t)n_flood;
 
