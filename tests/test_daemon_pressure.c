@@ -1,6 +1,6 @@
 /* Memory pressure against a real gistd: 16 sessions stream chat turns (a user line, then a
  * sampled reply of up to 24 tokens) all at once, 20 rounds, into a daemon whose global KV
- * budget (4 MiB) holds about a tenth of what they store. Every turn must succeed (the policy
+ * budget (4 MiB) holds about a twentieth of what they store. Every turn must succeed (the policy
  * compacts, nothing is refused); the daemon's VmRSS, sampled all through the run, and its
  * VmHWM must stay within a stated bound; its stats must show compactions (matching the events
  * streamed) and the KV bytes never over the budget. */
@@ -20,7 +20,8 @@
  * the KV arena's pages above its live bytes (fragmentation, pages jemalloc has not returned
  * yet). Measured: VmHWM 7.2 MiB over idle in all, the 4 MiB budget included. Without the
  * budget the sessions would store about 88 MiB of KV rows, far past the bound: the test checks
- * that (so the bound would catch an unbounded store, or a leak of that order). Under
+ * that, so the bound would catch an unbounded store or a leak of that order (run with
+ * --kv-budget 256M, the daemon reached 110 MiB against a bound of 26 MiB). Under
  * sanitizers RSS says nothing about the daemon: the bounds are not checked there. */
 #define IDLE_ALLOWANCE (16L * 1024 * 1024)
 #define ALLOWANCE      (8L * 1024 * 1024)
