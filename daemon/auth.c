@@ -117,7 +117,8 @@ int dmn_keygen(const char *prefix, err_info_t *e)
     return rc;
 }
 
-/* The allow list: "KEY [admin]" a line, '#' comments, blank lines. */
+/* The allow list: "KEY [admin]" a line, '#' comments, blank lines. On error d's list may
+ * hold the keys read so far (dmn_auth_reload loads into a scratch daemon). */
 static int allow_load(dmn_t *d, const char *path, err_info_t *e)
 {
     FILE *f = fopen(path, "r");
@@ -172,6 +173,24 @@ static const dmn_allow_t *allow_find(const dmn_t *d, const char *key)
         if (!strcmp(d->allow[i].key, key))
             return &d->allow[i];
     return NULL;
+}
+
+int dmn_auth_reload(dmn_t *d, err_info_t *e)
+{
+    if (!d->curve)
+        return err_set(e, ERR_UNSUPPORTED, "no allow list to reload: CURVE is off");
+    dmn_t scratch = {0};
+    int rc = allow_load(&scratch, d->cfg.allow_keys, e);
+    if (rc) {
+        free(scratch.allow);
+        return err_prefix(e, "reloading the allow list: ");
+    }
+    free(d->allow);
+    d->allow = scratch.allow;
+    d->n_allow = scratch.n_allow;
+    d->cap_allow = scratch.cap_allow;
+    dmn_log(d, DMN_LOG_INFO, "reloaded %u client key(s) from %s", d->n_allow, d->cfg.allow_keys);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ setup */
@@ -405,6 +424,7 @@ void dmn_peer_identify(const dmn_t *d, dmn_peer_t *p, const char *user_id)
     snprintf(p->cred, sizeof p->cred, "%s", user_id ? user_id : "");
     const dmn_allow_t *a = d->curve && *p->cred ? allow_find(d, p->cred) : NULL;
     p->admin = a && a->admin;
+    p->revoked = d->curve && !a;
 }
 
 bool dmn_peer_owns(const dmn_t *d, const dmn_peer_t *p, const dmn_session_t *s)

@@ -47,6 +47,7 @@ typedef struct dmn_peer {
     uint8_t id[255];
     char cred[DMN_CRED_LEN]; /* its credential: its CURVE public key (z85), "" without CURVE */
     bool admin;              /* its key is marked admin on the allow list */
+    bool revoked;            /* its key was taken off the allow list since it connected */
 } dmn_peer_t;
 
 /* An allow-list entry: a client public key (z85) and whether it may run daemon-wide work. */
@@ -245,9 +246,13 @@ int dmn_key_read(const char *path, char out[DMN_CRED_LEN], err_info_t *e);
  * socket a CURVE server; before the socket binds. */
 int dmn_auth_init(dmn_t *d, err_info_t *e);
 void dmn_auth_fini(dmn_t *d);
+/* Loads the --allow-keys file again (SIGHUP): the new list replaces the old one only when
+ * it loads whole. Connections of keys no longer listed get ERR_PERM from then on. */
+int dmn_auth_reload(dmn_t *d, err_info_t *e);
 /* Answers the ZAP requests waiting and logs failed handshakes (non-blocking). */
 void dmn_zap_serve(dmn_t *d);
-/* Sets p's credential from its frames' User-Id (NULL: none) and its admin mark. */
+/* Sets p's credential from its frames' User-Id (NULL: none), its admin mark, and whether
+ * its key has left the allow list. */
 void dmn_peer_identify(const dmn_t *d, dmn_peer_t *p, const char *user_id);
 /* Whether p may run daemon-wide work (always without CURVE). */
 bool dmn_peer_admin(const dmn_t *d, const dmn_peer_t *p);

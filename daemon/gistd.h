@@ -76,9 +76,14 @@ void dmn_destroy(dmn_t **d);
 /* The endpoint actually bound (the port resolved when the configuration asked for "*"). */
 const char *dmn_endpoint(const dmn_t *d);
 
-/* Serves until stop_fd becomes readable, then stops accepting work, ends every running
- * request (its stream ends with reason CANCELLED), snapshots every session when there is a
- * snapshot folder, and returns 0 (or the first error that stopped the loop). */
+/* A byte of this value on dmn_run's stop_fd reloads the --allow-keys file (SIGHUP). */
+#define DMN_CTL_RELOAD 'r'
+
+/* Serves until stop_fd gives a byte other than DMN_CTL_RELOAD (or end of file), then stops
+ * accepting work, ends every running request (its stream ends with reason CANCELLED),
+ * snapshots every session when there is a snapshot folder, and returns 0 (or the first
+ * error that stopped the loop). DMN_CTL_RELOAD reloads the allow list: a list that does not
+ * load is logged and the previous one stays. */
 int dmn_run(dmn_t *d, int stop_fd);
 
 #endif

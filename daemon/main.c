@@ -11,8 +11,9 @@
  *
  * The first line on stdout is the endpoint it listens on (with the port resolved when the
  * listen address ends in ":*"), printed once it is ready to serve; everything else goes to
- * stderr. SIGINT and SIGTERM reach the loop through a self-pipe. Exit status: 0 after a
- * clean stop, 2 for bad options or a model that cannot be loaded, 1 otherwise.
+ * stderr. SIGINT and SIGTERM (stop) and SIGHUP (reload the allow list) reach the loop
+ * through a self-pipe. Exit status: 0 after a clean stop, 2 for bad options or a model that
+ * cannot be loaded, 1 otherwise.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -33,7 +34,7 @@ static int stop_pipe[2] = {-1, -1};
 static void on_signal(int sig)
 {
     const int saved = errno;
-    char c = (char)sig;
+    char c = sig == SIGHUP ? DMN_CTL_RELOAD : 's';
     if (write(stop_pipe[1], &c, 1) < 0) {
         /* the pipe is full: a stop is already on its way */
     }
@@ -75,7 +76,8 @@ static void usage(FILE *f)
           "writes it)\n"
           "  --allow-keys FILE     client public keys it accepts, one a line: KEY [admin]; "
           "'#' comments\n"
-          "                        (admin keys may change budgets and snapshot every session)\n"
+          "                        (admin keys may change budgets and snapshot every session;\n"
+          "                        SIGHUP reloads the file, and a key taken off it is refused)\n"
           "  --insecure            serve an address other than loopback or ipc:// without "
           "CURVE\n"
           "                        (without it such a --listen is refused)\n"
@@ -248,6 +250,7 @@ int main(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL); /* reloads the allow list */
     signal(SIGPIPE, SIG_IGN);
     /* A file-size limit (RLIMIT_FSIZE) hit while writing a snapshot must fail that write with
      * EFBIG, which the snapshot reports, rather than kill the daemon and every session. */

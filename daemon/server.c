@@ -24,7 +24,7 @@
 #define DMN_SNDHWM     16384 /* replies queued per client before they are dropped */
 /* requests queued per client before its sends wait: with frames of up to 4 x max_request,
  * what one client can make the daemon hold before it reads them */
-#define DMN_RCVHWM     256
+#define DMN_RCVHWM 256
 
 void dmn_cfg_default(dmn_cfg_t *cfg)
 {
@@ -189,7 +189,11 @@ static int recv_one(dmn_t *d)
     const size_t len = zmq_msg_size(&payload);
     const uint64_t id = n_parts == 3 ? dmn_request_peek_id(zmq_msg_data(&payload), len) : 0;
     double wait_s = 0;
-    if (dmn_rate_take(d, peer.cred, addr, dmn_now(), &wait_s)) {
+    if (peer.revoked) {
+        d->refused_perm++;
+        dmn_send_errorf(d, &peer, id, 0, ERR_PERM,
+                        "this client's key was taken off the daemon's allow list");
+    } else if (dmn_rate_take(d, peer.cred, addr, dmn_now(), &wait_s)) {
         d->refused_rate++;
         dmn_send_errorf(d, &peer, id, 0, ERR_RATE,
                         "rate limited: more than %g requests/s (burst %g) from this client; "
@@ -436,9 +440,18 @@ int dmn_run(dmn_t *d, int stop_fd)
             (i_mon >= 0 && (items[i_mon].revents & ZMQ_POLLIN)))
             dmn_zap_serve(d);
         if (i_stop >= 0 && (items[i_stop].revents & ZMQ_POLLIN)) {
-            char c;
-            if (read(stop_fd, &c, 1) < 0) /* any byte, or end of file, asks to stop */
+            char c = 0;
+            const ssize_t got = read(stop_fd, &c, 1);
+            if (got < 0)
                 dmn_log(d, DMN_LOG_WARN, "stop descriptor: %s", strerror(errno));
+            if (got == 1 && c == DMN_CTL_RELOAD) {
+                err_info_t e;
+                err_clear(&e);
+                if (dmn_auth_reload(d, &e))
+                    dmn_log(d, DMN_LOG_ERROR, "%s; the previous list stays", err_msg(&e));
+                continue;
+            }
+            /* any other byte, or end of file, asks to stop */
             dmn_log(d, DMN_LOG_INFO, "stopping");
             d->stopping = true;
             break;

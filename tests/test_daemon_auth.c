@@ -615,6 +615,70 @@ out:
     CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
 }
 
+/*
+ * SIGHUP reloads the allow list. A daemon started with a list naming only A; the list is
+ * rewritten to name only the stranger and SIGHUP sent: the stranger then connects (polled
+ * until the reload has happened, with a deadline), A's open connection is refused from then
+ * on with a clear error, and A cannot connect again. A list that does not load (a malformed
+ * line) is logged and leaves the list as it was: the stranger still works.
+ */
+static void test_reload_allow_list(void)
+{
+    const char *model = td_tiny_model("tiny_auth.gguf", "31");
+    if (!model || keys_ready())
+        return;
+    const char *list = tmp_path("allow_reload.txt");
+    char text[256];
+    snprintf(text, sizeof text, "%s\n", K_a.pub);
+    write_text(list, text);
+    const char *args[] = {"--curve-secret", SRV_KEY, "--allow-keys", list, NULL};
+    const td_opts_t opts = {.log_path = tmp_path("reload.log")};
+    td_daemon_t d;
+    if (td_start_with(&d, model, args, &opts))
+        return;
+    err_info_t e;
+    uint32_t s = 0;
+    gc_client_t *a = must_connect(&d, &K_a), *x = NULL;
+    if (!a)
+        goto out;
+    CHECK_OK(gc_open(a, NULL, &s, &e));
+    CHECK_INT(connect_as(&d, &K_stranger, &x, &e), ==, ERR_PERM);
+
+    snprintf(text, sizeof text, "# a replaced by the stranger\n%s\n", K_stranger.pub);
+    write_text(list, text);
+    CHECK_INT(kill(d.pid, SIGHUP), ==, 0);
+    const double deadline = td_now() + 20;
+    int rc;
+    while ((rc = connect_as(&d, &K_stranger, &x, &e)) == ERR_PERM && td_now() < deadline)
+        ;
+    CHECK_MSG(rc == 0, "the stranger after the reload: %s", err_msg(&e));
+    gc_session_info_t info;
+    CHECK_ERR(gc_session_info(a, s, &info, &e_), ERR_PERM, "taken off");
+    gc_disconnect(&a);
+    CHECK_INT(connect_as(&d, &K_a, &a, &e), ==, ERR_PERM);
+
+    /* a list that does not load leaves the one in force */
+    write_text(list, "not-a-key\n");
+    CHECK_INT(kill(d.pid, SIGHUP), ==, 0);
+    bool logged = false; /* the reload has been tried once the daemon says so */
+    for (const double end = td_now() + 20; !logged && td_now() < end;) {
+        size_t n_log = 0;
+        char *log = td_slurp(opts.log_path, &n_log);
+        logged = log && strstr(log, "not a CURVE public key") && strstr(log, "previous list stays");
+        free(log);
+    }
+    CHECK_MSG(logged, "the failed reload is not in %s", opts.log_path);
+    gc_disconnect(&x);
+    CHECK_OK(connect_as(&d, &K_stranger, &x, &e));
+    uint32_t s2 = 0;
+    if (x)
+        CHECK_OK(gc_open(x, NULL, &s2, &e));
+out:
+    gc_disconnect(&a);
+    gc_disconnect(&x);
+    CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
+}
+
 int main(void)
 {
     RUN(test_keygen);
@@ -624,5 +688,6 @@ int main(void)
     RUN(test_rate_limit);
     RUN(test_client_sessions);
     RUN(test_oversized);
+    RUN(test_reload_allow_list);
     return check_done();
 }
