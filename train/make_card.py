@@ -1,6 +1,7 @@
 """Writes models/README.md (the model card) from the run folder's logs and figures."""
 import argparse
 import ast
+import csv
 import hashlib
 import json
 import os
@@ -28,11 +29,52 @@ def config(log):
     return {}, 0
 
 
+def quality_section(path, name):
+    """The KV-budget table of bench/quality.py's CSV for this model: perplexity under each
+    policy and budget, and the rows each keeps per token seen."""
+    rows = [r for r in csv.DictReader(open(path)) if r["model"] == name]
+    full = next((r for r in rows if r["policy"] == "full"), None)
+    if not full:
+        return ""
+    budgets = sorted({r["budget_pct"] for r in rows if r["budget_pct"]}, key=float, reverse=True)
+    pols = []
+    for r in rows:
+        if r["policy"] != "full" and r["policy"] not in pols:
+            pols.append(r["policy"])
+    cell = {(r["policy"], r["budget_pct"]): r for r in rows}
+
+    def fmt(r, what):
+        if not r or not r["ppl"]:
+            return r["error"] if r else ""
+        return f"{float(r['ppl']):.2f} ({r['vs_full']})" if what == "ppl" else r["rows_per_token"]
+
+    cut = re.match(r"(.*)\.(\d+)\.txt$", full["text"])
+    text = (f"the first {int(cut.group(2)):,} characters of `{cut.group(1)}`" if cut
+            else f"`{full['text']}`")
+    out = (f"\n## What gists and gates cost and keep (`bench/quality.sh`)\n\n"
+           f"Held out: {text}, {int(full['tokens']):,} tokens scored in windows of "
+           f"{full['ctx']} tokens; full cache: perplexity **{float(full['ppl']):.2f}**, "
+           f"{int(full['full_kv_bytes']):,} bytes per window. Budgets are each session's hard "
+           f"limit as a share of the full cache; cells: perplexity (change against the full "
+           f"cache).\n\n| policy | " + " | ".join(f"{b}%" for b in budgets) + " |\n|---|"
+           + "---|" * len(budgets) + "\n")
+    for p in pols:
+        out += f"| {p} | " + " | ".join(fmt(cell.get((p, b)), "ppl") for b in budgets) + " |\n"
+    out += ("\nRows kept per token seen (end of each window):\n\n| policy | "
+            + " | ".join(f"{b}%" for b in budgets) + " |\n|---|" + "---|" * len(budgets) + "\n")
+    for p in pols:
+        out += f"| {p} | " + " | ".join(fmt(cell.get((p, b)), "rows") for b in budgets) + " |\n"
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--command", default="train/pipeline.sh",
+                    help="the command that made the model, quoted in the card")
+    ap.add_argument("--quality", help="bench/quality.py's quality.csv with rows for this model")
     a = ap.parse_args()
     r = a.runs
     cfg, params = config(os.path.join(r, "base", "log.txt"))
@@ -96,7 +138,7 @@ by them.
 
 | stage | what learns | time |
 |---|---|---|
-| base | all; seq 1024, batch 2 (4 in steps 1-59), AdamW 2e-3, cosine | {stage(base)} |
+| base | all; seq 1024, batch 2, AdamW 2e-3, cosine | {stage(base)} |
 | gist, phase 1 | only the 2 gist rows of token_embd and output | {phase1} |
 | gist, phase 2 | everything, lr 3e-4; 1/4 of windows without gists | {stage(gist)} |
 | gates | only the retention gates (hidden 32, budget 128) | {stage(gates)} |
@@ -108,8 +150,7 @@ before it. Gates (TRIM-KV, Bui et al. 2025) were trained on the gist model (froz
 on plain text without gists, with loss KL(model || gated model) + next-token loss
 + 0.01 * mean(max(0, sum_i beta_i^(t-i) - 128)).
 
-Command: `BASE_MIN=110 BASE_END=22:38 GIST_END=22:57 GATES_END=23:06 EVAL_WINDOWS=16
-train/pipeline.sh`
+Command: `{a.command}`
 (see the script for every stage's flags).
 
 ## Validation (held-out persuasion.txt)
@@ -124,7 +165,7 @@ every row scores the same {ev['base']['tokens']:,} tokens. Persuasion tokenizes 
 "final" is this file (after the gist fine-tune). "gists + sentence mask": no token sees the
 raw tokens of an earlier sentence, only its gists. "gate decay": key i weighs
 beta_i^(t-i) at query t (the soft form the gates are trained with).
-{engine}"""
+{engine}{quality_section(a.quality, name) if a.quality else ""}"""
     with open(a.out, "w") as f:
         f.write(text)
     print(f"wrote {a.out}")
