@@ -126,10 +126,10 @@ $(BUILD)/bin/gistd: $(patsubst %.c,$(BUILD)/obj/%.o,$(GISTD_SRCS)) $(PROTO_LIB) 
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
-# libgistc.a carries the protocol code and the error table, so a client links it alone
-# (with the libraries gistc.pc names).
+# libgistc.a carries the protocol code, the error table and the key-file reader, so a client
+# links it alone (with the libraries gistc.pc names).
 $(GISTC_LIB): $(patsubst %.c,$(BUILD)/obj/%.o,$(GISTC_SRCS)) $(BUILD)/obj/proto/gistd.pb-c.o \
-              $(BUILD)/obj/common/err.o
+              $(BUILD)/obj/common/err.o $(BUILD)/obj/common/keyfile.o
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 

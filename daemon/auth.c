@@ -26,57 +26,18 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "common/keyfile.h"
 #include "daemon/dmn_impl.h"
 
 #define ZAP_ENDPOINT   "inproc://zeromq.zap.01"
 #define ZAP_MAX_FRAMES 8
-#define KEY_Z85_LEN    40
 #define MAX_BUCKETS    4096
+
+_Static_assert(DMN_CRED_LEN >= KEY_Z85_LEN + 1, "a credential holds a z85 key");
 
 /* ------------------------------------------------------------------ keys */
 
-/* Cuts a comment off line: '#' at its start or after a blank ('#' is also a z85 digit). */
-static void strip_comment(char *line)
-{
-    for (char *p = line; *p; p++)
-        if (*p == '#' && (p == line || *(p - 1) == ' ' || *(p - 1) == '\t')) {
-            *p = 0;
-            return;
-        }
-}
-
-/* A z85 text that decodes to a 32-byte key. */
-static bool key_valid(const char *z)
-{
-    uint8_t raw[32];
-    return strlen(z) == KEY_Z85_LEN && zmq_z85_decode(raw, z) != NULL;
-}
-
-int dmn_key_read(const char *path, char out[DMN_CRED_LEN], err_info_t *e)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return err_set(e, ERR_IO, "cannot read the key file %s: %s", path, strerror(errno));
-    char line[512];
-    int rc = err_set(e, ERR_FORMAT, "%s holds no key (a line of 40 z85 characters)", path);
-    unsigned ln = 0;
-    while (fgets(line, sizeof line, f)) {
-        ln++;
-        strip_comment(line);
-        char word[64];
-        if (sscanf(line, "%63s", word) != 1)
-            continue;
-        if (!key_valid(word)) {
-            rc = err_set(e, ERR_FORMAT, "%s:%u: not a CURVE key (40 z85 characters)", path, ln);
-        } else {
-            snprintf(out, DMN_CRED_LEN, "%s", word);
-            rc = 0;
-        }
-        break;
-    }
-    fclose(f);
-    return rc;
-}
+/* ------------------------------------------------------------------ keys */
 
 /* Writes text to path, created with mode (refusing to replace a file that exists). */
 static int write_new(const char *path, const char *text, mode_t mode, err_info_t *e)
@@ -133,12 +94,12 @@ static int allow_load(dmn_t *d, const char *path, err_info_t *e)
             rc = err_set(e, ERR_FORMAT, "%s:%u: line too long", path, ln);
             break;
         }
-        strip_comment(line);
+        key_comment_cut(line);
         char key[64], word[64], extra[8];
         const int n = sscanf(line, "%63s %63s %7s", key, word, extra);
         if (n <= 0)
             continue;
-        if (!key_valid(key)) {
+        if (!key_z85_valid(key)) {
             rc = err_set(e, ERR_FORMAT,
                          "%s:%u: '%.63s' is not a CURVE public key (40 z85 characters)", path, ln,
                          key);
@@ -157,7 +118,7 @@ static int allow_load(dmn_t *d, const char *path, err_info_t *e)
                 d->cap_allow = cap;
             }
             dmn_allow_t *a = &d->allow[d->n_allow++];
-            snprintf(a->key, sizeof a->key, "%s", key);
+            memcpy(a->key, key, KEY_Z85_LEN + 1); /* valid: 40 characters and the NUL */
             a->admin = n == 2;
         }
     }
@@ -252,7 +213,7 @@ int dmn_auth_init(dmn_t *d, err_info_t *e)
     }
     d->curve = true;
     char secret[DMN_CRED_LEN];
-    rc = dmn_key_read(cfg->curve_secret, secret, e);
+    rc = key_file_read(cfg->curve_secret, secret, e);
     if (rc)
         return err_prefix(e, "--curve-secret: ");
     struct stat st;

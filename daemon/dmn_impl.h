@@ -240,8 +240,6 @@ void dmn_send_errorf(dmn_t *d, const dmn_peer_t *to, uint64_t id, uint32_t sessi
 /* ---- auth.c ---- */
 /* Whether ep is a loopback tcp address, ipc:// or inproc://. */
 bool dmn_endpoint_is_local(const char *ep);
-/* Reads a key file: its first line that is not blank or a comment, 40 z85 characters. */
-int dmn_key_read(const char *path, char out[DMN_CRED_LEN], err_info_t *e);
 /* Resolves the limits and, with CURVE, loads the keys, starts the ZAP handler and makes the
  * socket a CURVE server; before the socket binds. */
 int dmn_auth_init(dmn_t *d, err_info_t *e);

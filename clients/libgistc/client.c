@@ -14,6 +14,7 @@
 #include <zmq.h>
 
 #include "clients/libgistc/gc_impl.h"
+#include "common/keyfile.h"
 
 #define GC_PROTOCOL 1
 
@@ -329,35 +330,11 @@ int gc_call(gc_client_t *c, Gistd__Request *r, Gistd__Reply__BodyCase want, Gist
 
 /* ------------------------------------------------------------------ connection */
 
-/* A z85 key of 40 characters that decodes. */
-static bool key_ok(const char *z)
-{
-    uint8_t raw[32];
-    return z && strlen(z) == 40 && zmq_z85_decode(raw, z) != NULL;
-}
+_Static_assert(GC_KEY_LEN == KEY_Z85_LEN + 1, "a key as text, with its NUL");
 
 int gc_key_read(const char *path, char out[GC_KEY_LEN], err_info_t *e)
 {
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return err_set(e, ERR_IO, "cannot read the key file %s: %s", path, strerror(errno));
-    char line[512];
-    int rc = err_set(e, ERR_FORMAT, "%s holds no key (a line of 40 z85 characters)", path);
-    while (fgets(line, sizeof line, f)) {
-        char word[64];
-        if (sscanf(line, "%63s", word) != 1 || word[0] == '#')
-            continue;
-        if (key_ok(word)) {
-            memcpy(out, word, GC_KEY_LEN);
-            rc = 0;
-        } else {
-            rc = err_set(e, ERR_FORMAT, "%s: '%.63s' is not a CURVE key (40 z85 characters)", path,
-                         word);
-        }
-        break;
-    }
-    fclose(f);
-    return rc;
+    return key_file_read(path, out, e);
 }
 
 int gc_connect(const char *endpoint, int timeout_ms, gc_client_t **out, err_info_t *e)
@@ -376,7 +353,8 @@ int gc_connect_opts(const gc_connect_opts_t *o, gc_client_t **out, err_info_t *e
         return err_set(e, ERR_INVAL,
                        "CURVE needs the daemon's public key and this client's public and secret "
                        "keys, all three");
-    if (n_keys && (!key_ok(o->server_key) || !key_ok(o->public_key) || !key_ok(o->secret_key)))
+    if (n_keys && (!key_z85_valid(o->server_key) || !key_z85_valid(o->public_key) ||
+                   !key_z85_valid(o->secret_key)))
         return err_set(e, ERR_INVAL, "a CURVE key is not 40 z85 characters");
     gc_client_t *c = calloc(1, sizeof *c);
     if (!c)
