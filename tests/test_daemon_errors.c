@@ -3,22 +3,9 @@
  * sessions, a protocol version it does not speak, a client that vanishes mid-stream and a
  * SIGTERM mid-stream. Each gets its error reply (or clean end), and afterwards the daemon
  * still serves correctly. */
-#include <zmq.h>
-
-#include "proto/gistd.pb-c.h"
 #include "tests/test_daemon_util.h"
 
 /* ------------------------------------------------------------------ raw frames */
-
-static void *raw_open(void *ctx, const char *ep)
-{
-    void *s = zmq_socket(ctx, ZMQ_DEALER);
-    int zero = 0, tmo = 30000;
-    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
-    zmq_setsockopt(s, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
-    zmq_connect(s, ep);
-    return s;
-}
 
 /* Sends the frames (len -1: strlen). */
 static void raw_send(void *s, int n, const void *const *data, const int *len)
@@ -34,26 +21,10 @@ static size_t pack(const Gistd__Request *r, uint8_t *buf, size_t cap)
     return n <= cap ? gistd__request__pack(r, buf) : 0;
 }
 
-/* Receives [empty][payload] and decodes it (NULL on a timeout or a bad reply). */
-static Gistd__Reply *raw_recv(void *s)
-{
-    uint8_t buf[65536];
-    int n = zmq_recv(s, buf, sizeof buf, 0);
-    if (n != 0)
-        return NULL;
-    int more;
-    size_t ml = sizeof more;
-    zmq_getsockopt(s, ZMQ_RCVMORE, &more, &ml);
-    if (!more)
-        return NULL;
-    n = zmq_recv(s, buf, sizeof buf, 0);
-    return n < 0 ? NULL : gistd__reply__unpack(NULL, (size_t)n, buf);
-}
-
 /* Expects a final error reply with code; returns its message check. */
 static void expect_error(void *s, int code, uint64_t id, const char *needle)
 {
-    Gistd__Reply *r = raw_recv(s);
+    Gistd__Reply *r = td_raw_recv(s);
     CHECK(r != NULL);
     if (!r)
         return;
@@ -76,7 +47,7 @@ static void test_malformed_messages(void)
     if (!model || td_start(&d, model, extra))
         return;
     void *ctx = zmq_ctx_new();
-    void *s = raw_open(ctx, d.endpoint);
+    void *s = td_raw_open(ctx, d.endpoint);
     uint8_t buf[16384];
     Gistd__Hello h = GISTD__HELLO__INIT;
     h.version = 1;
@@ -124,7 +95,7 @@ static void test_malformed_messages(void)
     h.version = 1;
     const int gl = (int)pack(&r, buf, sizeof buf);
     raw_send(s, 2, (const void *[]){"", buf}, (int[]){0, gl});
-    Gistd__Reply *ok = raw_recv(s);
+    Gistd__Reply *ok = td_raw_recv(s);
     CHECK(ok && ok->id == 7 && ok->body_case == GISTD__REPLY__BODY_HELLO && ok->final);
     if (ok) {
         CHECK_INT(ok->hello->version, ==, 1);
@@ -145,14 +116,11 @@ static int stop_after(void *ctx, uint32_t session, int32_t id, const char *piece
 
 static void test_bad_requests_then_serves(void)
 {
-    const char *model = td_tiny_model("tiny_bad.gguf", "22");
     char ref[4096];
-    if (!model || td_reference(model, "Once upon a time", "16", ref, sizeof ref))
-        return;
+    const char *model =
+        td_tiny_reference("tiny_bad.gguf", "22", "Once upon a time", "16", ref, sizeof ref);
     td_daemon_t d;
-    if (td_start(&d, model, NULL))
-        return;
-    gc_client_t *c = td_connect(&d);
+    gc_client_t *c = td_up(&d, model, NULL);
     if (!c)
         return;
     err_info_t e;
@@ -223,16 +191,15 @@ static void test_client_gone(void)
 {
     const char *model = td_tiny_model("tiny_gone.gguf", "23");
     td_daemon_t d;
-    if (!model || td_start(&d, model, NULL))
+    gc_client_t *c = td_up(&d, model, NULL);
+    if (!c)
         return;
-    gc_client_t *c = td_connect(&d);
     err_info_t e;
     uint32_t s;
     CHECK_OK(gc_open(c, NULL, &s, &e));
 
     void *ctx = zmq_ctx_new();
-    void *raw = raw_open(ctx, d.endpoint);
-    uint8_t buf[1024];
+    void *raw = td_raw_open(ctx, d.endpoint);
     Gistd__Generate g = GISTD__GENERATE__INIT;
     g.session = s;
     g.max_tokens = 20000;
@@ -242,9 +209,8 @@ static void test_client_gone(void)
     r.id = 1;
     r.body_case = GISTD__REQUEST__BODY_GENERATE;
     r.generate = &g;
-    const int len = (int)pack(&r, buf, sizeof buf);
-    raw_send(raw, 2, (const void *[]){"", buf}, (int[]){0, len});
-    Gistd__Reply *first = raw_recv(raw);
+    CHECK(td_raw_request(raw, &r) == 0);
+    Gistd__Reply *first = td_raw_recv(raw);
     CHECK(first && first->body_case == GISTD__REPLY__BODY_TOKEN);
     if (first)
         gistd__reply__free_unpacked(first, NULL);
@@ -293,9 +259,9 @@ static void test_sigterm_mid_stream(void)
 {
     const char *model = td_tiny_model("tiny_term.gguf", "24");
     td_daemon_t d;
-    if (!model || td_start(&d, model, NULL))
+    gc_client_t *c = td_up(&d, model, NULL);
+    if (!c)
         return;
-    gc_client_t *c = td_connect(&d);
     err_info_t e;
     uint32_t s;
     CHECK_OK(gc_open(c, NULL, &s, &e));

@@ -3,9 +3,6 @@
  * that does not exist. In each, what the daemon keeps is stated beside the test and checked:
  * other clients are served exactly (greedy text equal to gist-model's or to a fresh
  * session's), sessions keep their content, and the daemon's memory stays bounded. */
-#include <zmq.h>
-
-#include "proto/gistd.pb-c.h"
 #include "tests/test_daemon_util.h"
 
 /* Under sanitizers RSS says nothing about the daemon (shadow memory, quarantined frees): the
@@ -17,50 +14,6 @@
 #define RSS_CHECKED 1
 #define DEADLINE_S  30
 #endif
-
-/* ------------------------------------------------------------------ raw frames */
-
-/* A DEALER with a receive timeout and a send timeout (a daemon that stopped reading would
- * fail the test instead of hanging it). */
-static void *raw_open(void *ctx, const char *ep)
-{
-    void *s = zmq_socket(ctx, ZMQ_DEALER);
-    int zero = 0, tmo = 30000;
-    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
-    zmq_setsockopt(s, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
-    zmq_setsockopt(s, ZMQ_SNDTIMEO, &tmo, sizeof tmo);
-    zmq_connect(s, ep);
-    return s;
-}
-
-/* Sends [empty][r packed]; 0 or -1. */
-static int raw_request(void *s, const Gistd__Request *r)
-{
-    uint8_t buf[4096];
-    size_t n = gistd__request__get_packed_size(r);
-    if (n > sizeof buf)
-        return -1;
-    gistd__request__pack(r, buf);
-    if (zmq_send(s, "", 0, ZMQ_SNDMORE) < 0 || zmq_send(s, buf, n, 0) < 0)
-        return -1;
-    return 0;
-}
-
-/* Receives [empty][payload] and decodes it (NULL on a timeout or a bad reply). */
-static Gistd__Reply *raw_recv(void *s)
-{
-    static uint8_t buf[1 << 16];
-    int n = zmq_recv(s, buf, sizeof buf, 0);
-    if (n != 0)
-        return NULL;
-    int more;
-    size_t ml = sizeof more;
-    zmq_getsockopt(s, ZMQ_RCVMORE, &more, &ml);
-    if (!more)
-        return NULL;
-    n = zmq_recv(s, buf, sizeof buf, 0);
-    return n < 0 ? NULL : gistd__reply__unpack(NULL, (size_t)n, buf);
-}
 
 /* Polls session s's info until its state is "idle" (deadline: DEADLINE_S). */
 static bool wait_idle(gc_client_t *c, uint32_t s, gc_session_info_t *info)
@@ -116,14 +69,11 @@ static void killed_client(const char *endpoint, int fd)
  */
 static void test_client_killed_mid_stream(void)
 {
-    const char *model = td_tiny_model("tiny_kill.gguf", "31");
     char ref[4096];
-    if (!model || td_reference(model, "The little dog", "40", ref, sizeof ref)) {
-        CHECK(!"reference");
-        return;
-    }
+    const char *model =
+        td_tiny_reference("tiny_kill.gguf", "31", "The little dog", "40", ref, sizeof ref);
     td_daemon_t d;
-    if (td_start(&d, model, NULL))
+    if (!model || td_start(&d, model, NULL))
         return;
     int fd[2];
     if (pipe(fd) < 0) {
@@ -236,7 +186,7 @@ static int flood_generate(void *raw, uint32_t s, uint64_t first, int n, uint32_t
     r.generate = &g;
     for (int i = 0; i < n; i++) {
         r.id = first + (uint64_t)i;
-        if (raw_request(raw, &r))
+        if (td_raw_request(raw, &r))
             return i;
     }
     return n;
@@ -273,16 +223,13 @@ static bool wait_requests(gc_client_t *c, uint64_t requests, gc_stats_t *st)
  */
 static void test_client_never_reads(void)
 {
-    const char *model = td_tiny_model("tiny_deaf.gguf", "32");
     char ref[4096];
-    if (!model || td_reference(model, "The sun was", "32", ref, sizeof ref)) {
-        CHECK(!"reference");
-        return;
-    }
+    const char *model =
+        td_tiny_reference("tiny_deaf.gguf", "32", "The sun was", "32", ref, sizeof ref);
     td_daemon_t d;
-    if (td_start(&d, model, NULL))
+    gc_client_t *c = td_up(&d, model, NULL);
+    if (!c)
         return;
-    gc_client_t *c = td_connect(&d);
     err_info_t e;
     uint32_t deaf_s, other;
     /* the deaf client's generation runs all along: a window under a 64 KiB budget keeps its
@@ -297,7 +244,7 @@ static void test_client_never_reads(void)
     const long rss0 = td_rss_kib(d.pid);
 
     void *ctx = zmq_ctx_new();
-    void *raw = raw_open(ctx, d.endpoint);
+    void *raw = td_raw_open(ctx, d.endpoint);
     /* one generation that streams to the deaf client, then requests answered BUSY */
     CHECK_INT(flood_generate(raw, deaf_s, 1, 1, 1u << 30), ==, 1);
     const int n_flood = 150000; /* more replies than DMN_SNDHWM and the socket buffers hold */
@@ -355,70 +302,34 @@ static void test_client_never_reads(void)
 
 #define GHOST 4242u
 
-/* Request i of the flood: one of six kinds, each naming session GHOST. */
-static void ghost_request(uint64_t id, Gistd__Request *r, Gistd__Generate *g, Gistd__Append *a,
-                          Gistd__SessionInfoRequest *in, Gistd__TranscriptRequest *t,
-                          Gistd__Cancel *cn, Gistd__CloseSession *cl)
-{
-    gistd__request__init(r);
-    r->id = id;
-    switch (id % 6) {
-    case 0:
-        gistd__generate__init(g);
-        g->session = GHOST;
-        g->max_tokens = 5;
-        r->body_case = GISTD__REQUEST__BODY_GENERATE;
-        r->generate = g;
-        break;
-    case 1:
-        gistd__append__init(a);
-        a->session = GHOST;
-        a->text.data = (uint8_t *)"hello";
-        a->text.len = 5;
-        r->body_case = GISTD__REQUEST__BODY_APPEND;
-        r->append = a;
-        break;
-    case 2:
-        gistd__session_info_request__init(in);
-        in->session = GHOST;
-        r->body_case = GISTD__REQUEST__BODY_INFO;
-        r->info = in;
-        break;
-    case 3:
-        gistd__transcript_request__init(t);
-        t->session = GHOST;
-        r->body_case = GISTD__REQUEST__BODY_TRANSCRIPT;
-        r->transcript = t;
-        break;
-    case 4:
-        gistd__cancel__init(cn);
-        cn->session = GHOST;
-        r->body_case = GISTD__REQUEST__BODY_CANCEL;
-        r->cancel = cn;
-        break;
-    default:
-        gistd__close_session__init(cl);
-        cl->session = GHOST;
-        r->body_case = GISTD__REQUEST__BODY_CLOSE;
-        r->close = cl;
-        break;
-    }
-}
-
-/* Sends n requests for GHOST pipelined (ids first ..), then reads n replies: each is a final
- * NOTFOUND error naming the session, and each id is answered once. */
+/* Sends n requests for GHOST pipelined (ids first ..), request id of kind id % 6: generate,
+ * append, info, transcript, cancel, close. Then reads n replies: each is a final NOTFOUND
+ * error naming the session, and each id is answered once. */
 static void ghost_flood(void *raw, uint64_t first, int n)
 {
-    Gistd__Request r;
-    Gistd__Generate g;
-    Gistd__Append a;
-    Gistd__SessionInfoRequest in;
-    Gistd__TranscriptRequest t;
-    Gistd__Cancel cn;
-    Gistd__CloseSession cl;
+    Gistd__Generate g = GISTD__GENERATE__INIT;
+    Gistd__Append a = GISTD__APPEND__INIT;
+    Gistd__SessionInfoRequest in = GISTD__SESSION_INFO_REQUEST__INIT;
+    Gistd__TranscriptRequest t = GISTD__TRANSCRIPT_REQUEST__INIT;
+    Gistd__Cancel cn = GISTD__CANCEL__INIT;
+    Gistd__CloseSession cl = GISTD__CLOSE_SESSION__INIT;
+    g.session = a.session = in.session = t.session = cn.session = cl.session = GHOST;
+    g.max_tokens = 5;
+    a.text.data = (uint8_t *)"hello";
+    a.text.len = 5;
+    const Gistd__Request base = GISTD__REQUEST__INIT;
+    const Gistd__Request kinds[6] = {
+        {.base = base.base, .body_case = GISTD__REQUEST__BODY_GENERATE, .generate = &g},
+        {.base = base.base, .body_case = GISTD__REQUEST__BODY_APPEND, .append = &a},
+        {.base = base.base, .body_case = GISTD__REQUEST__BODY_INFO, .info = &in},
+        {.base = base.base, .body_case = GISTD__REQUEST__BODY_TRANSCRIPT, .transcript = &t},
+        {.base = base.base, .body_case = GISTD__REQUEST__BODY_CANCEL, .cancel = &cn},
+        {.base = base.base, .body_case = GISTD__REQUEST__BODY_CLOSE, .close = &cl},
+    };
     for (int i = 0; i < n; i++) {
-        ghost_request(first + (uint64_t)i, &r, &g, &a, &in, &t, &cn, &cl);
-        if (raw_request(raw, &r)) {
+        Gistd__Request r = kinds[(first + (uint64_t)i) % 6];
+        r.id = first + (uint64_t)i;
+        if (td_raw_request(raw, &r)) {
             check_fail_(__FILE__, __LINE__, "send of request %d failed", i);
             return;
         }
@@ -426,7 +337,7 @@ static void ghost_flood(void *raw, uint64_t first, int n)
     uint8_t *seen = calloc((size_t)n, 1);
     int bad = 0;
     for (int i = 0; seen && i < n; i++) {
-        Gistd__Reply *rep = raw_recv(raw);
+        Gistd__Reply *rep = td_raw_recv(raw);
         if (!rep) {
             check_fail_(__FILE__, __LINE__, "reply %d of %d did not come", i, n);
             break;
@@ -457,16 +368,13 @@ static void ghost_flood(void *raw, uint64_t first, int n)
  */
 static void test_unknown_session_flood(void)
 {
-    const char *model = td_tiny_model("tiny_ghost.gguf", "33");
     char ref[4096];
-    if (!model || td_reference(model, "A bird sat on the", "48", ref, sizeof ref)) {
-        CHECK(!"reference");
-        return;
-    }
+    const char *model =
+        td_tiny_reference("tiny_ghost.gguf", "33", "A bird sat on the", "48", ref, sizeof ref);
     td_daemon_t d;
-    if (td_start(&d, model, NULL))
+    gc_client_t *c = td_up(&d, model, NULL);
+    if (!c)
         return;
-    gc_client_t *c = td_connect(&d);
     err_info_t e;
     uint32_t kept, gen;
     gc_usage_t u;
@@ -477,7 +385,7 @@ static void test_unknown_session_flood(void)
     int32_t *before = td_transcript_ids(c, kept, &n0);
 
     void *ctx = zmq_ctx_new();
-    void *raw = raw_open(ctx, d.endpoint);
+    void *raw = td_raw_open(ctx, d.endpoint);
     gc_gen_opts_t o = {
         .session = gen, .max_tokens = 48, .prompt = "A bird sat on the", .sampling = &td_greedy};
     uint64_t req;

@@ -6,7 +6,6 @@
  * temporary file is left, the session serves on, and a restarted daemon restores the last
  * whole snapshot, going on exactly as a fresh session holding the same tokens.
  * SIGTERM and SIGKILL with restarts are in test_daemon_faults3.c. */
-#include <dirent.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -15,51 +14,20 @@
 
 /* ------------------------------------------------------------------ helpers */
 
-/* A file of the snapshot folder, as saved by the test. */
-typedef struct saved {
-    char path[512];
-    uint8_t *p;
-    size_t len;
-} saved_t;
-
-static void save(saved_t *s, const char *dir, uint32_t id, const char *suffix)
-{
-    snprintf(s->path, sizeof s->path, "%s/session-%u.gistd%s", dir, id, suffix);
-    s->p = (uint8_t *)td_slurp(s->path, &s->len);
-    CHECK_MSG(s->p != NULL, "%s is missing", s->path);
-}
-
-/* The file at path (may differ from where it was saved) still holds the saved bytes. */
-static bool unchanged(const saved_t *s, const char *path)
-{
-    size_t len;
-    uint8_t *p = (uint8_t *)td_slurp(path, &len);
-    const bool same = p && s->p && len == s->len && !memcmp(p, s->p, len);
-    free(p);
-    return same;
-}
-
-/* Files in dir whose name marks a temporary file of a snapshot (".tmp", ".next"). */
-static int temp_files(const char *dir)
-{
-    DIR *d = opendir(dir);
-    int n = 0;
-    struct dirent *de;
-    while (d && (de = readdir(d)))
-        if (strstr(de->d_name, ".tmp") || strstr(de->d_name, ".next")) {
-            fprintf(stderr, "# left in %s: %s\n", dir, de->d_name);
-            n++;
-        }
-    if (d)
-        closedir(d);
-    return n;
-}
-
-static void append(gc_client_t *c, uint32_t s, const char *text)
+/* Opens a session holding text and snapshots it (checked: one session snapshotted), and saves
+ * the snapshot's body (.gistd) and rows (.kv). The session's id. */
+static uint32_t open_snapshotted(gc_client_t *c, const char *dir, const char *text,
+                                 td_saved_t *body, td_saved_t *rows)
 {
     err_info_t e;
-    gc_usage_t u;
-    CHECK_OK(gc_append(c, s, text, 0, GC_ROLE_NONE, &u, &e));
+    uint32_t s = 0, n_done = 0;
+    CHECK_OK(gc_open(c, NULL, &s, &e));
+    td_append(c, s, text);
+    CHECK_OK(gc_snapshot(c, s, &n_done, &e));
+    CHECK_INT(n_done, ==, 1);
+    td_save(body, dir, s, "");
+    td_save(rows, dir, s, ".kv");
+    return s;
 }
 
 /* A snapshot of s that must fail with ERR_IO; its message must name every needle. */
@@ -94,22 +62,17 @@ static void test_snapshot_dir_replaced_by_file(void)
     snprintf(away, sizeof away, "%s.away", dir);
     const char *extra[] = {"--snapshot-dir", dir, NULL};
     td_daemon_t d;
-    if (!model || td_start(&d, model, extra))
+    gc_client_t *c = td_up(&d, model, extra);
+    if (!c)
         return;
-    gc_client_t *c = td_connect(&d);
     err_info_t e;
-    uint32_t s, n_done = 0;
-    CHECK_OK(gc_open(c, NULL, &s, &e));
-    append(c, s, "Once upon a time there was a dog.");
-    CHECK_OK(gc_snapshot(c, s, &n_done, &e));
-    CHECK_INT(n_done, ==, 1);
-    saved_t body, rows;
-    save(&body, dir, s, "");
-    save(&rows, dir, s, ".kv");
+    uint32_t n_done = 0;
+    td_saved_t body, rows;
+    const uint32_t s = open_snapshotted(c, dir, "Once upon a time there was a dog.", &body, &rows);
 
     CHECK(rename(dir, away) == 0);
     CHECK(td_spew(dir, "not a folder\n", 13) == 0);
-    append(c, s, " It ran to the park.");
+    td_append(c, s, " It ran to the park.");
     snapshot_fails(c, s, (const char *[]){dir, "Not a directory", "ENOTDIR", NULL});
     snapshot_fails(c, 0, (const char *[]){dir, "ENOTDIR", NULL}); /* every session */
 
@@ -124,10 +87,10 @@ static void test_snapshot_dir_replaced_by_file(void)
     /* the previous files are as they were, and nothing was left beside them */
     char p[700];
     snprintf(p, sizeof p, "%s/session-%u.gistd", away, s);
-    CHECK_MSG(unchanged(&body, p), "%s changed", p);
+    CHECK_MSG(td_unchanged(&body, p), "%s changed", p);
     snprintf(p, sizeof p, "%s/session-%u.gistd.kv", away, s);
-    CHECK_MSG(unchanged(&rows, p), "%s changed", p);
-    CHECK_INT(temp_files(away), ==, 0);
+    CHECK_MSG(td_unchanged(&rows, p), "%s changed", p);
+    CHECK_INT(td_temp_files(away), ==, 0);
     size_t flen;
     char *fb = td_slurp(dir, &flen);
     CHECK(fb && flen == 13 && !memcmp(fb, "not a folder\n", 13));
@@ -136,18 +99,16 @@ static void test_snapshot_dir_replaced_by_file(void)
     /* the folder comes back: a snapshot succeeds and holds the session as it is now */
     CHECK(unlink(dir) == 0 && rename(away, dir) == 0);
     CHECK_OK(gc_snapshot(c, s, &n_done, &e));
-    CHECK(!unchanged(&body, body.path));
-    CHECK_INT(temp_files(dir), ==, 0);
+    CHECK(!td_unchanged(&body, body.path));
+    CHECK_INT(td_temp_files(dir), ==, 0);
     CHECK_OK(gc_close(c, twin, &e));
     gc_disconnect(&c);
     td_stop(&d, SIGKILL); /* no shutdown snapshot: what comes back is the explicit one */
-    if (td_start(&d, model, extra))
-        goto done;
-    c = td_connect(&d);
-    td_expect_ids(c, s, ids, n, "restored after the folder came back");
-    gc_disconnect(&c);
-    CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
-done:
+    if ((c = td_up(&d, model, extra))) {
+        td_expect_ids(c, s, ids, n, "restored after the folder came back");
+        gc_disconnect(&c);
+        CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
+    }
     free(ids);
     free(body.p);
     free(rows.p);
@@ -172,35 +133,30 @@ static void test_snapshot_dir_read_only_mount(void)
     }
     const char *extra[] = {"--snapshot-dir", dir, NULL};
     td_daemon_t d;
-    if (td_start(&d, model, extra)) {
+    gc_client_t *c = td_up(&d, model, extra);
+    if (!c) {
         umount2(dir, MNT_DETACH);
         return;
     }
-    gc_client_t *c = td_connect(&d);
     err_info_t e;
-    uint32_t s;
-    CHECK_OK(gc_open(c, NULL, &s, &e));
-    append(c, s, "The little dog ran.");
-    CHECK_OK(gc_snapshot(c, s, NULL, &e));
-    saved_t body, rows;
-    save(&body, dir, s, "");
-    save(&rows, dir, s, ".kv");
+    td_saved_t body, rows;
+    const uint32_t s = open_snapshotted(c, dir, "The little dog ran.", &body, &rows);
     if (mount(NULL, dir, NULL, MS_REMOUNT | MS_RDONLY, NULL) < 0) {
         check_skip("cannot remount %s read-only: %s", dir, strerror(errno));
     } else {
-        append(c, s, " It was happy.");
+        td_append(c, s, " It was happy.");
         snapshot_fails(c, s, (const char *[]){dir, "Read-only file system", "EROFS", NULL});
         uint32_t n = 0;
         int32_t *ids = td_transcript_ids(c, s, &n);
         const uint32_t twin = td_twin_of(c, ids, n);
         td_same_continuation(c, s, twin, "after a read-only folder");
         free(ids);
-        CHECK(unchanged(&body, body.path));
-        CHECK(unchanged(&rows, rows.path));
+        CHECK(td_unchanged(&body, body.path));
+        CHECK(td_unchanged(&rows, rows.path));
         CHECK_INT(mount(NULL, dir, NULL, MS_REMOUNT, NULL), ==, 0);
         CHECK_OK(gc_snapshot(c, s, NULL, &e));
-        CHECK(!unchanged(&body, body.path));
-        CHECK_INT(temp_files(dir), ==, 0);
+        CHECK(!td_unchanged(&body, body.path));
+        CHECK_INT(td_temp_files(dir), ==, 0);
     }
     gc_disconnect(&c);
     CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
@@ -210,13 +166,6 @@ static void test_snapshot_dir_read_only_mount(void)
 }
 
 /* ------------------------------------------------------------------ a full disk */
-
-/* Tokens of a long turn (all inside the tiny vocabulary, none special). */
-static void long_turn(int32_t *ids, uint32_t n, uint32_t salt)
-{
-    for (uint32_t i = 0; i < n; i++)
-        ids[i] = (int32_t)(3 + (i * 7919u + salt * 104729u + 13u) % 380u);
-}
 
 /*
  * A full disk during a snapshot, made two ways: a file-size limit on the daemon (RLIMIT_FSIZE
@@ -239,24 +188,19 @@ static void full_disk(const char *model, const char *dir, long fsize, const char
         return;
     gc_client_t *c = td_connect(&d);
     err_info_t e;
-    uint32_t s;
-    CHECK_OK(gc_open(c, NULL, &s, &e));
-    append(c, s, "Once upon a time.");
-    CHECK_OK(gc_snapshot(c, s, NULL, &e));
+    td_saved_t body, rows;
+    const uint32_t s = open_snapshotted(c, dir, "Once upon a time.", &body, &rows);
     uint32_t n1 = 0;
     int32_t *ids1 = td_transcript_ids(c, s, &n1);
-    saved_t body, rows;
-    save(&body, dir, s, "");
-    save(&rows, dir, s, ".kv");
 
     static int32_t big[600];
-    long_turn(big, 600, 1);
+    td_long_turn(big, 600, 1);
     gc_usage_t u;
     CHECK_OK(gc_append_tokens(c, s, big, 600, &u, &e));
     snapshot_fails(c, s, (const char *[]){dir, reason, name, NULL});
-    CHECK_INT(temp_files(dir), ==, 0);
-    CHECK(unchanged(&body, body.path));
-    CHECK(unchanged(&rows, rows.path));
+    CHECK_INT(td_temp_files(dir), ==, 0);
+    CHECK(td_unchanged(&body, body.path));
+    CHECK(td_unchanged(&rows, rows.path));
     /* serving on */
     gc_gen_opts_t o = {.session = s, .max_tokens = 4, .sampling = &td_greedy};
     gc_result_t r = {0};
@@ -271,12 +215,11 @@ static void full_disk(const char *model, const char *dir, long fsize, const char
     CHECK_MSG(text && strstr(text, "snapshot of session") && strstr(text, name),
               "the failed shutdown snapshot is not logged: %s", text ? text : "(no log)");
     free(text);
-    CHECK(unchanged(&body, body.path));
-    CHECK(unchanged(&rows, rows.path));
-    CHECK_INT(temp_files(dir), ==, 0);
+    CHECK(td_unchanged(&body, body.path));
+    CHECK(td_unchanged(&rows, rows.path));
+    CHECK_INT(td_temp_files(dir), ==, 0);
 
-    if (td_start(&d, model, extra) == 0) {
-        c = td_connect(&d);
+    if ((c = td_up(&d, model, extra))) {
         td_expect_ids(c, s, ids1, n1, "restored after a full disk");
         const uint32_t twin = td_twin_of(c, ids1, n1);
         td_same_continuation(c, s, twin, "restored after a full disk");
@@ -335,34 +278,29 @@ static void test_snapshot_body_fails_after_rows(void)
     }
     const char *extra[] = {"--snapshot-dir", dir, NULL};
     td_daemon_t d;
-    if (td_start(&d, model, extra)) {
+    gc_client_t *c = td_up(&d, model, extra);
+    if (!c) {
         umount2(dir, MNT_DETACH);
         return;
     }
-    gc_client_t *c = td_connect(&d);
     err_info_t e;
-    uint32_t s, t;
-    CHECK_OK(gc_open(c, NULL, &s, &e));
-    append(c, s, "Once upon a time.");
-    CHECK_OK(gc_snapshot(c, s, NULL, &e));
+    td_saved_t body, rows;
+    const uint32_t s = open_snapshotted(c, dir, "Once upon a time.", &body, &rows);
     uint32_t n1 = 0;
     int32_t *ids1 = td_transcript_ids(c, s, &n1);
-    saved_t body, rows;
-    save(&body, dir, s, "");
-    save(&rows, dir, s, ".kv");
 
     /* the sizes the next snapshot of s will have, from a session with the same tokens */
     static int32_t big[600];
-    long_turn(big, 600, 3);
+    td_long_turn(big, 600, 3);
     gc_usage_t u;
     CHECK_OK(gc_append_tokens(c, s, big, 600, &u, &e));
     uint32_t n2 = 0;
     int32_t *ids2 = td_transcript_ids(c, s, &n2);
-    t = td_twin_of(c, ids2, n2);
+    const uint32_t t = td_twin_of(c, ids2, n2);
     CHECK_OK(gc_snapshot(c, t, NULL, &e));
-    saved_t tb, tr;
-    save(&tb, dir, t, "");
-    save(&tr, dir, t, ".kv");
+    td_saved_t tb, tr;
+    td_save(&tb, dir, t, "");
+    td_save(&tr, dir, t, ".kv");
     CHECK_OK(gc_close(c, t, &e)); /* removes its files */
     struct statvfs vs;
     CHECK(statvfs(dir, &vs) == 0 && vs.f_frsize == 4096);
@@ -375,13 +313,13 @@ static void test_snapshot_body_fails_after_rows(void)
     char tmp[600];
     snprintf(tmp, sizeof tmp, "session-%u.gistd.tmp", s);
     snapshot_fails(c, s, (const char *[]){dir, tmp, "ENOSPC", NULL});
-    CHECK_MSG(unchanged(&rows, rows.path), "%s was replaced by a snapshot that failed", rows.path);
-    CHECK(unchanged(&body, body.path));
-    CHECK_INT(temp_files(dir), ==, 0);
+    CHECK_MSG(td_unchanged(&rows, rows.path), "%s was replaced by a snapshot that failed",
+              rows.path);
+    CHECK(td_unchanged(&body, body.path));
+    CHECK_INT(td_temp_files(dir), ==, 0);
     gc_disconnect(&c);
     td_stop(&d, SIGKILL);
-    if (td_start(&d, model, extra) == 0) {
-        c = td_connect(&d);
+    if ((c = td_up(&d, model, extra))) {
         td_expect_ids(c, s, ids1, n1, "restored after a failed body");
         gc_session_info_t info;
         CHECK_OK(gc_session_info(c, s, &info, &e));

@@ -5,80 +5,9 @@
  * restores only whole snapshots, logging why it skipped each other file. Restored sessions
  * are checked token by token against their transcripts before the fault, and go on exactly
  * as fresh sessions holding the same tokens. */
-#include <dirent.h>
-#include <zmq.h>
-
-#include "proto/gistd.pb-c.h"
 #include "tests/test_daemon_util.h"
 
-/* ------------------------------------------------------------------ helpers */
-
-/* A file of the snapshot folder, as saved by the test. */
-typedef struct saved {
-    char path[512];
-    uint8_t *p;
-    size_t len;
-} saved_t;
-
-static void save(saved_t *s, const char *dir, uint32_t id, const char *suffix)
-{
-    snprintf(s->path, sizeof s->path, "%s/session-%u.gistd%s", dir, id, suffix);
-    s->p = (uint8_t *)td_slurp(s->path, &s->len);
-    CHECK_MSG(s->p != NULL, "%s is missing", s->path);
-}
-
-/* Files in dir whose name marks a temporary file of a snapshot (".tmp", ".next"). */
-static int temp_files(const char *dir)
-{
-    DIR *d = opendir(dir);
-    int n = 0;
-    struct dirent *de;
-    while (d && (de = readdir(d)))
-        if (strstr(de->d_name, ".tmp") || strstr(de->d_name, ".next")) {
-            fprintf(stderr, "# left in %s: %s\n", dir, de->d_name);
-            n++;
-        }
-    if (d)
-        closedir(d);
-    return n;
-}
-
-static void append(gc_client_t *c, uint32_t s, const char *text)
-{
-    err_info_t e;
-    gc_usage_t u;
-    CHECK_OK(gc_append(c, s, text, 0, GC_ROLE_NONE, &u, &e));
-}
-
-/* Tokens of a long turn (all inside the tiny vocabulary, none special). */
-static void long_turn(int32_t *ids, uint32_t n, uint32_t salt)
-{
-    for (uint32_t i = 0; i < n; i++)
-        ids[i] = (int32_t)(3 + (i * 7919u + salt * 104729u + 13u) % 380u);
-}
-
 /* ------------------------------------------------------------------ SIGTERM mid-prefill */
-
-static void *raw_open(void *ctx, const char *ep)
-{
-    void *s = zmq_socket(ctx, ZMQ_DEALER);
-    int zero = 0, tmo = 30000;
-    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
-    zmq_setsockopt(s, ZMQ_RCVTIMEO, &tmo, sizeof tmo);
-    zmq_setsockopt(s, ZMQ_SNDTIMEO, &tmo, sizeof tmo);
-    zmq_connect(s, ep);
-    return s;
-}
-
-static Gistd__Reply *raw_recv(void *s)
-{
-    static uint8_t buf[1 << 16];
-    int n = zmq_recv(s, buf, sizeof buf, 0);
-    if (n != 0)
-        return NULL;
-    n = zmq_recv(s, buf, sizeof buf, 0);
-    return n < 0 ? NULL : gistd__reply__unpack(NULL, (size_t)n, buf);
-}
 
 #define LONG_TURN 6000
 
@@ -99,13 +28,13 @@ static void test_sigterm_during_prefill(void)
     const char *slow[] = {"--snapshot-dir", dir, "--prefill-chunk", "1", NULL};
     const char *fast[] = {"--snapshot-dir", dir, NULL};
     td_daemon_t d;
-    if (!model || td_start(&d, model, slow))
+    gc_client_t *c = td_up(&d, model, slow);
+    if (!c)
         return;
-    gc_client_t *c = td_connect(&d);
     err_info_t e;
     uint32_t s;
     CHECK_OK(gc_open(c, NULL, &s, &e));
-    append(c, s, "Tom and Sue went to the park.");
+    td_append(c, s, "Tom and Sue went to the park.");
     uint32_t n1 = 0;
     int32_t *ids = td_transcript_ids(c, s, &n1);
     int32_t *all = malloc(sizeof(int32_t) * (n1 + LONG_TURN));
@@ -117,10 +46,10 @@ static void test_sigterm_during_prefill(void)
         return;
     }
     memcpy(all, ids, sizeof(int32_t) * n1);
-    long_turn(all + n1, LONG_TURN, 2);
+    td_long_turn(all + n1, LONG_TURN, 2);
 
     void *ctx = zmq_ctx_new();
-    void *raw = raw_open(ctx, d.endpoint);
+    void *raw = td_raw_open(ctx, d.endpoint);
     Gistd__Append ap = GISTD__APPEND__INIT;
     ap.session = s;
     ap.n_tokens = LONG_TURN;
@@ -129,11 +58,7 @@ static void test_sigterm_during_prefill(void)
     r.id = 77;
     r.body_case = GISTD__REQUEST__BODY_APPEND;
     r.append = &ap;
-    const size_t len = gistd__request__get_packed_size(&r);
-    uint8_t *buf = malloc(len);
-    gistd__request__pack(&r, buf);
-    CHECK(zmq_send(raw, "", 0, ZMQ_SNDMORE) == 0 && zmq_send(raw, buf, len, 0) == (int)len);
-    free(buf);
+    CHECK(td_raw_request(raw, &r) == 0);
 
     /* the prefill is under way: some of the turn stored, most of it pending */
     gc_session_info_t info = {0};
@@ -149,7 +74,7 @@ static void test_sigterm_during_prefill(void)
     CHECK_MSG(under_way, "no prefill under way: %u tokens, %u pending", info.tokens, info.pending);
     gc_disconnect(&c);
     kill(d.pid, SIGTERM);
-    Gistd__Reply *rep = raw_recv(raw);
+    Gistd__Reply *rep = td_raw_recv(raw);
     CHECK(rep && rep->final && rep->id == 77 && rep->body_case == GISTD__REPLY__BODY_ERROR);
     if (rep && rep->body_case == GISTD__REPLY__BODY_ERROR) {
         CHECK_INT(rep->error->code, ==, err_wire(ERR_CANCELLED));
@@ -162,10 +87,9 @@ static void test_sigterm_during_prefill(void)
     zmq_close(raw);
     zmq_ctx_term(ctx);
     CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
-    CHECK_INT(temp_files(dir), ==, 0);
+    CHECK_INT(td_temp_files(dir), ==, 0);
 
-    if (td_start(&d, model, fast) == 0) {
-        c = td_connect(&d);
+    if ((c = td_up(&d, model, fast))) {
         CHECK_OK(gc_session_info(c, s, &info, &e));
         CHECK_INT(info.tokens, ==, n1 + LONG_TURN);
         CHECK_MSG(info.pending > 0 && info.pending < LONG_TURN, "%u of %u pending", info.pending,
@@ -208,36 +132,33 @@ static bool log_has(const char *log, const char *a, const char *b)
 static void test_sigkill_then_restart(void)
 {
     const char *model = td_tiny_model("tiny_kill9.gguf", "47");
-    const char *dir = td_mkdir("snap_kill9");
-    char log[600];
-    snprintf(log, sizeof log, "%s/kill9.log", check_tmpdir());
+    const char *dir = td_mkdir("snap_kill9"), *log = td_tmp_path("kill9.log");
     const char *extra[] = {"--snapshot-dir", dir, NULL};
     td_daemon_t d;
-    if (!model || td_start(&d, model, extra))
+    gc_client_t *c = td_up(&d, model, extra);
+    if (!c)
         return;
-    gc_client_t *c = td_connect(&d);
     err_info_t e;
     uint32_t a, b, cs;
     CHECK_OK(gc_open(c, NULL, &a, &e));
     CHECK_OK(gc_open(c, NULL, &b, &e));
-    append(c, a, "Alpha one.");
-    append(c, b, "Bravo one.");
+    td_append(c, a, "Alpha one.");
+    td_append(c, b, "Bravo one.");
     uint32_t nb = 0, na = 0;
     int32_t *ta = NULL, *tb = td_transcript_ids(c, b, &nb);
     gc_disconnect(&c);
     CHECK_INT(td_stop(&d, SIGTERM), ==, 0); /* the clean shutdown snapshots A and B */
 
-    if (td_start(&d, model, extra))
+    if (!(c = td_up(&d, model, extra)))
         goto done;
-    c = td_connect(&d);
     td_expect_ids(c, b, tb, nb, "after a clean shutdown");
-    append(c, a, " Alpha two.");
+    td_append(c, a, " Alpha two.");
     CHECK_OK(gc_snapshot(c, a, NULL, &e));
     ta = td_transcript_ids(c, a, &na);
-    append(c, a, " Alpha three."); /* after A's last snapshot: lost */
-    append(c, b, " Bravo two.");   /* after B's last snapshot: lost */
+    td_append(c, a, " Alpha three."); /* after A's last snapshot: lost */
+    td_append(c, b, " Bravo two.");   /* after B's last snapshot: lost */
     CHECK_OK(gc_open(c, NULL, &cs, &e));
-    append(c, cs, "Charlie."); /* never snapshotted: lost */
+    td_append(c, cs, "Charlie."); /* never snapshotted: lost */
     gc_disconnect(&c);
     CHECK_INT(td_stop(&d, SIGKILL), ==, -1);
 
@@ -249,8 +170,8 @@ static void test_sigkill_then_restart(void)
     CHECK(td_spew(p, "partial", 7) == 0);
     snprintf(p, sizeof p, "%s/session-92.gistd.kv.next", dir);
     CHECK(td_spew(p, "partial", 7) == 0);
-    saved_t body;
-    save(&body, dir, a, "");
+    td_saved_t body;
+    td_save(&body, dir, a, "");
     if (body.p) {
         snprintf(q, sizeof q, "%s/session-93.gistd", dir);
         CHECK(td_spew(q, body.p, body.len / 2) == 0); /* cut short */
@@ -258,8 +179,8 @@ static void test_sigkill_then_restart(void)
         snprintf(q, sizeof q, "%s/session-94.gistd", dir);
         CHECK(td_spew(q, body.p, body.len) == 0); /* one byte changed */
     }
-    saved_t brows;
-    save(&brows, dir, b, ".kv");
+    td_saved_t brows;
+    td_save(&brows, dir, b, ".kv");
     if (brows.p)
         CHECK(td_spew(brows.path, brows.p, brows.len / 2) == 0);
 
@@ -282,7 +203,7 @@ static void test_sigkill_then_restart(void)
         gc_disconnect(&c);
         CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
     }
-    CHECK_INT(temp_files(dir), ==, 0);
+    CHECK_INT(td_temp_files(dir), ==, 0);
     size_t ll = 0;
     char *text = td_slurp(log, &ll);
     const char *t = text;
@@ -315,24 +236,22 @@ done:
 static void test_crash_between_renames(void)
 {
     const char *model = td_tiny_model("tiny_renames.gguf", "48");
-    const char *dir = td_mkdir("snap_renames");
-    char log[600];
-    snprintf(log, sizeof log, "%s/renames.log", check_tmpdir());
+    const char *dir = td_mkdir("snap_renames"), *log = td_tmp_path("renames.log");
     const char *extra[] = {"--snapshot-dir", dir, NULL};
     td_daemon_t d;
-    if (!model || td_start(&d, model, extra))
+    gc_client_t *c = td_up(&d, model, extra);
+    if (!c)
         return;
-    gc_client_t *c = td_connect(&d);
     err_info_t e;
     uint32_t a, n = 0;
     gc_open_opts_t oo = {.policy = "pool"};
     CHECK_OK(gc_open(c, &oo, &a, &e));
-    append(c, a,
-           "One fish. Two fish. Red fish. Blue fish. Old fish. New fish. This one has a "
-           "little star. This one has a little car.");
+    td_append(c, a,
+              "One fish. Two fish. Red fish. Blue fish. Old fish. New fish. This one has a "
+              "little star. This one has a little car.");
     CHECK_OK(gc_snapshot(c, a, NULL, &e));
-    saved_t first;
-    save(&first, dir, a, "");
+    td_saved_t first;
+    td_save(&first, dir, a, "");
     int32_t *ta = td_transcript_ids(c, a, &n);
     gc_session_info_t before, after;
     CHECK_OK(gc_session_info(c, a, &before, &e));
