@@ -4,48 +4,12 @@
  * limit, sessions per client, and oversized requests. */
 #include <sys/stat.h>
 #include <time.h>
-#include <zmq.h>
 
-#include "proto/gistd.pb-c.h"
 #include "tests/test_daemon_util.h"
 
 typedef struct key {
     char pub[GC_KEY_LEN], sec[GC_KEY_LEN];
 } key_t_;
-
-/* Runs argv with stdout and stderr both into out; its exit status (-1: not a normal exit). */
-static int run_all(char *const argv[], char *out, size_t cap)
-{
-    int fd[2];
-    if (pipe(fd) < 0)
-        return -1;
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        dup2(fd[1], 1);
-        dup2(fd[1], 2);
-        close(fd[0]);
-        close(fd[1]);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    close(fd[1]);
-    size_t n = 0;
-    for (;;) {
-        ssize_t r = read(fd[0], out + n, cap - 1 - n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0 || (n += (size_t)r) + 1 >= cap)
-            break;
-    }
-    out[n] = 0;
-    close(fd[0]);
-    int st;
-    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-        ;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 /* gistd --keygen DIR/name, read back. */
 static int make_key(const char *name, key_t_ *k)
@@ -53,7 +17,7 @@ static int make_key(const char *name, key_t_ *k)
     char prefix[512], path[600], out[1024];
     snprintf(prefix, sizeof prefix, "%s/%s", check_tmpdir(), name);
     char *argv[] = {(char *)td_bin("gistd"), "--keygen", prefix, NULL};
-    if (run_all(argv, out, sizeof out) != 0) {
+    if (td_run_all(argv, out, sizeof out) != 0) {
         check_fail_(__FILE__, __LINE__, "gistd --keygen %s: %s", prefix, out);
         return -1;
     }
@@ -65,15 +29,6 @@ static int make_key(const char *name, key_t_ *k)
     if (gc_key_read(path, k->sec, &e))
         check_fail_(__FILE__, __LINE__, "%s", err_msg(&e));
     return check_failed() ? -1 : 0;
-}
-
-static const char *tmp_path(const char *name)
-{
-    static char buf[4][512];
-    static int k;
-    char *p = buf[k++ % 4];
-    snprintf(p, sizeof buf[0], "%s/%s", check_tmpdir(), name);
-    return p;
 }
 
 static void write_text(const char *path, const char *text)
@@ -108,8 +63,8 @@ static int keys_ready(void)
     snprintf(text, sizeof text,
              "# clients of the test daemon\n\n%s\n%s   # b, with a comment\n%s admin\n", K_a.pub,
              K_b.pub, K_admin.pub);
-    snprintf(ALLOW, sizeof ALLOW, "%s", tmp_path("allow.txt"));
-    snprintf(SRV_KEY, sizeof SRV_KEY, "%s", tmp_path("srv.key"));
+    snprintf(ALLOW, sizeof ALLOW, "%s", td_tmp_path("allow.txt"));
+    snprintf(SRV_KEY, sizeof SRV_KEY, "%s", td_tmp_path("srv.key"));
     write_text(ALLOW, text);
     state = 1;
     return 0;
@@ -163,7 +118,7 @@ static void test_keygen(void)
     if (keys_ready())
         return;
     struct stat st;
-    CHECK_INT(stat(tmp_path("a.key"), &st), ==, 0);
+    CHECK_INT(stat(td_tmp_path("a.key"), &st), ==, 0);
     CHECK_INT(st.st_mode & 0777, ==, 0600);
     CHECK(strcmp(K_a.pub, K_b.pub) != 0);
     /* the public key is the secret key's */
@@ -174,7 +129,7 @@ static void test_keygen(void)
     char out[1024], prefix[512];
     snprintf(prefix, sizeof prefix, "%s/a", check_tmpdir());
     char *argv[] = {(char *)td_bin("gistd"), "--keygen", prefix, NULL};
-    CHECK(run_all(argv, out, sizeof out) != 0);
+    CHECK(td_run_all(argv, out, sizeof out) != 0);
     CHECK_MSG(strstr(out, "never overwritten"), "%s", out);
 }
 
@@ -240,7 +195,7 @@ static void test_startup_refusals(void)
     /* a listen beyond loopback without keys: refused before serving, saying what to give */
     char *plain[] = {(char *)td_bin("gistd"), "--model", (char *)model, "--listen",
                      "tcp://0.0.0.0:0",       NULL};
-    CHECK_INT(run_all(plain, out, sizeof out), ==, 2);
+    CHECK_INT(td_run_all(plain, out, sizeof out), ==, 2);
     CHECK_MSG(strstr(out, "--curve-secret") && strstr(out, "--allow-keys") &&
                   strstr(out, "--insecure") && strstr(out, "tcp://0.0.0.0:0"),
               "%s", out);
@@ -248,23 +203,23 @@ static void test_startup_refusals(void)
     /* only one of the two files */
     char *half[] = {(char *)td_bin("gistd"), "--model", (char *)model,
                     "--curve-secret",        SRV_KEY,   NULL};
-    CHECK_INT(run_all(half, out, sizeof out), ==, 2);
+    CHECK_INT(td_run_all(half, out, sizeof out), ==, 2);
     CHECK_MSG(strstr(out, "go together"), "%s", out);
     /* a malformed allow list names its file and line */
-    const char *bad = tmp_path("allow_bad.txt");
+    const char *bad = td_tmp_path("allow_bad.txt");
     char text[512];
     snprintf(text, sizeof text, "# ok\n%s admin\n%s root\n", K_a.pub, K_b.pub);
     write_text(bad, text);
     char *badl[] = {
         (char *)td_bin("gistd"), "--model", (char *)model,  "--listen",  "tcp://127.0.0.1:*",
         "--curve-secret",        SRV_KEY,   "--allow-keys", (char *)bad, NULL};
-    CHECK(run_all(badl, out, sizeof out) != 0);
+    CHECK(td_run_all(badl, out, sizeof out) != 0);
     char want[600];
     snprintf(want, sizeof want, "%s:3:", bad);
     CHECK_MSG(strstr(out, want), "\"%s\" lacks \"%s\"", out, want);
     snprintf(text, sizeof text, "%.39s\n", K_a.pub); /* a key one character short */
     write_text(bad, text);
-    CHECK(run_all(badl, out, sizeof out) != 0);
+    CHECK(td_run_all(badl, out, sizeof out) != 0);
     snprintf(want, sizeof want, "%s:1:", bad);
     CHECK_MSG(strstr(out, want), "\"%s\" lacks \"%s\"", out, want);
 
@@ -303,7 +258,7 @@ static void test_ownership(void)
         CHECK(!"reference");
         return;
     }
-    const char *snapdir = tmp_path("snaps_own");
+    const char *snapdir = td_tmp_path("snaps_own");
     mkdir(snapdir, 0700);
     td_daemon_t d;
     const char *extra[] = {"--snapshot-dir", snapdir, NULL};
@@ -421,13 +376,6 @@ out:
 
 /* ------------------------------------------------------------------ limits */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void test_rate_limit(void)
 {
     const char *model = td_tiny_model("tiny_auth.gguf", "31");
@@ -468,9 +416,9 @@ static void test_rate_limit(void)
     CHECK_INT(st.rate_refusals, >=, 1);
     gc_stats_free(&st);
     /* a token comes back every 1/rate seconds: poll at that pace until one is there */
-    const double t0 = now_s();
+    const double t0 = td_now();
     int rc = ERR_RATE;
-    while (rc == ERR_RATE && now_s() - t0 < 10.0) {
+    while (rc == ERR_RATE && td_now() - t0 < 10.0) {
         struct timespec ts = {0, (long)(1e9 / rate)};
         nanosleep(&ts, NULL);
         rc = gc_stats(a, false, &st, &e);
@@ -478,7 +426,7 @@ static void test_rate_limit(void)
             gc_stats_free(&st);
     }
     CHECK_OK(rc);
-    CHECK_MSG(now_s() - t0 < 5.0, "the bucket took %.1f s to give a token back", now_s() - t0);
+    CHECK_MSG(td_now() - t0 < 5.0, "the bucket took %.1f s to give a token back", td_now() - t0);
 out:
     gc_disconnect(&a);
     gc_disconnect(&b);
@@ -548,12 +496,7 @@ static void send_append(void *s, uint64_t id, size_t text_len)
     r.id = id;
     r.body_case = GISTD__REQUEST__BODY_APPEND;
     r.append = &ap;
-    size_t n = gistd__request__get_packed_size(&r);
-    uint8_t *buf = malloc(n);
-    gistd__request__pack(&r, buf);
-    zmq_send(s, "", 0, ZMQ_SNDMORE);
-    zmq_send(s, buf, n, 0);
-    free(buf);
+    td_raw_request(s, &r);
     free(big);
 }
 
@@ -627,12 +570,12 @@ static void test_reload_allow_list(void)
     const char *model = td_tiny_model("tiny_auth.gguf", "31");
     if (!model || keys_ready())
         return;
-    const char *list = tmp_path("allow_reload.txt");
+    const char *list = td_tmp_path("allow_reload.txt");
     char text[256];
     snprintf(text, sizeof text, "%s\n", K_a.pub);
     write_text(list, text);
     const char *args[] = {"--curve-secret", SRV_KEY, "--allow-keys", list, NULL};
-    const td_opts_t opts = {.log_path = tmp_path("reload.log")};
+    const td_opts_t opts = {.log_path = td_tmp_path("reload.log")};
     td_daemon_t d;
     if (td_start_with(&d, model, args, &opts))
         return;
