@@ -32,14 +32,14 @@ static void eight_sessions(const char *model, const char *n_tokens)
             return;
         }
     td_daemon_t d;
-    if (td_start(&d, model, NULL))
+    gc_client_t *c = td_up(&d, model, NULL);
+    if (!c)
         return;
-    gc_client_t *c = td_connect(&d);
     err_info_t e;
     uint32_t sid[8];
     uint64_t req[8];
     tally_t tally[8] = {0};
-    for (int i = 0; c && i < 8; i++) {
+    for (int i = 0; i < 8; i++) {
         CHECK_OK(gc_open(c, NULL, &sid[i], &e));
         gc_gen_opts_t o = {.session = sid[i],
                            .max_tokens = (uint32_t)atoi(n_tokens),
@@ -48,7 +48,7 @@ static void eight_sessions(const char *model, const char *n_tokens)
         gc_callbacks_t cb = {.ctx = &tally[i], .on_token = count_token};
         CHECK_OK(gc_generate_start(c, &o, &cb, &req[i], &e));
     }
-    for (int i = 0; c && i < 8; i++) {
+    for (int i = 0; i < 8; i++) {
         gc_result_t res = {0};
         CHECK_OK(gc_wait(c, req[i], &res, &e));
         CHECK_MSG(res.text && !strcmp(res.text, ref[i]),
@@ -58,15 +58,13 @@ static void eight_sessions(const char *model, const char *n_tokens)
         CHECK_INT(res.usage.generated_tokens, >=, res.n_tokens);
         gc_result_free(&res);
     }
-    if (c) {
-        /* they ran together: many items per forward pass, far fewer steps than tokens */
-        gc_stats_t st;
-        CHECK_OK(gc_stats(c, false, &st, &e));
-        CHECK_MSG(st.avg_batch > 4.0, "avg batch %.2f over %llu steps", st.avg_batch,
-                  (unsigned long long)st.steps);
-        CHECK_INT(st.sessions, ==, 8);
-        gc_stats_free(&st);
-    }
+    /* they ran together: many items per forward pass, far fewer steps than tokens */
+    gc_stats_t st;
+    CHECK_OK(gc_stats(c, false, &st, &e));
+    CHECK_MSG(st.avg_batch > 4.0, "avg batch %.2f over %llu steps", st.avg_batch,
+              (unsigned long long)st.steps);
+    CHECK_INT(st.sessions, ==, 8);
+    gc_stats_free(&st);
     gc_disconnect(&c);
     CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
 }
@@ -92,16 +90,13 @@ static void test_eight_sessions_stories(void)
  * generates in a row continue the same text as one generate of the sum. */
 static void test_append_then_generate(void)
 {
-    const char *model = td_tiny_model("tiny_append.gguf", "12");
     char ref[4096];
-    if (!model || td_reference(model, "Once upon a time", "20", ref, sizeof ref)) {
-        CHECK(!"reference");
-        return;
-    }
+    const char *model =
+        td_tiny_reference("tiny_append.gguf", "12", "Once upon a time", "20", ref, sizeof ref);
     td_daemon_t d;
-    if (td_start(&d, model, NULL))
+    gc_client_t *c = td_up(&d, model, NULL);
+    if (!c)
         return;
-    gc_client_t *c = td_connect(&d);
     err_info_t e;
     uint32_t s;
     gc_usage_t u;
@@ -163,9 +158,9 @@ static void test_score_matches_logits(void)
         fclose(f);
 
     td_daemon_t d;
-    if (td_start(&d, model, NULL))
+    gc_client_t *c = td_up(&d, model, NULL);
+    if (!c)
         return;
-    gc_client_t *c = td_connect(&d);
     err_info_t e;
     uint32_t s;
     gc_open_opts_t oo = {.no_bos = true};
@@ -208,13 +203,11 @@ static void test_score_matches_logits(void)
 static void test_prefill_does_not_starve(void)
 {
     const char *model = td_tiny_model("tiny_fair.gguf", "14");
-    if (!model)
-        return;
     const char *extra[] = {"--prefill-chunk", "16", NULL};
     td_daemon_t d;
-    if (td_start(&d, model, extra))
+    gc_client_t *c = td_up(&d, model, extra);
+    if (!c)
         return;
-    gc_client_t *c = td_connect(&d);
     err_info_t e;
     uint32_t a, b;
     CHECK_OK(gc_open(c, NULL, &a, &e));

@@ -3,8 +3,6 @@
  * everything stored, compaction events add up to the bytes freed, lowering a budget below
  * use is refused (policy `full`) and raising it lets work go on; a session snapshotted at
  * SIGTERM continues after a restart exactly as it would have without one. */
-#include <sys/stat.h>
-
 #include "tests/test_daemon_util.h"
 
 /* ------------------------------------------------------------------ budgets */
@@ -57,12 +55,15 @@ static void test_budget_never_crossed(void)
      * 60 KiB holds one block per lane (64 tokens), and 150 KiB do not hold four sessions */
     const char *extra[] = {"--kv-budget", "150K", "--session-budget", "60K", NULL};
     td_daemon_t d;
-    if (!model || td_start(&d, model, extra))
+    gc_client_t *c = td_up(&d, model, extra);
+    if (!c)
         return;
-    gc_client_t *c = td_connect(&d);
     watch_t w = {.stats = td_connect(&d), .budget = 150 * 1024, .session_budget = 60 * 1024};
-    if (!c || !w.stats)
+    if (!w.stats) {
+        gc_disconnect(&c);
+        td_stop(&d, SIGKILL);
         return;
+    }
     err_info_t e;
     uint32_t sid[4];
     uint64_t req[4];
@@ -151,30 +152,15 @@ static void test_budget_never_crossed(void)
 
 /* ------------------------------------------------------------------ snapshots */
 
-static int gen(gc_client_t *c, uint32_t s, uint32_t n, const char *prompt, char *out, size_t cap)
-{
-    gc_gen_opts_t o = {.session = s, .max_tokens = n, .prompt = prompt, .sampling = &td_greedy};
-    gc_result_t res = {0};
-    err_info_t e;
-    int rc = gc_generate(c, &o, NULL, &res, &e);
-    if (rc)
-        check_fail_(__FILE__, __LINE__, "generate: %s", err_msg(&e));
-    snprintf(out, cap, "%s", res.text ? res.text : "");
-    gc_result_free(&res);
-    return rc;
-}
-
 static void test_snapshot_restart(void)
 {
     const char *model = td_tiny_model("tiny_snap.gguf", "32");
-    char dir[600];
-    snprintf(dir, sizeof dir, "%s/snaps", check_tmpdir());
-    mkdir(dir, 0700);
+    const char *dir = td_mkdir("snaps");
     const char *extra[] = {"--snapshot-dir", dir, NULL};
     td_daemon_t d;
-    if (!model || td_start(&d, model, extra))
+    gc_client_t *c = td_up(&d, model, extra);
+    if (!c)
         return;
-    gc_client_t *c = td_connect(&d);
     err_info_t e;
     uint32_t s1, s2;
     char a1[4096], a2[4096], ref[4096], before[8192];
@@ -182,10 +168,10 @@ static void test_snapshot_restart(void)
     CHECK_OK(gc_open(c, &oo, &s1, &e));
     CHECK_OK(gc_open(c, &oo, &s2, &e));
     /* two sessions with the same history; the second one goes on without a restart */
-    gen(c, s1, 10, "Once upon a time", a1, sizeof a1);
-    gen(c, s2, 10, "Once upon a time", a2, sizeof a2);
+    td_gen_text(c, s1, 10, "Once upon a time", a1, sizeof a1);
+    td_gen_text(c, s2, 10, "Once upon a time", a2, sizeof a2);
     CHECK_STR(a1, a2);
-    gen(c, s2, 12, NULL, ref, sizeof ref);
+    td_gen_text(c, s2, 12, NULL, ref, sizeof ref);
     char *text = NULL;
     CHECK_OK(gc_transcript(c, s1, 0, 0, &text, NULL, NULL, NULL, NULL, &e));
     snprintf(before, sizeof before, "%s", text ? text : "");
@@ -197,9 +183,8 @@ static void test_snapshot_restart(void)
     CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
 
     /* a new daemon on the same folder has both sessions back */
-    if (td_start(&d, model, extra))
+    if (!(c = td_up(&d, model, extra)))
         return;
-    c = td_connect(&d);
     gc_session_info_t *list = NULL;
     uint32_t n = 0;
     CHECK_OK(gc_sessions(c, &list, &n, &e));
@@ -216,7 +201,7 @@ static void test_snapshot_restart(void)
     CHECK_MSG(text && !strcmp(text, before), "restored \"%s\" vs \"%s\"", text, before);
     free(text);
     char cont[4096];
-    gen(c, s1, 12, NULL, cont, sizeof cont);
+    td_gen_text(c, s1, 12, NULL, cont, sizeof cont);
     CHECK_MSG(!strcmp(cont, ref), "after restart \"%s\" vs without \"%s\"", cont, ref);
 
     /* closing forgets the snapshot; a corrupt one is refused and changes nothing */
@@ -248,7 +233,7 @@ static void test_snapshot_restart(void)
     CHECK_MSG(was && now && !strcmp(was, now), "\"%s\" vs \"%s\"", was, now);
     free(was);
     free(now);
-    gen(c, s1, 4, NULL, cont, sizeof cont);
+    td_gen_text(c, s1, 4, NULL, cont, sizeof cont);
     CHECK_OK(gc_close(c, s1, &e));
     /* with one byte changed it is refused */
     snap[len / 2] ^= 0x10;

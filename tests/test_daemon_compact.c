@@ -3,8 +3,6 @@
  * freed is its session's bytes before minus after, the events add up to the daemon's count,
  * no figure ever shows a limit crossed, the cold transcript keeps every token, a lowered
  * budget compacts down at once, and an explicit compaction is streamed to whoever asked. */
-#include <sys/stat.h>
-
 #include "tests/test_daemon_util.h"
 
 typedef struct watch {
@@ -62,12 +60,15 @@ static void under_budget(const char *model, const char *policy, const char *sess
     const char *extra[] = {"--block-rows", "16", "--session-budget", session_budget, "--kv-budget",
                            global,         NULL};
     td_daemon_t d;
-    if (td_start(&d, model, extra))
+    gc_client_t *c = td_up(&d, model, extra);
+    if (!c)
         return;
-    gc_client_t *c = td_connect(&d);
     watch_t w = {.stats = td_connect(&d), .budget = gb, .session_budget = sb};
-    if (!c || !w.stats)
+    if (!w.stats) {
+        gc_disconnect(&c);
+        td_stop(&d, SIGKILL);
         return;
+    }
     err_info_t e;
     uint32_t sid[3];
     uint64_t req[3];
@@ -153,9 +154,9 @@ static void test_lower_budget_and_compact(void)
     const char *model = td_tiny_model("tiny_lower.gguf", "63");
     const char *extra[] = {"--block-rows", "16", NULL};
     td_daemon_t d;
-    if (!model || td_start(&d, model, extra))
+    gc_client_t *c = td_up(&d, model, extra);
+    if (!c)
         return;
-    gc_client_t *c = td_connect(&d);
     err_info_t e;
     uint32_t s;
     gc_open_opts_t oo = {.policy = "pool"};
@@ -195,50 +196,36 @@ static void test_lower_budget_and_compact(void)
     CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
 }
 
-static void gen_text(gc_client_t *c, uint32_t s, uint32_t n, const char *prompt, char *out,
-                     size_t cap)
-{
-    gc_gen_opts_t o = {.session = s, .max_tokens = n, .prompt = prompt, .sampling = &td_greedy};
-    gc_result_t res = {0};
-    err_info_t e;
-    CHECK_MSG(gc_generate(c, &o, NULL, &res, &e) == 0, "generate: %s", e.msg);
-    snprintf(out, cap, "%s", res.text ? res.text : "");
-    gc_result_free(&res);
-}
-
 /* A compacted session (pooled gists, evictions) snapshotted at SIGTERM goes on after a restart
  * exactly as its twin goes on without one: rows, metadata and the policy's state return. */
 static void test_snapshot_compacted(void)
 {
     const char *model = td_tiny_model("tiny_snapc.gguf", "64");
-    char dir[600];
-    snprintf(dir, sizeof dir, "%s/snapc", check_tmpdir());
-    mkdir(dir, 0700);
+    const char *dir = td_mkdir("snapc");
     const char *extra[] = {
         "--block-rows", "16", "--session-budget", "48K", "--snapshot-dir", dir, NULL};
     td_daemon_t d;
-    if (!model || td_start(&d, model, extra))
+    gc_client_t *c = td_up(&d, model, extra);
+    if (!c)
         return;
-    gc_client_t *c = td_connect(&d);
     err_info_t e;
     uint32_t s1, s2;
     gc_open_opts_t oo = {.policy = "pool"};
     CHECK_OK(gc_open(c, &oo, &s1, &e));
     CHECK_OK(gc_open(c, &oo, &s2, &e));
     static char a1[16384], a2[16384], ref[4096], cont[4096];
-    gen_text(c, s1, 300, "Once upon a time", a1, sizeof a1);
-    gen_text(c, s2, 300, "Once upon a time", a2, sizeof a2);
+    td_gen_text(c, s1, 300, "Once upon a time", a1, sizeof a1);
+    td_gen_text(c, s2, 300, "Once upon a time", a2, sizeof a2);
     CHECK(!strcmp(a1, a2));
     gc_session_info_t i1;
     CHECK_OK(gc_session_info(c, s1, &i1, &e));
     CHECK(i1.compactions > 0);
-    gen_text(c, s2, 40, NULL, ref, sizeof ref);
+    td_gen_text(c, s2, 40, NULL, ref, sizeof ref);
     gc_disconnect(&c);
     CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
 
-    if (td_start(&d, model, extra))
+    if (!(c = td_up(&d, model, extra)))
         return;
-    c = td_connect(&d);
     gc_session_info_t r1;
     CHECK_OK(gc_session_info(c, s1, &r1, &e));
     CHECK_INT(r1.tokens, ==, i1.tokens);
@@ -246,7 +233,7 @@ static void test_snapshot_compacted(void)
     CHECK_INT(r1.bytes, ==, i1.bytes);
     CHECK_INT(r1.pending, ==, 1);
     CHECK_STR(r1.policy, "pool");
-    gen_text(c, s1, 40, NULL, cont, sizeof cont);
+    td_gen_text(c, s1, 40, NULL, cont, sizeof cont);
     CHECK_MSG(!strcmp(cont, ref), "after restart \"%s\" vs without \"%s\"", cont, ref);
     gc_disconnect(&c);
     CHECK_INT(td_stop(&d, SIGTERM), ==, 0);

@@ -465,6 +465,22 @@ static inline void td_append(gc_client_t *c, uint32_t s, const char *text)
         check_fail_(__FILE__, __LINE__, "append to session %u: %s", s, err_msg(&e));
 }
 
+/* Generates n greedy tokens on session s (after prompt; NULL: none) and copies their text into
+ * out (empty when it fails, which is a failed check). 0 or the error code. */
+static inline int td_gen_text(gc_client_t *c, uint32_t s, uint32_t n, const char *prompt, char *out,
+                              size_t cap)
+{
+    gc_gen_opts_t o = {.session = s, .max_tokens = n, .prompt = prompt, .sampling = &td_greedy};
+    gc_result_t res = {0};
+    err_info_t e;
+    int rc = gc_generate(c, &o, NULL, &res, &e);
+    if (rc)
+        check_fail_(__FILE__, __LINE__, "generate on session %u: %s", s, err_msg(&e));
+    snprintf(out, cap, "%s", res.text ? res.text : "");
+    gc_result_free(&res);
+    return rc;
+}
+
 /* Tokens of a long turn (all inside the tiny vocabulary, none special); salt varies them. */
 static inline void td_long_turn(int32_t *ids, uint32_t n, uint32_t salt)
 {
