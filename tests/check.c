@@ -96,3 +96,25 @@ const char *check_tmpdir(void)
     }
     return tmpdir;
 }
+
+char *check_slurp(const char *path, size_t *len)
+{
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *p = malloc(n > 0 ? (size_t)n + 1 : 1);
+    if (p && n > 0 && fread(p, 1, (size_t)n, f) != (size_t)n) {
+        free(p);
+        p = NULL;
+    }
+    fclose(f);
+    if (!p)
+        return NULL;
+    *len = n > 0 ? (size_t)n : 0;
+    p[*len] = 0;
+    return p;
+}

@@ -31,50 +31,54 @@ const char *check_tmpdir(void);
 /* The repository root (env GISTD_ROOT, default "."). */
 const char *check_root(void);
 
+/* A file's bytes, malloc'd with one NUL past *len so text can be searched; NULL (and *len 0)
+ * when it cannot be read. */
+char *check_slurp(const char *path, size_t *len);
+
 #define RUN(fn) check_run(#fn, fn)
 
-#define CHECK(cond)                                            \
-    do {                                                       \
-        if (!(cond))                                           \
-            check_fail_(__FILE__, __LINE__, "CHECK(%s)", #cond); \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            check_fail_(__FILE__, __LINE__, "CHECK(%s)", #cond);                                   \
     } while (0)
 
-#define CHECK_MSG(cond, ...)                           \
-    do {                                               \
-        if (!(cond))                                   \
-            check_fail_(__FILE__, __LINE__, __VA_ARGS__); \
+#define CHECK_MSG(cond, ...)                                                                       \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            check_fail_(__FILE__, __LINE__, __VA_ARGS__);                                          \
     } while (0)
 
-#define CHECK_INT(a, op, b)                                                              \
-    do {                                                                                 \
-        long long ca_ = (long long)(a), cb_ = (long long)(b);                            \
-        if (!(ca_ op cb_))                                                               \
-            check_fail_(__FILE__, __LINE__, "CHECK_INT(%s %s %s): %lld vs %lld", #a, #op, #b, \
-                        ca_, cb_);                                                       \
+#define CHECK_INT(a, op, b)                                                                        \
+    do {                                                                                           \
+        long long ca_ = (long long)(a), cb_ = (long long)(b);                                      \
+        if (!(ca_ op cb_))                                                                         \
+            check_fail_(__FILE__, __LINE__, "CHECK_INT(%s %s %s): %lld vs %lld", #a, #op, #b, ca_, \
+                        cb_);                                                                      \
     } while (0)
 
-#define CHECK_NEAR(a, b, tol)                                                             \
-    do {                                                                                  \
-        double ca_ = (double)(a), cb_ = (double)(b), ct_ = (double)(tol);                 \
-        if (!(ca_ - cb_ <= ct_ && cb_ - ca_ <= ct_))                                      \
-            check_fail_(__FILE__, __LINE__, "CHECK_NEAR(%s, %s, %s): %.9g vs %.9g", #a, #b, \
-                        #tol, ca_, cb_);                                                  \
+#define CHECK_NEAR(a, b, tol)                                                                      \
+    do {                                                                                           \
+        double ca_ = (double)(a), cb_ = (double)(b), ct_ = (double)(tol);                          \
+        if (!(ca_ - cb_ <= ct_ && cb_ - ca_ <= ct_))                                               \
+            check_fail_(__FILE__, __LINE__, "CHECK_NEAR(%s, %s, %s): %.9g vs %.9g", #a, #b, #tol,  \
+                        ca_, cb_);                                                                 \
     } while (0)
 
-#define CHECK_STR(a, b)                                                                  \
-    do {                                                                                 \
-        const char *ca_ = (a), *cb_ = (b);                                               \
-        if (!ca_ || !cb_ || strcmp(ca_, cb_) != 0)                                       \
-            check_fail_(__FILE__, __LINE__, "CHECK_STR(%s, %s): \"%s\" vs \"%s\"", #a, #b, \
-                        ca_ ? ca_ : "(null)", cb_ ? cb_ : "(null)");                     \
+#define CHECK_STR(a, b)                                                                            \
+    do {                                                                                           \
+        const char *ca_ = (a), *cb_ = (b);                                                         \
+        if (!ca_ || !cb_ || strcmp(ca_, cb_) != 0)                                                 \
+            check_fail_(__FILE__, __LINE__, "CHECK_STR(%s, %s): \"%s\" vs \"%s\"", #a, #b,         \
+                        ca_ ? ca_ : "(null)", cb_ ? cb_ : "(null)");                               \
     } while (0)
 
 /* Checks an int result is 0; on failure prints the code (and an err_info_t msg if given). */
-#define CHECK_OK(rc)                                                                     \
-    do {                                                                                 \
-        int cr_ = (rc);                                                                  \
-        if (cr_ != 0)                                                                    \
-            check_fail_(__FILE__, __LINE__, "CHECK_OK(%s): returned %d", #rc, cr_);      \
+#define CHECK_OK(rc)                                                                               \
+    do {                                                                                           \
+        int cr_ = (rc);                                                                            \
+        if (cr_ != 0)                                                                              \
+            check_fail_(__FILE__, __LINE__, "CHECK_OK(%s): returned %d", #rc, cr_);                \
     } while (0)
 
 #endif

@@ -606,7 +606,7 @@ static void test_reload_allow_list(void)
     bool logged = false; /* the reload has been tried once the daemon says so */
     for (const double end = td_now() + 20; !logged && td_now() < end;) {
         size_t n_log = 0;
-        char *log = td_slurp(opts.log_path, &n_log);
+        char *log = check_slurp(opts.log_path, &n_log);
         logged = log && strstr(log, "not a CURVE public key") && strstr(log, "previous list stays");
         free(log);
     }

@@ -92,7 +92,7 @@ static void test_snapshot_dir_replaced_by_file(void)
     CHECK_MSG(td_unchanged(&rows, p), "%s changed", p);
     CHECK_INT(td_temp_files(away), ==, 0);
     size_t flen;
-    char *fb = td_slurp(dir, &flen);
+    char *fb = check_slurp(dir, &flen);
     CHECK(fb && flen == 13 && !memcmp(fb, "not a folder\n", 13));
     free(fb);
 
@@ -211,7 +211,7 @@ static void full_disk(const char *model, const char *dir, long fsize, const char
     /* the shutdown snapshot fails the same way (logged); the daemon still exits cleanly */
     CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
     size_t ll;
-    char *text = td_slurp(log, &ll);
+    char *text = check_slurp(log, &ll);
     CHECK_MSG(text && strstr(text, "snapshot of session") && strstr(text, name),
               "the failed shutdown snapshot is not logged: %s", text ? text : "(no log)");
     free(text);

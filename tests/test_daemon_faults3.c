@@ -205,7 +205,7 @@ static void test_sigkill_then_restart(void)
     }
     CHECK_INT(td_temp_files(dir), ==, 0);
     size_t ll = 0;
-    char *text = td_slurp(log, &ll);
+    char *text = check_slurp(log, &ll);
     const char *t = text;
     CHECK_MSG(t && log_has(text, "session-90.gistd.tmp", "removed") &&
                   log_has(text, "session-91.gistd.kv.tmp", "removed") &&
@@ -280,7 +280,7 @@ static void test_crash_between_renames(void)
         CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
     }
     size_t ll = 0;
-    char *text = td_slurp(log, &ll), kvname[64];
+    char *text = check_slurp(log, &ll), kvname[64];
     snprintf(kvname, sizeof kvname, "session-%u.gistd.kv", a);
     CHECK_MSG(text && log_has(text, kvname, "not the one") && log_has(text, kvname, "prefilled"),
               "the mismatched .kv not logged:\n%s", text ? text : "");

@@ -349,27 +349,7 @@ static inline double td_now(void)
 
 /* ---- sessions and files, for tests that snapshot and restore ---- */
 
-/* A file's bytes (malloc'd, one NUL past *len so text can be searched), or NULL. */
-static inline char *td_slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *p = malloc(n > 0 ? (size_t)n + 1 : 1);
-    if (p && n > 0 && fread(p, 1, (size_t)n, f) != (size_t)n) {
-        free(p);
-        p = NULL;
-    }
-    fclose(f);
-    *len = n > 0 ? (size_t)n : 0;
-    if (p)
-        p[*len] = 0;
-    return p;
-}
-
+/* Writes len bytes of p to path (replacing it); 0 or -1. Its reader is check_slurp. */
 static inline int td_spew(const char *path, const void *p, size_t len)
 {
     FILE *f = fopen(path, "wb");
@@ -500,7 +480,7 @@ typedef struct td_saved {
 static inline void td_save(td_saved_t *s, const char *dir, uint32_t id, const char *suffix)
 {
     snprintf(s->path, sizeof s->path, "%s/session-%u.gistd%s", dir, id, suffix);
-    s->p = (uint8_t *)td_slurp(s->path, &s->len);
+    s->p = (uint8_t *)check_slurp(s->path, &s->len);
     if (!s->p)
         check_fail_(__FILE__, __LINE__, "%s is missing", s->path);
 }
@@ -509,7 +489,7 @@ static inline void td_save(td_saved_t *s, const char *dir, uint32_t id, const ch
 static inline bool td_unchanged(const td_saved_t *s, const char *path)
 {
     size_t len;
-    uint8_t *p = (uint8_t *)td_slurp(path, &len);
+    uint8_t *p = (uint8_t *)check_slurp(path, &len);
     const bool same = p && s->p && len == s->len && !memcmp(p, s->p, len);
     free(p);
     return same;

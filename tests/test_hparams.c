@@ -279,23 +279,6 @@ static void test_tiny_types(void)
     gguf_close(&ref);
 }
 
-static uint8_t *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    *len = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc(*len);
-    if (b && fread(b, 1, *len, f) != *len) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    return b;
-}
-
 static void test_tiny_deterministic(void)
 {
     mdl_tiny_cfg_t cfg;
@@ -307,7 +290,7 @@ static void test_tiny_deterministic(void)
     CHECK_OK(mdl_tiny_write(p1, &cfg, &e));
     CHECK_OK(mdl_tiny_write(p2, &cfg, &e));
     size_t l1 = 0, l2 = 0;
-    uint8_t *b1 = slurp(p1, &l1), *b2 = slurp(p2, &l2);
+    uint8_t *b1 = (uint8_t *)check_slurp(p1, &l1), *b2 = (uint8_t *)check_slurp(p2, &l2);
     CHECK(b1 && b2 && l1 == l2 && memcmp(b1, b2, l1) == 0);
     free(b1);
     free(b2);

@@ -18,20 +18,6 @@ static char *path_in_tmp(const char *name)
     return p;
 }
 
-static uint8_t *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc(sz > 0 ? (size_t)sz : 1);
-    *n = fread(b, 1, (size_t)sz, f);
-    fclose(f);
-    return b;
-}
-
 static void spit(const char *path, const uint8_t *b, size_t n)
 {
     FILE *f = fopen(path, "wb");
@@ -176,11 +162,11 @@ static void test_atomic_write(void)
     spit(p, (const uint8_t *)"old contents", 12);
     CHECK_OK(kv_snapshot_write(st, sid, p, NULL));
     size_t n1;
-    uint8_t *b1 = slurp(p, &n1);
+    uint8_t *b1 = (uint8_t *)check_slurp(p, &n1);
     CHECK_OK(kvt_append(st, sid, 5, 0, 1, NULL));
     CHECK_OK(kv_snapshot_write(st, sid, p, NULL));
     size_t n2;
-    uint8_t *b2 = slurp(p, &n2);
+    uint8_t *b2 = (uint8_t *)check_slurp(p, &n2);
     CHECK(n2 > n1);
     CHECK(memcmp(b1, "GISTKVSN", 8) == 0);
     DIR *d = opendir(check_tmpdir());
@@ -225,7 +211,7 @@ static void test_truncated_everywhere(void)
     const char *p = path_in_tmp("small.kvs");
     CHECK_OK(kv_snapshot_write(st, sid, p, NULL));
     size_t n;
-    uint8_t *b = slurp(p, &n);
+    uint8_t *b = (uint8_t *)check_slurp(p, &n);
     CHECK(n > 200);
     for (size_t k = 0; k < n && !check_failed(); k++) {
         char what[64];
@@ -244,7 +230,7 @@ static void test_flipped_bytes(void)
     const char *p = path_in_tmp("flip.kvs");
     CHECK_OK(kv_snapshot_write(st, sid, p, NULL));
     size_t n;
-    uint8_t *b = slurp(p, &n);
+    uint8_t *b = (uint8_t *)check_slurp(p, &n);
     for (size_t k = 0; k < n && !check_failed(); k++) {
         char what[64];
         snprintf(what, sizeof what, "byte %zu of %zu flipped", k, n);
@@ -273,7 +259,7 @@ static void test_wrong_header_and_contents(void)
     const char *p = path_in_tmp("hdr.kvs");
     CHECK_OK(kv_snapshot_write(st, sid, p, NULL));
     size_t n;
-    uint8_t *b = slurp(p, &n), *c = malloc(n);
+    uint8_t *b = (uint8_t *)check_slurp(p, &n), *c = malloc(n);
 
     memcpy(c, b, n);
     c[0] = 'X';

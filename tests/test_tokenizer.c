@@ -18,27 +18,6 @@
 
 /* ---- helpers ---- */
 
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) {
-        buf[n] = '\0';
-        *len = (size_t)n;
-    }
-    return buf;
-}
-
 /* A tokenizer over a shared vocabulary (and its gguf_t), or NULL after a skip. */
 static tok_t *open_vocab(const char *rel, gguf_t **g)
 {
@@ -106,8 +85,8 @@ static void run_vectors(const char *vocab)
     if (!t)
         return;
     size_t inp_len = 0, out_len = 0;
-    char *inp = check_shared(inp_rel) ? read_file(check_shared(inp_rel), &inp_len) : NULL;
-    char *out = check_shared(out_rel) ? read_file(check_shared(out_rel), &out_len) : NULL;
+    char *inp = check_shared(inp_rel) ? check_slurp(check_shared(inp_rel), &inp_len) : NULL;
+    char *out = check_shared(out_rel) ? check_slurp(check_shared(out_rel), &out_len) : NULL;
     CHECK(inp && out);
     if (!inp || !out)
         goto done;
@@ -206,7 +185,7 @@ static void corpus_round_trip(const char *vocab)
             continue;
         }
         size_t len;
-        char *text = read_file(path, &len);
+        char *text = check_slurp(path, &len);
         CHECK(text != NULL);
         if (!text)
             continue;
@@ -236,7 +215,7 @@ static void test_spm_words_equal_whole_text(void)
         return;
     const char *path = check_shared("corpus/jargon.txt");
     size_t len = 0;
-    char *text = path ? read_file(path, &len) : NULL;
+    char *text = path ? check_slurp(path, &len) : NULL;
     CHECK(text != NULL);
     size_t cut = len < (64u << 10) ? len : (64u << 10);
     while (cut > 0 && text[cut - 1] != '\n')
