@@ -280,6 +280,7 @@ static inline int td_stop(td_daemon_t *d, int sig)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* A client of the daemon (30 s to connect), or NULL after a failed check. */
 static inline gc_client_t *td_connect(const td_daemon_t *d)
 {
     gc_client_t *c = NULL;
@@ -290,16 +291,14 @@ static inline gc_client_t *td_connect(const td_daemon_t *d)
     return c;
 }
 
-/* td_start, then td_connect: the connected client, or NULL (after a failed check where
- * something failed; the daemon is then not left running). model NULL (a fixture that failed
- * its own check) gives NULL at once. */
+/* td_start, then td_connect: the connected client, or NULL after a failed check (the daemon is
+ * then not left running). A NULL model (a fixture whose own check failed) gives NULL at once. */
 static inline gc_client_t *td_up(td_daemon_t *d, const char *model, const char *const *extra)
 {
     if (!model)
         return NULL;
     if (td_start(d, model, extra)) {
-        if (!check_failed())
-            check_fail_(__FILE__, __LINE__, "gistd could not be started");
+        check_fail_(__FILE__, __LINE__, "gistd %s could not be started", model);
         return NULL;
     }
     gc_client_t *c = td_connect(d);
