@@ -37,8 +37,6 @@ _Static_assert(DMN_CRED_LEN >= KEY_Z85_LEN + 1, "a credential holds a z85 key");
 
 /* ------------------------------------------------------------------ keys */
 
-/* ------------------------------------------------------------------ keys */
-
 /* Writes text to path, created with mode (refusing to replace a file that exists). */
 static int write_new(const char *path, const char *text, mode_t mode, err_info_t *e)
 {
