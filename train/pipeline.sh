@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole recipe, stage after stage: tokenizer, base model, gist tokens, retention gates,
-# export, evaluation and model card. Every stage resumes from its checkpoint, so running
-# this again after an interruption carries on where it stopped (a stage that wrote its
-# result.json is done and skipped). Stage budgets are minutes
+# export, evaluation, the KV-budget figures (bench/quality.py) and the model card. Every
+# stage resumes from its checkpoint, so running this again after an interruption carries
+# on where it stopped (a stage that wrote its result.json is done and skipped). Stage budgets are minutes
 # of training and, optionally, absolute end times (HH:MM UTC):
 #
 #   BASE_MIN=110 BASE_END=22:38 GIST_END=22:58 GATES_END=23:08 train/pipeline.sh
@@ -10,6 +10,9 @@
 # Long stages run under `nice -n 10`. Outputs: train/runs/ (checkpoints, logs, figures),
 # models/$NAME.gguf and models/README.md.
 set -euo pipefail
+# Bash reads a script as it runs it: the braces make it read all of this one first, so the
+# file can be edited while a long stage runs.
+{
 cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
 RUNS=train/runs
@@ -44,4 +47,15 @@ $PY train/export.py --ckpt $RUNS/gates/ckpt.pt --tok $TOK --out models/$NAME.ggu
 $RUN train/evaluate.py --corpus "$CORPUS" --tok $TOK --base $RUNS/base/ckpt.pt \
     --final $RUNS/gates/ckpt.pt --windows "${EVAL_WINDOWS:-24}" --out $RUNS/eval.json \
     --gguf models/$NAME.gguf
-$PY train/make_card.py --runs $RUNS --model models/$NAME.gguf --out models/README.md
+# what the model's budgets cost: every policy at 100/50/25/12.5% of the full cache
+make -s -j2 build/bin/gist-model
+$PY bench/quality.py --models models/$NAME.gguf --out $RUNS/quality
+# the command as it was run, for the card
+CMD=""
+for v in BASE_MIN BASE_END GIST_MIN GIST_FROZEN_MIN GIST_END GATES_MIN GATES_END EVAL_WINDOWS; do
+    [ -n "${!v:-}" ] && CMD="$CMD$v=${!v} "
+done
+$PY train/make_card.py --runs $RUNS --model models/$NAME.gguf --out models/README.md \
+    --command "${CMD}train/pipeline.sh" --quality $RUNS/quality/quality.csv
+exit
+}
