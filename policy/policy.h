@@ -11,9 +11,10 @@
  *   pool    progressive: pooled sentence gists, then gists of gists, then eviction
  *   gist    learned sentence-anchored gists as each sentence closes (needs gist tokens),
  *           then gists of gists, then eviction
- *   auto    the progressive schedule with whatever the model supports (the default):
- *           learned gists if the model has gist tokens, else pooled ones; merges; eviction
- *           by TRIM-KV scores if it has gates, else by accumulated attention
+ *   auto    the progressive schedule (the default): pooled sentence gists as the budget
+ *           requires, merges, then eviction by TRIM-KV scores if the model has gates, else by
+ *           accumulated attention (learned gists only on request, as `gist`: they change
+ *           what every later token sees from the first sentence on)
  * New policies are presets of the same engine (policy/policy.c), so they slot in without
  * touching the kvstore or the model.
  *
