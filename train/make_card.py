@@ -52,14 +52,19 @@ def quality_section(path, name):
     text = (f"the first {int(cut.group(2)):,} characters of `{cut.group(1)}`" if cut
             else f"`{full['text']}`")
     out = (f"\n## What gists and gates cost and keep (`bench/quality.sh`)\n\n"
-           f"Held out: {text}, {int(full['tokens']):,} tokens scored in windows of "
+           f"Held out: {text}, {int(full['tokens']):,} tokens scored\nin windows of "
            f"{full['ctx']} tokens; full cache: perplexity **{float(full['ppl']):.2f}**, "
-           f"{int(full['full_kv_bytes']):,} bytes per window. Budgets are each session's hard "
-           f"limit as a share of the full cache; cells: perplexity (change against the full "
-           f"cache).\n\n| policy | " + " | ".join(f"{b}%" for b in budgets) + " |\n|---|"
+           f"{int(full['full_kv_bytes']):,} bytes per window.\nBudgets are each session's "
+           f"hard limit as a share of the full cache; cells: perplexity\n(change against the "
+           f"full cache).\n\n| policy | " + " | ".join(f"{b}%" for b in budgets) + " |\n|---|"
            + "---|" * len(budgets) + "\n")
     for p in pols:
         out += f"| {p} | " + " | ".join(fmt(cell.get((p, b)), "ppl") for b in budgets) + " |\n"
+    out += ("\n`gist` runs the learned gist tokens: every closed sentence is seen through its "
+            "gists only,\nwhatever the budget (the sentence mask). `auto`, the default, pools "
+            "the oldest sentences\ninto gists as the budget requires, merges old gists and "
+            "evicts by the gates' retention\nscores (TRIM-KV). A cell shows the error the "
+            "policy gave when it could not run.\n")
     out += ("\nRows kept per token seen (end of each window):\n\n| policy | "
             + " | ".join(f"{b}%" for b in budgets) + " |\n|---|" + "---|" * len(budgets) + "\n")
     for p in pols:
