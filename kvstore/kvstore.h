@@ -176,6 +176,9 @@ size_t kv_block_bytes(const kv_store_t *st, uint32_t type);
 uint32_t kv_block_rows(const kv_store_t *st);
 /* The configuration the store was made with (limits as at creation). */
 const kv_store_config_t *kv_store_config(const kv_store_t *st);
+/* Each session's even share of the global limit now in force (the soft watermark when set,
+ * else the hard limit), or 0 when there is no global limit or no session. */
+size_t kv_store_share(const kv_store_t *st);
 uint32_t kv_lane_count(const kv_store_t *st);
 uint32_t kv_head_dim(const kv_store_t *st);
 

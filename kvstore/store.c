@@ -243,6 +243,12 @@ uint32_t kv_block_rows(const kv_store_t *st)
     return st->B;
 }
 
+size_t kv_store_share(const kv_store_t *st)
+{
+    const size_t limit = st->soft ? st->soft : st->hard;
+    return limit && st->n_sess ? limit / st->n_sess : 0;
+}
+
 const kv_store_config_t *kv_store_config(const kv_store_t *st)
 {
     return &st->cfg;

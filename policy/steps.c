@@ -545,6 +545,14 @@ static uint32_t effective_recent(pol_t *p)
     size_t limit = s.soft_limit ? s.soft_limit : s.hard_limit;
     if (!limit)
         return p->recent;
+    /* Session limits may add up to more than the global one: the window is then sized from
+     * half the session's even share of the global limit, or the sessions' pins alone could
+     * fill the store and leave its pressure nothing to free. Half: shares shrink as sessions
+     * open, and the rest of a share holds sinks, gists and blocks being filled (sized from
+     * the whole share, about 1 request in 3,000 of tests/test_daemon_load.c was refused). */
+    const size_t share = kv_store_share(p->st);
+    if (share && share / 2 < limit)
+        limit = share / 2;
     const size_t B = kv_block_rows(p->st), nl = kv_lane_count(p->st);
     size_t blk = kv_block_bytes(p->st, kv_store_config(p->st)->hot_type);
     size_t acc = p->acc ? B * sizeof(float) : 0;
