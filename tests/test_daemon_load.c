@@ -16,30 +16,6 @@
 #define SESSION_BUDGET     (128 * 1024)
 #define OVERHEAD_ALLOWANCE (8L * 1024 * 1024)
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define RSS_CHECKED 0
-#else
-#define RSS_CHECKED 1
-#endif
-
-/* VmHWM or VmRSS of pid, in bytes (-1: unreadable). */
-static long vm_bytes(pid_t pid, const char *field)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long v = -1;
-    const size_t fl = strlen(field);
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, field, fl) && line[fl] == ':') {
-            v = strtol(line + fl + 1, NULL, 10);
-            break;
-        }
-    if (f)
-        fclose(f);
-    return v < 0 ? -1 : v * 1024;
-}
-
 /* The integer after "key=" in bench_load's summary line (-1 when absent). */
 static long long summary_int(const char *out, const char *key)
 {
@@ -63,7 +39,7 @@ static void test_load_short(void)
     err_info_t e;
     gc_stats_t st0, st1;
     CHECK_OK(gc_stats(c, false, &st0, &e));
-    const long idle = vm_bytes(d.pid, "VmRSS");
+    const long idle = td_vm_bytes(d.pid, "VmRSS");
     CHECK(idle > 0);
 
     char pid[32], budget[32], clients[16], requests[16];
@@ -110,9 +86,9 @@ static void test_load_short(void)
     CHECK(st1.tokens_generated > 0);
 
     /* peak memory: idle + every session at its budget at once + the allowance */
-    const long hwm = vm_bytes(d.pid, "VmHWM");
+    const long hwm = td_vm_bytes(d.pid, "VmHWM");
     const long bound = idle + (long)CLIENTS * SESSION_BUDGET + OVERHEAD_ALLOWANCE;
-    CHECK_MSG(hwm > 0 && (hwm <= bound || !RSS_CHECKED),
+    CHECK_MSG(hwm > 0 && (hwm <= bound || !TD_RSS_CHECKED),
               "VmHWM %ld KiB over the bound %ld KiB (idle %ld KiB)", hwm / 1024, bound / 1024,
               idle / 1024);
     fprintf(stderr, "# idle %ld KiB, VmHWM %ld KiB after the load, bound %ld KiB\n", idle / 1024,

@@ -26,30 +26,6 @@
 #define IDLE_ALLOWANCE (16L * 1024 * 1024)
 #define ALLOWANCE      (8L * 1024 * 1024)
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define RSS_CHECKED 0
-#else
-#define RSS_CHECKED 1
-#endif
-
-/* VmHWM or VmRSS of pid, in bytes (-1: unreadable). */
-static long vm_bytes(pid_t pid, const char *field)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long v = -1;
-    const size_t fl = strlen(field);
-    while (f && fgets(line, sizeof line, f))
-        if (!strncmp(line, field, fl) && line[fl] == ':') {
-            v = strtol(line + fl + 1, NULL, 10);
-            break;
-        }
-    if (f)
-        fclose(f);
-    return v < 0 ? -1 : v * 1024;
-}
-
 typedef struct watch {
     gc_client_t *stats; /* a second connection, polled from the first one's callbacks */
     pid_t pid;
@@ -62,7 +38,7 @@ typedef struct watch {
 
 static void sample(watch_t *w)
 {
-    const long rss = vm_bytes(w->pid, "VmRSS");
+    const long rss = td_vm_bytes(w->pid, "VmRSS");
     if (rss < 0) {
         w->rss_fail++;
         return;
@@ -149,10 +125,10 @@ static void test_pressure(void)
     gc_gen_opts_t g0 = {.session = s0, .max_tokens = 8, .prompt = "Hello.", .sampling = &td_greedy};
     CHECK_OK(gc_generate(c, &g0, NULL, NULL, &e));
     CHECK_OK(gc_close(c, s0, &e));
-    const long idle = vm_bytes(d.pid, "VmRSS");
+    const long idle = td_vm_bytes(d.pid, "VmRSS");
     struct stat ms;
     CHECK(stat(model, &ms) == 0 && idle > 0);
-    CHECK_MSG(idle <= ms.st_size + IDLE_ALLOWANCE || !RSS_CHECKED,
+    CHECK_MSG(idle <= ms.st_size + IDLE_ALLOWANCE || !TD_RSS_CHECKED,
               "idle VmRSS %ld KiB, model %lld KiB", idle / 1024, (long long)ms.st_size / 1024);
     CHECK_OK(gc_stats(c, false, &st, &e));
     const uint64_t per_token = st.kv_bytes_per_token, errors0 = st.errors;
@@ -224,12 +200,12 @@ static void test_pressure(void)
     gc_stats_free(&st);
 
     /* memory: every sample and the high-water mark within the bound */
-    const long bound = idle + BUDGET + ALLOWANCE, hwm = vm_bytes(d.pid, "VmHWM");
+    const long bound = idle + BUDGET + ALLOWANCE, hwm = td_vm_bytes(d.pid, "VmHWM");
     CHECK_INT(w.rss_fail, ==, 0);
     CHECK(w.rss_samples > 100);
-    CHECK_MSG(w.rss_max <= bound || !RSS_CHECKED, "VmRSS %ld KiB over the bound %ld KiB",
+    CHECK_MSG(w.rss_max <= bound || !TD_RSS_CHECKED, "VmRSS %ld KiB over the bound %ld KiB",
               w.rss_max / 1024, bound / 1024);
-    CHECK_MSG(hwm <= bound || !RSS_CHECKED, "VmHWM %ld KiB over the bound %ld KiB", hwm / 1024,
+    CHECK_MSG(hwm <= bound || !TD_RSS_CHECKED, "VmHWM %ld KiB over the bound %ld KiB", hwm / 1024,
               bound / 1024);
     fprintf(stderr,
             "# idle %ld KiB; %u RSS samples, at most %ld KiB; VmHWM %ld KiB; bound %ld KiB; "
