@@ -125,11 +125,9 @@ static void test_window_tiny(void)
 
 static void test_pool_stories(void)
 {
-    const char *model = check_shared("models/stories260K-f32.gguf");
-    if (!model) {
-        check_skip("models/stories260K-f32.gguf not found under the shared folder");
+    const char *model = check_shared_or_skip("models/stories260K-f32.gguf");
+    if (!model)
         return;
-    }
     under_budget(model, "pool", "300K", 300 * 1024, "1M", 1 << 20, 400, "pooled/");
 }
 
