@@ -42,9 +42,11 @@ static inline const char *td_bin(const char *name)
 }
 
 /* Runs argv, waits, and returns its exit status (-1 if it did not exit normally). Its stdout
- * goes to out (NUL-terminated, at most cap - 1 bytes; the rest is read and dropped) when out is
- * given, and its stderr there too when with_stderr is set, else nowhere. */
-static inline int td_run_(char *const argv[], char *out, size_t cap, bool with_stderr)
+ * goes to out (NUL-terminated, at most cap - 1 bytes; the rest is read and dropped; their count
+ * into *len when len is given) when out is given, and its stderr there too when with_stderr is
+ * set, else nowhere. */
+static inline int td_run_(char *const argv[], char *out, size_t cap, bool with_stderr,
+                          size_t *len)
 {
     int fd[2];
     if (pipe(fd) < 0)
@@ -81,6 +83,8 @@ static inline int td_run_(char *const argv[], char *out, size_t cap, bool with_s
     }
     if (out)
         out[n] = 0;
+    if (len)
+        *len = n;
     close(fd[0]);
     int st;
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
@@ -91,14 +95,20 @@ static inline int td_run_(char *const argv[], char *out, size_t cap, bool with_s
 /* Runs argv; its stdout into out (when given), its stderr nowhere. See td_run_. */
 static inline int td_run(char *const argv[], char *out, size_t cap)
 {
-    return td_run_(argv, out, cap, false);
+    return td_run_(argv, out, cap, false, NULL);
+}
+
+/* td_run for output that may hold NUL bytes: their count into *len. */
+static inline int td_run_bytes(char *const argv[], char *out, size_t cap, size_t *len)
+{
+    return td_run_(argv, out, cap, false, len);
 }
 
 /* Runs argv with its stdout and stderr both into out, for a test of what a program says when
  * it refuses. See td_run_. */
 static inline int td_run_all(char *const argv[], char *out, size_t cap)
 {
-    return td_run_(argv, out, cap, true);
+    return td_run_(argv, out, cap, true, NULL);
 }
 
 /* The path of name under the test's folder, in a static buffer that stays valid for the next
