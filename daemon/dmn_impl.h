@@ -29,6 +29,7 @@
 #include "model/llama.h"
 #include "model/sampler.h"
 #include "policy/policy.h"
+#include "runtime/runtime.h"
 #include "proto/gistd.pb-c.h"
 
 #define DMN_VERSION      "gistd 0.1"
@@ -190,7 +191,6 @@ struct dmn {
     kv_store_t *store;
     uint32_t n_lane;
     pol_model_t pm;     /* what policies know of the model */
-    float *freq_div;    /* [n_rot/2] RoPE divisors for pooled rows, or NULL */
     pol_text_t *pieces; /* scratch: token texts for the policies */
     uint32_t cap_pieces;
     char *piece_text;

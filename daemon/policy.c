@@ -178,25 +178,6 @@ int dmn_policy_commit(dmn_t *d, dmn_session_t *s, const int32_t *tok, uint32_t n
 
 int dmn_policy_model(dmn_t *d, err_info_t *e)
 {
-    const mdl_hparams_t *hp = d->hp;
-    d->pm.n_gist = hp->n_gist;
-    d->pm.gist_first = hp->gist_first;
-    d->pm.gist_sinks = hp->gist_sinks;
-    d->pm.has_gates = mdl_has_retention(d->model);
-    kv_rope_t rope = {.n_rot = hp->n_rot, .base = hp->rope_freq_base};
-    const gguf_tensor_t *t = gguf_tensor_find(mdl_gguf(d->model), "rope_freqs.weight");
-    if (t && t->type == GGML_TYPE_F32 && t->n_elems == hp->n_rot / 2) {
-        d->freq_div = malloc(t->nbytes);
-        if (!d->freq_div)
-            return err_set(e, ERR_NOMEM, "out of memory");
-        memcpy(d->freq_div, t->data, t->nbytes);
-        rope.freq_div = d->freq_div;
-    } else if (t || hp->rope_scaling.type == MDL_ROPE_SCALING_LLAMA3 ||
-               hp->rope_scaling.type == MDL_ROPE_SCALING_YARN) {
-        rope.n_rot = 0; /* a rotation pooled rows cannot redo: pooling policies are refused */
-    }
-    if (hp->rope_scaling.type == MDL_ROPE_SCALING_LINEAR)
-        rope.scale = hp->rope_scaling.factor;
-    d->pm.rope = rope;
+    rt_policy_model(d->model, &d->pm);
     return 0;
 }

@@ -373,7 +373,6 @@ void dmn_destroy(dmn_t **p)
     free(b->newacc);
     free(b->logits);
     free(d->out);
-    free(d->freq_div);
     free(d->pieces);
     free(d->piece_text);
     free(d->model_path);

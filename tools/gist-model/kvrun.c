@@ -24,7 +24,6 @@ struct kvr {
     uint32_t sid;
     pol_t *pol;
     pol_model_t pm;
-    float *freq_div; /* [n_rot/2] for pooled rows, or NULL */
     uint32_t nl, nkv, hd;
     size_t row_bytes[DT_Q8_0 + 1];
 
@@ -287,27 +286,6 @@ static int open_session(kvr_t *r, err_info_t *e)
     return 0;
 }
 
-static int rope_of(kvr_t *r, err_info_t *e)
-{
-    const mdl_hparams_t *hp = r->hp;
-    kv_rope_t rope = {.n_rot = hp->n_rot, .base = hp->rope_freq_base};
-    const gguf_tensor_t *t = gguf_tensor_find(mdl_gguf(r->m), "rope_freqs.weight");
-    if (t && t->type == GGML_TYPE_F32 && t->n_elems == hp->n_rot / 2) {
-        r->freq_div = malloc(t->nbytes);
-        if (!r->freq_div)
-            return err_set(e, ERR_NOMEM, "out of memory");
-        memcpy(r->freq_div, t->data, t->nbytes);
-        rope.freq_div = r->freq_div;
-    } else if (t || hp->rope_scaling.type == MDL_ROPE_SCALING_LLAMA3 ||
-               hp->rope_scaling.type == MDL_ROPE_SCALING_YARN) {
-        rope.n_rot = 0; /* a rotation kv_pool cannot redo: pooled gists are refused */
-    }
-    if (hp->rope_scaling.type == MDL_ROPE_SCALING_LINEAR)
-        rope.scale = hp->rope_scaling.factor;
-    r->pm.rope = rope;
-    return 0;
-}
-
 int kvr_new(mdl_t *m, const kvr_cfg_t *cfg, kvr_t **out, err_info_t *e)
 {
     *out = NULL;
@@ -330,11 +308,8 @@ int kvr_new(mdl_t *m, const kvr_cfg_t *cfg, kvr_t **out, err_info_t *e)
     r->row_bytes[DT_F32] = ggml_row_bytes(DT_F32, r->hd);
     r->row_bytes[DT_F16] = ggml_row_bytes(DT_F16, r->hd);
     r->row_bytes[DT_Q8_0] = r->hd % 32 ? 0 : ggml_row_bytes(DT_Q8_0, r->hd);
-    r->pm.n_gist = r->hp->n_gist;
-    r->pm.gist_first = r->hp->gist_first;
-    r->pm.gist_sinks = r->hp->gist_sinks;
-    r->pm.has_gates = mdl_has_retention(m);
-    int rc = rope_of(r, e);
+    rt_policy_model(m, &r->pm);
+    int rc = 0;
     r->policy = strdup(cfg->policy ? cfg->policy : "full");
     r->params = calloc(cfg->n_params + 1, sizeof *r->params);
     r->kch = calloc(r->nl, sizeof *r->kch);
@@ -400,7 +375,6 @@ void kvr_destroy(kvr_t **pr)
     free(r->want);
     free(r->logits);
     free(r->gist_last);
-    free(r->freq_div);
     free(r);
     *pr = NULL;
 }

@@ -23,6 +23,7 @@
 #include "kvstore/kvstore.h"
 #include "model/llama.h"
 #include "policy/policy.h"
+#include "runtime/runtime.h"
 
 typedef struct kvr kvr_t;
 
