@@ -33,7 +33,7 @@ void check_skip(const char *fmt, ...)
     va_end(ap);
 }
 
-bool check_require_shared(void)
+static bool require_shared(void)
 {
     const char *r = getenv("GISTD_REQUIRE_SHARED");
     return r && *r && strcmp(r, "0") != 0;
@@ -46,7 +46,7 @@ void check_skip_missing(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(why, sizeof why, fmt, ap);
     va_end(ap);
-    if (check_require_shared()) {
+    if (require_shared()) {
         cur_failed = true;
         printf("# GISTD_REQUIRE_SHARED=1, and %s\n", why);
         fflush(stdout);

@@ -22,7 +22,6 @@ void check_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * GISTD_REQUIRE_SHARED=1 (as CI runs) the test fails instead: a machine set up as the README
  * says has both, so their absence would hide what the test guards. */
 void check_skip_missing(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-bool check_require_shared(void);
 void check_run(const char *name, void (*fn)(void));
 int check_done(void);
 bool check_failed(void);
