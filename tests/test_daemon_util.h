@@ -290,13 +290,18 @@ static inline int td_stop(td_daemon_t *d, int sig)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-/* A client of the daemon (30 s to connect), or NULL after a failed check. */
+/* How long a test's client waits for a reply before it fails the test: long enough for the
+ * longest prefill of a test (two sessions of 6000 tokens) on two cores shared with busy
+ * loops, where 30 s was not; a daemon that stops answering still fails the test. */
+#define TD_REPLY_TIMEOUT_MS 120000
+
+/* A client of the daemon (TD_REPLY_TIMEOUT_MS for every reply), or NULL after a failed check. */
 static inline gc_client_t *td_connect(const td_daemon_t *d)
 {
     gc_client_t *c = NULL;
     err_info_t e;
     err_clear(&e);
-    if (gc_connect(d->endpoint, 30000, &c, &e))
+    if (gc_connect(d->endpoint, TD_REPLY_TIMEOUT_MS, &c, &e))
         check_fail_(__FILE__, __LINE__, "connect %s: %s", d->endpoint, err_msg(&e));
     return c;
 }
