@@ -20,14 +20,20 @@ head -c "$chars" "$src" > "$text"
 gm() { build/bin/gist-model perplexity "$model" --file "$text" "$@" 2>/dev/null; }
 field() { sed -n "s/^$1: //p"; }
 
-full=$(gm --ctx 0 --policy full --kv-budget 100% --ubatch 64 | field full_kv_bytes || true)
-[ -n "$full" ] || full=$(gm --policy full --ubatch 64 | field full_kv_bytes)
+ref=$(gm --policy full --ubatch 64) # windows of n_ctx, each a full cache
+full=$(field full_kv_bytes <<<"$ref")
 budget=$((full / 2))
 echo "# $model, $(wc -c < "$text") characters of $(basename "$src"); budget $budget bytes" \
      "(half of one context's full cache, $full)" >&2
 
-ref=$(gm --policy full --ubatch 64)
 ref_ppl=$(field ppl <<<"$ref")
+row() { # policy, run, the tool's output: a CSV line
+    local ppl
+    ppl=$(field ppl <<<"$3")
+    printf '%s,%s,%s,%s,%s,%s,%s\n' "$1" "$2" "$budget" "$(field peak_kv_bytes <<<"$3")" \
+        "$(field tokens <<<"$3")" "$ppl" "$(awk -v a="$ppl" -v b="$ref_ppl" \
+        'BEGIN{printf "%.4f", a / b - 1}')"
+}
 tokens=$(field tokens <<<"$ref")
 {
     echo "policy,mode,budget_bytes,peak_kv_bytes,tokens,ppl,vs_windows"
@@ -36,10 +42,7 @@ tokens=$(field tokens <<<"$ref")
 for p in auto pool h2o tova window trim gist; do
     r=$(gm --ctx 0 --policy "$p" --kv-budget "$budget" --ubatch 64) || {
         echo "$p,one session,$budget,,,refused," >> "$out/endless.csv"; continue; }
-    ppl=$(field ppl <<<"$r")
-    echo "$p,one session,$budget,$(field peak_kv_bytes <<<"$r"),$(field tokens <<<"$r"),$ppl," \
-         "$(awk -v a="$ppl" -v b="$ref_ppl" 'BEGIN{printf "%.4f", a / b - 1}')" | tr -d ' ' \
-         >> "$out/endless.csv"
+    row "$p" "one session" "$r" >> "$out/endless.csv"
 done
 # the same text through the daemon
 ep=ipc://$(mktemp -u /tmp/gistd-endless-XXXXXX)
@@ -49,10 +52,7 @@ trap 'kill $gpid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do build/bin/gistctl --connect "$ep" stats > /dev/null 2>&1 && break; done
 r=$(build/bin/gistctl --connect "$ep" --timeout 600000 score --file "$text" --policy auto \
     --budget "$budget")
-ppl=$(field ppl <<<"$r")
-echo "auto,gistctl score,$budget,$(field peak_kv_bytes <<<"$r"),$(field tokens <<<"$r"),$ppl," \
-     "$(awk -v a="$ppl" -v b="$ref_ppl" 'BEGIN{printf "%.4f", a / b - 1}')" | tr -d ' ' \
-     >> "$out/endless.csv"
+row auto "gistctl score" "$r" >> "$out/endless.csv"
 kill $gpid
 {
     echo "| policy | run | peak KV bytes | tokens | ppl | vs full cache in windows |"
