@@ -168,6 +168,7 @@ struct dmn {
     uint32_t next_id;
     bool stopping;
     dmn_session_t **slot_sess; /* [n_sess]: the session of each slot of the step */
+    bool planning;             /* a step's slots are being chosen (their rows reserved) */
     uint32_t cap_slot_sess;
     uint8_t *out; /* packed reply */
     size_t out_cap;
