@@ -59,6 +59,7 @@ PROTO_LIB    := $(BUILD)/lib/libgist_proto.a
 GISTC_LIB    := $(BUILD)/lib/libgistc.a
 GISTC_PC     := $(BUILD)/gistc.pc
 BINS     += $(if $(GISTD_SRCS),$(BUILD)/bin/gistd) $(if $(GISTCTL_SRCS),$(BUILD)/bin/gistctl)
+BINS     += $(if $(wildcard clients/gistd-http/*.c),$(BUILD)/bin/gistd-http)
 
 TEST_SRCS := $(wildcard tests/test_*.c)
 TESTS     := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
@@ -144,6 +145,22 @@ $(GISTC_PC): Makefile
 $(BUILD)/bin/gistctl: $(patsubst %.c,$(BUILD)/obj/%.o,$(GISTCTL_SRCS)) $(GISTC_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
+
+# gistd-http, the HTTP gateway: a client of gistd like gistctl, with libmicrohttpd and jansson.
+GISTD_HTTP_SRCS := $(wildcard clients/gistd-http/*.c)
+HTTP_PKGS   := libmicrohttpd jansson
+HTTP_CFLAGS := $(shell pkg-config --cflags $(HTTP_PKGS) 2>/dev/null)
+HTTP_LIBS   := $(shell pkg-config --libs $(HTTP_PKGS) 2>/dev/null)
+GISTD_HTTP_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(GISTD_HTTP_SRCS))
+$(GISTD_HTTP_OBJS): ALL_CFLAGS += $(HTTP_CFLAGS)
+$(GISTD_HTTP_OBJS): | http-deps
+.PHONY: http-deps
+http-deps:
+	@pkg-config --exists $(HTTP_PKGS) || { echo "gistd-http needs libmicrohttpd and jansson" \
+	    "(Debian: libmicrohttpd-dev libjansson-dev; 'make deps' installs them)" >&2; exit 1; }
+$(BUILD)/bin/gistd-http: $(GISTD_HTTP_OBJS) $(GISTC_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS) $(HTTP_LIBS)
 
 # bench_daemon and bench_load drive a real gistd through libgistc.
 $(BUILD)/bin/bench_daemon $(BUILD)/bin/bench_load: $(BUILD)/bin/%: $(BUILD)/obj/bench/%.o \
@@ -258,7 +275,8 @@ run: all
 
 DEB_PKGS := build-essential pkg-config libjemalloc-dev libzmq3-dev libprotobuf-c-dev \
             protobuf-c-compiler libopenblas-openmp-dev python3 python3-numpy gnuplot-nox \
-            protobuf-compiler python3-zmq python3-protobuf clang-14 libclang-rt-14-dev valgrind
+            protobuf-compiler python3-zmq python3-protobuf clang-14 libclang-rt-14-dev valgrind \
+            libmicrohttpd-dev libjansson-dev python3-prometheus-client
 TRAIN_PKGS := python3-torch python3-sentencepiece
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \

@@ -129,6 +129,8 @@ typedef struct gc_result {
     gc_stop_t reason;
     char *text; /* the generated text, NUL-terminated (malloc'd; gc_result_free) */
     size_t text_len;
+    char *stop; /* GC_STOP_STRING: the stop string that matched, NUL-terminated (or NULL) */
+    size_t stop_len;
     uint32_t n_tokens; /* tokens streamed */
     gc_usage_t usage;
 } gc_result_t;
