@@ -162,6 +162,14 @@ $(BUILD)/bin/gistd-http: $(GISTD_HTTP_OBJS) $(GISTC_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS) $(HTTP_LIBS)
 
+# test_http_text checks the gateway's text handling alone.
+$(BUILD)/obj/tests/test_http_text.o: ALL_CFLAGS += $(HTTP_CFLAGS)
+$(BUILD)/obj/tests/test_http_text.o: | http-deps
+$(BUILD)/tests/test_http_text: $(BUILD)/obj/tests/test_http_text.o \
+                               $(BUILD)/obj/clients/gistd-http/text.o $(TEST_LIB) $(LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
+
 # bench_daemon and bench_load drive a real gistd through libgistc.
 $(BUILD)/bin/bench_daemon $(BUILD)/bin/bench_load: $(BUILD)/bin/%: $(BUILD)/obj/bench/%.o \
                                                   $(GISTC_LIB) $(LIBS)

@@ -307,7 +307,10 @@ def test_metrics_count_compactions_by_method():
             gw.request("GET", "/metrics")[2].decode())}
         by = {s.labels["method"]: s.value for s in fam["gistd_compactions"].samples
               if s.name == "gistd_compactions_total"}
-        assert by.get("window", 0) == r["gistd"]["compactions"], (by, r["gistd"])
+        stats = ctl_json(d.endpoint, "stats")
+        assert by == stats["compactions_by_method"], (by, stats["compactions_by_method"])
+        assert by["window"] == r["gistd"]["compactions"] == stats["compactions"], by
+        assert set(by) >= {"pooled", "learned", "window", "h2o", "tova", "trim"}
 
 
 def test_bad_requests_get_their_status_and_the_gateway_serves_on():

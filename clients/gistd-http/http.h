@@ -79,9 +79,10 @@ typedef struct gh_conv {
     char bind[64];    /* the explicit binding, or "" */
     uint64_t *hash;   /* [n_hash] the messages the session holds, in order */
     uint32_t n_hash, cap_hash;
-    uint64_t tokens; /* positions the gateway's turns put in the session */
-    bool busy;       /* (table) a request holds it */
-    double t_used;   /* (table) when the last request released it */
+    uint64_t tokens;    /* the session's positions after the last turn */
+    char turn_stop[64]; /* what ends an assistant turn in the session's template */
+    bool busy;          /* (table) a request holds it */
+    double t_used;      /* (table) when the last request released it */
 } gh_conv_t;
 
 /* Sessions the table let go of, for the caller to close with its gistd connection. */
@@ -133,8 +134,6 @@ int gh_metrics_new(gh_metrics_t **out);
 void gh_metrics_destroy(gh_metrics_t **m);
 /* A request on route ended with status after seconds. */
 void gh_metrics_request(gh_metrics_t *m, gh_route_t route, unsigned status, double seconds);
-/* A compaction by method (its name) seen in a gateway's session. */
-void gh_metrics_compaction(gh_metrics_t *m, const char *method);
 /* The Prometheus text exposition: the daemon's figures from st (NULL: gistd did not answer),
  * then the gateway's own. Malloc'd, NUL-terminated; NULL when out of memory. */
 char *gh_metrics_render(gh_metrics_t *m, const gc_stats_t *st, unsigned conversations);
@@ -241,6 +240,7 @@ typedef struct gh_turn {
     gh_conv_t *conv; /* chat only */
     uint32_t session;
     uint32_t prompt_tokens, cached_tokens, compactions; /* of the appends so far */
+    char turn_stop[64]; /* the session template's end of an assistant turn ("": none) */
     int rc;
 } gh_turn_t;
 

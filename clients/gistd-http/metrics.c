@@ -1,7 +1,6 @@
 /*
  * clients/gistd-http/metrics.c — /metrics: the daemon's figures (its Stats reply) and the
- * gateway's own (requests, their durations, compactions in its sessions), in Prometheus'
- * text exposition format.
+ * gateway's own (requests and their durations), in Prometheus' text exposition format.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -20,16 +19,11 @@ static const char *const route_names[GH_N_ROUTES] = {
 static const unsigned statuses[] = {200, 400, 404, 405, 409, 413, 500, 503};
 #define N_STATUSES (sizeof statuses / sizeof statuses[0])
 
-#define N_METHODS 16
-
 struct gh_metrics {
     pthread_mutex_t mu;
     uint64_t count[GH_N_ROUTES][N_BUCKETS + 1]; /* per bucket, not cumulative; last: +Inf */
     double sum[GH_N_ROUTES];
     uint64_t by_status[GH_N_ROUTES][N_STATUSES + 1]; /* last: any other status */
-    char method[N_METHODS][16];
-    uint64_t method_count[N_METHODS];
-    unsigned n_method;
 };
 
 int gh_metrics_new(gh_metrics_t **out)
@@ -63,21 +57,6 @@ void gh_metrics_request(gh_metrics_t *m, gh_route_t route, unsigned status, doub
     m->count[route][b]++;
     m->sum[route] += seconds;
     m->by_status[route][s]++;
-    pthread_mutex_unlock(&m->mu);
-}
-
-void gh_metrics_compaction(gh_metrics_t *m, const char *method)
-{
-    pthread_mutex_lock(&m->mu);
-    unsigned i = 0;
-    while (i < m->n_method && strcmp(m->method[i], method))
-        i++;
-    if (i == m->n_method && i < N_METHODS) {
-        snprintf(m->method[i], sizeof m->method[i], "%s", method);
-        m->n_method++;
-    }
-    if (i < m->n_method)
-        m->method_count[i]++;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -159,12 +138,15 @@ char *gh_metrics_render(gh_metrics_t *m, const gc_stats_t *st, unsigned conversa
               (double)st->transcript_bytes);
         gauge(&b, "gistd_sessions", "Sessions the daemon holds", st->sessions);
         gauge(&b, "gistd_max_sessions", "Sessions the daemon may hold", st->max_sessions);
-        counter(&b, "gistd_daemon_compactions_total",
-                "Compactions the daemon made in every session (all methods)",
-                (double)st->compactions);
-        counter(&b, "gistd_compaction_bytes_freed_total",
-                "Bytes compactions freed, every session (negative: they stored more)",
-                (double)st->bytes_freed);
+        head(&b, "gistd_compactions_total", "counter",
+             "Compactions the daemon made (every session), by method");
+        for (uint32_t i = 0; i < st->n_compactions_by_method; i++)
+            put(&b, "gistd_compactions_total{method=\"%s\"} %llu\n",
+                st->compactions_by_method[i].method,
+                (unsigned long long)st->compactions_by_method[i].count);
+        gauge(&b, "gistd_compaction_bytes_freed",
+              "Bytes compactions have freed, every session (negative: they stored more)",
+              (double)st->bytes_freed);
         counter(&b, "gistd_tokens_prompt_total", "Prompt tokens the daemon prefilled",
                 (double)st->tokens_prefilled);
         counter(&b, "gistd_tokens_generated_total", "Tokens the daemon generated",
@@ -187,11 +169,6 @@ char *gh_metrics_render(gh_metrics_t *m, const gc_stats_t *st, unsigned conversa
           conversations);
 
     pthread_mutex_lock(&m->mu);
-    head(&b, "gistd_compactions_total", "counter",
-         "Compactions streamed to the gateway during its generations, by method");
-    for (unsigned i = 0; i < m->n_method; i++)
-        put(&b, "gistd_compactions_total{method=\"%s\"} %llu\n", m->method[i],
-            (unsigned long long)m->method_count[i]);
     head(&b, "gistd_http_requests_total", "counter", "HTTP requests answered, by route and status");
     for (int r = 0; r < GH_N_ROUTES; r++)
         for (size_t s = 0; s <= N_STATUSES; s++)

@@ -198,11 +198,6 @@ static json_t *completion_json(gh_t *g, const gh_req_t *r, const char *content, 
                      gh_usage_json(o), "gistd", gh_extension_json(o));
 }
 
-static void count_compaction(void *ctx, uint32_t session, const gc_compaction_t *c)
-{
-    gh_metrics_compaction(ctx, c->method);
-}
-
 static enum MHD_Result on_generate(gh_t *g, struct MHD_Connection *conn, call_t *call, bool chat)
 {
     if (call->too_big)
@@ -243,10 +238,9 @@ static enum MHD_Result on_generate(gh_t *g, struct MHD_Connection *conn, call_t 
         MHD_destroy_response(resp);
         return q;
     }
-    gc_callbacks_t cb = {.ctx = g->metrics, .on_compaction = count_compaction};
     gc_result_t res;
     memset(&res, 0, sizeof res);
-    rc = gh_turn_generate(&t, &cb, &res, &e);
+    rc = gh_turn_generate(&t, NULL, &res, &e);
     if (!rc && res.reason == GC_STOP_CANCELLED)
         rc = err_set(&e, ERR_CANCELLED, "gistd stopped the generation (it may be shutting down)");
     char *content = NULL;

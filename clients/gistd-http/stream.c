@@ -25,6 +25,7 @@ typedef struct gh_stream {
     pthread_t th;
     gh_turn_t turn;
     gh_text_t text;
+    const char *stop[5]; /* the request's stop strings and the template's end of turn */
     char id[64];
     long created;
 } gh_stream_t;
@@ -89,19 +90,13 @@ static int on_token(void *ctx, uint32_t session, int32_t id, const char *piece, 
     return stop;
 }
 
-static void on_compaction(void *ctx, uint32_t session, const gc_compaction_t *c)
-{
-    gh_stream_t *s = ctx;
-    gh_metrics_compaction(s->turn.g->metrics, c->method);
-}
-
 static void *produce(void *arg)
 {
     gh_stream_t *s = arg;
     gh_turn_t *t = &s->turn;
     if (t->req->chat)
         emit(s, gh_chunk_json(t->g, t->req, s->id, s->created, "", 0, true, NULL));
-    gc_callbacks_t cb = {.ctx = s, .on_token = on_token, .on_compaction = on_compaction};
+    gc_callbacks_t cb = {.ctx = s, .on_token = on_token};
     gc_result_t res;
     memset(&res, 0, sizeof res);
     err_info_t e;
@@ -187,7 +182,11 @@ struct MHD_Response *gh_stream_response(gh_turn_t *t, const char *id, long creat
     pthread_cond_init(&s->cv, NULL);
     s->turn = *t;
     memset(t, 0, sizeof *t);
-    gh_text_init(&s->text, s->turn.req->stop, s->turn.req->n_stop);
+    unsigned n_stop = s->turn.req->n_stop;
+    memcpy(s->stop, s->turn.req->stop, n_stop * sizeof *s->stop);
+    if (s->turn.turn_stop[0])
+        s->stop[n_stop++] = s->turn.turn_stop;
+    gh_text_init(&s->text, s->stop, n_stop);
     snprintf(s->id, sizeof s->id, "%s", id);
     s->created = created;
     struct MHD_Response *resp =

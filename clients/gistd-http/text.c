@@ -145,19 +145,17 @@ int gh_text_push(gh_text_t *t, const char *piece, size_t len, char **out, size_t
     t->len += len;
     t->raw[t->len] = 0;
 
+    /* up to the first stop string, and short of a tail that may still grow into one (which
+     * would then come first) */
     size_t ready = stop_at(t->stop, t->n_stop, NULL, 0, t->raw, t->len);
-    if (ready == t->len) {
-        /* hold back a tail that may still grow into a stop string */
-        size_t hold = 0;
-        for (unsigned i = 0; i < t->n_stop; i++) {
-            const size_t sl = strlen(t->stop[i]);
-            for (size_t k = sl - 1; k > hold; k--)
-                if (k <= t->len && !memcmp(t->raw + t->len - k, t->stop[i], k)) {
-                    hold = k;
-                    break;
-                }
-        }
-        ready = t->len - hold;
+    for (unsigned i = 0; i < t->n_stop; i++) {
+        const size_t sl = strlen(t->stop[i]);
+        for (size_t k = sl - 1 < t->len ? sl - 1 : t->len; k > 0; k--)
+            if (!memcmp(t->raw + t->len - k, t->stop[i], k)) {
+                if (t->len - k < ready)
+                    ready = t->len - k;
+                break;
+            }
     }
     ready = char_boundary(t->raw, t->len, ready);
     if (ready < t->sent)

@@ -2,6 +2,7 @@
  * clients/gistd-http/turn.c — one request's work with gistd: find or open its session, append
  * the turns the session does not hold yet, generate, and remember what the session now holds.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,16 +61,21 @@ static int chat_begin(gh_turn_t *t, err_info_t *e)
         if (rc)
             return rc;
         gh_conv_t *cv = t->conv;
-        if (!cv->session) {
+        const bool fresh = !cv->session;
+        if (fresh)
             rc = open_session(t, cv->bind, &cv->session, e);
-        } else if (!cv->owned && cv->n_hash == 0 && cv->tokens == 0) {
-            /* a session opened elsewhere, named by its id: it must exist and be ours to use */
+        if (!rc && (fresh || (!cv->owned && cv->n_hash == 0 && cv->tokens == 0))) {
+            /* what the session's template ends a reply with (streams hold it back); a session
+             * opened elsewhere, named by its id, must exist and be ours to use */
             gc_session_info_t info;
             rc = gc_session_info(t->c, cv->session, &info, e);
-            if (!rc)
+            if (!rc) {
                 cv->tokens = info.tokens;
+                snprintf(cv->turn_stop, sizeof cv->turn_stop, "%s", info.turn_stop);
+            }
         }
         t->session = cv->session;
+        snprintf(t->turn_stop, sizeof t->turn_stop, "%s", cv->turn_stop);
         t->cached_tokens = (uint32_t)cv->tokens;
         for (uint32_t i = matched; !rc && i < r->n_msg; i++)
             rc = append(t, &r->msg[i], e);
