@@ -9,7 +9,7 @@
 #   make fuzz    build the libFuzzer targets with clang (build-fuzz/) and run each for
 #                FUZZ_SECONDS (default 60) from its seeds in fuzz/corpus/; FUZZ_TARGETS=name...
 #                picks some; findings land in build-fuzz/crashes/ (fuzz/run.sh says more)
-#   make run     start gistd in the foreground on the default model
+#   make run     start gistd on the default model and gistd-http (HTTP=HOST:PORT) before it
 #   make format  clang-format every C file in place
 #
 # Each bench/bench_NAME.c becomes build/bin/bench_NAME (run by the scripts in bench/).
@@ -170,9 +170,9 @@ $(BUILD)/tests/test_http_text: $(BUILD)/obj/tests/test_http_text.o \
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
-# bench_daemon and bench_load drive a real gistd through libgistc.
-$(BUILD)/bin/bench_daemon $(BUILD)/bin/bench_load: $(BUILD)/bin/%: $(BUILD)/obj/bench/%.o \
-                                                  $(GISTC_LIB) $(LIBS)
+# bench_daemon, bench_load and bench_http drive a real gistd through libgistc.
+$(BUILD)/bin/bench_daemon $(BUILD)/bin/bench_load $(BUILD)/bin/bench_http: $(BUILD)/bin/%: \
+        $(BUILD)/obj/bench/%.o $(GISTC_LIB) $(LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -278,8 +278,13 @@ tsan:
 
 # The project's own model when models/ has one, else the shared stories260K.
 DEFAULT_MODEL = $(firstword $(wildcard models/*.gguf) ../shared/models/stories260K-f32.gguf)
+# make run: gistd on tcp://127.0.0.1:5557 and gistd-http on $(HTTP) (default 127.0.0.1:8080)
+# in front of it; Ctrl-C stops both.
+HTTP ?= 127.0.0.1:8080
 run: all
-	$(BUILD)/bin/gistd --model $(or $(MODEL),$(DEFAULT_MODEL))
+	@$(BUILD)/bin/gistd --model $(or $(MODEL),$(DEFAULT_MODEL)) & gistd=$$!; \
+	    trap 'kill $$gistd 2>/dev/null; wait $$gistd' EXIT; \
+	    $(BUILD)/bin/gistd-http --listen $(HTTP)
 
 DEB_PKGS := build-essential pkg-config libjemalloc-dev libzmq3-dev libprotobuf-c-dev \
             protobuf-c-compiler libopenblas-openmp-dev python3 python3-numpy gnuplot-nox \

@@ -368,10 +368,11 @@ int gh_http_start(gh_t *g, void **daemon, unsigned *port, err_info_t *e)
     if (inet_pton(AF_INET, host, &addr.sin_addr) != 1)
         return err_set(e, ERR_INVAL, "--listen: '%s' is not an IPv4 address", g->cfg.listen_host);
     struct MHD_Daemon *d = MHD_start_daemon(
-        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0,
-        NULL, NULL, on_request, g, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
+            MHD_USE_ERROR_LOG,
+        0, NULL, NULL, on_request, g, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)g->cfg.max_connections,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600, MHD_OPTION_NOTIFY_COMPLETED, on_completed, g,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_NOTIFY_COMPLETED, on_completed, g,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)256, MHD_OPTION_END);
     if (!d)
         return err_set(e, ERR_IO, "cannot listen on %s:%u (in use, or not an address here?)",
