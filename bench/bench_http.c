@@ -94,6 +94,7 @@ static void h_consume(hconn_t *h, size_t n)
 {
     memmove(h->buf, h->buf + n, h->len - n);
     h->len -= n;
+    h->buf[h->len] = 0;
 }
 
 /* POSTs body to path and reads the whole reply (Content-Length or chunked) into *out
