@@ -9,7 +9,8 @@
  * between three ways of asking for the same thing: libgistc straight to gistd (open a session,
  * generate with the prompt, close: what the gateway does for /v1/completions), POST
  * /v1/completions to the gateway (one keep-alive HTTP connection), and a `gistctl gen` process
- * (when --gistctl is given). Taking turns keeps a busy machine's noise out of the comparison.
+ * (when --gistctl is given), in an order that turns each round. Taking turns keeps a busy
+ * machine's noise out of the comparison.
  * Prints p50/p90/p99 of each and the gateway's added latency (gateway minus libgistc, at the
  * same percentile), and checks that the gateway's text equals libgistc's.
  *
@@ -337,15 +338,25 @@ static void latency(int n)
     free(ta);
     free(tb);
     for (int i = 0; i < n; i++) {
-        a[na++] = run_gistc(c, &ta);
-        b[nb++] = run_http(&h, &tb);
+        /* the order turns too: what runs after a gistctl process pays for its exit */
+        for (int k = 0; k < 3; k++) {
+            switch ((i + k) % 3) {
+            case 0:
+                a[na++] = run_gistc(c, &ta);
+                break;
+            case 1:
+                b[nb++] = run_http(&h, &tb);
+                break;
+            default:
+                if (g_gistctl)
+                    p[np++] = run_gistctl();
+            }
+        }
         char *esc = json_escape(ta);
         mismatches += !tb || !esc || strcmp(esc, tb);
         free(esc);
         free(ta);
         free(tb);
-        if (g_gistctl)
-            p[np++] = run_gistctl();
     }
     double *sa = malloc((size_t)n * sizeof *sa), *sb = malloc((size_t)n * sizeof *sb);
     memcpy(sa, a, (size_t)n * sizeof *sa);
