@@ -377,6 +377,33 @@ def test_bad_requests_get_their_status_and_the_gateway_serves_on():
             assert gw.stop() == 0
 
 
+def test_curve_keys_pass_through():
+    folder = tap.tmpdir()
+    for name in ("srv", "gw", "stranger"):
+        subprocess.run([tap.tool("gistd"), "--keygen", os.path.join(folder, name)], check=True,
+                       stdout=subprocess.DEVNULL)
+    allow = os.path.join(folder, "allow.txt")
+    with open(allow, "w") as f, open(os.path.join(folder, "gw.pub")) as k:
+        f.write(k.read())
+    srv = os.path.join(folder, "srv")
+    good = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    with gistc.Daemon(tap.tool("gistd"), tiny(), "--curve-secret", srv + ".key",
+                      "--allow-keys", allow) as d:
+        with Gateway(d.endpoint, "--server-key", srv + ".pub", "--key",
+                     os.path.join(folder, "gw")) as gw:
+            st, r = gw.post("/v1/chat/completions", good)
+            assert st == 200, r
+        # a key the daemon does not list: 503 with the daemon's reason
+        with Gateway(d.endpoint, "--timeout", "3000", "--server-key", srv + ".pub", "--key",
+                     os.path.join(folder, "stranger")) as gw:
+            st, r = gw.post("/v1/chat/completions", good)
+            assert st == 503 and "refused" in r["error"]["message"], r
+    # half a key pair is a usage error
+    p = subprocess.run([tap.tool("gistd-http"), "--server-key", srv + ".pub"],
+                       capture_output=True, timeout=30)
+    assert p.returncode == 2 and b"--key" in p.stderr, p.stderr
+
+
 def test_concurrent_clients():
     with gistc.Daemon(tap.tool("gistd"), tiny()) as d, Gateway(d.endpoint) as gw:
         results = []

@@ -210,7 +210,7 @@ int main(int argc, char **argv)
     gc_client_t *c = NULL;
     if (gh_pool_get(g.pool, &c, &e))
         fprintf(stderr,
-                "gistd-http: gistd is not answering yet (%s); requests get 503 until it "
+                "gistd-http: cannot reach gistd yet (%s); requests get 503 until it "
                 "does\n",
                 err_msg(&e));
     else

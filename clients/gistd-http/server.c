@@ -209,18 +209,15 @@ static enum MHD_Result on_generate(gh_t *g, struct MHD_Connection *conn, call_t 
     const bool have = !model_info(g, &m, &e);
     char id[160];
     model_id(g, &m, have, id, sizeof id);
+    if (!have && !g->cfg.model_id)
+        return send_err(conn, call, &e); /* gistd is not there to say what it serves */
     gh_req_t *r = NULL;
-    const char *bind = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Gistd-Session");
+    const char *bind =
+        chat ? MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Gistd-Session") : NULL;
     int rc = gh_req_parse(g, chat, call->body ? call->body : "", call->len, bind, have ? &m : NULL,
                           id, &r, &e);
     if (rc)
         return send_err(conn, call, &e);
-    if (!have) {
-        gh_req_free(r);
-        err_clear(&e);
-        model_info(g, &m, &e);
-        return send_err(conn, call, &e);
-    }
     gh_turn_t t;
     rc = gh_turn_begin(g, r, &t, &e);
     if (rc) {
