@@ -106,7 +106,7 @@ static void info_from_wire(const Gistd__SessionInfo *w, gc_session_info_t *o)
     snprintf(o->state, sizeof o->state, "%s", w->state);
     snprintf(o->policy, sizeof o->policy, "%s", w->policy);
     snprintf(o->chat_template, sizeof o->chat_template, "%s", w->chat_template);
-    if (w->turn_stop.len < sizeof o->turn_stop) /* a longer one is not held back by clients */
+    if (w->turn_stop.len && w->turn_stop.len < sizeof o->turn_stop) /* longer: not held back */
         memcpy(o->turn_stop, w->turn_stop.data, w->turn_stop.len);
     o->bytes = w->bytes;
     o->peak_bytes = w->peak_bytes;
