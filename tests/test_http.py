@@ -354,12 +354,17 @@ def test_bad_requests_get_their_status_and_the_gateway_serves_on():
                   encode_chunked=True, headers={"Content-Type": "application/json"})
         assert c.getresponse().status == 413
         c.close()
-        # a prompt the daemon refuses (over a session budget it may not compact) is a 400
+        # a prompt the daemon refuses is a 400 with its reason: over a session budget it may
+        # not compact, or past the model's context (256 tokens) with nothing to compact
         with Gateway(d.endpoint, "--policy", "full", "--session-budget", "64K") as small:
-            st, r = small.post("/v1/completions", {"prompt": "a " * 2000, "max_tokens": 2})
+            st, r = small.post("/v1/completions", {"prompt": "a " * 100, "max_tokens": 2})
             assert st == 400 and "hard limit" in r["error"]["message"], r
             st, r = small.post("/v1/chat/completions", good)
             assert st == 200, r
+        with Gateway(d.endpoint, "--policy", "full") as full:
+            st, r = full.post("/v1/completions", {"prompt": "a " * 2000, "max_tokens": 2})
+            assert st == 400 and "context" in r["error"]["message"], r
+            assert full.post("/v1/chat/completions", good)[0] == 200
         assert gw.post("/v1/chat/completions", good)[0] == 200
     # gistd gone: 503, and the gateway still answers
     with gistc.Daemon(tap.tool("gistd"), tiny()) as d:

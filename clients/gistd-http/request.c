@@ -334,6 +334,7 @@ unsigned gh_status_for(int rc)
     case ERR_FORMAT:
     case ERR_RANGE:
     case ERR_BUDGET:
+    case ERR_CONTEXT:
     case ERR_EXISTS:
         return 400;
     case ERR_NOTFOUND:
