@@ -38,5 +38,5 @@ url=$(head -1 "$work/http.out")
 echo "# model: $model; gistd at $endpoint, gistd-http at $url"
 build/bin/bench_http --endpoint "$endpoint" --http "${url#http://}" \
     --gistctl build/bin/gistctl --requests "${REQUESTS:-300}" --tokens "${TOKENS:-16}" \
-    --clients "$clients" --turns "${TURNS:-8}" "$@" | tee -a /dev/stderr >bench/out/http.txt.tmp
+    --clients "$clients" --turns "${TURNS:-8}" "$@" | tee bench/out/http.txt.tmp
 mv bench/out/http.txt.tmp bench/out/http.txt
