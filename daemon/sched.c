@@ -250,8 +250,22 @@ static void add_slot(dmn_t *d, dmn_session_t *s, uint32_t n)
     err_clear(&e);
     uint32_t taken;
     const uint32_t k = rt_step_slots(d->rt);
-    int rc = rt_step_add(d->rt, &s->rt, s->pend + s->pend_head, n, s->act.kind == DMN_REQ_SCORE,
-                         &taken, &e);
+    const bool want_all = s->act.kind == DMN_REQ_SCORE;
+    int rc = rt_step_add(d->rt, &s->rt, s->pend + s->pend_head, n, want_all, &taken, &e);
+    kv_stats_t st;
+    if (rc == ERR_BUDGET && (kv_store_stats(d->store, &st), st.hard_limit) && d->n_sess > 1) {
+        /* The global limit refused what s's own budget allows, and s alone cannot free it
+         * (its pins): the other sessions give back what they hold above their share now,
+         * not at the next watermark check, and s tries once more. */
+        int64_t freed = 0;
+        err_info_t se;
+        err_clear(&se);
+        dmn_shrink(d, NULL, st.soft_limit ? st.soft_limit : st.hard_limit, "budget", &freed, &se);
+        if (freed > 0) {
+            err_clear(&e);
+            rc = rt_step_add(d->rt, &s->rt, s->pend + s->pend_head, n, want_all, &taken, &e);
+        }
+    }
     if (rc) {
         if (rc == ERR_BUDGET)
             d->c.budget_refusals++;
@@ -281,6 +295,7 @@ static int plan(dmn_t *d)
         d->cap_slot_sess = d->n_sess * 2;
     }
     rt_step_begin(d->rt);
+    d->planning = true;
     for (uint32_t i = 0; i < d->n_sess; i++) {
         dmn_session_t *s = d->sess[i];
         if (s->act.kind != DMN_REQ_NONE && s->n_pend == 1)
@@ -305,20 +320,10 @@ static int plan(dmn_t *d)
         else if (best->act.kind != DMN_REQ_NONE)
             break; /* not refused, yet not added: try again next step */
     }
+    d->planning = false;
     return 0;
 }
 
-/* log softmax(row)[t], in double. */
-static float logprob_of(const float *row, uint32_t n, int32_t t)
-{
-    float mx = row[0];
-    for (uint32_t i = 1; i < n; i++)
-        mx = row[i] > mx ? row[i] : mx;
-    double sum = 0.0;
-    for (uint32_t i = 0; i < n; i++)
-        sum += exp((double)row[i] - mx);
-    return (float)((double)row[t] - mx - log(sum));
-}
 
 /* After the forward: stores slot k's rows, takes its tokens off the queue, scores them, and
  * runs the policy's commit hook. Returns true when the session's request may go on. */
@@ -337,8 +342,8 @@ static bool commit_slot(dmn_t *d, uint32_t k, double now)
         for (uint32_t i = 0; i < n; i++) {
             const uint32_t q = pos0 + i + 1; /* the position item i predicts */
             if (q >= a->score_first && q < a->score_first + a->n_score && i + 1 < s->n_pend)
-                a->logprob[q - a->score_first] =
-                    logprob_of(rt_step_logits(d->rt, k, i), nv, s->pend[s->pend_head + i + 1]);
+                a->logprob[q - a->score_first] = (float)-mdl_token_nll(
+                    rt_step_logits(d->rt, k, i), nv, s->pend[s->pend_head + i + 1]);
         }
     s->pend_head += n;
     s->n_pend -= n;
@@ -469,7 +474,8 @@ int dmn_shrink(dmn_t *d, dmn_session_t *only, size_t target, const char *reason,
             size_t best_over = 0, best_bytes = 0;
             for (uint32_t i = 0; i < d->n_sess; i++) {
                 dmn_session_t *s = d->sess[i];
-                if ((s->act.kind == DMN_REQ_NONE) != (pass == 0) || s->shrunk_epoch == d->epoch)
+                if ((s->act.kind == DMN_REQ_NONE) != (pass == 0) || s->shrunk_epoch == d->epoch ||
+                    (d->planning && in_step(d, s))) /* its rows are reserved: edits wait */
                     continue;
                 kv_stats_t ks;
                 kv_session_stats(d->store, s->rt.kv, &ks);
