@@ -348,7 +348,7 @@ static void rms_norm_row(const float *x, const float *w, float *out, int d, floa
 static bool any_quant(const kern_mat_t *mats, int n_mats)
 {
     for (int i = 0; i < n_mats; i++)
-        if (mats[i].type == DT_Q8_0 || mats[i].type == DT_Q4_0)
+        if (kern_type_quantises(mats[i].type))
             return true;
     return false;
 }
