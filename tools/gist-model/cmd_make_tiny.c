@@ -1,7 +1,8 @@
 /*
  * gist-model make-tiny — writes a random-weight llama model (model/tiny.h) for tests and
  * benchmarks:
- *   make-tiny OUT.gguf --seed N [--type f32|f16|bf16|q8_0|q4_0] [--n-embd N] [--n-layer N]
+ *   make-tiny OUT.gguf --seed N [--type f32|f16|bf16|q8_0|q4_0|q4_K|q5_K|q6_K|q4_K_M|q5_K_M]
+ *             [--arch llama|qwen2|qwen3] [--head-dim N] [--n-embd N] [--n-layer N]
  *             [--n-head N] [--n-head-kv N] [--n-ff N] [--n-vocab N] [--n-ctx N]
  *             [--rope-base F] [--tied] [--gist N] [--retention-hidden N]
  *             [--retention-budget N] [--name S]
@@ -46,6 +47,7 @@ int cmd_make_tiny(int argc, char **argv)
         {"--n-ff", offsetof(mdl_tiny_cfg_t, n_ff)},
         {"--n-vocab", offsetof(mdl_tiny_cfg_t, n_vocab)},
         {"--n-ctx", offsetof(mdl_tiny_cfg_t, n_ctx)},
+        {"--head-dim", offsetof(mdl_tiny_cfg_t, head_dim)},
         {"--gist", offsetof(mdl_tiny_cfg_t, n_gist)},
         {"--retention-hidden", offsetof(mdl_tiny_cfg_t, retention_hidden)},
         {"--retention-budget", offsetof(mdl_tiny_cfg_t, retention_budget)},
@@ -79,12 +81,16 @@ int cmd_make_tiny(int argc, char **argv)
             have_seed = true;
             i++;
         } else if (!strcmp(a, "--type")) {
-            int t = val ? mdl_tiny_type_from_name(val) : -1;
-            if (t < 0)
-                return cmd_usage_error("make-tiny: --type must be f32, f16, bf16, q8_0 or "
-                                       "q4_0, got '%s'",
+            if (!val || mdl_tiny_set_type(&cfg, val))
+                return cmd_usage_error("make-tiny: --type must be f32, f16, bf16, q8_0, q4_0, "
+                                       "q4_K, q5_K, q6_K, q4_K_M or q5_K_M, got '%s'",
                                        val ? val : "");
-            cfg.type = (uint32_t)t;
+            i++;
+        } else if (!strcmp(a, "--arch")) {
+            if (!val || (strcmp(val, "llama") && strcmp(val, "qwen2") && strcmp(val, "qwen3")))
+                return cmd_usage_error("make-tiny: --arch must be llama, qwen2 or qwen3, got '%s'",
+                                       val ? val : "");
+            cfg.arch = val;
             i++;
         } else if (!strcmp(a, "--rope-base")) {
             char *end;
