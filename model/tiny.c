@@ -503,7 +503,9 @@ static void add_keys(gguf_writer_t *w, const mdl_tiny_cfg_t *c, const vocab_t *v
     gguf_writer_add_u32(w, "tokenizer.ggml.unknown_token_id", 0);
     gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", true);
     gguf_writer_add_bool(w, "tokenizer.ggml.add_eos_token", false);
-    gguf_writer_add_bool(w, "tokenizer.ggml.add_space_prefix", true);
+    gguf_writer_add_bool(w, "tokenizer.ggml.add_space_prefix", !c->no_space_prefix);
+    if (c->chat_template)
+        gguf_writer_add_str(w, "tokenizer.chat_template", c->chat_template);
     if (c->n_gist) {
         gguf_writer_add_u32(w, "gistd.gist.count", c->n_gist);
         gguf_writer_add_u32(w, "gistd.gist.first_token_id", c->n_vocab - c->n_gist);

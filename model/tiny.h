@@ -41,6 +41,8 @@ typedef struct mdl_tiny_cfg {
     uint32_t retention_hidden; /* > 0: retention gate tensors with this hidden width */
     uint32_t retention_budget; /* gistd.retention.budget (written with the gates) */
     const char *name;          /* general.name */
+    const char *chat_template; /* tokenizer.chat_template, or NULL for none */
+    bool no_space_prefix;      /* tokenizer.ggml.add_space_prefix false (text round-trips) */
 } mdl_tiny_cfg_t;
 
 /* n_embd 64, n_layer 2, n_head 4, n_head_kv 2, n_ff 128, n_vocab 384, n_ctx 256, f32,

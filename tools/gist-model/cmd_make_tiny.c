@@ -5,7 +5,7 @@
  *             [--arch llama|qwen2|qwen3] [--head-dim N] [--n-embd N] [--n-layer N]
  *             [--n-head N] [--n-head-kv N] [--n-ff N] [--n-vocab N] [--n-ctx N]
  *             [--rope-base F] [--tied] [--gist N] [--retention-hidden N]
- *             [--retention-budget N] [--name S]
+ *             [--retention-budget N] [--name S] [--chat-template JINJA] [--no-space-prefix]
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -62,6 +62,10 @@ int cmd_make_tiny(int argc, char **argv)
             cfg.tied = true;
             continue;
         }
+        if (!strcmp(a, "--no-space-prefix")) {
+            cfg.no_space_prefix = true;
+            continue;
+        }
         for (size_t k = 0; k < sizeof u32_opts / sizeof u32_opts[0]; k++) {
             if (strcmp(a, u32_opts[k].flag))
                 continue;
@@ -99,6 +103,11 @@ int cmd_make_tiny(int argc, char **argv)
                 return cmd_usage_error("make-tiny: --rope-base needs a positive number, "
                                        "got '%s'",
                                        val ? val : "");
+            i++;
+        } else if (!strcmp(a, "--chat-template")) {
+            if (!val)
+                return cmd_usage_error("make-tiny: --chat-template needs a value");
+            cfg.chat_template = val;
             i++;
         } else if (!strcmp(a, "--name")) {
             if (!val)
