@@ -182,6 +182,12 @@ int dt_to_f32(uint32_t type, const void *src, float *dst, size_t n)
         }
         return 0;
     }
+    case DT_Q5_0:
+        dt_dequantize_q5_0(src, dst, n);
+        return 0;
+    case DT_Q5_1:
+        dt_dequantize_q5_1(src, dst, n);
+        return 0;
     case DT_Q4_K:
         dt_dequantize_q4_K(src, dst, n);
         return 0;
@@ -219,6 +225,12 @@ int dt_from_f32(uint32_t type, const float *src, void *dst, size_t n)
         return 0;
     case DT_Q4_0:
         dt_quantize_q4_0(src, dst, n);
+        return 0;
+    case DT_Q5_0:
+        dt_quantize_q5_0(src, dst, n);
+        return 0;
+    case DT_Q5_1:
+        dt_quantize_q5_1(src, dst, n);
         return 0;
     case DT_Q4_K:
         dt_quantize_q4_K(src, dst, n);

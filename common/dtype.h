@@ -17,6 +17,8 @@ enum dt_type {
     DT_F32 = 0,
     DT_F16 = 1,
     DT_Q4_0 = 2,
+    DT_Q5_0 = 6,
+    DT_Q5_1 = 7,
     DT_Q8_0 = 8,
     DT_Q4_K = 12,
     DT_Q5_K = 13,
@@ -40,6 +42,24 @@ typedef struct block_q4_0 {
     uint8_t qs[QK4_0 / 2];
 } block_q4_0;
 _Static_assert(sizeof(block_q4_0) == 18, "q4_0 block is 18 bytes");
+
+#define QK5_0 32
+/* One q5_0 block: 32 5-bit values, low nibbles as q4_0's, the fifth bits in qh (bit j of the
+ * little-endian uint32 for element j); value = d * (q - 16). */
+typedef struct block_q5_0 {
+    uint16_t d;
+    uint8_t qh[4];
+    uint8_t qs[QK5_0 / 2];
+} block_q5_0;
+_Static_assert(sizeof(block_q5_0) == 22, "q5_0 block is 22 bytes");
+
+/* q5_1: q5_0 with a minimum instead of the offset; value = d * q + m. */
+typedef struct block_q5_1 {
+    uint16_t d, m;
+    uint8_t qh[4];
+    uint8_t qs[QK5_0 / 2];
+} block_q5_1;
+_Static_assert(sizeof(block_q5_1) == 24, "q5_1 block is 24 bytes");
 
 /* ---- K-quants: super-blocks of 256 (ggml's block layouts, ggml-common.h) ---- */
 
@@ -102,17 +122,23 @@ void dt_quantize_q4_0(const float *x, block_q4_0 *out, size_t n);
 void dt_quantize_q4_K(const float *x, block_q4_K *out, size_t n);
 void dt_quantize_q5_K(const float *x, block_q5_K *out, size_t n);
 void dt_quantize_q6_K(const float *x, block_q6_K *out, size_t n);
+/* q5_0 and q5_1 (what llama.cpp's K-quant mixes write for rows that are not whole 256-blocks),
+ * quantised over each block's range, and back to f32 as ggml computes them. */
+void dt_quantize_q5_0(const float *x, block_q5_0 *out, size_t n);
+void dt_quantize_q5_1(const float *x, block_q5_1 *out, size_t n);
+void dt_dequantize_q5_0(const block_q5_0 *x, float *out, size_t n);
+void dt_dequantize_q5_1(const block_q5_1 *x, float *out, size_t n);
 /* The K-quants back to f32, as ggml's dequantize_row_q*_K computes them. */
 void dt_dequantize_q4_K(const block_q4_K *x, float *out, size_t n);
 void dt_dequantize_q5_K(const block_q5_K *x, float *out, size_t n);
 void dt_dequantize_q6_K(const block_q6_K *x, float *out, size_t n);
 
 /* Dequantize/convert one row of n elements of a type to f32. Returns 0, or
- * ERR_UNSUPPORTED for a type it cannot convert (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K,
- * Q6_K are supported). */
+ * ERR_UNSUPPORTED for a type it cannot convert (F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q5_1,
+ * Q4_K, Q5_K, Q6_K are supported). */
 int dt_to_f32(uint32_t type, const void *src, float *dst, size_t n);
 
-/* Convert n floats to a type (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K). Returns 0 or
+/* Convert n floats to a type (F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K). 0 or
  * ERR_UNSUPPORTED. */
 int dt_from_f32(uint32_t type, const float *src, void *dst, size_t n);
 

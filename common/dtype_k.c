@@ -1,7 +1,7 @@
 /*
- * common/dtype_k.c — the K-quants (q4_K, q5_K, q6_K): dequantization as ggml's
- * dequantize_row_q*_K computes it, and this project's own quantizer for the files it
- * writes (make-tiny). The quantizer is a plain fit, not ggml's iterative search: it serves
+ * common/dtype_k.c — the K-quants (q4_K, q5_K, q6_K) and the 5-bit blocks of 32 (q5_0,
+ * q5_1) that K-quant mixes fall back to: dequantization as ggml's dequantize_row_* computes
+ * it, and this project's own quantizer for the files it writes (make-tiny). The quantizer is a plain fit, not ggml's iterative search: it serves
  * test fixtures and benchmarks, where what matters is that the bytes are valid and the
  * values near the floats; real files come from llama.cpp.
  */
@@ -78,7 +78,74 @@ void dt_dequantize_q6_K(const block_q6_K *x, float *y, size_t n)
     }
 }
 
+/* Element j of a q5_0/q5_1 block, 0..31: the nibble and the fifth bit. */
+static int q5_level(const uint8_t *qh4, const uint8_t *qs, int j)
+{
+    uint32_t qh;
+    memcpy(&qh, qh4, 4);
+    const int lo = j < 16 ? qs[j] & 0xF : qs[j - 16] >> 4;
+    return lo | (int)((qh >> j) & 1) << 4;
+}
+
+void dt_dequantize_q5_0(const block_q5_0 *x, float *y, size_t n)
+{
+    for (size_t b = 0; b < n / QK5_0; b++) {
+        const float d = dt_f16_to_f32(x[b].d);
+        for (int j = 0; j < QK5_0; j++)
+            *y++ = (float)(q5_level(x[b].qh, x[b].qs, j) - 16) * d;
+    }
+}
+
+void dt_dequantize_q5_1(const block_q5_1 *x, float *y, size_t n)
+{
+    for (size_t b = 0; b < n / QK5_0; b++) {
+        const float d = dt_f16_to_f32(x[b].d), m = dt_f16_to_f32(x[b].m);
+        for (int j = 0; j < QK5_0; j++)
+            *y++ = (float)q5_level(x[b].qh, x[b].qs, j) * d + m;
+    }
+}
+
 /* ---- quantization ---- */
+
+/* The levels (0..31) of 32 floats at scale d from lo, packed as q5_0/q5_1 store them. */
+static void q5_pack(const float *x, float lo, float d, uint8_t qh4[4], uint8_t *qs)
+{
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; j++) {
+        int l[2];
+        for (int h = 0; h < 2; h++)
+            l[h] = d != 0 ? clampi((int)nearbyintf((x[j + 16 * h] - lo) / d), 0, 31) : 0;
+        qs[j] = (uint8_t)((l[0] & 0xF) | (l[1] & 0xF) << 4);
+        qh |= (uint32_t)(l[0] >> 4) << j | (uint32_t)(l[1] >> 4) << (j + 16);
+    }
+    memcpy(qh4, &qh, 4);
+}
+
+void dt_quantize_q5_0(const float *x, block_q5_0 *out, size_t n)
+{
+    for (size_t b = 0; b < n / QK5_0; b++, x += QK5_0) {
+        float amax = 0;
+        for (int j = 0; j < QK5_0; j++)
+            amax = fmaxf(amax, fabsf(x[j]));
+        out[b].d = dt_f32_to_f16(amax / 15.0f); /* levels -16..15 around 0 */
+        const float d = dt_f16_to_f32(out[b].d);
+        q5_pack(x, -16.0f * d, d, out[b].qh, out[b].qs);
+    }
+}
+
+void dt_quantize_q5_1(const float *x, block_q5_1 *out, size_t n)
+{
+    for (size_t b = 0; b < n / QK5_0; b++, x += QK5_0) {
+        float lo = x[0], hi = x[0];
+        for (int j = 1; j < QK5_0; j++) {
+            lo = fminf(lo, x[j]);
+            hi = fmaxf(hi, x[j]);
+        }
+        out[b].d = dt_f32_to_f16((hi - lo) / 31.0f);
+        out[b].m = dt_f32_to_f16(lo);
+        q5_pack(x, dt_f16_to_f32(out[b].m), dt_f16_to_f32(out[b].d), out[b].qh, out[b].qs);
+    }
+}
 
 /*
  * The fit of one q4_K/q5_K block of 256 floats with levels 0..nmax: per sub-block of 32,

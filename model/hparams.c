@@ -330,7 +330,7 @@ static int check_one(const gguf_t *g, const char *name, uint64_t d0, uint64_t d1
     if (!f32_only)
         ok = ok || t->type == GGML_TYPE_F16 || t->type == GGML_TYPE_BF16 ||
              t->type == GGML_TYPE_Q8_0 || t->type == GGML_TYPE_Q4_0 ||
-             t->type == GGML_TYPE_Q4_K || t->type == GGML_TYPE_Q5_K || t->type == GGML_TYPE_Q6_K;
+             t->type == GGML_TYPE_Q5_0 || t->type == GGML_TYPE_Q5_1 || t->type == GGML_TYPE_Q4_K || t->type == GGML_TYPE_Q5_K || t->type == GGML_TYPE_Q6_K;
     if (!ok)
         return err_set(e, ERR_UNSUPPORTED, "tensor '%s' has type %s, expected %s", name,
                        ggml_type_get(t->type)->name, f32_only ? "f32" : MDL_SUPPORTED_TYPES);

@@ -21,7 +21,7 @@
 /* The architectures the forward pass runs, and the tensor types its kernels read: named
  * once for every error and for `gist-model info`. */
 #define MDL_SUPPORTED_ARCHS "llama, qwen2, qwen3"
-#define MDL_SUPPORTED_TYPES "f32, f16, bf16, q8_0, q4_0, q4_K, q5_K or q6_K"
+#define MDL_SUPPORTED_TYPES "f32, f16, bf16, q8_0, q4_0, q5_0, q5_1, q4_K, q5_K or q6_K"
 
 /* general.architecture. qwen2 adds biases to Q, K and V; qwen3 normalises each head of Q
  * and K (RMS, weights [head_dim]) and states key_length; both rotate the two halves of a

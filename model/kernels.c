@@ -55,6 +55,10 @@ static int type_slot(uint32_t type)
         return KT_Q8_0;
     case DT_Q4_0:
         return KT_Q4_0;
+    case DT_Q5_0:
+        return KT_Q5_0;
+    case DT_Q5_1:
+        return KT_Q5_1;
     case DT_Q4_K:
         return KT_Q4_K;
     case DT_Q5_K:
@@ -80,6 +84,10 @@ static size_t row_bytes(int kt, int n)
         return (size_t)(n / QK8_0) * sizeof(block_q8_0);
     case KT_Q4_0:
         return (size_t)(n / QK4_0) * sizeof(block_q4_0);
+    case KT_Q5_0:
+        return (size_t)(n / QK5_0) * sizeof(block_q5_0);
+    case KT_Q5_1:
+        return (size_t)(n / QK5_0) * sizeof(block_q5_1);
     case KT_Q4_K:
         return (size_t)(n / QK_K) * sizeof(block_q4_K);
     case KT_Q5_K:
@@ -428,10 +436,10 @@ static void to_f32_q4_0(const uint8_t *src, float *dst, int n)
 const kern_path_t kern_path_portable = {
     .name = "portable",
     .rows = {rows_f32_portable, rows_f16_portable, rows_bf16_portable, rows_q8_0_portable,
-             rows_q4_0_portable, kern_rows_q4_K_portable, kern_rows_q5_K_portable,
-             kern_rows_q6_K_portable},
-    .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0, kern_to_f32_q4_K,
-               kern_to_f32_q5_K, kern_to_f32_q6_K},
+             rows_q4_0_portable, kern_rows_q5_0_portable, kern_rows_q5_1_portable,
+             kern_rows_q4_K_portable, kern_rows_q5_K_portable, kern_rows_q6_K_portable},
+    .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0, kern_to_f32_q5_0,
+               kern_to_f32_q5_1, kern_to_f32_q4_K, kern_to_f32_q5_K, kern_to_f32_q6_K},
     .qx_bytes = kern_qx_simple_bytes,
     .qx_make = kern_qx_simple_make,
 };

@@ -563,20 +563,20 @@ static void to_f32_q4_0(const uint8_t *src, float *dst, int n)
 
 const kern_path_t kern_path_avx512 = {
     .name = "avx512",
-    .rows = {rows_f32, rows_f16, rows_bf16, rows_q8_0, rows_q4_0, rows_q4_K, rows_q5_K,
-             rows_q6_K},
-    .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0,
-               kern_to_f32_q4_K, kern_to_f32_q5_K, kern_to_f32_q6_K},
+    .rows = {rows_f32, rows_f16, rows_bf16, rows_q8_0, rows_q4_0, kern_rows_q5_0_portable,
+             kern_rows_q5_1_portable, rows_q4_K, rows_q5_K, rows_q6_K},
+    .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0, kern_to_f32_q5_0,
+               kern_to_f32_q5_1, kern_to_f32_q4_K, kern_to_f32_q5_K, kern_to_f32_q6_K},
     .qx_bytes = qx_pair_bytes,
     .qx_make = qx_pair_make,
 };
 
 const kern_path_t kern_path_avx512_fma = {
     .name = "avx512-fma",
-    .rows = {rows_f32, rows_f16, rows_bf16, rows_q8_0_fma, rows_q4_0_fma, rows_q4_K, rows_q5_K,
-             rows_q6_K},
-    .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0,
-               kern_to_f32_q4_K, kern_to_f32_q5_K, kern_to_f32_q6_K},
+    .rows = {rows_f32, rows_f16, rows_bf16, rows_q8_0_fma, rows_q4_0_fma,
+             kern_rows_q5_0_portable, kern_rows_q5_1_portable, rows_q4_K, rows_q5_K, rows_q6_K},
+    .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0, kern_to_f32_q5_0,
+               kern_to_f32_q5_1, kern_to_f32_q4_K, kern_to_f32_q5_K, kern_to_f32_q6_K},
     .qx_bytes = qx_f32_bytes,
     .qx_make = qx_f32_make,
 };

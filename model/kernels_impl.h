@@ -21,7 +21,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { KT_F32, KT_F16, KT_BF16, KT_Q8_0, KT_Q4_0, KT_Q4_K, KT_Q5_K, KT_Q6_K, KT_COUNT };
+/* Q5_0 and Q5_1 (the fallback of K-quant mixes for rows that are not whole 256-blocks) are
+ * dequantised a block at a time and multiplied with the f32 activations, on every path. */
+enum {
+    KT_F32,
+    KT_F16,
+    KT_BF16,
+    KT_Q8_0,
+    KT_Q4_0,
+    KT_Q5_0,
+    KT_Q5_1,
+    KT_Q4_K,
+    KT_Q5_K,
+    KT_Q6_K,
+    KT_COUNT
+};
 
 /* Whether a slot's row kernels read quantised activations (rather than f32 rows). */
 static inline int kern_slot_quant(int kt)
@@ -100,6 +114,12 @@ void kern_rows_q5_K_portable(const uint8_t *W, size_t w_stride, const uint8_t *x
                              int nx, int n_cols, float *y, size_t y_stride, int r0, int r1);
 void kern_rows_q6_K_portable(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
                              int nx, int n_cols, float *y, size_t y_stride, int r0, int r1);
+void kern_rows_q5_0_portable(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
+                             int nx, int n_cols, float *y, size_t y_stride, int r0, int r1);
+void kern_rows_q5_1_portable(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
+                             int nx, int n_cols, float *y, size_t y_stride, int r0, int r1);
+void kern_to_f32_q5_0(const uint8_t *src, float *dst, int n);
+void kern_to_f32_q5_1(const uint8_t *src, float *dst, int n);
 void kern_to_f32_q4_K(const uint8_t *src, float *dst, int n);
 void kern_to_f32_q5_K(const uint8_t *src, float *dst, int n);
 void kern_to_f32_q6_K(const uint8_t *src, float *dst, int n);

@@ -1,5 +1,6 @@
 /*
- * model/kernels_k.c — the K-quant weights (q4_K, q5_K, q6_K) on the portable path: the
+ * model/kernels_k.c — the K-quant weights (q4_K, q5_K, q6_K) on the portable path, and the
+ * q5_0/q5_1 rows of every path (dequantised a block at a time against f32 activations): the
  * activations quantised per 256-block (the K layout of kernels_impl.h, shared by every
  * path) and plain row kernels, one exact int32 sum per sub-block weighted by its integer
  * scale, then one f32 multiply per super-block, as ggml's vec_dot_q*_K_q8_K.
@@ -148,6 +149,56 @@ void kern_rows_q6_K_portable(const uint8_t *W, size_t w_stride, const uint8_t *x
                              int nx, int n_cols, float *y, size_t y_stride, int r0, int r1)
 {
     rows_k(KT_Q6_K, W, w_stride, x, x_stride, nx, n_cols, y, y_stride, r0, r1);
+}
+
+/* q5_0/q5_1 rows against f32 vectors: each block dequantised (as dt_to_f32 does), then
+ * dotted with every vector. */
+static void rows_q5(int kt, const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
+                    int nx, int n_cols, float *y, size_t y_stride, int r0, int r1)
+{
+    const size_t bsz = kt == KT_Q5_0 ? sizeof(block_q5_0) : sizeof(block_q5_1);
+    float w[QK5_0];
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *row = W + r * w_stride;
+        float acc[KERN_MAX_NX] = {0};
+        for (int k = 0; k < n_cols / QK5_0; k++) {
+            if (kt == KT_Q5_0)
+                dt_dequantize_q5_0((const block_q5_0 *)(row + k * bsz), w, QK5_0);
+            else
+                dt_dequantize_q5_1((const block_q5_1 *)(row + k * bsz), w, QK5_0);
+            for (int i = 0; i < nx; i++) {
+                const float *xi = (const float *)(x + i * x_stride) + QK5_0 * k;
+                float s = 0;
+                for (int j = 0; j < QK5_0; j++)
+                    s += w[j] * xi[j];
+                acc[i] += s;
+            }
+        }
+        for (int i = 0; i < nx; i++)
+            y[i * y_stride + r] = acc[i];
+    }
+}
+
+void kern_rows_q5_0_portable(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
+                             int nx, int n_cols, float *y, size_t y_stride, int r0, int r1)
+{
+    rows_q5(KT_Q5_0, W, w_stride, x, x_stride, nx, n_cols, y, y_stride, r0, r1);
+}
+
+void kern_rows_q5_1_portable(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
+                             int nx, int n_cols, float *y, size_t y_stride, int r0, int r1)
+{
+    rows_q5(KT_Q5_1, W, w_stride, x, x_stride, nx, n_cols, y, y_stride, r0, r1);
+}
+
+void kern_to_f32_q5_0(const uint8_t *src, float *dst, int n)
+{
+    dt_dequantize_q5_0((const block_q5_0 *)src, dst, (size_t)n);
+}
+
+void kern_to_f32_q5_1(const uint8_t *src, float *dst, int n)
+{
+    dt_dequantize_q5_1((const block_q5_1 *)src, dst, (size_t)n);
 }
 
 void kern_to_f32_q4_K(const uint8_t *src, float *dst, int n)

@@ -277,8 +277,9 @@ static bool more_bits(uint32_t l, uint32_t n)
 }
 
 /* The storage type of a matrix with rows of ne0 (what: 'o' output, 'v' attn_v, 'd' ffn_down,
- * else any other) in layer l: the configured type, or the mix's choice. A K-quant for rows
- * that are not whole 256-blocks falls back to q8_0. */
+ * else any other) in layer l: the configured type, or the mix's choice. In a mix, a K-quant
+ * for rows that are not whole 256-blocks falls back as llama.cpp's does: q4_K to q5_0, q5_K
+ * to q5_1, q6_K to q8_0. */
 static uint32_t mat_type(const mdl_tiny_cfg_t *c, char what, uint32_t l, uint64_t ne0)
 {
     uint32_t t = c->type;
@@ -286,7 +287,8 @@ static uint32_t mat_type(const mdl_tiny_cfg_t *c, char what, uint32_t l, uint64_
         t = GGML_TYPE_Q6_K;
     const ggml_type_info_t *ti = ggml_type_get(t);
     if (c->mix && ne0 % ti->block_elems)
-        t = GGML_TYPE_Q8_0;
+        t = t == GGML_TYPE_Q4_K ? GGML_TYPE_Q5_0 : t == GGML_TYPE_Q5_K ? GGML_TYPE_Q5_1
+                                                                        : GGML_TYPE_Q8_0;
     return t;
 }
 
@@ -363,8 +365,9 @@ void mdl_tiny_cfg_default(mdl_tiny_cfg_t *cfg)
 int mdl_tiny_type_from_name(const char *name)
 {
     static const uint32_t types[] = {GGML_TYPE_F32,  GGML_TYPE_F16,  GGML_TYPE_BF16,
-                                     GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q4_K,
-                                     GGML_TYPE_Q5_K, GGML_TYPE_Q6_K};
+                                     GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q5_0,
+                                     GGML_TYPE_Q5_1, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K,
+                                     GGML_TYPE_Q6_K};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
         if (!strcasecmp(name, ggml_type_get(types[i])->name))
             return (int)types[i];
@@ -423,8 +426,8 @@ static int check_cfg(const mdl_tiny_cfg_t *c, err_info_t *e)
 {
     if (mdl_tiny_type_from_name(ggml_type_get(c->type) ? ggml_type_get(c->type)->name : "") < 0)
         return err_set(e, ERR_INVAL,
-                       "type %" PRIu32 " is not one of f32, f16, bf16, q8_0, q4_0, q4_K, q5_K, "
-                       "q6_K",
+                       "type %" PRIu32 " is not one of f32, f16, bf16, q8_0, q4_0, q5_0, q5_1, "
+                       "q4_K, q5_K, q6_K",
                        c->type);
     if (c->arch && strcmp(c->arch, "llama") && strcmp(c->arch, "qwen2") &&
         strcmp(c->arch, "qwen3"))
@@ -455,7 +458,7 @@ static int check_cfg(const mdl_tiny_cfg_t *c, err_info_t *e)
                        ") for the special and byte tokens, and at most 16777216",
                        c->n_vocab, c->n_gist);
     const ggml_type_info_t *ti = ggml_type_get(c->type);
-    const uint32_t blk = c->mix ? 32 : ti->block_elems; /* a mix falls back to q8_0 */
+    const uint32_t blk = c->mix ? 32 : ti->block_elems; /* a mix falls back to blocks of 32 */
     const uint32_t qw = c->n_head * head_dim(c);
     if (c->n_embd % blk || c->n_ff % blk || qw % blk)
         return err_set(e, ERR_INVAL,

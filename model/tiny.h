@@ -11,7 +11,7 @@
  * applies to the 2-D matrices; norm vectors and gate tensors stay f32, as in real files. A
  * K-quant mix (q4_K_M, q5_K_M) picks the type per tensor as llama.cpp's quantizer does:
  * output and, in some layers, attn_v and ffn_down in q6_K; a matrix whose rows are not whole
- * 256-blocks falls back to q8_0.
+ * 256-blocks falls back to q5_0, q5_1 or q8_0 as llama.cpp's does.
  * Matrices are uniform(-1, 1) * 1.5 / sqrt(n_cols), norms 1 + 0.1 * uniform(-1, 1), so
  * activations stay O(1). Pure function of its arguments; any thread.
  */
@@ -28,8 +28,8 @@ enum mdl_tiny_mix { MDL_TINY_MIX_NONE = 0, MDL_TINY_MIX_Q4_K_M, MDL_TINY_MIX_Q5_
 
 typedef struct mdl_tiny_cfg {
     uint64_t seed;
-    uint32_t type; /* storage type of the matrices: GGML_TYPE_F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q5_K/
-                      Q6_K; with a mix, its base type (set by mdl_tiny_type_from_name) */
+    uint32_t type; /* storage type of the matrices: GGML_TYPE_F32/F16/BF16/Q8_0/Q4_0/Q5_0/Q5_1/
+                      Q4_K/Q5_K/Q6_K; with a mix, its base type (set by mdl_tiny_set_type) */
     uint32_t mix;  /* enum mdl_tiny_mix */
     const char *arch;  /* "llama" (default), "qwen2", "qwen3" */
     uint32_t head_dim; /* 0: n_embd / n_head; else written as key_length (qwen3 files do) */
@@ -56,8 +56,8 @@ void mdl_tiny_cfg_default(mdl_tiny_cfg_t *cfg);
  * type or architecture), ERR_IO when the file cannot be written. */
 int mdl_tiny_write(const char *path, const mdl_tiny_cfg_t *cfg, err_info_t *e);
 
-/* The type number for a name ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_K", "q5_K",
- * "q6_K", any case), or -1. */
+/* The type number for a name ("f32", "f16", "bf16", "q8_0", "q4_0", "q5_0", "q5_1", "q4_K",
+ * "q5_K", "q6_K", any case), or -1. */
 int mdl_tiny_type_from_name(const char *name);
 
 /* Sets cfg's type and mix from a name: a type, or a mix ("q4_K_M", "q5_K_M"). 0, or -1 for

@@ -19,10 +19,10 @@ import numpy as np
 
 # ggml tensor types: (elements per block, bytes per block)
 GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0, GGML_BF16 = 0, 1, 2, 8, 30
-GGML_Q4_K, GGML_Q5_K, GGML_Q6_K = 12, 13, 14
+GGML_Q5_0, GGML_Q5_1, GGML_Q4_K, GGML_Q5_K, GGML_Q6_K = 6, 7, 12, 13, 14
 _BLOCK = {GGML_F32: (1, 4), GGML_F16: (1, 2), GGML_Q4_0: (32, 18), GGML_Q8_0: (32, 34),
           GGML_BF16: (1, 2), GGML_Q4_K: (256, 144), GGML_Q5_K: (256, 176),
-          GGML_Q6_K: (256, 210)}
+          GGML_Q6_K: (256, 210), GGML_Q5_0: (32, 22), GGML_Q5_1: (32, 24)}
 K_QUANTS = (GGML_Q4_K, GGML_Q5_K, GGML_Q6_K)
 
 # GGUF metadata value types
@@ -169,6 +169,15 @@ def dequantize(ttype, ne, raw):
         x = (blk["d"].astype(np.float64)[:, None] * np.concatenate([lo, hi], axis=1)).reshape(-1)
     elif ttype in K_QUANTS:
         x = _dequant_k(ttype, raw)
+    elif ttype in (GGML_Q5_0, GGML_Q5_1):  # fifth bit of element j: bit j of qh (uint32)
+        fields = [("d", "<f2")] + ([("m", "<f2")] if ttype == GGML_Q5_1 else [])
+        blk = np.frombuffer(raw, np.dtype(fields + [("qh", "<u4"), ("qs", "u1", 16)]))
+        qs = blk["qs"].astype(np.int64)
+        q = np.concatenate([qs & 0x0F, qs >> 4], axis=1)
+        q = q | (((blk["qh"].astype(np.int64)[:, None] >> np.arange(32)[None, :]) & 1) << 4)
+        d = blk["d"].astype(np.float64)[:, None]
+        x = (d * (q - 16) if ttype == GGML_Q5_0
+             else d * q + blk["m"].astype(np.float64)[:, None]).reshape(-1)
     else:
         raise ValueError(f"tensor type {ttype} not supported by the reference")
     return x.reshape(shape)

@@ -55,7 +55,7 @@ SHAPES = {
     # row and layer then carries that 1e-3-sized difference.)
     "k_gqa": dict(n_embd=256, n_layer=3, n_head=4, n_head_kv=2, n_ff=512, n_vocab=300),
     # tied, n_ff of 3 blocks, odd head count: in a mix, attn_output rows (3 * 96 = 288) are
-    # not whole 256-blocks and fall back to q8_0
+    # not whole 256-blocks and fall back to q5_0 (q4_K_M) or q5_1 (q5_K_M), as llama.cpp's
     "k_odd_tied": dict(n_embd=256, n_layer=2, n_head=3, n_head_kv=1, n_ff=768, n_vocab=290,
                        tied=True, head_dim=96),
     # qwen2: Q/K/V biases, half-split RoPE
@@ -179,6 +179,9 @@ def test_k_quants():
         assert types & set(ref_llama.K_QUANTS), (wtype, shape, types)
         if wtype.endswith("_M"):  # the mix really mixes
             assert ref_llama.GGML_Q6_K in types and len(types & set(ref_llama.K_QUANTS)) == 2
+        if wtype.endswith("_M") and shape == "k_odd_tied":  # rows of 288: llama.cpp's fallback
+            fallback = ref_llama.GGML_Q5_0 if wtype == "q4_K_M" else ref_llama.GGML_Q5_1
+            assert fallback in types, (wtype, types)
         toks = tokens(80 + i, 19, SHAPES[shape]["n_vocab"])
         ref = ref_llama.RefModel(model).forward(toks)
         ref_q = ref_llama.RefModel(model, act_quant=True).forward(toks)
@@ -338,7 +341,7 @@ def test_unsupported_named():
     at = q8.index(name) + len(name) + 4 + 16  # n_dims, ne[0], ne[1]
     assert int.from_bytes(q8[at:at + 4], "little") == 8
     cases.append((q8[:at] + (3).to_bytes(4, "little") + q8[at + 4:],
-                  "has type q4_1, expected f32, f16, bf16, q8_0, q4_0, q4_K, q5_K or q6_K"))
+                  "has type q4_1, expected f32, f16, bf16, q8_0, q4_0, q5_0, q5_1, q4_K, q5_K or q6_K"))
     for i, (blob, needle) in enumerate(cases):
         bad = os.path.join(TMP, f"unsupported-{i}.gguf")
         open(bad, "wb").write(blob)

@@ -1,5 +1,6 @@
 /*
- * Tests for the K-quant weights (q4_K, q5_K, q6_K) in model/kernels and common/dtype:
+ * Tests for the K-quant weights (q4_K, q5_K, q6_K), and the q5_0/q5_1 blocks K-quant mixes
+ * fall back to, in model/kernels and common/dtype:
  * the test's own decoder of ggml's block layouts (written from the layout, not from the
  * project's code) against dt_to_f32 and kern_get_row; the naive reference and every SIMD
  * path this CPU can run against a double loop over the decoded weights, for several shapes
@@ -25,17 +26,44 @@
 #include "tests/check.h"
 #include "tests/kern_fixture.h"
 
-static const uint32_t ktypes[] = {DT_Q4_K, DT_Q5_K, DT_Q6_K};
-static const char *const knames[] = {"q4_K", "q5_K", "q6_K"};
+/* the K-quants first (ktypes[0..3)), then the blocks of 32 that take f32 activations */
+static const uint32_t ktypes[] = {DT_Q4_K, DT_Q5_K, DT_Q6_K, DT_Q5_0, DT_Q5_1};
+static const char *const knames[] = {"q4_K", "q5_K", "q6_K", "q5_0", "q5_1"};
+#define N_K   3
+#define N_ALL 5
 
 static const char *kname(uint32_t t)
 {
-    return knames[t == DT_Q4_K ? 0 : t == DT_Q5_K ? 1 : 2];
+    for (int i = 0; i < N_ALL; i++)
+        if (ktypes[i] == t)
+            return knames[i];
+    return "?";
+}
+
+static bool is_k(uint32_t t)
+{
+    return t == DT_Q4_K || t == DT_Q5_K || t == DT_Q6_K;
+}
+
+static int blk_elems(uint32_t t)
+{
+    return is_k(t) ? 256 : 32;
 }
 
 static size_t block_bytes(uint32_t t)
 {
-    return t == DT_Q4_K ? 144 : t == DT_Q5_K ? 176 : 210;
+    switch (t) {
+    case DT_Q4_K:
+        return 144;
+    case DT_Q5_K:
+        return 176;
+    case DT_Q6_K:
+        return 210;
+    case DT_Q5_0:
+        return 22;
+    default:
+        return 24;
+    }
 }
 
 /* ---- the test's decoder, from the block layouts ---- */
@@ -54,9 +82,21 @@ static void scale_min(const uint8_t *s, int j, int *sc, int *m)
     }
 }
 
-/* Element e of a K-quant block as its two parts: value = a - b (b = 0 for q6_K). */
+/* Element e of a block as its two parts: value = a - b (b = 0 for q6_K). */
 static void decode_k(uint32_t t, const uint8_t *blk, int e, double *a, double *b)
 {
+    if (t == DT_Q5_0 || t == DT_Q5_1) {
+        /* d (f16), [m (f16)], qh: bit e of a little-endian uint32, qs: nibbles as q4_0's */
+        const int off = t == DT_Q5_0 ? 2 : 4;
+        const uint32_t qh = (uint32_t)blk[off] | (uint32_t)blk[off + 1] << 8 |
+                            (uint32_t)blk[off + 2] << 16 | (uint32_t)blk[off + 3] << 24;
+        const uint8_t *qs = blk + off + 4;
+        const int q = (e < 16 ? qs[e] % 16 : qs[e - 16] / 16) + 16 * (int)((qh >> e) & 1);
+        const double d = f16_decode(rd16(blk));
+        *a = d * q;
+        *b = t == DT_Q5_0 ? 16 * d : -f16_decode(rd16(blk + 2));
+        return;
+    }
     if (t == DT_Q6_K) {
         const uint8_t *ql = blk, *qh = blk + 128;
         const int8_t *sc = (const int8_t *)(blk + 192);
@@ -86,7 +126,7 @@ static void decode_k(uint32_t t, const uint8_t *blk, int e, double *a, double *b
 static double decode_elem(uint32_t t, const uint8_t *row, int c)
 {
     double a, b;
-    decode_k(t, row + (size_t)(c / 256) * block_bytes(t), c % 256, &a, &b);
+    decode_k(t, row + (size_t)(c / blk_elems(t)) * block_bytes(t), c % blk_elems(t), &a, &b);
     return a - b;
 }
 
@@ -94,13 +134,13 @@ static double decode_elem(uint32_t t, const uint8_t *row, int c)
  * field 5..16 (q6_K's int8 scales stay any value). */
 static uint8_t *make_kweights(uint32_t t, int rows, int cols, uint64_t *s)
 {
-    const size_t nb = (size_t)rows * cols / 256, bb = block_bytes(t);
+    const size_t nb = (size_t)rows * cols / blk_elems(t), bb = block_bytes(t);
     uint8_t *w = malloc(nb * bb + 1);
     for (size_t i = 0; i < nb * bb; i++)
         w[i] = (uint8_t)rng_next(s);
     for (size_t k = 0; k < nb; k++) {
         uint8_t *blk = w + k * bb;
-        for (int h = 0; h < (t == DT_Q6_K ? 1 : 2); h++) {
+        for (int h = 0; h < (t == DT_Q6_K || t == DT_Q5_0 ? 1 : 2); h++) {
             uint16_t d = (uint16_t)((rng_next(s) & 0x83ff) | (5 + rng_next(s) % 12) << 10);
             memcpy(blk + (t == DT_Q6_K ? 208 : 2 * h), &d, 2);
         }
@@ -132,7 +172,7 @@ static int check_k(int how, uint32_t t, int rows, int cols, int n_b, bool ref, b
     uint64_t s = seed;
     uint8_t *W = make_kweights(t, rows, cols, &s);
     float *X = exact_x ? make_x_exact256(n_b, cols, &s) : make_x_random(n_b, cols, &s);
-    const size_t ny = (size_t)n_b * rows, rs = (size_t)cols / 256 * block_bytes(t);
+    const size_t ny = (size_t)n_b * rows, rs = (size_t)cols / blk_elems(t) * block_bytes(t);
     float *Y = malloc(sizeof(float) * (ny + 16));
     for (size_t i = 0; i < ny + 16; i++)
         Y[i] = -12345.0f;
@@ -144,7 +184,7 @@ static int check_k(int how, uint32_t t, int rows, int cols, int n_b, bool ref, b
         kern_matvec(t, W, X, Y, rows, cols);
     else
         kern_matmul(t, W, X, Y, rows, cols, n_b);
-    const bool quant_err = !ref && !exact_x && how != KERN_BY_GEMM;
+    const bool quant_err = !ref && !exact_x && how != KERN_BY_GEMM && is_k(t);
     int bad = 0;
     for (int r = 0; r < rows; r++) {
         for (int b = 0; b < n_b; b++) {
@@ -152,7 +192,8 @@ static int check_k(int how, uint32_t t, int rows, int cols, int n_b, bool ref, b
             double y = 0, A = 0, Q = 0, wsum = 0, amax = 0;
             for (int c = 0; c < cols; c++) {
                 double pa, pb;
-                decode_k(t, W + rs * r + (size_t)(c / 256) * block_bytes(t), c % 256, &pa, &pb);
+                decode_k(t, W + rs * r + (size_t)(c / blk_elems(t)) * block_bytes(t),
+                         c % blk_elems(t), &pa, &pb);
                 y += (pa - pb) * x[c];
                 A += fabs(pa * x[c]) + fabs(pb * x[c]);
                 wsum += fabs(pa - pb);
@@ -186,9 +227,9 @@ static const int kbatches[] = {1, 2, 3, 4, 5, 7, 9, 17, 33};
 
 static void test_supported(void)
 {
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < N_ALL; i++) {
         CHECK(kern_type_supported(ktypes[i]));
-        CHECK(kern_type_quantises(ktypes[i]));
+        CHECK(kern_type_quantises(ktypes[i]) == is_k(ktypes[i]));
     }
     CHECK(!kern_type_supported(10)); /* q2_K */
     CHECK(!kern_type_supported(11)); /* q3_K */
@@ -200,18 +241,19 @@ static void test_supported(void)
 static void test_decode(void)
 {
     uint64_t s = 11;
-    for (int ti = 0; ti < 3; ti++) {
+    for (int ti = 0; ti < N_ALL; ti++) {
         const uint32_t t = ktypes[ti];
         const int rows = 4, cols = 512;
         uint8_t *W = make_kweights(t, rows, cols, &s);
         float out[512];
         int bad = 0;
         for (int r = 0; r < rows; r++) {
-            const uint8_t *row = W + (size_t)r * 2 * block_bytes(t);
+            const uint8_t *row = W + (size_t)r * (cols / blk_elems(t)) * block_bytes(t);
             kern_get_row(t, W, cols, r, out);
             for (int c = 0; c < cols; c++) {
                 double a, b;
-                decode_k(t, row + (size_t)(c / 256) * block_bytes(t), c % 256, &a, &b);
+                decode_k(t, row + (size_t)(c / blk_elems(t)) * block_bytes(t),
+                         c % blk_elems(t), &a, &b);
                 bad += !(fabs(out[c] - (a - b)) <= 3 * 0x1p-24 * (fabs(a) + fabs(b)));
             }
         }
@@ -258,7 +300,7 @@ static void test_qk_layout(void)
 static void test_ref_vs_double(void)
 {
     uint64_t seed = 1;
-    for (int ti = 0; ti < 3; ti++)
+    for (int ti = 0; ti < N_ALL; ti++)
         for (int si = 0; si < N_OF(kshapes); si++)
             CHECK_INT(check_k(0, ktypes[ti], kshapes[si][0], kshapes[si][1], 2, true, false,
                               seed++),
@@ -268,7 +310,7 @@ static void test_ref_vs_double(void)
 static void run_all(void)
 {
     uint64_t seed = 100;
-    for (int ti = 0; ti < 3; ti++) {
+    for (int ti = 0; ti < N_ALL; ti++) {
         const uint32_t t = ktypes[ti];
         for (int si = 0; si < N_OF(kshapes); si++) {
             const int rows = kshapes[si][0], cols = kshapes[si][1];
@@ -360,8 +402,8 @@ static void test_quantize(void)
     for (int i = 0; i < n; i++)
         x[i] = rng_uniform(&s, -1, 1) * ((i / 32) % 7 == 3 ? 8.0f : (i / 32) % 5 == 1 ? 0.01f : 1);
     uint8_t *q = malloc((size_t)n / 256 * 210);
-    double rel[3];
-    for (int ti = 0; ti < 3; ti++) {
+    double rel[N_ALL];
+    for (int ti = 0; ti < N_ALL; ti++) {
         CHECK_OK(dt_from_f32(ktypes[ti], x, q, n));
         CHECK_OK(dt_to_f32(ktypes[ti], q, y, n));
         double e2 = 0, x2 = 0;
@@ -378,6 +420,8 @@ static void test_quantize(void)
               rel[0], rel[1], rel[2]);
     CHECK_MSG(rel[1] < rel[0] * 0.7 && rel[2] < rel[1] * 0.7, "rms error %.3g %.3g %.3g",
               rel[0], rel[1], rel[2]);
+    /* 5 bits over a block of 32: about q5_K's error */
+    CHECK_MSG(rel[3] < 0.05 && rel[4] < 0.05, "q5_0 %.3g, q5_1 %.3g", rel[3], rel[4]);
     free(x);
     free(y);
     free(q);

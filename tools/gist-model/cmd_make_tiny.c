@@ -1,7 +1,8 @@
 /*
  * gist-model make-tiny — writes a random-weight llama model (model/tiny.h) for tests and
  * benchmarks:
- *   make-tiny OUT.gguf --seed N [--type f32|f16|bf16|q8_0|q4_0|q4_K|q5_K|q6_K|q4_K_M|q5_K_M]
+ *   make-tiny OUT.gguf --seed N [--type f32|f16|bf16|q8_0|q4_0|q5_0|q5_1|q4_K|q5_K|q6_K|
+ *                                       q4_K_M|q5_K_M]
  *             [--arch llama|qwen2|qwen3] [--head-dim N] [--n-embd N] [--n-layer N]
  *             [--n-head N] [--n-head-kv N] [--n-ff N] [--n-vocab N] [--n-ctx N]
  *             [--rope-base F] [--tied] [--gist N] [--retention-hidden N]
@@ -87,7 +88,8 @@ int cmd_make_tiny(int argc, char **argv)
         } else if (!strcmp(a, "--type")) {
             if (!val || mdl_tiny_set_type(&cfg, val))
                 return cmd_usage_error("make-tiny: --type must be f32, f16, bf16, q8_0, q4_0, "
-                                       "q4_K, q5_K, q6_K, q4_K_M or q5_K_M, got '%s'",
+                                       "q5_0, q5_1, q4_K, q5_K, q6_K, q4_K_M or q5_K_M, got "
+                                       "'%s'",
                                        val ? val : "");
             i++;
         } else if (!strcmp(a, "--arch")) {
