@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "common/dtype.h"
+#include "model/sampler.h"
 
 struct kvr {
     mdl_t *m;
@@ -178,6 +179,39 @@ int kvr_feed(kvr_t *r, const int32_t *ids, uint32_t n, float *logits, float *las
             memcpy(logits + i * nv, rt_step_logits(r->rt, 0, 0), k * nv * sizeof(float));
         else if (last && i + k == n)
             memcpy(last, r->s.logits, nv * sizeof(float));
+        rc = rt_step_policy(r->rt, 0, e);
+        r->text += k;
+        i += k;
+    }
+    return rc;
+}
+
+int kvr_score(kvr_t *r, const int32_t *ids, uint32_t n, double *nll, size_t *scored,
+              err_info_t *e)
+{
+    const uint32_t nv = r->hp->n_vocab;
+    int rc = 0;
+    for (uint32_t i = 0; i < n && !rc;) {
+        const uint32_t offer = n - i < r->cfg.ubatch ? n - i : r->cfg.ubatch;
+        uint32_t k;
+        rt_step_begin(r->rt);
+        rc = rt_step_add(r->rt, &r->s, ids + i, offer, true, &k, e);
+        if (rc)
+            break;
+        /* the step's first token follows the session's latest prediction (after gists) */
+        if (r->s.have_logits) {
+            *nll += mdl_token_nll(r->s.logits, nv, ids[i]);
+            (*scored)++;
+        }
+        rc = rt_step_run(r->rt, e);
+        if (!rc)
+            rc = rt_step_commit(r->rt, 0, e);
+        if (rc)
+            break;
+        for (uint32_t j = 0; j + 1 < k; j++) {
+            *nll += mdl_token_nll(rt_step_logits(r->rt, 0, j), nv, ids[i + j + 1]);
+            (*scored)++;
+        }
         rc = rt_step_policy(r->rt, 0, e);
         r->text += k;
         i += k;

@@ -61,6 +61,13 @@ int kvr_reset(kvr_t *r, err_info_t *e);
  * NULL, last (may be NULL) receives the prediction after the last token only. */
 int kvr_feed(kvr_t *r, const int32_t *ids, uint32_t n, float *logits, float *last, err_info_t *e);
 
+/* Runs n text tokens and scores them: adds -log p(token) to *nll and 1 to *scored for every
+ * token the session predicts (each but the session's very first), from the prediction the
+ * model made before it (after the gist tokens of a sentence it closed, as kvr_feed's
+ * logits). A text fed in pieces scores every token once, as one feed would. */
+int kvr_score(kvr_t *r, const int32_t *ids, uint32_t n, double *nll, size_t *scored,
+              err_info_t *e);
+
 /* Ends a turn (the policy closes the open sentence; learned gists run). When gists ran,
  * *updated says so and last (may be NULL) gets the prediction after them. */
 int kvr_end_turn(kvr_t *r, float *last, bool *updated, err_info_t *e);
