@@ -218,9 +218,8 @@ int main(int argc, char **argv)
             double dfast = 1 / bench_median(tf[k], reps);
             double b = bench_median(bw[k], reps);
             printf("%-6s %9.1f %3d %9.1f %8.1f %9.1f %8.1f %7.1f %9.1f %8.0f%% %8.0f%%\n",
-                   weight_name(m), bytes / 1e6, threads[k], p, pbest, d, dfast, b,
-                   b * 1e9 / bytes, 100 * bench_median(frac[k], reps),
-                   100 * dfast / (b * 1e9 / bytes));
+                   weight_name(m), bytes / 1e6, threads[k], p, pbest, d, dfast, b, b * 1e9 / bytes,
+                   100 * bench_median(frac[k], reps), 100 * dfast / (b * 1e9 / bytes));
         }
         fflush(stdout);
         mdl_flatkv_destroy(&kv);

@@ -1,9 +1,10 @@
 /*
  * common/dtype_k.c — the K-quants (q4_K, q5_K, q6_K) and the 5-bit blocks of 32 (q5_0,
  * q5_1) that K-quant mixes fall back to: dequantization as ggml's dequantize_row_* computes
- * it, and this project's own quantizer for the files it writes (make-tiny). The quantizer is a plain fit, not ggml's iterative search: it serves
- * test fixtures and benchmarks, where what matters is that the bytes are valid and the
- * values near the floats; real files come from llama.cpp.
+ * it, and this project's own quantizer for the files it writes (make-tiny). The quantizer is a
+ * plain fit, not ggml's iterative search: it serves test fixtures and benchmarks, where what
+ * matters is that the bytes are valid and the values near the floats; real files come from
+ * llama.cpp.
  */
 #include "common/dtype.h"
 
@@ -255,12 +256,11 @@ void dt_quantize_q6_K(const float *x, block_q6_K *out, size_t n)
         uint8_t *ql = out[b].ql, *qh = out[b].qh;
         for (int c = 0; c < QK_K; c += 128, ql += 64, qh += 32) {
             for (int l = 0; l < 32; l++) {
-                const int q1 = L[c + l], q2 = L[c + l + 32], q3 = L[c + l + 64],
-                          q4 = L[c + l + 96];
+                const int q1 = L[c + l], q2 = L[c + l + 32], q3 = L[c + l + 64], q4 = L[c + l + 96];
                 ql[l] = (uint8_t)((q1 & 0xF) | ((q3 & 0xF) << 4));
                 ql[l + 32] = (uint8_t)((q2 & 0xF) | ((q4 & 0xF) << 4));
-                qh[l] = (uint8_t)((q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) |
-                                  ((q4 >> 4) << 6));
+                qh[l] =
+                    (uint8_t)((q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6));
             }
         }
     }

@@ -71,12 +71,9 @@ const dmn_tmpl_t *dmn_tmpl_detect(const char *text, size_t len)
     static const struct {
         const char *marker, *also, *family;
     } rules[] = {
-        {"<|im_start|>", NULL, "chatml"},
-        {"<|start_header_id|>", NULL, "llama3"},
-        {"<start_of_turn>", NULL, "gemma"},
-        {"<|assistant|>", "<|end|>", "phi3"},
-        {"<|assistant|>", NULL, "zephyr"},
-        {"[INST]", NULL, "llama2"},
+        {"<|im_start|>", NULL, "chatml"},   {"<|start_header_id|>", NULL, "llama3"},
+        {"<start_of_turn>", NULL, "gemma"}, {"<|assistant|>", "<|end|>", "phi3"},
+        {"<|assistant|>", NULL, "zephyr"},  {"[INST]", NULL, "llama2"},
     };
     if (!text)
         return NULL;

@@ -81,9 +81,8 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
             return err_set(e, ERR_INVAL, "policy parameter %zu is longer than %d bytes", i,
                            DMN_PARAM_LEN - 1);
     /* no template named: the model file's */
-    const dmn_tmpl_t *tmpl = o->chat_template && *o->chat_template
-                                 ? dmn_tmpl_find(o->chat_template)
-                                 : d->file_tmpl;
+    const dmn_tmpl_t *tmpl =
+        o->chat_template && *o->chat_template ? dmn_tmpl_find(o->chat_template) : d->file_tmpl;
     if (!tmpl)
         return err_set(e, ERR_INVAL, "unknown chat template '%s' (known: %s)", o->chat_template,
                        DMN_TMPL_NAMES);

@@ -232,8 +232,8 @@ int mdl_hparams_read(const gguf_t *g, mdl_hparams_t *out, err_info_t *e)
         (rc = need_u32(g, akey(k, A, "embedding_length"), MAX_EMBD, &hp.n_embd, e)) ||
         (rc = need_u32(g, akey(k, A, "feed_forward_length"), MAX_FF, &hp.n_ff, e)) ||
         (rc = need_u32(g, akey(k, A, "attention.head_count"), MAX_HEAD, &hp.n_head, e)) ||
-        (rc = opt_u32(g, akey(k, A, "attention.head_count_kv"), hp.n_head, MAX_HEAD,
-                      &hp.n_head_kv, e)) ||
+        (rc = opt_u32(g, akey(k, A, "attention.head_count_kv"), hp.n_head, MAX_HEAD, &hp.n_head_kv,
+                      e)) ||
         (rc = need_u32(g, akey(k, A, "context_length"), MAX_CTX, &hp.n_ctx, e)))
         return rc;
 
@@ -246,8 +246,8 @@ int mdl_hparams_read(const gguf_t *g, mdl_hparams_t *out, err_info_t *e)
         if ((rc = need_u32(g, k, MAX_EMBD, &hp.head_dim, e)))
             return rc;
         uint32_t vlen;
-        if ((rc = opt_u32(g, akey(k, A, "attention.value_length"), hp.head_dim, MAX_EMBD, &vlen,
-                          e)))
+        if ((rc =
+                 opt_u32(g, akey(k, A, "attention.value_length"), hp.head_dim, MAX_EMBD, &vlen, e)))
             return rc;
         if (vlen != hp.head_dim)
             return err_set(e, ERR_UNSUPPORTED,
@@ -265,8 +265,7 @@ int mdl_hparams_read(const gguf_t *g, mdl_hparams_t *out, err_info_t *e)
     if ((uint64_t)hp.n_head * hp.head_dim > MAX_EMBD)
         return err_set(e, ERR_FORMAT, "head_count * head_dim = %" PRIu64 " is too large",
                        (uint64_t)hp.n_head * hp.head_dim);
-    if ((rc = opt_u32(g, akey(k, A, "rope.dimension_count"), hp.head_dim, MAX_EMBD, &hp.n_rot,
-                      e)))
+    if ((rc = opt_u32(g, akey(k, A, "rope.dimension_count"), hp.head_dim, MAX_EMBD, &hp.n_rot, e)))
         return rc;
     if (hp.n_rot % 2 || hp.n_rot > hp.head_dim)
         return err_set(e, ERR_FORMAT,
@@ -329,8 +328,9 @@ static int check_one(const gguf_t *g, const char *name, uint64_t d0, uint64_t d1
     bool ok = t->type == GGML_TYPE_F32;
     if (!f32_only)
         ok = ok || t->type == GGML_TYPE_F16 || t->type == GGML_TYPE_BF16 ||
-             t->type == GGML_TYPE_Q8_0 || t->type == GGML_TYPE_Q4_0 ||
-             t->type == GGML_TYPE_Q5_0 || t->type == GGML_TYPE_Q5_1 || t->type == GGML_TYPE_Q4_K || t->type == GGML_TYPE_Q5_K || t->type == GGML_TYPE_Q6_K;
+             t->type == GGML_TYPE_Q8_0 || t->type == GGML_TYPE_Q4_0 || t->type == GGML_TYPE_Q5_0 ||
+             t->type == GGML_TYPE_Q5_1 || t->type == GGML_TYPE_Q4_K || t->type == GGML_TYPE_Q5_K ||
+             t->type == GGML_TYPE_Q6_K;
     if (!ok)
         return err_set(e, ERR_UNSUPPORTED, "tensor '%s' has type %s, expected %s", name,
                        ggml_type_get(t->type)->name, f32_only ? "f32" : MDL_SUPPORTED_TYPES);
@@ -376,8 +376,8 @@ int mdl_hparams_check_tensors(const gguf_t *g, const mdl_hparams_t *hp, err_info
             {"retention_out.weight", 5, 6, true, GATES},
             {"retention_out.bias", 6, 0, true, GATES},
         };
-        const uint64_t dims[8] = {0,        embd, q, kv, hp->n_ff, hp->retention_hidden,
-                                  hp->n_head_kv, hp->head_dim};
+        const uint64_t dims[8] = {
+            0, embd, q, kv, hp->n_ff, hp->retention_hidden, hp->n_head_kv, hp->head_dim};
         const bool on[4] = {true, hp->retention_hidden > 0, hp->qkv_bias, hp->qk_norm};
         for (size_t s = 0; s < sizeof specs / sizeof specs[0]; s++) {
             if (!on[specs[s].when])

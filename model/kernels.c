@@ -543,8 +543,8 @@ static bool by_gemm(int how, int kt, int n_b)
 {
     if (how)
         return how == KERN_BY_GEMM;
-    /* Q8_0/Q4_0 (and K-quant) int8 row kernels outrun dequantising to f32 for sgemm at every batch size
-     * (bench_kernels batch/prefill), so only float types switch to OpenBLAS. */
+    /* Q8_0/Q4_0 (and K-quant) int8 row kernels outrun dequantising to f32 for sgemm at every batch
+     * size (bench_kernels batch/prefill), so only float types switch to OpenBLAS. */
     return !is_quant(kt) && n_b >= GEMM_MIN_B;
 }
 

@@ -185,8 +185,8 @@ INLINE void k45_levels(const int kt, const uint8_t *blk, __m256i w[8])
             for (int h = 0; h < 2; h++) {
                 const __m256i bit = _mm256_set1_epi8((char)(1 << (2 * i + h)));
                 __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(hb, bit), bit);
-                w[2 * i + h] = _mm256_or_si256(w[2 * i + h],
-                                               _mm256_and_si256(set, _mm256_set1_epi8(16)));
+                w[2 * i + h] =
+                    _mm256_or_si256(w[2 * i + h], _mm256_and_si256(set, _mm256_set1_epi8(16)));
             }
         }
     }
@@ -242,8 +242,8 @@ INLINE void rows_k45(const int kt, const int NX, const uint8_t *W, size_t w_stri
                 int summ = 0;
                 for (int j = 0; j < 8; j++)
                     summ += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
-                acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d * xd[i][b]), _mm256_cvtepi32_ps(sum),
-                                         acc[i]);
+                acc[i] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(d * xd[i][b]), _mm256_cvtepi32_ps(sum), acc[i]);
                 accm[i] += dmin * xd[i][b] * (float)summ;
             }
         }
@@ -304,8 +304,8 @@ INLINE void rows_q6k(const int kt, const int NX, const uint8_t *W, size_t w_stri
                 const int8_t *q = xq[i] + QK_K * b;
                 __m256i sum = _mm256_setzero_si256();
                 for (int g = 0; g < 8; g++) {
-                    __m256i p16 =
-                        _mm256_maddubs_epi16(u[g], _mm256_loadu_si256((const __m256i *)(q + 32 * g)));
+                    __m256i p16 = _mm256_maddubs_epi16(
+                        u[g], _mm256_loadu_si256((const __m256i *)(q + 32 * g)));
                     sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p16, scv[g]));
                 }
                 const int16_t *bs = xs[i] + 16 * b;

@@ -396,8 +396,8 @@ INLINE void rows_k45(const int kt, const int NX, const uint8_t *W, size_t w_stri
                 int summ = 0;
                 for (int j = 0; j < 8; j++)
                     summ += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
-                acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(d * xd[i][b]), _mm512_cvtepi32_ps(sum),
-                                         acc[i]);
+                acc[i] =
+                    _mm512_fmadd_ps(_mm512_set1_ps(d * xd[i][b]), _mm512_cvtepi32_ps(sum), acc[i]);
                 accm[i] += dmin * xd[i][b] * (float)summ;
             }
         }
@@ -573,8 +573,8 @@ const kern_path_t kern_path_avx512 = {
 
 const kern_path_t kern_path_avx512_fma = {
     .name = "avx512-fma",
-    .rows = {rows_f32, rows_f16, rows_bf16, rows_q8_0_fma, rows_q4_0_fma,
-             kern_rows_q5_0_portable, kern_rows_q5_1_portable, rows_q4_K, rows_q5_K, rows_q6_K},
+    .rows = {rows_f32, rows_f16, rows_bf16, rows_q8_0_fma, rows_q4_0_fma, kern_rows_q5_0_portable,
+             kern_rows_q5_1_portable, rows_q4_K, rows_q5_K, rows_q6_K},
     .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0, kern_to_f32_q5_0,
                kern_to_f32_q5_1, kern_to_f32_q4_K, kern_to_f32_q5_K, kern_to_f32_q6_K},
     .qx_bytes = qx_f32_bytes,

@@ -91,10 +91,9 @@ static float dot_q6_K(const block_q6_K *w, const int8_t *xq, const int16_t *bsum
     for (int c = 0; c < 2; c++) {
         const uint8_t *ql = w->ql + 64 * c, *qh = w->qh + 32 * c;
         for (int l = 0; l < 32; l++) {
-            const int u[4] = {(ql[l] & 0xF) | (qh[l] & 3) << 4,
-                              (ql[l + 32] & 0xF) | (qh[l] >> 2 & 3) << 4,
-                              (ql[l] >> 4) | (qh[l] >> 4 & 3) << 4,
-                              (ql[l + 32] >> 4) | (qh[l] >> 6 & 3) << 4};
+            const int u[4] = {
+                (ql[l] & 0xF) | (qh[l] & 3) << 4, (ql[l + 32] & 0xF) | (qh[l] >> 2 & 3) << 4,
+                (ql[l] >> 4) | (qh[l] >> 4 & 3) << 4, (ql[l + 32] >> 4) | (qh[l] >> 6 & 3) << 4};
             for (int g = 0; g < 4; g++) {
                 const int e = 128 * c + 32 * g + l;
                 sumi += w->scales[e / 16] * u[g] * xq[e];

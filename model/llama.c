@@ -177,10 +177,9 @@ static int bind_layers(mdl_t *m, err_info_t *e)
             (rc = bind_mat(m, NAME("ffn_up.weight"), n_ff, n_embd, &L->w_up, e)) ||
             (rc = bind_mat(m, NAME("ffn_down.weight"), n_embd, n_ff, &L->w_down, e)))
             break;
-        if (hp->qkv_bias &&
-            ((rc = bind_vec(m, NAME("attn_q.bias"), q_dim, &L->bq, e)) ||
-             (rc = bind_vec(m, NAME("attn_k.bias"), kv_dim, &L->bk, e)) ||
-             (rc = bind_vec(m, NAME("attn_v.bias"), kv_dim, &L->bv, e))))
+        if (hp->qkv_bias && ((rc = bind_vec(m, NAME("attn_q.bias"), q_dim, &L->bq, e)) ||
+                             (rc = bind_vec(m, NAME("attn_k.bias"), kv_dim, &L->bk, e)) ||
+                             (rc = bind_vec(m, NAME("attn_v.bias"), kv_dim, &L->bv, e))))
             break;
         if (hp->qk_norm &&
             ((rc = bind_vec(m, NAME("attn_q_norm.weight"), hp->head_dim, &L->q_norm, e)) ||

@@ -287,8 +287,9 @@ static uint32_t mat_type(const mdl_tiny_cfg_t *c, char what, uint32_t l, uint64_
         t = GGML_TYPE_Q6_K;
     const ggml_type_info_t *ti = ggml_type_get(t);
     if (c->mix && ne0 % ti->block_elems)
-        t = t == GGML_TYPE_Q4_K ? GGML_TYPE_Q5_0 : t == GGML_TYPE_Q5_K ? GGML_TYPE_Q5_1
-                                                                        : GGML_TYPE_Q8_0;
+        t = t == GGML_TYPE_Q4_K   ? GGML_TYPE_Q5_0
+            : t == GGML_TYPE_Q5_K ? GGML_TYPE_Q5_1
+                                  : GGML_TYPE_Q8_0;
     return t;
 }
 
@@ -305,8 +306,7 @@ static void plan_tensors(tiny_t *t)
          c->n_vocab, W_EMBED);
     spec(t, "output_norm.weight", GGML_TYPE_F32, c->n_embd, 0, W_NORM);
     if (!c->tied)
-        spec(t, "output.weight", mat_type(c, 'o', 0, c->n_embd), c->n_embd, c->n_vocab,
-             W_MATRIX);
+        spec(t, "output.weight", mat_type(c, 'o', 0, c->n_embd), c->n_embd, c->n_vocab, W_MATRIX);
     for (uint32_t l = 0; l < c->n_layer; l++) {
 #define BLK(suffix, type, ne0, ne1, kind)                                                          \
     snprintf(n, sizeof n, "blk.%" PRIu32 "." suffix, l);                                           \
@@ -364,10 +364,9 @@ void mdl_tiny_cfg_default(mdl_tiny_cfg_t *cfg)
 
 int mdl_tiny_type_from_name(const char *name)
 {
-    static const uint32_t types[] = {GGML_TYPE_F32,  GGML_TYPE_F16,  GGML_TYPE_BF16,
-                                     GGML_TYPE_Q8_0, GGML_TYPE_Q4_0, GGML_TYPE_Q5_0,
-                                     GGML_TYPE_Q5_1, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K,
-                                     GGML_TYPE_Q6_K};
+    static const uint32_t types[] = {GGML_TYPE_F32,  GGML_TYPE_F16,  GGML_TYPE_BF16, GGML_TYPE_Q8_0,
+                                     GGML_TYPE_Q4_0, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1, GGML_TYPE_Q4_K,
+                                     GGML_TYPE_Q5_K, GGML_TYPE_Q6_K};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
         if (!strcasecmp(name, ggml_type_get(types[i])->name))
             return (int)types[i];
@@ -429,8 +428,7 @@ static int check_cfg(const mdl_tiny_cfg_t *c, err_info_t *e)
                        "type %" PRIu32 " is not one of f32, f16, bf16, q8_0, q4_0, q5_0, q5_1, "
                        "q4_K, q5_K, q6_K",
                        c->type);
-    if (c->arch && strcmp(c->arch, "llama") && strcmp(c->arch, "qwen2") &&
-        strcmp(c->arch, "qwen3"))
+    if (c->arch && strcmp(c->arch, "llama") && strcmp(c->arch, "qwen2") && strcmp(c->arch, "qwen3"))
         return err_set(e, ERR_INVAL, "architecture '%s' is not one of llama, qwen2, qwen3",
                        c->arch);
     if (!c->n_embd || !c->n_layer || !c->n_head || !c->n_head_kv || !c->n_ff || !c->n_ctx)

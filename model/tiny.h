@@ -28,9 +28,9 @@ enum mdl_tiny_mix { MDL_TINY_MIX_NONE = 0, MDL_TINY_MIX_Q4_K_M, MDL_TINY_MIX_Q5_
 
 typedef struct mdl_tiny_cfg {
     uint64_t seed;
-    uint32_t type; /* storage type of the matrices: GGML_TYPE_F32/F16/BF16/Q8_0/Q4_0/Q5_0/Q5_1/
-                      Q4_K/Q5_K/Q6_K; with a mix, its base type (set by mdl_tiny_set_type) */
-    uint32_t mix;  /* enum mdl_tiny_mix */
+    uint32_t type;     /* storage type of the matrices: GGML_TYPE_F32/F16/BF16/Q8_0/Q4_0/Q5_0/Q5_1/
+                          Q4_K/Q5_K/Q6_K; with a mix, its base type (set by mdl_tiny_set_type) */
+    uint32_t mix;      /* enum mdl_tiny_mix */
     const char *arch;  /* "llama" (default), "qwen2", "qwen3" */
     uint32_t head_dim; /* 0: n_embd / n_head; else written as key_length (qwen3 files do) */
     uint32_t n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, n_ctx;

@@ -158,8 +158,8 @@ static float *make_x_exact256(int n_b, int cols, uint64_t *s)
             float p = ldexpf(1, (int)(rng_next(s) % 12) - 9);
             for (int j = 0; j < 256; j++)
                 x[(size_t)b * cols + c0 + j] = p * (float)((int)(rng_next(s) % 255) - 127);
-            x[(size_t)b * cols + c0 + (int)(rng_next(s) % 256)] = (rng_next(s) & 1) ? 127 * p
-                                                                                     : -127 * p;
+            x[(size_t)b * cols + c0 + (int)(rng_next(s) % 256)] =
+                (rng_next(s) & 1) ? 127 * p : -127 * p;
         }
     return x;
 }
@@ -208,7 +208,8 @@ static int check_k(int how, uint32_t t, int rows, int cols, int n_b, bool ref, b
                 tol += Q * (1 + 1e-4) + (cols + 8) * 0x1p-24 * Q;
             const double got = Y[(size_t)b * rows + r];
             if (!(fabs(got - y) <= tol + 1e-30) && bad++ < 3)
-                check_fail_(__FILE__, __LINE__, "%s %s %dx%d n_b=%d%s: Y[%d][%d] = %.9g, exact %.9g, tol %.3g",
+                check_fail_(__FILE__, __LINE__,
+                            "%s %s %dx%d n_b=%d%s: Y[%d][%d] = %.9g, exact %.9g, tol %.3g",
                             kname(t), ref ? "ref" : kern_simd_name(), rows, cols, n_b,
                             exact_x ? " exact-x" : "", b, r, got, y, tol);
         }
@@ -252,8 +253,8 @@ static void test_decode(void)
             kern_get_row(t, W, cols, r, out);
             for (int c = 0; c < cols; c++) {
                 double a, b;
-                decode_k(t, row + (size_t)(c / blk_elems(t)) * block_bytes(t),
-                         c % blk_elems(t), &a, &b);
+                decode_k(t, row + (size_t)(c / blk_elems(t)) * block_bytes(t), c % blk_elems(t), &a,
+                         &b);
                 bad += !(fabs(out[c] - (a - b)) <= 3 * 0x1p-24 * (fabs(a) + fabs(b)));
             }
         }
@@ -302,9 +303,9 @@ static void test_ref_vs_double(void)
     uint64_t seed = 1;
     for (int ti = 0; ti < N_ALL; ti++)
         for (int si = 0; si < N_OF(kshapes); si++)
-            CHECK_INT(check_k(0, ktypes[ti], kshapes[si][0], kshapes[si][1], 2, true, false,
-                              seed++),
-                      ==, 0);
+            CHECK_INT(
+                check_k(0, ktypes[ti], kshapes[si][0], kshapes[si][1], 2, true, false, seed++), ==,
+                0);
 }
 
 static void run_all(void)
@@ -319,8 +320,7 @@ static void run_all(void)
                     continue;
                 CHECK_INT(check_k(0, t, rows, cols, kbatches[bi], false, true, seed++), ==, 0);
                 if (bi % 2 == 0)
-                    CHECK_INT(check_k(0, t, rows, cols, kbatches[bi], false, false, seed++), ==,
-                              0);
+                    CHECK_INT(check_k(0, t, rows, cols, kbatches[bi], false, false, seed++), ==, 0);
             }
         }
         /* more vectors than one block of them; and a forced sgemm on dequantised tiles */
@@ -416,10 +416,10 @@ static void test_quantize(void)
         rel[ti] = sqrt(e2 / x2);
     }
     /* measured 0.064, 0.030, 0.015 */
-    CHECK_MSG(rel[0] < 0.08 && rel[1] < 0.04 && rel[2] < 0.02, "rms error %.3g %.3g %.3g",
-              rel[0], rel[1], rel[2]);
-    CHECK_MSG(rel[1] < rel[0] * 0.7 && rel[2] < rel[1] * 0.7, "rms error %.3g %.3g %.3g",
-              rel[0], rel[1], rel[2]);
+    CHECK_MSG(rel[0] < 0.08 && rel[1] < 0.04 && rel[2] < 0.02, "rms error %.3g %.3g %.3g", rel[0],
+              rel[1], rel[2]);
+    CHECK_MSG(rel[1] < rel[0] * 0.7 && rel[2] < rel[1] * 0.7, "rms error %.3g %.3g %.3g", rel[0],
+              rel[1], rel[2]);
     /* 5 bits over a block of 32: about q5_K's error */
     CHECK_MSG(rel[3] < 0.05 && rel[4] < 0.05, "q5_0 %.3g, q5_1 %.3g", rel[3], rel[4]);
     free(x);
