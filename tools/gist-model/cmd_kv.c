@@ -9,7 +9,7 @@
  *   --kv-budget SIZE       the session's hard limit: bytes ("64K", "1.5M") or a percentage of
  *                          the full cache of --ctx tokens ("25%"); 0: none
  *   --kv-soft SIZE         its soft watermark (default: hard - the policy's headroom)
- *   --kv-block-rows N      rows per store block (default 16)
+ *   --kv-block-rows N      rows per store block (default 64, as gistd's --block-rows)
  *   --kv-type f32|f16      payload of new rows (default f32)
  *   --events               every compaction on stderr
  */

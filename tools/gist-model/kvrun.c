@@ -89,8 +89,6 @@ int kvr_new(mdl_t *m, const kvr_cfg_t *cfg, kvr_t **out, err_info_t *e)
     r->m = m;
     r->hp = mdl_hparams(m);
     r->cfg = *cfg;
-    if (!r->cfg.block_rows)
-        r->cfg.block_rows = 16;
     if (!r->cfg.ubatch)
         r->cfg.ubatch = 256;
     if (r->cfg.hot_type != DT_F16)
@@ -250,7 +248,7 @@ int kvr_full_bytes(mdl_t *m, uint32_t n_ctx, uint32_t block_rows, uint32_t hot_t
     kv_store_config_t sc = {.n_layer = hp->n_layer,
                             .n_head_kv = hp->n_head_kv,
                             .head_dim = hp->head_dim,
-                            .block_rows = block_rows ? block_rows : 16,
+                            .block_rows = block_rows,
                             .hot_type = hot_type == DT_F16 ? DT_F16 : DT_F32};
     kv_store_t *st = NULL;
     uint32_t sid;
