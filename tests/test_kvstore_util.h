@@ -148,12 +148,14 @@ static inline bool kvt_check_bytes(kv_store_t *st)
     const size_t o1 = kv_store_bytes(st),
                  walk = g.block_bytes + g.struct_bytes + g.transcript_bytes + g.overhead_bytes;
     if (o1 != g.bytes || o1 != walk || hard != g.hard_limit || soft != g.soft_limit) {
-        CHECK_MSG(false, "store: kv_store_bytes %zu, stats %zu, walked %zu; limits %zu/%zu, "
-                  "stats %zu/%zu", o1, g.bytes, walk, hard, soft, g.hard_limit, g.soft_limit);
+        CHECK_MSG(false,
+                  "store: kv_store_bytes %zu, stats %zu, walked %zu; limits %zu/%zu, "
+                  "stats %zu/%zu",
+                  o1, g.bytes, walk, hard, soft, g.hard_limit, g.soft_limit);
         ok = false;
     }
-    if (kv_session_bytes(st, top + 1) != 0 || kv_session_limits(st, top + 1, NULL, NULL) !=
-                                                  ERR_NOTFOUND) {
+    if (kv_session_bytes(st, top + 1) != 0 ||
+        kv_session_limits(st, top + 1, NULL, NULL) != ERR_NOTFOUND) {
         CHECK_MSG(false, "session %u does not exist, yet has bytes or limits", top + 1);
         ok = false;
     }
