@@ -641,7 +641,7 @@ int pol_step(pol_t *p, size_t want, int reason, bool *progress, err_info_t *e)
     blocks = blocks ? blocks : 1;
 
     /* 1. pooled gists of the oldest closed raw sentences */
-    if (p->gist_mode != POL_GIST_NONE && p->model.rope.n_rot) {
+    if (p->gist_mode != POL_GIST_NONE && p->model.rope.rotate) {
         uint32_t i = 0;
         while (i < p->n_spans && !(p->spans[i].level == 0 && span_free(p, &p->spans[i], len)))
             i++;
@@ -694,7 +694,7 @@ int pol_step(pol_t *p, size_t want, int reason, bool *progress, err_info_t *e)
 merges:
     /* 2. merges of the oldest runs of gists, lowest level first: as many runs at once as free
      * the blocks wanted */
-    if (p->merge_k >= 2 && p->gist_mode != POL_GIST_NONE && p->model.rope.n_rot) {
+    if (p->merge_k >= 2 && p->gist_mode != POL_GIST_NONE && p->model.rope.rotate) {
         pol_mrun_t *runs = malloc(((p->n_spans / p->merge_k) + 1) * sizeof *runs);
         if (!runs)
             return err_set(e, ERR_NOMEM, "policy: out of memory");
