@@ -188,9 +188,10 @@ def test_generate_through_the_store():
     kv = run("generate", m, "--prompt", prompt, "-n", "40", "--temp", "0", "--threads", "1",
              "--policy", "full")
     assert kv.stdout == flat.stdout
-    # a long generation under a small budget keeps going, inside the budget
+    # a long generation under a small budget keeps going, inside the budget (blocks of 16
+    # rows: 48K does not hold one block of the default 64 rows in every lane)
     p = run("generate", m, "--prompt", prompt, "-n", "600", "--temp", "0", "--policy", "window",
-            "--kv-budget", "48K", "--threads", "1")
+            "--kv-budget", "48K", "--kv-block-rows", "16", "--threads", "1")
     assert len(p.stdout) > len(prompt) + 400
     line = [x for x in p.stderr.splitlines() if x.startswith("kv: ")][0]
     peak = int(line.split("peak ")[1].split(",")[0])
