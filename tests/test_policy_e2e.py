@@ -96,7 +96,7 @@ def test_every_policy_keeps_its_budget():
     full_ppl = float(full["ppl"])
     for pol in ("window", "h2o", "tova", "pool", "auto"):
         p = run("perplexity", m, "--file", story_text(), "--ctx", "256", "--policy", pol,
-                "--kv-budget", "30%", "--events")
+                "--kv-budget", "30%", "--kv-block-rows", "16", "--events")
         f = figures(p.stdout)
         budget = int(f["kv_budget"])
         assert 0.29 * int(f["full_kv_bytes"]) <= budget <= 0.31 * int(f["full_kv_bytes"])
