@@ -167,12 +167,12 @@ static void on_hello(const hctx_t *h, const Gistd__Hello *m)
 
 static void send_opened(const hctx_t *h, const dmn_session_t *s)
 {
-    kv_stats_t ks;
-    kv_session_stats(h->d->store, s->rt.kv, &ks);
+    size_t hard = 0, soft = 0;
+    kv_session_limits(h->d->store, s->rt.kv, &hard, &soft);
     Gistd__SessionOpened so = GISTD__SESSION_OPENED__INIT;
     so.session = s->id;
-    so.budget_bytes = ks.hard_limit;
-    so.soft_bytes = ks.soft_limit;
+    so.budget_bytes = hard;
+    so.soft_bytes = soft;
     so.tokens = s->rt.n_past + s->n_pend;
     Gistd__Reply r = GISTD__REPLY__INIT;
     r.body_case = GISTD__REPLY__BODY_OPENED;
@@ -519,27 +519,24 @@ static void on_set_budget(const hctx_t *h, const Gistd__SetBudget *m)
                         (unsigned long long)m->soft_bytes, hard);
         return;
     }
-    kv_stats_t ks;
-    if (s)
-        kv_session_stats(d->store, s->rt.kv, &ks);
-    else
-        kv_store_stats(d->store, &ks);
+    size_t used = s ? kv_session_bytes(d->store, s->rt.kv) : kv_store_bytes(d->store), old = 0;
     int64_t freed = 0;
     err_info_t e;
     err_clear(&e);
-    if (hard && ks.bytes > hard) {
+    if (hard && used > hard) {
         /* compact down to the new limit at once, or refuse it */
         dmn_shrink(d, s, hard, "budget", &freed, &e);
-        if (s)
-            kv_session_stats(d->store, s->rt.kv, &ks);
-        else
-            kv_store_stats(d->store, &ks);
-        if (ks.bytes > hard) {
+        used = s ? kv_session_bytes(d->store, s->rt.kv) : kv_store_bytes(d->store);
+        if (used > hard) {
+            if (s)
+                kv_session_limits(d->store, s->rt.kv, &old, NULL);
+            else
+                kv_store_limits(d->store, &old, NULL);
             dmn_send_errorf(d, h->peer, h->id, m->session, ERR_BUDGET,
                             "%s holds %zu bytes, above the new limit of %zu, and its "
                             "polic%s freed only %lld; the limit stays %zu",
-                            s ? "the session" : "the store", ks.bytes, hard, s ? "y" : "ies",
-                            (long long)freed, ks.hard_limit);
+                            s ? "the session" : "the store", used, hard, s ? "y" : "ies",
+                            (long long)freed, old);
             return;
         }
     }
@@ -556,7 +553,7 @@ static void on_set_budget(const hctx_t *h, const Gistd__SetBudget *m)
     br.session = m->session;
     br.hard_bytes = hard;
     br.soft_bytes = soft;
-    br.used_bytes = ks.bytes;
+    br.used_bytes = used;
     br.bytes_freed = freed;
     Gistd__Reply r = GISTD__REPLY__INIT;
     r.body_case = GISTD__REPLY__BODY_BUDGET;

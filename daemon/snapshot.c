@@ -165,8 +165,8 @@ static char *snap_path(const dmn_t *d, uint32_t id, const char *suffix)
 static int write_body(const dmn_t *d, const dmn_session_t *s, uint64_t kv_sum, buf_t *b,
                       err_info_t *e)
 {
-    kv_stats_t ks;
-    kv_session_stats(d->store, s->rt.kv, &ks);
+    size_t hard = 0, soft = 0;
+    kv_session_limits(d->store, s->rt.kv, &hard, &soft);
     put(b, SNAP_MAGIC, 8);
     put_u32(b, SNAP_VERSION);
     put_u32(b, s->id);
@@ -186,8 +186,8 @@ static int write_body(const dmn_t *d, const dmn_session_t *s, uint64_t kv_sum, b
     put_u64(b, s->sampling.seed);
     put_u32(b, s->add_bos);
     put_u32(b, s->text_started);
-    put_u64(b, ks.hard_limit);
-    put_u64(b, ks.soft_limit);
+    put_u64(b, hard);
+    put_u64(b, soft);
     put_u64(b, s->prompt_tokens);
     put_u64(b, s->generated_tokens);
     put_u32(b, s->n_params);
