@@ -203,6 +203,10 @@ struct dmn {
     dmn_batch_t batch;
     uint8_t *out; /* packed reply */
     size_t out_cap;
+    /* When set, packed replies go here instead of the socket (the request fuzzer's fast
+     * path: no socket traffic); its return value is dmn_send's. */
+    int (*send_hook)(void *ctx, const dmn_peer_t *to, const uint8_t *p, size_t len);
+    void *send_ctx;
     dmn_counters_t c;
     double t_start;
     double t_watermark; /* last global watermark check */

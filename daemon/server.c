@@ -77,6 +77,8 @@ int dmn_send(dmn_t *d, const dmn_peer_t *to, const Gistd__Reply *r)
         d->out_cap = cap;
     }
     gistd__reply__pack(r, d->out);
+    if (d->send_hook)
+        return d->send_hook(d->send_ctx, to, d->out, len);
     /* ROUTER_MANDATORY: the first frame fails at once when the peer is gone or its queue is
      * full; once it is accepted, the rest of the message goes with it. */
     if (zmq_send(d->sock, to->id, to->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
