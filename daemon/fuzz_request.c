@@ -127,6 +127,7 @@ static bool setup(void)
     cfg.threads = 1;
     cfg.max_sessions = 8;
     cfg.kv_budget = 2u << 20;
+    cfg.kv_budget_max = 8u << 20; /* SetBudget may raise the limit, to a point */
     cfg.block_rows = 16;
     cfg.log_level = -1;
     if (dmn_new(&cfg, &F.d, &e) != 0) {
