@@ -48,7 +48,7 @@ dmn_session_t *dmn_session_find(const dmn_t *d, uint32_t id)
 
 /* Checks every field of a Sampling message against its range (zero means off for each,
  * see proto/gistd.proto): ERR_INVAL naming the field, the value and the range. The window
- * is bounded by the model's context (a session never holds more positions) and top_k by
+ * is bounded by the model's context (the most positions it attends to at once) and top_k by
  * the vocabulary. */
 static int sampling_check(const Gistd__Sampling *w, uint32_t n_vocab, uint32_t n_ctx,
                           err_info_t *e)
