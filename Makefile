@@ -9,6 +9,9 @@
 #   make fuzz    build the libFuzzer targets with clang (build-fuzz/) and run each for
 #                FUZZ_SECONDS (default 60) from its seeds in fuzz/corpus/; FUZZ_TARGETS=name...
 #                picks some; findings land in build-fuzz/crashes/ (fuzz/run.sh says more)
+#   make fuzz-long  the same, FUZZ_SECONDS (default 1200) per target, growing the corpus kept
+#                in build-fuzz/corpus/; the table of executions and coverage per target is
+#                also written to build-fuzz/fuzz-summary.txt
 #   make run     start gistd on the default model and gistd-http (HTTP=HOST:PORT) before it
 #   make format  clang-format every C file in place
 #
@@ -65,7 +68,7 @@ TEST_SRCS := $(wildcard tests/test_*.c)
 TESTS     := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
 TEST_LIB  := $(BUILD)/obj/tests/check.o
 
-.PHONY: all deps deps-train test asan fuzz fuzz-build check tsan run format clean
+.PHONY: all deps deps-train test asan fuzz fuzz-long fuzz-build check tsan run format clean
 .SECONDARY:
 all: $(LIBS) $(PROTO_LIB) $(PROTO_PY) $(if $(GISTC_SRCS),$(GISTC_LIB) $(GISTC_PC)) $(BINS) \
      $(TESTS)
@@ -241,6 +244,9 @@ fuzz:
 	$(MAKE) BUILD=build-fuzz CC=clang OPT=-O1 SAN="-fsanitize=fuzzer-no-link,address,undefined \
 	    -fno-sanitize-recover=undefined -fno-omit-frame-pointer -DGISTD_FUZZ_ENTRY" fuzz-build
 	bash fuzz/run.sh build-fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-long:
+	$(MAKE) fuzz FUZZ_SECONDS=$(if $(filter command line environment,$(origin FUZZ_SECONDS)),$(FUZZ_SECONDS),1200)
 
 fuzz-build: $(FUZZERS)
 

@@ -181,6 +181,10 @@ struct dmn {
     uint32_t cap_slot_sess;
     uint8_t *out; /* packed reply */
     size_t out_cap;
+    /* When set, packed replies go here instead of the socket (the request fuzzer's fast
+     * path: no socket traffic); its return value is dmn_send's. */
+    int (*send_hook)(void *ctx, const dmn_peer_t *to, const uint8_t *p, size_t len);
+    void *send_ctx;
     dmn_counters_t c;
     double t_start;
     double t_watermark; /* last global watermark check */
@@ -200,11 +204,15 @@ struct dmn {
     uint32_t n_buckets, cap_buckets;
     double req_rate, req_burst;          /* requests/s and bucket size (req_rate 0: no limit) */
     uint32_t max_client_sessions;        /* 0: no limit */
+    size_t budget_max;           /* the highest limit SetBudget may set, global or a session's */
+    const char *budget_max_from; /* what set it: an option, or the machine's memory */
     uint64_t refused_rate, refused_perm; /* requests refused */
 };
 
 /* ---- server.c ---- */
 double dmn_now(void);
+/* The machine's physical memory in bytes (SIZE_MAX when the system does not say). */
+size_t dmn_phys_bytes(void);
 void dmn_log(const dmn_t *d, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Packs and sends r to peer without blocking. 0; ERR_BUSY when the peer's queue is full
  * (the reply is dropped and counted); ERR_NOTFOUND when the peer is gone. */
@@ -234,6 +242,9 @@ void dmn_peer_identify(const dmn_t *d, dmn_peer_t *p, const char *user_id);
 bool dmn_peer_admin(const dmn_t *d, const dmn_peer_t *p);
 /* Whether p may use session s: its owner, or an admin. */
 bool dmn_peer_owns(const dmn_t *d, const dmn_peer_t *p, const dmn_session_t *s);
+/* Whether p may read or write s's text (transcript, append, generate, score): its owner
+ * alone (everyone without CURVE). Admin keys manage every session, not its conversation. */
+bool dmn_peer_owns_text(const dmn_t *d, const dmn_peer_t *p, const dmn_session_t *s);
 /* Sessions owned by cred. */
 uint32_t dmn_cred_sessions(const dmn_t *d, const char *cred);
 /* Takes a token from the bucket of (cred, addr): 0, or ERR_RATE with *wait_s until one is
@@ -260,9 +271,11 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
                      err_info_t *e);
 /* Ends its request (reply CANCELLED), frees it and drops it from the table. */
 void dmn_session_close(dmn_t *d, dmn_session_t *s);
-/* The sampler settings of w (NULL: the session's defaults) in *c, checked (ERR_INVAL). */
-int dmn_session_sampling(const dmn_session_t *s, const Gistd__Sampling *w, mdl_sampler_cfg_t *c,
-                         uint32_t n_vocab, err_info_t *e);
+/* The sampler settings of w (NULL: the session's defaults) in *c. Every field of w is checked
+ * against its range first (the window against the model's context, top_k against its
+ * vocabulary): ERR_INVAL naming the field and its range. */
+int dmn_session_sampling(const dmn_t *d, const dmn_session_t *s, const Gistd__Sampling *w,
+                         mdl_sampler_cfg_t *c, err_info_t *e);
 /* Appends tokens to the pending queue. */
 int dmn_session_push(dmn_session_t *s, const int32_t *tok, uint32_t n);
 /* Tokenizes text as a turn of role (wrapped by the session's template; BOS first when the
@@ -316,6 +329,10 @@ void dmn_rate_note(dmn_t *d, double t, double dt, uint32_t dec, uint32_t pre);
 int dmn_snapshot_write(dmn_t *d, dmn_session_t *s, char **path, err_info_t *e);
 /* Restores session id from the snapshot folder. */
 int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t *e);
+/* The credential that owns session id's snapshot, from a whole file (checksum verified) into
+ * owner[cap]: 0, ERR_NOMEM, or ERR_NOTFOUND when there is no such file or it does not read
+ * as a snapshot of that session. */
+int dmn_snapshot_owner(const dmn_t *d, uint32_t id, char *owner, size_t cap);
 /* Restores every session found in the snapshot folder (logging the ones that fail). */
 void dmn_snapshot_restore_all(dmn_t *d);
 /* Removes session id's snapshot (when the session is closed). */

@@ -34,6 +34,8 @@ typedef struct dmn_cfg {
     const char *snapshot_dir; /* NULL: no snapshots */
     const char *policy;       /* for sessions that name none (NULL: "full") */
     size_t kv_budget;         /* global hard limit in bytes (0: none) */
+    size_t kv_budget_max;     /* the highest global limit SetBudget may set (0: kv_budget, or
+                               * the machine's physical memory when kv_budget is 0) */
     size_t session_budget;    /* default per-session hard limit (0: none) */
     size_t max_request;       /* largest request payload accepted, bytes */
     int threads;              /* forward-pass threads (0: all processors) */

@@ -10,7 +10,10 @@
  * Access: a session belongs to the credential that opened it (auth.c). Another credential
  * cannot use it, see it in a listing or restore over it (ERR_PERM, "session N belongs to
  * another client") unless it is an admin key; with CURVE on, budgets and snapshots of every
- * session are for admin keys only. Without CURVE every client is the local credential.
+ * session are for admin keys only. Its text (transcript, append, generate, score) is its
+ * owner's alone, an admin's included: admins manage sessions, they do not read them. A
+ * snapshot another client owns is answered as if there were none. Without CURVE every
+ * client is the local credential.
  */
 #include <math.h>
 #include <stdio.h>
@@ -74,6 +77,22 @@ static dmn_session_t *find(const hctx_t *h, uint32_t id, bool must_be_idle)
         dmn_send_errorf(h->d, h->peer, h->id, id, ERR_BUSY,
                         "session %u is running request %llu; wait for it or cancel it", id,
                         (unsigned long long)s->act.id);
+        return NULL;
+    }
+    return s;
+}
+
+/* The session a request that reads or writes its text names, or NULL after an Error reply:
+ * like find, but an admin key that does not own it is refused too. */
+static dmn_session_t *find_text(const hctx_t *h, uint32_t id, bool must_be_idle)
+{
+    dmn_session_t *s = find(h, id, must_be_idle);
+    if (s && !dmn_peer_owns_text(h->d, h->peer, s)) {
+        h->d->refused_perm++;
+        dmn_send_errorf(h->d, h->peer, h->id, id, ERR_PERM,
+                        "session %u's text is its owner's alone: admin keys manage sessions "
+                        "but do not read or write them",
+                        id);
         return NULL;
     }
     return s;
@@ -226,7 +245,7 @@ static void on_cancel(const hctx_t *h, const Gistd__Cancel *m)
 
 static void on_append(const hctx_t *h, const Gistd__Append *m)
 {
-    dmn_session_t *s = find(h, m->session, true);
+    dmn_session_t *s = find_text(h, m->session, true);
     if (!s)
         return;
     err_info_t e;
@@ -248,13 +267,13 @@ static void on_append(const hctx_t *h, const Gistd__Append *m)
 static void on_generate(const hctx_t *h, const Gistd__Generate *m)
 {
     dmn_t *d = h->d;
-    dmn_session_t *s = find(h, m->session, true);
+    dmn_session_t *s = find_text(h, m->session, true);
     if (!s)
         return;
     err_info_t e;
     err_clear(&e);
     mdl_sampler_cfg_t sc;
-    if (dmn_session_sampling(s, m->sampling, &sc, d->hp->n_vocab, &e)) {
+    if (dmn_session_sampling(d, s, m->sampling, &sc, &e)) {
         fail(h, s->id, &e);
         return;
     }
@@ -330,7 +349,7 @@ static void on_generate(const hctx_t *h, const Gistd__Generate *m)
 static void on_score(const hctx_t *h, const Gistd__Score *m)
 {
     dmn_t *d = h->d;
-    dmn_session_t *s = find(h, m->session, true);
+    dmn_session_t *s = find_text(h, m->session, true);
     if (!s)
         return;
     err_info_t e;
@@ -447,7 +466,7 @@ static void on_list(const hctx_t *h)
 static void on_transcript(const hctx_t *h, const Gistd__TranscriptRequest *m)
 {
     dmn_t *d = h->d;
-    dmn_session_t *s = find(h, m->session, false);
+    dmn_session_t *s = find_text(h, m->session, false);
     if (!s)
         return;
     const uint32_t total = s->rt.n_past + s->n_pend;
@@ -509,6 +528,17 @@ static void on_set_budget(const hctx_t *h, const Gistd__SetBudget *m)
         return;
     if (m->session && !(s = find(h, m->session, false)))
         return;
+    if (!m->session && !m->hard_bytes) {
+        dmn_send_errorf(d, h->peer, h->id, 0, ERR_INVAL,
+                        "the global limit must be above 0 bytes (0 would switch it off)");
+        return;
+    }
+    if (m->hard_bytes > d->budget_max) {
+        dmn_send_errorf(d, h->peer, h->id, m->session, ERR_INVAL,
+                        "a limit of %llu bytes is above the most a budget may be, %zu bytes (%s)",
+                        (unsigned long long)m->hard_bytes, d->budget_max, d->budget_max_from);
+        return;
+    }
     const size_t hard = m->hard_bytes;
     /* a session's soft watermark leaves its policy room to work; the store's is 7/8 */
     const size_t head = s ? pol_headroom(s->rt.pol, d->cfg.prefill_chunk) : hard / 8;
@@ -606,6 +636,25 @@ static void on_snapshot(const hctx_t *h, const Gistd__Snapshot *m)
     free(paths);
 }
 
+/* The one answer a client gets for a snapshot it may not restore: whether no file exists or
+ * another client's does, the reply is the same, and it names no path. */
+static void no_snapshot(const hctx_t *h, uint32_t id)
+{
+    dmn_send_errorf(h->d, h->peer, h->id, id, ERR_NOTFOUND,
+                    "no snapshot of session %u that this client may restore", id);
+}
+
+/* Sends e with the snapshot folder taken out of every path in its message. */
+static void fail_pathless(const hctx_t *h, uint32_t session, err_info_t *e)
+{
+    const char *dir = h->d->snapshot_dir;
+    const size_t n = strlen(dir);
+    char *at;
+    while (n && (at = strstr(e->msg, dir)) && at[n] == '/')
+        memmove(at, at + n + 1, strlen(at + n + 1) + 1);
+    fail(h, session, e);
+}
+
 static void on_restore(const hctx_t *h, const Gistd__Restore *m)
 {
     dmn_t *d = h->d;
@@ -623,16 +672,37 @@ static void on_restore(const hctx_t *h, const Gistd__Restore *m)
         refuse_foreign(h, m->session);
         return;
     }
+    /* the file names its owner: a client that is not an admin restores only its own, and
+     * learns nothing of another's (not even that it exists: no refusal is counted) */
+    if (!s && !dmn_peer_admin(d, h->peer)) {
+        char owner[DMN_CRED_LEN] = "";
+        const int rc = dmn_snapshot_owner(d, m->session, owner, sizeof owner);
+        if (rc == ERR_NOMEM) {
+            dmn_send_errorf(d, h->peer, h->id, m->session, ERR_NOMEM, "out of memory");
+            return;
+        }
+        if (rc || strcmp(owner, h->peer->cred)) {
+            if (!rc)
+                dmn_log(d, DMN_LOG_INFO, "client %s refused restoring session %u: not its owner",
+                        *h->peer->cred ? h->peer->cred : "(local)", m->session);
+            no_snapshot(h, m->session);
+            return;
+        }
+    }
     err_info_t e;
     err_clear(&e);
     if (dmn_snapshot_restore(d, m->session, &s, &e)) {
-        fail(h, m->session, &e);
+        if (e.code == ERR_NOTFOUND) {
+            dmn_log(d, DMN_LOG_INFO, "restore of session %u: %s", m->session, err_msg(&e));
+            no_snapshot(h, m->session);
+        } else {
+            fail_pathless(h, m->session, &e);
+        }
         return;
     }
-    /* the file names its owner: another client's snapshot stays on disk, unrestored */
-    if (!dmn_peer_owns(d, h->peer, s)) {
+    if (!dmn_peer_owns(d, h->peer, s)) { /* the file changed since its owner was read */
         dmn_session_close(d, s);
-        refuse_foreign(h, m->session);
+        no_snapshot(h, m->session);
         return;
     }
     const uint32_t lim = d->max_client_sessions;

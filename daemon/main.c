@@ -2,7 +2,8 @@
  * daemon/main.c — the gistd command: options, signals, and the daemon's life.
  *
  *   gistd --model FILE [--listen tcp://127.0.0.1:5557] [--kv-budget SIZE]
- *         [--session-budget SIZE] [--threads N] [--max-sessions N] [--snapshot-dir DIR]
+ *         [--kv-budget-max SIZE] [--session-budget SIZE] [--threads N] [--max-sessions N]
+ *         [--snapshot-dir DIR]
  *         [--log-level error|warn|info|debug] [--max-request SIZE] [--prefill-chunk N]
  *         [--kv-type f32|f16] [--block-rows N] [--policy P]
  *         [--curve-secret FILE --allow-keys FILE | --insecure] [--rate-limit N]
@@ -57,7 +58,8 @@ static int usage_error(const char *fmt, ...)
 static void usage(FILE *f)
 {
     fputs("usage: gistd --model FILE [--listen ENDPOINT] [--kv-budget SIZE] "
-          "[--session-budget SIZE]\n"
+          "[--kv-budget-max SIZE]\n"
+          "             [--session-budget SIZE]\n"
           "             [--threads N] [--max-sessions N] [--snapshot-dir DIR] [--log-level L]\n"
           "             [--max-request SIZE] [--prefill-chunk N] [--kv-type f32|f16] "
           "[--block-rows N] [--policy P]\n"
@@ -71,6 +73,19 @@ static void usage(FILE *f)
           "ipc:///path\n"
           "  SIZE      bytes, or with a suffix K, M, G (powers of 1024): 64M, 1.5G\n"
           "  L         error, warn (default), info, debug\n"
+          "Budgets (KV bytes):\n"
+          "  --kv-budget SIZE      the daemon's hard limit, all sessions together (default: "
+          "none)\n"
+          "  --kv-budget-max SIZE  the highest limit a client's SetBudget (gistctl budget) may "
+          "set, the\n"
+          "                        global one or a session's (default: --kv-budget, so clients "
+          "may lower\n"
+          "                        it and raise it back but never past what gistd started "
+          "with; without\n"
+          "                        --kv-budget, the machine's physical memory). No limit may "
+          "pass physical\n"
+          "                        memory, and the global one cannot be set to 0 (off)\n"
+          "  --session-budget SIZE each session's default hard limit (default: none)\n"
           "Access:\n"
           "  --curve-secret FILE   the daemon's CURVE secret key (z85 text, as gistd --keygen "
           "writes it)\n"
@@ -190,6 +205,9 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--kv-budget")) {
             if (parse_size(v, &cfg.kv_budget))
                 return usage_error("--kv-budget: '%s' is not a size (like 64M)", v);
+        } else if (!strcmp(a, "--kv-budget-max")) {
+            if (parse_size(v, &cfg.kv_budget_max) || cfg.kv_budget_max == 0)
+                return usage_error("--kv-budget-max: '%s' is not a size above 0 (like 1G)", v);
         } else if (!strcmp(a, "--session-budget")) {
             if (parse_size(v, &cfg.session_budget))
                 return usage_error("--session-budget: '%s' is not a size (like 8M)", v);

@@ -10,6 +10,7 @@
  */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +77,8 @@ int dmn_send(dmn_t *d, const dmn_peer_t *to, const Gistd__Reply *r)
         d->out_cap = cap;
     }
     gistd__reply__pack(r, d->out);
+    if (d->send_hook)
+        return d->send_hook(d->send_ctx, to, d->out, len);
     /* ROUTER_MANDATORY: the first frame fails at once when the peer is gone or its queue is
      * full; once it is accepted, the rest of the message goes with it. */
     if (zmq_send(d->sock, to->id, to->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
@@ -243,6 +246,40 @@ static int check_policy(dmn_t *d, err_info_t *e)
     return rc ? err_prefix(e, "--policy %s: ", d->policy) : 0;
 }
 
+size_t dmn_phys_bytes(void)
+{
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? (size_t)pages * (size_t)page : SIZE_MAX;
+}
+
+/* The highest global limit SetBudget may set (d->budget_max) and where it comes from. KV
+ * bytes live in memory, so no limit may pass the machine's physical memory: one above it
+ * would never be reached, which is no limit at all. */
+static int budget_ceiling(const dmn_cfg_t *cfg, dmn_t *d, err_info_t *e)
+{
+    const size_t phys = dmn_phys_bytes();
+    if (cfg->kv_budget > phys || cfg->kv_budget_max > phys)
+        return err_set(e, ERR_INVAL,
+                       "--kv-budget%s of %zu bytes is more than this machine's physical memory "
+                       "(%zu bytes)",
+                       cfg->kv_budget > phys ? "" : "-max",
+                       cfg->kv_budget > phys ? cfg->kv_budget : cfg->kv_budget_max, phys);
+    if (cfg->kv_budget_max && cfg->kv_budget > cfg->kv_budget_max)
+        return err_set(e, ERR_INVAL, "--kv-budget of %zu bytes is above --kv-budget-max (%zu)",
+                       cfg->kv_budget, cfg->kv_budget_max);
+    if (cfg->kv_budget_max) {
+        d->budget_max = cfg->kv_budget_max;
+        d->budget_max_from = "gistd --kv-budget-max";
+    } else if (cfg->kv_budget) {
+        d->budget_max = cfg->kv_budget;
+        d->budget_max_from = "gistd --kv-budget; --kv-budget-max allows more";
+    } else {
+        d->budget_max = phys;
+        d->budget_max_from = "this machine's physical memory";
+    }
+    return 0;
+}
+
 /* The sessions' default template: the family of the file's tokenizer.chat_template; plain,
  * with a warning, for one not recognised; none without one. */
 static void file_template(dmn_t *d)
@@ -279,6 +316,11 @@ int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
     if (!d)
         return err_set(e, ERR_NOMEM, "out of memory");
     d->cfg = *cfg;
+    rc = budget_ceiling(cfg, d, e);
+    if (rc) {
+        free(d);
+        return rc;
+    }
     d->t_start = dmn_now();
     d->next_id = 1;
     d->epoch = 1;

@@ -6,6 +6,7 @@
  * the pending queue (tokens appended or sampled, not yet forwarded). A request pushes its
  * tokens at the queue's tail; a scheduler step takes them from the head.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +23,34 @@ dmn_session_t *dmn_session_find(const dmn_t *d, uint32_t id)
     return NULL;
 }
 
-/* The sampler settings of a Sampling message (zero means off, see proto/gistd.proto). */
+/* Checks every field of a Sampling message against its range (zero means off for each,
+ * see proto/gistd.proto): ERR_INVAL naming the field, the value and the range. The window
+ * is bounded by the model's context (the most positions it attends to at once) and top_k by
+ * the vocabulary. */
+static int sampling_check(const Gistd__Sampling *w, uint32_t n_vocab, uint32_t n_ctx,
+                          err_info_t *e)
+{
+    if (!isfinite(w->temp) || w->temp < 0.0f)
+        return err_set(e, ERR_INVAL, "sampling.temp %g is outside [0, inf) (0: greedy)", w->temp);
+    if (w->top_k < 0 || (uint32_t)w->top_k > n_vocab)
+        return err_set(e, ERR_INVAL, "sampling.top_k %d is outside [0, %u] (the vocabulary; 0: off)",
+                       w->top_k, n_vocab);
+    if (!(w->top_p >= 0.0f && w->top_p <= 1.0f))
+        return err_set(e, ERR_INVAL, "sampling.top_p %g is outside [0, 1] (0 or 1: off)", w->top_p);
+    if (!(w->min_p >= 0.0f && w->min_p <= 1.0f))
+        return err_set(e, ERR_INVAL, "sampling.min_p %g is outside [0, 1] (0: off)", w->min_p);
+    if (!isfinite(w->repeat_penalty) || w->repeat_penalty < 0.0f)
+        return err_set(e, ERR_INVAL,
+                       "sampling.repeat_penalty %g is outside [0, inf) (0 or 1: off; finite)",
+                       w->repeat_penalty);
+    if (w->repeat_last_n < 0 || (uint32_t)w->repeat_last_n > n_ctx)
+        return err_set(e, ERR_INVAL,
+                       "sampling.repeat_last_n %d is outside [0, %u] (the model's context)",
+                       w->repeat_last_n, n_ctx);
+    return 0;
+}
+
+/* The sampler settings of a Sampling message that sampling_check passed. */
 static void sampling_from_wire(const Gistd__Sampling *w, mdl_sampler_cfg_t *c)
 {
     c->temp = w->temp;
@@ -34,15 +62,19 @@ static void sampling_from_wire(const Gistd__Sampling *w, mdl_sampler_cfg_t *c)
     c->seed = w->seed;
 }
 
-int dmn_session_sampling(const dmn_session_t *s, const Gistd__Sampling *w, mdl_sampler_cfg_t *c,
-                         uint32_t n_vocab, err_info_t *e)
+int dmn_session_sampling(const dmn_t *d, const dmn_session_t *s, const Gistd__Sampling *w,
+                         mdl_sampler_cfg_t *c, err_info_t *e)
 {
-    if (w)
+    if (w) {
+        int rc = sampling_check(w, d->hp->n_vocab, d->hp->n_ctx, e);
+        if (rc)
+            return rc;
         sampling_from_wire(w, c);
-    else
+    } else {
         *c = s->sampling;
+    }
     mdl_sampler_t *smp = NULL;
-    int rc = mdl_sampler_new(c, n_vocab, &smp, e);
+    int rc = mdl_sampler_new(c, d->hp->n_vocab, &smp, e);
     mdl_sampler_destroy(&smp);
     return rc;
 }
@@ -113,7 +145,7 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
         s->pins.system_prompt = o->pins->system_prompt;
     }
     mdl_sampler_cfg_default(&s->sampling);
-    rc = dmn_session_sampling(s, o->sampling, &s->sampling, d->hp->n_vocab, e);
+    rc = dmn_session_sampling(d, s, o->sampling, &s->sampling, e);
     if (rc)
         goto fail;
 

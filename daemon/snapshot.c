@@ -431,6 +431,37 @@ static int restore_rows(dmn_t *d, dmn_session_t *s, uint32_t id, const int32_t *
     return 1;
 }
 
+int dmn_snapshot_owner(const dmn_t *d, uint32_t id, char *owner, size_t cap)
+{
+    char *path = snap_path(d, id, "");
+    uint8_t *p = NULL;
+    size_t len = 0;
+    err_info_t e;
+    int rc = path ? read_file(path, &p, &len, &e) : ERR_NOMEM;
+    free(path);
+    if (rc)
+        return rc == ERR_NOMEM ? rc : ERR_NOTFOUND;
+    rd_t r = {.p = p, .len = len};
+    const uint8_t *magic = get(&r, 8);
+    const uint32_t version = get_u32(&r);
+    rc = ERR_NOTFOUND;
+    if (magic && !memcmp(magic, SNAP_MAGIC, 8) && version == SNAP_VERSION && !r.short_read &&
+        len >= 20) {
+        r.at = len - 8;
+        if (fnv1a(p, len - 8) == get_u64(&r)) {
+            char name[DMN_NAME_LEN];
+            r.len = len - 8;
+            r.at = 12;
+            const uint32_t file_id = get_u32(&r);
+            get_str(&r, name, sizeof name);
+            get_str(&r, owner, cap);
+            rc = r.short_read || file_id != id ? ERR_NOTFOUND : 0;
+        }
+    }
+    free(p);
+    return rc;
+}
+
 int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t *e)
 {
     if (dmn_session_find(d, id))

@@ -103,7 +103,9 @@ void dmn_send_stats(dmn_t *d, const dmn_peer_t *to, uint64_t id, bool sessions)
     st.kv_soft_bytes = ks.soft_limit;
     st.kv_used_bytes = ks.bytes;
     st.kv_peak_bytes = ks.peak;
-    st.sessions = d->n_sess;
+    /* the sessions this client may see (an admin: all); the store's figures are the daemon's */
+    for (uint32_t i = 0; i < d->n_sess; i++)
+        st.sessions += dmn_peer_owns(d, to, d->sess[i]);
     st.max_sessions = d->cfg.max_sessions;
     st.session_budget_bytes = d->cfg.session_budget;
     tiers.f32 = ks.tier_bytes[KV_TIER_F32];

@@ -100,7 +100,8 @@ def test_real_text_stories():
 
 def test_errors_raise():
     model = tiny()
-    with daemon(model, "--kv-budget", "200K") as d, gistc.Client(d.endpoint) as c:
+    with daemon(model, "--kv-budget", "200K", "--kv-budget-max", "2M") as d, \
+            gistc.Client(d.endpoint) as c:
         try:
             c.session(4242).complete("x", max_tokens=2)
             raise AssertionError("no error for an unknown session")
