@@ -23,8 +23,8 @@
 #include "common/err.h"
 
 #define DMN_DEFAULT_LISTEN          "tcp://127.0.0.1:5557"
-#define DMN_DEFAULT_RATE            200.0 /* requests/s per client key and address (CURVE) */
-#define DMN_DEFAULT_CLIENT_SESSIONS 16    /* sessions per client key (CURVE) */
+#define DMN_DEFAULT_RATE            200.0  /* requests/s per client key and address (CURVE) */
+#define DMN_DEFAULT_CLIENT_SESSIONS 16     /* sessions per client key (CURVE) */
 #define DMN_DEFAULT_IDLE_TIMEOUT    1800.0 /* seconds an idle session is kept live */
 
 enum dmn_log_level { DMN_LOG_ERROR = 0, DMN_LOG_WARN, DMN_LOG_INFO, DMN_LOG_DEBUG };

@@ -687,8 +687,10 @@ static void on_restore(const hctx_t *h, const Gistd__Restore *m)
     err_clear(&e);
     if (dmn_snapshot_restore(d, m->session, m->as_new, &s, &e)) {
         if (e.code == ERR_NOTFOUND)
-            err_set(&e, ERR_NOTFOUND, "session %u has no snapshot in %s (gistctl snapshot %u "
-                    "writes one)", m->session, d->snapshot_dir, m->session);
+            err_set(&e, ERR_NOTFOUND,
+                    "session %u has no snapshot in %s (gistctl snapshot %u "
+                    "writes one)",
+                    m->session, d->snapshot_dir, m->session);
         fail(h, m->session, &e);
         return;
     }

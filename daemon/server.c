@@ -24,10 +24,10 @@
 #define DMN_SNDHWM     16384 /* replies queued per client before they are dropped */
 /* requests queued per client before its sends wait: with frames of up to 4 x max_request,
  * what one client can make the daemon hold before it reads them */
-#define DMN_RCVHWM 256
-#define DMN_LINGER_MS     2000 /* at shutdown, how long queued replies may take to leave */
-#define DMN_PROGRESS_S    0.5  /* keep-alive period of a request the daemon works on */
-#define DMN_IDLE_SWEEP_S  1.0  /* how often idle sessions are looked for */
+#define DMN_RCVHWM       256
+#define DMN_LINGER_MS    2000 /* at shutdown, how long queued replies may take to leave */
+#define DMN_PROGRESS_S   0.5  /* keep-alive period of a request the daemon works on */
+#define DMN_IDLE_SWEEP_S 1.0  /* how often idle sessions are looked for */
 
 void dmn_cfg_default(dmn_cfg_t *cfg)
 {

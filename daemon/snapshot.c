@@ -365,8 +365,7 @@ static bool snap_name(const char *name, const char *suffix, uint32_t *id)
 {
     unsigned v = 0;
     int at = -1;
-    if (sscanf(name, "session-%u%n", &v, &at) != 1 || at < 0 || v == 0 ||
-        strcmp(name + at, suffix))
+    if (sscanf(name, "session-%u%n", &v, &at) != 1 || at < 0 || v == 0 || strcmp(name + at, suffix))
         return false;
     *id = v;
     return true;
@@ -396,8 +395,8 @@ int dmn_snapshot_mark_closed(dmn_t *d, const dmn_session_t *s, err_info_t *e)
         *q = *q == '\n' || *q == '\r' ? ' ' : *q;
     FILE *f = fopen(path, "w");
     int rc = 0;
-    if (!f || fprintf(f, "tokens %u\nowner %s\nname %s\n", s->rt.n_past + s->n_pend, s->cred,
-                      name) < 0)
+    if (!f ||
+        fprintf(f, "tokens %u\nowner %s\nname %s\n", s->rt.n_past + s->n_pend, s->cred, name) < 0)
         rc = io_fail(e, path, "cannot write the closed mark", errno);
     if (f && fclose(f) != 0 && !rc)
         rc = io_fail(e, path, "cannot write the closed mark", errno);

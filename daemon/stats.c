@@ -81,10 +81,10 @@ void dmn_session_info(const dmn_t *d, const dmn_session_t *s, Gistd__SessionInfo
     /* while it generates, the speed of this request so far; else that of the last one */
     const dmn_active_t *a = &s->act;
     const double now = dmn_now();
-    info->tokens_per_s = a->kind == DMN_REQ_GENERATE && a->n_gen > 1 && a->t_first > 0 &&
-                                 now > a->t_first
-                             ? (a->n_gen - 1) / (now - a->t_first)
-                             : s->tps;
+    info->tokens_per_s =
+        a->kind == DMN_REQ_GENERATE && a->n_gen > 1 && a->t_first > 0 && now > a->t_first
+            ? (a->n_gen - 1) / (now - a->t_first)
+            : s->tps;
     info->idle_s = s->act.kind == DMN_REQ_NONE ? now - s->t_last : 0.0;
     info->compactions = s->compactions;
     info->bytes_freed = s->bytes_freed;

@@ -290,14 +290,19 @@ int ctl_sessions(ctl_t *x, int argc, char **argv)
         }
         fputs("]\n", stdout);
     } else {
-        printf("%6s  %-16s %-9s %-6s %8s %8s %12s %12s %7s %8s\n", "ID", "NAME", "STATE",
-               "POLICY", "TOKENS", "PENDING", "BYTES", "BUDGET", "RATIO", "IDLE");
+        printf("%6s  %-16s %-9s %-6s %8s %8s %12s %12s %7s %8s\n", "ID", "NAME", "STATE", "POLICY",
+               "TOKENS", "PENDING", "BYTES", "BUDGET", "RATIO", "IDLE");
         for (uint32_t i = 0; i < n; i++) {
             char b1[32], b2[32], idle[32];
             const double t = l[i].idle_s;
             if (!strcmp(l[i].state, "closed") || t > 0)
-                snprintf(idle, sizeof idle, t < 120 ? "%.0fs" : t < 7200 ? "%.0fm" : "%.1fh",
-                         t < 120 ? t : t < 7200 ? t / 60 : t / 3600);
+                snprintf(idle, sizeof idle,
+                         t < 120    ? "%.0fs"
+                         : t < 7200 ? "%.0fm"
+                                    : "%.1fh",
+                         t < 120    ? t
+                         : t < 7200 ? t / 60
+                                    : t / 3600);
             else
                 snprintf(idle, sizeof idle, "-");
             printf("%6u  %-16.16s %-9s %-6s %8u %8u %12s %12s %7.2f %8s\n", l[i].id, l[i].name,
@@ -340,9 +345,8 @@ static void stats_json(const gc_stats_t *s, bool sessions)
             s->je_active, s->je_resident, s->steps, s->tokens_generated, s->tokens_prefilled,
             s->decode_tokens_per_s, s->prefill_tokens_per_s, s->avg_batch, s->requests, s->errors,
             s->events_dropped, s->clients_gone, s->budget_refusals, s->compactions, s->bytes_freed,
-            s->kv_bytes_per_token, s->rate_refusals, s->permission_refusals,
-            s->session_min_bytes, s->idle_timeout_s, s->curve ? "true" : "false", s->uptime_s,
-            s->threads);
+            s->kv_bytes_per_token, s->rate_refusals, s->permission_refusals, s->session_min_bytes,
+            s->idle_timeout_s, s->curve ? "true" : "false", s->uptime_s, s->threads);
     ctl_json_str(f, s->model);
     if (sessions) {
         fputs(", \"session_list\": [", f);

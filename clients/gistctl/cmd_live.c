@@ -57,7 +57,8 @@ static void chat_events_print(uint32_t session, const chat_events_t *ev)
             "%s freed, %s held]\n",
             session, ev->n, ev->n == 1 ? "" : "s", ev->gist, ev->merge, ev->evict,
             ev->other ? ", other" : "", ev->first, ev->last,
-            ctl_size_signed(ev->freed, b, sizeof b), gc_format_size(ev->session_bytes, k, sizeof k));
+            ctl_size_signed(ev->freed, b, sizeof b),
+            gc_format_size(ev->session_bytes, k, sizeof k));
 }
 
 /* One turn: the user's text in, the reply streamed out. Off a terminal the turn is marked on

@@ -128,7 +128,7 @@ static void print_extensions(const mdl_hparams_t *hp)
 /* Every metadata key with its value (strings cut at 60 bytes, arrays by length and type). */
 static void print_metadata(const gguf_t *g)
 {
-    static const char *const vt[] = {"u8",  "i8",     "u16",   "i16", "u32", "i32", "f32",
+    static const char *const vt[] = {"u8",   "i8",     "u16",   "i16", "u32", "i32", "f32",
                                      "bool", "string", "array", "u64", "i64", "f64"};
     printf("metadata:\n");
     for (uint64_t i = 0; i < gguf_kv_count(g); i++) {
