@@ -26,7 +26,7 @@
  * what one client can make the daemon hold before it reads them */
 #define DMN_RCVHWM       256
 #define DMN_LINGER_MS    2000 /* at shutdown, how long queued replies may take to leave */
-#define DMN_PROGRESS_S   0.5  /* keep-alive period of a request the daemon works on */
+#define DMN_PROGRESS_S   0.25 /* keep-alive period of a request the daemon prefills */
 #define DMN_IDLE_SWEEP_S 1.0  /* how often idle sessions are looked for */
 
 void dmn_cfg_default(dmn_cfg_t *cfg)

@@ -5,7 +5,7 @@
  * header hides it). gc_connect does the versioned handshake, so a client that connects has
  * a daemon that answers. Calls block until their final reply or until the client's timeout
  * passes with no reply at all (ERR_TIMEOUT, with a message naming the endpoint). The daemon
- * sends a keep-alive about twice a second while it works on a request, so the timeout only
+ * sends a keep-alive four times a second while it prefills for a request, so the timeout only
  * passes when the daemon is gone or stuck, however long a prefill takes.
  *
  * Generation streams: gc_generate calls on_token for every token as it arrives. To run
