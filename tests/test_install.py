@@ -44,7 +44,12 @@ def test_install_and_uninstall():
                 'int main(void) { char b[32]; puts(gc_format_size(3 << 20, b, sizeof b));'
                 ' return 0; }\n')
     exe = src[:-2]
-    subprocess.run(["cc", "-o", exe, src, *flags], check=True, cwd=tap.tmpdir())
+    # a sanitizer build (make asan, make tsan) installs an instrumented library: link alike
+    syms = subprocess.run(["nm", "-u", os.path.join(prefix, "lib", "libgistc.a")],
+                          capture_output=True, check=True).stdout
+    san = (["-fsanitize=address,undefined"] if b"__asan_init" in syms else
+           ["-fsanitize=thread"] if b"__tsan_init" in syms else [])
+    subprocess.run(["cc", *san, "-o", exe, src, *flags], check=True, cwd=tap.tmpdir())
     assert subprocess.run([exe], capture_output=True).stdout == b"3.00 MiB\n"
 
     # the Python client imports from its installed folder with its own pb2, nothing else
