@@ -77,7 +77,13 @@ typedef struct dmn_tmpl {
     const char *prefix[4];
     const char *suffix[4];
     const char *stop; /* ends an assistant turn (a stop string for ROLE_ASSISTANT), or NULL */
+    /* the prefix of a user turn right after a system turn, when the system turn opens it
+     * (Llama 2's <<SYS>> inside the first [INST], Gemma's system text in the first user
+     * turn); NULL: the user prefix */
+    const char *user_after_system;
 } dmn_tmpl_t;
+
+#define DMN_TMPL_NAMES "none, chatml, llama3, llama2, gemma, phi3, zephyr, plain"
 
 typedef enum dmn_req_kind {
     DMN_REQ_NONE = 0,
@@ -137,6 +143,7 @@ typedef struct dmn_session {
     bool text_started; /* a piece of text has been appended or generated */
     bool snap_kept;    /* its snapshot was asked for (or written by the idle timeout): its
                         * files outlive a close unless the client says forget */
+    int last_role;     /* the role of the last text appended (Gistd__Role) */
     dmn_active_t act;
     /* figures */
     uint64_t prompt_tokens, generated_tokens, events_dropped;
@@ -151,6 +158,7 @@ typedef struct dmn_counters {
     uint64_t requests, errors, events_dropped, clients_gone, budget_refusals;
     uint64_t steps, items, tokens_generated, tokens_prefilled;
     uint64_t compactions;
+    uint64_t compactions_by_method[POL_N_METHODS];
     int64_t bytes_freed;
 } dmn_counters_t;
 
@@ -161,6 +169,7 @@ struct dmn {
     mdl_t *model;
     const mdl_hparams_t *hp;
     const tok_t *tok;
+    const dmn_tmpl_t *file_tmpl; /* sessions' default: from tokenizer.chat_template */
     kv_store_t *store;
     uint32_t n_lane;
     rt_t *rt;           /* the session runtime over model and store */
@@ -171,6 +180,7 @@ struct dmn {
     uint32_t next_id;
     bool stopping;
     dmn_session_t **slot_sess; /* [n_sess]: the session of each slot of the step */
+    bool planning;             /* a step's slots are being chosen (their rows reserved) */
     uint32_t cap_slot_sess;
     uint8_t *out; /* packed reply */
     size_t out_cap;
@@ -242,7 +252,12 @@ void dmn_handle(dmn_t *d, const dmn_peer_t *from, const uint8_t *payload, size_t
 uint64_t dmn_request_peek_id(const uint8_t *payload, size_t len);
 
 /* ---- session.c ---- */
+/* The template of a name (DMN_TMPL_NAMES), or NULL. */
 const dmn_tmpl_t *dmn_tmpl_find(const char *name);
+
+/* The template family of a model file's tokenizer.chat_template (Jinja text, not run: the
+ * family is told by its markers), or NULL when none is recognised. */
+const dmn_tmpl_t *dmn_tmpl_detect(const char *text, size_t len);
 dmn_session_t *dmn_session_find(const dmn_t *d, uint32_t id);
 /* Opens a session (id 0: the next free id). Checks every parameter, and that the budget
  * holds at least one token. */

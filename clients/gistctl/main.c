@@ -31,8 +31,8 @@ static const struct {
      "gen (--prompt STR | --prompt-file F) -n N [--temp T] [--seed S] [--top-k K] [--top-p P] "
      "[--min-p P] [--repeat-penalty R] [--stop STR]... [--session ID]"},
     {"chat", ctl_chat,
-     "chat [--session ID] [--template none|chatml|plain] [--system STR] [-n N] [--temp T] "
-     "[--seed S] [--prompt-file F] [--budget SIZE] [--policy P] [--param KEY=VALUE]..."},
+     "chat [--session ID] [--template T (default: the model file's)] [--system STR] [-n N] "
+     "[--temp T] [--seed S] [--prompt-file F] [--budget SIZE] [--policy P] [--param KEY=VALUE]..."},
     {"open", ctl_open,
      "open [--budget SIZE] [--soft SIZE] [--policy P] [--param KEY=VALUE]... [--template T] "
      "[--name STR]"},
