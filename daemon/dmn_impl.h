@@ -117,6 +117,7 @@ typedef struct dmn_active {
     float *logprob;
     /* usage */
     double t_arrive, t_start, t_prefill, t_first;
+    double t_progress; /* the last keep-alive sent (server.c) */
     uint32_t compactions;
     int64_t bytes_freed;
 } dmn_active_t;
@@ -140,6 +141,8 @@ typedef struct dmn_session {
     int32_t *pend;
     uint32_t pend_head, n_pend, pend_cap;
     bool text_started; /* a piece of text has been appended or generated */
+    bool snap_kept;    /* its snapshot was asked for (or written by the idle timeout): its
+                        * files outlive a close unless the client says forget */
     int last_role;     /* the role of the last text appended (Gistd__Role) */
     dmn_active_t act;
     /* figures */
@@ -189,6 +192,8 @@ struct dmn {
     double t_start;
     double t_watermark; /* last global watermark check */
     uint64_t epoch;     /* dmn_shrink passes */
+    size_t session_min; /* the smallest usable session budget (dmn_session_min_bytes) */
+    double t_idle;      /* last idle sweep */
     struct {
         double t, dt;
         uint32_t dec, pre;
@@ -327,15 +332,33 @@ void dmn_rate_note(dmn_t *d, double t, double dt, uint32_t dec, uint32_t pre);
 /* ---- snapshot.c ---- */
 /* Writes s to the snapshot folder; *path (may be NULL) gets the file's path (malloc'd). */
 int dmn_snapshot_write(dmn_t *d, dmn_session_t *s, char **path, err_info_t *e);
-/* Restores session id from the snapshot folder. */
-int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t *e);
+/* Restores session id from the snapshot folder: under its own id (ERR_EXISTS while it is
+ * live), or under a new one when as_new. */
+int dmn_snapshot_restore(dmn_t *d, uint32_t id, bool as_new, dmn_session_t **out, err_info_t *e);
 /* The credential that owns session id's snapshot, from a whole file (checksum verified) into
  * owner[cap]: 0, ERR_NOMEM, or ERR_NOTFOUND when there is no such file or it does not read
  * as a snapshot of that session. */
 int dmn_snapshot_owner(const dmn_t *d, uint32_t id, char *owner, size_t cap);
-/* Restores every session found in the snapshot folder (logging the ones that fail). */
+/* Restores every session found in the snapshot folder but the closed ones (logging the ones
+ * that fail). */
 void dmn_snapshot_restore_all(dmn_t *d);
-/* Removes session id's snapshot (when the session is closed). */
+/* Removes session id's snapshot files and its closed mark. */
 void dmn_snapshot_remove(dmn_t *d, uint32_t id);
+/* Marks s's snapshot as a closed session's (DIR/session-<id>.closed: not restored at start-up,
+ * listed by `sessions`, brought back by Restore), before s is closed. */
+int dmn_snapshot_mark_closed(dmn_t *d, const dmn_session_t *s, err_info_t *e);
+/* Whether session id is closed with its snapshot kept. */
+bool dmn_snapshot_closed_has(const dmn_t *d, uint32_t id);
+/* Removes the closed mark of session id (it is live again). */
+void dmn_snapshot_unmark_closed(dmn_t *d, uint32_t id);
+/* A closed session, as its mark describes it. */
+typedef struct dmn_closed {
+    uint32_t id, tokens;
+    double age_s; /* since it was closed */
+    char name[DMN_NAME_LEN];
+    char cred[DMN_CRED_LEN];
+} dmn_closed_t;
+/* The closed sessions of the snapshot folder that are not live; *out malloc'd ([return]). */
+uint32_t dmn_snapshot_closed(const dmn_t *d, dmn_closed_t **out);
 
 #endif

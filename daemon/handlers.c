@@ -65,8 +65,19 @@ static bool need_admin(const hctx_t *h, uint32_t session, const char *what)
 static dmn_session_t *find(const hctx_t *h, uint32_t id, bool must_be_idle)
 {
     dmn_session_t *s = dmn_session_find(h->d, id);
+    if (!s && id == 0) {
+        dmn_send_errorf(h->d, h->peer, h->id, id, ERR_INVAL,
+                        "the request names no session (session ids start at 1)");
+        return NULL;
+    }
     if (!s) {
-        dmn_send_errorf(h->d, h->peer, h->id, id, ERR_NOTFOUND, "no session %u", id);
+        if (h->d->snapshot_dir && dmn_snapshot_closed_has(h->d, id))
+            dmn_send_errorf(h->d, h->peer, h->id, id, ERR_NOTFOUND,
+                            "session %u is closed (its snapshot is kept: gistctl restore %u "
+                            "brings it back)",
+                            id, id);
+        else
+            dmn_send_errorf(h->d, h->peer, h->id, id, ERR_NOTFOUND, "no session %u", id);
         return NULL;
     }
     if (!dmn_peer_owns(h->d, h->peer, s)) {
@@ -223,11 +234,23 @@ static void on_open(const hctx_t *h, const Gistd__OpenSession *m)
 
 static void on_close(const hctx_t *h, const Gistd__CloseSession *m)
 {
+    dmn_t *d = h->d;
     dmn_session_t *s = find(h, m->session, false);
     if (!s)
         return;
-    dmn_session_close(h->d, s);
-    dmn_snapshot_remove(h->d, m->session);
+    /* a snapshot the client asked for stays, marked closed, unless it says forget */
+    err_info_t e;
+    err_clear(&e);
+    const bool keep = s->snap_kept && !m->forget && d->snapshot_dir;
+    if (keep && dmn_snapshot_mark_closed(d, s, &e)) {
+        fail(h, m->session, &e); /* nothing changed: the session stays live */
+        return;
+    }
+    dmn_session_close(d, s);
+    if (!keep)
+        dmn_snapshot_remove(d, m->session);
+    dmn_log(d, DMN_LOG_INFO, "session %u closed%s", m->session,
+            keep ? "; its snapshot is kept" : "");
     ack(h, m->session);
 }
 
@@ -432,10 +455,14 @@ static void on_info(const hctx_t *h, const Gistd__SessionInfoRequest *m)
     reply(h, s->id, &r);
 }
 
+/* Live sessions, then closed ones whose snapshot is kept (state "closed"): those the client
+ * may use. */
 static void on_list(const hctx_t *h)
 {
     dmn_t *d = h->d;
-    const uint32_t n = d->n_sess;
+    dmn_closed_t *closed = NULL;
+    const uint32_t n_closed = dmn_snapshot_closed(d, &closed);
+    const uint32_t n = d->n_sess + n_closed;
     Gistd__SessionInfo *infos = calloc(n ? n : 1, sizeof *infos);
     Gistd__SessionInfo **ptrs = calloc(n ? n : 1, sizeof *ptrs);
     Gistd__TierBytes *tiers = calloc(n ? n : 1, sizeof *tiers);
@@ -443,10 +470,28 @@ static void on_list(const hctx_t *h)
         dmn_send_errorf(d, h->peer, h->id, 0, ERR_NOMEM, "out of memory");
     } else {
         uint32_t k = 0;
-        for (uint32_t i = 0; i < n; i++) {
+        for (uint32_t i = 0; i < d->n_sess; i++) {
             if (!dmn_peer_owns(d, h->peer, d->sess[i]))
                 continue; /* another client's session is not shown */
             dmn_session_info(d, d->sess[i], &infos[k], &tiers[k]);
+            ptrs[k] = &infos[k];
+            k++;
+        }
+        for (uint32_t i = 0; i < n_closed; i++) {
+            const dmn_closed_t *c = &closed[i];
+            if (!dmn_peer_admin(d, h->peer) && strcmp(c->cred, h->peer->cred))
+                continue;
+            gistd__session_info__init(&infos[k]);
+            gistd__tier_bytes__init(&tiers[k]);
+            infos[k].id = c->id;
+            infos[k].name = (char *)c->name;
+            infos[k].state = (char *)"closed";
+            infos[k].policy = (char *)"";
+            infos[k].chat_template = (char *)"";
+            infos[k].tokens = c->tokens;
+            infos[k].idle_s = c->age_s;
+            infos[k].compression = 1.0;
+            infos[k].tiers = &tiers[k];
             ptrs[k] = &infos[k];
             k++;
         }
@@ -458,6 +503,7 @@ static void on_list(const hctx_t *h)
         r.sessions = &sl;
         reply(h, 0, &r);
     }
+    free(closed);
     free(infos);
     free(ptrs);
     free(tiers);
@@ -614,8 +660,10 @@ static void on_snapshot(const hctx_t *h, const Gistd__Snapshot *m)
     for (uint32_t i = 0; !rc && i < n; i++) {
         dmn_session_t *s = one ? one : d->sess[i];
         rc = dmn_snapshot_write(d, s, &paths[done], &e);
-        if (!rc)
+        if (!rc) {
             ids[done++] = s->id;
+            s->snap_kept = true; /* asked for: it outlives a close */
+        }
     }
     if (rc) {
         fail(h, m->session, &e);
@@ -691,7 +739,7 @@ static void on_restore(const hctx_t *h, const Gistd__Restore *m)
     }
     err_info_t e;
     err_clear(&e);
-    if (dmn_snapshot_restore(d, m->session, &s, &e)) {
+    if (dmn_snapshot_restore(d, m->session, m->as_new, &s, &e)) {
         if (e.code == ERR_NOTFOUND) {
             dmn_log(d, DMN_LOG_INFO, "restore of session %u: %s", m->session, err_msg(&e));
             no_snapshot(h, m->session);
@@ -714,6 +762,8 @@ static void on_restore(const hctx_t *h, const Gistd__Restore *m)
                         m->session, lim);
         return;
     }
+    if (!m->as_new)
+        dmn_snapshot_unmark_closed(d, m->session); /* live again */
     send_opened(h, s);
 }
 

@@ -121,6 +121,11 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
     if (o->name && strlen(o->name) >= DMN_NAME_LEN)
         return err_set(e, ERR_INVAL, "session name longer than %d bytes", DMN_NAME_LEN - 1);
     size_t hard = o->budget_bytes ? o->budget_bytes : d->cfg.session_budget;
+    if (hard && hard < d->session_min)
+        return err_set(e, ERR_BUDGET,
+                       "a session budget of %zu bytes is below the smallest usable one, %zu bytes "
+                       "(one KV block of %u rows for each of the model's %u lanes)",
+                       hard, d->session_min, kv_block_rows(d->store), d->n_lane);
     if (o->soft_bytes && (!hard || o->soft_bytes > hard))
         return err_set(e, ERR_INVAL, "soft watermark of %zu bytes above the hard limit of %zu",
                        (size_t)o->soft_bytes, hard);
@@ -155,16 +160,16 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
     err_clear(&ke);
     rc = kv_session_create(d->store, &kc, &kid, &ke);
     if (rc) {
-        rc = err_set(e, rc, "%s%s", rc == ERR_BUDGET ? "budget too small for even one token: " : "",
+        rc = err_set(e, rc, "%s%s", rc == ERR_BUDGET ? "no room for a new session: " : "",
                      err_msg(&ke));
         goto fail;
     }
     s->rt.kv = kid;
-    /* a budget must hold at least one token */
+    /* a budget must hold at least one token (the global limit may have no room left) */
     err_clear(&ke);
     rc = kv_reserve(d->store, s->rt.kv, 1, &ke);
     if (rc == ERR_BUDGET) {
-        rc = err_set(e, ERR_BUDGET, "budget too small for even one token: %s", err_msg(&ke));
+        rc = err_set(e, ERR_BUDGET, "no room for a new session's first token: %s", err_msg(&ke));
         goto fail;
     } else if (rc) {
         rc = err_set(e, rc, "%s", err_msg(&ke));

@@ -127,9 +127,9 @@ int kv_budget_check(kv_store_t *st, kv_session_t *s, size_t need_session, size_t
     if (need_session && s && s->hard && s->bytes + need_session > s->hard) {
         size_t avail = s->hard > s->bytes ? s->hard - s->bytes : 0;
         return err_set(e, ERR_BUDGET,
-                       "%s needs %zu bytes, %zu available under session %u's hard limit of %zu "
+                       "%s needs %zu bytes, %zu available under the session's hard limit of %zu "
                        "(%zu in use)",
-                       what, need_session, avail, s->id, s->hard, s->bytes);
+                       what, need_session, avail, s->hard, s->bytes);
     }
     return 0;
 }

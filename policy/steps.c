@@ -27,7 +27,7 @@ int pol_lane_meta(pol_t *p, uint32_t l, uint32_t *n, err_info_t *e)
     uint32_t nh = pol_n_head_kv(p), rows = 0;
     int rc = kv_lane_size(p->st, p->sid, l / nh, l % nh, &rows, NULL);
     if (rc)
-        return err_set(e, rc, "policy: lane %u of session %u", l, p->sid);
+        return err_set(e, rc, "policy: lane %u", l);
     if (rows > p->meta_cap) {
         uint32_t cap = rows + rows / 2 + 64;
         kv_row_meta_t *t = realloc(p->meta, cap * sizeof *t);

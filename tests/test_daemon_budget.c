@@ -205,7 +205,8 @@ static void test_snapshot_restart(void)
     td_gen_text(c, s1, 12, NULL, cont, sizeof cont);
     CHECK_MSG(!strcmp(cont, ref), "after restart \"%s\" vs without \"%s\"", cont, ref);
 
-    /* closing forgets the snapshot; a corrupt one is refused and changes nothing */
+    /* closing forgets a snapshot written at shutdown; a corrupt one is refused and changes
+     * nothing */
     CHECK_OK(gc_close(c, s2, &e));
     CHECK_INT(gc_restore(c, s2, &e), ==, ERR_NOTFOUND);
     char bad[700];
@@ -220,7 +221,7 @@ static void test_snapshot_restart(void)
     CHECK(len > 100);
     char *was = NULL, *now = NULL;
     CHECK_OK(gc_transcript(c, s1, 0, 0, &was, NULL, NULL, NULL, NULL, &e));
-    CHECK_OK(gc_close(c, s1, &e)); /* removes both files */
+    CHECK_OK(gc_close_opts(c, s1, true, &e)); /* forget: removes both files */
     /* without the rows (.kv) it comes back from its tokens, prefilled again */
     f = fopen(bad, "wb");
     CHECK(f && fwrite(snap, 1, len, f) == len);
@@ -235,7 +236,7 @@ static void test_snapshot_restart(void)
     free(was);
     free(now);
     td_gen_text(c, s1, 4, NULL, cont, sizeof cont);
-    CHECK_OK(gc_close(c, s1, &e));
+    CHECK_OK(gc_close_opts(c, s1, true, &e));
     /* with one byte changed it is refused */
     snap[len / 2] ^= 0x10;
     f = fopen(bad, "wb");

@@ -134,7 +134,7 @@ static void test_bad_requests_then_serves(void)
 
     gc_open_opts_t tiny_budget = {.budget_bytes = 64};
     CHECK_INT(gc_open(c, &tiny_budget, &s, &e), ==, ERR_BUDGET);
-    CHECK_MSG(strstr(e.msg, "one token"), "message: %s", e.msg);
+    CHECK_MSG(strstr(e.msg, "smallest usable"), "message: %s", e.msg);
     gc_open_opts_t bad_policy = {.policy = "magic"};
     CHECK_INT(gc_open(c, &bad_policy, &s, &e), ==, ERR_INVAL);
     CHECK(strstr(e.msg, "unknown policy 'magic'"));

@@ -111,7 +111,7 @@ def test_errors_raise():
             c.open_session(budget=100)
             raise AssertionError("no error for a budget below one token")
         except gistc.GistdError as e:
-            assert e.name == "ERR_BUDGET" and "one token" in e.message
+            assert e.name == "ERR_BUDGET" and "smallest usable" in e.message
         try:
             c.open_session(policy="nope")
             raise AssertionError("no error for an unknown policy")
