@@ -70,7 +70,12 @@ $RUN train/evaluate.py --corpus "$CORPUS" --tok $TOK --base $RUNS/base/ckpt.pt \
 # what the model's budgets cost: every policy at 100/50/25/12.5% of the full cache
 make -s -j2 build/bin/gist-model
 $PY bench/quality.py --models $MODELS/$NAME.gguf --out $RUNS/quality
-[ "$MIX" != 0 ] && $PY bench/memory.py --model $MODELS/$NAME.gguf --out $RUNS/memory
+# what it recalls under each budget: pass keys, needles, chat facts (bench/memory.py)
+MEMORY=""
+if [ "$MIX" != 0 ]; then
+    $PY bench/memory.py --model $MODELS/$NAME.gguf --out $RUNS/memory
+    MEMORY=1
+fi
 # the command as it was run, for the card
 CMD=""
 for v in RUNS MODELS INIT_GGUF CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
@@ -78,6 +83,7 @@ for v in RUNS MODELS INIT_GGUF CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GI
     [ -n "${!v:-}" ] && CMD="$CMD$v=${!v} "
 done
 $PY train/make_card.py --runs $RUNS --model $MODELS/$NAME.gguf --out $MODELS/README.md \
-    --command "${CMD}train/pipeline.sh" --quality $RUNS/quality/quality.csv
+    --command "${CMD}train/pipeline.sh" --quality $RUNS/quality/quality.csv \
+    ${MEMORY:+--memory $RUNS/memory/memory.md}
 exit
 }
