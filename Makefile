@@ -38,7 +38,7 @@ AVX2_FLAGS   := -mavx2 -mfma -mf16c
 AVX512_FLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c -mavx2
 
 # Libraries, in link order (dependents first).
-MODULES  := policy kvstore model common
+MODULES  := runtime policy kvstore model common
 lib_srcs  = $(filter-out $(1)/fuzz_%.c,$(wildcard $(1)/*.c))
 lib_objs  = $(patsubst %.c,$(BUILD)/obj/%.o,$(call lib_srcs,$(1)))
 LIBS     := $(foreach m,$(MODULES),$(if $(call lib_srcs,$(m)),$(BUILD)/lib/libgist_$(m).a))

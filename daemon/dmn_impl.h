@@ -8,8 +8,8 @@
  * final reply).
  *
  * Files: server.c (socket, loop, replies, logging), handlers.c (requests), session.c
- * (sessions, tokens, chat templates), sched.c (the batched step), policy.c (the sessions'
- * compaction policies, policy/policy.h), runner.c (learned gists under their mask), stats.c
+ * (sessions, tokens, chat templates), sched.c (the batched step, through the session runtime,
+ * runtime/runtime.h), policy.c (the sessions' policies and their events), stats.c
  * (figures), snapshot.c (snapshots), auth.c (CURVE, the allow list, the ZAP handler, session
  * ownership and request rates). Threads: the
  * daemon's one thread. Errors: 0 or a negative ERR_* code with a message in an err_info_t; a failed
@@ -29,6 +29,7 @@
 #include "model/llama.h"
 #include "model/sampler.h"
 #include "policy/policy.h"
+#include "runtime/runtime.h"
 #include "proto/gistd.pb-c.h"
 
 #define DMN_VERSION      "gistd 0.1"
@@ -117,10 +118,9 @@ typedef struct dmn_active {
 typedef struct dmn_session {
     struct dmn *owner;
     uint32_t id; /* the wire id */
-    uint32_t kv; /* the store's id */
+    rt_sess_t rt; /* the runtime's session: the store's id, the policy, positions, logits */
     char name[DMN_NAME_LEN];
     char cred[DMN_CRED_LEN]; /* the credential that opened it, its owner ("": local) */
-    pol_t *pol;
     char pol_name[32];
     char param_key[DMN_MAX_PARAMS][DMN_PARAM_LEN], param_value[DMN_MAX_PARAMS][DMN_PARAM_LEN];
     uint32_t n_params;
@@ -130,12 +130,9 @@ typedef struct dmn_session {
     const dmn_tmpl_t *tmpl;
     mdl_sampler_cfg_t sampling; /* defaults for Generate */
     bool add_bos;
-    /* tokens: n_past stored in the KV store, then pend[head .. head + n_pend) waiting */
-    uint32_t n_past;
+    /* tokens: rt.n_past stored in the KV store, then pend[head .. head + n_pend) waiting */
     int32_t *pend;
     uint32_t pend_head, n_pend, pend_cap;
-    float *logits;     /* [n_vocab]: the prediction for position n_past */
-    bool have_logits;  /* false until a step has forwarded a token */
     bool text_started; /* a piece of text has been appended or generated */
     dmn_active_t act;
     /* figures */
@@ -146,32 +143,6 @@ typedef struct dmn_session {
     double tps;            /* decode tokens/s of the last generate */
     uint64_t shrunk_epoch; /* dmn_shrink's mark: asked once per pass */
 } dmn_session_t;
-
-/* One scheduler step's batch: its items, the KV views handed to the forward pass, the new
- * K/V rows it writes, and its logits. Grown as needed, reused across steps. */
-typedef struct dmn_slot {
-    dmn_session_t *s;
-    uint32_t first, n; /* items [first, first + n) */
-    uint32_t want0;    /* its first logits row */
-    bool want_all;     /* every item's logits (score), else only the last item's */
-} dmn_slot_t;
-
-typedef struct dmn_batch {
-    uint32_t cap_items, cap_slots, cap_chunks, cap_want;
-    int32_t *tok, *pos, *seq;
-    uint32_t *utok;
-    uint8_t *want;
-    dmn_slot_t *slots;
-    mdl_kv_view_t *views; /* [slot][lane] */
-    mdl_kv_chunk_t *chunks;
-    kv_chunk_t *kvch; /* one lane's chunks from the store */
-    uint32_t cap_kvch;
-    float *newk, *newv;    /* [item-offset * n_lane][...]: per slot [lane][n][head_dim] */
-    float *newlb, *newacc; /* [item-offset * n_lane]: per slot [lane][n] */
-    const float **kptr, **vptr, **lbptr, **accptr; /* [n_lane] */
-    float *logits;                                 /* [cap_want][n_vocab] */
-    uint32_t n_slots;
-} dmn_batch_t;
 
 typedef struct dmn_counters {
     uint64_t requests, errors, events_dropped, clients_gone, budget_refusals;
@@ -189,18 +160,15 @@ struct dmn {
     const tok_t *tok;
     kv_store_t *store;
     uint32_t n_lane;
+    rt_t *rt;           /* the session runtime over model and store */
     pol_model_t pm;     /* what policies know of the model */
-    float *freq_div;    /* [n_rot/2] RoPE divisors for pooled rows, or NULL */
-    pol_text_t *pieces; /* scratch: token texts for the policies */
-    uint32_t cap_pieces;
-    char *piece_text;
-    size_t cap_piece_text;
     void *zctx, *sock;
     dmn_session_t **sess; /* in creation order */
     uint32_t n_sess, cap_sess;
     uint32_t next_id;
     bool stopping;
-    dmn_batch_t batch;
+    dmn_session_t **slot_sess; /* [n_sess]: the session of each slot of the step */
+    uint32_t cap_slot_sess;
     uint8_t *out; /* packed reply */
     size_t out_cap;
     dmn_counters_t c;
@@ -313,26 +281,11 @@ int dmn_shrink(dmn_t *d, dmn_session_t *s, size_t target, const char *reason, in
 /* Fills a Usage message for the session's request. */
 void dmn_usage(const dmn_t *d, const dmn_session_t *s, Gistd__Usage *u);
 
-/* ---- runner.c ---- */
-/* The policy's runner: n gist tokens of run at s's next positions, seeing only the rows the
- * mask lets them see; their rows are committed and s's logits follow the last of them.
- * ERR_BUDGET, having changed nothing, when the reservation is refused. */
-int dmn_sched_run_masked(dmn_t *d, dmn_session_t *s, const pol_run_t *run, err_info_t *e);
-
 /* ---- policy.c ---- */
-/* What policies know of the model (d->pm), from its file. */
-int dmn_policy_model(dmn_t *d, err_info_t *e);
-/* Makes s's policy (s->pol_name, its parameters and pins) for its KV session. */
-int dmn_policy_open(dmn_t *d, dmn_session_t *s, err_info_t *e);
+/* Makes s's runtime session for its KV session kv: the policy (s->pol_name, its parameters and
+ * pins) and where its compaction events go. */
+int dmn_policy_open(dmn_t *d, dmn_session_t *s, uint32_t kv, err_info_t *e);
 void dmn_policy_close(dmn_session_t *s);
-/* How many of s's next n pending tokens to run now (1..n); learned gists may run first. */
-int dmn_policy_next(dmn_t *d, dmn_session_t *s, uint32_t n, uint32_t *n_run, err_info_t *e);
-/* Reserves n rows for s, compacting when a budget refuses (ERR_BUDGET: nothing lost). */
-int dmn_policy_reserve(dmn_t *d, dmn_session_t *s, uint32_t n, err_info_t *e);
-/* After the commit of tokens tok[0..n). */
-int dmn_policy_commit(dmn_t *d, dmn_session_t *s, const int32_t *tok, uint32_t n, err_info_t *e);
-/* n_past follows the transcript (learned gist tokens join it). */
-void dmn_session_sync(dmn_t *d, dmn_session_t *s);
 
 /* ---- stats.c ---- */
 /* Fills info for s; strings point into s. */

@@ -109,7 +109,7 @@ static int push_ids(const hctx_t *h, dmn_session_t *s, const int32_t *ids, size_
             return err_set(e, ERR_RANGE, "token %d at index %zu is outside the vocabulary [0, %u)",
                            ids[i], i, nv);
     uint32_t bos = 0;
-    if (s->n_past + s->n_pend == 0 && s->add_bos && n > 0 && ids[0] != tok_bos(h->d->tok)) {
+    if (s->rt.n_past + s->n_pend == 0 && s->add_bos && n > 0 && ids[0] != tok_bos(h->d->tok)) {
         const int32_t b = tok_bos(h->d->tok);
         if (dmn_session_push(s, &b, 1))
             return err_set(e, ERR_NOMEM, "out of memory");
@@ -168,12 +168,12 @@ static void on_hello(const hctx_t *h, const Gistd__Hello *m)
 static void send_opened(const hctx_t *h, const dmn_session_t *s)
 {
     kv_stats_t ks;
-    kv_session_stats(h->d->store, s->kv, &ks);
+    kv_session_stats(h->d->store, s->rt.kv, &ks);
     Gistd__SessionOpened so = GISTD__SESSION_OPENED__INIT;
     so.session = s->id;
     so.budget_bytes = ks.hard_limit;
     so.soft_bytes = ks.soft_limit;
-    so.tokens = s->n_past + s->n_pend;
+    so.tokens = s->rt.n_past + s->n_pend;
     Gistd__Reply r = GISTD__REPLY__INIT;
     r.body_case = GISTD__REPLY__BODY_OPENED;
     r.opened = &so;
@@ -198,7 +198,7 @@ static void on_open(const hctx_t *h, const Gistd__OpenSession *m)
         return;
     }
     snprintf(s->cred, sizeof s->cred, "%s", h->peer->cred);
-    dmn_log(h->d, DMN_LOG_INFO, "session %u opened (policy %s)", s->id, pol_name(s->pol));
+    dmn_log(h->d, DMN_LOG_INFO, "session %u opened (policy %s)", s->id, pol_name(s->rt.pol));
     send_opened(h, s);
 }
 
@@ -282,7 +282,7 @@ static void on_generate(const hctx_t *h, const Gistd__Generate *m)
     a->max_tokens = m->max_tokens;
     uint32_t added = 0, more = 0;
     int rc = 0;
-    if (m->prompt.len > 0 || s->n_past + s->n_pend == 0)
+    if (m->prompt.len > 0 || s->rt.n_past + s->n_pend == 0)
         rc = dmn_session_push_text(d, s, m->prompt.data, m->prompt.len, m->prompt_role, m->special,
                                    &added, &e);
     if (!rc && m->role == GISTD__ROLE__ROLE_ASSISTANT && *s->tmpl->prefix[m->role]) {
@@ -290,7 +290,7 @@ static void on_generate(const hctx_t *h, const Gistd__Generate *m)
         rc = dmn_session_push_text(d, s, (const uint8_t *)pre, strlen(pre), 0, true, &more, &e);
         added += more;
     }
-    if (!rc && s->n_past + s->n_pend == 0)
+    if (!rc && s->rt.n_past + s->n_pend == 0)
         rc = err_set(&e, ERR_INVAL,
                      "session %u is empty and the model has no BOS token: give "
                      "a prompt",
@@ -313,7 +313,7 @@ static void on_generate(const hctx_t *h, const Gistd__Generate *m)
         rc = mdl_sampler_new(&sc, d->hp->n_vocab, &a->smp, &e);
     if (!rc && sc.repeat_last_n > 0 && sc.repeat_penalty != 1.0f) {
         /* the repetition window sees the session's last tokens, prompt included */
-        const uint32_t len = s->n_past + s->n_pend;
+        const uint32_t len = s->rt.n_past + s->n_pend;
         const uint32_t n = len < (uint32_t)sc.repeat_last_n ? len : (uint32_t)sc.repeat_last_n;
         int32_t *win = malloc(sizeof(int32_t) * (n ? n : 1));
         rc = win ? dmn_session_tokens(d, s, len - n, n, win) : ERR_NOMEM;
@@ -335,7 +335,7 @@ static void on_score(const hctx_t *h, const Gistd__Score *m)
         return;
     err_info_t e;
     err_clear(&e);
-    const uint32_t before = s->n_past + s->n_pend, pend_before = s->n_pend;
+    const uint32_t before = s->rt.n_past + s->n_pend, pend_before = s->n_pend;
     const bool bos = before == 0 && s->add_bos;
     uint32_t added = 0;
     int rc = m->text.len > 0
@@ -364,8 +364,8 @@ static void on_score(const hctx_t *h, const Gistd__Score *m)
         a->logprob[i] = NAN;
     }
     /* the first token follows what is stored: the session's last logits predict it */
-    if (a->n_score > 0 && pend_before == 0 && !skip && s->have_logits) {
-        const float *row = s->logits;
+    if (a->n_score > 0 && pend_before == 0 && !skip && s->rt.have_logits) {
+        const float *row = s->rt.logits;
         const uint32_t nv = d->hp->n_vocab;
         float mx = row[0];
         for (uint32_t i = 1; i < nv; i++)
@@ -385,10 +385,10 @@ static void on_compact(const hctx_t *h, const Gistd__Compact *m)
         return;
     pol_compact_req_t cr = {.last_thought = m->last_thought};
     if (!m->last_thought) {
-        if (!m->span || m->span->first > m->span->last || m->span->last >= s->n_past) {
+        if (!m->span || m->span->first > m->span->last || m->span->last >= s->rt.n_past) {
             dmn_send_errorf(d, h->peer, h->id, s->id, ERR_RANGE,
                             "compact needs a span of stored positions, first <= last < %u",
-                            s->n_past);
+                            s->rt.n_past);
             return;
         }
         cr.first = m->span->first;
@@ -398,8 +398,8 @@ static void on_compact(const hctx_t *h, const Gistd__Compact *m)
     start(h, s, DMN_REQ_APPEND);
     err_info_t e;
     err_clear(&e);
-    int rc = pol_compact(s->pol, &cr, &e);
-    dmn_session_sync(d, s);
+    int rc = pol_compact(s->rt.pol, &cr, &e);
+    rt_sess_sync(d->rt, &s->rt);
     if (rc)
         dmn_req_fail(d, s, &e);
     else
@@ -459,7 +459,7 @@ static void on_transcript(const hctx_t *h, const Gistd__TranscriptRequest *m)
     dmn_session_t *s = find(h, m->session, false);
     if (!s)
         return;
-    const uint32_t total = s->n_past + s->n_pend;
+    const uint32_t total = s->rt.n_past + s->n_pend;
     if (m->first > total) {
         dmn_send_errorf(d, h->peer, h->id, s->id, ERR_RANGE,
                         "first position %u is past the transcript's end (%u)", m->first, total);
@@ -473,9 +473,9 @@ static void on_transcript(const hctx_t *h, const Gistd__TranscriptRequest *m)
     char *text = NULL;
     size_t text_len = 0;
     int rc = ids && live && blive ? dmn_session_tokens(d, s, m->first, n, ids) : ERR_NOMEM;
-    if (!rc && m->first < s->n_past) {
-        const uint32_t stored = s->n_past - m->first < n ? s->n_past - m->first : n;
-        rc = kv_transcript_read(d->store, s->kv, m->first, stored, NULL, live);
+    if (!rc && m->first < s->rt.n_past) {
+        const uint32_t stored = s->rt.n_past - m->first < n ? s->rt.n_past - m->first : n;
+        rc = kv_transcript_read(d->store, s->rt.kv, m->first, stored, NULL, live);
         for (uint32_t i = 0; !rc && i < n; i++)
             blive[i] = i >= stored || live[i] > 0;
     } else if (!rc) {
@@ -520,7 +520,7 @@ static void on_set_budget(const hctx_t *h, const Gistd__SetBudget *m)
         return;
     const size_t hard = m->hard_bytes;
     /* a session's soft watermark leaves its policy room to work; the store's is 7/8 */
-    const size_t head = s ? pol_headroom(s->pol, d->cfg.prefill_chunk) : hard / 8;
+    const size_t head = s ? pol_headroom(s->rt.pol, d->cfg.prefill_chunk) : hard / 8;
     const size_t soft = m->soft_bytes ? m->soft_bytes : hard > head ? hard - head : hard / 2;
     if (m->soft_bytes && (!hard || m->soft_bytes > hard)) {
         dmn_send_errorf(d, h->peer, h->id, m->session, ERR_INVAL,
@@ -530,7 +530,7 @@ static void on_set_budget(const hctx_t *h, const Gistd__SetBudget *m)
     }
     kv_stats_t ks;
     if (s)
-        kv_session_stats(d->store, s->kv, &ks);
+        kv_session_stats(d->store, s->rt.kv, &ks);
     else
         kv_store_stats(d->store, &ks);
     int64_t freed = 0;
@@ -540,7 +540,7 @@ static void on_set_budget(const hctx_t *h, const Gistd__SetBudget *m)
         /* compact down to the new limit at once, or refuse it */
         dmn_shrink(d, s, hard, "budget", &freed, &e);
         if (s)
-            kv_session_stats(d->store, s->kv, &ks);
+            kv_session_stats(d->store, s->rt.kv, &ks);
         else
             kv_store_stats(d->store, &ks);
         if (ks.bytes > hard) {
@@ -553,7 +553,7 @@ static void on_set_budget(const hctx_t *h, const Gistd__SetBudget *m)
         }
     }
     size_t excess = 0;
-    int rc = s ? kv_session_set_limits(d->store, s->kv, hard, soft, &excess)
+    int rc = s ? kv_session_set_limits(d->store, s->rt.kv, hard, soft, &excess)
                : kv_store_set_limits(d->store, hard, soft, &excess);
     if (rc) {
         dmn_send_errorf(d, h->peer, h->id, m->session, rc, "cannot set the limits");

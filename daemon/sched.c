@@ -26,7 +26,7 @@ void dmn_usage(const dmn_t *d, const dmn_session_t *s, Gistd__Usage *u)
     const dmn_active_t *a = &s->act;
     const double now = dmn_now();
     kv_stats_t ks;
-    kv_session_stats(d->store, s->kv, &ks);
+    kv_session_stats(d->store, s->rt.kv, &ks);
     u->prompt_tokens = a->prompt_tokens;
     u->generated_tokens = a->n_gen;
     u->kv_bytes = ks.bytes;
@@ -51,11 +51,10 @@ static void end_turn(dmn_t *d, dmn_session_t *s, Gistd__StopReason reason)
     err_clear(&e);
     int rc = 0;
     if (a->kind == DMN_REQ_APPEND && a->role == GISTD__ROLE__ROLE_SYSTEM && s->pins.system_prompt &&
-        a->pos_first != UINT32_MAX && s->n_past > a->pos_first)
-        rc = pol_pin_span(s->pol, a->pos_first, s->n_past - 1, &e);
+        a->pos_first != UINT32_MAX && s->rt.n_past > a->pos_first)
+        rc = pol_pin_span(s->rt.pol, a->pos_first, s->rt.n_past - 1, &e);
     if (!rc)
-        rc = pol_end_turn(s->pol, &e);
-    dmn_session_sync(d, s);
+        rc = rt_sess_end_turn(d->rt, &s->rt, &e);
     if (rc)
         dmn_log(d, DMN_LOG_WARN, "session %u: end of turn: %s", s->id, err_msg(&e));
 }
@@ -155,15 +154,15 @@ static void gen_next(dmn_t *d, dmn_session_t *s)
         dmn_req_finish(d, s, GISTD__STOP_REASON__STOP_LENGTH, NULL, 0);
         return;
     }
-    if (!s->have_logits) {
+    if (!s->rt.have_logits) {
         err_info_t e;
         err_set(&e, ERR_INTERNAL, "session %u has nothing to predict from", s->id);
         dmn_req_fail(d, s, &e);
         return;
     }
-    const int32_t t = mdl_sampler_sample(a->smp, s->logits);
+    const int32_t t = mdl_sampler_sample(a->smp, s->rt.logits);
     mdl_sampler_accept(a->smp, t);
-    const uint32_t pos = s->n_past + s->n_pend;
+    const uint32_t pos = s->rt.n_past + s->n_pend;
     if (dmn_session_push(s, &t, 1)) {
         err_info_t e;
         err_set(&e, ERR_NOMEM, "no memory for session %u's next token", s->id);
@@ -243,220 +242,69 @@ static void gen_next(dmn_t *d, dmn_session_t *s)
 
 /* ------------------------------------------------------------------ the batch */
 
-/* Makes room for n_items items over n_slots slots and n_want logits rows. */
-static int batch_reserve(dmn_t *d, uint32_t n_items, uint32_t n_slots, uint32_t n_want)
+/* Adds a slot for s: up to n of its pending tokens, as many as its policy and budget allow.
+ * A refused slot ends s's request. */
+static void add_slot(dmn_t *d, dmn_session_t *s, uint32_t n)
 {
-    dmn_batch_t *b = &d->batch;
-    const size_t hd = d->hp->head_dim;
-    if (n_items > b->cap_items) {
-        uint32_t cap = n_items * 2;
-        int32_t *tok = realloc(b->tok, sizeof(int32_t) * cap);
-        b->tok = tok ? tok : b->tok;
-        int32_t *pos = realloc(b->pos, sizeof(int32_t) * cap);
-        b->pos = pos ? pos : b->pos;
-        int32_t *seq = realloc(b->seq, sizeof(int32_t) * cap);
-        b->seq = seq ? seq : b->seq;
-        uint32_t *utok = realloc(b->utok, sizeof(uint32_t) * cap);
-        b->utok = utok ? utok : b->utok;
-        uint8_t *want = realloc(b->want, cap);
-        b->want = want ? want : b->want;
-        float *nk = realloc(b->newk, sizeof(float) * cap * d->n_lane * hd);
-        b->newk = nk ? nk : b->newk;
-        float *nv = realloc(b->newv, sizeof(float) * cap * d->n_lane * hd);
-        b->newv = nv ? nv : b->newv;
-        float *lb = realloc(b->newlb, sizeof(float) * cap * d->n_lane);
-        b->newlb = lb ? lb : b->newlb;
-        float *acc = realloc(b->newacc, sizeof(float) * cap * d->n_lane);
-        b->newacc = acc ? acc : b->newacc;
-        if (!tok || !pos || !seq || !utok || !want || !nk || !nv || !lb || !acc)
-            return ERR_NOMEM;
-        b->cap_items = cap;
-    }
-    if (n_slots > b->cap_slots) {
-        uint32_t cap = n_slots * 2;
-        dmn_slot_t *sl = realloc(b->slots, sizeof *sl * cap);
-        b->slots = sl ? sl : b->slots;
-        mdl_kv_view_t *vw = realloc(b->views, sizeof *vw * cap * d->n_lane);
-        b->views = vw ? vw : b->views;
-        if (!sl || !vw)
-            return ERR_NOMEM;
-        b->cap_slots = cap;
-    }
-    if (!b->accptr) {
-        b->kptr = b->kptr ? b->kptr : malloc(sizeof *b->kptr * d->n_lane);
-        b->vptr = b->vptr ? b->vptr : malloc(sizeof *b->vptr * d->n_lane);
-        b->lbptr = b->lbptr ? b->lbptr : malloc(sizeof *b->lbptr * d->n_lane);
-        b->accptr = b->kptr && b->vptr && b->lbptr ? malloc(sizeof *b->accptr * d->n_lane) : NULL;
-        if (!b->accptr)
-            return ERR_NOMEM;
-    }
-    if (n_want > b->cap_want) {
-        uint32_t cap = n_want * 2;
-        float *lg = realloc(b->logits, sizeof(float) * cap * d->hp->n_vocab);
-        if (!lg)
-            return ERR_NOMEM;
-        b->logits = lg;
-        b->cap_want = cap;
-    }
-    return 0;
-}
-
-/* Adds a slot of n items for s, its rows reserved; a refused reservation ends s's request. */
-static void add_slot(dmn_t *d, dmn_session_t *s, uint32_t n, uint32_t *n_items, uint32_t *n_want)
-{
-    dmn_batch_t *b = &d->batch;
     err_info_t e;
     err_clear(&e);
-    /* the policy may close a sentence first, and may want fewer tokens in this batch */
-    if (dmn_policy_next(d, s, n, &n, &e)) {
-        dmn_req_fail(d, s, &e);
-        return;
-    }
-    /* a chunk the budget cannot hold goes in smaller pieces, down to one token */
-    int rc;
-    while ((rc = dmn_policy_reserve(d, s, n, &e)) == ERR_BUDGET && n > 1) {
-        d->c.budget_refusals--; /* not refused yet: retried smaller */
-        n /= 2;
-        err_clear(&e);
-    }
+    uint32_t taken;
+    const uint32_t k = rt_step_slots(d->rt);
+    int rc = rt_step_add(d->rt, &s->rt, s->pend + s->pend_head, n, s->act.kind == DMN_REQ_SCORE,
+                         &taken, &e);
     if (rc) {
+        if (rc == ERR_BUDGET)
+            d->c.budget_refusals++;
+        err_prefix(&e, "session %u: ", s->id);
         dmn_req_fail(d, s, &e);
         return;
     }
-    dmn_slot_t *sl = &b->slots[b->n_slots++];
-    sl->s = s;
-    sl->first = *n_items;
-    sl->n = n;
-    sl->want_all = s->act.kind == DMN_REQ_SCORE;
-    sl->want0 = *n_want;
-    *n_items += n;
-    *n_want += sl->want_all ? n : 1;
+    d->slot_sess[k] = s;
 }
 
-static bool in_batch(const dmn_batch_t *b, const dmn_session_t *s)
+static bool in_step(const dmn_t *d, const dmn_session_t *s)
 {
-    for (uint32_t k = 0; k < b->n_slots; k++)
-        if (b->slots[k].s == s)
+    for (uint32_t k = 0; k < rt_step_slots(d->rt); k++)
+        if (d->slot_sess[k] == s)
             return true;
     return false;
 }
 
 /* Chooses this step's slots: every decoder, then prefill chunks, oldest request first. */
-static int plan(dmn_t *d, uint32_t *n_items, uint32_t *n_want)
+static int plan(dmn_t *d)
 {
-    dmn_batch_t *b = &d->batch;
-    b->n_slots = 0;
-    *n_items = *n_want = 0;
-    int rc = batch_reserve(d, d->n_sess + d->cfg.prefill_chunk, d->n_sess,
-                           d->n_sess + d->cfg.prefill_chunk);
-    if (rc)
-        return rc;
+    if (d->n_sess > d->cap_slot_sess) {
+        dmn_session_t **t = realloc(d->slot_sess, sizeof *t * d->n_sess * 2);
+        if (!t)
+            return ERR_NOMEM;
+        d->slot_sess = t;
+        d->cap_slot_sess = d->n_sess * 2;
+    }
+    rt_step_begin(d->rt);
     for (uint32_t i = 0; i < d->n_sess; i++) {
         dmn_session_t *s = d->sess[i];
         if (s->act.kind != DMN_REQ_NONE && s->n_pend == 1)
-            add_slot(d, s, 1, n_items, n_want);
+            add_slot(d, s, 1);
     }
     uint32_t left = d->cfg.prefill_chunk;
     while (left > 0) {
         dmn_session_t *best = NULL;
         for (uint32_t i = 0; i < d->n_sess; i++) {
             dmn_session_t *s = d->sess[i];
-            if (s->act.kind != DMN_REQ_NONE && s->n_pend > 1 && !in_batch(b, s) &&
+            if (s->act.kind != DMN_REQ_NONE && s->n_pend > 1 && !in_step(d, s) &&
                 (!best || s->act.t_arrive < best->act.t_arrive))
                 best = s;
         }
         if (!best)
             break;
         const uint32_t n = best->n_pend < left ? best->n_pend : left;
-        const uint32_t before = b->n_slots;
-        add_slot(d, best, n, n_items, n_want);
-        if (b->n_slots > before)
-            left -= b->slots[b->n_slots - 1].n;
+        const uint32_t before = rt_step_slots(d->rt);
+        add_slot(d, best, n);
+        if (rt_step_slots(d->rt) > before)
+            left -= rt_step_taken(d->rt, before);
         else if (best->act.kind != DMN_REQ_NONE)
             break; /* not refused, yet not added: try again next step */
     }
-    return 0;
-}
-
-static int view_cb(void *ctx, int seq, int layer, int kv_head, uint32_t n_new, mdl_kv_view_t *out)
-{
-    const dmn_t *d = ctx;
-    const dmn_batch_t *b = &d->batch;
-    if (seq < 0 || (uint32_t)seq >= b->n_slots || n_new != b->slots[seq].n)
-        return ERR_INTERNAL;
-    *out = b->views[(size_t)seq * d->n_lane + (size_t)layer * d->hp->n_head_kv + kv_head];
-    return 0;
-}
-
-/* Fills the batch's items and the views of every slot's lanes (after the reservations: the
- * store's pointers stay valid until the commit). */
-static int build(dmn_t *d, uint32_t n_items, err_info_t *e)
-{
-    dmn_batch_t *b = &d->batch;
-    const uint32_t hd = d->hp->head_dim, nhk = d->hp->n_head_kv;
-    uint32_t total = 0;
-    for (uint32_t k = 0; k < b->n_slots; k++)
-        for (uint32_t l = 0; l < d->n_lane; l++) {
-            uint32_t rows, nc;
-            int rc = kv_lane_size(d->store, b->slots[k].s->kv, l / nhk, l % nhk, &rows, &nc);
-            if (rc)
-                return err_set(e, rc, "session %u: cannot size lane %u", b->slots[k].s->id, l);
-            total += nc;
-            if (nc > b->cap_kvch) {
-                kv_chunk_t *t = realloc(b->kvch, sizeof *t * nc * 2);
-                if (!t)
-                    return err_set(e, ERR_NOMEM, "out of memory for %u chunks", nc);
-                b->kvch = t;
-                b->cap_kvch = nc * 2;
-            }
-        }
-    if (total > b->cap_chunks) {
-        mdl_kv_chunk_t *t = realloc(b->chunks, sizeof *t * total * 2);
-        if (!t)
-            return err_set(e, ERR_NOMEM, "out of memory for %u chunks", total);
-        b->chunks = t;
-        b->cap_chunks = total * 2;
-    }
-    uint32_t off = 0;
-    for (uint32_t k = 0; k < b->n_slots; k++) {
-        const dmn_slot_t *sl = &b->slots[k];
-        const dmn_session_t *s = sl->s;
-        for (uint32_t i = 0; i < sl->n; i++) {
-            const uint32_t it = sl->first + i;
-            b->tok[it] = s->pend[s->pend_head + i];
-            b->utok[it] = (uint32_t)b->tok[it];
-            b->pos[it] = (int32_t)(s->n_past + i);
-            b->seq[it] = (int32_t)k;
-            b->want[it] = sl->want_all || i + 1 == sl->n;
-        }
-        for (uint32_t l = 0; l < d->n_lane; l++) {
-            uint32_t nc;
-            int rc = kv_lane_view(d->store, s->kv, l / nhk, l % nhk, b->kvch, b->cap_kvch, &nc);
-            if (rc)
-                return err_set(e, rc, "session %u: cannot view lane %u", s->id, l);
-            for (uint32_t c = 0; c < nc; c++) {
-                mdl_kv_chunk_t *mc = &b->chunks[off + c];
-                mc->n = b->kvch[c].n;
-                mc->type = b->kvch[c].type;
-                mc->k = b->kvch[c].k;
-                mc->v = b->kvch[c].v;
-                mc->bias = b->kvch[c].bias;
-                mc->attn_acc = b->kvch[c].attn_acc;
-            }
-            const size_t rbase = (size_t)sl->first * d->n_lane + (size_t)l * sl->n;
-            mdl_kv_view_t *v = &b->views[(size_t)k * d->n_lane + l];
-            v->n_chunks = nc;
-            v->chunks = nc ? b->chunks + off : NULL; /* none yet: b->chunks may be NULL */
-            v->new_k = b->newk + rbase * hd;
-            v->new_v = b->newv + rbase * hd;
-            v->new_logbeta = d->pm.has_gates ? b->newlb + rbase : NULL;
-            v->new_attn_acc = pol_wants_attn_acc(s->pol) ? b->newacc + rbase : NULL;
-            if (v->new_attn_acc)
-                memset(v->new_attn_acc, 0, sizeof(float) * sl->n);
-            off += nc;
-        }
-    }
-    (void)n_items;
     return 0;
 }
 
@@ -472,65 +320,44 @@ static float logprob_of(const float *row, uint32_t n, int32_t t)
     return (float)((double)row[t] - mx - log(sum));
 }
 
-/* After the forward: stores slot k's rows, takes its tokens off the queue, keeps its logits
- * and scores. Returns true when the session's request may go on. */
+/* After the forward: stores slot k's rows, takes its tokens off the queue, scores them, and
+ * runs the policy's commit hook. Returns true when the session's request may go on. */
 static bool commit_slot(dmn_t *d, uint32_t k, double now)
 {
-    dmn_batch_t *b = &d->batch;
-    const dmn_slot_t *sl = &b->slots[k];
-    dmn_session_t *s = sl->s;
+    dmn_session_t *s = d->slot_sess[k];
     dmn_active_t *a = &s->act;
-    const uint32_t hd = d->hp->head_dim, nv = d->hp->n_vocab;
-    for (uint32_t l = 0; l < d->n_lane; l++) {
-        const size_t rbase = (size_t)sl->first * d->n_lane + (size_t)l * sl->n;
-        b->kptr[l] = b->newk + rbase * hd;
-        b->vptr[l] = b->newv + rbase * hd;
-        b->lbptr[l] = b->newlb + rbase;
-        b->accptr[l] = b->newacc + rbase;
-    }
-    kv_append_t ap = {.n = sl->n,
-                      .tokens = b->utok + sl->first,
-                      .k = b->kptr,
-                      .v = b->vptr,
-                      .logbeta = d->pm.has_gates ? b->lbptr : NULL,
-                      .attn_acc = pol_wants_attn_acc(s->pol) ? b->accptr : NULL};
+    const uint32_t n = rt_step_taken(d->rt, k), nv = d->hp->n_vocab, pos0 = s->rt.n_past;
     err_info_t e;
     err_clear(&e);
-    if (kv_commit(d->store, s->kv, &ap, &e)) {
-        kv_reserve_cancel(d->store, s->kv);
+    if (rt_step_commit(d->rt, k, &e)) {
         dmn_req_fail(d, s, &e);
         return false;
     }
-    const uint32_t pos0 = s->n_past;
     if (a->kind == DMN_REQ_SCORE)
-        for (uint32_t i = 0; i < sl->n; i++) {
+        for (uint32_t i = 0; i < n; i++) {
             const uint32_t q = pos0 + i + 1; /* the position item i predicts */
             if (q >= a->score_first && q < a->score_first + a->n_score && i + 1 < s->n_pend)
-                a->logprob[q - a->score_first] = logprob_of(
-                    b->logits + (size_t)(sl->want0 + i) * nv, nv, s->pend[s->pend_head + i + 1]);
+                a->logprob[q - a->score_first] =
+                    logprob_of(rt_step_logits(d->rt, k, i), nv, s->pend[s->pend_head + i + 1]);
         }
-    const uint32_t last = sl->want_all ? sl->want0 + sl->n - 1 : sl->want0;
-    memcpy(s->logits, b->logits + (size_t)last * nv, sizeof(float) * nv);
-    s->have_logits = true;
-    s->pend_head += sl->n;
-    s->n_pend -= sl->n;
+    s->pend_head += n;
+    s->n_pend -= n;
     if (s->n_pend == 0)
         s->pend_head = 0;
     if (a->prompt_left > s->n_pend)
         a->prompt_left = s->n_pend;
-    s->n_past += sl->n;
     s->t_last = now;
     if (a->t_start == 0)
         a->t_start = now;
     if (a->n_gen == 0) {
-        a->prompt_tokens += sl->n;
-        s->prompt_tokens += sl->n;
-        d->c.tokens_prefilled += sl->n;
+        a->prompt_tokens += n;
+        s->prompt_tokens += n;
+        d->c.tokens_prefilled += n;
     }
 
     if (a->pos_first == UINT32_MAX)
         a->pos_first = pos0;
-    if (dmn_policy_commit(d, s, b->tok + sl->first, sl->n, &e)) {
+    if (rt_step_policy(d->rt, k, &e)) {
         dmn_req_fail(d, s, &e);
         return false;
     }
@@ -581,50 +408,40 @@ static void watermark(dmn_t *d, double now)
 
 void dmn_sched_step(dmn_t *d)
 {
-    dmn_batch_t *b = &d->batch;
     const double t0 = dmn_now();
     for (uint32_t i = 0; i < d->n_sess; i++)
         advance(d, d->sess[i]);
 
-    uint32_t n_items, n_want;
-    if (plan(d, &n_items, &n_want)) {
+    if (plan(d)) {
         dmn_log(d, DMN_LOG_ERROR, "out of memory planning a step");
-        for (uint32_t k = 0; k < b->n_slots; k++)
-            kv_reserve_cancel(d->store, b->slots[k].s->kv);
         return;
     }
-    if (b->n_slots == 0)
+    const uint32_t n_slots = rt_step_slots(d->rt);
+    if (n_slots == 0)
         return;
 
     err_info_t e;
     err_clear(&e);
-    int rc = build(d, n_items, &e);
-    if (!rc) {
-        mdl_batch_t mb = {
-            .n = n_items, .token = b->tok, .pos = b->pos, .seq = b->seq, .want = b->want};
-        mdl_kv_io_t io = {.ctx = d, .view = view_cb};
-        rc = mdl_forward(d->model, &mb, &io, b->logits, &e);
-    }
-    if (rc) {
+    if (rt_step_run(d->rt, &e)) {
         dmn_log(d, DMN_LOG_ERROR, "forward pass failed: %s", err_msg(&e));
-        for (uint32_t k = 0; k < b->n_slots; k++) {
-            kv_reserve_cancel(d->store, b->slots[k].s->kv);
-            dmn_req_fail(d, b->slots[k].s, &e);
-        }
+        for (uint32_t k = 0; k < n_slots; k++)
+            dmn_req_fail(d, d->slot_sess[k], &e);
         return;
     }
     const double t1 = dmn_now();
-    uint32_t dec = 0;
-    for (uint32_t k = 0; k < b->n_slots; k++) {
-        dmn_session_t *s = b->slots[k].s;
+    uint32_t dec = 0, items = 0;
+    for (uint32_t k = 0; k < n_slots; k++) {
+        dmn_session_t *s = d->slot_sess[k];
+        const uint32_t n = rt_step_taken(d->rt, k);
+        items += n;
         if (s->act.kind == DMN_REQ_GENERATE && s->act.n_gen > 0)
-            dec += b->slots[k].n;
+            dec += n;
         if (commit_slot(d, k, t1))
             advance(d, s);
     }
     d->c.steps++;
-    d->c.items += n_items;
-    dmn_rate_note(d, t0, dmn_now() - t0, dec, n_items - dec);
+    d->c.items += items;
+    dmn_rate_note(d, t0, dmn_now() - t0, dec, items - dec);
     watermark(d, t1);
 }
 
@@ -636,15 +453,10 @@ int dmn_shrink(dmn_t *d, dmn_session_t *only, size_t target, const char *reason,
     *freed = 0;
     kv_stats_t st;
     if (only) {
-        kv_session_stats(d->store, only->kv, &st);
+        kv_session_stats(d->store, only->rt.kv, &st);
         if (st.bytes <= target)
             return 0;
-        const size_t start = st.bytes;
-        int rc = pol_shrink(only->pol, target, e);
-        dmn_session_sync(d, only);
-        kv_session_stats(d->store, only->kv, &st);
-        *freed = (int64_t)start - (int64_t)st.bytes;
-        return rc;
+        return rt_sess_shrink(d->rt, &only->rt, target, freed, e);
     }
     /* the whole store: fair share = target / sessions; furthest above it first, idle first */
     kv_store_stats(d->store, &st);
@@ -660,7 +472,7 @@ int dmn_shrink(dmn_t *d, dmn_session_t *only, size_t target, const char *reason,
                 if ((s->act.kind == DMN_REQ_NONE) != (pass == 0) || s->shrunk_epoch == d->epoch)
                     continue;
                 kv_stats_t ks;
-                kv_session_stats(d->store, s->kv, &ks);
+                kv_session_stats(d->store, s->rt.kv, &ks);
                 if (ks.bytes > fair && ks.bytes - fair > best_over) {
                     best = s;
                     best_over = ks.bytes - fair;
@@ -678,10 +490,10 @@ int dmn_shrink(dmn_t *d, dmn_session_t *only, size_t target, const char *reason,
             goal = goal > fair ? goal : fair;
             err_info_t pe;
             err_clear(&pe);
-            if (pol_shrink(best->pol, goal, &pe))
+            int64_t got;
+            if (rt_sess_shrink(d->rt, &best->rt, goal, &got, &pe))
                 dmn_log(d, DMN_LOG_WARN, "session %u: shrinking for the %s: %s", best->id, reason,
                         err_msg(&pe));
-            dmn_session_sync(d, best);
         }
     }
     d->epoch++;

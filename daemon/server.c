@@ -285,9 +285,6 @@ int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
         goto fail;
     }
     d->n_lane = d->hp->n_layer * d->hp->n_head_kv;
-    rc = dmn_policy_model(d, e);
-    if (rc)
-        goto fail;
 
     kv_store_config_t kc = {.n_layer = d->hp->n_layer,
                             .n_head_kv = d->hp->n_head_kv,
@@ -297,8 +294,11 @@ int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
                             .hard_limit = cfg->kv_budget,
                             .soft_limit = cfg->kv_budget / 8 * 7};
     rc = kv_store_new(&kc, &d->store, e);
+    if (!rc)
+        rc = rt_new(d->model, d->store, &d->rt, e);
     if (rc)
         goto fail;
+    d->pm = *rt_model(d->rt);
     rc = check_policy(d, e);
     if (rc)
         goto fail;
@@ -351,31 +351,11 @@ void dmn_destroy(dmn_t **p)
     dmn_auth_fini(d);
     if (d->zctx)
         zmq_ctx_term(d->zctx);
+    rt_destroy(&d->rt);
     kv_store_destroy(&d->store);
     mdl_destroy(&d->model);
-    dmn_batch_t *b = &d->batch;
-    free(b->tok);
-    free(b->pos);
-    free(b->seq);
-    free(b->utok);
-    free(b->want);
-    free(b->slots);
-    free(b->views);
-    free(b->chunks);
-    free(b->kvch);
-    free(b->newk);
-    free(b->newv);
-    free(b->kptr);
-    free(b->vptr);
-    free(b->lbptr);
-    free(b->accptr);
-    free(b->newlb);
-    free(b->newacc);
-    free(b->logits);
     free(d->out);
-    free(d->freq_div);
-    free(d->pieces);
-    free(d->piece_text);
+    free(d->slot_sess);
     free(d->model_path);
     free(d->listen);
     free(d->snapshot_dir);

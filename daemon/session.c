@@ -75,11 +75,11 @@ static void session_free(dmn_t *d, dmn_session_t *s)
     if (!s)
         return;
     dmn_active_clear(&s->act);
+    const uint32_t kv = s->rt.kv;
     dmn_policy_close(s);
-    if (s->kv)
-        kv_session_destroy(d->store, s->kv);
+    if (kv)
+        kv_session_destroy(d->store, kv);
     free(s->pend);
-    free(s->logits);
     free(s);
 }
 
@@ -118,11 +118,6 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
     if (!s)
         return err_set(e, ERR_NOMEM, "out of memory");
     int rc;
-    s->logits = malloc(sizeof(float) * d->hp->n_vocab);
-    if (!s->logits) {
-        rc = err_set(e, ERR_NOMEM, "out of memory");
-        goto fail;
-    }
     s->owner = d;
     snprintf(s->pol_name, sizeof s->pol_name, "%s", pol_name);
     for (size_t i = 0; i < o->n_policy_params; i++) {
@@ -153,10 +148,10 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
                      err_msg(&ke));
         goto fail;
     }
-    s->kv = kid;
+    s->rt.kv = kid;
     /* a budget must hold at least one token */
     err_clear(&ke);
-    rc = kv_reserve(d->store, s->kv, 1, &ke);
+    rc = kv_reserve(d->store, s->rt.kv, 1, &ke);
     if (rc == ERR_BUDGET) {
         rc = err_set(e, ERR_BUDGET, "budget too small for even one token: %s", err_msg(&ke));
         goto fail;
@@ -164,15 +159,15 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
         rc = err_set(e, rc, "%s", err_msg(&ke));
         goto fail;
     }
-    kv_reserve_cancel(d->store, s->kv);
-    rc = dmn_policy_open(d, s, e);
+    kv_reserve_cancel(d->store, s->rt.kv);
+    rc = dmn_policy_open(d, s, kid, e);
     if (rc)
         goto fail;
     /* the soft watermark leaves the policy room to work under the hard limit */
     if (hard) {
-        size_t head = pol_headroom(s->pol, d->cfg.prefill_chunk);
+        size_t head = pol_headroom(s->rt.pol, d->cfg.prefill_chunk);
         size_t soft = o->soft_bytes ? o->soft_bytes : hard > head ? hard - head : hard / 2;
-        rc = kv_session_set_limits(d->store, s->kv, hard, soft, NULL);
+        rc = kv_session_set_limits(d->store, s->rt.kv, hard, soft, NULL);
         if (rc) {
             rc = err_set(e, rc, "cannot set the session's limits");
             goto fail;
@@ -285,7 +280,7 @@ int dmn_session_push_text(dmn_t *d, dmn_session_t *s, const uint8_t *text, size_
 {
     if (role < 0 || role > 3)
         return err_set(e, ERR_INVAL, "unknown role %d", role);
-    const uint32_t before = s->n_past + s->n_pend;
+    const uint32_t before = s->rt.n_past + s->n_pend;
     bool bos = before == 0 && s->add_bos;
     const char *pre = s->tmpl->prefix[role], *suf = s->tmpl->suffix[role];
     uint32_t added = 0;
@@ -311,18 +306,18 @@ int dmn_session_push_text(dmn_t *d, dmn_session_t *s, const uint8_t *text, size_
 int dmn_session_tokens(const dmn_t *d, const dmn_session_t *s, uint32_t first, uint32_t n,
                        int32_t *out)
 {
-    if ((uint64_t)first + n > (uint64_t)s->n_past + s->n_pend)
+    if ((uint64_t)first + n > (uint64_t)s->rt.n_past + s->n_pend)
         return ERR_RANGE;
     uint32_t i = 0;
-    if (first < s->n_past) {
-        uint32_t m = s->n_past - first < n ? s->n_past - first : n;
+    if (first < s->rt.n_past) {
+        uint32_t m = s->rt.n_past - first < n ? s->rt.n_past - first : n;
         /* the transcript holds uint32 ids; read them straight into out */
-        int rc = kv_transcript_read(d->store, s->kv, first, m, (uint32_t *)out, NULL);
+        int rc = kv_transcript_read(d->store, s->rt.kv, first, m, (uint32_t *)out, NULL);
         if (rc)
             return rc;
         i = m;
     }
     for (; i < n; i++)
-        out[i] = s->pend[s->pend_head + (first + i - s->n_past)];
+        out[i] = s->pend[s->pend_head + (first + i - s->rt.n_past)];
     return 0;
 }

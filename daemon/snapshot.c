@@ -166,7 +166,7 @@ static int write_body(const dmn_t *d, const dmn_session_t *s, uint64_t kv_sum, b
                       err_info_t *e)
 {
     kv_stats_t ks;
-    kv_session_stats(d->store, s->kv, &ks);
+    kv_session_stats(d->store, s->rt.kv, &ks);
     put(b, SNAP_MAGIC, 8);
     put_u32(b, SNAP_VERSION);
     put_u32(b, s->id);
@@ -195,12 +195,12 @@ static int write_body(const dmn_t *d, const dmn_session_t *s, uint64_t kv_sum, b
         put_str(b, s->param_key[i]);
         put_str(b, s->param_value[i]);
     }
-    put_u32(b, s->have_logits);
-    for (uint32_t i = 0; s->have_logits && i < d->hp->n_vocab; i++)
-        put_f32(b, s->logits[i]);
+    put_u32(b, s->rt.have_logits);
+    for (uint32_t i = 0; s->rt.have_logits && i < d->hp->n_vocab; i++)
+        put_f32(b, s->rt.logits[i]);
     put_u64(b, kv_sum);
-    put_u32(b, s->n_past);
-    const uint32_t n = s->n_past + s->n_pend;
+    put_u32(b, s->rt.n_past);
+    const uint32_t n = s->rt.n_past + s->n_pend;
     put_u32(b, n);
     int32_t *ids = malloc(sizeof(int32_t) * (n ? n : 1));
     if (!ids)
@@ -213,7 +213,7 @@ static int write_body(const dmn_t *d, const dmn_session_t *s, uint64_t kv_sum, b
         return err_set(e, rc, "cannot read session %u's transcript", s->id);
     uint8_t *pst = NULL;
     size_t pst_len = 0;
-    if (pol_save(s->pol, &pst, &pst_len))
+    if (pol_save(s->rt.pol, &pst, &pst_len))
         return err_set(e, ERR_NOMEM, "policy '%s' cannot save its state", s->pol_name);
     put_u32(b, (uint32_t)pst_len);
     put(b, pst, pst_len);
@@ -296,7 +296,7 @@ int dmn_snapshot_write(dmn_t *d, dmn_session_t *s, char **path_out, err_info_t *
     int rc = path && tmp && kvpath && kvnext ? 0 : err_set(e, ERR_NOMEM, "out of memory");
     uint64_t kv_sum = 0;
     if (!rc)
-        rc = kv_snapshot_write(d->store, s->kv, kvnext, e);
+        rc = kv_snapshot_write(d->store, s->rt.kv, kvnext, e);
     if (!rc && (rc = kv_trailer(kvnext, &kv_sum, e)) != 0)
         unlink(kvnext);
     if (!rc && (rc = write_body(d, s, kv_sum, &b, e)) != 0)
@@ -414,11 +414,10 @@ static int restore_rows(dmn_t *d, dmn_session_t *s, uint32_t id, const int32_t *
                 kvpath ? kvpath : "snapshot", err_msg(&ke));
     } else {
         /* the session's policy follows it to the restored rows */
+        const uint32_t old = s->rt.kv;
         dmn_policy_close(s);
-        kv_session_destroy(d->store, s->kv);
-        s->kv = ksid;
-        s->n_past = n_past;
-        rc = dmn_policy_open(d, s, &ke);
+        kv_session_destroy(d->store, old);
+        rc = dmn_policy_open(d, s, ksid, &ke);
         if (rc) {
             dmn_log(d, DMN_LOG_ERROR, "%s: %s", kvpath ? kvpath : "snapshot", err_msg(&ke));
             rc = -1; /* the session has rows but no policy: the restore fails */
@@ -580,11 +579,11 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
         goto done;
     }
     if (stored > 0 && have_logits) {
-        memcpy(s->logits, logits, sizeof(float) * d->hp->n_vocab);
-        s->have_logits = true;
+        memcpy(s->rt.logits, logits, sizeof(float) * d->hp->n_vocab);
+        s->rt.have_logits = true;
     }
     /* the policy's state goes with the rows it describes */
-    if (stored > 0 && pst_len && pol_load(s->pol, pst, pst_len, e)) {
+    if (stored > 0 && pst_len && pol_load(s->rt.pol, pst, pst_len, e)) {
         rc = err_prefix(e, "%s: ", path);
         goto done;
     }

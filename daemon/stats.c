@@ -59,23 +59,23 @@ void dmn_session_info(const dmn_t *d, const dmn_session_t *s, Gistd__SessionInfo
                       Gistd__TierBytes *tiers)
 {
     kv_stats_t ks;
-    kv_session_stats(d->store, s->kv, &ks);
+    kv_session_stats(d->store, s->rt.kv, &ks);
     gistd__session_info__init(info);
     gistd__tier_bytes__init(tiers);
     info->id = s->id;
     info->name = (char *)s->name;
     info->state = (char *)state_name(s);
-    info->policy = (char *)pol_name(s->pol);
+    info->policy = (char *)pol_name(s->rt.pol);
     info->chat_template = (char *)s->tmpl->name;
     info->bytes = ks.bytes;
     info->peak_bytes = ks.peak;
     info->hard_bytes = ks.hard_limit;
     info->soft_bytes = ks.soft_limit;
-    info->tokens = s->n_past + s->n_pend;
+    info->tokens = s->rt.n_past + s->n_pend;
     info->pending = s->n_pend;
     info->rows = ks.rows;
     /* tokens represented per row held: every lane of a stored position would hold one raw row */
-    info->compression = ks.rows ? (double)s->n_past * d->n_lane / (double)ks.rows : 1.0;
+    info->compression = ks.rows ? (double)s->rt.n_past * d->n_lane / (double)ks.rows : 1.0;
     info->prompt_tokens = s->prompt_tokens;
     info->generated_tokens = s->generated_tokens;
     info->tokens_per_s = s->tps;

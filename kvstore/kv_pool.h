@@ -1,15 +1,13 @@
 /*
- * kvstore/kv_pool.h — RoPE at fractional positions and pooled rows.
+ * kvstore/kv_pool.h — pooled rows, and the rotation the store borrows from the model.
  *
- * K rows are stored after RoPE at their original positions. A pooled row stands for its
+ * K rows are stored after RoPE at their model positions. A pooled row stands for its
  * members: undo RoPE at each member's position, take the mass-weighted mean of K and of V,
  * and rotate again at the mass-weighted mean position (which may be fractional). The store
- * knows the model's rotation only through kv_rope_t.
- *
- * Convention (llama.cpp's "normal" rope, as GGUF llama files expect): the pairs
- * (x[2i], x[2i+1]) for i < n_rot/2 are rotated by theta_i = (pos / scale) * base^(-2i/n_rot)
- * / freq_div[i]; dims from n_rot on are left alone. Pure functions; any thread. Return 0 or
- * ERR_INVAL.
+ * never knows how the model rotates: it calls the caller's kv_rope_t, which is the model's
+ * own rotation (model/rope.h, wired by the session runtime), so a key the store rotates
+ * equals the key the model would write there. Pure functions; any thread. Return 0,
+ * ERR_INVAL or ERR_NOMEM.
  */
 #ifndef GISTD_KVSTORE_KV_POOL_H
 #define GISTD_KVSTORE_KV_POOL_H
@@ -18,11 +16,11 @@
 
 #include "kvstore/kvstore.h"
 
+/* The model's rotation: rotate(ctx, pos, x) turns one head's vector x ([head_dim], double)
+ * by position pos (fractional or negative: negative turns back). Angles compose. */
 typedef struct kv_rope {
-    uint32_t n_rot;        /* rotated dims (even, <= head_dim) */
-    float base;            /* frequency base (10000 for Llama 2) */
-    float scale;           /* linear position scaling: positions are divided by it; 0 = 1 */
-    const float *freq_div; /* [n_rot/2] per-pair frequency divisors (Llama 3), or NULL */
+    void (*rotate)(const void *ctx, double pos, double *x);
+    const void *ctx;
 } kv_rope_t;
 
 /* Rotates x ([head_dim]) in place by +pos (sign = 1) or back by pos (sign = -1). */

@@ -13,26 +13,12 @@
 
 static int rope_check(const kv_rope_t *rope, uint32_t head_dim)
 {
-    if (!rope || rope->n_rot % 2 != 0 || rope->n_rot > head_dim || !(rope->base > 0.0f))
-        return ERR_INVAL;
-    if (rope->scale < 0.0f)
-        return ERR_INVAL;
-    return 0;
+    return rope && rope->rotate && head_dim > 0 ? 0 : ERR_INVAL;
 }
 
-/* Rotates pairs of x (double) by sign * theta_i(pos). */
 static void rope_rotate(const kv_rope_t *rope, double pos, int sign, double *x)
 {
-    double p = rope->scale > 0.0f ? pos / (double)rope->scale : pos;
-    for (uint32_t i = 0; i < rope->n_rot / 2; i++) {
-        double theta = p * pow((double)rope->base, -2.0 * (double)i / (double)rope->n_rot);
-        if (rope->freq_div)
-            theta /= (double)rope->freq_div[i];
-        double c = cos(theta), s = sign * sin(theta);
-        double x0 = x[2 * i], x1 = x[2 * i + 1];
-        x[2 * i] = x0 * c - x1 * s;
-        x[2 * i + 1] = x0 * s + x1 * c;
-    }
+    rope->rotate(rope->ctx, sign * pos, x);
 }
 
 int kv_rope_apply(const kv_rope_t *rope, uint32_t head_dim, float pos, int sign, float *x)

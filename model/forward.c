@@ -419,7 +419,9 @@ static inline float silu(float x)
 }
 
 /* Rotates the pairs of rows [r0, r1) (r0 even) of every item's rows of dim: adjacent
- * pairs of the first n_rot dims of each head, by the item's angles. */
+ * pairs of the first n_rot dims of each head, by the item's angles (mdl_rope_angles). The
+ * rows come as a thread finishes them, so a range may cut a head: adjacent pairs never
+ * straddle an even cut (the model's pairing, m->rope.pairs, is adjacent for llama). */
 static void rope_rows(const mdl_t *m, float *x, int dim, uint32_t n, int r0, int r1)
 {
     const int hd = (int)m->hp.head_dim, n_rot = (int)m->hp.n_rot;
@@ -574,17 +576,11 @@ int mdl_forward(mdl_t *m, const mdl_batch_t *b, const mdl_kv_io_t *io, float *lo
 
     mdl_scratch_t *s = &m->s;
     const mdl_hparams_t *hp = &m->hp;
-    const int n_embd = (int)hp->n_embd, half = (int)hp->n_rot / 2;
+    const int n_embd = (int)hp->n_embd;
 
     /* cos/sin of every item's angles, computed in double */
-    for (uint32_t i = 0; i < n; i++) {
-        const double pos = (double)b->pos[i] * m->rope_pos_scale;
-        for (int p = 0; p < half; p++) {
-            const double th = pos * m->rope_inv_freq[p];
-            s->rope[((size_t)i * half + p) * 2] = (float)cos(th);
-            s->rope[((size_t)i * half + p) * 2 + 1] = (float)sin(th);
-        }
-    }
+    for (uint32_t i = 0; i < n; i++)
+        mdl_rope_angles(&m->rope, (double)b->pos[i], s->rope + (size_t)i * hp->n_rot);
     for (uint32_t i = 0; i < n; i++)
         kern_get_row(m->tok_embd_type, m->tok_embd, n_embd, b->token[i], s->x + (size_t)i * n_embd);
 

@@ -92,7 +92,11 @@ static int setup_rope(mdl_t *m, err_info_t *e)
         return err_set(e, ERR_NOMEM, "out of memory");
     for (uint32_t i = 0; i < half; i++)
         m->rope_inv_freq[i] = pow((double)hp->rope_freq_base, -2.0 * i / hp->n_rot);
-    m->rope_pos_scale = 1.0;
+    m->rope = (mdl_rope_t){.head_dim = hp->head_dim,
+                           .n_rot = hp->n_rot,
+                           .pairs = MDL_ROPE_ADJACENT,
+                           .pos_scale = 1.0,
+                           .inv_freq = m->rope_inv_freq};
 
     const float *freq_div = NULL;
     if (find_tensor(m->g, "rope_freqs.weight")) {
@@ -107,7 +111,7 @@ static int setup_rope(mdl_t *m, err_info_t *e)
         if (!(hp->rope_scaling.factor > 0.0f))
             return err_set(e, ERR_FORMAT, "rope linear scaling factor %g must be > 0",
                            hp->rope_scaling.factor);
-        m->rope_pos_scale = 1.0 / hp->rope_scaling.factor;
+        m->rope.pos_scale = 1.0 / hp->rope_scaling.factor;
         break;
     case MDL_ROPE_SCALING_LLAMA3:
         if (freq_div)
@@ -310,6 +314,11 @@ void mdl_destroy(mdl_t **p)
 const mdl_hparams_t *mdl_hparams(const mdl_t *m)
 {
     return &m->hp;
+}
+
+const mdl_rope_t *mdl_rope(const mdl_t *m)
+{
+    return &m->rope;
 }
 
 const gguf_t *mdl_gguf(const mdl_t *m)

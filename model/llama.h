@@ -29,6 +29,7 @@
 #include "model/gguf.h"
 #include "model/hparams.h"
 #include "model/kv_view.h"
+#include "model/rope.h"
 #include "model/tokenizer.h"
 
 typedef struct mdl mdl_t;
@@ -55,6 +56,9 @@ void mdl_destroy(mdl_t **m);
 
 const mdl_hparams_t *mdl_hparams(const mdl_t *m);
 const gguf_t *mdl_gguf(const mdl_t *m);
+/* The rotation the forward pass applies to queries and keys (model/rope.h): everything that
+ * rotates stored keys again (pooled rows, rows moved in model-position space) uses it. */
+const mdl_rope_t *mdl_rope(const mdl_t *m);
 /* The tokenizer, or NULL when the file carries none. */
 const tok_t *mdl_tok(const mdl_t *m);
 /* Whether the file has retention gates (blk.N.retention_*): the forward then writes

@@ -14,6 +14,7 @@
 
 #include "model/kernels.h"
 #include "model/llama.h"
+#include "model/rope.h"
 
 /* A weight matrix: n_rows rows of n_cols elements of `type`, in the mapping. */
 typedef struct mdl_mat {
@@ -96,8 +97,8 @@ struct mdl {
     bool has_retention;
     uint32_t ret_hidden;
 
+    mdl_rope_t rope;                     /* the rotation (mdl_rope); owns rope_inv_freq */
     double *rope_inv_freq;               /* [n_rot/2] base^(-2i/n_rot) / freq factor */
-    double rope_pos_scale;               /* 1 / linear scaling factor */
     float attn_scale;                    /* 1 / sqrt(head_dim) */
     const struct mdl_attn_ops *attn_ops; /* attention loops for this CPU and head_dim */
 

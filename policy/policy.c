@@ -260,7 +260,7 @@ int pol_new(const pol_config_t *cfg, pol_t **out, err_info_t *e)
                          p->model.n_gist);
     }
     bool pooling = p->gist_mode != POL_GIST_NONE;
-    if (!rc && pooling && p->model.rope.n_rot == 0 && p->gist_mode == POL_GIST_POOLED)
+    if (!rc && pooling && !p->model.rope.rotate && p->gist_mode == POL_GIST_POOLED)
         rc = err_set(e, ERR_UNSUPPORTED,
                      "policy '%s': pooled gists need the model's RoPE parameters", p->name);
     if (!rc && p->min_gist == 0)
@@ -561,7 +561,7 @@ int pol_compact(pol_t *p, const pol_compact_req_t *r, err_info_t *e)
 {
     if (!strcmp(p->name, "full"))
         return err_set(e, ERR_UNSUPPORTED, "policy 'full' never compacts");
-    if (p->gist_mode != POL_GIST_LEARNED && p->model.rope.n_rot == 0)
+    if (p->gist_mode != POL_GIST_LEARNED && !p->model.rope.rotate)
         return err_set(e, ERR_UNSUPPORTED,
                        "policy '%s': compacting a span needs pooled gists, and the model's "
                        "RoPE parameters are unknown",
@@ -594,7 +594,7 @@ int pol_compact(pol_t *p, const pol_compact_req_t *r, err_info_t *e)
                 return rc;
         }
     }
-    if (p->model.rope.n_rot == 0)
+    if (!p->model.rope.rotate)
         return 0; /* learned gists only: nothing left raw to pool */
     /* pool the raw sentences of the span, consecutive runs at a time */
     for (uint32_t i = 0; i < p->n_spans;) {

@@ -158,7 +158,7 @@ typedef struct pol_model {
     uint32_t gist_first; /* gistd.gist.first_token_id */
     uint32_t gist_sinks; /* gistd.gist.sinks: tokens every token sees under the mask */
     bool has_gates;      /* the model writes retention log-beta for every new row */
-    kv_rope_t rope;      /* the model's RoPE, for pooled rows (n_rot 0: pooling refused) */
+    kv_rope_t rope;      /* the model's rotation, for pooled rows (rotate NULL: pooling refused) */
 } pol_model_t;
 
 /* One parameter as given by a client or the command line ("recent", "64"). */

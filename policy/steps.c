@@ -575,7 +575,7 @@ int pol_step(pol_t *p, size_t want, int reason, bool *progress, err_info_t *e)
     blocks = blocks ? blocks : 1;
 
     /* 1. pooled gists of the oldest closed raw sentences */
-    if (p->gist_mode != POL_GIST_NONE && p->model.rope.n_rot) {
+    if (p->gist_mode != POL_GIST_NONE && p->model.rope.rotate) {
         uint32_t i = 0;
         while (i < p->n_spans && !(p->spans[i].level == 0 && span_free(p, &p->spans[i], len)))
             i++;
@@ -605,7 +605,7 @@ int pol_step(pol_t *p, size_t want, int reason, bool *progress, err_info_t *e)
 
 merges:
     /* 2. merges of the oldest run of gists, lowest level first */
-    if (p->merge_k >= 2 && p->gist_mode != POL_GIST_NONE && p->model.rope.n_rot) {
+    if (p->merge_k >= 2 && p->gist_mode != POL_GIST_NONE && p->model.rope.rotate) {
         for (uint32_t L = 1; L < p->levels; L++) {
             uint32_t run = 0;
             for (uint32_t i = 0; i < p->n_spans; i++) {

@@ -316,7 +316,7 @@ static void test_save_load(void)
     pol_config_t pc = {.name = "pool",
                        .store = f.st,
                        .sid = f.sid,
-                       .model = {.rope = {.n_rot = PT_HD, .base = 10000.0f}}};
+                       .model = {.rope = *pt_rope_kv()}};
     pol_t *q = NULL;
     CHECK_OK(pol_new(&pc, &q, &e));
     CHECK_OK(pol_load(q, buf, len, &e));

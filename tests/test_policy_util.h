@@ -20,6 +20,7 @@
 #include "common/dtype.h"
 #include "kvstore/kvstore.h"
 #include "policy/policy.h"
+#include "tests/test_rope_util.h"
 #include "tests/check.h"
 
 #define PT_LAYERS 2
@@ -51,6 +52,17 @@ static void pt_rope(double pos, const double *in, double *out)
         out[2 * i] = in[2 * i] * cos(th) - in[2 * i + 1] * sin(th);
         out[2 * i + 1] = in[2 * i] * sin(th) + in[2 * i + 1] * cos(th);
     }
+}
+
+/* The store's rotation: the model's (model/rope.h) with the parameters pt_rope is written
+ * from, so pooled rows are checked against an independent rotation. */
+static const kv_rope_t *pt_rope_kv(void)
+{
+    static tr_rope_t t;
+    static const kv_rope_t *r;
+    if (!r)
+        r = tr_rope_init(&t, PT_HD, PT_HD, 10000.0, 0.0, NULL);
+    return r;
 }
 
 static void pt_k(uint32_t lane, double pos, float *k)
@@ -215,7 +227,7 @@ static int pt_open(pt_fx_t *f, const pt_opts_t *o, err_info_t *e)
                                  .gist_first = 500,
                                  .gist_sinks = 1,
                                  .has_gates = o->gates,
-                                 .rope = {.n_rot = PT_HD, .base = 10000.0f}},
+                                 .rope = *pt_rope_kv()},
                        .runner = {.ctx = f, .run = pt_run},
                        .emit = pt_emit,
                        .emit_ctx = f};

@@ -23,11 +23,12 @@
 #include "kvstore/kvstore.h"
 #include "model/llama.h"
 #include "policy/policy.h"
+#include "runtime/runtime.h"
 
 typedef struct kvr kvr_t;
 
 typedef struct kvr_cfg {
-    const char *policy;        /* policy name; NULL: "full" */
+    const char *policy;        /* policy name; NULL: "auto" (the daemon's default too) */
     const pol_param_t *params; /* [n_params] policy parameters */
     uint32_t n_params;
     size_t hard;         /* the session's hard limit in bytes; 0: none */

@@ -1,0 +1,58 @@
+/*
+ * runtime/rt_impl.h — the runtime's insides, shared by the runtime's .c files and nobody else.
+ */
+#ifndef GISTD_RUNTIME_RT_IMPL_H
+#define GISTD_RUNTIME_RT_IMPL_H
+
+#include "runtime/runtime.h"
+
+/* One slot of a step: a session and its items [first, first + n). */
+typedef struct rt_slot {
+    rt_sess_t *s;
+    const int32_t *tok; /* the caller's tokens, read by the forward pass */
+    uint32_t first, n;
+    uint32_t want0; /* its first logits row */
+    bool want_all;
+} rt_slot_t;
+
+/* Growable scratch for one forward pass: items, views, new rows, logits. */
+typedef struct rt_batch {
+    uint32_t cap_items, cap_slots, cap_chunks, cap_want, cap_meta;
+    int32_t *tok, *pos, *seq;
+    uint32_t *utok;
+    uint8_t *want;
+    rt_slot_t *slots;
+    mdl_kv_view_t *views; /* [slot][lane] */
+    mdl_kv_chunk_t *chunks;
+    kv_chunk_t *kvch; /* one lane's chunks from the store */
+    uint32_t cap_kvch;
+    kv_row_meta_t *meta;   /* one lane's rows, for masks */
+    float *newk, *newv;    /* per slot [lane][n][head_dim], slots one after another */
+    float *newlb, *newacc; /* per slot [lane][n] */
+    float *logits;         /* [cap_want][n_vocab] */
+    uint32_t n_slots, n_items, n_want;
+} rt_batch_t;
+
+struct rt {
+    mdl_t *m;
+    const mdl_hparams_t *hp;
+    const tok_t *tok;
+    kv_store_t *st;
+    uint32_t n_lane, nkv, hd;
+    pol_model_t pm;
+    rt_batch_t step;    /* the step being built */
+    rt_batch_t masked;  /* a learned gist run (it happens while a step is being built) */
+    const float **lptr; /* [4][n_lane] per-lane pointers for kv_commit */
+    pol_text_t *pieces; /* token texts for the segmenter */
+    uint32_t cap_pieces;
+    char *piece_text;
+    size_t cap_piece_text;
+};
+
+/* The text pieces of n tokens in rt->pieces (valid until the next call). */
+int rt_pieces(rt_t *rt, const int32_t *tok, uint32_t n, err_info_t *e);
+/* The policies' runner: learned gist tokens under their mask (runtime/step.c). */
+int rt_run_masked(void *ctx, const pol_run_t *run, err_info_t *e);
+void rt_batch_free(rt_batch_t *b);
+
+#endif
