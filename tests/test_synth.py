@@ -193,6 +193,23 @@ def test_mix_windows():
     assert (x[:, 0] == sp.bos_id()).all() and (x[:, 1:] == y[:, :-1]).all()
     text = " ".join(sp.DecodeIds([int(t) for t in row]) for row in x)
     assert any(k in text for k in ("pass key", "magic", "im_start", "Answer:", "list")), text
+    # the gist stage's windows over the same mix: gists right after sentence ends
+    import train_gist
+
+    n_g, first = 2, sp.GetPieceSize()
+    texts_ = data.piece_texts(sp)
+    # a GistSampler only for its window(): the sentences come from the mix
+    gs = train_gist.GistSampler([[np.array([5, 6]), np.array([7, 8])]], 256, sp.bos_id(),
+                                first, n_g, 1)
+    g = train_gist.MixGistSampler(s, gs, texts_)
+    w = g.batch(3)
+    assert w.shape == (3, 257) and (w[:, 0] == sp.bos_id()).all()
+    for row in w:
+        is_g = (row >= first) & (row < first + n_g)
+        assert is_g.sum() >= 2 * n_g
+        starts = [i for i in range(1, len(row)) if is_g[i] and not is_g[i - 1]]
+        for i in starts:  # the token before a gist group closes a sentence
+            assert texts_[row[i - 1]][-1:] in ".?!\n", repr(texts_[row[i - 1]])
     b = mix.MixSampler(sp, toks, texts, 256, seed=3, synth_frac=0.0)
     xb, _ = b.batch(4)
     tb = " ".join(sp.DecodeIds([int(t) for t in row]) for row in xb)
