@@ -8,8 +8,10 @@ end. Each prompt is sized to a depth in contexts of the model (1/2, 1, 2, 4, 8 x
 tokens); each runs through `gist-model generate` (the session loop the daemon runs) with
 greedy decoding under every policy at budgets of 100/50/25/12.5% of ONE context's full
 cache. A probe scores 1 when its answer holds every value (RULER's string_match_all).
-A configuration that fails (a prompt longer than the model's context, say) is reported
-as not run, with the tool's error, and is not tried on the remaining probes of that depth.
+A configuration that fails is reported as not run, with the tool's error, and is not tried
+on the remaining probes of that depth; the full cache is not run past one context (the
+model has never seen those positions). Under a budget the store keeps every lane within
+the model's context (DESIGN.md section 3), so those run at every depth.
 
 Writes, under --out: memory_runs.csv (one row per probe and configuration), memory.csv
 (accuracy per task, depth, policy and budget), memory.md (the tables) and memory.png
@@ -113,6 +115,9 @@ def bench(model, tasks, depths, n_probes, policies, budgets, filler, log, seed0=
                     r = {"model": name, "task": task, "depth_ctx": f"{depth:g}",
                          "prompt_tokens": n, "probe": i, "fact_depth": f"{p.depth:.2f}",
                          "policy": pol, "budget_pct": "" if b is None else f"{b:g}"}
+                    if pol == "full" and n + n_gen > ctx:
+                        failed.setdefault(key, f"{n} prompt tokens: the full cache would pass "
+                                               f"the model's context of {ctx}")
                     if key in failed:
                         runs.append({**r, "score": "", "said": "", "error":
                                      f"not run: {failed[key]}", "seconds": "0"})

@@ -73,7 +73,10 @@ $PY bench/quality.py --models $MODELS/$NAME.gguf --out $RUNS/quality
 # what it recalls under each budget: pass keys, needles, chat facts (bench/memory.py)
 MEMORY=""
 if [ "$MIX" != 0 ]; then
-    $PY bench/memory.py --model $MODELS/$NAME.gguf --out $RUNS/memory
+    # 4 probes per task at depths up to 2 contexts: about an hour on idle cores (every
+    # depth to 8 contexts takes hours: bench/memory.sh --model ... alone)
+    $PY bench/memory.py --model $MODELS/$NAME.gguf --out $RUNS/memory --probes 4 \
+        --depths 0.5,1,2
     MEMORY=1
 fi
 # the command as it was run, for the card
