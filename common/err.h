@@ -33,7 +33,8 @@
     X(ERR_TOOBIG, -16, "request too large")                               \
     X(ERR_LIMIT, -17, "limit reached")                                    \
     X(ERR_INTERNAL, -18, "internal error")                                \
-    X(ERR_RATE, -19, "rate limited: too many requests")
+    X(ERR_RATE, -19, "rate limited: too many requests")                   \
+    X(ERR_CONTEXT, -20, "past the model's trained context")
 
 enum {
 #define ERR_ENUM_(name, value, msg) name = value,

@@ -364,17 +364,8 @@ static void on_score(const hctx_t *h, const Gistd__Score *m)
         a->logprob[i] = NAN;
     }
     /* the first token follows what is stored: the session's last logits predict it */
-    if (a->n_score > 0 && pend_before == 0 && !skip && s->rt.have_logits) {
-        const float *row = s->rt.logits;
-        const uint32_t nv = d->hp->n_vocab;
-        float mx = row[0];
-        for (uint32_t i = 1; i < nv; i++)
-            mx = row[i] > mx ? row[i] : mx;
-        double sum = 0.0;
-        for (uint32_t i = 0; i < nv; i++)
-            sum += exp((double)row[i] - mx);
-        a->logprob[0] = (float)((double)row[a->score_tok[0]] - mx - log(sum));
-    }
+    if (a->n_score > 0 && pend_before == 0 && !skip && s->rt.have_logits)
+        a->logprob[0] = (float)-mdl_token_nll(s->rt.logits, d->hp->n_vocab, a->score_tok[0]);
 }
 
 static void on_compact(const hctx_t *h, const Gistd__Compact *m)

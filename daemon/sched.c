@@ -308,17 +308,6 @@ static int plan(dmn_t *d)
     return 0;
 }
 
-/* log softmax(row)[t], in double. */
-static float logprob_of(const float *row, uint32_t n, int32_t t)
-{
-    float mx = row[0];
-    for (uint32_t i = 1; i < n; i++)
-        mx = row[i] > mx ? row[i] : mx;
-    double sum = 0.0;
-    for (uint32_t i = 0; i < n; i++)
-        sum += exp((double)row[i] - mx);
-    return (float)((double)row[t] - mx - log(sum));
-}
 
 /* After the forward: stores slot k's rows, takes its tokens off the queue, scores them, and
  * runs the policy's commit hook. Returns true when the session's request may go on. */
@@ -337,8 +326,8 @@ static bool commit_slot(dmn_t *d, uint32_t k, double now)
         for (uint32_t i = 0; i < n; i++) {
             const uint32_t q = pos0 + i + 1; /* the position item i predicts */
             if (q >= a->score_first && q < a->score_first + a->n_score && i + 1 < s->n_pend)
-                a->logprob[q - a->score_first] =
-                    logprob_of(rt_step_logits(d->rt, k, i), nv, s->pend[s->pend_head + i + 1]);
+                a->logprob[q - a->score_first] = (float)-mdl_token_nll(
+                    rt_step_logits(d->rt, k, i), nv, s->pend[s->pend_head + i + 1]);
         }
     s->pend_head += n;
     s->n_pend -= n;

@@ -38,6 +38,7 @@ typedef struct kv_block {
     float *mass;
     float *bias; /* log(mass) */
     float *logbeta;
+    float *shift; /* text position - model position */
     uint32_t *first;
     uint32_t *last;
     uint8_t *kind;
@@ -76,6 +77,7 @@ typedef struct kv_session {
     size_t bytes, peak;
     bool attn_acc;
     uint32_t n_reserved; /* rows of the pending reservation, 0 when none */
+    float shift;         /* transcript length - the next row's model position */
     kv_lane_t *lanes;    /* [n_lane] */
     kv_transcript_t tr;
 } kv_session_t;

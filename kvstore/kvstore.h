@@ -86,7 +86,9 @@ typedef struct kv_chunk {
 
 /* A row's metadata, as read (kv_lane_read) or given (gists, re-expanded rows). */
 typedef struct kv_row_meta {
-    float pos;      /* original position (fractional for pooled rows); K is rotated here */
+    float pos;      /* text position: the transcript's (fractional for pooled rows) */
+    float shift;    /* how far the row has moved down in model-position space: K is rotated at
+                       the model position pos - shift (0 until kv_session_remap moves it) */
     float mass;     /* tokens it stands for (> 0); the attention bias is log(mass) */
     float logbeta;  /* retention log-beta (<= 0), 0 when unknown */
     float attn;     /* accumulated attention (read only; 0 for rows given to the store) */
@@ -228,6 +230,9 @@ int kv_lane_view(const kv_store_t *st, uint32_t sid, uint32_t layer, uint32_t he
  * any output may be NULL. */
 int kv_lane_read(const kv_store_t *st, uint32_t sid, uint32_t layer, uint32_t head, uint32_t row0,
                  uint32_t n, kv_row_meta_t *meta, float *k, float *v);
+/* The model position the next appended row takes: the transcript length less the
+ * session's shift (kv_session_remap, kvstore/kv_pool.h). */
+int kv_session_next_mpos(const kv_store_t *st, uint32_t sid, float *mpos);
 /* Transcript length (positions ever appended). */
 int kv_transcript_len(const kv_store_t *st, uint32_t sid, uint32_t *len);
 /* Positions [pos0, pos0+n): token ids and, in `live`, how many lanes still hold each one

@@ -60,7 +60,8 @@ kv_block_t *kv_block_new(kv_store_t *st, kv_session_t *s, uint32_t type)
     b->mass = b->pos + B;
     b->bias = b->mass + B;
     b->logbeta = b->bias + B;
-    b->first = (uint32_t *)(b->logbeta + B);
+    b->shift = b->logbeta + B;
+    b->first = (uint32_t *)(b->shift + B);
     b->last = b->first + B;
     b->kind = (uint8_t *)(b->last + B);
     b->level = b->kind + B;
@@ -104,6 +105,7 @@ void kv_row_copy(const kv_store_t *st, kv_block_t *db, float *dacc, uint32_t di,
     db->mass[di] = sb->mass[si];
     db->bias[di] = sb->bias[si];
     db->logbeta[di] = sb->logbeta[si];
+    db->shift[di] = sb->shift[si];
     db->first[di] = sb->first[si];
     db->last[di] = sb->last[si];
     db->kind[di] = sb->kind[si];
@@ -122,6 +124,7 @@ void kv_row_put(kv_store_t *st, kv_block_t *b, uint32_t i, const float *k, const
     b->mass[i] = m->mass;
     b->bias[i] = logf(m->mass);
     b->logbeta[i] = m->logbeta;
+    b->shift[i] = m->shift;
     b->first[i] = m->first;
     b->last[i] = m->last;
     b->kind[i] = m->kind;
@@ -133,6 +136,7 @@ void kv_row_get_meta(const kv_block_t *b, uint32_t i, kv_row_meta_t *m)
     m->pos = b->pos[i];
     m->mass = b->mass[i];
     m->logbeta = b->logbeta[i];
+    m->shift = b->shift[i];
     m->attn = 0.0f;
     m->first = b->first[i];
     m->last = b->last[i];
@@ -456,6 +460,7 @@ static void rows_move(const kv_store_t *st, kv_bref_t *dst, uint32_t di, const k
     memmove(db->mass + di, sb->mass + si, n * sizeof *db->mass);
     memmove(db->bias + di, sb->bias + si, n * sizeof *db->bias);
     memmove(db->logbeta + di, sb->logbeta + si, n * sizeof *db->logbeta);
+    memmove(db->shift + di, sb->shift + si, n * sizeof *db->shift);
     memmove(db->first + di, sb->first + si, n * sizeof *db->first);
     memmove(db->last + di, sb->last + si, n * sizeof *db->last);
     memmove(db->kind + di, sb->kind + si, n);

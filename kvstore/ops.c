@@ -190,6 +190,7 @@ int kv_commit(kv_store_t *st, uint32_t sid, const kv_append_t *a, err_info_t *e)
                                .mass = 1.0f,
                                .first = pos0 + j,
                                .last = pos0 + j,
+                               .shift = s->shift,
                                .kind = KV_KIND_RAW};
             if (a->logbeta)
                 m.logbeta = a->logbeta[l][j];
@@ -278,6 +279,15 @@ int kv_lane_read(const kv_store_t *st, uint32_t sid, uint32_t layer, uint32_t he
         if (v)
             dt_to_f32(b->type, b->v + i * rb, v + j * hd, hd);
     }
+    return 0;
+}
+
+int kv_session_next_mpos(const kv_store_t *st, uint32_t sid, float *mpos)
+{
+    kv_session_t *s = kv_session_find(st, sid);
+    if (!s)
+        return ERR_NOTFOUND;
+    *mpos = (float)s->tr.len - s->shift;
     return 0;
 }
 

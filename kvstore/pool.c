@@ -44,14 +44,16 @@ int kv_pool_rows(const kv_rope_t *rope, uint32_t head_dim, uint32_t n, const flo
     if (rope_check(rope, head_dim) != 0 || n == 0 || !k || !v || !meta || !k_out || !v_out ||
         !meta_out)
         return ERR_INVAL;
-    double mass = 0.0, pos = 0.0;
+    double mass = 0.0, pos = 0.0, mpos = 0.0;
     for (uint32_t i = 0; i < n; i++) {
-        if (!(meta[i].mass > 0.0f) || !isfinite(meta[i].pos))
+        if (!(meta[i].mass > 0.0f) || !isfinite(meta[i].pos) || !isfinite(meta[i].shift))
             return ERR_INVAL;
         mass += meta[i].mass;
         pos += (double)meta[i].mass * meta[i].pos;
+        mpos += (double)meta[i].mass * ((double)meta[i].pos - meta[i].shift);
     }
     pos /= mass;
+    mpos /= mass;
 
     double *sk = calloc(3 * (size_t)head_dim, sizeof *sk);
     if (!sk)
@@ -66,7 +68,7 @@ int kv_pool_rows(const kv_rope_t *rope, uint32_t head_dim, uint32_t n, const flo
         const float *ki = k + (size_t)i * head_dim, *vi = v + (size_t)i * head_dim;
         for (uint32_t d = 0; d < head_dim; d++)
             t[d] = ki[d];
-        rope_rotate(rope, meta[i].pos, -1, t);
+        rope_rotate(rope, (double)meta[i].pos - meta[i].shift, -1, t);
         double w = meta[i].mass / mass;
         for (uint32_t d = 0; d < head_dim; d++) {
             sk[d] += w * t[d];
@@ -81,12 +83,13 @@ int kv_pool_rows(const kv_rope_t *rope, uint32_t head_dim, uint32_t n, const flo
         if (meta[i].level > level)
             level = meta[i].level;
     }
-    rope_rotate(rope, pos, 1, sk);
+    rope_rotate(rope, mpos, 1, sk);
     for (uint32_t d = 0; d < head_dim; d++) {
         k_out[d] = (float)sk[d];
         v_out[d] = (float)sv[d];
     }
     out.pos = (float)pos;
+    out.shift = (float)(pos - mpos);
     out.level = (uint8_t)(level < 255 ? level + 1 : 255);
     *meta_out = out;
     free(sk);

@@ -1,13 +1,14 @@
 /*
  * kvstore/snapshot.c — a session to a file and back, bit-identically.
  *
- * Layout (little-endian; version 1):
+ * Layout (little-endian; version 2):
  *   header (72 bytes): magic "GISTKVSN", u32 version, u32 header bytes, u64 file bytes,
  *     u32 n_layer, n_head_kv, head_dim, block_rows, hot_type, flags (1: accumulators),
- *     u64 hard limit, u64 soft limit, u32 transcript length, u32 0;
+ *     u64 hard limit, u64 soft limit, u32 transcript length, f32 the session's shift
+ *     (transcript length - the next model position);
  *   transcript: u32 token id per position;
  *   per lane (layer-major): u32 rows, u32 blocks; per block: u32 type, u32 n, then n of
- *     each: f32 pos, f32 mass, f32 logbeta, u32 first, u32 last, u8 kind, u8 level
+ *     each: f32 pos, f32 mass, f32 logbeta, f32 shift, u32 first, u32 last, u8 kind, u8 level
  *     (columns, one after another), the K payload (n rows), the V payload, and with
  *     accumulators n f32;
  *   trailer: u64 FNV-1a 64 of every byte before it.
@@ -29,7 +30,7 @@
 #include "kvstore/kv_impl.h"
 
 #define SNAP_MAGIC   "GISTKVSN"
-#define SNAP_VERSION 1u
+#define SNAP_VERSION 2u /* 2: model positions (shift) beside text positions */
 #define SNAP_HEADER  72u
 #define FNV_OFFSET   0xcbf29ce484222325ull
 #define FNV_PRIME    0x100000001b3ull
@@ -133,7 +134,7 @@ static size_t snap_bytes(const kv_store_t *st, const kv_session_t *s)
         for (uint32_t i = 0; i < ln->n_blk; i++) {
             const kv_block_t *b = ln->b[i].blk;
             n += 8 + (size_t)b->n *
-                         (5 * 4 + 2 + 2 * st->row_bytes[kv_tier(b->type)] + (s->attn_acc ? 4 : 0));
+                         (6 * 4 + 2 + 2 * st->row_bytes[kv_tier(b->type)] + (s->attn_acc ? 4 : 0));
         }
     }
     return n;
@@ -155,6 +156,7 @@ static void write_session(const kv_store_t *st, const kv_session_t *s, writer_t 
     put64(h + 48, s->hard);
     put64(h + 56, s->soft);
     put32(h + 64, s->tr.len);
+    put32(h + 68, fbits(s->shift));
     w_raw(w, h, sizeof h);
     for (uint32_t p = 0; p < s->tr.len; p++)
         w_u32(w, kv_tr_token(&s->tr, p));
@@ -170,6 +172,7 @@ static void write_session(const kv_store_t *st, const kv_session_t *s, writer_t 
             w_f32s(w, b->pos, b->n);
             w_f32s(w, b->mass, b->n);
             w_f32s(w, b->logbeta, b->n);
+            w_f32s(w, b->shift, b->n);
             w_u32s(w, b->first, b->n);
             w_u32s(w, b->last, b->n);
             w_raw(w, b->kind, b->n);
@@ -283,10 +286,10 @@ static bool r_block(reader_t *r, const kv_store_t *st, uint32_t ntok, uint32_t t
 {
     size_t rb = st->row_bytes[kv_tier(type)];
     size_t col = r->off;
-    if (!r_need(r, (size_t)n * (22 + 2 * rb + (acc ? 4 : 0)), "a block"))
+    if (!r_need(r, (size_t)n * (26 + 2 * rb + (acc ? 4 : 0)), "a block"))
         return false;
-    const uint8_t *pos = r->p + col, *mass = pos + 4 * n, *lb = mass + 4 * n;
-    const uint8_t *first = lb + 4 * n, *last = first + 4 * n, *kind = last + 4 * n;
+    const uint8_t *pos = r->p + col, *mass = pos + 4 * n, *lb = mass + 4 * n, *sh = lb + 4 * n;
+    const uint8_t *first = sh + 4 * n, *last = first + 4 * n, *kind = last + 4 * n;
     const uint8_t *level = kind + n, *k = level + n, *v = k + n * rb, *ac = v + n * rb;
     for (uint32_t j = 0; j < n; j++) {
         float p = bitsf(get32(pos + 4 * j)), m = bitsf(get32(mass + 4 * j));
@@ -298,6 +301,8 @@ static bool r_block(reader_t *r, const kv_store_t *st, uint32_t ntok, uint32_t t
             bad = "position out of order";
         else if (!(m > 0.0f) || !isfinite(m))
             bad = "mass not > 0";
+        else if (!isfinite(bitsf(get32(sh + 4 * j))))
+            bad = "model position not finite";
         else if (f > t || t >= ntok)
             bad = "source span outside the transcript";
         else if (kind[j] >= KV_N_KINDS)
@@ -315,6 +320,7 @@ static bool r_block(reader_t *r, const kv_store_t *st, uint32_t ntok, uint32_t t
             b->mass[j] = m;
             b->bias[j] = logf(m);
             b->logbeta[j] = bitsf(get32(lb + 4 * j));
+            b->shift[j] = bitsf(get32(sh + 4 * j));
             b->first[j] = f;
             b->last[j] = t;
             b->kind[j] = kind[j];
@@ -482,9 +488,6 @@ static int check_header(const kv_store_t *st, const char *path, const uint8_t *b
                        st->cfg.head_dim, st->B, st->cfg.hot_type);
     if (flags > 1)
         return err_set(e, ERR_FORMAT, "snapshot %s: unknown flags %#x", path, flags);
-    if (get32(buf + 68) != 0)
-        return err_set(e, ERR_FORMAT, "snapshot %s: reserved header field is %#x, not 0", path,
-                       get32(buf + 68));
     cfg->attn_acc = flags & 1;
     cfg->hard_limit = get64(buf + 48);
     cfg->soft_limit = get64(buf + 56);
@@ -494,6 +497,10 @@ static int check_header(const kv_store_t *st, const char *path, const uint8_t *b
                        *ntok);
     if (cfg->hard_limit && cfg->soft_limit > cfg->hard_limit)
         return err_set(e, ERR_FORMAT, "snapshot %s: soft limit above hard limit", path);
+    const float shift = bitsf(get32(buf + 68));
+    if (!isfinite(shift) || shift < 0.0f || shift > (float)*ntok)
+        return err_set(e, ERR_FORMAT, "snapshot %s: session shift %g outside [0, %u]", path,
+                       shift, *ntok);
     return 0;
 }
 
@@ -558,6 +565,7 @@ int kv_snapshot_read(kv_store_t *st, const char *path, const kv_session_config_t
         kv_tr_append(&s->tr, &tok, 1, 0);
     }
     r.off = SNAP_HEADER + 4 * (size_t)ntok;
+    s->shift = bitsf(get32(buf + 68));
     size_t ignored = 0;
     if (!r_lanes(&r, st, ntok, fc.attn_acc, s, &ignored)) {
         kv_session_free(st, s);

@@ -11,8 +11,8 @@
 #include "common/dtype.h"
 #include "kvstore/kv_impl.h"
 
-/* Metadata bytes of one row: pos, mass, bias, logbeta, first, last, kind, level. */
-#define KV_META_ROW_BYTES (4 * sizeof(float) + 2 * sizeof(uint32_t) + 2)
+/* Metadata bytes of one row: pos, mass, bias, logbeta, shift, first, last, kind, level. */
+#define KV_META_ROW_BYTES (5 * sizeof(float) + 2 * sizeof(uint32_t) + 2)
 
 static size_t arena_stat(unsigned arena, const char *what)
 {

@@ -176,7 +176,7 @@ int kv_store_new(const kv_store_config_t *cfg, kv_store_t **out, err_info_t *e)
     st->row_bytes[KV_TIER_F16] = hd * 2;
     st->row_bytes[KV_TIER_Q8_0] = hd % QK8_0 == 0 ? hd / QK8_0 * sizeof(block_q8_0) : 0;
     size_t meta = align_up(sizeof(kv_block_t), 8) +
-                  (size_t)B * (4 * sizeof(float) + 2 * sizeof(uint32_t) + 2);
+                  (size_t)B * (5 * sizeof(float) + 2 * sizeof(uint32_t) + 2);
     st->hdr_bytes = meta;
     for (int t = 0; t < KV_N_TIERS; t++) {
         if (!st->row_bytes[t])
@@ -503,6 +503,7 @@ int kv_session_fork(kv_store_t *st, uint32_t sid, const kv_session_config_t *cfg
     }
     if (kv_tr_copy(st, s, &p->tr) != 0)
         goto nomem;
+    s->shift = p->shift;
     rc = kv_session_add(st, s, e);
     if (rc) {
         kv_session_free(st, s);

@@ -283,3 +283,14 @@ int32_t mdl_sampler_sample(mdl_sampler_t *s, const float *logits)
             return cd[i].id;
     return cd[0].id;
 }
+
+double mdl_token_nll(const float *logits, uint32_t n, int32_t t)
+{
+    float max = logits[0];
+    for (uint32_t i = 1; i < n; i++)
+        max = logits[i] > max ? logits[i] : max;
+    double sum = 0.0;
+    for (uint32_t i = 0; i < n; i++)
+        sum += expf(logits[i] - max); /* terms in [0, 1]: float is exact enough, summed in double */
+    return log(sum) + max - logits[t];
+}

@@ -60,4 +60,8 @@ void mdl_sampler_penalize(const mdl_sampler_t *s, const float *logits, float *ou
 /* A uniform double in [0, 1) from the sampler's generator (advances it). */
 double mdl_sampler_uniform(mdl_sampler_t *s);
 
+/* -log softmax(logits)[t] over n entries: the token's negative log-likelihood (the
+ * terms summed in double). Every perplexity and score in the tree uses it. */
+double mdl_token_nll(const float *logits, uint32_t n, int32_t t);
+
 #endif

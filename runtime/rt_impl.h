@@ -54,5 +54,11 @@ int rt_pieces(rt_t *rt, const int32_t *tok, uint32_t n, err_info_t *e);
 /* The policies' runner: learned gist tokens under their mask (runtime/step.c). */
 int rt_run_masked(void *ctx, const pol_run_t *run, err_info_t *e);
 void rt_batch_free(rt_batch_t *b);
+/* Before *k new tokens of s: renumbers its model positions when they would pass the model's
+ * context (runtime/positions.c). may_cut: *k may be lowered (a step's chunk). ERR_CONTEXT
+ * when a policy that never compacts has reached the context. */
+int rt_positions_fit(rt_t *rt, rt_sess_t *s, uint32_t *k, bool may_cut, err_info_t *e);
+/* The model position of s's next token. */
+int32_t rt_positions_next(const rt_t *rt, const rt_sess_t *s);
 
 #endif

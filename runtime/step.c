@@ -206,7 +206,7 @@ static int forward(rt_t *rt, rt_batch_t *b, const pol_run_t *mask, err_info_t *e
             const uint32_t it = sl->first + i;
             b->tok[it] = sl->tok[i];
             b->utok[it] = (uint32_t)sl->tok[i];
-            b->pos[it] = (int32_t)(sl->s->n_past + i);
+            b->pos[it] = rt_positions_next(rt, sl->s) + (int32_t)i;
             b->seq[it] = (int32_t)k;
             b->want[it] = sl->want_all || i + 1 == sl->n;
         }
@@ -276,7 +276,10 @@ int rt_run_masked(void *ctx, const pol_run_t *run, err_info_t *e)
     rt_sess_t *s = ctx;
     rt_t *rt = s->rt;
     rt_batch_t *b = &rt->masked;
-    int rc = kv_reserve(rt->st, s->kv, run->n, e);
+    uint32_t n = run->n;
+    int rc = rt_positions_fit(rt, s, &n, false, e);
+    if (!rc)
+        rc = kv_reserve(rt->st, s->kv, run->n, e);
     if (rc)
         return rc; /* ERR_BUDGET: the policy frees room and calls again */
     b->n_slots = b->n_items = b->n_want = 0;
@@ -332,6 +335,9 @@ int rt_step_add(rt_t *rt, rt_sess_t *s, const int32_t *tok, uint32_t n, bool wan
         return rc;
     if (k == 0 || k > n)
         k = n;
+    rc = rt_positions_fit(rt, s, &k, true, e);
+    if (rc)
+        return rc;
     if (batch_grow(rt, b, b->n_items + k, b->n_slots + 1, b->n_want + (want_all ? k : 1)))
         return err_set(e, ERR_NOMEM, "out of memory for a step of %u tokens", b->n_items + k);
     /* a chunk the budget cannot hold goes in smaller pieces, down to one token */

@@ -265,19 +265,19 @@ static void test_wrong_header_and_contents(void)
     c[0] = 'X';
     expect_rejected(st, c, n, ERR_FORMAT, ERR_FORMAT, "magic", "wrong magic");
     memcpy(c, b, n);
-    put32(c + 8, 2);
+    put32(c + 8, 1); /* the version before model positions */
     reseal(c, n);
-    expect_rejected(st, c, n, ERR_FORMAT, ERR_FORMAT, "version 2", "wrong version");
+    expect_rejected(st, c, n, ERR_FORMAT, ERR_FORMAT, "version 1", "wrong version");
     memcpy(c, b, n);
     put32(c + 32, 64); /* head_dim */
     reseal(c, n);
     expect_rejected(st, c, n, ERR_FORMAT, ERR_FORMAT, "made for", "wrong shape");
 
     /* first lane: header 72 + 12 tokens, lane header 8, block header 8, then columns of 4
-     * rows: pos, mass, logbeta, first, last (16 bytes each), kind, level (4 each) */
+     * rows: pos, mass, logbeta, shift, first, last (16 bytes each), kind, level (4 each) */
     size_t blk = 72 + 12 * 4 + 8, col = blk + 8;
     memcpy(c, b, n);
-    c[col + 5 * 16 + 1] = 9; /* kind of row 1 */
+    c[col + 6 * 16 + 1] = 9; /* kind of row 1 */
     reseal(c, n);
     expect_rejected(st, c, n, ERR_FORMAT, ERR_FORMAT, "unknown kind", "bad kind");
     memcpy(c, b, n);
@@ -289,6 +289,14 @@ static void test_wrong_header_and_contents(void)
     put32(c + col + 16 + 4, 0); /* mass 0 */
     reseal(c, n);
     expect_rejected(st, c, n, ERR_FORMAT, ERR_FORMAT, "mass", "mass 0");
+    memcpy(c, b, n);
+    put32(c + col + 3 * 16 + 4, 0x7fc00000u); /* row 1's shift: NaN */
+    reseal(c, n);
+    expect_rejected(st, c, n, ERR_FORMAT, ERR_FORMAT, "model position", "shift NaN");
+    memcpy(c, b, n);
+    put32(c + 68, 0x41a00000u); /* the session's shift: 20, more than its 12 positions */
+    reseal(c, n);
+    expect_rejected(st, c, n, ERR_FORMAT, ERR_FORMAT, "shift", "session shift");
     memcpy(c, b, n);
     put32(c + blk, 5); /* block type 5 */
     reseal(c, n);

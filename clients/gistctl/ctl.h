@@ -39,6 +39,7 @@ int ctl_snapshot(ctl_t *x, int argc, char **argv);
 int ctl_restore(ctl_t *x, int argc, char **argv);
 int ctl_chat(ctl_t *x, int argc, char **argv);
 int ctl_top(ctl_t *x, int argc, char **argv);
+int ctl_score(ctl_t *x, int argc, char **argv);
 
 /* Policy parameters from --param KEY=VALUE options (at most 16; pointers into argv). */
 typedef struct ctl_params {

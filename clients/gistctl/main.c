@@ -32,6 +32,8 @@ static const struct {
     {"open", ctl_open,
      "open [--budget SIZE] [--soft SIZE] [--policy P] [--param KEY=VALUE]... [--template T] "
      "[--name STR]"},
+    {"score", ctl_score,
+     "score --file F|- [--policy P] [--budget SIZE] [--param KEY=VALUE]... [--session ID]"},
     {"close", ctl_close, "close ID"},
     {"cancel", ctl_cancel, "cancel ID"},
     {"sessions", ctl_sessions, "sessions [--json]"},

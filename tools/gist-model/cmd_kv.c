@@ -3,13 +3,13 @@
  * policy, and `segment` (tools/gist-model/cmd_kv.h).
  *
  * Options shared by the three (besides each command's own):
- *   --policy NAME          full, window, h2o, tova, pool, gist, trim, auto (default: full,
- *                          or auto when a budget is given)
+ *   --policy NAME          full, window, h2o, tova, pool, gist, trim, auto (default: auto,
+ *                          as gistd's)
  *   --param KEY=VALUE      a policy parameter (repeatable; see pol_param_help)
  *   --kv-budget SIZE       the session's hard limit: bytes ("64K", "1.5M") or a percentage of
  *                          the full cache of --ctx tokens ("25%"); 0: none
  *   --kv-soft SIZE         its soft watermark (default: hard - the policy's headroom)
- *   --kv-block-rows N      rows per store block (default 16)
+ *   --kv-block-rows N      rows per store block (default 64, as gistd's --block-rows)
  *   --kv-type f32|f16      payload of new rows (default f32)
  *   --events               every compaction on stderr
  */
@@ -135,7 +135,7 @@ static int kv_resolve(kv_opts_t *o, mdl_t *m, uint32_t n_ctx, size_t *full)
     if (o->cfg.soft && o->cfg.hard && o->cfg.soft > o->cfg.hard)
         return cmd_usage_error("--kv-soft %zu is above --kv-budget %zu", o->cfg.soft, o->cfg.hard);
     if (!o->policy_given)
-        o->cfg.policy = o->cfg.hard ? "auto" : "full";
+        o->cfg.policy = "auto"; /* gistd's default too */
     return 0;
 }
 
@@ -173,23 +173,13 @@ static void print_compactions(FILE *f, const pol_stats_t *s)
     fputs(any ? "\n" : "none\n", f);
 }
 
-static double token_nll(const float *row, uint32_t n, int32_t target)
-{
-    float max = row[0];
-    for (uint32_t i = 1; i < n; i++)
-        max = row[i] > max ? row[i] : max;
-    double sum = 0.0;
-    for (uint32_t i = 0; i < n; i++)
-        sum += expf(row[i] - max);
-    return log(sum) + max - row[target];
-}
 
 /* ------------------------------------------------------------------ perplexity */
 
 int kv_cmd_perplexity(int argc, char **argv)
 {
     const char *model = NULL, *path = NULL;
-    long threads = 0, ctx = 0, ubatch = 0;
+    long threads = 0, ctx = -1, ubatch = 0; /* ctx -1: the model's; 0: one session */
     kv_opts_t o = {0};
     int rc = 2;
     for (int i = 0; i < argc; i++) {
@@ -204,7 +194,7 @@ int kv_cmd_perplexity(int argc, char **argv)
         if (!strcmp(a, "--file") && has)
             path = argv[++i];
         else if (!strcmp(a, "--ctx") && has)
-            bad = cmd_parse_long(a, argv[++i], 2, INT32_MAX, &ctx);
+            bad = cmd_parse_long(a, argv[++i], 0, INT32_MAX, &ctx);
         else if (!strcmp(a, "--ubatch") && has)
             bad = cmd_parse_long(a, argv[++i], 1, 1 << 20, &ubatch);
         else if (!strcmp(a, "--threads") && has)
@@ -216,8 +206,13 @@ int kv_cmd_perplexity(int argc, char **argv)
         if (bad)
             goto done;
     }
+    if (ctx == 1) {
+        cmd_usage_error("perplexity: --ctx 1 scores nothing (0: the whole file as one session; "
+                        "N >= 2: windows of N tokens)");
+        goto done;
+    }
     if (!model || !path) {
-        cmd_usage_error("usage: gist-model perplexity MODEL --file F [--ctx N] [--policy NAME] "
+        cmd_usage_error("usage: gist-model perplexity MODEL --file F [--ctx N|0] [--policy NAME] "
                         "[--kv-budget SIZE] ...");
         goto done;
     }
@@ -244,15 +239,20 @@ int kv_cmd_perplexity(int argc, char **argv)
         cmd_usage_error("%s: the text has fewer than 2 tokens", path);
         goto out;
     }
-    if (ctx == 0)
+    /* --ctx 0: the whole file as one session, however long (budgets in % are of the full
+     * cache of one context); else windows of ctx tokens, each a fresh session */
+    const bool one = ctx == 0;
+    if (ctx <= 0)
         ctx = hp->n_ctx < 2 ? 2 : hp->n_ctx;
-    if (kv_resolve(&o, m, (uint32_t)ctx, &full))
+    if (one)
+        ctx = n_ids > (size_t)INT32_MAX ? INT32_MAX : (long)n_ids;
+    if (kv_resolve(&o, m, hp->n_ctx && one ? hp->n_ctx : (uint32_t)ctx, &full))
         goto out;
     /* under a budget the tokens run one at a time, as decoding does, unless told otherwise */
     o.cfg.ubatch = (uint32_t)(ubatch ? ubatch : (o.cfg.hard ? 1 : 256));
     if (new_run(m, &o, &r))
         goto out;
-    logits = malloc(sizeof(float) * (size_t)ctx * hp->n_vocab);
+    logits = one ? malloc(1) : malloc(sizeof(float) * (size_t)ctx * hp->n_vocab);
     if (!logits) {
         cmd_usage_error("out of memory");
         goto out;
@@ -268,13 +268,27 @@ int kv_cmd_perplexity(int argc, char **argv)
     for (size_t start = 0; start + 1 < n_ids; start += (size_t)ctx - 1, w++) {
         const size_t end = start + (size_t)ctx < n_ids ? start + (size_t)ctx : n_ids;
         err_clear(&e);
-        if ((w > 0 && kvr_reset(r, &e)) ||
-            kvr_feed(r, ids + start, (uint32_t)(end - start), logits, NULL, &e)) {
+        if (w > 0 && kvr_reset(r, &e)) {
             fprintf(stderr, "gist-model: %s\n", err_msg(&e));
             goto out;
         }
-        for (size_t i = start; i + 1 < end; i++) {
-            nll += token_nll(logits + (i - start) * hp->n_vocab, hp->n_vocab, ids[i + 1]);
+        if (one) {
+            /* in pieces, for the progress lines; the scores are those of one feed */
+            for (size_t at = start; at < end; at += 4096) {
+                const size_t to = at + 4096 < end ? at + 4096 : end;
+                if (kvr_score(r, ids + at, (uint32_t)(to - at), &nll, &scored, &e)) {
+                    fprintf(stderr, "gist-model: after %zu tokens: %s\n", scored, err_msg(&e));
+                    goto out;
+                }
+                fprintf(stderr, "%zu tokens scored, ppl so far %.4f (%.1f tokens/s)\n", scored,
+                        exp(nll / scored), scored / (cmd_now() - t0));
+            }
+        } else if (kvr_feed(r, ids + start, (uint32_t)(end - start), logits, NULL, &e)) {
+            fprintf(stderr, "gist-model: %s\n", err_msg(&e));
+            goto out;
+        }
+        for (size_t i = start; !one && i + 1 < end; i++) {
+            nll += mdl_token_nll(logits + (i - start) * hp->n_vocab, hp->n_vocab, ids[i + 1]);
             scored++;
         }
         kvr_figures_t fg;

@@ -544,17 +544,6 @@ done:
 
 /* ------------------------------------------------------------------ perplexity */
 
-/* log-sum-exp of a row minus the chosen entry: the token's negative log-likelihood. */
-static double token_nll(const float *row, uint32_t n, int32_t target)
-{
-    float max = row[0];
-    for (uint32_t i = 1; i < n; i++)
-        max = row[i] > max ? row[i] : max;
-    double sum = 0.0;
-    for (uint32_t i = 0; i < n; i++)
-        sum += expf(row[i] - max); /* terms in [0, 1]: float is exact enough, summed in double */
-    return log(sum) + max - row[target];
-}
 
 /* gist-model perplexity MODEL --file F [--ctx N] [--ubatch N] [--threads N]
  * Tokenizes the file (with BOS) and scores it in consecutive windows of N tokens
@@ -651,7 +640,7 @@ int cmd_perplexity(int argc, char **argv)
             }
             mdl_flatkv_commit(kv);
             for (uint32_t i = 0; i < nb && at + i + 1 < end; i++) {
-                nll += token_nll(logits + (size_t)i * hp->n_vocab, hp->n_vocab, ids[at + i + 1]);
+                nll += mdl_token_nll(logits + (size_t)i * hp->n_vocab, hp->n_vocab, ids[at + i + 1]);
                 scored++;
             }
         }

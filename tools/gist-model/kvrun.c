@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "common/dtype.h"
+#include "model/sampler.h"
 
 struct kvr {
     mdl_t *m;
@@ -88,8 +89,6 @@ int kvr_new(mdl_t *m, const kvr_cfg_t *cfg, kvr_t **out, err_info_t *e)
     r->m = m;
     r->hp = mdl_hparams(m);
     r->cfg = *cfg;
-    if (!r->cfg.block_rows)
-        r->cfg.block_rows = 16;
     if (!r->cfg.ubatch)
         r->cfg.ubatch = 256;
     if (r->cfg.hot_type != DT_F16)
@@ -185,6 +184,39 @@ int kvr_feed(kvr_t *r, const int32_t *ids, uint32_t n, float *logits, float *las
     return rc;
 }
 
+int kvr_score(kvr_t *r, const int32_t *ids, uint32_t n, double *nll, size_t *scored,
+              err_info_t *e)
+{
+    const uint32_t nv = r->hp->n_vocab;
+    int rc = 0;
+    for (uint32_t i = 0; i < n && !rc;) {
+        const uint32_t offer = n - i < r->cfg.ubatch ? n - i : r->cfg.ubatch;
+        uint32_t k;
+        rt_step_begin(r->rt);
+        rc = rt_step_add(r->rt, &r->s, ids + i, offer, true, &k, e);
+        if (rc)
+            break;
+        /* the step's first token follows the session's latest prediction (after gists) */
+        if (r->s.have_logits) {
+            *nll += mdl_token_nll(r->s.logits, nv, ids[i]);
+            (*scored)++;
+        }
+        rc = rt_step_run(r->rt, e);
+        if (!rc)
+            rc = rt_step_commit(r->rt, 0, e);
+        if (rc)
+            break;
+        for (uint32_t j = 0; j + 1 < k; j++) {
+            *nll += mdl_token_nll(rt_step_logits(r->rt, 0, j), nv, ids[i + j + 1]);
+            (*scored)++;
+        }
+        rc = rt_step_policy(r->rt, 0, e);
+        r->text += k;
+        i += k;
+    }
+    return rc;
+}
+
 int kvr_end_turn(kvr_t *r, float *last, bool *updated, err_info_t *e)
 {
     int rc = rt_sess_end_turn(r->rt, &r->s, e);
@@ -216,7 +248,7 @@ int kvr_full_bytes(mdl_t *m, uint32_t n_ctx, uint32_t block_rows, uint32_t hot_t
     kv_store_config_t sc = {.n_layer = hp->n_layer,
                             .n_head_kv = hp->n_head_kv,
                             .head_dim = hp->head_dim,
-                            .block_rows = block_rows ? block_rows : 16,
+                            .block_rows = block_rows,
                             .hot_type = hot_type == DT_F16 ? DT_F16 : DT_F32};
     kv_store_t *st = NULL;
     uint32_t sid;

@@ -33,7 +33,7 @@ typedef struct kvr_cfg {
     uint32_t n_params;
     size_t hard;         /* the session's hard limit in bytes; 0: none */
     size_t soft;         /* its soft watermark; 0: hard - the policy's headroom */
-    uint32_t block_rows; /* rows per store block; 0: 16 */
+    uint32_t block_rows; /* rows per store block; 0: the store's default (64, as gistd's) */
     uint32_t hot_type;   /* DT_F32 or DT_F16 */
     uint32_t ubatch;     /* most tokens per forward pass; 0: 256 */
     bool print_events;   /* every compaction event on stderr */
@@ -60,6 +60,13 @@ int kvr_reset(kvr_t *r, err_info_t *e);
  * policy made them while running these tokens (as the model was trained). With logits
  * NULL, last (may be NULL) receives the prediction after the last token only. */
 int kvr_feed(kvr_t *r, const int32_t *ids, uint32_t n, float *logits, float *last, err_info_t *e);
+
+/* Runs n text tokens and scores them: adds -log p(token) to *nll and 1 to *scored for every
+ * token the session predicts (each but the session's very first), from the prediction the
+ * model made before it (after the gist tokens of a sentence it closed, as kvr_feed's
+ * logits). A text fed in pieces scores every token once, as one feed would. */
+int kvr_score(kvr_t *r, const int32_t *ids, uint32_t n, double *nll, size_t *scored,
+              err_info_t *e);
 
 /* Ends a turn (the policy closes the open sentence; learned gists run). When gists ran,
  * *updated says so and last (may be NULL) gets the prediction after them. */
