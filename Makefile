@@ -9,7 +9,7 @@
 #   make fuzz    build the libFuzzer targets with clang (build-fuzz/) and run each for
 #                FUZZ_SECONDS (default 60) from its seeds in fuzz/corpus/; FUZZ_TARGETS=name...
 #                picks some; findings land in build-fuzz/crashes/ (fuzz/run.sh says more)
-#   make run     start gistd in the foreground on the default model
+#   make run     start gistd on the default model and gistd-http (HTTP=HOST:PORT) before it
 #   make format  clang-format every C file in place
 #
 # Each bench/bench_NAME.c becomes build/bin/bench_NAME (run by the scripts in bench/).
@@ -59,6 +59,7 @@ PROTO_LIB    := $(BUILD)/lib/libgist_proto.a
 GISTC_LIB    := $(BUILD)/lib/libgistc.a
 GISTC_PC     := $(BUILD)/gistc.pc
 BINS     += $(if $(GISTD_SRCS),$(BUILD)/bin/gistd) $(if $(GISTCTL_SRCS),$(BUILD)/bin/gistctl)
+BINS     += $(if $(wildcard clients/gistd-http/*.c),$(BUILD)/bin/gistd-http)
 
 TEST_SRCS := $(wildcard tests/test_*.c)
 TESTS     := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
@@ -145,9 +146,33 @@ $(BUILD)/bin/gistctl: $(patsubst %.c,$(BUILD)/obj/%.o,$(GISTCTL_SRCS)) $(GISTC_L
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
-# bench_daemon and bench_load drive a real gistd through libgistc.
-$(BUILD)/bin/bench_daemon $(BUILD)/bin/bench_load: $(BUILD)/bin/%: $(BUILD)/obj/bench/%.o \
-                                                  $(GISTC_LIB) $(LIBS)
+# gistd-http, the HTTP gateway: a client of gistd like gistctl, with libmicrohttpd and jansson.
+GISTD_HTTP_SRCS := $(wildcard clients/gistd-http/*.c)
+HTTP_PKGS   := libmicrohttpd jansson
+HTTP_CFLAGS := $(shell pkg-config --cflags $(HTTP_PKGS) 2>/dev/null)
+HTTP_LIBS   := $(shell pkg-config --libs $(HTTP_PKGS) 2>/dev/null)
+GISTD_HTTP_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(GISTD_HTTP_SRCS))
+$(GISTD_HTTP_OBJS): ALL_CFLAGS += $(HTTP_CFLAGS)
+$(GISTD_HTTP_OBJS): | http-deps
+.PHONY: http-deps
+http-deps:
+	@pkg-config --exists $(HTTP_PKGS) || { echo "gistd-http needs libmicrohttpd and jansson" \
+	    "(Debian: libmicrohttpd-dev libjansson-dev; 'make deps' installs them)" >&2; exit 1; }
+$(BUILD)/bin/gistd-http: $(GISTD_HTTP_OBJS) $(GISTC_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS) $(HTTP_LIBS)
+
+# test_http_text checks the gateway's text handling alone.
+$(BUILD)/obj/tests/test_http_text.o: ALL_CFLAGS += $(HTTP_CFLAGS)
+$(BUILD)/obj/tests/test_http_text.o: | http-deps
+$(BUILD)/tests/test_http_text: $(BUILD)/obj/tests/test_http_text.o \
+                               $(BUILD)/obj/clients/gistd-http/text.o $(TEST_LIB) $(LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
+
+# bench_daemon, bench_load and bench_http drive a real gistd through libgistc.
+$(BUILD)/bin/bench_daemon $(BUILD)/bin/bench_load $(BUILD)/bin/bench_http: $(BUILD)/bin/%: \
+        $(BUILD)/obj/bench/%.o $(GISTC_LIB) $(LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -253,12 +278,18 @@ tsan:
 
 # The project's own model when models/ has one, else the shared stories260K.
 DEFAULT_MODEL = $(firstword $(wildcard models/*.gguf) ../shared/models/stories260K-f32.gguf)
+# make run: gistd on tcp://127.0.0.1:5557 and gistd-http on $(HTTP) (default 127.0.0.1:8080)
+# in front of it; Ctrl-C stops both.
+HTTP ?= 127.0.0.1:8080
 run: all
-	$(BUILD)/bin/gistd --model $(or $(MODEL),$(DEFAULT_MODEL))
+	@$(BUILD)/bin/gistd --model $(or $(MODEL),$(DEFAULT_MODEL)) & gistd=$$!; \
+	    trap 'kill $$gistd 2>/dev/null; wait $$gistd' EXIT; \
+	    $(BUILD)/bin/gistd-http --listen $(HTTP)
 
 DEB_PKGS := build-essential pkg-config libjemalloc-dev libzmq3-dev libprotobuf-c-dev \
             protobuf-c-compiler libopenblas-openmp-dev python3 python3-numpy gnuplot-nox \
-            protobuf-compiler python3-zmq python3-protobuf clang-14 libclang-rt-14-dev valgrind
+            protobuf-compiler python3-zmq python3-protobuf clang-14 libclang-rt-14-dev valgrind \
+            libmicrohttpd-dev libjansson-dev python3-prometheus-client
 TRAIN_PKGS := python3-torch python3-sentencepiece python3-jinja2
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \

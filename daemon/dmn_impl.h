@@ -148,6 +148,7 @@ typedef struct dmn_counters {
     uint64_t requests, errors, events_dropped, clients_gone, budget_refusals;
     uint64_t steps, items, tokens_generated, tokens_prefilled;
     uint64_t compactions;
+    uint64_t compactions_by_method[POL_N_METHODS];
     int64_t bytes_freed;
 } dmn_counters_t;
 
@@ -168,6 +169,7 @@ struct dmn {
     uint32_t next_id;
     bool stopping;
     dmn_session_t **slot_sess; /* [n_sess]: the session of each slot of the step */
+    bool planning;             /* a step's slots are being chosen (their rows reserved) */
     uint32_t cap_slot_sess;
     uint8_t *out; /* packed reply */
     size_t out_cap;

@@ -22,6 +22,8 @@ static void on_event(void *ctx, const pol_event_t *ev)
     s->compactions++;
     s->bytes_freed += ev->bytes_freed;
     d->c.compactions++;
+    if (ev->method < POL_N_METHODS)
+        d->c.compactions_by_method[ev->method]++;
     d->c.bytes_freed += ev->bytes_freed;
     const dmn_peer_t *to = s->ev_peer;
     if (!to && s->act.kind != DMN_REQ_NONE && !s->act.peer_gone)

@@ -250,8 +250,22 @@ static void add_slot(dmn_t *d, dmn_session_t *s, uint32_t n)
     err_clear(&e);
     uint32_t taken;
     const uint32_t k = rt_step_slots(d->rt);
-    int rc = rt_step_add(d->rt, &s->rt, s->pend + s->pend_head, n, s->act.kind == DMN_REQ_SCORE,
-                         &taken, &e);
+    const bool want_all = s->act.kind == DMN_REQ_SCORE;
+    int rc = rt_step_add(d->rt, &s->rt, s->pend + s->pend_head, n, want_all, &taken, &e);
+    kv_stats_t st;
+    if (rc == ERR_BUDGET && (kv_store_stats(d->store, &st), st.hard_limit) && d->n_sess > 1) {
+        /* The global limit refused what s's own budget allows, and s alone cannot free it
+         * (its pins): the other sessions give back what they hold above their share now,
+         * not at the next watermark check, and s tries once more. */
+        int64_t freed = 0;
+        err_info_t se;
+        err_clear(&se);
+        dmn_shrink(d, NULL, st.soft_limit ? st.soft_limit : st.hard_limit, "budget", &freed, &se);
+        if (freed > 0) {
+            err_clear(&e);
+            rc = rt_step_add(d->rt, &s->rt, s->pend + s->pend_head, n, want_all, &taken, &e);
+        }
+    }
     if (rc) {
         if (rc == ERR_BUDGET)
             d->c.budget_refusals++;
@@ -281,6 +295,7 @@ static int plan(dmn_t *d)
         d->cap_slot_sess = d->n_sess * 2;
     }
     rt_step_begin(d->rt);
+    d->planning = true;
     for (uint32_t i = 0; i < d->n_sess; i++) {
         dmn_session_t *s = d->sess[i];
         if (s->act.kind != DMN_REQ_NONE && s->n_pend == 1)
@@ -305,6 +320,7 @@ static int plan(dmn_t *d)
         else if (best->act.kind != DMN_REQ_NONE)
             break; /* not refused, yet not added: try again next step */
     }
+    d->planning = false;
     return 0;
 }
 
@@ -458,7 +474,8 @@ int dmn_shrink(dmn_t *d, dmn_session_t *only, size_t target, const char *reason,
             size_t best_over = 0, best_bytes = 0;
             for (uint32_t i = 0; i < d->n_sess; i++) {
                 dmn_session_t *s = d->sess[i];
-                if ((s->act.kind == DMN_REQ_NONE) != (pass == 0) || s->shrunk_epoch == d->epoch)
+                if ((s->act.kind == DMN_REQ_NONE) != (pass == 0) || s->shrunk_epoch == d->epoch ||
+                    (d->planning && in_step(d, s))) /* its rows are reserved: edits wait */
                     continue;
                 kv_stats_t ks;
                 kv_session_stats(d->store, s->rt.kv, &ks);

@@ -67,6 +67,10 @@ void dmn_session_info(const dmn_t *d, const dmn_session_t *s, Gistd__SessionInfo
     info->state = (char *)state_name(s);
     info->policy = (char *)pol_name(s->rt.pol);
     info->chat_template = (char *)s->tmpl->name;
+    if (s->tmpl->stop) {
+        info->turn_stop.data = (uint8_t *)s->tmpl->stop;
+        info->turn_stop.len = strlen(s->tmpl->stop);
+    }
     info->bytes = ks.bytes;
     info->peak_bytes = ks.peak;
     info->hard_bytes = ks.hard_limit;
@@ -132,6 +136,15 @@ void dmn_send_stats(dmn_t *d, const dmn_peer_t *to, uint64_t id, bool sessions)
     st.rate_refusals = d->refused_rate;
     st.permission_refusals = d->refused_perm;
     st.curve = d->curve;
+    Gistd__MethodCount by_method[POL_N_METHODS], *by_method_ptr[POL_N_METHODS];
+    for (int i = 0; i < POL_N_METHODS; i++) {
+        gistd__method_count__init(&by_method[i]);
+        by_method[i].method = (char *)pol_method_name(i);
+        by_method[i].count = d->c.compactions_by_method[i];
+        by_method_ptr[i] = &by_method[i];
+    }
+    st.n_compactions_by_method = POL_N_METHODS;
+    st.compactions_by_method = by_method_ptr;
     st.kv_bytes_per_token =
         (uint64_t)d->n_lane * kv_block_bytes(d->store, d->cfg.kv_type) / kv_block_rows(d->store);
 

@@ -96,7 +96,7 @@ def test_every_policy_keeps_its_budget():
     full_ppl = float(full["ppl"])
     for pol in ("window", "h2o", "tova", "pool", "auto"):
         p = run("perplexity", m, "--file", story_text(), "--ctx", "256", "--policy", pol,
-                "--kv-budget", "30%", "--events")
+                "--kv-budget", "30%", "--kv-block-rows", "16", "--events")
         f = figures(p.stdout)
         budget = int(f["kv_budget"])
         assert 0.29 * int(f["full_kv_bytes"]) <= budget <= 0.31 * int(f["full_kv_bytes"])
@@ -190,7 +190,7 @@ def test_generate_through_the_store():
     assert kv.stdout == flat.stdout
     # a long generation under a small budget keeps going, inside the budget
     p = run("generate", m, "--prompt", prompt, "-n", "600", "--temp", "0", "--policy", "window",
-            "--kv-budget", "48K", "--threads", "1")
+            "--kv-budget", "48K", "--kv-block-rows", "16", "--threads", "1")
     assert len(p.stdout) > len(prompt) + 400
     line = [x for x in p.stderr.splitlines() if x.startswith("kv: ")][0]
     peak = int(line.split("peak ")[1].split(",")[0])

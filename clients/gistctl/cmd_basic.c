@@ -276,6 +276,13 @@ static void stats_json(const gc_stats_t *s, bool sessions)
             s->kv_bytes_per_token, s->rate_refusals, s->permission_refusals,
             s->curve ? "true" : "false", s->uptime_s, s->threads);
     ctl_json_str(f, s->model);
+    fputs(", \"compactions_by_method\": {", f);
+    for (uint32_t i = 0; i < s->n_compactions_by_method; i++) {
+        fputs(i ? ", " : "", f);
+        ctl_json_str(f, s->compactions_by_method[i].method);
+        fprintf(f, ": %" PRIu64, s->compactions_by_method[i].count);
+    }
+    fputc('}', f);
     if (sessions) {
         fputs(", \"session_list\": [", f);
         for (uint32_t i = 0; i < s->n_session_list; i++) {

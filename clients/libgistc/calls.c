@@ -106,6 +106,8 @@ static void info_from_wire(const Gistd__SessionInfo *w, gc_session_info_t *o)
     snprintf(o->state, sizeof o->state, "%s", w->state);
     snprintf(o->policy, sizeof o->policy, "%s", w->policy);
     snprintf(o->chat_template, sizeof o->chat_template, "%s", w->chat_template);
+    if (w->turn_stop.len && w->turn_stop.len < sizeof o->turn_stop) /* longer: not held back */
+        memcpy(o->turn_stop, w->turn_stop.data, w->turn_stop.len);
     o->bytes = w->bytes;
     o->peak_bytes = w->peak_bytes;
     o->hard_bytes = w->hard_bytes;
@@ -430,6 +432,12 @@ int gc_stats(gc_client_t *c, bool sessions, gc_stats_t *o, err_info_t *e)
     o->rate_refusals = s->rate_refusals;
     o->permission_refusals = s->permission_refusals;
     o->curve = s->curve;
+    for (size_t i = 0; i < s->n_compactions_by_method && i < GC_MAX_METHODS; i++) {
+        snprintf(o->compactions_by_method[i].method, sizeof o->compactions_by_method[i].method,
+                 "%s", s->compactions_by_method[i]->method);
+        o->compactions_by_method[i].count = s->compactions_by_method[i]->count;
+        o->n_compactions_by_method = (uint32_t)i + 1;
+    }
     snprintf(o->model, sizeof o->model, "%s", s->model);
     if (s->n_session_list > 0) {
         o->session_list = calloc(s->n_session_list, sizeof *o->session_list);

@@ -39,6 +39,7 @@ void gc_result_free(gc_result_t *r)
     if (!r)
         return;
     free(r->text);
+    free(r->stop);
     memset(r, 0, sizeof *r);
 }
 
@@ -174,6 +175,11 @@ static void on_final(gc_pending_t *p, Gistd__Reply *r)
                 memcpy(p->res.text, d->text.data, d->text.len);
             p->res.text[d->text.len] = 0;
             p->res.text_len = d->text.len;
+        }
+        if (d->stop.len && (p->res.stop = malloc(d->stop.len + 1))) {
+            memcpy(p->res.stop, d->stop.data, d->stop.len);
+            p->res.stop[d->stop.len] = 0;
+            p->res.stop_len = d->stop.len;
         }
         gc_usage_from_wire(d->usage, &p->res.usage);
     }

@@ -129,6 +129,8 @@ typedef struct gc_result {
     gc_stop_t reason;
     char *text; /* the generated text, NUL-terminated (malloc'd; gc_result_free) */
     size_t text_len;
+    char *stop; /* GC_STOP_STRING: the stop string that matched, NUL-terminated (or NULL) */
+    size_t stop_len;
     uint32_t n_tokens; /* tokens streamed */
     gc_usage_t usage;
 } gc_result_t;
@@ -138,6 +140,7 @@ void gc_result_free(gc_result_t *r);
 typedef struct gc_session_info {
     uint32_t id;
     char name[64], state[16], policy[32], chat_template[16];
+    char turn_stop[64]; /* what ends an assistant turn in the session's template ("": none) */
     uint64_t bytes, peak_bytes, hard_bytes, soft_bytes;
     uint32_t tokens, pending, compactions;
     uint64_t rows, prompt_tokens, generated_tokens, events_dropped;
@@ -145,6 +148,8 @@ typedef struct gc_session_info {
     uint64_t tier_f32, tier_f16, tier_q8_0;
     double compression, tokens_per_s, idle_s;
 } gc_session_info_t;
+
+#define GC_MAX_METHODS 16
 
 typedef struct gc_stats {
     uint64_t kv_budget_bytes, kv_soft_bytes, kv_used_bytes, kv_peak_bytes;
@@ -160,6 +165,11 @@ typedef struct gc_stats {
     uint64_t compactions, kv_bytes_per_token;
     uint64_t rate_refusals, permission_refusals; /* requests refused by limits and owners */
     bool curve;                                  /* the daemon authenticates clients by key */
+    struct {
+        char method[16];
+        uint64_t count;
+    } compactions_by_method[GC_MAX_METHODS]; /* [n_compactions_by_method] */
+    uint32_t n_compactions_by_method;
     int64_t bytes_freed;
     char model[256];
     gc_session_info_t *session_list; /* [n_session_list], when asked for (gc_stats_free) */
