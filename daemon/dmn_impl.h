@@ -77,7 +77,13 @@ typedef struct dmn_tmpl {
     const char *prefix[4];
     const char *suffix[4];
     const char *stop; /* ends an assistant turn (a stop string for ROLE_ASSISTANT), or NULL */
+    /* the prefix of a user turn right after a system turn, when the system turn opens it
+     * (Llama 2's <<SYS>> inside the first [INST], Gemma's system text in the first user
+     * turn); NULL: the user prefix */
+    const char *user_after_system;
 } dmn_tmpl_t;
+
+#define DMN_TMPL_NAMES "none, chatml, llama3, llama2, gemma, phi3, zephyr, plain"
 
 typedef enum dmn_req_kind {
     DMN_REQ_NONE = 0,
@@ -134,6 +140,7 @@ typedef struct dmn_session {
     int32_t *pend;
     uint32_t pend_head, n_pend, pend_cap;
     bool text_started; /* a piece of text has been appended or generated */
+    int last_role;     /* the role of the last text appended (Gistd__Role) */
     dmn_active_t act;
     /* figures */
     uint64_t prompt_tokens, generated_tokens, events_dropped;
@@ -159,6 +166,7 @@ struct dmn {
     mdl_t *model;
     const mdl_hparams_t *hp;
     const tok_t *tok;
+    const dmn_tmpl_t *file_tmpl; /* sessions' default: from tokenizer.chat_template */
     kv_store_t *store;
     uint32_t n_lane;
     rt_t *rt;           /* the session runtime over model and store */
@@ -239,7 +247,12 @@ void dmn_handle(dmn_t *d, const dmn_peer_t *from, const uint8_t *payload, size_t
 uint64_t dmn_request_peek_id(const uint8_t *payload, size_t len);
 
 /* ---- session.c ---- */
+/* The template of a name (DMN_TMPL_NAMES), or NULL. */
 const dmn_tmpl_t *dmn_tmpl_find(const char *name);
+
+/* The template family of a model file's tokenizer.chat_template (Jinja text, not run: the
+ * family is told by its markers), or NULL when none is recognised. */
+const dmn_tmpl_t *dmn_tmpl_detect(const char *text, size_t len);
 dmn_session_t *dmn_session_find(const dmn_t *d, uint32_t id);
 /* Opens a session (id 0: the next free id). Checks every parameter, and that the budget
  * holds at least one token. */

@@ -243,6 +243,27 @@ static int check_policy(dmn_t *d, err_info_t *e)
     return rc ? err_prefix(e, "--policy %s: ", d->policy) : 0;
 }
 
+/* The sessions' default template: the family of the file's tokenizer.chat_template; plain,
+ * with a warning, for one not recognised; none without one. */
+static void file_template(dmn_t *d)
+{
+    gguf_str_t t;
+    err_info_t e;
+    d->file_tmpl = dmn_tmpl_find("none");
+    if (gguf_get_str(mdl_gguf(d->model), "tokenizer.chat_template", &t, &e) != 0)
+        return;
+    d->file_tmpl = dmn_tmpl_detect(t.ptr, t.len);
+    if (d->file_tmpl) {
+        dmn_log(d, DMN_LOG_INFO, "chat template of the model file: %s", d->file_tmpl->name);
+        return;
+    }
+    d->file_tmpl = dmn_tmpl_find("plain");
+    dmn_log(d, DMN_LOG_WARN,
+            "the model file's chat template (%llu bytes) is none of the families gistd "
+            "renders (%s); sessions that name no template use plain",
+            (unsigned long long)t.len, DMN_TMPL_NAMES);
+}
+
 int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
 {
     if (!cfg->model_path)
@@ -285,6 +306,7 @@ int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
         goto fail;
     }
     d->n_lane = d->hp->n_layer * d->hp->n_head_kv;
+    file_template(d);
 
     kv_store_config_t kc = {.n_layer = d->hp->n_layer,
                             .n_head_kv = d->hp->n_head_kv,

@@ -1,5 +1,6 @@
 /*
- * daemon/session.c — sessions: opening and closing, their pending tokens, chat templates.
+ * daemon/session.c — sessions: opening and closing, their pending tokens. Chat templates are
+ * in daemon/chat_tmpl.c.
  *
  * A session's positions are the KV store's transcript (n_past tokens, stored) followed by
  * the pending queue (tokens appended or sampled, not yet forwarded). A request pushes its
@@ -10,30 +11,6 @@
 #include <string.h>
 
 #include "daemon/dmn_impl.h"
-
-/* ------------------------------------------------------------------ chat templates */
-
-static const dmn_tmpl_t templates[] = {
-    {.name = "none", .prefix = {"", "", "", ""}, .suffix = {"", "", "", ""}, .stop = NULL},
-    {.name = "chatml",
-     .prefix = {"", "<|im_start|>system\n", "<|im_start|>user\n", "<|im_start|>assistant\n"},
-     .suffix = {"", "<|im_end|>\n", "<|im_end|>\n", "<|im_end|>\n"},
-     .stop = "<|im_end|>"},
-    {.name = "plain",
-     .prefix = {"", "System: ", "User: ", "Assistant: "},
-     .suffix = {"", "\n", "\n", "\n"},
-     .stop = "\nUser:"},
-};
-
-const dmn_tmpl_t *dmn_tmpl_find(const char *name)
-{
-    if (!name || !*name)
-        return &templates[0];
-    for (size_t i = 0; i < sizeof templates / sizeof templates[0]; i++)
-        if (!strcmp(templates[i].name, name))
-            return &templates[i];
-    return NULL;
-}
 
 /* ------------------------------------------------------------------ the table */
 
@@ -103,10 +80,12 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
             strlen(o->policy_params[i]->value) >= DMN_PARAM_LEN)
             return err_set(e, ERR_INVAL, "policy parameter %zu is longer than %d bytes", i,
                            DMN_PARAM_LEN - 1);
-    const dmn_tmpl_t *tmpl = dmn_tmpl_find(o->chat_template);
+    /* no template named: the model file's */
+    const dmn_tmpl_t *tmpl =
+        o->chat_template && *o->chat_template ? dmn_tmpl_find(o->chat_template) : d->file_tmpl;
     if (!tmpl)
-        return err_set(e, ERR_INVAL, "unknown chat template '%s' (known: none, chatml, plain)",
-                       o->chat_template);
+        return err_set(e, ERR_INVAL, "unknown chat template '%s' (known: %s)", o->chat_template,
+                       DMN_TMPL_NAMES);
     if (o->name && strlen(o->name) >= DMN_NAME_LEN)
         return err_set(e, ERR_INVAL, "session name longer than %d bytes", DMN_NAME_LEN - 1);
     size_t hard = o->budget_bytes ? o->budget_bytes : d->cfg.session_budget;
@@ -283,6 +262,9 @@ int dmn_session_push_text(dmn_t *d, dmn_session_t *s, const uint8_t *text, size_
     const uint32_t before = s->rt.n_past + s->n_pend;
     bool bos = before == 0 && s->add_bos;
     const char *pre = s->tmpl->prefix[role], *suf = s->tmpl->suffix[role];
+    if (role == GISTD__ROLE__ROLE_USER && s->last_role == GISTD__ROLE__ROLE_SYSTEM &&
+        s->tmpl->user_after_system)
+        pre = s->tmpl->user_after_system; /* the system turn opened the user's */
     uint32_t added = 0;
     int rc = 0;
     if (*pre) {
@@ -299,6 +281,7 @@ int dmn_session_push_text(dmn_t *d, dmn_session_t *s, const uint8_t *text, size_
     }
     if (len > 0 || *pre)
         s->text_started = true;
+    s->last_role = role;
     *n_added = added;
     return 0;
 }

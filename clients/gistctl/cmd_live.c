@@ -33,7 +33,7 @@ int ctl_chat(ctl_t *x, int argc, char **argv)
 {
     uint32_t session = 0;
     unsigned long n = 256, v;
-    const char *tmpl = "plain", *system = NULL, *policy = NULL;
+    const char *tmpl = "", *system = NULL, *policy = NULL; /* "": the model file's template */
     size_t budget = 0;
     ctl_params_t pp = {.n = 0};
     gc_sampling_t smp;

@@ -27,8 +27,8 @@ static const struct {
      "gen --prompt STR -n N [--temp T] [--seed S] [--top-k K] [--top-p P] [--stop STR]... "
      "[--session ID]"},
     {"chat", ctl_chat,
-     "chat [--session ID] [--template none|chatml|plain] [--system STR] [-n N] [--temp T] "
-     "[--budget SIZE] [--policy P] [--param KEY=VALUE]..."},
+     "chat [--session ID] [--template T (default: the model file's)] [--system STR] [-n N] "
+     "[--temp T] [--budget SIZE] [--policy P] [--param KEY=VALUE]..."},
     {"open", ctl_open,
      "open [--budget SIZE] [--soft SIZE] [--policy P] [--param KEY=VALUE]... [--template T] "
      "[--name STR]"},

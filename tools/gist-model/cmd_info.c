@@ -142,7 +142,9 @@ int cmd_info(int argc, char **argv)
     print_bytes(gguf_file_size(g));
     printf("\n");
     printf("gguf version:    %" PRIu32 "\n", gguf_version(g));
-    printf("architecture:    llama\n");
+    printf("architecture:    %s (%s pairs for RoPE%s%s)\n", mdl_arch_name(hp.arch),
+           hp.rope_halves ? "half-split" : "adjacent", hp.qkv_bias ? ", Q/K/V biases" : "",
+           hp.qk_norm ? ", per-head Q/K norms" : "");
     printf("name:            ");
     print_str_key(g, "general.name", "(none)");
     printf("\n");
@@ -153,6 +155,8 @@ int cmd_info(int argc, char **argv)
     print_tensors(g);
     print_tokenizer(g);
     print_extensions(&hp);
+    printf("supported:       architectures " MDL_SUPPORTED_ARCHS "; weights " MDL_SUPPORTED_TYPES
+           "\n");
     gguf_close(&g);
     return 0;
 }
