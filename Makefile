@@ -339,7 +339,7 @@ DEB_PKGS := build-essential pkg-config libjemalloc-dev libzmq3-dev libprotobuf-c
             protobuf-c-compiler libopenblas-openmp-dev python3 python3-numpy gnuplot-nox \
             protobuf-compiler python3-zmq python3-protobuf clang-14 libclang-rt-14-dev valgrind \
             libmicrohttpd-dev libjansson-dev python3-prometheus-client
-TRAIN_PKGS := python3-torch python3-sentencepiece
+TRAIN_PKGS := python3-torch python3-sentencepiece python3-jinja2
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 	    | grep -q 'install ok installed' || echo $$p; done); \
