@@ -9,7 +9,13 @@
 #   make fuzz    build the libFuzzer targets with clang (build-fuzz/) and run each for
 #                FUZZ_SECONDS (default 60) from its seeds in fuzz/corpus/; FUZZ_TARGETS=name...
 #                picks some; findings land in build-fuzz/crashes/ (fuzz/run.sh says more)
-#   make run     start gistd on the default model and gistd-http (HTTP=HOST:PORT) before it
+#   make fuzz-long  the same, FUZZ_SECONDS (default 1200) per target, growing the corpus kept
+#                in build-fuzz/corpus/; the table of executions and coverage per target is
+#                also written to build-fuzz/fuzz-summary.txt
+#   make run     start gistd on the default model (RUN_KV_BUDGET, default 1G; snapshots in
+#                var/snapshots) and gistd-http (HTTP=HOST:PORT) before it
+#   make install [PREFIX=/usr/local] [DESTDIR=]   the programs, libgistc and the Python client;
+#                make uninstall removes them
 #   make format  clang-format every C file in place
 #
 # Each bench/bench_NAME.c becomes build/bin/bench_NAME (run by the scripts in bench/).
@@ -65,7 +71,8 @@ TEST_SRCS := $(wildcard tests/test_*.c)
 TESTS     := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
 TEST_LIB  := $(BUILD)/obj/tests/check.o
 
-.PHONY: all deps deps-train test asan fuzz fuzz-build check tsan run format clean
+.PHONY: all deps deps-train test asan fuzz fuzz-long fuzz-build check tsan run install uninstall \
+        format clean
 .SECONDARY:
 all: $(LIBS) $(PROTO_LIB) $(PROTO_PY) $(if $(GISTC_SRCS),$(GISTC_LIB) $(GISTC_PC)) $(BINS) \
      $(TESTS)
@@ -242,6 +249,9 @@ fuzz:
 	    -fno-sanitize-recover=undefined -fno-omit-frame-pointer -DGISTD_FUZZ_ENTRY" fuzz-build
 	bash fuzz/run.sh build-fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
+fuzz-long:
+	$(MAKE) fuzz FUZZ_SECONDS=$(if $(filter command line environment,$(origin FUZZ_SECONDS)),$(FUZZ_SECONDS),1200)
+
 fuzz-build: $(FUZZERS)
 
 # make check: every C test program under valgrind (tests/run.sh puts GISTD_WRAP before each;
@@ -278,19 +288,58 @@ tsan:
 
 # The project's own model when models/ has one, else the shared stories260K.
 DEFAULT_MODEL = $(firstword $(wildcard models/*.gguf) ../shared/models/stories260K-f32.gguf)
-# make run: gistd on tcp://127.0.0.1:5557 and gistd-http on $(HTTP) (default 127.0.0.1:8080)
-# in front of it; Ctrl-C stops both.
+# make run: a bounded daemon that keeps its sessions — a KV budget of RUN_KV_BUDGET (1G unless
+# given) and snapshots in the tree's own var/snapshots (ignored by git); a stop snapshots every
+# session and the next `make run` restores them — on tcp://127.0.0.1:5557, and gistd-http on
+# $(HTTP) (default 127.0.0.1:8080) in front of it; Ctrl-C stops both.
+RUN_KV_BUDGET ?= 1G
 HTTP ?= 127.0.0.1:8080
 run: all
-	@$(BUILD)/bin/gistd --model $(or $(MODEL),$(DEFAULT_MODEL)) & gistd=$$!; \
+	@mkdir -p var/snapshots
+	@$(BUILD)/bin/gistd --model $(or $(MODEL),$(DEFAULT_MODEL)) --kv-budget $(RUN_KV_BUDGET) \
+	    --snapshot-dir var/snapshots & gistd=$$!; \
 	    trap 'kill $$gistd 2>/dev/null; wait $$gistd' EXIT; \
 	    $(BUILD)/bin/gistd-http --listen $(HTTP)
+
+# make install [PREFIX=/usr/local] [DESTDIR=...]: the programs (gistd, gistctl, gist-model,
+# gistd-http when it is built), libgistc with its header and gistc.pc, and the Python client
+# (gistc with its generated gistd_pb2) where Debian's python3 finds modules: for /usr,
+# /usr/lib/python3/dist-packages; for any other prefix, PREFIX/lib/python3.X/dist-packages
+# (/usr/local/lib/python3.11/dist-packages on Debian 12). make uninstall removes them again.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+PY_VER   = $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+PYDIR   ?= $(if $(filter /usr,$(PREFIX)),/usr/lib/python3/dist-packages,$(PREFIX)/lib/python$(PY_VER)/dist-packages)
+INSTALL_BINS := gistd gistctl gist-model gistd-http
+I_BIN := $(DESTDIR)$(PREFIX)/bin
+I_LIB := $(DESTDIR)$(PREFIX)/lib
+I_INC := $(DESTDIR)$(PREFIX)/include/gistd
+I_PY  := $(DESTDIR)$(PYDIR)
+install: all
+	install -d $(I_BIN) $(I_LIB)/pkgconfig $(I_INC)/common $(I_PY)
+	for b in $(INSTALL_BINS); do \
+	    if [ -x $(BUILD)/bin/$$b ]; then install -m 755 $(BUILD)/bin/$$b $(I_BIN)/; fi; done
+	install -m 644 $(GISTC_LIB) $(I_LIB)/
+	install -m 644 clients/libgistc/gistc.h $(I_INC)/
+	install -m 644 common/err.h $(I_INC)/common/
+	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$${prefix}/lib' 'includedir=$${prefix}/include' \
+	    'Name: gistc' 'Description: C client library for gistd' 'Version: 0.1' \
+	    'Requires.private: libzmq libprotobuf-c' 'Cflags: -I$${includedir}/gistd' \
+	    'Libs: -L$${libdir} -lgistc -lzmq -lprotobuf-c' > $(I_LIB)/pkgconfig/gistc.pc
+	install -m 644 clients/python/gistc.py $(PROTO_PY) $(I_PY)/
+
+uninstall:
+	rm -f $(addprefix $(I_BIN)/,$(INSTALL_BINS)) $(I_LIB)/libgistc.a \
+	    $(I_LIB)/pkgconfig/gistc.pc $(I_INC)/gistc.h $(I_INC)/common/err.h \
+	    $(I_PY)/gistc.py $(I_PY)/gistd_pb2.py
+	rm -rf $(I_PY)/__pycache__/gistc.* $(I_PY)/__pycache__/gistd_pb2.*
+	-rmdir $(I_INC)/common $(I_INC) 2>/dev/null
 
 DEB_PKGS := build-essential pkg-config libjemalloc-dev libzmq3-dev libprotobuf-c-dev \
             protobuf-c-compiler libopenblas-openmp-dev python3 python3-numpy gnuplot-nox \
             protobuf-compiler python3-zmq python3-protobuf clang-14 libclang-rt-14-dev valgrind \
             libmicrohttpd-dev libjansson-dev python3-prometheus-client
-TRAIN_PKGS := python3-torch python3-sentencepiece
+TRAIN_PKGS := python3-torch python3-sentencepiece python3-jinja2
 deps:
 	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 	    | grep -q 'install ok installed' || echo $$p; done); \

@@ -4,8 +4,9 @@
  *
  *   bench_daemon MODEL.gguf [--sessions 1,2,4,8,16] [--tokens 32] [--reps 3] [--threads N]
  *                [--gistd PATH] [--dat FILE]
- *   bench_daemon MODEL.gguf --long-chat 20000 [--budget-rows 2000] [--policy auto]
- *                [--turn 100] [--threads N] [--gistd PATH] [--dat FILE]
+ *   bench_daemon MODEL.gguf --long-chat 100000 [--budget-rows 512] [--policy auto]
+ *                [--param KEY=VALUE]... [--turn 100] [--warm 3] [--corpus DIR]
+ *                [--threads N] [--gistd PATH] [--dat FILE]
  *
  * Starts its own gistd (PATH, default build/bin/gistd) on a free loopback port. For each
  * session count N, N sessions each start a greedy generation of --tokens tokens from a short
@@ -17,15 +18,26 @@
  *
  * --long-chat N: one session under a budget of --budget-rows rows' bytes (the bytes a raw
  * token takes in every lane, times the rows) and the given policy, fed turns (a short user
- * line, then an assistant reply of --turn tokens) until it has seen N tokens. Each turn's
- * line gives tokens seen, the reply's decode tokens/s, the session's KV bytes and its
- * compactions: with a bounded store the speed stays flat however long the chat runs.
+ * line, then a sampled assistant reply of --turn tokens) through the daemon until it has
+ * seen N tokens. Every tenth turn prints a line: tokens seen, the reply's decode tokens/s,
+ * the session's KV bytes, compaction events so far and the share of the last ten replies'
+ * words found in the vocabulary of the training corpus (--corpus, default
+ * ../shared/corpus, every *.txt but the held-out persuasion.txt). Then the verdicts:
+ *   decode    the median of 5 turns after the warm-up (the turns until the budget first
+ *             filled, and --warm more) against the median of the last 5: flat when the
+ *             last is at least 90% of the first;
+ *   kv bytes  the session's peak against its budget: never over;
+ *   events    compaction events per 1,000 tokens from the turn the budget first made the
+ *             policy compact, and how many freed no bytes;
+ *   english   the share of reply words in the vocabulary (target 85%), over all replies and
+ *             apart for replies before and after the session passed the model's context.
  */
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "bench/bench_english.h"
 #include "bench/bench_util.h"
 #include "clients/libgistc/gistc.h"
 
@@ -126,79 +138,201 @@ static pid_t start_gistd(const char *gistd, const char *model, const char *threa
     return n ? pid : -1;
 }
 
-static int on_tok_count(void *ctx, uint32_t session, int32_t id, const char *piece, size_t len)
+/* Compaction events streamed with the replies. */
+typedef struct events {
+    uint64_t n, freed_none;
+} events_t;
+
+/* One reply: its timing and its text, and the events streamed with it. */
+typedef struct reply {
+    track_t t;
+    events_t *ev;
+    size_t len;
+    char text[1 << 16];
+} reply_t;
+
+static int on_reply_token(void *ctx, uint32_t session, int32_t id, const char *piece, size_t len)
 {
-    return on_token(ctx, session, id, piece, len);
+    reply_t *r = ctx;
+    if (r->len + len < sizeof r->text) {
+        memcpy(r->text + r->len, piece, len);
+        r->len += len;
+    }
+    return on_token(&r->t, session, id, piece, len);
 }
 
-/* One session fed turns until it has seen `total` tokens (see the header). */
-static int long_chat(gc_client_t *c, uint32_t total, uint32_t rows, const char *policy,
-                     uint32_t turn, const char *dat)
+static void on_event(void *ctx, uint32_t session, const gc_compaction_t *c)
+{
+    events_t *ev = ((reply_t *)ctx)->ev;
+    ev->n++;
+    ev->freed_none += c->bytes_freed <= 0;
+}
+
+static double pct(uint64_t part, uint64_t whole)
+{
+    return whole ? 100.0 * (double)part / (double)whole : 0.0;
+}
+
+#define MAX_PARAMS 8
+
+typedef struct chat_opts {
+    uint32_t total, rows, turn, warm;
+    const char *policy, *corpus, *dat;
+    const char *keys[MAX_PARAMS], *values[MAX_PARAMS]; /* --param key=value */
+    uint32_t n_params;
+} chat_opts_t;
+
+/* One session fed turns until it has seen o->total tokens (see the header). */
+static int long_chat(gc_client_t *c, const chat_opts_t *o)
 {
     static const char *const lines[] = {"Tell me more.", "What happened next?",
                                         "And then what did they do?", "Why was that?"};
+    bench_vocab_t voc = {0};
+    if (bench_vocab_load(&voc, o->corpus, "persuasion.txt") < 0)
+        return -1;
     gc_stats_t st;
     err_info_t e;
     if (gc_stats(c, false, &st, &e)) {
         fprintf(stderr, "bench_daemon: %s\n", err_msg(&e));
+        bench_vocab_free(&voc);
         return -1;
     }
-    const size_t budget = (size_t)st.kv_bytes_per_token * rows;
+    const size_t budget = (size_t)st.kv_bytes_per_token * o->rows;
+    const uint32_t n_ctx = gc_model(c)->n_ctx;
     gc_stats_free(&st);
-    gc_open_opts_t oo = {.policy = policy, .budget_bytes = budget, .chat_template = "plain"};
+    gc_open_opts_t oo = {.policy = o->policy,
+                         .param_keys = o->keys,
+                         .param_values = o->values,
+                         .n_params = o->n_params,
+                         .budget_bytes = budget,
+                         .chat_template = "plain"};
     uint32_t s;
     if (gc_open(c, &oo, &s, &e)) {
         fprintf(stderr, "bench_daemon: open: %s\n", err_msg(&e));
+        bench_vocab_free(&voc);
         return -1;
     }
-    FILE *df = dat ? fopen(dat, "w") : NULL;
-    printf("# long chat: policy %s, budget %zu bytes (%u rows), %u-token replies\n", policy, budget,
-           rows, turn);
-    printf("%10s %12s %14s %12s %12s\n", "seen", "decode t/s", "kv bytes", "compactions", "ratio");
+    const uint32_t max_turns = o->total / 8 + 64;
+    double *tps = calloc(max_turns, sizeof *tps);
+    reply_t *r = malloc(sizeof *r);
+    FILE *df = o->dat ? fopen(o->dat, "w") : NULL;
+    printf("# long chat: policy %s", o->policy);
+    for (uint32_t i = 0; i < o->n_params; i++)
+        printf(" %s=%s", o->keys[i], o->values[i]);
+    printf(", budget %zu bytes (%u rows), %u-token replies, model context %u; vocabulary of %zu "
+           "words from %s (persuasion.txt left out)\n",
+           budget, o->rows, o->turn, n_ctx, voc.n, o->corpus);
+    printf("%10s %12s %14s %10s %12s %10s\n", "seen", "decode t/s", "kv bytes", "events", "ratio",
+           "english %");
     if (df)
-        fprintf(df, "# seen decode_tok_s kv_bytes compactions compression\n");
+        fprintf(df, "# seen decode_tok_s kv_bytes events compression english_pct\n");
     gc_sampling_t smp = {
         .temp = 0.8f, .top_k = 40, .top_p = 0.95f, .repeat_penalty = 1.0f, .seed = 7};
-    uint32_t seen = 0, k = 0;
-    double first_tps = 0, last_tps = 0;
-    while (seen < total) {
-        track_t tr = {0};
-        gc_gen_opts_t o = {.session = s,
-                           .max_tokens = turn,
-                           .prompt = lines[k++ % 4],
-                           .prompt_role = GC_ROLE_USER,
-                           .role = GC_ROLE_ASSISTANT,
-                           .sampling = &smp};
-        gc_callbacks_t cb = {.ctx = &tr, .on_token = on_tok_count};
+    events_t ev = {0};
+    bench_english_t all = {0}, in_ctx = {0}, past = {0}, win = {0}; /* counts only */
+    uint32_t seen = 0, k = 0, steady_from = 0;
+    uint64_t steady_ev0 = 0, peak = 0, events = 0;
+    uint32_t steady_turn = 0; /* the turn in which the budget first filled */
+    int rc = 0;
+    while (seen < o->total && k < max_turns && tps && r) {
+        r->len = 0;
+        r->ev = &ev;
+        memset(&r->t, 0, sizeof r->t);
+        gc_gen_opts_t go = {.session = s,
+                            .max_tokens = o->turn,
+                            .prompt = lines[k % 4],
+                            .prompt_role = GC_ROLE_USER,
+                            .role = GC_ROLE_ASSISTANT,
+                            .sampling = &smp};
+        gc_callbacks_t cb = {.ctx = r, .on_token = on_reply_token, .on_compaction = on_event};
         gc_result_t res = {0};
-        if (gc_generate(c, &o, &cb, &res, &e)) {
-            fprintf(stderr, "bench_daemon: turn %u: %s\n", k, err_msg(&e));
-            if (df)
-                fclose(df);
-            return -1;
+        if (gc_generate(c, &go, &cb, &res, &e)) {
+            fprintf(stderr, "bench_daemon: turn %u: %s\n", k + 1, err_msg(&e));
+            rc = -1;
+            break;
         }
         gc_result_free(&res);
         gc_session_info_t si;
-        if (gc_session_info(c, s, &si, &e))
+        if (gc_session_info(c, s, &si, &e)) {
+            fprintf(stderr, "bench_daemon: session info: %s\n", err_msg(&e));
+            rc = -1;
             break;
+        }
+        const uint32_t before = seen;
         seen = si.tokens;
-        const double tps =
-            tr.n > 1 && tr.t_last > tr.t_first ? (tr.n - 1) / (tr.t_last - tr.t_first) : 0;
-        first_tps = first_tps > 0 ? first_tps : tps;
-        last_tps = tps;
-        if (k % 10 == 1 || seen >= total)
-            printf("%10u %12.1f %14llu %12u %12.2f\n", seen, tps, (unsigned long long)si.bytes,
-                   si.compactions, si.compression);
+        events = si.compactions;
+        peak = si.peak_bytes > peak ? si.peak_bytes : peak;
+        if (!steady_from && events > 0) { /* the budget is full from here on */
+            steady_from = seen;
+            steady_ev0 = events;
+            steady_turn = k;
+        }
+        tps[k] = r->t.n > 1 && r->t.t_last > r->t.t_first
+                     ? (r->t.n - 1) / (r->t.t_last - r->t.t_first)
+                     : 0;
+        bench_english_t one = {.v = &voc};
+        bench_english_count(&one, r->text, r->len);
+        bench_english_t *part = before < n_ctx ? &in_ctx : &past;
+        all.words += one.words, win.words += one.words, part->words += one.words;
+        all.known += one.known, win.known += one.known, part->known += one.known;
+        k++;
+        if (k % 10 == 0 || seen >= o->total) {
+            printf("%10u %12.1f %14llu %10llu %12.2f %10.1f\n", seen, tps[k - 1],
+                   (unsigned long long)si.bytes, (unsigned long long)events, si.compression,
+                   pct(win.known, win.words));
+            win.words = win.known = 0;
+        }
         if (df)
-            fprintf(df, "%u %.3f %llu %u %.3f\n", seen, tps, (unsigned long long)si.bytes,
-                    si.compactions, si.compression);
+            fprintf(df, "%u %.3f %llu %llu %.3f %.2f\n", seen, tps[k - 1],
+                    (unsigned long long)si.bytes, (unsigned long long)events, si.compression,
+                    pct(one.known, one.words));
     }
     if (df)
         fclose(df);
-    printf("# first turn %.1f tokens/s, last turn %.1f tokens/s (%.0f%%)\n", first_tps, last_tps,
-           first_tps > 0 ? 100.0 * last_tps / first_tps : 0.0);
+    if (rc == 0 && k > 0) {
+        /* medians of 5 turns: a single turn is at the mercy of the machine's other work */
+        /* warm-up: until the budget has filled (the store grows until then, and attention
+         * with it), then --warm turns more */
+        uint32_t w = steady_turn + o->warm;
+        w = w + 5 <= k ? w : (k > 5 ? k - 5 : 0);
+        const uint32_t m = k - w < 5 ? k - w : 5;
+        double a[5], b[5];
+        memcpy(a, tps + w, m * sizeof *a);
+        memcpy(b, tps + k - m, m * sizeof *b);
+        const double first = bench_median(a, (int)m), last = bench_median(b, (int)m);
+        printf("# decode: turns %u-%u %.1f tokens/s, last %u turns %.1f tokens/s (%.0f%%): %s "
+               "(flat: the last at least 90%% of the first)\n",
+               w + 1, w + m, first, m, last, first > 0 ? 100.0 * last / first : 0.0,
+               first > 0 && last >= 0.9 * first ? "flat" : "NOT flat");
+        printf("# kv bytes: peak %llu of a budget of %zu: %s\n", (unsigned long long)peak, budget,
+               peak <= budget ? "never over" : "OVER THE BUDGET");
+        if (steady_from)
+            printf("# compactions: %llu events in %u tokens; %.1f per 1,000 tokens from %u tokens "
+                   "seen (the budget full); %llu of the %llu streamed freed no bytes\n",
+                   (unsigned long long)events, seen,
+                   seen > steady_from
+                       ? 1000.0 * (double)(events - steady_ev0) / (seen - steady_from)
+                       : 0.0,
+                   steady_from, (unsigned long long)ev.freed_none, (unsigned long long)ev.n);
+        else
+            printf("# compactions: none in %u tokens (the budget never filled)\n", seen);
+        r->text[r->len < 240 ? r->len : 240] = '\0';
+        for (char *q = r->text; *q; q++)
+            *q = *q == '\n' ? ' ' : *q;
+        printf("# the last reply: \"%s\"\n", r->text);
+        printf("# english: %.1f%% of %llu reply words in the corpus vocabulary (target 85%%): %s; "
+               "replies before the model's context of %u tokens %.1f%% (%llu words), after it "
+               "%.1f%% (%llu words)\n",
+               pct(all.known, all.words), (unsigned long long)all.words,
+               pct(all.known, all.words) >= 85.0 ? "English" : "NOT English", n_ctx,
+               pct(in_ctx.known, in_ctx.words), (unsigned long long)in_ctx.words,
+               pct(past.known, past.words), (unsigned long long)past.words);
+    }
+    free(tps);
+    free(r);
+    bench_vocab_free(&voc);
     gc_close(c, s, &e);
-    return 0;
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -206,7 +340,9 @@ int main(int argc, char **argv)
     const char *model = NULL, *gistd = "build/bin/gistd", *dat = NULL, *threads = "0";
     const char *policy = "auto";
     int counts[MAX_COUNTS] = {1, 2, 4, 8, 16}, n_counts = 5, reps = 3;
-    uint32_t tokens = 32, chat = 0, rows = 2000, turn = 100;
+    uint32_t tokens = 32, chat = 0, rows = 512, turn = 100, warm = 3;
+    const char *corpus = NULL, *pkeys[MAX_PARAMS], *pvalues[MAX_PARAMS];
+    uint32_t n_params = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--sessions") && v) {
@@ -234,6 +370,15 @@ int main(int argc, char **argv)
             chat = (uint32_t)atoi(argv[++i]);
         } else if (!strcmp(a, "--budget-rows") && v) {
             rows = (uint32_t)atoi(argv[++i]);
+        } else if (!strcmp(a, "--param") && v && strchr(v, '=') && n_params < MAX_PARAMS) {
+            char *kv = argv[++i], *eq = strchr(kv, '=');
+            *eq = '\0';
+            pkeys[n_params] = kv;
+            pvalues[n_params++] = eq + 1;
+        } else if (!strcmp(a, "--warm") && v) {
+            warm = (uint32_t)atoi(argv[++i]);
+        } else if (!strcmp(a, "--corpus") && v) {
+            corpus = argv[++i];
         } else if (!strcmp(a, "--turn") && v) {
             turn = (uint32_t)atoi(argv[++i]);
         } else if (!strcmp(a, "--policy") && v) {
@@ -241,10 +386,12 @@ int main(int argc, char **argv)
         } else if (a[0] != '-' && !model) {
             model = a;
         } else {
-            fprintf(stderr, "usage: bench_daemon MODEL.gguf [--sessions 1,2,4,8,16] [--tokens N] "
-                            "[--reps N] [--threads N] [--gistd PATH] [--dat FILE]\n"
-                            "       bench_daemon MODEL.gguf --long-chat N [--budget-rows N] "
-                            "[--policy P] [--turn N] [--threads N] [--gistd PATH] [--dat FILE]\n");
+            fprintf(stderr,
+                    "usage: bench_daemon MODEL.gguf [--sessions 1,2,4,8,16] [--tokens N] "
+                    "[--reps N] [--threads N] [--gistd PATH] [--dat FILE]\n"
+                    "       bench_daemon MODEL.gguf --long-chat N [--budget-rows N] "
+                    "[--policy P] [--param K=V] [--turn N] [--warm N] [--corpus DIR] [--threads N] "
+                    "[--gistd PATH] [--dat FILE]\n");
             return 2;
         }
     }
@@ -270,7 +417,20 @@ int main(int argc, char **argv)
     printf("# model: %s (%s): n_embd %u, n_layer %u, n_head %u/%u, n_vocab %u\n", model, mi->name,
            mi->n_embd, mi->n_layer, mi->n_head, mi->n_head_kv, mi->n_vocab);
     if (chat) {
-        rc = long_chat(c, chat, rows, policy, turn ? turn : 100, dat) ? 1 : 0;
+        char dir[4096];
+        const char *shared = getenv("GISTD_SHARED");
+        snprintf(dir, sizeof dir, "%s/corpus", shared && *shared ? shared : "../shared");
+        chat_opts_t co = {.total = chat,
+                          .rows = rows ? rows : 512,
+                          .turn = turn ? turn : 100,
+                          .warm = warm,
+                          .policy = policy,
+                          .corpus = corpus ? corpus : dir,
+                          .dat = dat,
+                          .n_params = n_params};
+        memcpy(co.keys, pkeys, n_params * sizeof *pkeys);
+        memcpy(co.values, pvalues, n_params * sizeof *pvalues);
+        rc = long_chat(c, &co) ? 1 : 0;
         goto done;
     }
     printf("# %u tokens per session, greedy; %d repetitions, medians; gistd --threads %s\n", tokens,

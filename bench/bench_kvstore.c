@@ -6,6 +6,9 @@
  *   view      building the chunk views of every lane (once per decode step)
  *   replace   a 20-token span -> 2 gist rows in every lane, at the old end and the middle
  *   evict     16 scattered rows, or a 32-row run, from one lane
+ *   bytes     reading a session's and the store's bytes: the O(1) counters (kv_session_bytes,
+ *             kv_store_bytes) against the walks of every block and row (kv_session_stats,
+ *             kv_store_stats), on sessions of 1,024 and 4,096 tokens
  *   attention the same naive attention loop over a lane whose 2048 rows sit in full
  *             blocks (half q8_0, half f16, two runs) and over the same rows in 8-row
  *             chunks of alternating tier (the worst layout demotion can make), and over a
@@ -344,6 +347,57 @@ static void bench_attention(int rounds)
     kv_store_destroy(&st);
 }
 
+/* ---- bytes: the counters against the walks ---- */
+
+static void bench_bytes(int rounds)
+{
+    static const uint32_t lens[] = {1024, 4096};
+    for (size_t q = 0; q < sizeof lens / sizeof lens[0]; q++) {
+        kv_store_t *st = new_store(NLAYER, NHEAD);
+        uint32_t sid = new_session(st), other = new_session(st);
+        for (uint32_t i = 0; i < lens[q] / 64; i++) {
+            append(st, sid, 64);
+            append(st, other, 64);
+        }
+        const int calls = 200;
+        double ss[64], gs[64], sb[64], gb[64];
+        volatile size_t sink = 0;
+        for (int r = 0; r < rounds; r++) {
+            kv_stats_t x;
+            double t0 = now();
+            for (int i = 0; i < calls; i++) {
+                kv_session_stats(st, sid, &x);
+                sink += x.bytes;
+            }
+            double t1 = now();
+            for (int i = 0; i < calls; i++)
+                sink += kv_session_bytes(st, sid);
+            double t2 = now();
+            for (int i = 0; i < calls; i++) {
+                kv_store_stats(st, &x);
+                sink += x.bytes;
+            }
+            double t3 = now();
+            for (int i = 0; i < calls; i++)
+                sink += kv_store_bytes(st);
+            double t4 = now();
+            ss[r] = (t1 - t0) / calls;
+            sb[r] = (t2 - t1) / calls;
+            gs[r] = (t3 - t2) / calls;
+            gb[r] = (t4 - t3) / calls;
+        }
+        (void)sink;
+        const double mss = median(ss, rounds), msb = median(sb, rounds);
+        const double mgs = median(gs, rounds), mgb = median(gb, rounds);
+        printf("bytes, session of %u tokens (%u rows): kv_session_stats %.1f us, kv_session_bytes "
+               "%.1f ns (%.0fx); store of 2 such: kv_store_stats %.1f us, kv_store_bytes %.1f ns "
+               "(%.0fx)\n",
+               lens[q], lens[q] * NL, mss * 1e6, msb * 1e9, mss / (msb > 0 ? msb : 1e-12),
+               mgs * 1e6, mgb * 1e9, mgs / (mgb > 0 ? mgb : 1e-12));
+        kv_store_destroy(&st);
+    }
+}
+
 static void machine(void)
 {
     FILE *f = fopen("/proc/cpuinfo", "r");
@@ -373,6 +427,7 @@ int main(int argc, char **argv)
     bench_append(rounds);
     bench_edits(rounds);
     bench_attention(rounds);
+    bench_bytes(rounds);
     free(g_k);
     free(g_v);
     return 0;

@@ -11,7 +11,7 @@
  * The bandwidth (best of 3 streaming reads of 1 GiB at the same thread count) is measured
  * right before each repetition, because this machine's drifts from minute to minute;
  * "of bound" is the median over repetitions of decode speed / that repetition's bound.
- * bench/run-model-bench.sh makes SmolLM2-135M-shaped models and runs this.
+ * bench/run-model-bench.sh makes SmolLM2-135M- and Qwen3-0.6B-shaped models and runs this.
  */
 #include "bench/bench_util.h"
 #include "common/dtype.h"
@@ -50,29 +50,21 @@ static double decode_bytes(const mdl_t *m)
     return bytes;
 }
 
-static const char *type_name(uint32_t t)
+/* The model's weight type: a K-quant mix by its llama.cpp file type (general.file_type),
+ * else the type of the first feed-forward matrix. */
+static const char *weight_name(const mdl_t *m)
 {
-    switch (t) {
-    case DT_F32:
-        return "f32";
-    case DT_F16:
-        return "f16";
-    case DT_BF16:
-        return "bf16";
-    case DT_Q8_0:
-        return "q8_0";
-    case DT_Q4_0:
-        return "q4_0";
-    default:
-        return "?";
+    const gguf_t *g = mdl_gguf(m);
+    uint32_t ft = 0;
+    if (gguf_get_u32(g, "general.file_type", &ft, NULL) == 0) {
+        if (ft == 15)
+            return "q4_K_M";
+        if (ft == 17)
+            return "q5_K_M";
     }
-}
-
-/* The type of the first feed-forward matrix, as the model's weight type. */
-static uint32_t weight_type(const mdl_t *m)
-{
-    const gguf_tensor_t *t = gguf_tensor_find(mdl_gguf(m), "blk.0.ffn_up.weight");
-    return t ? t->type : 0;
+    const gguf_tensor_t *t = gguf_tensor_find(g, "blk.0.ffn_up.weight");
+    const ggml_type_info_t *ti = t ? ggml_type_get(t->type) : NULL;
+    return ti ? ti->name : "?";
 }
 
 /* One prefill of n_prefill tokens and n_decode decode steps: seconds of the prefill, of all
@@ -226,9 +218,8 @@ int main(int argc, char **argv)
             double dfast = 1 / bench_median(tf[k], reps);
             double b = bench_median(bw[k], reps);
             printf("%-6s %9.1f %3d %9.1f %8.1f %9.1f %8.1f %7.1f %9.1f %8.0f%% %8.0f%%\n",
-                   type_name(weight_type(m)), bytes / 1e6, threads[k], p, pbest, d, dfast, b,
-                   b * 1e9 / bytes, 100 * bench_median(frac[k], reps),
-                   100 * dfast / (b * 1e9 / bytes));
+                   weight_name(m), bytes / 1e6, threads[k], p, pbest, d, dfast, b, b * 1e9 / bytes,
+                   100 * bench_median(frac[k], reps), 100 * dfast / (b * 1e9 / bytes));
         }
         fflush(stdout);
         mdl_flatkv_destroy(&kv);

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # gistd's aggregate decode speed and time to first token against 1, 2, 4, 8 and 16
 # concurrent sessions, on the SmolLM2-135M-shaped model (random weights, seed 1; made once
-# under bench/out/, git-ignored); then a long chat (20,000 tokens of turns into one session
-# under a budget of 2,000 rows' bytes, policy auto) on the shared stories260K model when it
-# is there. Writes bench/out/daemon-bench.{txt,dat}, bench/out/daemon-chat.{txt,dat}, and
+# under bench/out/, git-ignored); then a long chat (100,000 tokens of turns into one session
+# under a budget of 512 rows' bytes, policy auto) on the project's models/gistd-6m.gguf
+# (bench/long_chat.md says what it prints). Writes bench/out/daemon-bench.{txt,dat}, bench/out/daemon-chat.{txt,dat}, and
 # the plots bench/out/daemon-bench.png and daemon-chat.png when gnuplot is installed.
 # Usage: bench/run-daemon-bench.sh [TYPE (default q8_0)] [extra bench_daemon args]
 set -euo pipefail
@@ -39,17 +39,17 @@ unset multiplot
 PLOT
     echo "plot: bench/out/daemon-bench.png"
 fi
-chat_model=${GISTD_SHARED:-../shared}/models/stories260K-f32.gguf
+chat_model=models/gistd-6m.gguf
 if [ -s "$chat_model" ]; then
-    build/bin/bench_daemon "$chat_model" --long-chat 20000 --budget-rows 2000 --policy auto \
+    build/bin/bench_daemon "$chat_model" --long-chat 100000 --budget-rows 512 --policy auto \
         --turn 100 --dat bench/out/daemon-chat.dat "$@" | tee bench/out/daemon-chat.txt
     if command -v gnuplot >/dev/null; then
         gnuplot <<'PLOT'
 set terminal pngcairo size 900,420
 set output "bench/out/daemon-chat.png"
-set multiplot layout 1,2 title "gistd long chat: one session, budget of 2,000 rows, policy auto"
+set multiplot layout 1,2 title "gistd long chat: gistd-6m, one session, budget of 512 rows, policy auto"
 set xlabel "tokens seen"
-set xtics 5000
+set xtics 20000
 set ylabel "decode tokens/s"
 plot "bench/out/daemon-chat.dat" using 1:2 with lines notitle
 set ylabel "KV bytes"

@@ -182,6 +182,21 @@ int dt_to_f32(uint32_t type, const void *src, float *dst, size_t n)
         }
         return 0;
     }
+    case DT_Q5_0:
+        dt_dequantize_q5_0(src, dst, n);
+        return 0;
+    case DT_Q5_1:
+        dt_dequantize_q5_1(src, dst, n);
+        return 0;
+    case DT_Q4_K:
+        dt_dequantize_q4_K(src, dst, n);
+        return 0;
+    case DT_Q5_K:
+        dt_dequantize_q5_K(src, dst, n);
+        return 0;
+    case DT_Q6_K:
+        dt_dequantize_q6_K(src, dst, n);
+        return 0;
     default:
         return ERR_UNSUPPORTED;
     }
@@ -210,6 +225,21 @@ int dt_from_f32(uint32_t type, const float *src, void *dst, size_t n)
         return 0;
     case DT_Q4_0:
         dt_quantize_q4_0(src, dst, n);
+        return 0;
+    case DT_Q5_0:
+        dt_quantize_q5_0(src, dst, n);
+        return 0;
+    case DT_Q5_1:
+        dt_quantize_q5_1(src, dst, n);
+        return 0;
+    case DT_Q4_K:
+        dt_quantize_q4_K(src, dst, n);
+        return 0;
+    case DT_Q5_K:
+        dt_quantize_q5_K(src, dst, n);
+        return 0;
+    case DT_Q6_K:
+        dt_quantize_q6_K(src, dst, n);
         return 0;
     default:
         return ERR_UNSUPPORTED;

@@ -391,6 +391,11 @@ bool dmn_peer_owns(const dmn_t *d, const dmn_peer_t *p, const dmn_session_t *s)
     return dmn_peer_admin(d, p) || !strcmp(s->cred, p->cred);
 }
 
+bool dmn_peer_owns_text(const dmn_t *d, const dmn_peer_t *p, const dmn_session_t *s)
+{
+    return !d->curve || !strcmp(s->cred, p->cred);
+}
+
 uint32_t dmn_cred_sessions(const dmn_t *d, const char *cred)
 {
     uint32_t n = 0;

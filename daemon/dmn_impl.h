@@ -77,7 +77,13 @@ typedef struct dmn_tmpl {
     const char *prefix[4];
     const char *suffix[4];
     const char *stop; /* ends an assistant turn (a stop string for ROLE_ASSISTANT), or NULL */
+    /* the prefix of a user turn right after a system turn, when the system turn opens it
+     * (Llama 2's <<SYS>> inside the first [INST], Gemma's system text in the first user
+     * turn); NULL: the user prefix */
+    const char *user_after_system;
 } dmn_tmpl_t;
+
+#define DMN_TMPL_NAMES "none, chatml, llama3, llama2, gemma, phi3, zephyr, plain"
 
 typedef enum dmn_req_kind {
     DMN_REQ_NONE = 0,
@@ -111,6 +117,7 @@ typedef struct dmn_active {
     float *logprob;
     /* usage */
     double t_arrive, t_start, t_prefill, t_first;
+    double t_progress; /* the last keep-alive sent (server.c) */
     uint32_t compactions;
     int64_t bytes_freed;
 } dmn_active_t;
@@ -134,6 +141,9 @@ typedef struct dmn_session {
     int32_t *pend;
     uint32_t pend_head, n_pend, pend_cap;
     bool text_started; /* a piece of text has been appended or generated */
+    bool snap_kept;    /* its snapshot was asked for (or written by the idle timeout): its
+                        * files outlive a close unless the client says forget */
+    int last_role;     /* the role of the last text appended (Gistd__Role) */
     dmn_active_t act;
     /* figures */
     uint64_t prompt_tokens, generated_tokens, events_dropped;
@@ -159,6 +169,7 @@ struct dmn {
     mdl_t *model;
     const mdl_hparams_t *hp;
     const tok_t *tok;
+    const dmn_tmpl_t *file_tmpl; /* sessions' default: from tokenizer.chat_template */
     kv_store_t *store;
     uint32_t n_lane;
     rt_t *rt;           /* the session runtime over model and store */
@@ -173,10 +184,16 @@ struct dmn {
     uint32_t cap_slot_sess;
     uint8_t *out; /* packed reply */
     size_t out_cap;
+    /* When set, packed replies go here instead of the socket (the request fuzzer's fast
+     * path: no socket traffic); its return value is dmn_send's. */
+    int (*send_hook)(void *ctx, const dmn_peer_t *to, const uint8_t *p, size_t len);
+    void *send_ctx;
     dmn_counters_t c;
     double t_start;
     double t_watermark; /* last global watermark check */
     uint64_t epoch;     /* dmn_shrink passes */
+    size_t session_min; /* the smallest usable session budget (dmn_session_min_bytes) */
+    double t_idle;      /* last idle sweep */
     struct {
         double t, dt;
         uint32_t dec, pre;
@@ -192,11 +209,15 @@ struct dmn {
     uint32_t n_buckets, cap_buckets;
     double req_rate, req_burst;          /* requests/s and bucket size (req_rate 0: no limit) */
     uint32_t max_client_sessions;        /* 0: no limit */
+    size_t budget_max;           /* the highest limit SetBudget may set, global or a session's */
+    const char *budget_max_from; /* what set it: an option, or the machine's memory */
     uint64_t refused_rate, refused_perm; /* requests refused */
 };
 
 /* ---- server.c ---- */
 double dmn_now(void);
+/* The machine's physical memory in bytes (SIZE_MAX when the system does not say). */
+size_t dmn_phys_bytes(void);
 void dmn_log(const dmn_t *d, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Packs and sends r to peer without blocking. 0; ERR_BUSY when the peer's queue is full
  * (the reply is dropped and counted); ERR_NOTFOUND when the peer is gone. */
@@ -226,6 +247,9 @@ void dmn_peer_identify(const dmn_t *d, dmn_peer_t *p, const char *user_id);
 bool dmn_peer_admin(const dmn_t *d, const dmn_peer_t *p);
 /* Whether p may use session s: its owner, or an admin. */
 bool dmn_peer_owns(const dmn_t *d, const dmn_peer_t *p, const dmn_session_t *s);
+/* Whether p may read or write s's text (transcript, append, generate, score): its owner
+ * alone (everyone without CURVE). Admin keys manage every session, not its conversation. */
+bool dmn_peer_owns_text(const dmn_t *d, const dmn_peer_t *p, const dmn_session_t *s);
 /* Sessions owned by cred. */
 uint32_t dmn_cred_sessions(const dmn_t *d, const char *cred);
 /* Takes a token from the bucket of (cred, addr): 0, or ERR_RATE with *wait_s until one is
@@ -239,7 +263,12 @@ void dmn_handle(dmn_t *d, const dmn_peer_t *from, const uint8_t *payload, size_t
 uint64_t dmn_request_peek_id(const uint8_t *payload, size_t len);
 
 /* ---- session.c ---- */
+/* The template of a name (DMN_TMPL_NAMES), or NULL. */
 const dmn_tmpl_t *dmn_tmpl_find(const char *name);
+
+/* The template family of a model file's tokenizer.chat_template (Jinja text, not run: the
+ * family is told by its markers), or NULL when none is recognised. */
+const dmn_tmpl_t *dmn_tmpl_detect(const char *text, size_t len);
 dmn_session_t *dmn_session_find(const dmn_t *d, uint32_t id);
 /* Opens a session (id 0: the next free id). Checks every parameter, and that the budget
  * holds at least one token. */
@@ -247,9 +276,11 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
                      err_info_t *e);
 /* Ends its request (reply CANCELLED), frees it and drops it from the table. */
 void dmn_session_close(dmn_t *d, dmn_session_t *s);
-/* The sampler settings of w (NULL: the session's defaults) in *c, checked (ERR_INVAL). */
-int dmn_session_sampling(const dmn_session_t *s, const Gistd__Sampling *w, mdl_sampler_cfg_t *c,
-                         uint32_t n_vocab, err_info_t *e);
+/* The sampler settings of w (NULL: the session's defaults) in *c. Every field of w is checked
+ * against its range first (the window against the model's context, top_k against its
+ * vocabulary): ERR_INVAL naming the field and its range. */
+int dmn_session_sampling(const dmn_t *d, const dmn_session_t *s, const Gistd__Sampling *w,
+                         mdl_sampler_cfg_t *c, err_info_t *e);
 /* Appends tokens to the pending queue. */
 int dmn_session_push(dmn_session_t *s, const int32_t *tok, uint32_t n);
 /* Tokenizes text as a turn of role (wrapped by the session's template; BOS first when the
@@ -301,11 +332,33 @@ void dmn_rate_note(dmn_t *d, double t, double dt, uint32_t dec, uint32_t pre);
 /* ---- snapshot.c ---- */
 /* Writes s to the snapshot folder; *path (may be NULL) gets the file's path (malloc'd). */
 int dmn_snapshot_write(dmn_t *d, dmn_session_t *s, char **path, err_info_t *e);
-/* Restores session id from the snapshot folder. */
-int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t *e);
-/* Restores every session found in the snapshot folder (logging the ones that fail). */
+/* Restores session id from the snapshot folder: under its own id (ERR_EXISTS while it is
+ * live), or under a new one when as_new. */
+int dmn_snapshot_restore(dmn_t *d, uint32_t id, bool as_new, dmn_session_t **out, err_info_t *e);
+/* The credential that owns session id's snapshot, from a whole file (checksum verified) into
+ * owner[cap]: 0, ERR_NOMEM, or ERR_NOTFOUND when there is no such file or it does not read
+ * as a snapshot of that session. */
+int dmn_snapshot_owner(const dmn_t *d, uint32_t id, char *owner, size_t cap);
+/* Restores every session found in the snapshot folder but the closed ones (logging the ones
+ * that fail). */
 void dmn_snapshot_restore_all(dmn_t *d);
-/* Removes session id's snapshot (when the session is closed). */
+/* Removes session id's snapshot files and its closed mark. */
 void dmn_snapshot_remove(dmn_t *d, uint32_t id);
+/* Marks s's snapshot as a closed session's (DIR/session-<id>.closed: not restored at start-up,
+ * listed by `sessions`, brought back by Restore), before s is closed. */
+int dmn_snapshot_mark_closed(dmn_t *d, const dmn_session_t *s, err_info_t *e);
+/* Whether session id is closed with its snapshot kept. */
+bool dmn_snapshot_closed_has(const dmn_t *d, uint32_t id);
+/* Removes the closed mark of session id (it is live again). */
+void dmn_snapshot_unmark_closed(dmn_t *d, uint32_t id);
+/* A closed session, as its mark describes it. */
+typedef struct dmn_closed {
+    uint32_t id, tokens;
+    double age_s; /* since it was closed */
+    char name[DMN_NAME_LEN];
+    char cred[DMN_CRED_LEN];
+} dmn_closed_t;
+/* The closed sessions of the snapshot folder that are not live; *out malloc'd ([return]). */
+uint32_t dmn_snapshot_closed(const dmn_t *d, dmn_closed_t **out);
 
 #endif

@@ -23,8 +23,9 @@
 #include "common/err.h"
 
 #define DMN_DEFAULT_LISTEN          "tcp://127.0.0.1:5557"
-#define DMN_DEFAULT_RATE            200.0 /* requests/s per client key and address (CURVE) */
-#define DMN_DEFAULT_CLIENT_SESSIONS 16    /* sessions per client key (CURVE) */
+#define DMN_DEFAULT_RATE            200.0  /* requests/s per client key and address (CURVE) */
+#define DMN_DEFAULT_CLIENT_SESSIONS 16     /* sessions per client key (CURVE) */
+#define DMN_DEFAULT_IDLE_TIMEOUT    1800.0 /* seconds an idle session is kept live */
 
 enum dmn_log_level { DMN_LOG_ERROR = 0, DMN_LOG_WARN, DMN_LOG_INFO, DMN_LOG_DEBUG };
 
@@ -34,6 +35,8 @@ typedef struct dmn_cfg {
     const char *snapshot_dir; /* NULL: no snapshots */
     const char *policy;       /* for sessions that name none (NULL: "full") */
     size_t kv_budget;         /* global hard limit in bytes (0: none) */
+    size_t kv_budget_max;     /* the highest global limit SetBudget may set (0: kv_budget, or
+                               * the machine's physical memory when kv_budget is 0) */
     size_t session_budget;    /* default per-session hard limit (0: none) */
     size_t max_request;       /* largest request payload accepted, bytes */
     int threads;              /* forward-pass threads (0: all processors) */
@@ -42,6 +45,8 @@ typedef struct dmn_cfg {
     uint32_t kv_type;       /* DT_F32 or DT_F16: payload of new rows */
     uint32_t block_rows;    /* rows per KV block */
     int log_level;          /* enum dmn_log_level */
+    double idle_timeout;    /* seconds a session may stay idle before it is closed (0: never);
+                             * with a snapshot folder it is snapshotted first (restorable) */
     /* access (daemon/auth.c) */
     const char *curve_secret;    /* file with the daemon's CURVE secret key (z85); NULL: no CURVE */
     const char *allow_keys;      /* file of client public keys ("KEY [admin]" a line) */
@@ -54,7 +59,8 @@ typedef struct dmn_cfg {
 typedef struct dmn dmn_t;
 
 /* Defaults: listen DMN_DEFAULT_LISTEN, no budgets, max_request 1 MiB, 64 sessions,
- * prefill_chunk 64, f32 rows in blocks of 64, log level warn, no CURVE; with CURVE,
+ * prefill_chunk 64, f32 rows in blocks of 64, log level warn, idle timeout
+ * DMN_DEFAULT_IDLE_TIMEOUT, no CURVE; with CURVE,
  * DMN_DEFAULT_RATE requests/s (burst twice that) and DMN_DEFAULT_CLIENT_SESSIONS sessions per
  * client key, without it no per-client limits (every local client shares one credential). */
 void dmn_cfg_default(dmn_cfg_t *cfg);
@@ -68,10 +74,20 @@ int dmn_keygen(const char *prefix, err_info_t *e);
  * unless cfg->insecure. */
 int dmn_auth_check(const dmn_cfg_t *cfg, err_info_t *e);
 
+/* Whether ep names a transport gistd can listen on (tcp://, ipc://, inproc://); ERR_INVAL
+ * saying which transports there are when it does not. */
+int dmn_listen_check(const char *ep, err_info_t *e);
+
 /* Loads the model, makes the store, binds the socket and restores the sessions found in
- * the snapshot folder. On error nothing is left behind and e says what went wrong. */
+ * the snapshot folder. On error nothing is left behind and e says what went wrong; a model
+ * file that cannot be loaded is ERR_MODEL whatever the reason (missing, unreadable, not a
+ * model this daemon can run), and a budget below the smallest usable one is ERR_INVAL. */
 int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e);
 void dmn_destroy(dmn_t **d);
+
+/* The smallest usable session budget: one KV block for every lane and the session's
+ * bookkeeping, what holding one token costs. */
+size_t dmn_session_min_bytes(const dmn_t *d);
 
 /* The endpoint actually bound (the port resolved when the configuration asked for "*"). */
 const char *dmn_endpoint(const dmn_t *d);

@@ -10,7 +10,10 @@
  * Access: a session belongs to the credential that opened it (auth.c). Another credential
  * cannot use it, see it in a listing or restore over it (ERR_PERM, "session N belongs to
  * another client") unless it is an admin key; with CURVE on, budgets and snapshots of every
- * session are for admin keys only. Without CURVE every client is the local credential.
+ * session are for admin keys only. Its text (transcript, append, generate, score) is its
+ * owner's alone, an admin's included: admins manage sessions, they do not read them. A
+ * snapshot another client owns is answered as if there were none. Without CURVE every
+ * client is the local credential.
  */
 #include <math.h>
 #include <stdio.h>
@@ -62,8 +65,19 @@ static bool need_admin(const hctx_t *h, uint32_t session, const char *what)
 static dmn_session_t *find(const hctx_t *h, uint32_t id, bool must_be_idle)
 {
     dmn_session_t *s = dmn_session_find(h->d, id);
+    if (!s && id == 0) {
+        dmn_send_errorf(h->d, h->peer, h->id, id, ERR_INVAL,
+                        "the request names no session (session ids start at 1)");
+        return NULL;
+    }
     if (!s) {
-        dmn_send_errorf(h->d, h->peer, h->id, id, ERR_NOTFOUND, "no session %u", id);
+        if (h->d->snapshot_dir && dmn_snapshot_closed_has(h->d, id))
+            dmn_send_errorf(h->d, h->peer, h->id, id, ERR_NOTFOUND,
+                            "session %u is closed (its snapshot is kept: gistctl restore %u "
+                            "brings it back)",
+                            id, id);
+        else
+            dmn_send_errorf(h->d, h->peer, h->id, id, ERR_NOTFOUND, "no session %u", id);
         return NULL;
     }
     if (!dmn_peer_owns(h->d, h->peer, s)) {
@@ -74,6 +88,22 @@ static dmn_session_t *find(const hctx_t *h, uint32_t id, bool must_be_idle)
         dmn_send_errorf(h->d, h->peer, h->id, id, ERR_BUSY,
                         "session %u is running request %llu; wait for it or cancel it", id,
                         (unsigned long long)s->act.id);
+        return NULL;
+    }
+    return s;
+}
+
+/* The session a request that reads or writes its text names, or NULL after an Error reply:
+ * like find, but an admin key that does not own it is refused too. */
+static dmn_session_t *find_text(const hctx_t *h, uint32_t id, bool must_be_idle)
+{
+    dmn_session_t *s = find(h, id, must_be_idle);
+    if (s && !dmn_peer_owns_text(h->d, h->peer, s)) {
+        h->d->refused_perm++;
+        dmn_send_errorf(h->d, h->peer, h->id, id, ERR_PERM,
+                        "session %u's text is its owner's alone: admin keys manage sessions "
+                        "but do not read or write them",
+                        id);
         return NULL;
     }
     return s;
@@ -167,12 +197,12 @@ static void on_hello(const hctx_t *h, const Gistd__Hello *m)
 
 static void send_opened(const hctx_t *h, const dmn_session_t *s)
 {
-    kv_stats_t ks;
-    kv_session_stats(h->d->store, s->rt.kv, &ks);
+    size_t hard = 0, soft = 0;
+    kv_session_limits(h->d->store, s->rt.kv, &hard, &soft);
     Gistd__SessionOpened so = GISTD__SESSION_OPENED__INIT;
     so.session = s->id;
-    so.budget_bytes = ks.hard_limit;
-    so.soft_bytes = ks.soft_limit;
+    so.budget_bytes = hard;
+    so.soft_bytes = soft;
     so.tokens = s->rt.n_past + s->n_pend;
     Gistd__Reply r = GISTD__REPLY__INIT;
     r.body_case = GISTD__REPLY__BODY_OPENED;
@@ -204,11 +234,23 @@ static void on_open(const hctx_t *h, const Gistd__OpenSession *m)
 
 static void on_close(const hctx_t *h, const Gistd__CloseSession *m)
 {
+    dmn_t *d = h->d;
     dmn_session_t *s = find(h, m->session, false);
     if (!s)
         return;
-    dmn_session_close(h->d, s);
-    dmn_snapshot_remove(h->d, m->session);
+    /* a snapshot the client asked for stays, marked closed, unless it says forget */
+    err_info_t e;
+    err_clear(&e);
+    const bool keep = s->snap_kept && !m->forget && d->snapshot_dir;
+    if (keep && dmn_snapshot_mark_closed(d, s, &e)) {
+        fail(h, m->session, &e); /* nothing changed: the session stays live */
+        return;
+    }
+    dmn_session_close(d, s);
+    if (!keep)
+        dmn_snapshot_remove(d, m->session);
+    dmn_log(d, DMN_LOG_INFO, "session %u closed%s", m->session,
+            keep ? "; its snapshot is kept" : "");
     ack(h, m->session);
 }
 
@@ -226,7 +268,7 @@ static void on_cancel(const hctx_t *h, const Gistd__Cancel *m)
 
 static void on_append(const hctx_t *h, const Gistd__Append *m)
 {
-    dmn_session_t *s = find(h, m->session, true);
+    dmn_session_t *s = find_text(h, m->session, true);
     if (!s)
         return;
     err_info_t e;
@@ -248,13 +290,13 @@ static void on_append(const hctx_t *h, const Gistd__Append *m)
 static void on_generate(const hctx_t *h, const Gistd__Generate *m)
 {
     dmn_t *d = h->d;
-    dmn_session_t *s = find(h, m->session, true);
+    dmn_session_t *s = find_text(h, m->session, true);
     if (!s)
         return;
     err_info_t e;
     err_clear(&e);
     mdl_sampler_cfg_t sc;
-    if (dmn_session_sampling(s, m->sampling, &sc, d->hp->n_vocab, &e)) {
+    if (dmn_session_sampling(d, s, m->sampling, &sc, &e)) {
         fail(h, s->id, &e);
         return;
     }
@@ -330,7 +372,7 @@ static void on_generate(const hctx_t *h, const Gistd__Generate *m)
 static void on_score(const hctx_t *h, const Gistd__Score *m)
 {
     dmn_t *d = h->d;
-    dmn_session_t *s = find(h, m->session, true);
+    dmn_session_t *s = find_text(h, m->session, true);
     if (!s)
         return;
     err_info_t e;
@@ -413,10 +455,14 @@ static void on_info(const hctx_t *h, const Gistd__SessionInfoRequest *m)
     reply(h, s->id, &r);
 }
 
+/* Live sessions, then closed ones whose snapshot is kept (state "closed"): those the client
+ * may use. */
 static void on_list(const hctx_t *h)
 {
     dmn_t *d = h->d;
-    const uint32_t n = d->n_sess;
+    dmn_closed_t *closed = NULL;
+    const uint32_t n_closed = dmn_snapshot_closed(d, &closed);
+    const uint32_t n = d->n_sess + n_closed;
     Gistd__SessionInfo *infos = calloc(n ? n : 1, sizeof *infos);
     Gistd__SessionInfo **ptrs = calloc(n ? n : 1, sizeof *ptrs);
     Gistd__TierBytes *tiers = calloc(n ? n : 1, sizeof *tiers);
@@ -424,10 +470,28 @@ static void on_list(const hctx_t *h)
         dmn_send_errorf(d, h->peer, h->id, 0, ERR_NOMEM, "out of memory");
     } else {
         uint32_t k = 0;
-        for (uint32_t i = 0; i < n; i++) {
+        for (uint32_t i = 0; i < d->n_sess; i++) {
             if (!dmn_peer_owns(d, h->peer, d->sess[i]))
                 continue; /* another client's session is not shown */
             dmn_session_info(d, d->sess[i], &infos[k], &tiers[k]);
+            ptrs[k] = &infos[k];
+            k++;
+        }
+        for (uint32_t i = 0; i < n_closed; i++) {
+            const dmn_closed_t *c = &closed[i];
+            if (!dmn_peer_admin(d, h->peer) && strcmp(c->cred, h->peer->cred))
+                continue;
+            gistd__session_info__init(&infos[k]);
+            gistd__tier_bytes__init(&tiers[k]);
+            infos[k].id = c->id;
+            infos[k].name = (char *)c->name;
+            infos[k].state = (char *)"closed";
+            infos[k].policy = (char *)"";
+            infos[k].chat_template = (char *)"";
+            infos[k].tokens = c->tokens;
+            infos[k].idle_s = c->age_s;
+            infos[k].compression = 1.0;
+            infos[k].tiers = &tiers[k];
             ptrs[k] = &infos[k];
             k++;
         }
@@ -439,6 +503,7 @@ static void on_list(const hctx_t *h)
         r.sessions = &sl;
         reply(h, 0, &r);
     }
+    free(closed);
     free(infos);
     free(ptrs);
     free(tiers);
@@ -447,7 +512,7 @@ static void on_list(const hctx_t *h)
 static void on_transcript(const hctx_t *h, const Gistd__TranscriptRequest *m)
 {
     dmn_t *d = h->d;
-    dmn_session_t *s = find(h, m->session, false);
+    dmn_session_t *s = find_text(h, m->session, false);
     if (!s)
         return;
     const uint32_t total = s->rt.n_past + s->n_pend;
@@ -509,6 +574,17 @@ static void on_set_budget(const hctx_t *h, const Gistd__SetBudget *m)
         return;
     if (m->session && !(s = find(h, m->session, false)))
         return;
+    if (!m->session && !m->hard_bytes) {
+        dmn_send_errorf(d, h->peer, h->id, 0, ERR_INVAL,
+                        "the global limit must be above 0 bytes (0 would switch it off)");
+        return;
+    }
+    if (m->hard_bytes > d->budget_max) {
+        dmn_send_errorf(d, h->peer, h->id, m->session, ERR_INVAL,
+                        "a limit of %llu bytes is above the most a budget may be, %zu bytes (%s)",
+                        (unsigned long long)m->hard_bytes, d->budget_max, d->budget_max_from);
+        return;
+    }
     const size_t hard = m->hard_bytes;
     /* a session's soft watermark leaves its policy room to work; the store's is 7/8 */
     const size_t head = s ? pol_headroom(s->rt.pol, d->cfg.prefill_chunk) : hard / 8;
@@ -519,27 +595,24 @@ static void on_set_budget(const hctx_t *h, const Gistd__SetBudget *m)
                         (unsigned long long)m->soft_bytes, hard);
         return;
     }
-    kv_stats_t ks;
-    if (s)
-        kv_session_stats(d->store, s->rt.kv, &ks);
-    else
-        kv_store_stats(d->store, &ks);
+    size_t used = s ? kv_session_bytes(d->store, s->rt.kv) : kv_store_bytes(d->store), old = 0;
     int64_t freed = 0;
     err_info_t e;
     err_clear(&e);
-    if (hard && ks.bytes > hard) {
+    if (hard && used > hard) {
         /* compact down to the new limit at once, or refuse it */
         dmn_shrink(d, s, hard, "budget", &freed, &e);
-        if (s)
-            kv_session_stats(d->store, s->rt.kv, &ks);
-        else
-            kv_store_stats(d->store, &ks);
-        if (ks.bytes > hard) {
+        used = s ? kv_session_bytes(d->store, s->rt.kv) : kv_store_bytes(d->store);
+        if (used > hard) {
+            if (s)
+                kv_session_limits(d->store, s->rt.kv, &old, NULL);
+            else
+                kv_store_limits(d->store, &old, NULL);
             dmn_send_errorf(d, h->peer, h->id, m->session, ERR_BUDGET,
                             "%s holds %zu bytes, above the new limit of %zu, and its "
                             "polic%s freed only %lld; the limit stays %zu",
-                            s ? "the session" : "the store", ks.bytes, hard, s ? "y" : "ies",
-                            (long long)freed, ks.hard_limit);
+                            s ? "the session" : "the store", used, hard, s ? "y" : "ies",
+                            (long long)freed, old);
             return;
         }
     }
@@ -556,7 +629,7 @@ static void on_set_budget(const hctx_t *h, const Gistd__SetBudget *m)
     br.session = m->session;
     br.hard_bytes = hard;
     br.soft_bytes = soft;
-    br.used_bytes = ks.bytes;
+    br.used_bytes = used;
     br.bytes_freed = freed;
     Gistd__Reply r = GISTD__REPLY__INIT;
     r.body_case = GISTD__REPLY__BODY_BUDGET;
@@ -587,8 +660,10 @@ static void on_snapshot(const hctx_t *h, const Gistd__Snapshot *m)
     for (uint32_t i = 0; !rc && i < n; i++) {
         dmn_session_t *s = one ? one : d->sess[i];
         rc = dmn_snapshot_write(d, s, &paths[done], &e);
-        if (!rc)
+        if (!rc) {
             ids[done++] = s->id;
+            s->snap_kept = true; /* asked for: it outlives a close */
+        }
     }
     if (rc) {
         fail(h, m->session, &e);
@@ -609,6 +684,25 @@ static void on_snapshot(const hctx_t *h, const Gistd__Snapshot *m)
     free(paths);
 }
 
+/* The one answer a client gets for a snapshot it may not restore: whether no file exists or
+ * another client's does, the reply is the same, and it names no path. */
+static void no_snapshot(const hctx_t *h, uint32_t id)
+{
+    dmn_send_errorf(h->d, h->peer, h->id, id, ERR_NOTFOUND,
+                    "no snapshot of session %u that this client may restore", id);
+}
+
+/* Sends e with the snapshot folder taken out of every path in its message. */
+static void fail_pathless(const hctx_t *h, uint32_t session, err_info_t *e)
+{
+    const char *dir = h->d->snapshot_dir;
+    const size_t n = strlen(dir);
+    char *at;
+    while (n && (at = strstr(e->msg, dir)) && at[n] == '/')
+        memmove(at, at + n + 1, strlen(at + n + 1) + 1);
+    fail(h, session, e);
+}
+
 static void on_restore(const hctx_t *h, const Gistd__Restore *m)
 {
     dmn_t *d = h->d;
@@ -626,16 +720,37 @@ static void on_restore(const hctx_t *h, const Gistd__Restore *m)
         refuse_foreign(h, m->session);
         return;
     }
+    /* the file names its owner: a client that is not an admin restores only its own, and
+     * learns nothing of another's (not even that it exists: no refusal is counted) */
+    if (!s && !dmn_peer_admin(d, h->peer)) {
+        char owner[DMN_CRED_LEN] = "";
+        const int rc = dmn_snapshot_owner(d, m->session, owner, sizeof owner);
+        if (rc == ERR_NOMEM) {
+            dmn_send_errorf(d, h->peer, h->id, m->session, ERR_NOMEM, "out of memory");
+            return;
+        }
+        if (rc || strcmp(owner, h->peer->cred)) {
+            if (!rc)
+                dmn_log(d, DMN_LOG_INFO, "client %s refused restoring session %u: not its owner",
+                        *h->peer->cred ? h->peer->cred : "(local)", m->session);
+            no_snapshot(h, m->session);
+            return;
+        }
+    }
     err_info_t e;
     err_clear(&e);
-    if (dmn_snapshot_restore(d, m->session, &s, &e)) {
-        fail(h, m->session, &e);
+    if (dmn_snapshot_restore(d, m->session, m->as_new, &s, &e)) {
+        if (e.code == ERR_NOTFOUND) {
+            dmn_log(d, DMN_LOG_INFO, "restore of session %u: %s", m->session, err_msg(&e));
+            no_snapshot(h, m->session);
+        } else {
+            fail_pathless(h, m->session, &e);
+        }
         return;
     }
-    /* the file names its owner: another client's snapshot stays on disk, unrestored */
-    if (!dmn_peer_owns(d, h->peer, s)) {
+    if (!dmn_peer_owns(d, h->peer, s)) { /* the file changed since its owner was read */
         dmn_session_close(d, s);
-        refuse_foreign(h, m->session);
+        no_snapshot(h, m->session);
         return;
     }
     const uint32_t lim = d->max_client_sessions;
@@ -647,6 +762,8 @@ static void on_restore(const hctx_t *h, const Gistd__Restore *m)
                         m->session, lim);
         return;
     }
+    if (!m->as_new)
+        dmn_snapshot_unmark_closed(d, m->session); /* live again */
     send_opened(h, s);
 }
 

@@ -2,8 +2,10 @@
  * daemon/main.c — the gistd command: options, signals, and the daemon's life.
  *
  *   gistd --model FILE [--listen tcp://127.0.0.1:5557] [--kv-budget SIZE]
- *         [--session-budget SIZE] [--threads N] [--max-sessions N] [--snapshot-dir DIR]
+ *         [--kv-budget-max SIZE] [--session-budget SIZE] [--threads N] [--max-sessions N]
+ *         [--snapshot-dir DIR]
  *         [--log-level error|warn|info|debug] [--max-request SIZE] [--prefill-chunk N]
+ *         [--idle-timeout SECONDS]
  *         [--kv-type f32|f16] [--block-rows N] [--policy P]
  *         [--curve-secret FILE --allow-keys FILE | --insecure] [--rate-limit N]
  *         [--rate-burst N] [--max-client-sessions N]
@@ -12,8 +14,8 @@
  * The first line on stdout is the endpoint it listens on (with the port resolved when the
  * listen address ends in ":*"), printed once it is ready to serve; everything else goes to
  * stderr. SIGINT and SIGTERM (stop) and SIGHUP (reload the allow list) reach the loop
- * through a self-pipe. Exit status: 0 after a clean stop, 2 for bad options or a model that
- * cannot be loaded, 1 otherwise.
+ * through a self-pipe. Exit status: 0 after a clean stop, 2 for bad options or a model file
+ * that cannot be loaded (whatever is wrong with it), 1 when it cannot serve.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -56,46 +58,57 @@ static int usage_error(const char *fmt, ...)
 
 static void usage(FILE *f)
 {
-    fputs("usage: gistd --model FILE [--listen ENDPOINT] [--kv-budget SIZE] "
-          "[--session-budget SIZE]\n"
-          "             [--threads N] [--max-sessions N] [--snapshot-dir DIR] [--log-level L]\n"
-          "             [--max-request SIZE] [--prefill-chunk N] [--kv-type f32|f16] "
-          "[--block-rows N] [--policy P]\n"
-          "             [--curve-secret FILE --allow-keys FILE | --insecure] [--rate-limit N]\n"
-          "             [--rate-burst N] [--max-client-sessions N]\n"
-          "       gistd --keygen PREFIX\n"
-          "  P         the policy of sessions that name none: auto (default), full, window, h2o, "
-          "tova,\n"
-          "            trim, pool, gist\n"
-          "  ENDPOINT  tcp://127.0.0.1:5557 (default), tcp://127.0.0.1:* (a free port), "
-          "ipc:///path\n"
-          "  SIZE      bytes, or with a suffix K, M, G (powers of 1024): 64M, 1.5G\n"
-          "  L         error, warn (default), info, debug\n"
-          "Access:\n"
-          "  --curve-secret FILE   the daemon's CURVE secret key (z85 text, as gistd --keygen "
-          "writes it)\n"
-          "  --allow-keys FILE     client public keys it accepts, one a line: KEY [admin]; "
-          "'#' comments\n"
-          "                        (admin keys may change budgets and snapshot every session;\n"
-          "                        SIGHUP reloads the file, and a key taken off it is refused)\n"
-          "  --insecure            serve an address other than loopback or ipc:// without "
-          "CURVE\n"
-          "                        (without it such a --listen is refused)\n"
-          "  --rate-limit N        requests/s per client key and address, 0: off (default: "
-          "200 with CURVE,\n"
-          "                        off without it, where every local client shares one "
-          "credential)\n"
-          "  --rate-burst N        requests a client may send at once (default: twice the rate)\n"
-          "  --max-client-sessions N  sessions one client key may hold, 0: off (default: 16 "
-          "with CURVE,\n"
-          "                        off without it)\n"
-          "  --max-request SIZE    largest request accepted (default 1M); up to 4 times that is "
-          "answered\n"
-          "                        with an error, a larger frame drops the connection\n"
-          "  gistd --keygen PREFIX writes a key pair, PREFIX.key (secret, mode 0600) and "
-          "PREFIX.pub\n"
-          "The first line on stdout is the endpoint gistd listens on.\n",
-          f);
+    fputs(
+        "usage: gistd --model FILE [option]...\n"
+        "       gistd --keygen PREFIX\n"
+        "Serving (every default in brackets):\n"
+        "  --model FILE          the GGUF model to serve (required)\n"
+        "  --listen ENDPOINT     where clients connect [" DMN_DEFAULT_LISTEN "];\n"
+        "                        tcp://127.0.0.1:* picks a free port, ipc:///path a local socket\n"
+        "  --kv-budget SIZE      the hard limit of the whole KV store [none: no limit]\n"
+        "  --kv-budget-max SIZE  the highest limit a client's SetBudget (gistctl budget) may set,\n"
+        "                        the global one or a session's [--kv-budget: clients may lower it\n"
+        "                        and raise it back, never past what gistd started with; without\n"
+        "                        --kv-budget, the machine's physical memory]; no limit may pass\n"
+        "                        physical memory, and the global one cannot be set to 0 (off)\n"
+        "  --session-budget SIZE each session's hard limit unless it asks for one [none]; at\n"
+        "                        least one KV block for each of the model's lanes (layers x\n"
+        "                        kv-heads x --block-rows rows): 433 KiB for models/gistd-6m.gguf;\n"
+        "                        `gistd --model FILE --help` prints it for FILE\n"
+        "  --policy P            the policy of sessions that name none [auto]: auto, full,\n"
+        "                        window, h2o, tova, trim, pool, gist\n"
+        "  --snapshot-dir DIR    where sessions are snapshotted and restored from [none: no\n"
+        "                        snapshots; a stop then loses every session]\n"
+        "  --idle-timeout SECONDS  a session idle this long is closed, snapshotted first when\n"
+        "                        there is a snapshot folder (gistctl restore brings it back);\n"
+        "                        0: never [1800]\n"
+        "  --threads N           forward-pass threads [0: every processor]\n"
+        "  --max-sessions N      live sessions at most [64]\n"
+        "  --max-request SIZE    largest request accepted [1M]; up to 4 times that is answered\n"
+        "                        with an error, a larger frame drops the connection\n"
+        "  --prefill-chunk N     prefill tokens per scheduler step, all sessions together [64]\n"
+        "  --kv-type f32|f16     the payload of new KV rows [f32]\n"
+        "  --block-rows N        rows per KV block [64]\n"
+        "  --log-level L         error, warn, info or debug [warn]\n"
+        "Access:\n"
+        "  --curve-secret FILE   the daemon's CURVE secret key (z85 text, as gistd --keygen\n"
+        "                        writes it) [none: no CURVE]\n"
+        "  --allow-keys FILE     client public keys it accepts, one a line: KEY [admin]; '#'\n"
+        "                        comments (admin keys may change budgets and snapshot every\n"
+        "                        session; SIGHUP reloads the file, a key taken off it is refused)\n"
+        "  --insecure            serve an address other than loopback or ipc:// without CURVE\n"
+        "                        [off: such a --listen is refused]\n"
+        "  --rate-limit N        requests/s per client key and address, 0: off [200 with CURVE,\n"
+        "                        off without it, where every local client shares one credential]\n"
+        "  --rate-burst N        requests a client may send at once [twice the rate]\n"
+        "  --max-client-sessions N  sessions one client key may hold, 0: off [16 with CURVE,\n"
+        "                        off without it]\n"
+        "  --keygen PREFIX       writes a key pair, PREFIX.key (secret, mode 0600) and PREFIX.pub\n"
+        "SIZE: bytes, or with a suffix K, M, G (powers of 1024): 64M, 1.5G.\n"
+        "The first line on stdout is the endpoint gistd listens on. Exit status: 0 after a clean\n"
+        "stop (SIGINT, SIGTERM), 2 for bad options or a model file that cannot be loaded, 1 when\n"
+        "it cannot serve (the address is taken, out of memory).\n",
+        f);
 }
 
 /* "123", "64K", "1.5M", "2GiB" -> bytes. */
@@ -134,16 +147,40 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
     return 0;
 }
 
+/* `--help` with a model: the smallest usable session budget for it (loads it, binds nothing). */
+static int help_model(const dmn_cfg_t *given)
+{
+    dmn_cfg_t cfg = *given;
+    cfg.listen = "inproc://gistd-help";
+    cfg.snapshot_dir = NULL;
+    cfg.kv_budget = cfg.session_budget = 0;
+    cfg.curve_secret = cfg.allow_keys = NULL;
+    cfg.log_level = DMN_LOG_ERROR;
+    dmn_t *d = NULL;
+    err_info_t e;
+    err_clear(&e);
+    if (dmn_new(&cfg, &d, &e)) {
+        fprintf(stderr, "gistd: %s\n", err_msg(&e));
+        return 2;
+    }
+    const size_t min = dmn_session_min_bytes(d);
+    printf("For %s: the smallest usable session budget is %zu bytes (%.0f KiB).\n",
+           given->model_path, min, min / 1024.0);
+    dmn_destroy(&d);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     dmn_cfg_t cfg;
     dmn_cfg_default(&cfg);
+    bool help = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         unsigned long u;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            return 0;
+            help = true;
+            continue;
         }
         if (!strcmp(a, "--insecure")) {
             cfg.insecure = true;
@@ -183,6 +220,13 @@ int main(int argc, char **argv)
             cfg.max_client_sessions = (int64_t)u;
         } else if (!strcmp(a, "--listen")) {
             cfg.listen = v;
+        } else if (!strcmp(a, "--idle-timeout")) {
+            char *end;
+            errno = 0;
+            const double t = strtod(v, &end);
+            if (errno || end == v || *end || !(t >= 0) || t > 1e9)
+                return usage_error("--idle-timeout: '%s' is not a number of seconds", v);
+            cfg.idle_timeout = t;
         } else if (!strcmp(a, "--snapshot-dir")) {
             cfg.snapshot_dir = v;
         } else if (!strcmp(a, "--policy")) {
@@ -190,6 +234,9 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--kv-budget")) {
             if (parse_size(v, &cfg.kv_budget))
                 return usage_error("--kv-budget: '%s' is not a size (like 64M)", v);
+        } else if (!strcmp(a, "--kv-budget-max")) {
+            if (parse_size(v, &cfg.kv_budget_max) || cfg.kv_budget_max == 0)
+                return usage_error("--kv-budget-max: '%s' is not a size above 0 (like 1G)", v);
         } else if (!strcmp(a, "--session-budget")) {
             if (parse_size(v, &cfg.session_budget))
                 return usage_error("--session-budget: '%s' is not a size (like 8M)", v);
@@ -231,11 +278,17 @@ int main(int argc, char **argv)
             return usage_error("unknown option '%s'", a);
         }
     }
-    if (!cfg.model_path)
-        return usage_error("no model: give --model FILE");
     err_info_t e;
     err_clear(&e);
-    if (dmn_auth_check(&cfg, &e)) {
+    if (help) {
+        usage(stdout);
+        if (cfg.model_path)
+            return help_model(&cfg);
+        return 0;
+    }
+    if (!cfg.model_path)
+        return usage_error("no model: give --model FILE");
+    if (dmn_listen_check(cfg.listen, &e) || dmn_auth_check(&cfg, &e)) {
         fprintf(stderr, "gistd: %s\n", err_msg(&e));
         return 2;
     }
@@ -260,7 +313,7 @@ int main(int argc, char **argv)
     int rc = dmn_new(&cfg, &d, &e);
     if (rc) {
         fprintf(stderr, "gistd: %s\n", err_msg(&e));
-        return rc == ERR_NOMEM || rc == ERR_IO ? 1 : 2;
+        return rc == ERR_NOMEM || rc == ERR_IO ? 1 : 2; /* 2: the options or the model file */
     }
     printf("%s\n", dmn_endpoint(d));
     fflush(stdout);

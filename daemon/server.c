@@ -10,6 +10,7 @@
  */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +25,10 @@
 #define DMN_SNDHWM     16384 /* replies queued per client before they are dropped */
 /* requests queued per client before its sends wait: with frames of up to 4 x max_request,
  * what one client can make the daemon hold before it reads them */
-#define DMN_RCVHWM 256
+#define DMN_RCVHWM       256
+#define DMN_LINGER_MS    2000 /* at shutdown, how long queued replies may take to leave */
+#define DMN_PROGRESS_S   0.25 /* keep-alive period of a request the daemon prefills */
+#define DMN_IDLE_SWEEP_S 1.0  /* how often idle sessions are looked for */
 
 void dmn_cfg_default(dmn_cfg_t *cfg)
 {
@@ -38,6 +42,7 @@ void dmn_cfg_default(dmn_cfg_t *cfg)
     cfg->log_level = DMN_LOG_WARN;
     cfg->rate_limit = -1;
     cfg->max_client_sessions = -1;
+    cfg->idle_timeout = DMN_DEFAULT_IDLE_TIMEOUT;
 }
 
 double dmn_now(void)
@@ -76,6 +81,8 @@ int dmn_send(dmn_t *d, const dmn_peer_t *to, const Gistd__Reply *r)
         d->out_cap = cap;
     }
     gistd__reply__pack(r, d->out);
+    if (d->send_hook)
+        return d->send_hook(d->send_ctx, to, d->out, len);
     /* ROUTER_MANDATORY: the first frame fails at once when the peer is gone or its queue is
      * full; once it is accepted, the rest of the message goes with it. */
     if (zmq_send(d->sock, to->id, to->len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
@@ -224,13 +231,23 @@ static int no_run(void *ctx, const pol_run_t *r, err_info_t *e)
     return err_set(e, ERR_UNSUPPORTED, "no model runs here");
 }
 
-/* The default policy works with this model (made once for a scratch session). */
+/* The default policy works with this model (made once for a scratch session), and what the
+ * scratch session holds with one token reserved is the smallest usable session budget. */
 static int check_policy(dmn_t *d, err_info_t *e)
 {
     uint32_t sid;
     int rc = kv_session_create(d->store, NULL, &sid, e);
     if (rc)
         return rc;
+    kv_stats_t ks;
+    rc = kv_reserve(d->store, sid, 1, e);
+    if (rc) {
+        kv_session_destroy(d->store, sid);
+        return rc;
+    }
+    kv_session_stats(d->store, sid, &ks);
+    d->session_min = ks.bytes;
+    kv_reserve_cancel(d->store, sid);
     pol_t *p = NULL;
     pol_config_t pc = {.name = d->policy,
                        .store = d->store,
@@ -243,6 +260,80 @@ static int check_policy(dmn_t *d, err_info_t *e)
     return rc ? err_prefix(e, "--policy %s: ", d->policy) : 0;
 }
 
+size_t dmn_phys_bytes(void)
+{
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? (size_t)pages * (size_t)page : SIZE_MAX;
+}
+
+/* The highest global limit SetBudget may set (d->budget_max) and where it comes from. KV
+ * bytes live in memory, so no limit may pass the machine's physical memory: one above it
+ * would never be reached, which is no limit at all. */
+static int budget_ceiling(const dmn_cfg_t *cfg, dmn_t *d, err_info_t *e)
+{
+    const size_t phys = dmn_phys_bytes();
+    if (cfg->kv_budget > phys || cfg->kv_budget_max > phys)
+        return err_set(e, ERR_INVAL,
+                       "--kv-budget%s of %zu bytes is more than this machine's physical memory "
+                       "(%zu bytes)",
+                       cfg->kv_budget > phys ? "" : "-max",
+                       cfg->kv_budget > phys ? cfg->kv_budget : cfg->kv_budget_max, phys);
+    if (cfg->kv_budget_max && cfg->kv_budget > cfg->kv_budget_max)
+        return err_set(e, ERR_INVAL, "--kv-budget of %zu bytes is above --kv-budget-max (%zu)",
+                       cfg->kv_budget, cfg->kv_budget_max);
+    if (cfg->kv_budget_max) {
+        d->budget_max = cfg->kv_budget_max;
+        d->budget_max_from = "gistd --kv-budget-max";
+    } else if (cfg->kv_budget) {
+        d->budget_max = cfg->kv_budget;
+        d->budget_max_from = "gistd --kv-budget; --kv-budget-max allows more";
+    } else {
+        d->budget_max = phys;
+        d->budget_max_from = "this machine's physical memory";
+    }
+    return 0;
+}
+
+int dmn_listen_check(const char *ep, err_info_t *e)
+{
+    static const char *const known[] = {"tcp://", "ipc://", "inproc://"};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (!strncmp(ep, known[i], strlen(known[i])))
+            return 0;
+    const char *sep = strstr(ep, "://");
+    return err_set(e, ERR_INVAL,
+                   "--listen %s: %s%.*s%s; gistd listens on tcp://HOST:PORT (tcp://127.0.0.1:* "
+                   "picks a free port) or ipc:///path",
+                   ep, sep ? "unknown transport '" : "not an endpoint (TRANSPORT://ADDRESS)",
+                   sep ? (int)(sep - ep) : 0, ep, sep ? "'" : "");
+}
+
+size_t dmn_session_min_bytes(const dmn_t *d)
+{
+    return d->session_min;
+}
+
+/* The sessions' default template: the family of the file's tokenizer.chat_template; plain,
+ * with a warning, for one not recognised; none without one. */
+static void file_template(dmn_t *d)
+{
+    gguf_str_t t;
+    err_info_t e;
+    d->file_tmpl = dmn_tmpl_find("none");
+    if (gguf_get_str(mdl_gguf(d->model), "tokenizer.chat_template", &t, &e) != 0)
+        return;
+    d->file_tmpl = dmn_tmpl_detect(t.ptr, t.len);
+    if (d->file_tmpl) {
+        dmn_log(d, DMN_LOG_INFO, "chat template of the model file: %s", d->file_tmpl->name);
+        return;
+    }
+    d->file_tmpl = dmn_tmpl_find("plain");
+    dmn_log(d, DMN_LOG_WARN,
+            "the model file's chat template (%llu bytes) is none of the families gistd "
+            "renders (%s); sessions that name no template use plain",
+            (unsigned long long)t.len, DMN_TMPL_NAMES);
+}
+
 int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
 {
     if (!cfg->model_path)
@@ -251,13 +342,20 @@ int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
         return err_set(e, ERR_INVAL, "the KV payload type must be f32 or f16");
     if (cfg->max_sessions == 0 || cfg->prefill_chunk == 0)
         return err_set(e, ERR_INVAL, "--max-sessions and the prefill chunk must be at least 1");
-    int rc = dmn_auth_check(cfg, e); /* before the model loads: a refusal comes at once */
+    int rc = dmn_listen_check(cfg->listen ? cfg->listen : DMN_DEFAULT_LISTEN, e);
+    if (!rc)
+        rc = dmn_auth_check(cfg, e); /* before the model loads: a refusal comes at once */
     if (rc)
         return rc;
     dmn_t *d = calloc(1, sizeof *d);
     if (!d)
         return err_set(e, ERR_NOMEM, "out of memory");
     d->cfg = *cfg;
+    rc = budget_ceiling(cfg, d, e);
+    if (rc) {
+        free(d);
+        return rc;
+    }
     d->t_start = dmn_now();
     d->next_id = 1;
     d->epoch = 1;
@@ -275,24 +373,27 @@ int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
     }
 
     rc = mdl_new(d->model_path, &d->model, e);
-    if (rc)
+    if (rc) {
+        rc = ERR_FORMAT; /* one code for a model that cannot be loaded, however it fails */
+        if (e)
+            e->code = rc;
         goto fail;
+    }
     mdl_set_threads(d->model, cfg->threads);
     d->hp = mdl_hparams(d->model);
     d->tok = mdl_tok(d->model);
     if (!d->tok) {
-        rc = err_set(e, ERR_UNSUPPORTED, "%s: the model file carries no tokenizer", d->model_path);
+        rc = err_set(e, ERR_FORMAT, "%s: the model file carries no tokenizer", d->model_path);
         goto fail;
     }
     d->n_lane = d->hp->n_layer * d->hp->n_head_kv;
+    file_template(d);
 
     kv_store_config_t kc = {.n_layer = d->hp->n_layer,
                             .n_head_kv = d->hp->n_head_kv,
                             .head_dim = d->hp->head_dim,
                             .block_rows = cfg->block_rows,
-                            .hot_type = cfg->kv_type,
-                            .hard_limit = cfg->kv_budget,
-                            .soft_limit = cfg->kv_budget / 8 * 7};
+                            .hot_type = cfg->kv_type};
     rc = kv_store_new(&kc, &d->store, e);
     if (!rc)
         rc = rt_new(d->model, d->store, &d->rt, e);
@@ -302,6 +403,21 @@ int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
     rc = check_policy(d, e);
     if (rc)
         goto fail;
+    /* the limits, once the smallest usable session is known */
+    const size_t min = d->session_min;
+    if ((cfg->kv_budget && cfg->kv_budget < min) ||
+        (cfg->session_budget && cfg->session_budget < min)) {
+        const bool global = cfg->kv_budget && cfg->kv_budget < min;
+        rc = err_set(e, ERR_INVAL,
+                     "%s %zu bytes is below the smallest usable session budget for this model, "
+                     "%zu bytes (%.0f KiB: one KV block of %u rows for each of its %u lanes)",
+                     global ? "--kv-budget" : "--session-budget",
+                     global ? cfg->kv_budget : cfg->session_budget, min, min / 1024.0,
+                     kv_block_rows(d->store), d->n_lane);
+        goto fail;
+    }
+    if (cfg->kv_budget)
+        kv_store_set_limits(d->store, cfg->kv_budget, cfg->kv_budget / 8 * 7, NULL);
 
     d->zctx = zmq_ctx_new();
     d->sock = d->zctx ? zmq_socket(d->zctx, ZMQ_ROUTER) : NULL;
@@ -346,8 +462,12 @@ void dmn_destroy(dmn_t **p)
     while (d->n_sess > 0)
         dmn_session_close(d, d->sess[d->n_sess - 1]);
     free(d->sess);
-    if (d->sock)
+    if (d->sock) {
+        /* the last replies (CANCELLED at shutdown) go out before the socket closes */
+        int linger = DMN_LINGER_MS;
+        zmq_setsockopt(d->sock, ZMQ_LINGER, &linger, sizeof linger);
         zmq_close(d->sock);
+    }
     dmn_auth_fini(d);
     if (d->zctx)
         zmq_ctx_term(d->zctx);
@@ -388,6 +508,67 @@ static void shut_down(dmn_t *d)
     dmn_log(d, DMN_LOG_INFO, "wrote %u session snapshot(s) to %s", d->n_sess, d->snapshot_dir);
 }
 
+/* A Progress reply to every request that has prefilled DMN_PROGRESS_S without one: a client
+ * waits as long as the daemon works on its request, however long a prefill takes. */
+static void keep_alive(dmn_t *d, double now)
+{
+    for (uint32_t i = 0; i < d->n_sess; i++) {
+        dmn_session_t *s = d->sess[i];
+        dmn_active_t *a = &s->act;
+        if (a->kind == DMN_REQ_NONE || a->peer_gone || a->n_gen > 0)
+            continue; /* a generation streams its tokens: they keep the client waiting */
+        if (a->t_progress == 0.0)
+            a->t_progress = a->t_arrive;
+        if (now - a->t_progress < DMN_PROGRESS_S)
+            continue;
+        a->t_progress = now;
+        Gistd__Progress pg = GISTD__PROGRESS__INIT;
+        pg.prompt_done = a->prompt_tokens;
+        pg.prompt_total = a->prompt_tokens + a->prompt_left;
+        pg.generated = a->n_gen;
+        Gistd__Reply r = GISTD__REPLY__INIT;
+        r.id = a->id;
+        r.session = s->id;
+        r.body_case = GISTD__REPLY__BODY_PROGRESS;
+        r.progress = &pg;
+        dmn_send(d, &a->peer, &r);
+    }
+}
+
+/* Closes the sessions idle for longer than the idle timeout; with a snapshot folder each is
+ * snapshotted first and marked closed, so that a Restore brings it back. A session whose
+ * snapshot fails stays live (and is tried again at the next sweep). */
+static void idle_sweep(dmn_t *d, double now)
+{
+    if (d->cfg.idle_timeout <= 0 || now - d->t_idle < DMN_IDLE_SWEEP_S)
+        return;
+    d->t_idle = now;
+    for (uint32_t i = 0; i < d->n_sess;) {
+        dmn_session_t *s = d->sess[i];
+        if (s->act.kind != DMN_REQ_NONE || now - s->t_last < d->cfg.idle_timeout) {
+            i++;
+            continue;
+        }
+        const uint32_t id = s->id;
+        if (d->snapshot_dir) {
+            err_info_t e;
+            err_clear(&e);
+            const bool kept = s->snap_kept;
+            s->snap_kept = true;
+            if (dmn_snapshot_write(d, s, NULL, &e) || dmn_snapshot_mark_closed(d, s, &e)) {
+                s->snap_kept = kept;
+                s->t_last = now; /* not again before another idle timeout */
+                dmn_log(d, DMN_LOG_ERROR, "session %u stays live: idle, but %s", id, err_msg(&e));
+                i++;
+                continue;
+            }
+        }
+        dmn_log(d, DMN_LOG_INFO, "session %u closed after %.0f s idle%s", id, now - s->t_last,
+                d->snapshot_dir ? "; its snapshot is kept" : "");
+        dmn_session_close(d, s); /* the next session moves to index i */
+    }
+}
+
 int dmn_run(dmn_t *d, int stop_fd)
 {
     /* the socket, the ZAP handler (with CURVE), the stop descriptor */
@@ -408,7 +589,9 @@ int dmn_run(dmn_t *d, int stop_fd)
     int rc = 0;
     while (!d->stopping) {
         bool busy = dmn_sched_busy(d);
-        int n = zmq_poll(items, n_items, busy ? 0 : -1);
+        /* idle, it still wakes for the idle sweep while there are sessions */
+        const long wait = busy ? 0 : d->n_sess && d->cfg.idle_timeout > 0 ? 1000 : -1;
+        int n = zmq_poll(items, n_items, wait);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -450,6 +633,9 @@ int dmn_run(dmn_t *d, int stop_fd)
         }
         if (dmn_sched_busy(d))
             dmn_sched_step(d);
+        const double now = dmn_now();
+        keep_alive(d, now);
+        idle_sweep(d, now);
     }
     shut_down(d);
     return rc;

@@ -1,39 +1,17 @@
 /*
- * daemon/session.c — sessions: opening and closing, their pending tokens, chat templates.
+ * daemon/session.c — sessions: opening and closing, their pending tokens. Chat templates are
+ * in daemon/chat_tmpl.c.
  *
  * A session's positions are the KV store's transcript (n_past tokens, stored) followed by
  * the pending queue (tokens appended or sampled, not yet forwarded). A request pushes its
  * tokens at the queue's tail; a scheduler step takes them from the head.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "daemon/dmn_impl.h"
-
-/* ------------------------------------------------------------------ chat templates */
-
-static const dmn_tmpl_t templates[] = {
-    {.name = "none", .prefix = {"", "", "", ""}, .suffix = {"", "", "", ""}, .stop = NULL},
-    {.name = "chatml",
-     .prefix = {"", "<|im_start|>system\n", "<|im_start|>user\n", "<|im_start|>assistant\n"},
-     .suffix = {"", "<|im_end|>\n", "<|im_end|>\n", "<|im_end|>\n"},
-     .stop = "<|im_end|>"},
-    {.name = "plain",
-     .prefix = {"", "System: ", "User: ", "Assistant: "},
-     .suffix = {"", "\n", "\n", "\n"},
-     .stop = "\nUser:"},
-};
-
-const dmn_tmpl_t *dmn_tmpl_find(const char *name)
-{
-    if (!name || !*name)
-        return &templates[0];
-    for (size_t i = 0; i < sizeof templates / sizeof templates[0]; i++)
-        if (!strcmp(templates[i].name, name))
-            return &templates[i];
-    return NULL;
-}
 
 /* ------------------------------------------------------------------ the table */
 
@@ -45,7 +23,34 @@ dmn_session_t *dmn_session_find(const dmn_t *d, uint32_t id)
     return NULL;
 }
 
-/* The sampler settings of a Sampling message (zero means off, see proto/gistd.proto). */
+/* Checks every field of a Sampling message against its range (zero means off for each,
+ * see proto/gistd.proto): ERR_INVAL naming the field, the value and the range. The window
+ * is bounded by the model's context (the most positions it attends to at once) and top_k by
+ * the vocabulary. */
+static int sampling_check(const Gistd__Sampling *w, uint32_t n_vocab, uint32_t n_ctx,
+                          err_info_t *e)
+{
+    if (!isfinite(w->temp) || w->temp < 0.0f)
+        return err_set(e, ERR_INVAL, "sampling.temp %g is outside [0, inf) (0: greedy)", w->temp);
+    if (w->top_k < 0 || (uint32_t)w->top_k > n_vocab)
+        return err_set(e, ERR_INVAL, "sampling.top_k %d is outside [0, %u] (the vocabulary; 0: off)",
+                       w->top_k, n_vocab);
+    if (!(w->top_p >= 0.0f && w->top_p <= 1.0f))
+        return err_set(e, ERR_INVAL, "sampling.top_p %g is outside [0, 1] (0 or 1: off)", w->top_p);
+    if (!(w->min_p >= 0.0f && w->min_p <= 1.0f))
+        return err_set(e, ERR_INVAL, "sampling.min_p %g is outside [0, 1] (0: off)", w->min_p);
+    if (!isfinite(w->repeat_penalty) || w->repeat_penalty < 0.0f)
+        return err_set(e, ERR_INVAL,
+                       "sampling.repeat_penalty %g is outside [0, inf) (0 or 1: off; finite)",
+                       w->repeat_penalty);
+    if (w->repeat_last_n < 0 || (uint32_t)w->repeat_last_n > n_ctx)
+        return err_set(e, ERR_INVAL,
+                       "sampling.repeat_last_n %d is outside [0, %u] (the model's context)",
+                       w->repeat_last_n, n_ctx);
+    return 0;
+}
+
+/* The sampler settings of a Sampling message that sampling_check passed. */
 static void sampling_from_wire(const Gistd__Sampling *w, mdl_sampler_cfg_t *c)
 {
     c->temp = w->temp;
@@ -57,15 +62,19 @@ static void sampling_from_wire(const Gistd__Sampling *w, mdl_sampler_cfg_t *c)
     c->seed = w->seed;
 }
 
-int dmn_session_sampling(const dmn_session_t *s, const Gistd__Sampling *w, mdl_sampler_cfg_t *c,
-                         uint32_t n_vocab, err_info_t *e)
+int dmn_session_sampling(const dmn_t *d, const dmn_session_t *s, const Gistd__Sampling *w,
+                         mdl_sampler_cfg_t *c, err_info_t *e)
 {
-    if (w)
+    if (w) {
+        int rc = sampling_check(w, d->hp->n_vocab, d->hp->n_ctx, e);
+        if (rc)
+            return rc;
         sampling_from_wire(w, c);
-    else
+    } else {
         *c = s->sampling;
+    }
     mdl_sampler_t *smp = NULL;
-    int rc = mdl_sampler_new(c, n_vocab, &smp, e);
+    int rc = mdl_sampler_new(c, d->hp->n_vocab, &smp, e);
     mdl_sampler_destroy(&smp);
     return rc;
 }
@@ -103,13 +112,20 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
             strlen(o->policy_params[i]->value) >= DMN_PARAM_LEN)
             return err_set(e, ERR_INVAL, "policy parameter %zu is longer than %d bytes", i,
                            DMN_PARAM_LEN - 1);
-    const dmn_tmpl_t *tmpl = dmn_tmpl_find(o->chat_template);
+    /* no template named: the model file's */
+    const dmn_tmpl_t *tmpl =
+        o->chat_template && *o->chat_template ? dmn_tmpl_find(o->chat_template) : d->file_tmpl;
     if (!tmpl)
-        return err_set(e, ERR_INVAL, "unknown chat template '%s' (known: none, chatml, plain)",
-                       o->chat_template);
+        return err_set(e, ERR_INVAL, "unknown chat template '%s' (known: %s)", o->chat_template,
+                       DMN_TMPL_NAMES);
     if (o->name && strlen(o->name) >= DMN_NAME_LEN)
         return err_set(e, ERR_INVAL, "session name longer than %d bytes", DMN_NAME_LEN - 1);
     size_t hard = o->budget_bytes ? o->budget_bytes : d->cfg.session_budget;
+    if (hard && hard < d->session_min)
+        return err_set(e, ERR_BUDGET,
+                       "a session budget of %zu bytes is below the smallest usable one, %zu bytes "
+                       "(one KV block of %u rows for each of the model's %u lanes)",
+                       hard, d->session_min, kv_block_rows(d->store), d->n_lane);
     if (o->soft_bytes && (!hard || o->soft_bytes > hard))
         return err_set(e, ERR_INVAL, "soft watermark of %zu bytes above the hard limit of %zu",
                        (size_t)o->soft_bytes, hard);
@@ -134,7 +150,7 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
         s->pins.system_prompt = o->pins->system_prompt;
     }
     mdl_sampler_cfg_default(&s->sampling);
-    rc = dmn_session_sampling(s, o->sampling, &s->sampling, d->hp->n_vocab, e);
+    rc = dmn_session_sampling(d, s, o->sampling, &s->sampling, e);
     if (rc)
         goto fail;
 
@@ -144,16 +160,16 @@ int dmn_session_open(dmn_t *d, const Gistd__OpenSession *o, uint32_t id, dmn_ses
     err_clear(&ke);
     rc = kv_session_create(d->store, &kc, &kid, &ke);
     if (rc) {
-        rc = err_set(e, rc, "%s%s", rc == ERR_BUDGET ? "budget too small for even one token: " : "",
+        rc = err_set(e, rc, "%s%s", rc == ERR_BUDGET ? "no room for a new session: " : "",
                      err_msg(&ke));
         goto fail;
     }
     s->rt.kv = kid;
-    /* a budget must hold at least one token */
+    /* a budget must hold at least one token (the global limit may have no room left) */
     err_clear(&ke);
     rc = kv_reserve(d->store, s->rt.kv, 1, &ke);
     if (rc == ERR_BUDGET) {
-        rc = err_set(e, ERR_BUDGET, "budget too small for even one token: %s", err_msg(&ke));
+        rc = err_set(e, ERR_BUDGET, "no room for a new session's first token: %s", err_msg(&ke));
         goto fail;
     } else if (rc) {
         rc = err_set(e, rc, "%s", err_msg(&ke));
@@ -283,6 +299,9 @@ int dmn_session_push_text(dmn_t *d, dmn_session_t *s, const uint8_t *text, size_
     const uint32_t before = s->rt.n_past + s->n_pend;
     bool bos = before == 0 && s->add_bos;
     const char *pre = s->tmpl->prefix[role], *suf = s->tmpl->suffix[role];
+    if (role == GISTD__ROLE__ROLE_USER && s->last_role == GISTD__ROLE__ROLE_SYSTEM &&
+        s->tmpl->user_after_system)
+        pre = s->tmpl->user_after_system; /* the system turn opened the user's */
     uint32_t added = 0;
     int rc = 0;
     if (*pre) {
@@ -299,6 +318,7 @@ int dmn_session_push_text(dmn_t *d, dmn_session_t *s, const uint8_t *text, size_
     }
     if (len > 0 || *pre)
         s->text_started = true;
+    s->last_role = role;
     *n_added = added;
     return 0;
 }

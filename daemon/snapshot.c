@@ -14,6 +14,10 @@
  * At start-up, temporary files left by a snapshot that was cut short are logged and removed;
  * a .gistd that is short or corrupt is logged and not restored.
  *
+ * A closed session whose snapshot is kept (written on request, or by the idle timeout) has a
+ * third file, DIR/session-<id>.closed: it is not restored at start-up, `sessions` lists it,
+ * and a Restore brings it back.
+ *
  * Format of the .gistd file, little-endian: magic "GISTDSES", u32 version, the fields in
  * the order of write_body, then an FNV-1a 64 checksum of everything before it. Both files
  * are written atomically (temporary file, fsync, rename, fsync of the folder). A file that
@@ -26,12 +30,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "daemon/dmn_impl.h"
 
 #define SNAP_MAGIC   "GISTDSES"
 #define SNAP_VERSION 5u
+/* the flags word (it was text_started alone, 0 or 1) */
+#define SNAP_TEXT_STARTED 1u
+#define SNAP_KEPT         2u /* written on request: outlives a close */
 
 /* ------------------------------------------------------------------ a byte buffer */
 
@@ -165,8 +174,8 @@ static char *snap_path(const dmn_t *d, uint32_t id, const char *suffix)
 static int write_body(const dmn_t *d, const dmn_session_t *s, uint64_t kv_sum, buf_t *b,
                       err_info_t *e)
 {
-    kv_stats_t ks;
-    kv_session_stats(d->store, s->rt.kv, &ks);
+    size_t hard = 0, soft = 0;
+    kv_session_limits(d->store, s->rt.kv, &hard, &soft);
     put(b, SNAP_MAGIC, 8);
     put_u32(b, SNAP_VERSION);
     put_u32(b, s->id);
@@ -185,9 +194,9 @@ static int write_body(const dmn_t *d, const dmn_session_t *s, uint64_t kv_sum, b
     put_u32(b, (uint32_t)s->sampling.repeat_last_n);
     put_u64(b, s->sampling.seed);
     put_u32(b, s->add_bos);
-    put_u32(b, s->text_started);
-    put_u64(b, ks.hard_limit);
-    put_u64(b, ks.soft_limit);
+    put_u32(b, (s->text_started ? SNAP_TEXT_STARTED : 0) | (s->snap_kept ? SNAP_KEPT : 0));
+    put_u64(b, hard);
+    put_u64(b, soft);
     put_u64(b, s->prompt_tokens);
     put_u64(b, s->generated_tokens);
     put_u32(b, s->n_params);
@@ -346,6 +355,121 @@ void dmn_snapshot_remove(dmn_t *d, uint32_t id)
         unlink(kvpath);
     free(path);
     free(kvpath);
+    dmn_snapshot_unmark_closed(d, id);
+}
+
+/* ------------------------------------------------------------------ closed sessions */
+
+/* Whether a file name is "session-<id><suffix>" exactly, with an id above 0. */
+static bool snap_name(const char *name, const char *suffix, uint32_t *id)
+{
+    unsigned v = 0;
+    int at = -1;
+    if (sscanf(name, "session-%u%n", &v, &at) != 1 || at < 0 || v == 0 || strcmp(name + at, suffix))
+        return false;
+    *id = v;
+    return true;
+}
+
+/* DIR/session-<id>.closed: a closed session's snapshot, kept. The mark is a few lines of text
+ * that `sessions` lists it by: "tokens N", "owner CRED", "name NAME". */
+static char *closed_path(const dmn_t *d, uint32_t id)
+{
+    size_t n = strlen(d->snapshot_dir) + 48;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%s/session-%u.closed", d->snapshot_dir, id);
+    return p;
+}
+
+int dmn_snapshot_mark_closed(dmn_t *d, const dmn_session_t *s, err_info_t *e)
+{
+    if (!d->snapshot_dir)
+        return err_set(e, ERR_UNSUPPORTED, "the daemon was started without --snapshot-dir");
+    char *path = closed_path(d, s->id);
+    if (!path)
+        return err_set(e, ERR_NOMEM, "out of memory");
+    char name[DMN_NAME_LEN];
+    snprintf(name, sizeof name, "%s", s->name);
+    for (char *q = name; *q; q++)
+        *q = *q == '\n' || *q == '\r' ? ' ' : *q;
+    FILE *f = fopen(path, "w");
+    int rc = 0;
+    if (!f ||
+        fprintf(f, "tokens %u\nowner %s\nname %s\n", s->rt.n_past + s->n_pend, s->cred, name) < 0)
+        rc = io_fail(e, path, "cannot write the closed mark", errno);
+    if (f && fclose(f) != 0 && !rc)
+        rc = io_fail(e, path, "cannot write the closed mark", errno);
+    if (rc)
+        unlink(path);
+    free(path);
+    return rc;
+}
+
+void dmn_snapshot_unmark_closed(dmn_t *d, uint32_t id)
+{
+    char *path = d->snapshot_dir ? closed_path(d, id) : NULL;
+    if (path)
+        unlink(path);
+    free(path);
+}
+
+bool dmn_snapshot_closed_has(const dmn_t *d, uint32_t id)
+{
+    char *path = closed_path(d, id);
+    const bool closed = path && access(path, F_OK) == 0;
+    free(path);
+    return closed;
+}
+
+uint32_t dmn_snapshot_closed(const dmn_t *d, dmn_closed_t **out)
+{
+    *out = NULL;
+    DIR *dir = d->snapshot_dir ? opendir(d->snapshot_dir) : NULL;
+    if (!dir)
+        return 0;
+    uint32_t n = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(dir))) {
+        uint32_t id;
+        if (!snap_name(de->d_name, ".closed", &id) || dmn_session_find(d, id))
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            dmn_closed_t *t = realloc(*out, sizeof *t * cap);
+            if (!t)
+                break;
+            *out = t;
+        }
+        dmn_closed_t *c = &(*out)[n];
+        memset(c, 0, sizeof *c);
+        c->id = id;
+        char *path = closed_path(d, id);
+        FILE *f = path ? fopen(path, "r") : NULL;
+        struct stat st;
+        if (f && fstat(fileno(f), &st) == 0) {
+            struct timespec now;
+            clock_gettime(CLOCK_REALTIME, &now);
+            c->age_s = (double)(now.tv_sec - st.st_mtim.tv_sec) +
+                       (now.tv_nsec - st.st_mtim.tv_nsec) * 1e-9;
+        }
+        char line[256];
+        while (f && fgets(line, sizeof line, f)) {
+            line[strcspn(line, "\n")] = 0;
+            if (!strncmp(line, "tokens ", 7))
+                c->tokens = (uint32_t)strtoul(line + 7, NULL, 10);
+            else if (!strncmp(line, "owner ", 6))
+                snprintf(c->cred, sizeof c->cred, "%.*s", (int)sizeof c->cred - 1, line + 6);
+            else if (!strncmp(line, "name ", 5))
+                snprintf(c->name, sizeof c->name, "%.*s", (int)sizeof c->name - 1, line + 5);
+        }
+        if (f)
+            fclose(f);
+        free(path);
+        n++;
+    }
+    closedir(dir);
+    return n;
 }
 
 /* ------------------------------------------------------------------ reading */
@@ -431,10 +555,44 @@ static int restore_rows(dmn_t *d, dmn_session_t *s, uint32_t id, const int32_t *
     return 1;
 }
 
-int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t *e)
+int dmn_snapshot_owner(const dmn_t *d, uint32_t id, char *owner, size_t cap)
 {
-    if (dmn_session_find(d, id))
-        return err_set(e, ERR_EXISTS, "session %u already exists", id);
+    char *path = snap_path(d, id, "");
+    uint8_t *p = NULL;
+    size_t len = 0;
+    err_info_t e;
+    int rc = path ? read_file(path, &p, &len, &e) : ERR_NOMEM;
+    free(path);
+    if (rc)
+        return rc == ERR_NOMEM ? rc : ERR_NOTFOUND;
+    rd_t r = {.p = p, .len = len};
+    const uint8_t *magic = get(&r, 8);
+    const uint32_t version = get_u32(&r);
+    rc = ERR_NOTFOUND;
+    if (magic && !memcmp(magic, SNAP_MAGIC, 8) && version == SNAP_VERSION && !r.short_read &&
+        len >= 20) {
+        r.at = len - 8;
+        if (fnv1a(p, len - 8) == get_u64(&r)) {
+            char name[DMN_NAME_LEN];
+            r.len = len - 8;
+            r.at = 12;
+            const uint32_t file_id = get_u32(&r);
+            get_str(&r, name, sizeof name);
+            get_str(&r, owner, cap);
+            rc = r.short_read || file_id != id ? ERR_NOTFOUND : 0;
+        }
+    }
+    free(p);
+    return rc;
+}
+
+int dmn_snapshot_restore(dmn_t *d, uint32_t id, bool as_new, dmn_session_t **out, err_info_t *e)
+{
+    if (!as_new && dmn_session_find(d, id))
+        return err_set(e, ERR_EXISTS,
+                       "session %u is live; close it first, or restore it as a second session "
+                       "(gistctl restore %u --as-new)",
+                       id, id);
     char *path = snap_path(d, id, "");
     if (!path)
         return err_set(e, ERR_NOMEM, "out of memory");
@@ -492,7 +650,8 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
     smp.repeat_penalty = get_f32(&r);
     smp.repeat_last_n = (int32_t)get_u32(&r);
     smp.seed = get_u64(&r);
-    const bool add_bos = get_u32(&r) != 0, text_started = get_u32(&r) != 0;
+    const bool add_bos = get_u32(&r) != 0;
+    const uint32_t flags = get_u32(&r);
     const uint64_t hard = get_u64(&r), soft = get_u64(&r);
     const uint64_t prompt_tokens = get_u64(&r), generated_tokens = get_u64(&r);
     const uint32_t n_params = get_u32(&r);
@@ -559,7 +718,7 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
     o.sampling = &smp;
     o.no_bos = !add_bos;
     o.name = name;
-    rc = dmn_session_open(d, &o, id, &s, e);
+    rc = dmn_session_open(d, &o, as_new ? 0 : id, &s, e);
     if (rc) {
         err_prefix(e, "%s: ", path);
         goto done;
@@ -587,11 +746,12 @@ int dmn_snapshot_restore(dmn_t *d, uint32_t id, dmn_session_t **out, err_info_t 
         rc = err_prefix(e, "%s: ", path);
         goto done;
     }
-    s->text_started = text_started;
+    s->text_started = (flags & SNAP_TEXT_STARTED) != 0;
+    s->snap_kept = !as_new && (flags & SNAP_KEPT) != 0; /* a copy has no files of its own */
     memcpy(s->cred, owner, sizeof owner);
     s->prompt_tokens = prompt_tokens;
     s->generated_tokens = generated_tokens;
-    dmn_log(d, DMN_LOG_INFO, "restored session %u (%u tokens) from %s", id, n, path);
+    dmn_log(d, DMN_LOG_INFO, "restored session %u (%u tokens) from %s", s->id, n, path);
     *out = s;
     s = NULL;
 done:
@@ -613,8 +773,7 @@ void dmn_snapshot_restore_all(dmn_t *d)
     }
     struct dirent *de;
     while ((de = readdir(dir))) {
-        unsigned id;
-        char tail[8];
+        uint32_t id;
         if (!strncmp(de->d_name, "session-", 8) &&
             (strstr(de->d_name, ".tmp") || strstr(de->d_name, ".next"))) {
             /* what a snapshot that was cut short left behind: never read, only removed */
@@ -624,12 +783,18 @@ void dmn_snapshot_restore_all(dmn_t *d)
                 dmn_log(d, DMN_LOG_WARN, "%s/%s: %s", d->snapshot_dir, de->d_name, strerror(errno));
             continue;
         }
-        if (sscanf(de->d_name, "session-%u.gistd%7s", &id, tail) != 1 || id == 0)
+        if (!snap_name(de->d_name, ".gistd", &id))
             continue;
+        if (dmn_snapshot_closed_has(d, id)) {
+            /* closed with its snapshot kept: it waits for a Restore */
+            if (id >= d->next_id)
+                d->next_id = id + 1;
+            continue;
+        }
         dmn_session_t *s;
         err_info_t e;
         err_clear(&e);
-        if (dmn_snapshot_restore(d, id, &s, &e))
+        if (dmn_snapshot_restore(d, id, false, &s, &e))
             dmn_log(d, DMN_LOG_ERROR, "%s; the session is not restored", err_msg(&e));
         else if (id >= d->next_id)
             d->next_id = id + 1;

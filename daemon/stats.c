@@ -82,8 +82,14 @@ void dmn_session_info(const dmn_t *d, const dmn_session_t *s, Gistd__SessionInfo
     info->compression = ks.rows ? (double)s->rt.n_past * d->n_lane / (double)ks.rows : 1.0;
     info->prompt_tokens = s->prompt_tokens;
     info->generated_tokens = s->generated_tokens;
-    info->tokens_per_s = s->tps;
-    info->idle_s = s->act.kind == DMN_REQ_NONE ? dmn_now() - s->t_last : 0.0;
+    /* while it generates, the speed of this request so far; else that of the last one */
+    const dmn_active_t *a = &s->act;
+    const double now = dmn_now();
+    info->tokens_per_s =
+        a->kind == DMN_REQ_GENERATE && a->n_gen > 1 && a->t_first > 0 && now > a->t_first
+            ? (a->n_gen - 1) / (now - a->t_first)
+            : s->tps;
+    info->idle_s = s->act.kind == DMN_REQ_NONE ? now - s->t_last : 0.0;
     info->compactions = s->compactions;
     info->bytes_freed = s->bytes_freed;
     info->events_dropped = s->events_dropped;
@@ -103,7 +109,9 @@ void dmn_send_stats(dmn_t *d, const dmn_peer_t *to, uint64_t id, bool sessions)
     st.kv_soft_bytes = ks.soft_limit;
     st.kv_used_bytes = ks.bytes;
     st.kv_peak_bytes = ks.peak;
-    st.sessions = d->n_sess;
+    /* the sessions this client may see (an admin: all); the store's figures are the daemon's */
+    for (uint32_t i = 0; i < d->n_sess; i++)
+        st.sessions += dmn_peer_owns(d, to, d->sess[i]);
     st.max_sessions = d->cfg.max_sessions;
     st.session_budget_bytes = d->cfg.session_budget;
     tiers.f32 = ks.tier_bytes[KV_TIER_F32];
@@ -136,6 +144,8 @@ void dmn_send_stats(dmn_t *d, const dmn_peer_t *to, uint64_t id, bool sessions)
     st.rate_refusals = d->refused_rate;
     st.permission_refusals = d->refused_perm;
     st.curve = d->curve;
+    st.session_min_bytes = d->session_min;
+    st.idle_timeout_s = d->cfg.idle_timeout;
     Gistd__MethodCount by_method[POL_N_METHODS], *by_method_ptr[POL_N_METHODS];
     for (int i = 0; i < POL_N_METHODS; i++) {
         gistd__method_count__init(&by_method[i]);

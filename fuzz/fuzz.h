@@ -29,6 +29,11 @@ int fuzz_tokenizer_one(const uint8_t *data, size_t size, char *why, size_t cap);
 int fuzz_snapshot_one(const uint8_t *data, size_t size, char *why, size_t cap);
 int fuzz_request_one(const uint8_t *data, size_t size, char *why, size_t cap);
 
+/* The request target's structure-aware mutation (daemon/fuzz_request.c): changes data[size]
+ * in place into at most max_size bytes and returns the new size, 0 when nothing fitted (data
+ * is then unchanged). The same seed and input give the same output. */
+size_t fuzz_request_mutate(uint8_t *data, size_t size, size_t max_size, unsigned int seed);
+
 /* Writes a printf-style message to why and returns 1: `return fuzz_fail(why, cap, ...)`. */
 static inline int fuzz_fail(char *why, size_t cap, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs each libFuzzer target of a fuzz build for a set time, one after another, and prints
-# its figures (executions, executions per second, new inputs, peak memory).
+# its figures (executions, executions per second, new inputs, coverage, peak memory); at the
+# end, a table of them all, also written to BUILD_DIR/fuzz-summary.txt.
 # Usage: fuzz/run.sh BUILD_DIR SECONDS [TARGET...]   (default: every BUILD_DIR/fuzz/fuzz_*)
 #
 # A target starts from its checked-in seeds, fuzz/corpus/<target>/, and writes what it finds
@@ -19,6 +20,7 @@ if [ ${#targets[@]} -eq 0 ]; then
 fi
 here=$(cd "$(dirname "$0")" && pwd)
 failed=()
+summary=()
 for t in "${targets[@]}"; do
     bin=$build/fuzz/$t
     [ -x "$bin" ] || { echo "$t: no such target ($bin)"; failed+=("$t"); continue; }
@@ -41,11 +43,21 @@ for t in "${targets[@]}"; do
     cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1)
     echo "$t: ${execs:-?} executions, ${rate:-?}/s, ${units:-?} new inputs, $cov," \
         "peak ${rss:-?} MB"
+    corpus=$(ls "$build/corpus/$t" | wc -l)
+    summary+=("$(printf '%-16s %6s %12s %8s %8s %8s %8s %6s' "$t" "$secs" "${execs:-?}" \
+        "${rate:-?}" "$(echo "$cov" | awk '{print $2}')" "$(echo "$cov" | awk '{print $4}')" \
+        "$corpus" "$([ "$rc" -eq 0 ] && echo ok || echo FOUND)")")
     if [ "$rc" -ne 0 ]; then
         failed+=("$t")
         grep -E 'ERROR|SUMMARY|property broken|Test unit written' "$log" | head -20 | sed "s|^|$t: |"
     fi
 done
+{
+    echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+    printf '%-16s %6s %12s %8s %8s %8s %8s %6s\n' target seconds executions exec/s cov ft \
+        corpus result
+    printf '%s\n' "${summary[@]}"
+} | tee "$build/fuzz-summary.txt"
 if [ ${#failed[@]} -ne 0 ]; then
     echo "fuzzing found problems in: ${failed[*]}"
     exit 1

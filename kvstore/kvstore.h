@@ -162,6 +162,12 @@ void kv_store_destroy(kv_store_t **p);
  * hard limit. Nothing is freed here: that is the policy's job. */
 int kv_store_set_limits(kv_store_t *st, size_t hard, size_t soft, size_t *excess);
 void kv_store_stats(kv_store_t *st, kv_stats_t *out);
+/* The store's charged bytes (kv_store_stats's `bytes`) and the limits in force (either output
+ * may be NULL), from the counters the store keeps as it allocates, as Redis keeps
+ * used_memory: O(1), where kv_store_stats walks every block and row. For callers that read
+ * only the bytes: watermark checks, budgets, events. */
+size_t kv_store_bytes(const kv_store_t *st);
+void kv_store_limits(const kv_store_t *st, size_t *hard, size_t *soft);
 /* Writes the figures as `name:value` lines (Redis INFO style) into buf (at most cap bytes,
  * NUL-terminated when cap > 0); returns the length the whole text needs, like snprintf. */
 int kv_stats_format(const kv_stats_t *s, char *buf, size_t cap);
@@ -195,6 +201,11 @@ int kv_session_destroy(kv_store_t *st, uint32_t sid);
 int kv_session_fork(kv_store_t *st, uint32_t sid, const kv_session_config_t *cfg, uint32_t *child,
                     err_info_t *e);
 int kv_session_stats(kv_store_t *st, uint32_t sid, kv_stats_t *out);
+/* The session's charged bytes (kv_session_stats's `bytes`; 0 for an unknown session) and its
+ * limits in force (ERR_NOTFOUND for an unknown session; either output may be NULL): O(1) in
+ * the rows, like kv_store_bytes (the session is found among the live ones). */
+size_t kv_session_bytes(const kv_store_t *st, uint32_t sid);
+int kv_session_limits(const kv_store_t *st, uint32_t sid, size_t *hard, size_t *soft);
 int kv_session_set_limits(kv_store_t *st, uint32_t sid, size_t hard, size_t soft, size_t *excess);
 /* Turns per-row attention accumulators on (zeroed) or off for every lane. */
 int kv_session_set_attn_acc(kv_store_t *st, uint32_t sid, bool on, err_info_t *e);

@@ -64,7 +64,7 @@ int kv_reserve(kv_store_t *st, uint32_t sid, uint32_t n, err_info_t *e)
         }
     }
     char what[96];
-    snprintf(what, sizeof what, "reserving %u rows in session %u", n, sid);
+    snprintf(what, sizeof what, "reserving %u rows", n);
     rc = kv_budget_check(st, s, need, need, what, e);
     if (rc)
         return rc;

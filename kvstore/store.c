@@ -127,9 +127,9 @@ int kv_budget_check(kv_store_t *st, kv_session_t *s, size_t need_session, size_t
     if (need_session && s && s->hard && s->bytes + need_session > s->hard) {
         size_t avail = s->hard > s->bytes ? s->hard - s->bytes : 0;
         return err_set(e, ERR_BUDGET,
-                       "%s needs %zu bytes, %zu available under session %u's hard limit of %zu "
+                       "%s needs %zu bytes, %zu available under the session's hard limit of %zu "
                        "(%zu in use)",
-                       what, need_session, avail, s->id, s->hard, s->bytes);
+                       what, need_session, avail, s->hard, s->bytes);
     }
     return 0;
 }
@@ -230,6 +230,19 @@ int kv_store_set_limits(kv_store_t *st, size_t hard, size_t soft, size_t *excess
     if (excess)
         *excess = hard && st->bytes > hard ? st->bytes - hard : 0;
     return 0;
+}
+
+size_t kv_store_bytes(const kv_store_t *st)
+{
+    return st->bytes;
+}
+
+void kv_store_limits(const kv_store_t *st, size_t *hard, size_t *soft)
+{
+    if (hard)
+        *hard = st->hard;
+    if (soft)
+        *soft = st->soft;
 }
 
 size_t kv_block_bytes(const kv_store_t *st, uint32_t type)
@@ -409,6 +422,24 @@ int kv_session_set_limits(kv_store_t *st, uint32_t sid, size_t hard, size_t soft
     s->soft = soft;
     if (excess)
         *excess = hard && s->bytes > hard ? s->bytes - hard : 0;
+    return 0;
+}
+
+size_t kv_session_bytes(const kv_store_t *st, uint32_t sid)
+{
+    const kv_session_t *s = kv_session_find(st, sid);
+    return s ? s->bytes : 0;
+}
+
+int kv_session_limits(const kv_store_t *st, uint32_t sid, size_t *hard, size_t *soft)
+{
+    const kv_session_t *s = kv_session_find(st, sid);
+    if (!s)
+        return ERR_NOTFOUND;
+    if (hard)
+        *hard = s->hard;
+    if (soft)
+        *soft = s->soft;
     return 0;
 }
 

@@ -14,8 +14,9 @@
  *   -- barrier --  down projection and residual
  *   -- barrier --
  *
- * Element-wise work rides on the products: RoPE, SwiGLU and the residual run on the rows
- * a thread has just made (the done callbacks). The activations of a product of a few
+ * Element-wise work rides on the products: SwiGLU and the residual run on the rows a
+ * thread has just made (the done callbacks); the bias, norm and RoPE of a Q or K head on
+ * the thread that completes the head. The activations of a product of a few
  * items (decode) are normalised and quantised by every thread for itself, which costs
  * less than one more barrier; larger batches share that work out (one more barrier). A
  * call too small to gain from threads (a tiny model) runs on the caller's thread alone:
@@ -175,6 +176,7 @@ void mdl_scratch_free(mdl_scratch_t *s)
     free(s->slot_seq);
     free(s->seq_slot);
     free(s->views);
+    free((void *)s->head_rows);
 }
 
 /* ------------------------------------------------------------------ batch and views */
@@ -348,7 +350,7 @@ static void rms_norm_row(const float *x, const float *w, float *out, int d, floa
 static bool any_quant(const kern_mat_t *mats, int n_mats)
 {
     for (int i = 0; i < n_mats; i++)
-        if (mats[i].type == DT_Q8_0 || mats[i].type == DT_Q4_0)
+        if (kern_type_quantises(mats[i].type))
             return true;
     return false;
 }
@@ -418,25 +420,40 @@ static inline float silu(float x)
     return x / (1.0f + expf(-x));
 }
 
-/* Rotates the pairs of rows [r0, r1) (r0 even) of every item's rows of dim: adjacent
- * pairs of the first n_rot dims of each head, by the item's angles (mdl_rope_angles). The
- * rows come as a thread finishes them, so a range may cut a head: adjacent pairs never
- * straddle an even cut (the model's pairing, m->rope.pairs, is adjacent for llama). */
-static void rope_rows(const mdl_t *m, float *x, int dim, uint32_t n, int r0, int r1)
+/* Finishes head h of every item's rows of dim (Q or K): adds the bias (qwen2), normalises
+ * the head (qwen3), rotates it at the item's angles in the model's pairing. */
+static void head_finish(const mdl_t *m, uint32_t n, float *x, int dim, int h, const float *bias,
+                        const float *norm)
 {
     const int hd = (int)m->hp.head_dim, n_rot = (int)m->hp.n_rot;
     for (uint32_t i = 0; i < n; i++) {
-        const float *cs = m->s.rope + (size_t)i * n_rot;
-        float *v = x + (size_t)i * dim;
-        for (int r = r0; r + 1 < r1; r += 2) {
-            const int d = r % hd;
-            if (d >= n_rot)
-                continue;
-            const float c = cs[d], sn = cs[d + 1];
-            const float a = v[r], b = v[r + 1];
-            v[r] = a * c - b * sn;
-            v[r + 1] = a * sn + b * c;
-        }
+        float *v = x + (size_t)i * dim + (size_t)h * hd;
+        if (bias)
+            for (int d = 0; d < hd; d++)
+                v[d] += bias[h * hd + d];
+        if (norm)
+            rms_norm_row(v, norm, v, hd, m->hp.rms_eps);
+        mdl_rope_apply(&m->rope, m->s.rope + (size_t)i * n_rot, v);
+    }
+}
+
+/* Rows [r0, r1) of the Q (kv == false) or K rows are made: counts them per head and finishes
+ * the heads this completes. A head's pairs may lie in rows other threads make (the halves
+ * of a NEOX pair are head_dim/2 apart), so a head is finished by the thread that makes its
+ * last rows; the count's acquire-release makes the others' rows visible to it. */
+static void heads_done(const fwd_t *f, const mdl_layer_t *L, bool kv, int r0, int r1)
+{
+    const mdl_t *m = f->m;
+    const int hd = (int)m->hp.head_dim;
+    const int n_h = (int)(kv ? m->hp.n_head_kv : m->hp.n_head), dim = n_h * hd;
+    _Atomic int *cnt = m->s.head_rows + (kv ? m->hp.n_head : 0);
+    for (int h = r0 / hd; r0 < r1 && h <= (r1 - 1) / hd; h++) {
+        const int a = r0 > h * hd ? r0 : h * hd, b = r1 < (h + 1) * hd ? r1 : (h + 1) * hd;
+        if (atomic_fetch_add_explicit(&cnt[h], b - a, memory_order_acq_rel) + (b - a) < hd)
+            continue;
+        atomic_store_explicit(&cnt[h], 0, memory_order_relaxed);
+        head_finish(m, f->n, kv ? m->s.k : m->s.q, dim, h, kv ? L->bk : L->bq,
+                    kv ? L->k_norm : L->q_norm);
     }
 }
 
@@ -448,8 +465,14 @@ static void qkv_done(void *ctx, const int *r0, const int *r1)
     const mdl_t *m = f->m;
     const mdl_hparams_t *hp = &m->hp;
     const mdl_scratch_t *s = &m->s;
-    rope_rows(m, s->q, (int)(hp->n_head * hp->head_dim), f->n, r0[0], r1[0]);
-    rope_rows(m, s->k, (int)(hp->n_head_kv * hp->head_dim), f->n, r0[1], r1[1]);
+    heads_done(f, st->L, false, r0[0], r1[0]);
+    heads_done(f, st->L, true, r0[1], r1[1]);
+    if (st->L->bv) {
+        const size_t kv_dim = (size_t)hp->n_head_kv * hp->head_dim;
+        for (uint32_t i = 0; i < f->n; i++)
+            for (int r = r0[2]; r < r1[2]; r++)
+                s->v[i * kv_dim + r] += st->L->bv[r];
+    }
     if (!m->has_retention)
         return;
     const int nh = (int)m->ret_hidden;

@@ -1,5 +1,6 @@
 /*
- * model/hparams.c — reading llama hyperparameters and checking tensor shapes
+ * model/hparams.c — reading the hyperparameters of llama, qwen2 and qwen3 files and checking
+ * tensor shapes
  * (see model/hparams.h).
  */
 #include "model/hparams.h"
@@ -17,6 +18,20 @@
 #define MAX_HEAD  1024u
 #define MAX_VOCAB (1u << 24)
 #define MAX_CTX   (1u << 24)
+
+static const char *const arch_names[] = {"llama", "qwen2", "qwen3"};
+
+const char *mdl_arch_name(mdl_arch_t a)
+{
+    return (unsigned)a < sizeof arch_names / sizeof arch_names[0] ? arch_names[a] : "unknown";
+}
+
+/* "<arch>.<suffix>" in buf (the architecture's own key). */
+static const char *akey(char *buf, mdl_arch_t arch, const char *suffix)
+{
+    snprintf(buf, 96, "%s.%s", mdl_arch_name(arch), suffix);
+    return buf;
+}
 
 const char *mdl_rope_scaling_name(mdl_rope_scaling_t t)
 {
@@ -70,7 +85,7 @@ static int opt_pos_f32(const gguf_t *g, const char *key, float dflt, float *out,
     return 0;
 }
 
-static int read_arch(const gguf_t *g, err_info_t *e)
+static int read_arch(const gguf_t *g, mdl_arch_t *out, err_info_t *e)
 {
     gguf_str_t arch;
     int rc = gguf_get_str(g, "general.architecture", &arch, e);
@@ -78,16 +93,20 @@ static int read_arch(const gguf_t *g, err_info_t *e)
         return err_set(e, ERR_FORMAT, "missing key general.architecture");
     if (rc)
         return rc;
-    if (!gguf_str_eq(arch, "llama"))
-        return err_set(e, ERR_UNSUPPORTED, "architecture '%.*s' is not supported (only llama)",
-                       (int)(arch.len < 40 ? arch.len : 40), arch.ptr);
-    return 0;
+    for (size_t i = 0; i < sizeof arch_names / sizeof arch_names[0]; i++)
+        if (gguf_str_eq(arch, arch_names[i])) {
+            *out = (mdl_arch_t)i;
+            return 0;
+        }
+    return err_set(e, ERR_UNSUPPORTED, "architecture '%.*s' is not supported (%s)",
+                   (int)(arch.len < 40 ? arch.len : 40), arch.ptr, MDL_SUPPORTED_ARCHS);
 }
 
 static int read_vocab(const gguf_t *g, mdl_hparams_t *hp, err_info_t *e)
 {
-    if (gguf_kv_find(g, "llama.vocab_size"))
-        return need_u32(g, "llama.vocab_size", MAX_VOCAB, &hp->n_vocab, e);
+    char k[96];
+    if (gguf_kv_find(g, akey(k, hp->arch, "vocab_size")))
+        return need_u32(g, k, MAX_VOCAB, &hp->n_vocab, e);
     const gguf_kv_t *kv = gguf_kv_find(g, "tokenizer.ggml.tokens");
     if (kv) {
         if (kv->type != GGUF_VT_ARRAY || kv->v.arr.elem_type != GGUF_VT_STRING)
@@ -106,16 +125,19 @@ static int read_vocab(const gguf_t *g, mdl_hparams_t *hp, err_info_t *e)
         return 0;
     }
     return err_set(e, ERR_FORMAT,
-                   "missing key llama.vocab_size (and no tokenizer.ggml.tokens "
-                   "or token_embd.weight to count the vocabulary from)");
+                   "missing key %s (and no tokenizer.ggml.tokens "
+                   "or token_embd.weight to count the vocabulary from)",
+                   akey(k, hp->arch, "vocab_size"));
 }
 
 static int read_rope_scaling(const gguf_t *g, mdl_hparams_t *hp, err_info_t *e)
 {
     int rc;
+    char k[96];
+    const mdl_arch_t A = hp->arch;
     hp->rope_scaling.type = MDL_ROPE_SCALING_NONE;
     gguf_str_t s;
-    rc = gguf_get_str(g, "llama.rope.scaling.type", &s, e);
+    rc = gguf_get_str(g, akey(k, A, "rope.scaling.type"), &s, e);
     if (rc && rc != ERR_NOTFOUND)
         return rc;
     if (rc == 0) {
@@ -128,25 +150,26 @@ static int read_rope_scaling(const gguf_t *g, mdl_hparams_t *hp, err_info_t *e)
             }
         if (!known)
             return err_set(e, ERR_UNSUPPORTED,
-                           "llama.rope.scaling.type '%.*s' is not supported "
+                           "%s '%.*s' is not supported "
                            "(none, linear, yarn, llama3)",
-                           (int)(s.len < 40 ? s.len : 40), s.ptr);
+                           k, (int)(s.len < 40 ? s.len : 40), s.ptr);
     }
     /* the older llama.rope.scale_linear key means linear scaling by that factor */
     float dflt = 1.0f;
     if (hp->rope_scaling.type == MDL_ROPE_SCALING_NONE &&
-        gguf_kv_find(g, "llama.rope.scale_linear")) {
-        if ((rc = opt_pos_f32(g, "llama.rope.scale_linear", 1.0f, &dflt, e)))
+        gguf_kv_find(g, akey(k, A, "rope.scale_linear"))) {
+        if ((rc = opt_pos_f32(g, k, 1.0f, &dflt, e)))
             return rc;
         if (dflt != 1.0f)
             hp->rope_scaling.type = MDL_ROPE_SCALING_LINEAR;
     }
-    if ((rc = opt_pos_f32(g, "llama.rope.scaling.factor", dflt, &hp->rope_scaling.factor, e)) ||
-        (rc = opt_u32(g, "llama.rope.scaling.original_context_length", hp->n_ctx, MAX_CTX,
+    if ((rc = opt_pos_f32(g, akey(k, A, "rope.scaling.factor"), dflt, &hp->rope_scaling.factor,
+                          e)) ||
+        (rc = opt_u32(g, akey(k, A, "rope.scaling.original_context_length"), hp->n_ctx, MAX_CTX,
                       &hp->rope_scaling.orig_ctx, e)) ||
-        (rc = opt_pos_f32(g, "llama.rope.scaling.low_freq_factor", 1.0f,
+        (rc = opt_pos_f32(g, akey(k, A, "rope.scaling.low_freq_factor"), 1.0f,
                           &hp->rope_scaling.low_freq_factor, e)) ||
-        (rc = opt_pos_f32(g, "llama.rope.scaling.high_freq_factor", 4.0f,
+        (rc = opt_pos_f32(g, akey(k, A, "rope.scaling.high_freq_factor"), 4.0f,
                           &hp->rope_scaling.high_freq_factor, e)))
         return rc;
     return 0;
@@ -200,14 +223,18 @@ int mdl_hparams_read(const gguf_t *g, mdl_hparams_t *out, err_info_t *e)
 {
     mdl_hparams_t hp;
     int rc;
+    char k[96];
     memset(&hp, 0, sizeof hp);
-    if ((rc = read_arch(g, e)) ||
-        (rc = need_u32(g, "llama.block_count", MAX_LAYER, &hp.n_layer, e)) ||
-        (rc = need_u32(g, "llama.embedding_length", MAX_EMBD, &hp.n_embd, e)) ||
-        (rc = need_u32(g, "llama.feed_forward_length", MAX_FF, &hp.n_ff, e)) ||
-        (rc = need_u32(g, "llama.attention.head_count", MAX_HEAD, &hp.n_head, e)) ||
-        (rc = opt_u32(g, "llama.attention.head_count_kv", hp.n_head, MAX_HEAD, &hp.n_head_kv, e)) ||
-        (rc = need_u32(g, "llama.context_length", MAX_CTX, &hp.n_ctx, e)))
+    if ((rc = read_arch(g, &hp.arch, e)))
+        return rc;
+    const mdl_arch_t A = hp.arch;
+    if ((rc = need_u32(g, akey(k, A, "block_count"), MAX_LAYER, &hp.n_layer, e)) ||
+        (rc = need_u32(g, akey(k, A, "embedding_length"), MAX_EMBD, &hp.n_embd, e)) ||
+        (rc = need_u32(g, akey(k, A, "feed_forward_length"), MAX_FF, &hp.n_ff, e)) ||
+        (rc = need_u32(g, akey(k, A, "attention.head_count"), MAX_HEAD, &hp.n_head, e)) ||
+        (rc = opt_u32(g, akey(k, A, "attention.head_count_kv"), hp.n_head, MAX_HEAD, &hp.n_head_kv,
+                      e)) ||
+        (rc = need_u32(g, akey(k, A, "context_length"), MAX_CTX, &hp.n_ctx, e)))
         return rc;
 
     if (hp.n_head_kv > hp.n_head || hp.n_head % hp.n_head_kv)
@@ -215,11 +242,12 @@ int mdl_hparams_read(const gguf_t *g, mdl_hparams_t *out, err_info_t *e)
                        "head_count %" PRIu32 " is not a multiple of "
                        "head_count_kv %" PRIu32,
                        hp.n_head, hp.n_head_kv);
-    if (gguf_kv_find(g, "llama.attention.key_length")) {
-        if ((rc = need_u32(g, "llama.attention.key_length", MAX_EMBD, &hp.head_dim, e)))
+    if (gguf_kv_find(g, akey(k, A, "attention.key_length"))) {
+        if ((rc = need_u32(g, k, MAX_EMBD, &hp.head_dim, e)))
             return rc;
         uint32_t vlen;
-        if ((rc = opt_u32(g, "llama.attention.value_length", hp.head_dim, MAX_EMBD, &vlen, e)))
+        if ((rc =
+                 opt_u32(g, akey(k, A, "attention.value_length"), hp.head_dim, MAX_EMBD, &vlen, e)))
             return rc;
         if (vlen != hp.head_dim)
             return err_set(e, ERR_UNSUPPORTED,
@@ -237,7 +265,7 @@ int mdl_hparams_read(const gguf_t *g, mdl_hparams_t *out, err_info_t *e)
     if ((uint64_t)hp.n_head * hp.head_dim > MAX_EMBD)
         return err_set(e, ERR_FORMAT, "head_count * head_dim = %" PRIu64 " is too large",
                        (uint64_t)hp.n_head * hp.head_dim);
-    if ((rc = opt_u32(g, "llama.rope.dimension_count", hp.head_dim, MAX_EMBD, &hp.n_rot, e)))
+    if ((rc = opt_u32(g, akey(k, A, "rope.dimension_count"), hp.head_dim, MAX_EMBD, &hp.n_rot, e)))
         return rc;
     if (hp.n_rot % 2 || hp.n_rot > hp.head_dim)
         return err_set(e, ERR_FORMAT,
@@ -245,21 +273,24 @@ int mdl_hparams_read(const gguf_t *g, mdl_hparams_t *out, err_info_t *e)
                        "most head_dim %" PRIu32,
                        hp.n_rot, hp.head_dim);
 
-    rc = gguf_get_f32(g, "llama.attention.layer_norm_rms_epsilon", &hp.rms_eps, e);
+    rc = gguf_get_f32(g, akey(k, A, "attention.layer_norm_rms_epsilon"), &hp.rms_eps, e);
     if (rc == ERR_NOTFOUND)
-        return err_set(e, ERR_FORMAT, "missing key llama.attention.layer_norm_rms_epsilon");
+        return err_set(e, ERR_FORMAT, "missing key %s", k);
     if (rc)
         return rc;
     if (!(hp.rms_eps > 0.0f && hp.rms_eps < 1.0f))
         return err_set(e, ERR_FORMAT, "layer_norm_rms_epsilon %g is not in (0, 1)",
                        (double)hp.rms_eps);
-    if ((rc = opt_pos_f32(g, "llama.rope.freq_base", 10000.0f, &hp.rope_freq_base, e)) ||
+    if ((rc = opt_pos_f32(g, akey(k, A, "rope.freq_base"), 10000.0f, &hp.rope_freq_base, e)) ||
         (rc = read_rope_scaling(g, &hp, e)) || (rc = read_vocab(g, &hp, e)) ||
         (rc = read_gist(g, &hp, e)))
         return rc;
 
     hp.tied = gguf_tensor_find(g, "output.weight") == NULL;
     hp.has_rope_freqs = gguf_tensor_find(g, "rope_freqs.weight") != NULL;
+    hp.rope_halves = A != MDL_ARCH_LLAMA;
+    hp.qkv_bias = A == MDL_ARCH_QWEN2;
+    hp.qk_norm = A == MDL_ARCH_QWEN3;
     *out = hp;
     return 0;
 }
@@ -297,11 +328,12 @@ static int check_one(const gguf_t *g, const char *name, uint64_t d0, uint64_t d1
     bool ok = t->type == GGML_TYPE_F32;
     if (!f32_only)
         ok = ok || t->type == GGML_TYPE_F16 || t->type == GGML_TYPE_BF16 ||
-             t->type == GGML_TYPE_Q8_0 || t->type == GGML_TYPE_Q4_0;
+             t->type == GGML_TYPE_Q8_0 || t->type == GGML_TYPE_Q4_0 || t->type == GGML_TYPE_Q5_0 ||
+             t->type == GGML_TYPE_Q5_1 || t->type == GGML_TYPE_Q4_K || t->type == GGML_TYPE_Q5_K ||
+             t->type == GGML_TYPE_Q6_K;
     if (!ok)
         return err_set(e, ERR_UNSUPPORTED, "tensor '%s' has type %s, expected %s", name,
-                       ggml_type_get(t->type)->name,
-                       f32_only ? "f32" : "f32, f16, bf16, q8_0 or q4_0");
+                       ggml_type_get(t->type)->name, f32_only ? "f32" : MDL_SUPPORTED_TYPES);
     return 0;
 }
 
@@ -317,23 +349,38 @@ int mdl_hparams_check_tensors(const gguf_t *g, const mdl_hparams_t *hp, err_info
         (rc = check_one(g, "rope_freqs.weight", hp->n_rot / 2, 0, true, true, e)))
         return rc;
     for (uint32_t l = 0; l < hp->n_layer; l++) {
+        enum { ALWAYS, GATES, QKV_BIAS, QK_NORM };
         static const struct {
             const char *suffix;
             int d0, d1; /* 0 none, 1 n_embd, 2 q width, 3 kv width, 4 n_ff, 5 gate hidden,
-                           6 n_head_kv */
-            bool f32_only, gate;
+                           6 n_head_kv, 7 head_dim */
+            bool f32_only;
+            int when;
         } specs[] = {
-            {"attn_norm.weight", 1, 0, true, false},    {"attn_q.weight", 1, 2, false, false},
-            {"attn_k.weight", 1, 3, false, false},      {"attn_v.weight", 1, 3, false, false},
-            {"attn_output.weight", 2, 1, false, false}, {"ffn_norm.weight", 1, 0, true, false},
-            {"ffn_gate.weight", 1, 4, false, false},    {"ffn_up.weight", 1, 4, false, false},
-            {"ffn_down.weight", 4, 1, false, false},    {"retention_in.weight", 1, 5, true, true},
-            {"retention_in.bias", 5, 0, true, true},    {"retention_out.weight", 5, 6, true, true},
-            {"retention_out.bias", 6, 0, true, true},
+            {"attn_norm.weight", 1, 0, true, ALWAYS},
+            {"attn_q.weight", 1, 2, false, ALWAYS},
+            {"attn_k.weight", 1, 3, false, ALWAYS},
+            {"attn_v.weight", 1, 3, false, ALWAYS},
+            {"attn_q.bias", 2, 0, true, QKV_BIAS},
+            {"attn_k.bias", 3, 0, true, QKV_BIAS},
+            {"attn_v.bias", 3, 0, true, QKV_BIAS},
+            {"attn_q_norm.weight", 7, 0, true, QK_NORM},
+            {"attn_k_norm.weight", 7, 0, true, QK_NORM},
+            {"attn_output.weight", 2, 1, false, ALWAYS},
+            {"ffn_norm.weight", 1, 0, true, ALWAYS},
+            {"ffn_gate.weight", 1, 4, false, ALWAYS},
+            {"ffn_up.weight", 1, 4, false, ALWAYS},
+            {"ffn_down.weight", 4, 1, false, ALWAYS},
+            {"retention_in.weight", 1, 5, true, GATES},
+            {"retention_in.bias", 5, 0, true, GATES},
+            {"retention_out.weight", 5, 6, true, GATES},
+            {"retention_out.bias", 6, 0, true, GATES},
         };
-        const uint64_t dims[7] = {0, embd, q, kv, hp->n_ff, hp->retention_hidden, hp->n_head_kv};
+        const uint64_t dims[8] = {
+            0, embd, q, kv, hp->n_ff, hp->retention_hidden, hp->n_head_kv, hp->head_dim};
+        const bool on[4] = {true, hp->retention_hidden > 0, hp->qkv_bias, hp->qk_norm};
         for (size_t s = 0; s < sizeof specs / sizeof specs[0]; s++) {
-            if (specs[s].gate && hp->retention_hidden == 0)
+            if (!on[specs[s].when])
                 continue;
             snprintf(n, sizeof n, "blk.%" PRIu32 ".%s", l, specs[s].suffix);
             if ((rc = check_one(g, n, dims[specs[s].d0], dims[specs[s].d1], false,

@@ -1,7 +1,8 @@
 /*
- * model/hparams.h — the hyperparameters of a llama-architecture GGUF model, read from its
- * llama.* keys and the gistd.* extension keys (../shared/GGUF-EXTENSIONS.md), and the
- * check that every tensor the forward pass needs is present with the right shape.
+ * model/hparams.h — the hyperparameters of a GGUF model of a supported architecture (llama,
+ * qwen2, qwen3), read from its <arch>.* keys and the gistd.* extension keys
+ * (../shared/GGUF-EXTENSIONS.md), and the check that every tensor the forward pass needs is
+ * present with the right shape and a supported type.
  *
  * A plain struct filled once at load; read-only afterwards, so any thread may read it.
  * Both functions report a bad file with ERR_FORMAT (ERR_UNSUPPORTED for another
@@ -16,6 +17,16 @@
 
 #include "common/err.h"
 #include "model/gguf.h"
+
+/* The architectures the forward pass runs, and the tensor types its kernels read: named
+ * once for every error and for `gist-model info`. */
+#define MDL_SUPPORTED_ARCHS "llama, qwen2, qwen3"
+#define MDL_SUPPORTED_TYPES "f32, f16, bf16, q8_0, q4_0, q5_0, q5_1, q4_K, q5_K or q6_K"
+
+/* general.architecture. qwen2 adds biases to Q, K and V; qwen3 normalises each head of Q
+ * and K (RMS, weights [head_dim]) and states key_length; both rotate the two halves of a
+ * head (NEOX style) where llama rotates adjacent pairs. */
+typedef enum mdl_arch { MDL_ARCH_LLAMA = 0, MDL_ARCH_QWEN2, MDL_ARCH_QWEN3 } mdl_arch_t;
 
 /* llama.rope.scaling.type */
 typedef enum mdl_rope_scaling {
@@ -32,6 +43,10 @@ typedef enum mdl_gist_mask {
 } mdl_gist_mask_t;
 
 typedef struct mdl_hparams {
+    mdl_arch_t arch;      /* general.architecture; the keys below are <arch>.*, shown as llama.* */
+    bool rope_halves;     /* rotates (x[i], x[i + n_rot/2]) pairs: qwen2, qwen3 */
+    bool qkv_bias;        /* blk.N.attn_{q,k,v}.bias: qwen2 */
+    bool qk_norm;         /* blk.N.attn_{q,k}_norm.weight [head_dim]: qwen3 */
     uint32_t n_vocab;     /* llama.vocab_size, else tokenizer tokens, else token_embd ne[1] */
     uint32_t n_ctx;       /* llama.context_length: the trained context */
     uint32_t n_embd;      /* llama.embedding_length */
@@ -66,18 +81,23 @@ typedef struct mdl_hparams {
     uint32_t retention_budget; /* gistd.retention.budget (0 when absent) */
 } mdl_hparams_t;
 
-/* Reads and checks the hyperparameters of g: general.architecture must be "llama", the
+/* Reads and checks the hyperparameters of g: general.architecture one of
+ * MDL_SUPPORTED_ARCHS, the
  * required keys present, counts of any unsigned integer width, dimensions consistent
  * (n_embd % n_head, n_head % n_head_kv, n_rot even and <= head_dim, ...) and in sane
  * ranges, gist tokens inside the vocabulary. */
 int mdl_hparams_read(const gguf_t *g, mdl_hparams_t *hp, err_info_t *e);
 
 /* Checks that every tensor of a llama model with hp is present with its shape (and a type
- * the kernels convert: f32, f16, bf16, q8_0, q4_0); norms and gate tensors must be f32.
+ * the kernels convert: MDL_SUPPORTED_TYPES); norms, biases and gate tensors must be f32.
+ * qwen2 needs the Q, K, V biases, qwen3 the per-head Q and K norms.
  * Optional: output.weight (absent = tied), rope_freqs.weight. Retention gate tensors are
  * required when hp->retention_hidden > 0. Messages: "missing tensor 'blk.2.attn_k.weight'",
  * "tensor 'blk.3.ffn_up.weight' has shape [64, 100], expected [64, 172]". */
 int mdl_hparams_check_tensors(const gguf_t *g, const mdl_hparams_t *hp, err_info_t *e);
+
+/* "llama", "qwen2", "qwen3". */
+const char *mdl_arch_name(mdl_arch_t a);
 
 /* "none", "linear", "yarn", "llama3". */
 const char *mdl_rope_scaling_name(mdl_rope_scaling_t t);

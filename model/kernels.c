@@ -55,12 +55,23 @@ static int type_slot(uint32_t type)
         return KT_Q8_0;
     case DT_Q4_0:
         return KT_Q4_0;
+    case DT_Q5_0:
+        return KT_Q5_0;
+    case DT_Q5_1:
+        return KT_Q5_1;
+    case DT_Q4_K:
+        return KT_Q4_K;
+    case DT_Q5_K:
+        return KT_Q5_K;
+    case DT_Q6_K:
+        return KT_Q6_K;
     default:
         return -1;
     }
 }
 
-/* Bytes of one stored row of n elements (n a multiple of 32 for q8_0/q4_0). */
+/* Bytes of one stored row of n elements (n a multiple of 32 for q8_0/q4_0, of 256 for the
+ * K-quants). */
 static size_t row_bytes(int kt, int n)
 {
     switch (kt) {
@@ -73,6 +84,16 @@ static size_t row_bytes(int kt, int n)
         return (size_t)(n / QK8_0) * sizeof(block_q8_0);
     case KT_Q4_0:
         return (size_t)(n / QK4_0) * sizeof(block_q4_0);
+    case KT_Q5_0:
+        return (size_t)(n / QK5_0) * sizeof(block_q5_0);
+    case KT_Q5_1:
+        return (size_t)(n / QK5_0) * sizeof(block_q5_1);
+    case KT_Q4_K:
+        return (size_t)(n / QK_K) * sizeof(block_q4_K);
+    case KT_Q5_K:
+        return (size_t)(n / QK_K) * sizeof(block_q5_K);
+    case KT_Q6_K:
+        return (size_t)(n / QK_K) * sizeof(block_q6_K);
     default:
         return 0;
     }
@@ -415,8 +436,10 @@ static void to_f32_q4_0(const uint8_t *src, float *dst, int n)
 const kern_path_t kern_path_portable = {
     .name = "portable",
     .rows = {rows_f32_portable, rows_f16_portable, rows_bf16_portable, rows_q8_0_portable,
-             rows_q4_0_portable},
-    .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0},
+             rows_q4_0_portable, kern_rows_q5_0_portable, kern_rows_q5_1_portable,
+             kern_rows_q4_K_portable, kern_rows_q5_K_portable, kern_rows_q6_K_portable},
+    .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0, kern_to_f32_q5_0,
+               kern_to_f32_q5_1, kern_to_f32_q4_K, kern_to_f32_q5_K, kern_to_f32_q6_K},
     .qx_bytes = kern_qx_simple_bytes,
     .qx_make = kern_qx_simple_make,
 };
@@ -471,19 +494,38 @@ int kern_scratch_reserve(kern_scratch_t *ks, int n_threads)
     return 0;
 }
 
+/* Bytes of one vector's quantised activations on a path: its own layout, then the K
+ * layout. */
+static size_t qx_total(const kern_path_t *p, int n_cols)
+{
+    return p->qx_bytes(n_cols) + kern_qk_bytes(n_cols);
+}
+
+static void qx_make_all(const kern_path_t *p, const float *x, int n_cols, uint8_t *out)
+{
+    p->qx_make(x, n_cols, out);
+    kern_qk_make(x, n_cols, out + p->qx_bytes(n_cols));
+}
+
 size_t kern_qx_bytes(int n_cols)
 {
-    return path()->qx_bytes(n_cols);
+    return qx_total(path(), n_cols);
 }
 
 void kern_qx_make(const float *x, int n_cols, void *qx)
 {
-    path()->qx_make(x, n_cols, qx);
+    qx_make_all(path(), x, n_cols, qx);
+}
+
+bool kern_type_quantises(uint32_t type)
+{
+    int kt = type_slot(type);
+    return kt >= 0 && kern_slot_quant(kt);
 }
 
 static bool is_quant(int kt)
 {
-    return kt == KT_Q8_0 || kt == KT_Q4_0;
+    return kern_slot_quant(kt);
 }
 
 /* Rows [r0, r1) of chunk c of nc: contiguous, whole units of ROW_ALIGN rows. */
@@ -501,8 +543,8 @@ static bool by_gemm(int how, int kt, int n_b)
 {
     if (how)
         return how == KERN_BY_GEMM;
-    /* Q8_0/Q4_0 int8 row kernels outrun dequantising to f32 for sgemm at every batch size
-     * (bench_kernels batch/prefill), so only float types switch to OpenBLAS. */
+    /* Q8_0/Q4_0 (and K-quant) int8 row kernels outrun dequantising to f32 for sgemm at every batch
+     * size (bench_kernels batch/prefill), so only float types switch to OpenBLAS. */
     return !is_quant(kt) && n_b >= GEMM_MIN_B;
 }
 
@@ -519,7 +561,9 @@ static void rows_range(const kern_path_t *p, int kt, const kern_mat_t *m, const 
     if (is_quant(kt)) {
         assert(a->qx);
         x = a->qx;
-        x_stride = p->qx_bytes(n_cols);
+        x_stride = qx_total(p, n_cols);
+        if (kern_slot_k(kt))
+            x += p->qx_bytes(n_cols);
     }
     kern_rows_fn fn = p->rows[kt];
     const int rblock = n_b <= KERN_MAX_NX ? r1 - r0 : (int)(ROW_BLOCK_BYTES / w_stride) + 1;
@@ -665,12 +709,12 @@ static int multi(int how, int n_mats, const kern_mat_t *mats, const float *X, in
     for (int i = 0; i < n_mats; i++) {
         int kt = type_slot(mats[i].type);
         assert(kt >= 0);
-        assert(!is_quant(kt) || n_cols % 32 == 0);
+        assert(!is_quant(kt) || n_cols % (kern_slot_k(kt) ? QK_K : 32) == 0);
         quant |= is_quant(kt);
         bytes += row_bytes(kt, n_cols) * (size_t)mats[i].n_rows;
     }
     const int nt = omp_get_max_threads();
-    const size_t qxb = quant ? p->qx_bytes(n_cols) : 0;
+    const size_t qxb = quant ? qx_total(p, n_cols) : 0;
     if (kern_scratch_reserve(ks, nt))
         return ERR_NOMEM;
     if (qxb * (size_t)n_b > ks->qx_cap) {
@@ -684,14 +728,14 @@ static int multi(int how, int n_mats, const kern_mat_t *mats, const float *X, in
     /* a few vectors are quantised here: sharing them out would cost a barrier */
     const bool quant_shared = quant && n_b > KERN_MAX_NX;
     for (int b = 0; quant && !quant_shared && b < n_b; b++)
-        p->qx_make(X + (size_t)b * n_cols, n_cols, ks->qx + b * qxb);
+        qx_make_all(p, X + (size_t)b * n_cols, n_cols, ks->qx + b * qxb);
     const bool par = nt > 1 && bytes * (size_t)n_b >= PAR_MIN_BYTES;
 #pragma omp parallel if (par)
     {
         if (quant_shared) {
 #pragma omp for schedule(static)
             for (int b = 0; b < n_b; b++)
-                p->qx_make(X + (size_t)b * n_cols, n_cols, ks->qx + b * qxb);
+                qx_make_all(p, X + (size_t)b * n_cols, n_cols, ks->qx + b * qxb);
         }
         multi_team(how, n_mats, mats, &a, ks, done, ctx);
     }

@@ -10,7 +10,10 @@
  * own rows (OpenMP build, one runtime); Q8_0/Q4_0 weights always take the row kernels,
  * which quantise the activations to int8 blocks of 32 (scale max|x|/127) once per product
  * and sum exact int8 products per block, as llama.cpp does: each x is then off by at most
- * half its block's scale. Supported weight types: F32, F16, BF16, Q8_0, Q4_0.
+ * half its block's scale. K-quant weights (Q4_K, Q5_K, Q6_K) take activations quantised
+ * per 256-block instead (llama.cpp's Q8_K: d = max|x|/127 over the block, with the sums of
+ * each 16), so each x is off by at most half its 256-block's scale. Supported weight types:
+ * F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K.
  *
  * Fused products (kern_matmul_multi) multiply one batch of activations with several
  * matrices (Q, K, V; gate, up) in one parallel region and one quantisation; their team
@@ -59,16 +62,19 @@ typedef struct kern_mat {
     float *Y; /* [n_b][n_rows] */
 } kern_mat_t;
 
-/* The activations of a product: n_b vectors of n_cols f32 and, when a matrix is Q8_0 or
- * Q4_0, the same vectors quantised by kern_qx_make, kern_qx_bytes(n_cols) bytes apart. */
+/* The activations of a product: n_b vectors of n_cols f32 and, when a matrix quantises its
+ * activations (kern_type_quantises), the same vectors quantised by kern_qx_make,
+ * kern_qx_bytes(n_cols) bytes apart. */
 typedef struct kern_act {
     const float *x;  /* [n_b][n_cols] */
-    const void *qx;  /* [n_b][kern_qx_bytes(n_cols)], 64-byte aligned; NULL without Q8_0/Q4_0 */
-    int n_cols, n_b; /* n_cols a multiple of 32 when qx is used */
+    const void *qx;  /* [n_b][kern_qx_bytes(n_cols)], 64-byte aligned; NULL when none does */
+    int n_cols, n_b; /* n_cols a multiple of 32 when qx is used (256 for K-quants) */
 } kern_act_t;
 
 /* Bytes of one quantised activation vector of n_cols elements (a multiple of 32); a
- * multiple of 64. One layout serves Q8_0 and Q4_0 weights. */
+ * multiple of 64, and never less for a larger n_cols. One buffer serves every quantised
+ * weight type: the blocks of 32 for Q8_0/Q4_0, then (n_cols a multiple of 256) the
+ * 256-blocks of the K-quants. */
 size_t kern_qx_bytes(int n_cols);
 /* Quantises x[0..n_cols) into qx (kern_qx_bytes(n_cols) bytes, 64-byte aligned). Pure: the
  * same x gives the same bytes on any thread. */
@@ -111,6 +117,10 @@ void kern_get_row(uint32_t type, const void *W, int n_cols, int r, float *out);
 
 /* Whether kern_matvec supports a type. */
 bool kern_type_supported(uint32_t type);
+
+/* Whether the products with a weight type read quantised activations (kern_act_t.qx):
+ * Q8_0, Q4_0 and the K-quants. */
+bool kern_type_quantises(uint32_t type);
 
 /* Name of the SIMD path chosen at run time ("avx512", "avx2", "portable"). The choice is
  * made once, from the CPU's features, or from the environment variable GISTD_SIMD when it

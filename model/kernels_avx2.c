@@ -4,12 +4,14 @@
  * Compiled with -mavx2 -mfma -mf16c; kernels.c calls it only on a CPU that has them.
  * Each row is read once and dotted with up to KERN_MAX_NX vectors; F16/BF16 are widened
  * to f32 in registers; Q8_0/Q4_0 use int8 dot products (maddubs) against the activations
- * quantised in the simple layout, one block of 32 per 256-bit register.
+ * quantised in the simple layout, one block of 32 per 256-bit register; K-quants do the
+ * same against the K layout, one sub-block of 32 per register weighted by its integer scale.
  */
 #include "common/dtype.h"
 #include "model/kernels_impl.h"
 
 #include <immintrin.h>
+#include <stddef.h>
 #include <string.h>
 
 #define INLINE static inline __attribute__((always_inline))
@@ -165,6 +167,162 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
     }
 }
 
+/* ---- K-quants, against the K layout ---- */
+
+/* The levels of one q4_K/q5_K super-block: sub-block j's 32 levels as bytes in w[j]. */
+INLINE void k45_levels(const int kt, const uint8_t *blk, __m256i w[8])
+{
+    const __m256i m4 = _mm256_set1_epi8(15);
+    const uint8_t *qs = blk + (kt == KT_Q5_K ? offsetof(block_q5_K, qs) : offsetof(block_q4_K, qs));
+    __m256i hb = _mm256_setzero_si256();
+    if (kt == KT_Q5_K)
+        hb = _mm256_loadu_si256((const __m256i *)(blk + offsetof(block_q5_K, qh)));
+    for (int i = 0; i < 4; i++) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * i));
+        w[2 * i] = _mm256_and_si256(v, m4);
+        w[2 * i + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        if (kt == KT_Q5_K) {
+            for (int h = 0; h < 2; h++) {
+                const __m256i bit = _mm256_set1_epi8((char)(1 << (2 * i + h)));
+                __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(hb, bit), bit);
+                w[2 * i + h] =
+                    _mm256_or_si256(w[2 * i + h], _mm256_and_si256(set, _mm256_set1_epi8(16)));
+            }
+        }
+    }
+}
+
+/* q4_K/q5_K rows: per super-block, sum_j scale_j * (levels . x) in int32 lanes (maddubs,
+ * then madd by the scale), and the mins through the activation sums of each 16. */
+INLINE void rows_k45(const int kt, const int NX, const uint8_t *W, size_t w_stride,
+                     const uint8_t *x, size_t x_stride, int n_cols, float *y, size_t y_stride,
+                     int r0, int r1)
+{
+    const int nb = n_cols / QK_K;
+    const size_t bsz = kt == KT_Q4_K ? sizeof(block_q4_K) : sizeof(block_q5_K);
+    const int8_t *xq[KERN_MAX_NX];
+    const float *xd[KERN_MAX_NX];
+    const int16_t *xs[KERN_MAX_NX];
+#pragma GCC unroll 4
+    for (int i = 0; i < NX; i++) {
+        xq[i] = (const int8_t *)(x + i * x_stride);
+        xd[i] = (const float *)(x + i * x_stride + n_cols);
+        xs[i] = (const int16_t *)(xd[i] + nb);
+    }
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *row = W + r * w_stride;
+        __m256 acc[KERN_MAX_NX];
+        float accm[KERN_MAX_NX];
+#pragma GCC unroll 4
+        for (int i = 0; i < NX; i++) {
+            acc[i] = _mm256_setzero_ps();
+            accm[i] = 0;
+        }
+        for (int b = 0; b < nb; b++) {
+            const uint8_t *blk = row + b * bsz;
+            uint16_t dh, dmh;
+            memcpy(&dh, blk, 2);
+            memcpy(&dmh, blk + 2, 2);
+            const float d = f16_f32(dh), dmin = f16_f32(dmh);
+            uint8_t sc[8], mn[8];
+            for (int j = 0; j < 8; j++)
+                dt_k_scale_min(j, blk + 4, &sc[j], &mn[j]);
+            __m256i w[8];
+            k45_levels(kt, blk, w);
+#pragma GCC unroll 4
+            for (int i = 0; i < NX; i++) {
+                const int8_t *q = xq[i] + QK_K * b;
+                __m256i sum = _mm256_setzero_si256();
+                for (int j = 0; j < 8; j++) {
+                    __m256i p16 = _mm256_maddubs_epi16(
+                        w[j], _mm256_loadu_si256((const __m256i *)(q + 32 * j)));
+                    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p16, _mm256_set1_epi16(sc[j])));
+                }
+                const int16_t *bs = xs[i] + 16 * b;
+                int summ = 0;
+                for (int j = 0; j < 8; j++)
+                    summ += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+                acc[i] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(d * xd[i][b]), _mm256_cvtepi32_ps(sum), acc[i]);
+                accm[i] += dmin * xd[i][b] * (float)summ;
+            }
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < NX; i++)
+            y[i * y_stride + r] = hsum(acc[i]) - accm[i];
+    }
+}
+
+/* q6_K rows: the unsigned levels (0..63) against x by maddubs, each half of a register
+ * weighted by its sub-block's scale (madd), the -32 of every level through the sums of 16. */
+INLINE void rows_q6k(const int kt, const int NX, const uint8_t *W, size_t w_stride,
+                     const uint8_t *x, size_t x_stride, int n_cols, float *y, size_t y_stride,
+                     int r0, int r1)
+{
+    (void)kt;
+    const int nb = n_cols / QK_K;
+    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
+    const int8_t *xq[KERN_MAX_NX];
+    const float *xd[KERN_MAX_NX];
+    const int16_t *xs[KERN_MAX_NX];
+#pragma GCC unroll 4
+    for (int i = 0; i < NX; i++) {
+        xq[i] = (const int8_t *)(x + i * x_stride);
+        xd[i] = (const float *)(x + i * x_stride + n_cols);
+        xs[i] = (const int16_t *)(xd[i] + nb);
+    }
+    for (int r = r0; r < r1; r++) {
+        const block_q6_K *row = (const block_q6_K *)(W + r * w_stride);
+        __m256 acc[KERN_MAX_NX];
+        float accm[KERN_MAX_NX];
+#pragma GCC unroll 4
+        for (int i = 0; i < NX; i++) {
+            acc[i] = _mm256_setzero_ps();
+            accm[i] = 0;
+        }
+        for (int b = 0; b < nb; b++) {
+            const block_q6_K *blk = row + b;
+            const float d = f16_f32(blk->d);
+            __m256i u[8], scv[8];
+            for (int c = 0; c < 2; c++) {
+                const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * c));
+                const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * c + 32));
+                const __m256i h = _mm256_loadu_si256((const __m256i *)(blk->qh + 32 * c));
+                const __m256i lo[4] = {_mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
+                                       _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                       _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4)};
+                for (int g = 0; g < 4; g++) {
+                    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(h, 2 * g), m3);
+                    u[4 * c + g] = _mm256_or_si256(lo[g], _mm256_slli_epi16(hi, 4));
+                    const int k = 8 * c + 2 * g;
+                    scv[4 * c + g] = _mm256_set_m128i(_mm_set1_epi16(blk->scales[k + 1]),
+                                                      _mm_set1_epi16(blk->scales[k]));
+                }
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < NX; i++) {
+                const int8_t *q = xq[i] + QK_K * b;
+                __m256i sum = _mm256_setzero_si256();
+                for (int g = 0; g < 8; g++) {
+                    __m256i p16 = _mm256_maddubs_epi16(
+                        u[g], _mm256_loadu_si256((const __m256i *)(q + 32 * g)));
+                    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p16, scv[g]));
+                }
+                const int16_t *bs = xs[i] + 16 * b;
+                int corr = 0;
+                for (int k = 0; k < 16; k++)
+                    corr += blk->scales[k] * bs[k];
+                const float dd = d * xd[i][b];
+                acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(sum), acc[i]);
+                accm[i] += dd * (float)(32 * corr);
+            }
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < NX; i++)
+            y[i * y_stride + r] = hsum(acc[i]) - accm[i];
+    }
+}
+
 /* Instantiates a rows function of a type for each NX (the loops then unroll). */
 #define ROWS_FN(name, body, kt)                                                                    \
     static void name(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride, int nx, \
@@ -191,6 +349,9 @@ ROWS_FN(rows_f16, rows_float, KT_F16)
 ROWS_FN(rows_bf16, rows_float, KT_BF16)
 ROWS_FN(rows_q8_0, rows_quant, KT_Q8_0)
 ROWS_FN(rows_q4_0, rows_quant, KT_Q4_0)
+ROWS_FN(rows_q4_K, rows_k45, KT_Q4_K)
+ROWS_FN(rows_q5_K, rows_k45, KT_Q5_K)
+ROWS_FN(rows_q6_K, rows_q6k, KT_Q6_K)
 
 /* ---- conversion to f32 (sgemm tiles) ---- */
 
@@ -290,8 +451,10 @@ static void qx_make(const float *x, int n_cols, uint8_t *out)
 
 const kern_path_t kern_path_avx2 = {
     .name = "avx2",
-    .rows = {rows_f32, rows_f16, rows_bf16, rows_q8_0, rows_q4_0},
-    .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0},
+    .rows = {rows_f32, rows_f16, rows_bf16, rows_q8_0, rows_q4_0, kern_rows_q5_0_portable,
+             kern_rows_q5_1_portable, rows_q4_K, rows_q5_K, rows_q6_K},
+    .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0, kern_to_f32_q5_0,
+               kern_to_f32_q5_1, kern_to_f32_q4_K, kern_to_f32_q5_K, kern_to_f32_q6_K},
     .qx_bytes = kern_qx_simple_bytes,
     .qx_make = qx_make,
 };

@@ -18,6 +18,9 @@
  *     dx   float[16]   lanes 0-7: the f32 scale of block 2p, lanes 8-15: of block 2p+1
  *   the arrays follow each other (all qs, all bias, all dx).
  *
+ * K-quants (q4_K, q5_K, q6_K) take the K layout: vpdpbusd of 64 unsigned levels with 64
+ * activation bytes, the int32 lanes of each sub-block multiplied by its integer scale.
+ *
  * "avx512-fma" is the same path with Q8_0/Q4_0 dequantised to f32 in registers and
  * multiplied with f32 activations instead; kept to measure the int8 choice against
  * (bench_kernels compare). On the Zen 4 this was written on, one thread: Q4_0 decode
@@ -31,6 +34,7 @@
 #include "model/kernels_impl.h"
 
 #include <immintrin.h>
+#include <stddef.h>
 #include <string.h>
 
 #define INLINE static inline __attribute__((always_inline))
@@ -310,6 +314,169 @@ INLINE void rows_quant_fma(const int kt, const int NX, const uint8_t *W, size_t 
     }
 }
 
+/* ---- K-quants, against the K layout (kernels_impl.h) ---- */
+
+/* 64 weights of a q4_K/q5_K super-block as unsigned levels: 32 bytes of qs give sub-block 2i
+ * (low nibbles, lanes 0-31) and 2i + 1 (high nibbles, lanes 32-63), in element order. */
+INLINE __m512i k45_levels(const int kt, const uint8_t *blk, int i)
+{
+    const uint8_t *qs = blk + (kt == KT_Q5_K ? offsetof(block_q5_K, qs) : offsetof(block_q4_K, qs));
+    const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * i));
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)),
+                                   _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
+    if (kt == KT_Q5_K) {
+        const __m256i h = _mm256_loadu_si256((const __m256i *)(blk + offsetof(block_q5_K, qh)));
+        const __m512i hh = _mm512_inserti64x4(_mm512_castsi256_si512(h), h, 1);
+        /* bit 2i of qh for the low half, 2i + 1 for the high half */
+        const __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8((char)(1 << (2 * i))),
+                                               _mm256_set1_epi8((char)(1 << (2 * i + 1))), 1);
+        const __mmask64 set = _mm512_test_epi8_mask(hh, bit);
+        w = _mm512_or_si512(w, _mm512_maskz_mov_epi8(set, _mm512_set1_epi8(16)));
+    }
+    return w;
+}
+
+/* The K layout of NX vectors: int8 values, the scale of each 256-block, sums of each 16. */
+#define K_LAYOUT(NX)                                                                               \
+    const int nb = n_cols / QK_K;                                                                  \
+    const int8_t *xq[KERN_MAX_NX];                                                                 \
+    const float *xd[KERN_MAX_NX];                                                                  \
+    const int16_t *xs[KERN_MAX_NX];                                                                \
+    _Pragma("GCC unroll 4") for (int i = 0; i < NX; i++)                                           \
+    {                                                                                              \
+        xq[i] = (const int8_t *)(x + i * x_stride);                                                \
+        xd[i] = (const float *)(x + i * x_stride + n_cols);                                        \
+        xs[i] = (const int16_t *)(xd[i] + nb);                                                     \
+    }
+
+/* q4_K/q5_K rows: vpdpbusd of 64 levels with 64 activation bytes gives 16 int32 lanes, the
+ * first 8 of sub-block 2i and the last 8 of 2i + 1, which are multiplied by their integer
+ * scales; the mins come through the activation sums of each 16. */
+INLINE void rows_k45(const int kt, const int NX, const uint8_t *W, size_t w_stride,
+                     const uint8_t *x, size_t x_stride, int n_cols, float *y, size_t y_stride,
+                     int r0, int r1)
+{
+    const size_t bsz = kt == KT_Q4_K ? sizeof(block_q4_K) : sizeof(block_q5_K);
+    K_LAYOUT(NX)
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *row = W + r * w_stride;
+        __m512 acc[KERN_MAX_NX];
+        float accm[KERN_MAX_NX];
+#pragma GCC unroll 4
+        for (int i = 0; i < NX; i++) {
+            acc[i] = _mm512_setzero_ps();
+            accm[i] = 0;
+        }
+        for (int b = 0; b < nb; b++) {
+            const uint8_t *blk = row + b * bsz;
+            uint16_t dh, dmh;
+            memcpy(&dh, blk, 2);
+            memcpy(&dmh, blk + 2, 2);
+            const float d = f16_f32(dh), dmin = f16_f32(dmh);
+            uint8_t sc[8], mn[8];
+            for (int j = 0; j < 8; j++)
+                dt_k_scale_min(j, blk + 4, &sc[j], &mn[j]);
+            __m512i w[4], scv[4];
+            for (int g = 0; g < 4; g++) {
+                w[g] = k45_levels(kt, blk, g);
+                scv[g] = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(sc[2 * g]),
+                                                 _mm512_set1_epi32(sc[2 * g + 1]));
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < NX; i++) {
+                const int8_t *q = xq[i] + QK_K * b;
+                __m512i sum = _mm512_setzero_si512();
+                for (int g = 0; g < 4; g++) {
+                    __m512i dp = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[g],
+                                                     _mm512_loadu_si512(q + 64 * g));
+                    sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(dp, scv[g]));
+                }
+                const int16_t *bs = xs[i] + 16 * b;
+                int summ = 0;
+                for (int j = 0; j < 8; j++)
+                    summ += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+                acc[i] =
+                    _mm512_fmadd_ps(_mm512_set1_ps(d * xd[i][b]), _mm512_cvtepi32_ps(sum), acc[i]);
+                accm[i] += dmin * xd[i][b] * (float)summ;
+            }
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < NX; i++)
+            y[i * y_stride + r] = _mm512_reduce_add_ps(acc[i]) - accm[i];
+    }
+}
+
+/* q6_K rows: 64 unsigned levels (0..63) per vpdpbusd, in element order; every 4 lanes of
+ * the result belong to one sub-block of 16 and are multiplied by its scale; the -32 of every
+ * level comes through the activation sums of each 16. */
+INLINE void rows_q6k(const int kt, const int NX, const uint8_t *W, size_t w_stride,
+                     const uint8_t *x, size_t x_stride, int n_cols, float *y, size_t y_stride,
+                     int r0, int r1)
+{
+    (void)kt;
+    const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
+    K_LAYOUT(NX)
+    for (int r = r0; r < r1; r++) {
+        const block_q6_K *row = (const block_q6_K *)(W + r * w_stride);
+        __m512 acc[KERN_MAX_NX];
+        float accm[KERN_MAX_NX];
+#pragma GCC unroll 4
+        for (int i = 0; i < NX; i++) {
+            acc[i] = _mm512_setzero_ps();
+            accm[i] = 0;
+        }
+        for (int b = 0; b < nb; b++) {
+            const block_q6_K *blk = row + b;
+            const float d = f16_f32(blk->d);
+            __m512i u[4], scv[4];
+            const __m128i s16 = _mm_loadu_si128((const __m128i *)blk->scales);
+            for (int c = 0; c < 2; c++) {
+                const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * c));
+                const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * c + 32));
+                const __m256i h = _mm256_loadu_si256((const __m256i *)(blk->qh + 32 * c));
+                const __m256i lo[4] = {_mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
+                                       _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                       _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4)};
+                __m256i v[4];
+                for (int g = 0; g < 4; g++) {
+                    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(h, 2 * g), m3);
+                    v[g] = _mm256_or_si256(lo[g], _mm256_slli_epi16(hi, 4));
+                }
+                u[2 * c] = _mm512_inserti64x4(_mm512_castsi256_si512(v[0]), v[1], 1);
+                u[2 * c + 1] = _mm512_inserti64x4(_mm512_castsi256_si512(v[2]), v[3], 1);
+            }
+            for (int g = 0; g < 4; g++) {
+                /* scales 4g..4g+3, each over 4 lanes */
+                const char k = (char)(4 * g);
+                const __m128i idx = _mm_setr_epi8(k, k, k, k, k + 1, k + 1, k + 1, k + 1, k + 2,
+                                                  k + 2, k + 2, k + 2, k + 3, k + 3, k + 3, k + 3);
+                scv[g] = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(s16, idx));
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < NX; i++) {
+                const int8_t *q = xq[i] + QK_K * b;
+                __m512i sum = _mm512_setzero_si512();
+                for (int g = 0; g < 4; g++) {
+                    __m512i dp = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[g],
+                                                     _mm512_loadu_si512(q + 64 * g));
+                    sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(dp, scv[g]));
+                }
+                const int16_t *bs = xs[i] + 16 * b;
+                int corr = 0;
+                for (int k = 0; k < 16; k++)
+                    corr += blk->scales[k] * bs[k];
+                const float dd = d * xd[i][b];
+                acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(dd), _mm512_cvtepi32_ps(sum), acc[i]);
+                accm[i] += dd * (float)(32 * corr);
+            }
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < NX; i++)
+            y[i * y_stride + r] = _mm512_reduce_add_ps(acc[i]) - accm[i];
+    }
+}
+
 #define ROWS_FN(name, body, kt)                                                                    \
     static void name(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride, int nx, \
                      int n_cols, float *y, size_t y_stride, int r0, int r1)                        \
@@ -337,6 +504,9 @@ ROWS_FN(rows_q8_0, rows_quant, KT_Q8_0)
 ROWS_FN(rows_q4_0, rows_quant, KT_Q4_0)
 ROWS_FN(rows_q8_0_fma, rows_quant_fma, KT_Q8_0)
 ROWS_FN(rows_q4_0_fma, rows_quant_fma, KT_Q4_0)
+ROWS_FN(rows_q4_K, rows_k45, KT_Q4_K)
+ROWS_FN(rows_q5_K, rows_k45, KT_Q5_K)
+ROWS_FN(rows_q6_K, rows_q6k, KT_Q6_K)
 
 /* ---- conversion to f32 (sgemm tiles) ---- */
 
@@ -393,16 +563,20 @@ static void to_f32_q4_0(const uint8_t *src, float *dst, int n)
 
 const kern_path_t kern_path_avx512 = {
     .name = "avx512",
-    .rows = {rows_f32, rows_f16, rows_bf16, rows_q8_0, rows_q4_0},
-    .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0},
+    .rows = {rows_f32, rows_f16, rows_bf16, rows_q8_0, rows_q4_0, kern_rows_q5_0_portable,
+             kern_rows_q5_1_portable, rows_q4_K, rows_q5_K, rows_q6_K},
+    .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0, kern_to_f32_q5_0,
+               kern_to_f32_q5_1, kern_to_f32_q4_K, kern_to_f32_q5_K, kern_to_f32_q6_K},
     .qx_bytes = qx_pair_bytes,
     .qx_make = qx_pair_make,
 };
 
 const kern_path_t kern_path_avx512_fma = {
     .name = "avx512-fma",
-    .rows = {rows_f32, rows_f16, rows_bf16, rows_q8_0_fma, rows_q4_0_fma},
-    .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0},
+    .rows = {rows_f32, rows_f16, rows_bf16, rows_q8_0_fma, rows_q4_0_fma, kern_rows_q5_0_portable,
+             kern_rows_q5_1_portable, rows_q4_K, rows_q5_K, rows_q6_K},
+    .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0, kern_to_f32_q5_0,
+               kern_to_f32_q5_1, kern_to_f32_q4_K, kern_to_f32_q5_K, kern_to_f32_q6_K},
     .qx_bytes = qx_f32_bytes,
     .qx_make = qx_f32_make,
 };

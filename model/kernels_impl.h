@@ -11,6 +11,9 @@
  * product to int8 blocks of 32 with an f32 scale (as llama.cpp does); each path
  * lays those out as its inner loop wants (qx_bytes/qx_make), one layout that
  * serves both weight types, and dots are exact int32 sums per block scaled in f32.
+ * K-quant weights (Q4_K, Q5_K, Q6_K) are multiplied with activations quantised per
+ * 256-block (as llama.cpp's Q8_K): one layout for every path, made by kern_qk_make and
+ * placed after the path's own layout in the same buffer (see kern_qx_bytes).
  */
 #ifndef GISTD_MODEL_KERNELS_IMPL_H
 #define GISTD_MODEL_KERNELS_IMPL_H
@@ -18,7 +21,32 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { KT_F32, KT_F16, KT_BF16, KT_Q8_0, KT_Q4_0, KT_COUNT };
+/* Q5_0 and Q5_1 (the fallback of K-quant mixes for rows that are not whole 256-blocks) are
+ * dequantised a block at a time and multiplied with the f32 activations, on every path. */
+enum {
+    KT_F32,
+    KT_F16,
+    KT_BF16,
+    KT_Q8_0,
+    KT_Q4_0,
+    KT_Q5_0,
+    KT_Q5_1,
+    KT_Q4_K,
+    KT_Q5_K,
+    KT_Q6_K,
+    KT_COUNT
+};
+
+/* Whether a slot's row kernels read quantised activations (rather than f32 rows). */
+static inline int kern_slot_quant(int kt)
+{
+    return kt == KT_Q8_0 || kt == KT_Q4_0 || kt >= KT_Q4_K;
+}
+
+static inline int kern_slot_k(int kt)
+{
+    return kt >= KT_Q4_K;
+}
 
 /* Most vectors one pass over a weight row serves; callers split larger batches. */
 #define KERN_MAX_NX 4
@@ -27,7 +55,8 @@ enum { KT_F32, KT_F16, KT_BF16, KT_Q8_0, KT_Q4_0, KT_COUNT };
  * Computes y[i * y_stride + r] = dot(row r of W, activation vector i) for rows
  * r0 <= r < r1 and i < nx (nx <= KERN_MAX_NX). W rows are w_stride bytes apart.
  * x points at vector 0 of the prepared activations (f32 rows for F32/F16/BF16,
- * the path's quantised layout for Q8_0/Q4_0), x_stride bytes apart.
+ * the path's quantised layout for Q8_0/Q4_0, the K layout for K-quants), x_stride bytes
+ * apart.
  */
 typedef void (*kern_rows_fn)(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
                              int nx, int n_cols, float *y, size_t y_stride, int r0, int r1);
@@ -66,6 +95,34 @@ void kern_matmul_how(int how, uint32_t type, const void *W, const float *X, floa
  */
 size_t kern_qx_simple_bytes(int n_cols);
 void kern_qx_simple_make(const float *x, int n_cols, uint8_t *out);
+
+/*
+ * The K layout (activations of K-quant products, every path): qs int8[n_cols], then
+ * float d[n_cols / 256], then int16 bsums[n_cols / 16] (the sum of each 16 qs), padded to
+ * 64 bytes; value c = d[c / 256] * qs[c], d = max|x| / 127 over the 256-block. For n_cols
+ * not a multiple of 256 the bytes are counted for the whole blocks (so that the size grows
+ * with n_cols) but nothing is made: no K-quant row has such a length.
+ */
+size_t kern_qk_bytes(int n_cols);
+void kern_qk_make(const float *x, int n_cols, uint8_t *out);
+
+/* The portable K-quant row kernels and conversions, shared by every path's table (the
+ * conversions only serve forced sgemm in benchmarks: K-quants always take the rows). */
+void kern_rows_q4_K_portable(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
+                             int nx, int n_cols, float *y, size_t y_stride, int r0, int r1);
+void kern_rows_q5_K_portable(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
+                             int nx, int n_cols, float *y, size_t y_stride, int r0, int r1);
+void kern_rows_q6_K_portable(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
+                             int nx, int n_cols, float *y, size_t y_stride, int r0, int r1);
+void kern_rows_q5_0_portable(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
+                             int nx, int n_cols, float *y, size_t y_stride, int r0, int r1);
+void kern_rows_q5_1_portable(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
+                             int nx, int n_cols, float *y, size_t y_stride, int r0, int r1);
+void kern_to_f32_q5_0(const uint8_t *src, float *dst, int n);
+void kern_to_f32_q5_1(const uint8_t *src, float *dst, int n);
+void kern_to_f32_q4_K(const uint8_t *src, float *dst, int n);
+void kern_to_f32_q5_K(const uint8_t *src, float *dst, int n);
+void kern_to_f32_q6_K(const uint8_t *src, float *dst, int n);
 
 /* Quantises 32 floats as every path does (the SIMD ones with the same f32 operations, so
  * the bytes agree): d = max|x| / 127, q = x * (1 / d) rounded to nearest even.

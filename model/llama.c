@@ -1,5 +1,5 @@
 /*
- * model/llama.c — loading a llama GGUF file (model/llama.h). The forward pass is in
+ * model/llama.c — loading a llama, qwen2 or qwen3 GGUF file (model/llama.h). The forward pass is in
  * model/forward.c, attention in model/attention.c.
  */
 #include <math.h>
@@ -72,7 +72,7 @@ static int bind_mat(mdl_t *m, const char *name, int n_rows, int n_cols, mdl_mat_
         const ggml_type_info_t *ti = ggml_type_get(t->type);
         return err_set(e, ERR_UNSUPPORTED,
                        "tensor '%s' has type %s, which the kernels do not "
-                       "support (f32, f16, bf16, q8_0, q4_0)",
+                       "support (" MDL_SUPPORTED_TYPES ")",
                        name, ti ? ti->name : "unknown");
     }
     *out = (mdl_mat_t){.type = t->type, .data = t->data, .n_rows = n_rows, .n_cols = n_cols};
@@ -94,7 +94,7 @@ static int setup_rope(mdl_t *m, err_info_t *e)
         m->rope_inv_freq[i] = pow((double)hp->rope_freq_base, -2.0 * i / hp->n_rot);
     m->rope = (mdl_rope_t){.head_dim = hp->head_dim,
                            .n_rot = hp->n_rot,
-                           .pairs = MDL_ROPE_ADJACENT,
+                           .pairs = hp->rope_halves ? MDL_ROPE_HALVES : MDL_ROPE_ADJACENT,
                            .pos_scale = 1.0,
                            .inv_freq = m->rope_inv_freq};
 
@@ -176,6 +176,14 @@ static int bind_layers(mdl_t *m, err_info_t *e)
             (rc = bind_mat(m, NAME("ffn_gate.weight"), n_ff, n_embd, &L->w_gate, e)) ||
             (rc = bind_mat(m, NAME("ffn_up.weight"), n_ff, n_embd, &L->w_up, e)) ||
             (rc = bind_mat(m, NAME("ffn_down.weight"), n_embd, n_ff, &L->w_down, e)))
+            break;
+        if (hp->qkv_bias && ((rc = bind_vec(m, NAME("attn_q.bias"), q_dim, &L->bq, e)) ||
+                             (rc = bind_vec(m, NAME("attn_k.bias"), kv_dim, &L->bk, e)) ||
+                             (rc = bind_vec(m, NAME("attn_v.bias"), kv_dim, &L->bv, e))))
+            break;
+        if (hp->qk_norm &&
+            ((rc = bind_vec(m, NAME("attn_q_norm.weight"), hp->head_dim, &L->q_norm, e)) ||
+             (rc = bind_vec(m, NAME("attn_k_norm.weight"), hp->head_dim, &L->k_norm, e))))
             break;
         if (!m->has_retention)
             continue;
@@ -262,7 +270,6 @@ int mdl_new(const char *path, mdl_t **out, err_info_t *e)
         goto fail;
     }
     if (hp->head_dim % 2) {
-        /* RoPE runs on the rows a thread has just made, whole pairs in whole units of rows */
         rc = err_set(e, ERR_UNSUPPORTED, "head_dim %u is odd", hp->head_dim);
         goto fail;
     }
@@ -280,6 +287,11 @@ int mdl_new(const char *path, mdl_t **out, err_info_t *e)
     }
     for (int i = 0; i < MDL_MAX_SEQ; i++)
         m->s.seq_slot[i] = -1;
+    m->s.head_rows = calloc(hp->n_head + hp->n_head_kv, sizeof *m->s.head_rows);
+    if (!m->s.head_rows) {
+        rc = err_set(e, ERR_NOMEM, "out of memory");
+        goto fail;
+    }
     if (kern_scratch_new(&m->ks)) {
         rc = err_set(e, ERR_NOMEM, "out of memory");
         goto fail;

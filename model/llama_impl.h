@@ -27,6 +27,10 @@ typedef struct mdl_layer {
     const float *attn_norm; /* [n_embd] */
     mdl_mat_t wq;           /* [n_head*head_dim][n_embd] */
     mdl_mat_t wk, wv;       /* [n_head_kv*head_dim][n_embd] */
+    const float *bq;        /* [n_head*head_dim] Q bias (qwen2), else NULL */
+    const float *bk, *bv;   /* [n_head_kv*head_dim] K and V biases (qwen2), else NULL */
+    const float *q_norm;    /* [head_dim] RMS norm weights of each Q head (qwen3), else NULL */
+    const float *k_norm;    /* [head_dim] the same for K heads */
     mdl_mat_t wo;           /* [n_embd][n_head*head_dim] */
     const float *ffn_norm;  /* [n_embd] */
     mdl_mat_t w_gate, w_up; /* [n_ff][n_embd] */
@@ -55,6 +59,10 @@ typedef struct mdl_scratch {
     float *hb2;  /* [cap][n_ff] up */
     float *rh;   /* [cap][ret_hidden] retention gate hidden layer, after silu */
     float *rope; /* [cap][n_rot/2][2] cos, sin of each item's angles */
+    /* [n_head + n_head_kv] rows of each Q head, then K head, made so far in this layer's
+     * product: the thread that completes a head finishes it (bias, norm, RoPE) for every
+     * item and sets the count back to 0 */
+    _Atomic int *head_rows;
     uint8_t *qx; /* [cap][qx_row] the activations of a product, quantised (shared) */
     size_t qx_row;
     int32_t *want; /* [cap] batch indices of the items that want logits */

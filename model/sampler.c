@@ -74,8 +74,9 @@ int mdl_sampler_new(const mdl_sampler_cfg_t *cfg, uint32_t n_vocab, mdl_sampler_
         return err_set(e, ERR_INVAL, "sampler: min-p %g must be in [0, 1]", cfg->min_p);
     if (!(cfg->repeat_penalty > 0.0f) || !isfinite(cfg->repeat_penalty))
         return err_set(e, ERR_INVAL, "sampler: repeat penalty %g must be > 0", cfg->repeat_penalty);
-    if (cfg->repeat_last_n < 0)
-        return err_set(e, ERR_INVAL, "sampler: repeat window %d must be >= 0", cfg->repeat_last_n);
+    if (cfg->repeat_last_n < 0 || cfg->repeat_last_n > MDL_SAMPLER_MAX_WINDOW)
+        return err_set(e, ERR_INVAL, "sampler: repeat window %d is outside [0, %d]",
+                       cfg->repeat_last_n, MDL_SAMPLER_MAX_WINDOW);
 
     mdl_sampler_t *s = calloc(1, sizeof *s);
     if (!s)
@@ -86,7 +87,7 @@ int mdl_sampler_new(const mdl_sampler_cfg_t *cfg, uint32_t n_vocab, mdl_sampler_
     s->cand = malloc(sizeof(cand_t) * n_vocab);
     s->prob = malloc(sizeof(float) * n_vocab);
     s->stamp = calloc(n_vocab, sizeof(uint32_t));
-    s->recent = malloc(sizeof(int32_t) * (size_t)(cfg->repeat_last_n + 1));
+    s->recent = malloc(sizeof(int32_t) * ((size_t)cfg->repeat_last_n + 1));
     if (!s->work || !s->cand || !s->prob || !s->stamp || !s->recent) {
         mdl_sampler_destroy(&s);
         return err_set(e, ERR_NOMEM, "sampler: out of memory for a vocabulary of %u", n_vocab);

@@ -37,8 +37,13 @@ typedef struct mdl_sampler mdl_sampler_t;
  * repeat_last_n 64, seed 0. */
 void mdl_sampler_cfg_default(mdl_sampler_cfg_t *cfg);
 
-/* ERR_INVAL (with a message in e) for a negative temperature, top_p outside (0, 1],
- * min_p outside [0, 1], a penalty <= 0, a negative window or n_vocab 0. */
+/* The longest repetition window a sampler keeps (tokens; its ring is 4 bytes a token). */
+#define MDL_SAMPLER_MAX_WINDOW (1 << 22)
+
+/* ERR_INVAL (with a message in e) for a temperature that is negative or not finite, top_p
+ * outside (0, 1], min_p outside [0, 1], a penalty that is not a finite number > 0, a window
+ * outside [0, MDL_SAMPLER_MAX_WINDOW] or n_vocab 0. top_k may be any value (<= 0: off; at
+ * least n_vocab keeps every token). */
 int mdl_sampler_new(const mdl_sampler_cfg_t *cfg, uint32_t n_vocab, mdl_sampler_t **out,
                     err_info_t *e);
 void mdl_sampler_destroy(mdl_sampler_t **s);

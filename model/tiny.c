@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "common/dtype.h"
 #include "model/gguf.h"
@@ -264,29 +265,71 @@ static void spec(tiny_t *t, const char *name, uint32_t type, uint64_t ne0, uint6
     sp->kind = kind;
 }
 
+static uint32_t head_dim(const mdl_tiny_cfg_t *c)
+{
+    return c->head_dim ? c->head_dim : c->n_embd / c->n_head;
+}
+
+/* llama.cpp's use_more_bits: the layers whose attn_v and ffn_down a _M mix keeps in q6_K. */
+static bool more_bits(uint32_t l, uint32_t n)
+{
+    return l < n / 8 || l >= 7 * n / 8 || (l - n / 8) % 3 == 2;
+}
+
+/* The storage type of a matrix with rows of ne0 (what: 'o' output, 'v' attn_v, 'd' ffn_down,
+ * else any other) in layer l: the configured type, or the mix's choice. In a mix, a K-quant
+ * for rows that are not whole 256-blocks falls back as llama.cpp's does: q4_K to q5_0, q5_K
+ * to q5_1, q6_K to q8_0. */
+static uint32_t mat_type(const mdl_tiny_cfg_t *c, char what, uint32_t l, uint64_t ne0)
+{
+    uint32_t t = c->type;
+    if (c->mix && (what == 'o' || ((what == 'v' || what == 'd') && more_bits(l, c->n_layer))))
+        t = GGML_TYPE_Q6_K;
+    const ggml_type_info_t *ti = ggml_type_get(t);
+    if (c->mix && ne0 % ti->block_elems)
+        t = t == GGML_TYPE_Q4_K   ? GGML_TYPE_Q5_0
+            : t == GGML_TYPE_Q5_K ? GGML_TYPE_Q5_1
+                                  : GGML_TYPE_Q8_0;
+    return t;
+}
+
 /* The tensors in the order real converters write them. */
 static void plan_tensors(tiny_t *t)
 {
     const mdl_tiny_cfg_t *c = t->cfg;
-    const uint32_t hd = c->n_embd / c->n_head, kvw = c->n_head_kv * hd, T = c->type;
+    const uint32_t hd = head_dim(c), qw = c->n_head * hd, kvw = c->n_head_kv * hd;
+    const bool qwen2 = c->arch && !strcmp(c->arch, "qwen2");
+    const bool qwen3 = c->arch && !strcmp(c->arch, "qwen3");
     char n[64];
-    spec(t, "token_embd.weight", T, c->n_embd, c->n_vocab, W_EMBED);
+    /* tied: the embedding is also the output, and a mix stores it as one */
+    spec(t, "token_embd.weight", mat_type(c, c->tied ? 'o' : 'e', 0, c->n_embd), c->n_embd,
+         c->n_vocab, W_EMBED);
     spec(t, "output_norm.weight", GGML_TYPE_F32, c->n_embd, 0, W_NORM);
     if (!c->tied)
-        spec(t, "output.weight", T, c->n_embd, c->n_vocab, W_MATRIX);
+        spec(t, "output.weight", mat_type(c, 'o', 0, c->n_embd), c->n_embd, c->n_vocab, W_MATRIX);
     for (uint32_t l = 0; l < c->n_layer; l++) {
 #define BLK(suffix, type, ne0, ne1, kind)                                                          \
     snprintf(n, sizeof n, "blk.%" PRIu32 "." suffix, l);                                           \
     spec(t, n, type, ne0, ne1, kind)
+#define MAT(suffix, what, ne0, ne1) BLK(suffix, mat_type(c, what, l, ne0), ne0, ne1, W_MATRIX)
         BLK("attn_norm.weight", GGML_TYPE_F32, c->n_embd, 0, W_NORM);
-        BLK("attn_q.weight", T, c->n_embd, c->n_embd, W_MATRIX);
-        BLK("attn_k.weight", T, c->n_embd, kvw, W_MATRIX);
-        BLK("attn_v.weight", T, c->n_embd, kvw, W_MATRIX);
-        BLK("attn_output.weight", T, c->n_embd, c->n_embd, W_MATRIX);
+        MAT("attn_q.weight", 'q', c->n_embd, qw);
+        MAT("attn_k.weight", 'k', c->n_embd, kvw);
+        MAT("attn_v.weight", 'v', c->n_embd, kvw);
+        if (qwen2) {
+            BLK("attn_q.bias", GGML_TYPE_F32, qw, 0, W_BIAS);
+            BLK("attn_k.bias", GGML_TYPE_F32, kvw, 0, W_BIAS);
+            BLK("attn_v.bias", GGML_TYPE_F32, kvw, 0, W_BIAS);
+        }
+        if (qwen3) {
+            BLK("attn_q_norm.weight", GGML_TYPE_F32, hd, 0, W_NORM);
+            BLK("attn_k_norm.weight", GGML_TYPE_F32, hd, 0, W_NORM);
+        }
+        MAT("attn_output.weight", 'a', qw, c->n_embd);
         BLK("ffn_norm.weight", GGML_TYPE_F32, c->n_embd, 0, W_NORM);
-        BLK("ffn_gate.weight", T, c->n_embd, c->n_ff, W_MATRIX);
-        BLK("ffn_down.weight", T, c->n_ff, c->n_embd, W_MATRIX);
-        BLK("ffn_up.weight", T, c->n_embd, c->n_ff, W_MATRIX);
+        MAT("ffn_gate.weight", 'g', c->n_embd, c->n_ff);
+        MAT("ffn_down.weight", 'd', c->n_ff, c->n_embd);
+        MAT("ffn_up.weight", 'u', c->n_embd, c->n_ff);
         if (c->retention_hidden) {
             const uint32_t h = c->retention_hidden;
             BLK("retention_in.weight", GGML_TYPE_F32, c->n_embd, h, W_MATRIX);
@@ -294,6 +337,7 @@ static void plan_tensors(tiny_t *t)
             BLK("retention_out.weight", GGML_TYPE_F32, h, c->n_head_kv, W_MATRIX);
             BLK("retention_out.bias", GGML_TYPE_F32, c->n_head_kv, 0, W_GATE_BIAS);
         }
+#undef MAT
 #undef BLK
     }
 }
@@ -320,18 +364,50 @@ void mdl_tiny_cfg_default(mdl_tiny_cfg_t *cfg)
 
 int mdl_tiny_type_from_name(const char *name)
 {
-    static const uint32_t types[] = {GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_Q8_0,
-                                     GGML_TYPE_Q4_0};
+    static const uint32_t types[] = {GGML_TYPE_F32,  GGML_TYPE_F16,  GGML_TYPE_BF16, GGML_TYPE_Q8_0,
+                                     GGML_TYPE_Q4_0, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1, GGML_TYPE_Q4_K,
+                                     GGML_TYPE_Q5_K, GGML_TYPE_Q6_K};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
-        if (!strcmp(name, ggml_type_get(types[i])->name))
+        if (!strcasecmp(name, ggml_type_get(types[i])->name))
             return (int)types[i];
     return -1;
 }
 
-/* general.file_type as llama.cpp numbers it (LLAMA_FTYPE_*). */
-static uint32_t file_type(uint32_t type)
+int mdl_tiny_set_type(mdl_tiny_cfg_t *cfg, const char *name)
 {
+    static const struct {
+        const char *name;
+        uint32_t type, mix;
+    } mixes[] = {{"q4_K_M", GGML_TYPE_Q4_K, MDL_TINY_MIX_Q4_K_M},
+                 {"q5_K_M", GGML_TYPE_Q5_K, MDL_TINY_MIX_Q5_K_M}};
+    for (size_t i = 0; i < sizeof mixes / sizeof mixes[0]; i++)
+        if (!strcasecmp(name, mixes[i].name)) {
+            cfg->type = mixes[i].type;
+            cfg->mix = mixes[i].mix;
+            return 0;
+        }
+    int t = mdl_tiny_type_from_name(name);
+    if (t < 0)
+        return -1;
+    cfg->type = (uint32_t)t;
+    cfg->mix = MDL_TINY_MIX_NONE;
+    return 0;
+}
+
+/* general.file_type as llama.cpp numbers it (LLAMA_FTYPE_*). */
+static uint32_t file_type(uint32_t type, uint32_t mix)
+{
+    if (mix == MDL_TINY_MIX_Q4_K_M)
+        return 15;
+    if (mix == MDL_TINY_MIX_Q5_K_M)
+        return 17;
     switch (type) {
+    case GGML_TYPE_Q4_K:
+        return 14; /* Q4_K_S: every matrix q4_K */
+    case GGML_TYPE_Q5_K:
+        return 16;
+    case GGML_TYPE_Q6_K:
+        return 18;
     case GGML_TYPE_F16:
         return 1;
     case GGML_TYPE_Q4_0:
@@ -348,8 +424,13 @@ static uint32_t file_type(uint32_t type)
 static int check_cfg(const mdl_tiny_cfg_t *c, err_info_t *e)
 {
     if (mdl_tiny_type_from_name(ggml_type_get(c->type) ? ggml_type_get(c->type)->name : "") < 0)
-        return err_set(e, ERR_INVAL, "type %" PRIu32 " is not one of f32, f16, bf16, q8_0, q4_0",
+        return err_set(e, ERR_INVAL,
+                       "type %" PRIu32 " is not one of f32, f16, bf16, q8_0, q4_0, q5_0, q5_1, "
+                       "q4_K, q5_K, q6_K",
                        c->type);
+    if (c->arch && strcmp(c->arch, "llama") && strcmp(c->arch, "qwen2") && strcmp(c->arch, "qwen3"))
+        return err_set(e, ERR_INVAL, "architecture '%s' is not one of llama, qwen2, qwen3",
+                       c->arch);
     if (!c->n_embd || !c->n_layer || !c->n_head || !c->n_head_kv || !c->n_ff || !c->n_ctx)
         return err_set(e, ERR_INVAL,
                        "n_embd, n_layer, n_head, n_head_kv, n_ff and n_ctx must "
@@ -358,26 +439,30 @@ static int check_cfg(const mdl_tiny_cfg_t *c, err_info_t *e)
         return err_set(e, ERR_INVAL,
                        "shape too large (n_embd <= 65536, n_ff <= 1048576, "
                        "n_layer <= 1024, n_ctx <= 16777216)");
-    if (c->n_embd % c->n_head)
+    if (!c->head_dim && c->n_embd % c->n_head)
         return err_set(e, ERR_INVAL, "n_embd %" PRIu32 " is not a multiple of n_head %" PRIu32,
                        c->n_embd, c->n_head);
+    if ((uint64_t)c->n_head * head_dim(c) > 65536)
+        return err_set(e, ERR_INVAL, "n_head * head_dim is too large");
     if (c->n_head % c->n_head_kv)
         return err_set(e, ERR_INVAL, "n_head %" PRIu32 " is not a multiple of n_head_kv %" PRIu32,
                        c->n_head, c->n_head_kv);
-    if ((c->n_embd / c->n_head) % 2)
-        return err_set(e, ERR_INVAL, "head_dim %" PRIu32 " is odd (rope needs pairs)",
-                       c->n_embd / c->n_head);
+    if (head_dim(c) % 2 || !head_dim(c))
+        return err_set(e, ERR_INVAL, "head_dim %" PRIu32 " is odd or 0 (rope needs pairs)",
+                       head_dim(c));
     if (c->n_vocab > (1u << 24) || c->n_gist > (1u << 20) || c->n_vocab < 259 + c->n_gist)
         return err_set(e, ERR_INVAL,
                        "n_vocab %" PRIu32 " must be at least 259 + n_gist (%" PRIu32
                        ") for the special and byte tokens, and at most 16777216",
                        c->n_vocab, c->n_gist);
     const ggml_type_info_t *ti = ggml_type_get(c->type);
-    if (c->n_embd % ti->block_elems || c->n_ff % ti->block_elems)
+    const uint32_t blk = c->mix ? 32 : ti->block_elems; /* a mix falls back to blocks of 32 */
+    const uint32_t qw = c->n_head * head_dim(c);
+    if (c->n_embd % blk || c->n_ff % blk || qw % blk)
         return err_set(e, ERR_INVAL,
-                       "type %s needs n_embd and n_ff to be multiples of %" PRIu32
-                       " (n_embd %" PRIu32 ", n_ff %" PRIu32 ")",
-                       ti->name, ti->block_elems, c->n_embd, c->n_ff);
+                       "type %s needs n_embd, n_ff and n_head * head_dim to be multiples of "
+                       "%" PRIu32 " (n_embd %" PRIu32 ", n_ff %" PRIu32 ", %" PRIu32 ")",
+                       ti->name, blk, c->n_embd, c->n_ff, qw);
     if (!(c->rope_base > 0.0f) || !isfinite(c->rope_base) || !(c->rms_eps > 0.0f) ||
         !(c->rms_eps < 1.0f))
         return err_set(e, ERR_INVAL, "rope_base must be positive and rms_eps in (0, 1)");
@@ -389,19 +474,27 @@ static int check_cfg(const mdl_tiny_cfg_t *c, err_info_t *e)
 
 static void add_keys(gguf_writer_t *w, const mdl_tiny_cfg_t *c, const vocab_t *v)
 {
-    gguf_writer_add_str(w, "general.architecture", "llama");
+    const char *arch = c->arch ? c->arch : "llama";
+    char k[96];
+#define AK(suffix) (snprintf(k, sizeof k, "%s." suffix, arch), k)
+    gguf_writer_add_str(w, "general.architecture", arch);
     gguf_writer_add_str(w, "general.name", c->name ? c->name : "tiny");
-    gguf_writer_add_u32(w, "general.file_type", file_type(c->type));
-    gguf_writer_add_u32(w, "llama.vocab_size", c->n_vocab);
-    gguf_writer_add_u32(w, "llama.context_length", c->n_ctx);
-    gguf_writer_add_u32(w, "llama.embedding_length", c->n_embd);
-    gguf_writer_add_u32(w, "llama.block_count", c->n_layer);
-    gguf_writer_add_u32(w, "llama.feed_forward_length", c->n_ff);
-    gguf_writer_add_u32(w, "llama.rope.dimension_count", c->n_embd / c->n_head);
-    gguf_writer_add_u32(w, "llama.attention.head_count", c->n_head);
-    gguf_writer_add_u32(w, "llama.attention.head_count_kv", c->n_head_kv);
-    gguf_writer_add_f32(w, "llama.attention.layer_norm_rms_epsilon", c->rms_eps);
-    gguf_writer_add_f32(w, "llama.rope.freq_base", c->rope_base);
+    gguf_writer_add_u32(w, "general.file_type", file_type(c->type, c->mix));
+    gguf_writer_add_u32(w, AK("vocab_size"), c->n_vocab);
+    gguf_writer_add_u32(w, AK("context_length"), c->n_ctx);
+    gguf_writer_add_u32(w, AK("embedding_length"), c->n_embd);
+    gguf_writer_add_u32(w, AK("block_count"), c->n_layer);
+    gguf_writer_add_u32(w, AK("feed_forward_length"), c->n_ff);
+    gguf_writer_add_u32(w, AK("rope.dimension_count"), head_dim(c));
+    gguf_writer_add_u32(w, AK("attention.head_count"), c->n_head);
+    gguf_writer_add_u32(w, AK("attention.head_count_kv"), c->n_head_kv);
+    if (c->head_dim) {
+        gguf_writer_add_u32(w, AK("attention.key_length"), c->head_dim);
+        gguf_writer_add_u32(w, AK("attention.value_length"), c->head_dim);
+    }
+    gguf_writer_add_f32(w, AK("attention.layer_norm_rms_epsilon"), c->rms_eps);
+    gguf_writer_add_f32(w, AK("rope.freq_base"), c->rope_base);
+#undef AK
     gguf_writer_add_str(w, "tokenizer.ggml.model", "llama");
     gguf_writer_add_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)v->pieces, v->n);
     gguf_writer_add_arr(w, "tokenizer.ggml.scores", GGUF_VT_FLOAT32, v->scores, v->n);
@@ -411,7 +504,9 @@ static void add_keys(gguf_writer_t *w, const mdl_tiny_cfg_t *c, const vocab_t *v
     gguf_writer_add_u32(w, "tokenizer.ggml.unknown_token_id", 0);
     gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", true);
     gguf_writer_add_bool(w, "tokenizer.ggml.add_eos_token", false);
-    gguf_writer_add_bool(w, "tokenizer.ggml.add_space_prefix", true);
+    gguf_writer_add_bool(w, "tokenizer.ggml.add_space_prefix", !c->no_space_prefix);
+    if (c->chat_template)
+        gguf_writer_add_str(w, "tokenizer.chat_template", c->chat_template);
     if (c->n_gist) {
         gguf_writer_add_u32(w, "gistd.gist.count", c->n_gist);
         gguf_writer_add_u32(w, "gistd.gist.first_token_id", c->n_vocab - c->n_gist);
@@ -432,8 +527,10 @@ int mdl_tiny_write(const char *path, const mdl_tiny_cfg_t *cfg, err_info_t *e)
     tiny_t t = {.cfg = cfg};
     vocab_t v;
     gguf_writer_t *w = NULL;
-    const uint32_t per_layer = 9 + (cfg->retention_hidden ? 4 : 0);
-    const uint64_t max_cols = cfg->n_embd > cfg->n_ff ? cfg->n_embd : cfg->n_ff;
+    const uint32_t per_layer = 14 + (cfg->retention_hidden ? 4 : 0);
+    uint64_t max_cols = cfg->n_embd > cfg->n_ff ? cfg->n_embd : cfg->n_ff;
+    if ((uint64_t)cfg->n_head * head_dim(cfg) > max_cols)
+        max_cols = (uint64_t)cfg->n_head * head_dim(cfg);
     t.specs = calloc(3 + (size_t)cfg->n_layer * per_layer, sizeof *t.specs);
     t.row = malloc((max_cols > cfg->retention_hidden ? max_cols : cfg->retention_hidden) *
                    sizeof *t.row);

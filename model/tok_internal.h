@@ -31,7 +31,7 @@ enum {
 };
 
 /* Which regex splits text into words before byte-level BPE. */
-typedef enum tok_pre { TOK_PRE_GPT2 = 1, TOK_PRE_LLAMA3 = 2 } tok_pre_t;
+typedef enum tok_pre { TOK_PRE_GPT2 = 1, TOK_PRE_LLAMA3 = 2, TOK_PRE_QWEN2 = 3 } tok_pre_t;
 
 /* Open-addressing table from a symbol's stored text to its id (the texts stay in
  * tok_t.texts; the table holds ids and hashes only). */

@@ -4,6 +4,8 @@
  * GPT-2:   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
  * Llama 3: (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
  *          ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ * Qwen2:   the same with \p{N} for \p{N}{1,3} (one digit a word), and the contractions
+ *          spelt '[sS]|'[tT]|'[rR][eE]|... (the same set as (?i:...))
  *
  * Each loop below tries the alternatives in the regex's order at the current character
  * and takes the first that matches, with the length a backtracking regex engine would
@@ -112,7 +114,8 @@ static void split_gpt2(pre_text_t *p)
     }
 }
 
-static void split_llama3(pre_text_t *p)
+/* Llama 3's split; Qwen2's with max_digits 1. */
+static void split_llama3(pre_text_t *p, size_t max_digits)
 {
     for (size_t pos = 0; pos < p->n;) {
         size_t k = contraction(p, pos, true);
@@ -131,10 +134,10 @@ static void split_llama3(pre_text_t *p)
             emit(p, pos);
             continue;
         }
-        /* \p{N}{1,3} */
+        /* \p{N}{1,3} (Qwen2: \p{N}) */
         if (f & TOK_CPT_NUMBER) {
             size_t end = pos;
-            while (end - pos < 3 && (F(p, end) & TOK_CPT_NUMBER))
+            while (end - pos < max_digits && (F(p, end) & TOK_CPT_NUMBER))
                 end++;
             pos = end;
             emit(p, pos);
@@ -189,8 +192,8 @@ int tok_pretok_split(tok_pre_t pre, const char *text, size_t len, size_t **ends,
         off += cl;
     }
     p.off[p.n] = len;
-    if (pre == TOK_PRE_LLAMA3)
-        split_llama3(&p);
+    if (pre == TOK_PRE_LLAMA3 || pre == TOK_PRE_QWEN2)
+        split_llama3(&p, pre == TOK_PRE_QWEN2 ? 1 : 3);
     else
         split_gpt2(&p);
     *ends = p.ends;

@@ -277,9 +277,12 @@ static int load_kind(tok_t *t, const gguf_t *g, err_info_t *e)
         return rc;
     if (gguf_str_eq(s, "llama-bpe") || gguf_str_eq(s, "llama3"))
         t->pre = TOK_PRE_LLAMA3;
+    else if (gguf_str_eq(s, "qwen2"))
+        t->pre = TOK_PRE_QWEN2;
     else if (!gguf_str_eq(s, "default") && !gguf_str_eq(s, "gpt-2"))
         return err_set(e, ERR_UNSUPPORTED,
-                       "tokenizer.ggml.pre '%.*s' is not supported (default, gpt-2, llama-bpe)",
+                       "tokenizer.ggml.pre '%.*s' is not supported (default, gpt-2, llama-bpe, "
+                       "qwen2)",
                        (int)(s.len > 64 ? 64 : s.len), s.ptr);
     return 0;
 }

@@ -68,6 +68,7 @@ struct pol {
     uint32_t recent;     /* pinned last positions */
     float recent_frac;   /* or this fraction of the rows the soft watermark holds, if more */
     uint32_t recent_eff; /* the recent window in force for the step being taken */
+    float low;           /* a watermark round compacts down to low x the soft watermark */
     uint32_t gist_rows;  /* pooled rows per sentence */
     uint32_t merge_k;    /* gist groups per merge (0: no merges) */
     uint32_t levels;     /* highest level a merge makes */

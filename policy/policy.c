@@ -44,6 +44,8 @@ const char *pol_param_help(void)
            "recent=N       last positions never compacted (default 16; window, tova: 0)\n"
            "recent_frac=F  or this fraction of the rows the budget holds, if more (default "
            "0.5 for h2o, pool and auto with pooled gists, else 0)\n"
+           "low=F          above the soft watermark, compact down to this fraction of it in "
+           "one round (default 0.85; 1: back under the watermark only)\n"
            "gist_rows=N    pooled rows per sentence (default 2)\n"
            "merge=N        gist groups merged into one level-up group (default 4; 0: none)\n"
            "levels=N       highest gist level a merge makes (default 3)\n"
@@ -114,6 +116,7 @@ static int preset(pol_t *p, const char *name, err_info_t *e)
     p->gist_rows = 2;
     p->merge_k = 4;
     p->levels = 3;
+    p->low = 0.85f;
     p->gist_mode = POL_GIST_NONE;
     p->evict = POL_EV_NONE;
     if (!strcmp(name, "full")) {
@@ -191,7 +194,11 @@ static int apply_params(pol_t *p, const pol_param_t *ps, uint32_t n, pol_seg_cfg
             p->no_mass_bias = b == 0;
         } else if (!strcmp(k, "recent_frac"))
             rc = parse_frac(k, v, &p->recent_frac, e);
-        else if (!strcmp(k, "min_gist"))
+        else if (!strcmp(k, "low")) {
+            rc = parse_frac(k, v, &p->low, e);
+            if (!rc && p->low <= 0.0f)
+                rc = err_set(e, ERR_INVAL, "policy parameter low: '%s' is not in (0, 1]", v);
+        } else if (!strcmp(k, "min_gist"))
             rc = parse_u32(k, v, 1, 1u << 20, &p->min_gist, e);
         else if (!strcmp(k, "max_sentence"))
             rc = parse_u32(k, v, 0, 1u << 20, &sc->max_len, e);
@@ -209,8 +216,8 @@ static int apply_params(pol_t *p, const pol_param_t *ps, uint32_t n, pol_seg_cfg
         } else
             rc = err_set(
                 e, ERR_INVAL,
-                "policy '%s' has no parameter '%s' (known: sinks, recent, recent_frac, mass_bias, "
-                "gist_rows, merge, levels, min_gist, max_sentence, rule, score)",
+                "policy '%s' has no parameter '%s' (known: sinks, recent, recent_frac, low, "
+                "mass_bias, gist_rows, merge, levels, min_gist, max_sentence, rule, score)",
                 p->name, k);
         if (rc)
             return rc;
@@ -317,21 +324,19 @@ uint32_t pol_transcript_len(const pol_t *p)
 
 size_t pol_session_bytes(pol_t *p)
 {
-    kv_stats_t s;
-    if (kv_session_stats(p->st, p->sid, &s))
-        return 0;
-    return s.bytes;
+    return kv_session_bytes(p->st, p->sid);
 }
 
 size_t pol_session_avail(pol_t *p)
 {
-    kv_stats_t s, g;
-    size_t avail = SIZE_MAX;
-    if (kv_session_stats(p->st, p->sid, &s) == 0 && s.hard_limit)
-        avail = s.hard_limit > s.bytes ? s.hard_limit - s.bytes : 0;
-    kv_store_stats(p->st, &g);
-    if (g.hard_limit) {
-        size_t a = g.hard_limit > g.bytes ? g.hard_limit - g.bytes : 0;
+    size_t avail = SIZE_MAX, hard = 0;
+    if (kv_session_limits(p->st, p->sid, &hard, NULL) == 0 && hard) {
+        const size_t b = kv_session_bytes(p->st, p->sid);
+        avail = hard > b ? hard - b : 0;
+    }
+    kv_store_limits(p->st, &hard, NULL);
+    if (hard) {
+        const size_t g = kv_store_bytes(p->st), a = hard > g ? hard - g : 0;
         avail = a < avail ? a : avail;
     }
     return avail;
@@ -422,22 +427,34 @@ int pol_next(pol_t *p, const pol_text_t *pieces, uint32_t n, uint32_t *n_run, er
     return 0;
 }
 
-/* While the session is above `target` (its soft watermark when target is SIZE_MAX), runs
- * steps; stops when nothing more can go. */
+/* The low watermark under a soft one: where a round of compaction that crossed it stops. */
+static size_t low_mark(const pol_t *p, size_t soft)
+{
+    return (size_t)((double)soft * (double)p->low);
+}
+
+/* While the session holds more than `target` bytes, runs steps; stops when nothing more can
+ * go. target SIZE_MAX is the watermark round: when the session is above its soft watermark,
+ * or the store above its own, compacts down to the low watermark under each one crossed
+ * (hysteresis: one round frees (1 - low) of the watermark, not a block per token). */
 static int compact_to(pol_t *p, size_t target, int reason, err_info_t *e)
 {
-    for (int guard = 0; guard < 1 << 20; guard++) {
-        kv_stats_t s;
-        if (kv_session_stats(p->st, p->sid, &s))
+    size_t goal = target, goal_store = SIZE_MAX; /* SIZE_MAX: no goal */
+    if (target == SIZE_MAX) {
+        size_t soft = 0, soft_store = 0;
+        if (kv_session_limits(p->st, p->sid, NULL, &soft))
             return err_set(e, ERR_NOTFOUND, "policy: session %u is gone", p->sid);
-        size_t over;
-        if (target == SIZE_MAX) {
-            kv_stats_t g;
-            kv_store_stats(p->st, &g);
-            over = s.over_soft > g.over_soft ? s.over_soft : g.over_soft;
-        } else {
-            over = s.bytes > target ? s.bytes - target : 0;
-        }
+        kv_store_limits(p->st, NULL, &soft_store);
+        if (soft && kv_session_bytes(p->st, p->sid) > soft)
+            goal = low_mark(p, soft);
+        if (soft_store && kv_store_bytes(p->st) > soft_store)
+            goal_store = low_mark(p, soft_store);
+    }
+    for (int guard = 0; guard < 1 << 20; guard++) {
+        const size_t b = kv_session_bytes(p->st, p->sid), g = kv_store_bytes(p->st);
+        size_t over = goal != SIZE_MAX && b > goal ? b - goal : 0;
+        if (goal_store != SIZE_MAX && g > goal_store && g - goal_store > over)
+            over = g - goal_store;
         if (over == 0)
             return 0;
         bool progress = false;

@@ -31,7 +31,7 @@
  *         pol_reserve(p, k)               kv_reserve, compacting when a budget refuses it
  *         forward k tokens over the store's lanes, kv_commit
  *         pol_commit(p, pieces, k)        the segmenter sees them; above the soft watermark
- *                                         the progressive schedule runs
+ *                                         the schedule runs down to the low watermark
  *
  * and at the edges of a session: pol_end_turn (a chat turn ended), pol_mark_thought (a
  * client's thought marker), pol_pin_span (a system prompt), pol_shrink (a budget was
@@ -224,8 +224,10 @@ int pol_next(pol_t *p, const pol_text_t *pieces, uint32_t n, uint32_t *n_run, er
 int pol_reserve(pol_t *p, uint32_t n, err_info_t *e);
 
 /* After kv_commit of the n tokens last given to pol_next (the first n of them): the
- * segmenter records them, and while the session is above its soft watermark the schedule
- * compacts (reason "watermark"). TOVA scores are read, then the accumulators zeroed. */
+ * segmenter records them, and when the session is above its soft watermark (or the store
+ * above its own) the schedule compacts down to the low watermark, `low` (0.85) of the one
+ * crossed, in one round (reason "watermark"): a few rounds per thousand tokens at steady
+ * state, not a row per token. TOVA scores are read, then the accumulators zeroed. */
 int pol_commit(pol_t *p, const pol_text_t *pieces, uint32_t n, err_info_t *e);
 
 /* A chat turn ended: the open sentence closes now (learned gists run at once). */

@@ -27,7 +27,7 @@ int pol_lane_meta(pol_t *p, uint32_t l, uint32_t *n, err_info_t *e)
     uint32_t nh = pol_n_head_kv(p), rows = 0;
     int rc = kv_lane_size(p->st, p->sid, l / nh, l % nh, &rows, NULL);
     if (rc)
-        return err_set(e, rc, "policy: lane %u of session %u", l, p->sid);
+        return err_set(e, rc, "policy: lane %u", l);
     if (rows > p->meta_cap) {
         uint32_t cap = rows + rows / 2 + 64;
         kv_row_meta_t *t = realloc(p->meta, cap * sizeof *t);
@@ -356,40 +356,102 @@ int pol_pool_spans(pol_t *p, uint32_t i0, uint32_t i1, int reason, err_info_t *e
 
 /* ------------------------------------------------------------------ merges */
 
-/* Merges spans [i0, i1] (all at level L) into one span at level L+1. */
-static int merge_spans(pol_t *p, uint32_t i0, uint32_t i1, int reason, err_info_t *e)
+/* A run of spans [i0, i1] at one level, to merge into one span a level up. */
+typedef struct pol_mrun {
+    uint32_t i0, i1;
+} pol_mrun_t;
+
+/* The positions a run of spans covers (sinks left out). */
+static void run_range(const pol_t *p, const pol_mrun_t *r, float out[2])
 {
-    pol_span_t *a = &p->spans[i0], *b = &p->spans[i1];
-    uint32_t lo = a->first > p->sinks ? a->first : p->sinks, hi = pol_span_end(b);
-    uint8_t level = (uint8_t)(a->level + 1);
+    const pol_span_t *a = &p->spans[r->i0];
+    out[0] = (float)(a->first > p->sinks ? a->first : p->sinks);
+    out[1] = (float)pol_span_end(&p->spans[r->i1]);
+}
+
+/* Merges each run (ordered, disjoint; every span at level L) into one span at level L+1, in
+ * one edit and one event. */
+static int merge_runs(pol_t *p, const pol_mrun_t *runs, uint32_t n_runs, int reason, err_info_t *e)
+{
+    float(*rng)[2] = malloc(n_runs * sizeof *rng);
+    if (!rng)
+        return err_set(e, ERR_NOMEM, "policy: out of memory");
+    const uint8_t level = (uint8_t)(p->spans[runs[0].i0].level + 1);
     uint64_t tokens = 0;
-    for (uint32_t i = i0; i <= i1; i++)
-        tokens += p->spans[i].tokens;
-    float rng[1][2] = {{(float)lo, (float)hi}};
-    uint32_t rows = p->gist_mode == POL_GIST_LEARNED ? p->model.n_gist : p->gist_rows;
+    for (uint32_t r = 0; r < n_runs; r++) {
+        run_range(p, &runs[r], rng[r]);
+        for (uint32_t i = runs[r].i0; i <= runs[r].i1; i++)
+            tokens += p->spans[i].tokens;
+    }
+    const uint32_t rows = p->gist_mode == POL_GIST_LEARNED ? p->model.n_gist : p->gist_rows;
     pol_event_t ev = {.action = POL_MERGE,
                       .method = POL_M_POOLED,
                       .reason = (uint8_t)reason,
                       .level = level,
-                      .first = lo,
-                      .last = hi,
+                      .first = (uint32_t)rng[0][0],
+                      .last = (uint32_t)rng[n_runs - 1][1],
                       .tokens = tokens};
     bool changed = false;
-    int rc = pool_ranges(p, (const float(*)[2])rng, 1, rows, level, &ev, &changed, e);
+    int rc = pool_ranges(p, (const float(*)[2])rng, n_runs, rows, level, &ev, &changed, e);
+    free(rng);
     if (rc)
         return rc;
-    pol_span_t s = {.first = a->first,
-                    .last = hi,
-                    .gfirst = POL_NONE,
-                    .glast = 0,
-                    .tokens = (uint32_t)tokens,
-                    .level = changed ? level : LEVEL_GONE,
-                    .thought_end = b->thought_end};
-    p->spans[i0] = s;
-    memmove(&p->spans[i0 + 1], &p->spans[i1 + 1], (p->n_spans - i1 - 1) * sizeof *p->spans);
-    p->n_spans -= i1 - i0;
+    for (uint32_t r = n_runs; r-- > 0;) { /* last first: earlier indices stay put */
+        const uint32_t i0 = runs[r].i0, i1 = runs[r].i1;
+        const pol_span_t *a = &p->spans[i0], *b = &p->spans[i1];
+        uint64_t t = 0;
+        for (uint32_t i = i0; i <= i1; i++)
+            t += p->spans[i].tokens;
+        pol_span_t m = {.first = a->first,
+                        .last = pol_span_end(b),
+                        .gfirst = POL_NONE,
+                        .glast = 0,
+                        .tokens = (uint32_t)t,
+                        .level = changed ? level : LEVEL_GONE,
+                        .thought_end = b->thought_end};
+        p->spans[i0] = m;
+        memmove(&p->spans[i0 + 1], &p->spans[i1 + 1], (p->n_spans - i1 - 1) * sizeof *p->spans);
+        p->n_spans -= i1 - i0;
+    }
     if (changed)
         pol_emit_event(p, &ev);
+    return 0;
+}
+
+/* Rows lane l must lose to free `blocks` of its blocks (its rows are packed: the rows of its
+ * last, partial block, then whole blocks). */
+static uint32_t rows_to_free(uint32_t n, uint32_t B, uint32_t blocks)
+{
+    return n ? (n - 1) % B + 1 + (blocks > 1 ? (blocks - 1) * B : 0) : UINT32_MAX;
+}
+
+/* How many of the ranges (ordered, oldest first), each to be pooled into at most `each` rows
+ * in every lane, to edit at once: the fewest that free `blocks` blocks in every lane, or all
+ * of them; 0 when even all of them free no block in any lane (an edit that frees nothing
+ * would only coarsen what is kept). */
+static int ranges_to_free(pol_t *p, const float (*rng)[2], uint32_t n_rng, uint32_t each,
+                          uint32_t blocks, uint32_t *take, err_info_t *e)
+{
+    const uint32_t nl = kv_lane_count(p->st), B = kv_block_rows(p->st);
+    uint32_t most = 0;
+    bool frees = false;
+    for (uint32_t l = 0; l < nl; l++) {
+        uint32_t n;
+        int rc = pol_lane_meta(p, l, &n, e);
+        if (rc)
+            return rc;
+        uint32_t gone = 0, r = 0;
+        const uint32_t want = rows_to_free(n, B, blocks), one = rows_to_free(n, B, 1);
+        for (; r < n_rng && gone < want; r++) {
+            uint32_t a = pol_lower_pos(p->meta, n, rng[r][0]), b = a;
+            while (b < n && p->meta[b].pos <= rng[r][1])
+                b++;
+            gone += b - a > each ? b - a - each : 0;
+        }
+        frees |= gone >= one;
+        most = r > most ? r : most;
+    }
+    *take = frees ? most : 0;
     return 0;
 }
 
@@ -494,9 +556,11 @@ static int evict_step(pol_t *p, uint32_t blocks, int reason, bool *progress, err
         for (uint32_t i = 0; i < n; i++)
             if (!row_pinned(p, &p->meta[i], len))
                 sc[ne++] = (scored_t){row_score(p, &p->meta[i], len), p->meta[i].pos, i};
-        uint32_t k = (n - 1) % B + 1 + (blocks > 1 ? (blocks - 1) * B : 0);
+        uint32_t k = rows_to_free(n, B, blocks);
         k = k < ne ? k : ne;
-        if (k == 0)
+        /* rows that free no block would go for nothing, unless a reservation needs the room
+         * in the lane's last block */
+        if (k == 0 || (k < rows_to_free(n, B, 1) && reason != POL_R_BUDGET))
             continue;
         qsort(sc, ne, sizeof *sc, cmp_scored);
         for (uint32_t i = 0; i < k; i++) {
@@ -539,6 +603,8 @@ static bool span_free(const pol_t *p, const pol_span_t *s, uint32_t len)
  * the session's soft watermark (its hard limit when it has none), whichever is more. */
 static uint32_t effective_recent(pol_t *p)
 {
+    /* the walk (kv_session_stats, not the O(1) kv_session_bytes): the window is sized from
+     * the bytes outside blocks; once a step, which reads every lane's rows anyway */
     kv_stats_t s;
     if (p->recent_frac <= 0.0f || kv_session_stats(p->st, p->sid, &s))
         return p->recent;
@@ -588,9 +654,31 @@ int pol_step(pol_t *p, size_t want, int reason, bool *progress, err_info_t *e)
             /* a shorter run would free too little to pay for its own new rows */
             if (tokens < p->min_gist)
                 goto merges;
+            /* rows some lanes already lost (evictions) do not free them again: take more
+             * sentences until the step frees a block (or skip to the merges) */
+            uint32_t n_free = j + 1 - i, take = 0;
+            while (i + n_free < p->n_spans && p->spans[i + n_free].level == 0 &&
+                   span_free(p, &p->spans[i + n_free], len))
+                n_free++;
+            float(*rng)[2] = malloc(n_free * sizeof *rng);
+            if (!rng)
+                return err_set(e, ERR_NOMEM, "policy: out of memory");
+            for (uint32_t q = 0; q < n_free; q++) {
+                const pol_span_t *sp = &p->spans[i + q];
+                rng[q][0] = (float)(sp->first > p->sinks ? sp->first : p->sinks);
+                rng[q][1] = (float)pol_span_end(sp);
+            }
+            int rc =
+                ranges_to_free(p, (const float(*)[2])rng, n_free, p->gist_rows, blocks, &take, e);
+            free(rng);
+            if (rc)
+                return rc;
+            if (take == 0)
+                goto merges;
+            j = i + take - 1 > j ? i + take - 1 : j;
             err_info_t e2;
             err_clear(&e2);
-            int rc = pol_pool_spans(p, i, j, reason, &e2);
+            rc = pol_pool_spans(p, i, j, reason, &e2);
             if (rc == 0) {
                 *progress = true;
                 return 0;
@@ -604,10 +692,14 @@ int pol_step(pol_t *p, size_t want, int reason, bool *progress, err_info_t *e)
     }
 
 merges:
-    /* 2. merges of the oldest run of gists, lowest level first */
+    /* 2. merges of the oldest runs of gists, lowest level first: as many runs at once as free
+     * the blocks wanted */
     if (p->merge_k >= 2 && p->gist_mode != POL_GIST_NONE && p->model.rope.rotate) {
+        pol_mrun_t *runs = malloc(((p->n_spans / p->merge_k) + 1) * sizeof *runs);
+        if (!runs)
+            return err_set(e, ERR_NOMEM, "policy: out of memory");
         for (uint32_t L = 1; L < p->levels; L++) {
-            uint32_t run = 0;
+            uint32_t run = 0, n_runs = 0, take = 0;
             for (uint32_t i = 0; i < p->n_spans; i++) {
                 const pol_span_t *s = &p->spans[i];
                 bool ok = s->level == L && span_free(p, s, len);
@@ -616,21 +708,38 @@ merges:
                     run = 0; /* a merge does not cross a thought boundary */
                 if (run < p->merge_k)
                     continue;
-                err_info_t e2;
-                err_clear(&e2);
-                int rc = merge_spans(p, i + 1 - run, i, reason, &e2);
-                if (rc == 0) {
-                    *progress = true;
-                    return 0;
-                }
-                if (rc != ERR_BUDGET) {
-                    if (e)
-                        *e = e2;
-                    return rc;
-                }
-                break;
+                runs[n_runs++] = (pol_mrun_t){i + 1 - run, i};
+                run = 0;
             }
+            if (n_runs == 0)
+                continue;
+            float(*rng)[2] = malloc(n_runs * sizeof *rng);
+            int rc = rng ? 0 : err_set(e, ERR_NOMEM, "policy: out of memory");
+            for (uint32_t r = 0; !rc && r < n_runs; r++)
+                run_range(p, &runs[r], rng[r]);
+            const uint32_t each = p->gist_mode == POL_GIST_LEARNED ? p->model.n_gist : p->gist_rows;
+            if (!rc)
+                rc = ranges_to_free(p, (const float(*)[2])rng, n_runs, each, blocks, &take, e);
+            free(rng);
+            if (rc) {
+                free(runs);
+                return rc;
+            }
+            if (take == 0)
+                continue;
+            err_info_t e2;
+            err_clear(&e2);
+            rc = merge_runs(p, runs, take, reason, &e2);
+            if (rc != ERR_BUDGET) {
+                free(runs);
+                if (rc && e)
+                    *e = e2;
+                *progress = rc == 0;
+                return rc;
+            }
+            break;
         }
+        free(runs);
     }
 
     /* 3. eviction by score */

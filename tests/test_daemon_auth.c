@@ -376,6 +376,100 @@ out:
     CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
 }
 
+/* What a key learns of sessions it does not own: stats count only the sessions it may use;
+ * a restore of another key's snapshot is answered exactly like a restore of none, without a
+ * path and without a refusal counted; an admin key manages every session but reads and
+ * writes no one's text. */
+static void test_what_others_learn(void)
+{
+    const char *model = td_tiny_model("tiny_auth.gguf", "31");
+    if (!model || keys_ready())
+        return;
+    const char *snapdir = td_tmp_path("snaps_priv");
+    mkdir(snapdir, 0700);
+    td_daemon_t d;
+    const char *extra[] = {"--snapshot-dir", snapdir, NULL};
+    if (start_curve(&d, model, extra))
+        return;
+    gc_client_t *a = must_connect(&d, &K_a), *b = must_connect(&d, &K_b),
+                *adm = must_connect(&d, &K_admin);
+    err_info_t e;
+    uint32_t s, sb;
+    gc_stats_t st;
+    gc_usage_t u;
+    if (!a || !b || !adm)
+        goto out;
+    gc_open_opts_t full = {.policy = "full"};
+    CHECK_OK(gc_open(a, &full, &s, &e));
+    CHECK_OK(gc_append(a, s, "Once upon a time", 0, GC_ROLE_NONE, &u, &e));
+    CHECK_OK(gc_open(b, &full, &sb, &e));
+    gc_client_t *who[] = {a, b, adm};
+    const uint32_t sees[] = {1, 1, 2};
+    for (int i = 0; i < 3; i++) {
+        CHECK_OK(gc_stats(who[i], false, &st, &e));
+        CHECK_MSG(st.sessions == sees[i], "client %d sees %u sessions, may use %u", i,
+                  st.sessions, sees[i]);
+        gc_stats_free(&st);
+    }
+
+    /* the admin: figures and budgets, not text */
+    const char *why = "owner's alone";
+    gc_session_info_t info;
+    CHECK_OK(gc_session_info(adm, s, &info, &e));
+    CHECK_OK(gc_set_budget(adm, s, 4 << 20, 0, NULL, &e));
+    char *text = NULL;
+    CHECK_ERR(gc_transcript(adm, s, 0, 0, &text, NULL, NULL, NULL, NULL, &e_), ERR_PERM, why);
+    CHECK_ERR(gc_append(adm, s, "evil", 0, GC_ROLE_NONE, NULL, &e_), ERR_PERM, why);
+    gc_gen_opts_t go = {.session = s, .max_tokens = 2, .sampling = &td_greedy};
+    CHECK_ERR(gc_generate(adm, &go, NULL, NULL, &e_), ERR_PERM, why);
+    float *lp = NULL;
+    int32_t *tk = NULL;
+    size_t n = 0;
+    double total;
+    CHECK_ERR(gc_score(adm, s, "evil", NULL, 0, &lp, &tk, &n, &total, &e_), ERR_PERM, why);
+    CHECK_OK(gc_transcript(a, s, 0, 0, &text, NULL, NULL, NULL, NULL, &e));
+    CHECK_MSG(text && strstr(text, "Once upon a time"), "%s", text ? text : "(none)");
+    free(text);
+
+    /* a's snapshot on disk, its session closed: b restoring it and b restoring a session that
+     * never existed get the same answer */
+    td_saved_t body, rows;
+    CHECK_OK(gc_snapshot(a, s, NULL, &e));
+    td_save(&body, snapdir, s, "");
+    td_save(&rows, snapdir, s, ".kv");
+    CHECK_OK(gc_close(a, s, &e));
+    CHECK(td_spew(body.path, body.p, body.len) == 0 && td_spew(rows.path, rows.p, rows.len) == 0);
+    CHECK_OK(gc_stats(b, false, &st, &e));
+    const uint64_t refused = st.permission_refusals;
+    gc_stats_free(&st);
+    const uint32_t ids[] = {s, 4242};
+    for (int i = 0; i < 2; i++) {
+        err_clear(&e);
+        CHECK_INT(gc_restore(b, ids[i], &e), ==, ERR_NOTFOUND);
+        char want[128];
+        snprintf(want, sizeof want, "no snapshot of session %u that this client may restore",
+                 ids[i]);
+        CHECK_MSG(!strcmp(err_msg(&e), want), "restore %u: \"%s\"", ids[i], err_msg(&e));
+        CHECK_MSG(!strchr(err_msg(&e), '/'), "a path in \"%s\"", err_msg(&e));
+    }
+    CHECK_OK(gc_stats(b, false, &st, &e));
+    CHECK_INT(st.permission_refusals, ==, refused);
+    CHECK_INT(st.sessions, ==, 1);
+    gc_stats_free(&st);
+    CHECK(td_unchanged(&body, body.path)); /* b's attempt left a's file as it was */
+    /* its owner restores it */
+    CHECK_OK(gc_restore(a, s, &e));
+    CHECK_OK(gc_session_info(a, s, &info, &e));
+    CHECK_INT(info.tokens, ==, u.prompt_tokens);
+    free(body.p);
+    free(rows.p);
+out:
+    gc_disconnect(&a);
+    gc_disconnect(&b);
+    gc_disconnect(&adm);
+    CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
+}
+
 /* ------------------------------------------------------------------ limits */
 
 static void test_rate_limit(void)
@@ -635,6 +729,7 @@ int main(void)
     RUN(test_handshakes);
     RUN(test_startup_refusals);
     RUN(test_ownership);
+    RUN(test_what_others_learn);
     RUN(test_rate_limit);
     RUN(test_client_sessions);
     RUN(test_oversized);

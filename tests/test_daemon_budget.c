@@ -55,7 +55,8 @@ static void test_budget_never_crossed(void)
     const char *model = td_tiny_model("tiny_budget.gguf", "31");
     /* the tiny model's 4 lanes take a ~9 KiB block each per 64 tokens: a session budget of
      * 60 KiB holds one block per lane (64 tokens), and 150 KiB do not hold four sessions */
-    const char *extra[] = {"--kv-budget", "150K", "--session-budget", "60K", NULL};
+    const char *extra[] = {"--kv-budget",     "150K", "--session-budget", "60K",
+                           "--kv-budget-max", "4M",   NULL};
     td_daemon_t d;
     gc_client_t *c = td_up(&d, model, extra);
     if (!c)
@@ -303,7 +304,8 @@ static void test_snapshot_restart(void)
     td_gen_text(c, s1, 12, NULL, cont, sizeof cont);
     CHECK_MSG(!strcmp(cont, ref), "after restart \"%s\" vs without \"%s\"", cont, ref);
 
-    /* closing forgets the snapshot; a corrupt one is refused and changes nothing */
+    /* closing forgets a snapshot written at shutdown; a corrupt one is refused and changes
+     * nothing */
     CHECK_OK(gc_close(c, s2, &e));
     CHECK_INT(gc_restore(c, s2, &e), ==, ERR_NOTFOUND);
     char bad[700];
@@ -318,7 +320,7 @@ static void test_snapshot_restart(void)
     CHECK(len > 100);
     char *was = NULL, *now = NULL;
     CHECK_OK(gc_transcript(c, s1, 0, 0, &was, NULL, NULL, NULL, NULL, &e));
-    CHECK_OK(gc_close(c, s1, &e)); /* removes both files */
+    CHECK_OK(gc_close_opts(c, s1, true, &e)); /* forget: removes both files */
     /* without the rows (.kv) it comes back from its tokens, prefilled again */
     f = fopen(bad, "wb");
     CHECK(f && fwrite(snap, 1, len, f) == len);
@@ -333,7 +335,7 @@ static void test_snapshot_restart(void)
     free(was);
     free(now);
     td_gen_text(c, s1, 4, NULL, cont, sizeof cont);
-    CHECK_OK(gc_close(c, s1, &e));
+    CHECK_OK(gc_close_opts(c, s1, true, &e));
     /* with one byte changed it is refused */
     snap[len / 2] ^= 0x10;
     f = fopen(bad, "wb");
@@ -356,10 +358,78 @@ static void test_snapshot_restart(void)
     CHECK_INT(td_stop(&d, SIGINT), ==, 0);
 }
 
+/* The global limit cannot be switched off (0), raised past --kv-budget without
+ * --kv-budget-max, or set beyond physical memory (2^63, 2^64 - 1); each refusal says why and
+ * leaves the limit as it was. The same holds for the options themselves. */
+static void test_budget_bounds(void)
+{
+    const char *model = td_tiny_model("tiny_bounds.gguf", "33");
+    const char *extra[] = {"--kv-budget", "1M", NULL};
+    td_daemon_t d;
+    gc_client_t *c = td_up(&d, model, extra);
+    if (!c)
+        return;
+    err_info_t e;
+    gc_budget_t b;
+    gc_stats_t st;
+    CHECK_INT(gc_set_budget(c, 0, 0, 0, &b, &e), ==, ERR_INVAL);
+    CHECK_MSG(strstr(e.msg, "above 0") && strstr(e.msg, "switch it off"), "%s", e.msg);
+    const size_t huge[] = {(size_t)1 << 63, SIZE_MAX, (1 << 20) + 1};
+    for (int i = 0; i < 3; i++) {
+        CHECK_INT(gc_set_budget(c, 0, huge[i], 0, &b, &e), ==, ERR_INVAL);
+        CHECK_MSG(strstr(e.msg, "--kv-budget-max allows more"), "%zu: %s", huge[i], e.msg);
+    }
+    uint32_t s;
+    CHECK_OK(gc_open(c, NULL, &s, &e));
+    CHECK_INT(gc_set_budget(c, s, (size_t)1 << 63, 0, &b, &e), ==, ERR_INVAL);
+    CHECK_OK(gc_stats(c, false, &st, &e));
+    CHECK_INT(st.kv_budget_bytes, ==, 1 << 20);
+    gc_stats_free(&st);
+    /* lowering and raising back to the start-up limit is allowed */
+    CHECK_OK(gc_set_budget(c, 0, 512 << 10, 0, &b, &e));
+    CHECK_OK(gc_set_budget(c, 0, 1 << 20, 0, &b, &e));
+    CHECK_INT(b.hard_bytes, ==, 1 << 20);
+    gc_disconnect(&c);
+    CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
+
+    /* --kv-budget-max opts in to more, up to that; without any budget, physical memory */
+    const char *more[] = {"--kv-budget", "1M", "--kv-budget-max", "8M", NULL};
+    if (!(c = td_up(&d, model, more)))
+        return;
+    CHECK_OK(gc_set_budget(c, 0, 8 << 20, 0, &b, &e));
+    CHECK_INT(gc_set_budget(c, 0, (8 << 20) + 1, 0, &b, &e), ==, ERR_INVAL);
+    CHECK_MSG(strstr(e.msg, "8388608 bytes (gistd --kv-budget-max)"), "%s", e.msg);
+    CHECK_INT(gc_set_budget(c, 0, 0, 0, &b, &e), ==, ERR_INVAL);
+    gc_disconnect(&c);
+    CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
+    if (!(c = td_up(&d, model, NULL)))
+        return;
+    for (int i = 0; i < 2; i++) {
+        CHECK_INT(gc_set_budget(c, 0, huge[i], 0, &b, &e), ==, ERR_INVAL);
+        CHECK_MSG(strstr(e.msg, "physical memory"), "%s", e.msg);
+    }
+    CHECK_INT(gc_set_budget(c, 0, 0, 0, &b, &e), ==, ERR_INVAL);
+    CHECK_OK(gc_set_budget(c, 0, 2 << 20, 0, &b, &e));
+    gc_disconnect(&c);
+    CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
+
+    /* the options: a ceiling below the budget, a budget past physical memory */
+    char out[2048];
+    char *low[] = {(char *)td_bin("gistd"), "--model", (char *)model, "--kv-budget", "2M",
+                   "--kv-budget-max", "1M", NULL};
+    CHECK_INT(td_run_all(low, out, sizeof out), ==, 2);
+    CHECK_MSG(strstr(out, "above --kv-budget-max"), "%s", out);
+    char *big[] = {(char *)td_bin("gistd"), "--model", (char *)model, "--kv-budget", "900000T",
+                   NULL};
+    CHECK_INT(td_run_all(big, out, sizeof out), ==, 2);
+    CHECK_MSG(strstr(out, "physical memory"), "%s", out);
+}
+
 int main(void)
 {
     RUN(test_budget_never_crossed);
     RUN(test_lower_global_budget_compacting);
+    RUN(test_budget_bounds);
     RUN(test_snapshot_restart);
     return check_done();
 }

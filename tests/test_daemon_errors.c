@@ -3,6 +3,8 @@
  * sessions, a protocol version it does not speak, a client that vanishes mid-stream and a
  * SIGTERM mid-stream. Each gets its error reply (or clean end), and afterwards the daemon
  * still serves correctly. */
+#include <math.h>
+
 #include "tests/test_daemon_util.h"
 
 /* ------------------------------------------------------------------ raw frames */
@@ -124,7 +126,7 @@ static void test_bad_requests_then_serves(void)
     if (!c)
         return;
     err_info_t e;
-    uint32_t s;
+    uint32_t s, s2_unused;
     gc_gen_opts_t go = {.session = 999, .max_tokens = 4, .prompt = "x"};
     CHECK_INT(gc_generate(c, &go, NULL, NULL, &e), ==, ERR_NOTFOUND);
     CHECK(strstr(e.msg, "no session 999"));
@@ -132,7 +134,7 @@ static void test_bad_requests_then_serves(void)
 
     gc_open_opts_t tiny_budget = {.budget_bytes = 64};
     CHECK_INT(gc_open(c, &tiny_budget, &s, &e), ==, ERR_BUDGET);
-    CHECK_MSG(strstr(e.msg, "one token"), "message: %s", e.msg);
+    CHECK_MSG(strstr(e.msg, "smallest usable"), "message: %s", e.msg);
     gc_open_opts_t bad_policy = {.policy = "magic"};
     CHECK_INT(gc_open(c, &bad_policy, &s, &e), ==, ERR_INVAL);
     CHECK(strstr(e.msg, "unknown policy 'magic'"));
@@ -166,6 +168,54 @@ static void test_bad_requests_then_serves(void)
     CHECK(res.n_tokens >= 3 && res.n_tokens < 100000);
     gc_result_free(&res);
     CHECK_INT(gc_compact(c, s, 0, 1, false, NULL, &e), ==, ERR_UNSUPPORTED); /* policy full */
+
+    /* every sampling field is bounded at the edge, each refusal naming the field and its
+     * range (the tiny model: a vocabulary of 384, a context of 256) */
+    static const struct {
+        const char *field;
+        gc_sampling_t smp;
+    } bad[] = {
+        {"sampling.repeat_last_n", {.temp = 1, .repeat_penalty = 1.3f, .repeat_last_n = INT32_MAX}},
+        {"sampling.repeat_last_n",
+         {.temp = 1, .repeat_penalty = 1.3f, .repeat_last_n = INT32_MAX - 1}},
+        {"sampling.repeat_last_n", {.temp = 1, .repeat_penalty = 1.3f, .repeat_last_n = 257}},
+        {"sampling.repeat_last_n", {.temp = 1, .repeat_last_n = -1}},
+        {"sampling.repeat_last_n", {.temp = 1, .repeat_last_n = INT32_MIN}},
+        {"sampling.top_k", {.temp = 1, .top_k = -1}},
+        {"sampling.top_k", {.temp = 1, .top_k = INT32_MIN}},
+        {"sampling.top_k", {.temp = 1, .top_k = INT32_MAX}},
+        {"sampling.top_k", {.temp = 1, .top_k = 385}},
+        {"sampling.top_p", {.temp = 1, .top_p = -5}},
+        {"sampling.top_p", {.temp = 1, .top_p = 1.5f}},
+        {"sampling.top_p", {.temp = 1, .top_p = NAN}},
+        {"sampling.min_p", {.temp = 1, .min_p = -0.1f}},
+        {"sampling.min_p", {.temp = 1, .min_p = INFINITY}},
+        {"sampling.temp", {.temp = -1}},
+        {"sampling.temp", {.temp = INFINITY}},
+        {"sampling.temp", {.temp = NAN}},
+        {"sampling.repeat_penalty", {.temp = 1, .repeat_penalty = -1}},
+        {"sampling.repeat_penalty", {.temp = 1, .repeat_penalty = INFINITY}},
+        {"sampling.repeat_penalty", {.temp = 1, .repeat_penalty = NAN}},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        gc_gen_opts_t bg = {.session = s, .max_tokens = 2, .sampling = &bad[i].smp};
+        err_clear(&e);
+        CHECK_INT(gc_generate(c, &bg, NULL, NULL, &e), ==, ERR_INVAL);
+        CHECK_MSG(strstr(e.msg, bad[i].field) && strstr(e.msg, "outside ["),
+                  "case %zu: \"%s\" should name %s and its range", i, e.msg, bad[i].field);
+        gc_open_opts_t bo = {.sampling = &bad[i].smp};
+        err_clear(&e);
+        CHECK_INT(gc_open(c, &bo, &s2_unused, &e), ==, ERR_INVAL);
+        CHECK_MSG(strstr(e.msg, bad[i].field), "open, case %zu: %s", i, e.msg);
+    }
+    /* the bounds themselves are accepted */
+    gc_sampling_t edge = {
+        .temp = 1, .top_k = 384, .top_p = 1, .min_p = 1, .repeat_penalty = 1.3f,
+        .repeat_last_n = 256};
+    gc_gen_opts_t eg = {.session = s, .max_tokens = 2, .sampling = &edge};
+    CHECK_OK(gc_generate(c, &eg, NULL, &res, &e));
+    CHECK_INT(res.n_tokens, ==, 2);
+    gc_result_free(&res);
 
     /* after all that, it still serves exactly */
     uint32_t s2;

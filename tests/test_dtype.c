@@ -347,7 +347,7 @@ static void test_row_conversions(void)
             maxerr = fmax(maxerr, fabs(y[i] - x[i]));
         CHECK_MSG(maxerr <= tol[t], "type %u: max error %g > %g", types[t], maxerr, tol[t]);
     }
-    CHECK_INT(dt_to_f32(14 /* q6_k */, buf, y, N), ==, ERR_UNSUPPORTED);
+    CHECK_INT(dt_to_f32(10 /* q2_K */, buf, y, N), ==, ERR_UNSUPPORTED);
     CHECK_INT(dt_from_f32(99, x, buf, N), ==, ERR_UNSUPPORTED);
 }
 

@@ -17,6 +17,16 @@ Tolerances are relative to the largest reference logit (|c - r|max / |r|max):
   1e-3 (measured 1e-4..4e-3, usually in one row of 31). So: at least 90% of rows within
   1e-5, every row within 1e-2. A batch might also go through sgemm with f32
   activations, so each row may match either reference.
+- q4_K, q5_K, q6_K weights and the q4_K_M/q5_K_M mixes: the same, with K-quant inputs
+  quantised per 256-block on both sides (the reference dequantizes the blocks from the
+  spec in its own code). A rounding-boundary activation moves one element by its
+  256-block's scale, max|x|/127, and when it lies in a token's Q/K/V input it changes that
+  token's K/V rows, which every later token reads: measured, a layer-0 input of the 10th
+  token at x/d = 100.5000028 (f64) rounded the other way in f32 and moved rows 10.. by
+  1e-2..1.9e-2 (in other cases 26%..39% of rows stayed within 1e-5). So: the leading rows,
+  before any such token, within 1e-5 (at least the first), and every row within 3e-2 (a
+  wrong layout or scale moves logits by 1e-1 or more).
+  qwen2 and qwen3 shapes are checked at every weight type family.
 - Runs of the same model that only batch differently (prefill vs token by token, one
   sequence vs many) agree within f32 noise (1e-5).
 """
@@ -39,9 +49,26 @@ SHAPES = {
                      tied=True),
     # one kv-head for 8 query heads of 8 dims, 3 layers
     "mqa": dict(n_embd=64, n_layer=3, n_head=8, n_head_kv=1, n_ff=96, n_vocab=300),
+    # K-quant shapes (rows of whole 256-blocks): GQA, untied; a _M mix puts attn_v and
+    # ffn_down of the last of the 3 layers in q6_K. (Few layers, as above: an activation
+    # that rounds the other way on one side changes its token's K/V rows, and every later
+    # row and layer then carries that 1e-3-sized difference.)
+    "k_gqa": dict(n_embd=256, n_layer=3, n_head=4, n_head_kv=2, n_ff=512, n_vocab=300),
+    # tied, n_ff of 3 blocks, odd head count: in a mix, attn_output rows (3 * 96 = 288) are
+    # not whole 256-blocks and fall back to q5_0 (q4_K_M) or q5_1 (q5_K_M), as llama.cpp's
+    "k_odd_tied": dict(n_embd=256, n_layer=2, n_head=3, n_head_kv=1, n_ff=768, n_vocab=290,
+                       tied=True, head_dim=96),
+    # qwen2: Q/K/V biases, half-split RoPE
+    "qwen2": dict(arch="qwen2", n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512,
+                  n_vocab=300),
+    # qwen3: per-head Q/K norms, head_dim 64 apart from n_embd / n_head, tied
+    "qwen3": dict(arch="qwen3", n_embd=256, n_layer=2, n_head=8, n_head_kv=2, n_ff=512,
+                  n_vocab=300, head_dim=64, tied=True),
 }
+LLAMA_32 = ("gqa", "odd_tied", "mqa")  # the shapes every type of blocks of 32 runs on
 TOL = {"f32": 1e-5, "f16": 1e-5, "bf16": 1e-5}
 Q_TIGHT, Q_ROW_MAX = 1e-5, 1e-2
+K_ROW_MAX = 3e-2
 NOISE = 1e-5
 
 
@@ -101,7 +128,7 @@ def check_vs_ref(model, toks, tol, *extra):
 
 
 def test_shapes_f32():
-    for i, shape in enumerate(SHAPES):
+    for i, shape in enumerate(SHAPES):  # every shape, the K-quant and qwen ones too
         model = make_tiny(10 + i, "f32", shape)
         check_vs_ref(model, tokens(i, 29, SHAPES[shape]["n_vocab"]), TOL["f32"])
 
@@ -126,7 +153,7 @@ def check_quantized(got, refs, what):
 
 def test_quantized_weight_types():
     for wtype in ("q8_0", "q4_0"):
-        for i, shape in enumerate(SHAPES):
+        for i, shape in enumerate(LLAMA_32):
             model = make_tiny(20 + i, wtype, shape)
             toks = tokens(5 + i, 31, SHAPES[shape]["n_vocab"])
             ref = ref_llama.RefModel(model).forward(toks)
@@ -136,6 +163,52 @@ def test_quantized_weight_types():
             check_quantized(logits(model, [toks], "--ubatch", "1"), [ref_q],
                             f"{wtype} {shape} token by token")
             check_quantized(logits(model, [toks]), [ref, ref_q], f"{wtype} {shape} prefill")
+
+
+def test_k_quants():
+    """K-quant weights and mixes, llama, qwen2 and qwen3 shapes: token by token against the
+    reference that quantises activations as the kernels do; prefill too."""
+    cases = [("q4_K", "k_gqa"), ("q5_K", "qwen2"), ("q6_K", "qwen3"), ("q4_K_M", "k_gqa"),
+             ("q5_K_M", "k_odd_tied"), ("q4_K_M", "qwen3"), ("q6_K", "k_gqa"),
+             ("q4_K_M", "k_odd_tied")]
+    for i, (wtype, shape) in enumerate(cases):
+        model = make_tiny(80 + i, wtype, shape)
+        types = set(ref_llama.RefModel(model).wtype.values())
+        assert types & set(ref_llama.K_QUANTS), (wtype, shape, types)
+        if wtype.endswith("_M"):  # the mix really mixes
+            assert ref_llama.GGML_Q6_K in types and len(types & set(ref_llama.K_QUANTS)) == 2
+        if wtype.endswith("_M") and shape == "k_odd_tied":  # rows of 288: llama.cpp's fallback
+            fallback = ref_llama.GGML_Q5_0 if wtype == "q4_K_M" else ref_llama.GGML_Q5_1
+            assert fallback in types, (wtype, types)
+        toks = tokens(80 + i, 19, SHAPES[shape]["n_vocab"])
+        ref = ref_llama.RefModel(model).forward(toks)
+        ref_q = ref_llama.RefModel(model, act_quant=True).forward(toks)
+        assert rel_err(ref_q[1:], ref[1:]) > 100 * Q_TIGHT
+        for extra in (["--ubatch", "1"], ["--threads", "2"]):
+            err = row_errs(logits(model, [toks], *extra), ref_q)
+            tight = err < Q_TIGHT
+            lead = len(tight) if tight.all() else int(np.argmin(tight))
+            assert lead >= 1 and err.max() < K_ROW_MAX, \
+                f"{wtype} {shape} {extra}: {lead} leading rows and {tight.mean():.0%} within " \
+                f"{Q_TIGHT}, worst row {err.max():.3g}"
+
+
+def test_qwen_shapes_float():
+    """qwen2 and qwen3 at f32 and f16: the same weights on both sides, so f32 noise only;
+    prefill equals token by token (the per-head finishing of Q and K whatever the split)."""
+    for i, shape in enumerate(("qwen2", "qwen3")):
+        for wtype in ("f32", "f16"):
+            model = make_tiny(90 + i, wtype, shape)
+            toks = tokens(90 + i, 27, SHAPES[shape]["n_vocab"])
+            check_vs_ref(model, toks, TOL[wtype])
+            check_vs_ref(model, toks, TOL[wtype], "--ubatch", "1", "--threads", "3")
+    # the architectures differ where they should: a llama file of the same weights is another
+    # model (adjacent pairs, no biases), so the reference of one does not fit the other
+    q2 = make_tiny(92, "f32", "qwen2")
+    ll = make_tiny(92, "f32", "qwen2", arch="llama")
+    toks = tokens(92, 15, 300)
+    assert rel_err(ref_llama.RefModel(ll).forward(toks), ref_llama.RefModel(q2).forward(toks)) \
+        > 1e-2
 
 
 def test_prefill_equals_decode():
@@ -248,6 +321,33 @@ def test_bad_shape_named():
     assert p.returncode == 2, p.stderr
     assert "blk.1.ffn_up.weight" in p.stderr and len(p.stderr.strip().splitlines()) == 1, \
         p.stderr
+
+
+def test_unsupported_named():
+    """An unknown architecture, a missing qwen2 bias and a q4_1 matrix are refused with one
+    line that names what is wrong and what is supported."""
+    model = make_tiny(72, "f32", "qwen2")
+    data = open(model, "rb").read()
+    arch = (5).to_bytes(8, "little")  # the string's length, then its bytes
+    cases = [(data.replace(arch + b"qwen2", arch + b"qwen9", 1),
+              "architecture 'qwen9' is not supported (llama, qwen2, qwen3)"),
+             (data.replace(b"blk.1.attn_k.bias", b"blk.1.attn_k.bia_", 1),
+              "missing tensor 'blk.1.attn_k.bias'")]
+    # a q4_1 matrix: the type number of a q8_0 one changed (its data is then only shorter)
+    q8 = open(make_tiny(72, "q8_0", "gqa"), "rb").read()
+    name = b"blk.0.ffn_gate.weight"
+    at = q8.index(name) + len(name) + 4 + 16  # n_dims, ne[0], ne[1]
+    assert int.from_bytes(q8[at:at + 4], "little") == 8
+    cases.append((q8[:at] + (3).to_bytes(4, "little") + q8[at + 4:],
+                  "has type q4_1, expected f32, f16, bf16, q8_0, q4_0, q5_0, q5_1, q4_K, q5_K or q6_K"))
+    for i, (blob, needle) in enumerate(cases):
+        bad = os.path.join(TMP, f"unsupported-{i}.gguf")
+        open(bad, "wb").write(blob)
+        p = run("logits", bad, "--tokens", "1 2", "--out", os.path.join(TMP, "x.bin"), ok=False)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and needle in lines[0], (needle, p.stderr)
+        p = run("info", bad, ok=False)
+        assert p.returncode == 2 and needle in p.stderr, (needle, p.stderr)
 
 
 tap.main(globals())

@@ -324,7 +324,22 @@ static void test_tiny_rejects(void)
     mdl_tiny_cfg_default(&cfg);
     CHECK_INT(mdl_tiny_write("/nonexistent-dir/x.gguf", &cfg, &e), ==, ERR_IO);
     CHECK_INT(mdl_tiny_type_from_name("q4_0"), ==, GGML_TYPE_Q4_0);
-    CHECK_INT(mdl_tiny_type_from_name("q5_0"), ==, -1);
+    CHECK_INT(mdl_tiny_type_from_name("q4_1"), ==, -1);
+    CHECK_INT(mdl_tiny_type_from_name("Q6_K"), ==, GGML_TYPE_Q6_K);
+    CHECK_INT(mdl_tiny_set_type(&cfg, "q4_K_M"), ==, 0);
+    CHECK_INT(cfg.type, ==, GGML_TYPE_Q4_K);
+    CHECK_INT(cfg.mix, ==, MDL_TINY_MIX_Q4_K_M);
+    CHECK_INT(mdl_tiny_set_type(&cfg, "q3_K_M"), ==, -1);
+    CHECK_INT(cfg.type, ==, GGML_TYPE_Q4_K); /* unchanged */
+    /* plain K-quants need whole 256-blocks; a mix falls back for the rest */
+    mdl_tiny_cfg_default(&cfg);
+    cfg.type = GGML_TYPE_Q4_K;
+    CHECK_INT(mdl_tiny_write(p, &cfg, &e), ==, ERR_INVAL);
+    CHECK(strstr(e.msg, "multiples of 256") != NULL);
+    cfg.arch = "gpt2";
+    cfg.type = GGML_TYPE_F32;
+    CHECK_INT(mdl_tiny_write(p, &cfg, &e), ==, ERR_INVAL);
+    CHECK(strstr(e.msg, "gpt2") != NULL);
 }
 
 /* ---- hand-built files for the rules of mdl_hparams_read / check_tensors ---- */

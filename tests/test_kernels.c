@@ -89,7 +89,7 @@ static void test_type_supported(void)
     for (int i = 0; i < N_TYPES; i++)
         CHECK(kern_type_supported(types[i]));
     CHECK(!kern_type_supported(3));  /* q4_1 */
-    CHECK(!kern_type_supported(12)); /* q4_K */
+    CHECK(!kern_type_supported(10)); /* q2_K */
     CHECK(!kern_type_supported(99));
 }
 

@@ -5,6 +5,7 @@
  * replace with gists or re-expanded raw rows, evict, demote, span demote, fork, destroy,
  * create, limit changes, accumulator writes) over many sessions. After every step:
  *   - kv_store_check (structure, invariants, counters);
+ *   - the O(1) figures (kv_session_bytes, kv_store_bytes, the limits) equal the walks';
  *   - the bytes: the store's total equals the distinct blocks seen through the views plus
  *     every session's structures and transcript plus the store's own tables, and each
  *     session's block bytes equal its chunks; jemalloc's arena figure equals the total;
@@ -283,6 +284,8 @@ static bool check_world(world_t *w, const kv_stats_t *before, const size_t *sbef
         CHECK_MSG(false, "kv_store_check: %s", err_msg(&e));
         return false;
     }
+    if (!kvt_check_bytes(st))
+        return false;
     size_t blocks = 0, n_ptrs = 0, cap_ptrs = 0, nonblock = 0;
     const void **ptrs = NULL;
     bool ok = true;

@@ -116,13 +116,60 @@ static inline int kvt_append(kv_store_t *st, uint32_t sid, uint32_t n, uint32_t 
     return rc;
 }
 
-/* kv_store_check, reported as a test failure with its message. */
+/* The O(1) figures (kv_session_bytes, kv_store_bytes and the limits) against the walks: each
+ * session's bytes are its blocks, structures and transcript as kv_session_stats walks them,
+ * and the store's are its distinct blocks, every session's structures and transcripts, and
+ * its own tables. An unknown session has 0 bytes and no limits. False after reporting. */
+static inline bool kvt_check_bytes(kv_store_t *st)
+{
+    uint32_t ids[256];
+    uint32_t n = kv_session_list(st, ids, 256), top = 0;
+    bool ok = true;
+    for (uint32_t i = 0; i < n && i < 256; i++) {
+        kv_stats_t s;
+        size_t hard = 1, soft = 1;
+        CHECK_OK(kv_session_stats(st, ids[i], &s));
+        CHECK_OK(kv_session_limits(st, ids[i], &hard, &soft));
+        const size_t o1 = kv_session_bytes(st, ids[i]),
+                     walk = s.block_bytes + s.struct_bytes + s.transcript_bytes;
+        if (o1 != s.bytes || o1 != walk || hard != s.hard_limit || soft != s.soft_limit) {
+            CHECK_MSG(false,
+                      "session %u: kv_session_bytes %zu, stats %zu, walked %zu; limits %zu/%zu, "
+                      "stats %zu/%zu",
+                      ids[i], o1, s.bytes, walk, hard, soft, s.hard_limit, s.soft_limit);
+            ok = false;
+        }
+        top = ids[i] > top ? ids[i] : top;
+    }
+    kv_stats_t g;
+    size_t hard = 1, soft = 1;
+    kv_store_stats(st, &g);
+    kv_store_limits(st, &hard, &soft);
+    const size_t o1 = kv_store_bytes(st),
+                 walk = g.block_bytes + g.struct_bytes + g.transcript_bytes + g.overhead_bytes;
+    if (o1 != g.bytes || o1 != walk || hard != g.hard_limit || soft != g.soft_limit) {
+        CHECK_MSG(false,
+                  "store: kv_store_bytes %zu, stats %zu, walked %zu; limits %zu/%zu, "
+                  "stats %zu/%zu",
+                  o1, g.bytes, walk, hard, soft, g.hard_limit, g.soft_limit);
+        ok = false;
+    }
+    if (kv_session_bytes(st, top + 1) != 0 ||
+        kv_session_limits(st, top + 1, NULL, NULL) != ERR_NOTFOUND) {
+        CHECK_MSG(false, "session %u does not exist, yet has bytes or limits", top + 1);
+        ok = false;
+    }
+    return ok;
+}
+
+/* kv_store_check and the O(1) byte figures (kvt_check_bytes), reported as test failures. */
 #define KVT_CHECK_STORE(st)                                                                        \
     do {                                                                                           \
         err_info_t ce_;                                                                            \
         err_clear(&ce_);                                                                           \
         int crc_ = kv_store_check((st), &ce_);                                                     \
         CHECK_MSG(crc_ == 0, "kv_store_check: %s", err_msg(&ce_));                                 \
+        kvt_check_bytes(st);                                                                       \
     } while (0)
 
 /* ---- exact capture of a session ---- */

@@ -192,7 +192,9 @@ def test_make_tiny_bad_args():
         for args, piece in [(["--seed", "1", "--type", "q4_0", "--n-ff", "100"], "multiples of 32"),
                             (["--seed", "1", "--n-head", "3"], "not a multiple of n_head"),
                             (["--seed", "x"], "--seed needs a whole number"),
-                            (["--seed", "1", "--type", "q6_k"], "--type must be"),
+                            (["--seed", "1", "--type", "q3_k"], "--type must be"),
+                            (["--seed", "1", "--type", "q6_K"], "multiples of 256"),
+                            (["--seed", "1", "--arch", "gpt2"], "--arch must be"),
                             (["--seed", "1", "--bogus"], "unknown option '--bogus'"),
                             ([], "missing --seed")]:
             p = run("make-tiny", out, *args)

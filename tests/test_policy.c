@@ -369,8 +369,10 @@ static void test_tova_uses_last_step_and_zeroes(void)
 {
     pt_fx_t f;
     err_info_t e;
-    pol_param_t ps[] = {{"sinks", "1"}};
-    pt_opts_t o = {.name = "tova", .params = ps, .n_params = 1};
+    /* low=1: the round stops back under the watermark, one block per lane (the default
+     * low watermark would take several, and this checks which rows go) */
+    pol_param_t ps[] = {{"sinks", "1"}, {"low", "1"}};
+    pt_opts_t o = {.name = "tova", .params = ps, .n_params = 2};
     CHECK_OK(pt_open(&f, &o, &e));
     const char **text = pt_text(37, 6);
     CHECK_OK(pt_feed(&f, text, 37, 8, &e));

@@ -95,6 +95,7 @@ def test_every_policy_keeps_its_budget():
                        "full").stdout)
     full_ppl = float(full["ppl"])
     for pol in ("window", "h2o", "tova", "pool", "auto"):
+        # blocks of 16 rows: 30% of a 256-token context is under two blocks of 64 a lane
         p = run("perplexity", m, "--file", story_text(), "--ctx", "256", "--policy", pol,
                 "--kv-budget", "30%", "--kv-block-rows", "16", "--events")
         f = figures(p.stdout)

@@ -29,7 +29,7 @@
 #define PT_HD     8
 #define PT_MAXEV  4096
 
-static uint64_t pt_mix(uint64_t x)
+static inline uint64_t pt_mix(uint64_t x)
 {
     x += 0x9e3779b97f4a7c15ull;
     x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -38,14 +38,14 @@ static uint64_t pt_mix(uint64_t x)
 }
 
 /* In [-1, 1), reproducible. */
-static float pt_val(uint64_t tag, uint32_t a, uint32_t b, uint32_t c)
+static inline float pt_val(uint64_t tag, uint32_t a, uint32_t b, uint32_t c)
 {
     uint64_t h = pt_mix(tag * 0x100000001b3ull ^ ((uint64_t)a << 40) ^ ((uint64_t)b << 12) ^ c);
     return (float)((double)(h >> 11) * 0x1p-53 * 2.0 - 1.0);
 }
 
 /* RoPE written from its definition (adjacent pairs, base 10000, all dims), in double. */
-static void pt_rope(double pos, const double *in, double *out)
+static inline void pt_rope(double pos, const double *in, double *out)
 {
     for (int i = 0; i < PT_HD / 2; i++) {
         double th = pos * pow(10000.0, -2.0 * i / PT_HD);
@@ -56,7 +56,7 @@ static void pt_rope(double pos, const double *in, double *out)
 
 /* The store's rotation: the model's (model/rope.h) with the parameters pt_rope is written
  * from, so pooled rows are checked against an independent rotation. */
-static const kv_rope_t *pt_rope_kv(void)
+static inline const kv_rope_t *pt_rope_kv(void)
 {
     static tr_rope_t t;
     static const kv_rope_t *r;
@@ -65,7 +65,7 @@ static const kv_rope_t *pt_rope_kv(void)
     return r;
 }
 
-static void pt_k(uint32_t lane, double pos, float *k)
+static inline void pt_k(uint32_t lane, double pos, float *k)
 {
     double u[PT_HD], r[PT_HD];
     for (int d = 0; d < PT_HD; d++)
@@ -75,12 +75,12 @@ static void pt_k(uint32_t lane, double pos, float *k)
         k[d] = (float)r[d];
 }
 
-static float pt_v(uint32_t lane, uint32_t pos, uint32_t d)
+static inline float pt_v(uint32_t lane, uint32_t pos, uint32_t d)
 {
     return pt_val(2, lane, pos, d);
 }
 
-static float pt_logbeta(uint32_t lane, uint32_t pos)
+static inline float pt_logbeta(uint32_t lane, uint32_t pos)
 {
     return -0.5f * (pt_val(3, lane, pos, 0) + 1.0f) - 1e-3f;
 }
@@ -102,14 +102,14 @@ typedef struct pt_fx {
     bool old_heavy;   /* new rows start with accumulated attention 1000 - pos */
 } pt_fx_t;
 
-static void pt_emit(void *ctx, const pol_event_t *ev)
+static inline void pt_emit(void *ctx, const pol_event_t *ev)
 {
     pt_fx_t *f = ctx;
     if (f->n_ev < PT_MAXEV)
         f->ev[f->n_ev++] = *ev;
 }
 
-static size_t pt_bytes(pt_fx_t *f)
+static inline size_t pt_bytes(pt_fx_t *f)
 {
     kv_stats_t s;
     kv_session_stats(f->st, f->sid, &s);
@@ -119,7 +119,7 @@ static size_t pt_bytes(pt_fx_t *f)
 }
 
 /* Commits n rows at the next positions with the synthetic data. */
-static int pt_commit_rows(pt_fx_t *f, const int32_t *tok, uint32_t n, float kscale)
+static inline int pt_commit_rows(pt_fx_t *f, const int32_t *tok, uint32_t n, float kscale)
 {
     uint32_t len;
     kv_transcript_len(f->st, f->sid, &len);
@@ -162,7 +162,7 @@ static int pt_commit_rows(pt_fx_t *f, const int32_t *tok, uint32_t n, float ksca
 }
 
 /* The fake runner: records the mask, counts what lane 0 lets it see, commits gist rows. */
-static int pt_run(void *ctx, const pol_run_t *r, err_info_t *e)
+static inline int pt_run(void *ctx, const pol_run_t *r, err_info_t *e)
 {
     pt_fx_t *f = ctx;
     f->runs++;
@@ -203,7 +203,7 @@ typedef struct pt_opts {
     bool gates;
 } pt_opts_t;
 
-static int pt_open(pt_fx_t *f, const pt_opts_t *o, err_info_t *e)
+static inline int pt_open(pt_fx_t *f, const pt_opts_t *o, err_info_t *e)
 {
     memset(f, 0, sizeof *f);
     kv_store_config_t sc = {.n_layer = PT_LAYERS,
@@ -234,7 +234,7 @@ static int pt_open(pt_fx_t *f, const pt_opts_t *o, err_info_t *e)
     return pol_new(&pc, &f->p, e);
 }
 
-static void pt_close(pt_fx_t *f)
+static inline void pt_close(pt_fx_t *f)
 {
     pol_destroy(&f->p);
     kv_store_destroy(&f->st);
@@ -242,8 +242,8 @@ static void pt_close(pt_fx_t *f)
 
 /* Runs n tokens (ids 10+i, text pieces given) through the caller's loop, at most ubatch at a
  * time. Returns the first error. */
-static int pt_feed(pt_fx_t *f, const char *const *pieces, uint32_t n, uint32_t ubatch,
-                   err_info_t *e)
+static inline int pt_feed(pt_fx_t *f, const char *const *pieces, uint32_t n, uint32_t ubatch,
+                          err_info_t *e)
 {
     pol_text_t *t = malloc(sizeof *t * n);
     int32_t *ids = malloc(sizeof *ids * n);
@@ -273,7 +273,8 @@ static int pt_feed(pt_fx_t *f, const char *const *pieces, uint32_t n, uint32_t u
 }
 
 /* The positions lane l holds, into pos (cap entries); returns the count. */
-static uint32_t pt_positions(pt_fx_t *f, uint32_t l, float *pos, kv_row_meta_t *meta, uint32_t cap)
+static inline uint32_t pt_positions(pt_fx_t *f, uint32_t l, float *pos, kv_row_meta_t *meta,
+                                    uint32_t cap)
 {
     uint32_t rows = 0;
     kv_lane_size(f->st, f->sid, l / PT_HEADS, l % PT_HEADS, &rows, NULL);
@@ -290,7 +291,7 @@ static uint32_t pt_positions(pt_fx_t *f, uint32_t l, float *pos, kv_row_meta_t *
 
 /* Events' bytes add up: sum of bytes_freed equals the bytes the events say they freed, and
  * each event's before/after are consistent. */
-static int64_t pt_event_freed(const pt_fx_t *f)
+static inline int64_t pt_event_freed(const pt_fx_t *f)
 {
     int64_t s = 0;
     for (uint32_t i = 0; i < f->n_ev; i++)
@@ -299,7 +300,7 @@ static int64_t pt_event_freed(const pt_fx_t *f)
 }
 
 /* Words with a sentence end every `every` tokens: " w", " w", ..., ".", repeated. */
-static const char **pt_text(uint32_t n, uint32_t every)
+static inline const char **pt_text(uint32_t n, uint32_t every)
 {
     const char **p = malloc(sizeof *p * n);
     for (uint32_t i = 0; i < n; i++)

@@ -107,7 +107,8 @@ def test_real_text_stories():
 
 def test_errors_raise():
     model = tiny()
-    with daemon(model, "--kv-budget", "200K") as d, gistc.Client(d.endpoint) as c:
+    with daemon(model, "--kv-budget", "200K", "--kv-budget-max", "2M") as d, \
+            gistc.Client(d.endpoint) as c:
         try:
             c.session(4242).complete("x", max_tokens=2)
             raise AssertionError("no error for an unknown session")
@@ -117,7 +118,7 @@ def test_errors_raise():
             c.open_session(budget=100)
             raise AssertionError("no error for a budget below one token")
         except gistc.GistdError as e:
-            assert e.name == "ERR_BUDGET" and "one token" in e.message
+            assert e.name == "ERR_BUDGET" and "smallest usable" in e.message
         try:
             c.open_session(policy="nope")
             raise AssertionError("no error for an unknown policy")

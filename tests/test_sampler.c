@@ -273,6 +273,65 @@ static void test_bad_config(void)
     mdl_sampler_destroy(&s); /* NULL-safe */
 }
 
+/* Extreme values a caller may pass (gistd bounds them at its protocol edge; gist-model and
+ * library users reach the sampler directly): each is refused with a message, or works. */
+static void test_extreme_config(void)
+{
+    mdl_sampler_cfg_t c;
+    mdl_sampler_t *s = NULL;
+    err_info_t e;
+    const int32_t windows[] = {INT32_MAX, INT32_MAX - 1, MDL_SAMPLER_MAX_WINDOW + 1, -1, INT32_MIN};
+    for (size_t i = 0; i < sizeof windows / sizeof windows[0]; i++) {
+        mdl_sampler_cfg_default(&c);
+        c.repeat_penalty = 1.3f;
+        c.repeat_last_n = windows[i];
+        err_clear(&e);
+        CHECK_INT(mdl_sampler_new(&c, 10, &s, &e), ==, ERR_INVAL);
+        CHECK_MSG(strstr(e.msg, "repeat window"), "window %d: %s", windows[i], e.msg);
+        CHECK(s == NULL);
+    }
+    const float bad[] = {NAN, INFINITY, -INFINITY};
+    for (size_t i = 0; i < 3; i++) {
+        float *fields[] = {&c.temp, &c.top_p, &c.min_p, &c.repeat_penalty};
+        for (size_t f = 0; f < 4; f++) {
+            mdl_sampler_cfg_default(&c);
+            *fields[f] = bad[i];
+            CHECK_INT(mdl_sampler_new(&c, 10, &s, &e), ==, ERR_INVAL);
+            CHECK(s == NULL);
+        }
+    }
+    /* the longest window works: its ring wraps, and the penalty sees the last tokens */
+    enum { N = 16 };
+    float l[N], out[N];
+    for (int i = 0; i < N; i++)
+        l[i] = 1.0f;
+    mdl_sampler_cfg_default(&c);
+    c.repeat_penalty = 2.0f;
+    c.repeat_last_n = MDL_SAMPLER_MAX_WINDOW;
+    CHECK_OK(mdl_sampler_new(&c, N, &s, &e));
+    if (s) {
+        mdl_sampler_accept(s, 3);
+        mdl_sampler_penalize(s, l, out);
+        CHECK(out[3] == 0.5f && out[4] == 1.0f);
+        mdl_sampler_destroy(&s);
+    }
+    /* top_k at the int32 extremes: off, or every token kept */
+    const int32_t ks[] = {INT32_MIN, -1, INT32_MAX};
+    random_logits(l, N, 7);
+    for (size_t i = 0; i < 3; i++) {
+        mdl_sampler_cfg_default(&c);
+        c.top_k = ks[i];
+        c.top_p = 1.0f;
+        c.min_p = 0.0f;
+        CHECK_OK(mdl_sampler_new(&c, N, &s, &e));
+        for (int d = 0; s && d < 100; d++) {
+            const int32_t t = mdl_sampler_sample(s, l);
+            CHECK(t >= 0 && t < N);
+        }
+        mdl_sampler_destroy(&s);
+    }
+}
+
 int main(void)
 {
     RUN(test_greedy_is_argmax);
@@ -284,5 +343,6 @@ int main(void)
     RUN(test_repetition_penalty);
     RUN(test_seed_reproducible);
     RUN(test_bad_config);
+    RUN(test_extreme_config);
     return check_done();
 }

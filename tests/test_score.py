@@ -145,7 +145,7 @@ def test_score_closes_its_session_on_ctrl_c():
         assert json.loads(out), "the session never appeared"
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=120)
-        assert p.returncode == 1 and "interrupted" in err, (p.returncode, err)
+        assert p.returncode == 130 and "interrupted" in err, (p.returncode, err)
         rc, out, _ = ctl(d.endpoint, "sessions", "--json")
         assert json.loads(out) == [], out
 

@@ -201,7 +201,11 @@ def split_patterns():
             % (L, N, S, L, N, S, S, S))
     llama3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n%s%s]?[%s]+|[%s]{1,3}| ?[^%s%s%s]+[\r\n]*"
               r"|[%s]*[\r\n]+|[%s]+(?![^%s])|[%s]+" % (L, N, L, N, S, L, N, S, S, S, S))
-    return re.compile(gpt2), re.compile(llama3)
+    # llama.cpp's LLAMA_VOCAB_PRE_TYPE_QWEN2, as written there
+    qwen2 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n%s%s]?[%s]+|[%s]"
+             r"| ?[^%s%s%s]+[\r\n]*|[%s]*[\r\n]+|[%s]+(?![^%s])|[%s]+"
+             % (L, N, L, N, S, L, N, S, S, S, S))
+    return re.compile(gpt2), re.compile(llama3), re.compile(qwen2)
 
 
 def gpt2_byte_chars():
@@ -259,7 +263,7 @@ def check_bpe_reference(vocab, kv, pattern, whole_words):
 
 def test_bpe_matches_reference():
     vocab = tap.shared(VOCABS["bpe"])
-    gpt2, _ = split_patterns()
+    gpt2, _, _ = split_patterns()
     check_bpe_reference(vocab, gguf_keys(vocab), gpt2, False)
 
 
@@ -270,8 +274,19 @@ def test_llama3_matches_reference():
     crafted["tokenizer.ggml.pre"] = "llama-bpe"
     path = os.path.join(TMP, "gpt2-llama3-split.gguf")
     write_gguf_keys(path, crafted)
-    _, llama3 = split_patterns()
+    _, llama3, _ = split_patterns()
     check_bpe_reference(path, crafted, llama3, True)
+
+
+def test_qwen2_matches_reference():
+    kv = gguf_keys(tap.shared(VOCABS["bpe"]))
+    crafted = {k: kv[k] for k in ("tokenizer.ggml.model", "tokenizer.ggml.tokens",
+                                  "tokenizer.ggml.token_type", "tokenizer.ggml.merges")}
+    crafted["tokenizer.ggml.pre"] = "qwen2"
+    path = os.path.join(TMP, "gpt2-qwen2-split.gguf")
+    write_gguf_keys(path, crafted)
+    _, _, qwen2 = split_patterns()
+    check_bpe_reference(path, crafted, qwen2, True)
 
 
 def test_spm_matches_sentencepiece():

@@ -480,6 +480,16 @@ static void test_llama3_split(void)
     SPLITS(TOK_PRE_LLAMA3, "$3", "$|3");
 }
 
+/* Qwen2's split is Llama 3's with one digit a word. */
+static void test_qwen2_split(void)
+{
+    SPLITS(TOK_PRE_QWEN2, "Hello world", "Hello| world");
+    SPLITS(TOK_PRE_QWEN2, "1234 x12", "1|2|3|4| x|1|2");
+    SPLITS(TOK_PRE_QWEN2, "I'M YOU'LL 'Tis", "I|'M| YOU|'LL| '|Tis");
+    SPLITS(TOK_PRE_QWEN2, "a \n\n  b", "a| \n\n| | b");
+    SPLITS(TOK_PRE_QWEN2, "\u0663\u0664 v2", "\u0663|\u0664| v|2"); /* Arabic-Indic digits */
+}
+
 /* ---- crafted vocabularies ---- */
 
 /* What a crafted vocabulary file holds; NULL / 0 leaves a key out. */
@@ -663,8 +673,8 @@ static void test_crafted_rejects(void)
 
     v = ok, v.model = "bert";
     CHECK_CRAFT_FAILS(v, ERR_UNSUPPORTED, "bert");
-    v = ok, v.pre = "qwen2";
-    CHECK_CRAFT_FAILS(v, ERR_UNSUPPORTED, "qwen2");
+    v = ok, v.pre = "deepseek-llm";
+    CHECK_CRAFT_FAILS(v, ERR_UNSUPPORTED, "deepseek-llm");
     v = ok, v.model = NULL;
     CHECK_CRAFT_FAILS(v, ERR_NOTFOUND, "tokenizer.ggml.model");
     v = ok, v.tokens = NULL;
@@ -755,6 +765,7 @@ int main(void)
     RUN(test_bpe_details);
     RUN(test_gpt2_split);
     RUN(test_llama3_split);
+    RUN(test_qwen2_split);
     RUN(test_crafted_llama3);
     RUN(test_crafted_rejects);
     RUN(test_crafted_spm);

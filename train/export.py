@@ -46,8 +46,10 @@ def vocab_entries(sp, n_vocab, n_gist):
     return tokens, scores, types
 
 
-def export(model, sp, path, wtype="f32", gist=None, retention_budget=None, name="gistd"):
-    """gist: None or dict(count, first_token_id, sinks). Returns the file size."""
+def export(model, sp, path, wtype="f32", gist=None, retention_budget=None, name="gistd",
+           chat_template=None):
+    """gist: None or dict(count, first_token_id, sinks); chat_template: the Jinja string
+    the model was trained with (tokenizer.chat_template), or None. Returns the file size."""
     c = model.c
     w = G.GGUFWriter()
     w.add_string("general.architecture", "llama")
@@ -76,6 +78,8 @@ def export(model, sp, path, wtype="f32", gist=None, retention_budget=None, name=
     w.add_bool("tokenizer.ggml.add_bos_token", True)
     w.add_bool("tokenizer.ggml.add_eos_token", False)
     w.add_bool("tokenizer.ggml.add_space_prefix", True)
+    if chat_template:
+        w.add_string("tokenizer.chat_template", chat_template)
 
     if gist:
         w.add_u32("gistd.gist.count", gist["count"])
@@ -117,10 +121,17 @@ def main(argv=None):
     ap.add_argument("--type", choices=("f32", "f16"), default="f32",
                     help="type of the big matrices (norms and gates stay f32)")
     ap.add_argument("--name", default="gistd")
+    ap.add_argument("--chat-template", choices=("none", "chatml"), default="none",
+                    help="chatml: the model was trained on synth.py's ChatML conversations")
     a = ap.parse_args(argv)
     model, d = M.load_checkpoint(a.ckpt)
     sp = data.load_sp(a.tok)
-    size = export(model, sp, a.out, a.type, d.get("gist"), d.get("retention_budget"), a.name)
+    tmpl = None
+    if a.chat_template == "chatml":
+        import synth
+        tmpl = synth.CHAT_TEMPLATE
+    size = export(model, sp, a.out, a.type, d.get("gist"), d.get("retention_budget"), a.name,
+                  tmpl)
     print(f"{a.out}: {size} bytes")
 
 

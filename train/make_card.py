@@ -72,6 +72,16 @@ def quality_section(path, name):
     return out
 
 
+def memory_section(path):
+    """bench/memory.py's tables (recall against KV budget), under a heading of the card."""
+    if not path:
+        return ""
+    with open(path) as f:
+        body = f.read().split("\n", 1)[1]  # its own title goes
+    return ("\n## What each policy remembers (`bench/memory.sh`)\n" +
+            body.replace("\n## ", "\n### "))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", required=True)
@@ -80,6 +90,7 @@ def main():
     ap.add_argument("--command", default="train/pipeline.sh",
                     help="the command that made the model, quoted in the card")
     ap.add_argument("--quality", help="bench/quality.py's quality.csv with rows for this model")
+    ap.add_argument("--memory", help="bench/memory.py's memory.md for this model")
     a = ap.parse_args()
     r = a.runs
     cfg, params = config(os.path.join(r, "base", "log.txt"))
@@ -170,7 +181,7 @@ every row scores the same {ev['base']['tokens']:,} tokens. Persuasion tokenizes 
 "final" is this file (after the gist fine-tune). "gists + sentence mask": no token sees the
 raw tokens of an earlier sentence, only its gists. "gate decay": key i weighs
 beta_i^(t-i) at query t (the soft form the gates are trained with).
-{engine}{quality_section(a.quality, name) if a.quality else ""}"""
+{engine}{quality_section(a.quality, name) if a.quality else ""}{memory_section(a.memory)}"""
     with open(a.out, "w") as f:
         f.write(text)
     print(f"wrote {a.out}")

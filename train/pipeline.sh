@@ -7,6 +7,12 @@
 #
 #   BASE_MIN=110 BASE_END=22:38 GIST_END=22:58 GATES_END=23:08 train/pipeline.sh
 #
+# The model that remembers (train/README.md, "The memory run") adds the generated documents
+# of train/synth.py to every stage, a context of 2048 and a start from the committed model:
+#
+#   RUNS=train/runs/mem MODELS=train/runs/mem/models INIT_GGUF=models/gistd-6m.gguf \
+#   CTX=2048 MIX=0.5 CHAT=chatml BASE_MIN=480 BASE_LR=1e-3 train/pipeline.sh
+#
 # Long stages run under `nice -n 10`. Outputs: train/runs/ (checkpoints, logs, figures),
 # models/$NAME.gguf and models/README.md.
 set -euo pipefail
@@ -15,47 +21,72 @@ set -euo pipefail
 {
 cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
-RUNS=train/runs
+RUNS=${RUNS:-train/runs}
+MODELS=${MODELS:-models}
 CORPUS=${CORPUS:-../shared/corpus}
 NAME=${NAME:-gistd-6m}
-TOK=$RUNS/tok4096.model
-RUN="nice -n 10 $PY"
-mkdir -p $RUNS/base $RUNS/gist $RUNS/gates models
+TOK=train/runs/tok4096.model
+RUN="nice -n ${NICE:-10} $PY"
+CTX=${CTX:-1024}
+MIX=${MIX:-0}
+# torch threads: 2 on an idle machine; on a machine others load, 1 runs 3-4 times faster
+# (two OpenMP threads wait on each other whenever one is descheduled)
+THREADS=${THREADS:-2}
+mkdir -p $RUNS/base $RUNS/gist $RUNS/gates $MODELS
 
-[ -f $TOK ] || $RUN train/tokenizer.py --corpus "$CORPUS" --out $RUNS/tok4096 --vocab 4096
+[ -f $TOK ] || $RUN train/tokenizer.py --corpus "$CORPUS" --out train/runs/tok4096 --vocab 4096
 
+# probes scored at each evaluation when the mix is on (mix.probe_accuracy)
+PROBES=""
+[ "$MIX" != 0 ] && PROBES="--eval-probes 6"
 [ -f $RUNS/base/result.json ] || \
 $RUN train/train_base.py --corpus "$CORPUS" --tok $TOK --out $RUNS/base \
-    --dim 256 --layers 6 --heads 8 --kv-heads 4 --seq 1024 --batch 2 --lr 2e-3 \
-    --minutes "${BASE_MIN:-110}" ${BASE_END:+--end-utc $BASE_END} --eval-windows 8 \
-    >> $RUNS/base/log.txt 2>&1
+    ${INIT_GGUF:+--init-gguf $INIT_GGUF} --ctx $CTX --mix $MIX $PROBES \
+    --dim 256 --layers 6 --heads 8 --kv-heads 4 --seq $CTX --batch $((2048 / CTX)) \
+    --lr "${BASE_LR:-2e-3}" --minutes "${BASE_MIN:-110}" ${BASE_END:+--end-utc $BASE_END} \
+    --eval-windows 8 --eval-minutes 30 --threads $THREADS >> $RUNS/base/log.txt 2>&1
 
 [ -f $RUNS/gist/result.json ] || \
 $RUN train/train_gist.py --corpus "$CORPUS" --tok $TOK --base $RUNS/base/ckpt.pt \
-    --out $RUNS/gist --gists 2 --seq 1024 --batch 2 --frozen-minutes "${GIST_FROZEN_MIN:-5}" \
+    --out $RUNS/gist --gists 2 --seq $CTX --batch $((2048 / CTX)) --mix $MIX \
+    --frozen-minutes "${GIST_FROZEN_MIN:-5}" \
     --frozen-lr 1e-2 --minutes "${GIST_MIN:-12}" ${GIST_END:+--end-utc $GIST_END} --lr 3e-4 \
-    --warmup 10 --plain-frac 0.25 --eval-windows 8 --eval-minutes 30 >> $RUNS/gist/log.txt 2>&1
+    --warmup 10 --plain-frac 0.25 --eval-windows 8 --eval-minutes 30 --threads $THREADS \
+    >> $RUNS/gist/log.txt 2>&1
 
 [ -f $RUNS/gates/result.json ] || \
 $RUN train/train_gates.py --corpus "$CORPUS" --tok $TOK --model $RUNS/gist/ckpt.pt \
-    --out $RUNS/gates --hidden 32 --budget 128 --lam 0.01 --init-bias 5 --seq 1024 --batch 1 \
+    --out $RUNS/gates --hidden 32 --budget 128 --lam 0.01 --init-bias 5 --seq $CTX \
+    --batch 1 --mix $MIX \
     --lr 2e-2 --warmup 5 --minutes "${GATES_MIN:-8}" ${GATES_END:+--end-utc $GATES_END} \
-    --eval-windows 4 --eval-minutes 30 --log-every 5 >> $RUNS/gates/log.txt 2>&1
+    --eval-windows 4 --eval-minutes 30 --log-every 5 --threads $THREADS \
+    >> $RUNS/gates/log.txt 2>&1
 
-$PY train/export.py --ckpt $RUNS/gates/ckpt.pt --tok $TOK --out models/$NAME.gguf \
-    --type f16 --name $NAME
+$PY train/export.py --ckpt $RUNS/gates/ckpt.pt --tok $TOK --out $MODELS/$NAME.gguf \
+    --type f16 --name $NAME --chat-template "${CHAT:-none}"
 $RUN train/evaluate.py --corpus "$CORPUS" --tok $TOK --base $RUNS/base/ckpt.pt \
     --final $RUNS/gates/ckpt.pt --windows "${EVAL_WINDOWS:-24}" --out $RUNS/eval.json \
-    --gguf models/$NAME.gguf
+    --gguf $MODELS/$NAME.gguf
 # what the model's budgets cost: every policy at 100/50/25/12.5% of the full cache
 make -s -j2 build/bin/gist-model
-$PY bench/quality.py --models models/$NAME.gguf --out $RUNS/quality
+$PY bench/quality.py --models $MODELS/$NAME.gguf --out $RUNS/quality
+# what it recalls under each budget: pass keys, needles, chat facts (bench/memory.py)
+MEMORY=""
+if [ "$MIX" != 0 ]; then
+    # 4 probes per task at depths up to 2 contexts: about an hour on idle cores (every
+    # depth to 8 contexts takes hours: bench/memory.sh --model ... alone)
+    $PY bench/memory.py --model $MODELS/$NAME.gguf --out $RUNS/memory --probes 4 \
+        --depths 0.5,1,2
+    MEMORY=1
+fi
 # the command as it was run, for the card
 CMD=""
-for v in BASE_MIN BASE_END GIST_MIN GIST_FROZEN_MIN GIST_END GATES_MIN GATES_END EVAL_WINDOWS; do
+for v in RUNS MODELS INIT_GGUF CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
+         GIST_END GATES_MIN GATES_END EVAL_WINDOWS; do
     [ -n "${!v:-}" ] && CMD="$CMD$v=${!v} "
 done
-$PY train/make_card.py --runs $RUNS --model models/$NAME.gguf --out models/README.md \
-    --command "${CMD}train/pipeline.sh" --quality $RUNS/quality/quality.csv
+$PY train/make_card.py --runs $RUNS --model $MODELS/$NAME.gguf --out $MODELS/README.md \
+    --command "${CMD}train/pipeline.sh" --quality $RUNS/quality/quality.csv \
+    ${MEMORY:+--memory $RUNS/memory/memory.md}
 exit
 }

@@ -50,6 +50,13 @@ def main(argv=None):
     ap.add_argument("--ff", type=int, default=None, help="default: ~8/3 dim, multiple of 16")
     ap.add_argument("--ctx", type=int, default=1024)
     ap.add_argument("--eval-windows", type=int, default=8)
+    ap.add_argument("--init-gguf", default=None,
+                    help="start from this GGUF's weights (gist rows kept, gates dropped); "
+                    "--ctx sets the new context")
+    ap.add_argument("--mix", type=float, default=0.0,
+                    help="share of windows packed with generated documents (mix.py)")
+    ap.add_argument("--eval-probes", type=int, default=0,
+                    help="held-out probes per kind scored at each evaluation")
     common.add_budget_args(ap, minutes=60, lr=3e-3)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -67,6 +74,17 @@ def main(argv=None):
         model, d = M.load_checkpoint(ckpt)
         state = {k: d[k] for k in ("step", "elapsed", "tokens")}
         print(f"# resuming {ckpt} at step {state['step']}", flush=True)
+    elif a.init_gguf:
+        import export
+        model, _kv = export.load_gguf(a.init_gguf)
+        for b in model.blocks:
+            b.retention = None
+        model.c.n_ctx = a.ctx
+        cos, sin = M.rope_tables(a.ctx, model.c.head_dim, model.c.rope_base)
+        model.cos, model.sin = cos, sin
+        d = None
+        state = {"step": 0, "elapsed": 0.0, "tokens": 0}
+        print(f"# from {a.init_gguf}, context {a.ctx}", flush=True)
     else:
         ff = a.ff or int(math.ceil(a.dim * 8 / 3 / 16) * 16)
         cfg = M.Config(n_vocab=sp.GetPieceSize(), n_embd=a.dim, n_layer=a.layers,
@@ -78,7 +96,15 @@ def main(argv=None):
     opt = common.make_optimizer(model.parameters(), a.lr)
     if d is not None and "opt" in d:
         opt.load_state_dict(d["opt"])
-    sampler = data.TokenSampler(train_tok, a.seq, sp.bos_id(), a.seed + state["step"])
+    if a.mix > 0:
+        import mix
+        sampler = mix.MixSampler(sp, train_tok, [data.read_text(p, a.max_bytes) for p in books],
+                                 a.seq, a.seed + state["step"], a.mix)
+        probes = mix.heldout_probes(a.eval_probes, data.read_text(valid), a.seq) \
+            if a.eval_probes else []
+    else:
+        sampler = data.TokenSampler(train_tok, a.seq, sp.bos_id(), a.seed + state["step"])
+        probes = []
 
     def step_fn(step):
         x, y = sampler.batch(a.batch)
@@ -89,7 +115,10 @@ def main(argv=None):
 
     def eval_fn():
         nll = eval_nll(model, vx, vy)
-        return {"valid_nll": round(nll, 4), "valid_ppl": round(math.exp(nll), 3)}
+        fig = {"valid_nll": round(nll, 4), "valid_ppl": round(math.exp(nll), 3)}
+        if probes:
+            fig["probes"] = mix.probe_accuracy(model, sp, probes, model.c.n_ctx)
+        return fig
 
     fig = common.train_loop(a, model, opt, step_fn, eval_fn, ckpt, state)
     with open(os.path.join(a.out, "result.json"), "w") as f:

@@ -86,6 +86,8 @@ def main(argv=None):
     ap.add_argument("--lam", type=float, default=0.01, help="capacity hinge weight")
     ap.add_argument("--init-bias", type=float, default=6.0, help="b_out at start")
     ap.add_argument("--eval-windows", type=int, default=4)
+    ap.add_argument("--mix", type=float, default=0.0,
+                    help="share of windows packed with generated documents (mix.py)")
     common.add_budget_args(ap, minutes=10, lr=1e-2)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -112,7 +114,12 @@ def main(argv=None):
     opt = common.make_optimizer(gate_params, a.lr, weight_decay=0.0)
     if "opt" in d:
         opt.load_state_dict(d["opt"])
-    sampler = data.TokenSampler(train_tok, a.seq, sp.bos_id(), a.seed + d["step"])
+    if a.mix > 0:
+        import mix
+        sampler = mix.MixSampler(sp, train_tok, [data.read_text(p, a.max_bytes) for p in books],
+                                 a.seq, a.seed + d["step"], a.mix)
+    else:
+        sampler = data.TokenSampler(train_tok, a.seq, sp.bos_id(), a.seed + d["step"])
 
     def step_fn(step):
         x, y = sampler.batch(a.batch)

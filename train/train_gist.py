@@ -73,6 +73,23 @@ class GistSampler:
         return np.stack(rows)
 
 
+class MixGistSampler:
+    """GistSampler.batch over windows of the training mix (mix.MixSampler): each plain
+    window is cut into sentences and gisted as a book would be."""
+
+    def __init__(self, mix_sampler, gist_sampler, texts):
+        self.mix, self.gist, self.texts = mix_sampler, gist_sampler, texts
+
+    def batch(self, batch_size, plain_frac=0.0):
+        rows = []
+        for _ in range(batch_size):
+            w = self.mix.window()
+            sents = data.split_sentences(w[1:], self.texts)
+            rows.append(self.gist.window(sents, 0,
+                                         with_gists=self.gist.rng.random() >= plain_frac))
+        return np.stack(rows)
+
+
 def inputs_targets(w, gist_first, n_gist):
     """(inputs [B, T], targets [B, T]) from windows [B, T + 1]: a target is the next token
     when it is a regular token, IGNORE when it is a gist."""
@@ -155,6 +172,8 @@ def main(argv=None):
     ap.add_argument("--plain-frac", type=float, default=0.25,
                     help="phase 2: share of the windows left without gists")
     ap.add_argument("--eval-windows", type=int, default=8)
+    ap.add_argument("--mix", type=float, default=0.0,
+                    help="share of windows packed with generated documents (mix.py)")
     common.add_budget_args(ap, minutes=10, lr=3e-4)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -170,6 +189,12 @@ def main(argv=None):
     gist = {"count": a.gists, "first_token_id": gist_first, "sinks": 1}
     vg, vp = valid_windows(valid_s, a.seq, sp.bos_id(), gist_first, a.gists, a.eval_windows)
     sampler = GistSampler(train_s, a.seq, sp.bos_id(), gist_first, a.gists, a.seed)
+    if a.mix > 0:
+        import mix
+        sampler = MixGistSampler(
+            mix.MixSampler(sp, [data.book_tokens(a.tok, p, a.max_bytes) for p in books],
+                           [data.read_text(p, a.max_bytes) for p in books], a.seq, a.seed,
+                           a.mix), sampler, data.piece_texts(sp))
 
     def eval_fn(m):
         (g, ng), (p, npl) = eval_gisted(m, vg, gist_first, a.gists), eval_plain(m, vp)

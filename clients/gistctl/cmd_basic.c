@@ -36,26 +36,43 @@ static int print_token(void *ctx, uint32_t session, int32_t id, const char *piec
 {
     fwrite(piece, 1, len, stdout);
     fflush(stdout);
-    return 0;
+    return ctl_interrupted(); /* a signal that came while printing: stop there */
+}
+
+/* What a failed or cut-short generation in session `session` ends with: the error's exit
+ * status, or CTL_INTERRUPTED when a signal cut the wait (the session's request is cancelled
+ * when the session is the client's own). */
+static int gen_failed(gc_client_t *c, uint32_t session, bool temporary, const err_info_t *e)
+{
+    if (e->code == ERR_CANCELLED && ctl_interrupted()) {
+        fputs("gistctl: interrupted\n", stderr);
+        if (!temporary) {
+            err_info_t ce;
+            err_clear(&ce);
+            gc_set_timeout(c, 2000);
+            gc_cancel(c, session, &ce);
+        }
+        return CTL_INTERRUPTED;
+    }
+    return ctl_fail(e);
 }
 
 int ctl_gen(ctl_t *x, int argc, char **argv)
 {
-    const char *prompt = NULL;
     const char *stop[16];
     uint32_t n_stop = 0, session = 0;
-    unsigned long n = 0, v;
-    bool have_n = false, sampled = false;
-    gc_sampling_t smp;
-    gc_sampling_default(&smp);
+    unsigned long n = 0;
+    bool have_n = false;
+    ctl_gen_opts_t g;
+    ctl_gen_opts_init(&g);
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (!val)
             return ctl_usage("gen: '%s' needs a value or is unknown", a);
         i++;
         int bad = 0;
-        if (!strcmp(a, "--prompt")) {
-            prompt = val;
+        if (ctl_gen_opt(a, val, &g, &bad)) {
+            /* taken */
         } else if (!strcmp(a, "-n")) {
             bad = ctl_uint(a, val, UINT32_MAX, &n);
             have_n = true;
@@ -65,47 +82,40 @@ int ctl_gen(ctl_t *x, int argc, char **argv)
             if (n_stop == 16)
                 return ctl_usage("gen: at most 16 --stop strings");
             stop[n_stop++] = val;
-        } else if (!strcmp(a, "--temp")) {
-            bad = ctl_float(a, val, &smp.temp);
-            sampled = true;
-        } else if (!strcmp(a, "--top-k")) {
-            bad = ctl_uint(a, val, INT32_MAX, &v);
-            smp.top_k = (int32_t)v;
-            sampled = true;
-        } else if (!strcmp(a, "--top-p")) {
-            bad = ctl_float(a, val, &smp.top_p);
-            sampled = true;
-        } else if (!strcmp(a, "--min-p")) {
-            bad = ctl_float(a, val, &smp.min_p);
-            sampled = true;
-        } else if (!strcmp(a, "--repeat-penalty")) {
-            bad = ctl_float(a, val, &smp.repeat_penalty);
-            sampled = true;
-        } else if (!strcmp(a, "--seed")) {
-            char *end;
-            smp.seed = strtoull(val, &end, 10);
-            bad = *end || end == val || val[0] == '-'
-                      ? ctl_usage("--seed: '%s' is not an unsigned integer", val)
-                      : 0;
-            sampled = true;
         } else {
             return ctl_usage("gen: unknown option '%s'", a);
         }
         if (bad)
             return CTL_USAGE;
     }
-    if (!prompt || !have_n)
-        return ctl_usage("usage: gistctl gen --prompt STR -n N [--temp T] [--session ID]");
-    CONNECT_OR_RETURN(x, c);
+    if ((!g.prompt.text && !g.prompt.file) || !have_n)
+        return ctl_usage("usage: gistctl gen (--prompt STR | --prompt-file F) -n N [--temp T] "
+                         "[--session ID]");
+    if (ctl_prompt_read(&g.prompt))
+        return CTL_USAGE;
+    if (g.prompt.file && g.prompt.len == 0) {
+        ctl_prompt_free(&g.prompt);
+        return ctl_usage("--prompt-file %s is empty", g.prompt.file);
+    }
+    int st = CTL_OK;
+    gc_client_t *c = ctl_client(x, &st);
+    if (!c) {
+        ctl_prompt_free(&g.prompt);
+        return st;
+    }
     err_info_t e;
     err_clear(&e);
-    bool temporary = session == 0;
-    if (temporary && gc_open(c, NULL, &session, &e))
-        return ctl_fail(&e);
+    /* a session opened here is closed on every path below */
+    const bool temporary = session == 0;
+    if (temporary && gc_open(c, NULL, &session, &e)) {
+        ctl_prompt_free(&g.prompt);
+        return gen_failed(c, 0, false, &e);
+    }
     gc_gen_opts_t o = {.session = session,
                        .max_tokens = (uint32_t)n,
-                       .prompt = prompt,
-                       .sampling = sampled ? &smp : NULL,
+                       .prompt = g.prompt.text,
+                       .prompt_len = g.prompt.len,
+                       .sampling = g.sampled ? &g.smp : NULL,
                        .stop = stop,
                        .n_stop = n_stop};
     gc_callbacks_t cb = {.on_token = print_token};
@@ -113,12 +123,27 @@ int ctl_gen(ctl_t *x, int argc, char **argv)
     int rc = gc_generate(c, &o, &cb, &res, &e);
     fputc('\n', stdout);
     fflush(stdout);
+    if (rc) {
+        st = gen_failed(c, session, temporary, &e);
+    } else if (ctl_interrupted()) {
+        fputs("gistctl: interrupted\n", stderr);
+        st = CTL_INTERRUPTED;
+    } else if (res.reason == GC_STOP_CANCELLED) {
+        fputs("gistctl: the generation was cancelled (the daemon is stopping, or the session's "
+              "request was cancelled)\n",
+              stderr);
+        st = CTL_DAEMON;
+    }
     gc_result_free(&res);
-    if (rc)
-        return ctl_fail(&e);
-    if (temporary && gc_close(c, session, &e))
-        return ctl_fail(&e);
-    return CTL_OK;
+    ctl_prompt_free(&g.prompt);
+    if (temporary) {
+        const int crc = ctl_close_quietly(c, session, x->timeout_ms);
+        if (crc && st == CTL_OK) {
+            fprintf(stderr, "gistctl: cannot close session %u: %s\n", session, err_str(crc));
+            st = crc == ERR_TIMEOUT ? CTL_NO_ANSWER : CTL_DAEMON;
+        }
+    }
+    return st;
 }
 
 /* ------------------------------------------------------------------ sessions */
@@ -183,7 +208,23 @@ static int one_session(ctl_t *x, int argc, char **argv, const char *cmd,
 
 int ctl_close(ctl_t *x, int argc, char **argv)
 {
-    return one_session(x, argc, argv, "close", gc_close, "closed");
+    uint32_t id = 0;
+    bool forget = false;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--forget"))
+            forget = true;
+        else if (argv[i][0] == '-' || id || session_arg(argv[i], &id))
+            return ctl_usage("usage: gistctl close ID [--forget]");
+    }
+    if (!id)
+        return ctl_usage("usage: gistctl close ID [--forget]");
+    CONNECT_OR_RETURN(x, c);
+    err_info_t e;
+    err_clear(&e);
+    if (gc_close_opts(c, id, forget, &e))
+        return ctl_fail(&e);
+    printf("session %u closed\n", id);
+    return CTL_OK;
 }
 
 int ctl_cancel(ctl_t *x, int argc, char **argv)
@@ -193,7 +234,26 @@ int ctl_cancel(ctl_t *x, int argc, char **argv)
 
 int ctl_restore(ctl_t *x, int argc, char **argv)
 {
-    return one_session(x, argc, argv, "restore", gc_restore, "restored");
+    uint32_t id = 0, got = 0;
+    bool as_new = false;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--as-new"))
+            as_new = true;
+        else if (argv[i][0] == '-' || id || session_arg(argv[i], &id))
+            return ctl_usage("usage: gistctl restore ID [--as-new]");
+    }
+    if (!id)
+        return ctl_usage("usage: gistctl restore ID [--as-new]");
+    CONNECT_OR_RETURN(x, c);
+    err_info_t e;
+    err_clear(&e);
+    if (gc_restore_opts(c, id, as_new, &got, &e))
+        return ctl_fail(&e);
+    if (as_new)
+        printf("session %u restored as session %u\n", id, got);
+    else
+        printf("session %u restored\n", id);
+    return CTL_OK;
 }
 
 int ctl_snapshot(ctl_t *x, int argc, char **argv)
@@ -230,15 +290,26 @@ int ctl_sessions(ctl_t *x, int argc, char **argv)
         }
         fputs("]\n", stdout);
     } else {
-        printf("%6s  %-16s %-9s %-6s %8s %8s %12s %12s %7s\n", "ID", "NAME", "STATE", "POLICY",
-               "TOKENS", "PENDING", "BYTES", "BUDGET", "RATIO");
+        printf("%6s  %-16s %-9s %-6s %8s %8s %12s %12s %7s %8s\n", "ID", "NAME", "STATE", "POLICY",
+               "TOKENS", "PENDING", "BYTES", "BUDGET", "RATIO", "IDLE");
         for (uint32_t i = 0; i < n; i++) {
-            char b1[32], b2[32];
-            printf("%6u  %-16.16s %-9s %-6s %8u %8u %12s %12s %7.2f\n", l[i].id, l[i].name,
-                   l[i].state, l[i].policy, l[i].tokens, l[i].pending,
+            char b1[32], b2[32], idle[32];
+            const double t = l[i].idle_s;
+            if (!strcmp(l[i].state, "closed") || t > 0)
+                snprintf(idle, sizeof idle,
+                         t < 120    ? "%.0fs"
+                         : t < 7200 ? "%.0fm"
+                                    : "%.1fh",
+                         t < 120    ? t
+                         : t < 7200 ? t / 60
+                                    : t / 3600);
+            else
+                snprintf(idle, sizeof idle, "-");
+            printf("%6u  %-16.16s %-9s %-6s %8u %8u %12s %12s %7.2f %8s\n", l[i].id, l[i].name,
+                   l[i].state, *l[i].policy ? l[i].policy : "-", l[i].tokens, l[i].pending,
                    gc_format_size(l[i].bytes, b1, sizeof b1),
                    l[i].hard_bytes ? gc_format_size(l[i].hard_bytes, b2, sizeof b2) : "-",
-                   l[i].compression);
+                   l[i].compression, idle);
         }
     }
     free(l);
@@ -266,6 +337,7 @@ static void stats_json(const gc_stats_t *s, bool sessions)
             ", \"budget_refusals\": %" PRIu64 ", \"compactions\": %" PRIu64
             ", \"bytes_freed\": %" PRId64 ", \"kv_bytes_per_token\": %" PRIu64
             ", \"rate_refusals\": %" PRIu64 ", \"permission_refusals\": %" PRIu64
+            ", \"session_min_bytes\": %" PRIu64 ", \"idle_timeout_s\": %.6g"
             ", \"curve\": %s, \"uptime_s\": %.3f, \"threads\": %u, \"model\": ",
             s->kv_budget_bytes, s->kv_soft_bytes, s->kv_used_bytes, s->kv_peak_bytes, s->sessions,
             s->max_sessions, s->session_budget_bytes, s->tier_f32, s->tier_f16, s->tier_q8_0,
@@ -273,8 +345,8 @@ static void stats_json(const gc_stats_t *s, bool sessions)
             s->je_active, s->je_resident, s->steps, s->tokens_generated, s->tokens_prefilled,
             s->decode_tokens_per_s, s->prefill_tokens_per_s, s->avg_batch, s->requests, s->errors,
             s->events_dropped, s->clients_gone, s->budget_refusals, s->compactions, s->bytes_freed,
-            s->kv_bytes_per_token, s->rate_refusals, s->permission_refusals,
-            s->curve ? "true" : "false", s->uptime_s, s->threads);
+            s->kv_bytes_per_token, s->rate_refusals, s->permission_refusals, s->session_min_bytes,
+            s->idle_timeout_s, s->curve ? "true" : "false", s->uptime_s, s->threads);
     ctl_json_str(f, s->model);
     fputs(", \"compactions_by_method\": {", f);
     for (uint32_t i = 0; i < s->n_compactions_by_method; i++) {
@@ -299,7 +371,12 @@ static void stats_text(const gc_stats_t *s)
     char a[32], b[32], c[32];
     printf("model            %s\n", s->model);
     printf("uptime           %.1f s, %u threads\n", s->uptime_s, s->threads);
-    printf("sessions         %u of %u\n", s->sessions, s->max_sessions);
+    printf("sessions         %u of %u, closed after %s idle\n", s->sessions, s->max_sessions,
+           s->idle_timeout_s > 0 ? (snprintf(c, sizeof c, "%.0f s", s->idle_timeout_s), c)
+                                 : "never");
+    printf("session budget   %s by default, at least %s\n",
+           s->session_budget_bytes ? gc_format_size(s->session_budget_bytes, a, sizeof a) : "none",
+           gc_format_size(s->session_min_bytes, b, sizeof b));
     if (s->kv_budget_bytes)
         printf("kv budget        %s (soft %s)\n", gc_format_size(s->kv_budget_bytes, a, sizeof a),
                gc_format_size(s->kv_soft_bytes, b, sizeof b));

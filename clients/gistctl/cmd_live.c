@@ -16,36 +16,108 @@ static int chat_token(void *ctx, uint32_t session, int32_t id, const char *piece
 {
     fwrite(piece, 1, len, stdout);
     fflush(stdout);
-    return 0;
+    return ctl_interrupted(); /* a signal that came while printing: stop there */
 }
+
+/* The compactions of one turn, printed in one line once the reply is whole. */
+typedef struct chat_events {
+    uint32_t n, gist, merge, evict, other;
+    uint32_t first, last;
+    int64_t freed;
+    uint64_t session_bytes;
+} chat_events_t;
 
 static void chat_compaction(void *ctx, uint32_t session, const gc_compaction_t *c)
 {
-    char b[32];
+    chat_events_t *ev = ctx;
+    if (ev->n == 0 || c->first < ev->first)
+        ev->first = c->first;
+    if (ev->n == 0 || c->last > ev->last)
+        ev->last = c->last;
+    ev->n++;
+    if (!strcmp(c->action, "gist"))
+        ev->gist++;
+    else if (!strcmp(c->action, "merge"))
+        ev->merge++;
+    else if (!strcmp(c->action, "evict"))
+        ev->evict++;
+    else
+        ev->other++;
+    ev->freed += c->bytes_freed;
+    ev->session_bytes = c->session_bytes;
+}
+
+static void chat_events_print(uint32_t session, const chat_events_t *ev)
+{
+    if (ev->n == 0)
+        return;
+    char b[32], k[32];
     fprintf(stderr,
-            "\n[session %u: %s/%s positions %u-%u (%s): %" PRIu64 " -> %" PRIu64
-            " rows, %s freed]\n",
-            session, c->action, c->method, c->first, c->last, c->reason, c->rows_before,
-            c->rows_after, ctl_size_signed(c->bytes_freed, b, sizeof b));
+            "[session %u: %u compaction%s (%u gist, %u merge, %u evict%s) over positions %u-%u: "
+            "%s freed, %s held]\n",
+            session, ev->n, ev->n == 1 ? "" : "s", ev->gist, ev->merge, ev->evict,
+            ev->other ? ", other" : "", ev->first, ev->last,
+            ctl_size_signed(ev->freed, b, sizeof b),
+            gc_format_size(ev->session_bytes, k, sizeof k));
+}
+
+/* One turn: the user's text in, the reply streamed out. Off a terminal the turn is marked on
+ * stdout ("> " and the user's text), so a transcript of a piped chat reads turn by turn; the
+ * turn's compactions follow the reply on stderr, in one line. */
+static int chat_turn(gc_client_t *c, uint32_t session, const char *text, size_t len, bool tty,
+                     uint32_t n, const ctl_gen_opts_t *g, err_info_t *e)
+{
+    if (!tty) {
+        fputs("> ", stdout);
+        for (size_t i = 0; i < len; i++)
+            fputc(text[i] == '\n' ? ' ' : text[i], stdout);
+        fputc('\n', stdout);
+    }
+    chat_events_t ev = {0};
+    gc_callbacks_t cb = {.ctx = &ev, .on_token = chat_token, .on_compaction = chat_compaction};
+    gc_gen_opts_t o = {.session = session,
+                       .max_tokens = n,
+                       .prompt = text,
+                       .prompt_len = len,
+                       .prompt_role = GC_ROLE_USER,
+                       .role = GC_ROLE_ASSISTANT,
+                       .sampling = g->sampled ? &g->smp : NULL};
+    gc_result_t res = {0};
+    int r = gc_generate(c, &o, &cb, &res, e);
+    fputs(tty ? "\n" : "\n\n", stdout);
+    fflush(stdout);
+    chat_events_print(session, &ev);
+    if (!r && tty) {
+        char b[32];
+        fprintf(stderr, "[%u tokens, %.0f ms to the first, kv %s]\n", res.usage.generated_tokens,
+                res.usage.first_token_ms, gc_format_size(res.usage.kv_bytes, b, sizeof b));
+    }
+    if (!r && res.reason == GC_STOP_CANCELLED)
+        r = err_set(e, ERR_CANCELLED,
+                    "the reply was cancelled (the daemon is stopping, or the session's request "
+                    "was cancelled)");
+    gc_result_free(&res);
+    return r;
 }
 
 int ctl_chat(ctl_t *x, int argc, char **argv)
 {
     uint32_t session = 0;
     unsigned long n = 256, v;
-    const char *tmpl = "plain", *system = NULL, *policy = NULL;
+    const char *tmpl = "", *system = NULL, *policy = NULL; /* "": the model file's template */
     size_t budget = 0;
     ctl_params_t pp = {.n = 0};
-    gc_sampling_t smp;
-    gc_sampling_default(&smp);
-    bool sampled = false;
+    ctl_gen_opts_t g;
+    ctl_gen_opts_init(&g);
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (!val)
             return ctl_usage("chat: '%s' needs a value or is unknown", a);
         i++;
         int bad = 0;
-        if (!strcmp(a, "--session")) {
+        if (strcmp(a, "--prompt") && ctl_gen_opt(a, val, &g, &bad)) {
+            /* taken: --prompt-file (the first turn) and the sampler */
+        } else if (!strcmp(a, "--session")) {
             bad = ctl_uint(a, val, UINT32_MAX, &v);
             session = (uint32_t)v;
         } else if (!strcmp(a, "--template")) {
@@ -54,9 +126,6 @@ int ctl_chat(ctl_t *x, int argc, char **argv)
             system = val;
         } else if (!strcmp(a, "-n")) {
             bad = ctl_uint(a, val, UINT32_MAX, &n);
-        } else if (!strcmp(a, "--temp")) {
-            bad = ctl_float(a, val, &smp.temp);
-            sampled = true;
         } else if (!strcmp(a, "--budget")) {
             bad = gc_parse_size(val, &budget) ? ctl_usage("--budget: '%s' is not a size", val) : 0;
         } else if (!strcmp(a, "--policy")) {
@@ -69,10 +138,14 @@ int ctl_chat(ctl_t *x, int argc, char **argv)
         if (bad)
             return CTL_USAGE;
     }
+    if (ctl_prompt_read(&g.prompt))
+        return CTL_USAGE;
     int st = CTL_OK;
     gc_client_t *c = ctl_client(x, &st);
-    if (!c)
+    if (!c) {
+        ctl_prompt_free(&g.prompt);
         return st;
+    }
     err_info_t e;
     err_clear(&e);
     const bool opened = session == 0;
@@ -84,21 +157,24 @@ int ctl_chat(ctl_t *x, int argc, char **argv)
                             .param_keys = pp.key,
                             .param_values = pp.value,
                             .n_params = pp.n};
-        if (gc_open(c, &o, &session, &e))
+        if (gc_open(c, &o, &session, &e)) {
+            ctl_prompt_free(&g.prompt);
             return ctl_fail(&e);
+        }
     }
-    const bool tty = isatty(0);
-    fprintf(stderr, "session %u (%s); an empty line or end of input ends the chat\n", session,
-            opened ? "new" : "resumed");
-    if (system && gc_append(c, session, system, 0, GC_ROLE_SYSTEM, NULL, &e))
-        return ctl_fail(&e);
-
+    /* a file's prompt is the first turn; the turns go on from stdin unless it was stdin */
+    const bool from_stdin = g.prompt.file && !strcmp(g.prompt.file, "-");
+    const bool tty = isatty(0) && !from_stdin;
+    fprintf(stderr, "session %u (%s); %s\n", session, opened ? "new" : "resumed",
+            from_stdin ? "standard input is the one turn"
+                       : "an empty line or end of input ends the chat");
+    int r = system ? gc_append(c, session, system, 0, GC_ROLE_SYSTEM, NULL, &e) : 0;
+    if (!r && g.prompt.text && g.prompt.len)
+        r = chat_turn(c, session, g.prompt.text, g.prompt.len, tty, (uint32_t)n, &g, &e);
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
-    int rc = CTL_OK;
-    gc_callbacks_t cb = {.on_token = chat_token, .on_compaction = chat_compaction};
-    for (;;) {
+    while (!r && !from_stdin) {
         if (tty)
             fputs("> ", stderr);
         if ((len = getline(&line, &cap, stdin)) <= 0)
@@ -107,33 +183,28 @@ int ctl_chat(ctl_t *x, int argc, char **argv)
             line[--len] = 0;
         if (len == 0)
             break;
-        gc_gen_opts_t o = {.session = session,
-                           .max_tokens = (uint32_t)n,
-                           .prompt = line,
-                           .prompt_len = (size_t)len,
-                           .prompt_role = GC_ROLE_USER,
-                           .role = GC_ROLE_ASSISTANT,
-                           .sampling = sampled ? &smp : NULL};
-        gc_result_t res = {0};
-        int r = gc_generate(c, &o, &cb, &res, &e);
-        fputc('\n', stdout);
-        fflush(stdout);
-        if (r) {
-            rc = ctl_fail(&e);
-            break;
-        }
-        if (tty) {
-            char b[32];
-            fprintf(stderr, "[%u tokens, %.0f ms to the first, kv %s]\n",
-                    res.usage.generated_tokens, res.usage.first_token_ms,
-                    gc_format_size(res.usage.kv_bytes, b, sizeof b));
-        }
-        gc_result_free(&res);
+        r = chat_turn(c, session, line, (size_t)len, tty, (uint32_t)n, &g, &e);
     }
     free(line);
-    if (opened && rc == CTL_OK && gc_close(c, session, &e))
-        rc = ctl_fail(&e);
-    return rc;
+    ctl_prompt_free(&g.prompt);
+    if (ctl_interrupted()) {
+        fputs("gistctl: interrupted\n", stderr);
+        st = CTL_INTERRUPTED;
+    } else if (r) {
+        st = ctl_fail(&e);
+    }
+    /* a session opened here is closed on every path */
+    if (opened) {
+        const int crc = ctl_close_quietly(c, session, x->timeout_ms);
+        if (crc && st == CTL_OK) {
+            fprintf(stderr, "gistctl: cannot close session %u: %s\n", session, err_str(crc));
+            st = crc == ERR_TIMEOUT ? CTL_NO_ANSWER : CTL_DAEMON;
+        }
+    } else if (st == CTL_INTERRUPTED) {
+        gc_set_timeout(c, 2000);
+        gc_cancel(c, session, &e);
+    }
+    return st;
 }
 
 /* ------------------------------------------------------------------ top */

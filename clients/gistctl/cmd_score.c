@@ -5,7 +5,6 @@
  */
 #include <errno.h>
 #include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,46 +12,6 @@
 #include "clients/gistctl/ctl.h"
 
 #define SCORE_CHUNK 65536 /* bytes of text per Score request, cut after a newline */
-
-static volatile sig_atomic_t interrupted;
-
-static void on_sigint(int sig)
-{
-    (void)sig;
-    interrupted = 1;
-}
-
-static int read_all(const char *path, char **out, size_t *len)
-{
-    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
-    if (!f)
-        return ctl_usage("score: cannot open %s: %s", path, strerror(errno));
-    size_t cap = 65536, n = 0;
-    char *buf = malloc(cap);
-    for (size_t got; buf && (got = fread(buf + n, 1, cap - n - 1, f)) > 0;) {
-        n += got;
-        if (n + 1 == cap) {
-            char *t = realloc(buf, cap * 2);
-            if (!t) {
-                free(buf);
-                buf = NULL;
-            }
-            buf = t;
-            cap *= 2;
-        }
-    }
-    const bool bad = ferror(f);
-    if (f != stdin)
-        fclose(f);
-    if (!buf || bad) {
-        free(buf);
-        return ctl_usage("score: cannot read %s", path);
-    }
-    buf[n] = 0;
-    *out = buf;
-    *len = n;
-    return CTL_OK;
-}
 
 /* The end of the chunk that starts at `at`: after the last newline within SCORE_CHUNK bytes
  * (tokens do not cross a line end), or SCORE_CHUNK bytes on when there is none. */
@@ -68,7 +27,8 @@ static size_t chunk_end(const char *text, size_t len, size_t at)
 
 int ctl_score(ctl_t *x, int argc, char **argv)
 {
-    const char *path = NULL, *policy = NULL;
+    const char *policy = NULL;
+    ctl_prompt_t prompt = {0};
     size_t budget = 0;
     uint32_t session = 0;
     ctl_params_t pp = {.n = 0};
@@ -78,8 +38,8 @@ int ctl_score(ctl_t *x, int argc, char **argv)
             return ctl_usage("score: '%s' needs a value or is unknown", a);
         i++;
         unsigned long v;
-        if (!strcmp(a, "--file")) {
-            path = val;
+        if (!strcmp(a, "--prompt-file") || !strcmp(a, "--file")) {
+            prompt.file = val;
         } else if (!strcmp(a, "--policy")) {
             policy = val;
         } else if (!strcmp(a, "--budget")) {
@@ -96,29 +56,25 @@ int ctl_score(ctl_t *x, int argc, char **argv)
             return ctl_usage("score: unknown option '%s'", a);
         }
     }
-    if (!path)
-        return ctl_usage("usage: gistctl score --file F|- [--policy P] [--budget SIZE] "
+    if (!prompt.file)
+        return ctl_usage("usage: gistctl score --prompt-file F|- [--policy P] [--budget SIZE] "
                          "[--param KEY=VALUE]... [--session ID]");
     if (session && (policy || budget || pp.n))
         return ctl_usage("score: --policy, --budget and --param are for a new session, not "
                          "--session %u",
                          session);
-    char *text = NULL;
-    size_t len = 0;
-    int st = read_all(path, &text, &len);
-    if (st)
-        return st;
+    if (ctl_prompt_read(&prompt))
+        return CTL_USAGE;
+    char *text = prompt.buf; /* the file's bytes, NUL-terminated */
+    const size_t len = prompt.len;
+    int st = CTL_OK;
     gc_client_t *c = ctl_client(x, &st);
     if (!c) {
-        free(text);
+        ctl_prompt_free(&prompt);
         return st;
     }
-    /* Ctrl-C ends the scoring between requests; the session this command opens is closed on
-     * every path (the handler is in place before the session exists) */
-    struct sigaction sa = {.sa_handler = on_sigint}, old_int, old_term;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
+    /* Ctrl-C (gistctl's handler, in place before the session exists) ends the scoring between
+     * requests; the session this command opens is closed on every path */
     err_info_t e;
     err_clear(&e);
     const bool opened = session == 0;
@@ -130,16 +86,14 @@ int ctl_score(ctl_t *x, int argc, char **argv)
                             .budget_bytes = budget,
                             .name = "score"};
         if (gc_open(c, &o, &session, &e)) {
-            sigaction(SIGINT, &old_int, NULL);
-            sigaction(SIGTERM, &old_term, NULL);
-            free(text);
+            ctl_prompt_free(&prompt);
             return ctl_fail(&e);
         }
     }
     double nll = 0.0;
     size_t scored = 0, n_tokens = 0;
     int rc = CTL_OK;
-    for (size_t at = 0; at < len && !interrupted;) {
+    for (size_t at = 0; at < len && !ctl_interrupted();) {
         const size_t end = chunk_end(text, len, at);
         char save = text[end];
         text[end] = 0;
@@ -150,7 +104,7 @@ int ctl_score(ctl_t *x, int argc, char **argv)
         int r = gc_score(c, session, text + at, NULL, 0, &lp, &tok, &n, &total, &e);
         text[end] = save;
         if (r) {
-            rc = interrupted ? CTL_DAEMON : ctl_fail(&e);
+            rc = ctl_interrupted() ? CTL_INTERRUPTED : ctl_fail(&e);
             free(lp);
             free(tok);
             break;
@@ -165,9 +119,9 @@ int ctl_score(ctl_t *x, int argc, char **argv)
         free(tok);
         at = end;
     }
-    if (interrupted) {
+    if (ctl_interrupted()) {
         fprintf(stderr, "gistctl: score interrupted after %zu tokens\n", n_tokens);
-        rc = CTL_DAEMON;
+        rc = CTL_INTERRUPTED;
     }
     gc_session_info_t info;
     memset(&info, 0, sizeof info);
@@ -175,14 +129,13 @@ int ctl_score(ctl_t *x, int argc, char **argv)
     err_clear(&ie);
     const bool have_info = gc_session_info(c, session, &info, &ie) == 0;
     if (opened) {
-        err_info_t ce;
-        err_clear(&ce);
-        if (gc_close(c, session, &ce) && rc == CTL_OK)
-            rc = ctl_fail(&ce);
+        const int crc = ctl_close_quietly(c, session, x->timeout_ms);
+        if (crc && rc == CTL_OK) {
+            fprintf(stderr, "gistctl: cannot close session %u: %s\n", session, err_str(crc));
+            rc = crc == ERR_TIMEOUT ? CTL_NO_ANSWER : CTL_DAEMON;
+        }
     }
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
-    free(text);
+    ctl_prompt_free(&prompt);
     if (rc != CTL_OK)
         return rc;
     printf("session: %u%s\n", session, opened ? " (closed)" : "");

@@ -4,13 +4,17 @@
  *   gistctl [--connect ENDPOINT] [--timeout MS] [--server-key FILE --key PREFIX] COMMAND ...
  *
  * ENDPOINT defaults to $GISTD_ENDPOINT, else tcp://127.0.0.1:5557. The timeout (default
- * 10000 ms) bounds every wait for the daemon; when it passes, gistctl says so and exits 3.
+ * 10000 ms) bounds how long gistctl waits while the daemon sends nothing; a daemon working on
+ * a request sends keep-alives, so only a daemon that is gone or stuck runs it out (gistctl
+ * then says so and exits 3). SIGINT and SIGTERM end the wait: the command closes (or cancels)
+ * what it started and exits 130.
  * With CURVE, FILE is the daemon's public key (its .pub) and PREFIX names this client's key
  * pair, PREFIX.pub and PREFIX.key, as `gistd --keygen PREFIX` writes them ($GISTD_SERVER_KEY
  * and $GISTD_KEY when the options are not given).
  */
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,17 +28,17 @@ static const struct {
     const char *usage;
 } commands[] = {
     {"gen", ctl_gen,
-     "gen --prompt STR -n N [--temp T] [--seed S] [--top-k K] [--top-p P] [--stop STR]... "
-     "[--session ID]"},
+     "gen (--prompt STR | --prompt-file F) -n N [--temp T] [--seed S] [--top-k K] [--top-p P] "
+     "[--min-p P] [--repeat-penalty R] [--stop STR]... [--session ID]"},
     {"chat", ctl_chat,
-     "chat [--session ID] [--template none|chatml|plain] [--system STR] [-n N] [--temp T] "
-     "[--budget SIZE] [--policy P] [--param KEY=VALUE]..."},
+     "chat [--session ID] [--template T (default: the model file's)] [--system STR] [-n N] "
+     "[--temp T] [--seed S] [--prompt-file F] [--budget SIZE] [--policy P] [--param KEY=VALUE]..."},
     {"open", ctl_open,
      "open [--budget SIZE] [--soft SIZE] [--policy P] [--param KEY=VALUE]... [--template T] "
      "[--name STR]"},
     {"score", ctl_score,
-     "score --file F|- [--policy P] [--budget SIZE] [--param KEY=VALUE]... [--session ID]"},
-    {"close", ctl_close, "close ID"},
+     "score --prompt-file F|- [--policy P] [--budget SIZE] [--param KEY=VALUE]... [--session ID]"},
+    {"close", ctl_close, "close ID [--forget]"},
     {"cancel", ctl_cancel, "cancel ID"},
     {"sessions", ctl_sessions, "sessions [--json]"},
     {"stats", ctl_stats, "stats [--json] [--sessions]"},
@@ -42,7 +46,7 @@ static const struct {
     {"budget", ctl_budget, "budget SIZE [--soft SIZE] [--session ID]"},
     {"transcript", ctl_transcript, "transcript ID [--tokens] [--first N] [--count N]"},
     {"snapshot", ctl_snapshot, "snapshot [ID]"},
-    {"restore", ctl_restore, "restore ID"},
+    {"restore", ctl_restore, "restore ID [--as-new]"},
 };
 
 int ctl_usage(const char *fmt, ...)
@@ -54,6 +58,33 @@ int ctl_usage(const char *fmt, ...)
     va_end(ap);
     fputc('\n', stderr);
     return CTL_USAGE;
+}
+
+/* Set by SIGINT and SIGTERM: the only state the handler touches. */
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig)
+{
+    interrupted = sig;
+}
+
+bool ctl_interrupted(void)
+{
+    return interrupted != 0;
+}
+
+int ctl_close_quietly(gc_client_t *c, uint32_t session, int timeout_ms)
+{
+    err_info_t e;
+    err_clear(&e);
+    gc_set_timeout(c, timeout_ms < 2000 ? timeout_ms : 2000);
+    /* a second signal must not cut the close short: the first one asked for it */
+    const sig_atomic_t saved = interrupted;
+    int rc = gc_close(c, session, &e);
+    if (rc == ERR_CANCELLED) /* interrupted again: once more */
+        rc = gc_close(c, session, &e);
+    interrupted = saved;
+    return rc;
 }
 
 int ctl_fail(const err_info_t *e)
@@ -141,7 +172,11 @@ gc_client_t *ctl_client(ctl_t *x, int *status)
     if (gc_connect_opts(&o, &x->c, &e)) {
         fprintf(stderr, "gistctl: cannot reach gistd at %s: %s\n",
                 x->endpoint ? x->endpoint : GC_DEFAULT_ENDPOINT, err_msg(&e));
-        *status = e.code == ERR_TIMEOUT || e.code == ERR_IO ? CTL_NO_ANSWER : CTL_DAEMON;
+        /* a malformed endpoint or key is this side's mistake, not the daemon's refusal */
+        *status = e.code == ERR_TIMEOUT || e.code == ERR_IO ? CTL_NO_ANSWER
+                  : e.code == ERR_INVAL                     ? CTL_USAGE
+                  : e.code == ERR_CANCELLED                 ? CTL_INTERRUPTED
+                                                            : CTL_DAEMON;
         return NULL;
     }
     return x->c;
@@ -183,7 +218,10 @@ static void usage(FILE *f)
         "ENDPOINT: $GISTD_ENDPOINT, else " GC_DEFAULT_ENDPOINT ". SIZE: bytes or 64K, 8M, 1G.\n"
         "CURVE: FILE is the daemon's public key, PREFIX.pub and PREFIX.key this client's key pair\n"
         "(gistd --keygen PREFIX); $GISTD_SERVER_KEY and $GISTD_KEY stand in for the options.\n"
-        "Exit status: 0 ok, 1 the daemon refused, 2 bad arguments, 3 no answer in time.\n",
+        "--timeout MS (default 10000): how long to wait while the daemon sends nothing (a daemon\n"
+        "working on a request sends keep-alives, however long it takes).\n"
+        "Exit status: 0 ok, 1 the daemon refused, 2 bad arguments, 3 no answer in time,\n"
+        "130 interrupted (what the command opened is closed first).\n",
         f);
 }
 
@@ -247,6 +285,13 @@ int main(int argc, char **argv)
         usage(stderr);
         return CTL_USAGE;
     }
+    /* SIGINT and SIGTERM end a wait (no SA_RESTART: the poll returns EINTR) */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     const char *name = argv[i];
     for (size_t k = 0; k < sizeof commands / sizeof commands[0]; k++) {
         if (strcmp(name, commands[k].name))

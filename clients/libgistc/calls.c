@@ -80,8 +80,14 @@ int gc_open(gc_client_t *c, const gc_open_opts_t *o, uint32_t *session, err_info
 
 int gc_close(gc_client_t *c, uint32_t session, err_info_t *e)
 {
+    return gc_close_opts(c, session, false, e);
+}
+
+int gc_close_opts(gc_client_t *c, uint32_t session, bool forget, err_info_t *e)
+{
     Gistd__CloseSession m = GISTD__CLOSE_SESSION__INIT;
     m.session = session;
+    m.forget = forget;
     Gistd__Request r = GISTD__REQUEST__INIT;
     r.body_case = GISTD__REQUEST__BODY_CLOSE;
     r.close = &m;
@@ -432,6 +438,8 @@ int gc_stats(gc_client_t *c, bool sessions, gc_stats_t *o, err_info_t *e)
     o->rate_refusals = s->rate_refusals;
     o->permission_refusals = s->permission_refusals;
     o->curve = s->curve;
+    o->session_min_bytes = s->session_min_bytes;
+    o->idle_timeout_s = s->idle_timeout_s;
     for (size_t i = 0; i < s->n_compactions_by_method && i < GC_MAX_METHODS; i++) {
         snprintf(o->compactions_by_method[i].method, sizeof o->compactions_by_method[i].method,
                  "%s", s->compactions_by_method[i]->method);
@@ -503,10 +511,24 @@ int gc_snapshot(gc_client_t *c, uint32_t session, uint32_t *n_done, err_info_t *
 
 int gc_restore(gc_client_t *c, uint32_t session, err_info_t *e)
 {
+    return gc_restore_opts(c, session, false, NULL, e);
+}
+
+int gc_restore_opts(gc_client_t *c, uint32_t session, bool as_new, uint32_t *restored,
+                    err_info_t *e)
+{
     Gistd__Restore m = GISTD__RESTORE__INIT;
     m.session = session;
+    m.as_new = as_new;
     Gistd__Request r = GISTD__REQUEST__INIT;
     r.body_case = GISTD__REQUEST__BODY_RESTORE;
     r.restore = &m;
-    return gc_call(c, &r, GISTD__REPLY__BODY_OPENED, NULL, e);
+    Gistd__Reply *rep = NULL;
+    int rc = gc_call(c, &r, GISTD__REPLY__BODY_OPENED, &rep, e);
+    if (rc)
+        return rc;
+    if (restored)
+        *restored = rep->opened->session;
+    gistd__reply__free_unpacked(rep, NULL);
+    return 0;
 }

@@ -401,7 +401,14 @@ int gc_connect_opts(const gc_connect_opts_t *o, gc_client_t **out, err_info_t *e
         }
     }
     if (zmq_connect(c->sock, endpoint) < 0) {
-        rc = err_set(e, ERR_INVAL, "cannot connect to '%s': %s", endpoint, zmq_strerror(errno));
+        if (errno == EPROTONOSUPPORT)
+            rc =
+                err_set(e, ERR_INVAL,
+                        "cannot connect to '%s': not a transport gistd listens on (tcp://HOST:PORT "
+                        "or ipc:///path)",
+                        endpoint);
+        else
+            rc = err_set(e, ERR_INVAL, "cannot connect to '%s': %s", endpoint, zmq_strerror(errno));
         goto fail;
     }
 

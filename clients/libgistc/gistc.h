@@ -4,7 +4,9 @@
  * A gc_client_t is one DEALER connection to a daemon (proto/gistd.proto underneath; this
  * header hides it). gc_connect does the versioned handshake, so a client that connects has
  * a daemon that answers. Calls block until their final reply or until the client's timeout
- * passes with no reply at all (ERR_TIMEOUT, with a message naming the endpoint).
+ * passes with no reply at all (ERR_TIMEOUT, with a message naming the endpoint). The daemon
+ * sends a keep-alive four times a second while it prefills for a request, so the timeout only
+ * passes when the daemon is gone or stuck, however long a prefill takes.
  *
  * Generation streams: gc_generate calls on_token for every token as it arrives. To run
  * several generations at once (one per session), start each with gc_generate_start and
@@ -139,14 +141,14 @@ void gc_result_free(gc_result_t *r);
 
 typedef struct gc_session_info {
     uint32_t id;
-    char name[64], state[16], policy[32], chat_template[16];
+    char name[64], state[16], policy[32], chat_template[16]; /* state "closed": not live */
     char turn_stop[64]; /* what ends an assistant turn in the session's template ("": none) */
     uint64_t bytes, peak_bytes, hard_bytes, soft_bytes;
     uint32_t tokens, pending, compactions;
     uint64_t rows, prompt_tokens, generated_tokens, events_dropped;
     int64_t bytes_freed;
     uint64_t tier_f32, tier_f16, tier_q8_0;
-    double compression, tokens_per_s, idle_s;
+    double compression, tokens_per_s, idle_s; /* closed sessions: idle_s since the close */
 } gc_session_info_t;
 
 #define GC_MAX_METHODS 16
@@ -165,6 +167,8 @@ typedef struct gc_stats {
     uint64_t compactions, kv_bytes_per_token;
     uint64_t rate_refusals, permission_refusals; /* requests refused by limits and owners */
     bool curve;                                  /* the daemon authenticates clients by key */
+    uint64_t session_min_bytes;                  /* the smallest usable session budget */
+    double idle_timeout_s;                       /* idle sessions close after this (0: never) */
     struct {
         char method[16];
         uint64_t count;
@@ -214,7 +218,10 @@ const char *gc_endpoint(const gc_client_t *c);
 
 /* o NULL: every default. */
 int gc_open(gc_client_t *c, const gc_open_opts_t *o, uint32_t *session, err_info_t *e);
+/* Closes a session. A snapshot written on request (gc_snapshot) or by the daemon's idle
+ * timeout stays, listed as a closed session that gc_restore brings back, unless forget. */
 int gc_close(gc_client_t *c, uint32_t session, err_info_t *e);
+int gc_close_opts(gc_client_t *c, uint32_t session, bool forget, err_info_t *e);
 /* Stops the session's running request. */
 int gc_cancel(gc_client_t *c, uint32_t session, err_info_t *e);
 int gc_session_info(gc_client_t *c, uint32_t session, gc_session_info_t *out, err_info_t *e);
@@ -262,7 +269,11 @@ int gc_set_budget(gc_client_t *c, uint32_t session, size_t hard, size_t soft, gc
 /* Snapshots a session (0: all) into the daemon's snapshot folder; *n_done (may be NULL) says
  * how many were written. */
 int gc_snapshot(gc_client_t *c, uint32_t session, uint32_t *n_done, err_info_t *e);
+/* Brings a session back from its snapshot as a live session: under its own id (ERR_EXISTS
+ * while that is live), or as_new under a new id, *restored (may be NULL) gets which. */
 int gc_restore(gc_client_t *c, uint32_t session, err_info_t *e);
+int gc_restore_opts(gc_client_t *c, uint32_t session, bool as_new, uint32_t *restored,
+                    err_info_t *e);
 
 /* ---- helpers ---- */
 

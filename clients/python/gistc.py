@@ -26,7 +26,8 @@ CURVE: give the daemon's public key and this client's key pair (z85 text, or fil
 A daemon that refuses the key, or a handshake that fails because one side uses CURVE and the
 other does not, raises GistdError ERR_PERM (code 13) instead of a timeout.
 
-The generated module gistd_pb2 is found in $GISTD_PYPROTO, then in build/gen/python of this
+The generated module gistd_pb2 is found in $GISTD_PYPROTO, then beside this file (where
+`make install` puts both), then in build/gen/python of this
 checkout (`make` writes it there), else it is generated with protoc into a temporary folder.
 """
 import codecs
@@ -45,7 +46,9 @@ def _load_pb2():
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(os.path.dirname(here))
     build = os.environ.get("GISTD_BUILD", "build")
-    candidates = [os.environ.get("GISTD_PYPROTO"), os.path.join(root, build, "gen", "python")]
+    # installed (make install): gistd_pb2 lies beside this file
+    candidates = [os.environ.get("GISTD_PYPROTO"), here,
+                  os.path.join(root, build, "gen", "python")]
     for d in candidates:
         if d and os.path.exists(os.path.join(d, "gistd_pb2.py")):
             sys.path.insert(0, d)
@@ -176,6 +179,11 @@ class Stream:
             raise StopIteration
         r = self._c._next_reply(self._id)
         body = r.WhichOneof("body")
+        while not r.final and body not in ("token", "compaction"):
+            # a keep-alive (progress) while the daemon prefills, or an event this client
+            # does not know: the request goes on
+            r = self._c._next_reply(self._id)
+            body = r.WhichOneof("body")
         if body == "token":
             t = r.token
             self.tokens.append(t.id)
@@ -281,8 +289,10 @@ class Session:
     def cancel(self):
         self.client.cancel(self.id)
 
-    def close(self):
-        self.client._call(pb.Request(close=pb.CloseSession(session=self.id)), "ack")
+    def close(self, forget=False):
+        """Closes the session; a snapshot it asked for stays (restorable) unless forget."""
+        self.client._call(pb.Request(close=pb.CloseSession(session=self.id, forget=forget)),
+                          "ack")
 
 
 class Client:
@@ -441,8 +451,10 @@ class Client:
         r = self._call(pb.Request(snapshot=pb.Snapshot(session=session)), "snapshot")
         return list(r.paths)
 
-    def restore(self, session):
-        return Session(self, self._call(pb.Request(restore=pb.Restore(session=session)),
+    def restore(self, session, as_new=False):
+        """Brings a snapshotted session back: under its id, or as_new under a new one."""
+        return Session(self, self._call(pb.Request(restore=pb.Restore(session=session,
+                                                                      as_new=as_new)),
                                         "opened").session)
 
     def cancel(self, session):

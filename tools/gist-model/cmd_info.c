@@ -1,8 +1,10 @@
 /*
  * gist-model info MODEL — what a model file holds: format facts, hyperparameters, tensors
  * by type, tokenizer, and the gistd extensions. The file is validated as the daemon would
- * (reader, hyperparameters, tensor shapes); a file that fails says why on one line of
- * stderr and exits 2.
+ * (reader, hyperparameters, tensor shapes). A file the reader cannot read says why on one line
+ * of stderr and exits 2; a readable file this build cannot run (another architecture, a
+ * tensor type or shape it does not know) has its metadata and tensor types printed first,
+ * then what is unsupported, and exits 2 too.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -123,6 +125,74 @@ static void print_extensions(const mdl_hparams_t *hp)
         printf("retention gates: none\n");
 }
 
+/* Every metadata key with its value (strings cut at 60 bytes, arrays by length and type). */
+static void print_metadata(const gguf_t *g)
+{
+    static const char *const vt[] = {"u8",   "i8",     "u16",   "i16", "u32", "i32", "f32",
+                                     "bool", "string", "array", "u64", "i64", "f64"};
+    printf("metadata:\n");
+    for (uint64_t i = 0; i < gguf_kv_count(g); i++) {
+        const gguf_kv_t *kv = gguf_kv_at(g, i);
+        printf("  %-40.*s ", (int)(kv->key.len < 200 ? kv->key.len : 200), kv->key.ptr);
+        switch (kv->type) {
+        case GGUF_VT_UINT8:
+        case GGUF_VT_UINT16:
+        case GGUF_VT_UINT32:
+        case GGUF_VT_UINT64:
+        case GGUF_VT_BOOL:
+            printf("%" PRIu64 "\n", kv->v.u64);
+            break;
+        case GGUF_VT_INT8:
+        case GGUF_VT_INT16:
+        case GGUF_VT_INT32:
+        case GGUF_VT_INT64:
+            printf("%" PRId64 "\n", kv->v.i64);
+            break;
+        case GGUF_VT_FLOAT32:
+        case GGUF_VT_FLOAT64:
+            printf("%g\n", kv->v.f64);
+            break;
+        case GGUF_VT_STRING: {
+            const int n = (int)(kv->v.str.len < 60 ? kv->v.str.len : 60);
+            putchar('"');
+            for (int k = 0; k < n; k++) {
+                const char ch = kv->v.str.ptr[k];
+                putchar(ch == '\n' || ch == '\r' || ch == '\t' ? ' ' : ch);
+            }
+            printf("\"%s\n", kv->v.str.len > 60 ? "..." : "");
+            break;
+        }
+        case GGUF_VT_ARRAY:
+            printf("[%" PRIu64 " x %s]\n", kv->v.arr.n,
+                   kv->v.arr.elem_type < GGUF_VT_COUNT_ ? vt[kv->v.arr.elem_type] : "?");
+            break;
+        default:
+            printf("(type %u)\n", (unsigned)kv->type);
+        }
+    }
+}
+
+/* What the file holds when this build cannot run it: the reader's facts, every key, the
+ * tensors by type, then what is unsupported (also on stderr); exit status 2. */
+static int info_unsupported(const gguf_t *g, const char *path, const err_info_t *e)
+{
+    printf("file:            %s, ", path);
+    print_bytes(gguf_file_size(g));
+    printf("\n");
+    printf("gguf version:    %" PRIu32 "\n", gguf_version(g));
+    printf("architecture:    ");
+    print_str_key(g, "general.architecture", "(none)");
+    printf("\n");
+    printf("name:            ");
+    print_str_key(g, "general.name", "(none)");
+    printf("\n");
+    print_metadata(g);
+    print_tensors(g);
+    printf("unsupported:     %s\n", err_msg(e));
+    fflush(stdout);
+    return cmd_usage_error("%s: cannot be run here: %s", path, err_msg(e));
+}
+
 int cmd_info(int argc, char **argv)
 {
     if (argc != 1 || argv[0][0] == '-')
@@ -135,14 +205,17 @@ int cmd_info(int argc, char **argv)
     if (gguf_open(path, &g, &e))
         return cmd_usage_error("%s: %s", path, err_msg(&e));
     if (mdl_hparams_read(g, &hp, &e) || mdl_hparams_check_tensors(g, &hp, &e)) {
+        const int rc = info_unsupported(g, path, &e);
         gguf_close(&g);
-        return cmd_usage_error("%s: %s", path, err_msg(&e));
+        return rc;
     }
     printf("file:            %s, ", path);
     print_bytes(gguf_file_size(g));
     printf("\n");
     printf("gguf version:    %" PRIu32 "\n", gguf_version(g));
-    printf("architecture:    llama\n");
+    printf("architecture:    %s (%s pairs for RoPE%s%s)\n", mdl_arch_name(hp.arch),
+           hp.rope_halves ? "half-split" : "adjacent", hp.qkv_bias ? ", Q/K/V biases" : "",
+           hp.qk_norm ? ", per-head Q/K norms" : "");
     printf("name:            ");
     print_str_key(g, "general.name", "(none)");
     printf("\n");
@@ -153,6 +226,8 @@ int cmd_info(int argc, char **argv)
     print_tensors(g);
     print_tokenizer(g);
     print_extensions(&hp);
+    printf("supported:       architectures " MDL_SUPPORTED_ARCHS "; weights " MDL_SUPPORTED_TYPES
+           "\n");
     gguf_close(&g);
     return 0;
 }

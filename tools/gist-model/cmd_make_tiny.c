@@ -1,10 +1,12 @@
 /*
  * gist-model make-tiny — writes a random-weight llama model (model/tiny.h) for tests and
  * benchmarks:
- *   make-tiny OUT.gguf --seed N [--type f32|f16|bf16|q8_0|q4_0] [--n-embd N] [--n-layer N]
+ *   make-tiny OUT.gguf --seed N [--type f32|f16|bf16|q8_0|q4_0|q5_0|q5_1|q4_K|q5_K|q6_K|
+ *                                       q4_K_M|q5_K_M]
+ *             [--arch llama|qwen2|qwen3] [--head-dim N] [--n-embd N] [--n-layer N]
  *             [--n-head N] [--n-head-kv N] [--n-ff N] [--n-vocab N] [--n-ctx N]
  *             [--rope-base F] [--tied] [--gist N] [--retention-hidden N]
- *             [--retention-budget N] [--name S]
+ *             [--retention-budget N] [--name S] [--chat-template JINJA] [--no-space-prefix]
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -46,6 +48,7 @@ int cmd_make_tiny(int argc, char **argv)
         {"--n-ff", offsetof(mdl_tiny_cfg_t, n_ff)},
         {"--n-vocab", offsetof(mdl_tiny_cfg_t, n_vocab)},
         {"--n-ctx", offsetof(mdl_tiny_cfg_t, n_ctx)},
+        {"--head-dim", offsetof(mdl_tiny_cfg_t, head_dim)},
         {"--gist", offsetof(mdl_tiny_cfg_t, n_gist)},
         {"--retention-hidden", offsetof(mdl_tiny_cfg_t, retention_hidden)},
         {"--retention-budget", offsetof(mdl_tiny_cfg_t, retention_budget)},
@@ -58,6 +61,10 @@ int cmd_make_tiny(int argc, char **argv)
         uint64_t u;
         if (!strcmp(a, "--tied")) {
             cfg.tied = true;
+            continue;
+        }
+        if (!strcmp(a, "--no-space-prefix")) {
+            cfg.no_space_prefix = true;
             continue;
         }
         for (size_t k = 0; k < sizeof u32_opts / sizeof u32_opts[0]; k++) {
@@ -79,12 +86,17 @@ int cmd_make_tiny(int argc, char **argv)
             have_seed = true;
             i++;
         } else if (!strcmp(a, "--type")) {
-            int t = val ? mdl_tiny_type_from_name(val) : -1;
-            if (t < 0)
-                return cmd_usage_error("make-tiny: --type must be f32, f16, bf16, q8_0 or "
-                                       "q4_0, got '%s'",
+            if (!val || mdl_tiny_set_type(&cfg, val))
+                return cmd_usage_error("make-tiny: --type must be f32, f16, bf16, q8_0, q4_0, "
+                                       "q5_0, q5_1, q4_K, q5_K, q6_K, q4_K_M or q5_K_M, got "
+                                       "'%s'",
                                        val ? val : "");
-            cfg.type = (uint32_t)t;
+            i++;
+        } else if (!strcmp(a, "--arch")) {
+            if (!val || (strcmp(val, "llama") && strcmp(val, "qwen2") && strcmp(val, "qwen3")))
+                return cmd_usage_error("make-tiny: --arch must be llama, qwen2 or qwen3, got '%s'",
+                                       val ? val : "");
+            cfg.arch = val;
             i++;
         } else if (!strcmp(a, "--rope-base")) {
             char *end;
@@ -93,6 +105,11 @@ int cmd_make_tiny(int argc, char **argv)
                 return cmd_usage_error("make-tiny: --rope-base needs a positive number, "
                                        "got '%s'",
                                        val ? val : "");
+            i++;
+        } else if (!strcmp(a, "--chat-template")) {
+            if (!val)
+                return cmd_usage_error("make-tiny: --chat-template needs a value");
+            cfg.chat_template = val;
             i++;
         } else if (!strcmp(a, "--name")) {
             if (!val)

@@ -1,0 +1,82 @@
+"""bench/memory.py: its --quick form end to end on the committed model, and its scorer.
+
+The quick run goes through `gist-model generate` (the session loop) for every task; the
+test checks the CSVs are whole and consistent (every task and configuration present,
+scores 0 or 1, prompts within the asked depth, peak bytes within the budget) and that the
+scorer gives 1 to each probe's own answer and 0 to a wrong one.
+"""
+import csv
+import os
+import subprocess
+import sys
+
+import tap
+
+sys.path.insert(0, os.path.join(tap.ROOT, "bench"))
+sys.path.insert(0, os.path.join(tap.ROOT, "train"))
+MODEL = os.path.join(tap.ROOT, "models", "gistd-6m.gguf")
+
+
+def need():
+    if not os.path.exists(tap.tool("gist-model")):
+        raise tap.Skip("gist-model not built")
+    if not os.path.exists(MODEL):
+        raise tap.Skip("models/gistd-6m.gguf absent")
+    tap.shared("corpus/persuasion.txt")
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        raise tap.Skip("numpy absent")
+
+
+def test_quick_run_writes_whole_tables():
+    need()
+    out = tap.tmpdir()
+    p = subprocess.run(["/usr/bin/python3", os.path.join(tap.ROOT, "bench", "memory.py"),
+                        "--quick", "--model", MODEL, "--out", out],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    with open(os.path.join(out, "memory_runs.csv")) as f:
+        runs = list(csv.DictReader(f))
+    import memory
+
+    assert {r["task"] for r in runs} == set(memory.TASKS)
+    for task in memory.TASKS:
+        cfg = {(r["policy"], r["budget_pct"]) for r in runs if r["task"] == task}
+        assert cfg == {("full", ""), ("window", "25")}, cfg
+    ctx = memory.n_ctx(MODEL)
+    for r in runs:
+        assert r["error"] == "", r
+        assert r["score"] in ("0", "1"), r
+        assert 0 < int(r["prompt_tokens"]) <= ctx // 2 - memory.GEN_ROOM, r
+        if r["budget_pct"]:
+            assert int(r["peak_kv_bytes"]) <= int(r["budget_bytes"]), r
+            assert int(r["budget_bytes"]) > 0
+    with open(os.path.join(out, "memory.csv")) as f:
+        summary = list(csv.DictReader(f))
+    assert len(summary) == 2 * len(memory.TASKS)
+    for s in summary:
+        mine = [float(r["score"]) for r in runs if r["task"] == s["task"]
+                and r["policy"] == s["policy"] and r["budget_pct"] == s["budget_pct"]]
+        assert abs(float(s["accuracy"]) - sum(mine) / len(mine)) < 1e-9
+    md = open(os.path.join(out, "memory.md")).read()
+    assert "| window | 25% |" in md and "## gistd-6m.gguf: chat" in md
+
+
+def test_scorer_on_known_answers():
+    need()
+    import memory
+    import synth
+
+    with open(tap.shared("corpus/persuasion.txt"), encoding="utf-8") as f:
+        filler = synth.Filler([f.read()])
+    for i, task in enumerate(memory.TASKS):
+        p, n = memory.make_probe(MODEL, task, 300, 40 + i, filler)
+        assert n <= 300
+        right = memory.answer_text(p.prompt + p.completion + "and then more text", p.prompt)
+        assert synth.string_match_all(right, p.values) == 1.0, (task, right)
+        wrong = memory.answer_text(p.prompt + " 1234567 nobody.\n" + p.answer, p.prompt)
+        assert synth.string_match_all(wrong, p.values) == 0.0, (task, wrong)
+
+
+tap.main(globals())

@@ -1,0 +1,219 @@
+"""The generated training and evaluation documents (train/synth.py, train/mix.py).
+
+Answers are checked against independent solvers written here from the problem text
+alone; held-out values against the training side; the ChatML renderer against Jinja's
+rendering of the template the export writes.
+"""
+import os
+import re
+import sys
+
+import tap
+
+sys.path.insert(0, os.path.join(tap.ROOT, "train"))
+try:
+    import numpy as np  # noqa: F401
+    import synth
+except ImportError as ex:
+    synth = None
+    MISSING = str(ex)
+
+FILLER_TEXT = " ".join(f"Sentence number {i} of the filler is here, and it goes on." for i in
+                       range(400))
+
+
+def need():
+    if synth is None:
+        raise tap.Skip(f"numpy absent ({MISSING})")
+    return synth.Filler([FILLER_TEXT])
+
+
+def probes(kind, n, evaluation, seed=7, chars=1500):
+    f = need()
+    rng = synth.eval_rng(seed) if evaluation else synth.train_rng(seed)
+    return [synth.make(kind, rng, f, chars, evaluation) for _ in range(n)]
+
+
+def solve_chain(text):
+    """Evaluates 'a = 5. b = a + 3. ... What is b?' from the text."""
+    env = {}
+    for name, expr in re.findall(r"(\w) = ([^.]+)\.", text):
+        m = re.fullmatch(r"(\d+)|(\w) ([+-]) (\d+)", expr)
+        assert m, expr
+        if m.group(1):
+            env[name] = int(m.group(1))
+        else:
+            v, k = env[m.group(2)], int(m.group(4))
+            env[name] = v + k if m.group(3) == "+" else v - k
+    return env[re.search(r"What is (\w)\?", text).group(1)]
+
+
+def solve_story(text):
+    """Counts one person's items through 'X has N', 'Y gives X k more', 'X gives k to Y'."""
+    who, n = re.match(r"(\w+) has (\d+) ", text).groups()
+    n = int(n)
+    for sent in text.split(". "):
+        m = re.match(r"(\w+) gives (\w+) (\d+) more", sent)
+        if m and m.group(2) == who:
+            n += int(m.group(3))
+        m = re.match(r"(\w+) gives (\d+) to (\w+)", sent)
+        if m and m.group(1) == who:
+            n -= int(m.group(2))
+    return n
+
+
+def test_reasoning_answers_match_an_independent_solver():
+    for ev in (False, True):
+        for p in probes("reasoning", 300, ev):
+            q = p.meta["problem"]
+            want = solve_chain(q) if " = " in q else solve_story(q)
+            assert p.answer == f" {want}", (q, p.answer, want)
+            assert p.prompt.endswith("Answer:"), p.prompt[-40:]
+            # one thought per step, each its own paragraph (gistd's thought boundary)
+            assert len(p.meta["thoughts"]) == p.meta["steps"]
+            assert all(t in p.prompt.split(synth.THOUGHT) or t in p.prompt
+                       for t in p.meta["thoughts"])
+
+
+def test_reasoning_steps_are_as_asked():
+    f = need()
+    rng = synth.eval_rng(3)
+    for steps in range(2, 9):
+        p = synth.make("reasoning", rng, f, 0, True, steps=steps)
+        assert p.meta["steps"] == steps
+        assert p.prompt.count(synth.THOUGHT) >= steps
+
+
+def test_facts_are_stated_before_they_are_asked():
+    for kind in ("passkey", "niah_single", "niah_multikey", "niah_multivalue", "chat",
+                 "repeat"):
+        for ev in (False, True):
+            for p in probes(kind, 60, ev):
+                assert p.values, kind
+                for v in p.values:
+                    assert v in p.prompt, (kind, v)           # stated in the context
+                assert synth.string_match_all(p.answer, p.values) == 1.0, (kind, p.answer)
+                assert p.text.startswith(p.prompt) and p.completion.startswith(p.answer)
+
+
+def test_multikey_asks_one_of_its_keys_with_distractors():
+    for p in probes("niah_multikey", 50, True):
+        keys = re.findall(r"special magic numbers for ([\w-]+) is", p.prompt)
+        asked = re.search(r"number for ([\w-]+) mentioned", p.prompt).group(1)
+        assert len(keys) == p.meta["keys"] >= 2 and asked in keys
+        stated = dict(re.findall(r"for ([\w-]+) is: (\d+)\.", p.prompt))
+        assert p.values == [stated[asked]]
+
+
+def test_chat_follows_the_template_and_asks_a_stated_fact():
+    for p in probes("chat", 50, True, chars=4000):
+        assert p.prompt.endswith(f"{synth.IM_START}assistant\n")
+        turns = re.findall(r"<\|im_start\|>(\w+)\n(.*?)<\|im_end\|>\n", p.prompt, re.S)
+        assert turns and turns[-1][0] == "user"
+        roles = [r for r, _ in turns if r != "system"]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"]
+        first_user = [c for r, c in turns if r == "user"][0]
+        assert p.values[0] in " ".join(c for r, c in turns if r == "user")
+        assert p.completion.endswith(synth.IM_END + "\n")
+        assert first_user  # facts come first
+
+
+def test_heldout_values_never_train():
+    """Every hidden value of an evaluation probe is on the held-out side of the split,
+    and no training probe hides one of them."""
+    shared_pools = set(synth.COLOURS + synth.FOODS + synth.PETS + synth.JOBS)
+    kinds = ("passkey", "niah_single", "niah_multikey", "niah_multivalue", "chat", "repeat")
+    seen = {ev: set() for ev in (False, True)}
+    for ev in (False, True):
+        for kind in kinds:
+            for p in probes(kind, 150, ev, seed=11):
+                for v in p.values:
+                    if kind == "repeat" and " " in v:
+                        vs = v.split(" ") if all(w in synth.NOUNS + synth.FIRST_NAMES +
+                                                 synth.PLACES for w in v.split(" ")) else []
+                    else:
+                        vs = [v]
+                    seen[ev].update(x for x in vs if x not in shared_pools)
+    assert len(seen[True]) > 100 and len(seen[False]) > 500
+    assert not (seen[True] & seen[False]), sorted(seen[True] & seen[False])[:5]
+    assert all(synth.heldout(v) for v in seen[True])
+
+
+def test_evaluation_and_training_seeds_differ():
+    a = synth.eval_rng(5).integers(0, 1 << 30, 8) if synth else need()
+    b = synth.train_rng(5).integers(0, 1 << 30, 8)
+    assert list(a) != list(b)
+
+
+def test_string_match_all_scores():
+    need()
+    assert synth.string_match_all(" 4821.", ["4821"]) == 1.0
+    assert synth.string_match_all("The key is 4812.", ["4821"]) == 0.0
+    assert synth.string_match_all("1, 2, and 3", ["1", "3"]) == 1.0
+    assert synth.string_match_all("1 and 2", ["1", "3"]) == 0.0
+    assert synth.string_match_all("Your name is LENA.", ["Lena"]) == 1.0
+
+
+def test_chat_template_renders_as_jinja_does():
+    need()
+    try:
+        import jinja2
+    except ImportError:
+        raise tap.Skip("python3-jinja2 absent (make deps-train installs it)")
+    msgs = [("system", "Be brief."), ("user", "My name is Ada."), ("assistant", "Noted."),
+            ("user", "What is my name?")]
+    t = jinja2.Environment().from_string(synth.CHAT_TEMPLATE)
+    for gen in (False, True):
+        want = t.render(messages=[{"role": r, "content": c} for r, c in msgs],
+                        add_generation_prompt=gen)
+        assert synth.render_chat(msgs, gen) == want, (synth.render_chat(msgs, gen), want)
+
+
+def test_mix_windows():
+    need()
+    try:
+        import sentencepiece  # noqa: F401
+    except ImportError:
+        raise tap.Skip("python3-sentencepiece absent")
+    corpus = os.path.dirname(tap.shared("corpus/persuasion.txt"))
+    d = tap.tmpdir()
+    os.environ["GISTD_TRAIN_RUNS"] = os.path.join(d, "runs")
+    import data
+    import mix
+    import tokenizer
+
+    tok = tokenizer.train_tokenizer(corpus, os.path.join(d, "tok"), 400, max_bytes=30000)
+    sp = data.load_sp(tok)
+    books, _ = data.split_books(corpus)
+    toks = [data.book_tokens(tok, p, 30000) for p in books]
+    texts = [data.read_text(p, 30000) for p in books]
+    s = mix.MixSampler(sp, toks, texts, 256, seed=3, synth_frac=1.0)
+    x, y = s.batch(6)
+    assert x.shape == (6, 256) and y.shape == (6, 256)
+    assert (x[:, 0] == sp.bos_id()).all() and (x[:, 1:] == y[:, :-1]).all()
+    text = " ".join(sp.DecodeIds([int(t) for t in row]) for row in x)
+    assert any(k in text for k in ("pass key", "magic", "im_start", "Answer:", "list")), text
+    # the gist stage's windows over the same mix: gists right after sentence ends
+    import train_gist
+
+    n_g, first = 2, sp.GetPieceSize()
+    texts_ = data.piece_texts(sp)
+    # a GistSampler only for its window(): the sentences come from the mix
+    gs = train_gist.GistSampler([[np.array([5, 6]), np.array([7, 8])]], 256, sp.bos_id(),
+                                first, n_g, 1)
+    g = train_gist.MixGistSampler(s, gs, texts_)
+    w = g.batch(3)
+    assert w.shape == (3, 257) and (w[:, 0] == sp.bos_id()).all()
+    for row in w:
+        is_g = (row >= first) & (row < first + n_g)
+        assert is_g.sum() >= 2 * n_g
+        starts = [i for i in range(1, len(row)) if is_g[i] and not is_g[i - 1]]
+        for i in starts:  # the token before a gist group closes a sentence
+            assert texts_[row[i - 1]][-1:] in ".?!\n", repr(texts_[row[i - 1]])
+    b = mix.MixSampler(sp, toks, texts, 256, seed=3, synth_frac=0.0)
+    xb, _ = b.batch(4)
+    tb = " ".join(sp.DecodeIds([int(t) for t in row]) for row in xb)
+    assert "im_start" not in tb and "magic" not in tb
+
+
+tap.main(globals())

@@ -1,0 +1,134 @@
+"""The training mix: book windows and windows packed with generated documents (synth.py).
+
+A window is [BOS] + seq_len tokens (the last one only a target). With probability
+1 - synth_frac it is a slice of one training book (as data.TokenSampler draws them);
+otherwise it is packed with generated documents: the first is sized to a random share of
+the whole window (so facts stand at every depth up to the full context), the next ones
+fill what is left, separated by a paragraph break, and the tail is book text. Every stage
+(base, gist tokens, gates) draws from the same mix.
+
+probe_accuracy() scores held-out probes in PyTorch under teacher forcing (every answer
+token the argmax), a quick check while training; bench/memory.py scores the exported file
+through gist-model with greedy decoding.
+"""
+import numpy as np
+import torch
+
+import data
+import synth
+
+CHARS_PER_TOKEN = 3.2  # a first guess for sizing documents; the encoder has the last word
+
+
+class MixSampler:
+    def __init__(self, sp, books, filler_texts, seq_len, seed, synth_frac=0.5, kinds=None):
+        """books: token arrays of the training books; filler_texts: their texts (haystack).
+        kinds: {kind: weight}, default synth.WEIGHTS."""
+        self.sp, self.seq, self.bos = sp, seq_len, sp.bos_id()
+        self.books = data.TokenSampler(books, seq_len, self.bos, seed)
+        self.filler = synth.Filler(filler_texts)
+        kinds = kinds or synth.WEIGHTS
+        self.kinds = list(kinds)
+        w = np.array([kinds[k] for k in self.kinds], dtype=np.float64)
+        self.kp = w / w.sum()
+        self.frac = synth_frac
+        self.rng = synth.train_rng(seed)
+        self.sep = sp.EncodeAsIds("\n\n")[-2:]
+
+    def document(self, room):
+        """Token ids of one generated document of at most `room` tokens (or None)."""
+        kind = self.kinds[self.rng.choice(len(self.kinds), p=self.kp)]
+        n = room
+        for _ in range(4):
+            chars = int(n * CHARS_PER_TOKEN)
+            p = synth.make(kind, self.rng, self.filler, max(chars - 400, 0))
+            ids = self.sp.EncodeAsIds(p.text)
+            if len(ids) <= room:
+                return ids
+            n = int(n * room / len(ids) * 0.9)
+        return None
+
+    def window(self):
+        """int64 [seq_len + 1]: BOS then tokens."""
+        if self.rng.random() >= self.frac:
+            x, y = self.books.batch(1)
+            return np.concatenate([x[0], y[0, -1:]])
+        out = [self.bos]
+        room = self.seq
+        # the first document: a random share of the window, at least a quarter of it
+        first = int(room * (0.25 + 0.75 * self.rng.random()))
+        while room > 48:
+            ids = self.document(first if len(out) == 1 else room)
+            if ids is None:
+                break
+            out += ids
+            room = self.seq - (len(out) - 1)
+            if room > len(self.sep) + 48:
+                out += self.sep
+                room -= len(self.sep)
+            first = room
+        if room > 0:
+            x, y = self.books.batch(1)
+            out += list(np.concatenate([x[0, 1:], y[0, -1:]])[:room])
+        return np.asarray(out[:self.seq + 1], dtype=np.int64)
+
+    def batch(self, batch_size):
+        """(inputs, targets) int64 [batch, seq_len], like data.TokenSampler.batch."""
+        w = np.stack([self.window() for _ in range(batch_size)])
+        return w[:, :-1], w[:, 1:]
+
+
+def heldout_probes(n_per_kind, filler_text, seq_len, seed=1, kinds=None):
+    """Evaluation probes: held-out values, held-out filler, depths over the whole window."""
+    rng = synth.eval_rng(seed)
+    filler = synth.Filler([filler_text])
+    out = []
+    for kind in kinds or synth.KINDS:
+        for i in range(n_per_kind):
+            frac = (i + 0.5) / n_per_kind
+            out.append(synth.make(kind, rng, filler,
+                                  int(frac * (seq_len - 200) * CHARS_PER_TOKEN * 0.9), True))
+    return out
+
+
+@torch.no_grad()
+def probe_accuracy(model, sp, probes, max_len, per_token=False):
+    """{kind: share of probes whose every answer token is the argmax} (teacher forcing);
+    per_token: {kind: (that share, share of answer tokens that are the argmax)}."""
+    model.eval()
+    hits = {}
+    for p in probes:
+        pre = [sp.bos_id()] + sp.EncodeAsIds(p.prompt)
+        full = [sp.bos_id()] + sp.EncodeAsIds(p.prompt + p.answer)
+        if full[:len(pre)] != pre or len(full) > max_len:
+            continue
+        x = torch.tensor(full[:-1])[None]
+        pred = model(x)[0].argmax(-1)
+        right = pred[len(pre) - 1:] == torch.tensor(full[len(pre):])
+        hits.setdefault(p.kind, []).append((bool(right.all()), float(right.float().mean())))
+    model.train()
+    return {k: (round(sum(a for a, _ in v) / len(v), 3), round(sum(b for _, b in v) / len(v), 3))
+            if per_token else round(sum(a for a, _ in v) / len(v), 3) for k, v in hits.items()}
+
+
+def main(argv=None):
+    """Scores a checkpoint on held-out probes: python3 train/mix.py CKPT TOK [N] [SEQ]."""
+    import sys
+
+    import model as M
+
+    argv = argv or sys.argv[1:]
+    m, _ = M.load_checkpoint(argv[0])
+    sp = data.load_sp(argv[1])
+    n = int(argv[2]) if len(argv) > 2 else 20
+    seq = int(argv[3]) if len(argv) > 3 else m.c.n_ctx
+    _books, valid = data.split_books(data.DEFAULT_CORPUS)
+    probes = heldout_probes(n, data.read_text(valid), seq)
+    print(f"{argv[0]}: {n} held-out probes per kind, up to {seq} tokens; "
+          "(all answer tokens right, answer tokens right):")
+    for k, (a, b) in probe_accuracy(m, sp, probes, seq, per_token=True).items():
+        print(f"  {k:16s} {a:.3f} {b:.3f}")
+
+
+if __name__ == "__main__":
+    main()
