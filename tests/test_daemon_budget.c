@@ -211,6 +211,7 @@ static void test_lower_global_budget_compacting(void)
                  .session_budget = UINT64_MAX,
                  .used_only = true};
     static char last[4][4096];
+    uint32_t generated[4] = {0};
     gc_callbacks_t cb = {.ctx = &w, .on_token = on_tok, .on_compaction = on_compaction};
     for (int turn = 0; turn < 3 && w.stats; turn++)
         for (int i = 0; i < 4; i++) {
@@ -223,6 +224,7 @@ static void test_lower_global_budget_compacting(void)
                       sid[i], policies[i], err_msg(&e));
             CHECK(r.reason == GC_STOP_LENGTH || r.reason == GC_STOP_EOS);
             snprintf(last[i], sizeof last[i], " And then%s", r.text ? r.text : "");
+            generated[i] += r.n_tokens;
             gc_result_free(&r);
         }
     poll_stats(&w);
@@ -232,7 +234,7 @@ static void test_lower_global_budget_compacting(void)
     for (int i = 0; i < 4; i++) {
         gc_session_info_t now;
         CHECK_OK(gc_session_info(c, sid[i], &now, &e));
-        CHECK(now.tokens >= before[i].tokens + 3 * 40);
+        CHECK(now.tokens >= before[i].tokens + generated[i] + 3); /* 3 prompts, at least */
         /* the transcript holds every token, the last turn at its end */
         char *text = NULL;
         size_t tl = 0;
