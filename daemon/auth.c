@@ -251,13 +251,19 @@ int dmn_auth_init(dmn_t *d, err_info_t *e)
     return 0;
 }
 
-void dmn_auth_fini(dmn_t *d)
+void dmn_auth_stop_monitor(dmn_t *d)
 {
     if (d->mon) {
-        zmq_socket_monitor(d->sock, NULL, 0);
+        if (d->sock)
+            zmq_socket_monitor(d->sock, NULL, 0);
         zmq_close(d->mon);
     }
     d->mon = NULL;
+}
+
+void dmn_auth_fini(dmn_t *d)
+{
+    dmn_auth_stop_monitor(d);
     if (d->zap)
         zmq_close(d->zap);
     d->zap = NULL;

@@ -235,6 +235,8 @@ bool dmn_endpoint_is_local(const char *ep);
  * socket a CURVE server; before the socket binds. */
 int dmn_auth_init(dmn_t *d, err_info_t *e);
 void dmn_auth_fini(dmn_t *d);
+/* Stops watching the socket's handshakes (before the socket closes; idempotent). */
+void dmn_auth_stop_monitor(dmn_t *d);
 /* Loads the --allow-keys file again (SIGHUP): the new list replaces the old one only when
  * it loads whole. Connections of keys no longer listed get ERR_PERM from then on. */
 int dmn_auth_reload(dmn_t *d, err_info_t *e);

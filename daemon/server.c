@@ -462,11 +462,14 @@ void dmn_destroy(dmn_t **p)
     while (d->n_sess > 0)
         dmn_session_close(d, d->sess[d->n_sess - 1]);
     free(d->sess);
+    /* the handshake monitor stops while its socket is still open; then the last replies
+     * (CANCELLED at shutdown) go out before the socket closes, and the ZAP handler last */
+    dmn_auth_stop_monitor(d);
     if (d->sock) {
-        /* the last replies (CANCELLED at shutdown) go out before the socket closes */
         int linger = DMN_LINGER_MS;
         zmq_setsockopt(d->sock, ZMQ_LINGER, &linger, sizeof linger);
         zmq_close(d->sock);
+        d->sock = NULL;
     }
     dmn_auth_fini(d);
     if (d->zctx)

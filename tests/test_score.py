@@ -138,10 +138,12 @@ def test_score_closes_its_session_on_ctrl_c():
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # wait (bounded) until its session is there, then interrupt it
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and p.poll() is None:
             rc, out, _ = ctl(d.endpoint, "sessions", "--json")
             if rc == 0 and json.loads(out):
                 break
+        assert p.poll() is None, ("gistctl score ended before it was interrupted",
+                                  p.returncode, p.communicate()[1])
         assert json.loads(out), "the session never appeared"
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=120)

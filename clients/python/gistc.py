@@ -483,9 +483,15 @@ class Daemon:
 
     def stop(self, sig=None):
         import signal
+        import subprocess
         if self.proc.poll() is None:
             self.proc.send_signal(sig or signal.SIGTERM)
-        return self.proc.wait()
+        try:
+            return self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError("gistd did not stop within 120 s of the signal; killed") from None
 
     def __enter__(self):
         return self
