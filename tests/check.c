@@ -33,6 +33,28 @@ void check_skip(const char *fmt, ...)
     va_end(ap);
 }
 
+static bool require_shared(void)
+{
+    const char *r = getenv("GISTD_REQUIRE_SHARED");
+    return r && *r && strcmp(r, "0") != 0;
+}
+
+void check_skip_missing(const char *fmt, ...)
+{
+    char why[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    if (require_shared()) {
+        cur_failed = true;
+        printf("# GISTD_REQUIRE_SHARED=1, and %s\n", why);
+        fflush(stdout);
+    } else {
+        check_skip("%s", why);
+    }
+}
+
 bool check_failed(void)
 {
     return cur_failed;
@@ -82,6 +104,16 @@ const char *check_shared(const char *rel)
         base = "../shared";
     snprintf(path, sizeof path, "%s/%s", base, rel);
     return access(path, R_OK) == 0 ? path : NULL;
+}
+
+const char *check_shared_or_skip(const char *rel)
+{
+    const char *path = check_shared(rel);
+    if (!path) {
+        const char *base = getenv("GISTD_SHARED");
+        check_skip_missing("%s not found under %s", rel, base && *base ? base : "../shared");
+    }
+    return path;
 }
 
 const char *check_tmpdir(void)

@@ -2,7 +2,8 @@
 
 A test module defines functions named test_*, and ends with `tap.main(globals())`.
 A test fails on an exception (AssertionError included) and is skipped by raising
-tap.Skip("why"). Paths: tap.ROOT (repository), tap.BUILD (build folder), tap.shared(rel).
+tap.Skip("why") for a reason of the machine, or tap.Missing("why") for want of shared data or
+an installed package: with GISTD_REQUIRE_SHARED=1 (as CI runs) a Missing fails the test. Paths: tap.ROOT (repository), tap.BUILD (build folder), tap.shared(rel).
 """
 import atexit
 import os
@@ -14,17 +15,22 @@ import traceback
 ROOT = os.environ.get("GISTD_ROOT", os.getcwd())
 BUILD = os.path.join(ROOT, os.environ.get("GISTD_BUILD", "build"))
 SHARED = os.environ.get("GISTD_SHARED", os.path.join(ROOT, "..", "shared"))
+REQUIRE_SHARED = os.environ.get("GISTD_REQUIRE_SHARED", "") not in ("", "0")
 
 
 class Skip(Exception):
     pass
 
 
+class Missing(Skip):
+    """Shared data or an installed package is absent."""
+
+
 def shared(rel):
-    """Path of a file under the shared folder, or raise Skip when it is absent."""
+    """Path of a file under the shared folder, or raise Missing when it is absent."""
     p = os.path.join(SHARED, rel)
     if not os.path.exists(p):
-        raise Skip(f"{rel} not found under {SHARED}")
+        raise Missing(f"{rel} not found under {SHARED}")
     return p
 
 
@@ -46,6 +52,13 @@ def main(ns):
         try:
             fn()
             print(f"ok {i} - {name}", flush=True)
+        except Missing as s:
+            if not REQUIRE_SHARED:
+                print(f"ok {i} - {name} # SKIP {s}", flush=True)
+                continue
+            failed += 1
+            print(f"# GISTD_REQUIRE_SHARED=1, and {s}")
+            print(f"not ok {i} - {name}", flush=True)
         except Skip as s:
             print(f"ok {i} - {name} # SKIP {s}", flush=True)
         except Exception:

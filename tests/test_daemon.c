@@ -84,11 +84,9 @@ static void test_eight_sessions_tiny(void)
 
 static void test_eight_sessions_stories(void)
 {
-    const char *model = check_shared("models/stories260K-f32.gguf");
-    if (!model) {
-        check_skip("models/stories260K-f32.gguf not found under the shared folder");
+    const char *model = check_shared_or_skip("models/stories260K-f32.gguf");
+    if (!model)
         return;
-    }
     eight_sessions(model, "40");
 }
 

@@ -1,7 +1,8 @@
 /* Budgets and snapshots against a real gistd: under a budget far below what the sessions
  * need, no figure ever shows the global or a session limit crossed, refused requests keep
  * everything stored, compaction events add up to the bytes freed, lowering a budget below
- * use is refused (policy `full`) and raising it lets work go on; a session snapshotted at
+ * use is refused (policy `full`) and raising it lets work go on, while under compacting
+ * policies the sessions shrink below the new limit and keep serving; a session snapshotted at
  * SIGTERM continues after a restart exactly as it would have without one. */
 #include "tests/test_daemon_util.h"
 
@@ -10,6 +11,7 @@
 typedef struct watch {
     gc_client_t *stats; /* a second connection, polled from the first one's callbacks */
     uint64_t budget, session_budget;
+    bool used_only; /* the peaks predate a lowered limit: check what is used now */
     uint32_t polls, crossed;
     uint64_t max_used;
     uint64_t event_bytes; /* bytes_freed summed over compaction events */
@@ -26,11 +28,11 @@ static void poll_stats(watch_t *w)
     }
     w->polls++;
     w->max_used = st.kv_used_bytes > w->max_used ? st.kv_used_bytes : w->max_used;
-    if (st.kv_used_bytes > w->budget || st.kv_peak_bytes > w->budget)
+    if (st.kv_used_bytes > w->budget || (!w->used_only && st.kv_peak_bytes > w->budget))
         w->crossed++;
     for (uint32_t i = 0; i < st.n_session_list; i++)
         if (st.session_list[i].bytes > w->session_budget ||
-            st.session_list[i].peak_bytes > w->session_budget)
+            (!w->used_only && st.session_list[i].peak_bytes > w->session_budget))
             w->crossed++;
     gc_stats_free(&st);
 }
@@ -146,6 +148,105 @@ static void test_budget_never_crossed(void)
     CHECK(st.kv_used_bytes > used);
     gc_stats_free(&st);
 
+    gc_disconnect(&w.stats);
+    gc_disconnect(&c);
+    CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
+}
+
+/*
+ * The global budget lowered to half of what four sessions under compacting policies hold: the
+ * request succeeds and says what it freed; every session shrinks and keeps every token in its
+ * transcript; the store is under the new limit at once; and turn after turn on every session
+ * still succeeds, with no figure ever above the new limit.
+ */
+static void test_lower_global_budget_compacting(void)
+{
+    const char *model = td_tiny_model("tiny_lower_global.gguf", "32");
+    const char *extra[] = {"--block-rows", "16", NULL};
+    td_daemon_t d;
+    gc_client_t *c = td_up(&d, model, extra);
+    if (!c)
+        return;
+    err_info_t e;
+    static const char *const policies[4] = {"pool", "window", "auto", "h2o"};
+    uint32_t sid[4];
+    gc_session_info_t before[4];
+    for (int i = 0; i < 4; i++) {
+        gc_open_opts_t oo = {.policy = policies[i]};
+        CHECK_OK(gc_open(c, &oo, &sid[i], &e));
+        gc_gen_opts_t o = {.session = sid[i],
+                           .max_tokens = 200,
+                           .prompt = "Once upon a time",
+                           .sampling = &td_greedy};
+        CHECK_OK(gc_generate(c, &o, NULL, NULL, &e));
+        CHECK_OK(gc_session_info(c, sid[i], &before[i], &e));
+    }
+    gc_stats_t st;
+    CHECK_OK(gc_stats(c, false, &st, &e));
+    const uint64_t used = st.kv_used_bytes, limit = used / 2;
+    gc_stats_free(&st);
+
+    gc_budget_t b = {0};
+    CHECK_MSG(gc_set_budget(c, 0, limit, 0, &b, &e) == 0, "lowering to %llu: %s",
+              (unsigned long long)limit, err_msg(&e));
+    CHECK_INT(b.hard_bytes, ==, limit);
+    CHECK(b.used_bytes <= limit);
+    CHECK_INT(b.bytes_freed, ==, (int64_t)used - (int64_t)b.used_bytes);
+    CHECK_OK(gc_stats(c, false, &st, &e));
+    CHECK_INT(st.kv_budget_bytes, ==, limit);
+    CHECK(st.kv_used_bytes <= limit);
+    gc_stats_free(&st);
+    for (int i = 0; i < 4; i++) {
+        gc_session_info_t now;
+        CHECK_OK(gc_session_info(c, sid[i], &now, &e));
+        CHECK_MSG(now.bytes < before[i].bytes, "session %u (%s): %llu bytes, was %llu", sid[i],
+                  policies[i], (unsigned long long)now.bytes,
+                  (unsigned long long)before[i].bytes);
+        CHECK_INT(now.tokens, ==, before[i].tokens);
+    }
+
+    /* turns go on, each session in turn, watched from a second connection */
+    watch_t w = {.stats = td_connect(&d),
+                 .budget = limit,
+                 .session_budget = UINT64_MAX,
+                 .used_only = true};
+    static char last[4][4096];
+    uint32_t generated[4] = {0};
+    gc_callbacks_t cb = {.ctx = &w, .on_token = on_tok, .on_compaction = on_compaction};
+    for (int turn = 0; turn < 3 && w.stats; turn++)
+        for (int i = 0; i < 4; i++) {
+            gc_gen_opts_t o = {.session = sid[i],
+                               .max_tokens = 40,
+                               .prompt = " And then",
+                               .sampling = &td_greedy};
+            gc_result_t r = {0};
+            CHECK_MSG(gc_generate(c, &o, &cb, &r, &e) == 0, "turn %d, session %u (%s): %s", turn,
+                      sid[i], policies[i], err_msg(&e));
+            CHECK(r.reason == GC_STOP_LENGTH || r.reason == GC_STOP_EOS);
+            snprintf(last[i], sizeof last[i], " And then%s", r.text ? r.text : "");
+            generated[i] += r.n_tokens;
+            gc_result_free(&r);
+        }
+    poll_stats(&w);
+    CHECK_INT(w.crossed, ==, 0);
+    CHECK(w.polls >= 100);
+    CHECK(w.events > 0);
+    for (int i = 0; i < 4; i++) {
+        gc_session_info_t now;
+        CHECK_OK(gc_session_info(c, sid[i], &now, &e));
+        CHECK(now.tokens >= before[i].tokens + generated[i] + 3); /* 3 prompts, at least */
+        /* the transcript holds every token, the last turn at its end */
+        char *text = NULL;
+        size_t tl = 0;
+        uint32_t n = 0, total = 0;
+        CHECK_OK(gc_transcript(c, sid[i], 0, 0, &text, &tl, NULL, &n, &total, &e));
+        CHECK_INT(total, ==, now.tokens);
+        const size_t ll = strlen(last[i]);
+        CHECK_MSG(text && tl >= ll && !memcmp(text + tl - ll, last[i], ll),
+                  "session %u's transcript does not end with its last turn \"%s\"", sid[i],
+                  last[i]);
+        free(text);
+    }
     gc_disconnect(&w.stats);
     gc_disconnect(&c);
     CHECK_INT(td_stop(&d, SIGTERM), ==, 0);
@@ -329,6 +430,7 @@ static void test_budget_bounds(void)
 int main(void)
 {
     RUN(test_budget_never_crossed);
+    RUN(test_lower_global_budget_compacting);
     RUN(test_budget_bounds);
     RUN(test_snapshot_restart);
     return check_done();

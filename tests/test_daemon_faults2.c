@@ -1,7 +1,8 @@
 /* Faults around snapshot files against a real gistd: a snapshot folder that becomes
  * unwritable (renamed away with a regular file in its place; a tmpfs remounted read-only
- * where mounting works) and a full disk (a file-size limit; a small tmpfs, also filling
- * between the two files of one snapshot). Each test states what is kept and checks it: the
+ * where mounting works) and a full disk (a file-size limit; a small tmpfs), also filling
+ * between the two files of one snapshot (a tmpfs, and a file-size limit where mounting does
+ * not work). Each test states what is kept and checks it: the
  * error names the path and the reason, the previous snapshot is byte for byte as it was, no
  * temporary file is left, the session serves on, and a restarted daemon restores the last
  * whole snapshot, going on exactly as a fresh session holding the same tokens.
@@ -259,30 +260,26 @@ static size_t pages(size_t bytes)
     return (bytes + 4095) / 4096;
 }
 
+/* How the room for a snapshot runs out between its two files: given the daemon, the folder and
+ * the sizes of the snapshot to come (tb its body, tr its rows), leave room for the rows and not
+ * the body. 0, or -1 after a failed check. */
+typedef int (*squeeze_fn)(const td_daemon_t *d, const char *dir, size_t tb, size_t tr);
+
 /*
- * The disk fills between the two files of one snapshot: a tmpfs is resized so that the new
- * rows (.kv) fit and the new body (.gistd) does not. What is kept: the snapshot fails naming
- * the body's temporary file and ENOSPC; the previous pair of files is untouched, the .kv
- * included (a snapshot replaces neither file until both new ones are whole), so a restarted
- * daemon restores the previous snapshot with its rows, and no temporary file is left.
+ * The room runs out between the two files of one snapshot: the new rows (.kv) fit and the new
+ * body (.gistd) does not. What is kept: the snapshot fails naming the body's temporary file
+ * and the reason; the previous pair of files is untouched, the .kv included (a snapshot
+ * replaces neither file until both new ones are whole), so a restarted daemon restores the
+ * previous snapshot with its rows, and no temporary file is left. n_big tokens (a multiple
+ * of 600) follow the first snapshot (enough that the body outgrows the rows where squeeze needs it).
  */
-static void test_snapshot_body_fails_after_rows(void)
+static void body_fails_after_rows(const char *model, const char *dir, const char *const *extra,
+                                  uint32_t n_big, squeeze_fn squeeze, const char *why)
 {
-    const char *model = td_tiny_model("tiny_half.gguf", "46");
-    const char *dir = td_mkdir("snap_half");
-    if (!model)
-        return;
-    if (mount("tmpfs", dir, "tmpfs", 0, "size=4m") < 0) {
-        check_skip("cannot mount a tmpfs here (%s)", strerror(errno));
-        return;
-    }
-    const char *extra[] = {"--snapshot-dir", dir, NULL};
     td_daemon_t d;
     gc_client_t *c = td_up(&d, model, extra);
-    if (!c) {
-        umount2(dir, MNT_DETACH);
+    if (!c)
         return;
-    }
     err_info_t e;
     td_saved_t body, rows;
     const uint32_t s = open_snapshotted(c, dir, "Once upon a time.", &body, &rows);
@@ -290,10 +287,12 @@ static void test_snapshot_body_fails_after_rows(void)
     int32_t *ids1 = td_transcript_ids(c, s, &n1);
 
     /* the sizes the next snapshot of s will have, from a session with the same tokens */
-    static int32_t big[600];
-    td_long_turn(big, 600, 3);
-    gc_usage_t u;
-    CHECK_OK(gc_append_tokens(c, s, big, 600, &u, &e));
+    int32_t big[600];
+    for (uint32_t k = 0; k < n_big; k += 600) { /* turns of 600 */
+        gc_usage_t u;
+        td_long_turn(big, 600, 3 + k);
+        CHECK_MSG(gc_append_tokens(c, s, big, 600, &u, &e) == 0, "%s", err_msg(&e));
+    }
     uint32_t n2 = 0;
     int32_t *ids2 = td_transcript_ids(c, s, &n2);
     const uint32_t t = td_twin_of(c, ids2, n2);
@@ -302,38 +301,97 @@ static void test_snapshot_body_fails_after_rows(void)
     td_save(&tb, dir, t, "");
     td_save(&tr, dir, t, ".kv");
     CHECK_OK(gc_close(c, t, &e)); /* removes its files */
-    struct statvfs vs;
-    CHECK(statvfs(dir, &vs) == 0 && vs.f_frsize == 4096);
-    const size_t used = (size_t)(vs.f_blocks - vs.f_bfree);
-    /* room for the new rows and all but the last page of the new body */
-    char opt[64];
-    snprintf(opt, sizeof opt, "size=%zuk", (used + pages(tr.len) + pages(tb.len) - 1) * 4);
-    CHECK_MSG(pages(tb.len) >= 1 && mount(NULL, dir, NULL, MS_REMOUNT, opt) == 0, "remount %s: %s",
-              opt, strerror(errno));
-    char tmp[600];
-    snprintf(tmp, sizeof tmp, "session-%u.gistd.tmp", s);
-    snapshot_fails(c, s, (const char *[]){dir, tmp, "ENOSPC", NULL});
-    CHECK_MSG(td_unchanged(&rows, rows.path), "%s was replaced by a snapshot that failed",
-              rows.path);
-    CHECK(td_unchanged(&body, body.path));
-    CHECK_INT(td_temp_files(dir), ==, 0);
+    fprintf(stderr, "# the next snapshot: body %zu bytes, rows %zu bytes\n", tb.len, tr.len);
+    if (squeeze(&d, dir, tb.len, tr.len) == 0) {
+        char tmp[600];
+        snprintf(tmp, sizeof tmp, "session-%u.gistd.tmp", s);
+        snapshot_fails(c, s, (const char *[]){dir, tmp, why, NULL});
+        CHECK_MSG(td_unchanged(&rows, rows.path), "%s was replaced by a snapshot that failed",
+                  rows.path);
+        CHECK(td_unchanged(&body, body.path));
+        CHECK_INT(td_temp_files(dir), ==, 0);
+    }
     gc_disconnect(&c);
-    td_stop(&d, SIGKILL);
+    td_stop(&d, SIGKILL); /* a shutdown snapshot would not fit */
     if ((c = td_up(&d, model, extra))) {
         td_expect_ids(c, s, ids1, n1, "restored after a failed body");
         gc_session_info_t info;
         CHECK_OK(gc_session_info(c, s, &info, &e));
         CHECK_INT(info.pending, ==, 0); /* its rows came back with it: nothing to prefill */
         gc_disconnect(&c);
-        td_stop(&d, SIGKILL); /* a shutdown snapshot would not fit */
+        td_stop(&d, SIGKILL);
     }
-    umount2(dir, MNT_DETACH);
     free(ids1);
     free(ids2);
     free(body.p);
     free(rows.p);
     free(tb.p);
     free(tr.p);
+}
+
+/* A tmpfs resized to hold what it holds, the new rows, and all but the last page of the new
+ * body. */
+static int squeeze_tmpfs(const td_daemon_t *d, const char *dir, size_t tb, size_t tr)
+{
+    struct statvfs vs;
+    CHECK(statvfs(dir, &vs) == 0 && vs.f_frsize == 4096);
+    const size_t used = (size_t)(vs.f_blocks - vs.f_bfree);
+    char opt[64];
+    snprintf(opt, sizeof opt, "size=%zuk", (used + pages(tr) + pages(tb) - 1) * 4);
+    CHECK_MSG(pages(tb) >= 1 && mount(NULL, dir, NULL, MS_REMOUNT, opt) == 0, "remount %s: %s",
+              opt, strerror(errno));
+    return check_failed() ? -1 : 0;
+}
+
+static void test_snapshot_body_fails_after_rows(void)
+{
+    const char *model = td_tiny_model("tiny_half.gguf", "46");
+    const char *dir = td_mkdir("snap_half");
+    if (!model)
+        return;
+    if (mount("tmpfs", dir, "tmpfs", 0, "size=4m") < 0) {
+        check_skip("cannot mount a tmpfs here (%s); test_snapshot_body_over_size_limit covers "
+                   "the case with a file-size limit",
+                   strerror(errno));
+        return;
+    }
+    const char *extra[] = {"--snapshot-dir", dir, NULL};
+    body_fails_after_rows(model, dir, extra, 600, squeeze_tmpfs, "ENOSPC");
+    umount2(dir, MNT_DETACH);
+}
+
+/* The daemon's file-size limit (RLIMIT_FSIZE, set on the running process) halfway between the
+ * new rows and the new body, which must be the larger. */
+static int squeeze_fsize(const td_daemon_t *d, const char *dir, size_t tb, size_t tr)
+{
+    CHECK_MSG(tb >= tr + 4096, "the body (%zu bytes) should outgrow the rows (%zu) by 4 KiB", tb,
+              tr);
+    const rlim_t lim = (rlim_t)(tr + (tb - tr) / 2);
+    const struct rlimit rl = {lim, lim};
+    CHECK_MSG(prlimit(d->pid, RLIMIT_FSIZE, &rl, NULL) == 0, "prlimit: %s", strerror(errno));
+    return check_failed() ? -1 : 0;
+}
+
+/*
+ * The same without mount rights: a file-size limit stops the body and not the rows. A body
+ * (mostly the transcript, 4 bytes a token) outgrows the rows only when the rows are few, so
+ * the model is small (one layer, one kv-head of 8 dims), its rows f16, and a window policy
+ * keeps a 64 KiB session to a few blocks of 16 rows while 9000 tokens pass through it (their
+ * transcript, 36 KiB, counts in the session's bytes too).
+ */
+static void test_snapshot_body_over_size_limit(void)
+{
+    const char *model = td_tmp_path("tiny_small.gguf");
+    char *argv[] = {(char *)td_bin("gist-model"), "make-tiny", (char *)model, "--seed", "47",
+                    "--n-embd", "16", "--n-layer", "1", "--n-head", "2", "--n-head-kv", "1",
+                    "--n-ff", "32", NULL};
+    CHECK_INT(td_run(argv, NULL, 0), ==, 0);
+    if (check_failed())
+        return;
+    const char *dir = td_mkdir("snap_half_fsz");
+    const char *extra[] = {"--snapshot-dir", dir,    "--policy",     "window", "--kv-type", "f16",
+                           "--session-budget", "64K", "--block-rows", "16",     NULL};
+    body_fails_after_rows(model, dir, extra, 9000, squeeze_fsize, "EFBIG");
 }
 
 int main(void)
@@ -343,5 +401,6 @@ int main(void)
     RUN(test_snapshot_file_size_limit);
     RUN(test_snapshot_tmpfs_full);
     RUN(test_snapshot_body_fails_after_rows);
+    RUN(test_snapshot_body_over_size_limit);
     return check_done();
 }

@@ -110,7 +110,10 @@ static void test_refuses_remote(void)
                     "4",
                     NULL};
     char out[4096];
-    CHECK_INT(td_run(argv, out, sizeof out), ==, 2);
+    /* status 2 is also any usage error's: the refusal must name the endpoint and why */
+    CHECK_INT(td_run_all(argv, out, sizeof out), ==, 2);
+    CHECK_MSG(strstr(out, "tcp://10.1.2.3:5557 is not a loopback or ipc endpoint: refused"), "%s",
+              out);
     char *argv2[] = {(char *)td_bin("bench_load"),
                      "--endpoint",
                      "tcp://example.org:5557",
@@ -119,7 +122,9 @@ static void test_refuses_remote(void)
                      "--requests",
                      "4",
                      NULL};
-    CHECK_INT(td_run(argv2, out, sizeof out), ==, 2);
+    CHECK_INT(td_run_all(argv2, out, sizeof out), ==, 2);
+    CHECK_MSG(strstr(out, "tcp://example.org:5557 is not a loopback or ipc endpoint: refused"),
+              "%s", out);
 }
 
 /*

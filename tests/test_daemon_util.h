@@ -42,9 +42,11 @@ static inline const char *td_bin(const char *name)
 }
 
 /* Runs argv, waits, and returns its exit status (-1 if it did not exit normally). Its stdout
- * goes to out (NUL-terminated, at most cap - 1 bytes; the rest is read and dropped) when out is
- * given, and its stderr there too when with_stderr is set, else nowhere. */
-static inline int td_run_(char *const argv[], char *out, size_t cap, bool with_stderr)
+ * goes to out (NUL-terminated, at most cap - 1 bytes; the rest is read and dropped; their count
+ * into *len when len is given) when out is given, and its stderr there too when with_stderr is
+ * set, else nowhere. */
+static inline int td_run_(char *const argv[], char *out, size_t cap, bool with_stderr,
+                          size_t *len)
 {
     int fd[2];
     if (pipe(fd) < 0)
@@ -81,6 +83,8 @@ static inline int td_run_(char *const argv[], char *out, size_t cap, bool with_s
     }
     if (out)
         out[n] = 0;
+    if (len)
+        *len = n;
     close(fd[0]);
     int st;
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
@@ -91,14 +95,20 @@ static inline int td_run_(char *const argv[], char *out, size_t cap, bool with_s
 /* Runs argv; its stdout into out (when given), its stderr nowhere. See td_run_. */
 static inline int td_run(char *const argv[], char *out, size_t cap)
 {
-    return td_run_(argv, out, cap, false);
+    return td_run_(argv, out, cap, false, NULL);
+}
+
+/* td_run for output that may hold NUL bytes: their count into *len. */
+static inline int td_run_bytes(char *const argv[], char *out, size_t cap, size_t *len)
+{
+    return td_run_(argv, out, cap, false, len);
 }
 
 /* Runs argv with its stdout and stderr both into out, for a test of what a program says when
  * it refuses. See td_run_. */
 static inline int td_run_all(char *const argv[], char *out, size_t cap)
 {
-    return td_run_(argv, out, cap, true);
+    return td_run_(argv, out, cap, true, NULL);
 }
 
 /* The path of name under the test's folder, in a static buffer that stays valid for the next
@@ -280,13 +290,18 @@ static inline int td_stop(td_daemon_t *d, int sig)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-/* A client of the daemon (30 s to connect), or NULL after a failed check. */
+/* How long a test's client waits for a reply before it fails the test: long enough for the
+ * longest prefill of a test (two sessions of 6000 tokens) on two cores shared with busy
+ * loops, where 30 s was not; a daemon that stops answering still fails the test. */
+#define TD_REPLY_TIMEOUT_MS 120000
+
+/* A client of the daemon (TD_REPLY_TIMEOUT_MS for every reply), or NULL after a failed check. */
 static inline gc_client_t *td_connect(const td_daemon_t *d)
 {
     gc_client_t *c = NULL;
     err_info_t e;
     err_clear(&e);
-    if (gc_connect(d->endpoint, 30000, &c, &e))
+    if (gc_connect(d->endpoint, TD_REPLY_TIMEOUT_MS, &c, &e))
         check_fail_(__FILE__, __LINE__, "connect %s: %s", d->endpoint, err_msg(&e));
     return c;
 }

@@ -638,11 +638,9 @@ static void test_read_variants(void)
 
 static void test_stories260k(void)
 {
-    const char *path = check_shared("models/stories260K-f32.gguf");
-    if (!path) {
-        check_skip("models/stories260K-f32.gguf not found under the shared folder");
+    const char *path = check_shared_or_skip("models/stories260K-f32.gguf");
+    if (!path)
         return;
-    }
     gguf_t *g = NULL;
     err_info_t e;
     CHECK_OK(gguf_open(path, &g, &e));
@@ -668,11 +666,9 @@ static void test_stories260k(void)
 
 static void test_vocab_only_file(void)
 {
-    const char *path = check_shared("vocab/ggml-vocab-llama-spm.gguf");
-    if (!path) {
-        check_skip("vocab/ggml-vocab-llama-spm.gguf not found under the shared folder");
+    const char *path = check_shared_or_skip("vocab/ggml-vocab-llama-spm.gguf");
+    if (!path)
         return;
-    }
     gguf_t *g = NULL;
     err_info_t e;
     CHECK_OK(gguf_open(path, &g, &e));
@@ -687,8 +683,11 @@ static void test_vocab_only_file(void)
     CHECK_STR(e.msg, "missing tensor 'token_embd.weight'");
     gguf_close(&g);
 
-    path = check_shared("vocab/ggml-vocab-gpt-2.gguf");
-    if (path && gguf_open(path, &g, &e) == 0) {
+    path = check_shared_or_skip("vocab/ggml-vocab-gpt-2.gguf");
+    if (!path)
+        return;
+    CHECK_MSG(gguf_open(path, &g, &e) == 0, "%s: %s", path, e.msg);
+    if (g) {
         CHECK_INT(mdl_hparams_read(g, &hp, &e), ==, ERR_UNSUPPORTED);
         CHECK(strstr(e.msg, "'gpt2'") != NULL);
         gguf_close(&g);

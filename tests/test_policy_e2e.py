@@ -105,8 +105,10 @@ def test_every_policy_keeps_its_budget():
         assert f["compactions"] != "none", pol
         assert float(f["rows_per_token"]) < 0.5, (pol, f)
         ppl = float(f["ppl"])
-        # a compressed cache loses something, but not everything: far from uniform (512)
-        assert math.isfinite(ppl) and full_ppl * 0.97 < ppl < full_ppl * 3, (pol, ppl)
+        # a compressed cache loses a little: measured against full's 3.3339, window +1.5%,
+        # h2o +2.8%, tova +1.0%, pool +1.4%, auto +1.8%; the bound is twice the worst loss
+        assert math.isfinite(ppl) and full_ppl * 0.97 < ppl < full_ppl * 1.056, (
+            pol, ppl, full_ppl, f"{ppl / full_ppl - 1:+.2%}")
         # the events on stderr add up to the counts on stdout
         n_ev = sum(1 for line in p.stderr.splitlines() if line.startswith("compaction: "))
         assert n_ev == sum(int(x.split("=")[1]) for x in f["compactions"].split()), pol

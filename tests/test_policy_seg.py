@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(tap.ROOT, "train"))
 try:
     import data  # noqa: E402  (train/data.py: sentence_ends)
     import gguf_writer  # noqa: E402  (train/gguf_writer.py: read_gguf)
-except Exception as ex:  # numpy missing, say
+except ImportError as ex:  # a package the training code needs is not installed
     data = None
     why = str(ex)
 
@@ -41,7 +41,7 @@ def piece_texts(path):
 
 def check_file(model, path, limit=None):
     if data is None:
-        raise tap.Skip(f"train/data.py cannot be imported: {why}")
+        raise tap.Missing(f"train/data.py cannot be imported: {why}")
     text = open(path, encoding="utf-8", errors="replace").read()
     if limit:
         text = text[:limit]

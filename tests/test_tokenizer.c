@@ -21,11 +21,9 @@
 /* A tokenizer over a shared vocabulary (and its gguf_t), or NULL after a skip. */
 static tok_t *open_vocab(const char *rel, gguf_t **g)
 {
-    const char *path = check_shared(rel);
-    if (!path) {
-        check_skip("%s not found (shared data folder absent)", rel);
+    const char *path = check_shared_or_skip(rel);
+    if (!path)
         return NULL;
-    }
     err_info_t e;
     err_clear(&e);
     tok_t *t = NULL;
@@ -179,11 +177,9 @@ static void corpus_round_trip(const char *vocab)
     for (size_t i = 0; i < sizeof corpus_files / sizeof corpus_files[0]; i++) {
         char rel[96];
         snprintf(rel, sizeof rel, "corpus/%s", corpus_files[i]);
-        const char *path = check_shared(rel);
-        if (!path) {
-            check_skip("%s not found", rel);
+        const char *path = check_shared_or_skip(rel);
+        if (!path)
             continue;
-        }
         size_t len;
         char *text = check_slurp(path, &len);
         CHECK(text != NULL);
@@ -213,10 +209,10 @@ static void test_spm_words_equal_whole_text(void)
     tok_t *t = open_vocab("vocab/ggml-vocab-llama-spm.gguf", &g);
     if (!t)
         return;
-    const char *path = check_shared("corpus/jargon.txt");
+    const char *path = check_shared_or_skip("corpus/jargon.txt");
     size_t len = 0;
     char *text = path ? check_slurp(path, &len) : NULL;
-    CHECK(text != NULL);
+    CHECK(!path || text != NULL);
     size_t cut = len < (64u << 10) ? len : (64u << 10);
     while (cut > 0 && text[cut - 1] != '\n')
         cut--;
