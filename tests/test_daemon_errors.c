@@ -155,18 +155,27 @@ static void test_bad_requests_then_serves(void)
     CHECK_INT(gc_snapshot(c, s, NULL, &e), ==, ERR_UNSUPPORTED);       /* no --snapshot-dir */
     CHECK_INT(gc_set_budget(c, 0, 100, 200, NULL, &e), ==, ERR_INVAL); /* soft above hard */
 
-    /* a busy session refuses a second request; cancel ends the first */
-    gc_gen_opts_t lg = {.session = s, .max_tokens = 100000, .prompt = "go", .sampling = &td_greedy};
+    /* a busy session refuses a second request; cancel ends the first. The generation must not
+     * end by itself first: under `window` this model's greedy text after "zz" runs 3,000
+     * tokens without an end of text (after "go" it ends at 66, which a client slowed by a
+     * loaded machine could see before its cancel arrived) */
+    uint32_t s_long;
+    gc_open_opts_t endless = {.policy = "window", .budget_bytes = 256 * 1024};
+    CHECK_OK(gc_open(c, &endless, &s_long, &e));
+    gc_gen_opts_t lg = {
+        .session = s_long, .max_tokens = 100000, .prompt = "zz", .sampling = &td_greedy};
     uint64_t req;
     int seen = 0;
     gc_callbacks_t cb = {.ctx = &seen, .on_token = stop_after};
     CHECK_OK(gc_generate_start(c, &lg, &cb, &req, &e));
-    CHECK_INT(gc_append(c, s, "more", 0, GC_ROLE_NONE, NULL, &e), ==, ERR_BUSY);
+    CHECK_INT(gc_append(c, s_long, "more", 0, GC_ROLE_NONE, NULL, &e), ==, ERR_BUSY);
     gc_result_t res = {0};
     CHECK_OK(gc_wait(c, req, &res, &e)); /* the callback asked to stop after 3 tokens */
     CHECK_INT(res.reason, ==, GC_STOP_CANCELLED);
     CHECK(res.n_tokens >= 3 && res.n_tokens < 100000);
     gc_result_free(&res);
+    CHECK_OK(gc_close(c, s_long, &e));
+    CHECK_OK(gc_append(c, s, "go", 0, GC_ROLE_NONE, NULL, &e));
     CHECK_INT(gc_compact(c, s, 0, 1, false, NULL, &e), ==, ERR_UNSUPPORTED); /* policy full */
 
     /* every sampling field is bounded at the edge, each refusal naming the field and its
