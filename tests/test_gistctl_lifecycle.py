@@ -155,7 +155,8 @@ def test_idle_timeout_snapshots_then_frees():
 
 def test_long_prefill_outlasts_the_client_timeout():
     words = "the cat sat on a mat and then it ran away . ".split()
-    text = " ".join(words[(i * 7) % len(words)] for i in range(3000))
+    # long enough that one token a step outlasts the client's 1 s even on an idle machine
+    text = " ".join(words[(i * 7) % len(words)] for i in range(15000))
     path = os.path.join(tap.tmpdir(), "long.txt")
     with open(path, "w") as f:
         f.write(text)
