@@ -39,16 +39,30 @@ mkdir -p $RUNS/base $RUNS/gist $RUNS/gates $MODELS
 # probes scored at each evaluation when the mix is on (mix.probe_accuracy)
 PROBES=""
 [ "$MIX" != 0 ] && PROBES="--eval-probes 6"
+# An optional first stage at a short context (SHORT_CTX, SHORT_MIN minutes): attention at
+# 2048 tokens costs 8 times as much per token as at 512 on these cores, so most of the
+# mix is learned short and the base stage then carries the weights to the full context.
+INIT="${INIT_GGUF:+--init-gguf $INIT_GGUF}"
+if [ -n "${SHORT_CTX:-}" ]; then
+    mkdir -p $RUNS/short
+    [ -f $RUNS/short/result.json ] || \
+    $RUN train/train_base.py --corpus "$CORPUS" --tok $TOK --out $RUNS/short \
+        $INIT --ctx $SHORT_CTX --mix $MIX $PROBES \
+        --dim 256 --layers 6 --heads 8 --kv-heads 4 --seq $SHORT_CTX --batch $((2048 / SHORT_CTX)) \
+        --lr "${BASE_LR:-2e-3}" --minutes "${SHORT_MIN:-60}" ${SHORT_END:+--end-utc $SHORT_END} \
+        --eval-windows 8 --eval-minutes 30 --threads $THREADS >> $RUNS/short/log.txt 2>&1
+    INIT="--init-ckpt $RUNS/short/ckpt.pt --warmup 10"
+fi
 [ -f $RUNS/base/result.json ] || \
 $RUN train/train_base.py --corpus "$CORPUS" --tok $TOK --out $RUNS/base \
-    ${INIT_GGUF:+--init-gguf $INIT_GGUF} --ctx $CTX --mix $MIX $PROBES \
+    $INIT --ctx $CTX --mix $MIX $PROBES \
     --dim 256 --layers 6 --heads 8 --kv-heads 4 --seq $CTX --batch $((2048 / CTX)) \
     --lr "${BASE_LR:-2e-3}" --minutes "${BASE_MIN:-110}" ${BASE_END:+--end-utc $BASE_END} \
     --eval-windows 8 --eval-minutes 30 --threads $THREADS >> $RUNS/base/log.txt 2>&1
 
 [ -f $RUNS/gist/result.json ] || \
 $RUN train/train_gist.py --corpus "$CORPUS" --tok $TOK --base $RUNS/base/ckpt.pt \
-    --out $RUNS/gist --gists 2 --seq $CTX --batch $((2048 / CTX)) --mix $MIX \
+    --out $RUNS/gist --gists 2 --seq ${GIST_SEQ:-$CTX} --batch $((2048 / ${GIST_SEQ:-$CTX})) --mix $MIX \
     --frozen-minutes "${GIST_FROZEN_MIN:-5}" \
     --frozen-lr 1e-2 --minutes "${GIST_MIN:-12}" ${GIST_END:+--end-utc $GIST_END} --lr 3e-4 \
     --warmup 10 --plain-frac 0.25 --eval-windows 8 --eval-minutes 30 --threads $THREADS \
@@ -56,7 +70,7 @@ $RUN train/train_gist.py --corpus "$CORPUS" --tok $TOK --base $RUNS/base/ckpt.pt
 
 [ -f $RUNS/gates/result.json ] || \
 $RUN train/train_gates.py --corpus "$CORPUS" --tok $TOK --model $RUNS/gist/ckpt.pt \
-    --out $RUNS/gates --hidden 32 --budget 128 --lam 0.01 --init-bias 5 --seq $CTX \
+    --out $RUNS/gates --hidden 32 --budget 128 --lam 0.01 --init-bias 5 --seq ${GIST_SEQ:-$CTX} \
     --batch 1 --mix $MIX \
     --lr 2e-2 --warmup 5 --minutes "${GATES_MIN:-8}" ${GATES_END:+--end-utc $GATES_END} \
     --eval-windows 4 --eval-minutes 30 --log-every 5 --threads $THREADS \
@@ -75,14 +89,14 @@ MEMORY=""
 if [ "$MIX" != 0 ]; then
     # 4 probes per task at depths up to 2 contexts: about an hour on idle cores (every
     # depth to 8 contexts takes hours: bench/memory.sh --model ... alone)
-    $PY bench/memory.py --model $MODELS/$NAME.gguf --out $RUNS/memory --probes 4 \
-        --depths 0.5,1,2
+    $PY bench/memory.py --model $MODELS/$NAME.gguf --out $RUNS/memory \
+        ${MEMORY_ARGS:---probes 4 --depths 0.5,1,2}
     MEMORY=1
 fi
 # the command as it was run, for the card
 CMD=""
-for v in RUNS MODELS INIT_GGUF CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
-         GIST_END GATES_MIN GATES_END EVAL_WINDOWS; do
+for v in RUNS MODELS INIT_GGUF SHORT_CTX SHORT_MIN SHORT_END GIST_SEQ CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
+         GIST_END GATES_MIN GATES_END EVAL_WINDOWS MEMORY_ARGS; do
     [ -n "${!v:-}" ] && CMD="$CMD$v=${!v} "
 done
 $PY train/make_card.py --runs $RUNS --model $MODELS/$NAME.gguf --out $MODELS/README.md \

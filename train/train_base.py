@@ -53,6 +53,9 @@ def main(argv=None):
     ap.add_argument("--init-gguf", default=None,
                     help="start from this GGUF's weights (gist rows kept, gates dropped); "
                     "--ctx sets the new context")
+    ap.add_argument("--init-ckpt", default=None,
+                    help="start from this checkpoint's weights (a fresh optimizer and step count), "
+                         "e.g. a shorter-context stage carried on at a longer context")
     ap.add_argument("--mix", type=float, default=0.0,
                     help="share of windows packed with generated documents (mix.py)")
     ap.add_argument("--eval-probes", type=int, default=0,
@@ -74,9 +77,12 @@ def main(argv=None):
         model, d = M.load_checkpoint(ckpt)
         state = {k: d[k] for k in ("step", "elapsed", "tokens")}
         print(f"# resuming {ckpt} at step {state['step']}", flush=True)
-    elif a.init_gguf:
-        import export
-        model, _kv = export.load_gguf(a.init_gguf)
+    elif a.init_gguf or a.init_ckpt:
+        if a.init_ckpt:
+            model, _d = M.load_checkpoint(a.init_ckpt)
+        else:
+            import export
+            model, _kv = export.load_gguf(a.init_gguf)
         for b in model.blocks:
             b.retention = None
         model.c.n_ctx = a.ctx
@@ -84,7 +90,7 @@ def main(argv=None):
         model.cos, model.sin = cos, sin
         d = None
         state = {"step": 0, "elapsed": 0.0, "tokens": 0}
-        print(f"# from {a.init_gguf}, context {a.ctx}", flush=True)
+        print(f"# from {a.init_ckpt or a.init_gguf}, context {a.ctx}", flush=True)
     else:
         ff = a.ff or int(math.ceil(a.dim * 8 / 3 / 16) * 16)
         cfg = M.Config(n_vocab=sp.GetPieceSize(), n_embd=a.dim, n_layer=a.layers,
