@@ -86,36 +86,60 @@ static int run_length(const int32_t *news, int jj, int last)
     return n;
 }
 
-/* The rows batch item i sees through kv-head kvh as segments: the view's stored chunks, then
- * its sequence's new rows up to the item (runs of consecutive batch items, f32 in the
- * batch's K/V scratch). Returns the number of segments. */
-static uint32_t item_segs(const mdl_t *m, uint32_t i, int kvh, mdl_attn_seg_t *segs)
+/* The rows of [r0, r1) that batch item i sees through kv-head kvh, as segments: the view's
+ * stored chunks, then its sequence's new rows up to the item (runs of consecutive batch
+ * items, f32 in the batch's K/V scratch). Only the segments that overlap the range are
+ * made (a part of a long lane needs a few of its many blocks); *base is the row, counted
+ * over all the item's rows, where the first of them starts. Returns their number. */
+static uint32_t item_segs(const mdl_t *m, uint32_t i, int kvh, size_t r0, size_t r1,
+                          mdl_attn_seg_t *segs, size_t *base)
 {
     const mdl_scratch_t *s = &m->s;
+    const mdl_attn_plan_t *p = &s->plan;
     const int hd = (int)m->hp.head_dim, n_kv = (int)m->hp.n_head_kv;
     const size_t kv_dim = (size_t)n_kv * hd;
     const int slot = s->item_slot[i], j = s->item_j[i];
-    const mdl_kv_view_t *view = &s->views[(size_t)slot * n_kv + kvh];
+    const size_t vi = (size_t)slot * n_kv + kvh;
+    const mdl_kv_view_t *view = &s->views[vi];
+    const size_t *row0 = p->chunk_row0 + p->view_c0[vi]; /* [n_chunks + 1] */
+    const size_t stored = row0[view->n_chunks];
     const int32_t *news = s->slot_items + s->slot_first[slot];
     uint32_t n = 0;
-    for (uint32_t c = 0; c < view->n_chunks; c++) {
-        const mdl_kv_chunk_t *ch = &view->chunks[c];
-        if (ch->n)
-            segs[n++] = (mdl_attn_seg_t){.n = ch->n,
-                                         .type = ch->type,
-                                         .k = ch->k,
-                                         .v = ch->v,
-                                         .stride = ggml_row_bytes(ch->type, (uint32_t)hd),
-                                         .bias = ch->bias};
+    *base = r0;
+    if (r0 < stored) { /* the last chunk that starts at or before r0 */
+        uint32_t lo = 0, hi = view->n_chunks - 1;
+        while (lo < hi) {
+            const uint32_t mid = (lo + hi + 1) / 2;
+            if (row0[mid] <= r0)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        *base = row0[lo];
+        for (uint32_t c = lo; c < view->n_chunks && row0[c] < r1; c++) {
+            const mdl_kv_chunk_t *ch = &view->chunks[c];
+            if (ch->n)
+                segs[n++] = (mdl_attn_seg_t){.n = ch->n,
+                                             .type = ch->type,
+                                             .k = ch->k,
+                                             .v = ch->v,
+                                             .stride = ggml_row_bytes(ch->type, (uint32_t)hd),
+                                             .bias = ch->bias};
+        }
     }
-    for (int jj = 0; jj <= j;) {
+    for (int jj = 0, first = 1; jj <= j && stored + (size_t)jj < r1;) {
         const int run = run_length(news, jj, j);
-        const size_t off = (size_t)news[jj] * kv_dim + (size_t)kvh * hd;
-        segs[n++] = (mdl_attn_seg_t){.n = (uint32_t)run,
-                                     .type = DT_F32,
-                                     .k = s->k + off,
-                                     .v = s->v + off,
-                                     .stride = sizeof(float) * kv_dim};
+        if (stored + (size_t)jj + (size_t)run > r0) {
+            if (first && r0 >= stored)
+                *base = stored + (size_t)jj;
+            first = 0;
+            const size_t off = (size_t)news[jj] * kv_dim + (size_t)kvh * hd;
+            segs[n++] = (mdl_attn_seg_t){.n = (uint32_t)run,
+                                         .type = DT_F32,
+                                         .k = s->k + off,
+                                         .v = s->v + off,
+                                         .stride = sizeof(float) * kv_dim};
+        }
         jj += run;
     }
     return n;
@@ -125,11 +149,9 @@ static uint32_t item_segs(const mdl_t *m, uint32_t i, int kvh, mdl_attn_seg_t *s
 static size_t item_rows(const mdl_t *m, uint32_t i, int kvh)
 {
     const mdl_scratch_t *s = &m->s;
-    const mdl_kv_view_t *view = &s->views[(size_t)s->item_slot[i] * m->hp.n_head_kv + kvh];
-    size_t n = (size_t)s->item_j[i] + 1;
-    for (uint32_t c = 0; c < view->n_chunks; c++)
-        n += view->chunks[c].n;
-    return n;
+    const size_t vi = (size_t)s->item_slot[i] * m->hp.n_head_kv + kvh;
+    return s->plan.chunk_row0[s->plan.view_c0[vi] + s->views[vi].n_chunks] +
+           (size_t)s->item_j[i] + 1;
 }
 
 #define GROW(ptr, n)                                                                               \
@@ -161,6 +183,29 @@ int mdl_attention_plan(mdl_t *m)
     for (uint32_t sl = 0; sl < s->n_slots; sl++) {
         max_new = s->slot_n[sl] > max_new ? s->slot_n[sl] : max_new;
         n += s->slot_n[sl];
+    }
+
+    /* where each view's chunks start, over the view's rows */
+    size_t n_c0 = 0;
+    for (size_t u = 0; u < n_views; u++)
+        n_c0 += s->views[u].n_chunks + 1;
+    if (n_views + 1 > p->cap_views) {
+        GROW(p->view_c0, n_views * 2 + 1);
+        p->cap_views = n_views * 2 + 1;
+    }
+    if (n_c0 > p->cap_c0) {
+        GROW(p->chunk_row0, n_c0 * 2);
+        p->cap_c0 = n_c0 * 2;
+    }
+    for (size_t u = 0, at = 0; u < n_views; u++) {
+        const mdl_kv_view_t *v = &s->views[u];
+        size_t r = 0;
+        p->view_c0[u] = at;
+        for (uint32_t c = 0; c < v->n_chunks; c++) {
+            p->chunk_row0[at++] = r;
+            r += v->chunks[c].n;
+        }
+        p->chunk_row0[at++] = r;
     }
 
     const uint32_t n_units = acc ? (uint32_t)n_views : n * (uint32_t)n_kv;
@@ -210,6 +255,8 @@ void mdl_attention_plan_free(mdl_attn_plan_t *p)
     free(p->part_unit);
     free(p->parts);
     free(p->segs);
+    free(p->view_c0);
+    free(p->chunk_row0);
     memset(p, 0, sizeof *p);
 }
 
@@ -228,12 +275,13 @@ static void attend_part(mdl_t *m, const mdl_layer_t *L, uint32_t q, float *buf, 
     const int kvh = (int)(u % (uint32_t)n_kv);
     if (k == 0)
         store_new(m, L, i, kvh, buf);
-    const uint32_t n_segs = item_segs(m, i, kvh, segs);
     const size_t r0 = (size_t)k * p->part_rows;
     const size_t r1 = r0 + p->part_rows < p->unit_rows[u] ? r0 + p->part_rows : p->unit_rows[u];
+    size_t base;
+    const uint32_t n_segs = item_segs(m, i, kvh, r0, r1, segs, &base);
     const size_t qoff = i * q_dim + (size_t)kvh * g * hd;
-    mdl_attn_part(m->attn_ops, s->q + qoff, g, hd, m->attn_scale, segs, n_segs, r0, r1,
-                  p->parts + q * pf, work, NULL, 0);
+    mdl_attn_part(m->attn_ops, s->q + qoff, g, hd, m->attn_scale, segs, n_segs, r0 - base,
+                  r1 - base, p->parts + q * pf, work, NULL, 0);
     const uint32_t n_parts = p->unit_first[u + 1] - p->unit_first[u];
     if (atomic_fetch_add_explicit(&p->unit_done[u], 1, memory_order_acq_rel) + 1 == n_parts)
         mdl_attn_merge(p->parts + (size_t)p->unit_first[u] * pf, (int)n_parts, g, hd,
@@ -259,8 +307,9 @@ static void attend_acc(mdl_t *m, const mdl_layer_t *L, uint32_t u, float *buf, f
     for (uint32_t jj = 0; jj < s->slot_n[slot]; jj++) {
         const uint32_t i = (uint32_t)s->slot_items[s->slot_first[slot] + jj];
         store_new(m, L, i, kvh, buf);
-        const uint32_t n_segs = item_segs(m, i, kvh, segs);
         const size_t n_rows = item_rows(m, i, kvh);
+        size_t base;
+        const uint32_t n_segs = item_segs(m, i, kvh, 0, n_rows, segs, &base);
         const size_t qoff = i * q_dim + (size_t)kvh * g * hd;
         mdl_attn_part(m->attn_ops, s->q + qoff, g, hd, m->attn_scale, segs, n_segs, 0, n_rows,
                       part, work, sc, n_rows);

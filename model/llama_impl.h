@@ -60,6 +60,11 @@ typedef struct mdl_attn_plan {
     _Atomic uint32_t *unit_done; /* [n_units] parts finished */
     uint32_t *part_unit;         /* [n_parts] */
     float *parts;                /* [n_parts][mdl_attn_part_floats] partials */
+    size_t *view_c0;             /* [n_slots * n_head_kv] where each view's entries of
+                                    chunk_row0 start */
+    size_t *chunk_row0;          /* per view, [n_chunks + 1] the row each chunk starts at
+                                    within the view, then the view's stored rows */
+    size_t cap_views, cap_c0;
     size_t seg_cap;              /* segments per thread */
     int n_seg_thr;
     struct mdl_attn_seg *segs;   /* [n_seg_thr][seg_cap] a unit's rows as segments */
