@@ -16,7 +16,7 @@
  * Printed per variant and depth: the median decode tokens/s over the rounds, the ratio to
  * the same variant's depth-0 figure of this run (the figure to compare across machines),
  * the bytes and rows the session held. Decoded tokens add rows: a depth is the prefilled
- * rows, and the rounds add up to rounds x decode more.
+ * rows, and each depth's untimed first step and rounds add up to 1 + rounds x decode more.
  */
 #include "bench/bench_util.h"
 #include "common/dtype.h"
@@ -206,12 +206,20 @@ int main(int argc, char **argv)
     int rc = 0;
 
     for (int d = 0; d < n_depths && !rc; d++) {
+        const double t_fill = bench_now();
         for (int vi = 0; vi < n_vars && !rc; vi++) {
             variant_t *v = &vars[vi];
             const uint32_t n = (uint32_t)(depths[d] - v->fed);
             if (n && (rc = kvr_feed(v->r, tok + v->fed, n, NULL, last, &e)))
                 fprintf(stderr, "bench_depth: prefill of %s: %s\n", type_name(v->type), e.msg);
             v->fed = (uint32_t)depths[d];
+        }
+        fprintf(stderr, "bench_depth: depth %ld: prefilled in %.1f s, decoding\n", depths[d],
+                bench_now() - t_fill);
+        for (int vi = 0; vi < n_vars && !rc; vi++) { /* one step untimed: scratch grows */
+            const int32_t t = (int32_t)(3 + rng_next(&rs) % (hp->n_vocab - 3));
+            if ((rc = kvr_feed(vars[vi].r, &t, 1, NULL, last, &e)))
+                fprintf(stderr, "bench_depth: decode: %s\n", e.msg);
         }
         for (int r = 0; r < rounds && !rc; r++)
             for (int k = 0; k < n_vars && !rc; k++) {
