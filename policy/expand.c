@@ -72,13 +72,34 @@ int pol_expand_spans(const pol_t *p, uint32_t lo, uint32_t hi, pol_cspan_t **out
     *n = 0;
     lo = lo > p->sinks ? lo : p->sinks;
     pol_cspan_t *v = NULL;
-    uint32_t m = 0;
+    uint16_t *live = NULL;
+    uint32_t m = 0, cap_live = 0;
+    const uint32_t nl = kv_lane_count(p->st), len = pol_transcript_len(p);
     for (uint32_t i = 0; i < p->n_spans; i++) {
         const pol_span_t *s = &p->spans[i];
         const uint32_t end = pol_span_end(s);
-        if (s->level == 0 || s->flags & (SPAN_BUSY | POL_SPAN_GISTED_RAW) || end < lo ||
-            s->first > hi)
+        if (s->flags & (SPAN_BUSY | POL_SPAN_GISTED_RAW) || end < lo || s->first > hi ||
+            pol_held(p, s->first, end, len))
             continue;
+        if (s->level == 0) { /* raw: a candidate when eviction took rows of it from some lane */
+            const uint32_t cnt = end - s->first + 1;
+            if (cnt > cap_live) {
+                uint16_t *t = realloc(live, sizeof *t * cnt);
+                if (!t) {
+                    free(live);
+                    free(v);
+                    return err_set(e, ERR_NOMEM, "policy: out of memory listing spans");
+                }
+                live = t;
+                cap_live = cnt;
+            }
+            bool lost = false;
+            if (kv_transcript_read(p->st, p->sid, s->first, cnt, NULL, live) == 0)
+                for (uint32_t j = 0; j < cnt && !lost; j++)
+                    lost = live[j] < nl;
+            if (!lost)
+                continue;
+        }
         uint32_t a = s->first > lo ? s->first : lo, b = end < hi ? end : hi;
         if (s->gfirst != POL_NONE) { /* learned gists stand for their whole sentence */
             a = s->first > p->sinks ? s->first : p->sinks;
@@ -86,14 +107,17 @@ int pol_expand_spans(const pol_t *p, uint32_t lo, uint32_t hi, pol_cspan_t **out
         }
         if (a > b || pol_pinned(p, a, b))
             continue;
-        if (!v && !(v = malloc((p->n_spans - i) * sizeof *v)))
+        if (!v && !(v = malloc((p->n_spans - i) * sizeof *v))) {
+            free(live);
             return err_set(e, ERR_NOMEM, "policy: out of memory listing spans");
+        }
         const uint32_t whole = end - s->first + 1, part = b - a + 1;
         v[m++] = (pol_cspan_t){.first = a,
                                .last = b,
                                .tokens = part == whole ? s->tokens : part,
                                .level = s->level};
     }
+    free(live);
     *out = v;
     *n = m;
     return 0;

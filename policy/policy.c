@@ -64,7 +64,8 @@ const char *pol_param_help(void)
            "expand_query=N the turn's last tokens whose queries score spans (default 32)\n"
            "expand_hold=N  positions an expanded span stays raw before it may fold back "
            "(default 512)\n"
-           "expand_min=F   a span's score must reach this; 1 is an average row's (default 2)\n"
+           "expand_min=F   a span's score must reach this; 1 is the average compressed span's "
+           "(default 1.5)\n"
            "expand_lex=F   weight of the lexical match against the turn's tokens (default "
            "0.25)\n";
 }
@@ -135,7 +136,7 @@ static int preset(pol_t *p, const char *name, err_info_t *e)
                                .spans = 4,
                                .query = 32,
                                .hold = 512,
-                               .min_score = 2.0f,
+                               .min_score = 1.5f,
                                .lex = 0.25f};
     if (!strcmp(name, "full")) {
         p->merge_k = 0;

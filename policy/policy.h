@@ -277,22 +277,23 @@ typedef struct pol_expand_cfg {
     uint32_t spans;  /* expand_spans: most spans expanded per turn */
     uint32_t query;  /* expand_query: the turn's last tokens whose queries score spans */
     uint32_t hold;   /* expand_hold: positions an expanded span stays raw */
-    float min_score; /* expand_min: a span's score must reach this (1: an average row's) */
+    float min_score; /* expand_min: a span's score must reach this (1: the average candidate's) */
     float lex;       /* expand_lex: weight of the lexical match in the score (0..1) */
 } pol_expand_cfg_t;
 
 void pol_expand_config(const pol_t *p, pol_expand_cfg_t *out);
 
 /* A compressed span: the positions [first, last] (gist tokens included) and its level
- * (LEVEL_GONE 255: every row evicted). */
+ * (0: raw with rows evicted; 255: every row evicted). */
 typedef struct pol_cspan {
     uint32_t first, last;
     uint32_t tokens; /* text tokens it stands for */
     uint8_t level;
 } pol_cspan_t;
 
-/* The closed compressed spans that overlap [lo, hi], clipped to it, outside the sinks and the
- * pins, in position order: *out (malloc'd, NULL when none) and *n. Learned gist spans come
+/* The closed compressed spans that overlap [lo, hi], clipped to it, outside the sinks, the
+ * pins and the held expansions, in position order (raw sentences count when eviction took
+ * rows of them from some lane): *out (malloc'd, NULL when none) and *n. Learned gist spans come
  * whole (their gist rows stand for the whole sentence). */
 int pol_expand_spans(const pol_t *p, uint32_t lo, uint32_t hi, pol_cspan_t **out, uint32_t *n,
                      err_info_t *e);

@@ -6,9 +6,12 @@
  * attention each stored row receives from their queries lands in a scratch accumulator
  * (Quest's query-aware selection, read from the softmax itself). A compressed span's
  * attention score is the attention its rows draw per token they stand for, over the same
- * figure for every row held (1: an average row); its lexical score is the share of the turn's
- * distinct tokens found among the span's transcript tokens, over the candidates' mean. The
- * score mixes them (expand_lex); spans reaching expand_min are expanded best first, within
+ * figure for all the candidates' rows together (1: as much as the average compressed span;
+ * sinks and recent rows, which draw most attention anyway, are left out). Its lexical score
+ * sums the turn's distinct tokens found among the span's transcript tokens, the rarer among
+ * the candidates the more, over the candidates' mean. The score mixes them (expand_lex); a span
+ * with no rows left (evicted from every lane) has only its lexical score. Spans reaching
+ * expand_min are expanded best first, within
  * expand_tokens and expand_spans per turn.
  *
  * Bringing back (expand_one): the span's tokens (gist-token ids left out) are read from the
@@ -454,19 +457,17 @@ static int score_attention(rt_t *rt, rt_sess_t *s, uint32_t q0, uint32_t len, ca
         rc = rt_run_at(rt, s, tok, nq, pos0 > 0 ? pos0 : 0, &mask, acc, stride, e);
     }
     if (!rc) {
-        double all_acc = 0.0, all_mass = 0.0;
+        double all_acc = 0.0, all_mass = 0.0; /* over the candidates' rows */
         for (uint32_t l = 0; l < rt->n_lane; l++)
             for (uint32_t i = 0; i < rows[l]; i++) {
                 const kv_row_meta_t *m = &meta[(size_t)l * stride + i];
-                if (m->pos >= (float)q0)
-                    continue;
-                const float a = acc[(size_t)l * stride + i];
-                all_acc += a;
-                all_mass += m->mass;
-                cand_t *k = find_cand(c, nc, m->pos);
+                cand_t *k = m->pos < (float)q0 ? find_cand(c, nc, m->pos) : NULL;
                 if (k) {
+                    const float a = acc[(size_t)l * stride + i];
                     k->acc += a;
                     k->mass += m->mass;
+                    all_acc += a;
+                    all_mass += m->mass;
                 }
             }
         const double mean = all_mass > 0 ? all_acc / all_mass : 0.0;
@@ -480,8 +481,9 @@ static int score_attention(rt_t *rt, rt_sess_t *s, uint32_t q0, uint32_t len, ca
     return rc;
 }
 
-/* Lexical scores: the share of the turn's distinct tokens each candidate holds (tokens found
- * in more than half of four or more candidates do not count), over the candidates' mean. */
+/* Lexical scores: the turn's distinct tokens each candidate holds, each weighted by its rarity
+ * among the candidates (log(1 + candidates / candidates holding it)), over the candidates'
+ * mean. */
 static int score_lexical(rt_t *rt, rt_sess_t *s, uint32_t q0, uint32_t len, cand_t *c,
                          uint32_t nc, err_info_t *e)
 {
@@ -500,9 +502,6 @@ static int score_lexical(rt_t *rt, rt_sess_t *s, uint32_t q0, uint32_t len, cand
     /* two passes: document frequencies, then the shares */
     for (int pass = 0; !rc && nu && pass < 2; pass++) {
         double sum = 0.0;
-        uint32_t counted = 0;
-        for (uint32_t u = 0; u < nu; u++)
-            counted += !(nc >= 4 && df[u] * 2 > nc);
         for (uint32_t i = 0; !rc && i < nc; i++) {
             const uint32_t n = c[i].c.last - c[i].c.first + 1;
             if (n > cap) {
@@ -521,16 +520,16 @@ static int score_lexical(rt_t *rt, rt_sess_t *s, uint32_t q0, uint32_t len, cand
                 if (f)
                     hit[f - q] = 1;
             }
-            uint32_t h = 0;
+            double h = 0.0;
             for (uint32_t u = 0; u < nu; u++) {
                 if (pass == 0)
                     df[u] += hit[u];
-                else
-                    h += hit[u] && !(nc >= 4 && df[u] * 2 > nc);
+                else if (hit[u])
+                    h += log(1.0 + (double)nc / df[u]); /* rare tokens weigh more */
             }
             if (pass == 1) {
-                c[i].lex = counted ? (double)h / counted : 0.0;
-                sum += c[i].lex;
+                c[i].lex = h;
+                sum += h;
             }
         }
         if (pass == 1 && sum > 0)
@@ -583,7 +582,8 @@ int rt_sess_expand_auto(rt_t *rt, rt_sess_t *s, uint32_t max_tokens, int reason,
         rc = score_lexical(rt, s, q0, len, c, nc, e);
     if (!rc && nc) {
         for (uint32_t i = 0; i < nc; i++) {
-            c[i].score = (1.0 - xc.lex) * c[i].acc + xc.lex * c[i].lex;
+            c[i].score =
+                c[i].mass > 0 ? (1.0 - xc.lex) * c[i].acc + xc.lex * c[i].lex : c[i].lex;
         }
         qsort(c, nc, sizeof *c, cmp_score);
         uint32_t left = budget;
