@@ -17,6 +17,10 @@ Writes, under --out: memory_runs.csv (one row per probe and configuration), memo
 (accuracy per task, depth, policy and budget), memory.md (the tables) and memory.png
 (gnuplot: accuracy against budget, one panel per depth, one line per policy).
 
+A policy may carry parameters after '+': `--policies auto,auto+expand=0` compares `auto`
+(which re-expands compressed spans relevant to the end of the prompt before it answers) with
+`auto` without re-expansion; `--block-rows 16` gives small budgets room for it.
+
 Usage: bench/memory.sh [--quick] [--model M] [--probes N] [--depths 0.5,1,2,4,8] ...
 """
 import argparse
@@ -74,9 +78,15 @@ def answer_text(out, prompt):
     return said.split(synth.IM_END)[0].strip().split("\n")[0]
 
 
-def generate(model, prompt, n_gen, policy, budget):
+def generate(model, prompt, n_gen, policy, budget, block_rows=0):
+    """policy: a name, or NAME+KEY=VALUE+... with policy parameters (auto+expand=0)."""
+    name, *params = policy.split("+")
     args = ["generate", model, "--prompt", prompt, "-n", str(n_gen), "--temp", "0",
-            "--threads", "1", "--policy", policy]
+            "--threads", "1", "--policy", name]
+    for kv in params:
+        args += ["--param", kv]
+    if block_rows:
+        args += ["--kv-block-rows", str(block_rows)]
     if budget is not None:
         args += ["--kv-budget", f"{budget:g}%"]
     t0 = time.time()
@@ -98,7 +108,8 @@ def configs(policies, budgets):
     return out
 
 
-def bench(model, tasks, depths, n_probes, policies, budgets, filler, log, seed0=1):
+def bench(model, tasks, depths, n_probes, policies, budgets, filler, log, seed0=1,
+          block_rows=0):
     ctx = n_ctx(model)
     name = os.path.basename(model)
     runs = []
@@ -122,7 +133,7 @@ def bench(model, tasks, depths, n_probes, policies, budgets, filler, log, seed0=
                         runs.append({**r, "score": "", "said": "", "error":
                                      f"not run: {failed[key]}", "seconds": "0"})
                         continue
-                    g = generate(model, p.prompt, n_gen, pol, b)
+                    g = generate(model, p.prompt, n_gen, pol, b, block_rows)
                     if "error" in g:
                         failed[key] = g["error"]
                         runs.append({**r, "score": "", "said": "", "error": g["error"],
@@ -246,6 +257,8 @@ def main():
     ap.add_argument("--budgets", default="100,50,25,12.5")
     ap.add_argument("--policies", default=",".join(Q.ALL_POLICIES))
     ap.add_argument("--probes", type=int, default=5, help="probes per task and depth")
+    ap.add_argument("--block-rows", type=int, default=0,
+                    help="rows per KV block (gist-model --kv-block-rows; 0: its default, 64)")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke test: depth 1/2, one probe a task, full and window at 25%%")
     a = ap.parse_args()
@@ -261,7 +274,8 @@ def main():
     depths = [float(x) for x in a.depths.split(",")]
     budgets = [float(x) for x in a.budgets.split(",")]
     pols, _gist, _gates = Q.supported(a.model)
-    pols = [p for p in pols if p in a.policies.split(",")]
+    # a policy may carry parameters: auto+expand=0 (re-expansion off)
+    pols = [p for p in a.policies.split(",") if p.split("+")[0] in pols]
     os.makedirs(a.out, exist_ok=True)
     machine = (f"Machine: {platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, "
                f"one thread; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
@@ -270,7 +284,8 @@ def main():
         print(s, flush=True)
 
     log(machine)
-    runs = bench(a.model, a.tasks.split(","), depths, a.probes, pols, budgets, filler, log)
+    runs = bench(a.model, a.tasks.split(","), depths, a.probes, pols, budgets, filler, log,
+                 block_rows=a.block_rows)
     summary = summarise(runs)
     with open(os.path.join(a.out, "memory_runs.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")

@@ -65,6 +65,17 @@ bool pol_held(const pol_t *p, uint32_t first, uint32_t last, uint32_t len)
     return false;
 }
 
+bool pol_holds_release(pol_t *p)
+{
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < p->n_holds; i++)
+        if (p->holds[i][2] == UINT32_MAX) /* a span being expanded */
+            memcpy(p->holds[k++], p->holds[i], sizeof p->holds[i]);
+    const bool any = k < p->n_holds;
+    p->n_holds = k;
+    return any;
+}
+
 int pol_expand_spans(const pol_t *p, uint32_t lo, uint32_t hi, pol_cspan_t **out, uint32_t *n,
                      err_info_t *e)
 {
@@ -172,10 +183,13 @@ int pol_expand_room(pol_t *p, uint32_t first, uint32_t last, size_t need, err_in
             break;
         bool progress = false;
         rc = pol_step(p, want, POL_R_EXPAND, &progress, e);
-        if (rc || !progress)
+        if (rc)
+            break;
+        /* spans expanded before for earlier turns give way to this one */
+        if (!progress && !pol_holds_release(p))
             break;
     }
-    p->n_holds--; /* steps neither add nor remove holds */
+    p->n_holds--; /* the guard, last: steps add no holds and releases keep it */
     if (rc)
         return rc;
     if (short_of(p, need, false))

@@ -101,6 +101,9 @@ int pol_span_push(pol_t *p, const pol_span_t *s);
 bool pol_pinned(const pol_t *p, uint32_t first, uint32_t last); /* overlaps a pinned range */
 /* Overlaps an expanded range still held at transcript length len (policy/expand.c). */
 bool pol_held(const pol_t *p, uint32_t first, uint32_t last, uint32_t len);
+/* Lets go of the expanded ranges still held (not of a span being expanded): a budget that
+ * cannot be kept otherwise comes first. Whether there were any (policy/expand.c). */
+bool pol_holds_release(pol_t *p);
 /* Parses an expand_* parameter (policy/expand.c): 1 when key is not one, else 0 or an error. */
 int pol_expand_param(pol_t *p, const char *key, const char *value, err_info_t *e);
 size_t pol_session_bytes(pol_t *p);

@@ -497,7 +497,9 @@ static int compact_to(pol_t *p, size_t target, int reason, err_info_t *e)
         int rc = pol_step(p, over, reason, &progress, e);
         if (rc)
             return rc;
-        if (!progress)
+        /* a lowered budget or the store's pressure comes before held expansions; a
+         * watermark round leaves them (they fold back when their hold ends) */
+        if (!progress && (reason == POL_R_WATERMARK || !pol_holds_release(p)))
             return 0;
     }
     return 0;
@@ -550,6 +552,8 @@ int pol_reserve(pol_t *p, uint32_t n, err_info_t *e)
         rc = pol_step(p, want, POL_R_BUDGET, &progress, e);
         if (rc)
             return rc;
+        if (!progress && pol_holds_release(p))
+            continue; /* the budget comes before held expansions */
         if (!progress) {
             if (e)
                 *e = e2;
@@ -599,6 +603,8 @@ int pol_make_room(pol_t *p, size_t need, err_info_t *e)
         int rc = pol_step(p, need - freed, POL_R_BUDGET, &progress, e);
         if (rc)
             return rc;
+        if (!progress && pol_holds_release(p))
+            continue;
         if (!progress) {
             char why[160];
             return err_set(e, ERR_BUDGET, "policy '%s' freed %zu of the %zu bytes needed (%s)",
