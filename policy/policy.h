@@ -14,7 +14,8 @@
  *   auto    the progressive schedule (the default): pooled sentence gists as the budget
  *           requires, merges, then eviction by TRIM-KV scores if the model has gates, else by
  *           accumulated attention (learned gists only on request, as `gist`: they change
- *           what every later token sees from the first sentence on)
+ *           what every later token sees from the first sentence on); and re-expansion of the
+ *           compressed spans each new turn calls for (`expand`, see below)
  * New policies are presets of the same engine (policy/policy.c), so they slot in without
  * touching the kvstore or the model.
  *
