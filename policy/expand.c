@@ -204,7 +204,8 @@ int pol_expand_done(pol_t *p, pol_event_t *ev, err_info_t *e)
 {
     const uint32_t a = ev->first, b = ev->last, len = pol_transcript_len(p);
     /* room first, so that nothing below can fail halfway */
-    pol_span_t *ns = malloc((p->n_spans + 2) * sizeof *ns);
+    const uint32_t cap = p->n_spans + 2; /* a span split in three at most */
+    pol_span_t *ns = malloc(cap * sizeof *ns);
     if (!ns)
         return err_set(e, ERR_NOMEM, "policy: out of memory");
     if (holds_grow(p, e)) {
@@ -254,7 +255,7 @@ int pol_expand_done(pol_t *p, pol_event_t *ev, err_info_t *e)
     free(p->spans);
     p->spans = ns;
     p->n_spans = m;
-    p->cap_spans = p->n_spans + 2;
+    p->cap_spans = cap;
     /* forget holds that ran out, then hold this one */
     uint32_t k = 0;
     for (uint32_t i = 0; i < p->n_holds; i++)
