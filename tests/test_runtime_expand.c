@@ -441,6 +441,29 @@ static void test_expanded_equals_fresh_prefill(void)
         pol_stats(s.pol, &ps);
         CHECK_INT(ps.expansions, ==, 4);
         CHECK_INT(ps.expand_tokens, ==, 2 * SENT);
+        /* the policy's state (held ranges, figures) survives a save and a load */
+        uint8_t *buf = NULL, *buf2 = NULL;
+        size_t len = 0, len2 = 0;
+        CHECK_OK(pol_save(s.pol, &buf, &len));
+        pol_config_t pc = {.name = "pool", .store = f.st, .sid = s.kv, .model = *rt_model(f.rt)};
+        pol_t *q = NULL;
+        CHECK_OK(pol_new(&pc, &q, &e));
+        if (q) {
+            CHECK_OK(pol_load(q, buf, len, &e));
+            CHECK_OK(pol_save(q, &buf2, &len2));
+            CHECK(len == len2 && memcmp(buf, buf2, len) == 0);
+            pol_stats_t qs;
+            pol_stats(q, &qs);
+            CHECK_INT(qs.expansions, ==, 4);
+            pol_cspan_t *qc = NULL;
+            uint32_t nq = 0;
+            CHECK_OK(pol_expand_spans(q, SENT, 3 * SENT - 1, &qc, &nq, &e));
+            CHECK_INT(nq, ==, 0); /* expanded and held */
+            free(qc);
+        }
+        pol_destroy(&q);
+        free(buf);
+        free(buf2);
         CHECK_OK(kv_store_check(f.st, &e));
         /* and the session goes on */
         int32_t more[8];
