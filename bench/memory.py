@@ -96,9 +96,13 @@ def generate(model, prompt, n_gen, policy, budget, block_rows=0):
         lines = [x for x in p.stderr.strip().splitlines() if x.strip()]
         return {"error": lines[-1] if lines else f"exit {p.returncode}", "seconds": dt}
     m = re.search(r"peak (\d+), budget (\d+)\), (\d+) rows for (\d+) positions", p.stderr)
+    x = re.search(r"expansion: (\d+) of \d+ compressed spans, (\d+) tokens re-prefilled, "
+                  r"[+-]?\d+ bytes, ([\d.]+) ms", p.stderr)
     return {"out": p.stdout.rstrip("\n"), "seconds": dt,
             "peak": m.group(1) if m else "", "budget_bytes": m.group(2) if m else "",
-            "rows": m.group(3) if m else "", "positions": m.group(4) if m else ""}
+            "rows": m.group(3) if m else "", "positions": m.group(4) if m else "",
+            "expand_spans": x.group(1) if x else "0", "expand_tokens": x.group(2) if x else "0",
+            "expand_ms": x.group(3) if x else "0"}
 
 
 def configs(policies, budgets):
@@ -143,7 +147,9 @@ def bench(model, tasks, depths, n_probes, policies, budgets, filler, log, seed0=
                     runs.append({**r, "expected": "|".join(p.values), "said": said,
                                  "score": f"{synth.string_match_all(said, p.values):g}",
                                  "peak_kv_bytes": g["peak"], "budget_bytes": g["budget_bytes"],
-                                 "rows": g["rows"], "error": "",
+                                 "rows": g["rows"], "expand_spans": g["expand_spans"],
+                                 "expand_tokens": g["expand_tokens"],
+                                 "expand_ms": g["expand_ms"], "error": "",
                                  "seconds": f"{g['seconds']:.2f}"})
             done = [x for x in runs if x["task"] == task and x["depth_ctx"] == f"{depth:g}"
                     and x["score"] != ""]
@@ -160,8 +166,8 @@ def hash_task(task):
 
 
 FIELDS = ["model", "task", "depth_ctx", "prompt_tokens", "probe", "fact_depth", "policy",
-          "budget_pct", "budget_bytes", "peak_kv_bytes", "rows", "expected", "said", "score",
-          "error", "seconds"]
+          "budget_pct", "budget_bytes", "peak_kv_bytes", "rows", "expand_spans", "expand_tokens",
+          "expand_ms", "expected", "said", "score", "error", "seconds"]
 
 
 def summarise(runs):

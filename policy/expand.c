@@ -123,10 +123,8 @@ int pol_expand_spans(const pol_t *p, uint32_t lo, uint32_t hi, pol_cspan_t **out
             return err_set(e, ERR_NOMEM, "policy: out of memory listing spans");
         }
         const uint32_t whole = end - s->first + 1, part = b - a + 1;
-        v[m++] = (pol_cspan_t){.first = a,
-                               .last = b,
-                               .tokens = part == whole ? s->tokens : part,
-                               .level = s->level};
+        v[m++] = (pol_cspan_t){
+            .first = a, .last = b, .tokens = part == whole ? s->tokens : part, .level = s->level};
     }
     free(live);
     *out = v;

@@ -79,8 +79,8 @@ static int around(rt_t *rt, const rt_sess_t *s, uint32_t a, uint32_t b, float *m
 {
     uint32_t *rows = malloc(sizeof *rows * rt->n_lane), stride;
     kv_row_meta_t *meta = NULL;
-    int rc = rows ? read_meta(rt, s, &meta, rows, &stride, e)
-                  : err_set(e, ERR_NOMEM, "out of memory");
+    int rc =
+        rows ? read_meta(rt, s, &meta, rows, &stride, e) : err_set(e, ERR_NOMEM, "out of memory");
     float *p = NULL;
     if (!rc && held && !(p = malloc(sizeof *p * ((size_t)rt->n_lane * stride + 1))))
         rc = err_set(e, ERR_NOMEM, "out of memory");
@@ -223,8 +223,8 @@ static int expand_one(rt_t *rt, rt_sess_t *s, uint32_t a, uint32_t b, int reason
     if (!rc && n == 0)
         rc = err_set(e, ERR_NOTFOUND, "positions %u..%u hold no text tokens", a, b);
     if (!rc && n > rt->hp->n_ctx / 2)
-        rc = err_set(e, ERR_RANGE, "positions %u..%u: %u tokens, more than half the context", a,
-                     b, n);
+        rc = err_set(e, ERR_RANGE, "positions %u..%u: %u tokens, more than half the context", a, b,
+                     n);
     if (!rc)
         rc = pol_expand_room(s->pol, a, b, expand_bytes(rt, s, n), e);
     rt_sess_sync(rt, s);
@@ -241,8 +241,9 @@ static int expand_one(rt_t *rt, rt_sess_t *s, uint32_t a, uint32_t b, int reason
         rc = around(rt, s, a, b, &m0, &m1, &inside, NULL, NULL, e);
     const int32_t pos0 = (int32_t)floorf(m0) + 1;
     if (!rc && (float)pos0 + (float)n > m1)
-        rc = err_set(e, ERR_INTERNAL, "expand: %u positions planned after %g, the next row is at %g",
-                     n, (double)m0, (double)m1);
+        rc =
+            err_set(e, ERR_INTERNAL, "expand: %u positions planned after %g, the next row is at %g",
+                    n, (double)m0, (double)m1);
     if (rc)
         goto undo;
 
@@ -373,8 +374,10 @@ int rt_sess_expand_span(rt_t *rt, rt_sess_t *s, uint32_t first, uint32_t last,
     if (rc)
         return rc;
     if (nc == 0)
-        rc = err_set(e, ERR_NOTFOUND, "expand: nothing compressed in positions %u..%u (outside "
-                     "the sinks and pins)", first, last);
+        rc = err_set(e, ERR_NOTFOUND,
+                     "expand: nothing compressed in positions %u..%u (outside "
+                     "the sinks and pins)",
+                     first, last);
     out->candidates = nc;
     for (uint32_t i = 0; !rc && i < nc; i++) {
         err_info_t e2;
@@ -484,8 +487,8 @@ static int score_attention(rt_t *rt, rt_sess_t *s, uint32_t q0, uint32_t len, ca
 /* Lexical scores: the turn's distinct tokens each candidate holds, each weighted by its rarity
  * among the candidates (log(1 + candidates / candidates holding it)), over the candidates'
  * mean. */
-static int score_lexical(rt_t *rt, rt_sess_t *s, uint32_t q0, uint32_t len, cand_t *c,
-                         uint32_t nc, err_info_t *e)
+static int score_lexical(rt_t *rt, rt_sess_t *s, uint32_t q0, uint32_t len, cand_t *c, uint32_t nc,
+                         err_info_t *e)
 {
     const uint32_t nq = len - q0;
     uint32_t *q = malloc(sizeof *q * nq), *df = calloc(nq, sizeof *df), cap = 0, *t = NULL;
@@ -582,8 +585,7 @@ int rt_sess_expand_auto(rt_t *rt, rt_sess_t *s, uint32_t max_tokens, int reason,
         rc = score_lexical(rt, s, q0, len, c, nc, e);
     if (!rc && nc) {
         for (uint32_t i = 0; i < nc; i++) {
-            c[i].score =
-                c[i].mass > 0 ? (1.0 - xc.lex) * c[i].acc + xc.lex * c[i].lex : c[i].lex;
+            c[i].score = c[i].mass > 0 ? (1.0 - xc.lex) * c[i].acc + xc.lex * c[i].lex : c[i].lex;
         }
         qsort(c, nc, sizeof *c, cmp_score);
         uint32_t left = budget;

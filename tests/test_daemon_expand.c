@@ -100,8 +100,8 @@ static void test_turns_and_requests(void)
               w.expands, w.compacts);
     char *text = NULL;
     if (w.expands > expands_before) {
-        CHECK_OK(gc_transcript(c, s, w.first, w.last - w.first + 1, &text, NULL, NULL, NULL, NULL,
-                               &e));
+        CHECK_OK(
+            gc_transcript(c, s, w.first, w.last - w.first + 1, &text, NULL, NULL, NULL, NULL, &e));
         CHECK_MSG(text && strstr(text, "blue box"), "expanded [%u, %u]: '%s'", w.first, w.last,
                   text ? text : "");
         free(text);

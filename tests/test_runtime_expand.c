@@ -306,8 +306,10 @@ static void check_fresh(fixture_t *f, rt_sess_t *s, uint32_t a, uint32_t b)
         for (uint32_t j = 0; shape_ok && j < i; j++)
             shape_ok &= x->m[j].pos - x->m[j].shift < (float)pos[0];
     }
-    CHECK_MSG(shape_ok, "the span's rows are not %u raw rows at consecutive model positions "
-              "between the rows before and after it", n);
+    CHECK_MSG(shape_ok,
+              "the span's rows are not %u raw rows at consecutive model positions "
+              "between the rows before and after it",
+              n);
     if (shape_ok) {
         mdl_batch_t mb = {.n = n, .token = tok, .pos = pos};
         mdl_kv_io_t io = {.ctx = &r, .view = ref_view};
@@ -320,7 +322,8 @@ static void check_fresh(fixture_t *f, rt_sess_t *s, uint32_t a, uint32_t b)
         for (uint32_t l = 0; l < f->nl; l++)
             for (uint32_t j = 0; j < n; j++)
                 for (uint32_t d = 0; d < hd; d++) {
-                    const size_t sr = (size_t)(at[l] + j) * hd + d, rr = ((size_t)l * n + j) * hd + d;
+                    const size_t sr = (size_t)(at[l] + j) * hd + d,
+                                 rr = ((size_t)l * n + j) * hd + d;
                     const double dk = fabs((double)now.lane[l].k[sr] - r.newk[rr]);
                     const double dv = fabs((double)now.lane[l].v[sr] - r.newv[rr]);
                     worst = dk > worst ? dk : worst;
@@ -362,11 +365,8 @@ static int sess_open_ev(fixture_t *f, rt_sess_t *s, evlog_t *g, const pol_param_
     uint32_t kv;
     err_info_t e;
     err_clear(&e);
-    rt_sess_config_t rc = {.policy = "pool",
-                           .params = params,
-                           .n_params = n_params,
-                           .emit = on_event,
-                           .emit_ctx = g};
+    rt_sess_config_t rc = {
+        .policy = "pool", .params = params, .n_params = n_params, .emit = on_event, .emit_ctx = g};
     if (kv_session_create(f->st, &kc, &kv, &e) || rt_sess_init(f->rt, s, kv, &rc, &e)) {
         check_fail_(__FILE__, __LINE__, "session: %s", err_msg(&e));
         return -1;
@@ -408,7 +408,8 @@ static void test_expanded_equals_fresh_prefill(void)
         rt_expand_result_t r;
         g.n = 0;
         /* a part of the pooled sentence, then the rest: the parts left on either side */
-        CHECK_MSG(rt_sess_expand_span(f.rt, &s, SENT + 3, SENT + 5, &r, &e) == 0, "expand: %s", err_msg(&e));
+        CHECK_MSG(rt_sess_expand_span(f.rt, &s, SENT + 3, SENT + 5, &r, &e) == 0, "expand: %s",
+                  err_msg(&e));
         CHECK_INT(r.spans, ==, 1);
         CHECK_INT(r.tokens, ==, 3);
         check_fresh(&f, &s, SENT + 3, SENT + 5);
@@ -419,7 +420,8 @@ static void test_expanded_equals_fresh_prefill(void)
         for (uint32_t i = 0; i < g.n; i++) {
             CHECK_INT(g.ev[i].action, ==, POL_EXPAND);
             CHECK_INT(g.ev[i].reason, ==, POL_R_REQUEST);
-            CHECK(g.ev[i].bytes_freed == (int64_t)g.ev[i].bytes_before - (int64_t)g.ev[i].bytes_after);
+            CHECK(g.ev[i].bytes_freed ==
+                  (int64_t)g.ev[i].bytes_before - (int64_t)g.ev[i].bytes_after);
         }
         /* each part over the rows held before it when it ran (the later part saw the others) */
         check_fresh(&f, &s, SENT, SENT + 2);
@@ -655,8 +657,10 @@ static void test_auto_finds_the_repeated_span(void)
     fixture_t f;
     if (fx_open(&f, 25))
         return;
-    const pol_param_t params[] = {{"expand_lex", "1"},    {"expand_min", "1.5"},
-                                  {"expand_spans", "1"},  {"expand_query", "16"},
+    const pol_param_t params[] = {{"expand_lex", "1"},
+                                  {"expand_min", "1.5"},
+                                  {"expand_spans", "1"},
+                                  {"expand_query", "16"},
                                   {"sinks", "4"}};
     for (int bounded = 0; bounded < 2; bounded++) {
         rt_sess_t s;
