@@ -59,13 +59,13 @@ const char *pol_param_help(void)
            "by default)\n"
            "expand=0|1     re-expand compressed spans relevant to each appended turn (default 1 "
            "for auto, else 0)\n"
-           "expand_tokens=N  most tokens re-prefilled per turn (default 256)\n"
-           "expand_spans=N most spans re-expanded per turn (default 4)\n"
+           "expand_tokens=N  most tokens re-prefilled per turn (default 128)\n"
+           "expand_spans=N most spans re-expanded per turn (default 2)\n"
            "expand_query=N the turn's last tokens whose queries score spans (default 32)\n"
            "expand_hold=N  positions an expanded span stays raw before it may fold back "
            "(default 512)\n"
            "expand_min=F   a span's score must reach this; 1 is the average compressed span's "
-           "(default 1.5)\n"
+           "(default 2)\n"
            "expand_lex=F   weight of the lexical match against the turn's tokens (default "
            "0.25)\n";
 }
@@ -132,11 +132,11 @@ static int preset(pol_t *p, const char *name, err_info_t *e)
     p->gist_mode = POL_GIST_NONE;
     p->evict = POL_EV_NONE;
     p->xp = (pol_expand_cfg_t){.on = !strcmp(name, "auto"),
-                               .tokens = 256,
-                               .spans = 4,
+                               .tokens = 128,
+                               .spans = 2,
                                .query = 32,
                                .hold = 512,
-                               .min_score = 1.5f,
+                               .min_score = 2.0f,
                                .lex = 0.25f};
     if (!strcmp(name, "full")) {
         p->merge_k = 0;
