@@ -164,6 +164,8 @@ static int on_reply_token(void *ctx, uint32_t session, int32_t id, const char *p
 static void on_event(void *ctx, uint32_t session, const gc_compaction_t *c)
 {
     events_t *ev = ((reply_t *)ctx)->ev;
+    if (!strcmp(c->action, "expand"))
+        return; /* a re-expansion stores bytes: counted from the session's figures */
     ev->n++;
     ev->freed_none += c->bytes_freed <= 0;
 }
@@ -232,7 +234,7 @@ static int long_chat(gc_client_t *c, const chat_opts_t *o)
     events_t ev = {0};
     bench_english_t all = {0}, in_ctx = {0}, past = {0}, win = {0}; /* counts only */
     uint32_t seen = 0, k = 0, steady_from = 0;
-    uint64_t steady_ev0 = 0, peak = 0, events = 0;
+    uint64_t steady_ev0 = 0, peak = 0, events = 0, expansions = 0, expand_tokens = 0;
     uint32_t steady_turn = 0; /* the turn in which the budget first filled */
     int rc = 0;
     while (seen < o->total && k < max_turns && tps && r) {
@@ -262,6 +264,8 @@ static int long_chat(gc_client_t *c, const chat_opts_t *o)
         const uint32_t before = seen;
         seen = si.tokens;
         events = si.compactions;
+        expansions = si.expansions;
+        expand_tokens = si.expand_tokens;
         peak = si.peak_bytes > peak ? si.peak_bytes : peak;
         if (!steady_from && events > 0) { /* the budget is full from here on */
             steady_from = seen;
@@ -317,6 +321,9 @@ static int long_chat(gc_client_t *c, const chat_opts_t *o)
                    steady_from, (unsigned long long)ev.freed_none, (unsigned long long)ev.n);
         else
             printf("# compactions: none in %u tokens (the budget never filled)\n", seen);
+        printf("# expansions: %llu spans, %llu tokens re-prefilled (%.1f per turn)\n",
+               (unsigned long long)expansions, (unsigned long long)expand_tokens,
+               k ? (double)expand_tokens / k : 0.0);
         r->text[r->len < 240 ? r->len : 240] = '\0';
         for (char *q = r->text; *q; q++)
             *q = *q == '\n' ? ' ' : *q;

@@ -17,6 +17,10 @@ Writes, under --out: memory_runs.csv (one row per probe and configuration), memo
 (accuracy per task, depth, policy and budget), memory.md (the tables) and memory.png
 (gnuplot: accuracy against budget, one panel per depth, one line per policy).
 
+A policy may carry parameters after '+': `--policies auto,auto+expand=0` compares `auto`
+(which re-expands compressed spans relevant to the end of the prompt before it answers) with
+`auto` without re-expansion; `--block-rows 16` gives small budgets room for it.
+
 Usage: bench/memory.sh [--quick] [--model M] [--probes N] [--depths 0.5,1,2,4,8] ...
 """
 import argparse
@@ -74,9 +78,15 @@ def answer_text(out, prompt):
     return said.split(synth.IM_END)[0].strip().split("\n")[0]
 
 
-def generate(model, prompt, n_gen, policy, budget):
+def generate(model, prompt, n_gen, policy, budget, block_rows=0):
+    """policy: a name, or NAME+KEY=VALUE+... with policy parameters (auto+expand=0)."""
+    name, *params = policy.split("+")
     args = ["generate", model, "--prompt", prompt, "-n", str(n_gen), "--temp", "0",
-            "--threads", "1", "--policy", policy]
+            "--threads", "1", "--policy", name]
+    for kv in params:
+        args += ["--param", kv]
+    if block_rows:
+        args += ["--kv-block-rows", str(block_rows)]
     if budget is not None:
         args += ["--kv-budget", f"{budget:g}%"]
     t0 = time.time()
@@ -86,9 +96,13 @@ def generate(model, prompt, n_gen, policy, budget):
         lines = [x for x in p.stderr.strip().splitlines() if x.strip()]
         return {"error": lines[-1] if lines else f"exit {p.returncode}", "seconds": dt}
     m = re.search(r"peak (\d+), budget (\d+)\), (\d+) rows for (\d+) positions", p.stderr)
+    x = re.search(r"expansion: (\d+) of \d+ compressed spans, (\d+) tokens re-prefilled, "
+                  r"[+-]?\d+ bytes, ([\d.]+) ms", p.stderr)
     return {"out": p.stdout.rstrip("\n"), "seconds": dt,
             "peak": m.group(1) if m else "", "budget_bytes": m.group(2) if m else "",
-            "rows": m.group(3) if m else "", "positions": m.group(4) if m else ""}
+            "rows": m.group(3) if m else "", "positions": m.group(4) if m else "",
+            "expand_spans": x.group(1) if x else "0", "expand_tokens": x.group(2) if x else "0",
+            "expand_ms": x.group(3) if x else "0"}
 
 
 def configs(policies, budgets):
@@ -98,7 +112,8 @@ def configs(policies, budgets):
     return out
 
 
-def bench(model, tasks, depths, n_probes, policies, budgets, filler, log, seed0=1):
+def bench(model, tasks, depths, n_probes, policies, budgets, filler, log, seed0=1,
+          block_rows=0):
     ctx = n_ctx(model)
     name = os.path.basename(model)
     runs = []
@@ -122,7 +137,7 @@ def bench(model, tasks, depths, n_probes, policies, budgets, filler, log, seed0=
                         runs.append({**r, "score": "", "said": "", "error":
                                      f"not run: {failed[key]}", "seconds": "0"})
                         continue
-                    g = generate(model, p.prompt, n_gen, pol, b)
+                    g = generate(model, p.prompt, n_gen, pol, b, block_rows)
                     if "error" in g:
                         failed[key] = g["error"]
                         runs.append({**r, "score": "", "said": "", "error": g["error"],
@@ -132,7 +147,9 @@ def bench(model, tasks, depths, n_probes, policies, budgets, filler, log, seed0=
                     runs.append({**r, "expected": "|".join(p.values), "said": said,
                                  "score": f"{synth.string_match_all(said, p.values):g}",
                                  "peak_kv_bytes": g["peak"], "budget_bytes": g["budget_bytes"],
-                                 "rows": g["rows"], "error": "",
+                                 "rows": g["rows"], "expand_spans": g["expand_spans"],
+                                 "expand_tokens": g["expand_tokens"],
+                                 "expand_ms": g["expand_ms"], "error": "",
                                  "seconds": f"{g['seconds']:.2f}"})
             done = [x for x in runs if x["task"] == task and x["depth_ctx"] == f"{depth:g}"
                     and x["score"] != ""]
@@ -149,8 +166,8 @@ def hash_task(task):
 
 
 FIELDS = ["model", "task", "depth_ctx", "prompt_tokens", "probe", "fact_depth", "policy",
-          "budget_pct", "budget_bytes", "peak_kv_bytes", "rows", "expected", "said", "score",
-          "error", "seconds"]
+          "budget_pct", "budget_bytes", "peak_kv_bytes", "rows", "expand_spans", "expand_tokens",
+          "expand_ms", "expected", "said", "score", "error", "seconds"]
 
 
 def summarise(runs):
@@ -246,6 +263,8 @@ def main():
     ap.add_argument("--budgets", default="100,50,25,12.5")
     ap.add_argument("--policies", default=",".join(Q.ALL_POLICIES))
     ap.add_argument("--probes", type=int, default=5, help="probes per task and depth")
+    ap.add_argument("--block-rows", type=int, default=0,
+                    help="rows per KV block (gist-model --kv-block-rows; 0: its default, 64)")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke test: depth 1/2, one probe a task, full and window at 25%%")
     a = ap.parse_args()
@@ -261,7 +280,8 @@ def main():
     depths = [float(x) for x in a.depths.split(",")]
     budgets = [float(x) for x in a.budgets.split(",")]
     pols, _gist, _gates = Q.supported(a.model)
-    pols = [p for p in pols if p in a.policies.split(",")]
+    # a policy may carry parameters: auto+expand=0 (re-expansion off)
+    pols = [p for p in a.policies.split(",") if p.split("+")[0] in pols]
     os.makedirs(a.out, exist_ok=True)
     machine = (f"Machine: {platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, "
                f"one thread; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
@@ -270,7 +290,8 @@ def main():
         print(s, flush=True)
 
     log(machine)
-    runs = bench(a.model, a.tasks.split(","), depths, a.probes, pols, budgets, filler, log)
+    runs = bench(a.model, a.tasks.split(","), depths, a.probes, pols, budgets, filler, log,
+                 block_rows=a.block_rows)
     summary = summarise(runs)
     with open(os.path.join(a.out, "memory_runs.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")

@@ -100,6 +100,7 @@ typedef struct dmn_active {
     uint32_t prompt_left;   /* this request's own tokens still pending (the queue's tail) */
     uint32_t pos_first;     /* first position it stored (UINT32_MAX: none yet) */
     int role;               /* an append's role (Gistd__Role) */
+    bool turn_in;           /* a generate whose prompt is a client's turn (expanded after) */
     uint32_t prompt_tokens; /* tokens forwarded before the first sample */
     bool peer_gone;         /* the client went away: finish without replying */
     /* generate */
@@ -149,6 +150,8 @@ typedef struct dmn_session {
     uint64_t prompt_tokens, generated_tokens, events_dropped;
     uint32_t compactions;
     int64_t bytes_freed;
+    uint32_t expansions;
+    uint64_t expand_tokens;
     double t_last;         /* last activity */
     double tps;            /* decode tokens/s of the last generate */
     uint64_t shrunk_epoch; /* dmn_shrink's mark: asked once per pass */
@@ -160,6 +163,9 @@ typedef struct dmn_counters {
     uint64_t compactions;
     uint64_t compactions_by_method[POL_N_METHODS];
     int64_t bytes_freed;
+    uint64_t expansions, expand_tokens; /* re-expansions (not counted as compactions) */
+    int64_t expand_bytes;
+    double expand_ms;
 } dmn_counters_t;
 
 struct dmn {
@@ -319,6 +325,14 @@ void dmn_usage(const dmn_t *d, const dmn_session_t *s, Gistd__Usage *u);
 /* Makes s's runtime session for its KV session kv: the policy (s->pol_name, its parameters and
  * pins) and where its compaction events go. */
 int dmn_policy_open(dmn_t *d, dmn_session_t *s, uint32_t kv, err_info_t *e);
+/* Re-expands s's compressed spans: those of [first, last] (span true), or the ones most
+ * relevant to its last tokens (max_tokens 0: the policy's bound); its events go where its
+ * compaction events go; the time is counted. */
+int dmn_expand(dmn_t *d, dmn_session_t *s, bool span, uint32_t first, uint32_t last,
+               uint32_t max_tokens, int reason, rt_expand_result_t *out, err_info_t *e);
+/* After a turn is stored: the automatic expansion when the session's policy has it on (a
+ * refusal is logged, never an error of the request). */
+void dmn_expand_turn(dmn_t *d, dmn_session_t *s);
 void dmn_policy_close(dmn_session_t *s);
 
 /* ---- stats.c ---- */

@@ -322,6 +322,7 @@ static void on_generate(const hctx_t *h, const Gistd__Generate *m)
     dmn_active_t *a = &s->act;
     a->role = m->role;
     a->max_tokens = m->max_tokens;
+    a->turn_in = m->prompt.len > 0 && m->prompt_role != GISTD__ROLE__ROLE_SYSTEM;
     uint32_t added = 0, more = 0;
     int rc = 0;
     if (m->prompt.len > 0 || s->rt.n_past + s->n_pend == 0)
@@ -437,6 +438,45 @@ static void on_compact(const hctx_t *h, const Gistd__Compact *m)
         dmn_req_fail(d, s, &e);
     else
         dmn_req_finish(d, s, GISTD__STOP_REASON__STOP_NONE, NULL, 0);
+}
+
+static void on_expand(const hctx_t *h, const Gistd__Expand *m)
+{
+    dmn_t *d = h->d;
+    dmn_session_t *s = find(h, m->session, true);
+    if (!s)
+        return;
+    if (m->span && (m->span->first > m->span->last || m->span->last >= s->rt.n_past)) {
+        dmn_send_errorf(d, h->peer, h->id, s->id, ERR_RANGE,
+                        "expand needs a span of stored positions, first <= last < %u",
+                        s->rt.n_past);
+        return;
+    }
+    /* the events of this request (room made, expansions) go to its client */
+    start(h, s, DMN_REQ_APPEND);
+    err_info_t e;
+    err_clear(&e);
+    rt_expand_result_t r;
+    int rc = dmn_expand(d, s, m->span != NULL, m->span ? m->span->first : 0,
+                        m->span ? m->span->last : 0, m->max_tokens, POL_R_REQUEST, &r, &e);
+    if (rc) {
+        dmn_req_fail(d, s, &e);
+        return;
+    }
+    Gistd__ExpandReply x = GISTD__EXPAND_REPLY__INIT;
+    x.spans = r.spans;
+    x.tokens = r.tokens;
+    x.bytes = r.bytes;
+    x.session_bytes = kv_session_bytes(d->store, s->rt.kv);
+    x.candidates = r.candidates;
+    x.ms = r.ms;
+    x.note = r.note;
+    Gistd__Reply rep = GISTD__REPLY__INIT;
+    rep.body_case = GISTD__REPLY__BODY_EXPAND;
+    rep.expand = &x;
+    dmn_active_clear(&s->act);
+    s->t_last = dmn_now();
+    reply(h, s->id, &rep);
 }
 
 /* ------------------------------------------------------------------ reading */
@@ -851,6 +891,9 @@ void dmn_handle(dmn_t *d, const dmn_peer_t *from, const uint8_t *payload, size_t
         break;
     case GISTD__REQUEST__BODY_COMPACT:
         on_compact(&h, req->compact);
+        break;
+    case GISTD__REQUEST__BODY_EXPAND:
+        on_expand(&h, req->expand);
         break;
     case GISTD__REQUEST__BODY_INFO:
         on_info(&h, req->info);

@@ -19,19 +19,27 @@ static void on_event(void *ctx, const pol_event_t *ev)
 {
     dmn_session_t *s = ctx;
     dmn_t *d = s->owner;
-    s->compactions++;
-    s->bytes_freed += ev->bytes_freed;
-    d->c.compactions++;
-    if (ev->method < POL_N_METHODS)
-        d->c.compactions_by_method[ev->method]++;
-    d->c.bytes_freed += ev->bytes_freed;
+    if (ev->action == POL_EXPAND) {
+        s->expansions++;
+        s->expand_tokens += ev->tokens;
+        d->c.expansions++;
+        d->c.expand_tokens += ev->tokens;
+        d->c.expand_bytes -= ev->bytes_freed;
+    } else {
+        s->compactions++;
+        s->bytes_freed += ev->bytes_freed;
+        d->c.compactions++;
+        if (ev->method < POL_N_METHODS)
+            d->c.compactions_by_method[ev->method]++;
+        d->c.bytes_freed += ev->bytes_freed;
+        if (s->act.kind != DMN_REQ_NONE) {
+            s->act.compactions++;
+            s->act.bytes_freed += ev->bytes_freed;
+        }
+    }
     const dmn_peer_t *to = s->ev_peer;
     if (!to && s->act.kind != DMN_REQ_NONE && !s->act.peer_gone)
         to = &s->act.peer;
-    if (s->act.kind != DMN_REQ_NONE) {
-        s->act.compactions++;
-        s->act.bytes_freed += ev->bytes_freed;
-    }
     if (!to)
         return;
     Gistd__Span span = GISTD__SPAN__INIT;
@@ -50,6 +58,7 @@ static void on_event(void *ctx, const pol_event_t *ev)
     ce.bytes_freed = ev->bytes_freed;
     ce.session_bytes_before = ev->bytes_before;
     ce.session_bytes = ev->bytes_after;
+    ce.model_pos = ev->model_first;
     Gistd__Reply r = GISTD__REPLY__INIT;
     r.id = s->ev_peer ? s->ev_id : s->act.id;
     r.session = s->id;
@@ -93,4 +102,29 @@ int dmn_policy_open(dmn_t *d, dmn_session_t *s, uint32_t kv, err_info_t *e)
 void dmn_policy_close(dmn_session_t *s)
 {
     rt_sess_fini(&s->rt);
+}
+
+int dmn_expand(dmn_t *d, dmn_session_t *s, bool span, uint32_t first, uint32_t last,
+               uint32_t max_tokens, int reason, rt_expand_result_t *out, err_info_t *e)
+{
+    int rc = span ? rt_sess_expand_span(d->rt, &s->rt, first, last, out, e)
+                  : rt_sess_expand_auto(d->rt, &s->rt, max_tokens, reason, out, e);
+    d->c.expand_ms += out->ms;
+    return rc;
+}
+
+void dmn_expand_turn(dmn_t *d, dmn_session_t *s)
+{
+    pol_expand_cfg_t xc;
+    pol_expand_config(s->rt.pol, &xc);
+    if (!xc.on)
+        return;
+    rt_expand_result_t r;
+    err_info_t e;
+    err_clear(&e);
+    if (dmn_expand(d, s, false, 0, 0, 0, POL_R_TURN, &r, &e))
+        dmn_log(d, DMN_LOG_WARN, "session %u: expanding after a turn: %s", s->id, err_msg(&e));
+    else if (r.spans)
+        dmn_log(d, DMN_LOG_DEBUG, "session %u: %u spans expanded (%u tokens, %+lld bytes, %.1f ms)",
+                s->id, r.spans, r.tokens, (long long)r.bytes, r.ms);
 }

@@ -52,6 +52,10 @@ static void end_turn(dmn_t *d, dmn_session_t *s, Gistd__StopReason reason)
         rc = rt_sess_end_turn(d->rt, &s->rt, &e);
     if (rc)
         dmn_log(d, DMN_LOG_WARN, "session %u: end of turn: %s", s->id, err_msg(&e));
+    /* a turn from the client (not a system prompt, not the model's own): the compressed spans
+     * it calls for come back before anything answers it */
+    if (!rc && a->kind == DMN_REQ_APPEND && a->role != GISTD__ROLE__ROLE_SYSTEM)
+        dmn_expand_turn(d, s);
 }
 
 void dmn_req_finish(dmn_t *d, dmn_session_t *s, Gistd__StopReason reason, const char *stop,
@@ -371,8 +375,11 @@ static void advance(dmn_t *d, dmn_session_t *s)
     if (s->act.kind == DMN_REQ_NONE || s->n_pend > 0)
         return;
     if (s->act.kind == DMN_REQ_GENERATE) {
-        if (s->act.n_gen == 0 && s->act.t_prefill == 0)
+        if (s->act.n_gen == 0 && s->act.t_prefill == 0) {
             s->act.t_prefill = dmn_now();
+            if (s->act.turn_in) /* its prompt was a turn: expand before the first sample */
+                dmn_expand_turn(d, s);
+        }
         gen_next(d, s);
     } else {
         dmn_req_finish(d, s, GISTD__STOP_REASON__STOP_NONE, NULL, 0);

@@ -92,6 +92,8 @@ void dmn_session_info(const dmn_t *d, const dmn_session_t *s, Gistd__SessionInfo
     info->idle_s = s->act.kind == DMN_REQ_NONE ? now - s->t_last : 0.0;
     info->compactions = s->compactions;
     info->bytes_freed = s->bytes_freed;
+    info->expansions = s->expansions;
+    info->expand_tokens = s->expand_tokens;
     info->events_dropped = s->events_dropped;
     tiers->f32 = ks.tier_bytes[KV_TIER_F32];
     tiers->f16 = ks.tier_bytes[KV_TIER_F16];
@@ -146,14 +148,18 @@ void dmn_send_stats(dmn_t *d, const dmn_peer_t *to, uint64_t id, bool sessions)
     st.curve = d->curve;
     st.session_min_bytes = d->session_min;
     st.idle_timeout_s = d->cfg.idle_timeout;
-    Gistd__MethodCount by_method[POL_N_METHODS], *by_method_ptr[POL_N_METHODS];
-    for (int i = 0; i < POL_N_METHODS; i++) {
+    Gistd__MethodCount by_method[POL_N_COMPACT_METHODS], *by_method_ptr[POL_N_COMPACT_METHODS];
+    for (int i = 0; i < POL_N_COMPACT_METHODS; i++) {
         gistd__method_count__init(&by_method[i]);
         by_method[i].method = (char *)pol_method_name(i);
         by_method[i].count = d->c.compactions_by_method[i];
         by_method_ptr[i] = &by_method[i];
     }
-    st.n_compactions_by_method = POL_N_METHODS;
+    st.n_compactions_by_method = POL_N_COMPACT_METHODS;
+    st.expansions = d->c.expansions;
+    st.expand_tokens = d->c.expand_tokens;
+    st.expand_bytes = d->c.expand_bytes;
+    st.expand_ms = d->c.expand_ms;
     st.compactions_by_method = by_method_ptr;
     st.kv_bytes_per_token =
         (uint64_t)d->n_lane * kv_block_bytes(d->store, d->cfg.kv_type) / kv_block_rows(d->store);

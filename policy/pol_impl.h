@@ -36,6 +36,7 @@ enum pol_evict {
 
 /* Span flags. */
 #define POL_SPAN_GISTED_RAW 1u /* learned gist rows kept as raw-kind rows (relabel refused) */
+#define POL_SPAN_EXPANDED   4u /* raw again after a re-expansion */
 
 /* A closed sentence, or a run of them after a merge. */
 typedef struct pol_span {
@@ -77,6 +78,7 @@ struct pol {
     int evict;           /* enum pol_evict */
     bool acc;            /* attention accumulators on */
     bool no_mass_bias;   /* pooled rows weigh as one token, not as their mass */
+    pol_expand_cfg_t xp; /* re-expansion (policy/expand.c) */
 
     /* state */
     pol_seg_t seg;
@@ -85,6 +87,8 @@ struct pol {
     uint32_t n_spans, cap_spans;
     uint32_t (*pins)[2]; /* [n_pins] pinned position ranges */
     uint32_t n_pins, cap_pins;
+    uint32_t (*holds)[3]; /* [n_holds] expanded ranges [first, last] held until position [2] */
+    uint32_t n_holds, cap_holds;
     pol_stats_t stats;
 
     /* scratch, grown as needed */
@@ -95,6 +99,13 @@ struct pol {
 /* ---- policy.c ---- */
 int pol_span_push(pol_t *p, const pol_span_t *s);
 bool pol_pinned(const pol_t *p, uint32_t first, uint32_t last); /* overlaps a pinned range */
+/* Overlaps an expanded range still held at transcript length len (policy/expand.c). */
+bool pol_held(const pol_t *p, uint32_t first, uint32_t last, uint32_t len);
+/* Lets go of the expanded ranges still held (not of a span being expanded): a budget that
+ * cannot be kept otherwise comes first. Whether there were any (policy/expand.c). */
+bool pol_holds_release(pol_t *p);
+/* Parses an expand_* parameter (policy/expand.c): 1 when key is not one, else 0 or an error. */
+int pol_expand_param(pol_t *p, const char *key, const char *value, err_info_t *e);
 size_t pol_session_bytes(pol_t *p);
 /* Bytes the session may still grow by under its own and the store's hard limits. */
 size_t pol_session_avail(pol_t *p);

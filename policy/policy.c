@@ -16,20 +16,21 @@
 
 const char *pol_action_name(int action)
 {
-    static const char *const n[] = {"gist", "merge", "evict"};
+    static const char *const n[] = {"gist", "merge", "evict", "expand"};
     return action >= 0 && action < POL_N_ACTIONS ? n[action] : "?";
 }
 
 const char *pol_method_name(int method)
 {
-    static const char *const n[] = {"learned", "pooled", "window", "h2o",
-                                    "tova",    "trim",   "recency"};
+    static const char *const n[] = {"learned", "pooled", "window",  "h2o",
+                                    "tova",    "trim",   "recency", "prefill"};
     return method >= 0 && method < POL_N_METHODS ? n[method] : "?";
 }
 
 const char *pol_reason_name(int reason)
 {
-    static const char *const n[] = {"sentence", "watermark", "budget", "shrink", "request"};
+    static const char *const n[] = {"sentence", "watermark", "budget", "shrink",
+                                    "request",  "expand",    "turn"};
     return reason >= 0 && reason < POL_N_REASONS ? n[reason] : "?";
 }
 
@@ -55,7 +56,18 @@ const char *pol_param_help(void)
            "for learned gists, else text)\n"
            "mass_bias=0|1  pooled rows attended with their log-mass bias (default 1)\n"
            "score=S        eviction score: window, recency, h2o, tova, trim (the policy's own "
-           "by default)\n";
+           "by default)\n"
+           "expand=0|1     re-expand compressed spans relevant to each appended turn (default 1 "
+           "for auto, else 0)\n"
+           "expand_tokens=N  most tokens re-prefilled per turn (default 128)\n"
+           "expand_spans=N most spans re-expanded per turn (default 2)\n"
+           "expand_query=N the turn's last tokens whose queries score spans (default 32)\n"
+           "expand_hold=N  positions an expanded span stays raw before it may fold back "
+           "(default 512)\n"
+           "expand_min=F   a span's score must reach this; 1 is the average compressed span's "
+           "(default 2)\n"
+           "expand_lex=F   weight of the lexical match against the turn's tokens (default "
+           "0.25)\n";
 }
 
 const char *pol_name(const pol_t *p)
@@ -119,6 +131,13 @@ static int preset(pol_t *p, const char *name, err_info_t *e)
     p->low = 0.85f;
     p->gist_mode = POL_GIST_NONE;
     p->evict = POL_EV_NONE;
+    p->xp = (pol_expand_cfg_t){.on = !strcmp(name, "auto"),
+                               .tokens = 128,
+                               .spans = 2,
+                               .query = 32,
+                               .hold = 512,
+                               .min_score = 2.0f,
+                               .lex = 0.25f};
     if (!strcmp(name, "full")) {
         p->merge_k = 0;
     } else if (!strcmp(name, "window")) {
@@ -213,11 +232,13 @@ static int apply_params(pol_t *p, const pol_param_t *ps, uint32_t n, pol_seg_cfg
             else
                 rc = err_set(e, ERR_INVAL, "policy parameter rule: '%s' is not text or train",
                              v ? v : "");
-        } else
+        } else if ((rc = pol_expand_param(p, k, v, e)) == 1)
             rc = err_set(
                 e, ERR_INVAL,
                 "policy '%s' has no parameter '%s' (known: sinks, recent, recent_frac, low, "
-                "mass_bias, gist_rows, merge, levels, min_gist, max_sentence, rule, score)",
+                "mass_bias, gist_rows, merge, levels, min_gist, max_sentence, rule, score, "
+                "expand, expand_tokens, expand_spans, expand_query, expand_hold, expand_min, "
+                "expand_lex)",
                 p->name, k);
         if (rc)
             return rc;
@@ -291,6 +312,7 @@ void pol_destroy(pol_t **pp)
     pol_t *p = *pp;
     free(p->spans);
     free(p->pins);
+    free(p->holds);
     free(p->meta);
     free(p);
     *pp = NULL;
@@ -475,7 +497,9 @@ static int compact_to(pol_t *p, size_t target, int reason, err_info_t *e)
         int rc = pol_step(p, over, reason, &progress, e);
         if (rc)
             return rc;
-        if (!progress)
+        /* a lowered budget or the store's pressure comes before held expansions; a
+         * watermark round leaves them (they fold back when their hold ends) */
+        if (!progress && (reason == POL_R_WATERMARK || !pol_holds_release(p)))
             return 0;
     }
     return 0;
@@ -528,6 +552,8 @@ int pol_reserve(pol_t *p, uint32_t n, err_info_t *e)
         rc = pol_step(p, want, POL_R_BUDGET, &progress, e);
         if (rc)
             return rc;
+        if (!progress && pol_holds_release(p))
+            continue; /* the budget comes before held expansions */
         if (!progress) {
             if (e)
                 *e = e2;
@@ -577,6 +603,8 @@ int pol_make_room(pol_t *p, size_t need, err_info_t *e)
         int rc = pol_step(p, need - freed, POL_R_BUDGET, &progress, e);
         if (rc)
             return rc;
+        if (!progress && pol_holds_release(p))
+            continue;
         if (!progress) {
             char why[160];
             return err_set(e, ERR_BUDGET, "policy '%s' freed %zu of the %zu bytes needed (%s)",

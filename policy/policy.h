@@ -14,7 +14,8 @@
  *   auto    the progressive schedule (the default): pooled sentence gists as the budget
  *           requires, merges, then eviction by TRIM-KV scores if the model has gates, else by
  *           accumulated attention (learned gists only on request, as `gist`: they change
- *           what every later token sees from the first sentence on)
+ *           what every later token sees from the first sentence on); and re-expansion of the
+ *           compressed spans each new turn calls for (`expand`, see below)
  * New policies are presets of the same engine (policy/policy.c), so they slot in without
  * touching the kvstore or the model.
  *
@@ -74,7 +75,8 @@ enum pol_action {
     POL_GIST = 0,  /* closed sentences -> level-1 gist rows (learned or pooled) */
     POL_MERGE = 1, /* runs of gists -> pooled rows one level up */
     POL_EVICT = 2, /* rows removed (their tokens stay in the cold transcript) */
-    POL_N_ACTIONS = 3
+    POL_EXPAND = 3, /* a compressed span re-prefilled from the cold transcript (raw rows again) */
+    POL_N_ACTIONS = 4
 };
 
 enum pol_method {
@@ -85,19 +87,24 @@ enum pol_method {
     POL_M_TOVA,        /* least attention from the last step's queries, per lane */
     POL_M_TRIM,        /* lowest log(beta) * (t - pos), per lane */
     POL_M_RECENCY,     /* oldest unpinned rows, per lane */
+    POL_M_PREFILL,     /* re-expansion: the span's tokens prefilled again (runtime/expand.c) */
     POL_N_METHODS
 };
+/* The methods of compactions (every method before POL_M_PREFILL). */
+#define POL_N_COMPACT_METHODS POL_M_PREFILL
 
 enum pol_reason {
     POL_R_SENTENCE = 0, /* a sentence closed (learned gists are made right away) */
     POL_R_WATERMARK,    /* the session was above its soft watermark after a commit */
     POL_R_BUDGET,       /* a reservation (or a learned gist) needed room under the hard limit */
     POL_R_SHRINK,       /* pol_shrink: a lowered budget or the global watermark */
-    POL_R_REQUEST,      /* pol_compact: the client asked */
+    POL_R_REQUEST,      /* pol_compact: the client asked (or an Expand request) */
+    POL_R_EXPAND,       /* room made for a re-expansion (pol_expand_room) */
+    POL_R_TURN,         /* re-expansion chosen by a new turn's queries (automatic) */
     POL_N_REASONS
 };
 
-/* One compaction. Positions are transcript positions, spans inclusive. */
+/* One compaction or re-expansion. Positions are transcript positions, spans inclusive. */
 typedef struct pol_event {
     uint8_t action;       /* enum pol_action */
     uint8_t method;       /* enum pol_method */
@@ -107,7 +114,8 @@ typedef struct pol_event {
     uint32_t lanes;       /* lanes it changed */
     uint64_t rows_before; /* rows of the span in those lanes, before */
     uint64_t rows_after;  /* and after (learned gists: the gist rows that replaced it) */
-    uint64_t tokens;      /* text tokens the span stands for */
+    uint64_t tokens;      /* text tokens the span stands for (expansions: tokens re-prefilled) */
+    uint32_t model_first; /* expansions: the model position of the first token re-prefilled */
     size_t bytes_before;  /* the session's bytes (kv_session_stats) before the step */
     size_t bytes_after;   /* and after it */
     int64_t bytes_freed;  /* bytes_before - bytes_after: negative when a step stored more
@@ -116,9 +124,9 @@ typedef struct pol_event {
 
 typedef void (*pol_emit_fn)(void *ctx, const pol_event_t *ev);
 
-/* "gist", "merge", "evict" (the wire's CompactionEvent.action); "learned", "pooled",
- * "window", "h2o", "tova", "trim", "recency"; "sentence", "watermark", "budget", "shrink",
- * "request". "?" for a value out of range. */
+/* "gist", "merge", "evict", "expand" (the wire's CompactionEvent.action); "learned", "pooled",
+ * "window", "h2o", "tova", "trim", "recency", "prefill"; "sentence", "watermark", "budget",
+ * "shrink", "request", "expand", "turn". "?" for a value out of range. */
 const char *pol_action_name(int action);
 const char *pol_method_name(int method);
 const char *pol_reason_name(int reason);
@@ -256,6 +264,53 @@ typedef struct pol_compact_req {
  * ERR_RANGE for a span outside the transcript. */
 int pol_compact(pol_t *p, const pol_compact_req_t *r, err_info_t *e);
 
+/* ---- re-expansion (the model runs in runtime/expand.c) ----
+ *
+ * A compressed span (gisted, merged or evicted) can be brought back: its tokens are read from
+ * the cold transcript and prefilled again at model positions right after the rows held before
+ * it, and its rows replaced by the raw rows. The policy decides what may be expanded, makes
+ * room, and keeps the books: the span is raw again, held for `expand_hold` positions (neither
+ * gisted nor evicted), then folds back to gists like any old sentence. */
+
+typedef struct pol_expand_cfg {
+    bool on;         /* expand=0|1: expand on each appended turn (auto: on by default) */
+    uint32_t tokens; /* expand_tokens: most tokens re-prefilled per turn */
+    uint32_t spans;  /* expand_spans: most spans expanded per turn */
+    uint32_t query;  /* expand_query: the turn's last tokens whose queries score spans */
+    uint32_t hold;   /* expand_hold: positions an expanded span stays raw */
+    float min_score; /* expand_min: a span's score must reach this (1: the average candidate's) */
+    float lex;       /* expand_lex: weight of the lexical match in the score (0..1) */
+} pol_expand_cfg_t;
+
+void pol_expand_config(const pol_t *p, pol_expand_cfg_t *out);
+
+/* A compressed span: the positions [first, last] (gist tokens included) and its level
+ * (0: raw with rows evicted; 255: every row evicted). */
+typedef struct pol_cspan {
+    uint32_t first, last;
+    uint32_t tokens; /* text tokens it stands for */
+    uint8_t level;
+} pol_cspan_t;
+
+/* The closed compressed spans that overlap [lo, hi], clipped to it, outside the sinks, the
+ * pins and the held expansions, in position order (raw sentences count when eviction took
+ * rows of them from some lane): *out (malloc'd, NULL when none) and *n. Learned gist spans come
+ * whole (their gist rows stand for the whole sentence). */
+int pol_expand_spans(const pol_t *p, uint32_t lo, uint32_t hi, pol_cspan_t **out, uint32_t *n,
+                     err_info_t *e);
+
+/* Makes room for an expansion of [first, last] that adds `need` bytes: compacts (reason
+ * "expand"; the spans of [first, last] are left alone) until they fit under the hard limits
+ * and, when it can, under the soft watermark. ERR_BUDGET when even then they do not fit
+ * under the hard limits (what was compacted is reported by events, the span is untouched). */
+int pol_expand_room(pol_t *p, uint32_t first, uint32_t last, size_t need, err_info_t *e);
+
+/* After ev->first..ev->last were re-prefilled (ev filled by the caller: rows, lanes, tokens,
+ * bytes, model_first, reason): the spans there become one raw span held for expand_hold
+ * positions (parts of a span outside it keep their level), the figures count it, the event
+ * is emitted. ERR_NOMEM changes nothing. */
+int pol_expand_done(pol_t *p, pol_event_t *ev, err_info_t *e);
+
 /* ---- figures ---- */
 
 typedef struct pol_stats {
@@ -266,6 +321,9 @@ typedef struct pol_stats {
     uint64_t gist_tokens;                          /* learned gist tokens run */
     uint64_t sentences;                            /* sentences closed */
     uint64_t thoughts;                             /* thought boundaries */
+    uint64_t expansions;                           /* spans re-expanded */
+    uint64_t expand_tokens;                        /* tokens re-prefilled for them */
+    int64_t expand_bytes;                          /* bytes the expansions added (summed) */
 } pol_stats_t;
 
 void pol_stats(const pol_t *p, pol_stats_t *out);

@@ -3,14 +3,16 @@
  *
  * Layout (little-endian): "GPOL", u32 version, the name (16 bytes), the parameters, the
  * segmenter, the open sentence, the spans, the pins, the figures, then the FNV-1a 64 hash of
- * everything before it.
+ * everything before it. Version 2 adds the re-expansion parameters after the others, the held
+ * expanded ranges after the pins, and the expansion figures; version 1 still loads (no holds,
+ * the parameters of the policy it is loaded into).
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "policy/pol_impl.h"
 
-#define SAVE_VERSION 1u
+#define SAVE_VERSION 2u
 
 typedef struct wbuf {
     uint8_t *p;
@@ -98,12 +100,18 @@ static void put_stats(wbuf_t *w, const pol_stats_t *s)
     put64(w, s->gist_tokens);
     put64(w, s->sentences);
     put64(w, s->thoughts);
+    put64(w, s->expansions);
+    put64(w, s->expand_tokens);
+    put64(w, (uint64_t)s->expand_bytes);
 }
 
-static void get_stats(rbuf_t *r, pol_stats_t *s)
+/* Version 1 had 3 actions and 7 methods, and no expansion figures. */
+static void get_stats(rbuf_t *r, uint32_t version, pol_stats_t *s)
 {
-    for (int a = 0; a < POL_N_ACTIONS; a++)
-        for (int m = 0; m < POL_N_METHODS; m++)
+    memset(s, 0, sizeof *s);
+    const int na = version == 1 ? 3 : POL_N_ACTIONS, nm = version == 1 ? 7 : POL_N_METHODS;
+    for (int a = 0; a < na; a++)
+        for (int m = 0; m < nm; m++)
             s->events[a][m] = get64(r);
     s->rows_removed = get64(r);
     s->bytes_freed = (int64_t)get64(r);
@@ -111,6 +119,11 @@ static void get_stats(rbuf_t *r, pol_stats_t *s)
     s->gist_tokens = get64(r);
     s->sentences = get64(r);
     s->thoughts = get64(r);
+    if (version >= 2) {
+        s->expansions = get64(r);
+        s->expand_tokens = get64(r);
+        s->expand_bytes = (int64_t)get64(r);
+    }
 }
 
 int pol_save(const pol_t *p, uint8_t **buf, size_t *len)
@@ -136,6 +149,13 @@ int pol_save(const pol_t *p, uint8_t **buf, size_t *len)
                          p->no_mass_bias};
     for (size_t i = 0; i < sizeof params / sizeof params[0]; i++)
         put32(&w, params[i]);
+    uint32_t min_bits, lex_bits;
+    memcpy(&min_bits, &p->xp.min_score, 4);
+    memcpy(&lex_bits, &p->xp.lex, 4);
+    const uint32_t xp[] = {p->xp.on,   p->xp.tokens, p->xp.spans, p->xp.query,
+                           p->xp.hold, min_bits,     lex_bits};
+    for (size_t i = 0; i < sizeof xp / sizeof xp[0]; i++)
+        put32(&w, xp[i]);
     const pol_seg_t *g = &p->seg;
     uint32_t seg[] = {g->len, g->has_text, g->term, g->nl_run, g->last_nl, g->prev_nl, g->tail_len};
     for (size_t i = 0; i < sizeof seg / sizeof seg[0]; i++)
@@ -157,6 +177,10 @@ int pol_save(const pol_t *p, uint8_t **buf, size_t *len)
         put32(&w, p->pins[i][0]);
         put32(&w, p->pins[i][1]);
     }
+    put32(&w, p->n_holds);
+    for (uint32_t i = 0; i < p->n_holds; i++)
+        for (int j = 0; j < 3; j++)
+            put32(&w, p->holds[i][j]);
     put_stats(&w, &p->stats);
     if (!w.bad)
         put64(&w, fnv1a(w.p, w.n));
@@ -182,8 +206,9 @@ int pol_load(pol_t *p, const uint8_t *buf, size_t len, err_info_t *e)
     get(&r, magic, 4);
     uint32_t version = get32(&r);
     get(&r, name, sizeof name);
-    if (memcmp(magic, "GPOL", 4) || version != SAVE_VERSION)
-        return err_set(e, ERR_FORMAT, "policy state: not version %u policy state", SAVE_VERSION);
+    if (memcmp(magic, "GPOL", 4) || version < 1 || version > SAVE_VERSION)
+        return err_set(e, ERR_FORMAT, "policy state: not version 1 to %u policy state",
+                       SAVE_VERSION);
     name[sizeof name - 1] = 0;
     if (strcmp(name, p->name))
         return err_set(e, ERR_FORMAT, "policy state: saved by policy '%s', restoring into '%s'",
@@ -191,6 +216,9 @@ int pol_load(pol_t *p, const uint8_t *buf, size_t len, err_info_t *e)
     uint32_t params[13];
     for (int i = 0; i < 13; i++)
         params[i] = get32(&r);
+    uint32_t xp[7] = {0};
+    for (int i = 0; version >= 2 && i < 7; i++)
+        xp[i] = get32(&r);
     pol_seg_t g;
     pol_seg_cfg_t sc = {.train_rule = params[9] != 0, .max_len = params[10]};
     pol_seg_init(&g, &sc);
@@ -235,11 +263,27 @@ int pol_load(pol_t *p, const uint8_t *buf, size_t len, err_info_t *e)
         pins[i][0] = get32(&r);
         pins[i][1] = get32(&r);
     }
+    uint32_t n_holds = version >= 2 ? get32(&r) : 0;
+    if (r.bad || n_holds > (r.n - r.at) / 12) {
+        free(spans);
+        free(pins);
+        return err_set(e, ERR_FORMAT, "policy state: truncated holds");
+    }
+    uint32_t(*holds)[3] = n_holds ? malloc(n_holds * sizeof *holds) : NULL;
+    if (n_holds && !holds) {
+        free(spans);
+        free(pins);
+        return err_set(e, ERR_NOMEM, "policy state: out of memory");
+    }
+    for (uint32_t i = 0; i < n_holds; i++)
+        for (int j = 0; j < 3; j++)
+            holds[i][j] = get32(&r);
     pol_stats_t st;
-    get_stats(&r, &st);
+    get_stats(&r, version, &st);
     if (r.bad || r.at != r.n) {
         free(spans);
         free(pins);
+        free(holds);
         return err_set(e, ERR_FORMAT, "policy state: %s", r.bad ? "truncated" : "trailing bytes");
     }
     p->sinks = params[0];
@@ -253,6 +297,15 @@ int pol_load(pol_t *p, const uint8_t *buf, size_t len, err_info_t *e)
     p->acc = params[8] != 0;
     memcpy(&p->recent_frac, &params[11], 4);
     p->no_mass_bias = params[12] != 0;
+    if (version >= 2) {
+        p->xp.on = xp[0] != 0;
+        p->xp.tokens = xp[1];
+        p->xp.spans = xp[2];
+        p->xp.query = xp[3];
+        p->xp.hold = xp[4];
+        memcpy(&p->xp.min_score, &xp[5], 4);
+        memcpy(&p->xp.lex, &xp[6], 4);
+    }
     p->seg = g;
     p->open_first = open_first;
     free(p->spans);
@@ -261,6 +314,9 @@ int pol_load(pol_t *p, const uint8_t *buf, size_t len, err_info_t *e)
     free(p->pins);
     p->pins = pins;
     p->n_pins = p->cap_pins = n_pins;
+    free(p->holds);
+    p->holds = holds;
+    p->n_holds = p->cap_holds = n_holds;
     p->stats = st;
     return 0;
 }

@@ -496,6 +496,8 @@ static bool row_pinned(const pol_t *p, const kv_row_meta_t *m, uint32_t len)
 {
     if (m->pos < (float)p->sinks || (p->recent_eff && m->pos >= (float)len - (float)p->recent_eff))
         return true;
+    if (p->n_holds && pol_held(p, m->first, m->last, len))
+        return true;
     for (uint32_t i = 0; i < p->n_pins; i++)
         if (m->pos >= (float)p->pins[i][0] && m->pos <= (float)p->pins[i][1])
             return true;
@@ -596,7 +598,7 @@ static bool span_free(const pol_t *p, const pol_span_t *s, uint32_t len)
         return false;
     if (p->recent_eff && (uint64_t)end + p->recent_eff >= len)
         return false;
-    return !pol_pinned(p, s->first, end);
+    return !pol_pinned(p, s->first, end) && !pol_held(p, s->first, end, len);
 }
 
 /* The recent window: `recent` positions, or recent_frac of the rows a lane can hold under

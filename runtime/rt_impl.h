@@ -13,6 +13,8 @@ typedef struct rt_slot {
     uint32_t first, n;
     uint32_t want0; /* its first logits row */
     bool want_all;
+    bool at_pos0; /* its items sit at model positions pos0, pos0 + 1, ... (else: the next) */
+    int32_t pos0;
 } rt_slot_t;
 
 /* Growable scratch for one forward pass: items, views, new rows, logits. */
@@ -31,6 +33,12 @@ typedef struct rt_batch {
     float *newlb, *newacc; /* per slot [lane][n] */
     float *logits;         /* [cap_want][n_vocab] */
     uint32_t n_slots, n_items, n_want;
+    /* a pass that stores nothing (rt_run_at): the store's accumulators are left alone, and
+     * when score is set the stored rows' attention goes there instead ([lane][score_stride],
+     * indexed by the row's place in its lane) */
+    bool apart;
+    float *score;
+    uint32_t score_stride;
 } rt_batch_t;
 
 struct rt {
@@ -60,5 +68,13 @@ void rt_batch_free(rt_batch_t *b);
 int rt_positions_fit(rt_t *rt, rt_sess_t *s, uint32_t *k, bool may_cut, err_info_t *e);
 /* The model position of s's next token. */
 int32_t rt_positions_next(const rt_t *rt, const rt_sess_t *s);
+
+/* One forward pass of n tokens of s at model positions pos0.. under mask (NULL: every stored
+ * row), in rt->masked, that reserves and stores nothing: the new rows stay in rt->masked
+ * (lane l's at newk/newv/newlb + l * n rows), the store's attention accumulators are left
+ * alone, and when score is set ([n_lane][stride] zeroed by the caller) each stored row's
+ * attention from these tokens is added there (runtime/step.c). */
+int rt_run_at(rt_t *rt, rt_sess_t *s, const int32_t *tok, uint32_t n, int32_t pos0,
+              const pol_run_t *mask, float *score, uint32_t stride, err_info_t *e);
 
 #endif

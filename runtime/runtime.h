@@ -89,6 +89,40 @@ int rt_sess_end_turn(rt_t *rt, rt_sess_t *s, err_info_t *e);
 /* Compacts s down to target bytes (reason "shrink"); *freed gets what it freed. */
 int rt_sess_shrink(rt_t *rt, rt_sess_t *s, size_t target, int64_t *freed, err_info_t *e);
 
+/* ---- re-expansion (runtime/expand.c) ----
+ *
+ * Compressed spans come back as raw rows, prefilled again from the cold transcript at the
+ * model positions right after the rows held before them, inside the session's budget (the
+ * policy compacts other rows first; the hard limits are never crossed). Each expansion is
+ * reported through the policy's events (action "expand") and counted in its figures. A
+ * refused expansion (no room: ERR_BUDGET, ERR_CONTEXT) changes no rows (the keys of the rows
+ * after the span, moved up and back, are equal to within float rounding). After an expansion
+ * s->logits is predicted again over the rows as they are now. */
+
+#define RT_EXPAND_CANDIDATES 1024 /* compressed spans scored per turn at most (the newest) */
+
+typedef struct rt_expand_result {
+    uint32_t candidates; /* compressed spans considered */
+    uint32_t spans;      /* spans expanded */
+    uint32_t tokens;     /* tokens re-prefilled */
+    int64_t bytes;       /* the session's bytes after less before (room made included) */
+    double ms;           /* time taken */
+    char note[200];      /* why nothing (or less) was expanded; "" when nothing was refused */
+} rt_expand_result_t;
+
+/* Expands the compressed spans that overlap positions [first, last] (clipped to them; learned
+ * gist sentences whole). ERR_RANGE outside the transcript; ERR_NOTFOUND when nothing there is
+ * compressed; the first refusal's error when nothing was expanded (later refusals end it with
+ * a note). */
+int rt_sess_expand_span(rt_t *rt, rt_sess_t *s, uint32_t first, uint32_t last,
+                        rt_expand_result_t *out, err_info_t *e);
+/* Scores the compressed spans against the queries of the last `expand_query` positions (the
+ * turn just appended) and expands the best, within max_tokens (0: the policy's
+ * expand_tokens) and expand_spans; reason POL_R_TURN or POL_R_REQUEST for the events.
+ * Expanding nothing is no error: out->note says why. */
+int rt_sess_expand_auto(rt_t *rt, rt_sess_t *s, uint32_t max_tokens, int reason,
+                        rt_expand_result_t *out, err_info_t *e);
+
 /* ---- one step ---- */
 
 void rt_step_begin(rt_t *rt);

@@ -136,13 +136,16 @@ static int lane_view(rt_t *rt, rt_batch_t *b, uint32_t k, uint32_t l, const pol_
     uint32_t n_out = 0;
     for (uint32_t c = 0, base = 0; c < nc; base += b->kvch[c].n, c++) {
         const kv_chunk_t *kc = &b->kvch[c];
+        /* a pass apart from the store scores into its own scratch, or not at all */
+        float *acc = b->apart ? (b->score ? b->score + (size_t)l * b->score_stride + base : NULL)
+                              : kc->attn_acc;
         if (!mask) {
             out[n_out++] = (mdl_kv_chunk_t){.n = kc->n,
                                             .type = kc->type,
                                             .k = kc->k,
                                             .v = kc->v,
                                             .bias = kc->bias,
-                                            .attn_acc = kc->attn_acc};
+                                            .attn_acc = acc};
             continue;
         }
         const size_t rb = ggml_row_bytes(kc->type, rt->hd);
@@ -160,7 +163,7 @@ static int lane_view(rt_t *rt, rt_batch_t *b, uint32_t k, uint32_t l, const pol_
                 .k = (const uint8_t *)kc->k + i * rb,
                 .v = (const uint8_t *)kc->v + i * rb,
                 .bias = kc->bias ? kc->bias + i : NULL,
-                .attn_acc = kc->attn_acc ? kc->attn_acc + i : NULL,
+                .attn_acc = acc ? acc + i : NULL,
             };
             i = j;
         }
@@ -172,7 +175,7 @@ static int lane_view(rt_t *rt, rt_batch_t *b, uint32_t k, uint32_t l, const pol_
     v->new_k = b->newk + rbase * rt->hd;
     v->new_v = b->newv + rbase * rt->hd;
     v->new_logbeta = rt->pm.has_gates ? b->newlb + rbase : NULL;
-    v->new_attn_acc = want_acc ? b->newacc + rbase : NULL;
+    v->new_attn_acc = want_acc && !b->apart ? b->newacc + rbase : NULL;
     if (v->new_attn_acc)
         memset(v->new_attn_acc, 0, sizeof(float) * sl->n);
     *off += n_out;
@@ -206,7 +209,7 @@ static int forward(rt_t *rt, rt_batch_t *b, const pol_run_t *mask, err_info_t *e
             const uint32_t it = sl->first + i;
             b->tok[it] = sl->tok[i];
             b->utok[it] = (uint32_t)sl->tok[i];
-            b->pos[it] = rt_positions_next(rt, sl->s) + (int32_t)i;
+            b->pos[it] = (sl->at_pos0 ? sl->pos0 : rt_positions_next(rt, sl->s)) + (int32_t)i;
             b->seq[it] = (int32_t)k;
             b->want[it] = sl->want_all || i + 1 == sl->n;
         }
@@ -283,6 +286,7 @@ int rt_run_masked(void *ctx, const pol_run_t *run, err_info_t *e)
     if (rc)
         return rc; /* ERR_BUDGET: the policy frees room and calls again */
     b->n_slots = b->n_items = b->n_want = 0;
+    b->apart = false;
     if (batch_grow(rt, b, run->n, 1, 1)) {
         kv_reserve_cancel(rt->st, s->kv);
         return err_set(e, ERR_NOMEM, "out of memory for %u gist tokens", run->n);
@@ -296,6 +300,25 @@ int rt_run_masked(void *ctx, const pol_run_t *run, err_info_t *e)
     rc = commit(rt, b, 0, e);
     if (!rc)
         s->gists_ran = true;
+    return rc;
+}
+
+int rt_run_at(rt_t *rt, rt_sess_t *s, const int32_t *tok, uint32_t n, int32_t pos0,
+              const pol_run_t *mask, float *score, uint32_t stride, err_info_t *e)
+{
+    rt_batch_t *b = &rt->masked;
+    b->n_slots = b->n_items = b->n_want = 0;
+    if (batch_grow(rt, b, n, 1, 1))
+        return err_set(e, ERR_NOMEM, "out of memory for a pass of %u tokens", n);
+    slot_push(b, s, tok, n, false);
+    b->slots[0].at_pos0 = true;
+    b->slots[0].pos0 = pos0;
+    b->apart = true;
+    b->score = score;
+    b->score_stride = stride;
+    int rc = forward(rt, b, mask, e);
+    b->apart = false;
+    b->score = NULL;
     return rc;
 }
 

@@ -122,6 +122,45 @@ def test_policy_and_params():
         assert rc == 0, err
 
 
+def test_expand():
+    """`gistctl expand` prints each expansion and a summary; a span with nothing compressed
+    and a bad span are refused with the daemon's message or a usage error."""
+    with gistc.Daemon(tap.tool("gistd"), tiny(), "--block-rows", "16") as d:
+        ep = d.endpoint
+        rc, out, err = ctl(ep, "open", "--policy", "pool", "--budget", "128K")
+        assert rc == 0, err
+        sid = out.decode().strip()
+        rc, out, err = ctl(ep, "gen", "--session", sid, "--prompt", "Once upon a time", "-n",
+                           "600", "--temp", "0")
+        assert rc == 0, err
+        sess = json.loads(ctl(ep, "sessions", "--json")[1])[0]
+        assert sess["compactions"] > 0 and sess["expansions"] == 0, sess
+        rc, out, err = ctl(ep, "expand", sid, "--span", "64:71")
+        assert rc == 0, err
+        lines = out.decode().splitlines()
+        assert lines[-1].startswith("expanded 1 of 1 compressed spans: 8 tokens"), out
+        assert any(x.startswith("expand   positions 64..71 at model position") for x in lines)
+        sess = json.loads(ctl(ep, "sessions", "--json")[1])[0]
+        assert sess["expansions"] == 1 and sess["expand_tokens"] == 8, sess
+        st = json.loads(ctl(ep, "stats", "--json")[1])
+        assert st["expansions"] == 1 and st["expand_tokens"] == 8, st
+        rc, _, err = ctl(ep, "expand", sid, "--span", "0:1")
+        assert rc == 1 and "nothing compressed" in err, err
+        rc, _, err = ctl(ep, "expand", sid, "--span", "9:3")
+        assert rc == 2 and "FIRST <= LAST" in err, err
+        rc, out, err = ctl(ep, "expand", sid, "--max-tokens", "4")
+        assert rc == 0 and out.decode().startswith("expand"), (out, err)
+        # the Python client speaks it too
+        with gistc.Client(ep) as c:
+            r = c.session(int(sid)).expand(72, 79)
+            assert r["spans"] == 1 and r["tokens"] == 8, r
+            try:
+                c.session(int(sid)).expand(72, 79)
+                assert False, "expanded twice"
+            except gistc.GistdError as e:
+                assert "nothing compressed" in str(e)
+
+
 def test_chat():
     with gistc.Daemon(tap.tool("gistd"), tiny()) as d:
         rc, out, err = ctl(d.endpoint, "chat", "-n", "6", "--temp", "0",

@@ -315,6 +315,9 @@ def test_metrics_count_compactions_by_method():
         assert by == stats["compactions_by_method"], (by, stats["compactions_by_method"])
         assert by["window"] == r["gistd"]["compactions"] == stats["compactions"], by
         assert set(by) >= {"pooled", "learned", "window", "h2o", "tova", "trim"}
+        assert "prefill" not in by  # re-expansions are counted apart
+        assert fam["gistd_expansions"].samples[0].value == stats["expansions"]
+        assert fam["gistd_expand_tokens"].samples[0].value == stats["expand_tokens"]
 
 
 def test_bad_requests_get_their_status_and_the_gateway_serves_on():

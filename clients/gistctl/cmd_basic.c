@@ -1,6 +1,6 @@
 /*
  * clients/gistctl/cmd_basic.c — the one-shot commands: gen, open, close, cancel, stats,
- * sessions, budget, transcript, snapshot, restore.
+ * sessions, budget, expand, transcript, snapshot, restore.
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -338,6 +338,8 @@ static void stats_json(const gc_stats_t *s, bool sessions)
             ", \"bytes_freed\": %" PRId64 ", \"kv_bytes_per_token\": %" PRIu64
             ", \"rate_refusals\": %" PRIu64 ", \"permission_refusals\": %" PRIu64
             ", \"session_min_bytes\": %" PRIu64 ", \"idle_timeout_s\": %.6g"
+            ", \"expansions\": %" PRIu64 ", \"expand_tokens\": %" PRIu64
+            ", \"expand_bytes\": %" PRId64 ", \"expand_ms\": %.6g"
             ", \"curve\": %s, \"uptime_s\": %.3f, \"threads\": %u, \"model\": ",
             s->kv_budget_bytes, s->kv_soft_bytes, s->kv_used_bytes, s->kv_peak_bytes, s->sessions,
             s->max_sessions, s->session_budget_bytes, s->tier_f32, s->tier_f16, s->tier_q8_0,
@@ -346,7 +348,8 @@ static void stats_json(const gc_stats_t *s, bool sessions)
             s->decode_tokens_per_s, s->prefill_tokens_per_s, s->avg_batch, s->requests, s->errors,
             s->events_dropped, s->clients_gone, s->budget_refusals, s->compactions, s->bytes_freed,
             s->kv_bytes_per_token, s->rate_refusals, s->permission_refusals, s->session_min_bytes,
-            s->idle_timeout_s, s->curve ? "true" : "false", s->uptime_s, s->threads);
+            s->idle_timeout_s, s->expansions, s->expand_tokens, s->expand_bytes, s->expand_ms,
+            s->curve ? "true" : "false", s->uptime_s, s->threads);
     ctl_json_str(f, s->model);
     fputs(", \"compactions_by_method\": {", f);
     for (uint32_t i = 0; i < s->n_compactions_by_method; i++) {
@@ -400,6 +403,9 @@ static void stats_text(const gc_stats_t *s)
            s->steps, s->tokens_generated, s->tokens_prefilled, s->requests, s->errors);
     printf("compaction       %" PRIu64 " events, %s freed, %" PRIu64 " budget refusals\n",
            s->compactions, ctl_size_signed(s->bytes_freed, a, sizeof a), s->budget_refusals);
+    printf("expansion        %" PRIu64 " spans, %" PRIu64 " tokens re-prefilled, %s, %.1f ms\n",
+           s->expansions, s->expand_tokens, ctl_size_signed(-s->expand_bytes, a, sizeof a),
+           s->expand_ms);
     printf("clients          %" PRIu64 " events dropped (slow clients), %" PRIu64
            " streams ended by clients gone\n",
            s->events_dropped, s->clients_gone);
@@ -470,6 +476,68 @@ int ctl_budget(ctl_t *x, int argc, char **argv)
     printf("%s budget %s (soft %s), %s in use, %s freed\n", session ? "session" : "global",
            gc_format_size(b.hard_bytes, h, sizeof h), gc_format_size(b.soft_bytes, s, sizeof s),
            gc_format_size(b.used_bytes, u, sizeof u), ctl_size_signed(b.bytes_freed, f, sizeof f));
+    return CTL_OK;
+}
+
+/* ------------------------------------------------------------------ expand */
+
+static void print_expand_event(void *ctx, uint32_t session, const gc_compaction_t *c)
+{
+    char f[32];
+    if (!strcmp(c->action, "expand"))
+        printf("expand   positions %u..%u at model position %u: %" PRIu64
+               " tokens re-prefilled, %s\n",
+               c->first, c->last, c->model_pos, c->tokens,
+               ctl_size_signed(-c->bytes_freed, f, sizeof f));
+    else
+        printf("compact  %s/%s (%s) positions %u..%u: %s freed\n", c->action, c->method, c->reason,
+               c->first, c->last, ctl_size_signed(c->bytes_freed, f, sizeof f));
+}
+
+int ctl_expand(ctl_t *x, int argc, char **argv)
+{
+    static const char use[] = "usage: gistctl expand ID [--span A:B] [--max-tokens N]";
+    uint32_t session = 0;
+    unsigned long first = 0, last = 0, max_tokens = 0;
+    bool span = false;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--span") && val) {
+            char *end;
+            first = strtoul(val, &end, 10);
+            if (end == val || *end != ':' || val[0] == '-')
+                return ctl_usage("--span: '%s' is not FIRST:LAST", val);
+            const char *b = end + 1;
+            last = strtoul(b, &end, 10);
+            if (end == b || *end || b[0] == '-' || first > last || last > UINT32_MAX)
+                return ctl_usage("--span: '%s' is not FIRST:LAST with FIRST <= LAST", val);
+            span = true;
+            i++;
+        } else if (!strcmp(a, "--max-tokens") && val) {
+            if (ctl_uint(a, argv[++i], UINT32_MAX, &max_tokens))
+                return CTL_USAGE;
+        } else if (a[0] != '-' && !session) {
+            if (session_arg(a, &session))
+                return CTL_USAGE;
+        } else {
+            return ctl_usage("%s", use);
+        }
+    }
+    if (!session)
+        return ctl_usage("%s", use);
+    CONNECT_OR_RETURN(x, c);
+    gc_callbacks_t cb = {.on_compaction = print_expand_event};
+    gc_expand_result_t r;
+    err_info_t e;
+    err_clear(&e);
+    if (gc_expand(c, session, span, (uint32_t)first, (uint32_t)last, (uint32_t)max_tokens, &cb, &r,
+                  &e))
+        return ctl_fail(&e);
+    char b[32], s[32];
+    printf("expanded %u of %u compressed spans: %" PRIu64 " tokens re-prefilled, %s (session %s), "
+           "%.1f ms%s%s\n",
+           r.spans, r.candidates, r.tokens, ctl_size_signed(r.bytes, b, sizeof b),
+           gc_format_size(r.session_bytes, s, sizeof s), r.ms, r.note[0] ? "; " : "", r.note);
     return CTL_OK;
 }
 

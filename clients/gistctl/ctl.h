@@ -41,6 +41,7 @@ int ctl_restore(ctl_t *x, int argc, char **argv);
 int ctl_chat(ctl_t *x, int argc, char **argv);
 int ctl_top(ctl_t *x, int argc, char **argv);
 int ctl_score(ctl_t *x, int argc, char **argv);
+int ctl_expand(ctl_t *x, int argc, char **argv);
 
 /* A prompt: --prompt STR, or --prompt-file F ('-': standard input), read by ctl_prompt_read. */
 typedef struct ctl_prompt {

@@ -44,6 +44,7 @@ static const struct {
     {"stats", ctl_stats, "stats [--json] [--sessions]"},
     {"top", ctl_top, "top [--interval SECONDS] [--count N]"},
     {"budget", ctl_budget, "budget SIZE [--soft SIZE] [--session ID]"},
+    {"expand", ctl_expand, "expand ID [--span A:B] [--max-tokens N]"},
     {"transcript", ctl_transcript, "transcript ID [--tokens] [--first N] [--count N]"},
     {"snapshot", ctl_snapshot, "snapshot [ID]"},
     {"restore", ctl_restore, "restore ID [--as-new]"},
@@ -146,13 +147,15 @@ void ctl_json_session(FILE *f, const gc_session_info_t *s)
             ", \"tokens\": %u, \"pending\": %u, \"rows\": %llu, \"compression\": %.6g"
             ", \"prompt_tokens\": %llu, \"generated_tokens\": %llu, \"tokens_per_s\": %.6g"
             ", \"idle_s\": %.3f, \"compactions\": %u, \"bytes_freed\": %lld"
+            ", \"expansions\": %u, \"expand_tokens\": %llu"
             ", \"events_dropped\": %llu, \"tier_bytes\": {\"f32\": %llu, \"f16\": %llu, "
             "\"q8_0\": %llu}}",
             (unsigned long long)s->bytes, (unsigned long long)s->peak_bytes,
             (unsigned long long)s->hard_bytes, (unsigned long long)s->soft_bytes, s->tokens,
             s->pending, (unsigned long long)s->rows, s->compression,
             (unsigned long long)s->prompt_tokens, (unsigned long long)s->generated_tokens,
-            s->tokens_per_s, s->idle_s, s->compactions, (long long)s->bytes_freed,
+            s->tokens_per_s, s->idle_s, s->compactions, (long long)s->bytes_freed, s->expansions,
+            (unsigned long long)s->expand_tokens,
             (unsigned long long)s->events_dropped, (unsigned long long)s->tier_f32,
             (unsigned long long)s->tier_f16, (unsigned long long)s->tier_q8_0);
 }

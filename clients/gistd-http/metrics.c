@@ -147,6 +147,13 @@ char *gh_metrics_render(gh_metrics_t *m, const gc_stats_t *st, unsigned conversa
         gauge(&b, "gistd_compaction_bytes_freed",
               "Bytes compactions have freed, every session (negative: they stored more)",
               (double)st->bytes_freed);
+        counter(&b, "gistd_expansions_total",
+                "Compressed spans re-expanded from the cold transcript, every session",
+                (double)st->expansions);
+        counter(&b, "gistd_expand_tokens_total", "Tokens re-prefilled by expansions",
+                (double)st->expand_tokens);
+        counter(&b, "gistd_expand_seconds_total", "Time spent choosing and re-prefilling spans",
+                st->expand_ms / 1e3);
         counter(&b, "gistd_tokens_prompt_total", "Prompt tokens the daemon prefilled",
                 (double)st->tokens_prefilled);
         counter(&b, "gistd_tokens_generated_total", "Tokens the daemon generated",

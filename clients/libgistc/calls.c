@@ -128,6 +128,8 @@ static void info_from_wire(const Gistd__SessionInfo *w, gc_session_info_t *o)
     o->idle_s = w->idle_s;
     o->compactions = w->compactions;
     o->bytes_freed = w->bytes_freed;
+    o->expansions = w->expansions;
+    o->expand_tokens = w->expand_tokens;
     o->events_dropped = w->events_dropped;
     if (w->tiers) {
         o->tier_f32 = w->tiers->f32;
@@ -339,6 +341,43 @@ int gc_compact(gc_client_t *c, uint32_t session, uint32_t first, uint32_t last, 
     return rc;
 }
 
+int gc_expand(gc_client_t *c, uint32_t session, bool span, uint32_t first, uint32_t last,
+              uint32_t max_tokens, const gc_callbacks_t *cb, gc_expand_result_t *out,
+              err_info_t *e)
+{
+    Gistd__Expand m = GISTD__EXPAND__INIT;
+    Gistd__Span sp = GISTD__SPAN__INIT;
+    m.session = session;
+    m.max_tokens = max_tokens;
+    sp.first = first;
+    sp.last = last;
+    m.span = span ? &sp : NULL;
+    Gistd__Request r = GISTD__REQUEST__INIT;
+    r.body_case = GISTD__REQUEST__BODY_EXPAND;
+    r.expand = &m;
+    uint64_t id;
+    Gistd__Reply *rep = NULL;
+    memset(out, 0, sizeof *out);
+    int rc = gc_send_request(c, &r, cb, &id, e);
+    if (!rc)
+        rc = gc_wait_final(c, id, &rep, NULL, e);
+    if (!rc && (!rep || rep->body_case != GISTD__REPLY__BODY_EXPAND))
+        rc = err_set(e, ERR_PROTO, "expand: the daemon answered with another reply");
+    if (!rc) {
+        const Gistd__ExpandReply *x = rep->expand;
+        out->spans = x->spans;
+        out->candidates = x->candidates;
+        out->tokens = x->tokens;
+        out->bytes = x->bytes;
+        out->session_bytes = x->session_bytes;
+        out->ms = x->ms;
+        snprintf(out->note, sizeof out->note, "%s", x->note ? x->note : "");
+    }
+    if (rep)
+        gistd__reply__free_unpacked(rep, NULL);
+    return rc;
+}
+
 /* ------------------------------------------------------------------ reading, operating */
 
 int gc_transcript(gc_client_t *c, uint32_t session, uint32_t first, uint32_t count, char **text,
@@ -440,6 +479,10 @@ int gc_stats(gc_client_t *c, bool sessions, gc_stats_t *o, err_info_t *e)
     o->curve = s->curve;
     o->session_min_bytes = s->session_min_bytes;
     o->idle_timeout_s = s->idle_timeout_s;
+    o->expansions = s->expansions;
+    o->expand_tokens = s->expand_tokens;
+    o->expand_bytes = s->expand_bytes;
+    o->expand_ms = s->expand_ms;
     for (size_t i = 0; i < s->n_compactions_by_method && i < GC_MAX_METHODS; i++) {
         snprintf(o->compactions_by_method[i].method, sizeof o->compactions_by_method[i].method,
                  "%s", s->compactions_by_method[i]->method);

@@ -151,7 +151,8 @@ static void on_event(gc_client_t *c, gc_pending_t *p, const Gistd__Reply *r)
                               .tokens = ev->tokens,
                               .bytes_freed = ev->bytes_freed,
                               .session_bytes_before = ev->session_bytes_before,
-                              .session_bytes = ev->session_bytes};
+                              .session_bytes = ev->session_bytes,
+                              .model_pos = ev->model_pos};
         p->cb.on_compaction(p->cb.ctx, r->session, &cc);
     }
 }

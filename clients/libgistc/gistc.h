@@ -96,10 +96,13 @@ typedef struct gc_usage {
 } gc_usage_t;
 
 typedef struct gc_compaction {
-    const char *action; /* "gist", "merge", "evict" */
-    const char *method; /* "learned", "pooled", "window", "h2o", "tova", "trim", "recency" */
-    const char *reason; /* "sentence", "watermark", "budget", "shrink", "request" */
+    const char *action; /* "gist", "merge", "evict", "expand" */
+    const char *method; /* "learned", "pooled", "window", "h2o", "tova", "trim", "recency",
+                           "prefill" (an expansion) */
+    const char *reason; /* "sentence", "watermark", "budget", "shrink", "request", "expand",
+                           "turn" */
     uint32_t first, last, level, lanes;
+    uint32_t model_pos; /* expansions: the model position of the first token re-prefilled */
     uint64_t rows_before, rows_after, tokens;
     int64_t bytes_freed; /* session_bytes_before - session_bytes */
     uint64_t session_bytes_before, session_bytes;
@@ -147,6 +150,8 @@ typedef struct gc_session_info {
     uint32_t tokens, pending, compactions;
     uint64_t rows, prompt_tokens, generated_tokens, events_dropped;
     int64_t bytes_freed;
+    uint32_t expansions;    /* spans re-expanded */
+    uint64_t expand_tokens; /* tokens re-prefilled for them */
     uint64_t tier_f32, tier_f16, tier_q8_0;
     double compression, tokens_per_s, idle_s; /* closed sessions: idle_s since the close */
 } gc_session_info_t;
@@ -169,6 +174,9 @@ typedef struct gc_stats {
     bool curve;                                  /* the daemon authenticates clients by key */
     uint64_t session_min_bytes;                  /* the smallest usable session budget */
     double idle_timeout_s;                       /* idle sessions close after this (0: never) */
+    uint64_t expansions, expand_tokens;          /* spans re-expanded, tokens re-prefilled */
+    int64_t expand_bytes;                        /* bytes the expansions added */
+    double expand_ms;                            /* time spent on them */
     struct {
         char method[16];
         uint64_t count;
@@ -250,6 +258,23 @@ int gc_wait(gc_client_t *c, uint64_t req, gc_result_t *res, err_info_t *e);
  * before it; the tokens join the session. *logprobs and *tokens are malloc'd ([*n]). */
 int gc_score(gc_client_t *c, uint32_t session, const char *text, const int32_t *ids, size_t n_ids,
              float **logprobs, int32_t **tokens, size_t *n, double *total, err_info_t *e);
+
+/* What an expansion did (gc_expand). */
+typedef struct gc_expand_result {
+    uint32_t spans, candidates;
+    uint64_t tokens;        /* re-prefilled */
+    int64_t bytes;          /* the session's bytes after less before */
+    uint64_t session_bytes; /* after */
+    double ms;
+    char note[200]; /* why nothing (or less) was expanded */
+} gc_expand_result_t;
+
+/* Brings compressed spans back from the cold transcript: those overlapping [first, last]
+ * (span true), or the ones most relevant to the session's last tokens (max_tokens 0: the
+ * policy's bound). Events (action "expand", and compactions made for room) go to cb. */
+int gc_expand(gc_client_t *c, uint32_t session, bool span, uint32_t first, uint32_t last,
+              uint32_t max_tokens, const gc_callbacks_t *cb, gc_expand_result_t *out,
+              err_info_t *e);
 
 /* Compacts a span of positions now (or the last thought), with its events to cb. */
 int gc_compact(gc_client_t *c, uint32_t session, uint32_t first, uint32_t last, bool last_thought,

@@ -283,6 +283,15 @@ class Session:
             m.span.first, m.span.last = first, last
         self.client._call(pb.Request(compact=m), "ack")
 
+    def expand(self, first=None, last=None, max_tokens=0):
+        """Brings compressed spans back from the cold transcript: those overlapping
+        [first, last], or (no span) the ones most relevant to the session's last tokens.
+        Returns the ExpandReply as a dict (spans, tokens, bytes, session_bytes, note, ...)."""
+        m = pb.Expand(session=self.id, max_tokens=max_tokens)
+        if first is not None:
+            m.span.first, m.span.last = first, last
+        return self.client._call(pb.Request(expand=m), "expand", as_dict=True)
+
     def snapshot(self):
         return self.client.snapshot(self.id)
 

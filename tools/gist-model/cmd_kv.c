@@ -11,7 +11,10 @@
  *   --kv-soft SIZE         its soft watermark (default: hard - the policy's headroom)
  *   --kv-block-rows N      rows per store block (default 64, as gistd's --block-rows)
  *   --kv-type f32|f16|q8_0 payload of new rows (default f16, as gistd's)
- *   --events               every compaction on stderr
+ *   --events               every compaction (and expansion) on stderr
+ *   --expand, --no-expand  re-expand compressed spans relevant to the prompt's end before
+ *                          generating (`expand=1|0`; auto: on by default)
+ *   --expand-tokens N      most tokens re-prefilled (`expand_tokens=N`)
  */
 #include <errno.h>
 #include <limits.h>
@@ -56,6 +59,25 @@ static void opts_free(kv_opts_t *o)
         free(o->param_buf[i]);
 }
 
+/* Adds a policy parameter "KEY=VALUE": 0, or -1 (usage printed). */
+static int add_param(kv_opts_t *o, const char *kv)
+{
+    const char *eq = strchr(kv, '=');
+    if (!eq || eq == kv)
+        return cmd_usage_error("--param: '%s' is not KEY=VALUE", kv), -1;
+    if (o->cfg.n_params == MAX_PARAMS)
+        return cmd_usage_error("--param: at most %d parameters", MAX_PARAMS), -1;
+    char *b = strdup(kv);
+    if (!b)
+        return cmd_usage_error("out of memory"), -1;
+    b[eq - kv] = 0;
+    o->param_buf[o->cfg.n_params] = b;
+    o->params[o->cfg.n_params].key = b;
+    o->params[o->cfg.n_params].value = b + (eq - kv) + 1;
+    o->cfg.n_params++;
+    return 0;
+}
+
 /* Consumes a store option at argv[*i]: 1 when it was one, 0 when not, -1 (usage printed) for
  * a bad one. */
 static int kv_opt(kv_opts_t *o, int argc, char **argv, int *i)
@@ -67,25 +89,23 @@ static int kv_opt(kv_opts_t *o, int argc, char **argv, int *i)
         o->cfg.print_events = true;
         return 1;
     }
+    if (!strcmp(a, "--expand") || !strcmp(a, "--no-expand"))
+        return add_param(o, a[2] == 'e' ? "expand=1" : "expand=0") ? -1 : 1;
     if (!has)
         return 0;
     if (!strcmp(a, "--policy")) {
         o->cfg.policy = argv[++*i];
         o->policy_given = true;
     } else if (!strcmp(a, "--param")) {
-        const char *kv = argv[++*i], *eq = strchr(kv, '=');
-        if (!eq || eq == kv)
-            return cmd_usage_error("--param: '%s' is not KEY=VALUE", kv), -1;
-        if (o->cfg.n_params == MAX_PARAMS)
-            return cmd_usage_error("--param: at most %d parameters", MAX_PARAMS), -1;
-        char *b = strdup(kv);
-        if (!b)
-            return cmd_usage_error("out of memory"), -1;
-        b[eq - kv] = 0;
-        o->param_buf[o->cfg.n_params] = b;
-        o->params[o->cfg.n_params].key = b;
-        o->params[o->cfg.n_params].value = b + (eq - kv) + 1;
-        o->cfg.n_params++;
+        if (add_param(o, argv[++*i]))
+            return -1;
+    } else if (!strcmp(a, "--expand-tokens")) {
+        char kv[48];
+        if (cmd_parse_long(a, argv[++*i], 1, 1 << 16, &v))
+            return -1;
+        snprintf(kv, sizeof kv, "expand_tokens=%ld", v);
+        if (add_param(o, kv))
+            return -1;
     } else if (!strcmp(a, "--kv-budget")) {
         o->budget = argv[++*i];
     } else if (!strcmp(a, "--kv-soft")) {
@@ -578,6 +598,11 @@ int kv_cmd_generate(int argc, char **argv)
         fprintf(stderr, "\ngist-model: %s\n", err_msg(&e));
         goto out;
     }
+    rt_expand_result_t xr;
+    if (kvr_expand(r, logits, &xr, &e)) {
+        fprintf(stderr, "\ngist-model: expanding: %s\n", err_msg(&e));
+        goto out;
+    }
     double t1 = cmd_now();
     long made = 0;
     const int32_t eos = tok_eos(tk);
@@ -619,6 +644,11 @@ int kv_cmd_generate(int argc, char **argv)
             pol_name(kvr_policy(r)), fg.bytes, fg.peak, o.cfg.hard, (unsigned long long)fg.rows,
             (unsigned long long)fg.positions);
     print_compactions(stderr, &fg.pol);
+    if (xr.candidates || xr.spans)
+        fprintf(stderr, "expansion: %u of %u compressed spans, %u tokens re-prefilled, %+lld "
+                        "bytes, %.1f ms%s%s\n",
+                xr.spans, xr.candidates, xr.tokens, (long long)xr.bytes, xr.ms,
+                xr.note[0] ? "; " : "", xr.note);
     rc = 0;
 out:
     free(ids);

@@ -29,9 +29,9 @@ static void print_event(void *ctx, const pol_event_t *ev)
 {
     (void)ctx;
     fprintf(stderr,
-            "compaction: %s/%s (%s) positions %u..%u level %u, %u lanes, rows %llu -> %llu, "
+            "%s: %s/%s (%s) positions %u..%u level %u, %u lanes, rows %llu -> %llu, "
             "%lld bytes freed (%zu -> %zu)\n",
-            pol_action_name(ev->action), pol_method_name(ev->method), pol_reason_name(ev->reason),
+            ev->action == POL_EXPAND ? "expansion" : "compaction", pol_action_name(ev->action), pol_method_name(ev->method), pol_reason_name(ev->reason),
             ev->first, ev->last, ev->level, ev->lanes, (unsigned long long)ev->rows_before,
             (unsigned long long)ev->rows_after, (long long)ev->bytes_freed, ev->bytes_before,
             ev->bytes_after);
@@ -221,6 +221,19 @@ int kvr_end_turn(kvr_t *r, float *last, bool *updated, err_info_t *e)
     if (updated)
         *updated = r->s.gists_ran;
     if (!rc && r->s.gists_ran && last)
+        memcpy(last, r->s.logits, r->hp->n_vocab * sizeof(float));
+    return rc;
+}
+
+int kvr_expand(kvr_t *r, float *last, rt_expand_result_t *out, err_info_t *e)
+{
+    memset(out, 0, sizeof *out);
+    pol_expand_cfg_t xc;
+    pol_expand_config(r->s.pol, &xc);
+    if (!xc.on)
+        return 0;
+    int rc = rt_sess_expand_auto(r->rt, &r->s, 0, POL_R_TURN, out, e);
+    if (!rc && out->spans && last)
         memcpy(last, r->s.logits, r->hp->n_vocab * sizeof(float));
     return rc;
 }

@@ -72,6 +72,11 @@ int kvr_score(kvr_t *r, const int32_t *ids, uint32_t n, double *nll, size_t *sco
  * *updated says so and last (may be NULL) gets the prediction after them. */
 int kvr_end_turn(kvr_t *r, float *last, bool *updated, err_info_t *e);
 
+/* Re-expands the compressed spans relevant to the last tokens fed (rt_sess_expand_auto) when
+ * the policy's `expand` is on (out->candidates 0 otherwise); when any was expanded, last (may
+ * be NULL) gets the prediction after the last token over the rows as they are now. */
+int kvr_expand(kvr_t *r, float *last, rt_expand_result_t *out, err_info_t *e);
+
 void kvr_figures(kvr_t *r, kvr_figures_t *out);
 const pol_t *kvr_policy(const kvr_t *r);
 
