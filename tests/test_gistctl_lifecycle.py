@@ -149,13 +149,25 @@ def test_idle_timeout_snapshots_then_frees():
 
 def test_long_prefill_outlasts_the_client_timeout():
     words = "the cat sat on a mat and then it ran away . ".split()
-    # long enough that one token a step outlasts the client's 1 s even on an idle machine
-    text = " ".join(words[(i * 7) % len(words)] for i in range(15000))
+
+    def prompt(n_words):
+        return " ".join(words[(i * 7) % len(words)] for i in range(n_words))
+
     path = os.path.join(tap.tmpdir(), "long.txt")
-    with open(path, "w") as f:
-        f.write(text)
-    # one token a step: the prefill takes seconds, the client waits 1 s of silence at most
-    with gistc.Daemon(tap.tool("gistd"), tiny(), "--prefill-chunk", "1", "--threads", "1") as d:
+    # one token a step: the prefill takes seconds, the client waits 1 s of silence at most;
+    # under a budget, so that a token costs the same however long the prompt (unbounded, the
+    # session attends to every row it was given and the cost grows with the prompt)
+    with gistc.Daemon(tap.tool("gistd"), tiny(), "--prefill-chunk", "1", "--threads", "1",
+                      "--kv-budget", "2M") as d:
+        # sized from this machine's speed now, so that it takes about 4 s whether the
+        # machine is idle or loaded (a fixed length took 0.7 s idle and over 120 s loaded)
+        t0 = time.time()
+        rc, _, err = ctl(d.endpoint, "gen", "--prompt", prompt(500), "-n", "1", "--temp", "0")
+        assert rc == 0, err
+        rate = 500 / max(time.time() - t0, 1e-3)
+        text = prompt(int(min(max(4.0 * rate, 1000), 200000)))
+        with open(path, "w") as f:
+            f.write(text)
         t0 = time.time()
         rc, out, err = ctl(d.endpoint, "gen", "--prompt-file", path, "-n", "4", "--temp", "0",
                            timeout_ms=1000)
