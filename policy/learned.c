@@ -84,8 +84,8 @@ static int learned_gist(pol_t *p, uint32_t idx, err_info_t *e)
     s->glast = len - 1;
     s->level = 1;
     p->stats.gist_tokens += ng;
-    if (pol_pinned(p, s->first, s->last)) {
-        s->flags |= POL_SPAN_GISTED_RAW; /* the client pinned it: keep its raw rows */
+    if (pol_pinned(p, s->first, s->last) || s->last < p->sinks) {
+        s->flags |= POL_SPAN_GISTED_RAW; /* pinned, or in the sinks: its raw rows stay */
         return 0;
     }
 

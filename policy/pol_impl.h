@@ -77,6 +77,7 @@ struct pol {
     int evict;           /* enum pol_evict */
     bool acc;            /* attention accumulators on */
     bool no_mass_bias;   /* pooled rows weigh as one token, not as their mass */
+    bool by_thought;     /* unit=thought: compress finished thoughts, spare the open one */
 
     /* state */
     pol_seg_t seg;
@@ -86,6 +87,10 @@ struct pol {
     uint32_t (*pins)[2]; /* [n_pins] pinned position ranges */
     uint32_t n_pins, cap_pins;
     pol_stats_t stats;
+
+    uint32_t done_spans; /* unit=thought: spans of finished thoughts (set by pol_step) */
+    uint32_t open_start; /* and the first position of the open thought */
+    bool spare_open;     /* eviction spares the open thought (pol_step's first try) */
 
     /* scratch, grown as needed */
     kv_row_meta_t *meta; /* one lane's metadata */

@@ -15,6 +15,10 @@
  *           requires, merges, then eviction by TRIM-KV scores if the model has gates, else by
  *           accumulated attention (learned gists only on request, as `gist`: they change
  *           what every later token sees from the first sentence on)
+ * Any of them with unit=thought compresses whole finished thoughts (paragraph breaks or the
+ * client's markers) instead of sentences: a finished thought pools into gist_rows rows, merges
+ * take whole thoughts, and eviction spares the open thought while finished ones have rows
+ * to give (the open thought stands for the recent window).
  * New policies are presets of the same engine (policy/policy.c), so they slot in without
  * touching the kvstore or the model.
  *
@@ -248,7 +252,8 @@ int pol_shrink(pol_t *p, size_t target, err_info_t *e);
 
 /* An explicit request: gist the sentences of a span now, pins included. */
 typedef struct pol_compact_req {
-    bool last_thought;    /* the last finished thought (between the last two thought marks) */
+    bool last_thought;    /* the last finished thought (between the last two thought marks; a
+                             text that ends with a paragraph break has just finished one) */
     uint32_t first, last; /* else these positions */
 } pol_compact_req_t;
 /* Learned gists close the open sentence when the span reaches it; closed raw sentences are
