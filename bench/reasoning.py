@@ -80,11 +80,13 @@ def gen(model, prompt, n_gen, policy="full", budget=None, params=()):
         return {"error": lines[-1] if lines else f"exit {p.returncode}"}
     kv = re.search(r"\(peak (\d+), budget (\d+)\), (\d+) rows for (\d+) positions", p.stderr)
     tps = re.search(r"generated: (\d+) tokens, ([\d.]+) tokens/s", p.stderr)
+    comp = re.search(r"compactions: (.*)$", p.stderr, re.M)
+    n_comp = sum(int(x) for x in re.findall(r"=(\d+)", comp.group(1))) if comp else 0
     out = p.stdout[:-1] if p.stdout.endswith("\n") else p.stdout
     return {"said": out[len(prompt):] if out.startswith(prompt) else out,
             "peak": int(kv.group(1)), "budget": int(kv.group(2)),
             "positions": int(kv.group(4)), "generated": int(tps.group(1)),
-            "tps": float(tps.group(2))}
+            "tps": float(tps.group(2)), "compactions": n_comp}
 
 
 def n_gen_for(model, trace):
@@ -127,7 +129,8 @@ def bench_probe(model, steps, i, policies, budgets, via_gistd, log):
     rows.append({**base, "path": "gist-model", "policy": "full", "budget_pct": "",
                  "budget_bytes": "", "full_bytes": full_bytes, "question_bytes": q_bytes,
                  "peak_bytes": full["peak"], "tokens": full["generated"],
-                 "tokens_per_s": f"{full['tps']:.1f}", "answer": a, "score": s,
+                 "tokens_per_s": f"{full['tps']:.1f}", "compactions": full["compactions"],
+                 "answer": a, "score": s,
                  "said": full["said"], "error": ""})
     params = [f"sinks={q_tokens}", "unit=thought"]
     for b in budgets:
@@ -141,19 +144,23 @@ def bench_probe(model, steps, i, policies, budgets, via_gistd, log):
                 continue
             s, a = score(g["said"], expected)
             rows.append({**r, "peak_bytes": g["peak"], "tokens": g["generated"],
-                         "tokens_per_s": f"{g['tps']:.1f}", "answer": a, "score": s,
+                         "tokens_per_s": f"{g['tps']:.1f}", "compactions": g["compactions"],
+                         "answer": a, "score": s,
                          "said": g["said"], "error": ""})
             for path in via_gistd:
                 rows.append(via_gistd[path](q, q_tokens, n_gen, pol, cap,
                                             {**r, "path": path}, expected))
+    def cell(x):
+        via = "" if x["path"] == "gist-model" else "/" + x["path"]
+        return f"{x['policy']}@{x['budget_pct']}%{via}={x['score'] or 'x'}"
+
     log(f"{base['model']} {steps} steps, problem {i}: full cache answered "
         f"{rows[0]['answer'] or 'nothing'} (solver: {expected}); "
-        + ", ".join(f"{x['policy']}@{x['budget_pct']}%{'/' + x['path'] if x['path'] != 'gist-model' else ''}"
-                    f"={x['score'] or 'x'}" for x in rows[1:]))
+        + ", ".join(cell(x) for x in rows[1:]))
     return rows
 
 
-def gistd_runner(model, log):
+def gistd_runner(model):
     """Runs of a problem through a real gistd: {"gistd-compact": f, "gistd-auto": f} and a
     function that stops the daemon."""
     import gistc
@@ -183,7 +190,8 @@ def gistd_runner(model, log):
                 s.close()
             sc, a = score(said, expected)
             return {**r, "peak_bytes": info["peak_bytes"], "tokens": made,
-                    "tokens_per_s": f"{made / dt:.1f}" if dt > 0 else "", "answer": a,
+                    "tokens_per_s": f"{made / dt:.1f}" if dt > 0 else "",
+                    "compactions": info["compactions"], "answer": a,
                     "score": sc, "said": said, "error": ""}
         return one
 
@@ -195,8 +203,8 @@ def gistd_runner(model, log):
 
 
 FIELDS = ["model", "path", "steps", "probe", "policy", "budget_pct", "budget_bytes",
-          "full_bytes", "question_bytes", "peak_bytes", "tokens", "tokens_per_s", "expected",
-          "answer", "score", "said", "error"]
+          "full_bytes", "question_bytes", "peak_bytes", "tokens", "tokens_per_s",
+          "compactions", "expected", "answer", "score", "said", "error"]
 
 
 def summarise(runs):
@@ -284,7 +292,7 @@ def main():
         print(s, flush=True)
 
     log(machine)
-    via, stop = gistd_runner(a.model, log) if a.gistd else ({}, None)
+    via, stop = gistd_runner(a.model) if a.gistd else ({}, None)
     runs = []
     try:
         for s in steps:
