@@ -167,6 +167,8 @@ static int preset(pol_t *p, const char *name, err_info_t *e)
         return err_set(e, ERR_INVAL, "unknown policy '%s' (known: %s)", name, pol_names());
     }
     if (p->gist_mode == POL_GIST_LEARNED) {
+        /* gists trained after each thought: the open thought stays raw until it closes */
+        p->by_thought = m->gist_thought;
         p->sinks = m->gist_sinks ? m->gist_sinks : 1;
         p->recent = 0; /* closed sentences are seen through their gists only */
         p->recent_frac = 0.0f;
@@ -235,8 +237,8 @@ static int apply_params(pol_t *p, const pol_param_t *ps, uint32_t n, pol_seg_cfg
         if (rc)
             return rc;
     }
-    if (!rule_set)
-        sc->train_rule = p->gist_mode == POL_GIST_LEARNED;
+    if (!rule_set) /* thought gists were trained on the text rule's thoughts */
+        sc->train_rule = p->gist_mode == POL_GIST_LEARNED && !p->model.gist_thought;
     if (p->by_thought && !recent_set) {
         p->recent = 0; /* the open thought is the recent window */
         p->recent_frac = 0.0f;

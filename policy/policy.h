@@ -161,6 +161,8 @@ typedef struct pol_model {
     uint32_t n_gist;     /* gistd.gist.count (0: no gist tokens) */
     uint32_t gist_first; /* gistd.gist.first_token_id */
     uint32_t gist_sinks; /* gistd.gist.sinks: tokens every token sees under the mask */
+    bool gist_thought;   /* gistd.gist.mask "thought": gists follow each thought, not each
+                            sentence (the policy's thoughts are its sentences) */
     bool has_gates;      /* the model writes retention log-beta for every new row */
     kv_rope_t rope;      /* the model's rotation, for pooled rows (rotate NULL: pooling refused) */
 } pol_model_t;

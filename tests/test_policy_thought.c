@@ -289,6 +289,51 @@ static void test_learned_sentence_in_sinks(void)
     pt_close(&f);
 }
 
+static void test_learned_gists_per_thought(void)
+{
+    const char *text[MAXTOK];
+    uint32_t n = thought_text(3, 1, text); /* 3 thoughts of 3 sentences, one open sentence */
+    for (int thought = 0; thought < 2; thought++) {
+        pt_fx_t f;
+        err_info_t e;
+        pt_opts_t o = {.name = "gist", .n_gist = 2, .thought_gists = thought};
+        CHECK_OK(pt_open(&f, &o, &e));
+        CHECK_OK(pt_feed(&f, text, n, 1, &e));
+        pol_stats_t st;
+        pol_stats(f.p, &st);
+        if (!thought) { /* a sentence model: a gist group after each of the 9 sentences */
+            CHECK_INT(st.gist_tokens, ==, 9 * 2);
+            pt_close(&f);
+            continue;
+        }
+        CHECK_INT(st.gist_tokens, ==, 3 * 2);
+        CHECK_INT(f.runs, ==, 3);
+        /* thought k's text is [17k (1 for k = 0), 17k + 14], its gists the two after it; the
+         * last run saw the sinks, its whole thought and the earlier gists */
+        CHECK(f.last_run.see_gists);
+        bool whole = false;
+        for (uint32_t i = 0; i < f.last_run.n_see; i++)
+            whole |= f.see[i][0] <= 34.0f && f.see[i][1] >= 46.0f;
+        CHECK(whole);
+        /* every lane: the sink, 3 x 2 gist rows, the open sentence raw; nothing else */
+        static kv_row_meta_t m[MAXTOK];
+        for (uint32_t l = 0; l < PT_LANES; l++) {
+            uint32_t rows = pt_positions(&f, l, NULL, m, MAXTOK), gists = 0, raw = 0;
+            for (uint32_t i = 0; i < rows; i++) {
+                if (m[i].kind == KV_KIND_GIST) {
+                    gists++;
+                } else {
+                    CHECK(m[i].pos < 1.0f || m[i].pos >= 49.0f);
+                    raw++;
+                }
+            }
+            CHECK_INT(gists, ==, 6);
+            CHECK_INT(raw, ==, 1 + 4);
+        }
+        pt_close(&f);
+    }
+}
+
 int main(void)
 {
     RUN(test_paragraph_after_sentence_end);
@@ -297,5 +342,6 @@ int main(void)
     RUN(test_unit_parameter);
     RUN(test_compact_right_after_a_break);
     RUN(test_learned_sentence_in_sinks);
+    RUN(test_learned_gists_per_thought);
     return check_done();
 }
