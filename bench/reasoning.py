@@ -28,6 +28,7 @@ import csv
 import os
 import platform
 import re
+import subprocess
 import sys
 import time
 
@@ -74,7 +75,8 @@ def gen(model, prompt, n_gen, policy="full", budget=None, params=()):
         args += ["--param", p]
     if budget is not None:
         args += ["--kv-budget", str(int(budget))]
-    p = Q.run(args, check=False)
+    # a small model may write bytes that are not UTF-8 (byte tokens): replaced, not fatal
+    p = subprocess.run([Q.tool(), *args], capture_output=True, text=True, errors="replace")
     if p.returncode != 0:
         lines = [x for x in p.stderr.strip().splitlines() if x.strip()]
         return {"error": lines[-1] if lines else f"exit {p.returncode}"}
@@ -150,13 +152,11 @@ def bench_probe(model, steps, i, policies, budgets, via_gistd, log):
             for path in via_gistd:
                 rows.append(via_gistd[path](q, q_tokens, n_gen, pol, cap,
                                             {**r, "path": path}, expected))
-    def cell(x):
-        via = "" if x["path"] == "gist-model" else "/" + x["path"]
-        return f"{x['policy']}@{x['budget_pct']}%{via}={x['score'] or 'x'}"
-
+    rest = rows[1:]
     log(f"{base['model']} {steps} steps, problem {i}: full cache answered "
-        f"{rows[0]['answer'] or 'nothing'} (solver: {expected}); "
-        + ", ".join(cell(x) for x in rows[1:]))
+        f"{rows[0]['answer'] or 'nothing'} (solver: {expected}); compressed runs right: "
+        f"{sum(x['score'] == '1' for x in rest)}/{len(rest)}, failed: "
+        f"{sum(x['score'] == '' for x in rest)}")
     return rows
 
 
