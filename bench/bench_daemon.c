@@ -177,7 +177,7 @@ static double pct(uint64_t part, uint64_t whole)
 
 typedef struct chat_opts {
     uint32_t total, rows, turn, warm;
-    const char *policy, *corpus, *dat;
+    const char *policy, *corpus, *dat, *tmpl;
     const char *keys[MAX_PARAMS], *values[MAX_PARAMS]; /* --param key=value */
     uint32_t n_params;
 } chat_opts_t;
@@ -205,7 +205,7 @@ static int long_chat(gc_client_t *c, const chat_opts_t *o)
                          .param_values = o->values,
                          .n_params = o->n_params,
                          .budget_bytes = budget,
-                         .chat_template = "plain"};
+                         .chat_template = o->tmpl};
     uint32_t s;
     if (gc_open(c, &oo, &s, &e)) {
         fprintf(stderr, "bench_daemon: open: %s\n", err_msg(&e));
@@ -216,7 +216,8 @@ static int long_chat(gc_client_t *c, const chat_opts_t *o)
     double *tps = calloc(max_turns, sizeof *tps);
     reply_t *r = malloc(sizeof *r);
     FILE *df = o->dat ? fopen(o->dat, "w") : NULL;
-    printf("# long chat: policy %s", o->policy);
+    printf("# long chat: chat template %s, policy %s", *o->tmpl ? o->tmpl : "the model's",
+           o->policy);
     for (uint32_t i = 0; i < o->n_params; i++)
         printf(" %s=%s", o->keys[i], o->values[i]);
     printf(", budget %zu bytes (%u rows), %u-token replies, model context %u; vocabulary of %zu "
@@ -338,7 +339,7 @@ static int long_chat(gc_client_t *c, const chat_opts_t *o)
 int main(int argc, char **argv)
 {
     const char *model = NULL, *gistd = "build/bin/gistd", *dat = NULL, *threads = "0";
-    const char *policy = "auto";
+    const char *policy = "auto", *tmpl = "";
     int counts[MAX_COUNTS] = {1, 2, 4, 8, 16}, n_counts = 5, reps = 3;
     uint32_t tokens = 32, chat = 0, rows = 512, turn = 100, warm = 3;
     const char *corpus = NULL, *pkeys[MAX_PARAMS], *pvalues[MAX_PARAMS];
@@ -383,6 +384,8 @@ int main(int argc, char **argv)
             turn = (uint32_t)atoi(argv[++i]);
         } else if (!strcmp(a, "--policy") && v) {
             policy = argv[++i];
+        } else if (!strcmp(a, "--chat-template") && v) {
+            tmpl = argv[++i];
         } else if (a[0] != '-' && !model) {
             model = a;
         } else {
@@ -390,7 +393,7 @@ int main(int argc, char **argv)
                     "usage: bench_daemon MODEL.gguf [--sessions 1,2,4,8,16] [--tokens N] "
                     "[--reps N] [--threads N] [--gistd PATH] [--dat FILE]\n"
                     "       bench_daemon MODEL.gguf --long-chat N [--budget-rows N] "
-                    "[--policy P] [--param K=V] [--turn N] [--warm N] [--corpus DIR] [--threads N] "
+                    "[--policy P] [--param K=V] [--chat-template T] [--turn N] [--warm N] [--corpus DIR] [--threads N] "
                     "[--gistd PATH] [--dat FILE]\n");
             return 2;
         }
@@ -425,6 +428,7 @@ int main(int argc, char **argv)
                           .turn = turn ? turn : 100,
                           .warm = warm,
                           .policy = policy,
+                          .tmpl = tmpl,
                           .corpus = corpus ? corpus : dir,
                           .dat = dat,
                           .n_params = n_params};

@@ -190,7 +190,6 @@ struct dmn {
     void *send_ctx;
     dmn_counters_t c;
     double t_start;
-    double t_watermark; /* last global watermark check */
     uint64_t epoch;     /* dmn_shrink passes */
     size_t session_min; /* the smallest usable session budget (dmn_session_min_bytes) */
     double t_idle;      /* last idle sweep */

@@ -16,20 +16,15 @@
 
 #include "daemon/dmn_impl.h"
 
-/* Global watermark checks walk the store: at most this often. */
-#define DMN_WATERMARK_EVERY_S 0.1
-
 /* ------------------------------------------------------------------ requests end */
 
 void dmn_usage(const dmn_t *d, const dmn_session_t *s, Gistd__Usage *u)
 {
     const dmn_active_t *a = &s->act;
     const double now = dmn_now();
-    kv_stats_t ks;
-    kv_session_stats(d->store, s->rt.kv, &ks);
     u->prompt_tokens = a->prompt_tokens;
     u->generated_tokens = a->n_gen;
-    u->kv_bytes = ks.bytes;
+    u->kv_bytes = kv_session_bytes(d->store, s->rt.kv);
     u->compactions = a->compactions;
     u->bytes_freed = a->bytes_freed;
     u->queue_ms = a->t_start > 0 ? (a->t_start - a->t_arrive) * 1e3 : 0.0;
@@ -252,15 +247,16 @@ static void add_slot(dmn_t *d, dmn_session_t *s, uint32_t n)
     const uint32_t k = rt_step_slots(d->rt);
     const bool want_all = s->act.kind == DMN_REQ_SCORE;
     int rc = rt_step_add(d->rt, &s->rt, s->pend + s->pend_head, n, want_all, &taken, &e);
-    kv_stats_t st;
-    if (rc == ERR_BUDGET && (kv_store_stats(d->store, &st), st.hard_limit) && d->n_sess > 1) {
+    size_t hard, soft;
+    kv_store_limits(d->store, &hard, &soft);
+    if (rc == ERR_BUDGET && hard && d->n_sess > 1) {
         /* The global limit refused what s's own budget allows, and s alone cannot free it
          * (its pins): the other sessions give back what they hold above their share now,
          * not at the next watermark check, and s tries once more. */
         int64_t freed = 0;
         err_info_t se;
         err_clear(&se);
-        dmn_shrink(d, NULL, st.soft_limit ? st.soft_limit : st.hard_limit, "budget", &freed, &se);
+        dmn_shrink(d, NULL, soft ? soft : hard, "budget", &freed, &se);
         if (freed > 0) {
             err_clear(&e);
             rc = rt_step_add(d->rt, &s->rt, s->pend + s->pend_head, n, want_all, &taken, &e);
@@ -394,21 +390,17 @@ bool dmn_sched_busy(const dmn_t *d)
 }
 
 /* Above the global watermark: the sessions furthest above their fair share, idle ones first,
- * are asked to shrink. */
-static void watermark(dmn_t *d, double now)
+ * are asked to shrink. Checked after every step: the store's byte counter is O(1). */
+static void watermark(dmn_t *d)
 {
-    static const double every = DMN_WATERMARK_EVERY_S;
-    if (now - d->t_watermark < every)
-        return;
-    d->t_watermark = now;
-    kv_stats_t st;
-    kv_store_stats(d->store, &st);
-    if (st.over_soft == 0 || d->n_sess == 0)
+    size_t soft;
+    kv_store_limits(d->store, NULL, &soft);
+    if (!soft || d->n_sess == 0 || kv_store_bytes(d->store) <= soft)
         return;
     int64_t freed = 0;
     err_info_t e;
     err_clear(&e);
-    dmn_shrink(d, NULL, st.soft_limit, "watermark", &freed, &e);
+    dmn_shrink(d, NULL, soft, "watermark", &freed, &e);
 }
 
 void dmn_sched_step(dmn_t *d)
@@ -447,7 +439,7 @@ void dmn_sched_step(dmn_t *d)
     d->c.steps++;
     d->c.items += items;
     dmn_rate_note(d, t0, dmn_now() - t0, dec, items - dec);
-    watermark(d, t1);
+    watermark(d);
 }
 
 /* ------------------------------------------------------------------ shrinking */
@@ -456,18 +448,16 @@ int dmn_shrink(dmn_t *d, dmn_session_t *only, size_t target, const char *reason,
                err_info_t *e)
 {
     *freed = 0;
-    kv_stats_t st;
     if (only) {
-        kv_session_stats(d->store, only->rt.kv, &st);
-        if (st.bytes <= target)
+        if (kv_session_bytes(d->store, only->rt.kv) <= target)
             return 0;
         return rt_sess_shrink(d->rt, &only->rt, target, freed, e);
     }
     /* the whole store: fair share = target / sessions; furthest above it first, idle first */
-    kv_store_stats(d->store, &st);
-    if (st.bytes <= target || d->n_sess == 0)
+    const size_t start = kv_store_bytes(d->store);
+    if (start <= target || d->n_sess == 0)
         return 0;
-    const size_t fair = target / d->n_sess, start = st.bytes;
+    const size_t fair = target / d->n_sess;
     for (int pass = 0; pass < 2; pass++) { /* pass 0: idle sessions, pass 1: busy ones */
         for (;;) {
             dmn_session_t *best = NULL;
@@ -477,21 +467,20 @@ int dmn_shrink(dmn_t *d, dmn_session_t *only, size_t target, const char *reason,
                 if ((s->act.kind == DMN_REQ_NONE) != (pass == 0) || s->shrunk_epoch == d->epoch ||
                     (d->planning && in_step(d, s))) /* its rows are reserved: edits wait */
                     continue;
-                kv_stats_t ks;
-                kv_session_stats(d->store, s->rt.kv, &ks);
-                if (ks.bytes > fair && ks.bytes - fair > best_over) {
+                const size_t bytes = kv_session_bytes(d->store, s->rt.kv);
+                if (bytes > fair && bytes - fair > best_over) {
                     best = s;
-                    best_over = ks.bytes - fair;
-                    best_bytes = ks.bytes;
+                    best_over = bytes - fair;
+                    best_bytes = bytes;
                 }
             }
             if (!best)
                 break;
             best->shrunk_epoch = d->epoch;
-            kv_store_stats(d->store, &st);
-            if (st.bytes <= target)
+            const size_t now = kv_store_bytes(d->store);
+            if (now <= target)
                 break;
-            const size_t over = st.bytes - target;
+            const size_t over = now - target;
             size_t goal = best_bytes > over ? best_bytes - over : 0;
             goal = goal > fair ? goal : fair;
             err_info_t pe;
@@ -503,8 +492,7 @@ int dmn_shrink(dmn_t *d, dmn_session_t *only, size_t target, const char *reason,
         }
     }
     d->epoch++;
-    kv_store_stats(d->store, &st);
-    *freed = (int64_t)start - (int64_t)st.bytes;
+    *freed = (int64_t)start - (int64_t)kv_store_bytes(d->store);
     (void)e;
     return 0;
 }

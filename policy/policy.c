@@ -446,6 +446,20 @@ int pol_next(pol_t *p, const pol_text_t *pieces, uint32_t n, uint32_t *n_run, er
     return 0;
 }
 
+/* What a session that cannot free more still holds, for its refusal: pinned rows and the
+ * cold transcript (6 bytes a token, charged to the session, never compacted). Walks the
+ * session's rows: for error paths only. */
+static const char *held(pol_t *p, char *buf, size_t cap)
+{
+    kv_stats_t st;
+    if (kv_session_stats(p->st, p->sid, &st))
+        return "the rest is pinned";
+    snprintf(buf, cap,
+             "the rest is pinned: %zu bytes, of which the transcript of %llu tokens holds %zu",
+             st.bytes, (unsigned long long)st.tokens, st.transcript_bytes);
+    return buf;
+}
+
 /* The low watermark under a soft one: where a round of compaction that crossed it stops. */
 static size_t low_mark(const pol_t *p, size_t soft)
 {
@@ -538,7 +552,9 @@ int pol_reserve(pol_t *p, uint32_t n, err_info_t *e)
                 *e = e2;
             if (!strcmp(p->name, "full"))
                 return err_prefix(e, "policy 'full' never compacts: ");
-            return err_prefix(e, "policy '%s' cannot free more (the rest is pinned): ", p->name);
+            char why[160];
+            return err_prefix(e, "policy '%s' cannot free more (%s): ", p->name,
+                              held(p, why, sizeof why));
         }
     }
     return err_set(e, ERR_INTERNAL, "policy: no end to making room");
@@ -580,10 +596,11 @@ int pol_make_room(pol_t *p, size_t need, err_info_t *e)
         int rc = pol_step(p, need - freed, POL_R_BUDGET, &progress, e);
         if (rc)
             return rc;
-        if (!progress)
-            return err_set(e, ERR_BUDGET,
-                           "policy '%s' freed %zu of the %zu bytes needed; the rest is pinned",
-                           p->name, freed, need);
+        if (!progress) {
+            char why[160];
+            return err_set(e, ERR_BUDGET, "policy '%s' freed %zu of the %zu bytes needed (%s)",
+                           p->name, freed, need, held(p, why, sizeof why));
+        }
     }
     return err_set(e, ERR_INTERNAL, "policy: no end to making room");
 }

@@ -158,12 +158,9 @@ int rt_sess_end_turn(rt_t *rt, rt_sess_t *s, err_info_t *e)
 
 int rt_sess_shrink(rt_t *rt, rt_sess_t *s, size_t target, int64_t *freed, err_info_t *e)
 {
-    kv_stats_t st;
-    kv_session_stats(rt->st, s->kv, &st);
-    const size_t start = st.bytes;
+    const size_t start = kv_session_bytes(rt->st, s->kv);
     int rc = pol_shrink(s->pol, target, e);
     rt_sess_sync(rt, s);
-    kv_session_stats(rt->st, s->kv, &st);
-    *freed = (int64_t)start - (int64_t)st.bytes;
+    *freed = (int64_t)start - (int64_t)kv_session_bytes(rt->st, s->kv);
     return rc;
 }

@@ -9,6 +9,7 @@ import atexit
 import os
 import shutil
 import sys
+import subprocess
 import tempfile
 import traceback
 
@@ -43,6 +44,21 @@ def tmpdir():
     d = tempfile.mkdtemp(prefix="gistd-pytest-")
     atexit.register(shutil.rmtree, d, True)
     return d
+
+
+_tiny = {}
+
+
+def tiny_model(seed, *extra):
+    """A tiny random model (gist-model make-tiny: n_ctx 256, a byte-level vocabulary), made
+    once per seed and options in this program's temporary folder."""
+    key = (str(seed),) + extra
+    if key not in _tiny:
+        path = os.path.join(tmpdir(), f"tiny{seed}.gguf")
+        subprocess.run([tool("gist-model"), "make-tiny", path, "--seed", str(seed), *extra],
+                       check=True, stdout=subprocess.DEVNULL)
+        _tiny[key] = path
+    return _tiny[key]
 
 
 def main(ns):

@@ -13,16 +13,10 @@ os.environ.setdefault("GISTD_PYPROTO", os.path.join(tap.BUILD, "gen", "python"))
 import gistc  # noqa: E402
 
 GISTCTL = tap.tool("gistctl")
-_models = {}
 
 
 def tiny(seed="51"):
-    if seed not in _models:
-        path = os.path.join(tap.tmpdir(), f"tiny{seed}.gguf")
-        subprocess.run([tap.tool("gist-model"), "make-tiny", path, "--seed", seed], check=True,
-                       stdout=subprocess.DEVNULL)
-        _models[seed] = path
-    return _models[seed]
+    return tap.tiny_model(seed)
 
 
 def ctl(ep, *args, inp=None):

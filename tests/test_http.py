@@ -19,16 +19,10 @@ sys.path.insert(0, os.path.join(tap.ROOT, "clients", "python"))
 os.environ.setdefault("GISTD_PYPROTO", os.path.join(tap.BUILD, "gen", "python"))
 import gistc  # noqa: E402
 
-_models = {}
 
 
 def tiny(seed="7"):
-    if seed not in _models:
-        path = os.path.join(tap.tmpdir(), f"tiny{seed}.gguf")
-        subprocess.run([tap.tool("gist-model"), "make-tiny", path, "--seed", seed], check=True,
-                       stdout=subprocess.DEVNULL)
-        _models[seed] = path
-    return _models[seed]
+    return tap.tiny_model(seed)
 
 
 def stories():

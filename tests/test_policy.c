@@ -482,6 +482,31 @@ static void test_full_refuses_and_keeps(void)
     pt_close(&f);
 }
 
+/* A session whose every row is pinned (recent= longer than the text) refuses with what it
+ * holds: its bytes and the cold transcript's share, which no policy compacts. */
+static void test_refusal_names_what_is_held(void)
+{
+    pt_fx_t f;
+    err_info_t e;
+    pol_param_t ps[] = {{"recent", "100000"}};
+    pt_opts_t o = {.name = "window", .params = ps, .n_params = 1};
+    CHECK_OK(pt_open(&f, &o, &e));
+    size_t hard, soft;
+    pt_budget(&f, 2, 1, &hard, &soft);
+    const char **text = pt_text(200, 5);
+    CHECK_INT(pt_feed(&f, text, 200, 1, &e), ==, ERR_BUDGET);
+    kv_stats_t s;
+    kv_session_stats(f.st, f.sid, &s);
+    char want[160];
+    snprintf(want, sizeof want, "the transcript of %llu tokens holds %zu",
+             (unsigned long long)s.tokens, s.transcript_bytes);
+    CHECK(strstr(e.msg, "cannot free more") != NULL);
+    CHECK(strstr(e.msg, want) != NULL);
+    CHECK(s.transcript_bytes > 0 && s.tokens > 8);
+    free(text);
+    pt_close(&f);
+}
+
 /* Every policy, random batch sizes and budgets: the hard limit holds, events add up, the
  * store stays consistent. */
 static void test_random_budgets_every_policy(void)
@@ -521,6 +546,7 @@ int main(void)
     RUN(test_trim_evicts_lowest_retention);
     RUN(test_pins_hold);
     RUN(test_full_refuses_and_keeps);
+    RUN(test_refusal_names_what_is_held);
     RUN(test_random_budgets_every_policy);
     return check_done();
 }

@@ -26,11 +26,7 @@ SENTENCES = ["The cat sat on the mat. ", "It was a warm day in June! ", "Where d
 
 
 def tiny():
-    path = os.path.join(TMP, "tiny.gguf")
-    if not os.path.exists(path):  # n_ctx 256, a byte-level vocabulary
-        subprocess.run([GM, "make-tiny", path, "--seed", "5"], check=True,
-                       stdout=subprocess.DEVNULL)
-    return path
+    return tap.tiny_model(5)  # n_ctx 256, a byte-level vocabulary
 
 
 def text_file(n_chars, name):

@@ -15,16 +15,10 @@ os.environ.setdefault("GISTD_PYPROTO", os.path.join(tap.BUILD, "gen", "python"))
 import gistc  # noqa: E402
 
 GISTD, GISTCTL = tap.tool("gistd"), tap.tool("gistctl")
-_model = []
 
 
 def tiny():
-    if not _model:
-        path = os.path.join(tap.tmpdir(), "tiny.gguf")
-        subprocess.run([tap.tool("gist-model"), "make-tiny", path, "--seed", "61"], check=True,
-                       stdout=subprocess.DEVNULL)
-        _model.append(path)
-    return _model[0]
+    return tap.tiny_model(61)
 
 
 def gistd(*args):
