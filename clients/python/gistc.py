@@ -294,7 +294,11 @@ class Session:
                 # a generation's last token is stored by the next step: an empty append
                 # stores the paragraph break, so the thought it ends is finished
                 self.append("")
-                out.events += self.compact(last_thought=True)
+                try:
+                    out.events += self.compact(last_thought=True)
+                except GistdError as ex:  # a paragraph break with no text before it
+                    if ex.name != "ERR_NOTFOUND":
+                        raise
         return out
 
     def score(self, text=None, tokens=None):
