@@ -14,8 +14,10 @@ question is pinned (the policies' sinks) and each policy compresses finished tho
 (unit=thought: a finished thought pools into a few gist rows, eviction spares the thought
 being written while finished ones have rows to give), so the budget is the question's bytes
 plus that share of the bytes the thoughts took under the full cache. With --gistd the same
-problems run through a real gistd too: "compact" sends Compact{last_thought} after each
-thought (gistc's Session.think), "auto" leaves it to the thought boundaries under the budget.
+problems run through a real gistd too, a thought a request (gistc's Session.think, which
+stops at the end of the answer line; `gist-model generate` writes all its tokens): "compact"
+sends Compact{last_thought} after each thought, "auto" leaves it to the thought boundaries
+under the budget.
 
 Writes, under --out: reasoning_runs.csv (one row per problem and configuration),
 reasoning.csv (accuracy, peak bytes and tokens/s per steps, policy, budget and path) and
@@ -175,13 +177,8 @@ def gistd_runner(model):
                                params={"sinks": q_tokens, "unit": "thought"})
             try:
                 t0 = time.time()
-                if compact:
-                    t = s.think(q, max_tokens=n_gen, temp=0)
-                    said, made = t.text, t.tokens
-                else:
-                    st = s.generate(q, max_tokens=n_gen, temp=0)
-                    said = st.wait()
-                    made = st.usage.get("generated_tokens", 0)
+                t = s.think(q, max_tokens=n_gen, compact=compact, temp=0)
+                said, made = t.text, t.tokens
                 dt = time.time() - t0
                 info = s.info()
             except gistc.GistdError as ex:
@@ -233,7 +230,8 @@ def markdown(summary, machine):
            "Cells: share of problems whose first \"Answer: N\" is the solver's answer; "
            "budgets: the pinned question's bytes plus that share of the bytes the full "
            "cache's thoughts took (to the answer line); policies compress finished thoughts "
-           "(unit=thought). Peak: the most bytes a problem's session held; tokens/s: the "
+           "(unit=thought). gist-model runs write all their tokens, gistd runs stop at the "
+           "answer line. Peak: the most bytes a problem's session held; tokens/s: the "
            "median generation speed (one thread). \"not run\": every problem of the cell "
            "failed (the error is in reasoning_runs.csv).\n"]
     for model in dict.fromkeys(r["model"] for r in summary):
