@@ -621,9 +621,14 @@ int pol_compact(pol_t *p, const pol_compact_req_t *r, err_info_t *e)
                        p->name);
     uint32_t len = pol_transcript_len(p), first, last;
     if (r->last_thought && p->open_first != POL_NONE && pol_seg_after_paragraph(&p->seg)) {
-        /* the text ends with a paragraph break: the thought before it is finished */
+        /* the text ends with a paragraph break: the thought before it is finished. Sentence
+         * gists are not made for newlines alone (they were never trained so): those stay open
+         * and the sentence before them ends the thought */
+        const bool blank = !p->seg.has_text && p->open_first > 0;
+        const bool sentence_gists = p->gist_mode == POL_GIST_LEARNED && !p->model.gist_thought;
         pol_seg_close(&p->seg);
-        int rc = pol_close_sentence(p, len - 1, true, e);
+        int rc =
+            pol_close_sentence(p, blank && sentence_gists ? p->open_first - 1 : len - 1, true, e);
         if (rc)
             return rc;
     }

@@ -267,6 +267,31 @@ static void test_compact_right_after_a_break(void)
 
 /* ------------------------------------------------------------------ learned gists */
 
+static void test_learned_compact_after_a_break(void)
+{
+    pt_fx_t f;
+    err_info_t e;
+    pt_opts_t o = {.name = "gist", .n_gist = 2};
+    CHECK_OK(pt_open(&f, &o, &e));
+    /* sentence gists after "Q a?" and "T c." (the training rule: the newlines after a
+     * sentence's end close nothing) */
+    const char *a[] = {"", "Q", " a", "?", "\n", "\n", "T", " c", ".", "\n", "\n"};
+    CHECK_OK(pt_feed(&f, a, 11, 1, &e));
+    uint32_t runs = f.runs;
+    CHECK_INT(runs, ==, 2);
+    pol_compact_req_t lt = {.last_thought = true};
+    CHECK_OK(pol_compact(f.p, &lt, &e)); /* the thought "T c." ended: no gists of newlines */
+    CHECK_INT(f.runs, ==, runs);
+    pol_stats_t st;
+    pol_stats(f.p, &st);
+    CHECK_INT(st.thoughts, ==, 1);
+    /* the newlines stay with what follows: the next sentence holds them */
+    const char *b[] = {"U", " d", ".", " V"};
+    CHECK_OK(pt_feed(&f, b, 4, 1, &e));
+    CHECK_INT(f.runs, ==, runs + 1);
+    pt_close(&f);
+}
+
 static void test_learned_sentence_in_sinks(void)
 {
     pt_fx_t f;
@@ -342,6 +367,7 @@ int main(void)
     RUN(test_unit_parameter);
     RUN(test_compact_right_after_a_break);
     RUN(test_learned_sentence_in_sinks);
+    RUN(test_learned_compact_after_a_break);
     RUN(test_learned_gists_per_thought);
     return check_done();
 }
