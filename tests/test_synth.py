@@ -214,6 +214,24 @@ def test_mix_windows():
     xb, _ = b.batch(4)
     tb = " ".join(sp.DecodeIds([int(t) for t in row]) for row in xb)
     assert "im_start" not in tb and "magic" not in tb
+    # --kinds: only the kinds named are drawn
+    k = mix.MixSampler(sp, toks, texts, 256, seed=3, synth_frac=1.0,
+                       kinds=mix.parse_kinds("passkey=1"))
+    tk = [sp.DecodeIds([int(t) for t in row]) for row in k.batch(4)[0]]
+    assert all("pass key" in t for t in tk) and not any("im_start" in t for t in tk)
+
+
+def test_parse_kinds():
+    import mix
+    assert mix.parse_kinds("") is None
+    assert mix.parse_kinds("passkey=3,repeat=0.5") == {"passkey": 3.0, "repeat": 0.5}
+    for bad in ("pasky=1", "passkey", "passkey=0"):
+        try:
+            mix.parse_kinds(bad)
+        except ValueError as e:
+            assert "--kinds" in str(e)
+        else:
+            raise AssertionError(bad)
 
 
 tap.main(globals())

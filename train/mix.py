@@ -78,6 +78,23 @@ class MixSampler:
         return w[:, :-1], w[:, 1:]
 
 
+def parse_kinds(spec):
+    """{kind: weight} from "passkey=3,repeat=2" (kinds left out weigh 0), or None for the
+    default shares (synth.WEIGHTS) when spec is empty."""
+    if not spec:
+        return None
+    out = {}
+    for item in spec.split(","):
+        kind, _, w = item.partition("=")
+        if kind not in synth.KINDS or not w:
+            raise ValueError(f"--kinds: '{item}' is not KIND=WEIGHT with KIND one of "
+                             f"{', '.join(synth.KINDS)}")
+        out[kind] = float(w)
+    if sum(out.values()) <= 0:
+        raise ValueError("--kinds: the weights add up to nothing")
+    return out
+
+
 def heldout_probes(n_per_kind, filler_text, seq_len, seed=1, kinds=None):
     """Evaluation probes: held-out values, held-out filler, depths over the whole window."""
     rng = synth.eval_rng(seed)

@@ -54,10 +54,13 @@ if [ -n "${SHORT_CTX:-}" ]; then
         --eval-windows 8 --eval-minutes 30 --threads $THREADS >> $RUNS/short/log.txt 2>&1
     INIT="--init-ckpt $RUNS/short/ckpt.pt --warmup 10"
 fi
+# BASE_SEQ: the base stage's windows when shorter than the context; BASE_KINDS: the
+# generated documents' shares (mix.parse_kinds), e.g. more retrieval than synth.WEIGHTS
 [ -f $RUNS/base/result.json ] || \
 $RUN train/train_base.py --corpus "$CORPUS" --tok $TOK --out $RUNS/base \
-    $INIT --ctx $CTX --mix $MIX $PROBES \
-    --dim 256 --layers 6 --heads 8 --kv-heads 4 --seq $CTX --batch $((2048 / CTX)) \
+    $INIT --ctx $CTX --mix $MIX $PROBES ${BASE_KINDS:+--kinds $BASE_KINDS} \
+    --dim 256 --layers 6 --heads 8 --kv-heads 4 --seq ${BASE_SEQ:-$CTX} \
+    --batch $((2048 / ${BASE_SEQ:-$CTX})) \
     --lr "${BASE_LR:-2e-3}" --minutes "${BASE_MIN:-110}" ${BASE_END:+--end-utc $BASE_END} \
     --eval-windows 8 --eval-minutes 30 --threads $THREADS >> $RUNS/base/log.txt 2>&1
 
@@ -103,7 +106,7 @@ if [ "$MIX" != 0 ]; then
 fi
 # the command as it was run, for the card
 CMD=""
-for v in RUNS MODELS INIT_GGUF SHORT_CTX SHORT_MIN SHORT_END GIST_SEQ CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
+for v in RUNS MODELS INIT_GGUF SHORT_CTX SHORT_MIN SHORT_END GIST_SEQ BASE_SEQ BASE_KINDS CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
          GIST_END GATES_MIN GATES_END EVAL_WINDOWS MEMORY_ARGS REASONING_ARGS; do
     [ -n "${!v:-}" ] && CMD="$CMD$v=${!v} "
 done

@@ -56,6 +56,8 @@ def main(argv=None):
     ap.add_argument("--init-ckpt", default=None,
                     help="start from this checkpoint's weights (a fresh optimizer and step count), "
                          "e.g. a shorter-context stage carried on at a longer context")
+    ap.add_argument("--kinds", default="",
+                    help="the generated documents' shares, KIND=W,... (default: synth.WEIGHTS)")
     ap.add_argument("--mix", type=float, default=0.0,
                     help="share of windows packed with generated documents (mix.py)")
     ap.add_argument("--eval-probes", type=int, default=0,
@@ -105,7 +107,8 @@ def main(argv=None):
     if a.mix > 0:
         import mix
         sampler = mix.MixSampler(sp, train_tok, [data.read_text(p, a.max_bytes) for p in books],
-                                 a.seq, a.seed + state["step"], a.mix)
+                                 a.seq, a.seed + state["step"], a.mix,
+                                 mix.parse_kinds(a.kinds))
         probes = mix.heldout_probes(a.eval_probes, data.read_text(valid), a.seq) \
             if a.eval_probes else []
     else:
