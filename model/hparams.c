@@ -203,13 +203,14 @@ static int read_gist(const gguf_t *g, mdl_hparams_t *hp, err_info_t *e)
         rc = gguf_get_str(g, "gistd.gist.mask", &mask, e);
         if (rc && rc != ERR_NOTFOUND)
             return rc;
-        /* the extension defines one rule; a file that omits the key was trained with it */
-        if (rc == 0 && !gguf_str_eq(mask, "sentence"))
+        /* a file that omits the key was trained with the sentence rule */
+        if (rc == 0 && !gguf_str_eq(mask, "sentence") && !gguf_str_eq(mask, "thought"))
             return err_set(e, ERR_UNSUPPORTED,
                            "gistd.gist.mask '%.*s' is not supported "
-                           "(expected 'sentence')",
+                           "(expected 'sentence' or 'thought')",
                            (int)(mask.len < 40 ? mask.len : 40), mask.ptr);
-        hp->gist_mask = MDL_GIST_MASK_SENTENCE;
+        hp->gist_mask = rc == 0 && gguf_str_eq(mask, "thought") ? MDL_GIST_MASK_THOUGHT
+                                                                : MDL_GIST_MASK_SENTENCE;
     }
     if (hp->retention_hidden > MAX_FF)
         return err_set(e, ERR_FORMAT,

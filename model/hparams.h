@@ -40,6 +40,7 @@ typedef enum mdl_rope_scaling {
 typedef enum mdl_gist_mask {
     MDL_GIST_MASK_NONE = 0, /* the file carries no gist tokens */
     MDL_GIST_MASK_SENTENCE, /* "sentence" */
+    MDL_GIST_MASK_THOUGHT,  /* "thought": the same rule, with gists after each thought */
 } mdl_gist_mask_t;
 
 typedef struct mdl_hparams {

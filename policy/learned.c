@@ -84,8 +84,8 @@ static int learned_gist(pol_t *p, uint32_t idx, err_info_t *e)
     s->glast = len - 1;
     s->level = 1;
     p->stats.gist_tokens += ng;
-    if (pol_pinned(p, s->first, s->last)) {
-        s->flags |= POL_SPAN_GISTED_RAW; /* the client pinned it: keep its raw rows */
+    if (pol_pinned(p, s->first, s->last) || s->last < p->sinks) {
+        s->flags |= POL_SPAN_GISTED_RAW; /* pinned, or in the sinks: its raw rows stay */
         return 0;
     }
 
@@ -185,9 +185,24 @@ int pol_close_sentence(pol_t *p, uint32_t last, bool thought, err_info_t *e)
     p->open_first = POL_NONE;
     p->stats.sentences++;
     p->stats.thoughts += thought;
-    if (p->gist_mode == POL_GIST_LEARNED)
+    if (p->gist_mode != POL_GIST_LEARNED)
+        return 0;
+    if (!p->model.gist_thought)
         return learned_gist(p, p->n_spans - 1, e);
-    return 0;
+    if (!thought)
+        return 0; /* thought gists: the thought's sentences stay raw until it closes */
+    /* the thought's raw sentences become one span, gisted as a whole */
+    uint32_t i0 = p->n_spans - 1;
+    while (i0 > 0 && !p->spans[i0 - 1].thought_end && p->spans[i0 - 1].level == 0 &&
+           p->spans[i0 - 1].gfirst == POL_NONE && !(p->spans[i0 - 1].flags & SPAN_BUSY))
+        i0--;
+    pol_span_t *a = &p->spans[i0];
+    for (uint32_t i = i0 + 1; i < p->n_spans; i++)
+        a->tokens += p->spans[i].tokens;
+    a->last = p->spans[p->n_spans - 1].last;
+    a->thought_end = 1;
+    p->n_spans = i0 + 1;
+    return learned_gist(p, i0, e);
 }
 
 bool pol_run_sees(const pol_run_t *r, const kv_row_meta_t *m)

@@ -79,6 +79,7 @@ struct pol {
     bool acc;            /* attention accumulators on */
     bool no_mass_bias;   /* pooled rows weigh as one token, not as their mass */
     pol_expand_cfg_t xp; /* re-expansion (policy/expand.c) */
+    bool by_thought;     /* unit=thought: compress finished thoughts, spare the open one */
 
     /* state */
     pol_seg_t seg;
@@ -90,6 +91,10 @@ struct pol {
     uint32_t (*holds)[3]; /* [n_holds] expanded ranges [first, last] held until position [2] */
     uint32_t n_holds, cap_holds;
     pol_stats_t stats;
+
+    uint32_t done_spans; /* unit=thought: spans of finished thoughts (set by pol_step) */
+    uint32_t open_start; /* and the first position of the open thought */
+    bool spare_open;     /* eviction spares the open thought (pol_step's first try) */
 
     /* scratch, grown as needed */
     kv_row_meta_t *meta; /* one lane's metadata */

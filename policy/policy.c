@@ -67,7 +67,11 @@ const char *pol_param_help(void)
            "expand_min=F   a span's score must reach this; 1 is the average compressed span's "
            "(default 2)\n"
            "expand_lex=F   weight of the lexical match against the turn's tokens (default "
-           "0.25)\n";
+           "0.25)\n"
+           "unit=U         what the schedule compresses: sentence (default) or thought (whole "
+           "finished thoughts, pooled into gist_rows rows each; the open thought is spared "
+           "while finished ones have rows to give, and stands for the recent window: recent "
+           "and recent_frac default to 0)\n";
 }
 
 const char *pol_name(const pol_t *p)
@@ -182,6 +186,8 @@ static int preset(pol_t *p, const char *name, err_info_t *e)
         return err_set(e, ERR_INVAL, "unknown policy '%s' (known: %s)", name, pol_names());
     }
     if (p->gist_mode == POL_GIST_LEARNED) {
+        /* gists trained after each thought: the open thought stays raw until it closes */
+        p->by_thought = m->gist_thought;
         p->sinks = m->gist_sinks ? m->gist_sinks : 1;
         p->recent = 0; /* closed sentences are seen through their gists only */
         p->recent_frac = 0.0f;
@@ -193,15 +199,16 @@ static int preset(pol_t *p, const char *name, err_info_t *e)
 static int apply_params(pol_t *p, const pol_param_t *ps, uint32_t n, pol_seg_cfg_t *sc,
                         err_info_t *e)
 {
-    bool rule_set = false;
+    bool rule_set = false, recent_set = false;
     for (uint32_t i = 0; i < n; i++) {
         const char *k = ps[i].key ? ps[i].key : "", *v = ps[i].value;
         int rc;
         if (!strcmp(k, "sinks"))
             rc = parse_u32(k, v, 0, 1u << 20, &p->sinks, e);
-        else if (!strcmp(k, "recent"))
+        else if (!strcmp(k, "recent")) {
             rc = parse_u32(k, v, 0, 1u << 24, &p->recent, e);
-        else if (!strcmp(k, "gist_rows"))
+            recent_set = true;
+        } else if (!strcmp(k, "gist_rows"))
             rc = parse_u32(k, v, 1, 64, &p->gist_rows, e);
         else if (!strcmp(k, "merge"))
             rc = parse_u32(k, v, 0, 1024, &p->merge_k, e);
@@ -211,9 +218,17 @@ static int apply_params(pol_t *p, const pol_param_t *ps, uint32_t n, pol_seg_cfg
             uint32_t b = 1;
             rc = parse_u32(k, v, 0, 1, &b, e);
             p->no_mass_bias = b == 0;
-        } else if (!strcmp(k, "recent_frac"))
+        } else if (!strcmp(k, "recent_frac")) {
             rc = parse_frac(k, v, &p->recent_frac, e);
-        else if (!strcmp(k, "low")) {
+            recent_set = true;
+        } else if (!strcmp(k, "unit")) {
+            rc = 0;
+            if (v && (!strcmp(v, "thought") || !strcmp(v, "sentence")))
+                p->by_thought = !strcmp(v, "thought");
+            else
+                rc = err_set(e, ERR_INVAL, "policy parameter unit: '%s' is not sentence or thought",
+                             v ? v : "");
+        } else if (!strcmp(k, "low")) {
             rc = parse_frac(k, v, &p->low, e);
             if (!rc && p->low <= 0.0f)
                 rc = err_set(e, ERR_INVAL, "policy parameter low: '%s' is not in (0, 1]", v);
@@ -237,14 +252,18 @@ static int apply_params(pol_t *p, const pol_param_t *ps, uint32_t n, pol_seg_cfg
                 e, ERR_INVAL,
                 "policy '%s' has no parameter '%s' (known: sinks, recent, recent_frac, low, "
                 "mass_bias, gist_rows, merge, levels, min_gist, max_sentence, rule, score, "
-                "expand, expand_tokens, expand_spans, expand_query, expand_hold, expand_min, "
-                "expand_lex)",
+                "unit, expand, expand_tokens, expand_spans, expand_query, expand_hold, "
+                "expand_min, expand_lex)",
                 p->name, k);
         if (rc)
             return rc;
     }
-    if (!rule_set)
-        sc->train_rule = p->gist_mode == POL_GIST_LEARNED;
+    if (!rule_set) /* thought gists were trained on the text rule's thoughts */
+        sc->train_rule = p->gist_mode == POL_GIST_LEARNED && !p->model.gist_thought;
+    if (p->by_thought && !recent_set) {
+        p->recent = 0; /* the open thought is the recent window */
+        p->recent_frac = 0.0f;
+    }
     if (!strcmp(p->name, "full") && p->evict != POL_EV_NONE)
         return err_set(e, ERR_INVAL, "policy 'full' never evicts (score=%s given)",
                        pol_method_name(p->evict));
@@ -629,6 +648,18 @@ int pol_compact(pol_t *p, const pol_compact_req_t *r, err_info_t *e)
                        "RoPE parameters are unknown",
                        p->name);
     uint32_t len = pol_transcript_len(p), first, last;
+    if (r->last_thought && p->open_first != POL_NONE && pol_seg_after_paragraph(&p->seg)) {
+        /* the text ends with a paragraph break: the thought before it is finished. Sentence
+         * gists are not made for newlines alone (they were never trained so): those stay open
+         * and the sentence before them ends the thought */
+        const bool blank = !p->seg.has_text && p->open_first > 0;
+        const bool sentence_gists = p->gist_mode == POL_GIST_LEARNED && !p->model.gist_thought;
+        pol_seg_close(&p->seg);
+        int rc =
+            pol_close_sentence(p, blank && sentence_gists ? p->open_first - 1 : len - 1, true, e);
+        if (rc)
+            return rc;
+    }
     if (r->last_thought) {
         int32_t a = -1, b = -1; /* indices of the last two thought ends */
         for (int32_t i = (int32_t)p->n_spans - 1; i >= 0 && a < 0; i--)

@@ -16,6 +16,10 @@
  *           accumulated attention (learned gists only on request, as `gist`: they change
  *           what every later token sees from the first sentence on); and re-expansion of the
  *           compressed spans each new turn calls for (`expand`, see below)
+ * Any of them with unit=thought compresses whole finished thoughts (paragraph breaks or the
+ * client's markers) instead of sentences: a finished thought pools into gist_rows rows, merges
+ * take whole thoughts, and eviction spares the open thought while finished ones have rows
+ * to give (the open thought stands for the recent window).
  * New policies are presets of the same engine (policy/policy.c), so they slot in without
  * touching the kvstore or the model.
  *
@@ -165,6 +169,8 @@ typedef struct pol_model {
     uint32_t n_gist;     /* gistd.gist.count (0: no gist tokens) */
     uint32_t gist_first; /* gistd.gist.first_token_id */
     uint32_t gist_sinks; /* gistd.gist.sinks: tokens every token sees under the mask */
+    bool gist_thought;   /* gistd.gist.mask "thought": gists follow each thought, not each
+                            sentence (the policy's thoughts are its sentences) */
     bool has_gates;      /* the model writes retention log-beta for every new row */
     kv_rope_t rope;      /* the model's rotation, for pooled rows (rotate NULL: pooling refused) */
 } pol_model_t;
@@ -256,7 +262,8 @@ int pol_shrink(pol_t *p, size_t target, err_info_t *e);
 
 /* An explicit request: gist the sentences of a span now, pins included. */
 typedef struct pol_compact_req {
-    bool last_thought;    /* the last finished thought (between the last two thought marks) */
+    bool last_thought;    /* the last finished thought (between the last two thought marks; a
+                             text that ends with a paragraph break has just finished one) */
     uint32_t first, last; /* else these positions */
 } pol_compact_req_t;
 /* Learned gists close the open sentence when the span reaches it; closed raw sentences are

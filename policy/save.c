@@ -146,7 +146,7 @@ int pol_save(const pol_t *p, uint8_t **buf, size_t *len)
                          p->seg.cfg.train_rule,
                          p->seg.cfg.max_len,
                          frac_bits,
-                         p->no_mass_bias};
+                         (uint32_t)p->no_mass_bias | (uint32_t)p->by_thought << 1};
     for (size_t i = 0; i < sizeof params / sizeof params[0]; i++)
         put32(&w, params[i]);
     uint32_t min_bits, lex_bits;
@@ -157,7 +157,10 @@ int pol_save(const pol_t *p, uint8_t **buf, size_t *len)
     for (size_t i = 0; i < sizeof xp / sizeof xp[0]; i++)
         put32(&w, xp[i]);
     const pol_seg_t *g = &p->seg;
-    uint32_t seg[] = {g->len, g->has_text, g->term, g->nl_run, g->last_nl, g->prev_nl, g->tail_len};
+    uint32_t seg[] = {g->len,     g->has_text | (uint32_t)g->closed_text << 1,
+                      g->term,    g->nl_run,
+                      g->last_nl, g->prev_nl,
+                      g->tail_len};
     for (size_t i = 0; i < sizeof seg / sizeof seg[0]; i++)
         put32(&w, seg[i]);
     put(&w, g->tail, POL_SEG_TAIL);
@@ -223,7 +226,9 @@ int pol_load(pol_t *p, const uint8_t *buf, size_t len, err_info_t *e)
     pol_seg_cfg_t sc = {.train_rule = params[9] != 0, .max_len = params[10]};
     pol_seg_init(&g, &sc);
     g.len = get32(&r);
-    g.has_text = get32(&r) != 0;
+    uint32_t text_bits = get32(&r);
+    g.has_text = (text_bits & 1u) != 0;
+    g.closed_text = (text_bits & 2u) != 0;
     g.term = get32(&r) != 0;
     g.nl_run = get32(&r);
     g.last_nl = get32(&r) != 0;
@@ -296,7 +301,8 @@ int pol_load(pol_t *p, const uint8_t *buf, size_t len, err_info_t *e)
     p->evict = (int)params[7];
     p->acc = params[8] != 0;
     memcpy(&p->recent_frac, &params[11], 4);
-    p->no_mass_bias = params[12] != 0;
+    p->no_mass_bias = (params[12] & 1u) != 0;
+    p->by_thought = (params[12] & 2u) != 0;
     if (version >= 2) {
         p->xp.on = xp[0] != 0;
         p->xp.tokens = xp[1];

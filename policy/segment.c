@@ -89,8 +89,12 @@ int pol_seg_peek(const pol_seg_t *s, const char *piece, uint32_t len)
 {
     if (s->cfg.max_len && s->len >= s->cfg.max_len)
         return POL_SEG_LENGTH;
-    if (!s->has_text)
+    if (!s->has_text) {
+        /* the text rule: a paragraph break right after a sentence's end ends a thought */
+        if (!s->cfg.train_rule && s->closed_text && s->nl_run >= 2 && !all_newlines(piece, len))
+            return POL_SEG_PARAGRAPH;
         return POL_SEG_NONE;
+    }
     if (s->term && len > 0 && is_space(piece[0]))
         return POL_SEG_SENTENCE;
     if (s->cfg.train_rule) {
@@ -103,10 +107,17 @@ int pol_seg_peek(const pol_seg_t *s, const char *piece, uint32_t len)
     return POL_SEG_NONE;
 }
 
+bool pol_seg_after_paragraph(const pol_seg_t *s)
+{
+    return (s->has_text || s->closed_text) && s->nl_run >= 2;
+}
+
 void pol_seg_close(pol_seg_t *s)
 {
     pol_seg_cfg_t cfg = s->cfg;
+    bool had_text = s->has_text;
     pol_seg_init(s, &cfg);
+    s->closed_text = had_text;
 }
 
 int pol_seg_push(pol_seg_t *s, const char *piece, uint32_t len)
@@ -119,8 +130,10 @@ int pol_seg_push(pol_seg_t *s, const char *piece, uint32_t len)
     }
     s->len++;
     bool ws = all_space(piece, len);
-    if (len > 0 && !ws)
+    if (len > 0 && !ws) {
         s->has_text = true;
+        s->closed_text = false;
+    }
     s->prev_nl = s->last_nl;
     s->last_nl = len == 1 && piece[0] == '\n';
     s->nl_run = ws ? s->nl_run + count_nl(piece, len) : 0;

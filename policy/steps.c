@@ -327,9 +327,13 @@ int pol_pool_spans(pol_t *p, uint32_t i0, uint32_t i1, int reason, err_info_t *e
         uint32_t lo = s->first > p->sinks ? s->first : p->sinks, hi = pol_span_end(s);
         if (lo > hi)
             continue;
-        rng[m][0] = (float)lo;
-        rng[m][1] = (float)hi;
-        m++;
+        if (p->by_thought && m && i > i0 && !p->spans[i - 1].thought_end) {
+            rng[m - 1][1] = (float)hi; /* unit=thought: a thought's sentences pool together */
+        } else {
+            rng[m][0] = (float)lo;
+            rng[m][1] = (float)hi;
+            m++;
+        }
         tokens += s->tokens;
     }
     int rc = 0;
@@ -498,6 +502,8 @@ static bool row_pinned(const pol_t *p, const kv_row_meta_t *m, uint32_t len)
         return true;
     if (p->n_holds && pol_held(p, m->first, m->last, len))
         return true;
+    if (p->spare_open && m->pos >= (float)p->open_start)
+        return true;
     for (uint32_t i = 0; i < p->n_pins; i++)
         if (m->pos >= (float)p->pins[i][0] && m->pos <= (float)p->pins[i][1])
             return true;
@@ -596,6 +602,8 @@ static bool span_free(const pol_t *p, const pol_span_t *s, uint32_t len)
     uint32_t end = pol_span_end(s);
     if (s->flags & SPAN_BUSY || end < p->sinks)
         return false;
+    if (p->by_thought && (uint32_t)(s - p->spans) >= p->done_spans)
+        return false; /* a sentence of the open thought */
     if (p->recent_eff && (uint64_t)end + p->recent_eff >= len)
         return false;
     return !pol_pinned(p, s->first, end) && !pol_held(p, s->first, end, len);
@@ -636,6 +644,13 @@ int pol_step(pol_t *p, size_t want, int reason, bool *progress, err_info_t *e)
 {
     *progress = false;
     p->recent_eff = effective_recent(p);
+    if (p->by_thought) { /* the spans of finished thoughts, and where the open one starts */
+        uint32_t d = p->n_spans;
+        while (d > 0 && !p->spans[d - 1].thought_end)
+            d--;
+        p->done_spans = d;
+        p->open_start = d ? pol_span_end(&p->spans[d - 1]) + 1 : 0;
+    }
     const uint32_t len = pol_transcript_len(p), nl = kv_lane_count(p->st);
     const uint32_t B = kv_block_rows(p->st);
     size_t blk = kv_block_bytes(p->st, kv_store_config(p->st)->hot_type) * nl;
@@ -678,6 +693,9 @@ int pol_step(pol_t *p, size_t want, int reason, bool *progress, err_info_t *e)
             if (take == 0)
                 goto merges;
             j = i + take - 1 > j ? i + take - 1 : j;
+            while (p->by_thought && !p->spans[j].thought_end && j + 1 < p->done_spans &&
+                   p->spans[j + 1].level == 0)
+                j++; /* unit=thought: whole thoughts */
             err_info_t e2;
             err_clear(&e2);
             rc = pol_pool_spans(p, i, j, reason, &e2);
@@ -701,17 +719,24 @@ merges:
         if (!runs)
             return err_set(e, ERR_NOMEM, "policy: out of memory");
         for (uint32_t L = 1; L < p->levels; L++) {
-            uint32_t run = 0, n_runs = 0, take = 0;
+            uint32_t run = 0, thoughts = 0, n_runs = 0, take = 0;
             for (uint32_t i = 0; i < p->n_spans; i++) {
                 const pol_span_t *s = &p->spans[i];
                 bool ok = s->level == L && span_free(p, s, len);
                 run = ok ? run + 1 : 0;
-                if (ok && s->thought_end && run < p->merge_k)
-                    run = 0; /* a merge does not cross a thought boundary */
-                if (run < p->merge_k)
-                    continue;
+                thoughts = ok ? thoughts + s->thought_end : 0;
+                if (p->by_thought) {
+                    /* unit=thought: merge_k whole thoughts */
+                    if (!s->thought_end || thoughts < p->merge_k)
+                        continue;
+                } else {
+                    if (ok && s->thought_end && run < p->merge_k)
+                        run = 0; /* a merge does not cross a thought boundary */
+                    if (run < p->merge_k)
+                        continue;
+                }
                 runs[n_runs++] = (pol_mrun_t){i + 1 - run, i};
-                run = 0;
+                run = thoughts = 0;
             }
             if (n_runs == 0)
                 continue;
@@ -744,8 +769,15 @@ merges:
         free(runs);
     }
 
-    /* 3. eviction by score */
-    if (p->evict != POL_EV_NONE)
-        return evict_step(p, blocks, reason, progress, e);
-    return 0;
+    /* 3. eviction by score (unit=thought: from finished thoughts while they have rows) */
+    if (p->evict == POL_EV_NONE)
+        return 0;
+    if (p->by_thought) {
+        p->spare_open = true;
+        int rc = evict_step(p, blocks, reason, progress, e);
+        p->spare_open = false;
+        if (rc || *progress)
+            return rc;
+    }
+    return evict_step(p, blocks, reason, progress, e);
 }

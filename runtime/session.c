@@ -19,6 +19,7 @@ void rt_policy_model(const mdl_t *m, pol_model_t *pm)
     *pm = (pol_model_t){.n_gist = hp->n_gist,
                         .gist_first = hp->gist_first,
                         .gist_sinks = hp->gist_sinks,
+                        .gist_thought = hp->gist_mask == MDL_GIST_MASK_THOUGHT,
                         .has_gates = mdl_has_retention(m),
                         .rope = {.rotate = rotate, .ctx = mdl_rope(m)}};
 }

@@ -199,7 +199,8 @@ typedef struct pt_opts {
     uint32_t n_params;
     size_t hard, soft;
     uint32_t block_rows;
-    uint32_t n_gist; /* learned gist tokens of the fake model */
+    uint32_t n_gist;    /* learned gist tokens of the fake model */
+    bool thought_gists; /* trained after each thought (gistd.gist.mask "thought") */
     bool gates;
 } pt_opts_t;
 
@@ -226,6 +227,7 @@ static inline int pt_open(pt_fx_t *f, const pt_opts_t *o, err_info_t *e)
                        .model = {.n_gist = o->n_gist,
                                  .gist_first = 500,
                                  .gist_sinks = 1,
+                                 .gist_thought = o->thought_gists,
                                  .has_gates = o->gates,
                                  .rope = *pt_rope_kv()},
                        .runner = {.ctx = f, .run = pt_run},

@@ -193,6 +193,63 @@ def test_sentence_mask_rule():
     assert not m[5, 1] and not m[10, 6] and m[10, 3] and m[9, 5] and m[4, 3] and not m[3, 4]
 
 
+def test_thought_split_and_mask():
+    """Gists after each thought (train_gist --unit thought): the thoughts are where gistd's
+    segmenter closes them, and a token sees finished thoughts only through their gists."""
+    data, _export, M = train_modules()
+    sys.path.insert(0, TRAIN)
+    import train_gist
+
+    texts = {0: "", 1: "x", 2: " =", 3: " 5", 4: ".", 5: "\n", 6: "Answer", 7: ":",
+             8: "\n\n", 9: " ", 10: "y"}
+    # "x = 5.\n\n" | "y = x.\n\n" (one "\n\n" token) | "\n" runs on | "Answer:" unclosed
+    toks = np.array([1, 2, 3, 4, 5, 5, 10, 2, 1, 4, 8, 6, 7, 5, 5, 5, 10, 7])
+    assert data.thought_ends(toks, texts) == [5, 10, 15]
+    # a paragraph break is a sentence end too where no terminator came before it; a single
+    # newline, or newlines before any text, close nothing
+    assert data.thought_ends(np.array([5, 5, 1, 4, 5, 1, 2]), texts) == []
+    assert data.sentence_ends(toks, texts) == [3, 9, 15]
+    parts = data.split_thoughts(toks, texts)
+    assert [len(p) for p in parts] == [6, 5, 5, 2]
+    assert np.array_equal(np.concatenate(parts), toks)
+
+    G, BOS = 100, 99
+    s = train_gist.GistSampler([parts], 20, BOS, G, 2, 0)
+    w = s.window(parts, 0)
+    # written out by hand: [BOS] thought 0, its gists, thought 1, its gists, thought 2 ...
+    want = [BOS, *toks[:6], G, G + 1, *toks[6:11], G, G + 1, *toks[11:16], G, G + 1][:21]
+    assert list(w) == want, list(w)
+    owner = [0] + [0] * 8 + [1] * 7 + [2] * 5  # thought of each position (gists included)
+    gist = [t >= G for t in w]
+    m = M.sentence_mask(torch.tensor(w[None, :-1]), G, 2, n_sinks=1)[0].numpy()
+    for i in range(20):
+        for j in range(20):
+            ok = j <= i and (j == 0 or gist[j] or owner[j] == owner[i])
+            assert bool(m[i, j]) == ok, (i, j)
+    # "Answer" (position 16) sees thought 1's gists (14, 15), not its text (9..13)
+    assert m[16, 14] and m[16, 15] and not m[16, 9] and not m[16, 13]
+
+
+def test_gist_stage_thought_unit():
+    """A tiny gist stage with --unit thought exports a file the engine reads as such."""
+    f = fixture()
+    sys.path.insert(0, TRAIN)
+    import export
+    import train_gist
+
+    d, corpus = f["dir"], os.path.dirname(tap.shared("corpus/persuasion.txt"))
+    train_gist.main(["--corpus", corpus, "--max-bytes", "40000", "--tok", f["tok"], "--seq",
+                     "48", "--warmup", "2", "--log-every", "1000", "--eval-windows", "2",
+                     "--base", f"{d}/base/ckpt.pt", "--out", f"{d}/gist_thought", "--gists",
+                     "2", "--batch", "4", "--frozen-steps", "2", "--max-steps", "2",
+                     "--unit", "thought"])
+    out = os.path.join(d, "gist_thought.gguf")
+    export.main(["--ckpt", f"{d}/gist_thought/ckpt.pt", "--tok", f["tok"], "--out", out])
+    info = subprocess.run([engine(), "info", out], capture_output=True, text=True)
+    assert info.returncode == 0, info.stderr
+    assert "mask thought" in info.stdout, info.stdout
+
+
 def test_end_time_rolls_over_midnight():
     train_modules()
     import datetime as dt

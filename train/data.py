@@ -164,9 +164,36 @@ def sentence_ends(tokens, texts):
     return ends
 
 
+def thought_ends(tokens, texts):
+    """Indices k after which a thought closes (gistd's thought boundary, policy/segment.c's
+    text rule): tokens up to k end with a run of whitespace-only tokens holding two or more
+    newlines, some text came since the last thought closed, and token k+1 is not newlines
+    only. A paragraph break right after a sentence's end closes a thought too."""
+    ends = []
+    has_text, nl_run = False, 0
+    for k in range(len(tokens) - 1):
+        t = texts[tokens[k]]
+        ws = t != "" and all(c in " \t\n\v\f\r" for c in t)
+        has_text = has_text or (t != "" and not ws)
+        nl_run = nl_run + t.count("\n") if ws else 0
+        nxt = texts[tokens[k + 1]]
+        if has_text and nl_run >= 2 and not (nxt and all(c in "\n\r" for c in nxt)):
+            ends.append(k)
+            has_text, nl_run = False, 0
+    return ends
+
+
+def split_thoughts(tokens, texts):
+    """List of np arrays, one per thought (the last may be unclosed)."""
+    return _split(tokens, thought_ends(tokens, texts))
+
+
 def split_sentences(tokens, texts):
     """List of np arrays, one per sentence (the last may be unclosed)."""
-    ends = sentence_ends(tokens, texts)
+    return _split(tokens, sentence_ends(tokens, texts))
+
+
+def _split(tokens, ends):
     out, start = [], 0
     for k in ends:
         out.append(tokens[start : k + 1])

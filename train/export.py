@@ -84,7 +84,7 @@ def export(model, sp, path, wtype="f32", gist=None, retention_budget=None, name=
     if gist:
         w.add_u32("gistd.gist.count", gist["count"])
         w.add_u32("gistd.gist.first_token_id", gist["first_token_id"])
-        w.add_string("gistd.gist.mask", "sentence")
+        w.add_string("gistd.gist.mask", gist.get("mask", "sentence"))
         w.add_u32("gistd.gist.sinks", gist.get("sinks", 1))
     if model.has_gates():
         w.add_u32("gistd.retention.hidden", model.blocks[0].retention.inp.out_features)

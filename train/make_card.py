@@ -72,14 +72,14 @@ def quality_section(path, name):
     return out
 
 
-def memory_section(path):
-    """bench/memory.py's tables (recall against KV budget), under a heading of the card."""
+def bench_section(path, heading):
+    """A benchmark's markdown tables (bench/memory.py, bench/reasoning.py) under a heading
+    of the card."""
     if not path:
         return ""
     with open(path) as f:
         body = f.read().split("\n", 1)[1]  # its own title goes
-    return ("\n## What each policy remembers (`bench/memory.sh`)\n" +
-            body.replace("\n## ", "\n### "))
+    return f"\n## {heading}\n" + body.replace("\n## ", "\n### ")
 
 
 def main():
@@ -91,6 +91,7 @@ def main():
                     help="the command that made the model, quoted in the card")
     ap.add_argument("--quality", help="bench/quality.py's quality.csv with rows for this model")
     ap.add_argument("--memory", help="bench/memory.py's memory.md for this model")
+    ap.add_argument("--reasoning", help="bench/reasoning.py's reasoning.md for this model")
     a = ap.parse_args()
     r = a.runs
     cfg, params = config(os.path.join(r, "base", "log.txt"))
@@ -181,7 +182,9 @@ every row scores the same {ev['base']['tokens']:,} tokens. Persuasion tokenizes 
 "final" is this file (after the gist fine-tune). "gists + sentence mask": no token sees the
 raw tokens of an earlier sentence, only its gists. "gate decay": key i weighs
 beta_i^(t-i) at query t (the soft form the gates are trained with).
-{engine}{quality_section(a.quality, name) if a.quality else ""}{memory_section(a.memory)}"""
+{engine}{quality_section(a.quality, name) if a.quality else ""}\
+{bench_section(a.memory, "What each policy remembers (`bench/memory.sh`)")}\
+{bench_section(a.reasoning, "Reasoning with finished thoughts compressed (`bench/reasoning.py`)")}"""
     with open(a.out, "w") as f:
         f.write(text)
     print(f"wrote {a.out}")

@@ -198,7 +198,8 @@ class Llama(nn.Module):
 
 
 def sentence_mask(tokens, gist_first, n_gist, n_sinks=1):
-    """The sentence mask, bool [B, T, T], derived from where the gist ids stand.
+    """The sentence mask, bool [B, T, T], derived from where the gist ids stand (the thought
+    mask too: with gists after each thought, the segments below are thoughts).
 
     A maximal run of gist ids closes the sentence before it and belongs to it. Query i may
     see key j <= i iff j is one of the first n_sinks positions, or j is a gist token, or

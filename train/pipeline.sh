@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole recipe, stage after stage: tokenizer, base model, gist tokens, retention gates,
-# export, evaluation, the KV-budget figures (bench/quality.py) and the model card. Every
+# export, evaluation, the KV-budget figures (bench/quality.py; with MIX, recall and reasoning
+# under budgets too: bench/memory.py, bench/reasoning.py) and the model card. Every
 # stage resumes from its checkpoint, so running this again after an interruption carries
 # on where it stopped (a stage that wrote its result.json is done and skipped). Stage budgets are minutes
 # of training and, optionally, absolute end times (HH:MM UTC):
@@ -89,21 +90,29 @@ make -s -j2 build/bin/gist-model
 $PY bench/quality.py --models $MODELS/$NAME.gguf --out $RUNS/quality
 # what it recalls under each budget: pass keys, needles, chat facts (bench/memory.py)
 MEMORY=""
+REASONING=""
 if [ "$MIX" != 0 ]; then
     # 4 probes per task at depths up to 2 contexts: about an hour on idle cores (every
     # depth to 8 contexts takes hours: bench/memory.sh --model ... alone)
     $PY bench/memory.py --model $MODELS/$NAME.gguf --out $RUNS/memory \
         ${MEMORY_ARGS:---probes 4 --depths 0.5,1,2}
     MEMORY=1
+    # the same model reasoning while each finished thought is compressed: held-out 2-8 step
+    # problems, every policy at 50/25/12.5% of the trace, through gistd too
+    make -s -j2 build/bin/gistd
+    $PY bench/reasoning.py --model $MODELS/$NAME.gguf --out $RUNS/reasoning \
+        ${REASONING_ARGS:---probes 10 --gistd}
+    REASONING=1
 fi
 # the command as it was run, for the card
 CMD=""
 for v in RUNS MODELS INIT_GGUF SHORT_CTX SHORT_MIN SHORT_END GIST_SEQ BASE_SEQ BASE_KINDS CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
-         GIST_END GATES_MIN GATES_END EVAL_WINDOWS MEMORY_ARGS; do
+         GIST_END GATES_MIN GATES_END EVAL_WINDOWS MEMORY_ARGS REASONING_ARGS; do
     [ -n "${!v:-}" ] && CMD="$CMD$v=${!v} "
 done
 $PY train/make_card.py --runs $RUNS --model $MODELS/$NAME.gguf --out $MODELS/README.md \
     --command "${CMD}train/pipeline.sh" --quality $RUNS/quality/quality.csv \
-    ${MEMORY:+--memory $RUNS/memory/memory.md}
+    ${MEMORY:+--memory $RUNS/memory/memory.md} \
+    ${REASONING:+--reasoning $RUNS/reasoning/reasoning.md}
 exit
 }

@@ -7,6 +7,12 @@ cross-entropy on regular tokens only. Gist positions are never scored, and the f
 of a sentence is predicted from the last gist of the group before it (the sentence's own
 last token, whose next token is a gist, is not scored).
 
+With --unit thought the gists follow each thought instead (LightThinker: after a thought
+closes, later tokens see its gists, not its text): thoughts are split where gistd's segmenter
+closes them (data.thought_ends: paragraph breaks), and the mask is the same rule over the
+segments the gist groups close (model.sentence_mask); the export records gistd.gist.mask
+"thought".
+
 Phase 1 (--frozen-minutes) trains only the new rows of token_embd and output (the base
 is frozen); phase 2 (--minutes) fine-tunes everything at a lower rate, with a share
 (--plain-frac) of the windows left without gists so the model stays a plain causal LM.
@@ -75,16 +81,16 @@ class GistSampler:
 
 class MixGistSampler:
     """GistSampler.batch over windows of the training mix (mix.MixSampler): each plain
-    window is cut into sentences and gisted as a book would be."""
+    window is cut into sentences (or thoughts: split) and gisted as a book would be."""
 
-    def __init__(self, mix_sampler, gist_sampler, texts):
-        self.mix, self.gist, self.texts = mix_sampler, gist_sampler, texts
+    def __init__(self, mix_sampler, gist_sampler, texts, split=data.split_sentences):
+        self.mix, self.gist, self.texts, self.split = mix_sampler, gist_sampler, texts, split
 
     def batch(self, batch_size, plain_frac=0.0):
         rows = []
         for _ in range(batch_size):
             w = self.mix.window()
-            sents = data.split_sentences(w[1:], self.texts)
+            sents = self.split(w[1:], self.texts)
             rows.append(self.gist.window(sents, 0,
                                          with_gists=self.gist.rng.random() >= plain_frac))
         return np.stack(rows)
@@ -151,10 +157,13 @@ def eval_plain(model, plain):
     return tot / n, n
 
 
-def book_sentences(tok_path, sp, paths, max_bytes):
+SPLIT = {"sentence": data.split_sentences, "thought": data.split_thoughts}
+
+
+def book_sentences(tok_path, sp, paths, max_bytes, unit="sentence"):
+    """Each book as a list of its sentences (or thoughts)."""
     texts = data.piece_texts(sp)
-    return [data.split_sentences(data.book_tokens(tok_path, p, max_bytes), texts)
-            for p in paths]
+    return [SPLIT[unit](data.book_tokens(tok_path, p, max_bytes), texts) for p in paths]
 
 
 def main(argv=None):
@@ -165,6 +174,8 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--max-bytes", type=int, default=None)
     ap.add_argument("--gists", type=int, default=2, help="N_g gist tokens per sentence")
+    ap.add_argument("--unit", choices=sorted(SPLIT), default="sentence",
+                    help="what a gist group closes: a sentence, or a thought (paragraph)")
     ap.add_argument("--frozen-minutes", type=float, default=5.0,
                     help="phase 1: only the gist rows learn")
     ap.add_argument("--frozen-lr", type=float, default=3e-3)
@@ -181,12 +192,12 @@ def main(argv=None):
     os.makedirs(a.out, exist_ok=True)
     sp = data.load_sp(a.tok)
     books, valid = data.split_books(a.corpus)
-    train_s = book_sentences(a.tok, sp, books, a.max_bytes)
-    valid_s = book_sentences(a.tok, sp, [valid], a.max_bytes)[0]
+    train_s = book_sentences(a.tok, sp, books, a.max_bytes, a.unit)
+    valid_s = book_sentences(a.tok, sp, [valid], a.max_bytes, a.unit)[0]
 
     ck1, ck2 = os.path.join(a.out, "phase1.pt"), os.path.join(a.out, "ckpt.pt")
     gist_first = sp.GetPieceSize()
-    gist = {"count": a.gists, "first_token_id": gist_first, "sinks": 1}
+    gist = {"count": a.gists, "first_token_id": gist_first, "sinks": 1, "mask": a.unit}
     vg, vp = valid_windows(valid_s, a.seq, sp.bos_id(), gist_first, a.gists, a.eval_windows)
     sampler = GistSampler(train_s, a.seq, sp.bos_id(), gist_first, a.gists, a.seed)
     if a.mix > 0:
@@ -194,7 +205,7 @@ def main(argv=None):
         sampler = MixGistSampler(
             mix.MixSampler(sp, [data.book_tokens(a.tok, p, a.max_bytes) for p in books],
                            [data.read_text(p, a.max_bytes) for p in books], a.seq, a.seed,
-                           a.mix), sampler, data.piece_texts(sp))
+                           a.mix), sampler, data.piece_texts(sp), SPLIT[a.unit])
 
     def eval_fn(m):
         (g, ng), (p, npl) = eval_gisted(m, vg, gist_first, a.gists), eval_plain(m, vp)

@@ -159,6 +159,14 @@ class Event:
         return f"Event({self.kind}, {fields})"
 
 
+def _compaction(e):
+    return Event("compaction", action=e.action, method=e.method, reason=e.reason,
+                 first=e.span.first, last=e.span.last, level=e.level, lanes=e.lanes,
+                 rows_before=e.rows_before, rows_after=e.rows_after, tokens=e.tokens,
+                 bytes_freed=e.bytes_freed, session_bytes_before=e.session_bytes_before,
+                 session_bytes=e.session_bytes)
+
+
 class Stream:
     """The events of one Generate, as an iterator. After it ends: reason ("length", "eos",
     "stop", "cancelled"), text (the whole generated text), usage (a dict). Breaking out of
@@ -190,12 +198,7 @@ class Stream:
             return Event("token", id=t.id, raw=t.text, text=self._dec.decode(t.text),
                          index=t.index, pos=t.pos)
         if body == "compaction":
-            e = r.compaction
-            return Event("compaction", action=e.action, method=e.method, reason=e.reason,
-                         first=e.span.first, last=e.span.last, level=e.level, lanes=e.lanes,
-                         rows_before=e.rows_before, rows_after=e.rows_after, tokens=e.tokens,
-                         bytes_freed=e.bytes_freed, session_bytes_before=e.session_bytes_before,
-                         session_bytes=e.session_bytes)
+            return _compaction(r.compaction)
         self.done = True
         if body == "error":
             raise GistdError(r.error.code, r.error.name, r.error.message)
@@ -218,6 +221,13 @@ class Stream:
             self._c.cancel(self.session)
             for _ in self:
                 pass
+
+
+class Thinking:
+    """What Session.think wrote: text, thoughts finished, compaction events, tokens."""
+
+    def __init__(self):
+        self.text, self.thoughts, self.events, self.tokens = "", 0, [], 0
 
 
 class Session:
@@ -254,6 +264,43 @@ class Session:
         """Generates and returns the whole text."""
         return self.generate(prompt, **kw).wait()
 
+    def think(self, prompt=None, max_tokens=256, compact=True, until="Answer:", **sampling):
+        """A reasoning loop: generates one thought at a time (a thought ends with a paragraph
+        break, gistd's thought boundary) and, with compact, has gistd compress each finished
+        thought (Compact{last_thought}) before the next one is written. After the text
+        `until` it generates to the end of that line and stops; it stops too at the end of
+        text or after max_tokens in all. Returns a Thinking: text, thoughts (finished
+        thoughts), events (the compaction Events), tokens (generated)."""
+        out = Thinking()
+        left, first = max_tokens, True
+        while left > 0:
+            st = self.generate(prompt if first else None, max_tokens=left,
+                               stop=("\n\n", until), **sampling)
+            first = False
+            out.events += [e for e in st if e.kind == "compaction"]
+            out.text += st.text
+            out.tokens += st.usage.get("generated_tokens", 0)
+            left = max_tokens - out.tokens
+            if st.reason != "stop":
+                break
+            if st.stop == until:  # the answer: the rest of its line, then done
+                st = self.generate(max_tokens=min(left, 16), stop=("\n",), **sampling)
+                out.events += [e for e in st if e.kind == "compaction"]
+                out.text += st.text
+                out.tokens += st.usage.get("generated_tokens", 0)
+                break
+            out.thoughts += 1
+            if compact:
+                # a generation's last token is stored by the next step: an empty append
+                # stores the paragraph break, so the thought it ends is finished
+                self.append("")
+                try:
+                    out.events += self.compact(last_thought=True)
+                except GistdError as ex:  # a paragraph break with no text before it
+                    if ex.name != "ERR_NOTFOUND":
+                        raise
+        return out
+
     def score(self, text=None, tokens=None):
         """(tokens, logprobs) of text (or token ids), each given everything before it."""
         m = pb.Score(session=self.id)
@@ -278,10 +325,12 @@ class Session:
         return self.client.set_budget(hard, soft, session=self.id)
 
     def compact(self, first=None, last=None, last_thought=False):
+        """Compacts positions [first, last] now, or the last finished thought; returns the
+        compaction Events it caused."""
         m = pb.Compact(session=self.id, last_thought=last_thought)
         if not last_thought:
             m.span.first, m.span.last = first, last
-        self.client._call(pb.Request(compact=m), "ack")
+        return self.client._call_events(pb.Request(compact=m), "ack")[0]
 
     def expand(self, first=None, last=None, max_tokens=0):
         """Brings compressed spans back from the cold transcript: those overlapping
@@ -411,18 +460,25 @@ class Client:
         return r
 
     def _call(self, req, want, as_dict=False):
+        return self._call_events(req, want, as_dict)[1]
+
+    def _call_events(self, req, want, as_dict=False):
+        """(compaction Events streamed before the final reply, the reply's `want` body)."""
         rid = self._send(req)
+        events = []
         while True:
             r = self._next_reply(rid)
             if r.final:
                 break
+            if r.WhichOneof("body") == "compaction":
+                events.append(_compaction(r.compaction))
         body = r.WhichOneof("body")
         if body == "error":
             raise GistdError(r.error.code, r.error.name, r.error.message)
         if body != want:
             raise GistdError(14, "ERR_PROTO", f"expected a {want} reply, got {body}")
         out = getattr(r, want)
-        return _to_dict(out) if as_dict else out
+        return events, _to_dict(out) if as_dict else out
 
     # ---- requests
 

@@ -114,7 +114,10 @@ static void print_extensions(const mdl_hparams_t *hp)
         printf("gist tokens:     %" PRIu32 " (ids %" PRIu32 "..%" PRIu32 "), mask %s, "
                "sinks %" PRIu32 "\n",
                hp->n_gist, hp->gist_first, hp->gist_first + hp->n_gist - 1,
-               hp->gist_mask == MDL_GIST_MASK_SENTENCE ? "sentence" : "none", hp->gist_sinks);
+               hp->gist_mask == MDL_GIST_MASK_SENTENCE  ? "sentence"
+               : hp->gist_mask == MDL_GIST_MASK_THOUGHT ? "thought"
+                                                        : "none",
+               hp->gist_sinks);
     else
         printf("gist tokens:     none\n");
     if (hp->retention_hidden)
