@@ -177,6 +177,12 @@ $(BUILD)/tests/test_http_text: $(BUILD)/obj/tests/test_http_text.o \
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
+# bench_depth runs sessions the way gist-model does (its kvrun).
+$(BUILD)/bin/bench_depth: $(BUILD)/obj/bench/bench_depth.o $(BUILD)/obj/tools/gist-model/kvrun.o \
+                          $(LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
+
 # bench_daemon, bench_load and bench_http drive a real gistd through libgistc.
 $(BUILD)/bin/bench_daemon $(BUILD)/bin/bench_load $(BUILD)/bin/bench_http: $(BUILD)/bin/%: \
         $(BUILD)/obj/bench/%.o $(GISTC_LIB) $(LIBS)

@@ -42,7 +42,7 @@ typedef struct dmn_cfg {
     int threads;              /* forward-pass threads (0: all processors) */
     uint32_t max_sessions;
     uint32_t prefill_chunk; /* prefill tokens per scheduler step, all sessions together */
-    uint32_t kv_type;       /* DT_F32 or DT_F16: payload of new rows */
+    uint32_t kv_type;       /* DT_F32, DT_F16 (default) or DT_Q8_0: payload of new rows */
     uint32_t block_rows;    /* rows per KV block */
     int log_level;          /* enum dmn_log_level */
     double idle_timeout;    /* seconds a session may stay idle before it is closed (0: never);

@@ -6,7 +6,7 @@
  *         [--snapshot-dir DIR]
  *         [--log-level error|warn|info|debug] [--max-request SIZE] [--prefill-chunk N]
  *         [--idle-timeout SECONDS]
- *         [--kv-type f32|f16] [--block-rows N] [--policy P]
+ *         [--kv-type f32|f16|q8_0] [--block-rows N] [--policy P]
  *         [--curve-secret FILE --allow-keys FILE | --insecure] [--rate-limit N]
  *         [--rate-burst N] [--max-client-sessions N]
  *   gistd --keygen PREFIX      (writes PREFIX.key and PREFIX.pub, then exits)
@@ -73,7 +73,7 @@ static void usage(FILE *f)
         "                        physical memory, and the global one cannot be set to 0 (off)\n"
         "  --session-budget SIZE each session's hard limit unless it asks for one [none]; at\n"
         "                        least one KV block for each of the model's lanes (layers x\n"
-        "                        kv-heads x --block-rows rows): 433 KiB for models/gistd-6m.gguf;\n"
+        "                        kv-heads x --block-rows rows): 247 KiB for models/gistd-6m.gguf;\n"
         "                        `gistd --model FILE --help` prints it for FILE\n"
         "  --policy P            the policy of sessions that name none [auto]: auto, full,\n"
         "                        window, h2o, tova, trim, pool, gist\n"
@@ -87,7 +87,8 @@ static void usage(FILE *f)
         "  --max-request SIZE    largest request accepted [1M]; up to 4 times that is answered\n"
         "                        with an error, a larger frame drops the connection\n"
         "  --prefill-chunk N     prefill tokens per scheduler step, all sessions together [64]\n"
-        "  --kv-type f32|f16     the payload of new KV rows [f32]\n"
+        "  --kv-type T           the payload of new KV rows: f32, f16 or q8_0 (head_dim a\n"
+        "                        multiple of 32) [f16]\n"
         "  --block-rows N        rows per KV block [64]\n"
         "  --log-level L         error, warn, info or debug [warn]\n"
         "Access:\n"
@@ -264,8 +265,10 @@ int main(int argc, char **argv)
                 cfg.kv_type = DT_F32;
             else if (!strcmp(v, "f16"))
                 cfg.kv_type = DT_F16;
+            else if (!strcmp(v, "q8_0"))
+                cfg.kv_type = DT_Q8_0;
             else
-                return usage_error("--kv-type: '%s' is not f32 or f16", v);
+                return usage_error("--kv-type: '%s' is not f32, f16 or q8_0", v);
         } else if (!strcmp(a, "--log-level")) {
             static const char *const levels[] = {"error", "warn", "info", "debug"};
             cfg.log_level = -1;

@@ -37,7 +37,7 @@ void dmn_cfg_default(dmn_cfg_t *cfg)
     cfg->max_request = 1u << 20;
     cfg->max_sessions = 64;
     cfg->prefill_chunk = 64;
-    cfg->kv_type = DT_F32;
+    cfg->kv_type = DT_F16;
     cfg->block_rows = 64;
     cfg->log_level = DMN_LOG_WARN;
     cfg->rate_limit = -1;
@@ -338,8 +338,8 @@ int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
 {
     if (!cfg->model_path)
         return err_set(e, ERR_INVAL, "no model file given (--model FILE)");
-    if (cfg->kv_type != DT_F32 && cfg->kv_type != DT_F16)
-        return err_set(e, ERR_INVAL, "the KV payload type must be f32 or f16");
+    if (cfg->kv_type != DT_F32 && cfg->kv_type != DT_F16 && cfg->kv_type != DT_Q8_0)
+        return err_set(e, ERR_INVAL, "the KV payload type must be f32, f16 or q8_0");
     if (cfg->max_sessions == 0 || cfg->prefill_chunk == 0)
         return err_set(e, ERR_INVAL, "--max-sessions and the prefill chunk must be at least 1");
     int rc = dmn_listen_check(cfg->listen ? cfg->listen : DMN_DEFAULT_LISTEN, e);

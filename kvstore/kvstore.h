@@ -2,7 +2,7 @@
  * kvstore/kvstore.h — the hierarchical, memory-bounded KV store.
  *
  * Owns every K/V row of every session: rows live in fixed-size blocks (block_rows rows of
- * one payload type: f32 or f16 for hot rows, q8_0 for warm ones) allocated from a jemalloc
+ * one payload type: f32, f16 or q8_0 for hot rows, q8_0 for warm ones) allocated from a jemalloc
  * arena of the store's own; metadata (position, mass, kind, level, source span, retention
  * log-beta, log-mass bias) sits in arrays beside the payload, llama.cpp KV cells style.
  * A lane is the rows of one (session, layer, kv-head), ordered by position; a session also
@@ -62,7 +62,8 @@ typedef struct kv_store_config {
     uint32_t n_head_kv;  /* kv-heads per layer */
     uint32_t head_dim;   /* elements of one K (and one V) row; a multiple of 32 for q8_0 */
     uint32_t block_rows; /* rows per block; 0 means 64 */
-    uint32_t hot_type;   /* payload of new rows: DT_F32 or DT_F16 (common/dtype.h) */
+    uint32_t hot_type;   /* payload of new rows: DT_F32, DT_F16 or DT_Q8_0 (common/dtype.h;
+                            q8_0 needs head_dim a multiple of 32) */
     size_t hard_limit;   /* global limit in bytes; 0 means none */
     size_t soft_limit;   /* global watermark in bytes; 0 means none */
     kv_alloc_hook_t hook;

@@ -152,9 +152,13 @@ int kv_store_new(const kv_store_config_t *cfg, kv_store_t **out, err_info_t *e)
     if (cfg->head_dim % 2 != 0 || cfg->head_dim > 65536)
         return err_set(e, ERR_INVAL, "kv store: head_dim %u must be even and <= 65536",
                        cfg->head_dim);
-    if (cfg->hot_type != DT_F32 && cfg->hot_type != DT_F16)
-        return err_set(e, ERR_INVAL, "kv store: hot type %u is not f32 (0) or f16 (1)",
+    if (cfg->hot_type != DT_F32 && cfg->hot_type != DT_F16 && cfg->hot_type != DT_Q8_0)
+        return err_set(e, ERR_INVAL, "kv store: hot type %u is not f32 (0), f16 (1) or q8_0 (8)",
                        cfg->hot_type);
+    if (cfg->hot_type == DT_Q8_0 && cfg->head_dim % 32 != 0)
+        return err_set(e, ERR_UNSUPPORTED,
+                       "kv store: q8_0 rows need head_dim a multiple of 32 (it is %u)",
+                       cfg->head_dim);
     uint32_t B = cfg->block_rows ? cfg->block_rows : 64;
     if (B > 65536)
         return err_set(e, ERR_INVAL, "kv store: block_rows %u is more than 65536", B);

@@ -1,29 +1,30 @@
 /*
  * model/attention.c — grouped-query attention of a batch over the caller's KV views.
  *
- * One unit of work is (batch item, kv-head): the group of query heads that share
- * the kv-head reads each key and value row once. Stored rows come from the view's
- * chunks (F32, F16 or Q8_0 payload, plus an optional per-row bias); new rows come
+ * The group of query heads that share a kv-head reads each key and value row once, in one
+ * pass with an online softmax (model/attn_fused.h): stored rows straight from the view's
+ * chunks (f32, f16 or q8_0, with the per-row log-mass bias), then the sequence's new rows
  * from the batch's own K/V scratch (f32, after RoPE), causal within a sequence.
- * Scores are scaled by 1/sqrt(head_dim), biased, and softmaxed in f32 with the
- * maximum subtracted. The inner loops are model/attn_ops.h's (SIMD where the CPU has
- * it); stored rows are converted a tile at a time. Units are shared out among the
- * forward's OpenMP team; when a view asks for attention accumulation the unit becomes
- * (sequence, kv-head), so that one thread owns each accumulator and no atomics are
- * needed. The unit that owns a (batch item, kv-head) also writes the item's new row into
- * its view (K, V and, with retention gates, log-beta).
+ *
+ * Work is planned per layer (mdl_attention_plan): a unit is (batch item, kv-head), and its
+ * rows are cut into parts so that the team shares even one kv-head of one long lane; the
+ * thread that finishes a unit's last part merges the unit's partials. When a view asks
+ * for attention accumulation the unit becomes (sequence, kv-head) in one part, so that one
+ * thread owns each accumulator and no atomics are needed. The thread of a unit's first
+ * part also writes the item's new row into its view (K, V and, with retention gates,
+ * log-beta).
  */
 #include <math.h>
 #include <omp.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/dtype.h"
 #include "model/kernels.h"
+#include "model/attn_fused.h"
 #include "model/attn_ops.h"
 #include "model/llama_impl.h"
-
-/* Stored rows are read a tile at a time: converted to f32 once for all heads of the group. */
-#define TILE 64
 
 /* Floats at the start of a thread's buffer for one row of a retention gate's output
  * matrix in f32; a multiple of 16, so what follows stays 64-byte aligned. */
@@ -32,12 +33,18 @@ static size_t ret_floats(const mdl_t *m)
     return m->has_retention ? ((size_t)m->ret_hidden + 15) & ~(size_t)15 : 0;
 }
 
+static size_t pad16(size_t n)
+{
+    return (n + 15) & ~(size_t)15;
+}
+
 size_t mdl_attention_scratch(const mdl_t *m, size_t n_rows)
 {
-    size_t g = m->hp.n_head / m->hp.n_head_kv;
-    /* a gate row, an f32 tile of rows, [g][n_rows] scores, g normalisers; padded to keep
-     * threads apart */
-    return ret_floats(m) + (((size_t)TILE * m->hp.head_dim + g * n_rows + g + 31) & ~(size_t)15);
+    const int g = (int)(m->hp.n_head / m->hp.n_head_kv), hd = (int)m->hp.head_dim;
+    /* a gate row; the pass's work buffer; with accumulators, one partial, the softmax's max
+     * and 1 / sum per head and [g][n_rows] scores; padded to keep threads apart */
+    return ret_floats(m) + pad16(mdl_attn_work_floats(g, hd)) +
+           pad16(mdl_attn_part_floats(g, hd) + 2 * (size_t)g) + pad16((size_t)g * n_rows) + 16;
 }
 
 static inline float log_sigmoid(float z)
@@ -70,18 +77,6 @@ static void store_new(mdl_t *m, const mdl_layer_t *L, uint32_t i, int kvh, float
     }
 }
 
-/* Rows r0 .. r0+nt of a chunk payload as f32 rows of hd: the payload itself for F32, else
- * tile, filled. */
-static const float *tile_rows(const mdl_attn_ops_t *ops, uint32_t type, const void *base,
-                              uint32_t r0, uint32_t nt, int hd, float *tile)
-{
-    if (type == DT_F32)
-        return (const float *)base + (size_t)r0 * hd;
-    const size_t row_bytes = type == DT_F16 ? (size_t)hd * 2 : (size_t)hd / QK8_0 * 34;
-    ops->to_f32(type, (const uint8_t *)base + (size_t)r0 * row_bytes, tile, (size_t)nt * hd);
-    return tile;
-}
-
 /* The length of the run of consecutive batch items starting at news[jj], up to news[last]. */
 static int run_length(const int32_t *news, int jj, int last)
 {
@@ -91,122 +86,274 @@ static int run_length(const int32_t *news, int jj, int last)
     return n;
 }
 
-/* Attention of batch item i for the query heads of kv-head kvh. */
-static void attend(mdl_t *m, uint32_t i, int kvh, float *buf, bool acc)
+/* The rows of [r0, r1) that batch item i sees through kv-head kvh, as segments: the view's
+ * stored chunks, then its sequence's new rows up to the item (runs of consecutive batch
+ * items, f32 in the batch's K/V scratch). Only the segments that overlap the range are
+ * made (a part of a long lane needs a few of its many blocks); *base is the row, counted
+ * over all the item's rows, where the first of them starts. Returns their number. */
+static uint32_t item_segs(const mdl_t *m, uint32_t i, int kvh, size_t r0, size_t r1,
+                          mdl_attn_seg_t *segs, size_t *base)
 {
-    const mdl_attn_ops_t *ops = m->attn_ops;
     const mdl_scratch_t *s = &m->s;
+    const mdl_attn_plan_t *p = &s->plan;
     const int hd = (int)m->hp.head_dim, n_kv = (int)m->hp.n_head_kv;
-    const int g = (int)(m->hp.n_head / m->hp.n_head_kv);
-    const size_t q_dim = (size_t)m->hp.n_head * hd, kv_dim = (size_t)n_kv * hd;
+    const size_t kv_dim = (size_t)n_kv * hd;
     const int slot = s->item_slot[i], j = s->item_j[i];
-    const mdl_kv_view_t *view = &s->views[(size_t)slot * n_kv + kvh];
+    const size_t vi = (size_t)slot * n_kv + kvh;
+    const mdl_kv_view_t *view = &s->views[vi];
+    const size_t *row0 = p->chunk_row0 + p->view_c0[vi]; /* [n_chunks + 1] */
+    const size_t stored = row0[view->n_chunks];
     const int32_t *news = s->slot_items + s->slot_first[slot];
-    const float *q = s->q + i * q_dim + (size_t)kvh * g * hd;
-    float *out = s->att + i * q_dim + (size_t)kvh * g * hd;
-    const float *kn = s->k + (size_t)kvh * hd, *vn = s->v + (size_t)kvh * hd; /* new rows */
-
-    size_t n_rows = (size_t)j + 1;
-    for (uint32_t c = 0; c < view->n_chunks; c++)
-        n_rows += view->chunks[c].n;
-    float *tile = buf;                    /* [TILE][hd] */
-    float *sc = buf + (size_t)TILE * hd;  /* [g][n_rows] scores, then exp(score - max) */
-    float *inv = sc + (size_t)g * n_rows; /* [g] 1 / sum of each head's exps */
-
-    /* scores: stored rows, then the new rows of this sequence up to item j */
-    size_t r = 0;
-    for (uint32_t c = 0; c < view->n_chunks; c++) {
-        const mdl_kv_chunk_t *ch = &view->chunks[c];
-        for (uint32_t r0 = 0; r0 < ch->n; r0 += TILE) {
-            const uint32_t nt = ch->n - r0 < TILE ? ch->n - r0 : TILE;
-            const float *kt = tile_rows(ops, ch->type, ch->k, r0, nt, hd, tile);
-            ops->scores(q, g, hd, kt, (size_t)hd, (int)nt, m->attn_scale,
-                        ch->bias ? ch->bias + r0 : NULL, sc + r, n_rows);
-            r += nt;
+    uint32_t n = 0;
+    *base = r0;
+    if (r0 < stored) { /* the last chunk that starts at or before r0 */
+        uint32_t lo = 0, hi = view->n_chunks - 1;
+        while (lo < hi) {
+            const uint32_t mid = (lo + hi + 1) / 2;
+            if (row0[mid] <= r0)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        *base = row0[lo];
+        for (uint32_t c = lo; c < view->n_chunks && row0[c] < r1; c++) {
+            const mdl_kv_chunk_t *ch = &view->chunks[c];
+            if (ch->n)
+                segs[n++] = (mdl_attn_seg_t){.n = ch->n,
+                                             .type = ch->type,
+                                             .k = ch->k,
+                                             .v = ch->v,
+                                             .stride = ggml_row_bytes(ch->type, (uint32_t)hd),
+                                             .bias = ch->bias};
         }
     }
-    for (int jj = 0; jj <= j;) {
+    for (int jj = 0, first = 1; jj <= j && stored + (size_t)jj < r1;) {
         const int run = run_length(news, jj, j);
-        ops->scores(q, g, hd, kn + (size_t)news[jj] * kv_dim, kv_dim, run, m->attn_scale, NULL,
-                    sc + r, n_rows);
-        r += (size_t)run;
+        if (stored + (size_t)jj + (size_t)run > r0) {
+            if (first && r0 >= stored)
+                *base = stored + (size_t)jj;
+            first = 0;
+            const size_t off = (size_t)news[jj] * kv_dim + (size_t)kvh * hd;
+            segs[n++] = (mdl_attn_seg_t){.n = (uint32_t)run,
+                                         .type = DT_F32,
+                                         .k = s->k + off,
+                                         .v = s->v + off,
+                                         .stride = sizeof(float) * kv_dim};
+        }
         jj += run;
     }
-
-    /* softmax, with the normalisation folded into the output */
-    for (int h = 0; h < g; h++) {
-        float *p = sc + (size_t)h * n_rows;
-        inv[h] = 1.0f / ops->exp_sum(p, n_rows, ops->vmax(p, n_rows));
-    }
-
-    /* probability-weighted values, and the accumulators when asked */
-    memset(out, 0, sizeof(float) * (size_t)g * hd);
-    r = 0;
-    for (uint32_t c = 0; c < view->n_chunks; c++) {
-        const mdl_kv_chunk_t *ch = &view->chunks[c];
-        for (uint32_t r0 = 0; r0 < ch->n; r0 += TILE) {
-            const uint32_t nt = ch->n - r0 < TILE ? ch->n - r0 : TILE;
-            const float *vt = tile_rows(ops, ch->type, ch->v, r0, nt, hd, tile);
-            ops->accum(out, g, hd, vt, (size_t)hd, (int)nt, sc + r, n_rows);
-            for (uint32_t t = 0; acc && ch->attn_acc && t < nt; t++) {
-                float tot = 0.0f;
-                for (int h = 0; h < g; h++)
-                    tot += sc[(size_t)h * n_rows + r + t] * inv[h];
-                ch->attn_acc[r0 + t] += tot;
-            }
-            r += nt;
-        }
-    }
-    for (int jj = 0; jj <= j;) {
-        const int run = run_length(news, jj, j);
-        ops->accum(out, g, hd, vn + (size_t)news[jj] * kv_dim, kv_dim, run, sc + r, n_rows);
-        for (int t = 0; acc && view->new_attn_acc && t < run; t++) {
-            float tot = 0.0f;
-            for (int h = 0; h < g; h++)
-                tot += sc[(size_t)h * n_rows + r + (size_t)t] * inv[h];
-            view->new_attn_acc[jj + t] += tot;
-        }
-        r += (size_t)run;
-        jj += run;
-    }
-    for (int h = 0; h < g; h++)
-        for (int d = 0; d < hd; d++)
-            out[(size_t)h * hd + d] *= inv[h];
+    return n;
 }
 
-void mdl_attention(mdl_t *m, int layer, uint32_t n)
+/* Rows batch item i attends to through kv-head kvh. */
+static size_t item_rows(const mdl_t *m, uint32_t i, int kvh)
+{
+    const mdl_scratch_t *s = &m->s;
+    const size_t vi = (size_t)s->item_slot[i] * m->hp.n_head_kv + kvh;
+    return s->plan.chunk_row0[s->plan.view_c0[vi] + s->views[vi].n_chunks] +
+           (size_t)s->item_j[i] + 1;
+}
+
+#define GROW(ptr, n)                                                                               \
+    do {                                                                                           \
+        void *t_ = realloc((void *)(ptr), sizeof *(ptr) * (n));                                    \
+        if (!t_)                                                                                   \
+            return ERR_NOMEM;                                                                      \
+        (ptr) = t_;                                                                                \
+    } while (0)
+
+int mdl_attention_plan(mdl_t *m)
 {
     mdl_scratch_t *s = &m->s;
-    const mdl_layer_t *L = &m->layers[layer];
-    const int n_kv = (int)m->hp.n_head_kv;
+    mdl_attn_plan_t *p = &s->plan;
+    const int n_kv = (int)m->hp.n_head_kv, hd = (int)m->hp.head_dim;
+    const int g = (int)(m->hp.n_head / m->hp.n_head_kv);
     const size_t n_views = (size_t)s->n_slots * n_kv;
-    float *buf = s->thr + (size_t)omp_get_thread_num() * s->thr_floats;
-    float *att_buf = buf + ret_floats(m);
 
     bool acc = false;
-    for (size_t u = 0; u < n_views && !acc; u++) {
+    size_t max_chunks = 0, max_new = 0;
+    for (size_t u = 0; u < n_views; u++) {
         const mdl_kv_view_t *v = &s->views[u];
-        acc = v->new_attn_acc != NULL;
+        acc = acc || v->new_attn_acc != NULL;
         for (uint32_t c = 0; c < v->n_chunks && !acc; c++)
             acc = v->chunks[c].attn_acc != NULL;
+        max_chunks = v->n_chunks > max_chunks ? v->n_chunks : max_chunks;
     }
-    if (acc) {
-        const int units = (int)n_views;
-#pragma omp for schedule(dynamic, 1) nowait
-        for (int u = 0; u < units; u++) {
-            const int slot = u / n_kv;
-            for (uint32_t jj = 0; jj < s->slot_n[slot]; jj++) {
-                const uint32_t i = (uint32_t)s->slot_items[s->slot_first[slot] + jj];
-                store_new(m, L, i, u % n_kv, buf);
-                attend(m, i, u % n_kv, att_buf, true);
+    uint32_t n = 0; /* items */
+    for (uint32_t sl = 0; sl < s->n_slots; sl++) {
+        max_new = s->slot_n[sl] > max_new ? s->slot_n[sl] : max_new;
+        n += s->slot_n[sl];
+    }
+
+    /* where each view's chunks start, over the view's rows */
+    size_t n_c0 = 0;
+    for (size_t u = 0; u < n_views; u++)
+        n_c0 += s->views[u].n_chunks + 1;
+    if (n_views + 1 > p->cap_views) {
+        GROW(p->view_c0, n_views * 2 + 1);
+        p->cap_views = n_views * 2 + 1;
+    }
+    if (n_c0 > p->cap_c0) {
+        GROW(p->chunk_row0, n_c0 * 2);
+        p->cap_c0 = n_c0 * 2;
+    }
+    for (size_t u = 0, at = 0; u < n_views; u++) {
+        const mdl_kv_view_t *v = &s->views[u];
+        size_t r = 0;
+        p->view_c0[u] = at;
+        for (uint32_t c = 0; c < v->n_chunks; c++) {
+            p->chunk_row0[at++] = r;
+            r += v->chunks[c].n;
+        }
+        p->chunk_row0[at++] = r;
+    }
+
+    const uint32_t n_units = acc ? (uint32_t)n_views : n * (uint32_t)n_kv;
+    p->part_rows = m->attn_part_rows;
+    if (n_units + 1 > p->cap_units) {
+        GROW(p->unit_first, (size_t)n_units * 2 + 1);
+        GROW(p->unit_rows, (size_t)n_units * 2 + 1);
+        GROW(p->unit_done, (size_t)n_units * 2 + 1);
+        p->cap_units = n_units * 2 + 1;
+    }
+    uint32_t n_parts = 0;
+    for (uint32_t u = 0; u < n_units; u++) {
+        p->unit_first[u] = n_parts;
+        atomic_store_explicit(&p->unit_done[u], 0, memory_order_relaxed);
+        if (acc)
+            continue;
+        p->unit_rows[u] = (uint32_t)item_rows(m, u / (uint32_t)n_kv, (int)(u % (uint32_t)n_kv));
+        n_parts += (p->unit_rows[u] + p->part_rows - 1) / p->part_rows;
+    }
+    p->unit_first[n_units] = n_parts;
+    if (n_parts > p->cap_parts) {
+        GROW(p->part_unit, (size_t)n_parts * 2);
+        GROW(p->parts, (size_t)n_parts * 2 * mdl_attn_part_floats(g, hd));
+        p->cap_parts = n_parts * 2;
+    }
+    for (uint32_t u = 0; u < n_units; u++)
+        for (uint32_t q = p->unit_first[u]; q < p->unit_first[u + 1]; q++)
+            p->part_unit[q] = u;
+    const size_t seg_cap = max_chunks + max_new;
+    if (seg_cap > p->seg_cap || p->n_seg_thr < m->n_threads) {
+        const size_t cap = seg_cap > p->seg_cap ? seg_cap * 2 : p->seg_cap;
+        GROW(p->segs, cap * (size_t)m->n_threads);
+        p->seg_cap = cap;
+        p->n_seg_thr = m->n_threads;
+    }
+    p->acc = acc;
+    p->n_units = n_units;
+    p->n_parts = n_parts;
+    return 0;
+}
+
+void mdl_attention_plan_free(mdl_attn_plan_t *p)
+{
+    free(p->unit_first);
+    free(p->unit_rows);
+    free((void *)p->unit_done);
+    free(p->part_unit);
+    free(p->parts);
+    free(p->segs);
+    free(p->view_c0);
+    free(p->chunk_row0);
+    memset(p, 0, sizeof *p);
+}
+
+/* Part q of the plan (no accumulators): the partial of its rows; the thread that finishes
+ * its unit's last part merges the unit into s.att. The unit's first part also stores the
+ * item's new row. */
+static void attend_part(mdl_t *m, const mdl_layer_t *L, uint32_t q, float *buf, float *work,
+                        mdl_attn_seg_t *segs)
+{
+    mdl_scratch_t *s = &m->s;
+    mdl_attn_plan_t *p = &s->plan;
+    const int hd = (int)m->hp.head_dim, n_kv = (int)m->hp.n_head_kv;
+    const int g = (int)(m->hp.n_head / m->hp.n_head_kv);
+    const size_t q_dim = (size_t)m->hp.n_head * hd, pf = mdl_attn_part_floats(g, hd);
+    const uint32_t u = p->part_unit[q], i = u / (uint32_t)n_kv, k = q - p->unit_first[u];
+    const int kvh = (int)(u % (uint32_t)n_kv);
+    if (k == 0)
+        store_new(m, L, i, kvh, buf);
+    const size_t r0 = (size_t)k * p->part_rows;
+    const size_t r1 = r0 + p->part_rows < p->unit_rows[u] ? r0 + p->part_rows : p->unit_rows[u];
+    size_t base;
+    const uint32_t n_segs = item_segs(m, i, kvh, r0, r1, segs, &base);
+    const size_t qoff = i * q_dim + (size_t)kvh * g * hd;
+    mdl_attn_part(m->attn_ops, s->q + qoff, g, hd, m->attn_scale, segs, n_segs, r0 - base,
+                  r1 - base, p->parts + q * pf, work, NULL, 0);
+    const uint32_t n_parts = p->unit_first[u + 1] - p->unit_first[u];
+    if (atomic_fetch_add_explicit(&p->unit_done[u], 1, memory_order_acq_rel) + 1 == n_parts)
+        mdl_attn_merge(p->parts + (size_t)p->unit_first[u] * pf, (int)n_parts, g, hd,
+                       s->att + qoff, NULL);
+}
+
+/* Unit u of a plan with accumulators, (slot, kv-head): each of the slot's items in order, in
+ * one part (in the thread's own buffer), then every row's probability (summed over the group's heads) added to its
+ * accumulator. One thread owns the unit, so it owns the accumulators. */
+static void attend_acc(mdl_t *m, const mdl_layer_t *L, uint32_t u, float *buf, float *work,
+                       mdl_attn_seg_t *segs)
+{
+    mdl_scratch_t *s = &m->s;
+    const int hd = (int)m->hp.head_dim, n_kv = (int)m->hp.n_head_kv;
+    const int g = (int)(m->hp.n_head / m->hp.n_head_kv);
+    const size_t q_dim = (size_t)m->hp.n_head * hd;
+    const uint32_t slot = u / (uint32_t)n_kv;
+    const int kvh = (int)(u % (uint32_t)n_kv);
+    const mdl_kv_view_t *view = &s->views[u];
+    float *part = work + pad16(mdl_attn_work_floats(g, hd));
+    float *lse = part + mdl_attn_part_floats(g, hd);                       /* [g][2] */
+    float *sc = part + pad16(mdl_attn_part_floats(g, hd) + 2 * (size_t)g); /* [g][n_rows] */
+    for (uint32_t jj = 0; jj < s->slot_n[slot]; jj++) {
+        const uint32_t i = (uint32_t)s->slot_items[s->slot_first[slot] + jj];
+        store_new(m, L, i, kvh, buf);
+        const size_t n_rows = item_rows(m, i, kvh);
+        size_t base;
+        const uint32_t n_segs = item_segs(m, i, kvh, 0, n_rows, segs, &base);
+        const size_t qoff = i * q_dim + (size_t)kvh * g * hd;
+        mdl_attn_part(m->attn_ops, s->q + qoff, g, hd, m->attn_scale, segs, n_segs, 0, n_rows,
+                      part, work, sc, n_rows);
+        mdl_attn_merge(part, 1, g, hd, s->att + qoff, lse);
+        /* rows in the order of the segments: the chunks, then the new rows 0..jj */
+        size_t r = 0;
+        for (uint32_t c = 0; c < view->n_chunks; c++) {
+            const mdl_kv_chunk_t *ch = &view->chunks[c];
+            for (uint32_t t = 0; t < ch->n; t++, r++) {
+                float tot = 0.0f;
+                for (int h = 0; h < g; h++)
+                    tot += expf(sc[(size_t)h * n_rows + r] - lse[2 * h]) * lse[2 * h + 1];
+                if (ch->attn_acc)
+                    ch->attn_acc[t] += tot;
             }
         }
-    } else {
-        const int units = (int)n * n_kv;
-#pragma omp for schedule(dynamic, 1) nowait
-        for (int u = 0; u < units; u++) {
-            store_new(m, L, (uint32_t)(u / n_kv), u % n_kv, buf);
-            attend(m, (uint32_t)(u / n_kv), u % n_kv, att_buf, false);
+        for (uint32_t t = 0; t <= jj; t++, r++) {
+            float tot = 0.0f;
+            for (int h = 0; h < g; h++)
+                tot += expf(sc[(size_t)h * n_rows + r] - lse[2 * h]) * lse[2 * h + 1];
+            if (view->new_attn_acc)
+                view->new_attn_acc[t] += tot;
         }
+    }
+}
+
+void mdl_attention(mdl_t *m, int layer)
+{
+    mdl_scratch_t *s = &m->s;
+    const mdl_attn_plan_t *p = &s->plan;
+    const mdl_layer_t *L = &m->layers[layer];
+    const int t = omp_get_thread_num();
+    float *buf = s->thr + (size_t)t * s->thr_floats;
+    float *work = buf + ret_floats(m);
+    mdl_attn_seg_t *segs = p->segs + (size_t)t * p->seg_cap;
+    if (p->acc) {
+        const int units = (int)p->n_units;
+#pragma omp for schedule(dynamic, 1) nowait
+        for (int u = 0; u < units; u++)
+            attend_acc(m, L, (uint32_t)u, buf, work, segs);
+    } else {
+        const int parts = (int)p->n_parts;
+#pragma omp for schedule(dynamic, 1) nowait
+        for (int q = 0; q < parts; q++)
+            attend_part(m, L, (uint32_t)q, buf, work, segs);
     }
 }

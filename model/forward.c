@@ -177,6 +177,7 @@ void mdl_scratch_free(mdl_scratch_t *s)
     free(s->seq_slot);
     free(s->views);
     free((void *)s->head_rows);
+    mdl_attention_plan_free(&s->plan);
 }
 
 /* ------------------------------------------------------------------ batch and views */
@@ -268,7 +269,7 @@ static int layer_views(mdl_t *m, int layer, const mdl_kv_io_t *io, err_info_t *e
             max_rows = rows > max_rows ? rows : max_rows;
         }
     }
-    if (scratch_reserve_attention(m, max_rows))
+    if (scratch_reserve_attention(m, max_rows) || mdl_attention_plan(m))
         return err_set(e, ERR_NOMEM, "out of memory for attention over %zu rows", max_rows);
     return 0;
 }
@@ -540,7 +541,7 @@ static int layer_run(fwd_t *f, uint32_t l)
     const int rc = f->rc;
     if (rc)
         return rc;
-    mdl_attention(m, (int)l, n);
+    mdl_attention(m, (int)l);
     team_barrier(f);
     kern_mat_t o = mat(&L->wo, s->xb);
     a = prepare(f, s->att, NULL, n, q_dim, NULL, any_quant(&o, 1));

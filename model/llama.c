@@ -21,6 +21,12 @@
  * (f32) a layer; of stories260K at 0.01 ms, which then stays on one thread. */
 #define PAR_MIN_NS 100000.0
 
+/* Rows of one part of a lane's attention (model/attention.c): small enough that two threads
+ * share one kv-head of a lane of a few hundred rows, large enough that a part's fixed cost
+ * (finding its rows, merging) stays small beside streaming 256 rows. The same for every
+ * team size and batch, so results do not depend on either. */
+#define ATTN_PART_ROWS 256
+
 /* ------------------------------------------------------------------ loading */
 
 static const gguf_tensor_t *find_tensor(const gguf_t *g, const char *name)
@@ -229,8 +235,9 @@ static double mat_params(const mdl_mat_t *w)
 }
 
 /* The weight bytes and weights of an average layer (the output projection shared out
- * among the layers), and the threshold for threads (GISTD_PAR_MIN_NS: 0 makes every call
- * threaded, for tests). */
+ * among the layers), the threshold for threads (GISTD_PAR_MIN_NS: 0 makes every call
+ * threaded, for tests) and the rows of one part of attention (GISTD_ATTN_PART_ROWS: a few
+ * cut even short lanes apart, for tests). */
 static void layer_cost(mdl_t *m)
 {
     double bytes = mat_bytes(&m->out), params = mat_params(&m->out);
@@ -250,6 +257,10 @@ static void layer_cost(mdl_t *m)
     char *end = NULL;
     double v = env ? strtod(env, &end) : -1.0;
     m->par_min_ns = env && end != env && v >= 0 ? v : PAR_MIN_NS;
+    env = getenv("GISTD_ATTN_PART_ROWS");
+    end = NULL;
+    v = env ? strtod(env, &end) : 0.0;
+    m->attn_part_rows = env && end != env && v >= 1 && v <= 1e9 ? (uint32_t)v : ATTN_PART_ROWS;
 }
 
 int mdl_new(const char *path, mdl_t **out, err_info_t *e)

@@ -45,6 +45,31 @@ typedef struct mdl_layer {
  * team normalises and quantises for itself (one pass of the row kernels serves four). */
 #define MDL_PRV_ROWS 4
 
+/* One layer's attention work (mdl_attention_plan, made by thread 0 once the views are in).
+ * Units are (item, kv-head), or (slot, kv-head) when a view accumulates attention; an item's
+ * rows (stored, then its sequence's new rows up to the item) split into parts of
+ * part_rows that the team takes one at a time, and the thread that finishes a unit's last
+ * part merges its partials. */
+typedef struct mdl_attn_plan {
+    bool acc;                    /* units are (slot, kv-head), without parts in `parts` */
+    uint32_t n_units, n_parts;   /* this layer's */
+    uint32_t cap_units, cap_parts;
+    uint32_t part_rows;          /* rows per part (a unit's last part may have fewer) */
+    uint32_t *unit_first;        /* [n_units + 1] each unit's first part */
+    uint32_t *unit_rows;         /* [n_units] rows each unit attends to (acc: unused) */
+    _Atomic uint32_t *unit_done; /* [n_units] parts finished */
+    uint32_t *part_unit;         /* [n_parts] */
+    float *parts;                /* [n_parts][mdl_attn_part_floats] partials */
+    size_t *view_c0;             /* [n_slots * n_head_kv] where each view's entries of
+                                    chunk_row0 start */
+    size_t *chunk_row0;          /* per view, [n_chunks + 1] the row each chunk starts at
+                                    within the view, then the view's stored rows */
+    size_t cap_views, cap_c0;
+    size_t seg_cap;              /* segments per thread */
+    int n_seg_thr;
+    struct mdl_attn_seg *segs;   /* [n_seg_thr][seg_cap] a unit's rows as segments */
+} mdl_attn_plan_t;
+
 /* Scratch of the forward pass, grown as batches and views grow, never shrunk.
  * Per-item buffers hold `cap` items. */
 typedef struct mdl_scratch {
@@ -89,6 +114,7 @@ typedef struct mdl_scratch {
     int n_thr;
     size_t thr_floats; /* floats per thread */
     float *thr;        /* [n_thr][thr_floats], 64-byte aligned */
+    mdl_attn_plan_t plan;
 } mdl_scratch_t;
 
 struct mdl {
@@ -116,6 +142,7 @@ struct mdl {
     /* What one layer costs, to decide whether a forward call is worth threads: */
     double layer_bytes;  /* weight bytes, on average over layers (with the output's share) */
     double layer_params; /* weights, likewise */
+    uint32_t attn_part_rows; /* rows of one part of attention (s.plan) */
     double par_min_ns;   /* estimated one-thread time of a layer below which a call runs on
                             the caller's thread alone (GISTD_PAR_MIN_NS overrides) */
 
@@ -127,7 +154,14 @@ struct mdl {
  * also writes each view's new rows (K, V, retention log-beta). Uses the views in
  * m->s.views and the rows in s.q/s.k/s.v (s.rh with retention gates). Shares units out
  * with `omp for nowait`: the caller waits for the team before reading s.att. */
-void mdl_attention(mdl_t *m, int layer, uint32_t n_items);
+void mdl_attention(mdl_t *m, int layer);
+
+/* Thread 0, after this layer's views are in s.views and before the team reads them: shares
+ * the layer's attention out (s.plan) and makes room for it. 0 or ERR_NOMEM. */
+int mdl_attention_plan(mdl_t *m);
+
+/* Frees the plan's buffers (model/attention.c). */
+void mdl_attention_plan_free(mdl_attn_plan_t *p);
 
 /* Frees the buffers of a scratch (model/forward.c). */
 void mdl_scratch_free(mdl_scratch_t *s);

@@ -247,6 +247,27 @@ def test_kv_payload_types():
                  "--chunk-rows", "2")
 
 
+def test_attention_in_parts():
+    """A lane's attention cut into parts of 3 rows that a team of threads shares and merges
+    (GISTD_ATTN_PART_ROWS; 256 by default, so these short lanes would be one part): the
+    same tolerances against the reference as one pass, for every payload type."""
+    model = make_tiny(51, "f32", "odd_tied")
+    toks = tokens(51, 33, SHAPES["odd_tied"]["n_vocab"])
+    old = {k: os.environ.get(k) for k in ("GISTD_ATTN_PART_ROWS", "GISTD_PAR_MIN_NS")}
+    os.environ.update(GISTD_ATTN_PART_ROWS="3", GISTD_PAR_MIN_NS="0")
+    try:
+        for kv, tol in (("f32", TOL["f32"]), ("f16", 1e-3), ("q8_0", 1e-2)):
+            for ub in ("1", "5"):
+                check_vs_ref(model, toks, tol, "--kv-type", kv, "--ubatch", ub, "--threads", "2",
+                             "--chunk-rows", "4")
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def test_retention_gates():
     model = make_tiny(60, "f32", "gqa", retention_hidden=16)
     toks = tokens(60, 21, SHAPES["gqa"]["n_vocab"])

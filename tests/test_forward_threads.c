@@ -2,10 +2,11 @@
  * gives on one thread. GISTD_PAR_MIN_NS=0 makes even these tiny models threaded; every
  * weight type, batches of 1 and 3 (decode: activations made by each thread), 7 (shared
  * out), 32 (sgemm for float weights), three interleaved sequences, attention
- * accumulators, row biases, retention gates, and an error from a view in mid-call.
+ * accumulators, row biases, retention gates, and an error from a view in mid-call. Lanes
+ * are cut into attention parts of 4 rows, so threads share one lane and merge.
  *
  * The row kernels and attention compute each output element the same way whichever
- * thread makes it, so those results must be equal bit for bit; sgemm is only held to
+ * thread makes it (parts merge in their order, whoever finishes last), so those results must be equal bit for bit; sgemm is only held to
  * f32 noise. The numbers themselves are checked against numpy in tests/test_forward.py
  * (run it with GISTD_PAR_MIN_NS=0 too). */
 #include <math.h>
@@ -61,9 +62,11 @@ static mdl_t *open_model(const shape_t *sh, uint32_t type, int threads, bool for
     mdl_t *m = NULL;
     /* the threshold is read when the model is made */
     setenv("GISTD_PAR_MIN_NS", force_par ? "0" : "1e30", 1);
+    setenv("GISTD_ATTN_PART_ROWS", "4", 1); /* threads share even these short lanes */
     if (mdl_tiny_write(path, &cfg, &e) || mdl_new(path, &m, &e))
         check_fail_(__FILE__, __LINE__, "tiny model: %s", err_msg(&e));
     unsetenv("GISTD_PAR_MIN_NS");
+    unsetenv("GISTD_ATTN_PART_ROWS");
     if (m)
         mdl_set_threads(m, threads);
     return m;

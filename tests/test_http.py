@@ -25,6 +25,16 @@ def tiny(seed="7"):
     return tap.tiny_model(seed)
 
 
+def smallest_budget(model):
+    """The smallest usable session budget for model (one KV block per lane), as gistd
+    computes it for its rows."""
+    p = subprocess.run([tap.tool("gistd"), "--model", model, "--help"], capture_output=True,
+                       text=True, timeout=60)
+    line = [ln for ln in p.stdout.splitlines() if "smallest usable session budget is" in ln]
+    assert p.returncode == 0 and line, p.stderr
+    return int(line[0].split(" is ")[1].split()[0])
+
+
 def stories():
     p = os.path.join(tap.SHARED, "models/stories260K-f32.gguf")
     return p if os.path.exists(p) else None
@@ -352,8 +362,10 @@ def test_bad_requests_get_their_status_and_the_gateway_serves_on():
         assert c.getresponse().status == 413
         c.close()
         # a prompt the daemon refuses is a 400 with its reason: over a session budget it may
-        # not compact, or past the model's context (256 tokens) with nothing to compact
-        with Gateway(d.endpoint, "--policy", "full", "--session-budget", "64K") as small:
+        # not compact (one block of 64 rows per lane and a half: 102 tokens need two), or
+        # past the model's context (256 tokens) with nothing to compact
+        budget = str(smallest_budget(tiny()) * 3 // 2)
+        with Gateway(d.endpoint, "--policy", "full", "--session-budget", budget) as small:
             st, r = small.post("/v1/completions", {"prompt": "a " * 100, "max_tokens": 2})
             assert st == 400 and "hard limit" in r["error"]["message"], r
             st, r = small.post("/v1/chat/completions", good)

@@ -61,6 +61,45 @@ static void test_append_and_view(void)
     CHECK(st == NULL);
 }
 
+/* A q8_0 hot tier holds values within q8_0 rounding (half a step of max|block| / 127, and
+ * the f16 scale's rounding), is counted as the q8_0 tier, and needs whole 32-blocks. */
+static void test_q8_0_tier(void)
+{
+    kv_store_t *st = kvt_store(1, 1, 64, 8, DT_Q8_0, 0);
+    uint32_t sid;
+    CHECK_OK(kv_session_create(st, NULL, &sid, NULL));
+    CHECK_OK(kvt_append(st, sid, 20, 0, 7, NULL));
+    float k[20 * 64];
+    kv_row_meta_t m[20];
+    CHECK_OK(kv_lane_read(st, sid, 0, 0, 0, 20, m, k, NULL));
+    for (uint32_t r = 0; r < 20; r++) {
+        CHECK_INT(m[r].type, ==, DT_Q8_0);
+        for (uint32_t b = 0; b < 2; b++) {
+            float amax = 0.0f;
+            for (uint32_t d = b * 32; d < b * 32 + 32; d++)
+                amax = fmaxf(amax, fabsf(kvt_val(7, 0, r, d)));
+            for (uint32_t d = b * 32; d < b * 32 + 32; d++) {
+                const float x = kvt_val(7, 0, r, d);
+                CHECK_NEAR(k[r * 64 + d], x, amax * (0.5f / 127.0f + 0x1p-10f) + 1e-6f);
+            }
+        }
+    }
+    kv_stats_t s;
+    CHECK_OK(kv_session_stats(st, sid, &s));
+    CHECK_INT(s.tier_rows[KV_TIER_Q8_0], ==, 20);
+    CHECK_INT(s.tier_blocks[KV_TIER_Q8_0], ==, 3);
+    CHECK_INT(s.tier_bytes[KV_TIER_Q8_0], ==, 3 * kv_block_bytes(st, DT_Q8_0));
+    CHECK(kv_block_bytes(st, DT_Q8_0) < kv_block_bytes(st, DT_F16));
+    KVT_CHECK_STORE(st);
+    kv_store_destroy(&st);
+
+    kv_store_config_t cfg = {.n_layer = 1, .n_head_kv = 1, .head_dim = 48, .hot_type = DT_Q8_0};
+    err_info_t e;
+    err_clear(&e);
+    CHECK_INT(kv_store_new(&cfg, &st, &e), ==, ERR_UNSUPPORTED);
+    CHECK(st == NULL && strstr(err_msg(&e), "head_dim") != NULL);
+}
+
 /* An f16 hot tier holds values within f16 rounding. */
 static void test_f16_tier(void)
 {
@@ -500,6 +539,7 @@ int main(void)
 {
     RUN(test_append_and_view);
     RUN(test_f16_tier);
+    RUN(test_q8_0_tier);
     RUN(test_budget);
     RUN(test_memory_goes_back);
     RUN(test_fork_shares);

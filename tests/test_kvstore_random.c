@@ -741,7 +741,7 @@ static void run_world(uint32_t hot, uint64_t seed, int steps)
     static const char *names[] = {"append", "big",    "cancel",     "replace", "expand",
                                   "evict",  "demote", "spandemote", "fork",    "destroy",
                                   "create", "limit",  "acc"};
-    printf("# hot %s, %d steps:", hot == DT_F32 ? "f32" : "f16", steps);
+    printf("# hot %s, %d steps:", hot == DT_F32 ? "f32" : hot == DT_F16 ? "f16" : "q8_0", steps);
     for (int i = 0; i < OP_N; i++)
         printf(" %s %llu/%llu", names[i], (unsigned long long)w->n_fail[i],
                (unsigned long long)w->n_ops[i]);
@@ -779,9 +779,15 @@ static void test_random_f16(void)
     run_world(DT_F16, 0x5eed0002, world_steps());
 }
 
+static void test_random_q8_0(void)
+{
+    run_world(DT_Q8_0, 0x5eed0003, world_steps());
+}
+
 int main(void)
 {
     RUN(test_random_f32);
     RUN(test_random_f16);
+    RUN(test_random_q8_0);
     return check_done();
 }

@@ -151,6 +151,11 @@ static void test_round_trip_f16_acc(void)
     round_trip(DT_F16, true);
 }
 
+static void test_round_trip_q8_0(void)
+{
+    round_trip(DT_Q8_0, false);
+}
+
 /* Writing replaces an existing file and leaves no temporary behind. */
 static void test_atomic_write(void)
 {
@@ -327,6 +332,7 @@ int main(void)
 {
     RUN(test_round_trip_f32);
     RUN(test_round_trip_f16_acc);
+    RUN(test_round_trip_q8_0);
     RUN(test_atomic_write);
     RUN(test_truncated_everywhere);
     RUN(test_flipped_bytes);

@@ -68,20 +68,23 @@ def test_full_store_matches_flat_logits():
     run("logits", m, "--tokens", ids, "--out", a, "--threads", "1")
     run("logits", m, "--tokens", ids, "--out", b, "--threads", "1", "--policy", "full")
     assert open(a, "rb").read() == open(b, "rb").read()
-    # batches of 7 over blocks of 16 rows: the flat cache shown in chunks of 16 rows
-    run("logits", m, "--tokens", ids, "--out", c, "--threads", "1", "--policy", "full",
-        "--ubatch", "7", "--kv-block-rows", "16")
-    run("logits", m, "--tokens", ids, "--out", f, "--threads", "1", "--ubatch", "7",
-        "--chunk-rows", "16")
-    assert open(c, "rb").read() == open(f, "rb").read()
+    # batches of 7 over blocks of 16 rows: the flat cache shown in chunks of 16 rows, its rows
+    # f16 as the store's are by default, and both f32
+    for kv in ("f16", "f32"):
+        store = ["--kv-type", kv] if kv == "f32" else []
+        run("logits", m, "--tokens", ids, "--out", c, "--threads", "1", "--policy", "full",
+            "--ubatch", "7", "--kv-block-rows", "16", *store)
+        run("logits", m, "--tokens", ids, "--out", f, "--threads", "1", "--ubatch", "7",
+            "--chunk-rows", "16", "--kv-type", kv)
+        assert open(c, "rb").read() == open(f, "rb").read(), kv
 
 
 def test_full_store_matches_flat_perplexity():
     m = stories()
     flat = figures(run("perplexity", m, "--file", story_text(), "--ctx", "128").stdout)
-    for ub in ("1", "64"):
+    for ub in ("1", "64"):  # f32 rows, as the flat cache of perplexity keeps them
         kv = figures(run("perplexity", m, "--file", story_text(), "--ctx", "128", "--policy",
-                         "full", "--ubatch", ub).stdout)
+                         "full", "--ubatch", ub, "--kv-type", "f32").stdout)
         assert kv["ppl"] == flat["ppl"], (ub, kv["ppl"], flat["ppl"])
         assert kv["tokens"] == flat["tokens"]
         assert kv["compactions"] == "none"
@@ -155,8 +158,9 @@ def test_learned_gists_match_the_gist_mask():
     a, b = os.path.join(d, "a"), os.path.join(d, "b")
     run("logits", m, "--tokens", " ".join(map(str, flat)), "--out", a, "--gist-mask",
         "--threads", "1")
+    # f32 rows: the flat run is one batch, its rows never stored and read back
     run("logits", m, "--tokens", " ".join(map(str, ids)), "--out", b, "--policy", "gist",
-        "--threads", "1")
+        "--threads", "1", "--kv-type", "f32")
     la, lb = read_logits(a, 384), read_logits(b, 384)
     assert lb.shape[0] == len(ids)
     ref = la[where]

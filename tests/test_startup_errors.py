@@ -4,6 +4,7 @@ transport (not CURVE); gistctl --connect with one exits 2; a budget below the sm
 session budget is refused at start-up with the figure, which --help and stats state too; and
 errors name the client's session id, never the store's."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -60,18 +61,22 @@ def test_listen_names_the_transport():
 def test_smallest_session_budget():
     model = tiny()
     smallest = min_budget(model)
-    # the model's lanes each need a block: 2 layers x 2 kv-heads x 64 rows x 16 x (K + V) f32
-    assert smallest >= 4 * 64 * 16 * 2 * 4, smallest
+    # the model's lanes each need a block: 2 layers x 2 kv-heads x 64 rows x 16 x (K + V) f16
+    assert smallest >= 4 * 64 * 16 * 2 * 2, smallest
     rc, out, err = gistd("--model", model, "--session-budget", str(smallest - 1))
     assert rc == 2 and str(smallest) in err and "--session-budget" in err, err
     assert "creating a session" not in err
     rc, out, err = gistd("--model", model, "--kv-budget", "1")
     assert rc == 2 and str(smallest) in err and "--kv-budget" in err, err
-    # --help states every default, and the figure for the bundled model
+    # --help states every default, and the figure for the bundled model (as --help with
+    # the model computes it)
+    rc, out, err = gistd("--model", os.path.join(tap.ROOT, "models", "gistd-6m.gguf"), "--help")
+    kib = re.search(r"smallest usable session budget is \d+ bytes \((\d+) KiB\)", out)
+    assert rc == 0 and kib, out
     rc, out, err = gistd("--help")
     assert rc == 0
-    for default in ("[" "tcp://127.0.0.1:5557]", "[auto]", "[64]", "[1M]", "[f32]", "[warn]",
-                    "[1800]", "433 KiB"):
+    for default in ("[" "tcp://127.0.0.1:5557]", "[auto]", "[64]", "[1M]", "[f16]", "[warn]",
+                    "[1800]", f"{kib.group(1)} KiB for models/gistd-6m.gguf"):
         assert default in out, default
     with gistc.Daemon(GISTD, model, "--session-budget", str(smallest)) as d:
         p = subprocess.run([GISTCTL, "--connect", d.endpoint, "stats", "--json"],

@@ -10,7 +10,7 @@
  *                          the full cache of --ctx tokens ("25%"); 0: none
  *   --kv-soft SIZE         its soft watermark (default: hard - the policy's headroom)
  *   --kv-block-rows N      rows per store block (default 64, as gistd's --block-rows)
- *   --kv-type f32|f16      payload of new rows (default f32)
+ *   --kv-type f32|f16|q8_0 payload of new rows (default f16, as gistd's)
  *   --events               every compaction (and expansion) on stderr
  *   --expand, --no-expand  re-expand compressed spans relevant to the prompt's end before
  *                          generating (`expand=1|0`; auto: on by default)
@@ -120,8 +120,10 @@ static int kv_opt(kv_opts_t *o, int argc, char **argv, int *i)
             o->cfg.hot_type = DT_F32;
         else if (!strcmp(t, "f16"))
             o->cfg.hot_type = DT_F16;
+        else if (!strcmp(t, "q8_0"))
+            o->cfg.hot_type = DT_Q8_0;
         else
-            return cmd_usage_error("--kv-type: '%s' is not f32 or f16", t), -1;
+            return cmd_usage_error("--kv-type: '%s' is not f32, f16 or q8_0", t), -1;
     } else {
         return 0;
     }
@@ -200,7 +202,7 @@ int kv_cmd_perplexity(int argc, char **argv)
 {
     const char *model = NULL, *path = NULL;
     long threads = 0, ctx = -1, ubatch = 0; /* ctx -1: the model's; 0: one session */
-    kv_opts_t o = {0};
+    kv_opts_t o = {.cfg.hot_type = DT_F16};
     int rc = 2;
     for (int i = 0; i < argc; i++) {
         int k = kv_opt(&o, argc, argv, &i);
@@ -393,7 +395,7 @@ int kv_cmd_logits(int argc, char **argv)
     const char *seq_text[MAX_SEQS];
     uint32_t n_seq = 0;
     long threads = 0, ubatch = 0;
-    kv_opts_t o = {0};
+    kv_opts_t o = {.cfg.hot_type = DT_F16};
     int rc = 2;
     for (int i = 0; i < argc; i++) {
         int k = kv_opt(&o, argc, argv, &i);
@@ -491,7 +493,7 @@ int kv_cmd_generate(int argc, char **argv)
     mdl_sampler_cfg_t sc;
     mdl_sampler_cfg_default(&sc);
     bool seeded = false;
-    kv_opts_t o = {0};
+    kv_opts_t o = {.cfg.hot_type = DT_F16};
     int rc = 2;
     for (int i = 0; i < argc; i++) {
         int k = kv_opt(&o, argc, argv, &i);

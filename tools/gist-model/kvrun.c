@@ -91,8 +91,6 @@ int kvr_new(mdl_t *m, const kvr_cfg_t *cfg, kvr_t **out, err_info_t *e)
     r->cfg = *cfg;
     if (!r->cfg.ubatch)
         r->cfg.ubatch = 256;
-    if (r->cfg.hot_type != DT_F16)
-        r->cfg.hot_type = DT_F32;
     int rc = 0;
     r->policy = strdup(cfg->policy && *cfg->policy ? cfg->policy : "auto");
     r->params = calloc(cfg->n_params + 1, sizeof *r->params);
@@ -262,7 +260,7 @@ int kvr_full_bytes(mdl_t *m, uint32_t n_ctx, uint32_t block_rows, uint32_t hot_t
                             .n_head_kv = hp->n_head_kv,
                             .head_dim = hp->head_dim,
                             .block_rows = block_rows,
-                            .hot_type = hot_type == DT_F16 ? DT_F16 : DT_F32};
+                            .hot_type = hot_type};
     kv_store_t *st = NULL;
     uint32_t sid;
     kv_session_config_t ss = {0};

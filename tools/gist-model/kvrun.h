@@ -34,7 +34,7 @@ typedef struct kvr_cfg {
     size_t hard;         /* the session's hard limit in bytes; 0: none */
     size_t soft;         /* its soft watermark; 0: hard - the policy's headroom */
     uint32_t block_rows; /* rows per store block; 0: the store's default (64, as gistd's) */
-    uint32_t hot_type;   /* DT_F32 or DT_F16 */
+    uint32_t hot_type;   /* DT_F32, DT_F16 or DT_Q8_0 (the store says which it takes) */
     uint32_t ubatch;     /* most tokens per forward pass; 0: 256 */
     bool print_events;   /* every compaction event on stderr */
 } kvr_cfg_t;

@@ -1,0 +1,265 @@
+/*
+ * bench/bench_depth.c — decode speed at depth: how a token's cost grows with the rows
+ * before it, with the full cache and under a byte budget, for each hot row type.
+ *
+ *   bench_depth MODEL.gguf [--depths 0,1024,4096,8192] [--kv-types f32,f16,q8_0]
+ *               [--budget 47M] [--decode 32] [--rounds 3] [--threads N] [--block-rows 64]
+ *               [--policy auto] [--ubatch 256] [--seed 1]
+ *
+ * One variant is (row type, full cache or budget): a KV store of its own with one session
+ * run the way gist-model runs one (tools/gist-model/kvrun.h: the runtime, the policy,
+ * compaction under the budget). Every variant is prefilled with the same random tokens to
+ * each depth in turn; at each depth the variants decode --decode tokens in each of --rounds
+ * rounds, in an order that rotates every round, so that a machine whose speed drifts (other
+ * work, bandwidth) shifts every variant alike. A decode step is a whole step: the forward
+ * pass, storing its rows, and the policy's compaction when the budget asks for it.
+ * Printed per variant and depth: the median decode tokens/s over the rounds, the ratio to
+ * the same variant's depth-0 figure of this run (the figure to compare across machines),
+ * the bytes and rows the session held. Decoded tokens add rows: a depth is the prefilled
+ * rows, and each depth's untimed first step and rounds add up to 1 + rounds x decode more.
+ */
+#include "bench/bench_util.h"
+#include "common/dtype.h"
+#include "model/llama.h"
+#include "tools/gist-model/kvrun.h"
+
+#include <stdbool.h>
+
+#define MAX_DEPTHS 8
+#define MAX_TYPES  3
+#define MAX_VARS   (2 * MAX_TYPES)
+#define MAX_ROUNDS 25
+
+typedef struct variant {
+    uint32_t type;
+    bool budget;
+    kvr_t *r;
+    uint32_t fed;                          /* tokens prefilled so far */
+    double tps[MAX_DEPTHS];                /* median tokens/s at each depth */
+    size_t bytes[MAX_DEPTHS];              /* session bytes after the depth's rounds */
+    uint64_t rows[MAX_DEPTHS];             /* rows summed over lanes, likewise */
+} variant_t;
+
+static uint64_t rng_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static const char *type_name(uint32_t t)
+{
+    return t == DT_F32 ? "f32" : t == DT_F16 ? "f16" : "q8_0";
+}
+
+/* "1,2,3" into v (at most max); the count, or -1. */
+static int parse_list(const char *s, long *v, int max)
+{
+    int n = 0;
+    while (*s && n < max) {
+        char *end;
+        v[n++] = strtol(s, &end, 10);
+        if (end == s || v[n - 1] < 0)
+            return -1;
+        s = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',')
+            return -1;
+    }
+    return *s ? -1 : n;
+}
+
+/* "47M", "512K", "1G", plain bytes; 0 on a bad size. */
+static size_t parse_size(const char *s)
+{
+    char *end;
+    double v = strtod(s, &end);
+    double mul = *end == 'K' ? 1024.0 : *end == 'M' ? 1048576.0 : *end == 'G' ? 1073741824.0 : 1.0;
+    if (end == s || v <= 0 || (*end && end[1]) || (*end && mul == 1.0))
+        return 0;
+    return (size_t)(v * mul);
+}
+
+static int usage(void)
+{
+    fprintf(stderr, "usage: bench_depth MODEL.gguf [--depths 0,1024,4096,8192] "
+                    "[--kv-types f32,f16,q8_0] [--budget 47M] [--decode 32] [--rounds 3] "
+                    "[--threads N] [--block-rows 64] [--policy auto] [--ubatch 256] "
+                    "[--seed 1]\n");
+    return 2;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2)
+        return usage();
+    const char *path = argv[1], *policy = "auto";
+    long depths[MAX_DEPTHS] = {0, 1024, 4096, 8192};
+    int n_depths = 4, n_types = 3, n_decode = 32, rounds = 3, threads = 0;
+    uint32_t types[MAX_TYPES] = {DT_F32, DT_F16, DT_Q8_0}, block_rows = 64, ubatch = 256;
+    size_t budget = 47u << 20;
+    uint64_t seed = 1;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v)
+            return usage();
+        i++;
+        if (!strcmp(a, "--depths")) {
+            if ((n_depths = parse_list(v, depths, MAX_DEPTHS)) < 1)
+                return usage();
+        } else if (!strcmp(a, "--kv-types")) {
+            n_types = 0;
+            for (const char *s = v; *s && n_types < MAX_TYPES;) {
+                size_t len = strcspn(s, ",");
+                if (!strncmp(s, "f32", len) && len == 3)
+                    types[n_types++] = DT_F32;
+                else if (!strncmp(s, "f16", len) && len == 3)
+                    types[n_types++] = DT_F16;
+                else if (!strncmp(s, "q8_0", len) && len == 4)
+                    types[n_types++] = DT_Q8_0;
+                else
+                    return usage();
+                s += len + (s[len] == ',');
+            }
+            if (!n_types)
+                return usage();
+        } else if (!strcmp(a, "--budget")) {
+            if (!(budget = parse_size(v)))
+                return usage();
+        } else if (!strcmp(a, "--decode")) {
+            n_decode = atoi(v);
+        } else if (!strcmp(a, "--rounds")) {
+            rounds = atoi(v);
+        } else if (!strcmp(a, "--threads")) {
+            threads = atoi(v);
+        } else if (!strcmp(a, "--block-rows")) {
+            block_rows = (uint32_t)atoi(v);
+        } else if (!strcmp(a, "--ubatch")) {
+            ubatch = (uint32_t)atoi(v);
+        } else if (!strcmp(a, "--policy")) {
+            policy = v;
+        } else if (!strcmp(a, "--seed")) {
+            seed = strtoull(v, NULL, 10);
+        } else {
+            return usage();
+        }
+    }
+    if (n_decode < 1 || rounds < 1 || rounds > MAX_ROUNDS || threads < 0 || ubatch < 1)
+        return usage();
+    for (int d = 1; d < n_depths; d++)
+        if (depths[d] <= depths[d - 1]) {
+            fprintf(stderr, "bench_depth: --depths must increase\n");
+            return 2;
+        }
+
+    err_info_t e;
+    err_clear(&e);
+    mdl_t *m = NULL;
+    if (mdl_new(path, &m, &e)) {
+        fprintf(stderr, "bench_depth: %s: %s\n", path, e.msg);
+        return 1;
+    }
+    if (threads)
+        mdl_set_threads(m, threads);
+    const mdl_hparams_t *hp = mdl_hparams(m);
+    if ((uint64_t)depths[n_depths - 1] + (uint64_t)rounds * n_decode * n_depths > hp->n_ctx)
+        fprintf(stderr, "bench_depth: note: the deepest full cache passes the model's context "
+                        "(%u): fine for speed, not for text\n",
+                hp->n_ctx);
+
+    variant_t vars[MAX_VARS];
+    int n_vars = 0;
+    for (int t = 0; t < n_types; t++)
+        for (int b = 0; b < 2; b++) {
+            variant_t *v = &vars[n_vars];
+            memset(v, 0, sizeof *v);
+            v->type = types[t];
+            v->budget = b;
+            kvr_cfg_t c = {.policy = b ? policy : "full",
+                           .hard = b ? budget : 0,
+                           .block_rows = block_rows,
+                           .hot_type = types[t],
+                           .ubatch = ubatch};
+            if (kvr_new(m, &c, &v->r, &e)) {
+                fprintf(stderr, "bench_depth: %s rows, %s: %s\n", type_name(types[t]),
+                        b ? "budget" : "full", e.msg);
+                return 1;
+            }
+            n_vars++;
+        }
+
+    bench_print_machine();
+    printf("# model: %s (%u layers, %u kv-heads of %u, %d threads)\n", path, hp->n_layer,
+           hp->n_head_kv, hp->head_dim, mdl_threads(m));
+    printf("# %d variants alternated in %d rounds of %d decode steps at each depth; policy "
+           "'%s' under a budget of %.1f MB, 'full' without; blocks of %u rows\n",
+           n_vars, rounds, n_decode, policy, budget / 1048576.0, block_rows);
+
+    /* one token stream for everyone: the prefill, then what the decode steps feed */
+    const long max_tok = depths[n_depths - 1];
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)(max_tok ? max_tok : 1));
+    uint64_t rs = seed;
+    for (long i = 0; i < max_tok; i++)
+        tok[i] = (int32_t)(3 + rng_next(&rs) % (hp->n_vocab - 3));
+    float *last = malloc(sizeof(float) * hp->n_vocab);
+    double t_round[MAX_VARS][MAX_ROUNDS];
+    int rc = 0;
+
+    for (int d = 0; d < n_depths && !rc; d++) {
+        const double t_fill = bench_now();
+        for (int vi = 0; vi < n_vars && !rc; vi++) {
+            variant_t *v = &vars[vi];
+            const uint32_t n = (uint32_t)(depths[d] - v->fed);
+            if (n && (rc = kvr_feed(v->r, tok + v->fed, n, NULL, last, &e)))
+                fprintf(stderr, "bench_depth: prefill of %s: %s\n", type_name(v->type), e.msg);
+            v->fed = (uint32_t)depths[d];
+        }
+        fprintf(stderr, "bench_depth: depth %ld: prefilled in %.1f s, decoding\n", depths[d],
+                bench_now() - t_fill);
+        for (int vi = 0; vi < n_vars && !rc; vi++) { /* one step untimed: scratch grows */
+            const int32_t t = (int32_t)(3 + rng_next(&rs) % (hp->n_vocab - 3));
+            if ((rc = kvr_feed(vars[vi].r, &t, 1, NULL, last, &e)))
+                fprintf(stderr, "bench_depth: decode: %s\n", e.msg);
+        }
+        for (int r = 0; r < rounds && !rc; r++)
+            for (int k = 0; k < n_vars && !rc; k++) {
+                variant_t *v = &vars[(k + r) % n_vars];
+                const double t0 = bench_now();
+                for (int s = 0; s < n_decode && !rc; s++) {
+                    const int32_t t = (int32_t)(3 + rng_next(&rs) % (hp->n_vocab - 3));
+                    rc = kvr_feed(v->r, &t, 1, NULL, last, &e);
+                }
+                t_round[(k + r) % n_vars][r] = bench_now() - t0;
+                if (rc)
+                    fprintf(stderr, "bench_depth: decode of %s: %s\n", type_name(v->type),
+                            e.msg);
+            }
+        for (int vi = 0; vi < n_vars && !rc; vi++) {
+            kvr_figures_t f;
+            kvr_figures(vars[vi].r, &f);
+            vars[vi].tps[d] = n_decode / bench_median(t_round[vi], rounds);
+            vars[vi].bytes[d] = f.bytes;
+            vars[vi].rows[d] = f.rows;
+        }
+    }
+
+    if (!rc) {
+        printf("%-5s %-6s %7s %9s %9s %10s %9s\n", "rows", "cache", "depth", "tok/s", "of d0",
+               "KV MB", "rows/lane");
+        const uint64_t n_lane = (uint64_t)hp->n_layer * hp->n_head_kv;
+        for (int vi = 0; vi < n_vars; vi++)
+            for (int d = 0; d < n_depths; d++) {
+                const variant_t *v = &vars[vi];
+                printf("%-5s %-6s %7ld %9.1f %8.0f%% %10.1f %9llu\n", type_name(v->type),
+                       v->budget ? "budget" : "full", depths[d], v->tps[d],
+                       100.0 * v->tps[d] / v->tps[0], v->bytes[d] / 1048576.0,
+                       (unsigned long long)(v->rows[d] / n_lane));
+            }
+    }
+    for (int vi = 0; vi < n_vars; vi++)
+        kvr_destroy(&vars[vi].r);
+    free(tok);
+    free(last);
+    mdl_destroy(&m);
+    return rc ? 1 : 0;
+}

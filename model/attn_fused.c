@@ -1,0 +1,171 @@
+/* model/attn_fused.c — one-pass attention over row segments, and the merge of partials
+ * (model/attn_fused.h). */
+#include "model/attn_fused.h"
+
+#include <assert.h>
+#include <math.h>
+#include <string.h>
+
+#include "common/dtype.h"
+#include "model/attn_ops.h"
+#include "model/gguf.h"
+
+/* A partial of g heads of hd: o [g][hd], then max [g], then sum [g]. */
+static void part_init(float *part, int g, int hd)
+{
+    memset(part, 0, sizeof(float) * (size_t)g * hd);
+    for (int h = 0; h < g; h++) {
+        part[(size_t)g * hd + h] = -INFINITY;
+        part[(size_t)g * hd + g + h] = 0.0f;
+    }
+}
+
+/* The segment holding row r0 (counted across segments), and r0's index inside it. */
+static uint32_t seg_find(const mdl_attn_seg_t *segs, uint32_t n_segs, size_t r0, size_t *i)
+{
+    uint32_t s = 0;
+    while (s < n_segs && r0 >= segs[s].n) {
+        r0 -= segs[s].n;
+        s++;
+    }
+    assert(s < n_segs);
+    *i = r0;
+    return s;
+}
+
+/* Rows i .. i+nt of a segment's payload (k or v) as f32 rows: the payload itself for f32
+ * (*stride set to its stride in floats), else converted into tile (*stride = hd). */
+static const float *tile_rows(const mdl_attn_ops_t *ops, const mdl_attn_seg_t *sg,
+                              const void *base, size_t i, size_t nt, int hd, float *tile,
+                              size_t *stride)
+{
+    const uint8_t *p = (const uint8_t *)base + i * sg->stride;
+    if (sg->type == DT_F32) {
+        *stride = sg->stride / sizeof(float);
+        return (const float *)p;
+    }
+    *stride = (size_t)hd;
+    if (sg->stride == ggml_row_bytes(sg->type, (uint64_t)hd)) {
+        ops->to_f32(sg->type, p, tile, nt * hd);
+    } else {
+        for (size_t t = 0; t < nt; t++)
+            ops->to_f32(sg->type, p + t * sg->stride, tile + t * hd, (size_t)hd);
+    }
+    return tile;
+}
+
+void mdl_attn_part(const mdl_attn_ops_t *ops, const float *q, int g, int hd, float scale,
+                   const mdl_attn_seg_t *segs, uint32_t n_segs, size_t r0, size_t r1, float *part,
+                   float *work, float *scores, size_t sc_stride)
+{
+    assert(r0 < r1 && hd % ops->dim_multiple == 0);
+    float *tile = work, *sc = work + (size_t)MDL_ATTN_TILE * hd; /* sc: [g][TILE] */
+    float *o = part, *mx = part + (size_t)g * hd, *sum = mx + g;
+    part_init(part, g, hd);
+    size_t i;
+    uint32_t s = seg_find(segs, n_segs, r0, &i);
+    for (size_t r = r0; r < r1; s++, i = 0) {
+        const mdl_attn_seg_t *sg = &segs[s];
+        for (; i < sg->n && r < r1;) {
+            size_t nt = sg->n - i < MDL_ATTN_TILE ? sg->n - i : MDL_ATTN_TILE;
+            nt = r1 - r < nt ? r1 - r : nt;
+            size_t st;
+            const float *kt = tile_rows(ops, sg, sg->k, i, nt, hd, tile, &st);
+            ops->scores(q, g, hd, kt, st, (int)nt, scale, sg->bias ? sg->bias + i : NULL, sc,
+                        MDL_ATTN_TILE);
+            for (int h = 0; h < g; h++) {
+                float *p = sc + (size_t)h * MDL_ATTN_TILE;
+                if (scores)
+                    memcpy(scores + (size_t)h * sc_stride + (r - r0), p, sizeof(float) * nt);
+                const float m_new = fmaxf(mx[h], ops->vmax(p, nt));
+                if (m_new > mx[h]) { /* rescale what came before to the new max */
+                    const float a = expf(mx[h] - m_new);
+                    for (int d = 0; d < hd; d++)
+                        o[(size_t)h * hd + d] *= a;
+                    sum[h] *= a;
+                    mx[h] = m_new;
+                }
+                sum[h] += ops->exp_sum(p, nt, m_new);
+            }
+            const float *vt = tile_rows(ops, sg, sg->v, i, nt, hd, tile, &st);
+            ops->accum(o, g, hd, vt, st, (int)nt, sc, MDL_ATTN_TILE);
+            i += nt;
+            r += nt;
+        }
+    }
+}
+
+/* Element d of a row of payload type `type`. */
+static float elem(uint32_t type, const uint8_t *row, int d)
+{
+    if (type == DT_F32)
+        return ((const float *)row)[d];
+    if (type == DT_F16)
+        return dt_f16_to_f32(((const uint16_t *)row)[d]);
+    const block_q8_0 *b = (const block_q8_0 *)row + d / QK8_0;
+    return dt_f16_to_f32(b->d) * (float)b->qs[d % QK8_0];
+}
+
+void mdl_attn_part_ref(const float *q, int g, int hd, float scale, const mdl_attn_seg_t *segs,
+                       uint32_t n_segs, size_t r0, size_t r1, float *part, float *scores,
+                       size_t sc_stride)
+{
+    assert(r0 < r1);
+    float *o = part, *mx = part + (size_t)g * hd, *sum = mx + g;
+    part_init(part, g, hd);
+    size_t i;
+    uint32_t s = seg_find(segs, n_segs, r0, &i);
+    for (size_t r = r0; r < r1; s++, i = 0) {
+        const mdl_attn_seg_t *sg = &segs[s];
+        for (; i < sg->n && r < r1; i++, r++) {
+            const uint8_t *k = (const uint8_t *)sg->k + i * sg->stride;
+            const uint8_t *v = (const uint8_t *)sg->v + i * sg->stride;
+            for (int h = 0; h < g; h++) {
+                float dot = 0.0f;
+                for (int d = 0; d < hd; d++)
+                    dot += q[(size_t)h * hd + d] * elem(sg->type, k, d);
+                const float sc = dot * scale + (sg->bias ? sg->bias[i] : 0.0f);
+                if (scores)
+                    scores[(size_t)h * sc_stride + (r - r0)] = sc;
+                float *oh = o + (size_t)h * hd;
+                if (sc > mx[h]) {
+                    const float a = expf(mx[h] - sc);
+                    for (int d = 0; d < hd; d++)
+                        oh[d] *= a;
+                    sum[h] *= a;
+                    mx[h] = sc;
+                }
+                const float p = expf(sc - mx[h]);
+                sum[h] += p;
+                for (int d = 0; d < hd; d++)
+                    oh[d] += p * elem(sg->type, v, d);
+            }
+        }
+    }
+}
+
+void mdl_attn_merge(const float *parts, int n_parts, int g, int hd, float *out, float *lse)
+{
+    const size_t pf = mdl_attn_part_floats(g, hd);
+    for (int h = 0; h < g; h++) {
+        float m = -INFINITY;
+        for (int p = 0; p < n_parts; p++)
+            m = fmaxf(m, parts[p * pf + (size_t)g * hd + h]);
+        float *oh = out + (size_t)h * hd, sum = 0.0f;
+        memset(oh, 0, sizeof(float) * hd);
+        for (int p = 0; p < n_parts; p++) {
+            const float *pp = parts + p * pf;
+            const float a = expf(pp[(size_t)g * hd + h] - m);
+            sum += pp[(size_t)g * hd + g + h] * a;
+            for (int d = 0; d < hd; d++)
+                oh[d] += pp[(size_t)h * hd + d] * a;
+        }
+        const float inv = 1.0f / sum;
+        for (int d = 0; d < hd; d++)
+            oh[d] *= inv;
+        if (lse) {
+            lse[2 * h] = m;
+            lse[2 * h + 1] = inv;
+        }
+    }
+}
