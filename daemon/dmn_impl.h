@@ -155,6 +155,7 @@ typedef struct dmn_session {
     double t_last;         /* last activity */
     double tps;            /* decode tokens/s of the last generate */
     uint64_t shrunk_epoch; /* dmn_shrink's mark: asked once per pass */
+    uint32_t budget_waits; /* steps waited in a row for rows others reserved (sched.c) */
 } dmn_session_t;
 
 typedef struct dmn_counters {

@@ -243,6 +243,21 @@ static void gen_next(dmn_t *d, dmn_session_t *s)
 
 /* Adds a slot for s: up to n of its pending tokens, as many as its policy and budget allow.
  * A refused slot ends s's request. */
+/* Steps a session waits in a row for the global limit before its request fails. */
+#define DMN_BUDGET_WAITS 64
+
+/* Whether the global hard limit, not s's own, is what has the least room left. */
+static bool global_binds(const dmn_t *d, const dmn_session_t *s, size_t hard)
+{
+    const size_t used = kv_store_bytes(d->store);
+    const size_t room = hard > used ? hard - used : 0;
+    size_t own;
+    if (kv_session_limits(d->store, s->rt.kv, &own, NULL) || own == 0)
+        return true;
+    const size_t mine = kv_session_bytes(d->store, s->rt.kv);
+    return room < (own > mine ? own - mine : 0);
+}
+
 static void add_slot(dmn_t *d, dmn_session_t *s, uint32_t n)
 {
     err_info_t e;
@@ -266,6 +281,14 @@ static void add_slot(dmn_t *d, dmn_session_t *s, uint32_t n)
             rc = rt_step_add(d->rt, &s->rt, s->pend + s->pend_head, n, want_all, &taken, &e);
         }
     }
+    if (rc == ERR_BUDGET && hard && k > 0 && s->budget_waits < DMN_BUDGET_WAITS &&
+        global_binds(d, s, hard)) {
+        /* What the global limit lacks is held by rows the sessions already in this step
+         * reserved (dmn_shrink leaves them alone while they are planned): s waits for the
+         * next step, when they have committed and can be shrunk, instead of failing. */
+        s->budget_waits++;
+        return;
+    }
     if (rc) {
         if (rc == ERR_BUDGET)
             d->c.budget_refusals++;
@@ -273,6 +296,7 @@ static void add_slot(dmn_t *d, dmn_session_t *s, uint32_t n)
         dmn_req_fail(d, s, &e);
         return;
     }
+    s->budget_waits = 0;
     d->slot_sess[k] = s;
 }
 
