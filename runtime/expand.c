@@ -125,6 +125,22 @@ static int around(rt_t *rt, const rt_sess_t *s, uint32_t a, uint32_t b, float *m
  * the rows after the span move up; when that would pass the trained context, every held
  * position is renumbered by its rank with the n positions left out after the rows before
  * the span. Either map is strictly increasing, so the knots swapped undo it. */
+/* ERR_CONTEXT when the rows on both sides of [a, b] share one model position: the session
+ * held more positions than the context and they were squeezed together, and no remap can
+ * pull them apart. Checked before any room is made, so that a refusal changes nothing. */
+static int squeezed(rt_t *rt, const rt_sess_t *s, uint32_t a, uint32_t b, err_info_t *e)
+{
+    float m0, m1;
+    uint64_t inside;
+    int rc = around(rt, s, a, b, &m0, &m1, &inside, NULL, NULL, e);
+    if (!rc && m0 >= 0.0f && m0 >= m1)
+        rc = err_set(e, ERR_CONTEXT,
+                     "positions %u..%u: the rows before and after the span share model "
+                     "position %g (squeezed to fit the model's context of %u); nothing expanded",
+                     a, b, m0, rt->hp->n_ctx);
+    return rc;
+}
+
 static int plan_positions(rt_t *rt, const rt_sess_t *s, uint32_t a, uint32_t b, uint32_t n,
                           float **from, float **to, uint32_t *k, err_info_t *e)
 {
@@ -225,6 +241,8 @@ static int expand_one(rt_t *rt, rt_sess_t *s, uint32_t a, uint32_t b, int reason
     if (!rc && n > rt->hp->n_ctx / 2)
         rc = err_set(e, ERR_RANGE, "positions %u..%u: %u tokens, more than half the context", a, b,
                      n);
+    if (!rc)
+        rc = squeezed(rt, s, a, b, e);
     if (!rc)
         rc = pol_expand_room(s->pol, a, b, expand_bytes(rt, s, n), e);
     rt_sess_sync(rt, s);

@@ -122,13 +122,33 @@ def test_policy_and_params():
         assert rc == 0, err
 
 
+def test_expand_squeezed_span_is_refused():
+    """A span whose neighbours were squeezed onto one model position (the session held more
+    positions than the context) is refused with ERR_CONTEXT, before any room is made."""
+    with gistc.Daemon(tap.tool("gistd"), tiny(), "--block-rows", "16", "--kv-type", "f16") as d:
+        ep = d.endpoint
+        rc, out, err = ctl(ep, "open", "--policy", "pool", "--budget", "128K")
+        assert rc == 0, err
+        sid = out.decode().strip()
+        rc, out, err = ctl(ep, "gen", "--session", sid, "--prompt", "Once upon a time", "-n",
+                           "600", "--temp", "0")
+        assert rc == 0, err
+        before = json.loads(ctl(ep, "sessions", "--json")[1])[0]
+        rc, out, err = ctl(ep, "expand", sid, "--span", "64:71")
+        assert rc == 1 and "squeezed" in err and "nothing expanded" in err, (out, err)
+        after = json.loads(ctl(ep, "sessions", "--json")[1])[0]
+        for k in ("compactions", "expansions", "bytes", "rows", "tokens"):
+            assert after[k] == before[k], (k, before, after)
+        # a later span, past the squeezed ones, still comes back
+        rc, out, err = ctl(ep, "expand", sid, "--span", "400:407")
+        assert rc == 0 and "8 tokens re-prefilled" in out.decode(), (out, err)
+
+
 def test_expand():
     """`gistctl expand` prints each expansion and a summary; a span with nothing compressed
     and a bad span are refused with the daemon's message or a usage error."""
-    # f32 rows: with f16 rows (or f32 rows under 256K) the pool policy's compactions leave this
-    # session's model positions collapsed (the four sinks and the first pooled row all at 0)
-    # and the expansion then fails inside gistd ("8 positions planned after 9, the next row is
-    # at 9"): a fault of model-position compaction, to be fixed on its own
+    # f32 rows: f16 rows hold more positions under the same budget than this model's context
+    # of 256, so the oldest are squeezed together; test_expand_squeezed_span_is_refused
     with gistc.Daemon(tap.tool("gistd"), tiny(), "--block-rows", "16", "--kv-type", "f32") as d:
         ep = d.endpoint
         rc, out, err = ctl(ep, "open", "--policy", "pool", "--budget", "128K")
