@@ -122,17 +122,23 @@ def test_policy_and_params():
         assert rc == 0, err
 
 
+def pooled_session(ep):
+    """A pool session under 128K that has generated 600 tokens: its id."""
+    rc, out, err = ctl(ep, "open", "--policy", "pool", "--budget", "128K")
+    assert rc == 0, err
+    sid = out.decode().strip()
+    rc, out, err = ctl(ep, "gen", "--session", sid, "--prompt", "Once upon a time", "-n", "600",
+                       "--temp", "0")
+    assert rc == 0, err
+    return sid
+
+
 def test_expand_squeezed_span_is_refused():
     """A span whose neighbours were squeezed onto one model position (the session held more
     positions than the context) is refused with ERR_CONTEXT, before any room is made."""
     with gistc.Daemon(tap.tool("gistd"), tiny(), "--block-rows", "16", "--kv-type", "f16") as d:
         ep = d.endpoint
-        rc, out, err = ctl(ep, "open", "--policy", "pool", "--budget", "128K")
-        assert rc == 0, err
-        sid = out.decode().strip()
-        rc, out, err = ctl(ep, "gen", "--session", sid, "--prompt", "Once upon a time", "-n",
-                           "600", "--temp", "0")
-        assert rc == 0, err
+        sid = pooled_session(ep)
         before = json.loads(ctl(ep, "sessions", "--json")[1])[0]
         rc, out, err = ctl(ep, "expand", sid, "--span", "64:71")
         assert rc == 1 and "squeezed" in err and "nothing expanded" in err, (out, err)
@@ -151,12 +157,7 @@ def test_expand():
     # of 256, so the oldest are squeezed together; test_expand_squeezed_span_is_refused
     with gistc.Daemon(tap.tool("gistd"), tiny(), "--block-rows", "16", "--kv-type", "f32") as d:
         ep = d.endpoint
-        rc, out, err = ctl(ep, "open", "--policy", "pool", "--budget", "128K")
-        assert rc == 0, err
-        sid = out.decode().strip()
-        rc, out, err = ctl(ep, "gen", "--session", sid, "--prompt", "Once upon a time", "-n",
-                           "600", "--temp", "0")
-        assert rc == 0, err
+        sid = pooled_session(ep)
         sess = json.loads(ctl(ep, "sessions", "--json")[1])[0]
         assert sess["compactions"] > 0 and sess["expansions"] == 0, sess
         rc, out, err = ctl(ep, "expand", sid, "--span", "64:71")
