@@ -76,12 +76,17 @@ def text_file(path, limit, outdir):
     return dst
 
 
+# KV block rows for budgeted runs: a budget must hold a block in every lane, and 12.5% of a
+# 2048-token context's f16 cache is less than one 64-row block per lane
+BLOCK_ROWS = 16
+
+
 def perplexity(model, text, ctx, policy, budget, extra=()):
     args = ["perplexity", model, "--file", text, "--ctx", str(ctx), "--threads", "1"]
     if policy:
         args += ["--policy", policy]
     if budget is not None:
-        args += ["--kv-budget", f"{budget:g}%"]
+        args += ["--kv-budget", f"{budget:g}%", "--kv-block-rows", str(BLOCK_ROWS)]
     t0 = time.time()
     p = run(args + list(extra), check=False)
     dt = time.time() - t0
