@@ -40,29 +40,32 @@ mkdir -p $RUNS/base $RUNS/gist $RUNS/gates $MODELS
 # probes scored at each evaluation when the mix is on (mix.probe_accuracy)
 PROBES=""
 [ "$MIX" != 0 ] && PROBES="--eval-probes 6"
+# One run of train_base.py into $RUNS/$1, skipped once it wrote its result.json: context $2,
+# windows of $3 tokens, $4 minutes of training, ending by $5 (HH:MM UTC, or empty); the rest
+# are further arguments.
+base_stage() {
+    local out=$RUNS/$1 ctx=$2 seq=$3 minutes=$4 end=$5
+    shift 5
+    mkdir -p $out
+    [ -f $out/result.json ] || \
+    $RUN train/train_base.py --corpus "$CORPUS" --tok $TOK --out $out --ctx $ctx --mix $MIX \
+        $PROBES "$@" --dim 256 --layers 6 --heads 8 --kv-heads 4 --seq $seq \
+        --batch $((2048 / seq)) --lr "${BASE_LR:-2e-3}" --minutes "$minutes" \
+        ${end:+--end-utc $end} --eval-windows 8 --eval-minutes 30 --threads $THREADS \
+        >> $out/log.txt 2>&1
+}
 # An optional first stage at a short context (SHORT_CTX, SHORT_MIN minutes): attention at
 # 2048 tokens costs 8 times as much per token as at 512 on these cores, so most of the
 # mix is learned short and the base stage then carries the weights to the full context.
 INIT="${INIT_GGUF:+--init-gguf $INIT_GGUF}"
 if [ -n "${SHORT_CTX:-}" ]; then
-    mkdir -p $RUNS/short
-    [ -f $RUNS/short/result.json ] || \
-    $RUN train/train_base.py --corpus "$CORPUS" --tok $TOK --out $RUNS/short \
-        $INIT --ctx $SHORT_CTX --mix $MIX $PROBES \
-        --dim 256 --layers 6 --heads 8 --kv-heads 4 --seq $SHORT_CTX --batch $((2048 / SHORT_CTX)) \
-        --lr "${BASE_LR:-2e-3}" --minutes "${SHORT_MIN:-60}" ${SHORT_END:+--end-utc $SHORT_END} \
-        --eval-windows 8 --eval-minutes 30 --threads $THREADS >> $RUNS/short/log.txt 2>&1
+    base_stage short $SHORT_CTX $SHORT_CTX "${SHORT_MIN:-60}" "${SHORT_END:-}" $INIT
     INIT="--init-ckpt $RUNS/short/ckpt.pt --warmup 10"
 fi
 # BASE_SEQ: the base stage's windows when shorter than the context; BASE_KINDS: the
 # generated documents' shares (mix.parse_kinds), e.g. more retrieval than synth.WEIGHTS
-[ -f $RUNS/base/result.json ] || \
-$RUN train/train_base.py --corpus "$CORPUS" --tok $TOK --out $RUNS/base \
-    $INIT --ctx $CTX --mix $MIX $PROBES ${BASE_KINDS:+--kinds $BASE_KINDS} \
-    --dim 256 --layers 6 --heads 8 --kv-heads 4 --seq ${BASE_SEQ:-$CTX} \
-    --batch $((2048 / ${BASE_SEQ:-$CTX})) \
-    --lr "${BASE_LR:-2e-3}" --minutes "${BASE_MIN:-110}" ${BASE_END:+--end-utc $BASE_END} \
-    --eval-windows 8 --eval-minutes 30 --threads $THREADS >> $RUNS/base/log.txt 2>&1
+base_stage base $CTX ${BASE_SEQ:-$CTX} "${BASE_MIN:-110}" "${BASE_END:-}" $INIT \
+    ${BASE_KINDS:+--kinds $BASE_KINDS}
 
 [ -f $RUNS/gist/result.json ] || \
 $RUN train/train_gist.py --corpus "$CORPUS" --tok $TOK --base $RUNS/base/ckpt.pt \
