@@ -20,6 +20,7 @@
 #include "model/tiny.h"
 #include "runtime/runtime.h"
 #include "tests/check.h"
+#include "tests/test_runtime_util.h"
 
 #define N_CTX 64
 #define SENT  16 /* tokens per sentence */
@@ -98,34 +99,6 @@ static int sess_open(fixture_t *f, rt_sess_t *s, const pol_param_t *params, uint
     return 0;
 }
 
-static int feed(fixture_t *f, rt_sess_t *s, const int32_t *tok, uint32_t n, err_info_t *e)
-{
-    for (uint32_t i = 0; i < n;) {
-        uint32_t k;
-        rt_step_begin(f->rt);
-        int rc = rt_step_add(f->rt, s, tok + i, n - i, false, &k, e);
-        if (!rc)
-            rc = rt_step_run(f->rt, e);
-        if (!rc)
-            rc = rt_step_commit(f->rt, 0, e);
-        if (!rc)
-            rc = rt_step_policy(f->rt, 0, e);
-        if (rc)
-            return rc;
-        i += k;
-    }
-    return 0;
-}
-
-static void tokens(int32_t *tok, uint32_t n, uint32_t seed)
-{
-    uint32_t x = seed * 2654435761u + 1;
-    for (uint32_t i = 0; i < n; i++) {
-        x = x * 1664525u + 1013904223u;
-        tok[i] = 3 + (int32_t)((x >> 8) % 300);
-    }
-}
-
 /* Sentences of SENT tokens, each closed by the end of a turn: [k*SENT, (k+1)*SENT). */
 static int sentences(fixture_t *f, rt_sess_t *s, uint32_t n, uint32_t seed)
 {
@@ -133,8 +106,8 @@ static int sentences(fixture_t *f, rt_sess_t *s, uint32_t n, uint32_t seed)
     err_clear(&e);
     int32_t tok[SENT];
     for (uint32_t k = 0; k < n; k++) {
-        tokens(tok, SENT, seed + k);
-        if (feed(f, s, tok, SENT, &e) || rt_sess_end_turn(f->rt, s, &e)) {
+        rtu_tokens(tok, SENT, seed + k);
+        if (rtu_feed(f->rt, s, tok, SENT, &e) || rt_sess_end_turn(f->rt, s, &e)) {
             check_fail_(__FILE__, __LINE__, "feeding: %s", err_msg(&e));
             return -1;
         }
@@ -393,11 +366,11 @@ static void test_expanded_equals_fresh_prefill(void)
             return;
         if (closed) { /* one more sentence, pooled too, and past n_ctx: positions renumbered */
             int32_t more[4];
-            tokens(more, 4, 99);
+            rtu_tokens(more, 4, 99);
             err_info_t e0;
             err_clear(&e0);
             if (sentences(&f, &s, 1, 200) || compact(&s, 3 * SENT, 4 * SENT - 1) ||
-                feed(&f, &s, more, 4, &e0))
+                rtu_feed(f.rt, &s, more, 4, &e0))
                 return;
         }
         float next0;
@@ -469,8 +442,8 @@ static void test_expanded_equals_fresh_prefill(void)
         CHECK_OK(kv_store_check(f.st, &e));
         /* and the session goes on */
         int32_t more[8];
-        tokens(more, 8, 77);
-        CHECK_OK(feed(&f, &s, more, 8, &e));
+        rtu_tokens(more, 8, 77);
+        CHECK_OK(rtu_feed(f.rt, &s, more, 8, &e));
         CHECK_OK(kv_store_check(f.st, &e));
         const uint32_t kv = s.kv;
         rt_sess_fini(&s);
@@ -613,11 +586,11 @@ static void test_failure_at_each_allocation(void)
         if (sess_open(&f, &s, NULL, 0))
             return;
         int32_t more[4];
-        tokens(more, 4, 99);
+        rtu_tokens(more, 4, 99);
         err_info_t e0;
         err_clear(&e0);
         if (sentences(&f, &s, 4, 600) || compact(&s, SENT, 2 * SENT - 1) ||
-            compact(&s, 3 * SENT, 4 * SENT - 1) || feed(&f, &s, more, 4, &e0))
+            compact(&s, 3 * SENT, 4 * SENT - 1) || rtu_feed(f.rt, &s, more, 4, &e0))
             return;
         sess_rows_t before, after;
         sess_get(&f, s.kv, &before);
@@ -670,10 +643,10 @@ static void test_auto_finds_the_repeated_span(void)
         if (sentences(&f, &s, 5, 800) || compact(&s, 4, 4 * SENT - 1))
             return;
         int32_t turn[SENT];
-        tokens(turn, SENT, 800 + 2); /* the third sentence's tokens: [32, 48) */
+        rtu_tokens(turn, SENT, 800 + 2); /* the third sentence's tokens: [32, 48) */
         err_info_t e;
         err_clear(&e);
-        CHECK_OK(feed(&f, &s, turn, SENT, &e));
+        CHECK_OK(rtu_feed(f.rt, &s, turn, SENT, &e));
         g.n = 0;
         rt_expand_result_t r;
         CHECK_OK(rt_sess_expand_auto(f.rt, &s, bounded ? SENT - 1 : 0, POL_R_TURN, &r, &e));

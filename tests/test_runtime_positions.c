@@ -16,6 +16,7 @@
 #include "model/tiny.h"
 #include "runtime/runtime.h"
 #include "tests/check.h"
+#include "tests/test_runtime_util.h"
 
 #define N_CTX 64
 
@@ -76,35 +77,6 @@ static int sess_open(fixture_t *f, rt_sess_t *s, const char *policy, size_t hard
     return 0;
 }
 
-/* Runs tok[0..n) through s a step at a time; the first error's code. */
-static int feed(fixture_t *f, rt_sess_t *s, const int32_t *tok, uint32_t n, err_info_t *e)
-{
-    for (uint32_t i = 0; i < n;) {
-        uint32_t k;
-        rt_step_begin(f->rt);
-        int rc = rt_step_add(f->rt, s, tok + i, n - i, false, &k, e);
-        if (!rc)
-            rc = rt_step_run(f->rt, e);
-        if (!rc)
-            rc = rt_step_commit(f->rt, 0, e);
-        if (!rc)
-            rc = rt_step_policy(f->rt, 0, e);
-        if (rc)
-            return rc;
-        i += k;
-    }
-    return 0;
-}
-
-static void tokens(int32_t *tok, uint32_t n, uint32_t seed)
-{
-    uint32_t x = seed * 2654435761u + 1;
-    for (uint32_t i = 0; i < n; i++) {
-        x = x * 1664525u + 1013904223u;
-        tok[i] = 3 + (int32_t)((x >> 8) % 300);
-    }
-}
-
 static float mpos_next(const fixture_t *f, const rt_sess_t *s)
 {
     float p = -1.0f;
@@ -121,7 +93,7 @@ static void test_remap_equals_model_rope(void)
     const mdl_hparams_t *hp = mdl_hparams(f.m);
     const uint32_t n = 20, hd = hp->head_dim, nkv = hp->n_head_kv;
     int32_t tok[20];
-    tokens(tok, n, 1);
+    rtu_tokens(tok, n, 1);
     rt_sess_t a, b;
     if (sess_open(&f, &a, "full", 0) || sess_open(&f, &b, "full", 0))
         return;
@@ -131,8 +103,8 @@ static void test_remap_equals_model_rope(void)
     const float z = 0.0f, nine = 9.0f;
     CHECK_OK(kv_session_remap(f.st, b.kv, 1, &z, &nine, &rt_model(f.rt)->rope, &e));
     CHECK(mpos_next(&f, &b) == 9.0f);
-    CHECK_OK(feed(&f, &a, tok, n, &e));
-    CHECK_OK(feed(&f, &b, tok, n, &e));
+    CHECK_OK(rtu_feed(f.rt, &a, tok, n, &e));
+    CHECK_OK(rtu_feed(f.rt, &b, tok, n, &e));
     /* a moves up to where b is; every key must now be b's */
     CHECK_OK(kv_session_remap(f.st, a.kv, 1, &z, &nine, &rt_model(f.rt)->rope, &e));
     CHECK(mpos_next(&f, &a) == mpos_next(&f, &b));
@@ -184,15 +156,15 @@ static void test_full_stops_at_context(void)
     if (sess_open(&f, &s, "full", 0))
         return;
     int32_t tok[N_CTX + 8];
-    tokens(tok, N_CTX + 8, 2);
+    rtu_tokens(tok, N_CTX + 8, 2);
     err_info_t e;
     err_clear(&e);
-    CHECK_OK(feed(&f, &s, tok, N_CTX - 4, &e));
+    CHECK_OK(rtu_feed(f.rt, &s, tok, N_CTX - 4, &e));
     /* a chunk that crosses the context is cut to what still fits */
-    CHECK_OK(feed(&f, &s, tok + N_CTX - 4, 4, &e));
+    CHECK_OK(rtu_feed(f.rt, &s, tok + N_CTX - 4, 4, &e));
     CHECK_INT(s.n_past, ==, N_CTX);
     err_clear(&e);
-    CHECK_INT(feed(&f, &s, tok + N_CTX, 1, &e), ==, ERR_CONTEXT);
+    CHECK_INT(rtu_feed(f.rt, &s, tok + N_CTX, 1, &e), ==, ERR_CONTEXT);
     CHECK_MSG(strstr(e.msg, "64") && strstr(e.msg, "full"), "message: %s", e.msg);
     CHECK_INT(s.n_past, ==, N_CTX);
     CHECK_OK(kv_store_check(f.st, &e));
@@ -244,7 +216,7 @@ static void test_endless_and_snapshot(void)
             return;
         enum { N = 5 * N_CTX };
         int32_t tok[N];
-        tokens(tok, N, 3 + (uint32_t)p);
+        rtu_tokens(tok, N, 3 + (uint32_t)p);
         /* text with sentence ends, for the segmenter: a '.' piece every 9 tokens */
         const tok_t *tk = mdl_tok(f.m);
         for (int i = 8; tk && i < N; i += 9) {
@@ -261,7 +233,7 @@ static void test_endless_and_snapshot(void)
         err_info_t e;
         err_clear(&e);
         for (uint32_t i = 0; i < N; i += 16) {
-            CHECK_MSG(feed(&f, &s, tok + i, 16, &e) == 0, "%s at %u: %s", policies[p], i,
+            CHECK_MSG(rtu_feed(f.rt, &s, tok + i, 16, &e) == 0, "%s at %u: %s", policies[p], i,
                       err_msg(&e));
             check_inside(&f, &s);
         }
@@ -321,10 +293,10 @@ static void test_remap_refusals(void)
     if (sess_open(&f, &s, "full", 0))
         return;
     int32_t tok[8];
-    tokens(tok, 8, 4);
+    rtu_tokens(tok, 8, 4);
     err_info_t e;
     err_clear(&e);
-    CHECK_OK(feed(&f, &s, tok, 8, &e));
+    CHECK_OK(rtu_feed(f.rt, &s, tok, 8, &e));
     const kv_rope_t *rope = &rt_model(f.rt)->rope;
     const float from[2] = {4.0f, 2.0f}, to[2] = {0.0f, 1.0f}, nan_[1] = {NAN};
     CHECK_INT(kv_session_remap(f.st, s.kv, 2, from, to, rope, &e), ==, ERR_INVAL);
