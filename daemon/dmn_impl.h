@@ -161,6 +161,7 @@ typedef struct dmn_session {
 typedef struct dmn_counters {
     uint64_t requests, errors, events_dropped, clients_gone, budget_refusals;
     uint64_t steps, items, tokens_generated, tokens_prefilled;
+    uint64_t decode_steps, decode_items; /* steps that decoded generated tokens, and those tokens */
     uint64_t compactions;
     uint64_t compactions_by_method[POL_N_METHODS];
     int64_t bytes_freed;

@@ -469,6 +469,8 @@ void dmn_sched_step(dmn_t *d)
     }
     d->c.steps++;
     d->c.items += items;
+    d->c.decode_steps += dec > 0;
+    d->c.decode_items += dec;
     dmn_rate_note(d, t0, dmn_now() - t0, dec, items - dec);
     watermark(d);
 }

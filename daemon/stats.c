@@ -133,6 +133,8 @@ void dmn_send_stats(dmn_t *d, const dmn_peer_t *to, uint64_t id, bool sessions)
     st.tokens_prefilled = d->c.tokens_prefilled;
     rates(d, &st.decode_tokens_per_s, &st.prefill_tokens_per_s);
     st.avg_batch = d->c.steps ? (double)d->c.items / d->c.steps : 0.0;
+    st.decode_steps = d->c.decode_steps;
+    st.decode_items = d->c.decode_items;
     st.requests = d->c.requests;
     st.errors = d->c.errors;
     st.events_dropped = d->c.events_dropped;

@@ -332,7 +332,8 @@ static void stats_json(const gc_stats_t *s, bool sessions)
             ", \"steps\": %" PRIu64 ", \"tokens_generated\": %" PRIu64
             ", \"tokens_prefilled\": %" PRIu64
             ", \"decode_tokens_per_s\": %.6g, \"prefill_tokens_per_s\": %.6g"
-            ", \"avg_batch\": %.6g, \"requests\": %" PRIu64 ", \"errors\": %" PRIu64
+            ", \"avg_batch\": %.6g, \"decode_steps\": %" PRIu64 ", \"decode_items\": %" PRIu64
+            ", \"requests\": %" PRIu64 ", \"errors\": %" PRIu64
             ", \"events_dropped\": %" PRIu64 ", \"clients_gone\": %" PRIu64
             ", \"budget_refusals\": %" PRIu64 ", \"compactions\": %" PRIu64
             ", \"bytes_freed\": %" PRId64 ", \"kv_bytes_per_token\": %" PRIu64
@@ -345,9 +346,10 @@ static void stats_json(const gc_stats_t *s, bool sessions)
             s->max_sessions, s->session_budget_bytes, s->tier_f32, s->tier_f16, s->tier_q8_0,
             s->rows, s->blocks, s->fragmentation, s->transcript_bytes, s->tokens, s->je_allocated,
             s->je_active, s->je_resident, s->steps, s->tokens_generated, s->tokens_prefilled,
-            s->decode_tokens_per_s, s->prefill_tokens_per_s, s->avg_batch, s->requests, s->errors,
-            s->events_dropped, s->clients_gone, s->budget_refusals, s->compactions, s->bytes_freed,
-            s->kv_bytes_per_token, s->rate_refusals, s->permission_refusals, s->session_min_bytes,
+            s->decode_tokens_per_s, s->prefill_tokens_per_s, s->avg_batch, s->decode_steps,
+            s->decode_items, s->requests, s->errors, s->events_dropped, s->clients_gone,
+            s->budget_refusals, s->compactions, s->bytes_freed, s->kv_bytes_per_token,
+            s->rate_refusals, s->permission_refusals, s->session_min_bytes,
             s->idle_timeout_s, s->expansions, s->expand_tokens, s->expand_bytes, s->expand_ms,
             s->curve ? "true" : "false", s->uptime_s, s->threads);
     ctl_json_str(f, s->model);
@@ -396,8 +398,10 @@ static void stats_text(const gc_stats_t *s)
     printf("allocator        allocated %s, active %s, resident %s\n",
            gc_format_size(s->je_allocated, a, sizeof a), gc_format_size(s->je_active, b, sizeof b),
            gc_format_size(s->je_resident, c, sizeof c));
-    printf("throughput       decode %.1f tokens/s, prefill %.1f tokens/s, %.2f items/step\n",
-           s->decode_tokens_per_s, s->prefill_tokens_per_s, s->avg_batch);
+    printf("throughput       decode %.1f tokens/s, prefill %.1f tokens/s, %.2f items/step, "
+           "%.2f decoded/decode step\n",
+           s->decode_tokens_per_s, s->prefill_tokens_per_s, s->avg_batch,
+           s->decode_steps ? (double)s->decode_items / (double)s->decode_steps : 0.0);
     printf("totals           %" PRIu64 " steps, %" PRIu64 " generated, %" PRIu64
            " prefilled, %" PRIu64 " requests, %" PRIu64 " errors\n",
            s->steps, s->tokens_generated, s->tokens_prefilled, s->requests, s->errors);

@@ -160,6 +160,11 @@ char *gh_metrics_render(gh_metrics_t *m, const gc_stats_t *st, unsigned conversa
                 (double)st->tokens_generated);
         counter(&b, "gistd_steps_total", "Batched forward passes the daemon ran",
                 (double)st->steps);
+        counter(&b, "gistd_decode_steps_total",
+                "Forward passes that decoded a token of a generating session",
+                (double)st->decode_steps);
+        counter(&b, "gistd_decode_items_total", "Tokens decoded by those passes",
+                (double)st->decode_items);
         counter(&b, "gistd_daemon_requests_total", "Requests the daemon received",
                 (double)st->requests);
         counter(&b, "gistd_daemon_errors_total", "Requests the daemon answered with an error",

@@ -465,6 +465,8 @@ int gc_stats(gc_client_t *c, bool sessions, gc_stats_t *o, err_info_t *e)
     o->decode_tokens_per_s = s->decode_tokens_per_s;
     o->prefill_tokens_per_s = s->prefill_tokens_per_s;
     o->avg_batch = s->avg_batch;
+    o->decode_steps = s->decode_steps;
+    o->decode_items = s->decode_items;
     o->uptime_s = s->uptime_s;
     o->requests = s->requests;
     o->errors = s->errors;

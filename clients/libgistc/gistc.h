@@ -177,6 +177,9 @@ typedef struct gc_stats {
     uint64_t expansions, expand_tokens;          /* spans re-expanded, tokens re-prefilled */
     int64_t expand_bytes;                        /* bytes the expansions added */
     double expand_ms;                            /* time spent on them */
+    /* steps that decoded a generated token, and the tokens they decoded: their ratio is
+     * the decode batch (avg_batch also counts prompt tokens and one-session steps) */
+    uint64_t decode_steps, decode_items;
     struct {
         char method[16];
         uint64_t count;
