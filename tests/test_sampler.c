@@ -88,6 +88,26 @@ static void test_greedy_is_argmax(void)
         l[i] = 1.0f;
     l[7] = l[300] = 2.0f;
     CHECK_INT(mdl_sampler_sample(s, l), ==, 7);
+    /* the largest past the last whole 16 (N is not a multiple of 16), and at the very end */
+    l[995] = 3.0f;
+    CHECK_INT(mdl_sampler_sample(s, l), ==, 995);
+    l[N - 1] = 4.0f;
+    CHECK_INT(mdl_sampler_sample(s, l), ==, N - 1);
+    /* a NaN never wins, except that nothing beats one in the first place (as a scan that
+     * keeps the best so far with > does); -inf everywhere gives 0 */
+    l[500] = NAN;
+    CHECK_INT(mdl_sampler_sample(s, l), ==, N - 1);
+    l[0] = NAN;
+    CHECK_INT(mdl_sampler_sample(s, l), ==, 0);
+    for (int i = 0; i < N; i++)
+        l[i] = -INFINITY;
+    CHECK_INT(mdl_sampler_sample(s, l), ==, 0);
+    /* -0 and +0 tie: the lowest id */
+    for (int i = 0; i < N; i++)
+        l[i] = -1.0f;
+    l[20] = -0.0f;
+    l[10] = 0.0f;
+    CHECK_INT(mdl_sampler_sample(s, l), ==, 10);
     mdl_sampler_destroy(&s);
     CHECK(s == NULL);
     free(l);
