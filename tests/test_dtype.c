@@ -329,6 +329,51 @@ static void test_q4_0(void)
     CHECK_INT(got[0].d & 0x7fff, ==, 0); /* ggml's 0 / -8 is -0 */
 }
 
+/* A row to f16 (dt_from_f32, the hardware's conversion where there is one) gives the bits
+ * dt_f32_to_f16 gives for each element: every f16 value, the midpoints between neighbours
+ * and a hair to either side (ties to even), then random bit patterns of every exponent (NaN,
+ * inf, overflow, subnormals, underflow to zero), in rows of every length modulo 8. */
+static void test_f16_row_matches_scalar(void)
+{
+    enum { N = 4 * 0x8000 + 40000 };
+    float *x = malloc(sizeof(float) * N);
+    uint16_t *got = malloc(sizeof(uint16_t) * N);
+    if (!x || !got) {
+        check_fail_(__FILE__, __LINE__, "out of memory");
+        free(x);
+        free(got);
+        return;
+    }
+    size_t n = 0;
+    for (uint32_t h = 0; h < 0x8000; h++) {
+        const float a = dt_f16_to_f32((uint16_t)h), b = dt_f16_to_f32((uint16_t)(h + 1));
+        const float mid = h + 1 < 0x7c00 ? (float)(((double)a + b) / 2) : a;
+        x[n++] = (h & 1) ? -a : a;
+        x[n++] = mid;
+        x[n++] = nextafterf(mid, INFINITY);
+        x[n++] = -nextafterf(mid, -INFINITY);
+    }
+    uint64_t s = 11;
+    for (; n < N; n++) /* any bit pattern, or a value about f16's range (subnormals, rounding) */
+        x[n] = n % 2 ? from_bits((uint32_t)rng_next(&s))
+                     : ldexpf(rng_uniform(&s, -2, 2), (int)(rng_next(&s) % 50) - 34);
+    size_t bad = 0;
+    for (size_t len = 1; len <= 9; len++) { /* the tail after whole eights, and none */
+        memset(got, 0xff, sizeof(uint16_t) * N);
+        const size_t m = N - (N % 8) - 16 + len;
+        CHECK_OK(dt_from_f32(DT_F16, x, got, m));
+        for (size_t i = 0; i < m; i++)
+            if (got[i] != dt_f32_to_f16(x[i]) && bad++ < 5)
+                check_fail_(__FILE__, __LINE__, "length %zu, element %zu (%a, bits %08x): %04x "
+                            "vs %04x", m, i, (double)x[i], (unsigned)bits(x[i]), got[i],
+                            dt_f32_to_f16(x[i]));
+        CHECK_INT(got[m], ==, 0xffff); /* nothing written past the row */
+    }
+    CHECK_INT(bad, ==, 0);
+    free(x);
+    free(got);
+}
+
 static void test_row_conversions(void)
 {
     enum { N = 256 };
@@ -358,6 +403,7 @@ int main(void)
     RUN(test_f16_rounding_ties);
     RUN(test_f16_nan);
     RUN(test_f16_vs_compiler);
+    RUN(test_f16_row_matches_scalar);
     RUN(test_bf16);
     RUN(test_q8_0);
     RUN(test_q4_0);
