@@ -496,11 +496,11 @@ int main(int argc, char **argv)
         if (counts[k] == 1)
             base = a;
         const double sp = base > 0 ? a / base : 0;
-        printf("%8d %14.1f %14.1f %8.2f %14.1f %14.1f %13.2f\n", counts[k], a, a / counts[k], sp,
-               m, x, bt);
+        printf("%8d %14.1f %14.1f %8.2f %14.1f %14.1f %13.2f\n", counts[k], a, a / counts[k], sp, m,
+               x, bt);
         if (df)
-            fprintf(df, "%d %.3f %.3f %.3f %.3f %.3f %.3f\n", counts[k], a, a / counts[k], sp, m,
-                    x, bt);
+            fprintf(df, "%d %.3f %.3f %.3f %.3f %.3f %.3f\n", counts[k], a, a / counts[k], sp, m, x,
+                    bt);
     }
     if (df)
         fclose(df);

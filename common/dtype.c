@@ -221,8 +221,8 @@ static bool have_f16c(void)
 }
 
 /* n floats to f16 eight at a time, rounding to nearest even as dt_f32_to_f16 does. */
-__attribute__((target("avx,f16c"))) static void f16_from_f32_f16c(const float *src,
-                                                                  uint16_t *dst, size_t n)
+__attribute__((target("avx,f16c"))) static void f16_from_f32_f16c(const float *src, uint16_t *dst,
+                                                                  size_t n)
 {
     size_t i = 0;
     for (; i + 8 <= n; i += 8)

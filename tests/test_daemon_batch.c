@@ -63,8 +63,18 @@ static int snap_take(gc_client_t *c, const uint32_t *sid, snap_t *out)
 static void test_decode_steps_carry_every_session(void)
 {
     const char *model = td_tmp_path("batch.gguf");
-    char *argv[] = {(char *)td_bin("gist-model"), "make-tiny", (char *)model, "--seed", "21",
-                    "--n-embd", "128", "--n-layer", "4", "--n-ctx", "1024", NULL};
+    char *argv[] = {(char *)td_bin("gist-model"),
+                    "make-tiny",
+                    (char *)model,
+                    "--seed",
+                    "21",
+                    "--n-embd",
+                    "128",
+                    "--n-layer",
+                    "4",
+                    "--n-ctx",
+                    "1024",
+                    NULL};
     if (td_run(argv, NULL, 0) != 0) {
         check_fail_(__FILE__, __LINE__, "gist-model make-tiny %s failed", model);
         return;
@@ -114,13 +124,12 @@ static void test_decode_steps_carry_every_session(void)
     if (all) {
         CHECK_MSG(s2.steps > s1.steps, "no step ran between snapshots %llu and %llu",
                   (unsigned long long)s1.steps, (unsigned long long)s2.steps);
-        CHECK_MSG(s2.items - s1.items == (uint64_t)N_SESS * (s2.steps - s1.steps),
-                  "while all %d sessions generated, %llu steps decoded %llu tokens (%.2f a step)",
-                  N_SESS, (unsigned long long)(s2.steps - s1.steps),
-                  (unsigned long long)(s2.items - s1.items),
-                  s2.steps > s1.steps
-                      ? (double)(s2.items - s1.items) / (double)(s2.steps - s1.steps)
-                      : 0.0);
+        CHECK_MSG(
+            s2.items - s1.items == (uint64_t)N_SESS * (s2.steps - s1.steps),
+            "while all %d sessions generated, %llu steps decoded %llu tokens (%.2f a step)", N_SESS,
+            (unsigned long long)(s2.steps - s1.steps), (unsigned long long)(s2.items - s1.items),
+            s2.steps > s1.steps ? (double)(s2.items - s1.items) / (double)(s2.steps - s1.steps)
+                                : 0.0);
     }
     uint64_t decoded = 0;
     uint32_t longest = 0;

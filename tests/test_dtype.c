@@ -364,9 +364,10 @@ static void test_f16_row_matches_scalar(void)
         CHECK_OK(dt_from_f32(DT_F16, x, got, m));
         for (size_t i = 0; i < m; i++)
             if (got[i] != dt_f32_to_f16(x[i]) && bad++ < 5)
-                check_fail_(__FILE__, __LINE__, "length %zu, element %zu (%a, bits %08x): %04x "
-                            "vs %04x", m, i, (double)x[i], (unsigned)bits(x[i]), got[i],
-                            dt_f32_to_f16(x[i]));
+                check_fail_(__FILE__, __LINE__,
+                            "length %zu, element %zu (%a, bits %08x): %04x "
+                            "vs %04x",
+                            m, i, (double)x[i], (unsigned)bits(x[i]), got[i], dt_f32_to_f16(x[i]));
         CHECK_INT(got[m], ==, 0xffff); /* nothing written past the row */
     }
     CHECK_INT(bad, ==, 0);
