@@ -34,7 +34,7 @@
 #define CHUNK_MIN_BYTES   (32 * 1024)
 /* Rows of W the row kernels take through all vectors of a batch before moving on. */
 #define ROW_BLOCK_BYTES (64 * 1024)
-/* Vectors that pass over one block of rows together (a multiple of every path's max_nx). */
+/* Vectors that pass over one block of rows together (a multiple of KERN_MAX_NX). */
 #define VEC_BLOCK 64
 /* Batches of this many vectors or more of a float type go through sgemm: below it the row
  * kernels, which read W from memory once, are faster (bench_kernels batch, one thread). */
@@ -435,7 +435,6 @@ static void to_f32_q4_0(const uint8_t *src, float *dst, int n)
 
 const kern_path_t kern_path_portable = {
     .name = "portable",
-    .max_nx = 4,
     .rows = {rows_f32_portable, rows_f16_portable, rows_bf16_portable, rows_q8_0_portable,
              rows_q4_0_portable, kern_rows_q5_0_portable, kern_rows_q5_1_portable,
              kern_rows_q4_K_portable, kern_rows_q5_K_portable, kern_rows_q6_K_portable},
@@ -567,14 +566,13 @@ static void rows_range(const kern_path_t *p, int kt, const kern_mat_t *m, const 
             x += p->qx_bytes(n_cols);
     }
     kern_rows_fn fn = p->rows[kt];
-    const int max_nx = p->max_nx;
-    const int rblock = n_b <= max_nx ? r1 - r0 : (int)(ROW_BLOCK_BYTES / w_stride) + 1;
+    const int rblock = n_b <= KERN_MAX_NX ? r1 - r0 : (int)(ROW_BLOCK_BYTES / w_stride) + 1;
     for (int vb = 0; vb < n_b; vb += VEC_BLOCK) {
         int ve = n_b - vb < VEC_BLOCK ? n_b : vb + VEC_BLOCK;
         for (int rb = r0; rb < r1; rb += rblock) {
             int re = r1 - rb < rblock ? r1 : rb + rblock;
-            for (int b = vb; b < ve; b += max_nx) {
-                int nx = ve - b < max_nx ? ve - b : max_nx;
+            for (int b = vb; b < ve; b += KERN_MAX_NX) {
+                int nx = ve - b < KERN_MAX_NX ? ve - b : KERN_MAX_NX;
                 fn(m->W, w_stride, x + b * x_stride, x_stride, nx, n_cols,
                    m->Y + (size_t)b * n_rows, (size_t)n_rows, rb, re);
             }

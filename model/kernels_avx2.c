@@ -2,11 +2,10 @@
  * model/kernels_avx2.c — the AVX2/FMA/F16C path of the kernels (see kernels_impl.h).
  *
  * Compiled with -mavx2 -mfma -mf16c; kernels.c calls it only on a CPU that has them.
- * Each row is read once and dotted with up to four vectors (max_nx: 16 ymm registers hold
- * their accumulators); F16/BF16 are widened to f32 in registers; Q8_0/Q4_0 use int8 dot
- * products (maddubs) against the activations quantised in the simple layout, one block of
- * 32 per 256-bit register; K-quants do the same against the K layout, one sub-block of 32
- * per register weighted by its integer scale.
+ * Each row is read once and dotted with up to KERN_MAX_NX vectors; F16/BF16 are widened
+ * to f32 in registers; Q8_0/Q4_0 use int8 dot products (maddubs) against the activations
+ * quantised in the simple layout, one block of 32 per 256-bit register; K-quants do the
+ * same against the K layout, one sub-block of 32 per register weighted by its integer scale.
  */
 #include "common/dtype.h"
 #include "model/kernels_impl.h"
@@ -452,7 +451,6 @@ static void qx_make(const float *x, int n_cols, uint8_t *out)
 
 const kern_path_t kern_path_avx2 = {
     .name = "avx2",
-    .max_nx = 4,
     .rows = {rows_f32, rows_f16, rows_bf16, rows_q8_0, rows_q4_0, kern_rows_q5_0_portable,
              kern_rows_q5_1_portable, rows_q4_K, rows_q5_K, rows_q6_K},
     .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0, kern_to_f32_q5_0,

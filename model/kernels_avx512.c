@@ -27,11 +27,6 @@
  * streaming from DRAM 1.6-1.7x faster with int8; Q8_0 decode from DRAM within 5% either
  * way (memory-bound), from L2 1.15x faster with int8; four vectors per pass (batches,
  * prefill) 1.5x faster with int8 for both.
- *
- * A pass takes up to eight vectors (max_nx): a batch of eight decoders streams its weights
- * from DRAM once, not twice. Eight q8_0 vectors through 250 MB of 1536 x 576 matrices, one
- * thread, best of 12: 30 ms against 34 ms in passes of four (the eight use the weights
- * at the rate the int8 kernel computes; a second pass of four waited on DRAM again).
  */
 #pragma GCC target("avx512vnni")
 
@@ -80,19 +75,19 @@ INLINE void rows_float(const int kt, const int NX, const uint8_t *W, size_t w_st
 {
     const size_t esz = kt == KT_F32 ? 4 : 2;
     const float *xs[KERN_MAX_NX];
-#pragma GCC unroll 8
+#pragma GCC unroll 4
     for (int i = 0; i < NX; i++)
         xs[i] = (const float *)(x + i * x_stride);
     for (int r = r0; r < r1; r++) {
         const uint8_t *w = W + r * w_stride;
         __m512 acc[KERN_MAX_NX][2];
-#pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             acc[i][0] = acc[i][1] = _mm512_setzero_ps();
         int c = 0;
         for (; c + 32 <= n_cols; c += 32) {
             __m512 w0 = load16(kt, w + c * esz, 16), w1 = load16(kt, w + (c + 16) * esz, 16);
-#pragma GCC unroll 8
+#pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
                 acc[i][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xs[i] + c), acc[i][0]);
                 acc[i][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xs[i] + c + 16), acc[i][1]);
@@ -101,11 +96,11 @@ INLINE void rows_float(const int kt, const int NX, const uint8_t *W, size_t w_st
         for (; c < n_cols; c += 16) {
             int n = n_cols - c < 16 ? n_cols - c : 16;
             __m512 w0 = load16(kt, w + c * esz, n);
-#pragma GCC unroll 8
+#pragma GCC unroll 4
             for (int i = 0; i < NX; i++)
                 acc[i][0] = _mm512_fmadd_ps(w0, xload16(xs[i] + c, n), acc[i][0]);
         }
-#pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             y[i * y_stride + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]));
     }
@@ -199,7 +194,7 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
     const size_t bsz = kt == KT_Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0);
     const __m512i *xq[KERN_MAX_NX], *xb[KERN_MAX_NX];
     const __m512 *xd[KERN_MAX_NX];
-#pragma GCC unroll 8
+#pragma GCC unroll 4
     for (int i = 0; i < NX; i++) {
         const uint8_t *base = x + i * x_stride;
         xq[i] = (const __m512i *)base;
@@ -209,14 +204,14 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
     for (int r = r0; r < r1; r++) {
         const uint8_t *row = W + r * w_stride;
         __m512 acc[KERN_MAX_NX];
-#pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             acc[i] = _mm512_setzero_ps();
         for (int p = 0; p < nfull; p++) {
             const uint8_t *blk = row + 2 * p * bsz;
             __m512i w = kt == KT_Q8_0 ? wpair_q8(blk) : wpair_q4(blk);
             __m512 d = dpair(kt, blk);
-#pragma GCC unroll 8
+#pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
                 __m512i bias = _mm512_load_si512(xb[i] + p);
                 if (kt == KT_Q4_0)
@@ -238,7 +233,7 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
             uint16_t dh;
             memcpy(&dh, blk, 2);
             __m256 d = _mm256_set1_ps(f16_f32(dh));
-#pragma GCC unroll 8
+#pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
                 __m256i bias = _mm512_castsi512_si256(_mm512_load_si512(xb[i] + nfull));
                 if (kt == KT_Q4_0)
@@ -250,7 +245,7 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
                 acc[i] = _mm512_add_ps(acc[i], _mm512_zextps256_ps512(t));
             }
         }
-#pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             y[i * y_stride + r] = _mm512_reduce_add_ps(acc[i]);
     }
@@ -291,13 +286,13 @@ INLINE void rows_quant_fma(const int kt, const int NX, const uint8_t *W, size_t 
     const int nb = n_cols / 32;
     const size_t bsz = kt == KT_Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0);
     const float *xs[KERN_MAX_NX];
-#pragma GCC unroll 8
+#pragma GCC unroll 4
     for (int i = 0; i < NX; i++)
         xs[i] = (const float *)(x + i * x_stride);
     for (int r = r0; r < r1; r++) {
         const uint8_t *row = W + r * w_stride;
         __m512 acc[KERN_MAX_NX];
-#pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             acc[i] = _mm512_setzero_ps();
         for (int k = 0; k < nb; k++) {
@@ -306,14 +301,14 @@ INLINE void rows_quant_fma(const int kt, const int NX, const uint8_t *W, size_t 
             memcpy(&dh, blk, 2);
             __m512 d = _mm512_set1_ps(f16_f32(dh)), wa, wb;
             wblock_f32(kt, blk, &wa, &wb);
-#pragma GCC unroll 8
+#pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
                 __m512 t = _mm512_mul_ps(wa, _mm512_loadu_ps(xs[i] + 32 * k));
                 t = _mm512_fmadd_ps(wb, _mm512_loadu_ps(xs[i] + 32 * k + 16), t);
                 acc[i] = _mm512_fmadd_ps(d, t, acc[i]);
             }
         }
-#pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             y[i * y_stride + r] = _mm512_reduce_add_ps(acc[i]);
     }
@@ -348,7 +343,7 @@ INLINE __m512i k45_levels(const int kt, const uint8_t *blk, int i)
     const int8_t *xq[KERN_MAX_NX];                                                                 \
     const float *xd[KERN_MAX_NX];                                                                  \
     const int16_t *xs[KERN_MAX_NX];                                                                \
-    _Pragma("GCC unroll 8") for (int i = 0; i < NX; i++)                                           \
+    _Pragma("GCC unroll 4") for (int i = 0; i < NX; i++)                                           \
     {                                                                                              \
         xq[i] = (const int8_t *)(x + i * x_stride);                                                \
         xd[i] = (const float *)(x + i * x_stride + n_cols);                                        \
@@ -368,7 +363,7 @@ INLINE void rows_k45(const int kt, const int NX, const uint8_t *W, size_t w_stri
         const uint8_t *row = W + r * w_stride;
         __m512 acc[KERN_MAX_NX];
         float accm[KERN_MAX_NX];
-#pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int i = 0; i < NX; i++) {
             acc[i] = _mm512_setzero_ps();
             accm[i] = 0;
@@ -388,7 +383,7 @@ INLINE void rows_k45(const int kt, const int NX, const uint8_t *W, size_t w_stri
                 scv[g] = _mm512_mask_blend_epi32(0xff00, _mm512_set1_epi32(sc[2 * g]),
                                                  _mm512_set1_epi32(sc[2 * g + 1]));
             }
-#pragma GCC unroll 8
+#pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
                 const int8_t *q = xq[i] + QK_K * b;
                 __m512i sum = _mm512_setzero_si512();
@@ -406,7 +401,7 @@ INLINE void rows_k45(const int kt, const int NX, const uint8_t *W, size_t w_stri
                 accm[i] += dmin * xd[i][b] * (float)summ;
             }
         }
-#pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             y[i * y_stride + r] = _mm512_reduce_add_ps(acc[i]) - accm[i];
     }
@@ -426,7 +421,7 @@ INLINE void rows_q6k(const int kt, const int NX, const uint8_t *W, size_t w_stri
         const block_q6_K *row = (const block_q6_K *)(W + r * w_stride);
         __m512 acc[KERN_MAX_NX];
         float accm[KERN_MAX_NX];
-#pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int i = 0; i < NX; i++) {
             acc[i] = _mm512_setzero_ps();
             accm[i] = 0;
@@ -458,7 +453,7 @@ INLINE void rows_q6k(const int kt, const int NX, const uint8_t *W, size_t w_stri
                                                   k + 2, k + 2, k + 2, k + 3, k + 3, k + 3, k + 3);
                 scv[g] = _mm512_cvtepi8_epi32(_mm_shuffle_epi8(s16, idx));
             }
-#pragma GCC unroll 8
+#pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
                 const int8_t *q = xq[i] + QK_K * b;
                 __m512i sum = _mm512_setzero_si512();
@@ -476,32 +471,28 @@ INLINE void rows_q6k(const int kt, const int NX, const uint8_t *W, size_t w_stri
                 accm[i] += dd * (float)(32 * corr);
             }
         }
-#pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             y[i * y_stride + r] = _mm512_reduce_add_ps(acc[i]) - accm[i];
     }
 }
 
-#define ROWS_NX_(body, kt, NX)                                                                     \
-    case NX:                                                                                       \
-        body(kt, NX, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                       \
-        break;
-/* Up to eight vectors a pass: 32 zmm registers hold their accumulators (two each for the
- * float types) beside the weights. */
 #define ROWS_FN(name, body, kt)                                                                    \
     static void name(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride, int nx, \
                      int n_cols, float *y, size_t y_stride, int r0, int r1)                        \
     {                                                                                              \
         switch (nx) {                                                                              \
-            ROWS_NX_(body, kt, 1)                                                                  \
-            ROWS_NX_(body, kt, 2)                                                                  \
-            ROWS_NX_(body, kt, 3)                                                                  \
-            ROWS_NX_(body, kt, 4)                                                                  \
-            ROWS_NX_(body, kt, 5)                                                                  \
-            ROWS_NX_(body, kt, 6)                                                                  \
-            ROWS_NX_(body, kt, 7)                                                                  \
+        case 1:                                                                                    \
+            body(kt, 1, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                    \
+            break;                                                                                 \
+        case 2:                                                                                    \
+            body(kt, 2, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                    \
+            break;                                                                                 \
+        case 3:                                                                                    \
+            body(kt, 3, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                    \
+            break;                                                                                 \
         default:                                                                                   \
-            body(kt, 8, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                    \
+            body(kt, 4, W, w_stride, x, x_stride, n_cols, y, y_stride, r0, r1);                    \
             break;                                                                                 \
         }                                                                                          \
     }
@@ -572,7 +563,6 @@ static void to_f32_q4_0(const uint8_t *src, float *dst, int n)
 
 const kern_path_t kern_path_avx512 = {
     .name = "avx512",
-    .max_nx = 8,
     .rows = {rows_f32, rows_f16, rows_bf16, rows_q8_0, rows_q4_0, kern_rows_q5_0_portable,
              kern_rows_q5_1_portable, rows_q4_K, rows_q5_K, rows_q6_K},
     .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0, kern_to_f32_q5_0,
@@ -583,7 +573,6 @@ const kern_path_t kern_path_avx512 = {
 
 const kern_path_t kern_path_avx512_fma = {
     .name = "avx512-fma",
-    .max_nx = 8,
     .rows = {rows_f32, rows_f16, rows_bf16, rows_q8_0_fma, rows_q4_0_fma, kern_rows_q5_0_portable,
              kern_rows_q5_1_portable, rows_q4_K, rows_q5_K, rows_q6_K},
     .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0, kern_to_f32_q5_0,

@@ -48,9 +48,8 @@ static inline int kern_slot_k(int kt)
     return kt >= KT_Q4_K;
 }
 
-/* Most vectors one pass over a weight row serves on any path (a path's max_nx may be
- * fewer); callers split larger batches. */
-#define KERN_MAX_NX 8
+/* Most vectors one pass over a weight row serves; callers split larger batches. */
+#define KERN_MAX_NX 4
 
 /*
  * Computes y[i * y_stride + r] = dot(row r of W, activation vector i) for rows
@@ -67,9 +66,6 @@ typedef void (*kern_to_f32_fn)(const uint8_t *src, float *dst, int n);
 
 typedef struct kern_path {
     const char *name;
-    /* Most vectors one call of a rows function takes (<= KERN_MAX_NX): as many as the
-     * path's registers hold accumulators for. */
-    int max_nx;
     kern_rows_fn rows[KT_COUNT];
     kern_to_f32_fn to_f32[KT_COUNT];
     /* Bytes of one quantised activation vector of n_cols elements (a multiple of 32),
@@ -86,7 +82,7 @@ extern const kern_path_t kern_path_avx512;
 extern const kern_path_t kern_path_avx512_fma;
 
 /* kern_matmul with the method picked by the caller (for benchmarks that find the batch
- * size where sgemm starts to win): one pass of the row kernels per max_nx vectors,
+ * size where sgemm starts to win): one pass of the row kernels per KERN_MAX_NX vectors,
  * or OpenBLAS sgemm on each thread's rows (on f32 tiles of W for other types). */
 enum { KERN_BY_ROWS = 1, KERN_BY_GEMM = 2 };
 void kern_matmul_how(int how, uint32_t type, const void *W, const float *X, float *Y, int n_rows,
