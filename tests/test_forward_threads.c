@@ -1,7 +1,7 @@
 /* tests/test_forward_threads.c — the forward pass run by a team of threads gives what it
  * gives on one thread. GISTD_PAR_MIN_NS=0 makes even these tiny models threaded; every
- * weight type, batches of 1 and 3 (decode: activations made by each thread), 7 (shared
- * out), 32 (sgemm for float weights), three interleaved sequences, attention
+ * weight type, batches of 1, 3 and 8 (decode: activations made by each thread), 11
+ * (shared out), 32 (sgemm for float weights), three interleaved sequences, attention
  * accumulators, row biases, retention gates, and an error from a view in mid-call. Lanes
  * are cut into attention parts of 4 rows, so threads share one lane and merge.
  *
@@ -182,7 +182,7 @@ static void test_threads_match_one(void)
         uint32_t type;
     } models[] = {{0, DT_Q8_0}, {1, DT_F32}, {0, DT_F32}, {0, DT_F16}, {0, DT_Q4_0}, {1, DT_Q8_0}};
     /* batch size, attention accumulators (which change how attention is shared out) */
-    static const int cases[][2] = {{1, 1}, {3, 0}, {7, 1}, {N_ITEMS, 0}};
+    static const int cases[][2] = {{1, 1}, {3, 0}, {8, 0}, {11, 1}, {N_ITEMS, 0}};
     /* GISTD_TEST_QUICK=1 (make check, under valgrind): two of the models */
     const char *q = getenv("GISTD_TEST_QUICK");
     const size_t n_models = q && *q && strcmp(q, "0") != 0 ? 2 : sizeof models / sizeof models[0];
@@ -197,7 +197,7 @@ static void test_threads_match_one(void)
             /* sgemm takes float weights from 32 items on */
             const bool exact = ub < 32 || type == DT_Q8_0 || type == DT_Q4_0;
             /* three threads on two cores wait a lot: one batch size */
-            const int n_t = ub == 7 ? 3 : 2;
+            const int n_t = ub == 11 ? 3 : 2;
             result_t r1, rt;
             CHECK_OK(run(one, ub, acc, &r1));
             for (int t = 2; t <= n_t; t++) {
