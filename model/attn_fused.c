@@ -7,6 +7,8 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include <cblas.h>
+
 #include "common/dtype.h"
 #include "model/attn_ops.h"
 #include "model/gguf.h"
@@ -73,6 +75,23 @@ static void mask_tile(const mdl_attn_seg_t *sg, size_t i, size_t nt, int g, floa
     }
 }
 
+/* sc[h][MDL_ATTN_TILE] = dot(q[h], row t of kt) * scale + bias[t] for nt rows, as one matrix
+ * product (the tile's rows read once for all g heads). */
+static void scores_gemm(const float *q, int g, int hd, const float *kt, size_t st, size_t nt,
+                        float scale, const float *bias, float *sc)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g, (int)nt, hd, scale, q, hd, kt, (int)st,
+                0.0f, sc, MDL_ATTN_TILE);
+    if (!bias)
+        return;
+    for (int h = 0; h < g; h++) {
+        float *p = sc + (size_t)h * MDL_ATTN_TILE;
+#pragma omp simd
+        for (size_t t = 0; t < nt; t++)
+            p[t] += bias[t];
+    }
+}
+
 void mdl_attn_part(const mdl_attn_ops_t *ops, const float *q, int g, int hd, float scale,
                    const mdl_attn_seg_t *segs, uint32_t n_segs, size_t r0, size_t r1, float *part,
                    float *work, float *scores, size_t sc_stride)
@@ -90,8 +109,11 @@ void mdl_attn_part(const mdl_attn_ops_t *ops, const float *q, int g, int hd, flo
             nt = r1 - r < nt ? r1 - r : nt;
             size_t st;
             const float *kt = tile_rows(ops, sg, sg->k, i, nt, hd, tile, &st);
-            ops->scores(q, g, hd, kt, st, (int)nt, scale, sg->bias ? sg->bias + i : NULL, sc,
-                        MDL_ATTN_TILE);
+            if (g >= MDL_ATTN_GEMM_HEADS) /* sc = scale * q . kt^T, then the bias */
+                scores_gemm(q, g, hd, kt, st, nt, scale, sg->bias ? sg->bias + i : NULL, sc);
+            else
+                ops->scores(q, g, hd, kt, st, (int)nt, scale, sg->bias ? sg->bias + i : NULL, sc,
+                            MDL_ATTN_TILE);
             if (sg->mask_g)
                 mask_tile(sg, i, nt, g, sc);
             for (int h = 0; h < g; h++) {
@@ -113,7 +135,11 @@ void mdl_attn_part(const mdl_attn_ops_t *ops, const float *q, int g, int hd, flo
                 sum[h] += ops->exp_sum(p, nt, m_new);
             }
             const float *vt = tile_rows(ops, sg, sg->v, i, nt, hd, tile, &st);
-            ops->accum(o, g, hd, vt, st, (int)nt, sc, MDL_ATTN_TILE);
+            if (g >= MDL_ATTN_GEMM_HEADS) /* o += p . vt */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g, hd, (int)nt, 1.0f, sc,
+                            MDL_ATTN_TILE, vt, (int)st, 1.0f, o, hd);
+            else
+                ops->accum(o, g, hd, vt, st, (int)nt, sc, MDL_ATTN_TILE);
             i += nt;
             r += nt;
         }

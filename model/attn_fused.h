@@ -43,6 +43,11 @@ typedef struct mdl_attn_seg {
 /* Rows per tile of mdl_attn_part: scores of a tile sit in a [g][tile] buffer. */
 #define MDL_ATTN_TILE 64
 
+/* From this many query heads on (a tile of a prefill chunk's queries), mdl_attn_part makes
+ * a tile's scores and sums its values as matrix products (sgemm) rather than with the
+ * row loops of its table. */
+#define MDL_ATTN_GEMM_HEADS 12
+
 /* Floats of one partial: for each of g heads, hd sums of exp(score - max) * value, the
  * max, and the sum of exp(score - max). */
 static inline size_t mdl_attn_part_floats(int g, int hd)
