@@ -28,7 +28,7 @@
 #define ATTN_PART_ROWS 256
 /* Queries of a prefill chunk that read each key and value row together (GISTD_ATTN_Q_ROWS
  * overrides: 1 gives each query its own pass, as a decode step has). */
-#define ATTN_Q_ROWS 16
+#define ATTN_Q_ROWS 64
 
 /* ------------------------------------------------------------------ loading */
 

@@ -70,7 +70,7 @@ void mdl_set_threads(mdl_t *m, int n_threads);
 int mdl_threads(const mdl_t *m);
 
 /* Queries of one sequence in a batch (a prefill chunk) that read each key and value row
- * together, at most: 16, or GISTD_ATTN_Q_ROWS when the model was opened; 1 gives each query
+ * together, at most: 64, or GISTD_ATTN_Q_ROWS when the model was opened; 1 gives each query
  * a pass of its own, as a decode step has. A setting for benchmarks and tests: the result
  * is the same within f32 rounding. */
 void mdl_set_attn_q_rows(mdl_t *m, uint32_t q_rows);
