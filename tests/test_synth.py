@@ -86,7 +86,7 @@ def test_reasoning_steps_are_as_asked():
 
 def test_facts_are_stated_before_they_are_asked():
     for kind in ("passkey", "niah_single", "niah_multikey", "niah_multivalue", "chat",
-                 "repeat"):
+                 "repeat", "copy"):
         for ev in (False, True):
             for p in probes(kind, 60, ev):
                 assert p.values, kind
@@ -122,15 +122,17 @@ def test_heldout_values_never_train():
     """Every hidden value of an evaluation probe is on the held-out side of the split,
     and no training probe hides one of them."""
     shared_pools = set(synth.COLOURS + synth.FOODS + synth.PETS + synth.JOBS)
-    kinds = ("passkey", "niah_single", "niah_multikey", "niah_multivalue", "chat", "repeat")
+    kinds = ("passkey", "niah_single", "niah_multikey", "niah_multivalue", "chat", "repeat",
+             "copy")
     seen = {ev: set() for ev in (False, True)}
     for ev in (False, True):
         for kind in kinds:
             for p in probes(kind, 150, ev, seed=11):
                 for v in p.values:
-                    if kind == "repeat" and " " in v:
+                    if kind in ("repeat", "copy") and " " in v:
                         vs = v.split(" ") if all(w in synth.NOUNS + synth.FIRST_NAMES +
-                                                 synth.PLACES for w in v.split(" ")) else []
+                                                 synth.PLACES or w.isdigit()
+                                                 for w in v.split(" ")) else []
                     else:
                         vs = [v]
                     seen[ev].update(x for x in vs if x not in shared_pools)

@@ -57,9 +57,10 @@ base_stage() {
 # An optional first stage at a short context (SHORT_CTX, SHORT_MIN minutes): attention at
 # 2048 tokens costs 8 times as much per token as at 512 on these cores, so most of the
 # mix is learned short and the base stage then carries the weights to the full context.
-INIT="${INIT_GGUF:+--init-gguf $INIT_GGUF}"
+INIT="${INIT_GGUF:+--init-gguf $INIT_GGUF}${INIT_CKPT:+--init-ckpt $INIT_CKPT}"
 if [ -n "${SHORT_CTX:-}" ]; then
-    base_stage short $SHORT_CTX $SHORT_CTX "${SHORT_MIN:-60}" "${SHORT_END:-}" $INIT
+    base_stage short $SHORT_CTX $SHORT_CTX "${SHORT_MIN:-60}" "${SHORT_END:-}" $INIT \
+        ${SHORT_KINDS:+--kinds $SHORT_KINDS}
     INIT="--init-ckpt $RUNS/short/ckpt.pt --warmup 10"
 fi
 # BASE_SEQ: the base stage's windows when shorter than the context; BASE_KINDS: the
@@ -109,7 +110,7 @@ if [ "$MIX" != 0 ]; then
 fi
 # the command as it was run, for the card
 CMD=""
-for v in RUNS MODELS INIT_GGUF SHORT_CTX SHORT_MIN SHORT_END GIST_SEQ BASE_SEQ BASE_KINDS CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
+for v in RUNS MODELS INIT_GGUF INIT_CKPT SHORT_CTX SHORT_KINDS SHORT_MIN SHORT_END GIST_SEQ BASE_SEQ BASE_KINDS CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
          GIST_END GATES_MIN GATES_END EVAL_WINDOWS MEMORY_ARGS REASONING_ARGS; do
     [ -n "${!v:-}" ] && CMD="$CMD$v=${!v} "
 done

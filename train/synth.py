@@ -13,6 +13,9 @@ Kinds:
 - niah_multikey  RULER: several keys with their values, one of them asked for
 - niah_multivalue RULER: one key with several values, all asked for
 - repeat         a span stated once and repeated later (copying, induction heads)
+- copy           a long span of random words and numbers written twice: nothing but the
+                 first copy predicts the second, so its loss falls only once the model
+                 copies from context (the data that makes induction heads form quickly)
 - chat           a ChatML conversation: facts stated in early turns, asked for later
 - instruct       short ChatML instruction / answer turns
 - reasoning      chains of assignments and word problems, thoughts separated by the
@@ -38,8 +41,8 @@ CHAT_TEMPLATE = (
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 THOUGHT = "\n\n"  # gistd's thought boundary (a paragraph break)
 
-KINDS = ["passkey", "niah_single", "niah_multikey", "niah_multivalue", "repeat", "chat",
-         "instruct", "reasoning"]
+KINDS = ["passkey", "niah_single", "niah_multikey", "niah_multivalue", "repeat", "copy",
+         "chat", "instruct", "reasoning"]
 # share of each kind in the training mix
 WEIGHTS = {"passkey": 0.12, "niah_single": 0.12, "niah_multikey": 0.10,
            "niah_multivalue": 0.06, "repeat": 0.10, "chat": 0.24, "instruct": 0.08,
@@ -296,6 +299,19 @@ def repeat(rng, filler, n_chars, ev=False):
     return Probe("repeat", prompt, f" {span}.", [span], f" {span}.\n", depth)
 
 
+def copy(rng, filler, n_chars, ev=False):
+    """8 to 40 words and numbers drawn at random, written out, then (after filler) again."""
+    v = Values(rng, ev)
+    pool = NOUNS + FIRST_NAMES + PLACES
+    words = [v.number(int(rng.integers(2, 6))) if rng.random() < 0.3 else v.pick(pool)
+             for _ in range(int(rng.integers(8, 41)))]
+    span = " ".join(words)
+    depth = float(rng.random())
+    a, b = _split_filler(filler, rng, n_chars, [depth])
+    prompt = _join(a, f"Copy this: {span}.", b, "Copy it again:")
+    return Probe("copy", prompt, f" {span}.", [span], f" {span}.\n", depth)
+
+
 # ------------------------------------------------------------------ conversations
 
 def _fact_pool(v):
@@ -498,7 +514,7 @@ def reasoning_question(probe):
 
 
 GENERATORS = {"passkey": passkey, "niah_single": niah_single, "niah_multikey": niah_multikey,
-              "niah_multivalue": niah_multivalue, "repeat": repeat, "chat": chat,
+              "niah_multivalue": niah_multivalue, "repeat": repeat, "copy": copy, "chat": chat,
               "instruct": instruct, "reasoning": reasoning}
 
 
