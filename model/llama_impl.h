@@ -59,7 +59,7 @@ typedef struct mdl_attn_qtile {
 typedef struct mdl_attn_plan {
     bool acc;                    /* units are (slot, kv-head), without parts in `parts` */
     uint32_t n_units, n_parts;   /* this layer's */
-    uint32_t n_tiles;
+    uint32_t n_tiles;            /* this layer's query tiles */
     uint32_t cap_units, cap_parts, cap_tiles;
     size_t cap_part_floats;
     uint32_t q_rows;             /* queries per tile at most */
