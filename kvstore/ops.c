@@ -364,7 +364,7 @@ static int run_edits(kv_store_t *st, kv_session_t *s, kv_edit_t *eds, uint32_t n
 }
 
 /* The spilled transcript pages that the raw rows among `rows` fall on (sorted, unique), in
- * f (idx and pg in one scratch allocation the caller frees: f->idx). */
+ * f (pg and idx in one scratch allocation the caller frees: f->pg). */
 static int fault_plan(kv_store_t *st, const kv_session_t *s, const kv_rows_t *rows,
                       kv_tr_fault_t *f)
 {
@@ -386,12 +386,12 @@ static int fault_plan(kv_store_t *st, const kv_session_t *s, const kv_rows_t *ro
             }
         }
     if (n) {
-        f->idx = kv_scratch_alloc(st, n * (sizeof *f->idx + sizeof *f->pg));
-        if (!f->idx) {
+        f->pg = kv_scratch_alloc(st, n * (sizeof *f->pg + sizeof *f->idx));
+        if (!f->pg) {
             free(want);
             return ERR_NOMEM;
         }
-        f->pg = (kv_tpage_t **)(f->idx + n);
+        f->idx = (uint32_t *)(f->pg + n);
         for (uint32_t i = 0; i < tr->n_pages; i++)
             if (want[i])
                 f->idx[f->n++] = i;
@@ -519,7 +519,7 @@ int kv_span_replace(kv_store_t *st, uint32_t sid, float p0, float p1, const kv_r
     char what[96];
     snprintf(what, sizeof what, "replacing span [%g, %g] of session %u", p0, p1, sid);
     rc = run_edits(st, s, eds, nl, &fault, what, e);
-    free(fault.idx);
+    free(fault.pg);
     free(eds);
     return rc;
 }

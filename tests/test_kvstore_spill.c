@@ -49,6 +49,27 @@ static const char *spill_dir(void)
     return dir;
 }
 
+/* Descriptors this process holds on spill files under the folder (the newest in *last). */
+static int spill_fds(int *last)
+{
+    int n = 0;
+    for (int i = 3; i < 1024; i++) {
+        char fd_path[64], link[4096];
+        snprintf(fd_path, sizeof fd_path, "/proc/self/fd/%d", i);
+        ssize_t k = readlink(fd_path, link, sizeof link - 1);
+        if (k <= 0)
+            continue;
+        link[k] = 0;
+        if (strstr(link, spill_dir()) && strstr(link, "gistd-transcript-") &&
+            strstr(link, "(deleted)")) {
+            n++;
+            if (last)
+                *last = i;
+        }
+    }
+    return n;
+}
+
 static kv_store_t *store(const char *dir, io_fault_t *io, size_t hard)
 {
     kv_store_config_t cfg = {.n_layer = 2,
@@ -289,20 +310,9 @@ static void test_bytes_drop_and_a_page_comes_back(void)
     }
     KVT_CHECK_STORE(st);
     struct stat before, after;
-    char fd_path[64];
-    /* the spill file: the newest descriptor open on a deleted file under the folder */
+    /* the spill file: open, unlinked, under the folder */
     int fd = -1;
-    for (int i = 3; i < 1024; i++) {
-        char link[4096];
-        snprintf(fd_path, sizeof fd_path, "/proc/self/fd/%d", i);
-        ssize_t k = readlink(fd_path, link, sizeof link - 1);
-        if (k > 0) {
-            link[k] = 0;
-            if (strstr(link, spill_dir()) && strstr(link, "gistd-transcript-") &&
-                strstr(link, "(deleted)"))
-                fd = i;
-        }
-    }
+    CHECK_INT(spill_fds(&fd), ==, 1);
     CHECK_MSG(fd >= 0, "no spill file open (unlinked) under %s", spill_dir());
     if (fd >= 0)
         CHECK_OK(fstat(fd, &before));
@@ -317,6 +327,7 @@ static void test_bytes_drop_and_a_page_comes_back(void)
     }
     /* nothing is left in the folder, ever: the file was unlinked when made */
     CHECK_OK(kv_session_destroy(st, s));
+    CHECK_INT(spill_fds(NULL), ==, 0);
     CHECK_OK(rmdir(spill_dir()));
     CHECK_OK(mkdir(spill_dir(), 0700));
     kv_store_destroy(&st);
@@ -433,8 +444,10 @@ static void test_fork_and_snapshot_round_trips(void)
     CHECK_OK(kv_snapshot_read(st, path, &tight, &r3, &e));
     CHECK_INT(kv_snapshot_read(ref, path, &tight, &r3, &e), ==, ERR_BUDGET);
     KVT_CHECK_STORE(st);
+    CHECK_INT(spill_fds(NULL), ==, 3); /* the fork's (its parent's, shared) and two restores' */
     kv_store_destroy(&st);
     kv_store_destroy(&ref);
+    CHECK_INT(spill_fds(NULL), ==, 0);
 }
 
 static bool has(const char *msg, const char *what)
@@ -645,6 +658,7 @@ static void scenario(run_t *r, const char *snap)
     kv_store_stats(r->st, &s);
     CHECK_MSG(s.bytes == s.overhead_bytes, "N=%ld/%ld: %zu bytes left (overhead %zu)", r->f.n,
               r->io.n, s.bytes, s.overhead_bytes);
+    CHECK_MSG(spill_fds(NULL) == 0, "N=%ld/%ld: a spill file is still open", r->f.n, r->io.n);
     kv_store_destroy(&r->st);
 }
 
