@@ -20,7 +20,8 @@
  * stop counting (kvstore/transcript.c says when and why). The store owns the file: it is
  * created at the session's first spill, unlinked at once (nothing is ever left in the
  * folder), and closed when the session is destroyed; a fork reads its parent's spilled pages
- * through its own descriptor of the same file. Reading spilled positions reads the file (an
+ * through its own descriptor of the same file (a session that has spilled, or whose parent
+ * had, holds one descriptor, O_CLOEXEC, until it is destroyed). Reading spilled positions reads the file (an
  * I/O failure is ERR_IO naming it); a call that gives a spilled position a raw row again
  * brings its page back into memory first, charged like any allocation. Nothing else about a
  * session changes when its pages spill: every verb reads the same tokens and counts.
@@ -36,7 +37,8 @@
  * err_info_t, say what was wrong. On error a call changes nothing: every verb that edits
  * several lanes does all of them or none. ERR_BUDGET says how many bytes were needed and how
  * many a limit left; ERR_NOMEM is an allocation that failed (or was made to fail by the test
- * hook); ERR_BUSY is a session with a reservation pending.
+ * hook); ERR_BUSY is a session with a reservation pending; ERR_IO is a spill file that could
+ * not be read or written (the message names it and the error).
  */
 #ifndef GISTD_KVSTORE_KVSTORE_H
 #define GISTD_KVSTORE_KVSTORE_H
