@@ -503,11 +503,14 @@ int kv_cmd_generate(int argc, char **argv)
         int k = kv_opt(&o, argc, argv, &i);
         if (k < 0)
             goto done;
+        if (k == 0)
+            k = cmd_sampler_opt(&sc, &seeded, argc, argv, &i);
+        if (k < 0)
+            goto done;
         if (k > 0)
             continue;
         const char *a = argv[i];
         bool has = i + 1 < argc;
-        long v;
         int bad = 0;
         if (!strcmp(a, "--prompt") && has) {
             prompt = argv[++i];
@@ -519,27 +522,6 @@ int kv_cmd_generate(int argc, char **argv)
             bad = cmd_parse_long(a, argv[++i], 1, INT32_MAX, &ctx);
         } else if (!strcmp(a, "--ubatch") && has) {
             bad = cmd_parse_long(a, argv[++i], 1, 1 << 20, &ubatch);
-        } else if (!strcmp(a, "--temp") && has) {
-            bad = cmd_parse_float(a, argv[++i], &sc.temp);
-        } else if (!strcmp(a, "--top-k") && has) {
-            bad = cmd_parse_long(a, argv[++i], 0, INT32_MAX, &v);
-            sc.top_k = (int32_t)v;
-        } else if (!strcmp(a, "--top-p") && has) {
-            bad = cmd_parse_float(a, argv[++i], &sc.top_p);
-        } else if (!strcmp(a, "--min-p") && has) {
-            bad = cmd_parse_float(a, argv[++i], &sc.min_p);
-        } else if (!strcmp(a, "--repeat-penalty") && has) {
-            bad = cmd_parse_float(a, argv[++i], &sc.repeat_penalty);
-        } else if (!strcmp(a, "--repeat-last-n") && has) {
-            bad = cmd_parse_long(a, argv[++i], 0, 1 << 20, &v);
-            sc.repeat_last_n = (int32_t)v;
-        } else if (!strcmp(a, "--seed") && has) {
-            char *end;
-            errno = 0;
-            sc.seed = strtoull(argv[++i], &end, 10);
-            if (errno || *end || end == argv[i] || argv[i][0] == '-')
-                bad = cmd_usage_error("--seed: '%s' is not an unsigned integer", argv[i]);
-            seeded = true;
         } else if (a[0] == '-' || model) {
             bad = cmd_usage_error("generate: unexpected argument '%s'", a);
         } else {

@@ -383,9 +383,13 @@ int cmd_generate(int argc, char **argv)
     mdl_sampler_cfg_default(&sc);
     bool seeded = false;
     for (int i = 0; i < argc; i++) {
+        const int k = cmd_sampler_opt(&sc, &seeded, argc, argv, &i);
+        if (k < 0)
+            return 2;
+        if (k > 0)
+            continue;
         const char *a = argv[i];
         bool has = i + 1 < argc;
-        long v;
         int bad = 0;
         if (!strcmp(a, "--prompt") && has) {
             prompt = argv[++i];
@@ -395,27 +399,6 @@ int cmd_generate(int argc, char **argv)
             bad = cmd_parse_long(a, argv[++i], 0, 1024, &threads);
         } else if (!strcmp(a, "--ctx") && has) {
             bad = cmd_parse_long(a, argv[++i], 1, INT32_MAX, &ctx);
-        } else if (!strcmp(a, "--temp") && has) {
-            bad = cmd_parse_float(a, argv[++i], &sc.temp);
-        } else if (!strcmp(a, "--top-k") && has) {
-            bad = cmd_parse_long(a, argv[++i], 0, INT32_MAX, &v);
-            sc.top_k = (int32_t)v;
-        } else if (!strcmp(a, "--top-p") && has) {
-            bad = cmd_parse_float(a, argv[++i], &sc.top_p);
-        } else if (!strcmp(a, "--min-p") && has) {
-            bad = cmd_parse_float(a, argv[++i], &sc.min_p);
-        } else if (!strcmp(a, "--repeat-penalty") && has) {
-            bad = cmd_parse_float(a, argv[++i], &sc.repeat_penalty);
-        } else if (!strcmp(a, "--repeat-last-n") && has) {
-            bad = cmd_parse_long(a, argv[++i], 0, 1 << 20, &v);
-            sc.repeat_last_n = (int32_t)v;
-        } else if (!strcmp(a, "--seed") && has) {
-            char *end;
-            errno = 0;
-            sc.seed = strtoull(argv[++i], &end, 10);
-            if (errno || *end || end == argv[i] || argv[i][0] == '-')
-                return cmd_usage_error("--seed: '%s' is not an unsigned integer", argv[i]);
-            seeded = true;
         } else if (a[0] == '-' || model) {
             return cmd_usage_error("generate: unexpected argument '%s'", a);
         } else {

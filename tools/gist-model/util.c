@@ -30,6 +30,43 @@ int cmd_parse_float(const char *opt, const char *s, float *out)
     return 0;
 }
 
+int cmd_sampler_opt(mdl_sampler_cfg_t *sc, bool *seeded, int argc, char **argv, int *i)
+{
+    const char *a = argv[*i];
+    if (*i + 1 >= argc)
+        return 0;
+    const char *v = argv[*i + 1];
+    long n = 0;
+    int bad;
+    if (!strcmp(a, "--temp")) {
+        bad = cmd_parse_float(a, v, &sc->temp);
+    } else if (!strcmp(a, "--top-k")) {
+        bad = cmd_parse_long(a, v, 0, INT32_MAX, &n);
+        sc->top_k = (int32_t)n;
+    } else if (!strcmp(a, "--top-p")) {
+        bad = cmd_parse_float(a, v, &sc->top_p);
+    } else if (!strcmp(a, "--min-p")) {
+        bad = cmd_parse_float(a, v, &sc->min_p);
+    } else if (!strcmp(a, "--repeat-penalty")) {
+        bad = cmd_parse_float(a, v, &sc->repeat_penalty);
+    } else if (!strcmp(a, "--repeat-last-n")) {
+        bad = cmd_parse_long(a, v, 0, 1 << 20, &n);
+        sc->repeat_last_n = (int32_t)n;
+    } else if (!strcmp(a, "--seed")) {
+        char *end;
+        errno = 0;
+        sc->seed = strtoull(v, &end, 10);
+        bad = errno || *end || end == v || v[0] == '-'
+                  ? cmd_usage_error("--seed: '%s' is not an unsigned integer", v)
+                  : 0;
+        *seeded = true;
+    } else {
+        return 0;
+    }
+    ++*i;
+    return bad ? -1 : 1;
+}
+
 double cmd_now(void)
 {
     struct timespec ts;
