@@ -64,8 +64,8 @@ typedef struct kv_tpage {
     uint16_t live[KV_TPAGE]; /* lanes holding the position as a raw row */
 } kv_tpage_t;
 
-#define KV_NO_SLOT     UINT32_MAX
-#define KV_TPAGE_DISK  (KV_TPAGE * sizeof(uint32_t)) /* a spilled page: its token ids */
+#define KV_NO_SLOT    UINT32_MAX
+#define KV_TPAGE_DISK (KV_TPAGE * sizeof(uint32_t)) /* a spilled page: its token ids */
 
 /* A transcript page: in memory, on disk (spilled: every position's live count 0, so only the
  * token ids are kept), or both (brought back after a spill; the disk copy stays valid, since
@@ -79,13 +79,13 @@ typedef struct kv_transcript {
     uint32_t len;
     uint32_t n_pages; /* pages in the table (some may be reserved beyond len) */
     uint32_t cap_pages;
-    uint32_t n_mem;          /* of them, in memory */
-    uint32_t zlo, zhi;       /* pages [zlo, zhi) where a live count fell to 0 since the last
-                                spill pass (zlo >= zhi: none) */
-    kv_tref_t *pages;        /* [cap_pages] */
-    int fd;                  /* the spill file (a fork holds a dup of its parent's), or -1 */
-    char name[24];           /* its name under the store's spill_dir (unlinked at creation) */
-    int spill_errno;         /* the last spill pass's failure (0: none), and its page */
+    uint32_t n_mem;    /* of them, in memory */
+    uint32_t zlo, zhi; /* pages [zlo, zhi) where a live count fell to 0 since the last
+                          spill pass (zlo >= zhi: none) */
+    kv_tref_t *pages;  /* [cap_pages] */
+    int fd;            /* the spill file (a fork holds a dup of its parent's), or -1 */
+    char name[24];     /* its name under the store's spill_dir (unlinked at creation) */
+    int spill_errno;   /* the last spill pass's failure (0: none), and its page */
     uint32_t spill_page;
 } kv_transcript_t;
 
@@ -233,8 +233,8 @@ int kv_tr_restore(kv_store_t *st, kv_session_t *s, const uint32_t *tokens, uint3
  * ERR_IO), then installed or aborted. */
 typedef struct kv_tr_fault {
     uint32_t n;
-    uint32_t *idx;      /* [n] page indices */
-    kv_tpage_t **pg;    /* [n] pages read back, until installed */
+    uint32_t *idx;   /* [n] page indices */
+    kv_tpage_t **pg; /* [n] pages read back, until installed */
 } kv_tr_fault_t;
 size_t kv_tr_fault_need(const kv_tr_fault_t *f);
 int kv_tr_fault_prepare(kv_store_t *st, kv_session_t *s, kv_tr_fault_t *f, err_info_t *e);

@@ -21,8 +21,8 @@
  * created at the session's first spill, unlinked at once (nothing is ever left in the
  * folder), and closed when the session is destroyed; a fork reads its parent's spilled pages
  * through its own descriptor of the same file (a session that has spilled, or whose parent
- * had, holds one descriptor, O_CLOEXEC, until it is destroyed). Reading spilled positions reads the file (an
- * I/O failure is ERR_IO naming it); a call that gives a spilled position a raw row again
+ * had, holds one descriptor, O_CLOEXEC, until it is destroyed). Reading spilled positions reads the
+ * file (an I/O failure is ERR_IO naming it); a call that gives a spilled position a raw row again
  * brings its page back into memory first, charged like any allocation. Nothing else about a
  * session changes when its pages spill: every verb reads the same tokens and counts.
  *
@@ -73,14 +73,14 @@ typedef struct kv_alloc_hook {
 } kv_alloc_hook_t;
 
 typedef struct kv_store_config {
-    uint32_t n_layer;    /* layers of the model */
-    uint32_t n_head_kv;  /* kv-heads per layer */
-    uint32_t head_dim;   /* elements of one K (and one V) row; a multiple of 32 for q8_0 */
-    uint32_t block_rows; /* rows per block; 0 means 64 */
-    uint32_t hot_type;   /* payload of new rows: DT_F32, DT_F16 or DT_Q8_0 (common/dtype.h;
-                            q8_0 needs head_dim a multiple of 32) */
-    size_t hard_limit;   /* global limit in bytes; 0 means none */
-    size_t soft_limit;   /* global watermark in bytes; 0 means none */
+    uint32_t n_layer;      /* layers of the model */
+    uint32_t n_head_kv;    /* kv-heads per layer */
+    uint32_t head_dim;     /* elements of one K (and one V) row; a multiple of 32 for q8_0 */
+    uint32_t block_rows;   /* rows per block; 0 means 64 */
+    uint32_t hot_type;     /* payload of new rows: DT_F32, DT_F16 or DT_Q8_0 (common/dtype.h;
+                              q8_0 needs head_dim a multiple of 32) */
+    size_t hard_limit;     /* global limit in bytes; 0 means none */
+    size_t soft_limit;     /* global watermark in bytes; 0 means none */
     const char *spill_dir; /* an existing folder for the transcript's spill files, or NULL:
                               the transcript stays in memory (kv_store_new copies the string) */
     kv_alloc_hook_t hook;

@@ -230,8 +230,8 @@ static int session_check(kv_store_t *st, const kv_session_t *s, size_t *nonblock
     for (uint32_t i = 0; i < s->tr.n_pages; i++) {
         const kv_tref_t *r = &s->tr.pages[i];
         mem += r->mem != NULL;
-        if (!r->mem && (r->slot == KV_NO_SLOT || s->tr.fd < 0 ||
-                        (uint64_t)(i + 1) * KV_TPAGE > s->tr.len))
+        if (!r->mem &&
+            (r->slot == KV_NO_SLOT || s->tr.fd < 0 || (uint64_t)(i + 1) * KV_TPAGE > s->tr.len))
             return err_set(e, ERR_INTERNAL,
                            "session %u: transcript page %u is neither in memory nor a full page "
                            "in the spill file",

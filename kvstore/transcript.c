@@ -51,8 +51,7 @@ void kv_tr_init(kv_transcript_t *tr)
 
 size_t kv_tr_bytes(const kv_transcript_t *tr)
 {
-    return tr->n_mem * kv_charge(sizeof(kv_tpage_t)) +
-           kv_charge(tr->cap_pages * sizeof(kv_tref_t));
+    return tr->n_mem * kv_charge(sizeof(kv_tpage_t)) + kv_charge(tr->cap_pages * sizeof(kv_tref_t));
 }
 
 size_t kv_tr_disk_bytes(const kv_transcript_t *tr)
@@ -104,8 +103,8 @@ static int io_fail(const kv_store_t *st, const kv_session_t *s, const char *what
                    int err, err_info_t *e)
 {
     return err_set(e, ERR_IO, "spill file %s/%s of session %u: %s transcript page %u: %s",
-                   st->cfg.spill_dir, s->tr.name[0] ? s->tr.name : "gistd-transcript-XXXXXX",
-                   s->id, what, page, strerror(err));
+                   st->cfg.spill_dir, s->tr.name[0] ? s->tr.name : "gistd-transcript-XXXXXX", s->id,
+                   what, page, strerror(err));
 }
 
 /* Reads n bytes at off, all of them (a short file is EIO). 0 or an errno. */
@@ -176,8 +175,8 @@ static int spill_write(const kv_store_t *st, kv_transcript_t *tr, uint32_t i)
     uint64_t slot = ((uint64_t)sb.st_size + KV_TPAGE_DISK - 1) / KV_TPAGE_DISK;
     if (slot >= KV_NO_SLOT)
         return EFBIG;
-    err = pwrite_all(st, tr->fd, tr->pages[i].mem->tok, KV_TPAGE_DISK,
-                     (off_t)(slot * KV_TPAGE_DISK));
+    err =
+        pwrite_all(st, tr->fd, tr->pages[i].mem->tok, KV_TPAGE_DISK, (off_t)(slot * KV_TPAGE_DISK));
     if (err)
         return err;
     tr->pages[i].slot = (uint32_t)slot;
@@ -257,8 +256,8 @@ int kv_tr_reserve(kv_store_t *st, kv_session_t *s, uint32_t n)
     }
     uint32_t got = tr->n_pages;
     for (; got < np; got++) {
-        table[got] = (kv_tref_t){.mem = kv_mem_alloc(st, s, sizeof(kv_tpage_t)),
-                                 .slot = KV_NO_SLOT};
+        table[got] =
+            (kv_tref_t){.mem = kv_mem_alloc(st, s, sizeof(kv_tpage_t)), .slot = KV_NO_SLOT};
         if (!table[got].mem)
             break;
     }
@@ -417,8 +416,7 @@ int kv_tr_copy(kv_store_t *st, kv_session_t *dst, const kv_transcript_t *src, er
 
 /* ---- restoring (kvstore/snapshot.c) ---- */
 
-static bool restore_in_memory(const kv_store_t *st, uint32_t len, const uint8_t *held,
-                              uint32_t i)
+static bool restore_in_memory(const kv_store_t *st, uint32_t len, const uint8_t *held, uint32_t i)
 {
     return !st->cfg.spill_dir || held[i] || (uint64_t)(i + 1) * KV_TPAGE > len;
 }

@@ -8,9 +8,9 @@
 
 #include "tests/test_daemon_util.h"
 
-#define BUDGET   (96u * 1024u) /* bytes, the session's hard limit */
-#define CHUNK    2048u         /* tokens an append */
-#define TOTAL    (48u * 1024u) /* tokens fed: 3 times what BUDGET / 6 would hold */
+#define BUDGET (96u * 1024u) /* bytes, the session's hard limit */
+#define CHUNK  2048u         /* tokens an append */
+#define TOTAL  (48u * 1024u) /* tokens fed: 3 times what BUDGET / 6 would hold */
 
 /* Feeds up to TOTAL tokens in CHUNK-token appends; returns how many went in, and the code of
  * the append that was refused (0: none) with its message. */

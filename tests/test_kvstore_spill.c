@@ -587,8 +587,8 @@ typedef struct run {
         int rc_ = (call);                                                                          \
         if (rc_ != 0) {                                                                            \
             (r)->failures++;                                                                       \
-            CHECK_MSG((rc_ == ERR_NOMEM || rc_ == ERR_IO) && e.msg[0], "%s at N=%ld/%ld: %d \"%s\"", \
-                      #call, (r)->f.n, (r)->io.n, rc_, e.msg);                                     \
+            CHECK_MSG((rc_ == ERR_NOMEM || rc_ == ERR_IO) && e.msg[0],                             \
+                      "%s at N=%ld/%ld: %d \"%s\"", #call, (r)->f.n, (r)->io.n, rc_, e.msg);       \
             (r)->io.quiet = true;                                                                  \
             kvt_capture_store((r)->st, &a_);                                                       \
             KVT_CHECK_STORE((r)->st);                                                              \
@@ -683,8 +683,8 @@ static void sweep(bool io)
             break;
     }
     unlink(snap);
-    printf("# %ld %s in a run, each made to fail once\n", total, io ? "spill-file reads and writes"
-                                                                   : "allocations");
+    printf("# %ld %s in a run, each made to fail once\n", total,
+           io ? "spill-file reads and writes" : "allocations");
     CHECK_INT(n, ==, total + 1);
 }
 
