@@ -6,7 +6,7 @@
  * error names the path and the reason, the previous snapshot is byte for byte as it was, no
  * temporary file is left, the session serves on, and a restarted daemon restores the last
  * whole snapshot, going on exactly as a fresh session holding the same tokens.
- * SIGTERM and SIGKILL with restarts are in test_daemon_faults3.c. */
+ * SIGTERM and SIGKILL with restarts are in test_daemon_kill_restart.c. */
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
