@@ -26,11 +26,13 @@ import model as M
 
 
 def copy_window(rng, n_vocab, seq, bos, a, book):
-    """[BOS] + a random span repeated, then book tokens to fill seq + 1 ids."""
+    """[BOS] + a random span repeated, then book tokens (or, with book None, more repeats) to
+    fill seq + 1 ids."""
     n = int(rng.integers(a.span_min, a.span_max + 1))
     span = rng.integers(4, n_vocab, n)  # past the control ids
-    w = np.concatenate([[bos]] + [span] * a.repeats)[:seq + 1]
-    return np.concatenate([w, book[1:seq + 2 - len(w)]])
+    reps = a.repeats if book is not None else max(a.repeats, -(-seq // n))
+    w = np.concatenate([[bos]] + [span] * reps)[:seq + 1]
+    return w if book is None else np.concatenate([w, book[1:seq + 2 - len(w)]])
 
 
 def copy_accuracy(model, rng, n_vocab, bos, n=64, rows=8):
@@ -52,6 +54,9 @@ def main(argv=None):
     g.add_argument("--scratch", action="store_true", help="a fresh model of --dim, --layers")
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--vocab", type=int, default=0,
+                    help="with --scratch: a model of this many ids, spans drawn from them "
+                         "(book windows then use only --copy-frac 1); default the tokenizer's")
     ap.add_argument("--out", default=None, help="save the model here at the end")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -81,7 +86,9 @@ def main(argv=None):
                                              model.c.rope_base)
     else:
         ff = int(np.ceil(a.dim * 8 / 3 / 16) * 16)
-        model = M.Llama(M.Config(n_vocab=sp.GetPieceSize(), n_embd=a.dim, n_layer=a.layers,
+        if a.vocab and a.copy_frac < 1:
+            raise SystemExit("--vocab needs --copy-frac 1 (book windows use the tokenizer's ids)")
+        model = M.Llama(M.Config(n_vocab=a.vocab or sp.GetPieceSize(), n_embd=a.dim, n_layer=a.layers,
                                  n_head=a.dim // 32, n_head_kv=max(1, a.dim // 64), n_ff=ff,
                                  n_ctx=a.seq))
     V = model.c.n_vocab
@@ -91,7 +98,7 @@ def main(argv=None):
     for step in range(1, a.steps + 1):
         bx, by = sampler.batch(a.batch)
         w = np.stack([copy_window(rng, V, a.seq, sp.bos_id(), a,
-                                  np.concatenate([bx[r], by[r, -1:]]))
+                                  None if a.vocab else np.concatenate([bx[r], by[r, -1:]]))
                       if rng.random() < a.copy_frac else np.concatenate([bx[r], by[r, -1:]])
                       for r in range(a.batch)])
         x, y = torch.from_numpy(w[:, :-1]), torch.from_numpy(w[:, 1:])
