@@ -1,9 +1,10 @@
 /*
- * bench/bench_depth.c — decode speed at depth: how a token's cost grows with the rows
- * before it, with the full cache and under a byte budget, for each hot row type.
+ * bench/bench_depth.c — decode and prefill speed at depth: how a token's cost grows with
+ * the rows before it, with the full cache and under a byte budget, for each hot row type.
  *
  *   bench_depth MODEL.gguf [--depths 0,1024,4096,8192] [--kv-types f32,f16,q8_0]
- *               [--budget 47M] [--decode 32] [--rounds 3] [--threads N] [--block-rows 64]
+ *               [--caches full,budget] [--budget 47M] [--decode 32] [--rounds 3]
+ *               [--prefill 64] [--q-rows N,...] [--threads N] [--block-rows 64]
  *               [--policy auto] [--ubatch 256] [--seed 1]
  *
  * One variant is (row type, full cache or budget): a KV store of its own with one session
@@ -17,6 +18,13 @@
  * the same variant's depth-0 figure of this run (the figure to compare across machines),
  * the bytes and rows the session held. Decoded tokens add rows: a depth is the prefilled
  * rows, and each depth's untimed first step and rounds add up to 1 + rounds x decode more.
+ *
+ * Prefill: after the decode rounds at each depth, every variant runs one chunk of --prefill
+ * tokens (gistd's prefill_chunk is 64) in each round, once for each --q-rows setting (the
+ * queries of a chunk that read their rows together, mdl_set_attn_q_rows; 1 gives each query
+ * its own pass), all alternated as the decode steps are. Printed per variant, setting and
+ * depth: the median prefill tokens/s, its ratio to the same variant's depth 0 and to the
+ * first setting at the same depth. The chunks add rounds x prefill x settings rows more.
  */
 #include "bench/bench_util.h"
 #include "common/dtype.h"
@@ -29,6 +37,7 @@
 #define MAX_TYPES  3
 #define MAX_VARS   (2 * MAX_TYPES)
 #define MAX_ROUNDS 25
+#define MAX_QROWS  4
 
 typedef struct variant {
     uint32_t type;
@@ -36,6 +45,7 @@ typedef struct variant {
     kvr_t *r;
     uint32_t fed;                          /* tokens prefilled so far */
     double tps[MAX_DEPTHS];                /* median tokens/s at each depth */
+    double pre_tps[MAX_QROWS][MAX_DEPTHS]; /* median prefill tokens/s per --q-rows setting */
     size_t bytes[MAX_DEPTHS];              /* session bytes after the depth's rounds */
     uint64_t rows[MAX_DEPTHS];             /* rows summed over lanes, likewise */
 } variant_t;
@@ -83,9 +93,9 @@ static size_t parse_size(const char *s)
 static int usage(void)
 {
     fprintf(stderr, "usage: bench_depth MODEL.gguf [--depths 0,1024,4096,8192] "
-                    "[--kv-types f32,f16,q8_0] [--budget 47M] [--decode 32] [--rounds 3] "
-                    "[--threads N] [--block-rows 64] [--policy auto] [--ubatch 256] "
-                    "[--seed 1]\n");
+                    "[--kv-types f32,f16,q8_0] [--caches full,budget] [--budget 47M] "
+                    "[--decode 32] [--rounds 3] [--prefill 64] [--q-rows N,...] [--threads N] "
+                    "[--block-rows 64] [--policy auto] [--ubatch 256] [--seed 1]\n");
     return 2;
 }
 
@@ -95,7 +105,10 @@ int main(int argc, char **argv)
         return usage();
     const char *path = argv[1], *policy = "auto";
     long depths[MAX_DEPTHS] = {0, 1024, 4096, 8192};
-    int n_depths = 4, n_types = 3, n_decode = 32, rounds = 3, threads = 0;
+    long q_rows[MAX_QROWS] = {0};
+    int n_depths = 4, n_types = 3, n_decode = 32, rounds = 3, threads = 0, n_prefill = 64;
+    int n_qrows = 0;
+    bool caches[2] = {true, true}; /* full, budget */
     uint32_t types[MAX_TYPES] = {DT_F32, DT_F16, DT_Q8_0}, block_rows = 64, ubatch = 256;
     size_t budget = 47u << 20;
     uint64_t seed = 1;
@@ -123,6 +136,19 @@ int main(int argc, char **argv)
             }
             if (!n_types)
                 return usage();
+        } else if (!strcmp(a, "--caches")) {
+            caches[0] = strstr(v, "full") != NULL;
+            caches[1] = strstr(v, "budget") != NULL;
+            if (!caches[0] && !caches[1])
+                return usage();
+        } else if (!strcmp(a, "--prefill")) {
+            n_prefill = atoi(v);
+        } else if (!strcmp(a, "--q-rows")) {
+            if ((n_qrows = parse_list(v, q_rows, MAX_QROWS)) < 1)
+                return usage();
+            for (int k = 0; k < n_qrows; k++)
+                if (q_rows[k] < 1)
+                    return usage();
         } else if (!strcmp(a, "--budget")) {
             if (!(budget = parse_size(v)))
                 return usage();
@@ -144,7 +170,8 @@ int main(int argc, char **argv)
             return usage();
         }
     }
-    if (n_decode < 1 || rounds < 1 || rounds > MAX_ROUNDS || threads < 0 || ubatch < 1)
+    if (n_decode < 1 || rounds < 1 || rounds > MAX_ROUNDS || threads < 0 || ubatch < 1 ||
+        n_prefill < 0)
         return usage();
     for (int d = 1; d < n_depths; d++)
         if (depths[d] <= depths[d - 1]) {
@@ -161,6 +188,9 @@ int main(int argc, char **argv)
     }
     if (threads)
         mdl_set_threads(m, threads);
+    const uint32_t q_rows_model = mdl_attn_q_rows(m);
+    if (!n_qrows)
+        q_rows[n_qrows++] = q_rows_model;
     const mdl_hparams_t *hp = mdl_hparams(m);
     if ((uint64_t)depths[n_depths - 1] + (uint64_t)rounds * n_decode * n_depths > hp->n_ctx)
         fprintf(stderr, "bench_depth: note: the deepest full cache passes the model's context "
@@ -171,6 +201,8 @@ int main(int argc, char **argv)
     int n_vars = 0;
     for (int t = 0; t < n_types; t++)
         for (int b = 0; b < 2; b++) {
+            if (!caches[b])
+                continue;
             variant_t *v = &vars[n_vars];
             memset(v, 0, sizeof *v);
             v->type = types[t];
@@ -202,7 +234,8 @@ int main(int argc, char **argv)
     for (long i = 0; i < max_tok; i++)
         tok[i] = (int32_t)(3 + rng_next(&rs) % (hp->n_vocab - 3));
     float *last = malloc(sizeof(float) * hp->n_vocab);
-    double t_round[MAX_VARS][MAX_ROUNDS];
+    double t_round[MAX_VARS][MAX_ROUNDS], t_pre[MAX_VARS * MAX_QROWS][MAX_ROUNDS];
+    int32_t *chunk = malloc(sizeof(int32_t) * (size_t)(n_prefill ? n_prefill : 1));
     int rc = 0;
 
     for (int d = 0; d < n_depths && !rc; d++) {
@@ -234,6 +267,25 @@ int main(int argc, char **argv)
                     fprintf(stderr, "bench_depth: decode of %s: %s\n", type_name(v->type),
                             e.msg);
             }
+        /* prefill: one chunk per variant and setting in each round, the order rotating */
+        const int n_runs = n_vars * n_qrows;
+        for (int r = 0; r < rounds && n_prefill && !rc; r++)
+            for (int k = 0; k < n_runs && !rc; k++) {
+                const int x = (k + r) % n_runs;
+                variant_t *v = &vars[x / n_qrows];
+                for (int t = 0; t < n_prefill; t++)
+                    chunk[t] = (int32_t)(3 + rng_next(&rs) % (hp->n_vocab - 3));
+                mdl_set_attn_q_rows(m, (uint32_t)q_rows[x % n_qrows]);
+                const double t0 = bench_now();
+                rc = kvr_feed(v->r, chunk, (uint32_t)n_prefill, NULL, last, &e);
+                t_pre[x][r] = bench_now() - t0;
+                if (rc)
+                    fprintf(stderr, "bench_depth: prefill of %s: %s\n", type_name(v->type),
+                            e.msg);
+            }
+        mdl_set_attn_q_rows(m, q_rows_model);
+        for (int x = 0; x < n_runs && n_prefill && !rc; x++)
+            vars[x / n_qrows].pre_tps[x % n_qrows][d] = n_prefill / bench_median(t_pre[x], rounds);
         for (int vi = 0; vi < n_vars && !rc; vi++) {
             kvr_figures_t f;
             kvr_figures(vars[vi].r, &f);
@@ -256,8 +308,25 @@ int main(int argc, char **argv)
                        (unsigned long long)(v->rows[d] / n_lane));
             }
     }
+    if (!rc && n_prefill) {
+        printf("\n# prefill: chunks of %d tokens, the queries of a chunk in tiles of q-rows "
+               "(1: each alone)\n",
+               n_prefill);
+        printf("%-5s %-6s %6s %7s %9s %9s %9s\n", "rows", "cache", "q-rows", "depth", "tok/s",
+               "of d0", "of first");
+        for (int vi = 0; vi < n_vars; vi++)
+            for (int k = 0; k < n_qrows; k++)
+                for (int d = 0; d < n_depths; d++) {
+                    const variant_t *v = &vars[vi];
+                    printf("%-5s %-6s %6ld %7ld %9.1f %8.0f%% %8.2fx\n", type_name(v->type),
+                           v->budget ? "budget" : "full", q_rows[k], depths[d], v->pre_tps[k][d],
+                           100.0 * v->pre_tps[k][d] / v->pre_tps[k][0],
+                           v->pre_tps[k][d] / v->pre_tps[0][d]);
+                }
+    }
     for (int vi = 0; vi < n_vars; vi++)
         kvr_destroy(&vars[vi].r);
+    free(chunk);
     free(tok);
     free(last);
     mdl_destroy(&m);

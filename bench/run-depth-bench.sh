@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Decode speed at depth (bench_depth): a SmolLM2-135M-shaped model with random weights
+# Decode and prefill speed at depth (bench_depth): a SmolLM2-135M-shaped model with random weights
 # (seed 1, context 32768 so that every depth is inside it), decoding after 0, 1k, 4k and 8k
 # tokens with the full cache and under a 47 MB budget, for f32, f16 and q8_0 rows, the
 # variants alternated in each round. The model (about 145 MB at q8_0) is made once under

@@ -33,6 +33,10 @@ typedef struct dmn_cfg {
     const char *model_path;
     const char *listen;       /* endpoint to bind; "tcp://127.0.0.1:*" picks a free port */
     const char *snapshot_dir; /* NULL: no snapshots */
+    const char *spill_dir;    /* where sessions' transcript pages that no row holds raw go
+                               * (kvstore spill files, unlinked at creation); NULL: kept in
+                               * memory. Default (dmn_cfg_default): $TMPDIR, else /var/tmp */
+    bool spill_default;       /* spill_dir is the default: if unusable, a warning, not an error */
     const char *policy;       /* for sessions that name none (NULL: "full") */
     size_t kv_budget;         /* global hard limit in bytes (0: none) */
     size_t kv_budget_max;     /* the highest global limit SetBudget may set (0: kv_budget, or
@@ -58,7 +62,8 @@ typedef struct dmn_cfg {
 
 typedef struct dmn dmn_t;
 
-/* Defaults: listen DMN_DEFAULT_LISTEN, no budgets, max_request 1 MiB, 64 sessions,
+/* Defaults: listen DMN_DEFAULT_LISTEN, no budgets, transcripts spilled under $TMPDIR (else
+ * /var/tmp), max_request 1 MiB, 64 sessions,
  * prefill_chunk 64, f32 rows in blocks of 64, log level warn, idle timeout
  * DMN_DEFAULT_IDLE_TIMEOUT, no CURVE; with CURVE,
  * DMN_DEFAULT_RATE requests/s (burst twice that) and DMN_DEFAULT_CLIENT_SESSIONS sessions per

@@ -3,7 +3,7 @@
  *
  *   gistd --model FILE [--listen tcp://127.0.0.1:5557] [--kv-budget SIZE]
  *         [--kv-budget-max SIZE] [--session-budget SIZE] [--threads N] [--max-sessions N]
- *         [--snapshot-dir DIR]
+ *         [--snapshot-dir DIR] [--spill-dir DIR|none]
  *         [--log-level error|warn|info|debug] [--max-request SIZE] [--prefill-chunk N]
  *         [--idle-timeout SECONDS]
  *         [--kv-type f32|f16|q8_0] [--block-rows N] [--policy P]
@@ -79,6 +79,12 @@ static void usage(FILE *f)
         "                        window, h2o, tova, trim, pool, gist\n"
         "  --snapshot-dir DIR    where sessions are snapshotted and restored from [none: no\n"
         "                        snapshots; a stop then loses every session]\n"
+        "  --spill-dir DIR       where the transcript pages of a session that no KV row holds\n"
+        "                        raw any more go (4 bytes a token on disk, files unlinked as\n"
+        "                        they are made), so that a session's transcript stops counting\n"
+        "                        against its budget; none: they stay in memory and a session\n"
+        "                        under a budget B is refused after about B / 6 tokens\n"
+        "                        [$TMPDIR, else /var/tmp]\n"
         "  --idle-timeout SECONDS  a session idle this long is closed, snapshotted first when\n"
         "                        there is a snapshot folder (gistctl restore brings it back);\n"
         "                        0: never [1800]\n"
@@ -230,6 +236,9 @@ int main(int argc, char **argv)
             cfg.idle_timeout = t;
         } else if (!strcmp(a, "--snapshot-dir")) {
             cfg.snapshot_dir = v;
+        } else if (!strcmp(a, "--spill-dir")) {
+            cfg.spill_dir = strcmp(v, "none") ? v : NULL;
+            cfg.spill_default = false;
         } else if (!strcmp(a, "--policy")) {
             cfg.policy = v;
         } else if (!strcmp(a, "--kv-budget")) {

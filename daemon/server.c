@@ -43,6 +43,9 @@ void dmn_cfg_default(dmn_cfg_t *cfg)
     cfg->rate_limit = -1;
     cfg->max_client_sessions = -1;
     cfg->idle_timeout = DMN_DEFAULT_IDLE_TIMEOUT;
+    const char *tmp = getenv("TMPDIR");
+    cfg->spill_dir = tmp && *tmp ? tmp : "/var/tmp";
+    cfg->spill_default = true;
 }
 
 double dmn_now(void)
@@ -393,8 +396,18 @@ int dmn_new(const dmn_cfg_t *cfg, dmn_t **out, err_info_t *e)
                             .n_head_kv = d->hp->n_head_kv,
                             .head_dim = d->hp->head_dim,
                             .block_rows = cfg->block_rows,
-                            .hot_type = cfg->kv_type};
+                            .hot_type = cfg->kv_type,
+                            .spill_dir = cfg->spill_dir};
     rc = kv_store_new(&kc, &d->store, e);
+    if (rc == ERR_IO && cfg->spill_default) { /* the default folder is not there: no spilling */
+        dmn_log(d, DMN_LOG_WARN, "%s; session transcripts stay in memory (--spill-dir DIR)",
+                err_msg(e));
+        err_clear(e);
+        kc.spill_dir = NULL;
+        rc = kv_store_new(&kc, &d->store, e);
+    }
+    if (!rc)
+        d->cfg.spill_dir = kv_store_config(d->store)->spill_dir;
     if (!rc)
         rc = rt_new(d->model, d->store, &d->rt, e);
     if (rc)

@@ -124,6 +124,7 @@ void dmn_send_stats(dmn_t *d, const dmn_peer_t *to, uint64_t id, bool sessions)
     st.blocks = ks.blocks;
     st.fragmentation = ks.fragmentation;
     st.transcript_bytes = ks.transcript_bytes;
+    st.transcript_disk_bytes = ks.transcript_disk_bytes;
     st.tokens = ks.tokens;
     st.je_allocated = ks.je_allocated;
     st.je_active = ks.je_active;

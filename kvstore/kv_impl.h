@@ -64,11 +64,29 @@ typedef struct kv_tpage {
     uint16_t live[KV_TPAGE]; /* lanes holding the position as a raw row */
 } kv_tpage_t;
 
+#define KV_NO_SLOT    UINT32_MAX
+#define KV_TPAGE_DISK (KV_TPAGE * sizeof(uint32_t)) /* a spilled page: its token ids */
+
+/* A transcript page: in memory, on disk (spilled: every position's live count 0, so only the
+ * token ids are kept), or both (brought back after a spill; the disk copy stays valid, since
+ * a full page's tokens never change, so spilling it again writes nothing). */
+typedef struct kv_tref {
+    kv_tpage_t *mem; /* the page, or NULL while it lives only in the spill file */
+    uint32_t slot;   /* its copy in the spill file (at slot * KV_TPAGE_DISK), or KV_NO_SLOT */
+} kv_tref_t;
+
 typedef struct kv_transcript {
     uint32_t len;
-    uint32_t n_pages; /* allocated pages (some may be reserved beyond len) */
+    uint32_t n_pages; /* pages in the table (some may be reserved beyond len) */
     uint32_t cap_pages;
-    kv_tpage_t **pages;
+    uint32_t n_mem;    /* of them, in memory */
+    uint32_t zlo, zhi; /* pages [zlo, zhi) where a live count fell to 0 since the last
+                          spill pass (zlo >= zhi: none) */
+    kv_tref_t *pages;  /* [cap_pages] */
+    int fd;            /* the spill file (a fork holds a dup of its parent's), or -1 */
+    char name[24];     /* its name under the store's spill_dir (unlinked at creation) */
+    int spill_errno;   /* the last spill pass's failure (0: none), and its page */
+    uint32_t spill_page;
 } kv_transcript_t;
 
 typedef struct kv_session {
@@ -180,15 +198,47 @@ void kv_edit_abort(kv_store_t *st, kv_session_t *s, kv_edit_t *ed);
 void kv_edit_commit(kv_store_t *st, kv_session_t *s, kv_lane_t *ln, kv_edit_t *ed);
 
 /* ---- transcript (transcript.c) ---- */
+void kv_tr_init(kv_transcript_t *tr);
 size_t kv_tr_need(const kv_transcript_t *tr, uint32_t n);
 int kv_tr_reserve(kv_store_t *st, kv_session_t *s, uint32_t n);
 void kv_tr_release_unused(kv_store_t *st, kv_session_t *s);
 void kv_tr_append(kv_transcript_t *tr, const uint32_t *tokens, uint32_t n, uint16_t live);
-uint16_t *kv_tr_live(kv_transcript_t *tr, uint32_t pos);
+/* A raw row at pos joins (hold: its page must be in memory) or leaves (unhold) a lane. */
+void kv_tr_hold(kv_transcript_t *tr, uint32_t pos);
+void kv_tr_unhold(kv_transcript_t *tr, uint32_t pos);
+uint16_t kv_tr_live_at(const kv_transcript_t *tr, uint32_t pos); /* 0 on a spilled page */
+/* Positions [pos0, pos0+n) (pos0 + n <= len): tokens read back from the spill file where
+ * spilled (ERR_IO naming the file when that fails). Either output may be NULL. */
+int kv_tr_read(const kv_store_t *st, const kv_session_t *s, uint32_t pos0, uint32_t n,
+               uint32_t *tokens, uint16_t *live, err_info_t *e);
 void kv_tr_free(kv_store_t *st, kv_session_t *s);
-int kv_tr_copy(kv_store_t *st, kv_session_t *dst, const kv_transcript_t *src);
+int kv_tr_copy(kv_store_t *st, kv_session_t *dst, const kv_transcript_t *src, err_info_t *e);
 size_t kv_tr_bytes(const kv_transcript_t *tr);
+size_t kv_tr_disk_bytes(const kv_transcript_t *tr);
 size_t kv_tr_copy_bytes(const kv_transcript_t *tr); /* what kv_tr_copy would charge */
-uint32_t kv_tr_token(const kv_transcript_t *tr, uint32_t pos);
+/* Spills the full pages whose live counts fell to 0 since the last pass (all of them when
+ * `all`). A page whose write fails stays in memory and is retried by the next pass; the
+ * failure is remembered (kv_tr_spill_error) and returned (ERR_IO, naming the file). */
+int kv_tr_spill(kv_store_t *st, kv_session_t *s, bool all, err_info_t *e);
+/* Appends the remembered spill failure to a message, e.g. a budget refusal's. */
+void kv_tr_spill_note(const kv_store_t *st, const kv_session_t *s, err_info_t *e);
+/* Restores a transcript into an empty one: pages with a bit in `held` (or not full) in
+ * memory, the others straight to the spill file when the store has one. */
+size_t kv_tr_restore_need(const kv_store_t *st, uint32_t len, const uint8_t *held);
+int kv_tr_restore(kv_store_t *st, kv_session_t *s, const uint32_t *tokens, uint32_t len,
+                  const uint8_t *held, err_info_t *e);
+
+/* Spilled pages that raw rows about to be written (kv_span_replace) need back in memory:
+ * planned (need: the bytes they will charge), prepared (allocated and read: ERR_NOMEM or
+ * ERR_IO), then installed or aborted. */
+typedef struct kv_tr_fault {
+    uint32_t n;
+    uint32_t *idx;   /* [n] page indices */
+    kv_tpage_t **pg; /* [n] pages read back, until installed */
+} kv_tr_fault_t;
+size_t kv_tr_fault_need(const kv_tr_fault_t *f);
+int kv_tr_fault_prepare(kv_store_t *st, kv_session_t *s, kv_tr_fault_t *f, err_info_t *e);
+void kv_tr_fault_install(kv_session_t *s, kv_tr_fault_t *f);
+void kv_tr_fault_abort(kv_store_t *st, kv_session_t *s, kv_tr_fault_t *f);
 
 #endif

@@ -15,6 +15,17 @@
  * rows, its RoPE parameters (kvstore/kv_pool.h). It hands the forward pass its rows as
  * kv_chunk_t arrays whose fields mirror model/kv_view.h's mdl_kv_chunk_t.
  *
+ * The cold tier: with a spill_dir, transcript pages that no lane holds raw any more (every
+ * position's live count 0) are written to the session's spill file and freed, so their bytes
+ * stop counting (kvstore/transcript.c says when and why). The store owns the file: it is
+ * created at the session's first spill, unlinked at once (nothing is ever left in the
+ * folder), and closed when the session is destroyed; a fork reads its parent's spilled pages
+ * through its own descriptor of the same file (a session that has spilled, or whose parent
+ * had, holds one descriptor, O_CLOEXEC, until it is destroyed). Reading spilled positions reads the
+ * file (an I/O failure is ERR_IO naming it); a call that gives a spilled position a raw row again
+ * brings its page back into memory first, charged like any allocation. Nothing else about a
+ * session changes when its pages spill: every verb reads the same tokens and counts.
+ *
  * Threading: a store and everything in it belong to one thread (the daemon's); no call is
  * thread-safe. Pointers handed out by kv_lane_view stay valid until the next call that
  * moves or frees the same session's rows (replace, evict, demote, accumulators, destroy);
@@ -26,7 +37,8 @@
  * err_info_t, say what was wrong. On error a call changes nothing: every verb that edits
  * several lanes does all of them or none. ERR_BUDGET says how many bytes were needed and how
  * many a limit left; ERR_NOMEM is an allocation that failed (or was made to fail by the test
- * hook); ERR_BUSY is a session with a reservation pending.
+ * hook); ERR_BUSY is a session with a reservation pending; ERR_IO is a spill file that could
+ * not be read or written (the message names it and the error).
  */
 #ifndef GISTD_KVSTORE_KVSTORE_H
 #define GISTD_KVSTORE_KVSTORE_H
@@ -54,18 +66,23 @@ enum kv_tier { KV_TIER_F32 = 0, KV_TIER_F16 = 1, KV_TIER_Q8_0 = 2, KV_N_TIERS = 
  * true makes that allocation fail (the store then answers ERR_NOMEM and changes nothing). */
 typedef struct kv_alloc_hook {
     bool (*fail)(void *ctx, size_t bytes);
+    /* called before every read (write false) and write of a spill file: an errno (EIO,
+     * ENOSPC) makes that read or write fail with it, 0 lets it run; may be NULL */
+    int (*io_error)(void *ctx, bool write);
     void *ctx;
 } kv_alloc_hook_t;
 
 typedef struct kv_store_config {
-    uint32_t n_layer;    /* layers of the model */
-    uint32_t n_head_kv;  /* kv-heads per layer */
-    uint32_t head_dim;   /* elements of one K (and one V) row; a multiple of 32 for q8_0 */
-    uint32_t block_rows; /* rows per block; 0 means 64 */
-    uint32_t hot_type;   /* payload of new rows: DT_F32, DT_F16 or DT_Q8_0 (common/dtype.h;
-                            q8_0 needs head_dim a multiple of 32) */
-    size_t hard_limit;   /* global limit in bytes; 0 means none */
-    size_t soft_limit;   /* global watermark in bytes; 0 means none */
+    uint32_t n_layer;      /* layers of the model */
+    uint32_t n_head_kv;    /* kv-heads per layer */
+    uint32_t head_dim;     /* elements of one K (and one V) row; a multiple of 32 for q8_0 */
+    uint32_t block_rows;   /* rows per block; 0 means 64 */
+    uint32_t hot_type;     /* payload of new rows: DT_F32, DT_F16 or DT_Q8_0 (common/dtype.h;
+                              q8_0 needs head_dim a multiple of 32) */
+    size_t hard_limit;     /* global limit in bytes; 0 means none */
+    size_t soft_limit;     /* global watermark in bytes; 0 means none */
+    const char *spill_dir; /* an existing folder for the transcript's spill files, or NULL:
+                              the transcript stays in memory (kv_store_new copies the string) */
     kv_alloc_hook_t hook;
 } kv_store_config_t;
 
@@ -130,7 +147,9 @@ typedef struct kv_stats {
     size_t block_bytes;            /* payload + metadata blocks */
     size_t shared_bytes;           /* of block_bytes, in blocks shared between sessions */
     size_t struct_bytes;           /* sessions, lane arrays, accumulators */
-    size_t transcript_bytes;       /* cold transcript pages and their table */
+    size_t transcript_bytes;       /* cold transcript pages in memory and their table */
+    size_t transcript_disk_bytes;  /* spilled pages, on disk, not charged (a fork's pages
+                                      spilled before it count in both sessions) */
     size_t overhead_bytes;         /* store-wide tables (store figures only) */
     size_t tier_bytes[KV_N_TIERS]; /* block bytes by payload tier */
     uint64_t tier_blocks[KV_N_TIERS];
@@ -153,7 +172,8 @@ typedef struct kv_stats {
 
 /* ---- store ---- */
 
-/* Creates a store with its own jemalloc arena. ERR_INVAL for bad shapes or types. */
+/* Creates a store with its own jemalloc arena. ERR_INVAL for bad shapes or types, ERR_IO for
+ * a spill_dir that is not a folder this process can write in. */
 int kv_store_new(const kv_store_config_t *cfg, kv_store_t **out, err_info_t *e);
 /* Destroys every session and the arena. NULL-safe; sets *p to NULL. */
 void kv_store_destroy(kv_store_t **p);
@@ -249,9 +269,15 @@ int kv_session_next_mpos(const kv_store_t *st, uint32_t sid, float *mpos);
 int kv_transcript_len(const kv_store_t *st, uint32_t sid, uint32_t *len);
 /* Positions [pos0, pos0+n): token ids and, in `live`, how many lanes still hold each one
  * as a raw row (0: gisted or evicted everywhere; kv_lane_count(): untouched). Either output
- * may be NULL. */
+ * may be NULL. Spilled positions are read from the spill file: ERR_IO when that fails. */
 int kv_transcript_read(const kv_store_t *st, uint32_t sid, uint32_t pos0, uint32_t n,
                        uint32_t *tokens, uint16_t *live);
+/* Spills every full transcript page that no lane holds raw and is still in memory. The
+ * verbs that free raw rows (replace, evict, demote) do this for the pages they emptied, and
+ * do not fail when it fails (the page stays in memory, the next verb tries again, and a
+ * budget refusal of the session says why); this one returns the failure: ERR_IO naming the
+ * file. 0 with no spill_dir. */
+int kv_transcript_spill(kv_store_t *st, uint32_t sid, err_info_t *e);
 
 /* ---- compaction verbs ---- */
 
@@ -261,7 +287,8 @@ int kv_transcript_read(const kv_store_t *st, uint32_t sid, uint32_t pos0, uint32
  * position with mass 1 and span [pos, pos] (re-expanding a span by prefilling it again).
  * Where a lane's new rows are no more than the rows they replace and those are hot rows,
  * they are written in their place and nothing is allocated, so a gist of a hot span always
- * goes through, even over a limit. */
+ * goes through, even over a limit. Raw rows on spilled transcript pages bring those pages
+ * back into memory first (charged: ERR_BUDGET, ERR_NOMEM or ERR_IO change nothing). */
 int kv_span_replace(kv_store_t *st, uint32_t sid, float p0, float p1, const kv_rows_t *rows,
                     err_info_t *e);
 /* Removes rows (indices in the lane's current order, strictly increasing) from one lane. */
@@ -280,7 +307,9 @@ int kv_span_demote(kv_store_t *st, uint32_t sid, float p0, float p1, err_info_t 
  * accumulators) to `path` atomically: a temporary file in the same folder, fsync, rename.
  * Format: versioned header, sections, FNV-1a 64 checksum of everything before it. */
 int kv_snapshot_write(kv_store_t *st, uint32_t sid, const char *path, err_info_t *e);
-/* Restores a snapshot as a new session (*sid) with bit-identical rows and layout. cfg NULL
+/* Restores a snapshot as a new session (*sid) with bit-identical rows and layout; with a
+ * spill_dir, the transcript pages no raw row holds go straight to the new session's spill
+ * file (the restore is charged only for those kept in memory). cfg NULL
  * takes the limits and accumulator setting from the file. A file that is truncated, corrupt
  * (ERR_CORRUPT), of another version or shape (ERR_FORMAT) changes nothing. */
 int kv_snapshot_read(kv_store_t *st, const char *path, const kv_session_config_t *cfg,

@@ -536,7 +536,7 @@ static void repack(kv_store_t *st, kv_session_t *s, kv_lane_t *ln, uint32_t q)
 static void mark_dead(kv_session_t *s, kv_block_t *b, uint32_t i)
 {
     if (b->kind[i] == KV_KIND_RAW)
-        (*kv_tr_live(&s->tr, (uint32_t)b->pos[i]))--;
+        kv_tr_unhold(&s->tr, (uint32_t)b->pos[i]);
     b->kind[i] = KV_KIND_DEAD;
 }
 
@@ -577,7 +577,7 @@ void kv_edit_commit(kv_store_t *st, kv_session_t *s, kv_lane_t *ln, kv_edit_t *e
             if (r->acc)
                 r->acc[i] = 0.0f;
             if (g->meta[j].kind == KV_KIND_RAW)
-                (*kv_tr_live(&s->tr, (uint32_t)g->meta[j].pos))++;
+                kv_tr_hold(&s->tr, (uint32_t)g->meta[j].pos);
         }
     }
     const kv_split_t *sp = ed_split_info(ln, ed);
@@ -588,7 +588,7 @@ void kv_edit_commit(kv_store_t *st, kv_session_t *s, kv_lane_t *ln, kv_edit_t *e
         const kv_block_t *b = ed->fresh[f].blk;
         for (uint32_t j = 0; j < b->n; j++)
             if (b->kind[j] == KV_KIND_RAW)
-                (*kv_tr_live(&s->tr, (uint32_t)b->pos[j]))++;
+                kv_tr_hold(&s->tr, (uint32_t)b->pos[j]);
     }
 
     /* the new block list */

@@ -308,20 +308,25 @@ int kv_transcript_read(const kv_store_t *st, uint32_t sid, uint32_t pos0, uint32
         return ERR_NOTFOUND;
     if ((uint64_t)pos0 + n > s->tr.len)
         return ERR_RANGE;
-    for (uint32_t i = 0; i < n; i++) {
-        if (tokens)
-            tokens[i] = kv_tr_token(&s->tr, pos0 + i);
-        if (live)
-            live[i] = *kv_tr_live(&s->tr, pos0 + i);
-    }
-    return 0;
+    return kv_tr_read(st, s, pos0, n, tokens, live, NULL);
+}
+
+int kv_transcript_spill(kv_store_t *st, uint32_t sid, err_info_t *e)
+{
+    int rc;
+    kv_session_t *s = get_session(st, sid, "spill", false, e, &rc);
+    if (!s)
+        return rc;
+    return kv_tr_spill(st, s, true, e);
 }
 
 /* ---- edits over several lanes ---- */
 
-/* Runs the edits (one per lane of `lanes`, NULL entries skipped) all or none. */
-static int run_edits(kv_store_t *st, kv_session_t *s, kv_edit_t *eds, uint32_t n, const char *what,
-                     err_info_t *e)
+/* Runs the edits (one per lane of `lanes`, NULL entries skipped) all or none, with the
+ * spilled transcript pages they need back (fault, may be NULL); then spills the pages whose
+ * last raw row they removed. */
+static int run_edits(kv_store_t *st, kv_session_t *s, kv_edit_t *eds, uint32_t n,
+                     kv_tr_fault_t *fault, const char *what, err_info_t *e)
 {
     size_t need = 0;
     uint32_t planned = 0;
@@ -333,6 +338,8 @@ static int run_edits(kv_store_t *st, kv_session_t *s, kv_edit_t *eds, uint32_t n
             break;
         need += k;
     }
+    if (fault)
+        need += kv_tr_fault_need(fault);
     if (!rc)
         rc = kv_budget_check(st, s, need, need, what, e);
     else
@@ -341,13 +348,55 @@ static int run_edits(kv_store_t *st, kv_session_t *s, kv_edit_t *eds, uint32_t n
         if (kv_edit_prepare(st, s, &s->lanes[l], &eds[l]) != 0)
             rc = err_set(e, ERR_NOMEM, "%s: out of memory", what);
     }
+    if (!rc && fault && (rc = kv_tr_fault_prepare(st, s, fault, e)) != 0)
+        err_prefix(e, "%s: ", what);
     if (rc) {
         for (uint32_t l = 0; l < planned; l++)
             kv_edit_abort(st, s, &eds[l]);
         return rc;
     }
+    if (fault)
+        kv_tr_fault_install(s, fault);
     for (uint32_t l = 0; l < n; l++)
         kv_edit_commit(st, s, &s->lanes[l], &eds[l]);
+    kv_tr_spill(st, s, false, NULL); /* a failure is kept for the budget's refusal */
+    return 0;
+}
+
+/* The spilled transcript pages that the raw rows among `rows` fall on (sorted, unique), in
+ * f (pg and idx in one scratch allocation the caller frees: f->pg). */
+static int fault_plan(kv_store_t *st, const kv_session_t *s, const kv_rows_t *rows,
+                      kv_tr_fault_t *f)
+{
+    *f = (kv_tr_fault_t){0};
+    const kv_transcript_t *tr = &s->tr;
+    if (tr->n_mem == tr->n_pages)
+        return 0;
+    uint8_t *want = kv_scratch_alloc(st, tr->n_pages);
+    if (!want)
+        return ERR_NOMEM;
+    uint32_t n = 0;
+    for (uint32_t l = 0; l < st->n_lane; l++)
+        for (uint32_t j = 0; j < rows->n[l]; j++) {
+            const kv_row_meta_t *m = &rows->meta[l][j];
+            uint32_t i = (uint32_t)m->pos / KV_TPAGE;
+            if (m->kind == KV_KIND_RAW && !tr->pages[i].mem && !want[i]) {
+                want[i] = 1;
+                n++;
+            }
+        }
+    if (n) {
+        f->pg = kv_scratch_alloc(st, n * (sizeof *f->pg + sizeof *f->idx));
+        if (!f->pg) {
+            free(want);
+            return ERR_NOMEM;
+        }
+        f->idx = (uint32_t *)(f->pg + n);
+        for (uint32_t i = 0; i < tr->n_pages; i++)
+            if (want[i])
+                f->idx[f->n++] = i;
+    }
+    free(want);
     return 0;
 }
 
@@ -462,9 +511,15 @@ int kv_span_replace(kv_store_t *st, uint32_t sid, float p0, float p1, const kv_r
         eds[l].ins = &ins[l];
         eds[l].n_ins = 1;
     }
+    kv_tr_fault_t fault;
+    if (fault_plan(st, s, rows, &fault) != 0) {
+        free(eds);
+        return err_set(e, ERR_NOMEM, "span replace: out of memory");
+    }
     char what[96];
     snprintf(what, sizeof what, "replacing span [%g, %g] of session %u", p0, p1, sid);
-    rc = run_edits(st, s, eds, nl, what, e);
+    rc = run_edits(st, s, eds, nl, &fault, what, e);
+    free(fault.pg);
     free(eds);
     return rc;
 }
@@ -503,7 +558,7 @@ int kv_lane_evict(kv_store_t *st, uint32_t sid, uint32_t layer, uint32_t head, c
     if (!eds)
         return err_set(e, ERR_NOMEM, "evict: out of memory");
     eds[l] = (kv_edit_t){.del = rows, .n_del = n};
-    rc = run_edits(st, s, eds, l + 1, "evict", e);
+    rc = run_edits(st, s, eds, l + 1, NULL, "evict", e);
     free(eds);
     return rc;
 }
@@ -551,7 +606,7 @@ int kv_lane_demote(kv_store_t *st, uint32_t sid, uint32_t layer, uint32_t head,
         return err_set(e, ERR_NOMEM, "demote: out of memory");
     kv_ins_t *ins = (kv_ins_t *)(eds + l + 1);
     demote_edit(ln, rows, n, (uint32_t *)(ins + n), ins, &eds[l]);
-    rc = run_edits(st, s, eds, l + 1, "demote", e);
+    rc = run_edits(st, s, eds, l + 1, NULL, "demote", e);
     free(eds);
     return rc;
 }
@@ -596,7 +651,7 @@ int kv_span_demote(kv_store_t *st, uint32_t sid, float p0, float p1, err_info_t 
     }
     char what[96];
     snprintf(what, sizeof what, "demoting span [%g, %g] of session %u", p0, p1, sid);
-    rc = run_edits(st, s, eds, nl, what, e);
+    rc = run_edits(st, s, eds, nl, NULL, what, e);
     free(eds);
     free(lo);
     return rc;

@@ -87,6 +87,7 @@ typedef struct writer {
     uint64_t bytes;
     bool failed;
     int err; /* errno of the first failure (ENOSPC, EFBIG, EIO ...), for the message */
+    err_info_t tr; /* a transcript page that could not be read back from the spill file */
 } writer_t;
 
 static void w_fail(writer_t *w)
@@ -158,8 +159,16 @@ static void write_session(const kv_store_t *st, const kv_session_t *s, writer_t 
     put32(h + 64, s->tr.len);
     put32(h + 68, fbits(s->shift));
     w_raw(w, h, sizeof h);
-    for (uint32_t p = 0; p < s->tr.len; p++)
-        w_u32(w, kv_tr_token(&s->tr, p));
+    uint32_t tok[KV_TPAGE];
+    for (uint32_t p = 0; p < s->tr.len && !w->failed; p += KV_TPAGE) {
+        uint32_t k = s->tr.len - p < KV_TPAGE ? s->tr.len - p : KV_TPAGE;
+        if (kv_tr_read(st, s, p, k, tok, NULL, &w->tr) != 0) {
+            w->failed = true;
+            w->err = EIO;
+            break;
+        }
+        w_u32s(w, tok, k);
+    }
     for (uint32_t l = 0; l < st->n_lane; l++) {
         const kv_lane_t *ln = &s->lanes[l];
         w_u32(w, ln->n_rows);
@@ -239,6 +248,12 @@ int kv_snapshot_write(kv_store_t *st, uint32_t sid, const char *path, err_info_t
     }
     if (!w.failed && rename(tmp, path) != 0)
         w_fail(&w);
+    if (w.failed && w.tr.code) {
+        int rc = err_set(e, w.tr.code, "snapshot %s: %s", path, w.tr.msg);
+        unlink(tmp);
+        free(tmp);
+        return rc;
+    }
     if (w.failed) {
         /* the first failure is the cause (a full disk: ENOSPC; a file-size limit: EFBIG); the
          * temporary file goes, and a snapshot already at path stays as it was */
@@ -261,6 +276,7 @@ typedef struct reader {
     size_t n, off;
     const char *path;
     err_info_t *e;
+    uint8_t *held; /* [transcript pages] or NULL: set for pages a raw row holds */
 } reader_t;
 
 static bool r_need(reader_t *r, size_t n, const char *what)
@@ -315,6 +331,8 @@ static bool r_block(reader_t *r, const kv_store_t *st, uint32_t ntok, uint32_t t
             return false;
         }
         *prev = p;
+        if (r->held && kind[j] == KV_KIND_RAW)
+            r->held[(uint32_t)p / KV_TPAGE] = 1;
         if (b) {
             b->pos[j] = p;
             b->mass[j] = m;
@@ -413,7 +431,7 @@ static bool r_lanes(reader_t *r, kv_store_t *st, uint32_t ntok, bool acc, kv_ses
                 const kv_block_t *b = ln->b[i].blk;
                 for (uint32_t j = 0; j < b->n; j++)
                     if (b->kind[j] == KV_KIND_RAW)
-                        (*kv_tr_live(&s->tr, (uint32_t)b->pos[j]))++;
+                        kv_tr_hold(&s->tr, (uint32_t)b->pos[j]);
             }
         }
     }
@@ -511,7 +529,8 @@ int kv_snapshot_read(kv_store_t *st, const char *path, const kv_session_config_t
     if (!e)
         e = &local;
     err_clear(e);
-    uint8_t *buf = NULL;
+    uint8_t *buf = NULL, *held = NULL;
+    uint32_t *tokens = NULL;
     size_t n = 0;
     int rc = read_file(st, path, &buf, &n, e);
     if (rc)
@@ -526,15 +545,24 @@ int kv_snapshot_read(kv_store_t *st, const char *path, const kv_session_config_t
         fc = *cfg;
         fc.attn_acc = acc; /* the file says whether it carries accumulators */
     }
-    reader_t r = {
-        .p = buf, .n = n - 8, .off = SNAP_HEADER + 4 * (size_t)ntok, .path = path, .e = e};
+    held = kv_scratch_alloc(st, ntok / KV_TPAGE + 1);
+    if (!held) {
+        rc = err_set(e, ERR_NOMEM, "snapshot %s: out of memory", path);
+        goto out;
+    }
+    reader_t r = {.p = buf,
+                  .n = n - 8,
+                  .off = SNAP_HEADER + 4 * (size_t)ntok,
+                  .path = path,
+                  .e = e,
+                  .held = held};
     size_t need = kv_charge(sizeof(kv_session_t)) + kv_charge(st->n_lane * sizeof(kv_lane_t));
-    kv_transcript_t empty = {0};
-    need += kv_tr_need(&empty, ntok);
     if (!r_lanes(&r, st, ntok, fc.attn_acc, NULL, &need)) {
         rc = e->code;
         goto out;
     }
+    r.held = NULL;
+    need += kv_tr_restore_need(st, ntok, held);
     if (r.off != r.n) {
         rc =
             err_set(e, ERR_FORMAT, "snapshot %s: %zu bytes after the last lane", path, r.n - r.off);
@@ -555,14 +583,19 @@ int kv_snapshot_read(kv_store_t *st, const char *path, const kv_session_config_t
         rc = err_set(e, ERR_NOMEM, "snapshot %s: out of memory", path);
         goto out;
     }
-    if (kv_tr_reserve(st, s, ntok) != 0) {
+    tokens = kv_scratch_alloc(st, (size_t)ntok * sizeof *tokens);
+    if (!tokens) {
         kv_session_free(st, s);
         rc = err_set(e, ERR_NOMEM, "snapshot %s: out of memory", path);
         goto out;
     }
-    for (uint32_t p = 0; p < ntok; p++) {
-        uint32_t tok = get32(buf + SNAP_HEADER + 4 * (size_t)p);
-        kv_tr_append(&s->tr, &tok, 1, 0);
+    for (uint32_t p = 0; p < ntok; p++)
+        tokens[p] = get32(buf + SNAP_HEADER + 4 * (size_t)p);
+    rc = kv_tr_restore(st, s, tokens, ntok, held, e);
+    if (rc) {
+        kv_session_free(st, s);
+        err_prefix(e, "snapshot %s: ", path);
+        goto out;
     }
     r.off = SNAP_HEADER + 4 * (size_t)ntok;
     s->shift = bitsf(get32(buf + 68));
@@ -579,6 +612,8 @@ int kv_snapshot_read(kv_store_t *st, const char *path, const kv_session_config_t
     }
     *sid = s->id;
 out:
+    free(tokens);
+    free(held);
     free(buf);
     return rc;
 }

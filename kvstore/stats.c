@@ -75,6 +75,7 @@ static void session_figures(kv_store_t *st, const kv_session_t *s, bool once, kv
     }
     o->struct_bytes += structs;
     o->transcript_bytes += kv_tr_bytes(&s->tr);
+    o->transcript_disk_bytes += kv_tr_disk_bytes(&s->tr);
     o->tokens += s->tr.len;
     o->sessions++;
     o->lanes += st->n_lane;
@@ -134,9 +135,9 @@ int kv_stats_format(const kv_stats_t *s, char *buf, size_t cap)
            s->hard_limit, s->soft_limit);
     KV_PUT("over_hard:%zu\nover_soft:%zu\n", s->over_hard, s->over_soft);
     KV_PUT("block_bytes:%zu\nshared_bytes:%zu\nstruct_bytes:%zu\ntranscript_bytes:%zu\n"
-           "overhead_bytes:%zu\n",
+           "transcript_disk_bytes:%zu\noverhead_bytes:%zu\n",
            s->block_bytes, s->shared_bytes, s->struct_bytes, s->transcript_bytes,
-           s->overhead_bytes);
+           s->transcript_disk_bytes, s->overhead_bytes);
     for (int t = 0; t < KV_N_TIERS; t++)
         KV_PUT("tier_%s_bytes:%zu\ntier_%s_blocks:%llu\ntier_%s_rows:%llu\n", tier[t],
                s->tier_bytes[t], tier[t], (unsigned long long)s->tier_blocks[t], tier[t],
@@ -219,12 +220,26 @@ static int session_check(kv_store_t *st, const kv_session_t *s, size_t *nonblock
     for (uint32_t l = 0; l < st->n_lane && !rc; l++)
         rc = lane_check(st, s, l, raw, e);
     for (uint32_t p = 0; p < s->tr.len && !rc; p++)
-        if (raw[p] != *kv_tr_live((kv_transcript_t *)&s->tr, p))
+        if (raw[p] != kv_tr_live_at(&s->tr, p))
             rc = err_set(e, ERR_INTERNAL, "session %u position %u: %u raw rows, live says %u",
-                         s->id, p, raw[p], *kv_tr_live((kv_transcript_t *)&s->tr, p));
+                         s->id, p, raw[p], kv_tr_live_at(&s->tr, p));
     free(raw);
     if (rc)
         return rc;
+    uint32_t mem = 0;
+    for (uint32_t i = 0; i < s->tr.n_pages; i++) {
+        const kv_tref_t *r = &s->tr.pages[i];
+        mem += r->mem != NULL;
+        if (!r->mem &&
+            (r->slot == KV_NO_SLOT || s->tr.fd < 0 || (uint64_t)(i + 1) * KV_TPAGE > s->tr.len))
+            return err_set(e, ERR_INTERNAL,
+                           "session %u: transcript page %u is neither in memory nor a full page "
+                           "in the spill file",
+                           s->id, i);
+    }
+    if (mem != s->tr.n_mem)
+        return err_set(e, ERR_INTERNAL, "session %u: %u transcript pages in memory, n_mem says %u",
+                       s->id, mem, s->tr.n_mem);
     if (s->tr.n_pages > s->tr.cap_pages ||
         (uint64_t)s->tr.n_pages * KV_TPAGE < s->tr.len + (uint64_t)s->n_reserved)
         return err_set(e, ERR_INTERNAL, "session %u: transcript of %u positions in %u pages", s->id,

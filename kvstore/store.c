@@ -6,11 +6,14 @@
  * out, so the store's total equals the arena's small.allocated + large.allocated to the byte
  * (tcache is bypassed so freed memory leaves the arena's figures at once).
  */
+#include <errno.h>
 #include <jemalloc/jemalloc.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/dtype.h"
 #include "kvstore/kv_impl.h"
@@ -126,10 +129,12 @@ int kv_budget_check(kv_store_t *st, kv_session_t *s, size_t need_session, size_t
     }
     if (need_session && s && s->hard && s->bytes + need_session > s->hard) {
         size_t avail = s->hard > s->bytes ? s->hard - s->bytes : 0;
-        return err_set(e, ERR_BUDGET,
-                       "%s needs %zu bytes, %zu available under the session's hard limit of %zu "
-                       "(%zu in use)",
-                       what, need_session, avail, s->hard, s->bytes);
+        int rc = err_set(e, ERR_BUDGET,
+                         "%s needs %zu bytes, %zu available under the session's hard limit of "
+                         "%zu (%zu in use)",
+                         what, need_session, avail, s->hard, s->bytes);
+        kv_tr_spill_note(st, s, e);
+        return rc;
     }
     return 0;
 }
@@ -166,10 +171,29 @@ int kv_store_new(const kv_store_config_t *cfg, kv_store_t **out, err_info_t *e)
         return err_set(e, ERR_INVAL, "kv store: soft limit %zu above hard limit %zu",
                        cfg->soft_limit, cfg->hard_limit);
 
+    if (cfg->spill_dir) {
+        struct stat sb;
+        if (stat(cfg->spill_dir, &sb) != 0)
+            return err_set(e, ERR_IO, "kv store: spill folder %s: %s", cfg->spill_dir,
+                           strerror(errno));
+        if (!S_ISDIR(sb.st_mode))
+            return err_set(e, ERR_IO, "kv store: spill folder %s is not a folder", cfg->spill_dir);
+        if (access(cfg->spill_dir, W_OK | X_OK) != 0)
+            return err_set(e, ERR_IO, "kv store: spill folder %s: %s", cfg->spill_dir,
+                           strerror(errno));
+    }
+
     kv_store_t *st = calloc(1, sizeof *st);
     if (!st)
         return err_set(e, ERR_NOMEM, "kv store: no memory for the store");
     st->cfg = *cfg;
+    if (cfg->spill_dir) {
+        st->cfg.spill_dir = strdup(cfg->spill_dir);
+        if (!st->cfg.spill_dir) {
+            free(st);
+            return err_set(e, ERR_NOMEM, "kv store: no memory for the store");
+        }
+    }
     st->B = B;
     st->n_lane = cfg->n_layer * cfg->n_head_kv;
     st->hard = cfg->hard_limit;
@@ -221,6 +245,7 @@ void kv_store_destroy(kv_store_t **p)
         snprintf(name, sizeof name, "arena.%u.destroy", st->arena);
         mallctl(name, NULL, NULL, NULL, 0);
     }
+    free((char *)st->cfg.spill_dir);
     free(st);
     *p = NULL;
 }
@@ -307,6 +332,7 @@ int kv_session_alloc(kv_store_t *st, const kv_session_config_t *cfg, kv_session_
     if (!s)
         return ERR_NOMEM;
     memset(s, 0, sizeof *s);
+    kv_tr_init(&s->tr);
     s->bytes = tmp.bytes;
     s->peak = tmp.bytes;
     s->lanes = kv_mem_alloc(st, s, st->n_lane * sizeof *s->lanes);
@@ -536,8 +562,12 @@ int kv_session_fork(kv_store_t *st, uint32_t sid, const kv_session_config_t *cfg
         }
         ln->n_rows = pl->n_rows;
     }
-    if (kv_tr_copy(st, s, &p->tr) != 0)
-        goto nomem;
+    rc = kv_tr_copy(st, s, &p->tr, e);
+    if (rc) {
+        kv_session_free(st, s);
+        err_prefix(e, "fork of session %u: ", sid);
+        return rc;
+    }
     s->shift = p->shift;
     rc = kv_session_add(st, s, e);
     if (rc) {

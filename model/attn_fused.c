@@ -4,7 +4,10 @@
 
 #include <assert.h>
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
+
+#include <cblas.h>
 
 #include "common/dtype.h"
 #include "model/attn_ops.h"
@@ -54,6 +57,41 @@ static const float *tile_rows(const mdl_attn_ops_t *ops, const mdl_attn_seg_t *s
     return tile;
 }
 
+/* Row r (of the segment) is seen by query head h under the segment's causal mask. */
+static inline bool masked(const mdl_attn_seg_t *sg, size_t r, int h)
+{
+    return sg->mask_g && (int64_t)r > (int64_t)(h / (int)sg->mask_g) + sg->mask_off;
+}
+
+/* Scores [g][MDL_ATTN_TILE] of segment rows i .. i+nt: -inf where the mask hides a row. */
+static void mask_tile(const mdl_attn_seg_t *sg, size_t i, size_t nt, int g, float *sc)
+{
+    for (int h = 0; h < g; h++) {
+        /* rows up to k + mask_off are seen: the tile's rows from there on are not */
+        const int64_t seen = (int64_t)(h / (int)sg->mask_g) + sg->mask_off + 1 - (int64_t)i;
+        float *p = sc + (size_t)h * MDL_ATTN_TILE;
+        for (size_t t = seen < 0 ? 0 : (size_t)seen; t < nt; t++)
+            p[t] = -INFINITY;
+    }
+}
+
+/* sc[h][MDL_ATTN_TILE] = dot(q[h], row t of kt) * scale + bias[t] for nt rows, as one matrix
+ * product (the tile's rows read once for all g heads). */
+static void scores_gemm(const float *q, int g, int hd, const float *kt, size_t st, size_t nt,
+                        float scale, const float *bias, float *sc)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g, (int)nt, hd, scale, q, hd, kt, (int)st,
+                0.0f, sc, MDL_ATTN_TILE);
+    if (!bias)
+        return;
+    for (int h = 0; h < g; h++) {
+        float *p = sc + (size_t)h * MDL_ATTN_TILE;
+#pragma omp simd
+        for (size_t t = 0; t < nt; t++)
+            p[t] += bias[t];
+    }
+}
+
 void mdl_attn_part(const mdl_attn_ops_t *ops, const float *q, int g, int hd, float scale,
                    const mdl_attn_seg_t *segs, uint32_t n_segs, size_t r0, size_t r1, float *part,
                    float *work, float *scores, size_t sc_stride)
@@ -71,13 +109,22 @@ void mdl_attn_part(const mdl_attn_ops_t *ops, const float *q, int g, int hd, flo
             nt = r1 - r < nt ? r1 - r : nt;
             size_t st;
             const float *kt = tile_rows(ops, sg, sg->k, i, nt, hd, tile, &st);
-            ops->scores(q, g, hd, kt, st, (int)nt, scale, sg->bias ? sg->bias + i : NULL, sc,
-                        MDL_ATTN_TILE);
+            if (g >= MDL_ATTN_GEMM_HEADS) /* sc = scale * q . kt^T, then the bias */
+                scores_gemm(q, g, hd, kt, st, nt, scale, sg->bias ? sg->bias + i : NULL, sc);
+            else
+                ops->scores(q, g, hd, kt, st, (int)nt, scale, sg->bias ? sg->bias + i : NULL, sc,
+                            MDL_ATTN_TILE);
+            if (sg->mask_g)
+                mask_tile(sg, i, nt, g, sc);
             for (int h = 0; h < g; h++) {
                 float *p = sc + (size_t)h * MDL_ATTN_TILE;
                 if (scores)
                     memcpy(scores + (size_t)h * sc_stride + (r - r0), p, sizeof(float) * nt);
                 const float m_new = fmaxf(mx[h], ops->vmax(p, nt));
+                if (m_new == -INFINITY) { /* the head sees none of these rows, nor any before */
+                    memset(p, 0, sizeof(float) * nt);
+                    continue;
+                }
                 if (m_new > mx[h]) { /* rescale what came before to the new max */
                     const float a = expf(mx[h] - m_new);
                     for (int d = 0; d < hd; d++)
@@ -88,7 +135,11 @@ void mdl_attn_part(const mdl_attn_ops_t *ops, const float *q, int g, int hd, flo
                 sum[h] += ops->exp_sum(p, nt, m_new);
             }
             const float *vt = tile_rows(ops, sg, sg->v, i, nt, hd, tile, &st);
-            ops->accum(o, g, hd, vt, st, (int)nt, sc, MDL_ATTN_TILE);
+            if (g >= MDL_ATTN_GEMM_HEADS) /* o += p . vt */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g, hd, (int)nt, 1.0f, sc,
+                            MDL_ATTN_TILE, vt, (int)st, 1.0f, o, hd);
+            else
+                ops->accum(o, g, hd, vt, st, (int)nt, sc, MDL_ATTN_TILE);
             i += nt;
             r += nt;
         }
@@ -121,6 +172,11 @@ void mdl_attn_part_ref(const float *q, int g, int hd, float scale, const mdl_att
             const uint8_t *k = (const uint8_t *)sg->k + i * sg->stride;
             const uint8_t *v = (const uint8_t *)sg->v + i * sg->stride;
             for (int h = 0; h < g; h++) {
+                if (masked(sg, i, h)) {
+                    if (scores)
+                        scores[(size_t)h * sc_stride + (r - r0)] = -INFINITY;
+                    continue;
+                }
                 float dot = 0.0f;
                 for (int d = 0; d < hd; d++)
                     dot += q[(size_t)h * hd + d] * elem(sg->type, k, d);

@@ -26,6 +26,9 @@
  * (finding its rows, merging) stays small beside streaming 256 rows. The same for every
  * team size and batch, so results do not depend on either. */
 #define ATTN_PART_ROWS 256
+/* Queries of a prefill chunk that read each key and value row together (GISTD_ATTN_Q_ROWS
+ * overrides: 1 gives each query its own pass, as a decode step has). */
+#define ATTN_Q_ROWS 64
 
 /* ------------------------------------------------------------------ loading */
 
@@ -236,8 +239,8 @@ static double mat_params(const mdl_mat_t *w)
 
 /* The weight bytes and weights of an average layer (the output projection shared out
  * among the layers), the threshold for threads (GISTD_PAR_MIN_NS: 0 makes every call
- * threaded, for tests) and the rows of one part of attention (GISTD_ATTN_PART_ROWS: a few
- * cut even short lanes apart, for tests). */
+ * threaded, for tests), the rows of one part of attention (GISTD_ATTN_PART_ROWS: a few
+ * cut even short lanes apart, for tests) and the queries of a tile (GISTD_ATTN_Q_ROWS). */
 static void layer_cost(mdl_t *m)
 {
     double bytes = mat_bytes(&m->out), params = mat_params(&m->out);
@@ -261,6 +264,10 @@ static void layer_cost(mdl_t *m)
     end = NULL;
     v = env ? strtod(env, &end) : 0.0;
     m->attn_part_rows = env && end != env && v >= 1 && v <= 1e9 ? (uint32_t)v : ATTN_PART_ROWS;
+    env = getenv("GISTD_ATTN_Q_ROWS");
+    end = NULL;
+    v = env ? strtod(env, &end) : 0.0;
+    m->attn_q_rows = env && end != env && v >= 1 && v <= 4096 ? (uint32_t)v : ATTN_Q_ROWS;
 }
 
 int mdl_new(const char *path, mdl_t **out, err_info_t *e)
@@ -367,4 +374,14 @@ void mdl_set_threads(mdl_t *m, int n_threads)
 int mdl_threads(const mdl_t *m)
 {
     return m->n_threads;
+}
+
+void mdl_set_attn_q_rows(mdl_t *m, uint32_t q_rows)
+{
+    m->attn_q_rows = q_rows ? q_rows : 1;
+}
+
+uint32_t mdl_attn_q_rows(const mdl_t *m)
+{
+    return m->attn_q_rows;
 }

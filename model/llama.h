@@ -69,6 +69,13 @@ bool mdl_has_retention(const mdl_t *m);
 void mdl_set_threads(mdl_t *m, int n_threads);
 int mdl_threads(const mdl_t *m);
 
+/* Queries of one sequence in a batch (a prefill chunk) that read each key and value row
+ * together, at most: 64, or GISTD_ATTN_Q_ROWS when the model was opened; 1 gives each query
+ * a pass of its own, as a decode step has. A setting for benchmarks and tests: the result
+ * is the same within f32 rounding. */
+void mdl_set_attn_q_rows(mdl_t *m, uint32_t q_rows);
+uint32_t mdl_attn_q_rows(const mdl_t *m);
+
 /* Runs batch b. io->view is called once per (sequence in b, layer, kv-head), in
  * layer order, before that layer's attention, with n_new = the number of items
  * of that sequence; the forward then writes their K (after RoPE) and V rows

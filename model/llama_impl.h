@@ -47,21 +47,33 @@ typedef struct mdl_layer {
  * four (bench_batch, alternated). */
 #define MDL_PRV_ROWS 8
 
+/* Queries [j0, j0 + nq) of a slot's new rows: they read the rows together. */
+typedef struct mdl_attn_qtile {
+    uint32_t slot, j0, nq;
+} mdl_attn_qtile_t;
+
 /* One layer's attention work (mdl_attention_plan, made by thread 0 once the views are in).
- * Units are (item, kv-head), or (slot, kv-head) when a view accumulates attention; an item's
- * rows (stored, then its sequence's new rows up to the item) split into parts of
- * part_rows that the team takes one at a time, and the thread that finishes a unit's last
- * part merges its partials. */
+ * A slot's items are cut into query tiles of up to q_rows (a decoding slot is one tile of
+ * one); units are (tile, kv-head), or (slot, kv-head) when a view accumulates attention. A
+ * unit's rows (stored, then its sequence's new rows up to the tile's last query) split into
+ * parts of part_rows (tiles of one query) or tile_part_rows (more) that the team takes one
+ * at a time, and the thread that finishes a unit's last part merges its partials. */
 typedef struct mdl_attn_plan {
     bool acc;                    /* units are (slot, kv-head), without parts in `parts` */
     uint32_t n_units, n_parts;   /* this layer's */
-    uint32_t cap_units, cap_parts;
-    uint32_t part_rows;          /* rows per part (a unit's last part may have fewer) */
+    uint32_t n_tiles;            /* this layer's query tiles */
+    uint32_t cap_units, cap_parts, cap_tiles;
+    size_t cap_part_floats;
+    uint32_t q_rows;             /* queries per tile at most */
+    uint32_t part_rows;          /* rows per part of a one-query unit (the last may have fewer) */
+    uint32_t tile_part_rows;     /* rows per part of a unit of more queries */
+    mdl_attn_qtile_t *tiles;     /* [n_tiles] (acc: unused) */
     uint32_t *unit_first;        /* [n_units + 1] each unit's first part */
     uint32_t *unit_rows;         /* [n_units] rows each unit attends to (acc: unused) */
+    size_t *unit_poff;           /* [n_units] where each unit's partials start in `parts` */
     _Atomic uint32_t *unit_done; /* [n_units] parts finished */
     uint32_t *part_unit;         /* [n_parts] */
-    float *parts;                /* [n_parts][mdl_attn_part_floats] partials */
+    float *parts;                /* per unit, [its parts][mdl_attn_part_floats(nq * g, hd)] */
     size_t *view_c0;             /* [n_slots * n_head_kv] where each view's entries of
                                     chunk_row0 start */
     size_t *chunk_row0;          /* per view, [n_chunks + 1] the row each chunk starts at
@@ -145,6 +157,8 @@ struct mdl {
     double layer_bytes;  /* weight bytes, on average over layers (with the output's share) */
     double layer_params; /* weights, likewise */
     uint32_t attn_part_rows; /* rows of one part of attention (s.plan) */
+    uint32_t attn_q_rows;    /* queries of one sequence that read their rows together, at
+                                most (s.plan; 1: each query alone) */
     double par_min_ns;   /* estimated one-thread time of a layer below which a call runs on
                             the caller's thread alone (GISTD_PAR_MIN_NS overrides) */
 

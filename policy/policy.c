@@ -469,16 +469,21 @@ int pol_next(pol_t *p, const pol_text_t *pieces, uint32_t n, uint32_t *n_run, er
 }
 
 /* What a session that cannot free more still holds, for its refusal: pinned rows and the
- * cold transcript (6 bytes a token, charged to the session, never compacted). Walks the
- * session's rows: for error paths only. */
+ * cold transcript in memory (6 bytes a token where raw rows still hold it, or all of it
+ * without a spill folder; charged to the session, never compacted). Walks the session's
+ * rows: for error paths only. */
 static const char *held(pol_t *p, char *buf, size_t cap)
 {
     kv_stats_t st;
     if (kv_session_stats(p->st, p->sid, &st))
         return "the rest is pinned";
-    snprintf(buf, cap,
-             "the rest is pinned: %zu bytes, of which the transcript of %llu tokens holds %zu",
-             st.bytes, (unsigned long long)st.tokens, st.transcript_bytes);
+    int n = snprintf(buf, cap,
+                     "the rest is pinned: %zu bytes, of which the transcript of %llu tokens "
+                     "holds %zu",
+                     st.bytes, (unsigned long long)st.tokens, st.transcript_bytes);
+    if (st.transcript_disk_bytes && n > 0 && (size_t)n < cap)
+        snprintf(buf + n, cap - (size_t)n, " in memory (%zu more spilled to disk)",
+                 st.transcript_disk_bytes);
     return buf;
 }
 

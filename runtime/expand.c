@@ -373,6 +373,19 @@ static int expand_into(rt_t *rt, rt_sess_t *s, uint32_t a, uint32_t b, int reaso
     return 0;
 }
 
+/* Ends an expansion: the logits follow what came back (a failure to refresh them leaves
+ * the old ones, which a later step replaces), and out gets the bytes and time it took. */
+static int finish(rt_t *rt, rt_sess_t *s, rt_expand_result_t *out, size_t b0, double t0, int rc)
+{
+    if (out->spans) {
+        err_info_t e2;
+        refresh_logits(rt, s, &e2);
+    }
+    out->bytes = (int64_t)kv_session_bytes(rt->st, s->kv) - (int64_t)b0;
+    out->ms = now_ms() - t0;
+    return rc;
+}
+
 /* ------------------------------------------------------------------ on request */
 
 int rt_sess_expand_span(rt_t *rt, rt_sess_t *s, uint32_t first, uint32_t last,
@@ -410,13 +423,7 @@ int rt_sess_expand_span(rt_t *rt, rt_sess_t *s, uint32_t first, uint32_t last,
         }
     }
     free(c);
-    if (out->spans) {
-        err_info_t e2;
-        refresh_logits(rt, s, &e2);
-    }
-    out->bytes = (int64_t)kv_session_bytes(rt->st, s->kv) - (int64_t)b0;
-    out->ms = now_ms() - t0;
-    return rc;
+    return finish(rt, s, out, b0, t0, rc);
 }
 
 /* ------------------------------------------------------------------ on each turn */
@@ -631,11 +638,5 @@ int rt_sess_expand_auto(rt_t *rt, rt_sess_t *s, uint32_t max_tokens, int reason,
             note(out, "the relevant spans are longer than the tokens allowed per turn", NULL);
     }
     free(c);
-    if (out->spans) {
-        err_info_t e2;
-        refresh_logits(rt, s, &e2);
-    }
-    out->bytes = (int64_t)kv_session_bytes(rt->st, s->kv) - (int64_t)b0;
-    out->ms = now_ms() - t0;
-    return rc;
+    return finish(rt, s, out, b0, t0, rc);
 }

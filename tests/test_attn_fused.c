@@ -2,7 +2,9 @@
  * the CPU runs and its plain-C twin, against a double loop written here: for f32, f16 and
  * q8_0 rows, segments of many sizes (as store blocks of any block_rows), odd row counts,
  * a strided f32 segment (the batch's own new rows), biases, and the rows cut into parts
- * that are merged afterwards. */
+ * that are merged afterwards; and tiles of a prefill chunk's queries (each query's heads
+ * one after another) over stored rows and the chunk's own rows under the causal mask, for
+ * every row type, block size, GQA ratio and tile size from 1 to more than a tile of rows. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +37,10 @@ static float urand(void) /* uniform in [-1, 1) */
  * with dt_to_f32), and the naive attention over them. */
 typedef struct rows {
     int hd, g;
+    /* the causal mask of a tile of queries: 0, or heads per query; then the rows before
+     * the chunk's (unmasked) and the chunk row of the tile's first query */
+    int mask_g;
+    size_t stored, j0;
     size_t n;            /* rows in all */
     uint32_t n_segs;
     mdl_attn_seg_t *segs;
@@ -44,9 +50,10 @@ typedef struct rows {
 } rows_t;
 
 /* Segments of the given sizes, each of type `type` (f32 ones every other segment when
- * mixed), with a stride wider than the row for f32 segments when padded. */
+ * mixed, and from segment f32_from on), with a stride wider than the row for f32 segments
+ * when padded. */
 static void rows_make(rows_t *c, int g, int hd, const uint32_t *sizes, uint32_t n_segs,
-                      uint32_t type, int mixed, int padded, int with_bias)
+                      uint32_t type, int mixed, uint32_t f32_from, int padded, int with_bias)
 {
     memset(c, 0, sizeof *c);
     c->g = g;
@@ -62,7 +69,7 @@ static void rows_make(rows_t *c, int g, int hd, const uint32_t *sizes, uint32_t 
     float *tmp = malloc(sizeof(float) * hd);
     size_t r = 0;
     for (uint32_t s = 0; s < n_segs; s++) {
-        const uint32_t t = mixed && s % 2 ? DT_F32 : type;
+        const uint32_t t = (mixed && s % 2) || s >= f32_from ? DT_F32 : type;
         const size_t rb = ggml_row_bytes(t, (uint64_t)hd);
         const size_t stride = t == DT_F32 && padded ? rb + 3 * sizeof(float) : rb;
         mdl_attn_seg_t *sg = &c->segs[s];
@@ -106,8 +113,15 @@ static void rows_free(rows_t *c)
     free(c->bias);
 }
 
-/* want[h][d]: softmax attention of query h over rows [r0, r1), in double, two passes;
- * sc[h][r - r0]: each row's score. */
+/* Whether query head h sees row r: every row, or under a tile's causal mask the rows
+ * before the chunk and the chunk's rows up to h's query. */
+static int sees(const rows_t *c, int h, size_t r)
+{
+    return !c->mask_g || r < c->stored || r - c->stored <= c->j0 + (size_t)(h / c->mask_g);
+}
+
+/* want[h][d]: softmax attention of query head h over the rows of [r0, r1) it sees, in
+ * double, two passes; sc[h][r - r0]: each row's score (-inf where it does not see it). */
 static void naive(const rows_t *c, const float *q, float scale, size_t r0, size_t r1, double *want,
                   double *sc)
 {
@@ -116,6 +130,10 @@ static void naive(const rows_t *c, const float *q, float scale, size_t r0, size_
     for (int h = 0; h < c->g; h++) {
         double mx = -INFINITY, sum = 0;
         for (size_t r = r0; r < r1; r++) {
+            if (!sees(c, h, r)) {
+                sc[h * n + (r - r0)] = -INFINITY;
+                continue;
+            }
             double s = 0;
             for (int d = 0; d < hd; d++)
                 s += (double)q[h * hd + d] * c->kf[r * hd + d];
@@ -126,6 +144,8 @@ static void naive(const rows_t *c, const float *q, float scale, size_t r0, size_
         for (int d = 0; d < hd; d++)
             want[h * hd + d] = 0;
         for (size_t r = r0; r < r1; r++) {
+            if (!sees(c, h, r))
+                continue;
             const double p = exp(sc[h * n + (r - r0)] - mx);
             sum += p;
             for (int d = 0; d < hd; d++)
@@ -163,7 +183,7 @@ static int check_case(const rows_t *c, const mdl_attn_ops_t *o, const float *q, 
     float *parts = malloc(sizeof(float) * pf * n_parts);
     float *work = aligned_alloc(64, (sizeof(float) * mdl_attn_work_floats(g, hd) + 63) & ~63ul);
     float *sc = malloc(sizeof(float) * g * n), *out = malloc(sizeof(float) * g * hd);
-    float lse[16];
+    float *lse = malloc(sizeof(float) * 2 * g);
     double *want = malloc(sizeof(double) * g * hd), *wsc = malloc(sizeof(double) * g * n);
     const float scale = 1.0f / sqrtf((float)hd);
     for (int p = 0; p < n_parts; p++) {
@@ -180,7 +200,8 @@ static int check_case(const rows_t *c, const mdl_attn_ops_t *o, const float *q, 
     for (int i = 0; i < g * hd && !bad; i++)
         bad = !(fabs(out[i] - want[i]) <= 2e-5 * (1.0 + fabs(want[i])));
     for (size_t i = 0; i < (size_t)g * n && !bad; i++)
-        bad = !(fabs(sc[i] - wsc[i]) <= 1e-5 * (1.0 + fabs(wsc[i])));
+        bad = isinf(wsc[i]) ? !(isinf(sc[i]) && sc[i] < 0)
+                            : !(fabs(sc[i] - wsc[i]) <= 1e-5 * (1.0 + fabs(wsc[i])));
     /* the probabilities lse gives sum to 1 over the rows */
     for (int h = 0; h < g && !bad; h++) {
         double tot = 0;
@@ -196,6 +217,7 @@ static int check_case(const rows_t *c, const mdl_attn_ops_t *o, const float *q, 
     free(out);
     free(want);
     free(wsc);
+    free(lse);
     return !bad;
 }
 
@@ -220,7 +242,7 @@ static void test_types_blocks_lengths(void)
                     left -= b;
                 }
                 rows_t c;
-                rows_make(&c, g, hd, sizes, n_segs, types[ti], 0, 0, (int)(ni % 2));
+                rows_make(&c, g, hd, sizes, n_segs, types[ti], 0, n_segs, 0, (int)(ni % 2));
                 float *q = malloc(sizeof(float) * g * hd);
                 for (int i = 0; i < g * hd; i++)
                     q[i] = urand();
@@ -250,7 +272,7 @@ static void test_mixed_strided(void)
     static const uint32_t sizes[] = {64, 3, 64, 1, 17, 64, 2};
     for (size_t ti = 0; ti < 3; ti++) {
         rows_t c;
-        rows_make(&c, 3, 64, sizes, 7, types[ti], 1, 1, 1);
+        rows_make(&c, 3, 64, sizes, 7, types[ti], 1, 7, 1, 1);
         float q[3 * 64];
         for (int i = 0; i < 3 * 64; i++)
             q[i] = urand();
@@ -272,7 +294,7 @@ static void test_merge_extremes(void)
 {
     const uint32_t sizes[] = {40, 40};
     rows_t c;
-    rows_make(&c, 1, 32, sizes, 2, DT_F32, 0, 0, 0);
+    rows_make(&c, 1, 32, sizes, 2, DT_F32, 0, 2, 0, 0);
     float *k = (float *)c.segs[1].k;
     float q[32];
     for (int d = 0; d < 32; d++) {
@@ -287,10 +309,89 @@ static void test_merge_extremes(void)
     rows_free(&c);
 }
 
+/* A tile of nq queries of g heads each, at chunk rows [j0, j0 + nq), over `stored` rows of
+ * a type in blocks of block_rows and the chunk's rows up to the tile's last query (f32,
+ * strided as the batch's K/V scratch, in runs as interleaved sequences leave them), the
+ * chunk's runs under the causal mask; checked with each table and the reference, whole
+ * and cut into parts. Returns the checks run. */
+static int check_tile(uint32_t type, uint32_t block_rows, size_t stored, size_t j0, size_t nq,
+                      int g, int hd, int with_bias)
+{
+    uint32_t sizes[600], n_segs = 0;
+    for (size_t left = stored; left;) {
+        const uint32_t b = left < block_rows ? (uint32_t)left : block_rows;
+        sizes[n_segs++] = b;
+        left -= b;
+    }
+    const uint32_t n_stored_segs = n_segs;
+    size_t run_at[600];
+    for (size_t left = j0 + nq, at = 0; left;) { /* runs of 1 .. 40 chunk rows */
+        const uint32_t b = 1 + next() % 40;
+        sizes[n_segs] = left < b ? (uint32_t)left : b;
+        run_at[n_segs++] = at;
+        at += sizes[n_segs - 1];
+        left -= sizes[n_segs - 1];
+    }
+    const int gt = (int)nq * g;
+    rows_t c;
+    rows_make(&c, gt, hd, sizes, n_segs, type, 0, n_stored_segs, 1, with_bias);
+    c.mask_g = g;
+    c.stored = stored;
+    c.j0 = j0;
+    for (uint32_t s = n_stored_segs; s < n_segs; s++) {
+        c.segs[s].bias = NULL; /* the chunk's own rows have mass 1 */
+        for (uint32_t i = 0; i < sizes[s]; i++)
+            c.bias[c.stored + run_at[s] + i] = 0.0f;
+        c.segs[s].mask_g = (uint32_t)g;
+        c.segs[s].mask_off = (int32_t)j0 - (int32_t)run_at[s];
+    }
+    float *q = malloc(sizeof(float) * gt * hd);
+    for (int i = 0; i < gt * hd; i++)
+        q[i] = urand();
+    char what[96];
+    snprintf(what, sizeof what, "tile: type %u, blocks of %u, %zu stored, queries [%zu, %zu)",
+             type, block_rows, stored, j0, j0 + nq);
+    int cases = 0;
+    for (int cuts = 0; cuts < 4; cuts += 3) {
+        check_case(&c, NULL, q, 0, c.n, cuts, what);
+        for (size_t t = 0; t < sizeof TABLES / sizeof TABLES[0]; t++) {
+            const mdl_attn_ops_t *o = mdl_attn_ops_named(TABLES[t]);
+            if (o && hd % o->dim_multiple == 0)
+                cases += check_case(&c, o, q, 0, c.n, cuts, what);
+        }
+    }
+    free(q);
+    rows_free(&c);
+    return cases;
+}
+
+/* Tiles of 1 query up to more than a tile of rows, at the chunk's start and inside it,
+ * over no stored rows and over stored rows of every type and block size, GQA ratios 1, 3,
+ * 4 and 8. */
+static void test_query_tiles(void)
+{
+    static const uint32_t types[] = {DT_F32, DT_F16, DT_Q8_0};
+    static const uint32_t blocks[] = {1, 7, 16, 64, 100};
+    static const size_t stored[] = {0, 1, 63, 65, 301};
+    static const size_t nqs[] = {1, 2, 15, 16, 17, 63, 64, 65, 100};
+    static const int gs[] = {1, 3, 4, 8};
+    static const int hds[] = {32, 64, 128};
+    int cases = 0, k = 0;
+    for (size_t ti = 0; ti < 3; ti++)
+        for (size_t bi = 0; bi < 5; bi++)
+            for (size_t si = 0; si < 5; si++, k++) {
+                const size_t nq = nqs[k % 9], j0 = (k / 3) % 2 ? next() % 70 : 0;
+                const int g = gs[(ti + bi + si) % 4], hd = hds[k % 3];
+                cases += check_tile(types[ti], blocks[bi], stored[si], j0, nq, g, hd, (int)(k % 2));
+            }
+    CHECK(cases > 0);
+}
+
 int main(void)
 {
     RUN(test_types_blocks_lengths);
     RUN(test_mixed_strided);
     RUN(test_merge_extremes);
+    RUN(test_query_tiles);
     return check_done();
 }

@@ -247,25 +247,71 @@ def test_kv_payload_types():
                  "--chunk-rows", "2")
 
 
-def test_attention_in_parts():
-    """A lane's attention cut into parts of 3 rows that a team of threads shares and merges
-    (GISTD_ATTN_PART_ROWS; 256 by default, so these short lanes would be one part): the
-    same tolerances against the reference as one pass, for every payload type."""
-    model = make_tiny(51, "f32", "odd_tied")
-    toks = tokens(51, 33, SHAPES["odd_tied"]["n_vocab"])
-    old = {k: os.environ.get(k) for k in ("GISTD_ATTN_PART_ROWS", "GISTD_PAR_MIN_NS")}
-    os.environ.update(GISTD_ATTN_PART_ROWS="3", GISTD_PAR_MIN_NS="0")
-    try:
-        for kv, tol in (("f32", TOL["f32"]), ("f16", 1e-3), ("q8_0", 1e-2)):
-            for ub in ("1", "5"):
-                check_vs_ref(model, toks, tol, "--kv-type", kv, "--ubatch", ub, "--threads", "2",
-                             "--chunk-rows", "4")
-    finally:
-        for k, v in old.items():
+class env:
+    """Environment variables set for a block, restored after it."""
+
+    def __init__(self, **kv):
+        self.kv = kv
+
+    def __enter__(self):
+        self.old = {k: os.environ.get(k) for k in self.kv}
+        os.environ.update(self.kv)
+
+    def __exit__(self, *exc):
+        for k, v in self.old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def test_attention_in_parts():
+    """A lane's attention cut into parts of 3 rows that a team of threads shares and merges
+    (GISTD_ATTN_PART_ROWS; 256 by default, so these short lanes would be one part), a
+    chunk's queries in tiles of 4 (GISTD_ATTN_Q_ROWS): the same tolerances against the
+    reference as one pass, for every payload type."""
+    model = make_tiny(51, "f32", "odd_tied")
+    toks = tokens(51, 33, SHAPES["odd_tied"]["n_vocab"])
+    with env(GISTD_ATTN_PART_ROWS="3", GISTD_PAR_MIN_NS="0", GISTD_ATTN_Q_ROWS="4"):
+        for kv, tol in (("f32", TOL["f32"]), ("f16", 1e-3), ("q8_0", 1e-2)):
+            for ub in ("1", "5", "33"):
+                check_vs_ref(model, toks, tol, "--kv-type", kv, "--ubatch", ub, "--threads", "2",
+                             "--chunk-rows", "4")
+
+
+def test_query_tiles_match_one_at_a_time():
+    """A prefill chunk's queries read their rows together in tiles (GISTD_ATTN_Q_ROWS; 64 by
+    default), the chunk's own rows under the causal mask: the logits equal those of each
+    query attending alone (tiles of 1) within f32 noise, for GQA ratios 1, 2 and 8, chunks
+    of 1 to more than a tile, stored rows of every payload type, interleaved sequences (the
+    chunk's rows in runs), and through the KV store with learned gists (their sentence
+    mask) and f16 rows."""
+    for shape in ("gqa", "odd_tied", "mqa"):
+        model = make_tiny(52, "f32", shape)
+        nv = SHAPES[shape]["n_vocab"]
+        seqs = [tokens(53, 45, nv), tokens(54, 7, nv), tokens(55, 38, nv)]
+        for kv in ("f32", "f16", "q8_0") if shape == "odd_tied" else ("f32",):
+            for extra in (["--ubatch", "90"], ["--ubatch", "40"], ["--ubatch", "2"]):
+                args = ["--kv-type", kv, "--chunk-rows", "7", *extra]
+                with env(GISTD_ATTN_Q_ROWS="1"):
+                    one = logits(model, seqs, *args)
+                for q_rows in ("3", "16", "64"):
+                    with env(GISTD_ATTN_Q_ROWS=q_rows, GISTD_ATTN_PART_ROWS="5",
+                             GISTD_PAR_MIN_NS="0"):
+                        got = logits(model, seqs, *args, "--threads", "2")
+                    err = rel_err(got, one)
+                    assert err < NOISE, f"{shape} {kv} {extra} tiles of {q_rows}: {err:.3g}"
+    model = make_tiny(56, "f32", "gqa", gist=2)
+    text = " ".join(map(str, tokens(57, 120, SHAPES["gqa"]["n_vocab"] - 2)))
+    out = os.path.join(TMP, "store.bin")
+    got = {}
+    for q_rows in ("1", "64"):
+        with env(GISTD_ATTN_Q_ROWS=q_rows):
+            run("logits", model, "--tokens", text, "--out", out, "--policy", "gist",
+                "--kv-type", "f16", "--ubatch", "50", "--threads", "1")
+        got[q_rows] = np.fromfile(out, "<f4").astype(np.float64)
+    assert got["1"].size == 120 * SHAPES["gqa"]["n_vocab"]
+    assert rel_err(got["64"], got["1"]) < NOISE, rel_err(got["64"], got["1"])
 
 
 def test_retention_gates():

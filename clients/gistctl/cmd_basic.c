@@ -321,36 +321,37 @@ int ctl_sessions(ctl_t *x, int argc, char **argv)
 static void stats_json(const gc_stats_t *s, bool sessions)
 {
     FILE *f = stdout;
-    fprintf(
-        f,
-        "{\"kv_budget_bytes\": %" PRIu64 ", \"kv_soft_bytes\": %" PRIu64
-        ", \"kv_used_bytes\": %" PRIu64 ", \"kv_peak_bytes\": %" PRIu64
-        ", \"sessions\": %u, \"max_sessions\": %u, \"session_budget_bytes\": %" PRIu64
-        ", \"tier_bytes\": {\"f32\": %" PRIu64 ", \"f16\": %" PRIu64 ", \"q8_0\": %" PRIu64
-        "}, \"rows\": %" PRIu64 ", \"blocks\": %" PRIu64 ", \"fragmentation\": %.6g"
-        ", \"transcript_bytes\": %" PRIu64 ", \"tokens\": %" PRIu64 ", \"je_allocated\": %" PRIu64
-        ", \"je_active\": %" PRIu64 ", \"je_resident\": %" PRIu64 ", \"steps\": %" PRIu64
-        ", \"tokens_generated\": %" PRIu64 ", \"tokens_prefilled\": %" PRIu64
-        ", \"decode_tokens_per_s\": %.6g, \"prefill_tokens_per_s\": %.6g"
-        ", \"avg_batch\": %.6g, \"decode_steps\": %" PRIu64 ", \"decode_items\": %" PRIu64
-        ", \"requests\": %" PRIu64 ", \"errors\": %" PRIu64 ", \"events_dropped\": %" PRIu64
-        ", \"clients_gone\": %" PRIu64 ", \"budget_refusals\": %" PRIu64
-        ", \"compactions\": %" PRIu64 ", \"bytes_freed\": %" PRId64
-        ", \"kv_bytes_per_token\": %" PRIu64 ", \"rate_refusals\": %" PRIu64
-        ", \"permission_refusals\": %" PRIu64 ", \"session_min_bytes\": %" PRIu64
-        ", \"idle_timeout_s\": %.6g"
-        ", \"expansions\": %" PRIu64 ", \"expand_tokens\": %" PRIu64 ", \"expand_bytes\": %" PRId64
-        ", \"expand_ms\": %.6g"
-        ", \"curve\": %s, \"uptime_s\": %.3f, \"threads\": %u, \"model\": ",
-        s->kv_budget_bytes, s->kv_soft_bytes, s->kv_used_bytes, s->kv_peak_bytes, s->sessions,
-        s->max_sessions, s->session_budget_bytes, s->tier_f32, s->tier_f16, s->tier_q8_0, s->rows,
-        s->blocks, s->fragmentation, s->transcript_bytes, s->tokens, s->je_allocated, s->je_active,
-        s->je_resident, s->steps, s->tokens_generated, s->tokens_prefilled, s->decode_tokens_per_s,
-        s->prefill_tokens_per_s, s->avg_batch, s->decode_steps, s->decode_items, s->requests,
-        s->errors, s->events_dropped, s->clients_gone, s->budget_refusals, s->compactions,
-        s->bytes_freed, s->kv_bytes_per_token, s->rate_refusals, s->permission_refusals,
-        s->session_min_bytes, s->idle_timeout_s, s->expansions, s->expand_tokens, s->expand_bytes,
-        s->expand_ms, s->curve ? "true" : "false", s->uptime_s, s->threads);
+    fprintf(f,
+            "{\"kv_budget_bytes\": %" PRIu64 ", \"kv_soft_bytes\": %" PRIu64
+            ", \"kv_used_bytes\": %" PRIu64 ", \"kv_peak_bytes\": %" PRIu64
+            ", \"sessions\": %u, \"max_sessions\": %u, \"session_budget_bytes\": %" PRIu64
+            ", \"tier_bytes\": {\"f32\": %" PRIu64 ", \"f16\": %" PRIu64 ", \"q8_0\": %" PRIu64
+            "}, \"rows\": %" PRIu64 ", \"blocks\": %" PRIu64 ", \"fragmentation\": %.6g"
+            ", \"transcript_bytes\": %" PRIu64 ", \"transcript_disk_bytes\": %" PRIu64
+            ", \"tokens\": %" PRIu64 ", \"je_allocated\": %" PRIu64 ", \"je_active\": %" PRIu64
+            ", \"je_resident\": %" PRIu64 ", \"steps\": %" PRIu64 ", \"tokens_generated\": %" PRIu64
+            ", \"tokens_prefilled\": %" PRIu64
+            ", \"decode_tokens_per_s\": %.6g, \"prefill_tokens_per_s\": %.6g"
+            ", \"avg_batch\": %.6g, \"decode_steps\": %" PRIu64 ", \"decode_items\": %" PRIu64
+            ", \"requests\": %" PRIu64 ", \"errors\": %" PRIu64 ", \"events_dropped\": %" PRIu64
+            ", \"clients_gone\": %" PRIu64 ", \"budget_refusals\": %" PRIu64
+            ", \"compactions\": %" PRIu64 ", \"bytes_freed\": %" PRId64
+            ", \"kv_bytes_per_token\": %" PRIu64 ", \"rate_refusals\": %" PRIu64
+            ", \"permission_refusals\": %" PRIu64 ", \"session_min_bytes\": %" PRIu64
+            ", \"idle_timeout_s\": %.6g"
+            ", \"expansions\": %" PRIu64 ", \"expand_tokens\": %" PRIu64
+            ", \"expand_bytes\": %" PRId64 ", \"expand_ms\": %.6g"
+            ", \"curve\": %s, \"uptime_s\": %.3f, \"threads\": %u, \"model\": ",
+            s->kv_budget_bytes, s->kv_soft_bytes, s->kv_used_bytes, s->kv_peak_bytes, s->sessions,
+            s->max_sessions, s->session_budget_bytes, s->tier_f32, s->tier_f16, s->tier_q8_0,
+            s->rows, s->blocks, s->fragmentation, s->transcript_bytes, s->transcript_disk_bytes,
+            s->tokens, s->je_allocated, s->je_active, s->je_resident, s->steps, s->tokens_generated,
+            s->tokens_prefilled, s->decode_tokens_per_s, s->prefill_tokens_per_s, s->avg_batch,
+            s->decode_steps, s->decode_items, s->requests, s->errors, s->events_dropped,
+            s->clients_gone, s->budget_refusals, s->compactions, s->bytes_freed,
+            s->kv_bytes_per_token, s->rate_refusals, s->permission_refusals, s->session_min_bytes,
+            s->idle_timeout_s, s->expansions, s->expand_tokens, s->expand_bytes, s->expand_ms,
+            s->curve ? "true" : "false", s->uptime_s, s->threads);
     ctl_json_str(f, s->model);
     fputs(", \"compactions_by_method\": {", f);
     for (uint32_t i = 0; i < s->n_compactions_by_method; i++) {
@@ -391,9 +392,10 @@ static void stats_text(const gc_stats_t *s)
     printf("tiers            f32 %s, f16 %s, q8_0 %s\n", gc_format_size(s->tier_f32, a, sizeof a),
            gc_format_size(s->tier_f16, b, sizeof b), gc_format_size(s->tier_q8_0, c, sizeof c));
     printf("rows             %" PRIu64 " in %" PRIu64 " blocks (%.1f%% free), %" PRIu64
-           " tokens, transcript %s\n",
+           " tokens, transcript %s (%s more on disk)\n",
            s->rows, s->blocks, 100.0 * s->fragmentation, s->tokens,
-           gc_format_size(s->transcript_bytes, a, sizeof a));
+           gc_format_size(s->transcript_bytes, a, sizeof a),
+           gc_format_size(s->transcript_disk_bytes, b, sizeof b));
     printf("allocator        allocated %s, active %s, resident %s\n",
            gc_format_size(s->je_allocated, a, sizeof a), gc_format_size(s->je_active, b, sizeof b),
            gc_format_size(s->je_resident, c, sizeof c));

@@ -454,6 +454,7 @@ int gc_stats(gc_client_t *c, bool sessions, gc_stats_t *o, err_info_t *e)
     o->rows = s->rows;
     o->blocks = s->blocks;
     o->transcript_bytes = s->transcript_bytes;
+    o->transcript_disk_bytes = s->transcript_disk_bytes;
     o->tokens = s->tokens;
     o->fragmentation = s->fragmentation;
     o->je_allocated = s->je_allocated;

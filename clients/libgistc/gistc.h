@@ -164,6 +164,7 @@ typedef struct gc_stats {
     uint64_t session_budget_bytes;
     uint64_t tier_f32, tier_f16, tier_q8_0;
     uint64_t rows, blocks, transcript_bytes, tokens;
+    uint64_t transcript_disk_bytes; /* spilled to disk, not charged */
     double fragmentation;
     uint64_t je_allocated, je_active, je_resident;
     uint64_t steps, tokens_generated, tokens_prefilled;

@@ -11,6 +11,8 @@
  *   --kv-soft SIZE         its soft watermark (default: hard - the policy's headroom)
  *   --kv-block-rows N      rows per store block (default 64, as gistd's --block-rows)
  *   --kv-type f32|f16|q8_0 payload of new rows (default f16, as gistd's)
+ *   --spill-dir DIR|none   where transcript pages no row holds raw go (default as gistd's:
+ *                          $TMPDIR, else /var/tmp)
  *   --events               every compaction (and expansion) on stderr
  *   --expand, --no-expand  re-expand compressed spans relevant to the prompt's end before
  *                          generating (`expand=1|0`; auto: on by default)
@@ -110,6 +112,8 @@ static int kv_opt(kv_opts_t *o, int argc, char **argv, int *i)
         o->budget = argv[++*i];
     } else if (!strcmp(a, "--kv-soft")) {
         o->soft = argv[++*i];
+    } else if (!strcmp(a, "--spill-dir")) {
+        o->cfg.spill_dir = argv[++*i];
     } else if (!strcmp(a, "--kv-block-rows")) {
         if (cmd_parse_long(a, argv[++*i], 1, 1 << 16, &v))
             return -1;

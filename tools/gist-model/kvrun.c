@@ -103,13 +103,23 @@ int kvr_new(mdl_t *m, const kvr_cfg_t *cfg, kvr_t **out, err_info_t *e)
             rc = err_set(e, ERR_NOMEM, "out of memory");
     }
     r->cfg.params = r->params;
+    const char *tmp = getenv("TMPDIR"), *spill = cfg->spill_dir;
+    const bool spill_default = !spill;
+    if (spill_default)
+        spill = tmp && *tmp ? tmp : "/var/tmp";
     kv_store_config_t sc = {.n_layer = r->hp->n_layer,
                             .n_head_kv = r->hp->n_head_kv,
                             .head_dim = r->hp->head_dim,
                             .block_rows = r->cfg.block_rows,
-                            .hot_type = r->cfg.hot_type};
+                            .hot_type = r->cfg.hot_type,
+                            .spill_dir = strcmp(spill, "none") ? spill : NULL};
     if (!rc)
         rc = kv_store_new(&sc, &r->st, e);
+    if (rc == ERR_IO && spill_default) { /* as gistd: no usable default folder, no spilling */
+        err_clear(e);
+        sc.spill_dir = NULL;
+        rc = kv_store_new(&sc, &r->st, e);
+    }
     if (!rc)
         rc = rt_new(m, r->st, &r->rt, e);
     if (!rc)

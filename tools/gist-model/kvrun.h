@@ -36,6 +36,9 @@ typedef struct kvr_cfg {
     uint32_t block_rows; /* rows per store block; 0: the store's default (64, as gistd's) */
     uint32_t hot_type;   /* DT_F32, DT_F16 or DT_Q8_0 (the store says which it takes) */
     uint32_t ubatch;     /* most tokens per forward pass; 0: 256 */
+    const char *spill_dir; /* the store's spill folder for transcript pages no row holds raw;
+                              NULL: gistd's default ($TMPDIR, else /var/tmp, none when that is
+                              unusable); "none": the transcript stays in memory */
     bool print_events;   /* every compaction event on stderr */
 } kvr_cfg_t;
 

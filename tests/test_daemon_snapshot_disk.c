@@ -6,7 +6,7 @@
  * error names the path and the reason, the previous snapshot is byte for byte as it was, no
  * temporary file is left, the session serves on, and a restarted daemon restores the last
  * whole snapshot, going on exactly as a fresh session holding the same tokens.
- * SIGTERM and SIGKILL with restarts are in test_daemon_faults3.c. */
+ * SIGTERM and SIGKILL with restarts are in test_daemon_kill_restart.c. */
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -377,7 +377,8 @@ static int squeeze_fsize(const td_daemon_t *d, const char *dir, size_t tb, size_
  * (mostly the transcript, 4 bytes a token) outgrows the rows only when the rows are few, so
  * the model is small (one layer, one kv-head of 8 dims), its rows f16, and a window policy
  * keeps a 64 KiB session to a few blocks of 16 rows while 9000 tokens pass through it (their
- * transcript, 36 KiB, counts in the session's bytes too).
+ * transcript, 54 KiB, counts in the session's bytes too: --spill-dir none keeps it in memory,
+ * where spilling would leave the window room for more rows than the body has bytes).
  */
 static void test_snapshot_body_over_size_limit(void)
 {
@@ -389,8 +390,9 @@ static void test_snapshot_body_over_size_limit(void)
     if (check_failed())
         return;
     const char *dir = td_mkdir("snap_half_fsz");
-    const char *extra[] = {"--snapshot-dir", dir,    "--policy",     "window", "--kv-type", "f16",
-                           "--session-budget", "64K", "--block-rows", "16",     NULL};
+    const char *extra[] = {"--snapshot-dir", dir,   "--policy",     "window",      "--kv-type",
+                           "f16",            "--session-budget", "64K", "--block-rows", "16",
+                           "--spill-dir",    "none", NULL};
     body_fails_after_rows(model, dir, extra, 9000, squeeze_fsize, "EFBIG");
 }
 
