@@ -57,7 +57,7 @@ def main(argv=None):
     ap.add_argument("--vocab", type=int, default=0,
                     help="with --scratch: a model of this many ids, spans drawn from them "
                          "(book windows then use only --copy-frac 1); default the tokenizer's")
-    ap.add_argument("--out", default=None, help="save the model here at the end")
+    ap.add_argument("--out", default=None, help="save the model here at every report")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=20)
@@ -114,8 +114,8 @@ def main(argv=None):
             acc = copy_accuracy(model, rng, V, sp.bos_id())
             print(f"step {step} loss {float(loss):.3f} copy accuracy {acc:.3f} "
                   f"{time.time() - t0:.0f} s", flush=True)
-    if a.out:
-        M.save_checkpoint(a.out, model)
+            if a.out:  # each report, so a run stopped early keeps what it learned
+                M.save_checkpoint(a.out, model, step=step, copy_accuracy=acc)
 
 
 if __name__ == "__main__":
