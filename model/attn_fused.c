@@ -57,6 +57,20 @@ static const float *tile_rows(const mdl_attn_ops_t *ops, const mdl_attn_seg_t *s
     return tile;
 }
 
+/* Asks the memory system for rows i .. i+nt of a segment's K and V while the tile before them
+ * is worked on: a tile's first touch of its rows is otherwise a wait on DRAM (each block of a
+ * lane is an allocation of its own, so the hardware's stream prefetch starts cold at every
+ * block). */
+static void prefetch_rows(const mdl_attn_seg_t *sg, size_t i, size_t nt)
+{
+    const size_t bytes = nt * sg->stride;
+    const char *k = (const char *)sg->k + i * sg->stride, *v = (const char *)sg->v + i * sg->stride;
+    for (size_t b = 0; b < bytes; b += 64) {
+        __builtin_prefetch(k + b, 0, 3);
+        __builtin_prefetch(v + b, 0, 3);
+    }
+}
+
 /* Row r (of the segment) is seen by query head h under the segment's causal mask. */
 static inline bool masked(const mdl_attn_seg_t *sg, size_t r, int h)
 {
@@ -107,6 +121,13 @@ void mdl_attn_part(const mdl_attn_ops_t *ops, const float *q, int g, int hd, flo
         for (; i < sg->n && r < r1;) {
             size_t nt = sg->n - i < MDL_ATTN_TILE ? sg->n - i : MDL_ATTN_TILE;
             nt = r1 - r < nt ? r1 - r : nt;
+            if (r + nt < r1) { /* the next tile: later in this segment, or the next one's start */
+                const bool here = i + nt < sg->n;
+                const mdl_attn_seg_t *nx = here ? sg : &segs[s + 1];
+                const size_t ni = here ? i + nt : 0, left = r1 - r - nt;
+                size_t nn = nx->n - ni < MDL_ATTN_TILE ? nx->n - ni : MDL_ATTN_TILE;
+                prefetch_rows(nx, ni, left < nn ? left : nn);
+            }
             size_t st;
             const float *kt = tile_rows(ops, sg, sg->k, i, nt, hd, tile, &st);
             if (g >= MDL_ATTN_GEMM_HEADS) /* sc = scale * q . kt^T, then the bias */
