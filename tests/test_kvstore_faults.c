@@ -12,26 +12,9 @@
 
 #include "tests/test_kvstore_util.h"
 
-typedef struct fault {
-    long n;     /* attempt to fail (0-based); -1: none */
-    long count; /* attempts so far */
-    bool fired;
-} fault_t;
-
-static bool fail_nth(void *ctx, size_t bytes)
-{
-    fault_t *f = ctx;
-    (void)bytes;
-    if (f->count++ == f->n) {
-        f->fired = true;
-        return true;
-    }
-    return false;
-}
-
 typedef struct run {
     kv_store_t *st;
-    fault_t f;
+    kvt_fault_t f;
     int failures; /* calls that failed (once each) */
     bool bad;
 } run_t;
@@ -130,7 +113,7 @@ static void scenario(run_t *r, const char *snap)
                              .head_dim = 32,
                              .block_rows = 4,
                              .hot_type = DT_F16,
-                             .hook = {.fail = fail_nth, .ctx = &r->f}};
+                             .hook = {.fail = kvt_fail_nth, .ctx = &r->f}};
     err_info_t e0;
     int rc = kv_store_new(&cfg, &r->st, &e0);
     if (rc) {

@@ -550,25 +550,9 @@ static void test_io_failures_are_clear_and_change_nothing(void)
 
 /* ---- the allocation-failure sweep (test_kvstore_faults) over the spill paths ---- */
 
-typedef struct fault {
-    long n, count;
-    bool fired;
-} fault_t;
-
-static bool fail_nth(void *ctx, size_t bytes)
-{
-    fault_t *f = ctx;
-    (void)bytes;
-    if (f->count++ == f->n) {
-        f->fired = true;
-        return true;
-    }
-    return false;
-}
-
 typedef struct run {
     kv_store_t *st;
-    fault_t f;
+    kvt_fault_t f;
     io_fault_t io;
     int failures;
     bool bad;
@@ -609,7 +593,7 @@ typedef struct run {
 /* Both hooks get the run; each reads its own part. */
 static bool run_fail_nth(void *ctx, size_t bytes)
 {
-    return fail_nth(&((run_t *)ctx)->f, bytes);
+    return kvt_fail_nth(&((run_t *)ctx)->f, bytes);
 }
 
 static int run_io(void *ctx, bool write)

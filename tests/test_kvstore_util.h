@@ -18,6 +18,24 @@
 #include "kvstore/kvstore.h"
 #include "tests/check.h"
 
+/* The allocation-failure sweeps' hook (kv_alloc_hook_t.fail): fails attempt n and no other. */
+typedef struct kvt_fault {
+    long n;     /* attempt to fail (0-based); -1: none */
+    long count; /* attempts so far */
+    bool fired;
+} kvt_fault_t;
+
+static inline bool kvt_fail_nth(void *ctx, size_t bytes)
+{
+    kvt_fault_t *f = ctx;
+    (void)bytes;
+    if (f->count++ == f->n) {
+        f->fired = true;
+        return true;
+    }
+    return false;
+}
+
 /* splitmix64: the tests' deterministic randomness. */
 static inline uint64_t kvt_mix(uint64_t x)
 {
