@@ -374,18 +374,28 @@ void kv_tr_free(kv_store_t *st, kv_session_t *s)
     kv_tr_init(tr);
 }
 
+/* The page table of a transcript made whole at once (a fork's copy, a restore): room for np
+ * pages, none in it yet. */
+static int new_table(kv_store_t *st, kv_session_t *s, uint32_t np, err_info_t *e)
+{
+    kv_transcript_t *tr = &s->tr, empty = {0};
+    const uint32_t cap = table_cap(&empty, np);
+    tr->pages = kv_mem_alloc(st, s, cap * sizeof *tr->pages);
+    if (!tr->pages)
+        return err_set(e, ERR_NOMEM, "no memory for the transcript's page table");
+    tr->cap_pages = cap;
+    return 0;
+}
+
 int kv_tr_copy(kv_store_t *st, kv_session_t *dst, const kv_transcript_t *src, err_info_t *e)
 {
     kv_transcript_t *tr = &dst->tr;
     uint32_t np = pages_for(src->len);
     if (np == 0)
         return 0;
-    kv_transcript_t empty = {0};
-    uint32_t cap = table_cap(&empty, np);
-    tr->pages = kv_mem_alloc(st, dst, cap * sizeof *tr->pages);
-    if (!tr->pages)
-        return err_set(e, ERR_NOMEM, "no memory for the transcript's page table");
-    tr->cap_pages = cap;
+    int rc = new_table(st, dst, np, e);
+    if (rc)
+        return rc;
     for (uint32_t i = 0; i < np; i++) {
         tr->pages[i] = (kv_tref_t){.slot = src->pages[i].slot};
         tr->n_pages = i + 1;
@@ -439,12 +449,9 @@ int kv_tr_restore(kv_store_t *st, kv_session_t *s, const uint32_t *tokens, uint3
     uint32_t np = pages_for(len);
     if (np == 0)
         return 0;
-    kv_transcript_t empty = {0};
-    uint32_t cap = table_cap(&empty, np);
-    tr->pages = kv_mem_alloc(st, s, cap * sizeof *tr->pages);
-    if (!tr->pages)
-        return err_set(e, ERR_NOMEM, "no memory for the transcript's page table");
-    tr->cap_pages = cap;
+    int rc = new_table(st, s, np, e);
+    if (rc)
+        return rc;
     tr->len = len;
     kv_tpage_t *buf = NULL;
     for (uint32_t i = 0; i < np; i++) {
