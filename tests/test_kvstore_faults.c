@@ -48,7 +48,7 @@ typedef struct run {
 
 static int gist(kv_store_t *st, uint32_t sid, float p0, float p1, uint32_t rows, err_info_t *e)
 {
-    uint32_t nl = kv_lane_count(st), hd = kv_head_dim(st);
+    uint32_t hd = kv_head_dim(st);
     float k[4 * 64], v[4 * 64];
     kv_row_meta_t m[4];
     for (uint32_t j = 0; j < rows; j++) {
@@ -63,37 +63,17 @@ static int gist(kv_store_t *st, uint32_t sid, float p0, float p1, uint32_t rows,
             v[j * hd + d] = kvt_val(4, j, 0, d);
         }
     }
-    const float *kp[16], *vp[16];
-    const kv_row_meta_t *mp[16];
-    uint32_t n[16];
-    for (uint32_t l = 0; l < nl; l++) {
-        kp[l] = k;
-        vp[l] = v;
-        mp[l] = m;
-        n[l] = rows;
-    }
-    kv_rows_t r = {.n = n, .k = kp, .v = vp, .meta = mp};
-    return kv_span_replace(st, sid, p0, p1, &r, e);
+    return kvt_replace_same(st, sid, p0, p1, rows, k, v, m, e);
 }
 
 static int expand(kv_store_t *st, uint32_t sid, uint32_t a, uint32_t b, err_info_t *e)
 {
-    uint32_t nl = kv_lane_count(st), hd = kv_head_dim(st), n = b - a + 1;
+    uint32_t hd = kv_head_dim(st), n = b - a + 1;
     float *k = calloc((size_t)n * hd, sizeof *k), *v = calloc((size_t)n * hd, sizeof *v);
     kv_row_meta_t *m = calloc(n, sizeof *m);
     for (uint32_t j = 0; j < n; j++)
         m[j] = (kv_row_meta_t){.pos = (float)(a + j), .mass = 1.0f, .first = a + j, .last = a + j};
-    const float *kp[16], *vp[16];
-    const kv_row_meta_t *mp[16];
-    uint32_t cnt[16];
-    for (uint32_t l = 0; l < nl; l++) {
-        kp[l] = k;
-        vp[l] = v;
-        mp[l] = m;
-        cnt[l] = n;
-    }
-    kv_rows_t r = {.n = cnt, .k = kp, .v = vp, .meta = mp};
-    int rc = kv_span_replace(st, sid, (float)a, (float)b, &r, e);
+    int rc = kvt_replace_same(st, sid, (float)a, (float)b, n, k, v, m, e);
     free(k);
     free(v);
     free(m);

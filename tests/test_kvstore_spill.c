@@ -125,7 +125,7 @@ static int evict_some(kv_store_t *st, uint32_t sid, uint32_t lane, uint32_t k, e
 /* Replaces positions [a, b] in every lane by raw rows again (re-expansion). */
 static int expand(kv_store_t *st, uint32_t sid, uint32_t a, uint32_t b, err_info_t *e)
 {
-    uint32_t nl = kv_lane_count(st), hd = kv_head_dim(st), n = b - a + 1;
+    uint32_t hd = kv_head_dim(st), n = b - a + 1;
     float *k = calloc((size_t)n * hd, sizeof *k), *v = calloc((size_t)n * hd, sizeof *v);
     kv_row_meta_t *m = calloc(n, sizeof *m);
     for (uint32_t j = 0; j < n; j++) {
@@ -133,17 +133,7 @@ static int expand(kv_store_t *st, uint32_t sid, uint32_t a, uint32_t b, err_info
         for (uint32_t d = 0; d < hd; d++)
             k[j * hd + d] = v[j * hd + d] = kvt_val(9, 0, a + j, d);
     }
-    const float *kp[8], *vp[8];
-    const kv_row_meta_t *mp[8];
-    uint32_t cnt[8];
-    for (uint32_t l = 0; l < nl; l++) {
-        kp[l] = k;
-        vp[l] = v;
-        mp[l] = m;
-        cnt[l] = n;
-    }
-    kv_rows_t r = {.n = cnt, .k = kp, .v = vp, .meta = mp};
-    int rc = kv_span_replace(st, sid, (float)a, (float)b, &r, e);
+    int rc = kvt_replace_same(st, sid, (float)a, (float)b, n, k, v, m, e);
     free(k);
     free(v);
     free(m);
@@ -153,7 +143,7 @@ static int expand(kv_store_t *st, uint32_t sid, uint32_t a, uint32_t b, err_info
 /* Replaces positions [a, b] in every lane by one pooled row. */
 static int gist(kv_store_t *st, uint32_t sid, uint32_t a, uint32_t b, err_info_t *e)
 {
-    uint32_t nl = kv_lane_count(st), hd = kv_head_dim(st);
+    uint32_t hd = kv_head_dim(st);
     float k[64], v[64];
     for (uint32_t d = 0; d < hd; d++)
         k[d] = v[d] = kvt_val(5, a, b, d);
@@ -163,17 +153,7 @@ static int gist(kv_store_t *st, uint32_t sid, uint32_t a, uint32_t b, err_info_t
                        .last = b,
                        .kind = KV_KIND_POOLED,
                        .level = 1};
-    const float *kp[8], *vp[8];
-    const kv_row_meta_t *mp[8];
-    uint32_t cnt[8];
-    for (uint32_t l = 0; l < nl; l++) {
-        kp[l] = k;
-        vp[l] = v;
-        mp[l] = &m;
-        cnt[l] = 1;
-    }
-    kv_rows_t r = {.n = cnt, .k = kp, .v = vp, .meta = mp};
-    return kv_span_replace(st, sid, (float)a, (float)b, &r, e);
+    return kvt_replace_same(st, sid, (float)a, (float)b, 1, k, v, &m, e);
 }
 
 static void capture(kv_store_t *st, uint32_t sid, kvt_capture_t *c)

@@ -36,6 +36,28 @@ static inline bool kvt_fail_nth(void *ctx, size_t bytes)
     return false;
 }
 
+/* kv_span_replace of [p0, p1] by the same n rows in every lane (at most 16 lanes): k and v
+ * [n][head_dim], meta [n]. */
+static inline int kvt_replace_same(kv_store_t *st, uint32_t sid, float p0, float p1, uint32_t n,
+                                   const float *k, const float *v, const kv_row_meta_t *meta,
+                                   err_info_t *e)
+{
+    const uint32_t nl = kv_lane_count(st);
+    const float *kp[16], *vp[16];
+    const kv_row_meta_t *mp[16];
+    uint32_t cnt[16];
+    if (nl > 16)
+        return err_set(e, ERR_RANGE, "kvt_replace_same: %u lanes, at most 16", nl);
+    for (uint32_t l = 0; l < nl; l++) {
+        kp[l] = k;
+        vp[l] = v;
+        mp[l] = meta;
+        cnt[l] = n;
+    }
+    kv_rows_t r = {.n = cnt, .k = kp, .v = vp, .meta = mp};
+    return kv_span_replace(st, sid, p0, p1, &r, e);
+}
+
 /* splitmix64: the tests' deterministic randomness. */
 static inline uint64_t kvt_mix(uint64_t x)
 {
