@@ -15,10 +15,12 @@
  * Work is planned per layer (mdl_attention_plan): a unit is (query tile, kv-head), and its
  * rows are cut into parts so that the team shares even one kv-head of one long lane; the
  * thread that finishes a unit's last part merges the unit's partials. When a view asks
- * for attention accumulation the unit becomes (sequence, kv-head) in one part, its queries
- * one at a time, so that one thread owns each accumulator and no atomics are needed. The
- * thread of a unit's first part also writes its items' new rows into their view (K, V and,
- * with retention gates, log-beta).
+ * for attention accumulation, each row's probability (known once the whole softmax is) is
+ * added to its accumulator by one thread, so that no atomics are needed: in a step of one
+ * query per sequence (decode) the parts keep their rows' scores and the thread that merges
+ * a unit adds them all; otherwise the unit becomes (sequence, kv-head) in one part, its
+ * queries one at a time. The thread of a unit's first part also writes its items' new rows
+ * into their view (K, V and, with retention gates, log-beta).
  */
 #include <math.h>
 #include <omp.h>
@@ -203,6 +205,9 @@ int mdl_attention_plan(mdl_t *m)
     }
     for (uint32_t sl = 0; sl < s->n_slots; sl++)
         max_new = s->slot_n[sl] > max_new ? s->slot_n[sl] : max_new;
+    /* accumulators in a step of one query a sequence: parts, their scores kept */
+    const bool acc_parts = acc && max_new <= 1;
+    acc = acc && !acc_parts;
 
     /* where each view's chunks start, over the view's rows */
     size_t n_c0 = 0;
@@ -250,6 +255,7 @@ int mdl_attention_plan(mdl_t *m)
         GROW(p->unit_first, (size_t)n_units * 2 + 1);
         GROW(p->unit_rows, (size_t)n_units * 2 + 1);
         GROW(p->unit_poff, (size_t)n_units * 2 + 1);
+        GROW(p->unit_soff, (size_t)n_units * 2 + 1);
         GROW(p->unit_done, (size_t)n_units * 2 + 1);
         p->cap_units = n_units * 2 + 1;
     }
@@ -264,13 +270,16 @@ int mdl_attention_plan(mdl_t *m)
     const size_t tpr = (tile_rows + ATTN_TILE_PARTS - 1) / ATTN_TILE_PARTS;
     p->tile_part_rows = tpr > p->part_rows ? (uint32_t)tpr : p->part_rows;
     uint32_t n_parts = 0;
-    size_t n_floats = 0;
+    size_t n_floats = 0, n_scores = 0;
     for (uint32_t u = 0; u < n_units; u++) {
         p->unit_first[u] = n_parts;
         p->unit_poff[u] = n_floats;
+        p->unit_soff[u] = n_scores;
         atomic_store_explicit(&p->unit_done[u], 0, memory_order_relaxed);
         if (acc)
             continue;
+        if (acc_parts)
+            n_scores += (size_t)g * p->unit_rows[u];
         const uint32_t nq = p->tiles[u / (uint32_t)n_kv].nq;
         const uint32_t pr = nq > 1 ? p->tile_part_rows : p->part_rows;
         const uint32_t np = (p->unit_rows[u] + pr - 1) / pr;
@@ -286,6 +295,10 @@ int mdl_attention_plan(mdl_t *m)
         GROW(p->parts, n_floats * 2);
         p->cap_part_floats = n_floats * 2;
     }
+    if (n_scores > p->cap_scores) {
+        GROW(p->scores, n_scores * 2);
+        p->cap_scores = n_scores * 2;
+    }
     for (uint32_t u = 0; u < n_units; u++)
         for (uint32_t q = p->unit_first[u]; q < p->unit_first[u + 1]; q++)
             p->part_unit[q] = u;
@@ -297,6 +310,7 @@ int mdl_attention_plan(mdl_t *m)
         p->n_seg_thr = m->n_threads;
     }
     p->acc = acc;
+    p->acc_parts = acc_parts;
     p->n_units = n_units;
     p->n_parts = n_parts;
     p->n_tiles = n_tiles;
@@ -308,6 +322,8 @@ void mdl_attention_plan_free(mdl_attn_plan_t *p)
     free(p->unit_first);
     free(p->unit_rows);
     free(p->unit_poff);
+    free(p->unit_soff);
+    free(p->scores);
     free(p->tiles);
     free((void *)p->unit_done);
     free(p->part_unit);
@@ -318,10 +334,29 @@ void mdl_attention_plan_free(mdl_attn_plan_t *p)
     memset(p, 0, sizeof *p);
 }
 
-/* Part q of the plan (no accumulators): the partial of its rows for the query heads of its
- * tile (gathered into qb when the tile has more than one query); the thread that finishes
- * its unit's last part merges the unit into s.att. The unit's first part also stores the
- * tile's new rows. */
+/* Adds each of a query's n_rows rows' probability, summed over the g heads of a kv-head
+ * (scores sc [g][n_rows], softmax max and 1 / sum lse [g][2]), to the view's accumulators:
+ * rows in the order of the segments, the stored chunks, then the new rows. */
+static void add_probs(const mdl_t *m, const mdl_kv_view_t *view, const float *sc, size_t n_rows,
+                      const float *lse)
+{
+    const int g = (int)(m->hp.n_head / m->hp.n_head_kv);
+    size_t r = 0;
+    for (uint32_t c = 0; c < view->n_chunks; c++) {
+        const mdl_kv_chunk_t *ch = &view->chunks[c];
+        if (ch->attn_acc && ch->n)
+            m->attn_ops->prob_acc(sc + r, n_rows, g, ch->n, lse, ch->attn_acc);
+        r += ch->n;
+    }
+    if (view->new_attn_acc && r < n_rows)
+        m->attn_ops->prob_acc(sc + r, n_rows, g, n_rows - r, lse, view->new_attn_acc);
+}
+
+/* Part q of the plan (no accumulators, or acc_parts): the partial of its rows for the query
+ * heads of its tile (gathered into qb when the tile has more than one query), with acc_parts
+ * their scores too; the thread that finishes its unit's last part merges the unit into s.att
+ * (with acc_parts, adding its rows' probabilities to their accumulators). The unit's first
+ * part also stores the tile's new rows. */
 static void attend_part(mdl_t *m, const mdl_layer_t *L, uint32_t q, float *buf, float *work,
                         float *qb, mdl_attn_seg_t *segs)
 {
@@ -349,14 +384,18 @@ static void attend_part(mdl_t *m, const mdl_layer_t *L, uint32_t q, float *buf, 
         qt = qb;
     }
     float *parts = p->parts + p->unit_poff[u];
+    float *sc = p->acc_parts ? p->scores + p->unit_soff[u] : NULL; /* [g][unit rows] */
     mdl_attn_part(m->attn_ops, qt, gt, hd, m->attn_scale, segs, n_segs, r0 - base, r1 - base,
-                  parts + k * pf, work, NULL, 0);
+                  parts + k * pf, work, sc ? sc + r0 : NULL, p->unit_rows[u]);
     const uint32_t n_parts = p->unit_first[u + 1] - p->unit_first[u];
     if (atomic_fetch_add_explicit(&p->unit_done[u], 1, memory_order_acq_rel) + 1 != n_parts)
         return;
     if (tl->nq == 1) {
+        float *lse = sc ? qb : NULL; /* [g][2]: the tile's query is not gathered into qb */
         mdl_attn_merge(parts, (int)n_parts, gt, hd, s->att + (size_t)items[0] * q_dim + hoff,
-                       NULL);
+                       lse);
+        if (sc)
+            add_probs(m, &s->views[(size_t)tl->slot * n_kv + kvh], sc, p->unit_rows[u], lse);
         return;
     }
     mdl_attn_merge(parts, (int)n_parts, gt, hd, qb, NULL);
@@ -391,25 +430,7 @@ static void attend_acc(mdl_t *m, const mdl_layer_t *L, uint32_t u, float *buf, f
         mdl_attn_part(m->attn_ops, s->q + qoff, g, hd, m->attn_scale, segs, n_segs, 0, n_rows,
                       part, work, sc, n_rows);
         mdl_attn_merge(part, 1, g, hd, s->att + qoff, lse);
-        /* rows in the order of the segments: the chunks, then the new rows 0..jj */
-        size_t r = 0;
-        for (uint32_t c = 0; c < view->n_chunks; c++) {
-            const mdl_kv_chunk_t *ch = &view->chunks[c];
-            for (uint32_t t = 0; t < ch->n; t++, r++) {
-                float tot = 0.0f;
-                for (int h = 0; h < g; h++)
-                    tot += expf(sc[(size_t)h * n_rows + r] - lse[2 * h]) * lse[2 * h + 1];
-                if (ch->attn_acc)
-                    ch->attn_acc[t] += tot;
-            }
-        }
-        for (uint32_t t = 0; t <= jj; t++, r++) {
-            float tot = 0.0f;
-            for (int h = 0; h < g; h++)
-                tot += expf(sc[(size_t)h * n_rows + r] - lse[2 * h]) * lse[2 * h + 1];
-            if (view->new_attn_acc)
-                view->new_attn_acc[t] += tot;
-        }
+        add_probs(m, view, sc, n_rows, lse);
     }
 }
 

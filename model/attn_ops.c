@@ -54,6 +54,17 @@ static float exp_sum_portable(float *p, size_t n, float max)
     return sum;
 }
 
+static void prob_acc_portable(const float *sc, size_t sc_stride, int g, size_t n,
+                              const float *lse, float *acc)
+{
+    for (size_t r = 0; r < n; r++) {
+        float tot = 0.0f;
+        for (int h = 0; h < g; h++)
+            tot += expf(sc[(size_t)h * sc_stride + r] - lse[2 * h]) * lse[2 * h + 1];
+        acc[r] += tot;
+    }
+}
+
 static void to_f32_portable(uint32_t type, const void *src, float *dst, size_t n)
 {
     dt_to_f32(type, src, dst, n);
@@ -66,6 +77,7 @@ const mdl_attn_ops_t mdl_attn_ops_portable = {
     .accum = accum_portable,
     .vmax = vmax_portable,
     .exp_sum = exp_sum_portable,
+    .prob_acc = prob_acc_portable,
     .to_f32 = to_f32_portable,
 };
 

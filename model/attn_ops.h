@@ -1,7 +1,8 @@
 /*
  * model/attn_ops.h — the inner loops of attention (model/attention.c): scores of a group
  * of query heads against rows of keys, the probability-weighted sum of value rows,
- * exp-and-sum for the softmax, and f16/q8_0 row conversion.
+ * exp-and-sum for the softmax, the rows' probabilities added to accumulators, and f16/q8_0
+ * row conversion.
  *
  * Each has a portable version (the reference, plain C) and AVX2 / AVX-512 versions
  * (model/attn_ops_avx2.c, model/attn_ops_avx512.c). mdl_attn_ops() picks the best
@@ -29,6 +30,11 @@ typedef struct mdl_attn_ops {
     float (*vmax)(const float *p, size_t n);
     /* p[i] = exp(p[i] - max) for i < n; returns the sum. Accurate to a few ulp. */
     float (*exp_sum)(float *p, size_t n, float max);
+    /* acc[r] += sum over h < g of exp(sc[h*sc_stride + r] - lse[2h]) * lse[2h + 1] for r < n:
+     * each row's probability, summed over the heads, given each head's softmax max and
+     * 1 / sum (mdl_attn_merge's lse); a masked row's -inf score adds 0. */
+    void (*prob_acc)(const float *sc, size_t sc_stride, int g, size_t n, const float *lse,
+                     float *acc);
     /* n elements (a multiple of 32 for q8_0) of a payload type (DT_F16, DT_Q8_0) to f32. */
     void (*to_f32)(uint32_t type, const void *src, float *dst, size_t n);
 } mdl_attn_ops_t;

@@ -147,6 +147,27 @@ static float exp_sum_avx2(float *p, size_t n, float max)
     return hsum(acc);
 }
 
+static void prob_acc_avx2(const float *sc, size_t sc_stride, int g, size_t n, const float *lse,
+                          float *acc)
+{
+    size_t r = 0;
+    for (; r + 8 <= n; r += 8) {
+        __m256 tot = _mm256_setzero_ps();
+        for (int h = 0; h < g; h++) {
+            const __m256 x = _mm256_sub_ps(_mm256_loadu_ps(sc + (size_t)h * sc_stride + r),
+                                           _mm256_set1_ps(lse[2 * h]));
+            tot = _mm256_fmadd_ps(exp8(x), _mm256_set1_ps(lse[2 * h + 1]), tot);
+        }
+        _mm256_storeu_ps(acc + r, _mm256_add_ps(_mm256_loadu_ps(acc + r), tot));
+    }
+    for (; r < n; r++) {
+        float tot = 0.0f;
+        for (int h = 0; h < g; h++)
+            tot += expf(sc[(size_t)h * sc_stride + r] - lse[2 * h]) * lse[2 * h + 1];
+        acc[r] += tot;
+    }
+}
+
 static void to_f32_avx2(uint32_t type, const void *src, float *dst, size_t n)
 {
     if (type == DT_F16) {
@@ -180,5 +201,6 @@ const mdl_attn_ops_t mdl_attn_ops_avx2 = {
     .accum = accum_avx2,
     .vmax = vmax_avx2,
     .exp_sum = exp_sum_avx2,
+    .prob_acc = prob_acc_avx2,
     .to_f32 = to_f32_avx2,
 };

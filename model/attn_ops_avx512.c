@@ -133,6 +133,21 @@ static float exp_sum_avx512(float *p, size_t n, float max)
     return _mm512_reduce_add_ps(acc);
 }
 
+static void prob_acc_avx512(const float *sc, size_t sc_stride, int g, size_t n, const float *lse,
+                            float *acc)
+{
+    for (size_t r = 0; r < n; r += 16) {
+        const __mmask16 k = n - r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - r)) - 1);
+        __m512 tot = _mm512_setzero_ps();
+        for (int h = 0; h < g; h++) {
+            const __m512 x = _mm512_sub_ps(
+                _mm512_maskz_loadu_ps(k, sc + (size_t)h * sc_stride + r), _mm512_set1_ps(lse[2 * h]));
+            tot = _mm512_fmadd_ps(exp16(x), _mm512_set1_ps(lse[2 * h + 1]), tot);
+        }
+        _mm512_mask_storeu_ps(acc + r, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, acc + r), tot));
+    }
+}
+
 static void to_f32_avx512(uint32_t type, const void *src, float *dst, size_t n)
 {
     if (type == DT_F16) {
@@ -167,5 +182,6 @@ const mdl_attn_ops_t mdl_attn_ops_avx512 = {
     .accum = accum_avx512,
     .vmax = vmax_avx512,
     .exp_sum = exp_sum_avx512,
+    .prob_acc = prob_acc_avx512,
     .to_f32 = to_f32_avx512,
 };

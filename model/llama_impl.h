@@ -60,6 +60,8 @@ typedef struct mdl_attn_qtile {
  * at a time, and the thread that finishes a unit's last part merges its partials. */
 typedef struct mdl_attn_plan {
     bool acc;                    /* units are (slot, kv-head), without parts in `parts` */
+    bool acc_parts;              /* accumulators with one query a slot: units and parts as
+                                    without, each part keeping its rows' scores in `scores` */
     uint32_t n_units, n_parts;   /* this layer's */
     uint32_t n_tiles;            /* this layer's query tiles */
     uint32_t cap_units, cap_parts, cap_tiles;
@@ -71,9 +73,13 @@ typedef struct mdl_attn_plan {
     uint32_t *unit_first;        /* [n_units + 1] each unit's first part */
     uint32_t *unit_rows;         /* [n_units] rows each unit attends to (acc: unused) */
     size_t *unit_poff;           /* [n_units] where each unit's partials start in `parts` */
+    size_t *unit_soff;           /* [n_units] where each unit's scores start in `scores`
+                                    (acc_parts) */
     _Atomic uint32_t *unit_done; /* [n_units] parts finished */
     uint32_t *part_unit;         /* [n_parts] */
     float *parts;                /* per unit, [its parts][mdl_attn_part_floats(nq * g, hd)] */
+    float *scores;               /* acc_parts: per unit, [g][unit_rows] */
+    size_t cap_scores;
     size_t *view_c0;             /* [n_slots * n_head_kv] where each view's entries of
                                     chunk_row0 start */
     size_t *chunk_row0;          /* per view, [n_chunks + 1] the row each chunk starts at

@@ -135,6 +135,47 @@ static void test_max_exp_sum(void)
     }
 }
 
+/* prob_acc against exp(score - max) / sum in double: rows of every length around the vector
+ * width, several heads, masked rows (-inf: add nothing), and what was in acc kept. */
+static void test_prob_acc(void)
+{
+    enum { MAXN = 41, G = 4, STRIDE = 48 };
+    float sc[G * STRIDE], acc[MAXN + 1], lse[2 * G];
+    double want[MAXN];
+    for (size_t t = 0; t < sizeof TABLES / sizeof TABLES[0]; t++) {
+        const mdl_attn_ops_t *o = mdl_attn_ops_named(TABLES[t]);
+        if (!o)
+            continue;
+        for (int g = 1; g <= G; g++)
+            for (int n = 1; n <= MAXN; n++) {
+                for (int i = 0; i < g * STRIDE; i++)
+                    sc[i] = urand() * 20.0f;
+                for (int h = 0; h < g; h++) {
+                    if (n > 1) /* a masked row, never the only one */
+                        sc[h * STRIDE + (n * 7 + h) % n] = -INFINITY;
+                    double mx = -INFINITY, sum = 0;
+                    for (int r = 0; r < n; r++)
+                        mx = sc[h * STRIDE + r] > mx ? sc[h * STRIDE + r] : mx;
+                    for (int r = 0; r < n; r++)
+                        sum += exp(sc[h * STRIDE + r] - mx);
+                    lse[2 * h] = (float)mx;
+                    lse[2 * h + 1] = (float)(1.0 / sum);
+                }
+                for (int r = 0; r < n; r++) {
+                    acc[r] = urand() + 2.0f;
+                    want[r] = acc[r];
+                    for (int h = 0; h < g; h++)
+                        want[r] += exp((double)sc[h * STRIDE + r] - lse[2 * h]) * lse[2 * h + 1];
+                }
+                acc[n] = 42.0f;
+                o->prob_acc(sc, STRIDE, g, (size_t)n, lse, acc);
+                for (int r = 0; r < n; r++)
+                    CHECK_NEAR(acc[r], want[r], 2e-6 * want[r]);
+                CHECK(acc[n] == 42.0f); /* nothing past n written */
+            }
+    }
+}
+
 static void test_to_f32(void)
 {
     enum { N = 32 * 5 };
@@ -186,6 +227,7 @@ int main(void)
 {
     RUN(test_scores_accum);
     RUN(test_max_exp_sum);
+    RUN(test_prob_acc);
     RUN(test_to_f32);
     RUN(test_choice);
     return check_done();
