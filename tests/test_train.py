@@ -193,6 +193,58 @@ def test_sentence_mask_rule():
     assert not m[5, 1] and not m[10, 6] and m[10, 3] and m[9, 5] and m[4, 3] and not m[3, 4]
 
 
+def test_induction_targets():
+    """Where train/induction.py shows its heads to look, against the definition: a previous-
+    token head at t - 1; an induction head, for a query whose token was written n positions
+    back inside a repeat, at the position after that earlier occurrence."""
+    _data, _export, _M = train_modules()
+    import induction
+
+    seq, n, end = 20, 4, 13  # [BOS] + a span of 4 written 3 times = 13 ids; book after
+    prev, ind = induction.attention_targets(seq, [(n, end), None])
+    assert prev.tolist() == [[-1] + list(range(seq - 1))] * 2
+    assert ind[1].tolist() == [-1] * seq
+    w = [1, 10, 11, 12, 13] * 1 + [10, 11, 12, 13] * 2 + [90 + i for i in range(seq - 13)]
+    for t in range(seq):
+        j = int(ind[0, t])
+        if j < 0:
+            continue
+        # the query's token stood at j - 1, and j holds the token that follows the query
+        assert w[j - 1] == w[t] and w[j] == w[t + 1], t
+    # every query of the second and third copies but the last is supervised
+    assert [t for t in range(seq) if ind[0, t] >= 0] == list(range(n + 1, end - 1))
+
+
+def test_attention_and_copy_supervision():
+    """model.supervise_attention is the mean -log attention on the targets; supervise_copy
+    the cross-entropy of the chosen heads' summed output, read through the unembedding."""
+    _data, _export, M = train_modules()
+    g = torch.Generator().manual_seed(3)
+    B, H, T, hd, E, V = 2, 3, 5, 4, 6, 7
+    p = torch.softmax(torch.randn(B, H, T, T, generator=g), -1)
+    tgt = torch.tensor([[-1, 0, 1, -1, 2], [-1, -1, -1, 3, 0]])
+    aux = {"layer": 1, "attn_target": [[], [(2, tgt)]]}
+    M.supervise_attention(p, aux)
+    want = [-math.log(float(p[b, 2, t, tgt[b, t]])) for b in range(B) for t in range(T)
+            if tgt[b, t] >= 0]
+    assert abs(float(aux["attn_loss"]) - sum(want) / len(want)) < 1e-5
+    o = torch.randn(B, T, H * hd, generator=g)
+    w_out = torch.randn(E, H * hd, generator=g)
+    unembed = torch.randn(V, E, generator=g)
+    aux = {"layer": 0, "ov_heads": [[0, 2]], "ov_target": tgt, "head_dim": hd,
+           "unembed": unembed}
+    M.supervise_copy(o, w_out, aux)
+    want = []
+    for b in range(B):
+        for t in range(T):
+            if tgt[b, t] < 0:
+                continue
+            c = sum(w_out[:, h * hd:(h + 1) * hd] @ o[b, t, h * hd:(h + 1) * hd] for h in (0, 2))
+            z = (unembed @ c).double()
+            want.append(float(torch.logsumexp(z, 0) - z[tgt[b, t]]))
+    assert abs(float(aux["ov_loss"]) - sum(want) / len(want)) < 1e-4
+
+
 def test_thought_split_and_mask():
     """Gists after each thought (train_gist --unit thought): the thoughts are where gistd's
     segmenter closes them, and a token sees finished thoughts only through their gists."""

@@ -26,13 +26,31 @@ import model as M
 
 
 def copy_window(rng, n_vocab, seq, bos, a, book):
-    """[BOS] + a random span repeated, then book tokens (or, with book None, more repeats) to
-    fill seq + 1 ids."""
+    """([BOS] + a random span repeated, then book tokens (or, with book None, more repeats)
+    to fill seq + 1 ids; the span's length; where the repeats end)."""
     n = int(rng.integers(a.span_min, a.span_max + 1))
     span = rng.integers(4, n_vocab, n)  # past the control ids
     reps = a.repeats if book is not None else max(a.repeats, -(-seq // n))
     w = np.concatenate([[bos]] + [span] * reps)[:seq + 1]
-    return w if book is None else np.concatenate([w, book[1:seq + 2 - len(w)]])
+    end = len(w)
+    return (w if book is None else np.concatenate([w, book[1:seq + 2 - len(w)]])), n, end
+
+
+def attention_targets(seq, copies):
+    """Where a previous-token head and an induction head should look, [B, seq] each (-1:
+    nowhere): every query at its previous position; a query inside a repeat, whose token
+    stood n positions back, at the position after that earlier occurrence (t - n + 1), the
+    one that holds the token to copy. copies: (n, end) per row, or None for a book row."""
+    t = np.arange(seq)
+    prev = np.where(t >= 1, t - 1, -1)
+    ind = np.full((len(copies), seq), -1)
+    for r, c in enumerate(copies):
+        if c is not None:
+            n, end = c
+            live = (t >= 1 + n) & (t < end - 1)
+            ind[r] = np.where(live, t - n + 1, -1)
+    return (torch.from_numpy(np.broadcast_to(prev, (len(copies), seq)).copy()),
+            torch.from_numpy(ind))
 
 
 def copy_accuracy(model, rng, n_vocab, bos, n=64, rows=8):
@@ -68,6 +86,20 @@ def main(argv=None):
     ap.add_argument("--span-max", type=int, default=127)
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--every", type=int, default=20)
+    ap.add_argument("--attn-sup", type=float, default=0.0,
+                    help="weight of a loss that shows the --sup-prev heads the previous token "
+                         "and the --sup-ind heads the token after the earlier occurrence (0: "
+                         "off): the induction circuit, taught instead of waited for")
+    ap.add_argument("--ov-sup", type=float, default=0.0,
+                    help="weight of a loss that asks the --sup-ind heads' own output, read "
+                         "through the unembedding, for the token to copy (0: off)")
+    ap.add_argument("--ov-lr", type=float, default=0.0,
+                    help="learning rate of the value and output projections of the layers of "
+                         "the --sup-ind heads (0: --lr)")
+    ap.add_argument("--sup-prev", default="0:0", help="LAYER:HEAD,... previous-token heads")
+    ap.add_argument("--sup-ind", default="1:0", help="LAYER:HEAD,... induction heads")
+    ap.add_argument("--sup-steps", type=int, default=0,
+                    help="supervise the first this many steps only (0: all)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args(argv)
@@ -92,27 +124,69 @@ def main(argv=None):
                                  n_head=a.dim // 32, n_head_kv=max(1, a.dim // 64), n_ff=ff,
                                  n_ctx=a.seq))
     V = model.c.n_vocab
+    sup_prev, sup_ind = ([tuple(int(v) for v in lh.split(":")) for lh in arg.split(",")]
+                         for arg in (a.sup_prev, a.sup_ind))
     opt = common.make_optimizer(model.parameters(), a.lr)
+    if a.ov_lr > 0:  # the copying heads' value and output projections in a faster group
+        fast = {id(p) for layer in {lh[0] for lh in sup_ind}
+                for p in (model.blocks[layer].attn_v.weight, model.blocks[layer].attn_output.weight)}
+        groups = [{**g, "params": [p for p in g["params"] if id(p) not in fast]}
+                  for g in opt.param_groups]
+        groups.append({**opt.param_groups[0], "params": [p for p in model.parameters()
+                                                          if id(p) in fast]})
+        for g in groups:
+            g["base_lr"] = a.lr
+        groups[-1]["base_lr"] = a.ov_lr
+        opt = type(opt)(groups)
     t0 = time.time()
     print(f"# step 0 copy accuracy {copy_accuracy(model, rng, V, sp.bos_id()):.3f}", flush=True)
     for step in range(1, a.steps + 1):
         bx, by = sampler.batch(a.batch)
-        w = np.stack([copy_window(rng, V, a.seq, sp.bos_id(), a,
-                                  None if a.vocab else np.concatenate([bx[r], by[r, -1:]]))
-                      if rng.random() < a.copy_frac else np.concatenate([bx[r], by[r, -1:]])
-                      for r in range(a.batch)])
+        rows, copies = [], []
+        for r in range(a.batch):
+            book = np.concatenate([bx[r], by[r, -1:]])
+            if rng.random() < a.copy_frac:
+                w, n, end = copy_window(rng, V, a.seq, sp.bos_id(), a, None if a.vocab else book)
+                rows.append(w)
+                copies.append((n, end))
+            else:
+                rows.append(book)
+                copies.append(None)
+        w = np.stack(rows)
         x, y = torch.from_numpy(w[:, :-1]), torch.from_numpy(w[:, 1:])
         for grp in opt.param_groups:
-            grp["lr"] = a.lr * min(1.0, step / a.warmup)
-        logits = model(x)
+            grp["lr"] = grp.get("base_lr", a.lr) * min(1.0, step / a.warmup)
+        aux = None
+        if a.attn_sup > 0 and (a.sup_steps == 0 or step <= a.sup_steps):
+            prev, ind = attention_targets(a.seq, copies)
+            targets = [[] for _ in range(model.c.n_layer)]
+            for layer, head in sup_prev:
+                targets[layer].append((head, prev))
+            for layer, head in sup_ind:
+                targets[layer].append((head, ind))
+            aux = {"attn_target": targets}
+            if a.ov_sup > 0:
+                heads = [[] for _ in range(model.c.n_layer)]
+                for layer, head in sup_ind:
+                    heads[layer].append(head)
+                aux.update(ov_target=torch.where(ind >= 0, y, torch.full_like(y, -1)),
+                           ov_heads=heads, head_dim=model.c.head_dim,
+                           unembed=model.output.weight.detach())
+        logits = model(x, aux=aux)
         loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
+        attn_loss = aux.get("attn_loss") if aux is not None else None
+        ov_loss = aux.get("ov_loss") if aux is not None else None
+        total = loss if attn_loss is None else loss + a.attn_sup * attn_loss
+        total = total if ov_loss is None else total + a.ov_sup * ov_loss
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % a.every == 0:
             acc = copy_accuracy(model, rng, V, sp.bos_id())
-            print(f"step {step} loss {float(loss):.3f} copy accuracy {acc:.3f} "
+            sup = "" if attn_loss is None else f" attention loss {float(attn_loss):.3f}"
+            sup += "" if ov_loss is None else f" copy-head loss {float(ov_loss):.3f}"
+            print(f"step {step} loss {float(loss):.3f}{sup} copy accuracy {acc:.3f} "
                   f"{time.time() - t0:.0f} s", flush=True)
             if a.out:  # each report, so a run stopped early keeps what it learned
                 M.save_checkpoint(a.out, model, step=step, copy_accuracy=acc)

@@ -120,7 +120,11 @@ class Block(nn.Module):
                 aux["decay"].append(decay)
                 s = s + decay.repeat_interleave(rep, dim=1)
         p = torch.softmax(s, dim=-1)
+        if aux is not None and aux.get("attn_target") is not None:
+            supervise_attention(p, aux)
         o = torch.matmul(p, v).transpose(1, 2).reshape(B, T, c.n_head * hd)
+        if aux is not None and aux.get("ov_target") is not None:
+            supervise_copy(o, self.attn_output.weight, aux)
         x = x + self.attn_output(o)
         h = self.ffn_norm(x)
         return x + self.ffn_down(F.silu(self.ffn_gate(h)) * self.ffn_up(h))
@@ -192,9 +196,41 @@ class Llama(nn.Module):
             ar = torch.arange(T, device=dev, dtype=torch.float32)
             dist = (ar[:, None] - ar[None, :]).clamp(min=0)
         x = self.token_embd(tokens)
-        for b in self.blocks:
+        for i, b in enumerate(self.blocks):
+            if aux is not None:
+                aux["layer"] = i
             x = b(x, self.cos, self.sin, bias, dist, aux)
         return self.output(self.output_norm(x))
+
+
+def supervise_attention(p, aux):
+    """Adds to aux["attn_loss"] the cross-entropy of the attention of chosen heads against
+    chosen key positions. aux["attn_target"][layer] lists (head, target [B, T] long, -1
+    where a query is not supervised); p [B, H, T, T] is this layer's attention."""
+    for head, tgt in aux["attn_target"][aux["layer"]]:
+        ok = tgt >= 0
+        if not bool(ok.any()):
+            continue
+        got = p[:, head].gather(-1, tgt.clamp(min=0)[..., None]).squeeze(-1)   # [B, T]
+        loss = -(torch.log(got + 1e-9) * ok).sum() / ok.sum()
+        aux["attn_loss"] = aux.get("attn_loss", 0.0) + loss
+
+
+def supervise_copy(o, w_out, aux):
+    """Adds to aux["ov_loss"] the cross-entropy of the direct logits of a layer's chosen heads
+    (their outputs through their slices of the output projection, summed, then the
+    unembedding aux["unembed"], which this loss does not train) against aux["ov_target"]
+    [B, T] (-1: not supervised): copying heads' values must carry the token they read to the
+    logits. aux["ov_heads"][layer] lists the heads."""
+    heads = aux["ov_heads"][aux["layer"]]
+    if not heads:
+        return
+    tgt = aux["ov_target"]
+    ok = tgt >= 0
+    hd = aux["head_dim"]
+    c = sum(o[..., h * hd:(h + 1) * hd][ok] @ w_out[:, h * hd:(h + 1) * hd].T for h in heads)
+    loss = F.cross_entropy(c @ aux["unembed"].T, tgt[ok])
+    aux["ov_loss"] = aux.get("ov_loss", 0.0) + loss
 
 
 def sentence_mask(tokens, gist_first, n_gist, n_sinks=1):

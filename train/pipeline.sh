@@ -58,6 +58,24 @@ base_stage() {
 # 2048 tokens costs 8 times as much per token as at 512 on these cores, so most of the
 # mix is learned short and the base stage then carries the weights to the full context.
 INIT="${INIT_GGUF:+--init-gguf $INIT_GGUF}${INIT_CKPT:+--init-ckpt $INIT_CKPT}"
+# An optional stage that teaches copying from the context before the mix (train/README.md,
+# "Copying, taught"): INDUCTION_STEPS steps of repeated random spans from INIT_CKPT, a
+# previous-token head and an induction head shown where to look, then as many again with a
+# loss on what the induction head carries to the logits; the stages after start from it.
+if [ -n "${INDUCTION_STEPS:-}" ]; then
+    mkdir -p $RUNS/induction
+    induction() { # $1: output; the rest: further arguments
+        local out=$1
+        shift
+        [ -f $out ] || $RUN train/induction.py --tok $TOK --corpus "$CORPUS" --lr 1e-3 \
+            --copy-frac 0.75 --steps $INDUCTION_STEPS --every 25 --threads $THREADS \
+            --attn-sup 1 --out $out.tmp "$@" >> $RUNS/induction/log.txt 2>&1 && mv $out.tmp $out
+    }
+    induction $RUNS/induction/attention.pt --init ${INIT_CKPT:?INDUCTION_STEPS needs INIT_CKPT}
+    induction $RUNS/induction/ckpt.pt --init $RUNS/induction/attention.pt --warmup 5 \
+        --ov-sup 1 --ov-lr 1e-2
+    INIT="--init-ckpt $RUNS/induction/ckpt.pt"
+fi
 if [ -n "${SHORT_CTX:-}" ]; then
     base_stage short $SHORT_CTX $SHORT_CTX "${SHORT_MIN:-60}" "${SHORT_END:-}" $INIT \
         ${SHORT_KINDS:+--kinds $SHORT_KINDS}
@@ -110,7 +128,7 @@ if [ "$MIX" != 0 ]; then
 fi
 # the command as it was run, for the card
 CMD=""
-for v in RUNS MODELS INIT_GGUF INIT_CKPT SHORT_CTX SHORT_KINDS SHORT_MIN SHORT_END GIST_SEQ BASE_SEQ BASE_KINDS CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
+for v in RUNS MODELS INIT_GGUF INIT_CKPT INDUCTION_STEPS SHORT_CTX SHORT_KINDS SHORT_MIN SHORT_END GIST_SEQ BASE_SEQ BASE_KINDS CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
          GIST_END GATES_MIN GATES_END EVAL_WINDOWS MEMORY_ARGS REASONING_ARGS; do
     [ -n "${!v:-}" ] && CMD="$CMD$v=${!v} "
 done
