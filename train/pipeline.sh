@@ -67,9 +67,11 @@ if [ -n "${INDUCTION_STEPS:-}" ]; then
     induction() { # $1: output; the rest: further arguments
         local out=$1
         shift
-        [ -f $out ] || $RUN train/induction.py --tok $TOK --corpus "$CORPUS" --lr 1e-3 \
-            --copy-frac 0.75 --steps $INDUCTION_STEPS --every 25 --threads $THREADS \
-            --attn-sup 1 --out $out.tmp "$@" >> $RUNS/induction/log.txt 2>&1 && mv $out.tmp $out
+        [ -f $out ] && return
+        $RUN train/induction.py --tok $TOK --corpus "$CORPUS" --lr 1e-3 --copy-frac 0.75 \
+            --steps $INDUCTION_STEPS --every 25 --threads $THREADS --attn-sup 1 \
+            --out $out.tmp "$@" >> $RUNS/induction/log.txt 2>&1
+        mv $out.tmp $out
     }
     induction $RUNS/induction/attention.pt --init ${INIT_CKPT:?INDUCTION_STEPS needs INIT_CKPT}
     induction $RUNS/induction/ckpt.pt --init $RUNS/induction/attention.pt --warmup 5 \
