@@ -215,6 +215,31 @@ def test_induction_targets():
     assert [t for t in range(seq) if ind[0, t] >= 0] == list(range(n + 1, end - 1))
 
 
+def test_text_induction_targets():
+    """induction.text_targets on random text of few ids against a search written from its
+    definition: the latest earlier occurrence i of the query's bigram, the target i + 1
+    when it holds the query's next id."""
+    _data, _export, _M = train_modules()
+    import induction
+
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 4, (3, 40))
+    y = np.concatenate([x[:, 1:], rng.integers(0, 4, (3, 1))], 1)
+    prev, ind = induction.text_targets(x, y)
+    assert prev[:, 0].tolist() == [-1] * 3 and prev[:, 1:].tolist() == [list(range(39))] * 3
+    hits = 0
+    for r in range(3):
+        for t in range(40):
+            want = -1
+            if t >= 1:
+                seen = [i for i in range(1, t) if (x[r, i - 1], x[r, i]) == (x[r, t - 1], x[r, t])]
+                if seen and x[r, seen[-1] + 1] == y[r, t]:
+                    want = seen[-1] + 1
+            assert int(ind[r, t]) == want, (r, t)
+            hits += want >= 0
+    assert hits > 10  # the case is exercised
+
+
 def test_attention_and_copy_supervision():
     """model.supervise_attention is the mean -log attention on the targets; supervise_copy
     the cross-entropy of the chosen heads' summed output, read through the unembedding."""

@@ -53,6 +53,50 @@ def attention_targets(seq, copies):
             torch.from_numpy(ind))
 
 
+def text_targets(x, y):
+    """attention_targets for any text, [B, T] each from ids x and next ids y [B, T]: the
+    previous position; and for a query whose bigram (x[t-1], x[t]) was written before, at
+    the position after its latest earlier occurrence, when that position holds y[t] (a
+    repeat that copying gets right: a name, a number, a phrase written again)."""
+    B, T = x.shape
+    t = np.arange(T)
+    prev = np.broadcast_to(np.where(t >= 1, t - 1, -1), (B, T)).copy()
+    ind = np.full((B, T), -1)
+    for r in range(B):
+        after = {}  # bigram -> the position after its latest occurrence
+        row, nxt = x[r].tolist(), y[r].tolist()
+        for i in range(1, T):
+            key = (row[i - 1], row[i])
+            j = after.get(key)
+            if j is not None and row[j] == nxt[i]:
+                ind[r, i] = j
+            after[key] = i + 1
+    return torch.from_numpy(prev), torch.from_numpy(ind)
+
+
+def parse_heads(spec):
+    """[(layer, head), ...] from "0:0,1:2"."""
+    return [tuple(int(v) for v in lh.split(":")) for lh in spec.split(",")]
+
+
+def supervision(model, y, prev, ind, sup_prev, sup_ind, ov):
+    """The aux dict of model.forward that asks the sup_prev heads for the prev targets and
+    the sup_ind heads for the ind targets, and with ov their output for the ids to copy."""
+    targets = [[] for _ in range(model.c.n_layer)]
+    for layer, head in sup_prev:
+        targets[layer].append((head, prev))
+    for layer, head in sup_ind:
+        targets[layer].append((head, ind))
+    aux = {"attn_target": targets}
+    if ov:
+        heads = [[] for _ in range(model.c.n_layer)]
+        for layer, head in sup_ind:
+            heads[layer].append(head)
+        aux.update(ov_target=torch.where(ind >= 0, y, torch.full_like(y, -1)), ov_heads=heads,
+                   head_dim=model.c.head_dim, unembed=model.output.weight.detach())
+    return aux
+
+
 def copy_accuracy(model, rng, n_vocab, bos, n=64, rows=8):
     span = torch.from_numpy(rng.integers(4, n_vocab, (rows, n)))
     x = torch.cat([torch.full((rows, 1), bos), span, span], 1)
@@ -124,8 +168,7 @@ def main(argv=None):
                                  n_head=a.dim // 32, n_head_kv=max(1, a.dim // 64), n_ff=ff,
                                  n_ctx=a.seq))
     V = model.c.n_vocab
-    sup_prev, sup_ind = ([tuple(int(v) for v in lh.split(":")) for lh in arg.split(",")]
-                         for arg in (a.sup_prev, a.sup_ind))
+    sup_prev, sup_ind = parse_heads(a.sup_prev), parse_heads(a.sup_ind)
     opt = common.make_optimizer(model.parameters(), a.lr)
     if a.ov_lr > 0:  # the copying heads' value and output projections in a faster group
         fast = {id(p) for layer in {lh[0] for lh in sup_ind}
@@ -159,19 +202,7 @@ def main(argv=None):
         aux = None
         if a.attn_sup > 0 and (a.sup_steps == 0 or step <= a.sup_steps):
             prev, ind = attention_targets(a.seq, copies)
-            targets = [[] for _ in range(model.c.n_layer)]
-            for layer, head in sup_prev:
-                targets[layer].append((head, prev))
-            for layer, head in sup_ind:
-                targets[layer].append((head, ind))
-            aux = {"attn_target": targets}
-            if a.ov_sup > 0:
-                heads = [[] for _ in range(model.c.n_layer)]
-                for layer, head in sup_ind:
-                    heads[layer].append(head)
-                aux.update(ov_target=torch.where(ind >= 0, y, torch.full_like(y, -1)),
-                           ov_heads=heads, head_dim=model.c.head_dim,
-                           unembed=model.output.weight.detach())
+            aux = supervision(model, y, prev, ind, sup_prev, sup_ind, a.ov_sup > 0)
         logits = model(x, aux=aux)
         loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
         attn_loss = aux.get("attn_loss") if aux is not None else None

@@ -49,7 +49,7 @@ base_stage() {
     mkdir -p $out
     [ -f $out/result.json ] || \
     $RUN train/train_base.py --corpus "$CORPUS" --tok $TOK --out $out --ctx $ctx --mix $MIX \
-        $PROBES "$@" --dim 256 --layers 6 --heads 8 --kv-heads 4 --seq $seq \
+        $PROBES ${SUP:-} "$@" --dim 256 --layers 6 --heads 8 --kv-heads 4 --seq $seq \
         --batch $((2048 / seq)) --lr "${BASE_LR:-2e-3}" --minutes "$minutes" \
         ${end:+--end-utc $end} --eval-windows 8 --eval-minutes 30 --threads $THREADS \
         >> $out/log.txt 2>&1
@@ -83,6 +83,8 @@ if [ -n "${SHORT_CTX:-}" ]; then
         ${SHORT_KINDS:+--kinds $SHORT_KINDS}
     INIT="--init-ckpt $RUNS/short/ckpt.pt --warmup 10"
 fi
+# SUP: train_base.py's arguments that keep the copying circuit of the induction stage, e.g.
+# "--attn-sup 0.5 --ov-sup 0.5" (without them the mix undid it in 80 steps: train/README.md)
 # BASE_SEQ: the base stage's windows when shorter than the context; BASE_KINDS: the
 # generated documents' shares (mix.parse_kinds), e.g. more retrieval than synth.WEIGHTS
 base_stage base $CTX ${BASE_SEQ:-$CTX} "${BASE_MIN:-110}" "${BASE_END:-}" $INIT \
@@ -130,7 +132,7 @@ if [ "$MIX" != 0 ]; then
 fi
 # the command as it was run, for the card
 CMD=""
-for v in RUNS MODELS INIT_GGUF INIT_CKPT INDUCTION_STEPS SHORT_CTX SHORT_KINDS SHORT_MIN SHORT_END GIST_SEQ BASE_SEQ BASE_KINDS CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
+for v in RUNS MODELS INIT_GGUF INIT_CKPT INDUCTION_STEPS SUP SHORT_CTX SHORT_KINDS SHORT_MIN SHORT_END GIST_SEQ BASE_SEQ BASE_KINDS CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
          GIST_END GATES_MIN GATES_END EVAL_WINDOWS MEMORY_ARGS REASONING_ARGS; do
     [ -n "${!v:-}" ] && CMD="$CMD$v=${!v} "
 done
