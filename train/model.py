@@ -227,6 +227,8 @@ def supervise_copy(o, w_out, aux):
         return
     tgt = aux["ov_target"]
     ok = tgt >= 0
+    if not bool(ok.any()):  # no repeat in these windows (cross_entropy of nothing is NaN)
+        return
     hd = aux["head_dim"]
     c = sum(o[..., h * hd:(h + 1) * hd][ok] @ w_out[:, h * hd:(h + 1) * hd].T for h in heads)
     loss = F.cross_entropy(c @ aux["unembed"].T, tgt[ok])
