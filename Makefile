@@ -169,11 +169,8 @@ $(BUILD)/bin/gistd-http: $(GISTD_HTTP_OBJS) $(GISTC_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS) $(HTTP_LIBS)
 
-# test_http_text checks the gateway's text handling alone.
-$(BUILD)/obj/tests/test_http_text.o: ALL_CFLAGS += $(HTTP_CFLAGS)
-$(BUILD)/obj/tests/test_http_text.o: | http-deps
-$(BUILD)/tests/test_http_text: $(BUILD)/obj/tests/test_http_text.o \
-                               $(BUILD)/obj/clients/gistd-http/text.o $(TEST_LIB) $(LIBS)
+# test_gistc_text checks the clients' text handling (libgistc's text.c) alone.
+$(BUILD)/tests/test_gistc_text: $(BUILD)/obj/tests/test_gistc_text.o $(GISTC_LIB) $(TEST_LIB) $(LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 

@@ -138,33 +138,6 @@ void gh_metrics_request(gh_metrics_t *m, gh_route_t route, unsigned status, doub
  * then the gateway's own. Malloc'd, NUL-terminated; NULL when out of memory. */
 char *gh_metrics_render(gh_metrics_t *m, const gc_stats_t *st, unsigned conversations);
 
-/* ------------------------------------------------------------------ text */
-
-/* Generated text on its way to a client: pieces come in, and what may be shown goes out as
- * valid UTF-8, held back while its tail could still become a stop string or is an unfinished
- * character, and never past a stop string. The streamed pieces join to exactly the final
- * text gh_text_final gives. */
-typedef struct gh_text {
-    char *raw; /* the bytes generated so far */
-    size_t len, cap;
-    size_t sent; /* raw bytes already passed on */
-    const char *const *stop;
-    unsigned n_stop;
-} gh_text_t;
-
-void gh_text_init(gh_text_t *t, const char *const *stop, unsigned n_stop);
-void gh_text_fini(gh_text_t *t);
-/* Adds a piece; *out (malloc'd, NUL-terminated, may be empty) gets what may now be shown. */
-int gh_text_push(gh_text_t *t, const char *piece, size_t len, char **out, size_t *out_len);
-/* The final text of a generation whose whole text is raw[len] and that ended on stop (NULL:
- * not on a stop string), as valid UTF-8 without the stop string (malloc'd). With from =
- * t->sent it gives what is left to show (t may be NULL for the whole text). */
-int gh_text_final(const gh_text_t *t, const char *raw, size_t len, const char *stop,
-                  size_t stop_len, char **out, size_t *out_len);
-/* raw[len] as valid UTF-8: each byte that does not start a whole, well-formed character
- * becomes U+FFFD (malloc'd, NUL-terminated). */
-char *gh_utf8_clean(const char *raw, size_t len, size_t *out_len);
-
 /* ------------------------------------------------------------------ the gateway */
 
 typedef struct gh {

@@ -242,7 +242,7 @@ static enum MHD_Result on_generate(gh_t *g, struct MHD_Connection *conn, call_t 
         rc = err_set(&e, ERR_CANCELLED, "gistd stopped the generation (it may be shutting down)");
     char *content = NULL;
     size_t len = 0;
-    if (!rc && gh_text_final(NULL, res.text, res.text_len, res.stop, res.stop_len, &content, &len))
+    if (!rc && gc_text_final(NULL, res.text, res.text_len, res.stop, res.stop_len, &content, &len))
         rc = err_set(&e, ERR_NOMEM, "out of memory");
     gh_outcome_t o;
     gh_turn_end(&t, !rc, &res, content, len, &o);

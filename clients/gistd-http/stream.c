@@ -24,7 +24,7 @@ typedef struct gh_stream {
     bool failed;  /* out of memory for an event */
     pthread_t th;
     gh_turn_t turn;
-    gh_text_t text;
+    gc_text_t text;
     const char *stop[5]; /* the request's stop strings and the template's end of turn */
     char id[64];
     long created;
@@ -80,7 +80,7 @@ static int on_token(void *ctx, uint32_t session, int32_t id, const char *piece, 
     gh_stream_t *s = ctx;
     char *out = NULL;
     size_t out_len = 0;
-    if (!gh_text_push(&s->text, piece, len, &out, &out_len) && out_len)
+    if (!gc_text_push(&s->text, piece, len, &out, &out_len) && out_len)
         emit(s,
              gh_chunk_json(s->turn.g, s->turn.req, s->id, s->created, out, out_len, false, NULL));
     free(out);
@@ -106,9 +106,9 @@ static void *produce(void *arg)
     size_t rest_len = 0, content_len = 0;
     if (!rc && res.reason == GC_STOP_CANCELLED)
         rc = err_set(&e, ERR_CANCELLED, "gistd stopped the generation (it may be shutting down)");
-    if (!rc && (gh_text_final(&s->text, res.text, res.text_len, res.stop, res.stop_len, &rest,
+    if (!rc && (gc_text_final(&s->text, res.text, res.text_len, res.stop, res.stop_len, &rest,
                               &rest_len) ||
-                gh_text_final(NULL, res.text, res.text_len, res.stop, res.stop_len, &content,
+                gc_text_final(NULL, res.text, res.text_len, res.stop, res.stop_len, &content,
                               &content_len)))
         rc = err_set(&e, ERR_NOMEM, "out of memory for the generated text");
     gh_outcome_t o;
@@ -163,7 +163,7 @@ static void stream_free(void *cls)
     else
         gh_turn_end(&s->turn, false, NULL, NULL, 0, NULL);
     gh_req_free(s->turn.req);
-    gh_text_fini(&s->text);
+    gc_text_fini(&s->text);
     free(s->buf);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
@@ -186,7 +186,7 @@ struct MHD_Response *gh_stream_response(gh_turn_t *t, const char *id, long creat
     memcpy(s->stop, s->turn.req->stop, n_stop * sizeof *s->stop);
     if (s->turn.turn_stop[0])
         s->stop[n_stop++] = s->turn.turn_stop;
-    gh_text_init(&s->text, s->stop, n_stop);
+    gc_text_init(&s->text, s->stop, n_stop);
     snprintf(s->id, sizeof s->id, "%s", id);
     s->created = created;
     struct MHD_Response *resp =

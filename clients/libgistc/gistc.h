@@ -311,4 +311,32 @@ int gc_parse_size(const char *s, size_t *out);
 /* "1.5 MiB"-style text for a byte count, into buf. */
 const char *gc_format_size(uint64_t bytes, char *buf, size_t cap);
 
+/* ------------------------------------------------------------------ text */
+
+/* Generated text on its way to a client: pieces come in, and what may be shown goes out as
+ * valid UTF-8, held back while its tail could still become a stop string or is an unfinished
+ * character, and never past a stop string. The streamed pieces join to exactly the final
+ * text gc_text_final gives. */
+typedef struct gc_text {
+    char *raw; /* the bytes generated so far */
+    size_t len, cap;
+    size_t sent; /* raw bytes already passed on */
+    const char *const *stop;
+    unsigned n_stop;
+} gc_text_t;
+
+void gc_text_init(gc_text_t *t, const char *const *stop, unsigned n_stop);
+void gc_text_fini(gc_text_t *t);
+/* Adds a piece; *out (malloc'd, NUL-terminated, may be empty) gets what may now be shown. */
+int gc_text_push(gc_text_t *t, const char *piece, size_t len, char **out, size_t *out_len);
+/* The final text of a generation whose whole text is raw[len] and that ended on stop (NULL:
+ * not on a stop string), as valid UTF-8 without the stop string (malloc'd). With from =
+ * t->sent it gives what is left to show (t may be NULL for the whole text). */
+int gc_text_final(const gc_text_t *t, const char *raw, size_t len, const char *stop,
+                  size_t stop_len, char **out, size_t *out_len);
+/* raw[len] as valid UTF-8: each byte that does not start a whole, well-formed character
+ * becomes U+FFFD (malloc'd, NUL-terminated). */
+char *gc_utf8_clean(const char *raw, size_t len, size_t *out_len);
+
+
 #endif

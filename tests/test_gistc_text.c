@@ -1,5 +1,5 @@
 /*
- * tests/test_http_text.c — gistd-http's text for JSON (clients/gistd-http/text.c): bytes that
+ * tests/test_gistc_text.c — the clients' generated text (clients/libgistc/text.c): bytes that
  * are not UTF-8 become U+FFFD as the Unicode Standard's own examples say (one per maximal
  * subpart, Table 3-8 and the examples beside it), and a generation streamed in random pieces,
  * with stop strings, joins to exactly the final text, which a naive reference cuts at the
@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "clients/gistd-http/http.h"
+#include "clients/libgistc/gistc.h"
 #include "tests/check.h"
 
 static size_t unhex(const char *hex, char *out)
@@ -37,7 +37,7 @@ static void expect_clean(const char *hex, const char *want)
         }
     }
     size_t len = 0;
-    char *got = gh_utf8_clean(raw, n, &len);
+    char *got = gc_utf8_clean(raw, n, &len);
     CHECK_MSG(got && len == e && !memcmp(got, exp, e), "%s: got %zu bytes, want %zu", hex, len, e);
     free(got);
 }
@@ -97,11 +97,11 @@ static void test_streamed_pieces_join_to_the_final_text(void)
                 cut = (size_t)(m - raw);
         }
         size_t want_len;
-        char *want = gh_utf8_clean(raw, cut, &want_len);
+        char *want = gc_utf8_clean(raw, cut, &want_len);
 
         /* the stream: random pieces, as a generation would bring them */
-        gh_text_t t;
-        gh_text_init(&t, stop, n_stop);
+        gc_text_t t;
+        gc_text_init(&t, stop, n_stop);
         char got[4096];
         size_t got_len = 0;
         for (size_t at = 0; at < n;) {
@@ -109,7 +109,7 @@ static void test_streamed_pieces_join_to_the_final_text(void)
             k = k < n - at ? k : n - at;
             char *out;
             size_t out_len;
-            CHECK(gh_text_push(&t, raw + at, k, &out, &out_len) == 0);
+            CHECK(gc_text_push(&t, raw + at, k, &out, &out_len) == 0);
             memcpy(got + got_len, out, out_len);
             got_len += out_len;
             free(out);
@@ -117,7 +117,7 @@ static void test_streamed_pieces_join_to_the_final_text(void)
         }
         char *rest;
         size_t rest_len;
-        CHECK(gh_text_final(&t, t.raw, t.len, NULL, 0, &rest, &rest_len) == 0);
+        CHECK(gc_text_final(&t, t.raw, t.len, NULL, 0, &rest, &rest_len) == 0);
         memcpy(got + got_len, rest, rest_len);
         got_len += rest_len;
         CHECK_MSG(got_len == want_len && !memcmp(got, want, want_len),
@@ -125,14 +125,14 @@ static void test_streamed_pieces_join_to_the_final_text(void)
         /* the non-streamed reply gets the same text from the whole generation */
         char *whole;
         size_t whole_len;
-        gh_text_t none;
-        gh_text_init(&none, stop, n_stop);
-        CHECK(gh_text_final(&none, t.raw, t.len, NULL, 0, &whole, &whole_len) == 0);
+        gc_text_t none;
+        gc_text_init(&none, stop, n_stop);
+        CHECK(gc_text_final(&none, t.raw, t.len, NULL, 0, &whole, &whole_len) == 0);
         CHECK(whole_len == want_len && !memcmp(whole, want, want_len));
         free(whole);
         free(rest);
         free(want);
-        gh_text_fini(&t);
+        gc_text_fini(&t);
         if (check_failed())
             break;
     }

@@ -1,6 +1,6 @@
 /*
- * clients/gistd-http/text.c — generated text made fit for JSON: whole UTF-8 characters only,
- * and nothing of a stop string.
+ * clients/libgistc/text.c — generated text made fit to show (gistctl) or put in JSON
+ * (gistd-http): whole UTF-8 characters only, and nothing of a stop string.
  *
  * Tokens are pieces of UTF-8 that need not be whole characters, and a stop string may come in
  * over several tokens. A streamed piece is held back while it could still be the start of a
@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "clients/gistd-http/http.h"
+#include "clients/libgistc/gistc.h"
 
 /* The character at s (avail bytes there): its length (1 to 4) when it is whole and
  * well-formed; 0 when it may be, but avail is too short to tell; -k when it is not, k being
@@ -50,7 +50,7 @@ static int utf8_scan(const uint8_t *s, size_t avail)
     return len;
 }
 
-char *gh_utf8_clean(const char *raw, size_t len, size_t *out_len)
+char *gc_utf8_clean(const char *raw, size_t len, size_t *out_len)
 {
     char *out = malloc(len * 3 + 1); /* each bad byte becomes at most 3 */
     if (!out)
@@ -81,14 +81,14 @@ char *gh_utf8_clean(const char *raw, size_t len, size_t *out_len)
     return out;
 }
 
-void gh_text_init(gh_text_t *t, const char *const *stop, unsigned n_stop)
+void gc_text_init(gc_text_t *t, const char *const *stop, unsigned n_stop)
 {
     memset(t, 0, sizeof *t);
     t->stop = stop;
     t->n_stop = n_stop;
 }
 
-void gh_text_fini(gh_text_t *t)
+void gc_text_fini(gc_text_t *t)
 {
     free(t->raw);
     memset(t, 0, sizeof *t);
@@ -129,7 +129,7 @@ static size_t char_boundary(const char *raw, size_t len, size_t end)
     return end;
 }
 
-int gh_text_push(gh_text_t *t, const char *piece, size_t len, char **out, size_t *out_len)
+int gc_text_push(gc_text_t *t, const char *piece, size_t len, char **out, size_t *out_len)
 {
     if (t->len + len + 1 > t->cap) {
         size_t cap = t->cap ? t->cap * 2 : 256;
@@ -160,14 +160,14 @@ int gh_text_push(gh_text_t *t, const char *piece, size_t len, char **out, size_t
     ready = char_boundary(t->raw, t->len, ready);
     if (ready < t->sent)
         ready = t->sent;
-    *out = gh_utf8_clean(t->raw + t->sent, ready - t->sent, out_len);
+    *out = gc_utf8_clean(t->raw + t->sent, ready - t->sent, out_len);
     if (!*out)
         return ERR_NOMEM;
     t->sent = ready;
     return 0;
 }
 
-int gh_text_final(const gh_text_t *t, const char *raw, size_t len, const char *stop,
+int gc_text_final(const gc_text_t *t, const char *raw, size_t len, const char *stop,
                   size_t stop_len, char **out, size_t *out_len)
 {
     size_t end = stop_at(t ? t->stop : NULL, t ? t->n_stop : 0, stop, stop_len, raw, len);
@@ -176,6 +176,6 @@ int gh_text_final(const gh_text_t *t, const char *raw, size_t len, const char *s
         from = len;
     if (end < from)
         end = from; /* already shown: a stop string the gateway did not know of */
-    *out = gh_utf8_clean(raw + from, end - from, out_len);
+    *out = gc_utf8_clean(raw + from, end - from, out_len);
     return *out ? 0 : ERR_NOMEM;
 }
