@@ -12,20 +12,29 @@
 
 /* ------------------------------------------------------------------ chat */
 
-static int chat_token(void *ctx, uint32_t session, int32_t id, const char *piece, size_t len)
-{
-    fwrite(piece, 1, len, stdout);
-    fflush(stdout);
-    return ctl_interrupted(); /* a signal that came while printing: stop there */
-}
-
-/* The compactions of one turn, printed in one line once the reply is whole. */
+/* One turn's reply on its way to the screen (gc_text: nothing of the template's end of turn,
+ * which a model may write as plain text over several tokens, and whole characters), and its
+ * compactions, printed in one line once the reply is whole. */
 typedef struct chat_events {
+    gc_text_t text;
     uint32_t n, gist, merge, evict, other;
     uint32_t first, last;
     int64_t freed;
     uint64_t session_bytes;
 } chat_events_t;
+
+static int chat_token(void *ctx, uint32_t session, int32_t id, const char *piece, size_t len)
+{
+    chat_events_t *ev = ctx;
+    char *out;
+    size_t n;
+    if (gc_text_push(&ev->text, piece, len, &out, &n))
+        return 1; /* no memory: stop the reply */
+    fwrite(out, 1, n, stdout);
+    fflush(stdout);
+    free(out);
+    return ctl_interrupted(); /* a signal that came while printing: stop there */
+}
 
 static void chat_compaction(void *ctx, uint32_t session, const gc_compaction_t *c)
 {
@@ -65,7 +74,7 @@ static void chat_events_print(uint32_t session, const chat_events_t *ev)
  * stdout ("> " and the user's text), so a transcript of a piped chat reads turn by turn; the
  * turn's compactions follow the reply on stderr, in one line. */
 static int chat_turn(gc_client_t *c, uint32_t session, const char *text, size_t len, bool tty,
-                     uint32_t n, const ctl_gen_opts_t *g, err_info_t *e)
+                     uint32_t n, const ctl_gen_opts_t *g, const char *turn_stop, err_info_t *e)
 {
     if (!tty) {
         fputs("> ", stdout);
@@ -74,6 +83,8 @@ static int chat_turn(gc_client_t *c, uint32_t session, const char *text, size_t 
         fputc('\n', stdout);
     }
     chat_events_t ev = {0};
+    const char *stops[1] = {turn_stop};
+    gc_text_init(&ev.text, stops, *turn_stop ? 1 : 0);
     gc_callbacks_t cb = {.ctx = &ev, .on_token = chat_token, .on_compaction = chat_compaction};
     gc_gen_opts_t o = {.session = session,
                        .max_tokens = n,
@@ -84,6 +95,14 @@ static int chat_turn(gc_client_t *c, uint32_t session, const char *text, size_t 
                        .sampling = g->sampled ? &g->smp : NULL};
     gc_result_t res = {0};
     int r = gc_generate(c, &o, &cb, &res, e);
+    char *rest;
+    size_t rest_len;
+    if (!r && !gc_text_final(&ev.text, res.text, res.text_len, res.stop, res.stop_len, &rest,
+                             &rest_len)) {
+        fwrite(rest, 1, rest_len, stdout); /* what was held back, short of a stop string */
+        free(rest);
+    }
+    gc_text_fini(&ev.text);
     fputs(tty ? "\n" : "\n\n", stdout);
     fflush(stdout);
     chat_events_print(session, &ev);
@@ -168,9 +187,14 @@ int ctl_chat(ctl_t *x, int argc, char **argv)
     fprintf(stderr, "session %u (%s); %s\n", session, opened ? "new" : "resumed",
             from_stdin ? "standard input is the one turn"
                        : "an empty line or end of input ends the chat");
-    int r = system ? gc_append(c, session, system, 0, GC_ROLE_SYSTEM, NULL, &e) : 0;
+    /* the end of an assistant turn in the session's template, kept off the screen */
+    gc_session_info_t info;
+    int r = gc_session_info(c, session, &info, &e);
+    if (!r && system)
+        r = gc_append(c, session, system, 0, GC_ROLE_SYSTEM, NULL, &e);
     if (!r && g.prompt.text && g.prompt.len)
-        r = chat_turn(c, session, g.prompt.text, g.prompt.len, tty, (uint32_t)n, &g, &e);
+        r = chat_turn(c, session, g.prompt.text, g.prompt.len, tty, (uint32_t)n, &g,
+                      info.turn_stop, &e);
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
@@ -183,7 +207,7 @@ int ctl_chat(ctl_t *x, int argc, char **argv)
             line[--len] = 0;
         if (len == 0)
             break;
-        r = chat_turn(c, session, line, (size_t)len, tty, (uint32_t)n, &g, &e);
+        r = chat_turn(c, session, line, (size_t)len, tty, (uint32_t)n, &g, info.turn_stop, &e);
     }
     free(line);
     ctl_prompt_free(&g.prompt);
