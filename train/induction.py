@@ -97,6 +97,28 @@ def supervision(model, y, prev, ind, sup_prev, sup_ind, ov):
     return aux
 
 
+def add_supervision_args(ap):
+    """The arguments of the copying circuit's supervision (induction.py, train_base.py)."""
+    ap.add_argument("--attn-sup", type=float, default=0.0,
+                    help="weight of a loss that shows the --sup-prev heads the previous token "
+                         "and the --sup-ind heads the position after the earlier occurrence of "
+                         "the current token (0: off): the induction circuit, taught instead of "
+                         "waited for")
+    ap.add_argument("--ov-sup", type=float, default=0.0,
+                    help="with --attn-sup, weight of a loss that asks the --sup-ind heads' own "
+                         "output, read through the unembedding, for the token to copy")
+    ap.add_argument("--sup-prev", default="0:0", help="LAYER:HEAD,... previous-token heads")
+    ap.add_argument("--sup-ind", default="1:0", help="LAYER:HEAD,... induction heads")
+
+
+def supervision_loss(a, aux):
+    """The supervision's weighted terms that the forward pass collected in aux (0.0 when
+    there is none)."""
+    if aux is None:
+        return 0.0
+    return a.attn_sup * aux.get("attn_loss", 0.0) + a.ov_sup * aux.get("ov_loss", 0.0)
+
+
 def copy_accuracy(model, rng, n_vocab, bos, n=64, rows=8):
     span = torch.from_numpy(rng.integers(4, n_vocab, (rows, n)))
     x = torch.cat([torch.full((rows, 1), bos), span, span], 1)
@@ -130,18 +152,10 @@ def main(argv=None):
     ap.add_argument("--span-max", type=int, default=127)
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--every", type=int, default=20)
-    ap.add_argument("--attn-sup", type=float, default=0.0,
-                    help="weight of a loss that shows the --sup-prev heads the previous token "
-                         "and the --sup-ind heads the token after the earlier occurrence (0: "
-                         "off): the induction circuit, taught instead of waited for")
-    ap.add_argument("--ov-sup", type=float, default=0.0,
-                    help="weight of a loss that asks the --sup-ind heads' own output, read "
-                         "through the unembedding, for the token to copy (0: off)")
+    add_supervision_args(ap)
     ap.add_argument("--ov-lr", type=float, default=0.0,
                     help="learning rate of the value and output projections of the layers of "
                          "the --sup-ind heads (0: --lr)")
-    ap.add_argument("--sup-prev", default="0:0", help="LAYER:HEAD,... previous-token heads")
-    ap.add_argument("--sup-ind", default="1:0", help="LAYER:HEAD,... induction heads")
     ap.add_argument("--sup-steps", type=int, default=0,
                     help="supervise the first this many steps only (0: all)")
     ap.add_argument("--threads", type=int, default=1)
@@ -207,8 +221,7 @@ def main(argv=None):
         loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
         attn_loss = aux.get("attn_loss") if aux is not None else None
         ov_loss = aux.get("ov_loss") if aux is not None else None
-        total = loss if attn_loss is None else loss + a.attn_sup * attn_loss
-        total = total if ov_loss is None else total + a.ov_sup * ov_loss
+        total = loss + supervision_loss(a, aux)
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

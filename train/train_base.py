@@ -18,6 +18,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import common  # noqa: E402
 import data  # noqa: E402
+import induction  # noqa: E402
 import model as M  # noqa: E402
 
 
@@ -62,15 +63,9 @@ def main(argv=None):
                     help="share of windows packed with generated documents (mix.py)")
     ap.add_argument("--eval-probes", type=int, default=0,
                     help="held-out probes per kind scored at each evaluation")
-    ap.add_argument("--attn-sup", type=float, default=0.0,
-                    help="keep a copying circuit (induction.py): weight of the loss on the "
-                         "attention of --sup-prev heads (previous token) and --sup-ind heads "
-                         "(repeats: induction.text_targets) on every window; 0: off")
-    ap.add_argument("--ov-sup", type=float, default=0.0,
-                    help="with --attn-sup, weight of the loss on what the --sup-ind heads "
-                         "carry to the logits at repeats")
-    ap.add_argument("--sup-prev", default="0:0")
-    ap.add_argument("--sup-ind", default="1:0")
+    # keeps a copying circuit (induction.py) on every window, at the repeats the text holds
+    # (induction.text_targets)
+    induction.add_supervision_args(ap)
     common.add_budget_args(ap, minutes=60, lr=3e-3)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -125,7 +120,6 @@ def main(argv=None):
         probes = []
 
     if a.attn_sup > 0:
-        import induction
         sup_prev, sup_ind = induction.parse_heads(a.sup_prev), induction.parse_heads(a.sup_ind)
 
     def step_fn(step):
@@ -137,9 +131,7 @@ def main(argv=None):
             aux = induction.supervision(model, y, prev, ind, sup_prev, sup_ind, a.ov_sup > 0)
         logits = model(x, aux=aux)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        if aux is not None:
-            loss = loss + a.attn_sup * aux.get("attn_loss", 0.0) + a.ov_sup * aux.get("ov_loss", 0.0)
-        return loss, y.numel()
+        return loss + induction.supervision_loss(a, aux), y.numel()
 
     def eval_fn():
         nll = eval_nll(model, vx, vy)

@@ -338,5 +338,4 @@ int gc_text_final(const gc_text_t *t, const char *raw, size_t len, const char *s
  * becomes U+FFFD (malloc'd, NUL-terminated). */
 char *gc_utf8_clean(const char *raw, size_t len, size_t *out_len);
 
-
 #endif
