@@ -36,39 +36,54 @@ static uint32_t seg_find(const mdl_attn_seg_t *segs, uint32_t n_segs, size_t r0,
     return s;
 }
 
+/* Bytes of the next tile's payload (pf, pf_bytes) to ask the memory system for while a tile
+ * is read. Each block of a lane is an allocation of its own, so the hardware's stream
+ * prefetch starts cold at every block and a tile's first touch of its rows would wait on
+ * DRAM. Asking for the next tile a few lines at a time as the current one is converted keeps
+ * the misses spread out; asking for all of it at once stalled the core as soon as it had
+ * as many misses in flight as it can hold (bench/depth.md, "Asking for rows a tile ahead"). */
+typedef struct {
+    const char *pf;
+    size_t pf_bytes;
+} ahead_t;
+
+static void prefetch(const char *p, size_t bytes)
+{
+    for (size_t b = 0; b < bytes; b += 64)
+        __builtin_prefetch(p + b, 0, 3);
+}
+
+/* Rows converted between two rounds of prefetching. */
+#define AHEAD_ROWS 8
+
 /* Rows i .. i+nt of a segment's payload (k or v) as f32 rows: the payload itself for f32
- * (*stride set to its stride in floats), else converted into tile (*stride = hd). */
+ * (*stride set to its stride in floats), else converted into tile (*stride = hd); the next
+ * tile's bytes in `ahead` are asked for along the way. */
 static const float *tile_rows(const mdl_attn_ops_t *ops, const mdl_attn_seg_t *sg,
                               const void *base, size_t i, size_t nt, int hd, float *tile,
-                              size_t *stride)
+                              size_t *stride, ahead_t ahead)
 {
     const uint8_t *p = (const uint8_t *)base + i * sg->stride;
-    if (sg->type == DT_F32) {
+    if (sg->type == DT_F32) { /* nothing to convert: ask for the next tile at once */
+        prefetch(ahead.pf, ahead.pf_bytes);
         *stride = sg->stride / sizeof(float);
         return (const float *)p;
     }
     *stride = (size_t)hd;
-    if (sg->stride == ggml_row_bytes(sg->type, (uint64_t)hd)) {
-        ops->to_f32(sg->type, p, tile, nt * hd);
-    } else {
-        for (size_t t = 0; t < nt; t++)
-            ops->to_f32(sg->type, p + t * sg->stride, tile + t * hd, (size_t)hd);
+    const bool packed = sg->stride == ggml_row_bytes(sg->type, (uint64_t)hd);
+    size_t asked = 0;
+    for (size_t t0 = 0; t0 < nt; t0 += AHEAD_ROWS) {
+        const size_t t1 = t0 + AHEAD_ROWS < nt ? t0 + AHEAD_ROWS : nt;
+        const size_t upto = ahead.pf_bytes * t1 / nt;
+        prefetch(ahead.pf + asked, upto - asked);
+        asked = upto;
+        if (packed)
+            ops->to_f32(sg->type, p + t0 * sg->stride, tile + t0 * hd, (t1 - t0) * hd);
+        else
+            for (size_t t = t0; t < t1; t++)
+                ops->to_f32(sg->type, p + t * sg->stride, tile + t * hd, (size_t)hd);
     }
     return tile;
-}
-
-/* Asks the memory system for rows i .. i+nt of a segment's K and V while the tile before them
- * is worked on: a tile's first touch of its rows is otherwise a wait on DRAM (each block of a
- * lane is an allocation of its own, so the hardware's stream prefetch starts cold at every
- * block). */
-static void prefetch_rows(const mdl_attn_seg_t *sg, size_t i, size_t nt)
-{
-    const size_t bytes = nt * sg->stride;
-    const char *k = (const char *)sg->k + i * sg->stride, *v = (const char *)sg->v + i * sg->stride;
-    for (size_t b = 0; b < bytes; b += 64) {
-        __builtin_prefetch(k + b, 0, 3);
-        __builtin_prefetch(v + b, 0, 3);
-    }
 }
 
 /* Row r (of the segment) is seen by query head h under the segment's causal mask. */
@@ -121,15 +136,18 @@ void mdl_attn_part(const mdl_attn_ops_t *ops, const float *q, int g, int hd, flo
         for (; i < sg->n && r < r1;) {
             size_t nt = sg->n - i < MDL_ATTN_TILE ? sg->n - i : MDL_ATTN_TILE;
             nt = r1 - r < nt ? r1 - r : nt;
+            ahead_t ak = {0}, av = {0};
             if (r + nt < r1) { /* the next tile: later in this segment, or the next one's start */
                 const bool here = i + nt < sg->n;
                 const mdl_attn_seg_t *nx = here ? sg : &segs[s + 1];
                 const size_t ni = here ? i + nt : 0, left = r1 - r - nt;
-                size_t nn = nx->n - ni < MDL_ATTN_TILE ? nx->n - ni : MDL_ATTN_TILE;
-                prefetch_rows(nx, ni, left < nn ? left : nn);
+                const size_t nn = nx->n - ni < MDL_ATTN_TILE ? nx->n - ni : MDL_ATTN_TILE;
+                const size_t bytes = (left < nn ? left : nn) * nx->stride;
+                ak = (ahead_t){(const char *)nx->k + ni * nx->stride, bytes};
+                av = (ahead_t){(const char *)nx->v + ni * nx->stride, bytes};
             }
             size_t st;
-            const float *kt = tile_rows(ops, sg, sg->k, i, nt, hd, tile, &st);
+            const float *kt = tile_rows(ops, sg, sg->k, i, nt, hd, tile, &st, ak);
             if (g >= MDL_ATTN_GEMM_HEADS) /* sc = scale * q . kt^T, then the bias */
                 scores_gemm(q, g, hd, kt, st, nt, scale, sg->bias ? sg->bias + i : NULL, sc);
             else
@@ -155,7 +173,7 @@ void mdl_attn_part(const mdl_attn_ops_t *ops, const float *q, int g, int hd, flo
                 }
                 sum[h] += ops->exp_sum(p, nt, m_new);
             }
-            const float *vt = tile_rows(ops, sg, sg->v, i, nt, hd, tile, &st);
+            const float *vt = tile_rows(ops, sg, sg->v, i, nt, hd, tile, &st, av);
             if (g >= MDL_ATTN_GEMM_HEADS) /* o += p . vt */
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g, hd, (int)nt, 1.0f, sc,
                             MDL_ATTN_TILE, vt, (int)st, 1.0f, o, hd);
