@@ -74,26 +74,56 @@ def text_targets(x, y):
     return torch.from_numpy(prev), torch.from_numpy(ind)
 
 
+def recall_targets(x, y, span=3):
+    """Where a recall head should look, [B, T] from ids x and next ids y [B, T] (-1:
+    nowhere): for a query whose next span ids (y[t .. t+span)) were written once before, and
+    only once, entirely at or before t, the position where that earlier occurrence starts
+    (the first id to copy). Unlike text_targets this does not ask that the current bigram
+    match: the answer of a needle ("... mentioned in the provided text is" -> " 5447241")
+    follows words other than the ones its statement did ("... is: 5447241"), so its first id
+    must be found through the key, and the copying heads only carry on from there."""
+    B, T = x.shape
+    rec = np.full((B, T), -1)
+    for r in range(B):
+        row, nxt = x[r].tolist(), y[r].tolist()
+        starts = {}  # span of ids -> its start positions, once entirely written
+        for t in range(T):
+            j = t - span + 1  # the span starting at j ends at t: written by now
+            if j >= 0:
+                starts.setdefault(tuple(row[j:t + 1]), []).append(j)
+            if t + span <= T:
+                seen = starts.get(tuple(nxt[t:t + span]))
+                if seen is not None and len(seen) == 1:
+                    rec[r, t] = seen[0]
+    return torch.from_numpy(rec)
+
+
 def parse_heads(spec):
     """[(layer, head), ...] from "0:0,1:2"."""
     return [tuple(int(v) for v in lh.split(":")) for lh in spec.split(",")]
 
 
-def supervision(model, y, prev, ind, sup_prev, sup_ind, ov):
-    """The aux dict of model.forward that asks the sup_prev heads for the prev targets and
-    the sup_ind heads for the ind targets, and with ov their output for the ids to copy."""
+def supervision(model, y, prev, ind, sup_prev, sup_ind, ov, rec=None, sup_rec=()):
+    """The aux dict of model.forward that asks the sup_prev heads for the prev targets, the
+    sup_ind heads for the ind targets and the sup_rec heads for the rec targets, and with ov
+    the summed output of the sup_ind heads, and of the sup_rec heads, for the ids to copy."""
     targets = [[] for _ in range(model.c.n_layer)]
-    for layer, head in sup_prev:
-        targets[layer].append((head, prev))
-    for layer, head in sup_ind:
-        targets[layer].append((head, ind))
+    groups = [(sup_prev, prev, False), (sup_ind, ind, True)]
+    if rec is not None:
+        groups.append((sup_rec, rec, True))
+    heads = [[] for _ in range(model.c.n_layer)]
+    for sup, tgt, copies in groups:
+        copy_heads = {}
+        for layer, head in sup:
+            targets[layer].append((head, tgt))
+            copy_heads.setdefault(layer, []).append(head)
+        if copies and ov:
+            for layer, hs in copy_heads.items():
+                heads[layer].append((hs, torch.where(tgt >= 0, y, torch.full_like(y, -1))))
     aux = {"attn_target": targets}
     if ov:
-        heads = [[] for _ in range(model.c.n_layer)]
-        for layer, head in sup_ind:
-            heads[layer].append(head)
-        aux.update(ov_target=torch.where(ind >= 0, y, torch.full_like(y, -1)), ov_heads=heads,
-                   head_dim=model.c.head_dim, unembed=model.output.weight.detach())
+        aux.update(ov_heads=heads, head_dim=model.c.head_dim,
+                   unembed=model.output.weight.detach())
     return aux
 
 
@@ -109,6 +139,10 @@ def add_supervision_args(ap):
                          "output, read through the unembedding, for the token to copy")
     ap.add_argument("--sup-prev", default="0:0", help="LAYER:HEAD,... previous-token heads")
     ap.add_argument("--sup-ind", default="1:0", help="LAYER:HEAD,... induction heads")
+    ap.add_argument("--sup-rec", default="",
+                    help="LAYER:HEAD,... recall heads, shown where the text about to come was "
+                         "written before (recall_targets: a needle's value after its question); "
+                         "empty: none")
 
 
 def supervision_loss(a, aux):

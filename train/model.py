@@ -123,7 +123,7 @@ class Block(nn.Module):
         if aux is not None and aux.get("attn_target") is not None:
             supervise_attention(p, aux)
         o = torch.matmul(p, v).transpose(1, 2).reshape(B, T, c.n_head * hd)
-        if aux is not None and aux.get("ov_target") is not None:
+        if aux is not None and aux.get("ov_heads") is not None:
             supervise_copy(o, self.attn_output.weight, aux)
         x = x + self.attn_output(o)
         h = self.ffn_norm(x)
@@ -217,22 +217,19 @@ def supervise_attention(p, aux):
 
 
 def supervise_copy(o, w_out, aux):
-    """Adds to aux["ov_loss"] the cross-entropy of the direct logits of a layer's chosen heads
-    (their outputs through their slices of the output projection, summed, then the
-    unembedding aux["unembed"], which this loss does not train) against aux["ov_target"]
+    """Adds to aux["ov_loss"] the cross-entropy of the direct logits of groups of a layer's
+    heads (their outputs through their slices of the output projection, summed, then the
+    unembedding aux["unembed"], which this loss does not train) against each group's target
     [B, T] (-1: not supervised): copying heads' values must carry the token they read to the
-    logits. aux["ov_heads"][layer] lists the heads."""
-    heads = aux["ov_heads"][aux["layer"]]
-    if not heads:
-        return
-    tgt = aux["ov_target"]
-    ok = tgt >= 0
-    if not bool(ok.any()):  # no repeat in these windows (cross_entropy of nothing is NaN)
-        return
+    logits. aux["ov_heads"][layer] lists (heads, target) groups."""
     hd = aux["head_dim"]
-    c = sum(o[..., h * hd:(h + 1) * hd][ok] @ w_out[:, h * hd:(h + 1) * hd].T for h in heads)
-    loss = F.cross_entropy(c @ aux["unembed"].T, tgt[ok])
-    aux["ov_loss"] = aux.get("ov_loss", 0.0) + loss
+    for heads, tgt in aux["ov_heads"][aux["layer"]]:
+        ok = tgt >= 0
+        if not bool(ok.any()):  # nothing to copy in these windows (NaN otherwise)
+            continue
+        c = sum(o[..., h * hd:(h + 1) * hd][ok] @ w_out[:, h * hd:(h + 1) * hd].T for h in heads)
+        loss = F.cross_entropy(c @ aux["unembed"].T, tgt[ok])
+        aux["ov_loss"] = aux.get("ov_loss", 0.0) + loss
 
 
 def sentence_mask(tokens, gist_first, n_gist, n_sinks=1):

@@ -121,6 +121,7 @@ def main(argv=None):
 
     if a.attn_sup > 0:
         sup_prev, sup_ind = induction.parse_heads(a.sup_prev), induction.parse_heads(a.sup_ind)
+        sup_rec = induction.parse_heads(a.sup_rec) if a.sup_rec else []
 
     def step_fn(step):
         xn, yn = sampler.batch(a.batch)
@@ -128,7 +129,9 @@ def main(argv=None):
         aux = None
         if a.attn_sup > 0:
             prev, ind = induction.text_targets(xn, yn)
-            aux = induction.supervision(model, y, prev, ind, sup_prev, sup_ind, a.ov_sup > 0)
+            rec = induction.recall_targets(xn, yn) if sup_rec else None
+            aux = induction.supervision(model, y, prev, ind, sup_prev, sup_ind, a.ov_sup > 0,
+                                        rec, sup_rec)
         logits = model(x, aux=aux)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         return loss + induction.supervision_loss(a, aux), y.numel()
