@@ -49,9 +49,9 @@ base_stage() {
     mkdir -p $out
     [ -f $out/result.json ] || \
     $RUN train/train_base.py --corpus "$CORPUS" --tok $TOK --out $out --ctx $ctx --mix $MIX \
-        $PROBES ${SUP:-} "$@" --dim 256 --layers 6 --heads 8 --kv-heads 4 --seq $seq \
+        $PROBES ${SUP:-} --dim 256 --layers 6 --heads 8 --kv-heads 4 --seq $seq \
         --batch $((2048 / seq)) --lr "${BASE_LR:-2e-3}" --minutes "$minutes" \
-        ${end:+--end-utc $end} --eval-windows 8 --eval-minutes 30 --threads $THREADS \
+        ${end:+--end-utc $end} --eval-windows 8 --eval-minutes 30 --threads $THREADS "$@" \
         >> $out/log.txt 2>&1
 }
 # An optional first stage at a short context (SHORT_CTX, SHORT_MIN minutes): attention at
@@ -83,6 +83,19 @@ if [ -n "${SHORT_CTX:-}" ]; then
         ${SHORT_KINDS:+--kinds $SHORT_KINDS}
     INIT="--init-ckpt $RUNS/short/ckpt.pt --warmup 10"
 fi
+# CARRY: stages between the short stage and the base stage, "WINDOW:MINUTES:LR ...", each
+# from the one before at a context of its window, with CARRY_SUP (default SUP) and
+# CARRY_KINDS (default SHORT_KINDS): the windows lengthened a step at a time, at a learning
+# rate that starts near where the stage before ended (train/README.md, "The fifth sitting")
+n_carry=0
+for c in ${CARRY:-}; do
+    IFS=: read -r seq minutes lr <<< "$c"
+    n_carry=$((n_carry + 1))
+    kinds=${CARRY_KINDS:-${SHORT_KINDS:-}}
+    SUP="${CARRY_SUP:-${SUP:-}}" base_stage carry$n_carry-$seq $seq $seq "$minutes" "" $INIT \
+        --lr "$lr" ${kinds:+--kinds $kinds}
+    INIT="--init-ckpt $RUNS/carry$n_carry-$seq/ckpt.pt --warmup 10"
+done
 # SUP: train_base.py's arguments that keep the copying circuit of the induction stage, e.g.
 # "--attn-sup 0.5 --ov-sup 0.5" (without them the mix undid it in 80 steps: train/README.md)
 # BASE_SEQ: the base stage's windows when shorter than the context; BASE_KINDS: the
@@ -132,7 +145,7 @@ if [ "$MIX" != 0 ]; then
 fi
 # the command as it was run, for the card
 CMD=""
-for v in RUNS MODELS INIT_GGUF INIT_CKPT INDUCTION_STEPS SUP SHORT_CTX SHORT_KINDS SHORT_MIN SHORT_END GIST_SEQ BASE_SEQ BASE_KINDS CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
+for v in RUNS MODELS INIT_GGUF INIT_CKPT INDUCTION_STEPS SUP SHORT_CTX SHORT_KINDS SHORT_MIN SHORT_END CARRY CARRY_SUP CARRY_KINDS GIST_SEQ BASE_SEQ BASE_KINDS CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
          GIST_END GATES_MIN GATES_END EVAL_WINDOWS MEMORY_ARGS REASONING_ARGS; do
     [ -n "${!v:-}" ] && CMD="$CMD$v=${!v} "
 done
