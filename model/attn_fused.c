@@ -74,9 +74,11 @@ static const float *tile_rows(const mdl_attn_ops_t *ops, const mdl_attn_seg_t *s
     size_t asked = 0;
     for (size_t t0 = 0; t0 < nt; t0 += AHEAD_ROWS) {
         const size_t t1 = t0 + AHEAD_ROWS < nt ? t0 + AHEAD_ROWS : nt;
-        const size_t upto = ahead.pf_bytes * t1 / nt;
-        prefetch(ahead.pf + asked, upto - asked);
-        asked = upto;
+        if (ahead.pf_bytes) { /* (no next tile: pf is NULL) */
+            const size_t upto = ahead.pf_bytes * t1 / nt;
+            prefetch(ahead.pf + asked, upto - asked);
+            asked = upto;
+        }
         if (packed)
             ops->to_f32(sg->type, p + t0 * sg->stride, tile + t0 * hd, (t1 - t0) * hd);
         else
