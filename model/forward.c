@@ -348,24 +348,25 @@ static void rms_norm_row(const float *x, const float *w, float *out, int d, floa
         out[c] = x[c] * scale * w[c];
 }
 
-static bool any_quant(const kern_mat_t *mats, int n_mats)
+/* The quantised layouts the products of these matrices read (kern_type_qx), 0 for none. */
+static unsigned any_quant(const kern_mat_t *mats, int n_mats)
 {
+    unsigned layouts = 0;
     for (int i = 0; i < n_mats; i++)
-        if (kern_type_quantises(mats[i].type))
-            return true;
-    return false;
+        layouts |= kern_type_qx(mats[i].type);
+    return layouts;
 }
 
 /*
  * Team. The activations of a product for the calling thread: rows idx[0..n) of X [.][d]
  * (rows 0..n when idx is NULL), normalised with w when w is set (d is n_embd then),
- * quantised when quant.
+ * quantised into the layouts `quant` (kern_type_qx) when it is not 0.
  * Up to MDL_PRV_ROWS rows, each thread makes its own copy; more rows are shared out into
  * s.xb (normalised rows; must not be an input) and s.qx, and the team meets at the
  * barrier of that omp for.
  */
 static kern_act_t prepare(fwd_t *f, const float *X, const int32_t *idx, uint32_t n, int d,
-                          const float *w, bool quant)
+                          const float *w, unsigned quant)
 {
     mdl_t *m = f->m;
     mdl_scratch_t *s = &m->s;
@@ -389,7 +390,7 @@ static kern_act_t prepare(fwd_t *f, const float *X, const int32_t *idx, uint32_t
                 xi = xo + (size_t)i * d;
             }
             if (quant)
-                kern_qx_make(xi, d, qo + i * qxb);
+                kern_qx_make_some(xi, d, qo + i * qxb, quant);
         }
         if (w || idx)
             a.x = xo;
@@ -407,7 +408,7 @@ static kern_act_t prepare(fwd_t *f, const float *X, const int32_t *idx, uint32_t
             xi = s->xb + (size_t)i * d;
         }
         if (quant)
-            kern_qx_make(xi, d, s->qx + i * qxb);
+            kern_qx_make_some(xi, d, s->qx + i * qxb, quant);
     }
     team_barrier(f);
     if (w || idx)

@@ -501,10 +501,13 @@ static size_t qx_total(const kern_path_t *p, int n_cols)
     return p->qx_bytes(n_cols) + kern_qk_bytes(n_cols);
 }
 
-static void qx_make_all(const kern_path_t *p, const float *x, int n_cols, uint8_t *out)
+static void qx_make(const kern_path_t *p, const float *x, int n_cols, uint8_t *out,
+                    unsigned layouts)
 {
-    p->qx_make(x, n_cols, out);
-    kern_qk_make(x, n_cols, out + p->qx_bytes(n_cols));
+    if (layouts & KERN_QX_BLOCKS)
+        p->qx_make(x, n_cols, out);
+    if (layouts & KERN_QX_K)
+        kern_qk_make(x, n_cols, out + p->qx_bytes(n_cols));
 }
 
 size_t kern_qx_bytes(int n_cols)
@@ -514,13 +517,26 @@ size_t kern_qx_bytes(int n_cols)
 
 void kern_qx_make(const float *x, int n_cols, void *qx)
 {
-    qx_make_all(path(), x, n_cols, qx);
+    qx_make(path(), x, n_cols, qx, KERN_QX_BLOCKS | KERN_QX_K);
+}
+
+void kern_qx_make_some(const float *x, int n_cols, void *qx, unsigned layouts)
+{
+    qx_make(path(), x, n_cols, qx, layouts);
 }
 
 bool kern_type_quantises(uint32_t type)
 {
     int kt = type_slot(type);
     return kt >= 0 && kern_slot_quant(kt);
+}
+
+unsigned kern_type_qx(uint32_t type)
+{
+    const int kt = type_slot(type);
+    if (kt < 0 || !kern_slot_quant(kt))
+        return 0;
+    return kern_slot_k(kt) ? KERN_QX_K : KERN_QX_BLOCKS;
 }
 
 static bool is_quant(int kt)
@@ -705,12 +721,14 @@ static int multi(int how, int n_mats, const kern_mat_t *mats, const float *X, in
         return 0;
     const kern_path_t *p = path();
     bool quant = false;
+    unsigned layouts = 0;
     size_t bytes = 0;
     for (int i = 0; i < n_mats; i++) {
         int kt = type_slot(mats[i].type);
         assert(kt >= 0);
         assert(!is_quant(kt) || n_cols % (kern_slot_k(kt) ? QK_K : 32) == 0);
         quant |= is_quant(kt);
+        layouts |= kern_type_qx(mats[i].type);
         bytes += row_bytes(kt, n_cols) * (size_t)mats[i].n_rows;
     }
     const int nt = omp_get_max_threads();
@@ -728,14 +746,14 @@ static int multi(int how, int n_mats, const kern_mat_t *mats, const float *X, in
     /* a few vectors are quantised here: sharing them out would cost a barrier */
     const bool quant_shared = quant && n_b > KERN_MAX_NX;
     for (int b = 0; quant && !quant_shared && b < n_b; b++)
-        qx_make_all(p, X + (size_t)b * n_cols, n_cols, ks->qx + b * qxb);
+        qx_make(p, X + (size_t)b * n_cols, n_cols, ks->qx + b * qxb, layouts);
     const bool par = nt > 1 && bytes * (size_t)n_b >= PAR_MIN_BYTES;
 #pragma omp parallel if (par)
     {
         if (quant_shared) {
 #pragma omp for schedule(static)
             for (int b = 0; b < n_b; b++)
-                qx_make_all(p, X + (size_t)b * n_cols, n_cols, ks->qx + b * qxb);
+                qx_make(p, X + (size_t)b * n_cols, n_cols, ks->qx + b * qxb, layouts);
         }
         multi_team(how, n_mats, mats, &a, ks, done, ctx);
     }
