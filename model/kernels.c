@@ -228,7 +228,7 @@ float kern_quant_block(const float *x, int8_t *q)
 {
     float amax = 0;
     for (int i = 0; i < 32; i++)
-        amax = fmaxf(amax, fabsf(x[i]));
+        amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax; /* (fmaxf is a libm call here) */
     float d = amax / 127.0f;
     float id = d != 0 ? 1.0f / d : 0.0f;
     /* round to nearest even (the default mode), as the SIMD conversions do */

@@ -34,7 +34,7 @@ void kern_qk_make(const float *x, int n_cols, uint8_t *out)
         const float *xb = x + QK_K * b;
         float amax = 0;
         for (int i = 0; i < QK_K; i++)
-            amax = fmaxf(amax, fabsf(xb[i]));
+            amax = fabsf(xb[i]) > amax ? fabsf(xb[i]) : amax; /* (fmaxf is a libm call here) */
         d[b] = amax / 127.0f;
         const float id = d[b] != 0 ? 1.0f / d[b] : 0.0f;
         for (int k = 0; k < 16; k++) {
