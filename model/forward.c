@@ -501,8 +501,7 @@ static void swiglu_done(void *ctx, const int *r0, const int *r1)
     const mdl_scratch_t *s = &f->m->s;
     const size_t d = f->m->hp.n_ff;
     for (uint32_t i = 0; i < f->n; i++)
-        for (int r = r0[0]; r < r1[0]; r++)
-            s->hb[i * d + r] = silu(s->hb[i * d + r]) * s->hb2[i * d + r];
+        kern_swiglu(s->hb + i * d + r0[0], s->hb2 + i * d + r0[0], r1[0] - r0[0]);
 }
 
 static kern_mat_t mat(const mdl_mat_t *w, float *y)

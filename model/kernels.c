@@ -433,6 +433,12 @@ static void to_f32_q4_0(const uint8_t *src, float *dst, int n)
     dt_to_f32(DT_Q4_0, src, dst, (size_t)n);
 }
 
+static void swiglu_portable(float *g, const float *u, int n)
+{
+    for (int i = 0; i < n; i++)
+        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
 const kern_path_t kern_path_portable = {
     .name = "portable",
     .rows = {rows_f32_portable, rows_f16_portable, rows_bf16_portable, rows_q8_0_portable,
@@ -442,6 +448,7 @@ const kern_path_t kern_path_portable = {
                kern_to_f32_q5_1, kern_to_f32_q4_K, kern_to_f32_q5_K, kern_to_f32_q6_K},
     .qx_bytes = kern_qx_simple_bytes,
     .qx_make = kern_qx_simple_make,
+    .swiglu = swiglu_portable,
 };
 
 /* ---- fused products ------------------------------------------------------------------------ */
@@ -518,6 +525,11 @@ size_t kern_qx_bytes(int n_cols)
 void kern_qx_make(const float *x, int n_cols, void *qx)
 {
     qx_make(path(), x, n_cols, qx, KERN_QX_BLOCKS | KERN_QX_K);
+}
+
+void kern_swiglu(float *g, const float *u, int n)
+{
+    path()->swiglu(g, u, n);
 }
 
 void kern_qx_make_some(const float *x, int n_cols, void *qx, unsigned layouts)

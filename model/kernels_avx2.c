@@ -9,8 +9,10 @@
  */
 #include "common/dtype.h"
 #include "model/kernels_impl.h"
+#include "model/simd_exp.h"
 
 #include <immintrin.h>
+#include <math.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -449,6 +451,20 @@ static void qx_make(const float *x, int n_cols, uint8_t *out)
     }
 }
 
+static void swiglu(float *g, const float *u, int n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        const __m256 e = exp8(_mm256_sub_ps(zero, x));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)),
+                                              _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++)
+        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
 const kern_path_t kern_path_avx2 = {
     .name = "avx2",
     .rows = {rows_f32, rows_f16, rows_bf16, rows_q8_0, rows_q4_0, kern_rows_q5_0_portable,
@@ -457,4 +473,5 @@ const kern_path_t kern_path_avx2 = {
                kern_to_f32_q5_1, kern_to_f32_q4_K, kern_to_f32_q5_K, kern_to_f32_q6_K},
     .qx_bytes = kern_qx_simple_bytes,
     .qx_make = qx_make,
+    .swiglu = swiglu,
 };

@@ -32,6 +32,7 @@
 
 #include "common/dtype.h"
 #include "model/kernels_impl.h"
+#include "model/simd_exp.h"
 
 #include <immintrin.h>
 #include <stddef.h>
@@ -561,6 +562,19 @@ static void to_f32_q4_0(const uint8_t *src, float *dst, int n)
     to_f32_quant(KT_Q4_0, src, dst, n);
 }
 
+static void swiglu(float *g, const float *u, int n)
+{
+    const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 k = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 x = _mm512_maskz_loadu_ps(k, g + i);
+        const __m512 e = exp16(_mm512_sub_ps(zero, x));
+        _mm512_mask_storeu_ps(g + i, k,
+                              _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, e)),
+                                            _mm512_maskz_loadu_ps(k, u + i)));
+    }
+}
+
 const kern_path_t kern_path_avx512 = {
     .name = "avx512",
     .rows = {rows_f32, rows_f16, rows_bf16, rows_q8_0, rows_q4_0, kern_rows_q5_0_portable,
@@ -569,6 +583,7 @@ const kern_path_t kern_path_avx512 = {
                kern_to_f32_q5_1, kern_to_f32_q4_K, kern_to_f32_q5_K, kern_to_f32_q6_K},
     .qx_bytes = qx_pair_bytes,
     .qx_make = qx_pair_make,
+    .swiglu = swiglu,
 };
 
 const kern_path_t kern_path_avx512_fma = {
@@ -579,4 +594,5 @@ const kern_path_t kern_path_avx512_fma = {
                kern_to_f32_q5_1, kern_to_f32_q4_K, kern_to_f32_q5_K, kern_to_f32_q6_K},
     .qx_bytes = qx_f32_bytes,
     .qx_make = qx_f32_make,
+    .swiglu = swiglu,
 };

@@ -73,6 +73,8 @@ typedef struct kern_path {
     size_t (*qx_bytes)(int n_cols);
     /* Quantises x[0..n_cols) into out (qx_bytes(n_cols) bytes, 64-byte aligned). */
     void (*qx_make)(const float *x, int n_cols, uint8_t *out);
+    /* g[i] = silu(g[i]) * u[i] for i < n (kern_swiglu). */
+    void (*swiglu)(float *g, const float *u, int n);
 } kern_path_t;
 
 extern const kern_path_t kern_path_portable;

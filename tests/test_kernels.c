@@ -171,6 +171,35 @@ static void run_fast_all(void)
     }
 }
 
+/* kern_swiglu on the current path against a double loop: every length to 40 and a
+ * feed-forward's 1536, gates from -30 to 30 and beyond where exp over- or underflows, and
+ * nothing written past n. */
+static void check_swiglu(void)
+{
+    uint64_t s = 7;
+    float g[1536 + 1], u[1536], in[1536];
+    static const float special[] = {-100.0f, 100.0f, 0.0f, -1e-3f, 88.5f, -88.5f};
+    for (int n = 1; n <= 1536; n = n < 40 ? n + 1 : 1536) {
+        for (int i = 0; i < n; i++) {
+            in[i] = i < 6 && n > 20 ? special[i] : rng_uniform(&s, -30.0f, 30.0f);
+            u[i] = rng_uniform(&s, -2.0f, 2.0f);
+            g[i] = in[i];
+        }
+        g[n] = -12345.0f;
+        kern_swiglu(g, u, n);
+        int bad = 0;
+        for (int i = 0; i < n; i++) {
+            const double x = in[i], want = x / (1.0 + exp(-x)) * u[i];
+            if (fabs(g[i] - want) > 2e-6 * fabs(want) + 1e-30 && bad++ < 3)
+                check_fail_(__FILE__, __LINE__, "%s swiglu n=%d [%d] %.9g: %.9g, want %.9g",
+                            kern_simd_name(), n, i, x, g[i], want);
+        }
+        CHECK_MSG(g[n] == -12345.0f, "%s swiglu n=%d wrote past n", kern_simd_name(), n);
+        if (n == 1536)
+            break;
+    }
+}
+
 static void run_on_path(const char *name)
 {
     const char *before = kern_simd_name();
@@ -185,6 +214,7 @@ static void run_on_path(const char *name)
     int nt = omp_get_max_threads();
     omp_set_num_threads(3);
     run_fast_all();
+    check_swiglu();
     omp_set_num_threads(nt);
     CHECK_OK(kern_force_simd(before));
 }
