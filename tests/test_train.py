@@ -271,6 +271,48 @@ def test_recall_targets():
     assert int(induction.recall_targets(x, y, span=3)[0, 6]) == 0  # next 1 2 3: written at 0
 
 
+def test_export_context_and_probes():
+    """export.py --ctx declares another context; a checkpoint with vocabulary rows past the
+    tokenizer and no gist record (a base stage started from a file with gists) exports them
+    as gist tokens; probes.py prints, for each window, a share of whole answers no larger
+    than the share of answer tokens, both in [0, 1]."""
+    f = fixture()
+    _data, export, M = train_modules()
+    import contextlib
+    import io
+
+    import probes
+
+    d, tok = f["dir"], f["tok"]
+    out = os.path.join(d, "ctx.gguf")
+    export.main(["--ckpt", f"{d}/base/ckpt.pt", "--tok", tok, "--out", out, "--ctx", "256"])
+    kv, _t = export.G.read_gguf(out)
+    assert kv["llama.context_length"] == 256 and "gistd.gist.count" not in kv
+    m, ck = M.load_checkpoint(f"{d}/gist/ckpt.pt")
+    bare = os.path.join(d, "gist-bare.pt")
+    M.save_checkpoint(bare, m)  # no gist record
+    export.main(["--ckpt", bare, "--tok", tok, "--out", out])
+    kv, _t = export.G.read_gguf(out)
+    assert kv["gistd.gist.count"] == ck["gist"]["count"]
+    assert kv["gistd.gist.first_token_id"] == ck["gist"]["first_token_id"]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        probes.main([f"{d}/base/ckpt.pt", "--tok", tok, "--windows", "256,320", "--probes", "2",
+                     "--corpus", os.path.dirname(tap.shared("corpus/persuasion.txt")),
+                     "--kinds", "passkey,copy"])
+    rows = [r for r in buf.getvalue().splitlines() if r.startswith("| 2") or r.startswith("| 3")]
+    assert [r.split("|")[1].strip() for r in rows] == ["256", "320"], buf.getvalue()
+    scored = 0
+    for r in rows:
+        for cell in r.strip("|").split("|")[1:]:
+            if cell.strip() == "-":  # no probe of that kind fitted the window
+                continue
+            whole, tokens = (float(v) for v in cell.split("/"))
+            assert 0 <= whole <= tokens <= 1, r
+            scored += 1
+    assert scored >= 2, buf.getvalue()
+
+
 def test_attention_and_copy_supervision():
     """model.supervise_attention is the mean -log attention on the targets; supervise_copy
     the cross-entropy of the chosen heads' summed output, read through the unembedding."""

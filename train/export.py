@@ -123,15 +123,26 @@ def main(argv=None):
     ap.add_argument("--name", default="gistd")
     ap.add_argument("--chat-template", choices=("none", "chatml"), default="none",
                     help="chatml: the model was trained on synth.py's ChatML conversations")
+    ap.add_argument("--ctx", type=int, default=None,
+                    help="the context the file declares (default: the checkpoint's), e.g. to "
+                         "read a stage trained on shorter windows at the full context")
     a = ap.parse_args(argv)
     model, d = M.load_checkpoint(a.ckpt)
     sp = data.load_sp(a.tok)
+    if a.ctx:
+        model.c.n_ctx = a.ctx
+    gist = d.get("gist")
+    extra = model.c.n_vocab - sp.GetPieceSize()
+    if gist is None and extra > 0:
+        # a base stage started from a file with gist tokens keeps their rows
+        # (train_base.py --init-gguf/--init-ckpt): they stay gist tokens of the sentence mask
+        gist = {"count": extra, "first_token_id": sp.GetPieceSize(), "sinks": 1}
+        print(f"{a.ckpt}: the last {extra} vocabulary rows are exported as gist tokens")
     tmpl = None
     if a.chat_template == "chatml":
         import synth
         tmpl = synth.CHAT_TEMPLATE
-    size = export(model, sp, a.out, a.type, d.get("gist"), d.get("retention_budget"), a.name,
-                  tmpl)
+    size = export(model, sp, a.out, a.type, gist, d.get("retention_budget"), a.name, tmpl)
     print(f"{a.out}: {size} bytes")
 
 

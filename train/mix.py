@@ -126,26 +126,3 @@ def probe_accuracy(model, sp, probes, max_len, per_token=False):
     model.train()
     return {k: (round(sum(a for a, _ in v) / len(v), 3), round(sum(b for _, b in v) / len(v), 3))
             if per_token else round(sum(a for a, _ in v) / len(v), 3) for k, v in hits.items()}
-
-
-def main(argv=None):
-    """Scores a checkpoint on held-out probes: python3 train/mix.py CKPT TOK [N] [SEQ]."""
-    import sys
-
-    import model as M
-
-    argv = argv or sys.argv[1:]
-    m, _ = M.load_checkpoint(argv[0])
-    sp = data.load_sp(argv[1])
-    n = int(argv[2]) if len(argv) > 2 else 20
-    seq = int(argv[3]) if len(argv) > 3 else m.c.n_ctx
-    _books, valid = data.split_books(data.DEFAULT_CORPUS)
-    probes = heldout_probes(n, data.read_text(valid), seq)
-    print(f"{argv[0]}: {n} held-out probes per kind, up to {seq} tokens; "
-          "(all answer tokens right, answer tokens right):")
-    for k, (a, b) in probe_accuracy(m, sp, probes, seq, per_token=True).items():
-        print(f"  {k:16s} {a:.3f} {b:.3f}")
-
-
-if __name__ == "__main__":
-    main()
