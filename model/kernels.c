@@ -527,14 +527,14 @@ void kern_qx_make(const float *x, int n_cols, void *qx)
     qx_make(path(), x, n_cols, qx, KERN_QX_BLOCKS | KERN_QX_K);
 }
 
-void kern_swiglu(float *g, const float *u, int n)
-{
-    path()->swiglu(g, u, n);
-}
-
 void kern_qx_make_some(const float *x, int n_cols, void *qx, unsigned layouts)
 {
     qx_make(path(), x, n_cols, qx, layouts);
+}
+
+void kern_swiglu(float *g, const float *u, int n)
+{
+    path()->swiglu(g, u, n);
 }
 
 bool kern_type_quantises(uint32_t type)
@@ -732,18 +732,17 @@ static int multi(int how, int n_mats, const kern_mat_t *mats, const float *X, in
     if (n_b <= 0 || n_mats == 0)
         return 0;
     const kern_path_t *p = path();
-    bool quant = false;
-    unsigned layouts = 0;
+    unsigned layouts = 0; /* the quantised activations' layouts the products read */
     size_t bytes = 0;
     for (int i = 0; i < n_mats; i++) {
         int kt = type_slot(mats[i].type);
         assert(kt >= 0);
         assert(!is_quant(kt) || n_cols % (kern_slot_k(kt) ? QK_K : 32) == 0);
-        quant |= is_quant(kt);
         layouts |= kern_type_qx(mats[i].type);
         bytes += row_bytes(kt, n_cols) * (size_t)mats[i].n_rows;
     }
     const int nt = omp_get_max_threads();
+    const bool quant = layouts != 0;
     const size_t qxb = quant ? qx_total(p, n_cols) : 0;
     if (kern_scratch_reserve(ks, nt))
         return ERR_NOMEM;

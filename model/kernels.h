@@ -79,10 +79,6 @@ size_t kern_qx_bytes(int n_cols);
 /* Quantises x[0..n_cols) into qx (kern_qx_bytes(n_cols) bytes, 64-byte aligned). Pure: the
  * same x gives the same bytes on any thread. */
 void kern_qx_make(const float *x, int n_cols, void *qx);
-/* The feed-forward's gate: g[i] = silu(g[i]) * u[i] = g[i] / (1 + exp(-g[i])) * u[i] for
- * i < n, with the chosen path's vector exp (a few ulp). */
-void kern_swiglu(float *g, const float *u, int n);
-
 /* The layouts of a quantised vector that products with a weight type read (0 for float
  * types): the blocks of 32, the 256-blocks of the K-quants. */
 enum { KERN_QX_BLOCKS = 1, KERN_QX_K = 2 };
@@ -90,6 +86,10 @@ unsigned kern_type_qx(uint32_t type);
 /* kern_qx_make of only the layouts in `layouts` (the others' bytes are left as they were):
  * a model without K-quants need not make theirs for every vector. */
 void kern_qx_make_some(const float *x, int n_cols, void *qx, unsigned layouts);
+
+/* The feed-forward's gate: g[i] = silu(g[i]) * u[i] = g[i] / (1 + exp(-g[i])) * u[i] for
+ * i < n, with the chosen path's vector exp (a few ulp). */
+void kern_swiglu(float *g, const float *u, int n);
 
 /* Called on the thread that made them once rows [r0[i], r1[i]) of every matrix i of a
  * fused product are final for every vector (r0[i] == r1[i] for none of matrix i). */
