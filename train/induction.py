@@ -99,8 +99,8 @@ def recall_targets(x, y, span=3):
 
 
 def parse_heads(spec):
-    """[(layer, head), ...] from "0:0,1:2"."""
-    return [tuple(int(v) for v in lh.split(":")) for lh in spec.split(",")]
+    """[(layer, head), ...] from "0:0,1:2"; [] from ""."""
+    return [tuple(int(v) for v in lh.split(":")) for lh in spec.split(",") if lh]
 
 
 def supervision(model, y, prev, ind, sup_prev, sup_ind, ov, rec=None, sup_rec=()):

@@ -121,7 +121,7 @@ def main(argv=None):
 
     if a.attn_sup > 0:
         sup_prev, sup_ind = induction.parse_heads(a.sup_prev), induction.parse_heads(a.sup_ind)
-        sup_rec = induction.parse_heads(a.sup_rec) if a.sup_rec else []
+        sup_rec = induction.parse_heads(a.sup_rec)
 
     def step_fn(step):
         xn, yn = sampler.batch(a.batch)
