@@ -314,18 +314,36 @@ def test_export_context_and_probes():
 
 
 def test_attention_and_copy_supervision():
-    """model.supervise_attention is the mean -log attention on the targets; supervise_copy
-    the cross-entropy of the chosen heads' summed output, read through the unembedding."""
+    """model.attention, a chunk of queries and a head at a time, equals softmax(q k^T + bias
+    + decay) v written out in full, and its loss is the mean -log attention of the watched
+    heads on their targets; supervise_copy the cross-entropy of the chosen heads' summed
+    output, read through the unembedding."""
     _data, _export, M = train_modules()
     g = torch.Generator().manual_seed(3)
-    B, H, T, hd, E, V = 2, 3, 5, 4, 6, 7
-    p = torch.softmax(torch.randn(B, H, T, T, generator=g), -1)
+    B, H, KV, T, hd, E, V = 2, 4, 2, 5, 4, 6, 7
+    q = torch.randn(B, H, T, hd, generator=g)
+    k = torch.randn(B, KV, T, hd, generator=g)
+    v = torch.randn(B, KV, T, hd, generator=g)
+    see = torch.ones(B, T, T, dtype=torch.bool).tril()
+    see[0, 3, 1] = see[1, 4, 2] = False  # a sentence mask hides some earlier keys
+    bias = torch.zeros(B, T, T).masked_fill(~see, float("-inf"))
+    decay = -torch.rand(B, KV, T, T, generator=g)
     tgt = torch.tensor([[-1, 0, 1, -1, 2], [-1, -1, -1, 3, 0]])
-    aux = {"layer": 1, "attn_target": [[], [(2, tgt)]]}
-    M.supervise_attention(p, aux)
-    want = [-math.log(float(p[b, 2, t, tgt[b, t]])) for b in range(B) for t in range(T)
-            if tgt[b, t] >= 0]
-    assert abs(float(aux["attn_loss"]) - sum(want) / len(want)) < 1e-5
+    tgt3 = torch.full((B, T), -1)  # a watched head with nothing to learn adds no term
+    saved = M.QUERY_CHUNK
+    try:
+        for chunk in (2, 3, T):
+            M.QUERY_CHUNK = chunk
+            o, nll = M.attention(q, k, v, bias, decay, [(2, tgt), (3, tgt3)])
+            p = torch.softmax(q @ k.repeat_interleave(H // KV, 1).transpose(-1, -2) + bias[:, None]
+                              + decay.repeat_interleave(H // KV, 1), -1)
+            want_o = (p @ v.repeat_interleave(H // KV, 1)).transpose(1, 2).reshape(B, T, H * hd)
+            assert float((o - want_o).abs().max()) < 1e-5, chunk
+            want = [-math.log(float(p[b, 2, t, tgt[b, t]])) for b in range(B) for t in range(T)
+                    if tgt[b, t] >= 0]
+            assert len(nll) == 1 and abs(float(nll[0]) - sum(want) / len(want)) < 1e-5, chunk
+    finally:
+        M.QUERY_CHUNK = saved
     o = torch.randn(B, T, H * hd, generator=g)
     w_out = torch.randn(E, H * hd, generator=g)
     unembed = torch.randn(V, E, generator=g)

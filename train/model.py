@@ -101,28 +101,26 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, mask_bias, dist, aux):
         c = self.c
         B, T, _ = x.shape
-        hd, rep = c.head_dim, c.n_head // c.n_head_kv
+        hd = c.head_dim
         h = self.attn_norm(x)
         q = rope(self.attn_q(h).view(B, T, c.n_head, hd), cos, sin)
         k = rope(self.attn_k(h).view(B, T, c.n_head_kv, hd), cos, sin)
         v = self.attn_v(h).view(B, T, c.n_head_kv, hd)
-        q = q.transpose(1, 2)                                     # [B, H, T, hd]
-        k = k.transpose(1, 2).repeat_interleave(rep, dim=1)       # [B, H, T, hd]
-        v = v.transpose(1, 2).repeat_interleave(rep, dim=1)
-        s = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(hd)) + mask_bias
+        decay = None
         if self.retention is not None and aux is not None:
             logb = self.retention(h)                              # [B, T, KV]
             aux["logbeta"].append(logb)
             if aux.get("apply_gates"):
                 lb = logb.transpose(1, 2)                         # [B, KV, T]
-                # (t - i) * log beta_i for key i at query t; 0 above the diagonal
                 decay = dist[None, None] * lb[:, :, None, :]      # [B, KV, T, T]
                 aux["decay"].append(decay)
-                s = s + decay.repeat_interleave(rep, dim=1)
-        p = torch.softmax(s, dim=-1)
+        watch = None
         if aux is not None and aux.get("attn_target") is not None:
-            supervise_attention(p, aux)
-        o = torch.matmul(p, v).transpose(1, 2).reshape(B, T, c.n_head * hd)
+            watch = aux["attn_target"][aux["layer"]]
+        o, nll = attention(q.transpose(1, 2) * (1.0 / math.sqrt(hd)), k.transpose(1, 2),
+                           v.transpose(1, 2), mask_bias, decay, watch)
+        for term in nll:
+            aux["attn_loss"] = aux.get("attn_loss", 0.0) + term
         if aux is not None and aux.get("ov_heads") is not None:
             supervise_copy(o, self.attn_output.weight, aux)
         x = x + self.attn_output(o)
@@ -185,10 +183,9 @@ class Llama(nn.Module):
         dev = tokens.device
         if mask is None:
             causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
-            bias = torch.zeros(1, 1, T, T, device=dev).masked_fill(~causal, float("-inf"))
+            bias = torch.zeros(1, T, T, device=dev).masked_fill(~causal, float("-inf"))
         else:
-            bias = torch.zeros(B, 1, T, T, device=dev).masked_fill(~mask[:, None],
-                                                                   float("-inf"))
+            bias = torch.zeros(B, T, T, device=dev).masked_fill(~mask, float("-inf"))
         dist = None
         if aux is not None:
             aux.setdefault("logbeta", [])
@@ -203,17 +200,54 @@ class Llama(nn.Module):
         return self.output(self.output_norm(x))
 
 
-def supervise_attention(p, aux):
-    """Adds to aux["attn_loss"] the cross-entropy of the attention of chosen heads against
-    chosen key positions. aux["attn_target"][layer] lists (head, target [B, T] long, -1
-    where a query is not supervised); p [B, H, T, T] is this layer's attention."""
-    for head, tgt in aux["attn_target"][aux["layer"]]:
-        ok = tgt >= 0
-        if not bool(ok.any()):
-            continue
-        got = p[:, head].gather(-1, tgt.clamp(min=0)[..., None]).squeeze(-1)   # [B, T]
-        loss = -(torch.log(got + 1e-9) * ok).sum() / ok.sum()
-        aux["attn_loss"] = aux.get("attn_loss", 0.0) + loss
+# Queries attended to at a time: a chunk reads the keys up to its own end only, so causal
+# attention over T tokens computes about (1 + QUERY_CHUNK / T) / 2 of the T x T scores.
+QUERY_CHUNK = 256
+
+
+def attention(q, k, v, bias, decay=None, watch=None):
+    """softmax(q k^T + bias [+ decay]) v with grouped kv heads, and the supervision of chosen
+    heads' attention.
+
+    q [B, H, T, hd], already scaled by 1/sqrt(hd); k, v [B, KV, T, hd] (query head h reads kv
+    head h // (H / KV)); bias [B or 1, T, T]: 0 where a query may see a key, -inf elsewhere,
+    never a key after its query; decay: None or [B, KV, T, T] added to the scores (the
+    retention gates). watch: None or [(head, target [B, T] long, -1 where a query is not
+    supervised)]. Returns o [B, T, H * hd] and, for each watched head with a target, the mean
+    of -log its attention on the target (the cross-entropy against the target position).
+
+    Each head is a matrix product of its own, a chunk of QUERY_CHUNK queries at a time against
+    the keys up to the chunk's end, with the bias added by the product itself: no [B, H, T, T]
+    tensor is built, scaled, masked or sliced (the backward of a slice writes zeros over the
+    whole of it), and the keys after a chunk are never scored."""
+    B, H, T, hd = q.shape
+    rep = H // k.shape[1]
+    watch = {head: tgt for head, tgt in (watch or ())}
+    nll = {head: [] for head in watch}
+    chunks = []
+    for q0 in range(0, T, QUERY_CHUNK):
+        q1 = min(T, q0 + QUERY_CHUNK)
+        heads = []
+        for head in range(H):
+            g = head // rep
+            add = bias[:, q0:q1, :q1]
+            if decay is not None:
+                add = add + decay[:, g, q0:q1, :q1]
+            s = torch.baddbmm(add, q[:, head, q0:q1], k[:, g, :q1].transpose(1, 2))
+            p = torch.softmax(s, dim=-1)
+            heads.append(torch.bmm(p, v[:, g, :q1]))
+            if head in watch:
+                tgt = watch[head][:, q0:q1]
+                got = p.gather(-1, tgt.clamp(min=0)[..., None]).squeeze(-1)
+                ok = tgt >= 0
+                nll[head].append((-(torch.log(got + 1e-9) * ok).sum(), ok.sum()))
+        chunks.append(torch.cat(heads, -1))
+    terms = []
+    for parts in nll.values():
+        n = sum(int(c) for _, c in parts)
+        if n:
+            terms.append(sum(t for t, _ in parts) / n)
+    return torch.cat(chunks, 1), terms
 
 
 def supervise_copy(o, w_out, aux):
