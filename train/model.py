@@ -224,18 +224,23 @@ def attention(q, k, v, bias, decay=None, watch=None):
     rep = H // k.shape[1]
     watch = {head: tgt for head, tgt in (watch or ())}
     nll = {head: [] for head in watch}
+    # unbind and split, not indexing: their backward is one stack or cat, where each index
+    # or slice would write zeros over the whole of the tensor it came from
+    qs = [qh.split(QUERY_CHUNK, 1) for qh in q.unbind(1)]
+    ks, vs = k.unbind(1), v.unbind(1)
     chunks = []
-    for q0 in range(0, T, QUERY_CHUNK):
+    for c, q0 in enumerate(range(0, T, QUERY_CHUNK)):
         q1 = min(T, q0 + QUERY_CHUNK)
+        kc = [kg[:, :q1].transpose(1, 2) for kg in ks]  # the keys up to the chunk's end
+        vc = [vg[:, :q1] for vg in vs]
         heads = []
         for head in range(H):
             g = head // rep
             add = bias[:, q0:q1, :q1]
             if decay is not None:
                 add = add + decay[:, g, q0:q1, :q1]
-            s = torch.baddbmm(add, q[:, head, q0:q1], k[:, g, :q1].transpose(1, 2))
-            p = torch.softmax(s, dim=-1)
-            heads.append(torch.bmm(p, v[:, g, :q1]))
+            p = torch.softmax(torch.baddbmm(add, qs[head][c], kc[g]), dim=-1)
+            heads.append(torch.bmm(p, vc[g]))
             if head in watch:
                 tgt = watch[head][:, q0:q1]
                 got = p.gather(-1, tgt.clamp(min=0)[..., None]).squeeze(-1)
