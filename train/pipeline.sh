@@ -54,9 +54,10 @@ base_stage() {
         ${end:+--end-utc $end} --eval-windows 8 --eval-minutes 30 --threads $THREADS "$@" \
         >> $out/log.txt 2>&1
 }
-# An optional first stage at a short context (SHORT_CTX, SHORT_MIN minutes): attention at
-# 2048 tokens costs 8 times as much per token as at 512 on these cores, so most of the
-# mix is learned short and the base stage then carries the weights to the full context.
+# An optional first stage at a short context (SHORT_CTX, SHORT_MIN minutes), from when
+# attention at 2048 tokens cost 8 times as much per token as at 512 on these cores; since
+# model.attention scores a chunk of queries at a time, 2048-token windows train at about
+# the speed 1024-token ones do (train/README.md, "The sixth sitting").
 INIT="${INIT_GGUF:+--init-gguf $INIT_GGUF}${INIT_CKPT:+--init-ckpt $INIT_CKPT}"
 # An optional stage that teaches copying from the context before the mix (train/README.md,
 # "Copying, taught"): INDUCTION_STEPS steps of repeated random spans from INIT_CKPT, a
