@@ -112,6 +112,7 @@ class Block(nn.Module):
             aux["logbeta"].append(logb)
             if aux.get("apply_gates"):
                 lb = logb.transpose(1, 2)                         # [B, KV, T]
+                # (t - i) * log beta_i for key i at query t; 0 above the diagonal
                 decay = dist[None, None] * lb[:, :, None, :]      # [B, KV, T, T]
                 aux["decay"].append(decay)
         watch = None
