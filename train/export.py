@@ -130,7 +130,7 @@ def main(argv=None):
     model, d = M.load_checkpoint(a.ckpt)
     sp = data.load_sp(a.tok)
     if a.ctx:
-        model.c.n_ctx = a.ctx
+        model.set_context(a.ctx)
     gist = d.get("gist")
     extra = model.c.n_vocab - sp.GetPieceSize()
     if gist is None and extra > 0:

@@ -205,9 +205,7 @@ def main(argv=None):
                                 sp.bos_id(), a.seed)
     if a.init:
         model, _d = M.load_checkpoint(a.init)
-        model.c.n_ctx = max(model.c.n_ctx, a.seq)
-        model.cos, model.sin = M.rope_tables(model.c.n_ctx, model.c.head_dim,
-                                             model.c.rope_base)
+        model.set_context(max(model.c.n_ctx, a.seq))
     else:
         ff = int(np.ceil(a.dim * 8 / 3 / 16) * 16)
         if a.vocab and a.copy_frac < 1:

@@ -150,6 +150,12 @@ class Llama(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)) and not isinstance(m, RetentionGate):
             nn.init.normal_(m.weight, std=0.02)
 
+    def set_context(self, n_ctx):
+        """Declares a context of n_ctx tokens, with RoPE tables that long: a model trained on
+        shorter windows read or trained at longer ones."""
+        self.c.n_ctx = n_ctx
+        self.cos, self.sin = rope_tables(n_ctx, self.c.head_dim, self.c.rope_base)
+
     def add_gates(self, n_hidden, init_bias=6.0):
         for b in self.blocks:
             b.retention = RetentionGate(self.c.n_embd, n_hidden, self.c.n_head_kv, init_bias)

@@ -40,8 +40,7 @@ def main(argv=None):
     print("| windows | " + " | ".join(kinds) + " |")
     print("|---" * (len(kinds) + 1) + "|")
     for i, seq in enumerate(int(w) for w in a.windows.split(",")):
-        model.c.n_ctx = seq
-        model.cos, model.sin = M.rope_tables(seq, model.c.head_dim, model.c.rope_base)
+        model.set_context(seq)
         probes = mix.heldout_probes(counts[min(i, len(counts) - 1)], text, seq, kinds=kinds)
         with torch.no_grad():
             acc = mix.probe_accuracy(model, sp, probes, seq, per_token=True)

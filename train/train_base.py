@@ -91,9 +91,7 @@ def main(argv=None):
             model, _kv = export.load_gguf(a.init_gguf)
         for b in model.blocks:
             b.retention = None
-        model.c.n_ctx = a.ctx
-        cos, sin = M.rope_tables(a.ctx, model.c.head_dim, model.c.rope_base)
-        model.cos, model.sin = cos, sin
+        model.set_context(a.ctx)
         d = None
         state = {"step": 0, "elapsed": 0.0, "tokens": 0}
         print(f"# from {a.init_ckpt or a.init_gguf}, context {a.ctx}", flush=True)
