@@ -240,13 +240,12 @@ def attention(q, k, v, bias, decay=None, watch=None):
         q1 = min(T, q0 + QUERY_CHUNK)
         kc = [kg[:, :q1].transpose(1, 2) for kg in ks]  # the keys up to the chunk's end
         vc = [vg[:, :q1] for vg in vs]
+        add = bias[:, q0:q1, :q1]  # what the product adds, for each kv head
+        add = [add if decay is None else add + decay[:, g, q0:q1, :q1] for g in range(len(ks))]
         heads = []
         for head in range(H):
             g = head // rep
-            add = bias[:, q0:q1, :q1]
-            if decay is not None:
-                add = add + decay[:, g, q0:q1, :q1]
-            p = torch.softmax(torch.baddbmm(add, qs[head][c], kc[g]), dim=-1)
+            p = torch.softmax(torch.baddbmm(add[g], qs[head][c], kc[g]), dim=-1)
             heads.append(torch.bmm(p, vc[g]))
             if head in watch:
                 tgt = watch[head][:, q0:q1]
