@@ -17,6 +17,9 @@ Writes, under --out: memory_runs.csv (one row per probe and configuration), memo
 (accuracy per task, depth, policy and budget), memory.md (the tables) and memory.png
 (gnuplot: accuracy against budget, one panel per depth, one line per policy).
 
+`--dev` draws the probes from the training generator instead, with a training book as
+filler: the split to tune policy parameters on, so that the held-out probes stay unseen.
+
 A policy may carry parameters after '+': `--policies auto,auto+expand=0` compares `auto`
 (which re-expands compressed spans relevant to the end of the prompt before it answers) with
 `auto` without re-expansion; `--block-rows 16` gives small budgets room for it.
@@ -42,6 +45,7 @@ import synth  # noqa: E402
 TASKS = {"passkey": ("passkey", 12), "niah_single": ("niah_single", 16),
          "niah_multikey": ("niah_multikey", 16), "chat": ("chat", 24)}
 GEN_ROOM = 32  # tokens left in the context for the answer
+DEV_FILLER = "emma.txt"  # --dev: a training book
 
 
 def n_ctx(model):
@@ -55,14 +59,16 @@ def n_tokens(model, text):
     return len(Q.run(["tokenize", model, "--bos", "--text", text]).stdout.split())
 
 
-def make_probe(model, task, target, seed, filler):
-    """A held-out probe whose prompt is at most `target` tokens (and not far below)."""
+def make_probe(model, task, target, seed, filler, dev=False):
+    """A held-out probe whose prompt is at most `target` tokens (and not far below); with dev,
+    one of the training generator's (for tuning parameters: see --dev)."""
     kind = TASKS[task][0]
     chars = int(target * 3.3)
     for attempt in range(12):
         # from the 6th attempt, other values too (a chat's turns are not all as long)
-        rng = synth.eval_rng(seed + 7919 * max(0, attempt - 5))
-        p = synth.make(kind, rng, filler, max(chars - 300, 0), True)
+        s = seed + 7919 * max(0, attempt - 5)
+        rng = synth.train_rng(s) if dev else synth.eval_rng(s)
+        p = synth.make(kind, rng, filler, max(chars - 300, 0), not dev)
         n = n_tokens(model, p.prompt)
         if n <= target and (n >= 0.85 * target or chars < 600):
             return p, n
@@ -113,7 +119,7 @@ def configs(policies, budgets):
 
 
 def bench(model, tasks, depths, n_probes, policies, budgets, filler, log, seed0=1,
-          block_rows=0):
+          block_rows=0, dev=False):
     ctx = n_ctx(model)
     name = os.path.basename(model)
     runs = []
@@ -124,7 +130,7 @@ def bench(model, tasks, depths, n_probes, policies, budgets, filler, log, seed0=
             failed = {}
             for i in range(n_probes):
                 seed = seed0 * 100000 + hash_task(task) * 1000 + i
-                p, n = make_probe(model, task, target, seed, filler)
+                p, n = make_probe(model, task, target, seed, filler, dev)
                 for pol, b in configs(policies, budgets):
                     key = (pol, b)
                     r = {"model": name, "task": task, "depth_ctx": f"{depth:g}",
@@ -189,9 +195,11 @@ def summarise(runs):
     return out
 
 
-def markdown(summary, budgets, depths, machine):
-    out = ["# Long-memory recall against KV budget\n", f"{machine}\n",
-           "Held-out probes (train/synth.py's evaluation seed; filler from persuasion.txt). "
+def markdown(summary, budgets, depths, machine, dev=False):
+    probes = (f"Tuning probes, NOT held out (--dev: train/synth.py's training generator; filler "
+              f"from {DEV_FILLER}). " if dev else "Held-out probes (train/synth.py's evaluation "
+              "seed; filler from persuasion.txt). ")
+    out = ["# Long-memory recall against KV budget\n", f"{machine}\n", probes +
            "Cells: share of probes whose greedy answer holds every value (RULER's "
            "string_match_all); budgets are the session's hard limit as a share of ONE "
            "context's full cache; depth is the prompt's length in contexts. \"not run\": "
@@ -265,14 +273,17 @@ def main():
     ap.add_argument("--probes", type=int, default=5, help="probes per task and depth")
     ap.add_argument("--block-rows", type=int, default=0,
                     help="rows per KV block (gist-model --kv-block-rows; 0: its default, 64)")
+    ap.add_argument("--dev", action="store_true",
+                    help="probes of the training generator with a training book as filler, "
+                         "to tune policy parameters on (never report these)")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke test: depth 1/2, one probe a task, full and window at 25%%")
     a = ap.parse_args()
     if not os.path.exists(Q.tool()):
         sys.exit(f"{Q.tool()} not built: run make")
-    book = os.path.join(Q.SHARED, "corpus", "persuasion.txt")
+    book = os.path.join(Q.SHARED, "corpus", DEV_FILLER if a.dev else "persuasion.txt")
     if not os.path.exists(book):
-        sys.exit(f"{book} (the held-out filler) not found")
+        sys.exit(f"{book} (the filler) not found")
     with open(book, encoding="utf-8") as f:
         filler = synth.Filler([f.read()])
     if a.quick:
@@ -291,14 +302,14 @@ def main():
 
     log(machine)
     runs = bench(a.model, a.tasks.split(","), depths, a.probes, pols, budgets, filler, log,
-                 block_rows=a.block_rows)
+                 block_rows=a.block_rows, dev=a.dev)
     summary = summarise(runs)
     with open(os.path.join(a.out, "memory_runs.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(runs)
     Q.write_csv(os.path.join(a.out, "memory.csv"), summary)
-    md = markdown(summary, budgets, depths, machine)
+    md = markdown(summary, budgets, depths, machine, a.dev)
     with open(os.path.join(a.out, "memory.md"), "w") as f:
         f.write(md + "\n")
     log(plot(summary, depths, os.path.join(a.out, "memory.png")))
