@@ -123,13 +123,27 @@ int pol_expand_spans(const pol_t *p, uint32_t lo, uint32_t hi, pol_cspan_t **out
             return err_set(e, ERR_NOMEM, "policy: out of memory listing spans");
         }
         const uint32_t whole = end - s->first + 1, part = b - a + 1;
-        v[m++] = (pol_cspan_t){
-            .first = a, .last = b, .tokens = part == whole ? s->tokens : part, .level = s->level};
+        v[m++] = (pol_cspan_t){.first = a,
+                               .last = b,
+                               .tokens = part == whole ? s->tokens : part,
+                               .level = s->level,
+                               .whole = s->gfirst != POL_NONE};
     }
     free(live);
     *out = v;
     *n = m;
     return 0;
+}
+
+uint32_t pol_sentence_cuts(const pol_t *p, const pol_text_t *pieces, uint32_t n, uint32_t *cuts)
+{
+    pol_seg_t g;
+    pol_seg_init(&g, &p->seg.cfg);
+    uint32_t m = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (pol_seg_push(&g, pieces[i].s, pieces[i].len) != POL_SEG_NONE && i > 0)
+            cuts[m++] = i;
+    return m;
 }
 
 /* Room for one more held range. */

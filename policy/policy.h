@@ -297,6 +297,7 @@ typedef struct pol_cspan {
     uint32_t first, last;
     uint32_t tokens; /* text tokens it stands for */
     uint8_t level;
+    bool whole; /* learned gists: only the whole span can come back */
 } pol_cspan_t;
 
 /* The closed compressed spans that overlap [lo, hi], clipped to it, outside the sinks, the
@@ -305,6 +306,12 @@ typedef struct pol_cspan {
  * whole (their gist rows stand for the whole sentence). */
 int pol_expand_spans(const pol_t *p, uint32_t lo, uint32_t hi, pol_cspan_t **out, uint32_t *n,
                      err_info_t *e);
+
+/* Where the policy's segmenter closes sentences in text read afresh (pieces[0 .. n), in
+ * order): the indices i, 0 < i < n, of the tokens that start a sentence, in order, into
+ * cuts (room for n - 1); returns how many. Re-expansion cuts a merged span into the
+ * sentences it was made of with it. */
+uint32_t pol_sentence_cuts(const pol_t *p, const pol_text_t *pieces, uint32_t n, uint32_t *cuts);
 
 /* Makes room for an expansion of [first, last] that adds `need` bytes: compacts (reason
  * "expand"; the spans of [first, last] are left alone) until they fit under the hard limits

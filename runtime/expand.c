@@ -8,11 +8,11 @@
  * attention score is the attention its rows draw per token they stand for, over the same
  * figure for all the candidates' rows together (1: as much as the average compressed span;
  * sinks and recent rows, which draw most attention anyway, are left out). Its lexical score
- * sums the turn's distinct tokens found among the span's transcript tokens, the rarer among
- * the candidates the more, over the candidates' mean. The score mixes them (expand_lex); a span
- * with no rows left (evicted from every lane) has only its lexical score. Spans reaching
- * expand_min are expanded best first, within
- * expand_tokens and expand_spans per turn.
+ * is the BM25 of the turn's distinct tokens against the span's transcript tokens
+ * (runtime/lexical.h: rare tokens weigh more, long spans gain little from common ones), over
+ * the candidates' mean. The score mixes them (expand_lex); a span with no rows left (evicted
+ * from every lane) has only its lexical score. Spans reaching expand_min are expanded best
+ * first, within expand_tokens and expand_spans per turn.
  *
  * Bringing back (expand_one): the span's tokens (gist-token ids left out) are read from the
  * transcript and prefilled again, apart from the store, over the rows held before the span,
@@ -31,6 +31,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "runtime/lexical.h"
 #include "runtime/rt_impl.h"
 
 static double now_ms(void)
@@ -431,7 +432,7 @@ int rt_sess_expand_span(rt_t *rt, rt_sess_t *s, uint32_t first, uint32_t last,
 typedef struct cand {
     pol_cspan_t c;
     double acc, mass; /* attention from the turn's queries, and the tokens its rows stand for */
-    double lex;       /* share of the turn's distinct tokens found in it */
+    double lex;       /* BM25 of the turn's tokens against its transcript tokens */
     double score;
 } cand_t;
 
@@ -441,12 +442,6 @@ static int cmp_score(const void *x, const void *y)
     if (a->score != b->score)
         return a->score > b->score ? -1 : 1;
     return a->c.first > b->c.first ? -1 : a->c.first < b->c.first; /* the newer first */
-}
-
-static int cmp_u32(const void *x, const void *y)
-{
-    const uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
-    return (a > b) - (a < b);
 }
 
 /* The candidate holding position pos (candidates in position order), or NULL. */
@@ -509,66 +504,123 @@ static int score_attention(rt_t *rt, rt_sess_t *s, uint32_t q0, uint32_t len, ca
     return rc;
 }
 
-/* Lexical scores: the turn's distinct tokens each candidate holds, each weighted by its rarity
- * among the candidates (log(1 + candidates / candidates holding it)), over the candidates'
- * mean. */
+/* Lexical scores: BM25 of the turn's distinct tokens (its last sentences) against each
+ * candidate's transcript tokens (runtime/lexical.h; gist-token ids left out of both), over the
+ * candidates' mean. */
 static int score_lexical(rt_t *rt, rt_sess_t *s, uint32_t q0, uint32_t len, cand_t *c, uint32_t nc,
                          err_info_t *e)
 {
     const uint32_t nq = len - q0;
-    uint32_t *q = malloc(sizeof *q * nq), *df = calloc(nq, sizeof *df), cap = 0, *t = NULL;
-    uint8_t *hit = malloc(nq);
-    int rc = q && df && hit ? kv_transcript_read(rt->st, s->kv, q0, nq, q, NULL)
-                            : err_set(e, ERR_NOMEM, "out of memory scoring spans");
+    size_t total = 0;
+    for (uint32_t i = 0; i < nc; i++)
+        total += c[i].c.last - c[i].c.first + 1;
+    const size_t room = total > nq ? total : nq; /* t holds the query's cuts first */
+    uint32_t *q = malloc(sizeof *q * nq), *t = malloc(sizeof *t * (room ? room : 1));
+    uint32_t *off = malloc(sizeof *off * (nc + 1));
+    double *sc = malloc(sizeof *sc * nc);
+    int rc = q && t && off && sc ? kv_transcript_read(rt->st, s->kv, q0, nq, q, NULL)
+                                 : err_set(e, ERR_NOMEM, "out of memory scoring spans");
     uint32_t nu = 0;
-    if (!rc) {
-        qsort(q, nq, sizeof *q, cmp_u32);
-        for (uint32_t i = 0; i < nq; i++)
-            if ((i == 0 || q[i] != q[i - 1]) && !is_gist_token(rt, q[i]))
-                q[nu++] = q[i];
-    }
-    /* two passes: document frequencies, then the shares */
-    for (int pass = 0; !rc && nu && pass < 2; pass++) {
-        double sum = 0.0;
-        for (uint32_t i = 0; !rc && i < nc; i++) {
-            const uint32_t n = c[i].c.last - c[i].c.first + 1;
-            if (n > cap) {
-                uint32_t *x = realloc(t, sizeof *x * n);
-                if (!x) {
-                    rc = err_set(e, ERR_NOMEM, "out of memory scoring spans");
-                    break;
-                }
-                t = x;
-                cap = n;
-            }
-            rc = kv_transcript_read(rt->st, s->kv, c[i].c.first, n, t, NULL);
-            memset(hit, 0, nu);
-            for (uint32_t j = 0; !rc && j < n; j++) {
-                const uint32_t *f = bsearch(&t[j], q, nu, sizeof *q, cmp_u32);
-                if (f)
-                    hit[f - q] = 1;
-            }
-            double h = 0.0;
-            for (uint32_t u = 0; u < nu; u++) {
-                if (pass == 0)
-                    df[u] += hit[u];
-                else if (hit[u])
-                    h += log(1.0 + (double)nc / df[u]); /* rare tokens weigh more */
-            }
-            if (pass == 1) {
-                c[i].lex = h;
-                sum += h;
-            }
+    for (uint32_t i = 0; !rc && i < nq; i++)
+        if (!is_gist_token(rt, q[i]))
+            q[nu++] = q[i];
+    /* the query: the window's last RT_EXPAND_QUERY_SENTENCES sentences (a question, and the
+     * answer it opens), leaving out its first sentence, which the window may have caught
+     * halfway (text before the question) */
+    if (!rc && nu > 1)
+        rc = rt_pieces(rt, (const int32_t *)q, nu, e);
+    if (!rc && nu > 1) {
+        const uint32_t nk = pol_sentence_cuts(s->pol, rt->pieces, nu, t);
+        if (nk) {
+            const uint32_t from =
+                t[nk > RT_EXPAND_QUERY_SENTENCES ? nk - RT_EXPAND_QUERY_SENTENCES : 0];
+            memmove(q, q + from, sizeof *q * (nu - from));
+            nu -= from;
         }
-        if (pass == 1 && sum > 0)
-            for (uint32_t i = 0; i < nc; i++)
-                c[i].lex /= sum / nc;
+    }
+    off[0] = 0;
+    for (uint32_t i = 0; !rc && i < nc; i++) {
+        const uint32_t n = c[i].c.last - c[i].c.first + 1;
+        rc = kv_transcript_read(rt->st, s->kv, c[i].c.first, n, t + off[i], NULL);
+        uint32_t k = off[i];
+        for (uint32_t j = 0; !rc && j < n; j++)
+            if (!is_gist_token(rt, t[off[i] + j]))
+                t[k++] = t[off[i] + j];
+        off[i + 1] = k;
+    }
+    if (!rc)
+        rc = rt_bm25(q, nu, t, off, nc, sc, e);
+    if (!rc) {
+        double sum = 0.0;
+        for (uint32_t i = 0; i < nc; i++)
+            sum += sc[i];
+        for (uint32_t i = 0; i < nc; i++)
+            c[i].lex = sum > 0 ? sc[i] / (sum / nc) : 0.0;
     }
     free(q);
-    free(df);
-    free(hit);
     free(t);
+    free(off);
+    free(sc);
     return rc;
+}
+
+/* The sentences of the candidates, each a candidate of its own with its span's attention
+ * score: a merged span stands for many sentences, and the one the turn asks about is worth
+ * re-prefilling without the rest (learned gist spans stay whole). *u (malloc'd) and *nu. */
+static int split_sentences(rt_t *rt, rt_sess_t *s, const cand_t *c, uint32_t nc, cand_t **u,
+                           uint32_t *nu, err_info_t *e)
+{
+    *u = NULL;
+    *nu = 0;
+    uint32_t most = 1, total = 0;
+    for (uint32_t i = 0; i < nc; i++) {
+        const uint32_t n = c[i].c.last - c[i].c.first + 1;
+        most = n > most ? n : most;
+        total += n;
+    }
+    uint32_t *ids = malloc(sizeof *ids * most), *tpos = malloc(sizeof *tpos * most);
+    uint32_t *cuts = malloc(sizeof *cuts * most);
+    int32_t *tok = malloc(sizeof *tok * most);
+    cand_t *v = malloc(sizeof *v * (total ? total : 1));
+    int rc =
+        ids && tpos && cuts && tok && v ? 0 : err_set(e, ERR_NOMEM, "out of memory scoring spans");
+    uint32_t m = 0;
+    for (uint32_t i = 0; !rc && i < nc; i++) {
+        const uint32_t n = c[i].c.last - c[i].c.first + 1;
+        rc = kv_transcript_read(rt->st, s->kv, c[i].c.first, n, ids, NULL);
+        uint32_t nt = 0;
+        for (uint32_t j = 0; !rc && j < n; j++)
+            if (!is_gist_token(rt, ids[j])) {
+                tok[nt] = (int32_t)ids[j];
+                tpos[nt++] = c[i].c.first + j;
+            }
+        if (!rc && nt)
+            rc = rt_pieces(rt, tok, nt, e);
+        if (rc)
+            break;
+        const uint32_t nk =
+            c[i].c.whole || nt < 2 ? 0 : pol_sentence_cuts(s->pol, rt->pieces, nt, cuts);
+        for (uint32_t k = 0; k <= nk; k++) { /* sentence k: text tokens [t0, t1) */
+            const uint32_t t0 = k ? cuts[k - 1] : 0, t1 = k < nk ? cuts[k] : nt;
+            v[m] = c[i];
+            v[m].c.first = k ? tpos[t0] : c[i].c.first;
+            v[m].c.last = k < nk ? tpos[t1] - 1 : c[i].c.last;
+            if (nk)
+                v[m].c.tokens = t1 - t0;
+            m++;
+        }
+    }
+    free(ids);
+    free(tpos);
+    free(cuts);
+    free(tok);
+    if (rc) {
+        free(v);
+        return rc;
+    }
+    *u = v;
+    *nu = m;
+    return 0;
 }
 
 int rt_sess_expand_auto(rt_t *rt, rt_sess_t *s, uint32_t max_tokens, int reason,
@@ -606,6 +658,11 @@ int rt_sess_expand_auto(rt_t *rt, rt_sess_t *s, uint32_t max_tokens, int reason,
         note(out, "nothing compressed", NULL);
     if (!rc && nc)
         rc = score_attention(rt, s, q0, len, c, nc, e);
+    cand_t *spans = c;
+    if (!rc && nc) {
+        rc = split_sentences(rt, s, spans, nc, &c, &nc, e);
+        free(spans);
+    }
     if (!rc && nc && xc.lex > 0.0f)
         rc = score_lexical(rt, s, q0, len, c, nc, e);
     if (!rc && nc) {

@@ -100,6 +100,7 @@ int rt_sess_shrink(rt_t *rt, rt_sess_t *s, size_t target, int64_t *freed, err_in
  * s->logits is predicted again over the rows as they are now. */
 
 #define RT_EXPAND_CANDIDATES 1024 /* compressed spans scored per turn at most (the newest) */
+#define RT_EXPAND_QUERY_SENTENCES 2 /* the turn's last sentences matched against the spans' words */
 
 typedef struct rt_expand_result {
     uint32_t candidates; /* compressed spans considered */

@@ -5,7 +5,8 @@
  * back from the store; |difference| < 1e-4, the summation order of the views differs); the
  * rows after it moved up in model positions when the gap was closed; the budget is never
  * crossed while room is made; an expansion refused for room, or failing at any allocation,
- * changes nothing; the automatic choice finds the span whose tokens the turn repeats.
+ * changes nothing; the automatic choice finds the span whose tokens the turn repeats, and
+ * within a span merged from several sentences the one sentence the turn asks about.
  * The model is random: nothing here says that expansion helps a model recall (that is
  * bench/memory.py's question on a trained model).
  */
@@ -18,6 +19,7 @@
 #include "kvstore/kv_pool.h"
 #include "model/kv_view.h"
 #include "model/tiny.h"
+#include "model/tokenizer.h"
 #include "runtime/runtime.h"
 #include "tests/check.h"
 #include "tests/test_runtime_util.h"
@@ -44,7 +46,7 @@ typedef struct fixture {
     uint32_t nl, nkv, hd;
 } fixture_t;
 
-static int fx_open(fixture_t *f, uint64_t seed)
+static int fx_open_ctx(fixture_t *f, uint64_t seed, uint32_t n_ctx)
 {
     static char path[512];
     snprintf(path, sizeof path, "%s/tiny-expand-%llu.gguf", check_tmpdir(),
@@ -52,7 +54,7 @@ static int fx_open(fixture_t *f, uint64_t seed)
     mdl_tiny_cfg_t cfg;
     mdl_tiny_cfg_default(&cfg);
     cfg.seed = seed;
-    cfg.n_ctx = N_CTX;
+    cfg.n_ctx = n_ctx;
     err_info_t e;
     err_clear(&e);
     memset(f, 0, sizeof *f);
@@ -76,6 +78,11 @@ static int fx_open(fixture_t *f, uint64_t seed)
     f->nl = hp->n_layer * hp->n_head_kv;
     f->hd = hp->head_dim;
     return 0;
+}
+
+static int fx_open(fixture_t *f, uint64_t seed)
+{
+    return fx_open_ctx(f, seed, N_CTX);
 }
 
 static void fx_close(fixture_t *f)
@@ -670,6 +677,104 @@ static void test_auto_finds_the_repeated_span(void)
     fx_close(&f);
 }
 
+/* Sentences of words the tiny tokenizer has pieces for; the third holds what the turn asks. */
+static const char *const STORY[] = {
+    " the day was long and they had not come back.",
+    " she said that he would be here by the time it was over.",
+    " my number is seven and it is a good one.",
+    " we went to the house and then we went out.",
+    " all of them were there when i came in.",
+    " he could see that she was not in the room.",
+    " there was no one who had been so good to her.",
+    " they did not know what to do with all of it.",
+    " it was the last time that she had seen him.",
+    " if you are not here then we will have to go.",
+    " what they had done was not so bad after all.",
+    " you will be with us when we go to the sea.",
+    " this was the first time he had been there.",
+    " no one said a word for a long time.",
+    " but he was not the man she had thought.",
+    " so they went on and did not look back.",
+};
+
+/* Feeds text a token at a time; *at advances past its tokens. */
+static int feed_text(fixture_t *f, rt_sess_t *s, const char *text, uint32_t *at)
+{
+    int32_t *ids = NULL;
+    size_t n = 0;
+    err_info_t e;
+    err_clear(&e);
+    int rc = tok_encode(mdl_tok(f->m), text, strlen(text), false, false, &ids, &n);
+    for (size_t i = 0; !rc && i < n; i++) /* a token a step, as decoding feeds them */
+        rc = rtu_feed(f->rt, s, ids + i, 1, &e);
+    free(ids);
+    if (rc)
+        check_fail_(__FILE__, __LINE__, "feeding '%s': %s", text, err_msg(&e));
+    *at += (uint32_t)n;
+    return rc;
+}
+
+/* Under a budget, old sentences are pooled and their gists merged into spans of several
+ * sentences; the automatic choice cuts such a span into the sentences it was made of (the
+ * policy's segmenter over the transcript's pieces) and brings back the one the turn asks
+ * about, not the whole span. */
+static void test_auto_brings_back_one_sentence_of_a_merged_span(void)
+{
+    fixture_t f;
+    if (fx_open_ctx(&f, 26, 256))
+        return;
+    const pol_param_t params[] = {{"expand", "0"},      {"expand_lex", "1"}, {"expand_spans", "1"},
+                                  {"sinks", "2"},       {"merge", "2"},      {"recent", "8"},
+                                  {"recent_frac", "0"}, {"min_gist", "1"}};
+    rt_sess_t s;
+    evlog_t g = {0};
+    /* 96 rows a lane: 16 sentences pooled into 2 rows each, the open one and the recent
+     * rows do not fit, and the oldest gists are merged */
+    const size_t row = (size_t)f.nl * 2 * f.hd * sizeof(float);
+    if (sess_open_ev(&f, &s, &g, params, 8, 96 * row))
+        return;
+    uint32_t start[17], at = 0;
+    for (uint32_t k = 0; k < 16; k++) {
+        start[k] = at;
+        if (feed_text(&f, &s, STORY[k], &at))
+            return;
+    }
+    start[16] = at;
+    pol_cspan_t *cs = NULL;
+    uint32_t nc = 0;
+    err_info_t e;
+    err_clear(&e);
+    CHECK_OK(pol_expand_spans(s.pol, 0, at - 1, &cs, &nc, &e));
+    bool merged = false; /* the third sentence lies in a span of more than itself */
+    for (uint32_t i = 0; i < nc; i++)
+        merged = merged || (cs[i].first <= start[2] && cs[i].last >= start[3] - 1 &&
+                            cs[i].last - cs[i].first > start[3] - 1 - start[2] && cs[i].level >= 2);
+    free(cs);
+    CHECK_MSG(merged, "the budget merged no span over the third sentence");
+    /* room for the sentence to come back (the choice, not the room, is tested here) */
+    CHECK_OK(kv_session_set_limits(f.st, s.kv, 192 * row, 168 * row, NULL));
+    if (feed_text(&f, &s, " what is my number? it is", &at))
+        return;
+    g.n = 0;
+    rt_expand_result_t r;
+    CHECK_OK(rt_sess_expand_auto(f.rt, &s, 0, POL_R_TURN, &r, &e));
+    CHECK_MSG(r.spans == 1, "expanded %u spans: %s", r.spans, r.note);
+    const pol_event_t *ev = NULL;
+    for (uint32_t i = 0; i < g.n; i++)
+        if (g.ev[i].action == POL_EXPAND)
+            ev = &g.ev[i];
+    CHECK_MSG(ev, "no expand event");
+    if (ev) {
+        CHECK_INT(ev->first, ==, start[2]);
+        CHECK_INT(ev->last, ==, start[3] - 1);
+    }
+    CHECK_OK(kv_store_check(f.st, &e));
+    const uint32_t kv = s.kv;
+    rt_sess_fini(&s);
+    kv_session_destroy(f.st, kv);
+    fx_close(&f);
+}
+
 int main(void)
 {
     RUN(test_expanded_equals_fresh_prefill);
@@ -677,5 +782,6 @@ int main(void)
     RUN(test_no_room_changes_nothing);
     RUN(test_failure_at_each_allocation);
     RUN(test_auto_finds_the_repeated_span);
+    RUN(test_auto_brings_back_one_sentence_of_a_merged_span);
     return check_done();
 }
