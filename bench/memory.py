@@ -34,6 +34,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +57,11 @@ def n_ctx(model):
 
 
 def n_tokens(model, text):
-    return len(Q.run(["tokenize", model, "--bos", "--text", text]).stdout.split())
+    # through a file: a prompt that overshoots may pass what one argument can hold
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".txt") as f:
+        f.write(text)
+        f.flush()
+        return len(Q.run(["tokenize", model, "--bos", "--file", f.name]).stdout.split())
 
 
 def make_probe(model, task, target, seed, filler, dev=False):
@@ -72,8 +77,9 @@ def make_probe(model, task, target, seed, filler, dev=False):
         n = n_tokens(model, p.prompt)
         if n <= target and (n >= 0.85 * target or chars < 600):
             return p, n
-        chars = int(chars * target / n * (0.95 if n > target else 1.0)) - (50 if n > target
-                                                                         else 0)
+        # a chat's length follows its filler only in part: at most double it a try
+        scale = min(2.0, target / n * (0.95 if n > target else 1.0))
+        chars = int(chars * scale) - (50 if n > target else 0)
     raise RuntimeError(f"{task}: no probe of at most {target} tokens (the last had {n})")
 
 
