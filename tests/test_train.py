@@ -439,6 +439,21 @@ def test_end_time_rolls_over_midnight():
     assert common.seconds_left(None) == math.inf
 
 
+def test_paused_step_counts_as_the_usual_one():
+    train_modules()
+    import common
+
+    c = common.StepClock()
+    assert [c.counted(1.0) for _ in range(12)] == [1.0] * 12
+    assert c.counted(600.0) == 1.0  # SIGSTOP'd for ten minutes: not spent training
+    assert c.counted(1.5) == 1.5
+    assert c.counted(45.0) == 45.0  # slow, but under a minute: counted as it was
+    slow = common.StepClock()  # steps of 5 s: 90 s is 18 of them, still counted
+    for _ in range(12):
+        slow.counted(5.0)
+    assert slow.counted(90.0) == 90.0
+
+
 def test_sentence_split():
     data, _export, _M = train_modules()
     texts = {0: "", 1: "Hello", 2: ".", 3: " there", 4: "!", 5: "\n", 6: " ok", 7: "e.g"}

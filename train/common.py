@@ -3,8 +3,10 @@
 The learning rate warms up, then follows a cosine down to a tenth of its peak as the
 elapsed training time approaches the budget (--minutes, and/or --end-utc HH:MM), so a run
 stopped by its budget has fully decayed. Elapsed time is kept in the checkpoint, so the
-same command resumes an interrupted run where it stopped.
+same command resumes an interrupted run where it stopped; a run paused with SIGSTOP (and
+resumed with SIGCONT) does not count the pause.
 """
+import collections
 import datetime as dt
 import math
 import os
@@ -13,6 +15,8 @@ import time
 import torch
 
 import model as M
+
+PAUSED_S = 60.0  # a step longer than this, and 20 times the recent ones, was paused
 
 
 def add_budget_args(ap, minutes, lr):
@@ -65,6 +69,23 @@ def make_optimizer(params, lr, weight_decay=0.1):
                              lr=lr, betas=(0.9, 0.95), eps=1e-8)
 
 
+class StepClock:
+    """A step's seconds against the budget: a step far longer than the recent ones was paused
+    (SIGSTOP while the machine measures something else), and counts as their median."""
+
+    def __init__(self, window=50):
+        self.recent = collections.deque(maxlen=window)
+
+    def counted(self, secs):
+        usual = sorted(self.recent)[len(self.recent) // 2] if len(self.recent) >= 10 else None
+        self.recent.append(secs)
+        if usual is not None and secs > max(PAUSED_S, 20 * usual):
+            print(f"# a step took {secs:.0f} s (paused?): counted as {usual:.1f} s", flush=True)
+            self.recent[-1] = usual
+            return usual
+        return secs
+
+
 def train_loop(a, model, opt, step_fn, eval_fn, ckpt_path, state, extra_state=None):
     """Runs step_fn(step) -> (loss, n_tokens) until the budget is spent.
     state: {"step", "elapsed", "tokens"} restored from a checkpoint (or zeros).
@@ -82,6 +103,8 @@ def train_loop(a, model, opt, step_fn, eval_fn, ckpt_path, state, extra_state=No
         M.save_checkpoint(ckpt_path, model, opt, step=step, elapsed=elapsed, tokens=tokens,
                           **extra_state)
 
+    clock = StepClock()
+
     while elapsed < total and (a.max_steps is None or step < a.max_steps):
         t0 = time.time()
         lr = lr_at(step, elapsed, total, a)
@@ -98,7 +121,7 @@ def train_loop(a, model, opt, step_fn, eval_fn, ckpt_path, state, extra_state=No
         loss_sum += float(loss)
         loss_n += 1
         now = time.time()
-        elapsed += now - t0
+        elapsed += clock.counted(now - t0)
         if step % a.log_every == 0:
             print(f"step {step} loss {loss_sum / loss_n:.4f} lr {lr:.2e} "
                   f"{tok_log / (now - t_log):.0f} tok/s elapsed {elapsed / 60:.1f}/"
