@@ -22,7 +22,10 @@ filler: the split to tune policy parameters on, so that the held-out probes stay
 
 A policy may carry parameters after '+': `--policies auto,auto+expand=0` compares `auto`
 (which re-expands compressed spans relevant to the end of the prompt before it answers) with
-`auto` without re-expansion; `--block-rows 16` gives small budgets room for it.
+`auto` without re-expansion. The store's blocks hold 16 rows here (`--block-rows`; gist-model's
+default is 64): at 12.5% of a context, the project's model (24 lanes of 256 rows) would hold
+4 blocks of 64 rows a lane, too coarse for a policy to shape and for an expansion to find
+room in; every policy runs with the same blocks, so the bytes stay equal.
 
 Usage: bench/memory.sh [--quick] [--model M] [--probes N] [--depths 0.5,1,2,4,8] ...
 """
@@ -277,7 +280,7 @@ def main():
     ap.add_argument("--budgets", default="100,50,25,12.5")
     ap.add_argument("--policies", default=",".join(Q.ALL_POLICIES))
     ap.add_argument("--probes", type=int, default=5, help="probes per task and depth")
-    ap.add_argument("--block-rows", type=int, default=0,
+    ap.add_argument("--block-rows", type=int, default=16,
                     help="rows per KV block (gist-model --kv-block-rows; 0: its default, 64)")
     ap.add_argument("--dev", action="store_true",
                     help="probes of the training generator with a training book as filler, "
@@ -301,7 +304,8 @@ def main():
     pols = [p for p in a.policies.split(",") if p.split("+")[0] in pols]
     os.makedirs(a.out, exist_ok=True)
     machine = (f"Machine: {platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-               f"one thread; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+               f"one thread; KV blocks of {a.block_rows or 64} rows; "
+               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
 
     def log(s):
         print(s, flush=True)
