@@ -31,6 +31,7 @@ Usage: bench/memory.sh [--quick] [--model M] [--probes N] [--depths 0.5,1,2,4,8]
 """
 import argparse
 import csv
+import math
 import os
 import platform
 import re
@@ -233,6 +234,36 @@ def markdown(summary, budgets, depths, machine, dev=False):
     return "\n".join(out)
 
 
+def quantile(xs, q):
+    """The q-quantile of xs by the nearest rank (q = 0.5: the median)."""
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]
+
+
+def expansion_cost(runs):
+    """Markdown: what re-expansion cost per answered probe, for each configuration that
+    expanded anything: tokens re-prefilled and milliseconds, median and p99."""
+    groups = {}
+    for r in runs:
+        if r.get("score", "") != "" and r.get("expand_ms") not in (None, "", "0"):
+            groups.setdefault((r["policy"], r["budget_pct"]), []).append(r)
+    if not groups:
+        return ""
+    out = ["## What re-expansion cost\n",
+           "Per probe (its prompt is one turn): spans and tokens re-prefilled, and the time the "
+           "choice and the prefill took, median and p99 over the probes of every task and depth.\n",
+           "| policy | budget | probes | spans, median | tokens, median / p99 | ms, median / p99 |",
+           "|---|---|---|---|---|---|"]
+    for (pol, b), rs in groups.items():
+        sp = [int(x["expand_spans"]) for x in rs]
+        tk = [int(x["expand_tokens"]) for x in rs]
+        ms = [float(x["expand_ms"]) for x in rs]
+        out.append(f"| {pol} | {b}% | {len(rs)} | {quantile(sp, 0.5)} | "
+                   f"{quantile(tk, 0.5)} / {quantile(tk, 0.99)} | "
+                   f"{quantile(ms, 0.5):.1f} / {quantile(ms, 0.99):.1f} |")
+    return "\n".join(out) + "\n"
+
+
 def plot(summary, depths, path):
     if not shutil.which("gnuplot"):
         return "gnuplot not found: no plot"
@@ -319,7 +350,7 @@ def main():
         w.writeheader()
         w.writerows(runs)
     Q.write_csv(os.path.join(a.out, "memory.csv"), summary)
-    md = markdown(summary, budgets, depths, machine, a.dev)
+    md = markdown(summary, budgets, depths, machine, a.dev) + "\n" + expansion_cost(runs)
     with open(os.path.join(a.out, "memory.md"), "w") as f:
         f.write(md + "\n")
     log(plot(summary, depths, os.path.join(a.out, "memory.png")))
