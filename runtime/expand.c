@@ -7,12 +7,16 @@
  * (Quest's query-aware selection, read from the softmax itself). A compressed span's
  * attention score is the attention its rows draw per token they stand for, over the same
  * figure for all the candidates' rows together (1: as much as the average compressed span;
- * sinks and recent rows, which draw most attention anyway, are left out). Its lexical score
- * is the BM25 of the turn's distinct tokens against the span's transcript tokens
- * (runtime/lexical.h: rare tokens weigh more, long spans gain little from common ones), over
- * the candidates' mean. The score mixes them (expand_lex); a span with no rows left (evicted
- * from every lane) has only its lexical score. Spans reaching expand_min are expanded best
- * first, within expand_tokens and expand_spans per turn.
+ * sinks and recent rows, which draw most attention anyway, are left out). When the lexical
+ * score counts (expand_lex > 0), each span is then cut into the sentences it was made of (the
+ * policy's segmenter over its transcript's pieces; learned gist spans stay whole), and each
+ * sentence is a candidate of its own: its span's attention score, and a lexical score, the
+ * BM25 of the turn's last sentences against the sentence's tokens (runtime/lexical.h: rare
+ * tokens weigh more, long sentences gain little from common ones) over the candidates'
+ * mean. The score mixes them (expand_lex); a span with no rows left (evicted from every lane)
+ * has only its lexical score. Candidates reaching expand_min are expanded best first, within
+ * expand_tokens and expand_spans per turn: a fact stated once comes back as its sentence,
+ * not as the hundreds of tokens a merged gist stands for.
  *
  * Bringing back (expand_one): the span's tokens (gist-token ids left out) are read from the
  * transcript and prefilled again, apart from the store, over the rows held before the span,
@@ -659,7 +663,7 @@ int rt_sess_expand_auto(rt_t *rt, rt_sess_t *s, uint32_t max_tokens, int reason,
     if (!rc && nc)
         rc = score_attention(rt, s, q0, len, c, nc, e);
     cand_t *spans = c;
-    if (!rc && nc) {
+    if (!rc && nc && xc.lex > 0.0f) { /* (without the words, a span's sentences would tie) */
         rc = split_sentences(rt, s, spans, nc, &c, &nc, e);
         free(spans);
     }
