@@ -79,4 +79,39 @@ def test_scorer_on_known_answers():
         assert synth.string_match_all(wrong, p.values) == 0.0, (task, wrong)
 
 
+def test_dev_probes_are_training_probes():
+    """--dev draws from the training generator (no held-out value) with a training book as
+    filler; the default draws held-out values from the held-out book."""
+    need()
+    import memory
+    import synth
+
+    with open(tap.shared(f"corpus/{memory.DEV_FILLER}"), encoding="utf-8") as f:
+        dev_filler = synth.Filler([f.read()])
+    with open(tap.shared("corpus/persuasion.txt"), encoding="utf-8") as f:
+        filler = synth.Filler([f.read()])
+    for task in ("passkey", "niah_single"):
+        for seed in range(4):
+            d, _ = memory.make_probe(MODEL, task, 300, seed, dev_filler, dev=True)
+            h, _ = memory.make_probe(MODEL, task, 300, seed, filler)
+            assert not any(synth.heldout(v) for v in d.values), (task, d.values)
+            assert all(synth.heldout(v) for v in h.values), (task, h.values)
+
+
+def test_expansion_cost_quantiles():
+    import memory
+
+    assert memory.quantile([4, 1, 3, 2], 0.5) == 2
+    assert memory.quantile(list(range(1, 101)), 0.99) == 99
+    assert memory.quantile([7], 0.99) == 7
+    runs = [{"policy": "auto", "budget_pct": "25", "score": "1", "expand_spans": str(s),
+             "expand_tokens": str(10 * s), "expand_ms": f"{s}.5"} for s in (1, 2, 3)]
+    runs += [{"policy": "auto+expand=0", "budget_pct": "25", "score": "0",
+              "expand_spans": "0", "expand_tokens": "0", "expand_ms": "0"}]
+    md = memory.expansion_cost(runs)
+    assert "| auto | 25% | 3 | 2 | 20 / 30 | 2.5 / 3.5 |" in md, md
+    assert "expand=0" not in md
+    assert memory.expansion_cost(runs[3:]) == ""
+
+
 tap.main(globals())
