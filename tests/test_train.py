@@ -367,6 +367,37 @@ def test_attention_and_copy_supervision():
     assert abs(float(aux["ov_loss"]) - total) < 1e-4
 
 
+def test_bf16_step_follows_f32():
+    """--bf16 (torch.autocast) runs the forward's products in bfloat16: the logits stay within
+    bfloat16's rounding of the float32 ones, the softmax of attention stays float32 (the
+    watched heads' loss too), and the gradients point the same way."""
+    _data, _export, M = train_modules()
+    torch.manual_seed(5)
+    cfg = M.Config(n_vocab=97, n_embd=32, n_layer=2, n_head=4, n_head_kv=2, n_ff=64, n_ctx=40)
+    m = M.Llama(cfg)
+    x = torch.randint(0, 97, (2, 40))
+    runs = []
+    for bf16 in (False, True):
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = m(x)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 97), x.reshape(-1))
+        loss.backward()
+        g = torch.cat([p.grad.reshape(-1) for p in m.parameters()])
+        runs.append((logits.float(), float(loss), g, logits.dtype))
+    (l32, loss32, g32, t32), (l16, loss16, g16, t16) = runs
+    assert t32 == torch.float32 and t16 == torch.bfloat16  # the products did run in bf16
+    assert float((l16 - l32).abs().max()) < 0.05 * float(l32.abs().max()), "logits"
+    assert abs(loss16 - loss32) < 0.01 * loss32, (loss16, loss32)
+    cos = float(g16 @ g32 / (g16.norm() * g32.norm()))
+    assert cos > 0.99, cos
+    q, k = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 6, 8)
+    bias = torch.zeros(1, 6, 6).masked_fill(~torch.ones(6, 6, dtype=torch.bool).tril(), -1e30)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _o, nll = M.attention(q, k, k, bias, None, [(0, torch.zeros(1, 6, dtype=torch.long))])
+    assert nll[0].dtype == torch.float32
+
+
 def test_thought_split_and_mask():
     """Gists after each thought (train_gist --unit thought): the thoughts are where gistd's
     segmenter closes them, and a token sees finished thoughts only through their gists."""

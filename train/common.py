@@ -33,6 +33,10 @@ def add_budget_args(ap, minutes, lr):
     ap.add_argument("--ckpt-minutes", type=float, default=4.0)
     ap.add_argument("--eval-minutes", type=float, default=10.0)
     ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--bf16", action="store_true",
+                    help="the forward's matrix products in bfloat16 (torch.autocast): about "
+                         "twice the speed where the CPU has AVX512-BF16; weights, optimizer, "
+                         "softmax and losses stay float32")
 
 
 def end_time_utc(end_utc, now=None):
@@ -110,7 +114,8 @@ def train_loop(a, model, opt, step_fn, eval_fn, ckpt_path, state, extra_state=No
         lr = lr_at(step, elapsed, total, a)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss, ntok = step_fn(step)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=getattr(a, "bf16", False)):
+            loss, ntok = step_fn(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)

@@ -245,7 +245,8 @@ def attention(q, k, v, bias, decay=None, watch=None):
         heads = []
         for head in range(H):
             g = head // rep
-            p = torch.softmax(torch.baddbmm(add[g], qs[head][c], kc[g]), dim=-1)
+            # (float: under --bf16 the product is bfloat16, its softmax not)
+            p = torch.softmax(torch.baddbmm(add[g], qs[head][c], kc[g]).float(), dim=-1)
             heads.append(torch.bmm(p, vc[g]))
             if head in watch:
                 tgt = watch[head][:, q0:q1]

@@ -33,6 +33,8 @@ MIX=${MIX:-0}
 # torch threads: 2 on an idle machine; on a machine others load, 1 runs 3-4 times faster
 # (two OpenMP threads wait on each other whenever one is descheduled)
 THREADS=${THREADS:-2}
+# BF16=1: the base stages' matrix products in bfloat16 (train_base.py --bf16; 1.4 times the
+# tokens per second on this machine's AVX512-BF16 cores, the same losses: train/README.md)
 mkdir -p $RUNS/base $RUNS/gist $RUNS/gates $MODELS
 
 [ -f $TOK ] || $RUN train/tokenizer.py --corpus "$CORPUS" --out train/runs/tok4096 --vocab 4096
@@ -50,7 +52,7 @@ base_stage() {
     [ -f $out/result.json ] || \
     $RUN train/train_base.py --corpus "$CORPUS" --tok $TOK --out $out --ctx $ctx --mix $MIX \
         $PROBES ${SUP:-} --dim 256 --layers 6 --heads 8 --kv-heads 4 --seq $seq \
-        --batch $((2048 / seq)) --lr "${BASE_LR:-2e-3}" --minutes "$minutes" \
+        --batch $((2048 / seq)) --lr "${BASE_LR:-2e-3}" --minutes "$minutes" ${BF16:+--bf16} \
         ${end:+--end-utc $end} --eval-windows 8 --eval-minutes 30 --threads $THREADS "$@" \
         >> $out/log.txt 2>&1
 }
@@ -146,7 +148,7 @@ if [ "$MIX" != 0 ]; then
 fi
 # the command as it was run, for the card
 CMD=""
-for v in RUNS MODELS INIT_GGUF INIT_CKPT INDUCTION_STEPS SUP SHORT_CTX SHORT_KINDS SHORT_MIN SHORT_END CARRY CARRY_SUP CARRY_KINDS GIST_SEQ BASE_SEQ BASE_KINDS CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
+for v in RUNS MODELS INIT_GGUF INIT_CKPT INDUCTION_STEPS BF16 SUP SHORT_CTX SHORT_KINDS SHORT_MIN SHORT_END CARRY CARRY_SUP CARRY_KINDS GIST_SEQ BASE_SEQ BASE_KINDS CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
          GIST_END GATES_MIN GATES_END EVAL_WINDOWS MEMORY_ARGS REASONING_ARGS; do
     [ -n "${!v:-}" ] && CMD="$CMD$v=${!v} "
 done

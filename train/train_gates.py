@@ -31,10 +31,10 @@ def gate_losses(model, x, y, budget, lam):
     """(total loss, dict of parts) for one batch x, y [B, T]."""
     B, T = x.shape
     with torch.no_grad():
-        teacher = F.log_softmax(model(x), dim=-1)
+        teacher = F.log_softmax(model(x).float(), dim=-1)  # (float: under --bf16 too)
     aux = {"apply_gates": True}
     logits = model(x, aux=aux)
-    logp = F.log_softmax(logits, dim=-1)
+    logp = F.log_softmax(logits.float(), dim=-1)
     kl = F.kl_div(logp, teacher, log_target=True, reduction="batchmean") / T
     nll = F.nll_loss(logp.reshape(-1, logp.shape[-1]), y.reshape(-1))
     causal = torch.ones(T, T).tril()
