@@ -205,4 +205,27 @@ def test_generate_through_the_store():
     assert "evict/window=" in p.stderr
 
 
+def test_perplexity_in_turns_re_expands_between_them():
+    """`perplexity --ctx 0 --turn N` scores the text as turns of N tokens with re-expansion
+    after each (as gistd runs it after a client's turn): without re-expansion the turns change
+    no score; with it, spans come back, the budget holds, and the scores are the model's over
+    the rows brought back; --turn needs one session."""
+    m = stories()
+    base = ("perplexity", m, "--file", story_text(), "--ctx", "0", "--policy", "auto",
+            "--kv-budget", "25%", "--kv-block-rows", "16")
+    plain = figures(run(*base).stdout)
+    off = figures(run(*base, "--turn", "32", "--param", "expand=0").stdout)
+    assert off["ppl"] == plain["ppl"] and off["tokens"] == plain["tokens"]
+    assert off["expansions"].startswith("0 spans, 0 tokens"), off["expansions"]
+    on = figures(run(*base, "--turn", "32").stdout)
+    spans = int(on["expansions"].split()[0])
+    assert spans > 0 and "expand/prefill=" in on["compactions"], on
+    assert int(on["peak_kv_bytes"]) <= int(on["kv_budget"])
+    assert on["tokens"] == plain["tokens"] and math.isfinite(float(on["ppl"]))
+    assert on["ppl"] != plain["ppl"]  # the next turns were scored over what came back
+    p = run("perplexity", m, "--file", story_text(), "--ctx", "128", "--turn", "32", "--policy",
+            "auto", check=False)
+    assert p.returncode == 2 and "--turn needs --ctx 0" in p.stderr, p.stderr
+
+
 tap.main(globals())

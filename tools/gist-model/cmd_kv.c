@@ -206,6 +206,7 @@ int kv_cmd_perplexity(int argc, char **argv)
 {
     const char *model = NULL, *path = NULL;
     long threads = 0, ctx = -1, ubatch = 0; /* ctx -1: the model's; 0: one session */
+    long turn = 0; /* > 0 (one session only): a turn every `turn` tokens, re-expansion after it */
     kv_opts_t o = {.cfg.hot_type = DT_F16};
     int rc = 2;
     for (int i = 0; i < argc; i++) {
@@ -225,6 +226,8 @@ int kv_cmd_perplexity(int argc, char **argv)
             bad = cmd_parse_long(a, argv[++i], 1, 1 << 20, &ubatch);
         else if (!strcmp(a, "--threads") && has)
             bad = cmd_parse_long(a, argv[++i], 0, 1024, &threads);
+        else if (!strcmp(a, "--turn") && has)
+            bad = cmd_parse_long(a, argv[++i], 1, INT32_MAX, &turn);
         else if (a[0] == '-' || model)
             bad = cmd_usage_error("perplexity: unexpected argument '%s'", a);
         else
@@ -238,8 +241,12 @@ int kv_cmd_perplexity(int argc, char **argv)
         goto done;
     }
     if (!model || !path) {
-        cmd_usage_error("usage: gist-model perplexity MODEL --file F [--ctx N|0] [--policy NAME] "
-                        "[--kv-budget SIZE] ...");
+        cmd_usage_error("usage: gist-model perplexity MODEL --file F [--ctx N|0 [--turn N]] "
+                        "[--policy NAME] [--kv-budget SIZE] ...");
+        goto done;
+    }
+    if (turn && ctx != 0) {
+        cmd_usage_error("perplexity: --turn needs --ctx 0 (the whole file as one session)");
         goto done;
     }
 
@@ -288,7 +295,7 @@ int kv_cmd_perplexity(int argc, char **argv)
     const size_t n_windows = (n_ids - 2) / (size_t)(ctx - 1) + 1;
     double nll = 0.0, t0 = cmd_now(), rows_sum = 0.0, text_sum = 0.0;
     size_t scored = 0, w = 0, peak = 0;
-    uint64_t gist_tokens = 0;
+    uint64_t gist_tokens = 0, expansions = 0, expand_tokens = 0;
     pol_stats_t total = {0};
     err_info_t e;
     for (size_t start = 0; start + 1 < n_ids; start += (size_t)ctx - 1, w++) {
@@ -299,15 +306,32 @@ int kv_cmd_perplexity(int argc, char **argv)
             goto out;
         }
         if (one) {
-            /* in pieces, for the progress lines; the scores are those of one feed */
-            for (size_t at = start; at < end; at += 4096) {
-                const size_t to = at + 4096 < end ? at + 4096 : end;
+            /* in pieces, for the progress lines; the scores are those of one feed. With
+             * --turn, each piece is a turn: what the policy re-expands after it (as gistd does
+             * after a client's turn) is there when the next one is scored */
+            const size_t piece = turn ? (size_t)turn : 4096;
+            size_t next_line = 0;
+            for (size_t at = start; at < end; at += piece) {
+                const size_t to = at + piece < end ? at + piece : end;
                 if (kvr_score(r, ids + at, (uint32_t)(to - at), &nll, &scored, &e)) {
                     fprintf(stderr, "gist-model: after %zu tokens: %s\n", scored, err_msg(&e));
                     goto out;
                 }
-                fprintf(stderr, "%zu tokens scored, ppl so far %.4f (%.1f tokens/s)\n", scored,
-                        exp(nll / scored), scored / (cmd_now() - t0));
+                if (turn && to < end) {
+                    rt_expand_result_t xr;
+                    if (kvr_expand(r, NULL, &xr, &e)) {
+                        fprintf(stderr, "gist-model: expanding after %zu tokens: %s\n", scored,
+                                err_msg(&e));
+                        goto out;
+                    }
+                    expansions += xr.spans;
+                    expand_tokens += xr.tokens;
+                }
+                if (scored >= next_line || to == end) {
+                    fprintf(stderr, "%zu tokens scored, ppl so far %.4f (%.1f tokens/s)\n",
+                            scored, exp(nll / scored), scored / (cmd_now() - t0));
+                    next_line = scored + 4096;
+                }
             }
         } else if (kvr_feed(r, ids + start, (uint32_t)(end - start), logits, NULL, &e)) {
             fprintf(stderr, "gist-model: %s\n", err_msg(&e));
@@ -338,6 +362,10 @@ int kv_cmd_perplexity(int argc, char **argv)
     printf("gist_tokens: %llu\n", (unsigned long long)gist_tokens);
     printf("compactions: ");
     print_compactions(stdout, &total);
+    if (turn)
+        printf("expansions: %llu spans, %llu tokens re-prefilled, %zu turns of %ld tokens\n",
+               (unsigned long long)expansions, (unsigned long long)expand_tokens,
+               (n_ids + (size_t)turn - 1) / (size_t)turn, turn);
     printf("ppl: %.4f\n", exp(nll / scored));
     rc = 0;
 out:

@@ -25,7 +25,8 @@ static const struct {
     {"perplexity", cmd_perplexity, "perplexity MODEL --file F [--ctx N] [--threads N]"},
     {"  (KV store)", NULL,
      "logits|generate|perplexity ... --policy NAME [--kv-budget SIZE|P%] [--kv-soft SIZE] "
-     "[--param KEY=VALUE] [--kv-block-rows N] [--spill-dir DIR|none] [--events]"},
+     "[--param KEY=VALUE] [--kv-block-rows N] [--spill-dir DIR|none] [--events]; "
+     "perplexity --ctx 0 [--turn N]"},
     {"segment", cmd_segment,
      "segment MODEL (--file F | --text S) [--rule train|text] [--max-sentence N]"},
 };
