@@ -199,7 +199,6 @@ static void print_compactions(FILE *f, const pol_stats_t *s)
     fputs(any ? "\n" : "none\n", f);
 }
 
-
 /* ------------------------------------------------------------------ perplexity */
 
 int kv_cmd_perplexity(int argc, char **argv)
@@ -328,8 +327,8 @@ int kv_cmd_perplexity(int argc, char **argv)
                     expand_tokens += xr.tokens;
                 }
                 if (scored >= next_line || to == end) {
-                    fprintf(stderr, "%zu tokens scored, ppl so far %.4f (%.1f tokens/s)\n",
-                            scored, exp(nll / scored), scored / (cmd_now() - t0));
+                    fprintf(stderr, "%zu tokens scored, ppl so far %.4f (%.1f tokens/s)\n", scored,
+                            exp(nll / scored), scored / (cmd_now() - t0));
                     next_line = scored + 4096;
                 }
             }
@@ -659,8 +658,9 @@ int kv_cmd_generate(int argc, char **argv)
             (unsigned long long)fg.positions);
     print_compactions(stderr, &fg.pol);
     if (xr.candidates || xr.spans)
-        fprintf(stderr, "expansion: %u of %u compressed spans, %u tokens re-prefilled, %+lld "
-                        "bytes, %.1f ms%s%s\n",
+        fprintf(stderr,
+                "expansion: %u of %u compressed spans, %u tokens re-prefilled, %+lld "
+                "bytes, %.1f ms%s%s\n",
                 xr.spans, xr.candidates, xr.tokens, (long long)xr.bytes, xr.ms,
                 xr.note[0] ? "; " : "", xr.note);
     rc = 0;
