@@ -38,7 +38,8 @@ int rt_bm25(const uint32_t *query, uint32_t nq, const uint32_t *tok, const uint3
         free(hit);
         return err_set(e, ERR_NOMEM, "out of memory scoring %u spans against %u tokens", n_doc, nq);
     }
-    memcpy(q, query, sizeof *q * nq);
+    if (nq)
+        memcpy(q, query, sizeof *q * nq);
     qsort(q, nq, sizeof *q, cmp_u32);
     uint32_t nu = 0;
     for (uint32_t i = 0; i < nq; i++)
