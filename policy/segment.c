@@ -97,6 +97,10 @@ int pol_seg_peek(const pol_seg_t *s, const char *piece, uint32_t len)
     }
     if (s->term && len > 0 && is_space(piece[0]))
         return POL_SEG_SENTENCE;
+    /* the text rule: a chat template's end of turn right after the terminator ("crisp-wagon.
+     * <|im_end|>") ends the sentence too, as a control token (no text) or as text ("<") */
+    if (s->term && !s->cfg.train_rule && (len == 0 || piece[0] == '<'))
+        return POL_SEG_SENTENCE;
     if (s->cfg.train_rule) {
         bool nl = len == 1 && piece[0] == '\n';
         if (s->last_nl && s->prev_nl && !nl)

@@ -9,8 +9,10 @@
  * (the newlines close as a span of their own); a sentence that
  * reaches max_len tokens closes anyway (text without punctuation). The `train` rule is
  * exactly the one the gist tokens were trained with (train/data.py: sentence_ends); the
- * text rule also lets closing quotes and brackets follow the terminator (`ball?"`) and keeps
- * common abbreviations and initials (`Mr.`, `J.`) from closing a sentence.
+ * text rule also lets closing quotes and brackets follow the terminator (`ball?"`), closes a
+ * sentence whose terminator a chat template's end-of-turn marker follows (a control token,
+ * which has no text, or a marker written as text starting with `<`: `done.<|im_end|>`), and
+ * keeps common abbreviations and initials (`Mr.`, `J.`) from closing a sentence.
  *
  * A plain value type: no allocation, any thread for its own value. No errors.
  */

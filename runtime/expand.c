@@ -530,17 +530,25 @@ static int score_lexical(rt_t *rt, rt_sess_t *s, uint32_t q0, uint32_t len, cand
             q[nu++] = q[i];
     /* the query: the window's last RT_EXPAND_QUERY_SENTENCES sentences (a question, and the
      * answer it opens), leaving out its first sentence, which the window may have caught
-     * halfway (text before the question) */
+     * halfway (text before the question), and an open last one that ends in a line break or
+     * a control token (a chat template's header for the reply: "<|im_start|>assistant\n"),
+     * whose markers would match every turn of the chat but the one asked about */
     if (!rc && nu > 1)
         rc = rt_pieces(rt, (const int32_t *)q, nu, e);
     if (!rc && nu > 1) {
         const uint32_t nk = pol_sentence_cuts(s->pol, rt->pieces, nu, t);
-        if (nk) {
-            const uint32_t from =
-                t[nk > RT_EXPAND_QUERY_SENTENCES ? nk - RT_EXPAND_QUERY_SENTENCES : 0];
-            memmove(q, q + from, sizeof *q * (nu - from));
-            nu -= from;
-        }
+        const pol_text_t *end = &rt->pieces[nu - 1];
+        bool scaffold = true; /* the last piece: nothing but whitespace, or no text at all */
+        for (uint32_t b = 0; scaffold && b < end->len; b++)
+            scaffold = end->s[b] == '\n' || end->s[b] == ' ' || end->s[b] == '\t';
+        /* sentence j is [S_j, S_j+1) with S = 0, t[0 .. nk), nu: keep [first, last] */
+        const uint32_t last = nk && scaffold ? nk - 1 : nk;
+        uint32_t first =
+            last + 1 > RT_EXPAND_QUERY_SENTENCES ? last + 1 - RT_EXPAND_QUERY_SENTENCES : 0;
+        first = first ? first : (last ? 1 : 0);
+        const uint32_t from = first ? t[first - 1] : 0, to = last < nk ? t[last] : nu;
+        memmove(q, q + from, sizeof *q * (to - from));
+        nu = to - from;
     }
     off[0] = 0;
     for (uint32_t i = 0; !rc && i < nc; i++) {

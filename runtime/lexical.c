@@ -62,8 +62,9 @@ int rt_bm25(const uint32_t *query, uint32_t nq, const uint32_t *tok, const uint3
         double s = 0.0;
         for (uint32_t h = 0; h < nh; h++) {
             const uint32_t u = hit[h];
-            const double idf = log(1.0 + (n_doc - df[u] + 0.5) / (df[u] + 0.5));
-            s += idf * f[u] * (RT_BM25_K1 + 1.0) / (f[u] + norm);
+            const double idf = log((n_doc - df[u] + 0.5) / (df[u] + 0.5));
+            if (idf > 0.0) /* a token in half the documents or more is no evidence */
+                s += idf * f[u] * (RT_BM25_K1 + 1.0) / (f[u] + norm);
             f[u] = 0;
         }
         score[d] = s;

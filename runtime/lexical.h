@@ -9,11 +9,13 @@
  *     idf(t) * f (k1 + 1) / (f + k1 (1 - b + b |d| / avgdl))
  *
  * with f the token's count in the document, |d| the document's length, avgdl the mean
- * length, k1 = 1.2, b = 0.75, and idf(t) = ln(1 + (N - n(t) + 0.5) / (n(t) + 0.5)) over the
- * N documents, n(t) of which hold t (Robertson and Zaragoza, "The Probabilistic Relevance
- * Framework: BM25 and Beyond", 2009). Rare tokens weigh more and a long document gains
- * little from holding many common ones, so a short sentence that holds the turn's rare words
- * ranks above a long span that holds its common ones.
+ * length, k1 = 1.2, b = 0.75, and idf(t) = ln((N - n(t) + 0.5) / (n(t) + 0.5)) over the N
+ * documents, n(t) of which hold t, counted only where it is positive (Robertson and
+ * Zaragoza, "The Probabilistic Relevance Framework: BM25 and Beyond", 2009). Rare tokens
+ * weigh more, a token that half the documents hold or more weighs nothing (a chat template's
+ * markers, "the"), and a long document gains little from holding many common ones, so a
+ * short sentence that holds the turn's rare words ranks above a long span that holds its
+ * common ones.
  *
  * Pure: caller memory only, any thread.
  */

@@ -34,30 +34,36 @@ static double naive(const uint32_t *q, uint32_t nq, const uint32_t *tok, const u
         }
         if (!f)
             continue;
-        const double idf = log(1.0 + (n_doc - n + 0.5) / (n + 0.5));
+        const double idf = log((n_doc - n + 0.5) / (n + 0.5));
         const double norm = avgdl > 0 ? 1.0 - 0.75 + 0.75 * len / avgdl : 0.25;
-        s += idf * f * 2.2 / (f + 1.2 * norm);
+        if (idf > 0)
+            s += idf * f * 2.2 / (f + 1.2 * norm);
     }
     return s;
 }
 
 static void test_by_hand(void)
 {
-    /* documents {1 2} and {3}; query {1}: N 2, n(1) 1, idf ln 2, avgdl 1.5, and document 0
-     * (length 2, f 1) scores ln 2 * 2.2 / (1 + 1.2 (0.25 + 0.75 * 2 / 1.5)) = 0.88 ln 2 */
-    const uint32_t tok[] = {1, 2, 3}, off[] = {0, 2, 3}, q[] = {1, 1};
-    double sc[2];
+    /* documents {1 2}, {3} and {4 2}; query {1}: N 3, n(1) 1, idf ln(2.5 / 1.5), avgdl 5/3,
+     * and document 0 (length 2, f 1) scores idf * 2.2 / (1 + 1.2 (0.25 + 0.75 * 2 / (5/3)))
+     * = idf * 2.2 / 2.38 */
+    const uint32_t tok[] = {1, 2, 3, 4, 2}, off[] = {0, 2, 3, 5}, q[] = {1, 1};
+    double sc[3];
     err_info_t e;
     err_clear(&e);
-    CHECK_OK(rt_bm25(q, 2, tok, off, 2, sc, &e));
-    CHECK_NEAR(sc[0], 0.88 * log(2.0), 1e-12);
-    CHECK_NEAR(sc[1], 0.0, 0.0);
+    CHECK_OK(rt_bm25(q, 2, tok, off, 3, sc, &e));
+    CHECK_NEAR(sc[0], log(2.5 / 1.5) * 2.2 / 2.38, 1e-12);
+    CHECK(sc[1] == 0.0 && sc[2] == 0.0);
+    /* token 2 is in two of the three: no evidence, whatever the document */
+    const uint32_t q2[] = {2};
+    CHECK_OK(rt_bm25(q2, 1, tok, off, 3, sc, &e));
+    CHECK(sc[0] == 0.0 && sc[1] == 0.0 && sc[2] == 0.0);
     /* no query tokens, or none held: every score 0 */
-    CHECK_OK(rt_bm25(q, 0, tok, off, 2, sc, &e));
-    CHECK(sc[0] == 0.0 && sc[1] == 0.0);
+    CHECK_OK(rt_bm25(q, 0, tok, off, 3, sc, &e));
+    CHECK(sc[0] == 0.0 && sc[1] == 0.0 && sc[2] == 0.0);
     const uint32_t q9[] = {9};
-    CHECK_OK(rt_bm25(q9, 1, tok, off, 2, sc, &e));
-    CHECK(sc[0] == 0.0 && sc[1] == 0.0);
+    CHECK_OK(rt_bm25(q9, 1, tok, off, 3, sc, &e));
+    CHECK(sc[0] == 0.0 && sc[1] == 0.0 && sc[2] == 0.0);
 }
 
 static void test_against_the_formula(void)

@@ -61,6 +61,21 @@ static void test_segment_sentences(void)
     CHECK_STR(out, "..........S");
     seg_run(true, 0, d, 11, out);
     CHECK_STR(out, "..S...S...S");
+
+    /* a chat template's end of turn right after the terminator: as text ("<|im_end|>" in
+     * pieces) and as a control token (no text); the training rule keeps its own */
+    const char *e[] = {"The",       " key", " is", " crisp", ".", "<", "|",
+                       "im",        "_end", "|>",  "\n",     "<", "|", "im_start|>",
+                       "assistant", "\n",   "Got", " it",    "."};
+    seg_run(false, 0, e, 19, out);
+    CHECK_STR(out, ".....S.............");
+    seg_run(true, 0, e, 19, out);
+    CHECK_STR(out, "...................");
+    const char *f[] = {"Done", ".", "", "\n", "", "assistant", "\n", "Ok", "."};
+    seg_run(false, 0, f, 9, out);
+    CHECK_STR(out, "..S......");
+    seg_run(true, 0, f, 9, out);
+    CHECK_STR(out, ".........");
 }
 
 static void test_segment_paragraphs(void)
