@@ -20,14 +20,13 @@
  *
  * Bringing back (expand_one): the span's tokens (gist-token ids left out) are read from the
  * transcript and prefilled again, apart from the store, over the rows held before the span,
- * at the model positions that follow the last of those rows; the rows after the span move up
- * in model-position space when the gap left by compaction is too narrow for them (keys turned
- * by the model's rotation, kv_session_remap), after a renumbering of the session when that
- * would pass the trained context. Then one kv_span_replace swaps the span's rows for the raw
- * rows in every lane. Room is made first by the policy (pol_expand_room: compaction of other
- * rows, never of the span; the hard limits are the store's and never crossed). A refused
- * expansion moves the rows after the span back where they were (their keys turned back: equal
- * to within float rounding) and changes nothing else.
+ * at the model positions that follow the last of those rows, every held row's model position
+ * renumbered by its rank first (keys turned by the model's rotation, kv_session_remap), so
+ * that the model reads the distances of the rows it holds, not of the transcript's gaps. Then
+ * one kv_span_replace swaps the span's rows for the raw rows in every lane. Room is made first
+ * by the policy (pol_expand_room: compaction of other rows, never of the span; the hard limits
+ * are the store's and never crossed). A refused expansion moves the held rows back where they
+ * were (their keys turned back: equal to within float rounding) and changes nothing else.
  */
 #include <math.h>
 #include <stdio.h>
@@ -125,11 +124,6 @@ static int around(rt_t *rt, const rt_sess_t *s, uint32_t a, uint32_t b, float *m
     return 0;
 }
 
-/* The knots of one kv_session_remap that leaves n model positions free right after the rows
- * held before [a, b] (*k 0: they are free already). When the gap compaction left is narrow,
- * the rows after the span move up; when that would pass the trained context, every held
- * position is renumbered by its rank with the n positions left out after the rows before
- * the span. Either map is strictly increasing, so the knots swapped undo it. */
 /* ERR_CONTEXT when the rows on both sides of [a, b] share one model position: the session
  * held more positions than the context and they were squeezed together, and no remap can
  * pull them apart. Checked before any room is made, so that a refusal changes nothing. */
@@ -146,6 +140,14 @@ static int squeezed(rt_t *rt, const rt_sess_t *s, uint32_t a, uint32_t b, err_in
     return rc;
 }
 
+/* The knots of one kv_session_remap that renumbers every model position held outside [a, b] by
+ * its rank, with n positions left out right after the rows held before the span (*k 0: they
+ * are so already). Dense positions make the distances the model reads those of the rows it
+ * holds: with the gaps compaction leaves, a sentence brought back two contexts deep sat some
+ * 1,850 positions before the question with 400 rows between, past what the model recalls,
+ * and it read the pass key wrong (bench/memory.py: pass keys 2 contexts deep at 25% of a
+ * context, 0.12 with the gaps, 1.00 renumbered). The map is strictly increasing, so the knots
+ * swapped undo it. ERR_CONTEXT when the held positions and the span's pass the context. */
 static int plan_positions(rt_t *rt, const rt_sess_t *s, uint32_t a, uint32_t b, uint32_t n,
                           float **from, float **to, uint32_t *k, err_info_t *e)
 {
@@ -158,13 +160,15 @@ static int plan_positions(rt_t *rt, const rt_sess_t *s, uint32_t a, uint32_t b, 
     if (rc)
         return rc;
     kv_session_next_mpos(rt->st, s->kv, &next);
-    const float d = fmaxf(0.0f, ceilf(m0 + 1.0f + (float)n - m1));
     const uint32_t n_ctx = rt->hp->n_ctx;
-    if (d == 0.0f) {
+    if (n_ctx && (uint64_t)nh + n + 1 > n_ctx) {
         free(held);
-        return 0;
+        return err_set(e, ERR_CONTEXT,
+                       "no room in the model's context of %u: the session holds %u model "
+                       "positions and the span needs %u more",
+                       n_ctx, nh, n);
     }
-    float *f = malloc(sizeof *f * (nh + 2)), *t = malloc(sizeof *t * (nh + 2));
+    float *f = malloc(sizeof *f * (nh + 1)), *t = malloc(sizeof *t * (nh + 1));
     if (!f || !t) {
         free(held);
         free(f);
@@ -172,33 +176,24 @@ static int plan_positions(rt_t *rt, const rt_sess_t *s, uint32_t a, uint32_t b, 
         return err_set(e, ERR_NOMEM, "out of memory for %u positions", nh);
     }
     uint32_t m = 0;
-    if (n_ctx == 0 || next + d <= (float)n_ctx) {
-        if (m0 >= 0.0f && m0 < m1) {
-            f[m] = t[m] = m0;
-            m++;
-        }
-        f[m] = m1;
-        t[m++] = m1 + d;
-    } else if ((uint64_t)nh + n + 1 > n_ctx) {
-        rc = err_set(e, ERR_CONTEXT,
-                     "no room in the model's context of %u: the session holds %u model "
-                     "positions and the span needs %u more",
-                     n_ctx, nh, n);
-    } else {
-        for (uint32_t j = 0; j < nh; j++) {
-            f[m] = held[j];
-            t[m++] = (float)j + (held[j] > m0 ? (float)n : 0.0f);
-        }
-        if (m == 0 || next > f[m - 1]) {
-            f[m] = next;
-            t[m++] = (float)(nh + n);
-        }
+    bool moved = false;
+    for (uint32_t j = 0; j < nh; j++) {
+        f[m] = held[j];
+        t[m] = (float)j + (held[j] > m0 ? (float)n : 0.0f);
+        moved = moved || t[m] != f[m];
+        m++;
+    }
+    if (m == 0 || next > f[m - 1]) { /* where the next token goes follows */
+        f[m] = next;
+        t[m] = (float)(nh + n);
+        moved = moved || t[m] != f[m];
+        m++;
     }
     free(held);
-    if (rc || m == 0) {
+    if (!moved) {
         free(f);
         free(t);
-        return rc;
+        return 0;
     }
     *from = f;
     *to = t;

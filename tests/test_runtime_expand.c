@@ -357,7 +357,8 @@ static int sess_open_ev(fixture_t *f, rt_sess_t *s, evlog_t *g, const pol_param_
 /* ------------------------------------------------------------------ tests */
 
 /* A pooled sentence comes back as the rows a fresh prefill makes, whether its gap in model
- * positions is still open or was closed by a renumbering (the rows after it move up). */
+ * positions is still open or was closed by a renumbering; after it every held model position
+ * is its rank. */
 static void test_expanded_equals_fresh_prefill(void)
 {
     fixture_t f;
@@ -411,9 +412,23 @@ static void test_expanded_equals_fresh_prefill(void)
         CHECK_OK(rt_sess_expand_span(f.rt, &s, 2 * SENT, 3 * SENT - 1, &r, &e));
         CHECK_INT(r.tokens, ==, SENT);
         check_fresh(&f, &s, 2 * SENT, 3 * SENT - 1);
+        /* the held model positions are their ranks, and the next token's follows them */
         float next1;
         kv_session_next_mpos(f.st, s.kv, &next1);
-        CHECK_MSG(next1 > next0, "next model position %g -> %g", next0, next1);
+        uint32_t nrow = 0;
+        kv_lane_size(f.st, s.kv, 0, 0, &nrow, NULL);
+        kv_row_meta_t *meta = malloc(sizeof *meta * (nrow ? nrow : 1));
+        CHECK_OK(kv_lane_read(f.st, s.kv, 0, 0, 0, nrow, meta, NULL, NULL));
+        uint32_t rank = 0;
+        for (uint32_t i = 0; i < nrow; i++) {
+            const float mp = meta[i].pos - meta[i].shift;
+            if (i > 0 && mp == meta[i - 1].pos - meta[i - 1].shift)
+                continue; /* rows sharing a position */
+            CHECK_MSG(mp == (float)rank, "row %u at model position %g, rank %u", i, mp, rank);
+            rank++;
+        }
+        free(meta);
+        CHECK_MSG(next1 == (float)rank, "next model position %g after %u held", next1, rank);
         CHECK(next1 <= (float)N_CTX);
         /* nothing left to expand there; the transcript and the store agree */
         err_clear(&e);
