@@ -55,6 +55,24 @@ static bool is_gist_token(const rt_t *rt, uint32_t t)
     return rt->pm.n_gist && t >= rt->pm.gist_first && t < rt->pm.gist_first + rt->pm.n_gist;
 }
 
+/* The text tokens of transcript positions [a, a + n), gist-token ids left out: *nt of them
+ * into tok and, when pos is not NULL, their positions into pos; ids is room for n ids. */
+static int text_tokens(rt_t *rt, const rt_sess_t *s, uint32_t a, uint32_t n, uint32_t *ids,
+                       int32_t *tok, uint32_t *pos, uint32_t *nt, err_info_t *e)
+{
+    *nt = 0;
+    int rc = kv_transcript_read(rt->st, s->kv, a, n, ids, NULL);
+    if (rc)
+        return err_set(e, rc, "cannot read transcript positions %u..%u", a, a + n - 1);
+    for (uint32_t i = 0; i < n; i++)
+        if (!is_gist_token(rt, ids[i])) {
+            if (pos)
+                pos[*nt] = a + i;
+            tok[(*nt)++] = (int32_t)ids[i];
+        }
+    return 0;
+}
+
 /* Every lane's rows: the largest lane, and metadata read into *meta ([n_lane][*stride]). */
 static int read_meta(rt_t *rt, const rt_sess_t *s, kv_row_meta_t **meta, uint32_t *rows,
                      uint32_t *stride, err_info_t *e)
@@ -228,14 +246,9 @@ static int expand_one(rt_t *rt, rt_sess_t *s, uint32_t a, uint32_t b, int reason
     uint64_t inside = 0;
     bool moved = false;
     int rc = ids && tok && tpos ? 0 : err_set(e, ERR_NOMEM, "out of memory expanding %u", span);
-    if (!rc)
-        rc = kv_transcript_read(rt->st, s->kv, a, span, ids, NULL);
     uint32_t n = 0;
-    for (uint32_t i = 0; !rc && i < span; i++)
-        if (!is_gist_token(rt, ids[i])) {
-            tok[n] = (int32_t)ids[i];
-            tpos[n++] = a + i;
-        }
+    if (!rc)
+        rc = text_tokens(rt, s, a, span, ids, tok, tpos, &n, e);
     if (!rc && n == 0)
         rc = err_set(e, ERR_NOTFOUND, "positions %u..%u hold no text tokens", a, b);
     if (!rc && n > rt->hp->n_ctx / 2)
@@ -504,59 +517,42 @@ static int score_attention(rt_t *rt, rt_sess_t *s, uint32_t q0, uint32_t len, ca
 }
 
 /* Lexical scores: BM25 of the turn's distinct tokens (its last sentences) against each
- * candidate's transcript tokens (runtime/lexical.h; gist-token ids left out of both), over the
- * candidates' mean. */
+ * candidate's text tokens, words[off[i] .. off[i + 1]) (runtime/lexical.h; gist-token ids left
+ * out of both), over the candidates' mean. */
 static int score_lexical(rt_t *rt, rt_sess_t *s, uint32_t q0, uint32_t len, cand_t *c, uint32_t nc,
-                         err_info_t *e)
+                         const int32_t *words, const uint32_t *off, err_info_t *e)
 {
     const uint32_t nq = len - q0;
-    size_t total = 0;
-    for (uint32_t i = 0; i < nc; i++)
-        total += c[i].c.last - c[i].c.first + 1;
-    const size_t room = total > nq ? total : nq; /* t holds the query's cuts first */
-    uint32_t *q = malloc(sizeof *q * nq), *t = malloc(sizeof *t * (room ? room : 1));
-    uint32_t *off = malloc(sizeof *off * (nc + 1));
+    uint32_t *ids = malloc(sizeof *ids * nq), *cuts = malloc(sizeof *cuts * nq), nu = 0;
+    int32_t *q = malloc(sizeof *q * nq);
     double *sc = malloc(sizeof *sc * nc);
-    int rc = q && t && off && sc ? kv_transcript_read(rt->st, s->kv, q0, nq, q, NULL)
-                                 : err_set(e, ERR_NOMEM, "out of memory scoring spans");
-    uint32_t nu = 0;
-    for (uint32_t i = 0; !rc && i < nq; i++)
-        if (!is_gist_token(rt, q[i]))
-            q[nu++] = q[i];
+    int rc = ids && cuts && q && sc ? text_tokens(rt, s, q0, nq, ids, q, NULL, &nu, e)
+                                    : err_set(e, ERR_NOMEM, "out of memory scoring spans");
     /* the query: the window's last RT_EXPAND_QUERY_SENTENCES sentences (a question, and the
      * answer it opens), leaving out its first sentence, which the window may have caught
      * halfway (text before the question), and an open last one that ends in a line break or
      * a control token (a chat template's header for the reply: "<|im_start|>assistant\n"),
      * whose markers would match every turn of the chat but the one asked about */
     if (!rc && nu > 1)
-        rc = rt_pieces(rt, (const int32_t *)q, nu, e);
+        rc = rt_pieces(rt, q, nu, e);
     if (!rc && nu > 1) {
-        const uint32_t nk = pol_sentence_cuts(s->pol, rt->pieces, nu, t);
+        const uint32_t nk = pol_sentence_cuts(s->pol, rt->pieces, nu, cuts);
         const pol_text_t *end = &rt->pieces[nu - 1];
         bool scaffold = true; /* the last piece: nothing but whitespace, or no text at all */
         for (uint32_t b = 0; scaffold && b < end->len; b++)
             scaffold = end->s[b] == '\n' || end->s[b] == ' ' || end->s[b] == '\t';
-        /* sentence j is [S_j, S_j+1) with S = 0, t[0 .. nk), nu: keep [first, last] */
+        /* sentence j is [S_j, S_j+1) with S = 0, cuts[0 .. nk), nu: keep [first, last] */
         const uint32_t last = nk && scaffold ? nk - 1 : nk;
         uint32_t first =
             last + 1 > RT_EXPAND_QUERY_SENTENCES ? last + 1 - RT_EXPAND_QUERY_SENTENCES : 0;
         first = first ? first : (last ? 1 : 0);
-        const uint32_t from = first ? t[first - 1] : 0, to = last < nk ? t[last] : nu;
+        const uint32_t from = first ? cuts[first - 1] : 0, to = last < nk ? cuts[last] : nu;
         memmove(q, q + from, sizeof *q * (to - from));
         nu = to - from;
     }
-    off[0] = 0;
-    for (uint32_t i = 0; !rc && i < nc; i++) {
-        const uint32_t n = c[i].c.last - c[i].c.first + 1;
-        rc = kv_transcript_read(rt->st, s->kv, c[i].c.first, n, t + off[i], NULL);
-        uint32_t k = off[i];
-        for (uint32_t j = 0; !rc && j < n; j++)
-            if (!is_gist_token(rt, t[off[i] + j]))
-                t[k++] = t[off[i] + j];
-        off[i + 1] = k;
-    }
+    /* (token ids are not negative: the same words read as unsigned) */
     if (!rc)
-        rc = rt_bm25(q, nu, t, off, nc, sc, e);
+        rc = rt_bm25((const uint32_t *)q, nu, (const uint32_t *)words, off, nc, sc, e);
     if (!rc) {
         double sum = 0.0;
         for (uint32_t i = 0; i < nc; i++)
@@ -564,21 +560,25 @@ static int score_lexical(rt_t *rt, rt_sess_t *s, uint32_t q0, uint32_t len, cand
         for (uint32_t i = 0; i < nc; i++)
             c[i].lex = sum > 0 ? sc[i] / (sum / nc) : 0.0;
     }
+    free(ids);
+    free(cuts);
     free(q);
-    free(t);
-    free(off);
     free(sc);
     return rc;
 }
 
 /* The sentences of the candidates, each a candidate of its own with its span's attention
  * score: a merged span stands for many sentences, and the one the turn asks about is worth
- * re-prefilling without the rest (learned gist spans stay whole). *u (malloc'd) and *nu. */
+ * re-prefilling without the rest (learned gist spans stay whole). *u (malloc'd) and *nu; the
+ * text tokens of sentence i in (*words)[(*off)[i] .. (*off)[i + 1]) (both malloc'd), for the
+ * lexical score. */
 static int split_sentences(rt_t *rt, rt_sess_t *s, const cand_t *c, uint32_t nc, cand_t **u,
-                           uint32_t *nu, err_info_t *e)
+                           uint32_t *nu, int32_t **words, uint32_t **off, err_info_t *e)
 {
     *u = NULL;
     *nu = 0;
+    *words = NULL;
+    *off = NULL;
     uint32_t most = 1, total = 0;
     for (uint32_t i = 0; i < nc; i++) {
         const uint32_t n = c[i].c.last - c[i].c.first + 1;
@@ -586,23 +586,21 @@ static int split_sentences(rt_t *rt, rt_sess_t *s, const cand_t *c, uint32_t nc,
         total += n;
     }
     uint32_t *ids = malloc(sizeof *ids * most), *tpos = malloc(sizeof *tpos * most);
-    uint32_t *cuts = malloc(sizeof *cuts * most);
-    int32_t *tok = malloc(sizeof *tok * most);
+    uint32_t *cuts = malloc(sizeof *cuts * most), *o = malloc(sizeof *o * (total + 1));
+    int32_t *w = malloc(sizeof *w * (total ? total : 1));
     cand_t *v = malloc(sizeof *v * (total ? total : 1));
-    int rc =
-        ids && tpos && cuts && tok && v ? 0 : err_set(e, ERR_NOMEM, "out of memory scoring spans");
-    uint32_t m = 0;
+    int rc = ids && tpos && cuts && o && w && v
+                 ? 0
+                 : err_set(e, ERR_NOMEM, "out of memory scoring spans");
+    uint32_t m = 0, base = 0; /* sentences so far, and their words */
+    if (o)
+        o[0] = 0;
     for (uint32_t i = 0; !rc && i < nc; i++) {
         const uint32_t n = c[i].c.last - c[i].c.first + 1;
-        rc = kv_transcript_read(rt->st, s->kv, c[i].c.first, n, ids, NULL);
         uint32_t nt = 0;
-        for (uint32_t j = 0; !rc && j < n; j++)
-            if (!is_gist_token(rt, ids[j])) {
-                tok[nt] = (int32_t)ids[j];
-                tpos[nt++] = c[i].c.first + j;
-            }
+        rc = text_tokens(rt, s, c[i].c.first, n, ids, w + base, tpos, &nt, e);
         if (!rc && nt)
-            rc = rt_pieces(rt, tok, nt, e);
+            rc = rt_pieces(rt, w + base, nt, e);
         if (rc)
             break;
         const uint32_t nk =
@@ -614,19 +612,23 @@ static int split_sentences(rt_t *rt, rt_sess_t *s, const cand_t *c, uint32_t nc,
             v[m].c.last = k < nk ? tpos[t1] - 1 : c[i].c.last;
             if (nk)
                 v[m].c.tokens = t1 - t0;
-            m++;
+            o[++m] = base + t1;
         }
+        base += nt;
     }
     free(ids);
     free(tpos);
     free(cuts);
-    free(tok);
     if (rc) {
+        free(o);
+        free(w);
         free(v);
         return rc;
     }
     *u = v;
     *nu = m;
+    *words = w;
+    *off = o;
     return 0;
 }
 
@@ -665,13 +667,17 @@ int rt_sess_expand_auto(rt_t *rt, rt_sess_t *s, uint32_t max_tokens, int reason,
         note(out, "nothing compressed", NULL);
     if (!rc && nc)
         rc = score_attention(rt, s, q0, len, c, nc, e);
-    cand_t *spans = c;
+    int32_t *words = NULL;
+    uint32_t *off = NULL;
     if (!rc && nc && xc.lex > 0.0f) { /* (without the words, a span's sentences would tie) */
-        rc = split_sentences(rt, s, spans, nc, &c, &nc, e);
+        cand_t *spans = c;
+        rc = split_sentences(rt, s, spans, nc, &c, &nc, &words, &off, e);
         free(spans);
+        if (!rc)
+            rc = score_lexical(rt, s, q0, len, c, nc, words, off, e);
+        free(words);
+        free(off);
     }
-    if (!rc && nc && xc.lex > 0.0f)
-        rc = score_lexical(rt, s, q0, len, c, nc, e);
     if (!rc && nc) {
         for (uint32_t i = 0; i < nc; i++) {
             c[i].score = c[i].mass > 0 ? (1.0 - xc.lex) * c[i].acc + xc.lex * c[i].lex : c[i].lex;
