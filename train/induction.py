@@ -168,7 +168,8 @@ def main(argv=None):
     ap.add_argument("--corpus", default=data.DEFAULT_CORPUS)
     ap.add_argument("--tok", required=True)
     g = ap.add_mutually_exclusive_group(required=True)
-    g.add_argument("--init", help="start from this checkpoint")
+    g.add_argument("--init", help="start from this checkpoint (.pt) or model file (.gguf: its "
+                   "base weights and gist rows; its gates are dropped)")
     g.add_argument("--scratch", action="store_true", help="a fresh model of --dim, --layers")
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--layers", type=int, default=6)
@@ -203,7 +204,13 @@ def main(argv=None):
     books, _valid = data.split_books(a.corpus)
     sampler = data.TokenSampler([data.book_tokens(a.tok, p) for p in books], a.seq,
                                 sp.bos_id(), a.seed)
-    if a.init:
+    if a.init and a.init.endswith(".gguf"):
+        import export
+        model, _kv = export.load_gguf(a.init)
+        for b in model.blocks:
+            b.retention = None
+        model.set_context(max(model.c.n_ctx, a.seq))
+    elif a.init:
         model, _d = M.load_checkpoint(a.init)
         model.set_context(max(model.c.n_ctx, a.seq))
     else:

@@ -65,6 +65,7 @@ INIT="${INIT_GGUF:+--init-gguf $INIT_GGUF}${INIT_CKPT:+--init-ckpt $INIT_CKPT}"
 # "Copying, taught"): INDUCTION_STEPS steps of repeated random spans from INIT_CKPT, a
 # previous-token head and an induction head shown where to look, then as many again with a
 # loss on what the induction head carries to the logits; the stages after start from it.
+# It starts from INIT_CKPT, or INIT_GGUF when there is no checkpoint.
 if [ -n "${INDUCTION_STEPS:-}" ]; then
     mkdir -p $RUNS/induction
     induction() { # $1: output; the rest: further arguments
@@ -76,7 +77,8 @@ if [ -n "${INDUCTION_STEPS:-}" ]; then
             --out $out.tmp "$@" >> $RUNS/induction/log.txt 2>&1
         mv $out.tmp $out
     }
-    induction $RUNS/induction/attention.pt --init ${INIT_CKPT:?INDUCTION_STEPS needs INIT_CKPT}
+    induction $RUNS/induction/attention.pt \
+        --init ${INIT_CKPT:-${INIT_GGUF:?INDUCTION_STEPS needs INIT_CKPT or INIT_GGUF}}
     induction $RUNS/induction/ckpt.pt --init $RUNS/induction/attention.pt --warmup 5 \
         --ov-sup 1 --ov-lr 1e-2
     INIT="--init-ckpt $RUNS/induction/ckpt.pt"
