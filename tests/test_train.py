@@ -455,6 +455,24 @@ def test_gist_stage_thought_unit():
     assert "mask thought" in info.stdout, info.stdout
 
 
+def test_stage_starts_from_model_file():
+    """export.load_start (the start of train_base.py --init-gguf/--init-ckpt and of
+    induction.py --init): a model file and the checkpoint it was exported from give the same
+    weights, gist rows included, and neither keeps the retention gates."""
+    f = fixture()
+    _d, export, M = train_modules()
+    want, _ck = M.load_checkpoint(f"{f['dir']}/gates/ckpt.pt")
+    assert want.blocks[0].retention is not None, "the fixture's gate stage has gates"
+    for path in (f["gates"], f"{f['dir']}/gates/ckpt.pt"):
+        got = export.load_start(path)
+        assert all(b.retention is None for b in got.blocks), path
+        sd, ref = got.state_dict(), want.state_dict()
+        assert set(sd) == {k for k in ref if ".retention." not in k}, path
+        for k, v in sd.items():
+            assert torch.equal(v, ref[k]), f"{path}: {k}"
+        assert got.c.n_vocab == want.c.n_vocab
+
+
 def test_end_time_rolls_over_midnight():
     train_modules()
     import datetime as dt

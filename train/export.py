@@ -180,3 +180,13 @@ def load_gguf(path):
         sd[t] = torch.from_numpy(tensors[g][2].copy())
     m.load_state_dict(sd)
     return m, kv
+
+
+def load_start(path):
+    """The model a training stage starts from: a checkpoint (.pt) or a model file (.gguf),
+    its base weights and gist rows without its retention gates (the stages that want gates
+    train their own)."""
+    m = load_gguf(path)[0] if path.endswith(".gguf") else M.load_checkpoint(path)[0]
+    for b in m.blocks:
+        b.retention = None
+    return m

@@ -204,14 +204,9 @@ def main(argv=None):
     books, _valid = data.split_books(a.corpus)
     sampler = data.TokenSampler([data.book_tokens(a.tok, p) for p in books], a.seq,
                                 sp.bos_id(), a.seed)
-    if a.init and a.init.endswith(".gguf"):
+    if a.init:
         import export
-        model, _kv = export.load_gguf(a.init)
-        for b in model.blocks:
-            b.retention = None
-        model.set_context(max(model.c.n_ctx, a.seq))
-    elif a.init:
-        model, _d = M.load_checkpoint(a.init)
+        model = export.load_start(a.init)
         model.set_context(max(model.c.n_ctx, a.seq))
     else:
         ff = int(np.ceil(a.dim * 8 / 3 / 16) * 16)

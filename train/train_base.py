@@ -84,13 +84,8 @@ def main(argv=None):
         state = {k: d[k] for k in ("step", "elapsed", "tokens")}
         print(f"# resuming {ckpt} at step {state['step']}", flush=True)
     elif a.init_gguf or a.init_ckpt:
-        if a.init_ckpt:
-            model, _d = M.load_checkpoint(a.init_ckpt)
-        else:
-            import export
-            model, _kv = export.load_gguf(a.init_gguf)
-        for b in model.blocks:
-            b.retention = None
+        import export
+        model = export.load_start(a.init_ckpt or a.init_gguf)
         model.set_context(a.ctx)
         d = None
         state = {"step": 0, "elapsed": 0.0, "tokens": 0}
