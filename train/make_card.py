@@ -89,6 +89,10 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--command", default="train/pipeline.sh",
                     help="the command that made the model, quoted in the card")
+    ap.add_argument("--origin", default="trained from scratch on public-domain English books",
+                    help="what the model was trained from and on (the card's first line)")
+    ap.add_argument("--base-desc", default="all; seq 1024, batch 2, AdamW 2e-3, cosine",
+                    help="the base stage's row of the training table")
     ap.add_argument("--quality", help="bench/quality.py's quality.csv with rows for this model")
     ap.add_argument("--memory", help="bench/memory.py's memory.md for this model")
     ap.add_argument("--reasoning", help="bench/reasoning.py's reasoning.md for this model")
@@ -131,7 +135,7 @@ def main():
     hd = cfg.get("n_embd", 0) // max(cfg.get("n_head", 1), 1)
     text = f"""# {name}
 
-The project's own small llama model: trained from scratch on public-domain English books,
+The project's own small llama model: {a.origin},
 with sentence-anchored gist tokens and TRIM-KV retention gates, all in one GGUF file.
 Made by the recipes in `train/` (see `train/README.md`); everything below was measured
 by them.
@@ -155,7 +159,7 @@ by them.
 
 | stage | what learns | time |
 |---|---|---|
-| base | all; seq 1024, batch 2, AdamW 2e-3, cosine | {stage(base)} |
+| base | {a.base_desc} | {stage(base)} |
 | gist, phase 1 | only the 2 gist rows of token_embd and output | {phase1} |
 | gist, phase 2 | everything, lr 3e-4; 1/4 of windows without gists | {stage(gist)} |
 | gates | only the retention gates (hidden 32, budget 128) | {stage(gates)} |
