@@ -168,8 +168,8 @@ def main(argv=None):
     ap.add_argument("--corpus", default=data.DEFAULT_CORPUS)
     ap.add_argument("--tok", required=True)
     g = ap.add_mutually_exclusive_group(required=True)
-    g.add_argument("--init", help="start from this checkpoint (.pt) or model file (.gguf: its "
-                   "base weights and gist rows; its gates are dropped)")
+    g.add_argument("--init", help="start from this checkpoint (.pt) or model file (.gguf): "
+                   "its base weights and gist rows, its gates dropped (export.load_start)")
     g.add_argument("--scratch", action="store_true", help="a fresh model of --dim, --layers")
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--layers", type=int, default=6)

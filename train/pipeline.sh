@@ -62,10 +62,10 @@ base_stage() {
 # the speed 1024-token ones do (train/README.md, "The sixth sitting").
 INIT="${INIT_GGUF:+--init-gguf $INIT_GGUF}${INIT_CKPT:+--init-ckpt $INIT_CKPT}"
 # An optional stage that teaches copying from the context before the mix (train/README.md,
-# "Copying, taught"): INDUCTION_STEPS steps of repeated random spans from INIT_CKPT, a
-# previous-token head and an induction head shown where to look, then as many again with a
-# loss on what the induction head carries to the logits; the stages after start from it.
-# It starts from INIT_CKPT, or INIT_GGUF when there is no checkpoint.
+# "Copying, taught"): INDUCTION_STEPS steps of repeated random spans from INIT_CKPT (or
+# INIT_GGUF), a previous-token head and an induction head shown where to look, then as many
+# again with a loss on what the induction head carries to the logits; the stages after start
+# from it.
 if [ -n "${INDUCTION_STEPS:-}" ]; then
     mkdir -p $RUNS/induction
     induction() { # $1: output; the rest: further arguments
