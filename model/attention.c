@@ -9,8 +9,8 @@
  * A prefill chunk's queries are cut into tiles of up to attn_q_rows (a decode step's query is
  * a tile of one): the query heads of a tile read each key and value row once together, the
  * chunk's own rows under a causal mask (flash attention's tiles of queries by tiles of
- * rows: the rows converted a tile at a time as a decode step's are, a tile of queries by a
- * tile of rows as matrix products once the tile has enough heads).
+ * rows: each row converted in registers for all the tile's heads, as a decode step's are, or
+ * a tile of queries by a tile of rows as matrix products once the tile has enough heads).
  *
  * Work is planned per layer (mdl_attention_plan): a unit is (query tile, kv-head), and its
  * rows are cut into parts so that the team shares even one kv-head of one long lane; the

@@ -56,12 +56,21 @@ static void prefetch(const char *p, size_t bytes)
 /* Rows converted between two rounds of prefetching. */
 #define AHEAD_ROWS 8
 
+/* The part of `ahead` that goes with rows t0 .. t1 of nt: asked for as those rows are read. */
+static void ask_part(ahead_t ahead, size_t t0, size_t t1, size_t nt)
+{
+    if (!ahead.pf_bytes) /* (no next tile: pf is NULL) */
+        return;
+    const size_t from = ahead.pf_bytes * t0 / nt, upto = ahead.pf_bytes * t1 / nt;
+    prefetch(ahead.pf + from, upto - from);
+}
+
 /* Rows i .. i+nt of a segment's payload (k or v) as f32 rows: the payload itself for f32
  * (*stride set to its stride in floats), else converted into tile (*stride = hd); the next
  * tile's bytes in `ahead` are asked for along the way. */
-static const float *tile_rows(const mdl_attn_ops_t *ops, const mdl_attn_seg_t *sg,
-                              const void *base, size_t i, size_t nt, int hd, float *tile,
-                              size_t *stride, ahead_t ahead)
+static const float *tile_rows(const mdl_attn_ops_t *ops, const mdl_attn_seg_t *sg, const void *base,
+                              size_t i, size_t nt, int hd, float *tile, size_t *stride,
+                              ahead_t ahead)
 {
     const uint8_t *p = (const uint8_t *)base + i * sg->stride;
     if (sg->type == DT_F32) { /* nothing to convert: ask for the next tile at once */
@@ -71,14 +80,9 @@ static const float *tile_rows(const mdl_attn_ops_t *ops, const mdl_attn_seg_t *s
     }
     *stride = (size_t)hd;
     const bool packed = sg->stride == ggml_row_bytes(sg->type, (uint64_t)hd);
-    size_t asked = 0;
     for (size_t t0 = 0; t0 < nt; t0 += AHEAD_ROWS) {
         const size_t t1 = t0 + AHEAD_ROWS < nt ? t0 + AHEAD_ROWS : nt;
-        if (ahead.pf_bytes) { /* (no next tile: pf is NULL) */
-            const size_t upto = ahead.pf_bytes * t1 / nt;
-            prefetch(ahead.pf + asked, upto - asked);
-            asked = upto;
-        }
+        ask_part(ahead, t0, t1, nt);
         if (packed)
             ops->to_f32(sg->type, p + t0 * sg->stride, tile + t0 * hd, (t1 - t0) * hd);
         else
@@ -123,6 +127,72 @@ static void scores_gemm(const float *q, int g, int hd, const float *kt, size_t s
     }
 }
 
+/* The rows of the tile that starts `skip` rows after row i of segment s, within the `left`
+ * rows still to read: its keys' and values' bytes. */
+static void tile_ahead(const mdl_attn_seg_t *segs, uint32_t n_segs, uint32_t s, size_t i,
+                       size_t skip, size_t left, ahead_t *ak, ahead_t *av)
+{
+    if (skip >= left)
+        return;
+    left -= skip;
+    while (s < n_segs && i + skip >= segs[s].n) {
+        skip -= segs[s].n - i;
+        i = 0;
+        s++;
+    }
+    if (s >= n_segs)
+        return;
+    i += skip;
+    const mdl_attn_seg_t *nx = &segs[s];
+    size_t nn = nx->n - i < MDL_ATTN_TILE ? nx->n - i : MDL_ATTN_TILE;
+    nn = left < nn ? left : nn;
+    *ak = (ahead_t){(const char *)nx->k + i * nx->stride, nn * nx->stride};
+    *av = (ahead_t){(const char *)nx->v + i * nx->stride, nn * nx->stride};
+}
+
+/* The tile this many tiles ahead is asked into L2 at once (the next one goes to L1 a few lines
+ * at a time, see ahead_t): the row loops read a tile faster than DRAM delivers it, and one
+ * tile of warning did not cover the wait (bench/depth.md, "Row loops without a tile"). */
+#define FAR_TILES 3
+
+static void far_ahead(const mdl_attn_seg_t *segs, uint32_t n_segs, uint32_t s, size_t i,
+                      size_t skip, size_t left)
+{
+    ahead_t k = {0}, v = {0};
+    tile_ahead(segs, n_segs, s, i, skip, left, &k, &v);
+    for (size_t b = 0; b < k.pf_bytes; b += 64) {
+        __builtin_prefetch(k.pf + b, 0, 2);
+        __builtin_prefetch(v.pf + b, 0, 2);
+    }
+}
+
+/* Scores sc[g][MDL_ATTN_TILE] of segment rows i .. i+nt, read where they lie by the table's
+ * row loops, AHEAD_ROWS at a time with the next tile's keys asked for along the way. */
+static void rows_scores(const mdl_attn_ops_t *ops, const mdl_attn_seg_t *sg, size_t i, size_t nt,
+                        const float *q, int g, int hd, float scale, float *sc, ahead_t ak)
+{
+    const uint8_t *k = (const uint8_t *)sg->k + i * sg->stride;
+    for (size_t t0 = 0; t0 < nt; t0 += AHEAD_ROWS) {
+        const size_t t1 = t0 + AHEAD_ROWS < nt ? t0 + AHEAD_ROWS : nt;
+        ask_part(ak, t0, t1, nt);
+        ops->scores(sg->type, q, g, hd, k + t0 * sg->stride, sg->stride, (int)(t1 - t0), scale,
+                    sg->bias ? sg->bias + i + t0 : NULL, sc + t0, MDL_ATTN_TILE);
+    }
+}
+
+/* o[g][hd] += p . rows i .. i+nt of the segment's values (p = sc), likewise. */
+static void rows_accum(const mdl_attn_ops_t *ops, const mdl_attn_seg_t *sg, size_t i, size_t nt,
+                       int g, int hd, const float *sc, float *o, ahead_t av)
+{
+    const uint8_t *v = (const uint8_t *)sg->v + i * sg->stride;
+    for (size_t t0 = 0; t0 < nt; t0 += AHEAD_ROWS) {
+        const size_t t1 = t0 + AHEAD_ROWS < nt ? t0 + AHEAD_ROWS : nt;
+        ask_part(av, t0, t1, nt);
+        ops->accum(sg->type, o, g, hd, v + t0 * sg->stride, sg->stride, (int)(t1 - t0), sc + t0,
+                   MDL_ATTN_TILE);
+    }
+}
+
 void mdl_attn_part(const mdl_attn_ops_t *ops, const float *q, int g, int hd, float scale,
                    const mdl_attn_seg_t *segs, uint32_t n_segs, size_t r0, size_t r1, float *part,
                    float *work, float *scores, size_t sc_stride)
@@ -139,22 +209,17 @@ void mdl_attn_part(const mdl_attn_ops_t *ops, const float *q, int g, int hd, flo
             size_t nt = sg->n - i < MDL_ATTN_TILE ? sg->n - i : MDL_ATTN_TILE;
             nt = r1 - r < nt ? r1 - r : nt;
             ahead_t ak = {0}, av = {0};
-            if (r + nt < r1) { /* the next tile: later in this segment, or the next one's start */
-                const bool here = i + nt < sg->n;
-                const mdl_attn_seg_t *nx = here ? sg : &segs[s + 1];
-                const size_t ni = here ? i + nt : 0, left = r1 - r - nt;
-                const size_t nn = nx->n - ni < MDL_ATTN_TILE ? nx->n - ni : MDL_ATTN_TILE;
-                const size_t bytes = (left < nn ? left : nn) * nx->stride;
-                ak = (ahead_t){(const char *)nx->k + ni * nx->stride, bytes};
-                av = (ahead_t){(const char *)nx->v + ni * nx->stride, bytes};
-            }
-            size_t st;
-            const float *kt = tile_rows(ops, sg, sg->k, i, nt, hd, tile, &st, ak);
-            if (g >= MDL_ATTN_GEMM_HEADS) /* sc = scale * q . kt^T, then the bias */
+            tile_ahead(segs, n_segs, s, i, nt, r1 - r, &ak, &av);
+            far_ahead(segs, n_segs, s, i, nt + (FAR_TILES - 1) * MDL_ATTN_TILE, r1 - r);
+            const bool gemm = g >= MDL_ATTN_GEMM_HEADS;
+            size_t st = 0;
+            const float *vt = NULL;
+            if (gemm) { /* sc = scale * q . kt^T, then the bias */
+                const float *kt = tile_rows(ops, sg, sg->k, i, nt, hd, tile, &st, ak);
                 scores_gemm(q, g, hd, kt, st, nt, scale, sg->bias ? sg->bias + i : NULL, sc);
-            else
-                ops->scores(q, g, hd, kt, st, (int)nt, scale, sg->bias ? sg->bias + i : NULL, sc,
-                            MDL_ATTN_TILE);
+            } else {
+                rows_scores(ops, sg, i, nt, q, g, hd, scale, sc, ak);
+            }
             if (sg->mask_g)
                 mask_tile(sg, i, nt, g, sc);
             for (int h = 0; h < g; h++) {
@@ -175,12 +240,13 @@ void mdl_attn_part(const mdl_attn_ops_t *ops, const float *q, int g, int hd, flo
                 }
                 sum[h] += ops->exp_sum(p, nt, m_new);
             }
-            const float *vt = tile_rows(ops, sg, sg->v, i, nt, hd, tile, &st, av);
-            if (g >= MDL_ATTN_GEMM_HEADS) /* o += p . vt */
+            if (gemm) { /* o += p . vt */
+                vt = tile_rows(ops, sg, sg->v, i, nt, hd, tile, &st, av);
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g, hd, (int)nt, 1.0f, sc,
                             MDL_ATTN_TILE, vt, (int)st, 1.0f, o, hd);
-            else
-                ops->accum(o, g, hd, vt, st, (int)nt, sc, MDL_ATTN_TILE);
+            } else {
+                rows_accum(ops, sg, i, nt, g, hd, sc, o, av);
+            }
             i += nt;
             r += nt;
         }

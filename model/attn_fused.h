@@ -13,9 +13,9 @@
  * read serves them all; a segment of the chunk's own rows then carries the causal mask
  * (mdl_attn_seg_t.mask_g): a row is seen by the queries at or after it.
  *
- * mdl_attn_part runs the loops of a model/attn_ops.h table a tile of rows at a time (with
- * many query heads, a tile's two products through sgemm); mdl_attn_part_ref is its plain-C
- * twin, a row at a time. Pure functions on caller
+ * mdl_attn_part runs the row loops of a model/attn_ops.h table a tile of rows at a time,
+ * reading each row where it lies (with many query heads, a tile is converted to f32 and its
+ * two products go through sgemm); mdl_attn_part_ref is its plain-C twin, a row at a time. Pure functions on caller
  * memory: any thread. Nothing fails; arguments are the caller's to get right (asserts).
  */
 #ifndef GISTD_MODEL_ATTN_FUSED_H

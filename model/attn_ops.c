@@ -5,36 +5,7 @@
 #include <string.h>
 
 #include "common/dtype.h"
-
-static void scores_portable(const float *q, int g, int hd, const float *K, size_t k_stride, int n,
-                            float scale, const float *bias, float *sc, size_t sc_stride)
-{
-    for (int r = 0; r < n; r++) {
-        const float *k = K + (size_t)r * k_stride;
-        const float b = bias ? bias[r] : 0.0f;
-        for (int h = 0; h < g; h++) {
-            const float *qh = q + (size_t)h * hd;
-            float s = 0.0f;
-            for (int d = 0; d < hd; d++)
-                s += qh[d] * k[d];
-            sc[(size_t)h * sc_stride + r] = s * scale + b;
-        }
-    }
-}
-
-static void accum_portable(float *out, int g, int hd, const float *V, size_t v_stride, int n,
-                           const float *p, size_t p_stride)
-{
-    for (int h = 0; h < g; h++) {
-        float *o = out + (size_t)h * hd;
-        const float *ph = p + (size_t)h * p_stride;
-        for (int r = 0; r < n; r++) {
-            const float *v = V + (size_t)r * v_stride;
-            for (int d = 0; d < hd; d++)
-                o[d] += ph[r] * v[d];
-        }
-    }
-}
+#include "model/gguf.h"
 
 static float vmax_portable(const float *p, size_t n)
 {
@@ -54,8 +25,8 @@ static float exp_sum_portable(float *p, size_t n, float max)
     return sum;
 }
 
-static void prob_acc_portable(const float *sc, size_t sc_stride, int g, size_t n,
-                              const float *lse, float *acc)
+static void prob_acc_portable(const float *sc, size_t sc_stride, int g, size_t n, const float *lse,
+                              float *acc)
 {
     for (size_t r = 0; r < n; r++) {
         float tot = 0.0f;
@@ -70,15 +41,69 @@ static void to_f32_portable(uint32_t type, const void *src, float *dst, size_t n
     dt_to_f32(type, src, dst, n);
 }
 
+/* Stored rows are read 32 elements at a time (a q8_0 block), converted with dt_to_f32. */
+enum { ROW_CHUNK = 32 };
+
+/* Elements d .. d+m of a stored row, as f32 into x; d a multiple of ROW_CHUNK. */
+static void row_chunk(uint32_t type, const void *row, int d, int m, float *x)
+{
+    dt_to_f32(type, (const uint8_t *)row + ggml_row_bytes(type, (uint64_t)d), x, (size_t)m);
+}
+
+static void scores_portable(uint32_t type, const float *q, int g, int hd, const void *K,
+                            size_t k_stride, int n, float scale, const float *bias, float *sc,
+                            size_t sc_stride)
+{
+    float x[ROW_CHUNK];
+    for (int r = 0; r < n; r++) {
+        const uint8_t *k = (const uint8_t *)K + (size_t)r * k_stride;
+        for (int h = 0; h < g; h++)
+            sc[(size_t)h * sc_stride + r] = 0.0f;
+        for (int d = 0; d < hd; d += ROW_CHUNK) {
+            const int m = hd - d < ROW_CHUNK ? hd - d : ROW_CHUNK;
+            row_chunk(type, k, d, m, x);
+            for (int h = 0; h < g; h++) {
+                const float *qh = q + (size_t)h * hd + d;
+                float s = 0.0f;
+                for (int i = 0; i < m; i++)
+                    s += qh[i] * x[i];
+                sc[(size_t)h * sc_stride + r] += s;
+            }
+        }
+        for (int h = 0; h < g; h++)
+            sc[(size_t)h * sc_stride + r] =
+                sc[(size_t)h * sc_stride + r] * scale + (bias ? bias[r] : 0.0f);
+    }
+}
+
+static void accum_portable(uint32_t type, float *out, int g, int hd, const void *V, size_t v_stride,
+                           int n, const float *p, size_t p_stride)
+{
+    float x[ROW_CHUNK];
+    for (int r = 0; r < n; r++) {
+        const uint8_t *v = (const uint8_t *)V + (size_t)r * v_stride;
+        for (int d = 0; d < hd; d += ROW_CHUNK) {
+            const int m = hd - d < ROW_CHUNK ? hd - d : ROW_CHUNK;
+            row_chunk(type, v, d, m, x);
+            for (int h = 0; h < g; h++) {
+                const float w = p[(size_t)h * p_stride + r];
+                float *o = out + (size_t)h * hd + d;
+                for (int i = 0; i < m; i++)
+                    o[i] += w * x[i];
+            }
+        }
+    }
+}
+
 const mdl_attn_ops_t mdl_attn_ops_portable = {
     .name = "portable",
     .dim_multiple = 1,
-    .scores = scores_portable,
-    .accum = accum_portable,
     .vmax = vmax_portable,
     .exp_sum = exp_sum_portable,
     .prob_acc = prob_acc_portable,
     .to_f32 = to_f32_portable,
+    .scores = scores_portable,
+    .accum = accum_portable,
 };
 
 static int runs(const char *name)

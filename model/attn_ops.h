@@ -1,6 +1,6 @@
 /*
- * model/attn_ops.h — the inner loops of attention (model/attention.c): scores of a group
- * of query heads against rows of keys, the probability-weighted sum of value rows,
+ * model/attn_ops.h — the inner loops of attention (model/attn_fused.c): scores of a group
+ * of query heads against stored rows of keys, the probability-weighted sum of value rows,
  * exp-and-sum for the softmax, the rows' probabilities added to accumulators, and f16/q8_0
  * row conversion.
  *
@@ -19,13 +19,16 @@ typedef struct mdl_attn_ops {
     const char *name;
     /* Rows must have a multiple of this many elements (head_dim). */
     int dim_multiple;
-    /* sc[h*sc_stride + r] = dot(q[h*hd ..], K[r*k_stride ..]) * scale + (bias ? bias[r] : 0)
-     * for h < g, r < n. */
-    void (*scores)(const float *q, int g, int hd, const float *K, size_t k_stride, int n,
-                   float scale, const float *bias, float *sc, size_t sc_stride);
-    /* out[h*hd + d] += sum_r p[h*p_stride + r] * V[r*v_stride + d] for h < g, d < hd. */
-    void (*accum)(float *out, int g, int hd, const float *V, size_t v_stride, int n, const float *p,
-                  size_t p_stride);
+    /* sc[h*sc_stride + r] = dot(q[h*hd ..], row r of K) * scale + (bias ? bias[r] : 0) for
+     * h < g, r < n. K holds stored rows of a payload type (DT_F32, DT_F16, DT_Q8_0; q8_0
+     * needs hd % 32 == 0), row r at (const uint8_t *)K + r * k_stride (bytes); each row is
+     * converted once, in registers, for all g heads, and no f32 copy of it is written. */
+    void (*scores)(uint32_t type, const float *q, int g, int hd, const void *K, size_t k_stride,
+                   int n, float scale, const float *bias, float *sc, size_t sc_stride);
+    /* out[h*hd + d] += sum_r p[h*p_stride + r] * (row r of V)[d] for h < g, d < hd; V as K
+     * above. */
+    void (*accum)(uint32_t type, float *out, int g, int hd, const void *V, size_t v_stride, int n,
+                  const float *p, size_t p_stride);
     /* The largest of p[0..n), n >= 1 (NaN-free input). */
     float (*vmax)(const float *p, size_t n);
     /* p[i] = exp(p[i] - max) for i < n; returns the sum. Accurate to a few ulp. */

@@ -17,68 +17,6 @@ static inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d)
     return _mm_add_ps(_mm256_castps256_ps128(t2), _mm256_extractf128_ps(t2, 1));
 }
 
-static void scores_avx512(const float *q, int g, int hd, const float *K, size_t k_stride, int n,
-                          float scale, const float *bias, float *sc, size_t sc_stride)
-{
-    const __m128 vs = _mm_set1_ps(scale);
-    int r = 0;
-    for (; r + 4 <= n; r += 4) {
-        const float *k0 = K + (size_t)r * k_stride, *k1 = k0 + k_stride;
-        const float *k2 = k1 + k_stride, *k3 = k2 + k_stride;
-        const __m128 b = bias ? _mm_loadu_ps(bias + r) : _mm_setzero_ps();
-        for (int h = 0; h < g; h++) {
-            const float *qh = q + (size_t)h * hd;
-            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            for (int d = 0; d < hd; d += 16) {
-                const __m512 qv = _mm512_loadu_ps(qh + d);
-                a0 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k0 + d), a0);
-                a1 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k1 + d), a1);
-                a2 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k2 + d), a2);
-                a3 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k3 + d), a3);
-            }
-            _mm_storeu_ps(sc + (size_t)h * sc_stride + r,
-                          _mm_fmadd_ps(hsum4(a0, a1, a2, a3), vs, b));
-        }
-    }
-    for (; r < n; r++) {
-        const float *k = K + (size_t)r * k_stride;
-        const float b = bias ? bias[r] : 0.0f;
-        for (int h = 0; h < g; h++) {
-            const float *qh = q + (size_t)h * hd;
-            __m512 a = _mm512_setzero_ps();
-            for (int d = 0; d < hd; d += 16)
-                a = _mm512_fmadd_ps(_mm512_loadu_ps(qh + d), _mm512_loadu_ps(k + d), a);
-            sc[(size_t)h * sc_stride + r] = _mm512_reduce_add_ps(a) * scale + b;
-        }
-    }
-}
-
-static void accum_avx512(float *out, int g, int hd, const float *V, size_t v_stride, int n,
-                         const float *p, size_t p_stride)
-{
-    for (int h = 0; h < g; h++) {
-        float *o = out + (size_t)h * hd;
-        const float *ph = p + (size_t)h * p_stride;
-        for (int d = 0; d < hd; d += 16) {
-            /* four chains of rows so the FMAs do not wait on each other */
-            __m512 a0 = _mm512_loadu_ps(o + d), a1 = _mm512_setzero_ps(), a2 = a1, a3 = a1;
-            const float *v = V + d;
-            int r = 0;
-            for (; r + 4 <= n; r += 4, v += 4 * v_stride) {
-                a0 = _mm512_fmadd_ps(_mm512_set1_ps(ph[r]), _mm512_loadu_ps(v), a0);
-                a1 = _mm512_fmadd_ps(_mm512_set1_ps(ph[r + 1]), _mm512_loadu_ps(v + v_stride), a1);
-                a2 = _mm512_fmadd_ps(_mm512_set1_ps(ph[r + 2]), _mm512_loadu_ps(v + 2 * v_stride),
-                                     a2);
-                a3 = _mm512_fmadd_ps(_mm512_set1_ps(ph[r + 3]), _mm512_loadu_ps(v + 3 * v_stride),
-                                     a3);
-            }
-            for (; r < n; r++, v += v_stride)
-                a0 = _mm512_fmadd_ps(_mm512_set1_ps(ph[r]), _mm512_loadu_ps(v), a0);
-            _mm512_storeu_ps(o + d, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-        }
-    }
-}
-
 static float vmax_avx512(const float *p, size_t n)
 {
     __m512 m = _mm512_set1_ps(p[0]);
@@ -118,8 +56,8 @@ static void prob_acc_avx512(const float *sc, size_t sc_stride, int g, size_t n, 
         const __mmask16 k = n - r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - r)) - 1);
         __m512 tot = _mm512_setzero_ps();
         for (int h = 0; h < g; h++) {
-            const __m512 x = _mm512_sub_ps(
-                _mm512_maskz_loadu_ps(k, sc + (size_t)h * sc_stride + r), _mm512_set1_ps(lse[2 * h]));
+            const __m512 x = _mm512_sub_ps(_mm512_maskz_loadu_ps(k, sc + (size_t)h * sc_stride + r),
+                                           _mm512_set1_ps(lse[2 * h]));
             tot = _mm512_fmadd_ps(exp16(x), _mm512_set1_ps(lse[2 * h + 1]), tot);
         }
         _mm512_mask_storeu_ps(acc + r, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, acc + r), tot));
@@ -153,13 +91,237 @@ static void to_f32_avx512(uint32_t type, const void *src, float *dst, size_t n)
     dt_to_f32(type, src, dst, n);
 }
 
+/* ---- the loops over stored rows: each row converted in registers, no f32 tile ---- */
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* Elements d .. d+32 of a stored row of type T (a constant where this is inlined), as f32. */
+INLINE void ld32(uint32_t T, const uint8_t *row, int d, __m512 *lo, __m512 *hi)
+{
+    if (T == DT_Q8_0) { /* one block: d is a multiple of 32 */
+        const block_q8_0 *b = (const block_q8_0 *)row + d / QK8_0;
+        const __m512 s = _mm512_set1_ps(_cvtsh_ss(b->d));
+        const __m128i q0 = _mm_loadu_si128((const __m128i *)b->qs);
+        const __m128i q1 = _mm_loadu_si128((const __m128i *)(b->qs + 16));
+        *lo = _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)));
+        *hi = _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)));
+    } else if (T == DT_F16) {
+        const uint16_t *h = (const uint16_t *)row + d;
+        *lo = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)h));
+        *hi = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + 16)));
+    } else {
+        *lo = _mm512_loadu_ps((const float *)row + d);
+        *hi = _mm512_loadu_ps((const float *)row + d + 16);
+    }
+}
+
+/* Elements d .. d+16 of an f16 or f32 row (the last 16 of a head_dim that is not a multiple
+ * of 32; q8_0 rows always are). */
+INLINE __m512 ld16(uint32_t T, const uint8_t *row, int d)
+{
+    if (T == DT_F16)
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + d)));
+    return _mm512_loadu_ps((const float *)row + d);
+}
+
+/* Scores of HN (1 to 3) heads against 4 rows: 12 accumulators, each row converted once. */
+INLINE void scores4(uint32_t T, int HN, const float *q, int hd, const uint8_t *k0, size_t ks,
+                    __m128 vs, __m128 b, float *sc, size_t ss)
+{
+    const uint8_t *k1 = k0 + ks, *k2 = k1 + ks, *k3 = k2 + ks;
+    __m512 a[3][4];
+#pragma GCC unroll 3
+    for (int j = 0; j < 3; j++)
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++)
+            a[j][r] = _mm512_setzero_ps();
+    int d = 0;
+    for (; d + 32 <= hd; d += 32) {
+        __m512 x[4][2];
+        ld32(T, k0, d, &x[0][0], &x[0][1]);
+        ld32(T, k1, d, &x[1][0], &x[1][1]);
+        ld32(T, k2, d, &x[2][0], &x[2][1]);
+        ld32(T, k3, d, &x[3][0], &x[3][1]);
+#pragma GCC unroll 3
+        for (int j = 0; j < HN; j++) {
+            const __m512 q0 = _mm512_loadu_ps(q + (size_t)j * hd + d);
+            const __m512 q1 = _mm512_loadu_ps(q + (size_t)j * hd + d + 16);
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++)
+                a[j][r] = _mm512_fmadd_ps(q1, x[r][1], _mm512_fmadd_ps(q0, x[r][0], a[j][r]));
+        }
+    }
+    if (d < hd) {
+        const __m512 x0 = ld16(T, k0, d), x1 = ld16(T, k1, d), x2 = ld16(T, k2, d),
+                     x3 = ld16(T, k3, d);
+#pragma GCC unroll 3
+        for (int j = 0; j < HN; j++) {
+            const __m512 qv = _mm512_loadu_ps(q + (size_t)j * hd + d);
+            a[j][0] = _mm512_fmadd_ps(qv, x0, a[j][0]);
+            a[j][1] = _mm512_fmadd_ps(qv, x1, a[j][1]);
+            a[j][2] = _mm512_fmadd_ps(qv, x2, a[j][2]);
+            a[j][3] = _mm512_fmadd_ps(qv, x3, a[j][3]);
+        }
+    }
+#pragma GCC unroll 3
+    for (int j = 0; j < HN; j++)
+        _mm_storeu_ps(sc + (size_t)j * ss,
+                      _mm_fmadd_ps(hsum4(a[j][0], a[j][1], a[j][2], a[j][3]), vs, b));
+}
+
+/* Scores of HN (1 to 3) heads against one row. */
+INLINE void scores1(uint32_t T, int HN, const float *q, int hd, const uint8_t *k, float scale,
+                    float b, float *sc, size_t ss)
+{
+    __m512 a[3] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int d = 0;
+    for (; d + 32 <= hd; d += 32) {
+        __m512 x0, x1;
+        ld32(T, k, d, &x0, &x1);
+#pragma GCC unroll 3
+        for (int j = 0; j < HN; j++)
+            a[j] =
+                _mm512_fmadd_ps(_mm512_loadu_ps(q + (size_t)j * hd + d + 16), x1,
+                                _mm512_fmadd_ps(_mm512_loadu_ps(q + (size_t)j * hd + d), x0, a[j]));
+    }
+    if (d < hd) {
+        const __m512 x = ld16(T, k, d);
+#pragma GCC unroll 3
+        for (int j = 0; j < HN; j++)
+            a[j] = _mm512_fmadd_ps(_mm512_loadu_ps(q + (size_t)j * hd + d), x, a[j]);
+    }
+#pragma GCC unroll 3
+    for (int j = 0; j < HN; j++)
+        sc[(size_t)j * ss] = _mm512_reduce_add_ps(a[j]) * scale + b;
+}
+
+INLINE void scores_rows_t(uint32_t T, const float *q, int g, int hd, const uint8_t *K, size_t ks,
+                          int n, float scale, const float *bias, float *sc, size_t ss)
+{
+    const __m128 vs = _mm_set1_ps(scale);
+    for (int h = 0; h < g; h += 3) {
+        const int hn = g - h < 3 ? g - h : 3;
+        const float *qh = q + (size_t)h * hd;
+        float *sh = sc + (size_t)h * ss;
+        int r = 0;
+        for (; r + 4 <= n; r += 4) {
+            const __m128 b = bias ? _mm_loadu_ps(bias + r) : _mm_setzero_ps();
+            const uint8_t *k = K + (size_t)r * ks;
+            if (hn == 3)
+                scores4(T, 3, qh, hd, k, ks, vs, b, sh + r, ss);
+            else if (hn == 2)
+                scores4(T, 2, qh, hd, k, ks, vs, b, sh + r, ss);
+            else
+                scores4(T, 1, qh, hd, k, ks, vs, b, sh + r, ss);
+        }
+        for (; r < n; r++) {
+            const float b = bias ? bias[r] : 0.0f;
+            const uint8_t *k = K + (size_t)r * ks;
+            if (hn == 3)
+                scores1(T, 3, qh, hd, k, scale, b, sh + r, ss);
+            else if (hn == 2)
+                scores1(T, 2, qh, hd, k, scale, b, sh + r, ss);
+            else
+                scores1(T, 1, qh, hd, k, scale, b, sh + r, ss);
+        }
+    }
+}
+
+static void scores_avx512(uint32_t type, const float *q, int g, int hd, const void *K,
+                          size_t k_stride, int n, float scale, const float *bias, float *sc,
+                          size_t sc_stride)
+{
+    if (type == DT_F16)
+        scores_rows_t(DT_F16, q, g, hd, K, k_stride, n, scale, bias, sc, sc_stride);
+    else if (type == DT_Q8_0)
+        scores_rows_t(DT_Q8_0, q, g, hd, K, k_stride, n, scale, bias, sc, sc_stride);
+    else
+        scores_rows_t(DT_F32, q, g, hd, K, k_stride, n, scale, bias, sc, sc_stride);
+}
+
+/* out[HN heads][NV * 16 dims from d] += the rows weighted by p: HN * NV accumulators held
+ * across all n rows, each row's NV vectors converted once for the HN heads. */
+INLINE void accum_chunk(uint32_t T, int HN, int NV, float *out, int hd, int d, const uint8_t *V,
+                        size_t vs, int n, const float *p, size_t ps)
+{
+    __m512 a[3][4];
+#pragma GCC unroll 3
+    for (int j = 0; j < HN; j++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            a[j][v] = _mm512_loadu_ps(out + (size_t)j * hd + d + 16 * v);
+    for (int r = 0; r < n; r++) {
+        const uint8_t *row = V + (size_t)r * vs;
+        __m512 x[4];
+        if (NV == 1)
+            x[0] = ld16(T, row, d);
+        else
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; v += 2)
+                ld32(T, row, d + 16 * v, &x[v], &x[v + 1]);
+#pragma GCC unroll 3
+        for (int j = 0; j < HN; j++) {
+            const __m512 w = _mm512_set1_ps(p[(size_t)j * ps + r]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++)
+                a[j][v] = _mm512_fmadd_ps(w, x[v], a[j][v]);
+        }
+    }
+#pragma GCC unroll 3
+    for (int j = 0; j < HN; j++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++)
+            _mm512_storeu_ps(out + (size_t)j * hd + d + 16 * v, a[j][v]);
+}
+
+INLINE void accum_heads(uint32_t T, int HN, float *out, int hd, const uint8_t *V, size_t vs, int n,
+                        const float *p, size_t ps)
+{
+    int d = 0;
+    for (; d + 64 <= hd; d += 64)
+        accum_chunk(T, HN, 4, out, hd, d, V, vs, n, p, ps);
+    if (d + 32 <= hd) {
+        accum_chunk(T, HN, 2, out, hd, d, V, vs, n, p, ps);
+        d += 32;
+    }
+    if (d < hd)
+        accum_chunk(T, HN, 1, out, hd, d, V, vs, n, p, ps);
+}
+
+INLINE void accum_rows_t(uint32_t T, float *out, int g, int hd, const uint8_t *V, size_t vs, int n,
+                         const float *p, size_t ps)
+{
+    for (int h = 0; h < g; h += 3) {
+        const int hn = g - h < 3 ? g - h : 3;
+        float *oh = out + (size_t)h * hd;
+        const float *ph = p + (size_t)h * ps;
+        if (hn == 3)
+            accum_heads(T, 3, oh, hd, V, vs, n, ph, ps);
+        else if (hn == 2)
+            accum_heads(T, 2, oh, hd, V, vs, n, ph, ps);
+        else
+            accum_heads(T, 1, oh, hd, V, vs, n, ph, ps);
+    }
+}
+
+static void accum_avx512(uint32_t type, float *out, int g, int hd, const void *V, size_t v_stride,
+                         int n, const float *p, size_t p_stride)
+{
+    if (type == DT_F16)
+        accum_rows_t(DT_F16, out, g, hd, V, v_stride, n, p, p_stride);
+    else if (type == DT_Q8_0)
+        accum_rows_t(DT_Q8_0, out, g, hd, V, v_stride, n, p, p_stride);
+    else
+        accum_rows_t(DT_F32, out, g, hd, V, v_stride, n, p, p_stride);
+}
+
 const mdl_attn_ops_t mdl_attn_ops_avx512 = {
     .name = "avx512",
     .dim_multiple = 16,
-    .scores = scores_avx512,
-    .accum = accum_avx512,
     .vmax = vmax_avx512,
     .exp_sum = exp_sum_avx512,
     .prob_acc = prob_acc_avx512,
     .to_f32 = to_f32_avx512,
+    .scores = scores_avx512,
+    .accum = accum_avx512,
 };

@@ -1,12 +1,14 @@
 /* tests/test_attn_ops.c — every attention loop table the CPU runs (model/attn_ops.h)
  * against double-precision loops written here. */
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/dtype.h"
 #include "model/attn_ops.h"
+#include "model/gguf.h"
 #include "tests/check.h"
 
 static const char *const TABLES[] = {"portable", "avx2", "avx512"};
@@ -27,12 +29,27 @@ static void fill(float *x, size_t n)
         x[i] = urand();
 }
 
-/* scores and accum for several shapes, with strided rows and an optional bias */
+/* Rows stored as `type`, row r at K + r * stride, from random values; kf receives the
+ * values the stored rows hold (what a double loop must see). */
+static void rows_fill(uint32_t type, int hd, int n, size_t stride, uint8_t *K, float *kf)
+{
+    for (int r = 0; r < n; r++) {
+        fill(kf + (size_t)r * hd, (size_t)hd);
+        CHECK_OK(dt_from_f32(type, kf + (size_t)r * hd, K + (size_t)r * stride, (size_t)hd));
+        CHECK_OK(dt_to_f32(type, K + (size_t)r * stride, kf + (size_t)r * hd, (size_t)hd));
+    }
+}
+
+/* scores and accum over stored f32, f16 and q8_0 rows, for several head_dims and head
+ * counts, padded strides and an optional bias, against double loops over the rows' values;
+ * nothing is written past n rows. */
 static void test_scores_accum(void)
 {
-    static const int hds[] = {8, 16, 24, 32, 64, 128};
-    static const int gs[] = {1, 3, 4};
-    enum { MAXN = 70, STRIDE_PAD = 5 };
+    static const uint32_t types[] = {DT_F32, DT_F16, DT_Q8_0};
+    static const int hds[] = {8, 16, 24, 32, 48, 64, 80, 96, 128};
+    static const int gs[] = {1, 2, 3, 4, 5, 7};
+    enum { MAXN = 70, PAD = 12 }; /* bytes after each row */
+    const float poison = 1234.5f;
     for (size_t t = 0; t < sizeof TABLES / sizeof TABLES[0]; t++) {
         const mdl_attn_ops_t *o = mdl_attn_ops_named(TABLES[t]);
         if (!o) {
@@ -40,56 +57,67 @@ static void test_scores_accum(void)
             continue;
         }
         int cases = 0;
-        for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++) {
-            const int hd = hds[hi];
-            if (hd % o->dim_multiple)
-                continue;
-            for (size_t gi = 0; gi < sizeof gs / sizeof gs[0]; gi++) {
-                const int g = gs[gi];
-                const size_t stride = (size_t)hd + STRIDE_PAD;
-                float *q = malloc(sizeof(float) * g * hd),
-                      *K = malloc(sizeof(float) * MAXN * stride);
-                float *bias = malloc(sizeof(float) * MAXN), *sc = malloc(sizeof(float) * g * MAXN);
-                float *out = malloc(sizeof(float) * g * hd);
-                double *want = malloc(sizeof(double) * g * hd);
-                for (int n = 1; n <= MAXN; n += (n < 9 ? 1 : 7)) {
-                    fill(q, (size_t)g * hd);
-                    fill(K, (size_t)MAXN * stride);
-                    fill(bias, MAXN);
-                    const bool with_bias = n % 2;
-                    o->scores(q, g, hd, K, stride, n, 0.125f, with_bias ? bias : NULL, sc, MAXN);
-                    for (int h = 0; h < g; h++)
-                        for (int r = 0; r < n; r++) {
-                            double s = 0, mag = 0;
-                            for (int d = 0; d < hd; d++) {
-                                s += (double)q[h * hd + d] * K[r * stride + d];
-                                mag += fabs((double)q[h * hd + d] * K[r * stride + d]);
+        for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
+            for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++) {
+                const uint32_t type = types[ti];
+                const int hd = hds[hi];
+                if (hd % o->dim_multiple || (type == DT_Q8_0 && hd % QK8_0))
+                    continue;
+                const size_t stride = ggml_row_bytes(type, (uint64_t)hd) + PAD;
+                for (size_t gi = 0; gi < sizeof gs / sizeof gs[0]; gi++) {
+                    const int g = gs[gi];
+                    float *q = malloc(sizeof(float) * g * hd),
+                          *kf = malloc(sizeof(float) * MAXN * hd);
+                    uint8_t *K = malloc(MAXN * stride);
+                    float *bias = malloc(sizeof(float) * MAXN),
+                          *sc = malloc(sizeof(float) * g * MAXN);
+                    float *out = malloc(sizeof(float) * g * hd);
+                    double *want = malloc(sizeof(double) * g * hd);
+                    for (int n = 1; n <= MAXN; n += (n < 9 ? 1 : 7)) {
+                        fill(q, (size_t)g * hd);
+                        rows_fill(type, hd, n, stride, K, kf);
+                        fill(bias, MAXN);
+                        for (int i = 0; i < g * MAXN; i++)
+                            sc[i] = poison;
+                        const bool with_bias = n % 2;
+                        o->scores(type, q, g, hd, K, stride, n, 0.125f, with_bias ? bias : NULL, sc,
+                                  MAXN);
+                        for (int h = 0; h < g; h++) {
+                            for (int r = 0; r < n; r++) {
+                                double s = 0, mag = 0;
+                                for (int d = 0; d < hd; d++) {
+                                    s += (double)q[h * hd + d] * kf[r * hd + d];
+                                    mag += fabs((double)q[h * hd + d] * kf[r * hd + d]);
+                                }
+                                s = s * 0.125 + (with_bias ? bias[r] : 0.0);
+                                CHECK_NEAR(sc[h * MAXN + r], s, 1e-6 * (mag + 1.0));
                             }
-                            s = s * 0.125 + (with_bias ? bias[r] : 0.0);
-                            CHECK_NEAR(sc[h * MAXN + r], s, 1e-6 * (mag + 1.0));
+                            if (n < MAXN)
+                                CHECK(sc[h * MAXN + n] == poison);
                         }
-                    /* accum adds to what out holds; p rows are sc rows */
-                    fill(out, (size_t)g * hd);
-                    for (int h = 0; h < g; h++)
-                        for (int d = 0; d < hd; d++) {
-                            double a = out[h * hd + d];
-                            for (int r = 0; r < n; r++)
-                                a += (double)sc[h * MAXN + r] * K[r * stride + d];
-                            want[h * hd + d] = a;
-                        }
-                    o->accum(out, g, hd, K, stride, n, sc, MAXN);
-                    for (int i = 0; i < g * hd; i++)
-                        CHECK_NEAR(out[i], want[i], 1e-5 * (fabs(want[i]) + n));
-                    cases++;
+                        /* accum adds to what out holds; p rows are sc rows */
+                        fill(out, (size_t)g * hd);
+                        for (int h = 0; h < g; h++)
+                            for (int d = 0; d < hd; d++) {
+                                double a = out[h * hd + d];
+                                for (int r = 0; r < n; r++)
+                                    a += (double)sc[h * MAXN + r] * kf[r * hd + d];
+                                want[h * hd + d] = a;
+                            }
+                        o->accum(type, out, g, hd, K, stride, n, sc, MAXN);
+                        for (int i = 0; i < g * hd; i++)
+                            CHECK_NEAR(out[i], want[i], 1e-5 * (fabs(want[i]) + n));
+                        cases++;
+                    }
+                    free(q);
+                    free(kf);
+                    free(K);
+                    free(bias);
+                    free(sc);
+                    free(out);
+                    free(want);
                 }
-                free(q);
-                free(K);
-                free(bias);
-                free(sc);
-                free(out);
-                free(want);
             }
-        }
         CHECK(cases > 0);
     }
 }
