@@ -213,7 +213,6 @@ void mdl_attn_part(const mdl_attn_ops_t *ops, const float *q, int g, int hd, flo
             far_ahead(segs, n_segs, s, i, nt + (FAR_TILES - 1) * MDL_ATTN_TILE, r1 - r);
             const bool gemm = g >= MDL_ATTN_GEMM_HEADS;
             size_t st = 0;
-            const float *vt = NULL;
             if (gemm) { /* sc = scale * q . kt^T, then the bias */
                 const float *kt = tile_rows(ops, sg, sg->k, i, nt, hd, tile, &st, ak);
                 scores_gemm(q, g, hd, kt, st, nt, scale, sg->bias ? sg->bias + i : NULL, sc);
@@ -241,7 +240,7 @@ void mdl_attn_part(const mdl_attn_ops_t *ops, const float *q, int g, int hd, flo
                 sum[h] += ops->exp_sum(p, nt, m_new);
             }
             if (gemm) { /* o += p . vt */
-                vt = tile_rows(ops, sg, sg->v, i, nt, hd, tile, &st, av);
+                const float *vt = tile_rows(ops, sg, sg->v, i, nt, hd, tile, &st, av);
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g, hd, (int)nt, 1.0f, sc,
                             MDL_ATTN_TILE, vt, (int)st, 1.0f, o, hd);
             } else {
