@@ -55,17 +55,6 @@ static float urand(void)
     return (float)((rng >> 40) * 0x1.0p-24 - 0.5);
 }
 
-static int parse_list(const char *s, long *out, int max)
-{
-    int n = 0;
-    for (char *end; *s && n < max; s = *end ? end + 1 : end) {
-        out[n++] = strtol(s, &end, 10);
-        if (end == s)
-            return -1;
-    }
-    return n;
-}
-
 /* Fills one block's payload: rows of random values, keys then values. */
 static void fill_block(uint32_t type, uint8_t *p, uint32_t block)
 {
@@ -147,7 +136,8 @@ static double pass(const mdl_attn_ops_t *ops, const variant_t *v, uint32_t lanes
 
 int main(int argc, char **argv)
 {
-    long types[4] = {DT_F16, DT_Q8_0}, rows_l[MAXROW] = {128, 1408, 8192};
+    uint32_t types[4] = {DT_F16, DT_Q8_0};
+    long rows_l[MAXROW] = {128, 1408, 8192};
     int n_types = 2, n_rows = 3, rounds = 5, threads = 2;
     uint32_t lanes = 90, block = 64, part = 256;
     bool lay[2] = {true, true}; /* scattered, contiguous */
@@ -156,23 +146,10 @@ int main(int argc, char **argv)
         if (!val)
             goto usage;
         if (!strcmp(a, "--types")) {
-            n_types = 0;
-            for (const char *s = val; *s;) {
-                const size_t len = strcspn(s, ",");
-                if (!strncmp(s, "f32", len) && len == 3)
-                    types[n_types++] = DT_F32;
-                else if (!strncmp(s, "f16", len) && len == 3)
-                    types[n_types++] = DT_F16;
-                else if (!strncmp(s, "q8_0", len) && len == 4)
-                    types[n_types++] = DT_Q8_0;
-                else
-                    goto usage;
-                s += len + (s[len] == ',');
-                if (n_types == 4)
-                    break;
-            }
+            if ((n_types = bench_parse_row_types(val, types, 4)) < 1)
+                goto usage;
         } else if (!strcmp(a, "--rows")) {
-            if ((n_rows = parse_list(val, rows_l, MAXROW)) <= 0)
+            if ((n_rows = bench_parse_list(val, rows_l, MAXROW)) <= 0)
                 goto usage;
         } else if (!strcmp(a, "--lanes")) {
             lanes = (uint32_t)atol(val);
@@ -215,7 +192,7 @@ int main(int argc, char **argv)
         for (int t = 0; t < n_types; t++)
             for (int c = 0; c < 2; c++)
                 if (lay[c] && nv < MAXV) {
-                    if (variant_make(&v[nv], (uint32_t)types[t], c == 1, lanes, rows, block)) {
+                    if (variant_make(&v[nv], types[t], c == 1, lanes, rows, block)) {
                         fprintf(stderr, "bench_attn: out of memory at %u rows\n", rows);
                         return 1;
                     }

@@ -64,21 +64,6 @@ static const char *type_name(uint32_t t)
 }
 
 /* "1,2,3" into v (at most max); the count, or -1. */
-static int parse_list(const char *s, long *v, int max)
-{
-    int n = 0;
-    while (*s && n < max) {
-        char *end;
-        v[n++] = strtol(s, &end, 10);
-        if (end == s || v[n - 1] < 0)
-            return -1;
-        s = *end == ',' ? end + 1 : end;
-        if (*end && *end != ',')
-            return -1;
-    }
-    return *s ? -1 : n;
-}
-
 /* "47M", "512K", "1G", plain bytes; 0 on a bad size. */
 static size_t parse_size(const char *s)
 {
@@ -118,23 +103,11 @@ int main(int argc, char **argv)
             return usage();
         i++;
         if (!strcmp(a, "--depths")) {
-            if ((n_depths = parse_list(v, depths, MAX_DEPTHS)) < 1)
+            if ((n_depths = bench_parse_list(v, depths, MAX_DEPTHS)) < 1)
                 return usage();
         } else if (!strcmp(a, "--kv-types")) {
-            n_types = 0;
-            for (const char *s = v; *s && n_types < MAX_TYPES;) {
-                size_t len = strcspn(s, ",");
-                if (!strncmp(s, "f32", len) && len == 3)
-                    types[n_types++] = DT_F32;
-                else if (!strncmp(s, "f16", len) && len == 3)
-                    types[n_types++] = DT_F16;
-                else if (!strncmp(s, "q8_0", len) && len == 4)
-                    types[n_types++] = DT_Q8_0;
-                else
-                    return usage();
-                s += len + (s[len] == ',');
-            }
-            if (!n_types)
+            n_types = bench_parse_row_types(v, types, MAX_TYPES);
+            if (n_types < 1)
                 return usage();
         } else if (!strcmp(a, "--caches")) {
             caches[0] = strstr(v, "full") != NULL;
@@ -144,7 +117,7 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--prefill")) {
             n_prefill = atoi(v);
         } else if (!strcmp(a, "--q-rows")) {
-            if ((n_qrows = parse_list(v, q_rows, MAX_QROWS)) < 1)
+            if ((n_qrows = bench_parse_list(v, q_rows, MAX_QROWS)) < 1)
                 return usage();
             for (int k = 0; k < n_qrows; k++)
                 if (q_rows[k] < 1)

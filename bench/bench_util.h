@@ -1,6 +1,7 @@
 /*
  * bench/bench_util.h — what the speed benchmarks share: a monotonic clock, medians, the
- * machine line every benchmark prints, and the machine's streaming read bandwidth.
+ * machine line every benchmark prints, the machine's streaming read bandwidth, and the
+ * parsing of list arguments ("0,1024,8192", "f16,q8_0").
  * Header-only (each bench/bench_*.c is its own program); single-threaded callers.
  */
 #ifndef GISTD_BENCH_UTIL_H
@@ -14,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/dtype.h"
 #include "model/kernels.h"
 
 static inline double bench_now(void)
@@ -133,6 +135,43 @@ static inline int bench_bandwidth(int nt, int reps, double *best, double *med)
     bench_bw_measure(&b, nt, reps, best, med);
     bench_bw_fini(&b);
     return 0;
+}
+
+/* Parses "A,B,..." of non-negative integers into v[0..max); the count, or -1 when an item
+ * is not a number, is negative or there are more than max. */
+static inline int bench_parse_list(const char *s, long *v, int max)
+{
+    int n = 0;
+    while (*s && n < max) {
+        char *end;
+        v[n++] = strtol(s, &end, 10);
+        if (end == s || v[n - 1] < 0)
+            return -1;
+        s = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',')
+            return -1;
+    }
+    return *s ? -1 : n;
+}
+
+/* Parses "f32,f16,q8_0" (KV row types) into types[0..max), stopping at max; the count, or -1
+ * for a name it does not know. */
+static inline int bench_parse_row_types(const char *s, uint32_t *types, int max)
+{
+    int n = 0;
+    while (*s && n < max) {
+        const size_t len = strcspn(s, ",");
+        if (!strncmp(s, "f32", len) && len == 3)
+            types[n++] = DT_F32;
+        else if (!strncmp(s, "f16", len) && len == 3)
+            types[n++] = DT_F16;
+        else if (!strncmp(s, "q8_0", len) && len == 4)
+            types[n++] = DT_Q8_0;
+        else
+            return -1;
+        s += len + (s[len] == ',');
+    }
+    return n;
 }
 
 #endif
