@@ -67,8 +67,8 @@ static void fill_block(uint32_t type, uint8_t *p, uint32_t block)
     }
 }
 
-static int variant_make(variant_t *v, uint32_t type, bool contiguous, uint32_t lanes,
-                        uint32_t rows, uint32_t block)
+static int variant_make(variant_t *v, uint32_t type, bool contiguous, uint32_t lanes, uint32_t rows,
+                        uint32_t block)
 {
     const size_t rb = ggml_row_bytes(type, HD);
     const size_t pay = (2 * block * rb + 63) / 64 * 64;
