@@ -3,7 +3,8 @@
  * out as the store lays out a lane's blocks, to see what the memory layout costs.
  *
  *   bench_attn [--types f16,q8_0] [--rows 128,1408,8192] [--lanes 90] [--block 64]
- *              [--part 256] [--threads 2] [--rounds 5] [--layouts scattered,contiguous]
+ *              [--part 256] [--threads 2] [--rounds 5] [--layouts scattered,runs,contiguous]
+ *              [--run 8]
  *
  * Each lane (a kv-head of a layer: 90 is SmolLM2-135M's 30 layers x 3 kv-heads, so one pass
  * is one decode step's attention) holds --rows rows of head_dim 64 in blocks of --block rows,
@@ -12,6 +13,8 @@
  *   scattered   each block its own allocation, made in the order a prefill makes them (block
  *               0 of every lane, then block 1 of every lane, ...): a lane's neighbours are
  *               --lanes blocks apart in memory, as in the store today
+ *   runs        a lane's blocks --run at a time in one allocation, the runs made in a
+ *               prefill's order (run 0 of every lane, then run 1, ...)
  *   contiguous  each lane's blocks one after another in one allocation
  * One pass runs mdl_attn_part for 3 query heads over every lane, cut into parts of --part
  * rows that the threads take one at a time (as model/attention.c does). Variants (type x
@@ -36,12 +39,15 @@
 #define MAXV   8
 #define MAXROW 8
 
+enum { LAY_SCATTERED, LAY_RUNS, LAY_CONTIGUOUS, N_LAY };
+static const char *const lay_name[N_LAY] = {"scattered", "runs", "contiguous"};
+
 typedef struct {
     uint32_t type;
-    bool contiguous;
+    int layout;
     mdl_attn_seg_t *segs; /* [lanes][blocks] */
     void *slab;           /* the contiguous layout's one allocation */
-    void **blocks;        /* the scattered layout's allocations */
+    void **blocks;        /* the other layouts' allocations */
     size_t n_blocks;
 } variant_t;
 
@@ -67,15 +73,18 @@ static void fill_block(uint32_t type, uint8_t *p, uint32_t block)
     }
 }
 
-static int variant_make(variant_t *v, uint32_t type, bool contiguous, uint32_t lanes, uint32_t rows,
-                        uint32_t block)
+static int variant_make(variant_t *v, uint32_t type, int layout, uint32_t lanes, uint32_t rows,
+                        uint32_t block, uint32_t run)
 {
+    const bool contiguous = layout == LAY_CONTIGUOUS;
     const size_t rb = ggml_row_bytes(type, HD);
     const size_t pay = (2 * block * rb + 63) / 64 * 64;
     const uint32_t nb = (rows + block - 1) / block;
     memset(v, 0, sizeof *v);
     v->type = type;
-    v->contiguous = contiguous;
+    v->layout = layout;
+    if (layout == LAY_SCATTERED)
+        run = 1;
     v->n_blocks = (size_t)lanes * nb;
     v->segs = calloc(v->n_blocks, sizeof *v->segs);
     v->blocks = contiguous ? NULL : calloc(v->n_blocks, sizeof *v->blocks);
@@ -83,23 +92,28 @@ static int variant_make(variant_t *v, uint32_t type, bool contiguous, uint32_t l
         v->slab = NULL;
     if (!v->segs || (contiguous ? !v->slab : !v->blocks))
         return -1;
-    for (uint32_t b = 0; b < nb; b++) /* a prefill's order: block b of every lane */
-        for (uint32_t l = 0; l < lanes; l++) {
-            uint8_t *p;
-            if (contiguous) {
-                p = (uint8_t *)v->slab + ((size_t)l * nb + b) * pay;
-            } else {
-                void *a = NULL;
-                if (posix_memalign(&a, 64, pay))
-                    return -1;
-                v->blocks[(size_t)b * lanes + l] = a;
-                p = a;
+    /* a prefill's order: `run` blocks of every lane, then the next `run` of every lane */
+    for (uint32_t b0 = 0; b0 < nb; b0 += run)
+        for (uint32_t l = 0; l < lanes; l++)
+            for (uint32_t b = b0; b < b0 + run && b < nb; b++) {
+                uint8_t *p;
+                if (contiguous) {
+                    p = (uint8_t *)v->slab + ((size_t)l * nb + b) * pay;
+                } else if (b == b0) { /* a run's first block: the run's allocation */
+                    const uint32_t k = b0 + run < nb ? run : nb - b0;
+                    void *a = NULL;
+                    if (posix_memalign(&a, 64, pay * k))
+                        return -1;
+                    v->blocks[(size_t)l * nb + b] = a;
+                    p = a;
+                } else {
+                    p = (uint8_t *)v->blocks[(size_t)l * nb + b0] + (b - b0) * pay;
+                }
+                fill_block(type, p, block);
+                const uint32_t n = b + 1 < nb ? block : rows - b * block;
+                v->segs[(size_t)l * nb + b] = (mdl_attn_seg_t){
+                    .n = n, .type = type, .k = p, .v = p + block * rb, .stride = rb};
             }
-            fill_block(type, p, block);
-            const uint32_t n = b + 1 < nb ? block : rows - b * block;
-            v->segs[(size_t)l * nb + b] =
-                (mdl_attn_seg_t){.n = n, .type = type, .k = p, .v = p + block * rb, .stride = rb};
-        }
     return 0;
 }
 
@@ -140,7 +154,8 @@ int main(int argc, char **argv)
     long rows_l[MAXROW] = {128, 1408, 8192};
     int n_types = 2, n_rows = 3, rounds = 5, threads = 2;
     uint32_t lanes = 90, block = 64, part = 256;
-    bool lay[2] = {true, true}; /* scattered, contiguous */
+    uint32_t run = 8;
+    bool lay[N_LAY] = {true, true, true};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (!val)
@@ -161,16 +176,18 @@ int main(int argc, char **argv)
             threads = atoi(val);
         } else if (!strcmp(a, "--rounds")) {
             rounds = atoi(val);
+        } else if (!strcmp(a, "--run")) {
+            run = (uint32_t)atol(val);
         } else if (!strcmp(a, "--layouts")) {
-            lay[0] = strstr(val, "scattered") != NULL;
-            lay[1] = strstr(val, "contiguous") != NULL;
+            for (int k = 0; k < N_LAY; k++)
+                lay[k] = strstr(val, lay_name[k]) != NULL;
         } else {
             goto usage;
         }
         i++;
     }
-    if (!lanes || !block || !part || threads < 1 || rounds < 1 || n_types < 1 ||
-        !(lay[0] || lay[1]))
+    if (!lanes || !block || !part || !run || threads < 1 || rounds < 1 || n_types < 1 ||
+        !(lay[0] || lay[1] || lay[2]))
         goto usage;
     for (int r = 0; r < n_rows; r++)
         if (rows_l[r] < 1)
@@ -179,8 +196,8 @@ int main(int argc, char **argv)
     const mdl_attn_ops_t *ops = mdl_attn_ops(HD);
     bench_print_machine();
     printf("# attention loops: %s; %u lanes, head_dim %d, %d query heads a kv-head, blocks of "
-           "%u rows, parts of %u rows, %d threads, %d rounds alternated\n",
-           ops->name, lanes, HD, G, block, part, threads, rounds);
+           "%u rows, parts of %u rows, runs of %u blocks, %d threads, %d rounds alternated\n",
+           ops->name, lanes, HD, G, block, part, run, threads, rounds);
     printf("%-5s %-11s %6s %9s %8s %8s\n", "rows", "layout", "lane", "ms/pass", "GB/s", "ns/row");
     float q[G * HD];
     for (int i = 0; i < G * HD; i++)
@@ -190,9 +207,9 @@ int main(int argc, char **argv)
         variant_t v[MAXV];
         int nv = 0;
         for (int t = 0; t < n_types; t++)
-            for (int c = 0; c < 2; c++)
+            for (int c = 0; c < N_LAY; c++)
                 if (lay[c] && nv < MAXV) {
-                    if (variant_make(&v[nv], types[t], c == 1, lanes, rows, block)) {
+                    if (variant_make(&v[nv], types[t], c, lanes, rows, block, run)) {
                         fprintf(stderr, "bench_attn: out of memory at %u rows\n", rows);
                         return 1;
                     }
@@ -210,7 +227,7 @@ int main(int argc, char **argv)
             const double med = bench_median(t + k * rounds, rounds);
             const double bytes = 2.0 * ggml_row_bytes(v[k].type, HD) * rows * lanes;
             printf("%-5s %-11s %6u %9.3f %8.1f %8.2f\n", ggml_type_get(v[k].type)->name,
-                   v[k].contiguous ? "contiguous" : "scattered", rows, med * 1e3, bytes / med / 1e9,
+                   lay_name[v[k].layout], rows, med * 1e3, bytes / med / 1e9,
                    med * 1e9 / ((double)rows * lanes));
             variant_free(&v[k]);
         }
@@ -220,6 +237,6 @@ int main(int argc, char **argv)
 usage:
     fprintf(stderr, "usage: bench_attn [--types f16,q8_0] [--rows 128,1408,8192] [--lanes 90] "
                     "[--block 64] [--part 256] [--threads 2] [--rounds 5] "
-                    "[--layouts scattered,contiguous]\n");
+                    "[--layouts scattered,runs,contiguous] [--run 8]\n");
     return 2;
 }
