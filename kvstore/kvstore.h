@@ -28,7 +28,8 @@
  *
  * Threading: a store and everything in it belong to one thread (the daemon's); no call is
  * thread-safe. Pointers handed out by kv_lane_view stay valid until the next call that
- * moves or frees the same session's rows (replace, evict, demote, accumulators, destroy);
+ * moves or frees the same session's rows (replace, evict, demote, accumulators, limits,
+ * dissolve_runs, destroy);
  * kv_reserve and kv_commit move nothing, so views taken between them (as the forward pass
  * does) stay valid, showing the rows as they were. Edits of another session never touch
  * this one's rows, even where a fork shares them.
@@ -139,13 +140,17 @@ typedef struct kv_rows {
 /* INFO-memory style figures for a session or the whole store. Shared blocks (after a fork)
  * count fully in every session that holds them and once in the store. */
 typedef struct kv_stats {
-    size_t bytes; /* charged bytes: blocks + structures + transcript (+ overhead) */
+    size_t bytes; /* charged bytes: blocks + runs' free slots + structures + transcript
+                     (+ overhead) */
     size_t peak;  /* highest `bytes` seen */
     size_t hard_limit, soft_limit;
     size_t over_hard;              /* bytes to free to get under the hard limit (0 when under) */
     size_t over_soft;              /* bytes to free to get under the soft watermark */
     size_t block_bytes;            /* payload + metadata blocks */
     size_t shared_bytes;           /* of block_bytes, in blocks shared between sessions */
+    size_t run_free_bytes;         /* payload runs' slots that hold no block, and their records:
+                                      a long lane's blocks are carved in order from runs of a
+                                      few payloads, charged to the session that made them */
     size_t struct_bytes;           /* sessions, lane arrays, accumulators */
     size_t transcript_bytes;       /* cold transcript pages in memory and their table */
     size_t transcript_disk_bytes;  /* spilled pages, on disk, not charged (a fork's pages
@@ -180,7 +185,8 @@ void kv_store_destroy(kv_store_t **p);
 
 /* Changes the global hard limit and soft watermark (0 = none). Always succeeds unless
  * soft > hard; *excess (may be NULL) gets the bytes that must be freed to get under the new
- * hard limit. Nothing is freed here: that is the policy's job. */
+ * hard limit. Nothing is freed here but the free slots of every session's payload runs (a
+ * limit set dissolves them: kv_session_dissolve_runs); the rest is the policy's job. */
 int kv_store_set_limits(kv_store_t *st, size_t hard, size_t soft, size_t *excess);
 void kv_store_stats(kv_store_t *st, kv_stats_t *out);
 /* The store's charged bytes (kv_store_stats's `bytes`) and the limits in force (either output
@@ -227,7 +233,19 @@ int kv_session_stats(kv_store_t *st, uint32_t sid, kv_stats_t *out);
  * the rows, like kv_store_bytes (the session is found among the live ones). */
 size_t kv_session_bytes(const kv_store_t *st, uint32_t sid);
 int kv_session_limits(const kv_store_t *st, uint32_t sid, size_t *hard, size_t *soft);
+/* Sets the session's limits (0 = none; ERR_INVAL if soft > hard); *excess as for
+ * kv_store_set_limits. A limit set dissolves the session's payload runs first (below). */
 int kv_session_set_limits(kv_store_t *st, uint32_t sid, size_t hard, size_t soft, size_t *excess);
+/* Payload runs: while neither the session nor the store has a limit, a lane's appended blocks
+ * take their payloads from runs of up to 8, carved in order, so that a long lane's rows lie
+ * one after another (the attention pass reads them faster); a run's slots that hold no block
+ * are charged to the session (run_free_bytes), and a block freed inside a run gives its bytes
+ * back only when the run empties. This moves the session's blocks out of its runs into
+ * allocations of their own (where no fork holds one; a run whose allocations fail stays),
+ * so that from then on each block's bytes go with it. Setting a limit (kv_session_set_limits,
+ * kv_store_set_limits) does it; so should a caller that shrinks a session without one to a
+ * byte target. Moves rows. 0, or ERR_NOTFOUND. */
+int kv_session_dissolve_runs(kv_store_t *st, uint32_t sid);
 /* Turns per-row attention accumulators on (zeroed) or off for every lane. */
 int kv_session_set_attn_acc(kv_store_t *st, uint32_t sid, bool on, err_info_t *e);
 /* Ids of the live sessions, in creation order; returns how many there are (fills at most

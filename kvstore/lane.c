@@ -38,22 +38,16 @@ size_t kv_acc_bytes(const kv_store_t *st)
     return kv_charge(st->B * sizeof(float));
 }
 
-kv_block_t *kv_block_new(kv_store_t *st, kv_session_t *s, uint32_t type)
+/* Lays out a block's header and metadata arrays around payload pl. */
+static kv_block_t *block_init(const kv_store_t *st, kv_block_t *b, uint32_t type, uint8_t *pl,
+                              kv_run_t *run)
 {
-    int t = kv_tier(type);
-    kv_block_t *b = kv_mem_alloc(st, s, st->hdr_bytes);
-    if (!b)
-        return NULL;
-    uint8_t *pl = kv_mem_alloc_aligned(st, s, st->payload_bytes[t]);
-    if (!pl) {
-        kv_mem_free(st, s, b, st->hdr_bytes);
-        return NULL;
-    }
     memset(b, 0, sizeof *b);
     b->refs = 1;
     b->type = type;
+    b->run = run;
     b->k = pl;
-    b->v = pl + st->payload_bytes[t] / 2;
+    b->v = pl + st->payload_bytes[kv_tier(type)] / 2;
     size_t B = st->B;
     uint8_t *m = (uint8_t *)b + align8(sizeof *b);
     b->pos = (float *)m;
@@ -66,6 +60,201 @@ kv_block_t *kv_block_new(kv_store_t *st, kv_session_t *s, uint32_t type)
     b->kind = (uint8_t *)(b->last + B);
     b->level = b->kind + B;
     return b;
+}
+
+kv_block_t *kv_block_new(kv_store_t *st, kv_session_t *s, uint32_t type)
+{
+    int t = kv_tier(type);
+    kv_block_t *b = kv_mem_alloc(st, s, st->hdr_bytes);
+    if (!b)
+        return NULL;
+    uint8_t *pl = kv_mem_alloc_aligned(st, s, st->payload_bytes[t]);
+    if (!pl) {
+        kv_mem_free(st, s, b, st->hdr_bytes);
+        return NULL;
+    }
+    return block_init(st, b, type, pl, NULL);
+}
+
+/* ---- payload runs (kv_impl.h) ---- */
+
+static size_t slot_charge(const kv_store_t *st, uint32_t tier)
+{
+    return kv_charge_aligned(st->payload_bytes[tier]);
+}
+
+static size_t run_charge(const kv_store_t *st, uint32_t tier, uint32_t slots)
+{
+    return kv_charge(sizeof(kv_run_t)) + kv_charge_aligned(slots * st->payload_bytes[tier]);
+}
+
+size_t kv_run_free_bytes(const kv_store_t *st, const kv_run_t *r, bool owner)
+{
+    /* never negative: slots is a power of two, so slots x a size class is a size class */
+    uint32_t held = r->used + (owner ? (uint32_t)__builtin_popcount(r->lent) : 0);
+    return run_charge(st, r->tier, r->n_slot) - held * slot_charge(st, r->tier);
+}
+
+uint32_t kv_run_slots(const kv_store_t *st, const kv_session_t *s, const kv_lane_t *ln,
+                      uint32_t want)
+{
+    if (s->hard || s->soft || st->hard || st->soft)
+        return 1;
+    uint32_t n = ln->n_blk > want ? ln->n_blk : want, p = 1;
+    while (2 * p <= n && p < KV_RUN_MAX)
+        p *= 2;
+    return p;
+}
+
+static bool open_room(const kv_lane_t *ln, int tier)
+{
+    return ln->open && ln->open->tier == (uint32_t)tier && ln->open->next < ln->open->n_slot;
+}
+
+size_t kv_carve_need(const kv_store_t *st, const kv_lane_t *ln, uint32_t type, uint32_t k,
+                     uint32_t slots)
+{
+    int t = kv_tier(type);
+    uint32_t room = open_room(ln, t) ? ln->open->n_slot - ln->open->next : 0;
+    uint32_t rest = k > room ? k - room : 0;
+    size_t hdr = kv_charge(st->hdr_bytes);
+    if (slots < 2)
+        return (k - rest) * hdr + rest * st->block_charge[t];
+    return k * hdr + (rest + slots - 1) / slots * run_charge(st, t, slots);
+}
+
+static kv_run_t *run_new(kv_store_t *st, kv_session_t *s, int tier, uint32_t slots)
+{
+    kv_run_t *r = kv_mem_alloc(st, s, sizeof *r);
+    if (!r)
+        return NULL;
+    memset(r, 0, sizeof *r);
+    r->mem = kv_mem_alloc_aligned(st, s, slots * st->payload_bytes[tier]);
+    if (!r->mem) {
+        kv_mem_free(st, s, r, sizeof *r);
+        return NULL;
+    }
+    r->tier = (uint32_t)tier;
+    r->n_slot = slots;
+    r->owner = s;
+    r->nxt = s->runs;
+    if (s->runs)
+        s->runs->prev = r;
+    s->runs = r;
+    return r;
+}
+
+static void run_free(kv_store_t *st, kv_run_t *r)
+{
+    kv_session_t *o = r->owner;
+    if (o) {
+        kv_uncharge_session(o, kv_run_free_bytes(st, r, true));
+        if (r->prev)
+            r->prev->nxt = r->nxt;
+        else
+            o->runs = r->nxt;
+        if (r->nxt)
+            r->nxt->prev = r->prev;
+    }
+    if (r->lane)
+        r->lane->open = NULL;
+    kv_mem_free_aligned(st, NULL, r->mem, r->n_slot * st->payload_bytes[r->tier]);
+    kv_mem_free(st, NULL, r, sizeof *r);
+}
+
+void kv_runs_orphan(kv_session_t *s)
+{
+    for (kv_run_t *r = s->runs; r; r = r->nxt) {
+        r->owner = NULL;
+        if (r->lane)
+            r->lane->open = NULL;
+        r->lane = NULL;
+    }
+    s->runs = NULL;
+}
+
+kv_block_t *kv_block_carve(kv_store_t *st, kv_session_t *s, kv_lane_t *ln, uint32_t type,
+                           uint32_t slots)
+{
+    int t = kv_tier(type);
+    kv_run_t *r = open_room(ln, t) ? ln->open : NULL;
+    if (!r && slots < 2)
+        return kv_block_new(st, s, type);
+    kv_block_t *b = kv_mem_alloc(st, s, st->hdr_bytes);
+    if (!b)
+        return NULL;
+    if (!r) {
+        r = run_new(st, s, t, slots);
+        if (!r) {
+            kv_mem_free(st, s, b, st->hdr_bytes);
+            return NULL;
+        }
+        if (ln->open)
+            ln->open->lane = NULL;
+        ln->open = r;
+        r->lane = ln;
+    }
+    /* the slot's bytes move from the run's free slots to the block's charge, both s's */
+    uint8_t *pl = r->mem + (size_t)r->next++ * st->payload_bytes[t];
+    r->used++;
+    return block_init(st, b, type, pl, r);
+}
+
+/* Moves the blocks of run r (all in lane ln, none shared) into allocations of their own
+ * and frees the run; all or nothing. */
+static void run_dissolve(kv_store_t *st, kv_lane_t *ln, kv_run_t *r)
+{
+    const size_t pay = st->payload_bytes[r->tier];
+    uint8_t *mem[KV_RUN_MAX];
+    uint32_t n = 0;
+    for (; n < r->used; n++)
+        if (!(mem[n] = kv_mem_alloc_aligned(st, NULL, pay))) {
+            while (n-- > 0)
+                kv_mem_free_aligned(st, NULL, mem[n], pay);
+            return;
+        }
+    n = 0;
+    for (uint32_t i = 0; i < ln->n_blk + ln->n_pend; i++) {
+        kv_block_t *b = ln->b[i].blk;
+        if (b->run != r)
+            continue;
+        memcpy(mem[n], b->k, pay);
+        b->k = mem[n++];
+        b->v = b->k + pay / 2;
+        b->run = NULL;
+    }
+    /* the blocks' charges stay (their payloads now count in the store as their own); the
+     * run's free slots and record go with it */
+    run_free(st, r);
+}
+
+void kv_runs_dissolve(kv_store_t *st, kv_session_t *s)
+{
+    if (!s->runs)
+        return;
+    for (kv_run_t *r = s->runs; r; r = r->nxt)
+        r->movable = 0;
+    for (uint32_t l = 0; l < st->n_lane; l++) {
+        kv_lane_t *ln = &s->lanes[l];
+        if (ln->open)
+            ln->open->lane = NULL;
+        ln->open = NULL;
+        for (uint32_t i = 0; i < ln->n_blk + ln->n_pend; i++) {
+            const kv_block_t *b = ln->b[i].blk;
+            if (b->run && b->run->owner == s && b->refs == 1)
+                b->run->movable++;
+        }
+    }
+    /* a run whose every block is s's alone, and in one lane, goes (a block a fork still
+     * holds keeps its run) */
+    for (uint32_t l = 0; l < st->n_lane; l++) {
+        kv_lane_t *ln = &s->lanes[l];
+        for (uint32_t i = 0; i < ln->n_blk + ln->n_pend; i++) {
+            kv_run_t *r = ln->b[i].blk->run;
+            if (r && r->owner == s && r->movable == r->used)
+                run_dissolve(st, ln, r);
+        }
+    }
 }
 
 void kv_block_ref(kv_store_t *st, kv_session_t *s, kv_block_t *b)
@@ -81,8 +270,28 @@ void kv_block_unref(kv_store_t *st, kv_session_t *s, kv_block_t *b)
         kv_uncharge_session(s, st->block_charge[t]);
     if (--b->refs > 0)
         return;
-    kv_mem_free_aligned(st, NULL, b->k, st->payload_bytes[t]);
+    kv_run_t *r = b->run;
+    if (!r) {
+        kv_mem_free_aligned(st, NULL, b->k, st->payload_bytes[t]);
+        kv_mem_free(st, NULL, b, st->hdr_bytes);
+        return;
+    }
+    /* the slot goes back to the run. Freed by its owner, the owner is charged it again
+     * (its bytes still fall by the header), and the last one carved comes back in order (an
+     * append freed again at once, a reservation undone); freed by a fork, it is lent for
+     * good: charged to nobody but the store */
+    uint32_t slot = (uint32_t)((size_t)(b->k - r->mem) / st->payload_bytes[t]);
     kv_mem_free(st, NULL, b, st->hdr_bytes);
+    r->used--;
+    if (r->owner && s == r->owner) {
+        kv_charge_session(st, r->owner, slot_charge(st, r->tier));
+        if (slot + 1 == r->next)
+            r->next--;
+    } else if (r->owner) {
+        r->lent |= 1u << slot;
+    }
+    if (r->used == 0)
+        run_free(st, r);
 }
 
 void kv_bref_release(kv_store_t *st, kv_session_t *s, kv_bref_t *r)

@@ -57,7 +57,8 @@ int kv_reserve(kv_store_t *st, uint32_t sid, uint32_t n, err_info_t *e)
         const kv_lane_t *ln = &s->lanes[l];
         uint32_t room = tail_room(st, ln);
         uint32_t k = n > room ? (n - room + st->B - 1) / st->B : 0;
-        need += k * (st->block_charge[kv_tier(hot)] + (s->attn_acc ? kv_acc_bytes(st) : 0));
+        need += kv_carve_need(st, ln, hot, k, kv_run_slots(st, s, ln, k)) +
+                k * (s->attn_acc ? kv_acc_bytes(st) : 0);
         if (ln->n_blk + k > ln->cap) {
             uint32_t cap = 2 * ln->cap > ln->n_blk + k ? 2 * ln->cap : ln->n_blk + k;
             need += kv_charge(cap * sizeof(kv_bref_t));
@@ -69,18 +70,23 @@ int kv_reserve(kv_store_t *st, uint32_t sid, uint32_t n, err_info_t *e)
     if (rc)
         return rc;
 
-    kv_bref_t **arr = kv_scratch_alloc(st, nl * (sizeof *arr + sizeof(uint32_t) * 2));
+    /* per lane: its block array, capacity, blocks got, and the open run before (restored
+     * with the slots carved when the reservation is undone) */
+    kv_bref_t **arr = kv_scratch_alloc(st, nl * (2 * sizeof *arr + sizeof(uint32_t) * 2));
     if (!arr)
         return err_set(e, ERR_NOMEM, "%s: out of memory", what);
-    uint32_t *caps = (uint32_t *)(arr + nl), *got = caps + nl;
+    kv_run_t **open = (kv_run_t **)(arr + nl);
+    uint32_t *caps = (uint32_t *)(open + nl), *got = caps + nl;
     uint32_t l = 0;
     bool failed = false;
     for (; l < nl && !failed; l++) {
         kv_lane_t *ln = &s->lanes[l];
         uint32_t room = tail_room(st, ln);
         uint32_t k = n > room ? (n - room + st->B - 1) / st->B : 0;
+        uint32_t slots = kv_run_slots(st, s, ln, k);
         arr[l] = ln->b;
         caps[l] = ln->cap;
+        open[l] = ln->open;
         if (ln->n_blk + k > ln->cap) {
             caps[l] = 2 * ln->cap > ln->n_blk + k ? 2 * ln->cap : ln->n_blk + k;
             arr[l] = kv_mem_alloc(st, s, caps[l] * sizeof **arr);
@@ -91,7 +97,7 @@ int kv_reserve(kv_store_t *st, uint32_t sid, uint32_t n, err_info_t *e)
         }
         for (got[l] = 0; got[l] < k; got[l]++) {
             kv_bref_t *r = &arr[l][ln->n_blk + got[l]];
-            r->blk = kv_block_new(st, s, hot);
+            r->blk = kv_block_carve(st, s, ln, hot, slots);
             r->acc = NULL;
             if (!r->blk)
                 break;
@@ -129,10 +135,15 @@ int kv_reserve(kv_store_t *st, uint32_t sid, uint32_t n, err_info_t *e)
         kv_lane_t *ln = &s->lanes[u];
         if (!arr[u])
             continue;
-        for (uint32_t k = 0; k < got[u]; k++)
+        for (uint32_t k = got[u]; k-- > 0;) /* last first: the run's slots come back */
             kv_bref_release(st, s, &arr[u][ln->n_blk + k]);
         if (arr[u] != ln->b)
             kv_mem_free(st, s, arr[u], caps[u] * sizeof **arr);
+        if (ln->open && ln->open != open[u])
+            ln->open->lane = NULL;
+        ln->open = open[u];
+        if (open[u])
+            open[u]->lane = ln;
     }
     free(arr);
     return err_set(e, ERR_NOMEM, "%s: out of memory", what);

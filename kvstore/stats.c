@@ -64,6 +64,10 @@ static void session_figures(kv_store_t *st, const kv_session_t *s, bool once, kv
             if (once && b->mark == st->epoch)
                 continue;
             b->mark = st->epoch;
+            if (once && b->run && b->run->mark != st->epoch) { /* the store's: every run */
+                b->run->mark = st->epoch;
+                o->run_free_bytes += kv_run_free_bytes(st, b->run, false);
+            }
             size_t c = st->block_charge[t];
             o->block_bytes += c;
             o->tier_bytes[t] += c;
@@ -73,6 +77,8 @@ static void session_figures(kv_store_t *st, const kv_session_t *s, bool once, kv
                 o->shared_bytes += c;
         }
     }
+    for (const kv_run_t *r = s->runs; !once && r; r = r->nxt) /* a session's: its own */
+        o->run_free_bytes += kv_run_free_bytes(st, r, true);
     o->struct_bytes += structs;
     o->transcript_bytes += kv_tr_bytes(&s->tr);
     o->transcript_disk_bytes += kv_tr_disk_bytes(&s->tr);
@@ -134,9 +140,9 @@ int kv_stats_format(const kv_stats_t *s, char *buf, size_t cap)
     KV_PUT("used_bytes:%zu\npeak_bytes:%zu\nhard_limit:%zu\nsoft_limit:%zu\n", s->bytes, s->peak,
            s->hard_limit, s->soft_limit);
     KV_PUT("over_hard:%zu\nover_soft:%zu\n", s->over_hard, s->over_soft);
-    KV_PUT("block_bytes:%zu\nshared_bytes:%zu\nstruct_bytes:%zu\ntranscript_bytes:%zu\n"
-           "transcript_disk_bytes:%zu\noverhead_bytes:%zu\n",
-           s->block_bytes, s->shared_bytes, s->struct_bytes, s->transcript_bytes,
+    KV_PUT("block_bytes:%zu\nshared_bytes:%zu\nrun_free_bytes:%zu\nstruct_bytes:%zu\n"
+           "transcript_bytes:%zu\ntranscript_disk_bytes:%zu\noverhead_bytes:%zu\n",
+           s->block_bytes, s->shared_bytes, s->run_free_bytes, s->struct_bytes, s->transcript_bytes,
            s->transcript_disk_bytes, s->overhead_bytes);
     for (int t = 0; t < KV_N_TIERS; t++)
         KV_PUT("tier_%s_bytes:%zu\ntier_%s_blocks:%llu\ntier_%s_rows:%llu\n", tier[t],
@@ -246,12 +252,13 @@ static int session_check(kv_store_t *st, const kv_session_t *s, size_t *nonblock
                        s->tr.len, s->tr.n_pages);
     kv_stats_t o = {0};
     session_figures(st, s, false, &o);
-    size_t sum = o.block_bytes + o.struct_bytes + o.transcript_bytes;
+    size_t sum = o.block_bytes + o.run_free_bytes + o.struct_bytes + o.transcript_bytes;
     if (sum != s->bytes)
         return err_set(e, ERR_INTERNAL,
                        "session %u: charged %zu bytes, structures add up to %zu (blocks %zu, "
-                       "structs %zu, transcript %zu)",
-                       s->id, s->bytes, sum, o.block_bytes, o.struct_bytes, o.transcript_bytes);
+                       "runs' free slots %zu, structs %zu, transcript %zu)",
+                       s->id, s->bytes, sum, o.block_bytes, o.run_free_bytes, o.struct_bytes,
+                       o.transcript_bytes);
     *nonblock = o.struct_bytes + o.transcript_bytes;
     return 0;
 }
@@ -288,7 +295,7 @@ int kv_store_check(kv_store_t *st, err_info_t *e)
     }
     kv_stats_t o;
     kv_store_stats(st, &o);
-    total += o.block_bytes;
+    total += o.block_bytes + o.run_free_bytes;
     if (total != st->bytes)
         return err_set(e, ERR_INTERNAL, "store: charged %zu bytes, structures add up to %zu",
                        st->bytes, total);

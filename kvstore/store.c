@@ -256,6 +256,8 @@ int kv_store_set_limits(kv_store_t *st, size_t hard, size_t soft, size_t *excess
         return ERR_INVAL;
     st->hard = hard;
     st->soft = soft;
+    for (uint32_t i = 0; (hard || soft) && i < st->n_sess; i++)
+        kv_runs_dissolve(st, st->sess[i]);
     if (excess)
         *excess = hard && st->bytes > hard ? st->bytes - hard : 0;
     return 0;
@@ -361,6 +363,7 @@ void kv_session_free(kv_store_t *st, kv_session_t *s)
         if (ln->b)
             kv_mem_free(st, s, ln->b, ln->cap * sizeof *ln->b);
     }
+    kv_runs_orphan(s); /* those that forks still hold blocks of */
     kv_tr_free(st, s);
     kv_mem_free(st, s, s->lanes, st->n_lane * sizeof *s->lanes);
     kv_mem_free(st, NULL, s, sizeof *s);
@@ -450,8 +453,19 @@ int kv_session_set_limits(kv_store_t *st, uint32_t sid, size_t hard, size_t soft
         return ERR_INVAL;
     s->hard = hard;
     s->soft = soft;
+    if (hard || soft)
+        kv_runs_dissolve(st, s);
     if (excess)
         *excess = hard && s->bytes > hard ? s->bytes - hard : 0;
+    return 0;
+}
+
+int kv_session_dissolve_runs(kv_store_t *st, uint32_t sid)
+{
+    kv_session_t *s = kv_session_find(st, sid);
+    if (!s)
+        return ERR_NOTFOUND;
+    kv_runs_dissolve(st, s);
     return 0;
 }
 

@@ -194,12 +194,14 @@ static size_t arena_allocated(kv_store_t *st)
     return s.je_allocated;
 }
 
-/* Evicting rows frees blocks, and the arena's figures go down by their size. */
+/* Evicting rows frees blocks, and the arena's figures go down by their size (under a limit:
+ * blocks one by one; test_runs has the payload runs of unlimited sessions). */
 static void test_memory_goes_back(void)
 {
     kv_store_t *st = kvt_store(1, 2, 64, 16, DT_F32, 0);
     uint32_t sid;
-    CHECK_OK(kv_session_create(st, NULL, &sid, NULL));
+    kv_session_config_t cfg = {.hard_limit = 64u << 20};
+    CHECK_OK(kv_session_create(st, &cfg, &sid, NULL));
     CHECK_OK(kvt_append(st, sid, 160, 0, 3, NULL));
     size_t before = arena_allocated(st);
     kv_stats_t s;
@@ -509,7 +511,8 @@ static void test_gist_over_limit(void)
     kv_store_t *st = kvt_store(2, 2, 32, 8, DT_F32, 0);
     uint32_t sid;
     err_info_t e;
-    CHECK_OK(kv_session_create(st, NULL, &sid, &e));
+    kv_session_config_t cfg = {.hard_limit = 64u << 20}; /* blocks one by one, no runs */
+    CHECK_OK(kv_session_create(st, &cfg, &sid, &e));
     CHECK_OK(kvt_append(st, sid, 100, 0, 3, &e));
     kv_stats_t s0, s1, g0, g1;
     CHECK_OK(kv_session_stats(st, sid, &s0));
@@ -535,6 +538,89 @@ static void test_gist_over_limit(void)
     kv_store_destroy(&st);
 }
 
+/* Adjacent chunks of a lane whose payloads lie one after another in memory. */
+static uint32_t adjacent_chunks(kv_store_t *st, uint32_t sid, uint32_t layer, uint32_t head,
+                                size_t payload, uint32_t *n_chunks)
+{
+    kv_chunk_t ch[64];
+    CHECK_OK(kv_lane_view(st, sid, layer, head, ch, 64, n_chunks));
+    uint32_t adj = 0;
+    for (uint32_t i = 0; i + 1 < *n_chunks; i++)
+        adj += (const uint8_t *)ch[i + 1].k == (const uint8_t *)ch[i].k + payload;
+    return adj;
+}
+
+/* Without a limit, a lane's appended blocks are carved in order from payload runs that grow
+ * with the lane (1, 1, 2, 4, 8, 8 ... blocks), their free slots charged to the session; under
+ * a limit, or once one is set, blocks come one by one. A fork's last hold on a block of the
+ * parent's run frees its slot without charging the parent. */
+static void test_runs(void)
+{
+    const uint32_t B = 8;
+    kv_store_t *st = kvt_store(1, 2, 32, B, DT_F16, 0);
+    const size_t payload = 2 * B * 32 * 2, blk = kv_block_bytes(st, DT_F16);
+    uint32_t a, b, n;
+    CHECK_OK(kv_session_create(st, NULL, &a, NULL));
+    for (uint32_t i = 0; i < 20; i++) /* a block a call, as prefill chunks of B tokens */
+        CHECK_OK(kvt_append(st, a, B, i * B, 5, NULL));
+    /* runs of 2, 4, 8 and 8 (4 carved) hold blocks 2-19: 1 + 3 + 7 + 3 neighbours */
+    CHECK_INT(adjacent_chunks(st, a, 0, 1, payload, &n), ==, 14);
+    CHECK_INT(n, ==, 20);
+    kv_stats_t s0, s1;
+    CHECK_OK(kv_session_stats(st, a, &s0));
+    CHECK_INT(s0.block_bytes, ==, 2 * 20 * blk);
+    CHECK(s0.run_free_bytes >= 2 * 4 * payload); /* 4 slots a lane not carved yet */
+    KVT_CHECK_STORE(st);
+
+    /* the next 4 blocks fill the open runs: no new allocation but the headers */
+    CHECK_OK(kvt_append(st, a, 4 * B, 20 * B, 5, NULL));
+    CHECK_OK(kv_session_stats(st, a, &s1));
+    CHECK_INT(s1.run_free_bytes, ==, s0.run_free_bytes - 2 * 4 * payload);
+    CHECK_INT(adjacent_chunks(st, a, 0, 0, payload, &n), ==, 18); /* blocks 16-23: 7 */
+
+    /* a fork shares the full blocks; a has row 100 evicted in every lane (its blocks from
+     * the 13th on are copied, the shared ones left to b, so a still holds the first half of
+     * the run of blocks 8-15) and a limit at what it holds; b's destruction then frees the
+     * slots of blocks 12-15, and a is not charged for them */
+    CHECK_OK(kv_session_fork(st, a, NULL, &b, NULL));
+    uint32_t r0 = 100;
+    for (uint32_t h = 0; h < 2; h++)
+        CHECK_OK(kv_lane_evict(st, a, 0, h, &r0, 1, NULL));
+    KVT_CHECK_STORE(st);
+    kv_stats_t sa0, sa1, g0, g1;
+    CHECK_OK(kv_session_stats(st, a, &sa0));
+    CHECK_INT(sa0.shared_bytes, ==, 2 * 12 * blk);
+    CHECK_OK(kv_session_set_limits(st, a, sa0.bytes, 0, NULL)); /* a byte more would cross it */
+    kv_store_stats(st, &g0);
+    CHECK_OK(kv_session_destroy(st, b));
+    KVT_CHECK_STORE(st);
+    CHECK_OK(kv_session_stats(st, a, &sa1));
+    CHECK(sa1.bytes <= sa0.bytes); /* less the records of the runs that went */
+    CHECK_INT(sa1.over_hard, ==, 0);
+    CHECK_INT(sa1.shared_bytes, ==, 0);
+    kv_store_stats(st, &g1);
+    CHECK(g1.bytes < g0.bytes);
+
+    /* under its limit now, a's new blocks come one by one */
+    CHECK_OK(kv_session_set_limits(st, a, 64u << 20, 0, NULL));
+    kv_chunk_t ch[64];
+    CHECK_OK(kv_lane_view(st, a, 0, 0, ch, 64, &n));
+    const uint32_t before = n;
+    CHECK_OK(kvt_append(st, a, 3 * B, 24 * B, 5, NULL));
+    CHECK_OK(kv_session_stats(st, a, &s1));
+    CHECK_INT(kv_lane_view(st, a, 0, 0, ch, 64, &n), ==, 0);
+    CHECK(n >= before + 2);
+    CHECK_INT(s1.run_free_bytes, ==, 0); /* the limit dissolved the runs */
+
+    /* every row gone: the runs go with their last blocks */
+    CHECK_OK(kv_session_destroy(st, a));
+    kv_store_stats(st, &g1);
+    CHECK_INT(g1.run_free_bytes, ==, 0);
+    CHECK_INT(g1.bytes, ==, g1.overhead_bytes);
+    CHECK_INT(g1.je_allocated, ==, g1.bytes);
+    kv_store_destroy(&st);
+}
+
 int main(void)
 {
     RUN(test_append_and_view);
@@ -548,5 +634,6 @@ int main(void)
     RUN(test_reservation);
     RUN(test_attn_acc);
     RUN(test_gist_over_limit);
+    RUN(test_runs);
     return check_done();
 }

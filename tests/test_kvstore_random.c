@@ -7,12 +7,16 @@
  *   - kv_store_check (structure, invariants, counters);
  *   - the O(1) figures (kv_session_bytes, kv_store_bytes, the limits) equal the walks';
  *   - the bytes: the store's total equals the distinct blocks seen through the views plus
- *     every session's structures and transcript plus the store's own tables, and each
- *     session's block bytes equal its chunks; jemalloc's arena figure equals the total;
+ *     the payload runs' free slots plus every session's structures and transcript plus the
+ *     store's own tables, and each session's block bytes equal its chunks; jemalloc's arena
+ *     figure equals the total;
  *   - no hard limit crossed by a step that allocated (nor by its transient peak);
  *   - every lane matches the reference: metadata and payload type exactly, K/V within the
  *     tier's tolerance after dequantisation, bias = log(mass), accumulators exactly; and the
  *     transcript (tokens, live counts) matches.
+ * Each row type runs twice: under a global limit (blocks allocated one by one), and with no
+ * global limit, where sessions without a limit of their own carve their blocks from payload
+ * runs (kvstore/kv_impl.h) and limits come and go per session.
  */
 #include <jemalloc/jemalloc.h>
 #include <math.h>
@@ -55,6 +59,8 @@ typedef struct world {
     kvt_rng_t rng;
     uint64_t n_ops[16], n_fail[16];
     size_t max_slack;
+    bool limited;   /* under a global limit */
+    bool runs_seen; /* a session held free run slots at some step */
 } world_t;
 
 static void lane_insert(ref_lane_t *ln, uint32_t at, const ref_row_t *rows, uint32_t n)
@@ -242,7 +248,7 @@ static bool check_session(world_t *w, ref_sess_t *rs, size_t *blocks_seen, const
     kv_stats_t s;
     CHECK_OK(kv_session_stats(st, rs->sid, &s));
     if (s.block_bytes != block_bytes ||
-        s.bytes != s.block_bytes + s.struct_bytes + s.transcript_bytes ||
+        s.bytes != s.block_bytes + s.run_free_bytes + s.struct_bytes + s.transcript_bytes ||
         s.transcript_bytes < 6 * (size_t)len) {
         CHECK_MSG(false, "session %u: bytes %zu = blocks %zu (views %zu) + %zu + %zu", rs->sid,
                   s.bytes, s.block_bytes, block_bytes, s.struct_bytes, s.transcript_bytes);
@@ -251,8 +257,10 @@ static bool check_session(world_t *w, ref_sess_t *rs, size_t *blocks_seen, const
     return ok;
 }
 
-/* Bytes of the arena's small-object slabs that are not full: the slabs kept in each bin's
- * non-full heap plus the one it is allocating from. */
+/* Bytes of the arena's small-object slabs that are not full (the slabs kept in each bin's
+ * non-full heap plus the one it is allocating from), plus a page for each large allocation
+ * (jemalloc pads large extents by a page to vary their cache-line offset: payload runs of
+ * 16 KiB and more are large). */
 static size_t slab_slack_bound(uint32_t arena)
 {
     unsigned nbins = 0;
@@ -270,6 +278,20 @@ static size_t slab_slack_bound(uint32_t arena)
         snprintf(name, sizeof name, "stats.arenas.%u.bins.%u.curslabs", arena, j);
         mallctl(name, &cur, &sz, NULL, 0);
         total += (nonfull + (cur > 0)) * slab;
+    }
+    unsigned nlextents = 0;
+    size_t page = 4096;
+    sz = sizeof nlextents;
+    mallctl("arenas.nlextents", &nlextents, &sz, NULL, 0);
+    sz = sizeof page;
+    mallctl("arenas.page", &page, &sz, NULL, 0);
+    for (unsigned j = 0; j < nlextents; j++) {
+        char name[96];
+        size_t cur = 0;
+        sz = sizeof cur;
+        snprintf(name, sizeof name, "stats.arenas.%u.lextents.%u.curlextents", arena, j);
+        mallctl(name, &cur, &sz, NULL, 0);
+        total += cur * page;
     }
     return total;
 }
@@ -296,6 +318,7 @@ static bool check_world(world_t *w, const kv_stats_t *before, const size_t *sbef
         kv_stats_t s;
         CHECK_OK(kv_session_stats(st, w->s[i].sid, &s));
         nonblock += s.struct_bytes + s.transcript_bytes;
+        w->runs_seen |= s.run_free_bytes > 0;
         /* a session that grew stayed under its limit, transient peak included */
         if (s.hard_limit && s.bytes > sbefore[i] && s.bytes > s.hard_limit) {
             CHECK_MSG(false, "session %u: %zu bytes over its hard limit %zu", w->s[i].sid, s.bytes,
@@ -306,9 +329,11 @@ static bool check_world(world_t *w, const kv_stats_t *before, const size_t *sbef
     free(ptrs);
     kv_stats_t g;
     kv_store_stats(st, &g);
-    if (g.bytes != blocks + nonblock + g.overhead_bytes) {
-        CHECK_MSG(false, "store: %zu bytes, blocks seen %zu + sessions %zu + overhead %zu", g.bytes,
-                  blocks, nonblock, g.overhead_bytes);
+    if (g.bytes != blocks + g.run_free_bytes + nonblock + g.overhead_bytes) {
+        CHECK_MSG(false,
+                  "store: %zu bytes, blocks seen %zu + runs' free slots %zu + sessions %zu + "
+                  "overhead %zu",
+                  g.bytes, blocks, g.run_free_bytes, nonblock, g.overhead_bytes);
         ok = false;
     }
     if (g.je_allocated != g.bytes || g.je_active < g.je_allocated) {
@@ -398,6 +423,8 @@ static void op_append(world_t *w, ref_sess_t *rs)
 
 static void op_big(world_t *w, ref_sess_t *rs)
 {
+    if (!w->limited) /* nothing to refuse it */
+        return;
     err_info_t e;
     int rc = kv_reserve(w->st, rs->sid, 1u << 20, &e);
     w->n_ops[OP_BIG]++;
@@ -649,7 +676,9 @@ static void op_limit(world_t *w, ref_sess_t *rs)
     size_t excess;
     w->n_ops[OP_LIMIT]++;
     CHECK_OK(kv_session_set_limits(w->st, rs->sid, hard, hard / 2, &excess));
-    CHECK_INT(excess, ==, hard && s.bytes > hard ? s.bytes - hard : 0);
+    const size_t now = kv_session_bytes(w->st, rs->sid); /* less its dissolved runs' */
+    CHECK_INT(now, <=, s.bytes);
+    CHECK_INT(excess, ==, hard && now > hard ? now - hard : 0);
 }
 
 /* Turns accumulators on or off, or writes them as a forward pass would. */
@@ -685,14 +714,17 @@ static void op_acc(world_t *w, ref_sess_t *rs)
         }
 }
 
-static void run_world(uint32_t hot, uint64_t seed, int steps)
+/* limited: a global limit (no payload runs); else none (runs for unlimited sessions) */
+static void run_world(uint32_t hot, uint64_t seed, int steps, bool limited)
 {
     world_t *w = calloc(1, sizeof *w);
     w->hot = hot;
+    w->limited = limited;
     w->rng.s = seed;
     w->st = kvt_store(NLAYER, NHEAD, HD, BR, hot, 0);
     size_t blk = kv_block_bytes(w->st, DT_F32);
-    CHECK_OK(kv_store_set_limits(w->st, 260 * blk, 200 * blk, NULL));
+    if (limited)
+        CHECK_OK(kv_store_set_limits(w->st, 260 * blk, 200 * blk, NULL));
     for (int i = 0; i < 3; i++)
         op_create(w);
     for (int step = 0; step < steps && !check_failed(); step++) {
@@ -741,7 +773,11 @@ static void run_world(uint32_t hot, uint64_t seed, int steps)
     static const char *names[] = {"append", "big",    "cancel",     "replace", "expand",
                                   "evict",  "demote", "spandemote", "fork",    "destroy",
                                   "create", "limit",  "acc"};
-    printf("# hot %s, %d steps:", hot == DT_F32 ? "f32" : hot == DT_F16 ? "f16" : "q8_0", steps);
+    printf("# hot %s, %s, %d steps:",
+           hot == DT_F32   ? "f32"
+           : hot == DT_F16 ? "f16"
+                           : "q8_0",
+           limited ? "global limit" : "no global limit", steps);
     for (int i = 0; i < OP_N; i++)
         printf(" %s %llu/%llu", names[i], (unsigned long long)w->n_fail[i],
                (unsigned long long)w->n_ops[i]);
@@ -749,6 +785,7 @@ static void run_world(uint32_t hot, uint64_t seed, int steps)
     /* every op kind ran and succeeded at least sometimes */
     for (int i = 0; i < OP_N; i++)
         CHECK_MSG(w->n_ops[i] > w->n_fail[i] || i == OP_BIG, "%s never succeeded", names[i]);
+    CHECK_MSG(w->runs_seen != limited, "payload runs %s", limited ? "under a limit" : "never made");
     for (int i = 0; i < MAXS; i++)
         if (w->s[i].used) {
             CHECK_OK(kv_session_destroy(w->st, w->s[i].sid));
@@ -771,17 +808,32 @@ static int world_steps(void)
 
 static void test_random_f32(void)
 {
-    run_world(DT_F32, 0x5eed0001, world_steps());
+    run_world(DT_F32, 0x5eed0001, world_steps(), true);
 }
 
 static void test_random_f16(void)
 {
-    run_world(DT_F16, 0x5eed0002, world_steps());
+    run_world(DT_F16, 0x5eed0002, world_steps(), true);
 }
 
 static void test_random_q8_0(void)
 {
-    run_world(DT_Q8_0, 0x5eed0003, world_steps());
+    run_world(DT_Q8_0, 0x5eed0003, world_steps(), true);
+}
+
+static void test_random_runs_f32(void)
+{
+    run_world(DT_F32, 0x5eed0004, world_steps(), false);
+}
+
+static void test_random_runs_f16(void)
+{
+    run_world(DT_F16, 0x5eed0005, world_steps(), false);
+}
+
+static void test_random_runs_q8_0(void)
+{
+    run_world(DT_Q8_0, 0x5eed0006, world_steps(), false);
 }
 
 int main(void)
@@ -789,5 +841,8 @@ int main(void)
     RUN(test_random_f32);
     RUN(test_random_f16);
     RUN(test_random_q8_0);
+    RUN(test_random_runs_f32);
+    RUN(test_random_runs_f16);
+    RUN(test_random_runs_q8_0);
     return check_done();
 }

@@ -171,7 +171,7 @@ static inline bool kvt_check_bytes(kv_store_t *st)
         CHECK_OK(kv_session_stats(st, ids[i], &s));
         CHECK_OK(kv_session_limits(st, ids[i], &hard, &soft));
         const size_t o1 = kv_session_bytes(st, ids[i]),
-                     walk = s.block_bytes + s.struct_bytes + s.transcript_bytes;
+                     walk = s.block_bytes + s.run_free_bytes + s.struct_bytes + s.transcript_bytes;
         if (o1 != s.bytes || o1 != walk || hard != s.hard_limit || soft != s.soft_limit) {
             CHECK_MSG(false,
                       "session %u: kv_session_bytes %zu, stats %zu, walked %zu; limits %zu/%zu, "
@@ -185,8 +185,8 @@ static inline bool kvt_check_bytes(kv_store_t *st)
     size_t hard = 1, soft = 1;
     kv_store_stats(st, &g);
     kv_store_limits(st, &hard, &soft);
-    const size_t o1 = kv_store_bytes(st),
-                 walk = g.block_bytes + g.struct_bytes + g.transcript_bytes + g.overhead_bytes;
+    const size_t o1 = kv_store_bytes(st), walk = g.block_bytes + g.run_free_bytes + g.struct_bytes +
+                                                 g.transcript_bytes + g.overhead_bytes;
     if (o1 != g.bytes || o1 != walk || hard != g.hard_limit || soft != g.soft_limit) {
         CHECK_MSG(false,
                   "store: kv_store_bytes %zu, stats %zu, walked %zu; limits %zu/%zu, "

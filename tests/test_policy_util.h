@@ -211,7 +211,11 @@ static inline int pt_open(pt_fx_t *f, const pt_opts_t *o, err_info_t *e)
                             .n_head_kv = PT_HEADS,
                             .head_dim = PT_HD,
                             .block_rows = o->block_rows ? o->block_rows : 8,
-                            .hot_type = DT_F32};
+                            .hot_type = DT_F32,
+                            /* a limit no test reaches: blocks one by one (no payload runs,
+                             * kvstore.h), so that a block's bytes go with it, as in the daemon,
+                             * which sets a limit before it shrinks a session */
+                            .hard_limit = (size_t)1 << 40};
     int rc = kv_store_new(&sc, &f->st, e);
     if (rc)
         return rc;

@@ -69,6 +69,7 @@ static int fx_open_ctx(fixture_t *f, uint64_t seed, uint32_t n_ctx)
                             .head_dim = hp->head_dim,
                             .block_rows = 8,
                             .hot_type = DT_F32,
+                            .hard_limit = (size_t)1 << 40, /* blocks one by one: no runs */
                             .hook = {.fail = hook_fail, .ctx = &f->hook}};
     if (kv_store_new(&sc, &f->st, &e) || rt_new(f->m, f->st, &f->rt, &e)) {
         check_fail_(__FILE__, __LINE__, "store: %s", err_msg(&e));
