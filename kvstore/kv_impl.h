@@ -10,8 +10,8 @@
  *
  * Payload runs: the blocks a lane appends (kv_reserve) may take their payloads from a run, one
  * allocation of 2 to KV_RUN_MAX payloads that the lane carves in order, so that a long lane's
- * rows lie in long stretches of memory (the attention pass reads them 1.3-1.5 times faster
- * than blocks allocated one by one: bench/depth.md). Every block, in a run or not, is charged
+ * rows lie in long stretches of memory (the attention pass reads them 1.3-1.4 times faster
+ * than blocks allocated one by one, and runs of 4 as fast as longer ones: bench/depth.md). Every block, in a run or not, is charged
  * the same block_charge to each session holding it; a run's slots that hold no block (not
  * yet carved, or freed) are charged to the session that made the run, its owner, so that
  * what a session is charged stays what its memory takes, except the slots of blocks a fork held
@@ -40,7 +40,7 @@
 #define KV_TPAGE         1024u /* transcript positions per page (6 KiB) */
 #define KV_PAYLOAD_ALIGN 64u
 
-#define KV_RUN_MAX 8u /* payloads a run holds at most (a power of two: kv_run_slots) */
+#define KV_RUN_MAX 4u /* payloads a run holds at most (a power of two: kv_run_slots) */
 
 typedef struct kv_session kv_session_t;
 typedef struct kv_lane kv_lane_t;
@@ -179,8 +179,9 @@ void kv_session_free(kv_store_t *st, kv_session_t *s);
 /* ---- blocks and lanes (lane.c) ---- */
 kv_block_t *kv_block_new(kv_store_t *st, kv_session_t *s, uint32_t type);
 /* The slots of the run a lane of s would make for `want` more blocks: a power of two up to
- * KV_RUN_MAX that grows with the lane, or 1 (no run) for a short lane or when a limit (the
- * session's or the store's) is set. */
+ * KV_RUN_MAX, at most half the lane's blocks (so that a run's free slots are at most a
+ * quarter of them), or 1 (no run) for a short lane or when a limit (the session's or the
+ * store's) is set. */
 uint32_t kv_run_slots(const kv_store_t *st, const kv_session_t *s, const kv_lane_t *ln,
                       uint32_t want);
 /* A block of `type` for lane ln of s: carved from the lane's open run, else from a new run of

@@ -100,7 +100,7 @@ uint32_t kv_run_slots(const kv_store_t *st, const kv_session_t *s, const kv_lane
 {
     if (s->hard || s->soft || st->hard || st->soft)
         return 1;
-    uint32_t n = ln->n_blk > want ? ln->n_blk : want, p = 1;
+    uint32_t n = ln->n_blk / 2 > want ? ln->n_blk / 2 : want, p = 1;
     while (2 * p <= n && p < KV_RUN_MAX)
         p *= 2;
     return p;
@@ -205,7 +205,7 @@ kv_block_t *kv_block_carve(kv_store_t *st, kv_session_t *s, kv_lane_t *ln, uint3
 static void run_dissolve(kv_store_t *st, kv_lane_t *ln, kv_run_t *r)
 {
     const size_t pay = st->payload_bytes[r->tier];
-    uint8_t *mem[KV_RUN_MAX];
+    uint8_t *mem[KV_RUN_MAX] = {0};
     uint32_t n = 0;
     for (; n < r->used; n++)
         if (!(mem[n] = kv_mem_alloc_aligned(st, NULL, pay))) {
