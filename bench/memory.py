@@ -140,7 +140,17 @@ def bench(model, tasks, depths, n_probes, policies, budgets, filler, log, seed0=
             failed = {}
             for i in range(n_probes):
                 seed = seed0 * 100000 + hash_task(task) * 1000 + i
-                p, n = make_probe(model, task, target, seed, filler, dev)
+                try:
+                    p, n = make_probe(model, task, target, seed, filler, dev)
+                except RuntimeError as err:  # e.g. a chat's turns alone pass a short depth
+                    for pol, b in configs(policies, budgets):
+                        failed.setdefault((pol, b), str(err))
+                    runs += [{"model": name, "task": task, "depth_ctx": f"{depth:g}",
+                              "prompt_tokens": "", "probe": i, "fact_depth": "", "policy": pol,
+                              "budget_pct": "" if b is None else f"{b:g}", "score": "",
+                              "said": "", "error": f"not run: {err}", "seconds": "0"}
+                             for pol, b in configs(policies, budgets)]
+                    continue
                 for pol, b in configs(policies, budgets):
                     key = (pol, b)
                     r = {"model": name, "task": task, "depth_ctx": f"{depth:g}",
