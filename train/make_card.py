@@ -95,6 +95,8 @@ def main():
                     help="the base stage's row of the training table")
     ap.add_argument("--quality", help="bench/quality.py's quality.csv with rows for this model")
     ap.add_argument("--memory", help="bench/memory.py's memory.md for this model")
+    ap.add_argument("--memory-deep", help="bench/memory.py's memory.md of prompts 2 to 8 "
+                    "contexts long (with and without re-expansion)")
     ap.add_argument("--reasoning", help="bench/reasoning.py's reasoning.md for this model")
     a = ap.parse_args()
     r = a.runs
@@ -188,6 +190,7 @@ raw tokens of an earlier sentence, only its gists. "gate decay": key i weighs
 beta_i^(t-i) at query t (the soft form the gates are trained with).
 {engine}{quality_section(a.quality, name) if a.quality else ""}\
 {bench_section(a.memory, "What each policy remembers (`bench/memory.sh`)")}\
+{bench_section(a.memory_deep, "Several contexts deep, with and without re-expansion")}\
 {bench_section(a.reasoning, "Reasoning with finished thoughts compressed (`bench/reasoning.py`)")}"""
     with open(a.out, "w") as f:
         f.write(text)
