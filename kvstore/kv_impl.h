@@ -11,16 +11,16 @@
  * Payload runs: the blocks a lane appends (kv_reserve) may take their payloads from a run, one
  * allocation of 2 to KV_RUN_MAX payloads that the lane carves in order, so that a long lane's
  * rows lie in long stretches of memory (the attention pass reads them 1.3-1.4 times faster
- * than blocks allocated one by one, and runs of 4 as fast as longer ones: bench/depth.md). Every block, in a run or not, is charged
- * the same block_charge to each session holding it; a run's slots that hold no block (not
- * yet carved, or freed) are charged to the session that made the run, its owner, so that
- * what a session is charged stays what its memory takes, except the slots of blocks a fork held
- * last: freeing them must not push the owner over a limit, so they count in the store only
- * (and are not carved again). Runs are made only where no limit
- * is set, neither the session's nor the store's (kv_run_slots): under a budget, memory stays
- * block-exact, and a freed block's bytes go back at once. A run is freed with its last block,
- * and outlives its owner only while forks hold blocks of it (its free slots then count in the
- * store only). Setting a limit dissolves the runs a session alone holds (kv_runs_dissolve).
+ * than blocks allocated one by one, and runs of 4 as fast as longer ones: bench/depth.md). Every
+ * block, in a run or not, is charged the same block_charge to each session holding it; a run's
+ * slots that hold no block (not yet carved, or freed) are charged to the session that made the run,
+ * its owner, so that what a session is charged stays what its memory takes, except the slots of
+ * blocks a fork held last: freeing them must not push the owner over a limit, so they count in the
+ * store only (and are not carved again). Runs are made only where no limit is set, neither the
+ * session's nor the store's (kv_run_slots): under a budget, memory stays block-exact, and a freed
+ * block's bytes go back at once. A run is freed with its last block, and outlives its owner only
+ * while forks hold blocks of it (its free slots then count in the store only). Setting a limit
+ * dissolves the runs a session alone holds (kv_runs_dissolve).
  *
  * Invariants between calls (checked by kv_store_check): a lane's rows are ordered by
  * position; no block is empty; within each maximal run of same-type blocks every block but
@@ -54,6 +54,7 @@ typedef struct kv_run {
                                   hold): not charged to the owner, never carved again */
     uint32_t mark;             /* walk epoch: counts it once */
     uint32_t movable;          /* kv_runs_dissolve's count of its blocks s alone holds */
+    uint32_t seen;             /* blocks in it seen by kv_store_check */
     kv_session_t *owner;       /* charged the free slots; NULL once it is destroyed */
     kv_lane_t *lane;           /* the lane that carves it while it is the lane's open run */
     struct kv_run *prev, *nxt; /* the owner's runs */

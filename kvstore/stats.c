@@ -286,6 +286,39 @@ int kv_store_check(kv_store_t *st, err_info_t *e)
                                    "session %u lane %u block %u: %u references, refs says %u",
                                    st->sess[k]->id, l, i, ln->b[i].blk->seen, ln->b[i].blk->refs);
         }
+    /* payload runs: each one's `used` is the distinct blocks in it; every session's list
+     * holds runs it owns, not empty, within their slots */
+    for (int pass = 0; pass < 3; pass++) {
+        st->epoch++;
+        for (uint32_t k = 0; k < st->n_sess; k++)
+            for (uint32_t l = 0; l < st->n_lane; l++) {
+                const kv_lane_t *ln = &st->sess[k]->lanes[l];
+                for (uint32_t i = 0; i < ln->n_blk + ln->n_pend; i++) {
+                    kv_block_t *b = ln->b[i].blk;
+                    if (!b->run || b->mark == st->epoch)
+                        continue;
+                    b->mark = st->epoch;
+                    if (pass == 0)
+                        b->run->seen = 0;
+                    else if (pass == 1)
+                        b->run->seen++;
+                    else if (b->run->seen != b->run->used)
+                        return err_set(e, ERR_INTERNAL,
+                                       "session %u lane %u block %u: its run holds %u blocks, "
+                                       "used says %u",
+                                       st->sess[k]->id, l, i, b->run->seen, b->run->used);
+                }
+            }
+    }
+    for (uint32_t k = 0; k < st->n_sess; k++)
+        for (const kv_run_t *r = st->sess[k]->runs; r; r = r->nxt)
+            if (r->owner != st->sess[k] || r->used == 0 || r->next > r->n_slot ||
+                r->used + (uint32_t)__builtin_popcount(r->lent) > r->next ||
+                (r->prev && r->prev->nxt != r))
+                return err_set(e, ERR_INTERNAL,
+                               "session %u: a run of %u slots (%u carved, %u used, lent %#x) "
+                               "is not its own or not in order",
+                               st->sess[k]->id, r->n_slot, r->next, r->used, r->lent);
     for (uint32_t k = 0; k < st->n_sess; k++) {
         size_t nonblock = 0;
         int rc = session_check(st, st->sess[k], &nonblock, e);
