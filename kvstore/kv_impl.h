@@ -24,7 +24,8 @@
  *
  * Invariants between calls (checked by kv_store_check): a lane's rows are ordered by
  * position; no block is empty; within each maximal run of same-type blocks every block but
- * the last is full; counters equal what a walk over the structures adds up.
+ * the last is full; a payload run's `used` is the blocks in it, and it is on its owner's
+ * list; counters equal what a walk over the structures adds up.
  */
 #ifndef GISTD_KVSTORE_KV_IMPL_H
 #define GISTD_KVSTORE_KV_IMPL_H
