@@ -312,6 +312,34 @@ def plot(summary, depths, path):
     return p.stderr.strip() or f"plot: {path}"
 
 
+def write_tables(out, runs, budgets, depths, machine, dev=False, log=print):
+    """memory_runs.csv, memory.csv, memory.md and memory.png under out; returns the
+    markdown."""
+    summary = summarise(runs)
+    with open(os.path.join(out, "memory_runs.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(runs)
+    Q.write_csv(os.path.join(out, "memory.csv"), summary)
+    md = markdown(summary, budgets, depths, machine, dev) + "\n" + expansion_cost(runs)
+    with open(os.path.join(out, "memory.md"), "w") as f:
+        f.write(md + "\n")
+    log(plot(summary, depths, os.path.join(out, "memory.png")))
+    return md
+
+
+def merge(a):
+    runs, machine = [], ""
+    for d in a.merge.split(","):
+        with open(os.path.join(d, "memory_runs.csv"), newline="") as f:
+            runs += list(csv.DictReader(f))
+        with open(os.path.join(d, "memory.md")) as f:
+            machine = machine or next((x for x in f if x.startswith("Machine:")), "").strip()
+    os.makedirs(a.out, exist_ok=True)
+    print(write_tables(a.out, runs, [float(x) for x in a.budgets.split(",")],
+                       [float(x) for x in a.depths.split(",")], machine, a.dev))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "memory"))
@@ -328,7 +356,12 @@ def main():
                          "to tune policy parameters on (never report these)")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke test: depth 1/2, one probe a task, full and window at 25%%")
+    ap.add_argument("--merge", help="DIR,DIR,...: no runs; the tables of earlier runs' "
+                    "memory_runs.csv (say, one process a core, split by --tasks) written "
+                    "together under --out, for the --depths and --budgets given")
     a = ap.parse_args()
+    if a.merge:
+        return merge(a)
     if not os.path.exists(Q.tool()):
         sys.exit(f"{Q.tool()} not built: run make")
     book = os.path.join(Q.SHARED, "corpus", DEV_FILLER if a.dev else "persuasion.txt")
@@ -354,16 +387,7 @@ def main():
     log(machine)
     runs = bench(a.model, a.tasks.split(","), depths, a.probes, pols, budgets, filler, log,
                  block_rows=a.block_rows, dev=a.dev)
-    summary = summarise(runs)
-    with open(os.path.join(a.out, "memory_runs.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(runs)
-    Q.write_csv(os.path.join(a.out, "memory.csv"), summary)
-    md = markdown(summary, budgets, depths, machine, a.dev) + "\n" + expansion_cost(runs)
-    with open(os.path.join(a.out, "memory.md"), "w") as f:
-        f.write(md + "\n")
-    log(plot(summary, depths, os.path.join(a.out, "memory.png")))
+    md = write_tables(a.out, runs, budgets, depths, machine, a.dev, log)
     print()
     print(md)
 

@@ -61,6 +61,28 @@ def test_quick_run_writes_whole_tables():
         assert abs(float(s["accuracy"]) - sum(mine) / len(mine)) < 1e-9
     md = open(os.path.join(out, "memory.md")).read()
     assert "| window | 25% |" in md and "## gistd-6m.gguf: chat" in md
+    # --merge of that run and of a copy holding only its chat rows (as two processes split by
+    # --tasks would leave them): the same tables as the run's own
+    part = tap.tmpdir()
+    with open(os.path.join(part, "memory_runs.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(runs[0]))
+        w.writeheader()
+        w.writerows(r for r in runs if r["task"] == "chat")
+    with open(os.path.join(part, "memory.md"), "w") as f:
+        f.write("# another run\n")
+    keep = [r for r in runs if r["task"] != "chat"]
+    with open(os.path.join(out, "memory_runs.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(runs[0]))
+        w.writeheader()
+        w.writerows(keep)
+    merged = tap.tmpdir()
+    p = subprocess.run(["/usr/bin/python3", os.path.join(tap.ROOT, "bench", "memory.py"),
+                        "--merge", f"{out},{part}", "--out", merged, "--depths", "0.5",
+                        "--budgets", "25"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    with open(os.path.join(merged, "memory.csv")) as f:
+        assert sorted(map(str, csv.DictReader(f))) == sorted(map(str, summary))
+    assert open(os.path.join(merged, "memory.md")).read() == md
 
 
 def test_scorer_on_known_answers():
