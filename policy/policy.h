@@ -12,7 +12,9 @@
  *   gist    learned sentence-anchored gists as each sentence closes (needs gist tokens),
  *           then gists of gists, then eviction
  *   auto    the progressive schedule (the default): pooled sentence gists as the budget
- *           requires, merges, then eviction by TRIM-KV scores if the model has gates, else by
+ *           requires (weighing as one token each, without pool's log-mass bias, so that a
+ *           re-expanded fact wins over them), merges, then eviction by TRIM-KV scores if the
+ *           model has gates, else by
  *           accumulated attention (learned gists only on request, as `gist`: they change
  *           what every later token sees from the first sentence on); and re-expansion of the
  *           compressed spans each new turn calls for (`expand`, see below)
