@@ -14,7 +14,8 @@
  *     live row are freed, and every run of same-type blocks from the first touched one is
  *     packed (rows moved forward to fill holes, order kept), freeing the blocks emptied.
  * So an edit allocates at most the inserted rows plus one block per insertion point, and
- * the memory freed rows held goes back to the arena when the call returns.
+ * the memory freed rows held goes back to the arena when the call returns (a block carved
+ * from a payload run gives its slot back to the run, which goes when it empties: kv_impl.h).
  */
 #include <math.h>
 #include <stdlib.h>
