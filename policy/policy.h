@@ -14,10 +14,10 @@
  *   auto    the progressive schedule (the default): pooled sentence gists as the budget
  *           requires (weighing as one token each, without pool's log-mass bias, so that a
  *           re-expanded fact wins over them), merges, then eviction by TRIM-KV scores if the
- *           model has gates, else by
- *           accumulated attention (learned gists only on request, as `gist`: they change
- *           what every later token sees from the first sentence on); and re-expansion of the
- *           compressed spans each new turn calls for (`expand`, see below)
+ *           model has gates, else by accumulated attention (learned gists only on request,
+ *           as `gist`: they change what every later token sees from the first sentence on);
+ *           and re-expansion of the compressed spans each new turn calls for (`expand`, see
+ *           below)
  * Any of them with unit=thought compresses whole finished thoughts (paragraph breaks or the
  * client's markers) instead of sentences: a finished thought pools into gist_rows rows, merges
  * take whole thoughts, and eviction spares the open thought while finished ones have rows
