@@ -143,20 +143,16 @@ def bench(model, tasks, depths, n_probes, policies, budgets, filler, log, seed0=
                 try:
                     p, n = make_probe(model, task, target, seed, filler, dev)
                 except RuntimeError as err:  # e.g. a chat's turns alone pass a short depth
-                    for pol, b in configs(policies, budgets):
-                        failed.setdefault((pol, b), str(err))
-                    runs += [{"model": name, "task": task, "depth_ctx": f"{depth:g}",
-                              "prompt_tokens": "", "probe": i, "fact_depth": "", "policy": pol,
-                              "budget_pct": "" if b is None else f"{b:g}", "score": "",
-                              "said": "", "error": f"not run: {err}", "seconds": "0"}
-                             for pol, b in configs(policies, budgets)]
-                    continue
+                    p, n = None, ""
+                    for key in configs(policies, budgets):
+                        failed.setdefault(key, str(err))
                 for pol, b in configs(policies, budgets):
                     key = (pol, b)
                     r = {"model": name, "task": task, "depth_ctx": f"{depth:g}",
-                         "prompt_tokens": n, "probe": i, "fact_depth": f"{p.depth:.2f}",
+                         "prompt_tokens": n, "probe": i,
+                         "fact_depth": f"{p.depth:.2f}" if p else "",
                          "policy": pol, "budget_pct": "" if b is None else f"{b:g}"}
-                    if pol == "full" and n + n_gen > ctx:
+                    if p and pol == "full" and n + n_gen > ctx:
                         failed.setdefault(key, f"{n} prompt tokens: the full cache would pass "
                                                f"the model's context of {ctx}")
                     if key in failed:
