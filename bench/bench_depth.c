@@ -63,7 +63,6 @@ static const char *type_name(uint32_t t)
     return t == DT_F32 ? "f32" : t == DT_F16 ? "f16" : "q8_0";
 }
 
-/* "1,2,3" into v (at most max); the count, or -1. */
 /* "47M", "512K", "1G", plain bytes; 0 on a bad size. */
 static size_t parse_size(const char *s)
 {
