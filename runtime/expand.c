@@ -14,9 +14,13 @@
  * BM25 of the turn's last sentences against the sentence's tokens (runtime/lexical.h: rare
  * tokens weigh more, long sentences gain little from common ones) over the candidates'
  * mean. The score mixes them (expand_lex); a span with no rows left (evicted from every lane)
- * has only its lexical score. Candidates reaching expand_min are expanded best first, within
- * expand_tokens and expand_spans per turn: a fact stated once comes back as its sentence,
- * not as the hundreds of tokens a merged gist stands for.
+ * has no attention to show, and counts as drawing the average candidate's (1): scored on its
+ * lexical score alone, a sentence evicted whole that shares a few words with the turn
+ * outranked the fact the turn asks about whose pooled rows drew little attention (pass keys
+ * two to eight contexts deep at 12.5% of a context: 0.71 of the tuning probes right, 0.92
+ * counted so, bench/memory.py --dev). Candidates reaching expand_min are expanded best
+ * first, within expand_tokens and expand_spans per turn: a fact stated once comes back as
+ * its sentence, not as the hundreds of tokens a merged gist stands for.
  *
  * Bringing back (expand_one): the span's tokens (gist-token ids left out) are read from the
  * transcript and prefilled again, apart from the store, over the rows held before the span,
@@ -680,7 +684,8 @@ int rt_sess_expand_auto(rt_t *rt, rt_sess_t *s, uint32_t max_tokens, int reason,
     }
     if (!rc && nc) {
         for (uint32_t i = 0; i < nc; i++) {
-            c[i].score = c[i].mass > 0 ? (1.0 - xc.lex) * c[i].acc + xc.lex * c[i].lex : c[i].lex;
+            const double acc = c[i].mass > 0 ? c[i].acc : 1.0; /* no rows: the average */
+            c[i].score = (1.0 - xc.lex) * acc + xc.lex * c[i].lex;
         }
         qsort(c, nc, sizeof *c, cmp_score);
         uint32_t left = budget;
