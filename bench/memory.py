@@ -325,14 +325,28 @@ def write_tables(out, runs, budgets, depths, machine, dev=False, log=print):
 
 
 def merge(a):
+    """The runs of several directories in the order one run writes them: by task, the full
+    cache first, then each of --budgets with its policies in the order they first appear (so
+    that a policy run again apart keeps its place beside the others). The machine line is the
+    first directory's."""
     runs, machine = [], ""
     for d in a.merge.split(","):
         with open(os.path.join(d, "memory_runs.csv"), newline="") as f:
             runs += list(csv.DictReader(f))
         with open(os.path.join(d, "memory.md")) as f:
             machine = machine or next((x for x in f if x.startswith("Machine:")), "").strip()
+    budgets = [float(x) for x in a.budgets.split(",")]
+    tasks = list(dict.fromkeys(r["task"] for r in runs))
+    pols = list(dict.fromkeys(r["policy"] for r in runs))
+    order = [f"{b:g}" for b in budgets]
+
+    def place(r):
+        b = r["budget_pct"]
+        return (tasks.index(r["task"]), b != "", order.index(b) if b in order else len(order),
+                pols.index(r["policy"]))
+
     os.makedirs(a.out, exist_ok=True)
-    print(write_tables(a.out, runs, [float(x) for x in a.budgets.split(",")],
+    print(write_tables(a.out, sorted(runs, key=place), budgets,
                        [float(x) for x in a.depths.split(",")], machine, a.dev))
 
 

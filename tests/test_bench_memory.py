@@ -83,6 +83,19 @@ def test_quick_run_writes_whole_tables():
     with open(os.path.join(merged, "memory.csv")) as f:
         assert sorted(map(str, csv.DictReader(f))) == sorted(map(str, summary))
     assert open(os.path.join(merged, "memory.md")).read() == md
+    # a policy run again apart and given first (window's rows, then the full cache's): the
+    # tables keep the full cache first, as the run's own
+    for d, pol in ((part, "window"), (out, "full")):
+        with open(os.path.join(d, "memory_runs.csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(runs[0]))
+            w.writeheader()
+            w.writerows(r for r in runs if r["policy"] == pol)
+    merged = tap.tmpdir()
+    p = subprocess.run(["/usr/bin/python3", os.path.join(tap.ROOT, "bench", "memory.py"),
+                        "--merge", f"{part},{out}", "--out", merged, "--depths", "0.5",
+                        "--budgets", "25"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert open(os.path.join(merged, "memory.md")).read() == md
 
 
 def test_scorer_on_known_answers():
