@@ -614,13 +614,15 @@ static bool span_free(const pol_t *p, const pol_span_t *s, uint32_t len)
 static uint32_t effective_recent(pol_t *p)
 {
     /* the walk (kv_session_stats, not the O(1) kv_session_bytes): the window is sized from
-     * the bytes outside blocks; once a step, which reads every lane's rows anyway */
+     * the bytes outside blocks; once a step, and only under a limit (a session without one
+     * has no window to size, and its walk over every row cost 2% of a decode step 8,192
+     * tokens deep) */
+    size_t hard = 0, soft = 0;
     kv_stats_t s;
-    if (p->recent_frac <= 0.0f || kv_session_stats(p->st, p->sid, &s))
+    if (p->recent_frac <= 0.0f || kv_session_limits(p->st, p->sid, &hard, &soft) ||
+        (!hard && !soft) || kv_session_stats(p->st, p->sid, &s))
         return p->recent;
     size_t limit = s.soft_limit ? s.soft_limit : s.hard_limit;
-    if (!limit)
-        return p->recent;
     /* Session limits may add up to more than the global one: the window is then sized from
      * half the session's even share of the global limit, or the sessions' pins alone could
      * fill the store and leave its pressure nothing to free. Half: shares shrink as sessions
