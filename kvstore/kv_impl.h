@@ -197,6 +197,9 @@ size_t kv_carve_need(const kv_store_t *st, const kv_lane_t *ln, uint32_t type, u
 /* Bytes a run's free slots take (its charge less its blocks' payloads): all of them (the
  * store's figure), or those charged to its owner (owner: less the slots forks freed). */
 size_t kv_run_free_bytes(const kv_store_t *st, const kv_run_t *r, bool owner);
+/* Makes r (or none) the run lane ln carves its next blocks from, keeping the back pointers
+ * (run->lane) of the old open run and of r in step. */
+void kv_lane_set_open(kv_lane_t *ln, kv_run_t *r);
 /* Leaves s's runs to the forks that still hold blocks of them (at s's destruction). */
 void kv_runs_orphan(kv_session_t *s);
 /* Moves the blocks of s's runs into allocations of their own and frees the runs, where no

@@ -237,7 +237,7 @@ int kv_session_limits(const kv_store_t *st, uint32_t sid, size_t *hard, size_t *
  * kv_store_set_limits. A limit set dissolves the session's payload runs first (below). */
 int kv_session_set_limits(kv_store_t *st, uint32_t sid, size_t hard, size_t soft, size_t *excess);
 /* Payload runs: while neither the session nor the store has a limit, a lane's appended blocks
- * take their payloads from runs of up to 8, carved in order, so that a long lane's rows lie
+ * take their payloads from runs of up to 4, carved in order, so that a long lane's rows lie
  * one after another (the attention pass reads them faster); a run's slots that hold no block
  * are charged to the session (run_free_bytes), and a block freed inside a run gives its bytes
  * back only when the run empties. This moves the session's blocks out of its runs into

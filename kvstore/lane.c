@@ -112,6 +112,15 @@ static bool open_room(const kv_lane_t *ln, int tier)
     return ln->open && ln->open->tier == (uint32_t)tier && ln->open->next < ln->open->n_slot;
 }
 
+void kv_lane_set_open(kv_lane_t *ln, kv_run_t *r)
+{
+    if (ln->open && ln->open != r)
+        ln->open->lane = NULL;
+    ln->open = r;
+    if (r)
+        r->lane = ln;
+}
+
 size_t kv_carve_need(const kv_store_t *st, const kv_lane_t *ln, uint32_t type, uint32_t k,
                      uint32_t slots)
 {
@@ -158,7 +167,7 @@ static void run_free(kv_store_t *st, kv_run_t *r)
             r->nxt->prev = r->prev;
     }
     if (r->lane)
-        r->lane->open = NULL;
+        kv_lane_set_open(r->lane, NULL);
     kv_mem_free_aligned(st, NULL, r->mem, r->n_slot * st->payload_bytes[r->tier]);
     kv_mem_free(st, NULL, r, sizeof *r);
 }
@@ -168,8 +177,7 @@ void kv_runs_orphan(kv_session_t *s)
     for (kv_run_t *r = s->runs; r; r = r->nxt) {
         r->owner = NULL;
         if (r->lane)
-            r->lane->open = NULL;
-        r->lane = NULL;
+            kv_lane_set_open(r->lane, NULL);
     }
     s->runs = NULL;
 }
@@ -190,10 +198,7 @@ kv_block_t *kv_block_carve(kv_store_t *st, kv_session_t *s, kv_lane_t *ln, uint3
             kv_mem_free(st, s, b, st->hdr_bytes);
             return NULL;
         }
-        if (ln->open)
-            ln->open->lane = NULL;
-        ln->open = r;
-        r->lane = ln;
+        kv_lane_set_open(ln, r);
     }
     /* the slot's bytes move from the run's free slots to the block's charge, both s's */
     uint8_t *pl = r->mem + (size_t)r->next++ * st->payload_bytes[t];
@@ -237,9 +242,7 @@ void kv_runs_dissolve(kv_store_t *st, kv_session_t *s)
         r->movable = 0;
     for (uint32_t l = 0; l < st->n_lane; l++) {
         kv_lane_t *ln = &s->lanes[l];
-        if (ln->open)
-            ln->open->lane = NULL;
-        ln->open = NULL;
+        kv_lane_set_open(ln, NULL);
         for (uint32_t i = 0; i < ln->n_blk + ln->n_pend; i++) {
             const kv_block_t *b = ln->b[i].blk;
             if (b->run && b->run->owner == s && b->refs == 1)

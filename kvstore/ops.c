@@ -139,11 +139,7 @@ int kv_reserve(kv_store_t *st, uint32_t sid, uint32_t n, err_info_t *e)
             kv_bref_release(st, s, &arr[u][ln->n_blk + k]);
         if (arr[u] != ln->b)
             kv_mem_free(st, s, arr[u], caps[u] * sizeof **arr);
-        if (ln->open && ln->open != open[u])
-            ln->open->lane = NULL;
-        ln->open = open[u];
-        if (open[u])
-            open[u]->lane = ln;
+        kv_lane_set_open(ln, open[u]);
     }
     free(arr);
     return err_set(e, ERR_NOMEM, "%s: out of memory", what);
