@@ -622,7 +622,7 @@ static uint32_t effective_recent(pol_t *p)
     if (p->recent_frac <= 0.0f || kv_session_limits(p->st, p->sid, &hard, &soft) ||
         (!hard && !soft) || kv_session_stats(p->st, p->sid, &s))
         return p->recent;
-    size_t limit = s.soft_limit ? s.soft_limit : s.hard_limit;
+    size_t limit = soft ? soft : hard;
     /* Session limits may add up to more than the global one: the window is then sized from
      * half the session's even share of the global limit, or the sessions' pins alone could
      * fill the store and leave its pressure nothing to free. Half: shares shrink as sessions
