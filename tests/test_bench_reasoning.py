@@ -44,8 +44,8 @@ def test_problems_and_scorer():
             q, expected, trace = reasoning.problem(steps, i)
             assert solve(q) == expected, (q, expected)
             kinds.add("chain" if "What is" in q else "words")
-            # the worked trace: one thought per step, then the answer
-            assert trace.count("\n\n") == steps, trace
+            # the worked trace: one thought per step, the question again, then the answer
+            assert trace.count("\n\n") == steps + 1, trace
             assert reasoning.answer_of(trace) == expected
             assert reasoning.answer_end(trace + "\nProblem: more") == len(trace) + 1
             wrong = str(int(expected) + 1)

@@ -50,6 +50,7 @@ def solve_chain(text):
 
 def solve_story(text):
     """Counts one person's items through 'X has N', 'Y gives X k more', 'X gives k to Y'."""
+    text = re.sub(r"Step \d+: ", "", text)
     who, n = re.match(r"(\w+) has (\d+) ", text).groups()
     n = int(n)
     for sent in text.split(". "):
@@ -69,10 +70,15 @@ def test_reasoning_answers_match_an_independent_solver():
             want = solve_chain(q) if " = " in q else solve_story(q)
             assert p.answer == f" {want}", (q, p.answer, want)
             assert p.prompt.endswith("Answer:"), p.prompt[-40:]
-            # one thought per step, each its own paragraph (gistd's thought boundary)
-            assert len(p.meta["thoughts"]) == p.meta["steps"]
+            # one thought per step, each its own paragraph (gistd's thought boundary), then
+            # the question again
+            assert len(p.meta["thoughts"]) == p.meta["steps"] + 1
             assert all(t in p.prompt.split(synth.THOUGHT) or t in p.prompt
                        for t in p.meta["thoughts"])
+            # each thought starts with its step's line as the problem numbered it
+            for i, t in enumerate(p.meta["thoughts"]):
+                head = t[:t.index(".") + 1] if "?" not in t else t
+                assert head.startswith(f"Step {i + 1}: ") and head in q, (head, q)
 
 
 def test_reasoning_steps_are_as_asked():

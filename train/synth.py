@@ -441,53 +441,74 @@ def instruct(rng, filler, n_chars, ev=False):
 VARS = list("abcdefghjkmnpqrstuvwxyz")
 
 
+def _numbered(lines):
+    """The problem's lines as steps: "Step 1: ... Step 2: ...". A thought starts by writing
+    its step's line again, so the next step number (one more than the last) is all a model
+    must find to copy the line it works on."""
+    return [f"Step {i + 1}: {s}" for i, s in enumerate(lines)]
+
+
+def _worked(step, line, before, op, k, after):
+    return f"Step {step}: {line} {before} {op} {k} = {after}."
+
+
 def chain_problem(rng, steps):
-    """A chain of assignments: steps - 1 hops from a first value to the asked variable,
-    one distractor variable. Returns (problem text, thoughts, answer)."""
+    """A chain of assignments: steps - 1 hops from a first value to the asked variable, one
+    distractor variable (unnumbered), the question as the last step. Returns (problem text,
+    thoughts, answer)."""
     names = [VARS[i] for i in rng.permutation(len(VARS))[:steps + 1]]
     val = int(rng.integers(1, 20))
     lines = [f"{names[0]} = {val}."]
-    thoughts = [f"{names[0]} is {val}."]
+    work = [(lines[0], None)]
     for i in range(1, steps):
         op = "+" if rng.random() < 0.6 or val < 2 else "-"
         k = int(rng.integers(1, 10)) if op == "+" else int(rng.integers(1, min(val, 10)))
         new = val + k if op == "+" else val - k
         lines.append(f"{names[i]} = {names[i - 1]} {op} {k}.")
-        thoughts.append(f"{names[i]} = {names[i - 1]} {op} {k} = {val} {op} {k} = {new}.")
+        work.append((lines[-1], (val, op, k, new)))
         val = new
-    dist = names[steps]
-    lines.insert(int(rng.integers(1, len(lines) + 1)), f"{dist} = {int(rng.integers(1, 20))}.")
-    ask = names[steps - 1]
-    text = " ".join(lines) + f" What is {ask}?"
-    return text, thoughts, val
+    lines.append(f"What is {names[steps - 1]}?")
+    text = _numbered(lines)
+    text.insert(int(rng.integers(1, len(text))), f"{names[steps]} = {int(rng.integers(1, 20))}.")
+    return " ".join(text), _thoughts(work, lines[-1]), val
 
 
 def word_problem(rng, steps, v):
-    """A person's count of items changed step by step."""
+    """A person's count of items changed step by step, the question as the last step."""
     who = v.pick(FIRST_NAMES)
     item = ITEMS[int(rng.integers(0, len(ITEMS)))]
     val = int(rng.integers(2, 20))
-    text = [f"{who} has {val} {item}."]
-    thoughts = [f"{who} starts with {val} {item}."]
+    lines = [f"{who} has {val} {item}."]
+    work = [(lines[0], None)]
     for _ in range(steps - 1):
         other = v.pick(FIRST_NAMES, (who,))
         if rng.random() < 0.55 or val < 2:
             k = int(rng.integers(1, 10))
-            text.append(f"{other} gives {who} {k} more.")
-            thoughts.append(f"{other} gives {k}: {val} + {k} = {val + k}.")
+            lines.append(f"{other} gives {who} {k} more.")
+            work.append((lines[-1], (val, "+", k, val + k)))
             val += k
         else:
             k = int(rng.integers(1, min(val, 10)))
-            text.append(f"{who} gives {k} to {other}.")
-            thoughts.append(f"{who} gives away {k}: {val} - {k} = {val - k}.")
+            lines.append(f"{who} gives {k} to {other}.")
+            work.append((lines[-1], (val, "-", k, val - k)))
             val -= k
-    text.append(f"How many {item} does {who} have now?")
-    return " ".join(text), thoughts, val
+    lines.append(f"How many {item} does {who} have now?")
+    return " ".join(_numbered(lines)), _thoughts(work, lines[-1]), val
+
+
+def _thoughts(work, question):
+    """One thought a step: its line written again, then its sum on the value the thought
+    before ended with; the question written again as the last thought."""
+    out = []
+    for i, (line, calc) in enumerate(work):
+        out.append(f"Step {i + 1}: {line}" if calc is None else _worked(i + 1, line, *calc))
+    out.append(f"Step {len(work) + 1}: {question}")
+    return out
 
 
 def reasoning(rng, filler, n_chars, ev=False, steps=None):
-    """A multi-step problem, its thoughts one per paragraph, then "Answer: N". Half are
-    posed in a chat, half as plain text."""
+    """A multi-step problem, its thoughts one per paragraph (a step each, then the question
+    again), then "Answer: N". Half are posed in a chat, half as plain text."""
     v = Values(rng, ev)
     steps = steps or int(rng.integers(2, 9))
     if rng.random() < 0.5:
@@ -509,8 +530,8 @@ def reasoning_question(probe):
     """The prompt of a reasoning probe without its worked thoughts: what a model must
     answer by writing the thoughts itself."""
     p = probe.prompt
-    cut = p.find(probe.meta["thoughts"][0])
-    return p[:cut]
+    after = p.find(probe.meta["problem"]) + len(probe.meta["problem"])
+    return p[:p.find(probe.meta["thoughts"][0], after)]
 
 
 GENERATORS = {"passkey": passkey, "niah_single": niah_single, "niah_multikey": niah_multikey,
