@@ -81,6 +81,17 @@ def test_reasoning_answers_match_an_independent_solver():
                 assert head.startswith(f"Step {i + 1}: ") and head in q, (head, q)
 
 
+def test_arith_sums_are_right():
+    for ev in (False, True):
+        for p in probes("arith", 20, ev):
+            sums = re.findall(r"(\d+) ([+-]) (\d+) = (\d+)\.", p.text)
+            assert len(sums) >= 3, p.text
+            for a, op, k, r in sums:
+                assert int(r) == (int(a) + int(k) if op == "+" else int(a) - int(k)) >= 0
+                assert 1 <= int(k) <= 9 and int(a) < 100
+            assert p.text.endswith(f"={p.answer}.\n") and p.values == [p.answer.strip()]
+
+
 def test_reasoning_steps_are_as_asked():
     f = need()
     rng = synth.eval_rng(3)

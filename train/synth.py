@@ -42,7 +42,7 @@ IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 THOUGHT = "\n\n"  # gistd's thought boundary (a paragraph break)
 
 KINDS = ["passkey", "niah_single", "niah_multikey", "niah_multivalue", "repeat", "copy",
-         "chat", "instruct", "reasoning"]
+         "chat", "instruct", "reasoning", "arith"]
 # share of each kind in the training mix
 WEIGHTS = {"passkey": 0.12, "niah_single": 0.12, "niah_multikey": 0.10,
            "niah_multivalue": 0.06, "repeat": 0.10, "chat": 0.24, "instruct": 0.08,
@@ -526,6 +526,29 @@ def reasoning(rng, filler, n_chars, ev=False, steps=None):
                  {"steps": steps, "problem": problem, "thoughts": thoughts})
 
 
+def _sum(rng):
+    """One sum of a reasoning thought: a value below 100 and one digit added or taken."""
+    a = int(rng.integers(0, 100))
+    if rng.random() < 0.5 or a < 2:
+        k = int(rng.integers(1, 10))
+        return f"{a} + {k} =", a + k
+    k = int(rng.integers(1, min(a, 10)))
+    return f"{a} - {k} =", a - k
+
+
+def arith(rng, filler, n_chars, ev=False):
+    """Sums as reasoning's thoughts write them ("14 + 9 = 23."), one after another, the last
+    one asked: practice for the one skill the thoughts use that no other document teaches
+    (not in synth.WEIGHTS: a stage asks for it with --kinds)."""
+    lines = []
+    for _ in range(max(2, min(n_chars, 2000) // 14)):
+        q, r = _sum(rng)
+        lines.append(f"{q} {r}.")
+    q, r = _sum(rng)
+    prompt = " ".join(lines) + " " + q
+    return Probe("arith", prompt, f" {r}", [str(r)], f" {r}.\n", 1.0)
+
+
 def reasoning_question(probe):
     """The prompt of a reasoning probe without its worked thoughts: what a model must
     answer by writing the thoughts itself."""
@@ -536,7 +559,7 @@ def reasoning_question(probe):
 
 GENERATORS = {"passkey": passkey, "niah_single": niah_single, "niah_multikey": niah_multikey,
               "niah_multivalue": niah_multivalue, "repeat": repeat, "copy": copy, "chat": chat,
-              "instruct": instruct, "reasoning": reasoning}
+              "instruct": instruct, "reasoning": reasoning, "arith": arith}
 
 
 def make(kind, rng, filler, n_chars, evaluation=False, **kw):
