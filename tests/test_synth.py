@@ -84,12 +84,35 @@ def test_reasoning_answers_match_an_independent_solver():
 def test_arith_sums_are_right():
     for ev in (False, True):
         for p in probes("arith", 20, ev):
-            sums = re.findall(r"(\d+) ([+-]) (\d+) = (\d+)\.", p.text)
+            sums = re.findall(r"(\d+) ([+-]) (\d+) = (\d+)[.,]", p.text)
             assert len(sums) >= 3, p.text
             for a, op, k, r in sums:
                 assert int(r) == (int(a) + int(k) if op == "+" else int(a) - int(k)) >= 0
                 assert 1 <= int(k) <= 9 and int(a) < 100
             assert p.text.endswith(f"={p.answer}.\n") and p.values == [p.answer.strip()]
+
+
+def test_worked_sums_go_digit_by_digit():
+    need()
+    for a in range(100):
+        for op in "+-":
+            for k in range(1, 10):
+                if op == "-" and k > a:
+                    continue
+                r = a + k if op == "+" else a - k
+                w = synth.worked_sum(a, op, k)
+                assert w.endswith(f"{a} {op} {k} = {r}"), w
+                if a >= 10:
+                    # the ones digit's fact first (with a borrow when it needs one), and the
+                    # result's last digit is that fact's
+                    m = re.fullmatch(r"(\d+) ([+-]) (\d) = (\d+), so .*", w)
+                    assert m, w
+                    u, d = int(m.group(1)), int(m.group(4))
+                    assert u % 10 == a % 10 and u - k == d if op == "-" else u + k == d, w
+                    assert u < 10 or (op == "-" and a % 10 < k), w
+                    assert d % 10 == r % 10, w
+                else:
+                    assert w == f"{a} {op} {k} = {r}", w
 
 
 def test_reasoning_steps_are_as_asked():

@@ -448,8 +448,22 @@ def _numbered(lines):
     return [f"Step {i + 1}: {s}" for i, s in enumerate(lines)]
 
 
+def worked_sum(a, op, k):
+    """A sum as the thoughts work it: the ones digit first, then the whole value, so each
+    digit written follows from one digit fact ("4 + 9 = 13, so 14 + 9 = 23."; a borrow:
+    "13 - 7 = 6, so 23 - 7 = 16."; a value below 10 as it is: "8 - 3 = 5.")."""
+    u = a % 10
+    if a < 10:
+        return f"{a} {op} {k} = {a + k if op == '+' else a - k}"
+    if op == "+":
+        return f"{u} + {k} = {u + k}, so {a} + {k} = {a + k}"
+    if u >= k:
+        return f"{u} - {k} = {u - k}, so {a} - {k} = {a - k}"
+    return f"{u + 10} - {k} = {u + 10 - k}, so {a} - {k} = {a - k}"
+
+
 def _worked(step, line, before, op, k, after):
-    return f"Step {step}: {line} {before} {op} {k} = {after}."
+    return f"Step {step}: {line} {worked_sum(before, op, k)}."
 
 
 def chain_problem(rng, steps):
@@ -527,21 +541,24 @@ def reasoning(rng, filler, n_chars, ev=False, steps=None):
 
 
 def _sum(rng):
-    """One sum of a reasoning thought: a value below 100 and one digit added or taken."""
+    """One sum of a reasoning thought, worked as worked_sum writes it: a value below 100
+    and one digit added or taken. Returns (the text up to its result, the result)."""
     a = int(rng.integers(0, 100))
     if rng.random() < 0.5 or a < 2:
-        k = int(rng.integers(1, 10))
-        return f"{a} + {k} =", a + k
-    k = int(rng.integers(1, min(a, 10)))
-    return f"{a} - {k} =", a - k
+        op, k = "+", int(rng.integers(1, 10))
+    else:
+        op, k = "-", int(rng.integers(1, min(a, 10)))
+    r = a + k if op == "+" else a - k
+    w = worked_sum(a, op, k)
+    return w[:w.rindex("=") + 1], r
 
 
 def arith(rng, filler, n_chars, ev=False):
-    """Sums as reasoning's thoughts write them ("14 + 9 = 23."), one after another, the last
+    """Sums as reasoning's thoughts work them (worked_sum), one after another, the last
     one asked: practice for the one skill the thoughts use that no other document teaches
     (not in synth.WEIGHTS: a stage asks for it with --kinds)."""
     lines = []
-    for _ in range(max(2, min(n_chars, 2000) // 14)):
+    for _ in range(max(2, min(n_chars, 2000) // 30)):
         q, r = _sum(rng)
         lines.append(f"{q} {r}.")
     q, r = _sum(rng)
