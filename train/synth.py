@@ -553,15 +553,28 @@ def _sum(rng):
     return w[:w.rindex("=") + 1], r
 
 
+def _digit_fact(rng):
+    """One fact a worked sum rests on: a digit added to a digit, or a digit taken from a
+    number below 19 (a borrow's "13 - 7 = 6")."""
+    k = int(rng.integers(1, 10))
+    if rng.random() < 0.5:
+        u = int(rng.integers(0, 10))
+        return f"{u} + {k} =", u + k
+    u = int(rng.integers(k, k + 10))
+    return f"{u} - {k} =", u - k
+
+
 def arith(rng, filler, n_chars, ev=False):
-    """Sums as reasoning's thoughts work them (worked_sum), one after another, the last
-    one asked: practice for the one skill the thoughts use that no other document teaches
-    (not in synth.WEIGHTS: a stage asks for it with --kinds)."""
+    """Sums as reasoning's thoughts work them (worked_sum), or half the time the digit facts
+    alone ("4 + 9 = 13."), one after another, the last one asked: practice for the one
+    skill the thoughts use that no other document teaches (not in synth.WEIGHTS: a stage
+    asks for it with --kinds)."""
+    one, per = (_digit_fact, 12) if rng.random() < 0.5 else (_sum, 30)
     lines = []
-    for _ in range(max(2, min(n_chars, 2000) // 30)):
-        q, r = _sum(rng)
+    for _ in range(max(2, min(n_chars, 2000) // per)):
+        q, r = one(rng)
         lines.append(f"{q} {r}.")
-    q, r = _sum(rng)
+    q, r = one(rng)
     prompt = " ".join(lines) + " " + q
     return Probe("arith", prompt, f" {r}", [str(r)], f" {r}.\n", 1.0)
 
