@@ -313,6 +313,44 @@ def test_export_context_and_probes():
     assert scored >= 2, buf.getvalue()
 
 
+def test_sum_digits_reads_result_digits_only():
+    """probes.sum_digits scores the digits of sums' results and nothing else: a model that
+    predicts every next token scores 1 on both shares, one wrong on every result digit 0, and
+    one wrong on every other digit (the operands) 1. Result digits are found here from the
+    tokens (digits after "=" and a space), there from the characters."""
+    f = fixture()
+    import data
+    import probes
+
+    sp = data.load_sp(f["tok"])
+
+    def is_result(pieces, t):
+        j = t
+        while j > 0 and pieces[j].isdigit():
+            j -= 1
+        return (j < t and pieces[j] == "\u2581" and j > 0
+                and pieces[j - 1] in ("=", "<0x3D>", "\u2581="))
+
+    def fake(wrong):
+        def run(ids):
+            ids = ids[0].tolist()
+            pieces = [sp.IdToPiece(i) for i in ids]
+            out = torch.zeros(1, len(ids), sp.GetPieceSize())
+            for t in range(len(ids) - 1):
+                nxt = ids[t + 1]
+                bad = pieces[t + 1].isdigit() and wrong(is_result(pieces, t + 1))
+                out[0, t, (nxt + 1) % sp.GetPieceSize() if bad else nxt] = 1
+            return out
+        return run
+
+    assert probes.sum_digits(fake(lambda res: False), sp, 2) == {
+        "digit facts": 1.0, "worked values": 1.0}
+    assert probes.sum_digits(fake(lambda res: res), sp, 2) == {
+        "digit facts": 0.0, "worked values": 0.0}
+    assert probes.sum_digits(fake(lambda res: not res), sp, 2) == {
+        "digit facts": 1.0, "worked values": 1.0}
+
+
 def test_attention_and_copy_supervision():
     """model.attention, a chunk of queries and a head at a time, equals softmax(q k^T + bias
     + decay) v written out in full, and its loss is the mean -log attention of the watched
