@@ -32,7 +32,7 @@ def sum_digits(model, sp, n, seed=1):
     right = {"digit facts": [0, 0], "worked values": [0, 0]}
     for facts in (True, False):
         for _ in range(n):
-            make, per = (synth._digit_fact, 40) if facts else (synth._sum, 15)
+            make, per = (synth.digit_fact, 40) if facts else (synth.random_sum, 15)
             text = " ".join(f"{q} {r}." for q, r in (make(rng) for _ in range(per)))
             # the characters of every result (digits right after "= "), and whether it is
             # a whole value (after ", so" in its sum) or a digit fact

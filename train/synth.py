@@ -540,7 +540,7 @@ def reasoning(rng, filler, n_chars, ev=False, steps=None):
                  {"steps": steps, "problem": problem, "thoughts": thoughts})
 
 
-def _sum(rng):
+def random_sum(rng):
     """One sum of a reasoning thought, worked as worked_sum writes it: a value below 100
     and one digit added or taken. Returns (the text up to its result, the result)."""
     a = int(rng.integers(0, 100))
@@ -553,7 +553,7 @@ def _sum(rng):
     return w[:w.rindex("=") + 1], r
 
 
-def _digit_fact(rng):
+def digit_fact(rng):
     """One fact a worked sum rests on: a digit added to a digit, or a digit taken from a
     number below 19 (a borrow's "13 - 7 = 6")."""
     k = int(rng.integers(1, 10))
@@ -569,7 +569,7 @@ def arith(rng, filler, n_chars, ev=False):
     alone ("4 + 9 = 13."), one after another, the last one asked: practice for the one
     skill the thoughts use that no other document teaches (not in synth.WEIGHTS: a stage
     asks for it with --kinds)."""
-    one, per = (_digit_fact, 12) if rng.random() < 0.5 else (_sum, 30)
+    one, per = (digit_fact, 12) if rng.random() < 0.5 else (random_sum, 30)
     lines = []
     for _ in range(max(2, min(n_chars, 2000) // per)):
         q, r = one(rng)
