@@ -462,10 +462,6 @@ def worked_sum(a, op, k):
     return f"{u + 10} - {k} = {u + 10 - k}, so {a} - {k} = {a - k}"
 
 
-def _worked(step, line, before, op, k, after):
-    return f"Step {step}: {line} {worked_sum(before, op, k)}."
-
-
 def chain_problem(rng, steps):
     """A chain of assignments: steps - 1 hops from a first value to the asked variable, one
     distractor variable (unnumbered), the question as the last step. Returns (problem text,
@@ -477,10 +473,9 @@ def chain_problem(rng, steps):
     for i in range(1, steps):
         op = "+" if rng.random() < 0.6 or val < 2 else "-"
         k = int(rng.integers(1, 10)) if op == "+" else int(rng.integers(1, min(val, 10)))
-        new = val + k if op == "+" else val - k
         lines.append(f"{names[i]} = {names[i - 1]} {op} {k}.")
-        work.append((lines[-1], (val, op, k, new)))
-        val = new
+        work.append((lines[-1], (val, op, k)))
+        val = val + k if op == "+" else val - k
     lines.append(f"What is {names[steps - 1]}?")
     text = _numbered(lines)
     text.insert(int(rng.integers(1, len(text))), f"{names[steps]} = {int(rng.integers(1, 20))}.")
@@ -499,12 +494,12 @@ def word_problem(rng, steps, v):
         if rng.random() < 0.55 or val < 2:
             k = int(rng.integers(1, 10))
             lines.append(f"{other} gives {who} {k} more.")
-            work.append((lines[-1], (val, "+", k, val + k)))
+            work.append((lines[-1], (val, "+", k)))
             val += k
         else:
             k = int(rng.integers(1, min(val, 10)))
             lines.append(f"{who} gives {k} to {other}.")
-            work.append((lines[-1], (val, "-", k, val - k)))
+            work.append((lines[-1], (val, "-", k)))
             val -= k
     lines.append(f"How many {item} does {who} have now?")
     return " ".join(_numbered(lines)), _thoughts(work, lines[-1]), val
@@ -515,7 +510,7 @@ def _thoughts(work, question):
     before ended with; the question written again as the last thought."""
     out = []
     for i, (line, calc) in enumerate(work):
-        out.append(f"Step {i + 1}: {line}" if calc is None else _worked(i + 1, line, *calc))
+        out.append(f"Step {i + 1}: {line}" + ("" if calc is None else f" {worked_sum(*calc)}."))
     out.append(f"Step {len(work) + 1}: {question}")
     return out
 
