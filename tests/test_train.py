@@ -473,6 +473,74 @@ def test_thought_split_and_mask():
     assert m[16, 14] and m[16, 15] and not m[16, 9] and not m[16, 13]
 
 
+def test_packed_gist_mask_rule():
+    """Rows packed with problems (train_gist --problems): written out by hand from the
+    definition; one document with only its BOS pinned gives sentence_mask."""
+    _data, _export, M = train_modules()
+    G = 100
+    # doc 0: BOS q q | t t g g | t t g g | a ; doc 1: BOS q g g | t
+    seq = [1, 5, 6, 7, 8, 100, 101, 9, 10, 100, 101, 11, 1, 5, 100, 101, 12]
+    doc = [0] * 12 + [1] * 5
+    pin = [True, True, True] + [False] * 9 + [True, True] + [False] * 3
+    seg = [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 3, 3, 3, 3, 4]  # the question closes in t t
+    first = [0] * 12 + [12] * 5
+    m = M.packed_gist_mask(torch.tensor([seq]), torch.tensor([doc]), torch.tensor([pin]),
+                           G, 2)[0].numpy()
+    for i in range(len(seq)):
+        for j in range(len(seq)):
+            g_i, g_j = seq[i] >= G, seq[j] >= G
+            sees = (j == first[i]) if g_i else pin[j]
+            want = j <= i and doc[i] == doc[j] and (sees or g_j or seg[i] == seg[j])
+            assert bool(m[i, j]) == want, (i, j)
+    # the answer (11) sees the question (1, 2) and both gist groups, not thought 1's text;
+    # a gist (9) sees its thought (7, 8) and BOS, not the pinned question; no doc sees another
+    assert m[11, 2] and m[11, 6] and m[11, 10] and not m[11, 8]
+    assert m[9, 7] and m[9, 0] and not m[9, 2] and not m[16, 11] and m[16, 13]
+    one = torch.tensor([seq[:12]])
+    only_bos = torch.tensor([[True] + [False] * 11])
+    assert torch.equal(M.packed_gist_mask(one, torch.zeros_like(one), only_bos, G, 2),
+                       M.sentence_mask(one, G, 2, n_sinks=1))
+
+
+def test_problem_sampler_pins_the_question():
+    """train_gist.ProblemSampler: the pinned tokens are BOS and the question (through the
+    thought it closes in), a gist group follows every closed thought and nothing else, the
+    answer slice holds the solver's answer, and no target crosses into the next problem."""
+    f = fixture()
+    sys.path.insert(0, TRAIN)
+    import data
+    import synth
+    import train_gist
+
+    sp = data.load_sp(f["tok"])
+    G = sp.GetPieceSize()
+    texts = data.piece_texts(sp)
+    s = train_gist.ProblemSampler(sp, 400, G, 2, 3, evaluation=True)
+    ref = train_gist.ProblemSampler(sp, 400, G, 2, 3, evaluation=True)
+    for _ in range(12):
+        t, pin, ans = s.problem()
+        p = synth.reasoning(ref.rng, None, 0, True)  # the same draw, for the reference
+        q = synth.reasoning_question(p)
+        assert t[0] == sp.bos_id() and pin[0]
+        plain = [x for x in t if x < G]
+        assert plain[1:] == sp.EncodeAsIds(p.text)
+        # the pinned text starts the problem and covers its question
+        n_pin = sum(pin)
+        assert all(pin[:n_pin]) and not any(pin[n_pin:])
+        assert sp.DecodeIds(t[1:n_pin]).startswith(sp.DecodeIds(sp.EncodeAsIds(q)).rstrip())
+        # gists: one group after each closed thought, none in the last (unclosed) one
+        segs = data.split_thoughts(np.asarray(plain[1:]), texts)
+        assert sum(x >= G for x in t) == 2 * (len(segs) - 1)
+        assert sp.DecodeIds(t[ans]).strip() == p.values[0]
+    x, y, mask = train_gist.problem_batch(s, 3, 0.0)
+    doc_first = x == sp.bos_id()
+    assert doc_first[:, 0].all()
+    # the target before each BOS is ignored; BOS is never a target
+    assert (y[:, :-1][doc_first[:, 1:]] == train_gist.IGNORE).all()
+    assert not (y == sp.bos_id()).any()
+    assert mask.shape == (3, 400, 400)
+
+
 def test_gist_stage_thought_unit():
     """A tiny gist stage with --unit thought exports a file the engine reads as such."""
     f = fixture()

@@ -299,6 +299,32 @@ def sentence_mask(tokens, gist_first, n_gist, n_sinks=1):
     return causal & (sink | is_gist[:, None, :] | same)
 
 
+def packed_gist_mask(tokens, doc, pinned, gist_first, n_gist):
+    """The sentence (thought) mask over rows packed with several documents, bool [B, T, T].
+
+    doc [B, T]: each token's document (a document starts with its own BOS); pinned [B, T]:
+    keys every later regular token of the document sees (its BOS and a pinned prefix: the
+    question a client pins with sinks). Query i sees key j <= i of its own document iff j is
+    a gist token, or i and j belong to the same segment, or j is pinned and i a regular
+    token; gist tokens see only the document's first token of the pinned ones (as
+    policy/learned.c runs them: the model's gist sinks, their segment, earlier gists). With
+    one document and only its BOS pinned this is sentence_mask.
+    """
+    B, T = tokens.shape
+    is_gist = (tokens >= gist_first) & (tokens < gist_first + n_gist)
+    first = torch.ones_like(is_gist)
+    first[:, 1:] = doc[:, 1:] != doc[:, :-1]
+    starts = first.clone()
+    starts[:, 1:] |= (~is_gist[:, 1:]) & is_gist[:, :-1]
+    sid = torch.cumsum(starts.long(), dim=1)
+    pos = torch.arange(T, device=tokens.device)
+    causal = pos[None, :, None] >= pos[None, None, :]
+    same_doc = doc[:, :, None] == doc[:, None, :]
+    sink = torch.where(is_gist[:, :, None], first[:, None, :], pinned[:, None, :])
+    same = sid[:, :, None] == sid[:, None, :]
+    return causal & same_doc & (sink | is_gist[:, None, :] | same)
+
+
 def save_checkpoint(path, model, opt=None, **state):
     import os
 

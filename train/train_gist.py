@@ -11,7 +11,9 @@ With --unit thought the gists follow each thought instead (LightThinker: after a
 closes, later tokens see its gists, not its text): thoughts are split where gistd's segmenter
 closes them (data.thought_ends: paragraph breaks), and the mask is the same rule over the
 segments the gist groups close (model.sentence_mask); the export records gistd.gist.mask
-"thought".
+"thought". --problems F makes a share F of the batches reasoning problems the way a pipeline
+runs them (ProblemSampler): the question pinned, each finished thought seen through its gists
+only, so the gists must carry what the next thought needs (the value the step ended with).
 
 Phase 1 (--frozen-minutes) trains only the new rows of token_embd and output (the base
 is frozen); phase 2 (--minutes) fine-tunes everything at a lower rate, with a share
@@ -35,6 +37,7 @@ import torch.nn.functional as F  # noqa: E402
 import common  # noqa: E402
 import data  # noqa: E402
 import model as M  # noqa: E402
+import synth  # noqa: E402
 
 IGNORE = -100
 
@@ -96,6 +99,88 @@ class MixGistSampler:
         return np.stack(rows)
 
 
+class ProblemSampler:
+    """Rows packed with reasoning problems (synth's reasoning kind), as a pipeline runs them
+    through gistd: the question pinned (sinks), gists after each closed thought.
+
+    A row is problems one after another, each [BOS] question thoughts "Answer: N", cut at
+    seq_len + 1 tokens. The question, and the rest of the thought it closes in (a chat's
+    question closes with the first thought), stays in view of the problem's later text;
+    every other finished thought is seen through its gists only (model.packed_gist_mask).
+    No target crosses from one problem into the next. evaluation=True draws held-out
+    problems (synth's evaluation seed).
+    """
+
+    def __init__(self, sp, seq_len, gist_first, n_gist, seed, evaluation=False):
+        self.sp, self.seq, self.bos = sp, seq_len, sp.bos_id()
+        self.gf, self.ng = gist_first, n_gist
+        self.texts = data.piece_texts(sp)
+        self.ev = evaluation
+        self.rng = synth.eval_rng(seed) if evaluation else synth.train_rng(seed + 0x7e)
+
+    def problem(self, with_gists=True, steps=None):
+        """(tokens, pinned, answer): answer is the slice of tokens its answer takes."""
+        p = synth.reasoning(self.rng, None, 0, self.ev, steps=steps)
+        full = self.sp.EncodeAsIds(p.text)
+        q = self.sp.EncodeAsIds(synth.reasoning_question(p))
+        head = self.sp.EncodeAsIds(p.prompt)
+        n_answer = len(self.sp.EncodeAsIds(p.prompt + p.answer)) - len(head)
+        n_q = next((i for i, (a, b) in enumerate(zip(q, full)) if a != b), len(q))
+        toks, pinned, at, start = [self.bos], [True], None, 0
+        for seg in data.split_thoughts(np.asarray(full), self.texts):
+            if at is None and start + len(seg) > len(head):
+                at = len(toks) + len(head) - start
+            toks += seg.tolist()
+            pinned += [start < n_q] * len(seg)
+            start += len(seg)
+            if with_gists and start < len(full):
+                toks += range(self.gf, self.gf + self.ng)
+                pinned += [False] * self.ng
+        return toks, pinned, slice(at, at + n_answer)
+
+    def row(self, with_gists=True):
+        """(tokens [seq_len + 1], document ids, pinned), numpy."""
+        toks, doc, pin = [], [], []
+        while len(toks) < self.seq + 1:
+            t, p, _ = self.problem(with_gists)
+            doc += [len(set(doc))] * len(t)
+            toks += t
+            pin += p
+        n = self.seq + 1
+        return (np.asarray(toks[:n], dtype=np.int64), np.asarray(doc[:n], dtype=np.int64),
+                np.asarray(pin[:n], dtype=bool))
+
+
+@torch.no_grad()
+def problem_accuracy(model, sampler, n, with_gists=True):
+    """Share of n held-out problems (2 to 8 steps) whose every answer token is the argmax
+    under teacher forcing: with gists, the answer is read through the gists of the thoughts
+    before the question's (the last thought, the question again, holds no value)."""
+    model.eval()
+    right = 0
+    for i in range(n):
+        t, pin, ans = sampler.problem(with_gists, steps=2 + i % 7)
+        x = torch.tensor(t[:-1])[None]
+        mask = M.packed_gist_mask(x, torch.zeros_like(x), torch.tensor(pin[:-1])[None],
+                                  sampler.gf, sampler.ng)
+        pred = model(x, mask=mask)[0].argmax(-1)
+        right += bool((pred[ans.start - 1:ans.stop - 1] == torch.tensor(t[ans])).all())
+    model.train()
+    return right / n
+
+
+def problem_batch(sampler, batch_size, plain_frac):
+    """(x, y, mask) from sampler's rows: targets that are gists or a next problem's BOS are
+    IGNORE; a row is left without gists with probability plain_frac."""
+    rows = [sampler.row(sampler.rng.random() >= plain_frac) for _ in range(batch_size)]
+    w, doc, pin = (np.stack(c) for c in zip(*rows))
+    x, y = inputs_targets(w, sampler.gf, sampler.ng)
+    y[doc[:, 1:] != doc[:, :-1]] = IGNORE
+    mask = M.packed_gist_mask(torch.from_numpy(x), torch.from_numpy(doc[:, :-1]),
+                              torch.from_numpy(pin[:, :-1]), sampler.gf, sampler.ng)
+    return x, y, mask
+
+
 def inputs_targets(w, gist_first, n_gist):
     """(inputs [B, T], targets [B, T]) from windows [B, T + 1]: a target is the next token
     when it is a regular token, IGNORE when it is a gist."""
@@ -105,9 +190,11 @@ def inputs_targets(w, gist_first, n_gist):
     return x, y
 
 
-def masked_loss(model, x, y, gist_first, n_gist, reduction="mean"):
+def masked_loss(model, x, y, gist_first, n_gist, reduction="mean", mask=None):
+    """Cross-entropy of the regular targets under mask (default: the sentence mask)."""
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    mask = M.sentence_mask(xt, gist_first, n_gist)
+    if mask is None:
+        mask = M.sentence_mask(xt, gist_first, n_gist)
     logits = model(xt, mask=mask)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), yt.reshape(-1),
                            ignore_index=IGNORE, reduction=reduction), int((yt != IGNORE).sum())
@@ -185,6 +272,9 @@ def main(argv=None):
     ap.add_argument("--eval-windows", type=int, default=8)
     ap.add_argument("--mix", type=float, default=0.0,
                     help="share of windows packed with generated documents (mix.py)")
+    ap.add_argument("--problems", type=float, default=0.0,
+                    help="with --unit thought: share of batches packed with reasoning "
+                         "problems, their question pinned (ProblemSampler)")
     common.add_budget_args(ap, minutes=10, lr=3e-4)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -207,11 +297,27 @@ def main(argv=None):
                            [data.read_text(p, a.max_bytes) for p in books], a.seq, a.seed,
                            a.mix), sampler, data.piece_texts(sp), SPLIT[a.unit])
 
+    if a.problems > 0 and a.unit != "thought":
+        ap.error("--problems needs --unit thought")
+    problems = ProblemSampler(sp, a.seq, gist_first, a.gists, a.seed)
+
     def eval_fn(m):
         (g, ng), (p, npl) = eval_gisted(m, vg, gist_first, a.gists), eval_plain(m, vp)
         assert ng == npl, "gisted and plain windows must score the same tokens"
-        return {"gist_nll": round(g, 4), "gist_ppl": round(math.exp(g), 3),
-                "plain_nll": round(p, 4), "plain_ppl": round(math.exp(p), 3)}
+        out = {"gist_nll": round(g, 4), "gist_ppl": round(math.exp(g), 3),
+               "plain_nll": round(p, 4), "plain_ppl": round(math.exp(p), 3)}
+        if a.problems > 0:  # the same held-out problems each time
+            for k, gists in (("problems_gisted", True), ("problems_plain", False)):
+                ev = ProblemSampler(sp, a.seq, gist_first, a.gists, 1, evaluation=True)
+                out[k] = round(problem_accuracy(m, ev, 28, gists), 3)
+        return out
+
+    def batch_loss(model, plain_frac):
+        if a.problems > 0 and problems.rng.random() < a.problems:
+            x, y, mask = problem_batch(problems, a.batch, plain_frac)
+            return masked_loss(model, x, y, gist_first, a.gists, mask=mask)
+        x, y = inputs_targets(sampler.batch(a.batch, plain_frac), gist_first, a.gists)
+        return masked_loss(model, x, y, gist_first, a.gists)
 
     # ---- phase 1: new rows only --------------------------------------------------------
     if os.path.exists(ck2):
@@ -240,8 +346,7 @@ def main(argv=None):
             opt.load_state_dict(d["opt"])
 
         def step1(step):
-            x, y = inputs_targets(sampler.batch(a.batch), gist_first, a.gists)
-            return masked_loss(model, x, y, gist_first, a.gists)
+            return batch_loss(model, 0.0)
 
         a1 = copy.copy(a)
         a1.minutes, a1.lr, a1.max_steps, a1.end_utc = (a.frozen_minutes, a.frozen_lr,
@@ -261,8 +366,7 @@ def main(argv=None):
         opt.load_state_dict(d["opt"])
 
     def step2(step):
-        x, y = inputs_targets(sampler.batch(a.batch, a.plain_frac), gist_first, a.gists)
-        return masked_loss(model, x, y, gist_first, a.gists)
+        return batch_loss(model, a.plain_frac)
 
     st = {k: d[k] for k in ("step", "elapsed", "tokens")}
     print("# phase 2: all weights", flush=True)
