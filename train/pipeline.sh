@@ -108,6 +108,35 @@ done
 base_stage base $CTX ${BASE_SEQ:-$CTX} "${BASE_MIN:-110}" "${BASE_END:-}" $INIT \
     ${BASE_KINDS:+--kinds $BASE_KINDS}
 
+# THOUGHT_MIN: a second model for reasoning pipelines, $NAME-thought.gguf: the base with
+# gist tokens after each thought instead of each sentence (train_gist.py --unit thought),
+# a share THOUGHT_PROBLEMS of its batches reasoning problems as a pipeline runs them (the
+# question pinned, finished thoughts seen through their gists), its own gates, and
+# bench/reasoning.py on it. It runs before the sentence gists, so its figures come first.
+if [ -n "${THOUGHT_MIN:-}" ]; then
+    mkdir -p $RUNS/thought $RUNS/thought-gates
+    [ -f $RUNS/thought/result.json ] || \
+    $RUN train/train_gist.py --corpus "$CORPUS" --tok $TOK --base $RUNS/base/ckpt.pt \
+        --out $RUNS/thought --unit thought --problems "${THOUGHT_PROBLEMS:-0.6}" --gists 2 \
+        --seq ${GIST_SEQ:-$CTX} --batch $((2048 / ${GIST_SEQ:-$CTX})) --mix $MIX \
+        --frozen-minutes 2 --frozen-lr 1e-2 --minutes "$THOUGHT_MIN" --lr 3e-4 --warmup 10 \
+        --plain-frac 0.25 --eval-windows 8 --eval-minutes 30 --threads $THREADS \
+        ${BF16:+--bf16} >> $RUNS/thought/log.txt 2>&1
+    [ -f $RUNS/thought-gates/result.json ] || \
+    $RUN train/train_gates.py --corpus "$CORPUS" --tok $TOK --model $RUNS/thought/ckpt.pt \
+        --out $RUNS/thought-gates --hidden 32 --budget 128 --lam 0.01 --init-bias 5 \
+        --seq ${GIST_SEQ:-$CTX} --batch 1 --mix $MIX --lr 2e-2 --warmup 5 \
+        --minutes "${GATES_MIN:-8}" --eval-windows 4 --eval-minutes 30 --log-every 5 \
+        --threads $THREADS >> $RUNS/thought-gates/log.txt 2>&1
+    $PY train/export.py --ckpt $RUNS/thought-gates/ckpt.pt --tok $TOK \
+        --out $MODELS/$NAME-thought.gguf --type f16 --name $NAME-thought \
+        --chat-template "${CHAT:-none}"
+    make -s -j2 build/bin/gist-model build/bin/gistd
+    [ -f $RUNS/reasoning-thought/reasoning.md ] || \
+    $PY bench/reasoning.py --model $MODELS/$NAME-thought.gguf --out $RUNS/reasoning-thought \
+        ${THOUGHT_REASONING_ARGS:-${REASONING_ARGS:---probes 10 --gistd}}
+fi
+
 [ -f $RUNS/gist/result.json ] || \
 $RUN train/train_gist.py --corpus "$CORPUS" --tok $TOK --base $RUNS/base/ckpt.pt \
     --out $RUNS/gist --gists 2 --seq ${GIST_SEQ:-$CTX} --batch $((2048 / ${GIST_SEQ:-$CTX})) --mix $MIX \
@@ -151,7 +180,8 @@ fi
 # the command as it was run, for the card
 CMD=""
 for v in RUNS MODELS INIT_GGUF INIT_CKPT INDUCTION_STEPS BF16 SUP SHORT_CTX SHORT_KINDS SHORT_MIN SHORT_END CARRY CARRY_SUP CARRY_KINDS GIST_SEQ BASE_SEQ BASE_KINDS CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
-         GIST_END GATES_MIN GATES_END EVAL_WINDOWS MEMORY_ARGS REASONING_ARGS; do
+         GIST_END GATES_MIN GATES_END THOUGHT_MIN THOUGHT_PROBLEMS EVAL_WINDOWS MEMORY_ARGS \
+         REASONING_ARGS THOUGHT_REASONING_ARGS; do
     [ -n "${!v:-}" ] && CMD="$CMD$v=${!v} "
 done
 $PY train/make_card.py --runs $RUNS --model $MODELS/$NAME.gguf --out $MODELS/README.md \
