@@ -82,6 +82,38 @@ def bench_section(path, heading):
     return f"\n## {heading}\n" + body.replace("\n## ", "\n### ")
 
 
+def thought_section(model, runs, reasoning):
+    """The card's part on the second file, the one with gists after each thought."""
+    if not model:
+        return ""
+    size = os.path.getsize(model)
+    sha = hashlib.sha256(open(model, "rb").read()).hexdigest()
+    name = os.path.basename(model)
+    st = finals(os.path.join(runs, "thought", "log.txt"))
+    figs = ""
+    if st:
+        f, steps, tokens, minutes = st[-1]
+        figs = (f"Its thought-gist stage ran {minutes:.1f} min ({steps} steps, {tokens:,} "
+                f"tokens) after a {st[0][3]:.1f}-min phase on the gist rows alone. Held-out "
+                f"problems of 2 to 8 steps under teacher forcing, answer right: "
+                f"{f.get('problems_gisted', 0):.0%} reading earlier thoughts through their "
+                f"gists only, {f.get('problems_plain', 0):.0%} with the full causal mask.\n")
+    return f"""
+## {name}: the same base, gists after each thought
+
+For reasoning pipelines (LightThinker's recipe): the base above with its own 2 gist tokens
+trained to stand for a finished thought instead of a sentence (`gistd.gist.mask` "thought"),
+and its own retention gates. A share of its training batches were reasoning problems run as
+a pipeline runs them: the question pinned, every later token seeing a finished thought only
+through its gists, so the gists carry what the next thought needs
+(`train/train_gist.py --unit thought --problems`).
+
+- File: `{name}`, {size:,} bytes ({size / 2**20:.1f} MiB), sha256 `{sha[:16]}...`.
+
+{figs}{bench_section(reasoning, "Reasoning with finished thoughts compressed, this file")
+       .replace(chr(10) + "## ", chr(10) + "### ", 1)}"""
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", required=True)
@@ -98,6 +130,8 @@ def main():
     ap.add_argument("--memory-deep", help="bench/memory.py's memory.md of prompts 2 to 8 "
                     "contexts long (with and without re-expansion)")
     ap.add_argument("--reasoning", help="bench/reasoning.py's reasoning.md for this model")
+    ap.add_argument("--thought-model", help="the reasoning pipelines' file (THOUGHT_MIN)")
+    ap.add_argument("--thought-reasoning", help="bench/reasoning.py's reasoning.md for it")
     a = ap.parse_args()
     r = a.runs
     cfg, params = config(os.path.join(r, "base", "log.txt"))
@@ -191,7 +225,8 @@ beta_i^(t-i) at query t (the soft form the gates are trained with).
 {engine}{quality_section(a.quality, name) if a.quality else ""}\
 {bench_section(a.memory, "What each policy remembers (`bench/memory.sh`)")}\
 {bench_section(a.memory_deep, "Several contexts deep, with and without re-expansion")}\
-{bench_section(a.reasoning, "Reasoning with finished thoughts compressed (`bench/reasoning.py`)")}"""
+{bench_section(a.reasoning, "Reasoning with finished thoughts compressed (`bench/reasoning.py`)")}\
+{thought_section(a.thought_model, r, a.thought_reasoning)}"""
     with open(a.out, "w") as f:
         f.write(text)
     print(f"wrote {a.out}")

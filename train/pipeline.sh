@@ -187,6 +187,8 @@ done
 $PY train/make_card.py --runs $RUNS --model $MODELS/$NAME.gguf --out $MODELS/README.md \
     --command "${CMD}train/pipeline.sh" --quality $RUNS/quality/quality.csv \
     ${MEMORY:+--memory $RUNS/memory/memory.md} \
-    ${REASONING:+--reasoning $RUNS/reasoning/reasoning.md}
+    ${REASONING:+--reasoning $RUNS/reasoning/reasoning.md} \
+    ${THOUGHT_MIN:+--thought-model $MODELS/$NAME-thought.gguf} \
+    ${THOUGHT_MIN:+--thought-reasoning $RUNS/reasoning-thought/reasoning.md}
 exit
 }
