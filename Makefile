@@ -289,8 +289,8 @@ tsan:
 	TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp history_size=7 halt_on_error=0" \
 	    bash tests/run.sh build-tsan
 
-# The project's own model when models/ has one, else the shared stories260K.
-DEFAULT_MODEL = $(firstword $(wildcard models/*.gguf) ../shared/models/stories260K-f32.gguf)
+# The project's own model when models/ has it, else the shared stories260K.
+DEFAULT_MODEL = $(firstword $(wildcard models/gistd-6m.gguf) ../shared/models/stories260K-f32.gguf)
 # make run: a bounded daemon that keeps its sessions — a KV budget of RUN_KV_BUDGET (1G unless
 # given) and snapshots in the tree's own var/snapshots (ignored by git); a stop snapshots every
 # session and the next `make run` restores them — on tcp://127.0.0.1:5557, and gistd-http on

@@ -699,29 +699,32 @@ def test_engine_tokenizer_matches_sentencepiece():
 
 
 def test_committed_model():
-    """The model under models/ is consistent, and the engine computes what PyTorch does."""
+    """Every model under models/ is consistent, and the engine computes what PyTorch does;
+    gistd-6m-thought.gguf has its gists after each thought, the others after each sentence."""
     need_torch()
     mdir = os.path.join(tap.ROOT, "models")
     files = sorted(n for n in os.listdir(mdir) if n.endswith(".gguf")) if os.path.isdir(
         mdir) else []
-    assert files, f"no model under {mdir}"
+    assert "gistd-6m.gguf" in files, f"no gistd-6m.gguf under {mdir}"
     _d, export, _M = train_modules()
-    path = os.path.join(mdir, files[-1])
-    kv, tensors = export.G.read_gguf(path)
-    assert kv["general.architecture"] == "llama"
-    assert len(kv["tokenizer.ggml.tokens"]) == kv["llama.vocab_size"]
-    if "gistd.gist.count" in kv:
-        first, count = kv["gistd.gist.first_token_id"], kv["gistd.gist.count"]
-        assert kv["gistd.gist.mask"] == "sentence"
-        assert kv["tokenizer.ggml.tokens"][first : first + count] == [
-            f"<gist_{i}>" for i in range(count)]
-    if "gistd.retention.hidden" in kv:
-        assert tensors["blk.0.retention_out.weight"][0] == [
-            kv["gistd.retention.hidden"], kv["llama.attention.head_count_kv"]]
-    toks = [kv["tokenizer.ggml.bos_token_id"], 450, 451, 452, 453, 454, 455]
-    got, _dd = engine_logits(path, toks)
-    want, _lb, _kv = torch_forward(path, toks)
-    close(got.reshape(want.shape), want, f"{files[-1]} logits", tol=1e-3)
+    for name in files:
+        path = os.path.join(mdir, name)
+        kv, tensors = export.G.read_gguf(path)
+        assert kv["general.architecture"] == "llama"
+        assert len(kv["tokenizer.ggml.tokens"]) == kv["llama.vocab_size"]
+        if "gistd.gist.count" in kv:
+            first, count = kv["gistd.gist.first_token_id"], kv["gistd.gist.count"]
+            want = "thought" if name.endswith("-thought.gguf") else "sentence"
+            assert kv["gistd.gist.mask"] == want, (name, kv["gistd.gist.mask"])
+            assert kv["tokenizer.ggml.tokens"][first : first + count] == [
+                f"<gist_{i}>" for i in range(count)]
+        if "gistd.retention.hidden" in kv:
+            assert tensors["blk.0.retention_out.weight"][0] == [
+                kv["gistd.retention.hidden"], kv["llama.attention.head_count_kv"]]
+        toks = [kv["tokenizer.ggml.bos_token_id"], 450, 451, 452, 453, 454, 455]
+        got, _dd = engine_logits(path, toks)
+        want, _lb, _kv = torch_forward(path, toks)
+        close(got.reshape(want.shape), want, f"{name} logits", tol=1e-3)
 
 
 tap.main(globals())
