@@ -82,7 +82,7 @@ def bench_section(path, heading):
     return f"\n## {heading}\n" + body.replace("\n## ", "\n### ")
 
 
-def thought_section(model, runs, reasoning):
+def thought_section(model, runs, reasoning, base="the base above"):
     """The card's part on the second file, the one with gists after each thought."""
     if not model:
         return ""
@@ -101,7 +101,7 @@ def thought_section(model, runs, reasoning):
     return f"""
 ## {name}: the same base, gists after each thought
 
-For reasoning pipelines (LightThinker's recipe): the base above with its own 2 gist tokens
+For reasoning pipelines (LightThinker's recipe): {base}, with its own 2 gist tokens
 trained to stand for a finished thought instead of a sentence (`gistd.gist.mask` "thought"),
 and its own retention gates. A share of its training batches were reasoning problems run as
 a pipeline runs them: the question pinned, every later token seeing a finished thought only
@@ -132,6 +132,8 @@ def main():
     ap.add_argument("--reasoning", help="bench/reasoning.py's reasoning.md for this model")
     ap.add_argument("--thought-model", help="the reasoning pipelines' file (THOUGHT_MIN)")
     ap.add_argument("--thought-reasoning", help="bench/reasoning.py's reasoning.md for it")
+    ap.add_argument("--thought-base", default="the base above",
+                    help="what the thought-gist file was trained from, in words")
     a = ap.parse_args()
     r = a.runs
     cfg, params = config(os.path.join(r, "base", "log.txt"))
@@ -226,7 +228,7 @@ beta_i^(t-i) at query t (the soft form the gates are trained with).
 {bench_section(a.memory, "What each policy remembers (`bench/memory.sh`)")}\
 {bench_section(a.memory_deep, "Several contexts deep, with and without re-expansion")}\
 {bench_section(a.reasoning, "Reasoning with finished thoughts compressed (`bench/reasoning.py`)")}\
-{thought_section(a.thought_model, r, a.thought_reasoning)}"""
+{thought_section(a.thought_model, r, a.thought_reasoning, a.thought_base)}"""
     with open(a.out, "w") as f:
         f.write(text)
     print(f"wrote {a.out}")
