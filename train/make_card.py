@@ -99,7 +99,7 @@ def thought_section(model, runs, reasoning, base="the base above"):
                 f"{f.get('problems_gisted', 0):.0%} reading earlier thoughts through their "
                 f"gists only, {f.get('problems_plain', 0):.0%} with the full causal mask.\n")
     return f"""
-## {name}: the same base, gists after each thought
+## {name}: gists after each thought
 
 For reasoning pipelines (LightThinker's recipe): {base}, with its own 2 gist tokens
 trained to stand for a finished thought instead of a sentence (`gistd.gist.mask` "thought"),
