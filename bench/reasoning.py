@@ -167,8 +167,13 @@ def gistd_runner(model):
     function that stops the daemon."""
     import gistc
 
+    # a session's soft watermark is its budget less room for one prefill step: with a step
+    # of one block, the room gist-model's loop leaves (at gistd's 64 tokens, a 2-step
+    # problem's 25% budget sat below its pinned question, and every token written was
+    # evicted as it came)
     d = gistc.Daemon(os.path.join(ROOT, os.environ.get("GISTD_BUILD", "build"), "bin", "gistd"),
-                     model, "--block-rows", str(BLOCK_ROWS), "--threads", "1")
+                     model, "--block-rows", str(BLOCK_ROWS), "--prefill-chunk", str(BLOCK_ROWS),
+                     "--threads", "1")
     c = gistc.Client(d.endpoint, timeout=120)
 
     def run(compact):
