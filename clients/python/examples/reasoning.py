@@ -2,14 +2,17 @@
 """A reasoning loop against gistd that compacts each finished thought.
 
     clients/python/examples/reasoning.py [--endpoint tcp://127.0.0.1:5557] [--policy pool]
-        [--problems 10] [--steps 4] [--budget SIZE] [--no-compact]
+        [--problems 10] [--steps 4] [--budget SIZE] [--no-compact] [--pin]
 
 Poses held-out multi-step problems (train/synth.py's reasoning kind, evaluation seed) as
 "Problem: ...", followed by a paragraph break, so the question is a thought of its own. The
 model writes its thoughts one paragraph at a time with greedy decoding (gistc's
 Session.think); after each, the client sends Compact{last_thought} and gistd pools that
-thought into a few gist rows before the next one is written. Prints each problem's answer
-against the solver's, then the accuracy and the most bytes any session held.
+thought into a few gist rows before the next one is written. With --pin the question is
+pinned (the policy's sinks cover its tokens) and stays whole, as models/gistd-6m-thought.gguf
+was trained: with gistd serving that file, `--pin --policy gist` replaces each finished
+thought by the model's own thought gists. Prints each problem's answer against the
+solver's, then the accuracy and the most bytes any session held.
 """
 import argparse
 import os
@@ -39,6 +42,17 @@ def answer(text):
     return words[0].rstrip(".") if words else None
 
 
+def question_tokens(client, question):
+    """How many tokens the question takes in a session (its BOS included): a scratch
+    session's transcript after appending it."""
+    s = client.open_session(policy="full")
+    try:
+        s.append(question)
+        return len(s.transcript()[1])
+    finally:
+        s.close(forget=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--endpoint", default="tcp://127.0.0.1:5557")
@@ -48,11 +62,15 @@ def main():
     ap.add_argument("--budget", default="0", help="each session's hard limit (0: gistd's)")
     ap.add_argument("--max-tokens", type=int, default=400)
     ap.add_argument("--no-compact", action="store_true", help="leave finished thoughts be")
+    ap.add_argument("--pin", action="store_true", help="pin the question (the policy's sinks)")
     a = ap.parse_args()
     right = peak = 0
     with gistc.Client(a.endpoint, timeout=120) as c:
         for i, (question, expected) in enumerate(problems(a.problems, a.steps)):
-            s = c.open_session(policy=a.policy, budget=a.budget)
+            params = {}
+            if a.pin:  # as bench/reasoning.py runs the policies
+                params = {"sinks": question_tokens(c, question), "unit": "thought"}
+            s = c.open_session(policy=a.policy, budget=a.budget, params=params)
             try:
                 t = s.think(question, max_tokens=a.max_tokens, compact=not a.no_compact,
                             temp=0)
