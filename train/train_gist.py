@@ -104,9 +104,10 @@ class ProblemSampler:
     through gistd: the question pinned (sinks), gists after each closed thought.
 
     A row is problems one after another, each [BOS] question thoughts "Answer: N", cut at
-    seq_len + 1 tokens. The question, and the rest of the thought it closes in (a chat's
-    question closes with the first thought), stays in view of the problem's later text;
-    every other finished thought is seen through its gists only (model.packed_gist_mask).
+    seq_len + 1 tokens. The question's tokens stay in view of the problem's later text; every
+    finished thought is seen through its gists only (model.packed_gist_mask), the rest of the
+    one the question closes in too (a chat's question closes with the first thought: gistd
+    keeps the pinned tokens of a span raw and gists the span whole, policy/learned.c).
     No target crosses from one problem into the next. evaluation=True draws held-out
     problems (synth's evaluation seed).
     """
@@ -131,7 +132,7 @@ class ProblemSampler:
             if at is None and start + len(seg) > len(head):
                 at = len(toks) + len(head) - start
             toks += seg.tolist()
-            pinned += [start < n_q] * len(seg)
+            pinned += [start + i < n_q for i in range(len(seg))]
             start += len(seg)
             if with_gists and start < len(full):
                 toks += range(self.gf, self.gf + self.ng)
