@@ -35,7 +35,7 @@ MIX=${MIX:-0}
 THREADS=${THREADS:-2}
 # BF16=1: the base stages' matrix products in bfloat16 (train_base.py --bf16; 1.4 times the
 # tokens per second on this machine's AVX512-BF16 cores, the same losses: train/README.md)
-mkdir -p $RUNS/base $RUNS/gist $RUNS/gates $MODELS
+mkdir -p $RUNS/base $MODELS
 
 [ -f $TOK ] || $RUN train/tokenizer.py --corpus "$CORPUS" --out train/runs/tok4096 --vocab 4096
 
@@ -108,26 +108,40 @@ done
 base_stage base $CTX ${BASE_SEQ:-$CTX} "${BASE_MIN:-110}" "${BASE_END:-}" $INIT \
     ${BASE_KINDS:+--kinds $BASE_KINDS}
 
+# train_gist.py into $RUNS/$1, from the base: $2 minutes of phase 2 after $3 of phase 1,
+# ending by $4 (HH:MM UTC, or empty); the rest are further arguments. Skipped once done.
+gist_stage() {
+    local out=$RUNS/$1 minutes=$2 frozen=$3 end=$4
+    shift 4
+    mkdir -p $out
+    [ -f $out/result.json ] || \
+    $RUN train/train_gist.py --corpus "$CORPUS" --tok $TOK --base $RUNS/base/ckpt.pt \
+        --out $out --gists 2 --seq ${GIST_SEQ:-$CTX} --batch $((2048 / ${GIST_SEQ:-$CTX})) \
+        --mix $MIX --frozen-minutes "$frozen" --frozen-lr 1e-2 --minutes "$minutes" \
+        ${end:+--end-utc $end} --lr 3e-4 --warmup 10 --plain-frac 0.25 --eval-windows 8 \
+        --eval-minutes 30 --threads $THREADS "$@" >> $out/log.txt 2>&1
+}
+# train_gates.py into $RUNS/$1 on the checkpoint $RUNS/$2/ckpt.pt, ending by $3 (or empty).
+gates_stage() {
+    local out=$RUNS/$1 model=$RUNS/$2/ckpt.pt end=$3
+    mkdir -p $out
+    [ -f $out/result.json ] || \
+    $RUN train/train_gates.py --corpus "$CORPUS" --tok $TOK --model $model --out $out \
+        --hidden 32 --budget 128 --lam 0.01 --init-bias 5 --seq ${GIST_SEQ:-$CTX} --batch 1 \
+        --mix $MIX --lr 2e-2 --warmup 5 --minutes "${GATES_MIN:-8}" ${end:+--end-utc $end} \
+        --eval-windows 4 --eval-minutes 30 --log-every 5 --threads $THREADS \
+        >> $out/log.txt 2>&1
+}
+
 # THOUGHT_MIN: a second model for reasoning pipelines, $NAME-thought.gguf: the base with
 # gist tokens after each thought instead of each sentence (train_gist.py --unit thought),
 # a share THOUGHT_PROBLEMS of its batches reasoning problems as a pipeline runs them (the
 # question pinned, finished thoughts seen through their gists), its own gates, and
 # bench/reasoning.py on it. It runs before the sentence gists, so its figures come first.
 if [ -n "${THOUGHT_MIN:-}" ]; then
-    mkdir -p $RUNS/thought $RUNS/thought-gates
-    [ -f $RUNS/thought/result.json ] || \
-    $RUN train/train_gist.py --corpus "$CORPUS" --tok $TOK --base $RUNS/base/ckpt.pt \
-        --out $RUNS/thought --unit thought --problems "${THOUGHT_PROBLEMS:-0.6}" --gists 2 \
-        --seq ${GIST_SEQ:-$CTX} --batch $((2048 / ${GIST_SEQ:-$CTX})) --mix $MIX \
-        --frozen-minutes 2 --frozen-lr 1e-2 --minutes "$THOUGHT_MIN" --lr 3e-4 --warmup 10 \
-        --plain-frac 0.25 --eval-windows 8 --eval-minutes 30 --threads $THREADS \
-        ${BF16:+--bf16} >> $RUNS/thought/log.txt 2>&1
-    [ -f $RUNS/thought-gates/result.json ] || \
-    $RUN train/train_gates.py --corpus "$CORPUS" --tok $TOK --model $RUNS/thought/ckpt.pt \
-        --out $RUNS/thought-gates --hidden 32 --budget 128 --lam 0.01 --init-bias 5 \
-        --seq ${GIST_SEQ:-$CTX} --batch 1 --mix $MIX --lr 2e-2 --warmup 5 \
-        --minutes "${GATES_MIN:-8}" --eval-windows 4 --eval-minutes 30 --log-every 5 \
-        --threads $THREADS >> $RUNS/thought-gates/log.txt 2>&1
+    gist_stage thought "$THOUGHT_MIN" 2 "" --unit thought \
+        --problems "${THOUGHT_PROBLEMS:-0.6}" ${BF16:+--bf16}
+    gates_stage thought-gates thought ""
     $PY train/export.py --ckpt $RUNS/thought-gates/ckpt.pt --tok $TOK \
         --out $MODELS/$NAME-thought.gguf --type f16 --name $NAME-thought \
         --chat-template "${CHAT:-none}"
@@ -137,21 +151,8 @@ if [ -n "${THOUGHT_MIN:-}" ]; then
         ${THOUGHT_REASONING_ARGS:-${REASONING_ARGS:---probes 10 --gistd}}
 fi
 
-[ -f $RUNS/gist/result.json ] || \
-$RUN train/train_gist.py --corpus "$CORPUS" --tok $TOK --base $RUNS/base/ckpt.pt \
-    --out $RUNS/gist --gists 2 --seq ${GIST_SEQ:-$CTX} --batch $((2048 / ${GIST_SEQ:-$CTX})) --mix $MIX \
-    --frozen-minutes "${GIST_FROZEN_MIN:-5}" \
-    --frozen-lr 1e-2 --minutes "${GIST_MIN:-12}" ${GIST_END:+--end-utc $GIST_END} --lr 3e-4 \
-    --warmup 10 --plain-frac 0.25 --eval-windows 8 --eval-minutes 30 --threads $THREADS \
-    >> $RUNS/gist/log.txt 2>&1
-
-[ -f $RUNS/gates/result.json ] || \
-$RUN train/train_gates.py --corpus "$CORPUS" --tok $TOK --model $RUNS/gist/ckpt.pt \
-    --out $RUNS/gates --hidden 32 --budget 128 --lam 0.01 --init-bias 5 --seq ${GIST_SEQ:-$CTX} \
-    --batch 1 --mix $MIX \
-    --lr 2e-2 --warmup 5 --minutes "${GATES_MIN:-8}" ${GATES_END:+--end-utc $GATES_END} \
-    --eval-windows 4 --eval-minutes 30 --log-every 5 --threads $THREADS \
-    >> $RUNS/gates/log.txt 2>&1
+gist_stage gist "${GIST_MIN:-12}" "${GIST_FROZEN_MIN:-5}" "${GIST_END:-}"
+gates_stage gates gist "${GATES_END:-}"
 
 $PY train/export.py --ckpt $RUNS/gates/ckpt.pt --tok $TOK --out $MODELS/$NAME.gguf \
     --type f16 --name $NAME --chat-template "${CHAT:-none}"
