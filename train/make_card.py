@@ -72,22 +72,28 @@ def quality_section(path, name):
     return out
 
 
-def bench_section(path, heading):
+def bench_section(path, heading, mark="##"):
     """A benchmark's markdown tables (bench/memory.py, bench/reasoning.py) under a heading
-    of the card."""
+    of the card (mark: its markdown level)."""
     if not path:
         return ""
     with open(path) as f:
         body = f.read().split("\n", 1)[1]  # its own title goes
-    return f"\n## {heading}\n" + body.replace("\n## ", "\n### ")
+    return f"\n{mark} {heading}\n" + body.replace("\n## ", "\n### ")
+
+
+def file_line(path):
+    """The card's line on a model file: name, size and the start of its sha256."""
+    size = os.path.getsize(path)
+    sha = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return (f"- File: `{os.path.basename(path)}`, {size:,} bytes ({size / 2**20:.1f} MiB), "
+            f"sha256 `{sha[:16]}...`.")
 
 
 def thought_section(model, runs, reasoning, base="the base above"):
     """The card's part on the second file, the one with gists after each thought."""
     if not model:
         return ""
-    size = os.path.getsize(model)
-    sha = hashlib.sha256(open(model, "rb").read()).hexdigest()
     name = os.path.basename(model)
     st = finals(os.path.join(runs, "thought", "log.txt"))
     figs = ""
@@ -108,10 +114,9 @@ a pipeline runs them: the question pinned, every later token seeing a finished t
 through its gists, so the gists carry what the next thought needs
 (`train/train_gist.py --unit thought --problems`).
 
-- File: `{name}`, {size:,} bytes ({size / 2**20:.1f} MiB), sha256 `{sha[:16]}...`.
+{file_line(model)}
 
-{figs}{bench_section(reasoning, "Reasoning with finished thoughts compressed, this file")
-       .replace(chr(10) + "## ", chr(10) + "### ", 1)}"""
+{figs}{bench_section(reasoning, "Reasoning with finished thoughts compressed, this file", "###")}"""
 
 
 def main():
@@ -141,8 +146,6 @@ def main():
     gist = finals(os.path.join(r, "gist", "log.txt"))
     gates = finals(os.path.join(r, "gates", "log.txt"))
     ev = json.load(open(os.path.join(r, "eval.json")))
-    size = os.path.getsize(a.model)
-    sha = hashlib.sha256(open(a.model, "rb").read()).hexdigest()
     name = os.path.basename(a.model)
 
     def stage(f, i=-1):
@@ -178,7 +181,7 @@ with sentence-anchored gist tokens and TRIM-KV retention gates, all in one GGUF 
 Made by the recipes in `train/` (see `train/README.md`); everything below was measured
 by them.
 
-- File: `{name}`, {size:,} bytes ({size / 2**20:.1f} MiB), sha256 `{sha[:16]}...`.
+{file_line(a.model)}
   Big matrices F16; norms and gate weights F32.
 - Architecture: llama, {cfg.get('n_layer')} layers, n_embd {cfg.get('n_embd')},
   {cfg.get('n_head')} query heads / {cfg.get('n_head_kv')} kv heads (head_dim {hd}),
