@@ -30,9 +30,8 @@ def sum_digits(model, sp, n, seed=1):
     each), the result digits found by their characters' offsets."""
     rng = synth.eval_rng([0x53554D53, seed])
     right = {"digit facts": [0, 0], "worked values": [0, 0]}
-    for facts in (True, False):
+    for make, per in ((synth.digit_fact, 40), (synth.random_sum, 15)):
         for _ in range(n):
-            make, per = (synth.digit_fact, 40) if facts else (synth.random_sum, 15)
             text = " ".join(f"{q} {r}." for q, r in (make(rng) for _ in range(per)))
             # the characters of every result (digits right after "= "), and whether it is
             # a whole value (after ", so" in its sum) or a digit fact

@@ -300,21 +300,21 @@ def main(argv=None):
 
     if a.problems > 0 and a.unit != "thought":
         ap.error("--problems needs --unit thought")
-    problems = ProblemSampler(sp, a.seq, gist_first, a.gists, a.seed)
+    problems = ProblemSampler(sp, a.seq, gist_first, a.gists, a.seed) if a.problems > 0 else None
 
     def eval_fn(m):
         (g, ng), (p, npl) = eval_gisted(m, vg, gist_first, a.gists), eval_plain(m, vp)
         assert ng == npl, "gisted and plain windows must score the same tokens"
         out = {"gist_nll": round(g, 4), "gist_ppl": round(math.exp(g), 3),
                "plain_nll": round(p, 4), "plain_ppl": round(math.exp(p), 3)}
-        if a.problems > 0:  # the same held-out problems each time
+        if problems is not None:  # the same held-out problems each time
             for k, gists in (("problems_gisted", True), ("problems_plain", False)):
                 ev = ProblemSampler(sp, a.seq, gist_first, a.gists, 1, evaluation=True)
                 out[k] = round(problem_accuracy(m, ev, 28, gists), 3)
         return out
 
     def batch_loss(model, plain_frac):
-        if a.problems > 0 and problems.rng.random() < a.problems:
+        if problems is not None and problems.rng.random() < a.problems:
             x, y, mask = problem_batch(problems, a.batch, plain_frac)
             return masked_loss(model, x, y, gist_first, a.gists, mask=mask)
         x, y = inputs_targets(sampler.batch(a.batch, plain_frac), gist_first, a.gists)
