@@ -636,8 +636,8 @@ static void on_set_budget(const hctx_t *h, const Gistd__SetBudget *m)
         return;
     }
     size_t used = s ? kv_session_bytes(d->store, s->rt.kv) : kv_store_bytes(d->store), old = 0;
-    /* under a limit every block's bytes go with it: the payload runs of unlimited sessions
-     * go first (moving rows, not dropping them), and their free slots count as freed */
+    /* under a limit every block's bytes go with it: the payload runs with free slots go
+     * first (moving rows, not dropping them), and their free slots count as freed */
     for (uint32_t i = 0; hard && i < (s ? 1 : d->n_sess); i++)
         kv_session_dissolve_runs(d->store, s ? s->rt.kv : d->sess[i]->rt.kv);
     const size_t solid = s ? kv_session_bytes(d->store, s->rt.kv) : kv_store_bytes(d->store);

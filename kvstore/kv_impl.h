@@ -18,7 +18,12 @@
  * blocks a fork held last: freeing them must not push the owner over a limit, so they count in the
  * store only (and are not carved again). Runs are made only where no limit is set, neither the
  * session's nor the store's (kv_run_slots): under a budget, memory stays block-exact, and a freed
- * block's bytes go back at once. A run is freed with its last block, and outlives its owner only
+ * block's bytes go back at once. Under a budget, an edit (evict, replace, demote) settles the
+ * lanes it touched instead (kv_lane_settle): their older blocks go into full runs, which have
+ * no free slot to charge, and a run that loses a block is dissolved in the same call, so that
+ * what the edit frees still goes back before it returns. Under a budget the policy lays a lane's settled blocks in full
+ * runs after it compacts (kv_session_pack_runs): a full run has no free slot to charge, and
+ * repack frees blocks from a lane's end, which stays out of them. A run is freed with its last block, and outlives its owner only
  * while forks hold blocks of it (its free slots then count in the store only). Setting a limit
  * dissolves the runs a session alone holds (kv_runs_dissolve).
  *
@@ -202,11 +207,32 @@ size_t kv_run_free_bytes(const kv_store_t *st, const kv_run_t *r, bool owner);
 void kv_lane_set_open(kv_lane_t *ln, kv_run_t *r);
 /* Leaves s's runs to the forks that still hold blocks of them (at s's destruction). */
 void kv_runs_orphan(kv_session_t *s);
-/* Moves the blocks of s's runs into allocations of their own and frees the runs, where no
- * fork holds a block of them (a run whose allocations fail stays as it was), so that once a
- * limit is set a block's bytes go with it: kv_session_set_limits and kv_store_set_limits
- * call it. Moves rows: views of s's lanes taken before are stale. */
+/* Closes s's lanes' open runs, then moves the blocks of each of s's runs with a slot that
+ * holds no block into allocations of their own and frees the run, where no fork holds a block
+ * of it (a run whose allocations fail, or that the store's hard limit has no room to move,
+ * stays as it was), so that once a limit is set a block's bytes go with it:
+ * kv_session_set_limits and kv_store_set_limits call it. Full runs stay: they have no slot to
+ * give back. Moves rows: views of s's lanes taken before are stale. */
 void kv_runs_dissolve(kv_store_t *st, kv_session_t *s);
+/* Blocks at the end of a lane that kv_lane_settle leaves out of runs: appends write the last
+ * one, and an edit frees blocks from the end first (repack packs rows forward). */
+#define KV_SETTLE_TAIL 2u
+/* After an edit of lane ln of s under a limit (the session's or the store's), nothing
+ * pending: a run of the lane that lost a block is dissolved (its other blocks move to
+ * allocations of their own, so the free slot's bytes go back), then the lane's stretches of
+ * blocks in no run (s's alone, one type, all but the last KV_SETTLE_TAIL) are gathered into
+ * full runs of KV_RUN_MAX, or 2, in lane order. Best effort: a run that would cross a hard
+ * limit on the way (it is allocated before the old payloads go) or whose allocation fails is
+ * not made, and everything stays consistent. Moves rows. */
+void kv_lane_settle(kv_store_t *st, kv_session_t *s, kv_lane_t *ln);
+/* Blocks at the end of a lane that kv_runs_pack leaves alone: appends write the last one,
+ * and a compaction frees blocks from the end first (lane.c's repack packs rows forward). */
+#define KV_PACK_TAIL 2u
+/* kv_session_pack_runs (kvstore.h): dissolves s's runs that have a slot without a block (no
+ * lane's open run, none a fork holds), then gathers each lane's stretches of blocks in no run
+ * (s's alone, one type, before the last KV_PACK_TAIL) into full runs of KV_RUN_MAX, or 2.
+ * Stops at the first run it cannot make (ERR_BUDGET, ERR_NOMEM): the runs made stay. */
+int kv_runs_pack(kv_store_t *st, kv_session_t *s, err_info_t *e);
 void kv_block_ref(kv_store_t *st, kv_session_t *s, kv_block_t *b);
 void kv_block_unref(kv_store_t *st, kv_session_t *s, kv_block_t *b);
 /* Copies row sb:si to db:di (same type) with its metadata; acc arrays may be NULL. */

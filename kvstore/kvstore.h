@@ -151,6 +151,9 @@ typedef struct kv_stats {
     size_t run_free_bytes;         /* payload runs' slots that hold no block, and their records:
                                       a long lane's blocks are carved in order from runs of a
                                       few payloads, charged to the session that made them */
+    uint64_t runs;                 /* payload runs holding its blocks */
+    uint64_t run_blocks;           /* blocks whose payload lies in a run */
+    uint64_t run_free_slots;       /* runs' slots that hold no block */
     size_t struct_bytes;           /* sessions, lane arrays, accumulators */
     size_t transcript_bytes;       /* cold transcript pages in memory and their table */
     size_t transcript_disk_bytes;  /* spilled pages, on disk, not charged (a fork's pages
@@ -240,11 +243,17 @@ int kv_session_set_limits(kv_store_t *st, uint32_t sid, size_t hard, size_t soft
  * take their payloads from runs of up to 4, carved in order, so that a long lane's rows lie
  * one after another (the attention pass reads them faster); a run's slots that hold no block
  * are charged to the session (run_free_bytes), and a block freed inside a run gives its bytes
- * back only when the run empties. This moves the session's blocks out of its runs into
- * allocations of their own (where no fork holds one; a run whose allocations fail stays),
- * so that from then on each block's bytes go with it. Setting a limit (kv_session_set_limits,
+ * back only when the run empties. This moves the session's blocks out of its runs that have
+ * such slots into allocations of their own (where no fork holds one; a run whose allocations
+ * fail, or that the store's hard limit has no room to move, stays), so that from then on each
+ * block's bytes go with it; full runs stay. Setting a limit (kv_session_set_limits,
  * kv_store_set_limits) does it; so should a caller that shrinks a session without one to a
- * byte target. Moves rows. 0, or ERR_NOTFOUND. */
+ * byte target. Under a limit, the edits (replace, evict, demote) keep a lane's older blocks
+ * in full runs themselves: they gather them after they edit the lane, and a run that lost a
+ * block they dissolve in the same call, so a freed block's bytes still go back before the
+ * call returns (where the store's hard limit leaves no room to move the run's other blocks,
+ * its free slot stays charged until a later edit can). The runs' records (tens of bytes
+ * each) count in run_free_bytes. Moves rows. 0, or ERR_NOTFOUND. */
 int kv_session_dissolve_runs(kv_store_t *st, uint32_t sid);
 /* Turns per-row attention accumulators on (zeroed) or off for every lane. */
 int kv_session_set_attn_acc(kv_store_t *st, uint32_t sid, bool on, err_info_t *e);

@@ -234,6 +234,14 @@ static void run_dissolve(kv_store_t *st, kv_lane_t *ln, kv_run_t *r)
     run_free(st, r);
 }
 
+/* ERR_BUDGET when dissolving r would take the store over its hard limit: the blocks' new
+ * payloads are allocated before the run goes, so the store holds both a moment (the
+ * session's charge only falls). */
+static int dissolve_room(kv_store_t *st, kv_session_t *s, const kv_run_t *r)
+{
+    return kv_budget_check(st, s, 0, r->used * slot_charge(st, r->tier), "a run's blocks", NULL);
+}
+
 void kv_runs_dissolve(kv_store_t *st, kv_session_t *s)
 {
     if (!s->runs)
@@ -249,15 +257,77 @@ void kv_runs_dissolve(kv_store_t *st, kv_session_t *s)
                 b->run->movable++;
         }
     }
-    /* a run whose every block is s's alone, and in one lane, goes (a block a fork still
-     * holds keeps its run) */
+    /* a run with a slot that holds no block goes, where its every block is s's alone and in
+     * one lane (a block a fork still holds keeps its run); a full run has nothing to give back
+     * and stays */
     for (uint32_t l = 0; l < st->n_lane; l++) {
         kv_lane_t *ln = &s->lanes[l];
         for (uint32_t i = 0; i < ln->n_blk + ln->n_pend; i++) {
             kv_run_t *r = ln->b[i].blk->run;
-            if (r && r->owner == s && r->movable == r->used)
+            if (r && r->owner == s && r->movable == r->used && r->used < r->n_slot &&
+                !dissolve_room(st, s, r))
                 run_dissolve(st, ln, r);
         }
+    }
+}
+
+/* Moves the payloads of blocks ln->b[i .. i+n) (one tier, s's alone, in no run; n a power of
+ * two) into a new run that they fill, in lane order. The run is allocated before the old
+ * payloads are freed: false, changing nothing, when that would cross a hard limit or the
+ * allocation fails. */
+static bool run_gather(kv_store_t *st, kv_session_t *s, kv_lane_t *ln, uint32_t i, uint32_t n)
+{
+    const int t = kv_tier(ln->b[i].blk->type);
+    const size_t pay = st->payload_bytes[t], need = run_charge(st, (uint32_t)t, n);
+    if (kv_budget_check(st, s, need, need, "a run", NULL))
+        return false;
+    kv_run_t *r = run_new(st, s, t, n);
+    if (!r)
+        return false;
+    for (uint32_t k = 0; k < n; k++) {
+        kv_block_t *b = ln->b[i + k].blk;
+        uint8_t *pl = r->mem + (size_t)k * pay;
+        memcpy(pl, b->k, pay);
+        /* the block's charge stays; its own payload goes, and the run's slot with it */
+        kv_mem_free_aligned(st, s, b->k, pay);
+        b->k = pl;
+        b->v = pl + pay / 2;
+        b->run = r;
+    }
+    r->next = r->used = n;
+    return true;
+}
+
+void kv_lane_settle(kv_store_t *st, kv_session_t *s, kv_lane_t *ln)
+{
+    if (!(s->hard || s->soft || st->hard || st->soft) || s->n_reserved)
+        return;
+    /* runs that lost a block: the rest move out, so the free slot's bytes go back */
+    for (uint32_t i = 0; i < ln->n_blk; i++) {
+        kv_run_t *r = ln->b[i].blk->run;
+        if (!r || r->used == r->n_slot || r->owner != s || r->lane)
+            continue;
+        uint32_t mine = 0;
+        for (uint32_t j = 0; j < ln->n_blk; j++)
+            mine += ln->b[j].blk->run == r && ln->b[j].blk->refs == 1;
+        if (mine == r->used && !dissolve_room(st, s, r))
+            run_dissolve(st, ln, r);
+    }
+    /* stretches of blocks of one type in no run that s alone holds, before the lane's end */
+    const uint32_t end = ln->n_blk > KV_SETTLE_TAIL ? ln->n_blk - KV_SETTLE_TAIL : 0;
+    for (uint32_t i = 0; i < end;) {
+        const uint32_t type = ln->b[i].blk->type;
+        uint32_t j = i;
+        while (j < end && !ln->b[j].blk->run && ln->b[j].blk->refs == 1 &&
+               ln->b[j].blk->type == type)
+            j++;
+        while (j - i >= 2) {
+            const uint32_t n = j - i >= KV_RUN_MAX ? KV_RUN_MAX : 2;
+            if (!run_gather(st, s, ln, i, n))
+                return;
+            i += n;
+        }
+        i = j > i ? j : i + 1;
     }
 }
 

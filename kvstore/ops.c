@@ -364,8 +364,12 @@ static int run_edits(kv_store_t *st, kv_session_t *s, kv_edit_t *eds, uint32_t n
     }
     if (fault)
         kv_tr_fault_install(s, fault);
-    for (uint32_t l = 0; l < n; l++)
+    for (uint32_t l = 0; l < n; l++) {
+        const bool edited = eds[l].active;
         kv_edit_commit(st, s, &s->lanes[l], &eds[l]);
+        if (edited)
+            kv_lane_settle(st, s, &s->lanes[l]);
+    }
     kv_tr_spill(st, s, false, NULL); /* a failure is kept for the budget's refusal */
     return 0;
 }

@@ -67,18 +67,24 @@ static void session_figures(kv_store_t *st, const kv_session_t *s, bool once, kv
             if (once && b->run && b->run->mark != st->epoch) { /* the store's: every run */
                 b->run->mark = st->epoch;
                 o->run_free_bytes += kv_run_free_bytes(st, b->run, false);
+                o->runs++;
+                o->run_free_slots += b->run->n_slot - b->run->used;
             }
             size_t c = st->block_charge[t];
             o->block_bytes += c;
             o->tier_bytes[t] += c;
             o->tier_blocks[t]++;
             o->blocks++;
+            o->run_blocks += b->run != NULL;
             if (b->refs > 1)
                 o->shared_bytes += c;
         }
     }
-    for (const kv_run_t *r = s->runs; !once && r; r = r->nxt) /* a session's: its own */
+    for (const kv_run_t *r = s->runs; !once && r; r = r->nxt) { /* a session's: its own */
         o->run_free_bytes += kv_run_free_bytes(st, r, true);
+        o->runs++;
+        o->run_free_slots += r->n_slot - r->used;
+    }
     o->struct_bytes += structs;
     o->transcript_bytes += kv_tr_bytes(&s->tr);
     o->transcript_disk_bytes += kv_tr_disk_bytes(&s->tr);
@@ -151,6 +157,8 @@ int kv_stats_format(const kv_stats_t *s, char *buf, size_t cap)
     for (int k = 0; k < KV_N_KINDS; k++)
         KV_PUT("kind_%s_bytes:%zu\nkind_%s_rows:%llu\n", kind[k], s->kind_bytes[k], kind[k],
                (unsigned long long)s->kind_rows[k]);
+    KV_PUT("runs:%llu\nrun_blocks:%llu\nrun_free_slots:%llu\n", (unsigned long long)s->runs,
+           (unsigned long long)s->run_blocks, (unsigned long long)s->run_free_slots);
     KV_PUT("rows:%llu\nblocks:%llu\nrow_capacity:%llu\nfragmentation:%.4f\n",
            (unsigned long long)s->rows, (unsigned long long)s->blocks,
            (unsigned long long)s->row_capacity, s->fragmentation);

@@ -195,7 +195,8 @@ static size_t arena_allocated(kv_store_t *st)
 }
 
 /* Evicting rows frees blocks, and the arena's figures go down by their size (under a limit:
- * blocks one by one; test_runs has the payload runs of unlimited sessions). */
+ * blocks one by one, less the record of the run the edit settles the lane's older blocks in;
+ * test_runs has the payload runs of unlimited sessions). */
 static void test_memory_goes_back(void)
 {
     kv_store_t *st = kvt_store(1, 2, 64, 16, DT_F32, 0);
@@ -204,18 +205,34 @@ static void test_memory_goes_back(void)
     CHECK_OK(kv_session_create(st, &cfg, &sid, NULL));
     CHECK_OK(kvt_append(st, sid, 160, 0, 3, NULL));
     size_t before = arena_allocated(st);
-    kv_stats_t s;
+    kv_stats_t s, s0, s1;
     kv_store_stats(st, &s);
     CHECK_INT(s.je_allocated, ==, s.bytes);
     CHECK(s.je_active >= s.je_allocated);
+    CHECK_OK(kv_session_stats(st, sid, &s0));
+    CHECK_INT(s0.runs, ==, 0);
     /* evict every other row of lane (0,1): 160 -> 80 rows, 10 -> 5 blocks */
     uint32_t rows[80];
     for (uint32_t i = 0; i < 80; i++)
         rows[i] = 2 * i + 1;
     CHECK_OK(kv_lane_evict(st, sid, 0, 1, rows, 80, NULL));
     size_t after = arena_allocated(st);
-    CHECK_INT(before - after, ==, 5 * kv_block_bytes(st, DT_F32));
+    CHECK_OK(kv_session_stats(st, sid, &s1));
+    CHECK_INT(s0.block_bytes - s1.block_bytes, ==, 5 * kv_block_bytes(st, DT_F32));
+    /* the edit settled the lane: of its 5 blocks, the 3 before the last 2 held a stretch, and
+     * its first 2 now lie in one full run, whose record is all it costs */
+    CHECK_INT(s1.runs, ==, 1);
+    CHECK_INT(s1.run_free_slots, ==, 0);
+    CHECK(s1.run_free_bytes > 0 && s1.run_free_bytes < 256);
+    CHECK_INT(before - after, ==, 5 * kv_block_bytes(st, DT_F32) - s1.run_free_bytes);
+    CHECK_INT(s0.bytes - s1.bytes, ==, before - after);
+    kv_chunk_t ch[5];
     uint32_t n, nc;
+    CHECK_OK(kv_lane_view(st, sid, 0, 1, ch, 5, &nc));
+    CHECK_INT(nc, ==, 5);
+    const size_t payload = 2 * 16 * 64 * sizeof(float);
+    CHECK((const uint8_t *)ch[1].k == (const uint8_t *)ch[0].k + payload);
+    CHECK((const uint8_t *)ch[2].k != (const uint8_t *)ch[1].k + payload);
     CHECK_OK(kv_lane_size(st, sid, 0, 1, &n, &nc));
     CHECK_INT(n, ==, 80);
     CHECK_INT(nc, ==, 5);
@@ -532,7 +549,12 @@ static void test_gist_over_limit(void)
     kv_store_stats(st, &g1);
     CHECK(g1.peak == g0.peak);
     CHECK_OK(kv_session_stats(st, sid, &s1));
-    CHECK_INT(s0.bytes - s1.bytes, ==, 4 * 2 * kv_block_bytes(st, DT_F32)); /* 100->82 rows */
+    /* 100 -> 82 rows: 2 blocks a lane go; the room they leave lets the edit settle the lanes'
+     * older blocks in full runs, whose records are charged */
+    CHECK_INT(s0.block_bytes - s1.block_bytes, ==, 4 * 2 * kv_block_bytes(st, DT_F32));
+    CHECK_INT(s1.run_free_slots, ==, 0);
+    CHECK_INT(s0.bytes - s1.bytes, ==,
+              4 * 2 * kv_block_bytes(st, DT_F32) - (s1.run_free_bytes - s0.run_free_bytes));
     CHECK_INT(s1.over_hard, ==, 0);
     KVT_CHECK_STORE(st);
     kv_store_destroy(&st);
@@ -567,7 +589,7 @@ static void check_runs(kv_store_t *st, uint32_t sid, size_t payload, uint32_t n_
 /* Without a limit, a lane's appended blocks are carved in order from payload runs that grow
  * with the lane (up to half its blocks, at most 4: blocks 0-3 alone, then runs of 2, 2, 4,
  * 4 ...), their free slots charged to the session; under a limit, or once one is set, blocks
- * come one by one. A fork's last hold on a block of the parent's run frees its slot without
+ * come one by one, and a limit dissolves the runs with free slots. A fork's last hold on a block of the parent's run frees its slot without
  * charging the parent. */
 static void test_runs(void)
 {
@@ -627,7 +649,10 @@ static void test_runs(void)
     CHECK_OK(kv_session_stats(st, a, &s1));
     CHECK_INT(kv_lane_view(st, a, 0, 0, ch, 64, &n), ==, 0);
     CHECK(n >= before + 2);
-    CHECK_INT(s1.run_free_bytes, ==, 0); /* the limit dissolved the runs */
+    /* the limit dissolved the runs that had free slots; full ones stay, their records
+     * charged */
+    CHECK_INT(s1.run_free_slots, ==, 0);
+    CHECK(s1.runs > 0);
 
     /* every row gone: the runs go with their last blocks */
     CHECK_OK(kv_session_destroy(st, a));
@@ -635,6 +660,107 @@ static void test_runs(void)
     CHECK_INT(g1.run_free_bytes, ==, 0);
     CHECK_INT(g1.bytes, ==, g1.overhead_bytes);
     CHECK_INT(g1.je_allocated, ==, g1.bytes);
+    kv_store_destroy(&st);
+}
+
+/* The lane's chunks [a, a+n) lie one after another, as one run lays them. */
+static bool chunks_in_run(const kv_chunk_t *ch, uint32_t a, uint32_t n, size_t payload)
+{
+    for (uint32_t i = a; i + 1 < a + n; i++)
+        if ((const uint8_t *)ch[i + 1].k != (const uint8_t *)ch[i].k + payload)
+            return false;
+    return true;
+}
+
+/* Lane 0 of `sid` holds rows at the positions `pos` (n of them) with the values kvt_append
+ * wrote (tag 5). */
+static void check_lane0_rows(kv_store_t *st, uint32_t sid, const uint32_t *pos, uint32_t n)
+{
+    kv_row_meta_t m[160];
+    float k[160 * 32];
+    uint32_t rows;
+    CHECK_OK(kv_lane_size(st, sid, 0, 0, &rows, NULL));
+    CHECK_INT(rows, ==, n);
+    CHECK_OK(kv_lane_read(st, sid, 0, 0, 0, n, m, k, NULL));
+    for (uint32_t i = 0; i < n; i++) {
+        CHECK(m[i].pos == (float)pos[i]);
+        for (uint32_t d = 0; d < 32; d += 7)
+            CHECK_MSG(fabsf(k[i * 32 + d] - kvt_val(5, 0, pos[i], d)) < 2e-3f, "row %u d %u", i, d);
+    }
+}
+
+/* Under a limit, an edit settles the lanes it touched: their blocks but the last 2 go into
+ * full runs of 4 (or 2) in lane order, the rows unchanged; a run that loses a block is
+ * dissolved in the same call, so the freed block's bytes go back at once and no free slot
+ * stays charged; lanes not edited stay as they were; and where the limit leaves no room for a
+ * run the edit still succeeds with its blocks left alone. */
+static void test_settle_under_limit(void)
+{
+    const uint32_t B = 8;
+    kv_store_t *st = kvt_store(1, 2, 32, B, DT_F16, 0);
+    const size_t payload = 2 * B * 32 * 2, blk = kv_block_bytes(st, DT_F16);
+    kv_session_config_t lim = {.hard_limit = 64u << 20};
+    uint32_t sid;
+    CHECK_OK(kv_session_create(st, &lim, &sid, NULL));
+    for (uint32_t i = 0; i < 20; i++)
+        CHECK_OK(kvt_append(st, sid, B, i * B, 5, NULL));
+    kv_stats_t s0, s1, s2;
+    CHECK_OK(kv_session_stats(st, sid, &s0));
+    CHECK_INT(s0.runs, ==, 0); /* under a limit appends come one by one */
+
+    /* row 0 of lane 0 goes: 159 rows in 20 blocks, of which 18 settle in runs 4+4+4+4+2 */
+    uint32_t pos[160], n = 0;
+    for (uint32_t p = 1; p < 160; p++)
+        pos[n++] = p;
+    uint32_t r0 = 0;
+    CHECK_OK(kv_lane_evict(st, sid, 0, 0, &r0, 1, NULL));
+    KVT_CHECK_STORE(st);
+    CHECK_OK(kv_session_stats(st, sid, &s1));
+    CHECK_INT(s1.runs, ==, 5);
+    CHECK_INT(s1.run_blocks, ==, 18);
+    CHECK_INT(s1.run_free_slots, ==, 0);
+    CHECK_INT(s1.block_bytes, ==, s0.block_bytes); /* no block went: the payloads moved */
+    CHECK_INT(s1.bytes, ==, s0.bytes + s1.run_free_bytes); /* the 5 runs' records */
+    kv_chunk_t ch[20];
+    uint32_t nc;
+    CHECK_OK(kv_lane_view(st, sid, 0, 0, ch, 20, &nc));
+    CHECK_INT(nc, ==, 20);
+    for (uint32_t a = 0; a < 16; a += 4)
+        CHECK_MSG(chunks_in_run(ch, a, 4, payload), "chunks %u-%u", a, a + 3);
+    CHECK(chunks_in_run(ch, 16, 2, payload));
+    check_lane0_rows(st, sid, pos, n); /* (and lane 1, not edited, has no run: 18 in all) */
+
+    /* the last 39 rows go: blocks 15-19 are freed, so the run of 12-15 loses one and is
+     * dissolved; 15 blocks are left, and 12 stay in the 3 runs before them. The bytes fall by
+     * the 5 blocks and 2 runs' records, at once */
+    uint32_t tail[39];
+    for (uint32_t i = 0; i < 39; i++)
+        tail[i] = 120 + i;
+    n = 120;
+    CHECK_OK(kv_lane_evict(st, sid, 0, 0, tail, 39, NULL));
+    KVT_CHECK_STORE(st);
+    CHECK_OK(kv_session_stats(st, sid, &s2));
+    CHECK_INT(s2.runs, ==, 3);
+    CHECK_INT(s2.run_blocks, ==, 12);
+    CHECK_INT(s2.run_free_slots, ==, 0);
+    CHECK_INT(s1.block_bytes - s2.block_bytes, ==, 5 * blk);
+    CHECK_INT(s1.bytes - s2.bytes, ==, 5 * blk + s1.run_free_bytes - s2.run_free_bytes);
+    CHECK_OK(kv_lane_view(st, sid, 0, 0, ch, 20, &nc));
+    CHECK_INT(nc, ==, 15);
+    for (uint32_t a = 0; a < 12; a += 4)
+        CHECK(chunks_in_run(ch, a, 4, payload));
+    check_lane0_rows(st, sid, pos, n);
+
+    /* no room under the hard limit for a run: the edit of lane 1 goes through (it frees
+     * nothing and allocates nothing), and its blocks stay where they lie */
+    CHECK_OK(kv_session_set_limits(st, sid, s2.bytes, 0, NULL));
+    r0 = 0;
+    CHECK_OK(kv_lane_evict(st, sid, 0, 1, &r0, 1, NULL));
+    KVT_CHECK_STORE(st);
+    CHECK_OK(kv_session_stats(st, sid, &s1));
+    CHECK_INT(s1.runs, ==, s2.runs);
+    CHECK_INT(s1.run_blocks, ==, s2.run_blocks);
+    CHECK_INT(s1.bytes, ==, s2.bytes);
     kv_store_destroy(&st);
 }
 
@@ -652,5 +778,6 @@ int main(void)
     RUN(test_attn_acc);
     RUN(test_gist_over_limit);
     RUN(test_runs);
+    RUN(test_settle_under_limit);
     return check_done();
 }
