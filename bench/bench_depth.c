@@ -48,6 +48,7 @@ typedef struct variant {
     double pre_tps[MAX_QROWS][MAX_DEPTHS]; /* median prefill tokens/s per --q-rows setting */
     size_t bytes[MAX_DEPTHS];              /* session bytes after the depth's rounds */
     uint64_t rows[MAX_DEPTHS];             /* rows summed over lanes, likewise */
+    double in_runs[MAX_DEPTHS];            /* share of its blocks in payload runs */
 } variant_t;
 
 static uint64_t rng_next(uint64_t *s)
@@ -264,20 +265,21 @@ int main(int argc, char **argv)
             vars[vi].tps[d] = n_decode / bench_median(t_round[vi], rounds);
             vars[vi].bytes[d] = f.bytes;
             vars[vi].rows[d] = f.rows;
+            vars[vi].in_runs[d] = f.blocks ? (double)f.run_blocks / (double)f.blocks : 0.0;
         }
     }
 
     if (!rc) {
-        printf("%-5s %-6s %7s %9s %9s %10s %9s\n", "rows", "cache", "depth", "tok/s", "of d0",
-               "KV MB", "rows/lane");
+        printf("%-5s %-6s %7s %9s %9s %10s %9s %8s\n", "rows", "cache", "depth", "tok/s", "of d0",
+               "KV MB", "rows/lane", "in runs");
         const uint64_t n_lane = (uint64_t)hp->n_layer * hp->n_head_kv;
         for (int vi = 0; vi < n_vars; vi++)
             for (int d = 0; d < n_depths; d++) {
                 const variant_t *v = &vars[vi];
-                printf("%-5s %-6s %7ld %9.1f %8.0f%% %10.1f %9llu\n", type_name(v->type),
+                printf("%-5s %-6s %7ld %9.1f %8.0f%% %10.1f %9llu %7.0f%%\n", type_name(v->type),
                        v->budget ? "budget" : "full", depths[d], v->tps[d],
                        100.0 * v->tps[d] / v->tps[0], v->bytes[d] / 1048576.0,
-                       (unsigned long long)(v->rows[d] / n_lane));
+                       (unsigned long long)(v->rows[d] / n_lane), 100.0 * v->in_runs[d]);
             }
     }
     if (!rc && n_prefill) {

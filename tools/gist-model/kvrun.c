@@ -256,6 +256,8 @@ void kvr_figures(kvr_t *r, kvr_figures_t *out)
         out->bytes = s.bytes;
         out->peak = s.peak;
         out->rows = s.rows;
+        out->blocks = s.blocks;
+        out->run_blocks = s.run_blocks;
         out->positions = s.tokens;
     }
     out->text = r->text;

@@ -46,6 +46,8 @@ typedef struct kvr_cfg {
 typedef struct kvr_figures {
     size_t bytes, peak; /* the session's bytes now and at most */
     uint64_t rows;      /* rows held now, summed over lanes */
+    uint64_t blocks;    /* blocks holding them, and of those, blocks in payload runs */
+    uint64_t run_blocks;
     uint64_t positions; /* transcript positions (text and gist tokens) */
     uint64_t text;      /* text tokens fed */
     pol_stats_t pol;    /* the policy's figures */
