@@ -16,16 +16,15 @@
  * slots that hold no block (not yet carved, or freed) are charged to the session that made the run,
  * its owner, so that what a session is charged stays what its memory takes, except the slots of
  * blocks a fork held last: freeing them must not push the owner over a limit, so they count in the
- * store only (and are not carved again). Runs are made only where no limit is set, neither the
- * session's nor the store's (kv_run_slots): under a budget, memory stays block-exact, and a freed
- * block's bytes go back at once. Under a budget, an edit (evict, replace, demote) settles the
- * lanes it touched instead (kv_lane_settle): their older blocks go into full runs, which have
- * no free slot to charge, and a run that loses a block is dissolved in the same call, so that
- * what the edit frees still goes back before it returns. Under a budget the policy lays a lane's settled blocks in full
- * runs after it compacts (kv_session_pack_runs): a full run has no free slot to charge, and
- * repack frees blocks from a lane's end, which stays out of them. A run is freed with its last block, and outlives its owner only
- * while forks hold blocks of it (its free slots then count in the store only). Setting a limit
- * dissolves the runs a session alone holds (kv_runs_dissolve).
+ * store only (and are not carved again). Appends carve runs only where no limit is set, neither
+ * the session's nor the store's (kv_run_slots): under a budget a new block comes alone, and a
+ * freed block's bytes go back at once. There, an edit (replace, evict, demote) settles the lanes
+ * it touched instead (kv_lane_settle): their older blocks go into full runs, which have no free
+ * slot to charge (only the run's record), and a run that loses a block is dissolved in the same
+ * call, so that what the edit frees still goes back before it returns. A run is freed with its
+ * last block, and outlives its owner only while forks hold blocks of it (its free slots then
+ * count in the store only). Setting a limit dissolves the runs with free slots that a session
+ * alone holds (kv_runs_dissolve).
  *
  * Invariants between calls (checked by kv_store_check): a lane's rows are ordered by
  * position; no block is empty; within each maximal run of same-type blocks every block but
@@ -225,14 +224,6 @@ void kv_runs_dissolve(kv_store_t *st, kv_session_t *s);
  * limit on the way (it is allocated before the old payloads go) or whose allocation fails is
  * not made, and everything stays consistent. Moves rows. */
 void kv_lane_settle(kv_store_t *st, kv_session_t *s, kv_lane_t *ln);
-/* Blocks at the end of a lane that kv_runs_pack leaves alone: appends write the last one,
- * and a compaction frees blocks from the end first (lane.c's repack packs rows forward). */
-#define KV_PACK_TAIL 2u
-/* kv_session_pack_runs (kvstore.h): dissolves s's runs that have a slot without a block (no
- * lane's open run, none a fork holds), then gathers each lane's stretches of blocks in no run
- * (s's alone, one type, before the last KV_PACK_TAIL) into full runs of KV_RUN_MAX, or 2.
- * Stops at the first run it cannot make (ERR_BUDGET, ERR_NOMEM): the runs made stay. */
-int kv_runs_pack(kv_store_t *st, kv_session_t *s, err_info_t *e);
 void kv_block_ref(kv_store_t *st, kv_session_t *s, kv_block_t *b);
 void kv_block_unref(kv_store_t *st, kv_session_t *s, kv_block_t *b);
 /* Copies row sb:si to db:di (same type) with its metadata; acc arrays may be NULL. */

@@ -151,9 +151,9 @@ typedef struct kv_stats {
     size_t run_free_bytes;         /* payload runs' slots that hold no block, and their records:
                                       a long lane's blocks are carved in order from runs of a
                                       few payloads, charged to the session that made them */
-    uint64_t runs;                 /* payload runs holding its blocks */
+    uint64_t runs;                 /* payload runs (a session's: those it made) */
     uint64_t run_blocks;           /* blocks whose payload lies in a run */
-    uint64_t run_free_slots;       /* runs' slots that hold no block */
+    uint64_t run_free_slots;       /* those runs' slots that hold no block */
     size_t struct_bytes;           /* sessions, lane arrays, accumulators */
     size_t transcript_bytes;       /* cold transcript pages in memory and their table */
     size_t transcript_disk_bytes;  /* spilled pages, on disk, not charged (a fork's pages
