@@ -216,8 +216,8 @@ void kv_runs_dissolve(kv_store_t *st, kv_session_t *s);
 /* Blocks at the end of a lane that kv_lane_settle leaves out of runs: appends write the last
  * one, and an edit frees blocks from the end first (repack packs rows forward). */
 #define KV_SETTLE_TAIL 2u
-/* After an edit of lane ln of s under a limit (the session's or the store's), nothing
- * pending: a run of the lane that lost a block is dissolved (its other blocks move to
+/* After an edit of lane ln of s under a limit (the session's or the store's; an edit runs
+ * only with no reservation pending): a run of the lane that lost a block is dissolved (its other blocks move to
  * allocations of their own, so the free slot's bytes go back), then the lane's stretches of
  * blocks in no run (s's alone, one type, all but the last KV_SETTLE_TAIL) are gathered into
  * full runs of KV_RUN_MAX, or 2, in lane order. Best effort: a run that would cross a hard

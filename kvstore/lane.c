@@ -96,10 +96,16 @@ size_t kv_run_free_bytes(const kv_store_t *st, const kv_run_t *r, bool owner)
     return run_charge(st, r->tier, r->n_slot) - held * slot_charge(st, r->tier);
 }
 
+/* A limit holds s: its own or the store's, hard or soft. */
+static bool limited(const kv_store_t *st, const kv_session_t *s)
+{
+    return s->hard || s->soft || st->hard || st->soft;
+}
+
 uint32_t kv_run_slots(const kv_store_t *st, const kv_session_t *s, const kv_lane_t *ln,
                       uint32_t want)
 {
-    if (s->hard || s->soft || st->hard || st->soft)
+    if (limited(st, s))
         return 1;
     uint32_t n = ln->n_blk / 2 > want ? ln->n_blk / 2 : want, p = 1;
     while (2 * p <= n && p < KV_RUN_MAX)
@@ -300,7 +306,7 @@ static bool run_gather(kv_store_t *st, kv_session_t *s, kv_lane_t *ln, uint32_t 
 
 void kv_lane_settle(kv_store_t *st, kv_session_t *s, kv_lane_t *ln)
 {
-    if (!(s->hard || s->soft || st->hard || st->soft) || s->n_reserved)
+    if (!limited(st, s))
         return;
     /* runs that lost a block: the rest move out, so the free slot's bytes go back */
     for (uint32_t i = 0; i < ln->n_blk; i++) {
