@@ -15,8 +15,12 @@
  * work, bandwidth) shifts every variant alike. A decode step is a whole step: the forward
  * pass, storing its rows, and the policy's compaction when the budget asks for it.
  * Printed per variant and depth: the median decode tokens/s over the rounds, the ratio to
- * the same variant's depth-0 figure of this run (the figure to compare across machines),
- * the bytes and rows the session held. Decoded tokens add rows: a depth is the prefilled
+ * the same variant's depth-0 figure of this run, the same ratio paired (the figure to compare
+ * across machines), the bytes and rows the session held. Paired: in every round each variant
+ * also decodes as many steps in a second session of its own, emptied and started again at
+ * depth 0, right before or after (alternately) the steps at depth; the median over rounds of
+ * the two speeds' ratio. The plain ratio divides figures taken minutes apart, and this
+ * machine's bandwidth drifts from minute to minute by more than the changes measured. Decoded tokens add rows: a depth is the prefilled
  * rows, and each depth's untimed first step and rounds add up to 1 + rounds x decode more.
  *
  * Prefill: after the decode rounds at each depth, every variant runs one chunk of --prefill
@@ -43,8 +47,10 @@ typedef struct variant {
     uint32_t type;
     bool budget;
     kvr_t *r;
+    kvr_t *ref; /* the paired session at depth 0, emptied every round */
     uint32_t fed;                          /* tokens prefilled so far */
     double tps[MAX_DEPTHS];                /* median tokens/s at each depth */
+    double paired[MAX_DEPTHS];             /* median of its ratio to the paired depth 0 */
     double pre_tps[MAX_QROWS][MAX_DEPTHS]; /* median prefill tokens/s per --q-rows setting */
     size_t bytes[MAX_DEPTHS];              /* session bytes after the depth's rounds */
     uint64_t rows[MAX_DEPTHS];             /* rows summed over lanes, likewise */
@@ -57,6 +63,32 @@ static uint64_t rng_next(uint64_t *s)
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
+}
+
+/* n decode steps of random tokens through r: their seconds into *secs; 0 or an error. */
+static int decode(kvr_t *r, int n, uint64_t *rs, uint32_t n_vocab, float *last, double *secs,
+                  err_info_t *e)
+{
+    const double t0 = bench_now();
+    for (int s = 0; s < n; s++) {
+        const int32_t t = (int32_t)(3 + rng_next(rs) % (n_vocab - 3));
+        const int rc = kvr_feed(r, &t, 1, NULL, last, e);
+        if (rc)
+            return rc;
+    }
+    *secs = bench_now() - t0;
+    return 0;
+}
+
+/* The paired depth-0 figure: ref emptied, one step untimed (as at every depth), then n. */
+static int decode_ref(kvr_t *ref, int n, uint64_t *rs, uint32_t n_vocab, float *last,
+                      double *secs, err_info_t *e)
+{
+    double untimed;
+    int rc = kvr_reset(ref, e);
+    if (!rc)
+        rc = decode(ref, 1, rs, n_vocab, last, &untimed, e);
+    return rc ? rc : decode(ref, n, rs, n_vocab, last, secs, e);
 }
 
 static const char *type_name(uint32_t t)
@@ -185,7 +217,7 @@ int main(int argc, char **argv)
                            .block_rows = block_rows,
                            .hot_type = types[t],
                            .ubatch = ubatch};
-            if (kvr_new(m, &c, &v->r, &e)) {
+            if (kvr_new(m, &c, &v->r, &e) || kvr_new(m, &c, &v->ref, &e)) {
                 fprintf(stderr, "bench_depth: %s rows, %s: %s\n", type_name(types[t]),
                         b ? "budget" : "full", e.msg);
                 return 1;
@@ -208,6 +240,7 @@ int main(int argc, char **argv)
         tok[i] = (int32_t)(3 + rng_next(&rs) % (hp->n_vocab - 3));
     float *last = malloc(sizeof(float) * hp->n_vocab);
     double t_round[MAX_VARS][MAX_ROUNDS], t_pre[MAX_VARS * MAX_QROWS][MAX_ROUNDS];
+    double ratio[MAX_VARS][MAX_ROUNDS];
     int32_t *chunk = malloc(sizeof(int32_t) * (size_t)(n_prefill ? n_prefill : 1));
     int rc = 0;
 
@@ -229,13 +262,16 @@ int main(int argc, char **argv)
         }
         for (int r = 0; r < rounds && !rc; r++)
             for (int k = 0; k < n_vars && !rc; k++) {
-                variant_t *v = &vars[(k + r) % n_vars];
-                const double t0 = bench_now();
-                for (int s = 0; s < n_decode && !rc; s++) {
-                    const int32_t t = (int32_t)(3 + rng_next(&rs) % (hp->n_vocab - 3));
-                    rc = kvr_feed(v->r, &t, 1, NULL, last, &e);
-                }
-                t_round[(k + r) % n_vars][r] = bench_now() - t0;
+                const int x = (k + r) % n_vars;
+                variant_t *v = &vars[x];
+                double t_ref = 0;
+                if (r % 2)
+                    rc = decode_ref(v->ref, n_decode, &rs, hp->n_vocab, last, &t_ref, &e);
+                if (!rc)
+                    rc = decode(v->r, n_decode, &rs, hp->n_vocab, last, &t_round[x][r], &e);
+                if (!rc && r % 2 == 0)
+                    rc = decode_ref(v->ref, n_decode, &rs, hp->n_vocab, last, &t_ref, &e);
+                ratio[x][r] = rc ? 0 : t_ref / t_round[x][r];
                 if (rc)
                     fprintf(stderr, "bench_depth: decode of %s: %s\n", type_name(v->type),
                             e.msg);
@@ -263,6 +299,7 @@ int main(int argc, char **argv)
             kvr_figures_t f;
             kvr_figures(vars[vi].r, &f);
             vars[vi].tps[d] = n_decode / bench_median(t_round[vi], rounds);
+            vars[vi].paired[d] = bench_median(ratio[vi], rounds);
             vars[vi].bytes[d] = f.bytes;
             vars[vi].rows[d] = f.rows;
             vars[vi].in_runs[d] = f.blocks ? (double)f.run_blocks / (double)f.blocks : 0.0;
@@ -270,15 +307,16 @@ int main(int argc, char **argv)
     }
 
     if (!rc) {
-        printf("%-5s %-6s %7s %9s %9s %10s %9s %8s\n", "rows", "cache", "depth", "tok/s", "of d0",
-               "KV MB", "rows/lane", "in runs");
+        printf("%-5s %-6s %7s %9s %9s %7s %10s %9s %8s\n", "rows", "cache", "depth", "tok/s",
+               "of d0", "paired", "KV MB", "rows/lane", "in runs");
         const uint64_t n_lane = (uint64_t)hp->n_layer * hp->n_head_kv;
         for (int vi = 0; vi < n_vars; vi++)
             for (int d = 0; d < n_depths; d++) {
                 const variant_t *v = &vars[vi];
-                printf("%-5s %-6s %7ld %9.1f %8.0f%% %10.1f %9llu %7.0f%%\n", type_name(v->type),
-                       v->budget ? "budget" : "full", depths[d], v->tps[d],
-                       100.0 * v->tps[d] / v->tps[0], v->bytes[d] / 1048576.0,
+                printf("%-5s %-6s %7ld %9.1f %8.0f%% %6.0f%% %10.1f %9llu %7.0f%%\n",
+                       type_name(v->type), v->budget ? "budget" : "full", depths[d], v->tps[d],
+                       100.0 * v->tps[d] / v->tps[0], 100.0 * v->paired[d],
+                       v->bytes[d] / 1048576.0,
                        (unsigned long long)(v->rows[d] / n_lane), 100.0 * v->in_runs[d]);
             }
     }
@@ -298,8 +336,10 @@ int main(int argc, char **argv)
                            v->pre_tps[k][d] / v->pre_tps[0][d]);
                 }
     }
-    for (int vi = 0; vi < n_vars; vi++)
+    for (int vi = 0; vi < n_vars; vi++) {
         kvr_destroy(&vars[vi].r);
+        kvr_destroy(&vars[vi].ref);
+    }
     free(chunk);
     free(tok);
     free(last);
