@@ -124,6 +124,65 @@ INLINE __m512 ld16(uint32_t T, const uint8_t *row, int d)
     return _mm512_loadu_ps((const float *)row + d);
 }
 
+/* The sums of v[0..8), each over its 16 lanes, as [s0 .. s7]: a tree that halves the vectors
+ * at each level, every lane then holding partials of two inputs (24 operations for 8 sums;
+ * hsum4 takes 19 for 4). */
+INLINE __m256 hsum8(const __m512 *v)
+{
+    /* per 128-bit lane: (a, b, a, b) from v0, v1; (c, d, c, d) ... */
+    const __m512 t0 = _mm512_add_ps(_mm512_unpacklo_ps(v[0], v[1]), _mm512_unpackhi_ps(v[0], v[1]));
+    const __m512 t1 = _mm512_add_ps(_mm512_unpacklo_ps(v[2], v[3]), _mm512_unpackhi_ps(v[2], v[3]));
+    const __m512 t2 = _mm512_add_ps(_mm512_unpacklo_ps(v[4], v[5]), _mm512_unpackhi_ps(v[4], v[5]));
+    const __m512 t3 = _mm512_add_ps(_mm512_unpacklo_ps(v[6], v[7]), _mm512_unpackhi_ps(v[6], v[7]));
+    /* per 128-bit lane: (a, b, c, d) and (e, f, g, h) */
+    const __m512 u0 = _mm512_add_ps(_mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(1, 0, 1, 0)),
+                                    _mm512_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m512 u1 = _mm512_add_ps(_mm512_shuffle_ps(t2, t3, _MM_SHUFFLE(1, 0, 1, 0)),
+                                    _mm512_shuffle_ps(t2, t3, _MM_SHUFFLE(3, 2, 3, 2)));
+    /* 128-bit lanes: a-d of lanes 0+1 and 2+3 of u0, then e-h of u1's */
+    const __m512 w = _mm512_add_ps(_mm512_shuffle_f32x4(u0, u1, _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_f32x4(u0, u1, _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm256_add_ps(
+        _mm512_castps512_ps256(_mm512_shuffle_f32x4(w, w, _MM_SHUFFLE(3, 1, 2, 0))),
+        _mm512_castps512_ps256(_mm512_shuffle_f32x4(w, w, _MM_SHUFFLE(2, 0, 3, 1))));
+}
+
+/* Scores of HN (1 to 3) heads against 8 rows: 24 accumulators, each row converted once and
+ * the query read from L1 as the products' operand. */
+INLINE void scores8(uint32_t T, int HN, const float *q, int hd, const uint8_t *k0, size_t ks,
+                    __m256 vs, __m256 b, float *sc, size_t ss)
+{
+    __m512 a[3][8];
+#pragma GCC unroll 3
+    for (int j = 0; j < 3; j++)
+#pragma GCC unroll 8
+        for (int r = 0; r < 8; r++)
+            a[j][r] = _mm512_setzero_ps();
+    int d = 0;
+    for (; d + 32 <= hd; d += 32)
+#pragma GCC unroll 8
+        for (int r = 0; r < 8; r++) {
+            __m512 x0, x1;
+            ld32(T, k0 + (size_t)r * ks, d, &x0, &x1);
+#pragma GCC unroll 3
+            for (int j = 0; j < HN; j++)
+                a[j][r] = _mm512_fmadd_ps(_mm512_loadu_ps(q + (size_t)j * hd + d + 16), x1,
+                                          _mm512_fmadd_ps(_mm512_loadu_ps(q + (size_t)j * hd + d),
+                                                          x0, a[j][r]));
+        }
+    if (d < hd)
+#pragma GCC unroll 8
+        for (int r = 0; r < 8; r++) {
+            const __m512 x = ld16(T, k0 + (size_t)r * ks, d);
+#pragma GCC unroll 3
+            for (int j = 0; j < HN; j++)
+                a[j][r] = _mm512_fmadd_ps(_mm512_loadu_ps(q + (size_t)j * hd + d), x, a[j][r]);
+        }
+#pragma GCC unroll 3
+    for (int j = 0; j < HN; j++)
+        _mm256_storeu_ps(sc + (size_t)j * ss, _mm256_fmadd_ps(hsum8(a[j]), vs, b));
+}
+
 /* Scores of HN (1 to 3) heads against 4 rows: 12 accumulators, each row converted once. */
 INLINE void scores4(uint32_t T, int HN, const float *q, int hd, const uint8_t *k0, size_t ks,
                     __m128 vs, __m128 b, float *sc, size_t ss)
@@ -199,11 +258,22 @@ INLINE void scores_rows_t(uint32_t T, const float *q, int g, int hd, const uint8
                           int n, float scale, const float *bias, float *sc, size_t ss)
 {
     const __m128 vs = _mm_set1_ps(scale);
+    const __m256 vs8 = _mm256_set1_ps(scale);
     for (int h = 0; h < g; h += 3) {
         const int hn = g - h < 3 ? g - h : 3;
         const float *qh = q + (size_t)h * hd;
         float *sh = sc + (size_t)h * ss;
         int r = 0;
+        for (; r + 8 <= n; r += 8) {
+            const __m256 b = bias ? _mm256_loadu_ps(bias + r) : _mm256_setzero_ps();
+            const uint8_t *k = K + (size_t)r * ks;
+            if (hn == 3)
+                scores8(T, 3, qh, hd, k, ks, vs8, b, sh + r, ss);
+            else if (hn == 2)
+                scores8(T, 2, qh, hd, k, ks, vs8, b, sh + r, ss);
+            else
+                scores8(T, 1, qh, hd, k, ks, vs8, b, sh + r, ss);
+        }
         for (; r + 4 <= n; r += 4) {
             const __m128 b = bias ? _mm_loadu_ps(bias + r) : _mm_setzero_ps();
             const uint8_t *k = K + (size_t)r * ks;
