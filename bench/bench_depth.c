@@ -18,10 +18,11 @@
  * the same variant's depth-0 figure of this run, the same ratio paired (the figure to compare
  * across machines), the bytes and rows the session held. Paired: in every round each variant
  * also decodes as many steps in a second session of its own, emptied and started again at
- * depth 0, right before or after (alternately) the steps at depth; the median over rounds of
- * the two speeds' ratio. The plain ratio divides figures taken minutes apart, and this
- * machine's bandwidth drifts from minute to minute by more than the changes measured. Decoded tokens add rows: a depth is the prefilled
- * rows, and each depth's untimed first step and rounds add up to 1 + rounds x decode more.
+ * depth 0 (so it holds 1 to 1 + decode rows), right before or after (alternately) the steps
+ * at depth; the median over rounds of the two speeds' ratio. The plain ratio divides figures
+ * taken minutes apart, and this machine's bandwidth drifts from minute to minute by more than
+ * the changes measured. Decoded tokens add rows: a depth is the prefilled rows, and each
+ * depth's untimed first step and rounds add up to 1 + rounds x decode more.
  *
  * Prefill: after the decode rounds at each depth, every variant runs one chunk of --prefill
  * tokens (gistd's prefill_chunk is 64) in each round, once for each --q-rows setting (the
@@ -47,7 +48,7 @@ typedef struct variant {
     uint32_t type;
     bool budget;
     kvr_t *r;
-    kvr_t *ref; /* the paired session at depth 0, emptied every round */
+    kvr_t *ref;                            /* the paired session at depth 0, emptied every round */
     uint32_t fed;                          /* tokens prefilled so far */
     double tps[MAX_DEPTHS];                /* median tokens/s at each depth */
     double paired[MAX_DEPTHS];             /* median of its ratio to the paired depth 0 */
@@ -81,8 +82,8 @@ static int decode(kvr_t *r, int n, uint64_t *rs, uint32_t n_vocab, float *last, 
 }
 
 /* The paired depth-0 figure: ref emptied, one step untimed (as at every depth), then n. */
-static int decode_ref(kvr_t *ref, int n, uint64_t *rs, uint32_t n_vocab, float *last,
-                      double *secs, err_info_t *e)
+static int decode_ref(kvr_t *ref, int n, uint64_t *rs, uint32_t n_vocab, float *last, double *secs,
+                      err_info_t *e)
 {
     double untimed;
     int rc = kvr_reset(ref, e);
@@ -198,8 +199,9 @@ int main(int argc, char **argv)
         q_rows[n_qrows++] = q_rows_model;
     const mdl_hparams_t *hp = mdl_hparams(m);
     if ((uint64_t)depths[n_depths - 1] + (uint64_t)rounds * n_decode * n_depths > hp->n_ctx)
-        fprintf(stderr, "bench_depth: note: the deepest full cache passes the model's context "
-                        "(%u): fine for speed, not for text\n",
+        fprintf(stderr,
+                "bench_depth: note: the deepest full cache passes the model's context "
+                "(%u): fine for speed, not for text\n",
                 hp->n_ctx);
 
     variant_t vars[MAX_VARS];
@@ -273,8 +275,7 @@ int main(int argc, char **argv)
                     rc = decode_ref(v->ref, n_decode, &rs, hp->n_vocab, last, &t_ref, &e);
                 ratio[x][r] = rc ? 0 : t_ref / t_round[x][r];
                 if (rc)
-                    fprintf(stderr, "bench_depth: decode of %s: %s\n", type_name(v->type),
-                            e.msg);
+                    fprintf(stderr, "bench_depth: decode of %s: %s\n", type_name(v->type), e.msg);
             }
         /* prefill: one chunk per variant and setting in each round, the order rotating */
         const int n_runs = n_vars * n_qrows;
@@ -289,8 +290,7 @@ int main(int argc, char **argv)
                 rc = kvr_feed(v->r, chunk, (uint32_t)n_prefill, NULL, last, &e);
                 t_pre[x][r] = bench_now() - t0;
                 if (rc)
-                    fprintf(stderr, "bench_depth: prefill of %s: %s\n", type_name(v->type),
-                            e.msg);
+                    fprintf(stderr, "bench_depth: prefill of %s: %s\n", type_name(v->type), e.msg);
             }
         mdl_set_attn_q_rows(m, q_rows_model);
         for (int x = 0; x < n_runs && n_prefill && !rc; x++)
@@ -315,8 +315,7 @@ int main(int argc, char **argv)
                 const variant_t *v = &vars[vi];
                 printf("%-5s %-6s %7ld %9.1f %8.0f%% %6.0f%% %10.1f %9llu %7.0f%%\n",
                        type_name(v->type), v->budget ? "budget" : "full", depths[d], v->tps[d],
-                       100.0 * v->tps[d] / v->tps[0], 100.0 * v->paired[d],
-                       v->bytes[d] / 1048576.0,
+                       100.0 * v->tps[d] / v->tps[0], 100.0 * v->paired[d], v->bytes[d] / 1048576.0,
                        (unsigned long long)(v->rows[d] / n_lane), 100.0 * v->in_runs[d]);
             }
     }

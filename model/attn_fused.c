@@ -55,9 +55,9 @@ static void prefetch(const char *p, size_t bytes)
 
 /* Rows converted between two rounds of prefetching: each round is a call into the table's
  * loops, which load and store their accumulators once a call. With 8 a pass over 256 rows in
- * L2 took 8.2 ns a row (f16) against 7.5 with 32, and the row loops fed from DRAM gained as
- * much or nothing; the hardware's prefetch, not these asks, keeps a payload run's rows coming
- * (bench/depth.md, "Reductions and fewer calls"). */
+ * L2 took 8.2 ns a row (f16) against 7.5 with 32, and fed from DRAM 2-4% at most; the
+ * hardware's prefetch, not these asks, keeps a payload run's rows coming (bench/depth.md,
+ * "Reductions and fewer calls"). */
 #define AHEAD_ROWS 32
 
 /* The part of `ahead` that goes with rows t0 .. t1 of nt: asked for as those rows are read. */

@@ -166,9 +166,9 @@ INLINE void scores8(uint32_t T, int HN, const float *q, int hd, const uint8_t *k
             ld32(T, k0 + (size_t)r * ks, d, &x0, &x1);
 #pragma GCC unroll 3
             for (int j = 0; j < HN; j++)
-                a[j][r] = _mm512_fmadd_ps(_mm512_loadu_ps(q + (size_t)j * hd + d + 16), x1,
-                                          _mm512_fmadd_ps(_mm512_loadu_ps(q + (size_t)j * hd + d),
-                                                          x0, a[j][r]));
+                a[j][r] = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(q + (size_t)j * hd + d + 16), x1,
+                    _mm512_fmadd_ps(_mm512_loadu_ps(q + (size_t)j * hd + d), x0, a[j][r]));
         }
     if (d < hd)
 #pragma GCC unroll 8
