@@ -258,8 +258,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_depth: depth %ld: prefilled in %.1f s, decoding\n", depths[d],
                 bench_now() - t_fill);
         for (int vi = 0; vi < n_vars && !rc; vi++) { /* one step untimed: scratch grows */
-            const int32_t t = (int32_t)(3 + rng_next(&rs) % (hp->n_vocab - 3));
-            if ((rc = kvr_feed(vars[vi].r, &t, 1, NULL, last, &e)))
+            double untimed;
+            if ((rc = decode(vars[vi].r, 1, &rs, hp->n_vocab, last, &untimed, &e)))
                 fprintf(stderr, "bench_depth: decode: %s\n", e.msg);
         }
         for (int r = 0; r < rounds && !rc; r++)

@@ -147,6 +147,18 @@ INLINE __m256 hsum8(const __m512 *v)
         _mm512_castps512_ps256(_mm512_shuffle_f32x4(w, w, _MM_SHUFFLE(2, 0, 3, 1))));
 }
 
+/* f(T, HN, args...) with HN = hn (1 to 3) as a constant, so that each count gets its own
+ * unrolled loops. */
+#define BY_HEADS(hn, f, ...)                                                                       \
+    do {                                                                                           \
+        if ((hn) == 3)                                                                             \
+            f(T, 3, __VA_ARGS__);                                                                  \
+        else if ((hn) == 2)                                                                        \
+            f(T, 2, __VA_ARGS__);                                                                  \
+        else                                                                                       \
+            f(T, 1, __VA_ARGS__);                                                                  \
+    } while (0)
+
 /* Scores of HN (1 to 3) heads against 8 rows: 24 accumulators, each row converted once and
  * the query read from L1 as the products' operand. */
 INLINE void scores8(uint32_t T, int HN, const float *q, int hd, const uint8_t *k0, size_t ks,
@@ -266,33 +278,15 @@ INLINE void scores_rows_t(uint32_t T, const float *q, int g, int hd, const uint8
         int r = 0;
         for (; r + 8 <= n; r += 8) {
             const __m256 b = bias ? _mm256_loadu_ps(bias + r) : _mm256_setzero_ps();
-            const uint8_t *k = K + (size_t)r * ks;
-            if (hn == 3)
-                scores8(T, 3, qh, hd, k, ks, vs8, b, sh + r, ss);
-            else if (hn == 2)
-                scores8(T, 2, qh, hd, k, ks, vs8, b, sh + r, ss);
-            else
-                scores8(T, 1, qh, hd, k, ks, vs8, b, sh + r, ss);
+            BY_HEADS(hn, scores8, qh, hd, K + (size_t)r * ks, ks, vs8, b, sh + r, ss);
         }
         for (; r + 4 <= n; r += 4) {
             const __m128 b = bias ? _mm_loadu_ps(bias + r) : _mm_setzero_ps();
-            const uint8_t *k = K + (size_t)r * ks;
-            if (hn == 3)
-                scores4(T, 3, qh, hd, k, ks, vs, b, sh + r, ss);
-            else if (hn == 2)
-                scores4(T, 2, qh, hd, k, ks, vs, b, sh + r, ss);
-            else
-                scores4(T, 1, qh, hd, k, ks, vs, b, sh + r, ss);
+            BY_HEADS(hn, scores4, qh, hd, K + (size_t)r * ks, ks, vs, b, sh + r, ss);
         }
         for (; r < n; r++) {
             const float b = bias ? bias[r] : 0.0f;
-            const uint8_t *k = K + (size_t)r * ks;
-            if (hn == 3)
-                scores1(T, 3, qh, hd, k, scale, b, sh + r, ss);
-            else if (hn == 2)
-                scores1(T, 2, qh, hd, k, scale, b, sh + r, ss);
-            else
-                scores1(T, 1, qh, hd, k, scale, b, sh + r, ss);
+            BY_HEADS(hn, scores1, qh, hd, K + (size_t)r * ks, scale, b, sh + r, ss);
         }
     }
 }
@@ -364,13 +358,7 @@ INLINE void accum_rows_t(uint32_t T, float *out, int g, int hd, const uint8_t *V
     for (int h = 0; h < g; h += 3) {
         const int hn = g - h < 3 ? g - h : 3;
         float *oh = out + (size_t)h * hd;
-        const float *ph = p + (size_t)h * ps;
-        if (hn == 3)
-            accum_heads(T, 3, oh, hd, V, vs, n, ph, ps);
-        else if (hn == 2)
-            accum_heads(T, 2, oh, hd, V, vs, n, ph, ps);
-        else
-            accum_heads(T, 1, oh, hd, V, vs, n, ph, ps);
+        BY_HEADS(hn, accum_heads, oh, hd, V, vs, n, p + (size_t)h * ps, ps);
     }
 }
 
