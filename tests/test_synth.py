@@ -261,6 +261,18 @@ def test_mix_windows():
                        kinds=mix.parse_kinds("passkey=1"))
     tk = [sp.DecodeIds([int(t) for t in row]) for row in k.batch(4)[0]]
     assert all("pass key" in t for t in tk) and not any("im_start" in t for t in tk)
+    # the answer marks: each marked run of targets is the key the document asked for, right
+    # after its question; book windows mark nothing
+    xa, ya, ma = k.batch_answers(4)
+    assert ma.shape == ya.shape and ma.dtype == bool and ma.any()
+    for row, marks in zip(ya, ma):
+        idx = np.nonzero(marks)[0]
+        for run in (r for r in np.split(idx, np.nonzero(np.diff(idx) != 1)[0] + 1) if len(r)):
+            said = sp.DecodeIds([int(t) for t in row[run]])
+            before = sp.DecodeIds([int(t) for t in row[max(0, run[0] - 16):run[0]]])
+            assert re.fullmatch(r"\s*\d+\.", said), (said, before)
+            assert before.endswith("pass key is"), (said, before)
+    assert not b.batch_answers(2)[2].any()
 
 
 def test_parse_kinds():

@@ -36,7 +36,8 @@ class MixSampler:
         self.sep = sp.EncodeAsIds("\n\n")[-2:]
 
     def document(self, room):
-        """Token ids of one generated document of at most `room` tokens (or None)."""
+        """One generated document of at most `room` tokens: (its token ids, the slice of them
+        that is its answer), or None."""
         kind = self.kinds[self.rng.choice(len(self.kinds), p=self.kp)]
         n = room
         for _ in range(4):
@@ -44,23 +45,38 @@ class MixSampler:
             p = synth.make(kind, self.rng, self.filler, max(chars - 400, 0))
             ids = self.sp.EncodeAsIds(p.text)
             if len(ids) <= room:
-                return ids
+                return ids, self.answer_span(p, ids)
             n = int(n * room / len(ids) * 0.9)
         return None
 
+    def answer_span(self, p, ids):
+        """The slice of ids (p.text's tokens) that says p.answer: from the first token where
+        they part from the prompt's own tokens to where the prompt and answer's tokens end."""
+        head = self.sp.EncodeAsIds(p.prompt)
+        start = 0
+        while start < min(len(head), len(ids)) and head[start] == ids[start]:
+            start += 1
+        end = len(self.sp.EncodeAsIds(p.prompt + p.answer))
+        return slice(start, max(start, min(end, len(ids))))
+
     def window(self):
-        """int64 [seq_len + 1]: BOS then tokens."""
+        """(int64 [seq_len + 1]: BOS then tokens, bool [seq_len + 1]: the tokens that are a
+        generated document's answer)."""
         if self.rng.random() >= self.frac:
             x, y = self.books.batch(1)
-            return np.concatenate([x[0], y[0, -1:]])
+            w = np.concatenate([x[0], y[0, -1:]])
+            return w, np.zeros(len(w), dtype=bool)
         out = [self.bos]
+        answers = []
         room = self.seq
         # the first document: a random share of the window, at least a quarter of it
         first = int(room * (0.25 + 0.75 * self.rng.random()))
         while room > 48:
-            ids = self.document(first if len(out) == 1 else room)
-            if ids is None:
+            doc = self.document(first if len(out) == 1 else room)
+            if doc is None:
                 break
+            ids, ans = doc
+            answers.append(slice(len(out) + ans.start, len(out) + ans.stop))
             out += ids
             room = self.seq - (len(out) - 1)
             if room > len(self.sep) + 48:
@@ -70,12 +86,23 @@ class MixSampler:
         if room > 0:
             x, y = self.books.batch(1)
             out += list(np.concatenate([x[0, 1:], y[0, -1:]])[:room])
-        return np.asarray(out[:self.seq + 1], dtype=np.int64)
+        w = np.asarray(out[:self.seq + 1], dtype=np.int64)
+        is_answer = np.zeros(len(w), dtype=bool)
+        for a in answers:
+            is_answer[a] = True
+        return w, is_answer
 
     def batch(self, batch_size):
         """(inputs, targets) int64 [batch, seq_len], like data.TokenSampler.batch."""
-        w = np.stack([self.window() for _ in range(batch_size)])
-        return w[:, :-1], w[:, 1:]
+        x, y, _ = self.batch_answers(batch_size)
+        return x, y
+
+    def batch_answers(self, batch_size):
+        """(inputs, targets, answer_targets): the batch, and bool [batch, seq_len] marking the
+        targets that are a generated document's answer (the tokens recall is scored on)."""
+        ws, ms = zip(*(self.window() for _ in range(batch_size)))
+        w, m = np.stack(ws), np.stack(ms)
+        return w[:, :-1], w[:, 1:], m[:, 1:]
 
 
 def parse_kinds(spec):

@@ -53,7 +53,8 @@ base_stage() {
     $RUN train/train_base.py --corpus "$CORPUS" --tok $TOK --out $out --ctx $ctx --mix $MIX \
         $PROBES ${SUP:-} --dim 256 --layers 6 --heads 8 --kv-heads 4 --seq $seq \
         --batch $((2048 / seq)) --lr "${BASE_LR:-2e-3}" --minutes "$minutes" ${BF16:+--bf16} \
-        ${end:+--end-utc $end} --eval-windows 8 --eval-minutes 30 --threads $THREADS "$@" \
+        ${end:+--end-utc $end} ${ANSWER_LOSS:+--answer-loss $ANSWER_LOSS} --eval-windows 8 \
+        --eval-minutes 30 --threads $THREADS "$@" \
         >> $out/log.txt 2>&1
 }
 # An optional first stage at a short context (SHORT_CTX, SHORT_MIN minutes), from when
@@ -104,7 +105,9 @@ done
 # SUP: train_base.py's arguments that keep the copying circuit of the induction stage, e.g.
 # "--attn-sup 0.5 --ov-sup 0.5" (without them the mix undid it in 80 steps: train/README.md)
 # BASE_SEQ: the base stage's windows when shorter than the context; BASE_KINDS: the
-# generated documents' shares (mix.parse_kinds), e.g. more retrieval than synth.WEIGHTS
+# generated documents' shares (mix.parse_kinds), e.g. more retrieval than synth.WEIGHTS;
+# ANSWER_LOSS: the weight of a second loss on the documents' answer tokens alone (every
+# base stage: train_base.py --answer-loss)
 base_stage base $CTX ${BASE_SEQ:-$CTX} "${BASE_MIN:-110}" "${BASE_END:-}" $INIT \
     ${BASE_KINDS:+--kinds $BASE_KINDS}
 
@@ -180,7 +183,7 @@ if [ "$MIX" != 0 ]; then
 fi
 # the command as it was run, for the card
 CMD=""
-for v in RUNS MODELS INIT_GGUF INIT_CKPT INDUCTION_STEPS BF16 SUP SHORT_CTX SHORT_KINDS SHORT_MIN SHORT_END CARRY CARRY_SUP CARRY_KINDS GIST_SEQ BASE_SEQ BASE_KINDS CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
+for v in RUNS MODELS INIT_GGUF INIT_CKPT INDUCTION_STEPS BF16 SUP ANSWER_LOSS SHORT_CTX SHORT_KINDS SHORT_MIN SHORT_END CARRY CARRY_SUP CARRY_KINDS GIST_SEQ BASE_SEQ BASE_KINDS CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
          GIST_END GATES_MIN GATES_END THOUGHT_MIN THOUGHT_PROBLEMS EVAL_WINDOWS MEMORY_ARGS \
          REASONING_ARGS THOUGHT_REASONING_ARGS; do
     [ -n "${!v:-}" ] && CMD="$CMD$v=${!v} "

@@ -61,6 +61,9 @@ def main(argv=None):
                     help="the generated documents' shares, KIND=W,... (default: synth.WEIGHTS)")
     ap.add_argument("--mix", type=float, default=0.0,
                     help="share of windows packed with generated documents (mix.py)")
+    ap.add_argument("--answer-loss", type=float, default=0.0,
+                    help="weight of a second loss term: the mean next-token loss over the "
+                         "generated documents' answer tokens alone (with --mix)")
     ap.add_argument("--eval-probes", type=int, default=0,
                     help="held-out probes per kind scored at each evaluation")
     # keeps a copying circuit (induction.py) on every window, at the repeats the text holds
@@ -101,6 +104,8 @@ def main(argv=None):
     opt = common.make_optimizer(model.parameters(), a.lr)
     if d is not None and "opt" in d:
         opt.load_state_dict(d["opt"])
+    if a.answer_loss > 0 and a.mix <= 0:
+        ap.error("--answer-loss needs --mix: book windows have no answers")
     if a.mix > 0:
         import mix
         sampler = mix.MixSampler(sp, train_tok, [data.read_text(p, a.max_bytes) for p in books],
@@ -117,7 +122,10 @@ def main(argv=None):
         sup_rec = induction.parse_heads(a.sup_rec)
 
     def step_fn(step):
-        xn, yn = sampler.batch(a.batch)
+        if a.answer_loss > 0:
+            xn, yn, an = sampler.batch_answers(a.batch)
+        else:
+            xn, yn = sampler.batch(a.batch)
         x, y = torch.from_numpy(xn), torch.from_numpy(yn)
         aux = None
         if a.attn_sup > 0:
@@ -126,7 +134,12 @@ def main(argv=None):
             aux = induction.supervision(model, y, prev, ind, sup_prev, sup_ind, a.ov_sup > 0,
                                         rec, sup_rec)
         logits = model(x, aux=aux)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                                    reduction="none")
+        loss = per_token.mean()
+        if a.answer_loss > 0 and an.any():
+            # the answers are a few tokens in thousands: alone they weigh next to nothing
+            loss = loss + a.answer_loss * per_token[torch.from_numpy(an).reshape(-1)].mean()
         return loss + induction.supervision_loss(a, aux), y.numel()
 
     def eval_fn():

@@ -92,7 +92,7 @@ class MixGistSampler:
     def batch(self, batch_size, plain_frac=0.0):
         rows = []
         for _ in range(batch_size):
-            w = self.mix.window()
+            w, _ = self.mix.window()
             sents = self.split(w[1:], self.texts)
             rows.append(self.gist.window(sents, 0,
                                          with_gists=self.gist.rng.random() >= plain_frac))
