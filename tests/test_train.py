@@ -9,6 +9,7 @@ from their definitions, SentencePiece's own ids for the tokenizer.
 """
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -561,6 +562,43 @@ def test_gist_stage_thought_unit():
     info = subprocess.run([engine(), "info", out], capture_output=True, text=True)
     assert info.returncode == 0, info.stderr
     assert "mask thought" in info.stdout, info.stdout
+
+
+def test_answer_loss_adds_the_answers_term():
+    """train_base.py --answer-loss a: the first step's loss (the same batch, the same weights)
+    is the plain loss plus a times the answer tokens' mean loss, so it grows linearly in a
+    and by a positive amount; without --mix (no answers) the flag is refused."""
+    import contextlib
+    import io
+
+    f = fixture()
+    sys.path.insert(0, TRAIN)
+    import train_base
+
+    d, corpus = f["dir"], os.path.dirname(tap.shared("corpus/persuasion.txt"))
+    first = {}
+    for a in (0, 2, 4):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            train_base.main(["--corpus", corpus, "--max-bytes", "40000", "--tok", f["tok"],
+                             "--init-ckpt", f"{d}/base/ckpt.pt", "--out", f"{d}/answers{a}",
+                             "--ctx", "256", "--seq", "256", "--batch", "2", "--mix", "1",
+                             "--kinds", "passkey=1", "--answer-loss", str(a), "--max-steps",
+                             "1", "--log-every", "1", "--eval-windows", "1", "--warmup", "1"])
+        m = re.search(r"^step 1 loss ([\d.]+)", buf.getvalue(), re.M)
+        assert m, buf.getvalue()
+        first[a] = float(m.group(1))
+    term = first[2] - first[0]
+    assert term > 0.1, first
+    assert abs((first[4] - first[0]) - 2 * term) < 1e-3 * first[4], first
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            train_base.main(["--corpus", corpus, "--tok", f["tok"], "--out", f"{d}/answers_x",
+                             "--answer-loss", "1", "--max-steps", "1"])
+    except SystemExit as e:
+        assert e.code != 0
+    else:
+        raise AssertionError("--answer-loss without --mix was accepted")
 
 
 def test_stage_starts_from_model_file():

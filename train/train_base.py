@@ -71,6 +71,8 @@ def main(argv=None):
     induction.add_supervision_args(ap)
     common.add_budget_args(ap, minutes=60, lr=3e-3)
     a = ap.parse_args(argv)
+    if a.answer_loss > 0 and a.mix <= 0:
+        ap.error("--answer-loss needs --mix: book windows have no answers")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     os.makedirs(a.out, exist_ok=True)
@@ -104,8 +106,6 @@ def main(argv=None):
     opt = common.make_optimizer(model.parameters(), a.lr)
     if d is not None and "opt" in d:
         opt.load_state_dict(d["opt"])
-    if a.answer_loss > 0 and a.mix <= 0:
-        ap.error("--answer-loss needs --mix: book windows have no answers")
     if a.mix > 0:
         import mix
         sampler = mix.MixSampler(sp, train_tok, [data.read_text(p, a.max_bytes) for p in books],
