@@ -143,6 +143,17 @@ def test_multikey_asks_one_of_its_keys_with_distractors():
         assert len(keys) == p.meta["keys"] >= 2 and asked in keys
         stated = dict(re.findall(r"for ([\w-]+) is: (\d+)\.", p.prompt))
         assert p.values == [stated[asked]]
+        assert not p.later_answers and p.completion == p.answer + "\n"
+    # training asks for every key once, the prompt's first; each later answer's offsets
+    # hold the value stated for the key asked right before it
+    for p in probes("niah_multikey", 50, False):
+        stated = dict(re.findall(r"for ([\w-]+) is: (\d+)\.", p.prompt))
+        asked = re.findall(r"The special magic number for ([\w-]+) mentioned", p.text)
+        assert sorted(asked) == sorted(stated) and asked[0] in p.prompt
+        assert len(p.later_answers) == len(stated) - 1
+        for (a, b), key in zip(p.later_answers, asked[1:]):
+            assert p.text[:a].endswith(f"for {key} mentioned in the provided text is")
+            assert p.text[a:b] == f" {stated[key]}."
 
 
 def test_chat_follows_the_template_and_asks_a_stated_fact():
@@ -273,6 +284,21 @@ def test_mix_windows():
             assert re.fullmatch(r"\s*\d+\.", said), (said, before)
             assert before.endswith("pass key is"), (said, before)
     assert not b.batch_answers(2)[2].any()
+    # several keys: every key's answer is marked, each the value stated for the key asked
+    m = mix.MixSampler(sp, toks, texts, 1024, seed=3, synth_frac=1.0,
+                       kinds=mix.parse_kinds("niah_multikey=1"))
+    n_runs = 0
+    for row, marks in zip(*m.batch_answers(4)[1:]):
+        text = sp.DecodeIds([int(t) for t in row])
+        stated = dict(re.findall(r"for ([\w-]+) is: (\d+)\.", text))
+        idx = np.nonzero(marks)[0]
+        for run in (r for r in np.split(idx, np.nonzero(np.diff(idx) != 1)[0] + 1) if len(r)):
+            said = sp.DecodeIds([int(t) for t in row[run]]).strip()
+            before = sp.DecodeIds([int(t) for t in row[max(0, run[0] - 40):run[0]]])
+            key = re.search(r"number for ([\w-]+) mentioned in the provided text is$", before)
+            assert key and said == stated[key.group(1)] + ".", (said, before)
+            n_runs += 1
+    assert n_runs >= 8, n_runs
 
 
 def test_parse_kinds():

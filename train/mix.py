@@ -36,8 +36,8 @@ class MixSampler:
         self.sep = sp.EncodeAsIds("\n\n")[-2:]
 
     def document(self, room):
-        """One generated document of at most `room` tokens: (its token ids, the slice of them
-        that is its answer), or None."""
+        """One generated document of at most `room` tokens: (its token ids, the slices of
+        them that are its answers), or None."""
         kind = self.kinds[self.rng.choice(len(self.kinds), p=self.kp)]
         n = room
         for _ in range(4):
@@ -45,19 +45,23 @@ class MixSampler:
             p = synth.make(kind, self.rng, self.filler, max(chars - 400, 0))
             ids = self.sp.EncodeAsIds(p.text)
             if len(ids) <= room:
-                return ids, self.answer_span(p, ids)
+                return ids, self.answer_spans(p, ids)
             n = int(n * room / len(ids) * 0.9)
         return None
 
-    def answer_span(self, p, ids):
-        """The slice of ids (p.text's tokens) that says p.answer: from the first token where
-        they part from the prompt's own tokens to where the prompt and answer's tokens end."""
-        head = self.sp.EncodeAsIds(p.prompt)
-        start = 0
-        while start < min(len(head), len(ids)) and head[start] == ids[start]:
-            start += 1
-        end = len(self.sp.EncodeAsIds(p.prompt + p.answer))
-        return slice(start, max(start, min(end, len(ids))))
+    def answer_spans(self, p, ids):
+        """The slices of ids (p.text's tokens) that say p.answer and p.later_answers: each from
+        the first token where they part from the tokens of the text before it to where the
+        tokens of the text up to its end end."""
+        spans = []
+        for a, b in [(len(p.prompt), len(p.prompt) + len(p.answer))] + p.later_answers:
+            head = self.sp.EncodeAsIds(p.text[:a])
+            start = 0
+            while start < min(len(head), len(ids)) and head[start] == ids[start]:
+                start += 1
+            end = len(self.sp.EncodeAsIds(p.text[:b]))
+            spans.append(slice(start, max(start, min(end, len(ids)))))
+        return spans
 
     def window(self):
         """(int64 [seq_len + 1]: BOS then tokens, bool [seq_len + 1]: the tokens that are a
@@ -75,8 +79,8 @@ class MixSampler:
             doc = self.document(first if len(out) == 1 else room)
             if doc is None:
                 break
-            ids, ans = doc
-            answers.append(slice(len(out) + ans.start, len(out) + ans.stop))
+            ids, spans = doc
+            answers += [slice(len(out) + a.start, len(out) + a.stop) for a in spans]
             out += ids
             room = self.seq - (len(out) - 1)
             if room > len(self.sep) + 48:

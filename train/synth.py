@@ -63,6 +63,8 @@ class Probe:
     completion: str        # answer + whatever closes the document (training only)
     depth: float = 0.0     # where the (first) fact stands, as a share of the prompt
     meta: dict = field(default_factory=dict)
+    # training only: further answers the completion gives, (start, end) offsets in text
+    later_answers: list = field(default_factory=list)
 
     @property
     def text(self):
@@ -251,13 +253,26 @@ def niah_multikey(rng, filler, n_chars, ev=False):
     body = [parts[0]]
     for i in range(n):
         body += [f"One of the special magic numbers for {keys[i]} is: {vals[i]}.", parts[i + 1]]
+
+    def ask(i):
+        return (f"What is the special magic number for {keys[i]} mentioned in the provided "
+                f"text? The special magic number for {keys[i]} mentioned in the provided "
+                f"text is")
+
     q = int(rng.integers(0, n))
-    prompt = _join(NIAH_INTRO.format(what="numbers"), *body,
-                   f"What is the special magic number for {keys[q]} mentioned in the provided "
-                   f"text? The special magic number for {keys[q]} mentioned in the provided "
-                   f"text is")
-    return Probe("niah_multikey", prompt, f" {vals[q]}.", [vals[q]], f" {vals[q]}.\n",
-                 cuts[q], {"keys": n})
+    prompt = _join(NIAH_INTRO.format(what="numbers"), *body, ask(q))
+    text, later = prompt + f" {vals[q]}.\n", []
+    if not ev:
+        # training asks for every other key too, in a random order: a model that misses
+        # here answers with another key's value (most often the last one stated), so each
+        # document teaches the match of every key against the others, not of one
+        for j in rng.permutation(n):
+            if j != q:
+                text += ask(j)
+                later.append((len(text), len(text) + len(f" {vals[j]}.")))
+                text += f" {vals[j]}.\n"
+    return Probe("niah_multikey", prompt, f" {vals[q]}.", [vals[q]], text[len(prompt):],
+                 cuts[q], {"keys": n}, later)
 
 
 def niah_multivalue(rng, filler, n_chars, ev=False):
