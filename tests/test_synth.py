@@ -167,6 +167,18 @@ def test_chat_follows_the_template_and_asks_a_stated_fact():
         assert p.values[0] in " ".join(c for r, c in turns if r == "user")
         assert p.completion.endswith(synth.IM_END + "\n")
         assert first_user  # facts come first
+        assert not p.later_answers and p.completion == p.answer + synth.IM_END + "\n"
+    # training goes on to ask for every other fact stated: each a user turn, then the
+    # assistant's answer at the later answer's offsets, naming a value the user stated
+    for p in probes("chat", 50, False, chars=4000):
+        turns = re.findall(r"<\|im_start\|>(\w+)\n(.*?)<\|im_end\|>\n", p.text, re.S)
+        n_asked = len(re.findall(r"<\|im_start\|>user\n", p.completion)) + 1
+        assert n_asked == p.meta["facts"] and len(p.later_answers) == n_asked - 1
+        said_by_user = " ".join(c for r, c in turns if r == "user")
+        for a, b in p.later_answers:
+            assert p.text[:a].endswith(f"{synth.IM_START}assistant\n")
+            assert p.text[b:].startswith(synth.IM_END)
+            assert any(w in said_by_user for w in re.findall(r"[\w-]{3,}", p.text[a:b])[-1:])
 
 
 def test_heldout_values_never_train():

@@ -403,11 +403,19 @@ def chat(rng, filler, n_chars, ev=False):
         u, a = _small_talk(rng, filler, per, ev)
         msgs.append(("user", u))
         msgs.append(("assistant", a))
-    q = stated[int(rng.integers(0, len(stated)))]
+    iq = int(rng.integers(0, len(stated)))
+    q = stated[iq]
     msgs.append(("user", q[1]))
     prompt = render_chat(msgs, add_generation_prompt=True)
-    return Probe("chat", prompt, q[2], [q[3]], q[2] + IM_END + "\n",
-                 head / max(len(prompt), 1), {"facts": n_facts})
+    text, later = prompt + q[2] + IM_END + "\n", []
+    if not ev:  # training goes on to ask for the other facts, in a random order
+        for j in rng.permutation(len(stated)):
+            if j != iq:
+                text += render_chat([("user", stated[j][1])], add_generation_prompt=True)
+                later.append((len(text), len(text) + len(stated[j][2])))
+                text += stated[j][2] + IM_END + "\n"
+    return Probe("chat", prompt, q[2], [q[3]], text[len(prompt):],
+                 head / max(len(prompt), 1), {"facts": n_facts}, later)
 
 
 def instruct_turn(rng, ev=False):
