@@ -121,6 +121,17 @@ def generate(model, prompt, n_gen, policy, budget, block_rows=0):
             "expand_ms": x.group(3) if x else "0"}
 
 
+def other_value(said, score, probe):
+    """For a miss of a probe that states several values (several keys, chat facts): "1"
+    when the answer names another of them (the fact was found but not the right one), "0"
+    when it names none; "" for a hit or a probe of one value."""
+    stated = probe.meta.get("stated")
+    if score or not stated:
+        return ""
+    s = said.lower()
+    return "1" if any(str(v).lower() in s for v in stated if v not in probe.values) else "0"
+
+
 def configs(policies, budgets):
     out = [("full", None)]
     for b in budgets:
@@ -166,8 +177,10 @@ def bench(model, tasks, depths, n_probes, policies, budgets, filler, log, seed0=
                                      "seconds": f"{g['seconds']:.2f}"})
                         continue
                     said = answer_text(g["out"], p.prompt)
+                    score = synth.string_match_all(said, p.values)
                     runs.append({**r, "expected": "|".join(p.values), "said": said,
-                                 "score": f"{synth.string_match_all(said, p.values):g}",
+                                 "score": f"{score:g}",
+                                 "other_value": other_value(said, score, p),
                                  "peak_kv_bytes": g["peak"], "budget_bytes": g["budget_bytes"],
                                  "rows": g["rows"], "expand_spans": g["expand_spans"],
                                  "expand_tokens": g["expand_tokens"],
@@ -175,9 +188,13 @@ def bench(model, tasks, depths, n_probes, policies, budgets, filler, log, seed0=
                                  "seconds": f"{g['seconds']:.2f}"})
             done = [x for x in runs if x["task"] == task and x["depth_ctx"] == f"{depth:g}"
                     and x["score"] != ""]
-            full = [float(x["score"]) for x in done if x["policy"] == "full"]
+            full = [x for x in done if x["policy"] == "full"]
+            right = sum(float(x["score"]) for x in full)
+            misses = [x["other_value"] for x in full if x["other_value"]]
             log(f"{name} {task:14s} depth {depth:g} ctx ({target} tokens): full cache "
-                + (f"{sum(full)}/{len(full)}" if full else "not run")
+                + (f"{right:g}/{len(full)}" if full else "not run")
+                + (f" ({misses.count('1')} of {len(misses)} misses name another stated value)"
+                   if misses else "")
                 + (f"; not run: {', '.join(f'{k[0]}@{k[1]}' for k in failed)}"
                    if failed else ""))
     return runs
@@ -189,7 +206,7 @@ def hash_task(task):
 
 FIELDS = ["model", "task", "depth_ctx", "prompt_tokens", "probe", "fact_depth", "policy",
           "budget_pct", "budget_bytes", "peak_kv_bytes", "rows", "expand_spans", "expand_tokens",
-          "expand_ms", "expected", "said", "score", "error", "seconds"]
+          "expand_ms", "expected", "said", "score", "other_value", "error", "seconds"]
 
 
 def summarise(runs):

@@ -112,6 +112,19 @@ def test_scorer_on_known_answers():
         assert synth.string_match_all(right, p.values) == 1.0, (task, right)
         wrong = memory.answer_text(p.prompt + " 1234567 nobody.\n" + p.answer, p.prompt)
         assert synth.string_match_all(wrong, p.values) == 0.0, (task, wrong)
+        # a miss that names another value the probe stated is told from an invented one
+        assert memory.other_value(right, 1.0, p) == ""
+        others = [v for v in p.meta.get("stated", []) if v not in p.values]
+        if task in ("niah_multikey", "chat"):
+            assert len(p.meta["stated"]) >= 1 and p.values[0] in p.meta["stated"]
+            assert memory.other_value(wrong, 0.0, p) == "0"
+        else:
+            assert memory.other_value(wrong, 0.0, p) == ""
+        if others:
+            assert memory.other_value(f"It is {others[0]}.", 0.0, p) == "1"
+    # several keys always state more than one value: the case above is always tried there
+    p, _ = memory.make_probe(MODEL, "niah_multikey", 300, 41, filler)
+    assert len(p.meta["stated"]) >= 2
 
 
 def test_dev_probes_are_training_probes():

@@ -272,7 +272,7 @@ def niah_multikey(rng, filler, n_chars, ev=False):
                 later.append((len(text), len(text) + len(f" {vals[j]}.")))
                 text += f" {vals[j]}.\n"
     return Probe("niah_multikey", prompt, f" {vals[q]}.", [vals[q]], text[len(prompt):],
-                 cuts[q], {"keys": n}, later)
+                 cuts[q], {"keys": n, "stated": vals}, later)
 
 
 def niah_multivalue(rng, filler, n_chars, ev=False):
@@ -415,7 +415,8 @@ def chat(rng, filler, n_chars, ev=False):
                 later.append((len(text), len(text) + len(stated[j][2])))
                 text += stated[j][2] + IM_END + "\n"
     return Probe("chat", prompt, q[2], [q[3]], text[len(prompt):],
-                 head / max(len(prompt), 1), {"facts": n_facts}, later)
+                 head / max(len(prompt), 1), {"facts": n_facts, "stated": [f[3] for f in stated]},
+                 later)
 
 
 def instruct_turn(rng, ev=False):
