@@ -264,8 +264,8 @@ def niah_multikey(rng, filler, n_chars, ev=False):
     text, later = prompt + f" {vals[q]}.\n", []
     if not ev:
         # training asks for every other key too, in a random order: a model that misses
-        # here answers with another key's value (most often the last one stated), so each
-        # document teaches the match of every key against the others, not of one
+        # here most often answers with another key's value, so each document teaches the
+        # match of every key against the others, not of one
         for j in rng.permutation(n):
             if j != q:
                 text += ask(j)
