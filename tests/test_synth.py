@@ -34,6 +34,17 @@ def probes(kind, n, evaluation, seed=7, chars=1500):
     return [synth.make(kind, rng, f, chars, evaluation) for _ in range(n)]
 
 
+def stated_numbers(text):
+    """{key: value} of a several-keys document's needles."""
+    return dict(re.findall(r"for ([\w-]+) is: (\d+)\.", text))
+
+
+def marked_runs(marks):
+    """The runs of consecutive True positions in a bool row, as index arrays."""
+    idx = np.nonzero(marks)[0]
+    return [r for r in np.split(idx, np.nonzero(np.diff(idx) != 1)[0] + 1) if len(r)]
+
+
 def solve_chain(text):
     """Evaluates 'a = 5. b = a + 3. ... What is b?' from the text."""
     env = {}
@@ -141,13 +152,13 @@ def test_multikey_asks_one_of_its_keys_with_distractors():
         keys = re.findall(r"special magic numbers for ([\w-]+) is", p.prompt)
         asked = re.search(r"number for ([\w-]+) mentioned", p.prompt).group(1)
         assert len(keys) == p.meta["keys"] >= 2 and asked in keys
-        stated = dict(re.findall(r"for ([\w-]+) is: (\d+)\.", p.prompt))
+        stated = stated_numbers(p.prompt)
         assert p.values == [stated[asked]]
         assert not p.later_answers and p.completion == p.answer + "\n"
     # training asks for every key once, the prompt's first; each later answer's offsets
     # hold the value stated for the key asked right before it
     for p in probes("niah_multikey", 50, False):
-        stated = dict(re.findall(r"for ([\w-]+) is: (\d+)\.", p.prompt))
+        stated = stated_numbers(p.prompt)
         asked = re.findall(r"The special magic number for ([\w-]+) mentioned", p.text)
         assert sorted(asked) == sorted(stated) and asked[0] in p.prompt
         assert len(p.later_answers) == len(stated) - 1
@@ -289,8 +300,7 @@ def test_mix_windows():
     xa, ya, ma = k.batch_answers(4)
     assert ma.shape == ya.shape and ma.dtype == bool and ma.any()
     for row, marks in zip(ya, ma):
-        idx = np.nonzero(marks)[0]
-        for run in (r for r in np.split(idx, np.nonzero(np.diff(idx) != 1)[0] + 1) if len(r)):
+        for run in marked_runs(marks):
             said = sp.DecodeIds([int(t) for t in row[run]])
             before = sp.DecodeIds([int(t) for t in row[max(0, run[0] - 16):run[0]]])
             assert re.fullmatch(r"\s*\d+\.", said), (said, before)
@@ -302,9 +312,8 @@ def test_mix_windows():
     n_runs = 0
     for row, marks in zip(*m.batch_answers(4)[1:]):
         text = sp.DecodeIds([int(t) for t in row])
-        stated = dict(re.findall(r"for ([\w-]+) is: (\d+)\.", text))
-        idx = np.nonzero(marks)[0]
-        for run in (r for r in np.split(idx, np.nonzero(np.diff(idx) != 1)[0] + 1) if len(r)):
+        stated = stated_numbers(text)
+        for run in marked_runs(marks):
             said = sp.DecodeIds([int(t) for t in row[run]]).strip()
             before = sp.DecodeIds([int(t) for t in row[max(0, run[0] - 40):run[0]]])
             key = re.search(r"number for ([\w-]+) mentioned in the provided text is$", before)
