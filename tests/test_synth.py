@@ -215,6 +215,42 @@ def test_heldout_values_never_train():
     assert all(synth.heldout(v) for v in seen[True])
 
 
+class ClosedFiller(synth.Filler if synth else object):
+    """A filler whose open vocabulary must never be asked for."""
+
+    def words(self):
+        raise AssertionError("evaluation drew from the open vocabulary")
+
+
+def test_open_vocabulary_trains_only():
+    """Training draws words, names and keys from outside evaluation's lists too (the books'
+    words, made-up names), never a held-out one; evaluation never touches the open
+    vocabulary, so its probes are those the lists alone give."""
+    need()
+    book = open(tap.shared("corpus/emma.txt"), encoding="utf-8").read()
+    f = synth.Filler([book])
+    assert len(f.words()) >= synth.OPEN_MIN_WORDS and f.words() == sorted(set(f.words()))
+    words, names, keys = [], [], []
+    rng = synth.train_rng(4)
+    for _ in range(200):
+        p = synth.make("niah_single", rng, f, 600)
+        words += [v for v in p.values if not v.isdigit()]
+        keys.append(re.search(r"magic \w+ for ([\w-]+) mentioned", p.prompt).group(1))
+        c = synth.make("chat", rng, f, 600)
+        names += [v for v in c.meta["stated"] if re.fullmatch(r"[A-Z][a-z]+", v)]
+    for found, lists in ((words, synth.NOUNS), (names, synth.FIRST_NAMES + synth.PLACES)):
+        outside = [v for v in found if v not in lists]
+        assert 0.3 < len(outside) / len(found) < 0.7, (len(outside), len(found))
+        assert not any(synth.heldout(v) for v in found)
+    assert any(k.split("-")[0] not in synth.ADJECTIVES for k in keys)
+    assert not any(synth.heldout(k) for k in keys)
+    for kind in synth.KINDS:
+        ra, rb = synth.eval_rng(9), synth.eval_rng(9)
+        a = [synth.make(kind, ra, f, 900, True).text for _ in range(20)]
+        b = [synth.make(kind, rb, ClosedFiller([book]), 900, True).text for _ in range(20)]
+        assert a == b, kind
+
+
 def test_evaluation_and_training_seeds_differ():
     a = synth.eval_rng(5).integers(0, 1 << 30, 8) if synth else need()
     b = synth.train_rng(5).integers(0, 1 << 30, 8)
@@ -315,7 +351,7 @@ def test_mix_windows():
         stated = stated_numbers(text)
         for run in marked_runs(marks):
             said = sp.DecodeIds([int(t) for t in row[run]]).strip()
-            before = sp.DecodeIds([int(t) for t in row[max(0, run[0] - 40):run[0]]])
+            before = sp.DecodeIds([int(t) for t in row[max(0, run[0] - 64):run[0]]])
             key = re.search(r"number for ([\w-]+) mentioned in the provided text is$", before)
             assert key and said == stated[key.group(1)] + ".", (said, before)
             n_runs += 1

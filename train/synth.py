@@ -24,10 +24,16 @@ Kinds:
 Held out by construction: every value a probe hides (numbers, names, places, keys) is
 drawn from one side of a keyed hash split (`heldout`), training from one side and
 evaluation from the other, so no evaluation probe's answer was ever a training answer.
+Training draws half its words, names, places and keys from an open vocabulary (the
+training books' words, made-up names) beside the lists evaluation draws from: a model that
+has only ever answered from a list of ~70 nouns learns to pick one of them, and misses
+every held-out noun, however plainly the context states it.
 Filler comes from the training books when training and from persuasion.txt (the held-out
 book) when evaluating.
 """
+import re
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,6 +100,15 @@ class Filler:
             raise ValueError("filler needs a text of at least 2000 characters")
         sizes = np.array([len(t) for t in self.texts], dtype=np.float64)
         self.p = sizes / sizes.sum()
+        self._words = None
+
+    def words(self):
+        """The lowercase words of 4 to 10 letters the texts use at least twice, sorted: the
+        open vocabulary training draws word values from (built on first use)."""
+        if self._words is None:
+            counts = Counter(re.findall(r"\b[a-z]{4,10}\b", "\n".join(self.texts)))
+            self._words = sorted(w for w, c in counts.items() if c >= 2)
+        return self._words
 
     def take(self, rng, n_chars):
         """About n_chars of text from a random place, whitespace-normalised to single
@@ -110,11 +125,49 @@ class Filler:
         return s
 
 
-class Values:
-    """Draws values on one side of the held-out split."""
+OPEN = 0.5  # the share of training's words, names, places and keys drawn from outside the lists
+OPEN_MIN_WORDS = 1000  # a filler with a smaller vocabulary is no open vocabulary
+SYLLABLES = [c + v for c in "bdfghklmnprstvz" for v in "aeiou"] + ["an", "el", "or", "is", "um"]
 
-    def __init__(self, rng, evaluation):
+
+class Values:
+    """Draws values on one side of the held-out split. When training (and given the filler,
+    whose texts are the open vocabulary), word, name, place and key draw a share OPEN of their
+    values from outside the lists evaluation uses; when evaluating they draw exactly as the
+    lists alone would, so the held-out probes do not depend on the open vocabulary."""
+
+    def __init__(self, rng, evaluation, filler=None):
         self.rng, self.eval = rng, evaluation
+        self.filler = None if evaluation else filler
+        if self.filler is not None and len(self.filler.words()) < OPEN_MIN_WORDS:
+            self.filler = None
+
+    def _open(self):
+        return self.filler is not None and self.rng.random() < OPEN
+
+    def _made_up(self, exclude):
+        """A made-up name of 2 or 3 syllables ("Tavoni"), on this side of the split."""
+        for _ in range(1000):
+            n = int(self.rng.integers(2, 4))
+            v = "".join(SYLLABLES[int(i)] for i in self.rng.integers(0, len(SYLLABLES), n))
+            v = v.capitalize()
+            if self._ok(v) and v not in exclude:
+                return v
+        raise ValueError("no made-up name left")
+
+    def word(self, pool, exclude=()):
+        """A word value: from pool, or (training, a share OPEN) any word of the books."""
+        if self._open():
+            return self.pick(self.filler.words(), exclude)
+        return self.pick(pool, exclude)
+
+    def name(self, exclude=()):
+        """A first name: from FIRST_NAMES, or (training, a share OPEN) a made-up one."""
+        return self._made_up(exclude) if self._open() else self.pick(FIRST_NAMES, exclude)
+
+    def place(self, exclude=()):
+        """A place: from PLACES, or (training, a share OPEN) a made-up one."""
+        return self._made_up(exclude) if self._open() else self.pick(PLACES, exclude)
 
     def _ok(self, v):
         return heldout(v) == self.eval
@@ -137,9 +190,12 @@ class Values:
         raise ValueError("no number left")
 
     def key(self, exclude=()):
+        adjectives, nouns = ADJECTIVES, NOUNS
+        if self._open():
+            adjectives = nouns = self.filler.words()
         for _ in range(1000):
-            v = f"{ADJECTIVES[int(self.rng.integers(0, len(ADJECTIVES)))]}-" \
-                f"{NOUNS[int(self.rng.integers(0, len(NOUNS)))]}"
+            v = f"{adjectives[int(self.rng.integers(0, len(adjectives)))]}-" \
+                f"{nouns[int(self.rng.integers(0, len(nouns)))]}"
             if self._ok(v) and v not in exclude:
                 return v
         raise ValueError("no key left")
@@ -205,7 +261,7 @@ def _join(*parts):
 # ------------------------------------------------------------------ retrieval probes
 
 def passkey(rng, filler, n_chars, ev=False):
-    v = Values(rng, ev)
+    v = Values(rng, ev, filler)
     key = v.number(5)
     depth = float(rng.random())
     a, b = _split_filler(filler, rng, n_chars, [depth])
@@ -223,11 +279,11 @@ NIAH_INTRO = ("Some special magic {what} are hidden within the following text. M
 def _niah_value(v, rng, exclude):
     if rng.random() < 0.6:
         return v.number(7, exclude)
-    return v.pick(NOUNS, exclude)
+    return v.word(NOUNS, exclude)
 
 
 def niah_single(rng, filler, n_chars, ev=False):
-    v = Values(rng, ev)
+    v = Values(rng, ev, filler)
     key = v.key()
     val = _niah_value(v, rng, ())
     what = "numbers" if val.isdigit() else "words"
@@ -242,7 +298,7 @@ def niah_single(rng, filler, n_chars, ev=False):
 
 
 def niah_multikey(rng, filler, n_chars, ev=False):
-    v = Values(rng, ev)
+    v = Values(rng, ev, filler)
     n = int(rng.integers(2, 5))
     keys, vals = [], []
     for _ in range(n):
@@ -276,7 +332,7 @@ def niah_multikey(rng, filler, n_chars, ev=False):
 
 
 def niah_multivalue(rng, filler, n_chars, ev=False):
-    v = Values(rng, ev)
+    v = Values(rng, ev, filler)
     n = int(rng.integers(2, 5))
     key = v.key()
     vals = []
@@ -297,13 +353,13 @@ def niah_multivalue(rng, filler, n_chars, ev=False):
 
 def repeat(rng, filler, n_chars, ev=False):
     """A list of words (or a sentence of filler) stated once, then asked to be repeated."""
-    v = Values(rng, ev)
+    v = Values(rng, ev, filler)
     depth = float(rng.random())
     n = int(rng.integers(4, 9))
     if rng.random() < 0.5:
         words = []
         for _ in range(n):
-            words.append(v.pick(NOUNS + FIRST_NAMES + PLACES, words))
+            words.append(v.word(NOUNS + FIRST_NAMES + PLACES, words))
         span = " ".join(words)
     else:
         span = " ".join(filler.take(rng, 400).split(" ")[1:1 + 2 * n])
@@ -316,9 +372,9 @@ def repeat(rng, filler, n_chars, ev=False):
 
 def copy(rng, filler, n_chars, ev=False):
     """8 to 40 words and numbers drawn at random, written out, then (after filler) again."""
-    v = Values(rng, ev)
+    v = Values(rng, ev, filler)
     pool = NOUNS + FIRST_NAMES + PLACES
-    words = [v.number(int(rng.integers(2, 6))) if rng.random() < 0.3 else v.pick(pool)
+    words = [v.number(int(rng.integers(2, 6))) if rng.random() < 0.3 else v.word(pool)
              for _ in range(int(rng.integers(8, 41)))]
     span = " ".join(words)
     depth = float(rng.random())
@@ -331,15 +387,15 @@ def copy(rng, filler, n_chars, ev=False):
 
 def _fact_pool(v):
     """(statement by the user, question, answer, value) for one person's facts."""
-    name = v.pick(FIRST_NAMES)
-    city = v.pick(PLACES)
+    name = v.name()
+    city = v.place()
     colour = v.pick(COLOURS, split=False)
     number = v.number(4)
     food = v.pick(FOODS, split=False)
-    pet_name = v.pick(FIRST_NAMES, (name,))
+    pet_name = v.name((name,))
     pet = v.pick(PETS, split=False)
     job = v.pick(JOBS, split=False)
-    friend = v.pick(FIRST_NAMES, (name, pet_name))
+    friend = v.name((name, pet_name))
     code = v.key()
     return [
         (f"My name is {name}.", "What is my name?", f"Your name is {name}.", name),
@@ -374,13 +430,13 @@ def _small_talk(rng, filler, n_chars, ev):
                     "Thank you. I have read the passage.")
         return (f"Please read this. {passage} What is the first word of the passage?",
                 f"The first word of the passage is {first}.")
-    return instruct_turn(rng, ev)
+    return instruct_turn(rng, ev, filler)
 
 
 def chat(rng, filler, n_chars, ev=False):
     """Facts stated in early turns, small talk and passages (the depth), then a question
     about one of the facts, answered from the context."""
-    v = Values(rng, ev)
+    v = Values(rng, ev, filler)
     facts = _fact_pool(v)
     order = rng.permutation(len(facts))
     n_facts = int(rng.integers(1, 5))
@@ -419,11 +475,20 @@ def chat(rng, filler, n_chars, ev=False):
                  later)
 
 
-def instruct_turn(rng, ev=False):
-    """(instruction, answer): short tasks answered from the turn itself."""
-    v = Values(rng, ev)
+NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
+                "fourteen fifteen sixteen seventeen eighteen nineteen twenty").split()
+
+
+def instruct_turn(rng, ev=False, filler=None):
+    """(instruction, answer): short tasks answered from the turn itself. filler: the open
+    vocabulary for training's words (see Values)."""
+    v = Values(rng, ev, filler)
     k = int(rng.integers(0, 7))
     if k == 0:
+        if not ev and rng.random() < 0.3:  # written in words, as people ask it
+            a, b = int(rng.integers(0, 11)), int(rng.integers(0, 11))
+            a, b, s = NUMBER_WORDS[a], NUMBER_WORDS[b], NUMBER_WORDS[a + b]
+            return f"What is {a} plus {b}?", f"{a.capitalize()} plus {b} is {s}."
         a, b = int(rng.integers(0, 50)), int(rng.integers(0, 50))
         return f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."
     if k == 1:
@@ -432,13 +497,13 @@ def instruct_turn(rng, ev=False):
             b = int(rng.integers(0, 100))
         return (f"Which is larger, {a} or {b}?", f"{max(a, b)} is larger.")
     if k == 2:
-        w = v.pick(NOUNS)
+        w = v.word(NOUNS)
         return f"Spell the word {w}.", f"{w} is spelled {'-'.join(w)}."
     if k == 3:
-        ws = [v.pick(NOUNS) for _ in range(int(rng.integers(2, 5)))]
+        ws = [v.word(NOUNS) for _ in range(int(rng.integers(2, 5)))]
         return (f"Repeat after me: {' '.join(ws)}", " ".join(ws))
     if k == 4:
-        ws = [v.pick(NOUNS + PLACES) for _ in range(int(rng.integers(2, 6)))]
+        ws = [v.word(NOUNS + PLACES) for _ in range(int(rng.integers(2, 6)))]
         return (f"How many words are in this list: {', '.join(ws)}?",
                 f"There are {len(ws)} words in the list.")
     if k == 5:
@@ -452,9 +517,9 @@ def instruct_turn(rng, ev=False):
 def instruct(rng, filler, n_chars, ev=False):
     msgs = []
     while len(render_chat(msgs)) < min(n_chars, 600) or len(msgs) < 2:
-        u, a = instruct_turn(rng, ev)
+        u, a = instruct_turn(rng, ev, filler)
         msgs += [("user", u), ("assistant", a)]
-    u, a = instruct_turn(rng, ev)
+    u, a = instruct_turn(rng, ev, filler)
     msgs.append(("user", u))
     prompt = render_chat(msgs, add_generation_prompt=True)
     return Probe("instruct", prompt, a, [a.rstrip(".")], a + IM_END + "\n", 1.0)
@@ -508,13 +573,13 @@ def chain_problem(rng, steps):
 
 def word_problem(rng, steps, v):
     """A person's count of items changed step by step, the question as the last step."""
-    who = v.pick(FIRST_NAMES)
+    who = v.name()
     item = ITEMS[int(rng.integers(0, len(ITEMS)))]
     val = int(rng.integers(2, 20))
     lines = [f"{who} has {val} {item}."]
     work = [(lines[0], None)]
     for _ in range(steps - 1):
-        other = v.pick(FIRST_NAMES, (who,))
+        other = v.name((who,))
         if rng.random() < 0.55 or val < 2:
             k = int(rng.integers(1, 10))
             lines.append(f"{other} gives {who} {k} more.")
@@ -542,7 +607,7 @@ def _thoughts(work, question):
 def reasoning(rng, filler, n_chars, ev=False, steps=None):
     """A multi-step problem, its thoughts one per paragraph (a step each, then the question
     again), then "Answer: N". Half are posed in a chat, half as plain text."""
-    v = Values(rng, ev)
+    v = Values(rng, ev, filler)
     steps = steps or int(rng.integers(2, 9))
     if rng.random() < 0.5:
         problem, thoughts, val = chain_problem(rng, steps)
