@@ -157,14 +157,23 @@ def test_multikey_asks_one_of_its_keys_with_distractors():
         assert not p.later_answers and p.completion == p.answer + "\n"
     # training asks for every key once, the prompt's first; each later answer's offsets
     # hold the value stated for the key asked right before it
-    for p in probes("niah_multikey", 50, False):
-        stated = stated_numbers(p.prompt)
-        asked = re.findall(r"The special magic number for ([\w-]+) mentioned", p.text)
-        assert sorted(asked) == sorted(stated) and asked[0] in p.prompt
-        assert len(p.later_answers) == len(stated) - 1
-        for (a, b), key in zip(p.later_answers, asked[1:]):
-            assert p.text[:a].endswith(f"for {key} mentioned in the provided text is")
-            assert p.text[a:b] == f" {stated[key]}."
+    # kv_recall: the same with 4 to 12 keys close together
+    for kind, lo, hi in (("niah_multikey", 2, 4), ("kv_recall", 4, 12)):
+        sizes = []
+        for p in probes(kind, 50, False, chars=6000):
+            stated = stated_numbers(p.prompt)
+            asked = re.findall(r"The special magic number for ([\w-]+) mentioned", p.text)
+            assert sorted(asked) == sorted(stated) and asked[0] in p.prompt
+            assert len(p.later_answers) == len(stated) - 1
+            for (a, b), key in zip(p.later_answers, asked[1:]):
+                assert p.text[:a].endswith(f"for {key} mentioned in the provided text is")
+                assert p.text[a:b] == f" {stated[key]}."
+            sizes.append(len(stated))
+            if kind == "kv_recall":  # at most 360 characters of filler a needle
+                needles = re.findall(r"One of the special magic numbers for [^.]+\.", p.prompt)
+                filler = len(p.prompt) - sum(len(x) + 1 for x in needles)
+                assert filler <= len(stated) * 360 + 400, (filler, len(stated))
+        assert min(sizes) == lo and max(sizes) == hi, (kind, sorted(set(sizes)))
 
 
 def test_chat_follows_the_template_and_asks_a_stated_fact():

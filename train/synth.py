@@ -12,6 +12,7 @@ Kinds:
 - niah_single    RULER: "One of the special magic numbers for KEY is: VALUE."
 - niah_multikey  RULER: several keys with their values, one of them asked for
 - niah_multivalue RULER: one key with several values, all asked for
+- kv_recall      4 to 12 several-keys needles close together, every key asked for
 - repeat         a span stated once and repeated later (copying, induction heads)
 - copy           a long span of random words and numbers written twice: nothing but the
                  first copy predicts the second, so its loss falls only once the model
@@ -48,7 +49,7 @@ IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 THOUGHT = "\n\n"  # gistd's thought boundary (a paragraph break)
 
 KINDS = ["passkey", "niah_single", "niah_multikey", "niah_multivalue", "repeat", "copy",
-         "chat", "instruct", "reasoning", "arith"]
+         "chat", "instruct", "reasoning", "arith", "kv_recall"]
 # share of each kind in the training mix
 WEIGHTS = {"passkey": 0.12, "niah_single": 0.12, "niah_multikey": 0.10,
            "niah_multivalue": 0.06, "repeat": 0.10, "chat": 0.24, "instruct": 0.08,
@@ -297,9 +298,11 @@ def niah_single(rng, filler, n_chars, ev=False):
     return Probe("niah_single", prompt, f" {val}.", [val], f" {val}.\n", depth)
 
 
-def niah_multikey(rng, filler, n_chars, ev=False):
+def niah_multikey(rng, filler, n_chars, ev=False, n_keys=(2, 4)):
+    """RULER's several keys: n_keys (lo, hi) needles, one of them asked for; training asks for
+    every other key after it."""
     v = Values(rng, ev, filler)
-    n = int(rng.integers(2, 5))
+    n = int(rng.integers(n_keys[0], n_keys[1] + 1))
     keys, vals = [], []
     for _ in range(n):
         keys.append(v.key(keys))
@@ -329,6 +332,15 @@ def niah_multikey(rng, filler, n_chars, ev=False):
                 text += f" {vals[j]}.\n"
     return Probe("niah_multikey", prompt, f" {vals[q]}.", [vals[q]], text[len(prompt):],
                  cuts[q], {"keys": n, "stated": vals}, later)
+
+
+def kv_recall(rng, filler, n_chars, ev=False):
+    """Several keys close together (associative recall, as MQAR poses it): 4 to 12 needles
+    in at most 360 characters of filler a needle, every key asked for. Many key matches a
+    document and little else, where a several-keys document of the full context holds 2 to 4:
+    a model that has not learned to match a key answers with another key's value."""
+    n = int(rng.integers(4, 13))
+    return niah_multikey(rng, filler, min(n_chars, n * int(rng.integers(0, 360))), ev, (n, n))
 
 
 def niah_multivalue(rng, filler, n_chars, ev=False):
@@ -673,7 +685,8 @@ def reasoning_question(probe):
 
 GENERATORS = {"passkey": passkey, "niah_single": niah_single, "niah_multikey": niah_multikey,
               "niah_multivalue": niah_multivalue, "repeat": repeat, "copy": copy, "chat": chat,
-              "instruct": instruct, "reasoning": reasoning, "arith": arith}
+              "instruct": instruct, "reasoning": reasoning, "arith": arith,
+              "kv_recall": kv_recall}
 
 
 def make(kind, rng, filler, n_chars, evaluation=False, **kw):
