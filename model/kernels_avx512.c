@@ -39,10 +39,10 @@
 #include <string.h>
 
 #define INLINE static inline __attribute__((always_inline))
-/* Quantised weight rows stream from DRAM once a token: each pair's multiply asks for the
- * line this many bytes further on, which keeps more of the stream in flight than the
- * hardware's prefetchers alone (depth-0 decode 1.2x, bench/depth.md, "Weights asked for
- * ahead"). Past a matrix's end the ask is harmless: prefetches never fault. */
+/* Weight rows stream from DRAM once a token: each step of a row loop asks for the line
+ * this many bytes further on, which keeps more of the stream in flight than the hardware's
+ * prefetchers alone (bench/depth.md, "Weights asked for ahead"). Past a matrix's end the
+ * ask is harmless: prefetches never fault. */
 #define WEIGHT_AHEAD 4096
 
 INLINE float f16_f32(uint16_t h)
@@ -92,6 +92,7 @@ INLINE void rows_float(const int kt, const int NX, const uint8_t *W, size_t w_st
             acc[i][0] = acc[i][1] = _mm512_setzero_ps();
         int c = 0;
         for (; c + 32 <= n_cols; c += 32) {
+            _mm_prefetch((const char *)w + c * esz + WEIGHT_AHEAD, _MM_HINT_T0);
             __m512 w0 = load16(kt, w + c * esz, 16), w1 = load16(kt, w + (c + 16) * esz, 16);
 #pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
