@@ -103,6 +103,29 @@ def test_arith_sums_are_right():
             assert p.text.endswith(f"={p.answer}.\n") and p.values == [p.answer.strip()]
 
 
+def test_instruction_sums_are_right_in_digits_and_words():
+    """Instruction turns' sums, in digits and (training only) in words, are right."""
+    need()
+    words = {w: i for i, w in enumerate(synth.NUMBER_WORDS)}
+    seen = {False: set(), True: set()}
+    for ev in (False, True):
+        rng = synth.eval_rng(3) if ev else synth.train_rng(3)
+        for _ in range(400):
+            q, a = synth.instruct_turn(rng, ev)
+            m = re.fullmatch(r"What is (\w+) plus (\w+)\?", q)
+            if not m:
+                continue
+            x, y = m.groups()
+            if x.isdigit():
+                assert a == f"{x} plus {y} is {int(x) + int(y)}.", (q, a)
+                seen[ev].add("digits")
+            else:
+                total = synth.NUMBER_WORDS[words[x] + words[y]]
+                assert a == f"{x.capitalize()} plus {y} is {total}.", (q, a)
+                seen[ev].add("words")
+    assert seen == {False: {"digits", "words"}, True: {"digits"}}, seen
+
+
 def test_worked_sums_go_digit_by_digit():
     need()
     for a in range(100):
