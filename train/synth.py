@@ -128,6 +128,7 @@ class Filler:
 
 OPEN = 0.5  # the share of training's words, names, places and keys drawn from outside the lists
 OPEN_MIN_WORDS = 1000  # a filler with a smaller vocabulary is no open vocabulary
+# the syllables of made-up names and places
 SYLLABLES = [c + v for c in "bdfghklmnprstvz" for v in "aeiou"] + ["an", "el", "or", "is", "um"]
 
 
@@ -338,7 +339,8 @@ def kv_recall(rng, filler, n_chars, ev=False):
     """Several keys close together (associative recall, as MQAR poses it): 4 to 12 needles
     in at most 360 characters of filler a needle, every key asked for. Many key matches a
     document and little else, where a several-keys document of the full context holds 2 to 4:
-    a model that has not learned to match a key answers with another key's value."""
+    a model that has not learned to match a key answers with another key's value. Not in
+    synth.WEIGHTS: a stage asks for it with --kinds."""
     n = int(rng.integers(4, 13))
     return niah_multikey(rng, filler, min(n_chars, n * int(rng.integers(0, 360))), ev, (n, n))
 
