@@ -39,6 +39,11 @@ def stated_numbers(text):
     return dict(re.findall(r"for ([\w-]+) is: (\d+)\.", text))
 
 
+def stated_values(text):
+    """{key: value} of a several-keys document's needles, numbers or words."""
+    return dict(re.findall(r"magic (?:numbers|words) for ([\w-]+) is: ([\w-]+)\.", text))
+
+
 def marked_runs(marks):
     """The runs of consecutive True positions in a bool row, as index arrays."""
     idx = np.nonzero(marks)[0]
@@ -180,12 +185,14 @@ def test_multikey_asks_one_of_its_keys_with_distractors():
         assert not p.later_answers and p.completion == p.answer + "\n"
     # training asks for every key once, the prompt's first; each later answer's offsets
     # hold the value stated for the key asked right before it
-    # kv_recall: the same with 4 to 12 keys close together
+    # kv_recall: the same with 4 to 12 keys close together, half of them words
     for kind, lo, hi in (("niah_multikey", 2, 4), ("kv_recall", 4, 12)):
-        sizes = []
+        sizes, forms = [], set()
         for p in probes(kind, 50, False, chars=6000):
-            stated = stated_numbers(p.prompt)
-            asked = re.findall(r"The special magic number for ([\w-]+) mentioned", p.text)
+            stated = stated_values(p.prompt)
+            forms |= {v.isdigit() for v in stated.values()}
+            asked = re.findall(r"The special magic (?:number|word) for ([\w-]+) mentioned",
+                               p.text)
             assert sorted(asked) == sorted(stated) and asked[0] in p.prompt
             assert len(p.later_answers) == len(stated) - 1
             for (a, b), key in zip(p.later_answers, asked[1:]):
@@ -193,10 +200,11 @@ def test_multikey_asks_one_of_its_keys_with_distractors():
                 assert p.text[a:b] == f" {stated[key]}."
             sizes.append(len(stated))
             if kind == "kv_recall":  # at most 360 characters of filler a needle
-                needles = re.findall(r"One of the special magic numbers for [^.]+\.", p.prompt)
+                needles = re.findall(r"One of the special magic \w+ for [^.]+\.", p.prompt)
                 filler = len(p.prompt) - sum(len(x) + 1 for x in needles)
                 assert filler <= len(stated) * 360 + 400, (filler, len(stated))
         assert min(sizes) == lo and max(sizes) == hi, (kind, sorted(set(sizes)))
+        assert forms == ({True} if kind == "niah_multikey" else {True, False}), (kind, forms)
 
 
 def test_chat_follows_the_template_and_asks_a_stated_fact():

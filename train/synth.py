@@ -299,28 +299,31 @@ def niah_single(rng, filler, n_chars, ev=False):
     return Probe("niah_single", prompt, f" {val}.", [val], f" {val}.\n", depth)
 
 
-def niah_multikey(rng, filler, n_chars, ev=False, n_keys=(2, 4)):
+def niah_multikey(rng, filler, n_chars, ev=False, n_keys=(2, 4), words=False):
     """RULER's several keys: n_keys (lo, hi) needles, one of them asked for; training asks for
-    every other key after it."""
+    every other key after it. words: word values (v.word) instead of 7-digit numbers."""
     v = Values(rng, ev, filler)
     n = int(rng.integers(n_keys[0], n_keys[1] + 1))
     keys, vals = [], []
     for _ in range(n):
         keys.append(v.key(keys))
-        vals.append(v.number(7, vals))
+        # a word value is no word of the keys so far: it must come from its needle
+        vals.append(v.word(NOUNS, vals + "-".join(keys).split("-")) if words
+                    else v.number(7, vals))
+    what = "words" if words else "numbers"
     cuts = sorted(float(x) for x in rng.random(n))
     parts = _split_filler(filler, rng, n_chars, cuts)
     body = [parts[0]]
     for i in range(n):
-        body += [f"One of the special magic numbers for {keys[i]} is: {vals[i]}.", parts[i + 1]]
+        body += [f"One of the special magic {what} for {keys[i]} is: {vals[i]}.", parts[i + 1]]
 
     def ask(i):
-        return (f"What is the special magic number for {keys[i]} mentioned in the provided "
-                f"text? The special magic number for {keys[i]} mentioned in the provided "
+        return (f"What is the special magic {what[:-1]} for {keys[i]} mentioned in the provided "
+                f"text? The special magic {what[:-1]} for {keys[i]} mentioned in the provided "
                 f"text is")
 
     q = int(rng.integers(0, n))
-    prompt = _join(NIAH_INTRO.format(what="numbers"), *body, ask(q))
+    prompt = _join(NIAH_INTRO.format(what=what), *body, ask(q))
     text, later = prompt + f" {vals[q]}.\n", []
     if not ev:
         # training asks for every other key too, in a random order: a model that misses
@@ -339,10 +342,14 @@ def kv_recall(rng, filler, n_chars, ev=False):
     """Several keys close together (associative recall, as MQAR poses it): 4 to 12 needles
     in at most 360 characters of filler a needle, every key asked for. Many key matches a
     document and little else, where a several-keys document of the full context holds 2 to 4:
-    a model that has not learned to match a key answers with another key's value. Not in
-    synth.WEIGHTS: a stage asks for it with --kinds."""
+    a model that has not learned to match a key answers with another key's value. Half the
+    documents hold words instead of numbers: a word's first token must be copied from the
+    needle, where a number's first digit is one of ten. Not in synth.WEIGHTS: a stage asks
+    for it with --kinds."""
     n = int(rng.integers(4, 13))
-    return niah_multikey(rng, filler, min(n_chars, n * int(rng.integers(0, 360))), ev, (n, n))
+    words = bool(rng.random() < 0.5)
+    return niah_multikey(rng, filler, min(n_chars, n * int(rng.integers(0, 360))), ev, (n, n),
+                         words)
 
 
 def niah_multivalue(rng, filler, n_chars, ev=False):
