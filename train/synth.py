@@ -147,15 +147,22 @@ class Values:
     def _open(self):
         return self.filler is not None and self.rng.random() < OPEN
 
+    def _draw(self, make, exclude, error, split=True):
+        """The first of up to 1000 values make() gives that is on this side of the split
+        (unless split=False) and not in exclude; ValueError(error) when none is."""
+        for _ in range(1000):
+            v = make()
+            if (not split or self._ok(v)) and v not in exclude:
+                return v
+        raise ValueError(error)
+
     def _made_up(self, exclude):
         """A made-up name of 2 or 3 syllables ("Tavoni"), on this side of the split."""
-        for _ in range(1000):
+        def make():
             n = int(self.rng.integers(2, 4))
-            v = "".join(SYLLABLES[int(i)] for i in self.rng.integers(0, len(SYLLABLES), n))
-            v = v.capitalize()
-            if self._ok(v) and v not in exclude:
-                return v
-        raise ValueError("no made-up name left")
+            idx = self.rng.integers(0, len(SYLLABLES), n)
+            return "".join(SYLLABLES[int(i)] for i in idx).capitalize()
+        return self._draw(make, exclude, "no made-up name left")
 
     def word(self, pool, exclude=()):
         """A word value: from pool, or (training, a share OPEN) any word of the books."""
@@ -177,30 +184,22 @@ class Values:
     def pick(self, pool, exclude=(), split=True):
         """A value of the pool; split=False for the small pools of kinds (colours, pets,
         jobs, foods) that every probe shares: their probes differ in the other values."""
-        for _ in range(1000):
-            v = pool[int(self.rng.integers(0, len(pool)))]
-            if (not split or self._ok(v)) and v not in exclude:
-                return v
-        raise ValueError("no value left on this side of the split")
+        return self._draw(lambda: pool[int(self.rng.integers(0, len(pool)))], exclude,
+                          "no value left on this side of the split", split)
 
     def number(self, digits, exclude=()):
         lo, hi = 10 ** (digits - 1), 10 ** digits
-        for _ in range(1000):
-            v = str(int(self.rng.integers(lo, hi)))
-            if self._ok(v) and v not in exclude:
-                return v
-        raise ValueError("no number left")
+        return self._draw(lambda: str(int(self.rng.integers(lo, hi))), exclude, "no number left")
 
     def key(self, exclude=()):
         adjectives, nouns = ADJECTIVES, NOUNS
         if self._open():
             adjectives = nouns = self.filler.words()
-        for _ in range(1000):
-            v = f"{adjectives[int(self.rng.integers(0, len(adjectives)))]}-" \
-                f"{nouns[int(self.rng.integers(0, len(nouns)))]}"
-            if self._ok(v) and v not in exclude:
-                return v
-        raise ValueError("no key left")
+
+        def make():
+            return f"{adjectives[int(self.rng.integers(0, len(adjectives)))]}-" \
+                   f"{nouns[int(self.rng.integers(0, len(nouns)))]}"
+        return self._draw(make, exclude, "no key left")
 
 
 ADJECTIVES = ("able bitter brave bright calm cheap clever cold crisp curly damp dark deep dry "
