@@ -18,11 +18,6 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
-/* Quantised weight rows stream from DRAM once a token: each block's multiply asks for the
- * line this many bytes further on, as the AVX-512 path does (bench/depth.md, "Weights asked
- * for ahead"). Past a matrix's end the ask is harmless: prefetches never fault. */
-#define WEIGHT_AHEAD 4096
-
 INLINE float hsum(__m256 v)
 {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -142,7 +137,7 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
             acc[i] = _mm256_setzero_ps();
         for (int k = 0; k < nb; k++) {
             const uint8_t *blk = row + k * bsz;
-            _mm_prefetch((const char *)blk + WEIGHT_AHEAD, _MM_HINT_T0);
+            _mm_prefetch((const char *)blk + KERN_WEIGHT_AHEAD, _MM_HINT_T0);
             uint16_t dh;
             memcpy(&dh, blk, 2);
             float dw = f16_f32(dh);

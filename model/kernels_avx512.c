@@ -39,11 +39,6 @@
 #include <string.h>
 
 #define INLINE static inline __attribute__((always_inline))
-/* Weight rows stream from DRAM once a token: each step of a row loop asks for the line
- * this many bytes further on, which keeps more of the stream in flight than the hardware's
- * prefetchers alone (bench/depth.md, "Weights asked for ahead"). Past a matrix's end the
- * ask is harmless: prefetches never fault. */
-#define WEIGHT_AHEAD 4096
 
 INLINE float f16_f32(uint16_t h)
 {
@@ -92,7 +87,7 @@ INLINE void rows_float(const int kt, const int NX, const uint8_t *W, size_t w_st
             acc[i][0] = acc[i][1] = _mm512_setzero_ps();
         int c = 0;
         for (; c + 32 <= n_cols; c += 32) {
-            _mm_prefetch((const char *)w + c * esz + WEIGHT_AHEAD, _MM_HINT_T0);
+            _mm_prefetch((const char *)w + c * esz + KERN_WEIGHT_AHEAD, _MM_HINT_T0);
             __m512 w0 = load16(kt, w + c * esz, 16), w1 = load16(kt, w + (c + 16) * esz, 16);
 #pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
@@ -216,7 +211,7 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
             acc[i] = _mm512_setzero_ps();
         for (int p = 0; p < nfull; p++) {
             const uint8_t *blk = row + 2 * p * bsz;
-            _mm_prefetch((const char *)blk + WEIGHT_AHEAD, _MM_HINT_T0);
+            _mm_prefetch((const char *)blk + KERN_WEIGHT_AHEAD, _MM_HINT_T0);
             __m512i w = kt == KT_Q8_0 ? wpair_q8(blk) : wpair_q4(blk);
             __m512 d = dpair(kt, blk);
 #pragma GCC unroll 4

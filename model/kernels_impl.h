@@ -51,6 +51,12 @@ static inline int kern_slot_k(int kt)
 /* Most vectors one pass over a weight row serves; callers split larger batches. */
 #define KERN_MAX_NX 4
 
+/* Weight rows stream from DRAM once a token: the SIMD row loops ask, at each step, for the
+ * line this many bytes further on, which keeps more of the stream in flight than the
+ * hardware's prefetchers alone (bench/depth.md, "Weights asked for ahead"). Past a matrix's
+ * end the ask is harmless: prefetches never fault. */
+#define KERN_WEIGHT_AHEAD 4096
+
 /*
  * Computes y[i * y_stride + r] = dot(row r of W, activation vector i) for rows
  * r0 <= r < r1 and i < nx (nx <= KERN_MAX_NX). W rows are w_stride bytes apart.
