@@ -3,9 +3,10 @@
 N_g gist ids are appended to the vocabulary (after the SentencePiece pieces) and inserted
 after every closed sentence of the training text; attention follows the sentence mask
 (model.sentence_mask: sinks, every earlier gist, and one's own sentence). Loss: next-token
-cross-entropy on regular tokens only. Gist positions are never scored, and the first token
-of a sentence is predicted from the last gist of the group before it (the sentence's own
-last token, whose next token is a gist, is not scored).
+cross-entropy on regular tokens only, each predicted where gistd predicts it: gist positions
+are never scored, and the first token of a sentence is predicted by the last token of the
+sentence before, which sees that sentence's text and earlier gists (gistd draws the token
+that closes a sentence before it gists the sentence: inputs_targets).
 
 With --unit thought the gists follow each thought instead (LightThinker: after a thought
 closes, later tokens see its gists, not its text): thoughts are split where gistd's segmenter
@@ -154,20 +155,29 @@ class ProblemSampler:
 
 @torch.no_grad()
 def problem_accuracy(model, sampler, n, with_gists=True):
-    """Share of n held-out problems (2 to 8 steps) whose every answer token is the argmax
-    under teacher forcing: with gists, the answer is read through the gists of the thoughts
-    before the question's (the last thought, the question again, holds no value)."""
+    """(answers, thought ends) over n held-out problems (2 to 8 steps), under teacher forcing.
+    answers: share of problems whose every answer token is the argmax; with gists, the answer
+    is read through the gists of the thoughts before the question's (the last thought, the
+    question again, holds no value). thought ends (with gists; None without): share of closed
+    thoughts whose next token, the next step's or "Answer", is the argmax at the thought's
+    last token, where gistd draws it (inputs_targets)."""
     model.eval()
-    right = 0
+    right, ends, ends_right = 0, 0, 0
     for i in range(n):
         t, pin, ans = sampler.problem(with_gists, steps=2 + i % 7)
         x = torch.tensor(t[:-1])[None]
         mask = M.packed_gist_mask(x, torch.zeros_like(x), torch.tensor(pin[:-1])[None],
                                   sampler.gf, sampler.ng)
-        pred = model(x, mask=mask)[0].argmax(-1)
-        right += bool((pred[ans.start - 1:ans.stop - 1] == torch.tensor(t[ans])).all())
+        pred = model(x, mask=mask)[0].argmax(-1).numpy()
+        right += bool((pred[ans.start - 1:ans.stop - 1] == np.asarray(t[ans])).all())
+        w = np.asarray(t)[None]
+        _x, y = inputs_targets(w, sampler.gf, sampler.ng)
+        gist = (w[0] >= sampler.gf) & (w[0] < sampler.gf + sampler.ng)
+        at = np.nonzero(~gist[:-1] & gist[1:] & (y[0] != IGNORE))[0]
+        ends += len(at)
+        ends_right += int((pred[at] == y[0, at]).sum())
     model.train()
-    return right / n
+    return right / n, (ends_right / ends if ends else None)
 
 
 def problem_batch(sampler, batch_size, plain_frac):
@@ -183,11 +193,24 @@ def problem_batch(sampler, batch_size, plain_frac):
 
 
 def inputs_targets(w, gist_first, n_gist):
-    """(inputs [B, T], targets [B, T]) from windows [B, T + 1]: a target is the next token
-    when it is a regular token, IGNORE when it is a gist."""
+    """(inputs [B, T], targets [B, T]) from windows [B, T + 1], each regular token scored
+    once, from where gistd's session loop predicts it. The token after a gist group is
+    predicted by the closed segment's last token: gistd closes a segment only when the token
+    after it arrives, and that token was drawn from the logits of the segment's last token,
+    its text still in view (policy.c, pol_next). Gist positions are never scored, and a
+    segment whose gists end the window scores nothing at its last token."""
     x = w[:, :-1].copy()
     y = w[:, 1:].copy()
-    y[(y >= gist_first) & (y < gist_first + n_gist)] = IGNORE
+    gist = (w >= gist_first) & (w < gist_first + n_gist)
+    y[gist[:, 1:]] = IGNORE
+    # a regular token followed by a gist group: its target is the token after the group
+    for b, i in zip(*np.nonzero(~gist[:, :-1] & gist[:, 1:])):
+        j = i + 1
+        while j < w.shape[1] and gist[b, j]:
+            j += 1
+        if j < w.shape[1]:
+            y[b, i] = w[b, j]
+    y[gist[:, :-1]] = IGNORE
     return x, y
 
 
@@ -310,7 +333,10 @@ def main(argv=None):
         if problems is not None:  # the same held-out problems each time
             for k, gists in (("problems_gisted", True), ("problems_plain", False)):
                 ev = ProblemSampler(sp, a.seq, gist_first, a.gists, 1, evaluation=True)
-                out[k] = round(problem_accuracy(m, ev, 28, gists), 3)
+                acc, ends = problem_accuracy(m, ev, 28, gists)
+                out[k] = round(acc, 3)
+                if ends is not None:
+                    out["thought_ends_gisted"] = round(ends, 3)
         return out
 
     def batch_loss(model, plain_frac):
