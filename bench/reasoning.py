@@ -13,7 +13,11 @@ thoughts up to the answer line), then under every policy at 50/25/12.5% of them.
 question is pinned (the policies' sinks) and each policy compresses finished thoughts only
 (unit=thought: a finished thought pools into a few gist rows, eviction spares the thought
 being written while finished ones have rows to give), so the budget is the question's bytes
-plus that share of the bytes the thoughts took under the full cache. With --gistd the same
+plus that share of the bytes the thoughts took under the full cache. The soft watermark is
+the budget itself (--watermark budget): a pipeline decodes a token a step, and a reservation
+that needs a block compacts first, so the budget holds rows to its last block. gistd's default
+watermark (--watermark default) sits a prefill step's blocks below it, a block in every lane:
+54 KB on the bundled model, a third of the room a 4-step problem's thoughts get at 25%. With --gistd the same
 problems run through a real gistd too, a thought a request (gistc's Session.think, which
 stops at the end of the answer line; `gist-model generate` writes all its tokens): "compact"
 sends Compact{last_thought} after each thought, "auto" leaves it to the thought boundaries
@@ -69,14 +73,17 @@ def answer_end(said):
     return len(said) if nl < 0 else nl + 1
 
 
-def gen(model, prompt, n_gen, policy="full", budget=None, params=()):
-    """One greedy `gist-model generate` run: the text it wrote and the figures it printed."""
+def gen(model, prompt, n_gen, policy="full", budget=None, params=(), soft=None):
+    """One greedy `gist-model generate` run: the text it wrote and the figures it printed.
+    budget: the session's hard limit (bytes); soft: its watermark (None: gist-model's)."""
     args = ["generate", model, "--prompt", prompt, "-n", str(n_gen), "--temp", "0",
             "--threads", "1", "--kv-block-rows", str(BLOCK_ROWS), "--policy", policy]
     for p in params:
         args += ["--param", p]
     if budget is not None:
         args += ["--kv-budget", str(int(budget))]
+    if soft is not None:
+        args += ["--kv-soft", str(int(soft))]
     # a small model may write bytes that are not UTF-8 (byte tokens): replaced, not fatal
     p = subprocess.run([Q.tool(), *args], capture_output=True, text=True, errors="replace")
     if p.returncode != 0:
@@ -107,8 +114,9 @@ def budget_bytes(q_bytes, full_bytes, pct):
     return q_bytes + pct / 100.0 * (full_bytes - q_bytes)
 
 
-def bench_probe(model, steps, i, policies, budgets, via_gistd, log):
-    """Every configuration of one problem: a list of run rows."""
+def bench_probe(model, steps, i, policies, budgets, via_gistd, log, at_budget=True):
+    """Every configuration of one problem: a list of run rows. at_budget: the soft watermark
+    at the budget (else the tools' default)."""
     q, expected, trace = problem(steps, i)
     n_gen = n_gen_for(model, trace)
     base = {"model": os.path.basename(model), "steps": steps, "probe": i,
@@ -142,7 +150,7 @@ def bench_probe(model, steps, i, policies, budgets, via_gistd, log):
         for pol in policies:
             r = {**base, "path": "gist-model", "policy": pol, "budget_pct": f"{b:g}",
                  "budget_bytes": int(cap), "full_bytes": full_bytes, "question_bytes": q_bytes}
-            g = gen(model, q, n_gen, pol, cap, params)
+            g = gen(model, q, n_gen, pol, cap, params, cap if at_budget else None)
             if "error" in g:
                 rows.append({**r, "score": "", "error": g["error"]})
                 continue
@@ -153,7 +161,7 @@ def bench_probe(model, steps, i, policies, budgets, via_gistd, log):
                          "said": g["said"], "error": ""})
             for path in via_gistd:
                 rows.append(via_gistd[path](q, q_tokens, n_gen, pol, cap,
-                                            {**r, "path": path}, expected))
+                                            {**r, "path": path}, expected, at_budget))
     rest = rows[1:]
     log(f"{base['model']} {steps} steps, problem {i}: full cache answered "
         f"{rows[0]['answer'] or 'nothing'} (solver: {expected}); compressed runs right: "
@@ -167,18 +175,18 @@ def gistd_runner(model):
     function that stops the daemon."""
     import gistc
 
-    # a session's soft watermark is its budget less room for one prefill step: with a step
-    # of one block, the room gist-model's loop leaves (at gistd's 64 tokens, a 2-step
-    # problem's 25% budget sat below its pinned question, and every token written was
-    # evicted as it came)
+    # prefill steps of one block: with --watermark default, a session's soft watermark is
+    # its budget less room for one prefill step, then the room gist-model's loop leaves (at
+    # gistd's 64 tokens, a 2-step problem's 25% budget sat below its pinned question, and
+    # every token written was evicted as it came)
     d = gistc.Daemon(os.path.join(ROOT, os.environ.get("GISTD_BUILD", "build"), "bin", "gistd"),
                      model, "--block-rows", str(BLOCK_ROWS), "--prefill-chunk", str(BLOCK_ROWS),
                      "--threads", "1")
     c = gistc.Client(d.endpoint, timeout=120)
 
     def run(compact):
-        def one(q, q_tokens, n_gen, pol, cap, r, expected):
-            s = c.open_session(policy=pol, budget=int(cap),
+        def one(q, q_tokens, n_gen, pol, cap, r, expected, at_budget):
+            s = c.open_session(policy=pol, budget=int(cap), soft=int(cap) if at_budget else 0,
                                params={"sinks": q_tokens, "unit": "thought"})
             try:
                 t0 = time.time()
@@ -274,6 +282,9 @@ def main():
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--gistd", action="store_true",
                     help="the same through a real gistd (Compact{last_thought}, and automatic)")
+    ap.add_argument("--watermark", choices=("budget", "default"), default="budget",
+                    help="each session's soft watermark: its budget, or the tools' default "
+                         "(a prefill step's blocks below it)")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke test: 2 and 4 steps, one problem each, pool and window at "
                          "25%%, through gistd too")
@@ -289,7 +300,8 @@ def main():
     pols = [p for p in Q.supported(a.model)[0] if p in a.policies.split(",")]
     os.makedirs(a.out, exist_ok=True)
     machine = (f"Machine: {platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-               f"one thread; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+               f"one thread; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; soft "
+               f"watermark: {'the budget' if a.watermark == 'budget' else 'the default'}")
 
     def log(s):
         print(s, flush=True)
@@ -300,7 +312,8 @@ def main():
     try:
         for s in steps:
             for i in range(a.probes):
-                runs += bench_probe(a.model, s, i, pols, budgets, via, log)
+                runs += bench_probe(a.model, s, i, pols, budgets, via, log,
+                                    a.watermark == "budget")
     finally:
         if stop:
             stop()
