@@ -112,6 +112,14 @@ def test_example_reasoning_loop():
         for a, b in zip(runs["compact"][0], runs["keep"][0]):
             if int(a[3]) > 0 and a[5] == b[5]:
                 assert int(a[6]) <= int(b[6]), (a, b)
+        # a budget: the soft watermark is gistd's room below it, or the budget itself
+        budget = 4 << 20
+        for soft, want in (("0", None), ("budget", budget), ("3M", 3 << 20)):
+            out = run_example(d.endpoint, "--problems", "1", "--steps", "2", "--max-tokens",
+                              "60", "--budget", str(budget), "--soft", soft)
+            got = int(re.search(r"soft watermark: (\d+) bytes", out).group(1))
+            assert got == want if want else 0 < got < budget, (soft, got, out)
+            assert int(re.search(r"peak bytes: (\d+)", out).group(1)) <= budget, out
 
 
 tap.main(globals())
