@@ -579,6 +579,22 @@ def test_gist_stage_thought_unit():
     assert info.returncode == 0, info.stderr
     assert "mask thought" in info.stdout, info.stdout
 
+    # a stage carried on from a model file with gist rows and gates: it starts from the
+    # file's weights, its gist rows included, and without its gates
+    import model as M
+
+    start = export.load_gguf(f["gates"])[0]
+    train_gist.main(["--corpus", corpus, "--max-bytes", "40000", "--tok", f["tok"], "--seq",
+                     "48", "--warmup", "2", "--log-every", "1000", "--eval-windows", "2",
+                     "--base", f["gates"], "--out", f"{d}/gist_carry", "--gists", "2",
+                     "--batch", "4", "--frozen-steps", "0", "--max-steps", "1", "--lr", "1e-9",
+                     "--unit", "thought"])
+    got, _ck = M.load_checkpoint(f"{d}/gist_carry/ckpt.pt")
+    assert not got.has_gates() and start.has_gates()
+    assert got.c.n_vocab == start.c.n_vocab
+    for name, w in got.state_dict().items():
+        assert torch.allclose(w, start.state_dict()[name], atol=1e-4), name
+
 
 def test_answer_loss_adds_the_answers_term():
     """train_base.py --answer-loss a: the first step's loss (the same batch, the same weights)

@@ -37,6 +37,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import common  # noqa: E402
 import data  # noqa: E402
+import export  # noqa: E402
 import model as M  # noqa: E402
 import synth  # noqa: E402
 
@@ -281,7 +282,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", default=data.DEFAULT_CORPUS)
     ap.add_argument("--tok", required=True)
-    ap.add_argument("--base", required=True, help="base checkpoint")
+    ap.add_argument("--base", required=True,
+                    help="the start: a checkpoint (.pt) or a model file (.gguf; its gist rows "
+                         "carry on when it has --gists of them), gates dropped")
     ap.add_argument("--out", required=True)
     ap.add_argument("--max-bytes", type=int, default=None)
     ap.add_argument("--gists", type=int, default=2, help="N_g gist tokens per sentence")
@@ -353,7 +356,7 @@ def main(argv=None):
         if os.path.exists(ck1):
             model, d = M.load_checkpoint(ck1)
         else:
-            model, d = M.load_checkpoint(a.base)
+            model = export.load_start(a.base)
             base_nll = eval_plain(model, vp)[0]
             print(f"# base model, plain: nll {base_nll:.4f} ppl {math.exp(base_nll):.3f}",
                   flush=True)
