@@ -406,6 +406,61 @@ def test_attention_and_copy_supervision():
     assert abs(float(aux["ov_loss"]) - total) < 1e-4
 
 
+def test_self_copy_supervision():
+    """--ov-self: induction.self_copy draws one position of every token id past each window's
+    first token, at random; model.supervise_self_copy's loss is, for each named head, the mean
+    cross-entropy of its value row at those positions, read alone through its output slice
+    and the unembedding, against the token there; the forward adds it, and it trains the
+    values and the output projection, never the unembedding."""
+    _data, _export, M = train_modules()
+    sys.path.insert(0, TRAIN)
+    import induction
+
+    torch.manual_seed(3)
+    cfg = M.Config(n_vocab=23, n_embd=16, n_layer=2, n_head=4, n_head_kv=2, n_ff=32, n_ctx=16)
+    m = M.Llama(cfg)
+    x = torch.randint(0, 23, (3, 12))
+    heads = [(1, 0), (1, 3), (0, 2)]
+    draws = []
+    for seed in range(6):
+        aux = induction.self_copy(m, x, heads, np.random.default_rng(seed))
+        at, tok = aux["ov_self_at"], aux["ov_self_tok"]
+        assert (at % 12 != 0).all()
+        assert torch.equal(tok, x.reshape(-1)[at])
+        assert sorted(tok.tolist()) == sorted(set(x[:, 1:].reshape(-1).tolist()))
+        draws.append(tuple(at.tolist()))
+    assert len(set(draws)) > 1, "the positions should be drawn, not fixed"
+    assert aux["ov_self"] == [[2], [0, 3]]
+
+    # the loss against a naive computation of the same rows, layer 1's heads 0 and 3
+    B, T, KV, hd = 3, 12, 2, 4
+    v = torch.randn(B, T, KV, hd)
+    w_out = torch.randn(16, 4 * hd)
+    unembed = torch.randn(23, 16)
+    a2 = {**aux, "layer": 1, "unembed": unembed}
+    M.supervise_self_copy(v, w_out, 2, a2)
+    want = 0.0
+    for h in (0, 3):
+        terms = []
+        for i, t in zip(at.tolist(), tok.tolist()):
+            z = (unembed @ (w_out[:, h * hd:(h + 1) * hd] @ v[i // T, i % T, h // 2])).double()
+            terms.append(float(torch.logsumexp(z, 0) - z[t]))
+        want += sum(terms) / len(terms)
+    assert abs(float(a2["ov_self_loss"]) - want) < 1e-4
+
+    # through the forward: the term is there, and its gradient reaches the values and the
+    # output projection of the named layers, not the unembedding
+    m.zero_grad()
+    aux = induction.self_copy(m, x, heads, np.random.default_rng(0))
+    m(x, aux=aux)
+    aux["ov_self_loss"].backward()
+    assert m.output.weight.grad is None or not m.output.weight.grad.any()
+    for layer in (0, 1):
+        assert m.blocks[layer].attn_v.weight.grad.abs().sum() > 0
+        assert m.blocks[layer].attn_output.weight.grad.abs().sum() > 0
+    assert m.blocks[1].attn_q.weight.grad is None or not m.blocks[1].attn_q.weight.grad.any()
+
+
 def test_bf16_step_follows_f32():
     """--bf16 (torch.autocast) runs the forward's products in bfloat16: the logits stay within
     bfloat16's rounding of the float32 ones, the softmax of attention stays float32 (the

@@ -106,6 +106,8 @@ class Block(nn.Module):
         q = rope(self.attn_q(h).view(B, T, c.n_head, hd), cos, sin)
         k = rope(self.attn_k(h).view(B, T, c.n_head_kv, hd), cos, sin)
         v = self.attn_v(h).view(B, T, c.n_head_kv, hd)
+        if aux is not None and aux.get("ov_self") and aux["ov_self"][aux["layer"]]:
+            supervise_self_copy(v, self.attn_output.weight, c.n_head // c.n_head_kv, aux)
         decay = None
         if self.retention is not None and aux is not None:
             logb = self.retention(h)                              # [B, T, KV]
@@ -276,6 +278,23 @@ def supervise_copy(o, w_out, aux):
         c = sum(o[..., h * hd:(h + 1) * hd][ok] @ w_out[:, h * hd:(h + 1) * hd].T for h in heads)
         loss = F.cross_entropy(c @ aux["unembed"].T, tgt[ok])
         aux["ov_loss"] = aux.get("ov_loss", 0.0) + loss
+
+
+def supervise_self_copy(v, w_out, rep, aux):
+    """Adds to aux["ov_self_loss"] the cross-entropy of each head of aux["ov_self"][layer]
+    reading one value row alone: its value at the positions aux["ov_self_at"] (flat indices
+    into [B * T]) through the head's slice of the output projection, then the unembedding
+    aux["unembed"] (not trained by this loss), against the token at that position,
+    aux["ov_self_tok"]. A recall head whose attention falls on one row passes on that row's
+    value, so this is its copy, asked for every token a batch holds instead of the few a
+    needle's answer does (supervise_copy). v [B, T, n_head_kv, hd]; rep: query heads a kv
+    head."""
+    hd = v.shape[-1]
+    rows = v.reshape(-1, v.shape[2], hd)[aux["ov_self_at"]]  # [N, KV, hd]
+    for h in aux["ov_self"][aux["layer"]]:
+        c = rows[:, h // rep] @ w_out[:, h * hd:(h + 1) * hd].T
+        loss = F.cross_entropy(c @ aux["unembed"].T, aux["ov_self_tok"])
+        aux["ov_self_loss"] = aux.get("ov_self_loss", 0.0) + loss
 
 
 def sentence_mask(tokens, gist_first, n_gist, n_sinks=1):

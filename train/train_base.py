@@ -119,7 +119,10 @@ def main(argv=None):
 
     if a.attn_sup > 0:
         sup_prev, sup_ind = induction.parse_heads(a.sup_prev), induction.parse_heads(a.sup_ind)
-        sup_rec = induction.parse_heads(a.sup_rec)
+    sup_rec = induction.parse_heads(a.sup_rec)
+    if a.ov_self > 0 and not sup_rec:
+        raise SystemExit("--ov-self needs --sup-rec: the heads whose copy it asks for")
+    self_rng = np.random.default_rng(a.seed + 0x5e1f + state["step"])
 
     def step_fn(step):
         if a.answer_loss > 0:
@@ -133,6 +136,8 @@ def main(argv=None):
             rec = induction.recall_targets(xn, yn) if sup_rec else None
             aux = induction.supervision(model, y, prev, ind, sup_prev, sup_ind, a.ov_sup > 0,
                                         rec, sup_rec)
+        if a.ov_self > 0:
+            aux = {**(aux or {}), **induction.self_copy(model, x, sup_rec, self_rng)}
         logits = model(x, aux=aux)
         per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
                                     reduction="none")
