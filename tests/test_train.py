@@ -411,7 +411,7 @@ def test_self_copy_supervision():
     first token, at random; model.supervise_self_copy's loss is, for each named head, the mean
     cross-entropy of its value row at those positions, read alone through its output slice
     and the unembedding, against the token there; the forward adds it, and it trains the
-    values and the output projection, never the unembedding."""
+    values, the output projection and the unembedding, never the queries."""
     _data, _export, M = train_modules()
     sys.path.insert(0, TRAIN)
     import induction
@@ -437,7 +437,7 @@ def test_self_copy_supervision():
     v = torch.randn(B, T, KV, hd)
     w_out = torch.randn(16, 4 * hd)
     unembed = torch.randn(23, 16)
-    a2 = {**aux, "layer": 1, "unembed": unembed}
+    a2 = {**aux, "layer": 1, "ov_self_unembed": unembed}
     M.supervise_self_copy(v, w_out, 2, a2)
     want = 0.0
     for h in (0, 3):
@@ -449,12 +449,12 @@ def test_self_copy_supervision():
     assert abs(float(a2["ov_self_loss"]) - want) < 1e-4
 
     # through the forward: the term is there, and its gradient reaches the values and the
-    # output projection of the named layers, not the unembedding
+    # output projection of the named layers and the unembedding
     m.zero_grad()
     aux = induction.self_copy(m, x, heads, np.random.default_rng(0))
     m(x, aux=aux)
     aux["ov_self_loss"].backward()
-    assert m.output.weight.grad is None or not m.output.weight.grad.any()
+    assert m.output.weight.grad.abs().sum() > 0
     for layer in (0, 1):
         assert m.blocks[layer].attn_v.weight.grad.abs().sum() > 0
         assert m.blocks[layer].attn_output.weight.grad.abs().sum() > 0

@@ -144,8 +144,12 @@ def self_copy(model, x, heads, rng):
     by_layer = [[] for _ in range(model.c.n_layer)]
     for layer, head in heads:
         by_layer[layer].append(head)
+    # the unembedding learns from this loss too: frozen, it kept semantically close words
+    # close in any 32 dimensions a head writes ("window" read back as "river"), and the
+    # loss stalled near 2 where with it trained it falls to 0.02 (train/README.md, "A
+    # recall head's copy, for every word")
     return {"ov_self": by_layer, "ov_self_at": at, "ov_self_tok": flat[at],
-            "unembed": model.output.weight.detach()}
+            "ov_self_unembed": model.output.weight}
 
 
 def add_supervision_args(ap):
@@ -163,8 +167,9 @@ def add_supervision_args(ap):
     ap.add_argument("--ov-self", type=float, default=0.0,
                     help="weight of a loss that asks each --sup-rec head's value at one position "
                          "of every token id in the batch, alone through its output and the "
-                         "unembedding, for that token (model.supervise_self_copy): the copy a "
-                         "recall head makes, for the whole vocabulary the text holds (0: off)")
+                         "unembedding (both trained by it), for that token "
+                         "(model.supervise_self_copy): the copy a recall head makes, for the "
+                         "whole vocabulary the text holds (0: off)")
     ap.add_argument("--sup-rec", default="",
                     help="LAYER:HEAD,... recall heads, shown where the text about to come was "
                          "written before (recall_targets: a needle's value after its question); "

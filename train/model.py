@@ -284,7 +284,7 @@ def supervise_self_copy(v, w_out, rep, aux):
     """Adds to aux["ov_self_loss"] the cross-entropy of each head of aux["ov_self"][layer]
     reading one value row alone: its value at the positions aux["ov_self_at"] (flat indices
     into [B * T]) through the head's slice of the output projection, then the unembedding
-    aux["unembed"] (not trained by this loss), against the token at that position,
+    aux["ov_self_unembed"] (which this loss trains too), against the token at that position,
     aux["ov_self_tok"]. A recall head whose attention falls on one row passes on that row's
     value, so this is its copy, asked for every token a batch holds instead of the few a
     needle's answer does (supervise_copy). v [B, T, n_head_kv, hd]; rep: query heads a kv
@@ -293,7 +293,7 @@ def supervise_self_copy(v, w_out, rep, aux):
     rows = v.reshape(-1, v.shape[2], hd)[aux["ov_self_at"]]  # [N, KV, hd]
     for h in aux["ov_self"][aux["layer"]]:
         c = rows[:, h // rep] @ w_out[:, h * hd:(h + 1) * hd].T
-        loss = F.cross_entropy(c @ aux["unembed"].T, aux["ov_self_tok"])
+        loss = F.cross_entropy(c @ aux["ov_self_unembed"].T, aux["ov_self_tok"])
         aux["ov_self_loss"] = aux.get("ov_self_loss", 0.0) + loss
 
 
