@@ -528,20 +528,22 @@ def test_thought_split_and_mask():
     # "Answer" (position 16) sees thought 1's gists (14, 15), not its text (9..13)
     assert m[16, 14] and m[16, 15] and not m[16, 9] and not m[16, 13]
 
-    # targets: the token after a gist group is predicted by the thought's last token (gistd
-    # draws it there, before it gists the thought); gist positions are never scored
+    # targets: the token after a gist group is predicted by the group's last gist (as gistd
+    # scores text), and with boundary by the thought's last token too (as gistd draws it)
     x, y = train_gist.inputs_targets(np.asarray(w)[None], G, 2)
     assert np.array_equal(x[0], w[:-1])
     want_y = [w[i + 1] for i in range(20)]
-    want_y[6], want_y[13] = w[9], w[16]  # thoughts 0 and 1 end at 6 and 13
-    for i in (7, 8, 14, 15):
+    for i in (6, 7, 13, 14):  # a target that is a gist
         want_y[i] = train_gist.IGNORE
     assert list(y[0]) == want_y, list(y[0])
     # every regular token after BOS is a target exactly once, as in the plain window
     assert sorted(t for t in y[0] if t != train_gist.IGNORE) == sorted(w[1:][~np.isin(
         w[1:], [G, G + 1])])
-    # a window that ends with a gist group scores nothing at that thought's last token
-    _x, y2 = train_gist.inputs_targets(np.asarray(w[:16])[None], G, 2)
+    _x, yb = train_gist.inputs_targets(np.asarray(w)[None], G, 2, boundary=True)
+    want_y[6], want_y[13] = w[9], w[16]  # thoughts 0 and 1 end at 6 and 13
+    assert list(yb[0]) == want_y, list(yb[0])
+    # a window that ends with a gist group adds no target at that thought's last token
+    _x, y2 = train_gist.inputs_targets(np.asarray(w[:16])[None], G, 2, boundary=True)
     assert y2[0, 13] == train_gist.IGNORE and y2[0, 12] == w[13]
 
 

@@ -208,7 +208,8 @@ by them.
 Gists (Tarasov et al. 2025): 2 gist tokens after every sentence (`.`/`?`/`!` followed by
 whitespace, or a paragraph break), sentence mask with 1 sink (BOS). Gist positions are
 not scored; the first token of a sentence is predicted from the last gist of the group
-before it. Gates (TRIM-KV, Bui et al. 2025) were trained on the gist model (frozen),
+before it (as gistd scores text) and, in training, from the sentence's last token too (as
+gistd draws it while it generates). Gates (TRIM-KV, Bui et al. 2025) were trained on the gist model (frozen),
 on plain text without gists, with loss KL(model || gated model) + next-token loss
 + 0.01 * mean(max(0, sum_i beta_i^(t-i) - 128)).
 

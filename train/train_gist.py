@@ -3,10 +3,10 @@
 N_g gist ids are appended to the vocabulary (after the SentencePiece pieces) and inserted
 after every closed sentence of the training text; attention follows the sentence mask
 (model.sentence_mask: sinks, every earlier gist, and one's own sentence). Loss: next-token
-cross-entropy on regular tokens only, each predicted where gistd predicts it: gist positions
-are never scored, and the first token of a sentence is predicted by the last token of the
-sentence before, which sees that sentence's text and earlier gists (gistd draws the token
-that closes a sentence before it gists the sentence: inputs_targets).
+cross-entropy on regular tokens only. Gist positions are never scored; the first token of
+a sentence is predicted from the last gist of the group before it (as gistd scores text)
+and, in training, from the sentence's own last token too (as gistd draws it while it
+generates: inputs_targets).
 
 With --unit thought the gists follow each thought instead (LightThinker: after a thought
 closes, later tokens see its gists, not its text): thoughts are split where gistd's segmenter
@@ -172,7 +172,7 @@ def problem_accuracy(model, sampler, n, with_gists=True):
         pred = model(x, mask=mask)[0].argmax(-1).numpy()
         right += bool((pred[ans.start - 1:ans.stop - 1] == np.asarray(t[ans])).all())
         w = np.asarray(t)[None]
-        _x, y = inputs_targets(w, sampler.gf, sampler.ng)
+        _x, y = inputs_targets(w, sampler.gf, sampler.ng, boundary=True)
         gist = (w[0] >= sampler.gf) & (w[0] < sampler.gf + sampler.ng)
         at = np.nonzero(~gist[:-1] & gist[1:] & (y[0] != IGNORE))[0]
         ends += len(at)
@@ -186,32 +186,33 @@ def problem_batch(sampler, batch_size, plain_frac):
     IGNORE; a row is left without gists with probability plain_frac."""
     rows = [sampler.row(sampler.rng.random() >= plain_frac) for _ in range(batch_size)]
     w, doc, pin = (np.stack(c) for c in zip(*rows))
-    x, y = inputs_targets(w, sampler.gf, sampler.ng)
+    x, y = inputs_targets(w, sampler.gf, sampler.ng, boundary=True)
     y[doc[:, 1:] != doc[:, :-1]] = IGNORE
     mask = M.packed_gist_mask(torch.from_numpy(x), torch.from_numpy(doc[:, :-1]),
                               torch.from_numpy(pin[:, :-1]), sampler.gf, sampler.ng)
     return x, y, mask
 
 
-def inputs_targets(w, gist_first, n_gist):
-    """(inputs [B, T], targets [B, T]) from windows [B, T + 1], each regular token scored
-    once, from where gistd's session loop predicts it. The token after a gist group is
-    predicted by the closed segment's last token: gistd closes a segment only when the token
-    after it arrives, and that token was drawn from the logits of the segment's last token,
-    its text still in view (policy.c, pol_next). Gist positions are never scored, and a
-    segment whose gists end the window scores nothing at its last token."""
+def inputs_targets(w, gist_first, n_gist, boundary=False):
+    """(inputs [B, T], targets [B, T]) from windows [B, T + 1]: a target is the next token
+    when it is a regular token, IGNORE when it is a gist, so the token after a gist group is
+    predicted by the group's last gist, as gistd scores text (`gist-model perplexity` and
+    `logits`: the logits follow the gists) and continues after a Compact. With boundary it
+    is predicted by the segment's last token as well, as gistd draws it while it generates:
+    a segment closes only once the token after it came, and that token was drawn from the
+    logits of the segment's last token, its text still in view (policy.c, pol_next). A
+    segment whose gists end the window adds no such target."""
     x = w[:, :-1].copy()
     y = w[:, 1:].copy()
     gist = (w >= gist_first) & (w < gist_first + n_gist)
     y[gist[:, 1:]] = IGNORE
-    # a regular token followed by a gist group: its target is the token after the group
-    for b, i in zip(*np.nonzero(~gist[:, :-1] & gist[:, 1:])):
-        j = i + 1
-        while j < w.shape[1] and gist[b, j]:
-            j += 1
-        if j < w.shape[1]:
-            y[b, i] = w[b, j]
-    y[gist[:, :-1]] = IGNORE
+    if boundary:  # a regular token followed by a gist group: the token after the group
+        for b, i in zip(*np.nonzero(~gist[:, :-1] & gist[:, 1:])):
+            j = i + 1
+            while j < w.shape[1] and gist[b, j]:
+                j += 1
+            if j < w.shape[1]:
+                y[b, i] = w[b, j]
     return x, y
 
 
@@ -346,7 +347,8 @@ def main(argv=None):
         if problems is not None and problems.rng.random() < a.problems:
             x, y, mask = problem_batch(problems, a.batch, plain_frac)
             return masked_loss(model, x, y, gist_first, a.gists, mask=mask)
-        x, y = inputs_targets(sampler.batch(a.batch, plain_frac), gist_first, a.gists)
+        x, y = inputs_targets(sampler.batch(a.batch, plain_frac), gist_first, a.gists,
+                              boundary=True)
         return masked_loss(model, x, y, gist_first, a.gists)
 
     # ---- phase 1: new rows only --------------------------------------------------------
