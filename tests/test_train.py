@@ -653,6 +653,42 @@ def test_gist_stage_thought_unit():
         assert torch.allclose(w, start.state_dict()[name], atol=1e-4), name
 
 
+def test_ov_self_adds_its_term():
+    """train_base.py --ov-self w --sup-rec L:H: the first step's loss (the same batch, the same
+    weights, the same positions drawn) grows linearly in w and by a positive amount; without
+    --sup-rec the flag is refused."""
+    import contextlib
+    import io
+
+    f = fixture()
+    sys.path.insert(0, TRAIN)
+    import train_base
+
+    d, corpus = f["dir"], os.path.dirname(tap.shared("corpus/persuasion.txt"))
+    common = ["--corpus", corpus, "--max-bytes", "40000", "--tok", f["tok"], "--init-ckpt",
+              f"{d}/base/ckpt.pt", "--ctx", "128", "--seq", "48", "--batch", "2",
+              "--max-steps", "1", "--log-every", "1", "--eval-windows", "1", "--warmup", "1"]
+    first = {}
+    for w in (0, 1, 3):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            train_base.main(common + ["--out", f"{d}/ovself{w}", "--sup-rec", "1:0,1:2",
+                                      "--ov-self", str(w)])
+        m = re.search(r"^step 1 loss ([\d.]+)", buf.getvalue(), re.M)
+        assert m, buf.getvalue()
+        first[w] = float(m.group(1))
+    term = first[1] - first[0]
+    assert term > 0.1, first
+    assert abs((first[3] - first[0]) - 3 * term) < 1e-3 * first[3], first
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            train_base.main(common + ["--out", f"{d}/ovself_x", "--ov-self", "1"])
+    except SystemExit as e:
+        assert e.code != 0
+    else:
+        raise AssertionError("--ov-self without --sup-rec was accepted")
+
+
 def test_answer_loss_adds_the_answers_term():
     """train_base.py --answer-loss a: the first step's loss (the same batch, the same weights)
     is the plain loss plus a times the answer tokens' mean loss, so it grows linearly in a

@@ -128,8 +128,8 @@ def supervision(model, y, prev, ind, sup_prev, sup_ind, ov, rec=None, sup_rec=()
 
 
 def self_copy(model, x, heads, rng):
-    """Adds what model.supervise_self_copy reads to an aux dict (a new one when aux is None):
-    the heads [(layer, head), ...] and, for every token id the batch x [B, T] holds past its
+    """The entries of model.forward's aux dict that model.supervise_self_copy reads: the heads
+    [(layer, head), ...] and, for every token id the batch x [B, T] holds past each window's
     first position, one of its positions drawn at random, so rare words weigh as much as
     common ones."""
     flat = x.reshape(-1)
@@ -164,12 +164,6 @@ def add_supervision_args(ap):
                          "output, read through the unembedding, for the token to copy")
     ap.add_argument("--sup-prev", default="0:0", help="LAYER:HEAD,... previous-token heads")
     ap.add_argument("--sup-ind", default="1:0", help="LAYER:HEAD,... induction heads")
-    ap.add_argument("--ov-self", type=float, default=0.0,
-                    help="weight of a loss that asks each --sup-rec head's value at one position "
-                         "of every token id in the batch, alone through its output and the "
-                         "unembedding (both trained by it), for that token "
-                         "(model.supervise_self_copy): the copy a recall head makes, for the "
-                         "whole vocabulary the text holds (0: off)")
     ap.add_argument("--sup-rec", default="",
                     help="LAYER:HEAD,... recall heads, shown where the text about to come was "
                          "written before (recall_targets: a needle's value after its question); "
@@ -181,8 +175,7 @@ def supervision_loss(a, aux):
     there is none)."""
     if aux is None:
         return 0.0
-    return (a.attn_sup * aux.get("attn_loss", 0.0) + a.ov_sup * aux.get("ov_loss", 0.0)
-            + getattr(a, "ov_self", 0.0) * aux.get("ov_self_loss", 0.0))
+    return a.attn_sup * aux.get("attn_loss", 0.0) + a.ov_sup * aux.get("ov_loss", 0.0)
 
 
 def copy_accuracy(model, rng, n_vocab, bos, n=64, rows=8):

@@ -69,6 +69,12 @@ def main(argv=None):
     # keeps a copying circuit (induction.py) on every window, at the repeats the text holds
     # (induction.text_targets)
     induction.add_supervision_args(ap)
+    ap.add_argument("--ov-self", type=float, default=0.0,
+                    help="weight of a loss that asks each --sup-rec head's value at one position "
+                         "of every token id in the batch, alone through its output and the "
+                         "unembedding (both trained by it), for that token "
+                         "(model.supervise_self_copy): the copy a recall head makes, for the "
+                         "whole vocabulary the text holds (0: off)")
     common.add_budget_args(ap, minutes=60, lr=3e-3)
     a = ap.parse_args(argv)
     if a.answer_loss > 0 and a.mix <= 0:
@@ -145,6 +151,8 @@ def main(argv=None):
         if a.answer_loss > 0 and an.any():
             # the answers are a few tokens in thousands: alone they weigh next to nothing
             loss = loss + a.answer_loss * per_token[torch.from_numpy(an).reshape(-1)].mean()
+        if a.ov_self > 0:
+            loss = loss + a.ov_self * aux["ov_self_loss"]
         return loss + induction.supervision_loss(a, aux), y.numel()
 
     def eval_fn():
