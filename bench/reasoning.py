@@ -15,13 +15,13 @@ question is pinned (the policies' sinks) and each policy compresses finished tho
 being written while finished ones have rows to give), so the budget is the question's bytes
 plus that share of the bytes the thoughts took under the full cache. The soft watermark is
 the budget itself (--watermark budget): a pipeline decodes a token a step, and a reservation
-that needs a block compacts first, so the budget holds rows to its last block. gistd's default
-watermark (--watermark default) sits a prefill step's blocks below it, a block in every lane:
-54 KB on the bundled model, a third of the room a 4-step problem's thoughts get at 25%. With --gistd the same
-problems run through a real gistd too, a thought a request (gistc's Session.think, which
-stops at the end of the answer line; `gist-model generate` writes all its tokens): "compact"
-sends Compact{last_thought} after each thought, "auto" leaves it to the thought boundaries
-under the budget.
+that needs a block compacts first, so the budget holds rows to its last block. The tools'
+default watermark (--watermark default) sits a prefill step's blocks below it, a block in
+every lane: 54 KB on the bundled model, a third of the room a 4-step problem's thoughts get
+at 25%. With --gistd the same problems run through a real gistd too, a thought a request
+(gistc's Session.think, which stops at the end of the answer line; `gist-model generate`
+writes all its tokens): "compact" sends Compact{last_thought} after each thought, "auto"
+leaves it to the thought boundaries under the budget.
 
 Writes, under --out: reasoning_runs.csv (one row per problem and configuration),
 reasoning.csv (accuracy, peak bytes and tokens/s per steps, policy, budget and path) and

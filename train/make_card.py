@@ -209,9 +209,9 @@ Gists (Tarasov et al. 2025): 2 gist tokens after every sentence (`.`/`?`/`!` fol
 whitespace, or a paragraph break), sentence mask with 1 sink (BOS). Gist positions are
 not scored; the first token of a sentence is predicted from the last gist of the group
 before it (as gistd scores text) and, in training, from the sentence's last token too (as
-gistd draws it while it generates). Gates (TRIM-KV, Bui et al. 2025) were trained on the gist model (frozen),
-on plain text without gists, with loss KL(model || gated model) + next-token loss
-+ 0.01 * mean(max(0, sum_i beta_i^(t-i) - 128)).
+gistd draws it while it generates). Gates (TRIM-KV, Bui et al. 2025) were trained on the
+gist model (frozen), on plain text without gists, with loss KL(model || gated model) +
+next-token loss + 0.01 * mean(max(0, sum_i beta_i^(t-i) - 128)).
 
 Command: `{a.command}`
 (see the script for every stage's flags).
