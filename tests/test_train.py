@@ -653,13 +653,37 @@ def test_gist_stage_thought_unit():
         assert torch.allclose(w, start.state_dict()[name], atol=1e-4), name
 
 
+def first_step_loss(main, args):
+    """The loss a training script's main(args) logs at its first step."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        main(args)
+    m = re.search(r"^step 1 loss ([\d.]+)", buf.getvalue(), re.M)
+    assert m, buf.getvalue()
+    return float(m.group(1))
+
+
+def assert_refused(main, args, what):
+    """main(args) exits with an error: what (the arguments in words) is refused."""
+    import contextlib
+    import io
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            main(args)
+    except SystemExit as e:
+        assert e.code != 0
+    else:
+        raise AssertionError(f"{what} was accepted")
+
+
 def test_ov_self_adds_its_term():
     """train_base.py --ov-self w --sup-rec L:H: the first step's loss (the same batch, the same
     weights, the same positions drawn) grows linearly in w and by a positive amount; without
     --sup-rec the flag is refused."""
-    import contextlib
-    import io
-
     f = fixture()
     sys.path.insert(0, TRAIN)
     import train_base
@@ -668,62 +692,37 @@ def test_ov_self_adds_its_term():
     common = ["--corpus", corpus, "--max-bytes", "40000", "--tok", f["tok"], "--init-ckpt",
               f"{d}/base/ckpt.pt", "--ctx", "128", "--seq", "48", "--batch", "2",
               "--max-steps", "1", "--log-every", "1", "--eval-windows", "1", "--warmup", "1"]
-    first = {}
-    for w in (0, 1, 3):
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            train_base.main(common + ["--out", f"{d}/ovself{w}", "--sup-rec", "1:0,1:2",
-                                      "--ov-self", str(w)])
-        m = re.search(r"^step 1 loss ([\d.]+)", buf.getvalue(), re.M)
-        assert m, buf.getvalue()
-        first[w] = float(m.group(1))
+    first = {w: first_step_loss(train_base.main, common + [
+        "--out", f"{d}/ovself{w}", "--sup-rec", "1:0,1:2", "--ov-self", str(w)])
+        for w in (0, 1, 3)}
     term = first[1] - first[0]
     assert term > 0.1, first
     assert abs((first[3] - first[0]) - 3 * term) < 1e-3 * first[3], first
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            train_base.main(common + ["--out", f"{d}/ovself_x", "--ov-self", "1"])
-    except SystemExit as e:
-        assert e.code != 0
-    else:
-        raise AssertionError("--ov-self without --sup-rec was accepted")
+    assert_refused(train_base.main, common + ["--out", f"{d}/ovself_x", "--ov-self", "1"],
+                   "--ov-self without --sup-rec")
 
 
 def test_answer_loss_adds_the_answers_term():
     """train_base.py --answer-loss a: the first step's loss (the same batch, the same weights)
     is the plain loss plus a times the answer tokens' mean loss, so it grows linearly in a
     and by a positive amount; without --mix (no answers) the flag is refused."""
-    import contextlib
-    import io
-
     f = fixture()
     sys.path.insert(0, TRAIN)
     import train_base
 
     d, corpus = f["dir"], os.path.dirname(tap.shared("corpus/persuasion.txt"))
-    first = {}
-    for a in (0, 2, 4):
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            train_base.main(["--corpus", corpus, "--max-bytes", "40000", "--tok", f["tok"],
-                             "--init-ckpt", f"{d}/base/ckpt.pt", "--out", f"{d}/answers{a}",
-                             "--ctx", "256", "--seq", "256", "--batch", "2", "--mix", "1",
-                             "--kinds", "passkey=1", "--answer-loss", str(a), "--max-steps",
-                             "1", "--log-every", "1", "--eval-windows", "1", "--warmup", "1"])
-        m = re.search(r"^step 1 loss ([\d.]+)", buf.getvalue(), re.M)
-        assert m, buf.getvalue()
-        first[a] = float(m.group(1))
+    first = {a: first_step_loss(train_base.main, [
+        "--corpus", corpus, "--max-bytes", "40000", "--tok", f["tok"], "--init-ckpt",
+        f"{d}/base/ckpt.pt", "--out", f"{d}/answers{a}", "--ctx", "256", "--seq", "256",
+        "--batch", "2", "--mix", "1", "--kinds", "passkey=1", "--answer-loss", str(a),
+        "--max-steps", "1", "--log-every", "1", "--eval-windows", "1", "--warmup", "1"])
+        for a in (0, 2, 4)}
     term = first[2] - first[0]
     assert term > 0.1, first
     assert abs((first[4] - first[0]) - 2 * term) < 1e-3 * first[4], first
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            train_base.main(["--corpus", corpus, "--tok", f["tok"], "--out", f"{d}/answers_x",
-                             "--answer-loss", "1", "--max-steps", "1"])
-    except SystemExit as e:
-        assert e.code != 0
-    else:
-        raise AssertionError("--answer-loss without --mix was accepted")
+    assert_refused(train_base.main, ["--corpus", corpus, "--tok", f["tok"], "--out",
+                                     f"{d}/answers_x", "--answer-loss", "1", "--max-steps", "1"],
+                   "--answer-loss without --mix")
 
 
 def test_stage_starts_from_model_file():
