@@ -125,7 +125,10 @@ typedef struct pol_event {
     size_t bytes_before;  /* the session's bytes (kv_session_stats) before the step */
     size_t bytes_after;   /* and after it */
     int64_t bytes_freed;  /* bytes_before - bytes_after: negative when a step stored more
-                             than it freed (learned gists of a short sentence) */
+                             than it freed: learned gists of a short sentence, or, under a
+                             limit, an eviction that emptied no block while the edit gathered
+                             the lane's older blocks into a payload run (its record, tens of bytes
+                             a lane: kv_session_dissolve_runs in kvstore/kvstore.h) */
 } pol_event_t;
 
 typedef void (*pol_emit_fn)(void *ctx, const pol_event_t *ev);
