@@ -617,6 +617,38 @@ def test_problem_sampler_pins_the_question():
     assert mask.shape == (3, 400, 400)
 
 
+def test_problem_sampler_names_open_for_training():
+    """train_gist.ProblemSampler given the books' filler: training's word problems take a
+    share of made-up names (never a held-out one), as the base's mix does; evaluation draws
+    the very problems it draws without the filler."""
+    f = fixture()
+    sys.path.insert(0, TRAIN)
+    import data
+    import synth
+    import train_gist
+
+    sp = data.load_sp(f["tok"])
+    G = sp.GetPieceSize()
+    book = open(tap.shared("corpus/emma.txt"), encoding="utf-8").read()
+    filler = synth.Filler([book])
+    owner = re.compile(r"Step 1: ([A-Z][a-z]+) has \d+ ")
+    tr = train_gist.ProblemSampler(sp, 400, G, 2, 5, filler=filler)
+    names = []
+    for _ in range(80):
+        t, _pin, _ans = tr.problem()
+        m = owner.search(sp.DecodeIds([x for x in t if x < G]))
+        if m:
+            names.append(m.group(1))
+    listed = set(synth.FIRST_NAMES)
+    made_up = [n for n in names if n not in listed]
+    assert len(names) >= 20 and 0.2 * len(names) <= len(made_up) <= 0.8 * len(names), names
+    assert not any(synth.heldout(n) for n in names), names
+    a = train_gist.ProblemSampler(sp, 400, G, 2, 3, evaluation=True, filler=filler)
+    b = train_gist.ProblemSampler(sp, 400, G, 2, 3, evaluation=True)
+    for _ in range(20):
+        assert a.problem() == b.problem()
+
+
 def test_gist_stage_thought_unit():
     """A tiny gist stage with --unit thought exports a file the engine reads as such."""
     f = fixture()

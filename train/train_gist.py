@@ -111,19 +111,22 @@ class ProblemSampler:
     one the question closes in too (a chat's question closes with the first thought: gistd
     keeps the pinned tokens of a span raw and gists the span whole, policy/learned.c).
     No target crosses from one problem into the next. evaluation=True draws held-out
-    problems (synth's evaluation seed).
+    problems (synth's evaluation seed). filler (synth.Filler of the training books) opens
+    the vocabulary for training: a share of the word problems' names are made up, as in the
+    base's mix, so the thoughts learn to copy any name, not the training list's; evaluation
+    draws the same problems with or without it.
     """
 
-    def __init__(self, sp, seq_len, gist_first, n_gist, seed, evaluation=False):
+    def __init__(self, sp, seq_len, gist_first, n_gist, seed, evaluation=False, filler=None):
         self.sp, self.seq, self.bos = sp, seq_len, sp.bos_id()
         self.gf, self.ng = gist_first, n_gist
         self.texts = data.piece_texts(sp)
-        self.ev = evaluation
+        self.ev, self.filler = evaluation, filler
         self.rng = synth.eval_rng(seed) if evaluation else synth.train_rng(seed + 0x7e)
 
     def problem(self, with_gists=True, steps=None):
         """(tokens, pinned, answer): answer is the slice of tokens its answer takes."""
-        p = synth.reasoning(self.rng, None, 0, self.ev, steps=steps)
+        p = synth.reasoning(self.rng, self.filler, 0, self.ev, steps=steps)
         full = self.sp.EncodeAsIds(p.text)
         q = self.sp.EncodeAsIds(synth.reasoning_question(p))
         head = self.sp.EncodeAsIds(p.prompt)
@@ -318,16 +321,20 @@ def main(argv=None):
     gist = {"count": a.gists, "first_token_id": gist_first, "sinks": 1, "mask": a.unit}
     vg, vp = valid_windows(valid_s, a.seq, sp.bos_id(), gist_first, a.gists, a.eval_windows)
     sampler = GistSampler(train_s, a.seq, sp.bos_id(), gist_first, a.gists, a.seed)
+    book_texts = [data.read_text(p, a.max_bytes) for p in books]
     if a.mix > 0:
         import mix
         sampler = MixGistSampler(
             mix.MixSampler(sp, [data.book_tokens(a.tok, p, a.max_bytes) for p in books],
-                           [data.read_text(p, a.max_bytes) for p in books], a.seq, a.seed,
-                           a.mix), sampler, data.piece_texts(sp), SPLIT[a.unit])
+                           book_texts, a.seq, a.seed, a.mix), sampler, data.piece_texts(sp),
+            SPLIT[a.unit])
 
     if a.problems > 0 and a.unit != "thought":
         ap.error("--problems needs --unit thought")
-    problems = ProblemSampler(sp, a.seq, gist_first, a.gists, a.seed) if a.problems > 0 else None
+    problems = None
+    if a.problems > 0:
+        problems = ProblemSampler(sp, a.seq, gist_first, a.gists, a.seed,
+                                  filler=synth.Filler(book_texts))
 
     def eval_fn(m):
         (g, ng), (p, npl) = eval_gisted(m, vg, gist_first, a.gists), eval_plain(m, vp)
