@@ -428,12 +428,29 @@ static void on_compact(const hctx_t *h, const Gistd__Compact *m)
         cr.first = m->span->first;
         cr.last = m->span->last;
     }
+    /* After the last thought, the next token is drawn as when the policy closes a thought on
+     * its own (rt_step_add: the gists run once the next token came): from the prediction of
+     * the thought's last token, made with its text in view, not from the gists' */
+    const size_t nv = d->hp->n_vocab;
+    float *keep = NULL;
+    if (m->last_thought && s->rt.have_logits) {
+        keep = malloc(nv * sizeof *keep);
+        if (!keep) {
+            dmn_send_errorf(d, h->peer, h->id, s->id, ERR_NOMEM, "out of memory");
+            return;
+        }
+        memcpy(keep, s->rt.logits, nv * sizeof *keep);
+    }
     /* compaction events of this request go to its client */
     start(h, s, DMN_REQ_APPEND);
     err_info_t e;
     err_clear(&e);
     int rc = pol_compact(s->rt.pol, &cr, &e);
     rt_sess_sync(d->rt, &s->rt);
+    if (keep) {
+        memcpy(s->rt.logits, keep, nv * sizeof *keep);
+        free(keep);
+    }
     if (rc)
         dmn_req_fail(d, s, &e);
     else
