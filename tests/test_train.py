@@ -757,6 +757,32 @@ def test_answer_loss_adds_the_answers_term():
                    "--answer-loss without --mix")
 
 
+def test_open_share_reaches_the_draws():
+    """train_base.py --open s sets the share of training values drawn from outside the lists
+    (synth.OPEN) before the mix draws a document; a share outside [0, 1], or the flag without
+    --mix, is refused."""
+    f = fixture()
+    sys.path.insert(0, TRAIN)
+    import synth
+    import train_base
+
+    d, corpus = f["dir"], os.path.dirname(tap.shared("corpus/persuasion.txt"))
+    common = ["--corpus", corpus, "--max-bytes", "40000", "--tok", f["tok"], "--init-ckpt",
+              f"{d}/base/ckpt.pt", "--ctx", "256", "--seq", "256", "--batch", "2",
+              "--max-steps", "1", "--log-every", "1", "--eval-windows", "1", "--warmup", "1"]
+    was = synth.OPEN
+    try:
+        first_step_loss(train_base.main, common + ["--out", f"{d}/open", "--mix", "1",
+                                                   "--kinds", "niah_single=1", "--open", "0.9"])
+        assert synth.OPEN == 0.9
+    finally:
+        synth.OPEN = was
+    for args, what in ((["--mix", "1", "--open", "1.5"], "--open 1.5"),
+                       (["--open", "0.9"], "--open without --mix")):
+        assert_refused(train_base.main, common + ["--out", f"{d}/open_x"] + args, what)
+    assert synth.OPEN == was
+
+
 def test_stage_starts_from_model_file():
     """export.load_start (the start of train_base.py --init-gguf/--init-ckpt and of
     induction.py --init): a model file and the checkpoint it was exported from give the same

@@ -61,6 +61,10 @@ def main(argv=None):
                     help="the generated documents' shares, KIND=W,... (default: synth.WEIGHTS)")
     ap.add_argument("--mix", type=float, default=0.0,
                     help="share of windows packed with generated documents (mix.py)")
+    ap.add_argument("--open", type=float, default=None,
+                    help="with --mix: the share of training's word values, names, places and "
+                         "keys drawn from outside the lists evaluation draws from (synth.OPEN, "
+                         "0.5 by default); the held-out probes do not change")
     ap.add_argument("--answer-loss", type=float, default=0.0,
                     help="weight of a second loss term: the mean next-token loss over the "
                          "generated documents' answer tokens alone (with --mix)")
@@ -79,6 +83,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.answer_loss > 0 and a.mix <= 0:
         ap.error("--answer-loss needs --mix: book windows have no answers")
+    if a.open is not None and not (a.mix > 0 and 0.0 <= a.open <= 1.0):
+        ap.error("--open needs --mix and a share from 0 to 1")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     os.makedirs(a.out, exist_ok=True)
@@ -114,6 +120,10 @@ def main(argv=None):
         opt.load_state_dict(d["opt"])
     if a.mix > 0:
         import mix
+        import synth
+        if a.open is not None:
+            synth.OPEN = a.open
+            print(f"# open vocabulary share {a.open}", flush=True)
         sampler = mix.MixSampler(sp, train_tok, [data.read_text(p, a.max_bytes) for p in books],
                                  a.seq, a.seed + state["step"], a.mix,
                                  mix.parse_kinds(a.kinds))
