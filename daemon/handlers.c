@@ -428,12 +428,13 @@ static void on_compact(const hctx_t *h, const Gistd__Compact *m)
         cr.first = m->span->first;
         cr.last = m->span->last;
     }
-    /* After the last thought, the next token is drawn as when the policy closes a thought on
-     * its own (rt_step_add: the gists run once the next token came): from the prediction of
-     * the thought's last token, made with its text in view, not from the gists' */
+    /* A compaction changes what is stored, not where the text is: the session's prediction of
+     * the next token stays the one its last token made with its text in view, as when the
+     * policy closes a thought on its own (rt_step_add: the gists run once the next token
+     * came), not the prediction of the gists it ran */
     const size_t nv = d->hp->n_vocab;
     float *keep = NULL;
-    if (m->last_thought && s->rt.have_logits) {
+    if (s->rt.have_logits) {
         keep = malloc(nv * sizeof *keep);
         if (!keep) {
             dmn_send_errorf(d, h->peer, h->id, s->id, ERR_NOMEM, "out of memory");

@@ -74,37 +74,45 @@ def test_compact_takes_each_finished_thought():
 
 
 def test_compact_keeps_the_next_tokens_prediction():
-    """Under learned thought gists, Compact{last_thought} leaves the session's prediction of
-    the next token as the thought's last token made it, as when gistd closes a thought on its
-    own: the next thought's first token reads the same log-prob as in a session that did not
-    compact, while the thought's rows did go (the gists ran, bytes fell)."""
+    """A Compact request leaves the session's prediction of the next token as its last token
+    made it, as when gistd closes a thought on its own: the next text's first token reads the
+    same log-prob as in a session that did not compact, while the compacted rows did go (the
+    learned gists ran, bytes fell) and the later tokens read them. Two cases: the last thought
+    under thought gists, and a span reaching the open sentence under sentence gists."""
     gistc = need()
     import synth
 
-    model = os.path.join(tap.ROOT, "models", "gistd-6m-thought.gguf")
-    if not os.path.exists(model):
+    thought_model = os.path.join(tap.ROOT, "models", "gistd-6m-thought.gguf")
+    if not os.path.exists(thought_model):
         raise tap.Skip("models/gistd-6m-thought.gguf absent")
     p = synth.reasoning(synth.eval_rng(78), None, 0, True, steps=3)
     question = f"Problem: {p.meta['problem']}\n\n"
-    first, then = p.meta["thoughts"][0] + "\n\n", p.meta["thoughts"][1]
-    with gistc.Daemon(tap.tool("gistd"), model, "--block-rows", "8", "--threads", "1") as d, \
-            gistc.Client(d.endpoint) as c:
-        read = {}
-        for compact in (False, True):
-            s = c.open_session(policy="gist", params={"unit": "thought"})
-            s.append(question + first)
-            if compact:
-                before = s.info()["bytes"]
-                evs = s.compact(last_thought=True)
-                assert [(e.action, e.method) for e in evs] == [("gist", "learned")], evs
-                assert s.info()["bytes"] < before
-            read[compact] = s.score(text=then)
-            s.close()
-    (toks, plain), (toks2, compacted) = read[False], read[True]
-    assert toks == toks2 and len(plain) > 3
-    assert compacted[0] == plain[0], (compacted[0], plain[0])
-    # the later tokens read the gists, not the thought: their log-probs moved
-    assert compacted[1:] != plain[1:]
+    story = ("Anne walked to the harbour in the morning. The boats were coming in with the tide, "
+             "and the men were calling across the water. Then she turned and walked back up "
+             "the hill to the house, where her")
+    cases = [(thought_model, {"unit": "thought"}, question + p.meta["thoughts"][0] + "\n\n",
+              p.meta["thoughts"][1], lambda s: s.compact(last_thought=True)),
+             (MODEL, {}, story, " father was waiting at the door.",
+              lambda s: s.compact(0, s.info()["tokens"] - 5))]
+    for model, params, text, then, compact in cases:
+        with gistc.Daemon(tap.tool("gistd"), model, "--block-rows", "8", "--threads", "1") as d, \
+                gistc.Client(d.endpoint) as c:
+            read = {}
+            for compacted in (False, True):
+                s = c.open_session(policy="gist", params=params)
+                s.append(text)
+                if compacted:
+                    before = s.info()["bytes"]
+                    evs = compact(s)
+                    assert ("gist", "learned") in [(e.action, e.method) for e in evs], evs
+                    assert s.info()["bytes"] < before
+                read[compacted] = s.score(text=then)
+                s.close()
+        (toks, plain), (toks2, after) = read[False], read[True]
+        assert toks == toks2 and len(plain) > 3
+        assert after[0] == plain[0], (model, after[0], plain[0])
+        # the later tokens read the gists, not the compacted text: their log-probs moved
+        assert after[1:] != plain[1:], model
 
 
 def run_example(endpoint, *args):
