@@ -53,8 +53,8 @@ base_stage() {
     $RUN train/train_base.py --corpus "$CORPUS" --tok $TOK --out $out --ctx $ctx --mix $MIX \
         $PROBES ${SUP:-} --dim 256 --layers 6 --heads 8 --kv-heads 4 --seq $seq \
         --batch $((2048 / seq)) --lr "${BASE_LR:-2e-3}" --minutes "$minutes" ${BF16:+--bf16} \
-        ${end:+--end-utc $end} ${ANSWER_LOSS:+--answer-loss $ANSWER_LOSS} --eval-windows 8 \
-        --eval-minutes 30 --threads $THREADS "$@" \
+        ${end:+--end-utc $end} ${ANSWER_LOSS:+--answer-loss $ANSWER_LOSS} ${OPEN:+--open $OPEN} \
+        --eval-windows 8 --eval-minutes 30 --threads $THREADS "$@" \
         >> $out/log.txt 2>&1
 }
 # An optional first stage at a short context (SHORT_CTX, SHORT_MIN minutes), from when
@@ -107,7 +107,8 @@ done
 # BASE_SEQ: the base stage's windows when shorter than the context; BASE_KINDS: the
 # generated documents' shares (mix.parse_kinds), e.g. more retrieval than synth.WEIGHTS;
 # ANSWER_LOSS: the weight of a second loss on the documents' answer tokens alone (every
-# base stage: train_base.py --answer-loss)
+# base stage: train_base.py --answer-loss); OPEN: the share of training's values drawn from
+# outside evaluation's lists (every base stage: train_base.py --open; synth.OPEN otherwise)
 base_stage base $CTX ${BASE_SEQ:-$CTX} "${BASE_MIN:-110}" "${BASE_END:-}" $INIT \
     ${BASE_KINDS:+--kinds $BASE_KINDS}
 
