@@ -685,6 +685,15 @@ def test_gist_stage_thought_unit():
         assert torch.allclose(w, start.state_dict()[name], atol=1e-4), name
 
 
+def one_step_args(f, ctx, seq):
+    """train_base.py's arguments for a single step from the fixture's base, windows of seq
+    tokens in a context of ctx (--out and the flags under test to be added)."""
+    corpus = os.path.dirname(tap.shared("corpus/persuasion.txt"))
+    return ["--corpus", corpus, "--max-bytes", "40000", "--tok", f["tok"], "--init-ckpt",
+            f"{f['dir']}/base/ckpt.pt", "--ctx", str(ctx), "--seq", str(seq), "--batch", "2",
+            "--max-steps", "1", "--log-every", "1", "--eval-windows", "1", "--warmup", "1"]
+
+
 def first_step_loss(main, args):
     """The loss a training script's main(args) logs at its first step."""
     import contextlib
@@ -720,10 +729,7 @@ def test_ov_self_adds_its_term():
     sys.path.insert(0, TRAIN)
     import train_base
 
-    d, corpus = f["dir"], os.path.dirname(tap.shared("corpus/persuasion.txt"))
-    common = ["--corpus", corpus, "--max-bytes", "40000", "--tok", f["tok"], "--init-ckpt",
-              f"{d}/base/ckpt.pt", "--ctx", "128", "--seq", "48", "--batch", "2",
-              "--max-steps", "1", "--log-every", "1", "--eval-windows", "1", "--warmup", "1"]
+    d, common = f["dir"], one_step_args(f, 128, 48)
     first = {w: first_step_loss(train_base.main, common + [
         "--out", f"{d}/ovself{w}", "--sup-rec", "1:0,1:2", "--ov-self", str(w)])
         for w in (0, 1, 3)}
@@ -742,18 +748,14 @@ def test_answer_loss_adds_the_answers_term():
     sys.path.insert(0, TRAIN)
     import train_base
 
-    d, corpus = f["dir"], os.path.dirname(tap.shared("corpus/persuasion.txt"))
-    first = {a: first_step_loss(train_base.main, [
-        "--corpus", corpus, "--max-bytes", "40000", "--tok", f["tok"], "--init-ckpt",
-        f"{d}/base/ckpt.pt", "--out", f"{d}/answers{a}", "--ctx", "256", "--seq", "256",
-        "--batch", "2", "--mix", "1", "--kinds", "passkey=1", "--answer-loss", str(a),
-        "--max-steps", "1", "--log-every", "1", "--eval-windows", "1", "--warmup", "1"])
+    d, common = f["dir"], one_step_args(f, 256, 256)
+    first = {a: first_step_loss(train_base.main, common + [
+        "--out", f"{d}/answers{a}", "--mix", "1", "--kinds", "passkey=1", "--answer-loss", str(a)])
         for a in (0, 2, 4)}
     term = first[2] - first[0]
     assert term > 0.1, first
     assert abs((first[4] - first[0]) - 2 * term) < 1e-3 * first[4], first
-    assert_refused(train_base.main, ["--corpus", corpus, "--tok", f["tok"], "--out",
-                                     f"{d}/answers_x", "--answer-loss", "1", "--max-steps", "1"],
+    assert_refused(train_base.main, common + ["--out", f"{d}/answers_x", "--answer-loss", "1"],
                    "--answer-loss without --mix")
 
 
@@ -766,10 +768,7 @@ def test_open_share_reaches_the_draws():
     import synth
     import train_base
 
-    d, corpus = f["dir"], os.path.dirname(tap.shared("corpus/persuasion.txt"))
-    common = ["--corpus", corpus, "--max-bytes", "40000", "--tok", f["tok"], "--init-ckpt",
-              f"{d}/base/ckpt.pt", "--ctx", "256", "--seq", "256", "--batch", "2",
-              "--max-steps", "1", "--log-every", "1", "--eval-windows", "1", "--warmup", "1"]
+    d, common = f["dir"], one_step_args(f, 256, 256)
     was = synth.OPEN
     try:
         first_step_loss(train_base.main, common + ["--out", f"{d}/open", "--mix", "1",
