@@ -321,7 +321,9 @@ def main(argv=None):
     gist = {"count": a.gists, "first_token_id": gist_first, "sinks": 1, "mask": a.unit}
     vg, vp = valid_windows(valid_s, a.seq, sp.bos_id(), gist_first, a.gists, a.eval_windows)
     sampler = GistSampler(train_s, a.seq, sp.bos_id(), gist_first, a.gists, a.seed)
-    book_texts = [data.read_text(p, a.max_bytes) for p in books]
+    # the texts: the mix's filler and the open vocabulary of the problems' names
+    book_texts = [data.read_text(p, a.max_bytes) for p in books] \
+        if a.mix > 0 or a.problems > 0 else None
     if a.mix > 0:
         import mix
         sampler = MixGistSampler(
