@@ -759,27 +759,46 @@ def test_answer_loss_adds_the_answers_term():
                    "--answer-loss without --mix")
 
 
-def test_open_share_reaches_the_draws():
-    """train_base.py --open s sets the share of training values drawn from outside the lists
-    (synth.OPEN) before the mix draws a document; a share outside [0, 1], or the flag without
-    --mix, is refused."""
+def test_mix_arguments_reach_the_draws():
+    """train_base.py and train_gist.py take the mix's arguments alike (mix.add_args): --kinds
+    reaches the sampler that draws the documents, and --open s sets the share of training
+    values drawn from outside the lists (synth.OPEN) before it draws; a share outside [0, 1],
+    or --open without --mix, is refused."""
     f = fixture()
     sys.path.insert(0, TRAIN)
+    import mix
     import synth
     import train_base
+    import train_gist
 
-    d, common = f["dir"], one_step_args(f, 256, 256)
-    was = synth.OPEN
-    try:
-        first_step_loss(train_base.main, common + ["--out", f"{d}/open", "--mix", "1",
-                                                   "--kinds", "niah_single=1", "--open", "0.9"])
-        assert synth.OPEN == 0.9
-    finally:
-        synth.OPEN = was
-    for args, what in ((["--mix", "1", "--open", "1.5"], "--open 1.5"),
-                       (["--open", "0.9"], "--open without --mix")):
-        assert_refused(train_base.main, common + ["--out", f"{d}/open_x"] + args, what)
-    assert synth.OPEN == was
+    d = f["dir"]
+    corpus = os.path.dirname(tap.shared("corpus/persuasion.txt"))
+    gist_args = ["--corpus", corpus, "--max-bytes", "40000", "--tok", f["tok"], "--base",
+                 f"{d}/base/ckpt.pt", "--seq", "96", "--batch", "2", "--frozen-steps", "1",
+                 "--max-steps", "1", "--log-every", "1", "--eval-windows", "1", "--warmup", "1"]
+    was, made = synth.OPEN, mix.MixSampler.__init__
+    seen = []
+
+    def spy(self, *args, **kw):
+        seen.append((args[-1] if len(args) == 7 else kw.get("kinds"), synth.OPEN))
+        made(self, *args, **kw)
+
+    for main, common in ((train_base.main, one_step_args(f, 256, 256)),
+                         (train_gist.main, gist_args)):
+        seen.clear()
+        mix.MixSampler.__init__ = spy
+        try:
+            first_step_loss(main, common + ["--out", f"{d}/open_{main.__module__}", "--mix",
+                                            "1", "--kinds", "niah_single=1", "--open", "0.9"])
+        finally:
+            mix.MixSampler.__init__ = made
+            synth.OPEN = was
+        assert seen == [({"niah_single": 1.0}, 0.9)], (main.__module__, seen)
+        for args, what in ((["--mix", "1", "--open", "1.5"], "--open 1.5"),
+                           (["--open", "0.9"], "--open without --mix"),
+                           (["--mix", "1", "--kinds", "nothing=1"], "an unknown kind")):
+            assert_refused(main, common + ["--out", f"{d}/open_x"] + args, what)
+        assert synth.OPEN == was
 
 
 def test_stage_starts_from_model_file():

@@ -109,6 +109,34 @@ class MixSampler:
         return w[:, :-1], w[:, 1:], m[:, 1:]
 
 
+def add_args(ap):
+    """The mix's arguments, as every stage that trains on it takes them: --mix, --kinds and
+    --open (check them with checked_args)."""
+    ap.add_argument("--mix", type=float, default=0.0,
+                    help="share of windows packed with generated documents (mix.py)")
+    ap.add_argument("--kinds", default="",
+                    help="the generated documents' shares, KIND=W,... (default: synth.WEIGHTS)")
+    ap.add_argument("--open", type=float, default=None,
+                    help="with --mix: the share of training's word values, names, places and "
+                         "keys drawn from outside the lists evaluation draws from (synth.OPEN, "
+                         "0.5 by default); the held-out probes do not change")
+
+
+def checked_args(ap, a):
+    """The {kind: weight} of a's --kinds (None: synth.WEIGHTS), after refusing, through
+    ap.error, an --open without --mix or out of [0, 1], and setting synth.OPEN to it."""
+    if a.open is not None and not (a.mix > 0 and 0.0 <= a.open <= 1.0):
+        ap.error("--open needs --mix and a share from 0 to 1")
+    try:
+        kinds = parse_kinds(a.kinds)
+    except ValueError as e:
+        ap.error(str(e))
+    if a.open is not None:
+        synth.OPEN = a.open
+        print(f"# open vocabulary share {a.open}", flush=True)
+    return kinds
+
+
 def parse_kinds(spec):
     """{kind: weight} from "passkey=3,repeat=2" (kinds left out weigh 0), or None for the
     default shares (synth.WEIGHTS) when spec is empty."""

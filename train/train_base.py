@@ -19,6 +19,7 @@ import torch.nn.functional as F  # noqa: E402
 import common  # noqa: E402
 import data  # noqa: E402
 import induction  # noqa: E402
+import mix  # noqa: E402
 import model as M  # noqa: E402
 
 
@@ -57,14 +58,7 @@ def main(argv=None):
     ap.add_argument("--init-ckpt", default=None,
                     help="start from this checkpoint's weights (a fresh optimizer and step count), "
                          "e.g. a shorter-context stage carried on at a longer context")
-    ap.add_argument("--kinds", default="",
-                    help="the generated documents' shares, KIND=W,... (default: synth.WEIGHTS)")
-    ap.add_argument("--mix", type=float, default=0.0,
-                    help="share of windows packed with generated documents (mix.py)")
-    ap.add_argument("--open", type=float, default=None,
-                    help="with --mix: the share of training's word values, names, places and "
-                         "keys drawn from outside the lists evaluation draws from (synth.OPEN, "
-                         "0.5 by default); the held-out probes do not change")
+    mix.add_args(ap)
     ap.add_argument("--answer-loss", type=float, default=0.0,
                     help="weight of a second loss term: the mean next-token loss over the "
                          "generated documents' answer tokens alone (with --mix)")
@@ -83,8 +77,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.answer_loss > 0 and a.mix <= 0:
         ap.error("--answer-loss needs --mix: book windows have no answers")
-    if a.open is not None and not (a.mix > 0 and 0.0 <= a.open <= 1.0):
-        ap.error("--open needs --mix and a share from 0 to 1")
+    kinds = mix.checked_args(ap, a)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     os.makedirs(a.out, exist_ok=True)
@@ -119,14 +112,8 @@ def main(argv=None):
     if d is not None and "opt" in d:
         opt.load_state_dict(d["opt"])
     if a.mix > 0:
-        import mix
-        import synth
-        if a.open is not None:
-            synth.OPEN = a.open
-            print(f"# open vocabulary share {a.open}", flush=True)
         sampler = mix.MixSampler(sp, train_tok, [data.read_text(p, a.max_bytes) for p in books],
-                                 a.seq, a.seed + state["step"], a.mix,
-                                 mix.parse_kinds(a.kinds))
+                                 a.seq, a.seed + state["step"], a.mix, kinds)
         probes = mix.heldout_probes(a.eval_probes, data.read_text(valid), a.seq) \
             if a.eval_probes else []
     else:

@@ -38,6 +38,7 @@ import torch.nn.functional as F  # noqa: E402
 import common  # noqa: E402
 import data  # noqa: E402
 import export  # noqa: E402
+import mix  # noqa: E402
 import model as M  # noqa: E402
 import synth  # noqa: E402
 
@@ -301,13 +302,13 @@ def main(argv=None):
     ap.add_argument("--plain-frac", type=float, default=0.25,
                     help="phase 2: share of the windows left without gists")
     ap.add_argument("--eval-windows", type=int, default=8)
-    ap.add_argument("--mix", type=float, default=0.0,
-                    help="share of windows packed with generated documents (mix.py)")
+    mix.add_args(ap)
     ap.add_argument("--problems", type=float, default=0.0,
                     help="with --unit thought: share of batches packed with reasoning "
                          "problems, their question pinned (ProblemSampler)")
     common.add_budget_args(ap, minutes=10, lr=3e-4)
     a = ap.parse_args(argv)
+    kinds = mix.checked_args(ap, a)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     os.makedirs(a.out, exist_ok=True)
@@ -325,10 +326,9 @@ def main(argv=None):
     book_texts = [data.read_text(p, a.max_bytes) for p in books] \
         if a.mix > 0 or a.problems > 0 else None
     if a.mix > 0:
-        import mix
         sampler = MixGistSampler(
             mix.MixSampler(sp, [data.book_tokens(a.tok, p, a.max_bytes) for p in books],
-                           book_texts, a.seq, a.seed, a.mix), sampler, data.piece_texts(sp),
+                           book_texts, a.seq, a.seed, a.mix, kinds), sampler, data.piece_texts(sp),
             SPLIT[a.unit])
 
     if a.problems > 0 and a.unit != "thought":
