@@ -65,6 +65,8 @@ static int type_slot(uint32_t type)
         return KT_Q5_K;
     case DT_Q6_K:
         return KT_Q6_K;
+    case KERN_TYPE_Q8_0_R16:
+        return KT_Q8_0_R16;
     default:
         return -1;
     }
@@ -81,6 +83,7 @@ static size_t row_bytes(int kt, int n)
     case KT_BF16:
         return (size_t)n * 2;
     case KT_Q8_0:
+    case KT_Q8_0_R16:
         return (size_t)(n / QK8_0) * sizeof(block_q8_0);
     case KT_Q4_0:
         return (size_t)(n / QK4_0) * sizeof(block_q4_0);
@@ -102,6 +105,12 @@ static size_t row_bytes(int kt, int n)
 bool kern_type_supported(uint32_t type)
 {
     return type_slot(type) >= 0;
+}
+
+size_t kern_row_bytes(uint32_t type, int n_cols)
+{
+    int kt = type_slot(type);
+    return kt >= 0 ? row_bytes(kt, n_cols) : 0;
 }
 
 /* ---- choice of path ---------------------------------------------------------------------- */
@@ -192,6 +201,15 @@ void kern_get_row(uint32_t type, const void *W, int n_cols, int r, float *out)
 {
     int kt = type_slot(type);
     assert(kt >= 0);
+    if (kt == KT_Q8_0_R16) {
+        int8_t q[32];
+        for (int b = 0; b < n_cols / 32; b++) {
+            float d = kern_r16_block(W, row_bytes(kt, n_cols), n_cols / 32, r, b, q);
+            for (int j = 0; j < 32; j++)
+                out[32 * b + j] = d * q[j];
+        }
+        return;
+    }
     const uint8_t *row = (const uint8_t *)W + (size_t)r * row_bytes(kt, n_cols);
     int rc = dt_to_f32(type, row, out, (size_t)n_cols);
     assert(rc == 0);
@@ -412,6 +430,105 @@ static void rows_q4_0_portable(const uint8_t *W, size_t w_stride, const uint8_t 
     rows_q_portable(KT_Q4_0, W, w_stride, x, x_stride, nx, n_cols, y, y_stride, r0, r1);
 }
 
+/* ---- Q8_0 packed 16 rows at a time (layout: kernels_impl.h) -------------------------------- */
+
+uint32_t kern_pack_type(uint32_t type, int n_rows, int n_cols)
+{
+    if (type != DT_Q8_0 || !path()->packs_q8_0 || n_rows < 1 || n_cols < 32 || n_cols % 32)
+        return 0;
+    return KERN_TYPE_Q8_0_R16;
+}
+
+size_t kern_packed_bytes(uint32_t packed, int n_rows, int n_cols)
+{
+    assert(packed == KERN_TYPE_Q8_0_R16);
+    return (size_t)R16_ROWS(n_rows) * row_bytes(KT_Q8_0_R16, n_cols);
+}
+
+void kern_pack(uint32_t type, uint32_t packed, const void *W, int n_rows, int n_cols, void *out)
+{
+    assert(type == DT_Q8_0 && packed == KERN_TYPE_Q8_0_R16 && n_cols % 32 == 0);
+    (void)type;
+    const int nb = n_cols / 32;
+    const size_t rb = row_bytes(KT_Q8_0_R16, n_cols);
+    const block_q8_0 *src = W;
+    memset(out, 0, kern_packed_bytes(packed, n_rows, n_cols));
+    for (int r = 0; r < n_rows; r++) {
+        uint8_t *grp = (uint8_t *)out + (size_t)(r / 16) * 16 * rb;
+        const int l = r % 16;
+        for (int b = 0; b < nb; b++) {
+            const block_q8_0 *blk = &src[(size_t)r * nb + b];
+            memcpy(grp + (size_t)b * 32 + 2 * l, &blk->d, 2);
+            uint8_t *qb = grp + (size_t)nb * 32 + (size_t)b * 512 + 4 * l;
+            for (int k = 0; k < 8; k++)
+                for (int j = 0; j < 4; j++)
+                    qb[64 * k + j] = (uint8_t)(blk->qs[4 * k + j] ^ 0x80);
+        }
+    }
+    /* the padding rows' scales are 0 and their quants 128 (zero) */
+    for (int r = n_rows; r < R16_ROWS(n_rows); r++) {
+        uint8_t *qs = (uint8_t *)out + (size_t)(r / 16) * 16 * rb + (size_t)nb * 32;
+        for (int b = 0; b < nb; b++)
+            for (int k = 0; k < 8; k++)
+                memset(qs + (size_t)b * 512 + 64 * k + 4 * (r % 16), 0x80, 4);
+    }
+}
+
+float kern_r16_block(const uint8_t *W, size_t rb, int nb, int r, int b, int8_t q[32])
+{
+    const uint8_t *grp = kern_r16_group(W, rb, r / 16);
+    const int l = r % 16;
+    uint16_t dh;
+    memcpy(&dh, grp + (size_t)b * 32 + 2 * l, 2);
+    const uint8_t *qb = grp + (size_t)nb * 32 + (size_t)b * 512 + 4 * l;
+    for (int k = 0; k < 8; k++)
+        for (int j = 0; j < 4; j++)
+            q[4 * k + j] = (int8_t)(qb[64 * k + j] ^ 0x80);
+    return f16_f32(dh);
+}
+
+void kern_rows_q8_0_r16_simple(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
+                               int nx, int n_cols, float *y, size_t y_stride, int r0, int r1)
+{
+    const int nb = n_cols / 32;
+    int8_t q[32];
+    for (int r = r0; r < r1; r++) {
+        for (int i = 0; i < nx; i++) {
+            const int8_t *xq = (const int8_t *)(x + i * x_stride);
+            const float *xd = (const float *)(x + i * x_stride + n_cols);
+            float acc = 0;
+            for (int b = 0; b < nb; b++) {
+                float d = kern_r16_block(W, w_stride, nb, r, b, q);
+                int32_t s = 0;
+                for (int j = 0; j < 32; j++)
+                    s += q[j] * xq[32 * b + j];
+                acc += d * xd[b] * (float)s;
+            }
+            y[i * y_stride + r] = acc;
+        }
+    }
+}
+
+void kern_rows_q8_0_r16_f32(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
+                            int nx, int n_cols, float *y, size_t y_stride, int r0, int r1)
+{
+    const int nb = n_cols / 32;
+    int8_t q[32];
+    for (int r = r0; r < r1; r++) {
+        for (int i = 0; i < nx; i++) {
+            const float *xf = (const float *)(x + i * x_stride);
+            float acc = 0;
+            for (int b = 0; b < nb; b++) {
+                float d = kern_r16_block(W, w_stride, nb, r, b, q), s = 0;
+                for (int j = 0; j < 32; j++)
+                    s += (float)q[j] * xf[32 * b + j];
+                acc += d * s;
+            }
+            y[i * y_stride + r] = acc;
+        }
+    }
+}
+
 static void to_f32_f32(const uint8_t *src, float *dst, int n)
 {
     memcpy(dst, src, (size_t)n * 4);
@@ -446,6 +563,7 @@ const kern_path_t kern_path_portable = {
              kern_rows_q4_K_portable, kern_rows_q5_K_portable, kern_rows_q6_K_portable},
     .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0, kern_to_f32_q5_0,
                kern_to_f32_q5_1, kern_to_f32_q4_K, kern_to_f32_q5_K, kern_to_f32_q6_K},
+    .rows[KT_Q8_0_R16] = kern_rows_q8_0_r16_simple,
     .qx_bytes = kern_qx_simple_bytes,
     .qx_make = kern_qx_simple_make,
     .swiglu = swiglu_portable,
@@ -569,6 +687,8 @@ static void chunk_rows(int n_rows, int c, int nc, int *r0, int *r1)
 /* Whether matrix slot kt in a product of n_b vectors goes through sgemm. */
 static bool by_gemm(int how, int kt, int n_b)
 {
+    if (kt == KT_Q8_0_R16) /* no f32 rows to convert a tile from */
+        return false;
     if (how)
         return how == KERN_BY_GEMM;
     /* Q8_0/Q4_0 (and K-quant) int8 row kernels outrun dequantising to f32 for sgemm at every batch
@@ -594,7 +714,10 @@ static void rows_range(const kern_path_t *p, int kt, const kern_mat_t *m, const 
             x += p->qx_bytes(n_cols);
     }
     kern_rows_fn fn = p->rows[kt];
-    const int rblock = n_b <= KERN_MAX_NX ? r1 - r0 : (int)(ROW_BLOCK_BYTES / w_stride) + 1;
+    /* whole units, which packed rows need (kernels_impl.h) */
+    const int rblock = n_b <= KERN_MAX_NX
+                           ? r1 - r0
+                           : ((int)(ROW_BLOCK_BYTES / w_stride) + ROW_ALIGN) & ~(ROW_ALIGN - 1);
     for (int vb = 0; vb < n_b; vb += VEC_BLOCK) {
         int ve = n_b - vb < VEC_BLOCK ? n_b : vb + VEC_BLOCK;
         for (int rb = r0; rb < r1; rb += rblock) {

@@ -123,6 +123,30 @@ void kern_matmul_multi_team(int n_mats, const kern_mat_t *mats, const kern_act_t
  * only, no OpenMP). */
 void kern_matmul_rows(const kern_mat_t *mat, const kern_act_t *a, int r0, int r1);
 
+/*
+ * Weights packed for the kernels in use. A Q8_0 matrix multiplies faster with its rows
+ * interleaved 16 at a time (the layout is in kernels_impl.h), on the AVX-512 path: a model
+ * loads each such matrix packed into memory of its own. A packed matrix has the type
+ * KERN_TYPE_Q8_0_R16, outside the file types; every function here takes it, every path
+ * multiplies it, and it gives the same products as the matrix it was packed from.
+ */
+#define KERN_TYPE_Q8_0_R16 0x10008u
+
+/* The type `type` is packed to for the kernels in use (n_rows x n_cols), or 0 when it is
+ * multiplied as stored. */
+uint32_t kern_pack_type(uint32_t type, int n_rows, int n_cols);
+
+/* Bytes of a matrix of `type` packed (kern_pack_type's result), n_rows x n_cols. */
+size_t kern_packed_bytes(uint32_t packed, int n_rows, int n_cols);
+
+/* Packs W (n_rows rows of `type` as stored in the file) into out (kern_packed_bytes,
+ * 64-byte aligned) as `packed`. */
+void kern_pack(uint32_t type, uint32_t packed, const void *W, int n_rows, int n_cols, void *out);
+
+/* Bytes of one row of n_cols elements of `type` (packed types: the same as the type they
+ * were packed from). */
+size_t kern_row_bytes(uint32_t type, int n_cols);
+
 /* Copies row r of W to f32 (embedding lookup). */
 void kern_get_row(uint32_t type, const void *W, int n_cols, int r, float *out);
 

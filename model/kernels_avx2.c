@@ -472,6 +472,7 @@ const kern_path_t kern_path_avx2 = {
              kern_rows_q5_1_portable, rows_q4_K, rows_q5_K, rows_q6_K},
     .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0, kern_to_f32_q5_0,
                kern_to_f32_q5_1, kern_to_f32_q4_K, kern_to_f32_q5_K, kern_to_f32_q6_K},
+    .rows[KT_Q8_0_R16] = kern_rows_q8_0_r16_simple,
     .qx_bytes = kern_qx_simple_bytes,
     .qx_make = qx_make,
     .swiglu = swiglu,

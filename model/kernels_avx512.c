@@ -254,6 +254,65 @@ INLINE void rows_quant(const int kt, const int NX, const uint8_t *W, size_t w_st
     }
 }
 
+/* Q8_0 packed 16 rows at a time (kernels_impl.h): for each group of 16 rows touching
+ * [r0, r1), each block's 8 weight vectors are loaded once for all NX activation vectors;
+ * lane l of a product accumulates row 16g+l, with each activation word broadcast (the
+ * int8 products of 4 columns for 16 rows in one instruction) and the block's 16 scales
+ * converted at once. Only the rows in [r0, r1) are stored. */
+INLINE void rows_r16(const int kt, const int NX, const uint8_t *W, size_t w_stride,
+                     const uint8_t *x, size_t x_stride, int n_cols, float *y, size_t y_stride,
+                     int r0, int r1)
+{
+    (void)kt;
+    const int nb = n_cols / 32, npairs = (nb + 1) / 2;
+    const uint8_t *xq[KERN_MAX_NX];
+    const int32_t *xb[KERN_MAX_NX];
+    const float *xd[KERN_MAX_NX];
+#pragma GCC unroll 4
+    for (int i = 0; i < NX; i++) {
+        const uint8_t *base = x + i * x_stride;
+        xq[i] = base;
+        xb[i] = (const int32_t *)(base + (size_t)npairs * 64);
+        xd[i] = (const float *)(base + (size_t)npairs * 128);
+    }
+    for (int g = r0 / 16; g * 16 < r1; g++) {
+        const uint8_t *grp = kern_r16_group(W, w_stride, g);
+        const uint8_t *qs = grp + (size_t)nb * 32;
+        __m512 acc[KERN_MAX_NX];
+#pragma GCC unroll 4
+        for (int i = 0; i < NX; i++)
+            acc[i] = _mm512_setzero_ps();
+        for (int b = 0; b < nb; b++) {
+            const uint8_t *qb = qs + (size_t)b * 512;
+            __m512i w[8];
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; k++) {
+                _mm_prefetch((const char *)qb + KERN_WEIGHT_AHEAD + 64 * k, _MM_HINT_T0);
+                w[k] = _mm512_loadu_si512(qb + 64 * k);
+            }
+            const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(grp + 32 * b)));
+            /* block b of the activations (the pair layout): quants at 32b, bias and scale
+             * at index 8b */
+#pragma GCC unroll 4
+            for (int i = 0; i < NX; i++) {
+                const int32_t *xw = (const int32_t *)(xq[i] + 32 * b);
+                __m512i s = _mm512_set1_epi32(xb[i][8 * b]);
+#pragma GCC unroll 8
+                for (int k = 0; k < 8; k++)
+                    s = _mm512_dpbusd_epi32(s, w[k], _mm512_set1_epi32(xw[k]));
+                acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(xd[i][8 * b])),
+                                         _mm512_cvtepi32_ps(s), acc[i]);
+            }
+        }
+        /* the group's rows in [r0, r1) */
+        const int lo = r0 > 16 * g ? r0 - 16 * g : 0, hi = r1 - 16 * g < 16 ? r1 - 16 * g : 16;
+        const __mmask16 keep = (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+#pragma GCC unroll 4
+        for (int i = 0; i < NX; i++)
+            _mm512_mask_storeu_ps(y + i * y_stride + 16 * g, keep, acc[i]);
+    }
+}
+
 /* ---- quantised weights dequantised to f32 in registers (the "avx512-fma" variant) ---- */
 
 static size_t qx_f32_bytes(int n_cols)
@@ -510,6 +569,7 @@ ROWS_FN(rows_q4_0_fma, rows_quant_fma, KT_Q4_0)
 ROWS_FN(rows_q4_K, rows_k45, KT_Q4_K)
 ROWS_FN(rows_q5_K, rows_k45, KT_Q5_K)
 ROWS_FN(rows_q6_K, rows_q6k, KT_Q6_K)
+ROWS_FN(rows_q8_0_r16, rows_r16, KT_Q8_0_R16)
 
 /* ---- conversion to f32 (sgemm tiles) ---- */
 
@@ -583,9 +643,11 @@ const kern_path_t kern_path_avx512 = {
              kern_rows_q5_1_portable, rows_q4_K, rows_q5_K, rows_q6_K},
     .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0, kern_to_f32_q5_0,
                kern_to_f32_q5_1, kern_to_f32_q4_K, kern_to_f32_q5_K, kern_to_f32_q6_K},
+    .rows[KT_Q8_0_R16] = rows_q8_0_r16,
     .qx_bytes = qx_pair_bytes,
     .qx_make = qx_pair_make,
     .swiglu = swiglu,
+    .packs_q8_0 = 1,
 };
 
 const kern_path_t kern_path_avx512_fma = {
@@ -594,6 +656,7 @@ const kern_path_t kern_path_avx512_fma = {
              kern_rows_q5_1_portable, rows_q4_K, rows_q5_K, rows_q6_K},
     .to_f32 = {to_f32_f32, to_f32_f16, to_f32_bf16, to_f32_q8_0, to_f32_q4_0, kern_to_f32_q5_0,
                kern_to_f32_q5_1, kern_to_f32_q4_K, kern_to_f32_q5_K, kern_to_f32_q6_K},
+    .rows[KT_Q8_0_R16] = kern_rows_q8_0_r16_f32,
     .qx_bytes = qx_f32_bytes,
     .qx_make = qx_f32_make,
     .swiglu = swiglu,

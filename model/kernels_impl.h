@@ -34,19 +34,47 @@ enum {
     KT_Q4_K,
     KT_Q5_K,
     KT_Q6_K,
+    KT_Q8_0_R16, /* Q8_0 packed 16 rows at a time (KERN_TYPE_Q8_0_R16, below) */
     KT_COUNT
 };
+
+/* Whether a slot's row kernels read the K layout of quantised activations. */
+static inline int kern_slot_k(int kt)
+{
+    return kt == KT_Q4_K || kt == KT_Q5_K || kt == KT_Q6_K;
+}
 
 /* Whether a slot's row kernels read quantised activations (rather than f32 rows). */
 static inline int kern_slot_quant(int kt)
 {
-    return kt == KT_Q8_0 || kt == KT_Q4_0 || kt >= KT_Q4_K;
+    return kt == KT_Q8_0 || kt == KT_Q4_0 || kt == KT_Q8_0_R16 || kern_slot_k(kt);
 }
 
-static inline int kern_slot_k(int kt)
+/*
+ * Q8_0 weights packed 16 rows at a time (kern_pack): the row kernels' int8 products then
+ * take one weight vector for 16 rows and one activation word for all of them (a broadcast),
+ * and a block's scales for 16 rows in one conversion, where a row at a time spends a scale,
+ * a conversion and a horizontal sum on each row (bench/batching.md, "Weights packed 16
+ * rows at a time"). Group g (rows 16g .. 16g+15) starts at byte g * 16 * row_bytes, where
+ * the file has its rows, and holds
+ *   - the f16 scales of its nb blocks, [nb][16]: block b of row 16g+l at [b][l];
+ *   - then their quants, [nb][8][16][4]: bytes 4k .. 4k+3 of block b of row 16g+l at
+ *     [b][k][l], each plus 128 (as unsigned bytes, which the int8 products multiply with
+ *     the signed activations; the activations' bias undoes the 128).
+ * A matrix whose rows are not whole groups is padded with zero rows to the next group: its
+ * buffer is R16_ROWS(n_rows) * row_bytes. Kernels compute whole groups and store only the
+ * rows asked for.
+ */
+#define R16_ROWS(n) (((n) + 15) / 16 * 16)
+
+static inline const uint8_t *kern_r16_group(const uint8_t *W, size_t row_bytes, int g)
 {
-    return kt >= KT_Q4_K;
+    return W + (size_t)g * 16 * row_bytes;
 }
+
+/* Block b of row r of a packed matrix of nb blocks a row: its 32 quants, signed, into q;
+ * returns its scale. */
+float kern_r16_block(const uint8_t *W, size_t row_bytes, int nb, int r, int b, int8_t q[32]);
 
 /* Most vectors one pass over a weight row serves; callers split larger batches. */
 #define KERN_MAX_NX 4
@@ -81,6 +109,9 @@ typedef struct kern_path {
     void (*qx_make)(const float *x, int n_cols, uint8_t *out);
     /* g[i] = silu(g[i]) * u[i] for i < n (kern_swiglu). */
     void (*swiglu)(float *g, const float *u, int n);
+    /* Whether models loaded on this path pack their Q8_0 matrices (kern_pack_type): only
+     * where rows[KT_Q8_0_R16] is the faster kernel; every path can multiply packed ones. */
+    int packs_q8_0;
 } kern_path_t;
 
 extern const kern_path_t kern_path_portable;
@@ -131,6 +162,12 @@ void kern_to_f32_q5_1(const uint8_t *src, float *dst, int n);
 void kern_to_f32_q4_K(const uint8_t *src, float *dst, int n);
 void kern_to_f32_q5_K(const uint8_t *src, float *dst, int n);
 void kern_to_f32_q6_K(const uint8_t *src, float *dst, int n);
+/* Packed Q8_0 rows for the paths whose own kernel is not the packed one: with the "simple"
+ * layout's activations (portable, AVX2) and with f32 activations (avx512-fma). */
+void kern_rows_q8_0_r16_simple(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
+                               int nx, int n_cols, float *y, size_t y_stride, int r0, int r1);
+void kern_rows_q8_0_r16_f32(const uint8_t *W, size_t w_stride, const uint8_t *x, size_t x_stride,
+                            int nx, int n_cols, float *y, size_t y_stride, int r0, int r1);
 
 /* Quantises 32 floats as every path does (the SIMD ones with the same f32 operations, so
  * the bytes agree): d = max|x| / 127, q = x * (1 / d) rounded to nearest even.

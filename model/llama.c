@@ -50,7 +50,7 @@ static int bind_vec(mdl_t *m, const char *name, uint64_t n, const float **out, e
         *out = t->data;
         return 0;
     }
-    float **owned = realloc(m->owned, sizeof(float *) * (m->n_owned + 1));
+    void **owned = realloc(m->owned, sizeof *owned * (m->n_owned + 1));
     if (!owned)
         return err_set(e, ERR_NOMEM, "out of memory converting tensor '%s'", name);
     m->owned = owned;
@@ -86,6 +86,41 @@ static int bind_mat(mdl_t *m, const char *name, int n_rows, int n_cols, mdl_mat_
     }
     *out = (mdl_mat_t){.type = t->type, .data = t->data, .n_rows = n_rows, .n_cols = n_cols};
     return 0;
+}
+
+/* Packs a product's matrix for the kernels in use when they multiply it faster packed
+ * (kern_pack_type), into memory the model owns; otherwise leaves it in the mapping. */
+static int pack_mat(mdl_t *m, mdl_mat_t *w, err_info_t *e)
+{
+    const uint32_t packed = w->data ? kern_pack_type(w->type, w->n_rows, w->n_cols) : 0;
+    if (!packed)
+        return 0;
+    void **owned = realloc(m->owned, sizeof *owned * (m->n_owned + 1));
+    if (!owned)
+        return err_set(e, ERR_NOMEM, "out of memory packing the weights");
+    m->owned = owned;
+    const size_t n = kern_packed_bytes(packed, w->n_rows, w->n_cols);
+    void *p = aligned_alloc(64, (n + 63) & ~(size_t)63);
+    if (!p)
+        return err_set(e, ERR_NOMEM, "out of memory packing the weights (%zu bytes)", n);
+    kern_pack(w->type, packed, w->data, w->n_rows, w->n_cols, p);
+    m->owned[m->n_owned++] = p;
+    *w = (mdl_mat_t){.type = packed, .data = p, .n_rows = w->n_rows, .n_cols = w->n_cols};
+    return 0;
+}
+
+/* Every product's matrix packed where the kernels want it (a tied output projection gets
+ * a packed copy; the embedding lookup keeps the mapping's rows). */
+static int pack_weights(mdl_t *m, err_info_t *e)
+{
+    int rc = pack_mat(m, &m->out, e);
+    for (uint32_t l = 0; l < m->hp.n_layer && !rc; l++) {
+        mdl_layer_t *L = &m->layers[l];
+        mdl_mat_t *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0] && !rc; i++)
+            rc = pack_mat(m, ws[i], e);
+    }
+    return rc;
 }
 
 /* Per-pair RoPE inverse frequencies, with linear or Llama 3 scaling folded in. */
@@ -229,7 +264,7 @@ static int bind_weights(mdl_t *m, err_info_t *e)
 
 static double mat_bytes(const mdl_mat_t *w)
 {
-    return w->data ? (double)ggml_row_bytes(w->type, (uint64_t)w->n_cols) * w->n_rows : 0.0;
+    return w->data ? (double)kern_row_bytes(w->type, w->n_cols) * w->n_rows : 0.0;
 }
 
 static double mat_params(const mdl_mat_t *w)
@@ -291,7 +326,7 @@ int mdl_new(const char *path, mdl_t **out, err_info_t *e)
         rc = err_set(e, ERR_UNSUPPORTED, "head_dim %u is odd", hp->head_dim);
         goto fail;
     }
-    if ((rc = setup_rope(m, e)) || (rc = bind_weights(m, e)))
+    if ((rc = setup_rope(m, e)) || (rc = bind_weights(m, e)) || (rc = pack_weights(m, e)))
         goto fail;
     layer_cost(m);
     m->attn_scale = 1.0f / sqrtf((float)hp->head_dim);

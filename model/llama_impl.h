@@ -16,7 +16,9 @@
 #include "model/llama.h"
 #include "model/rope.h"
 
-/* A weight matrix: n_rows rows of n_cols elements of `type`, in the mapping. */
+/* A weight matrix: n_rows rows of n_cols elements of `type`, in the mapping, or packed for
+ * the kernels in memory of the model's own (kern_pack_type: `type` is then the packed
+ * type). */
 typedef struct mdl_mat {
     uint32_t type;
     const void *data;
@@ -156,7 +158,7 @@ struct mdl {
     float attn_scale;                    /* 1 / sqrt(head_dim) */
     const struct mdl_attn_ops *attn_ops; /* attention loops for this CPU and head_dim */
 
-    float **owned; /* vectors converted to f32 at load, freed with the model */
+    void **owned; /* vectors converted to f32 and matrices packed at load, freed with it */
     size_t n_owned;
 
     /* What one layer costs, to decide whether a forward call is worth threads: */

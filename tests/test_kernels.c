@@ -3,7 +3,8 @@
  * its own decoders of the stored formats, and every fast path (each SIMD path this CPU
  * can run, forced in turn) against that loop, for every weight type and many shapes:
  * odd row counts, ragged columns for the float types, batches 1..20 (the row kernels)
- * and larger (OpenBLAS), one thread and several. Tolerances: tests/kern_fixture.h.
+ * and larger (OpenBLAS), one thread and several; Q8_0 also packed 16 rows at a time
+ * (kern_pack), on every path. Tolerances: tests/kern_fixture.h.
  * The fused products are tested in tests/test_kernels_multi.c.
  */
 #include <math.h>
@@ -19,14 +20,29 @@
 #include "tests/check.h"
 #include "tests/kern_fixture.h"
 
+/* W (rows x cols of Q8_0) packed as KERN_TYPE_Q8_0_R16, in a buffer of its own. */
+static uint8_t *packed_copy(const uint8_t *W, int rows, int cols)
+{
+    size_t n = kern_packed_bytes(KERN_TYPE_Q8_0_R16, rows, cols);
+    uint8_t *P = aligned_alloc(64, (n + 63) / 64 * 64);
+    CHECK(P != NULL);
+    kern_pack(DT_Q8_0, KERN_TYPE_Q8_0_R16, W, rows, cols, P);
+    return P;
+}
+
 /* Runs one product (kern_matvec for n_b == 1 when vec is set, else kern_matmul) on an
  * output with guard elements after it, and checks every element against the double loop.
- * quant_x: whether the error of quantising x may appear. Returns the number of bad ones. */
-static int check_product_how(int how, uint32_t t, int rows, int cols, int n_b, bool ref, bool vec,
-                             bool exact_x, uint64_t seed)
+ * quant_x: whether the error of quantising x may appear; packed: Q8_0 weights multiplied
+ * packed (kern_pack), checked against the loop on the file's rows. Returns the number of
+ * bad ones. */
+static int check_product_packed(int how, uint32_t t, bool packed, int rows, int cols, int n_b,
+                                bool ref, bool vec, bool exact_x, uint64_t seed)
 {
     uint64_t s = seed;
     uint8_t *W = make_weights(t, rows, cols, &s);
+    uint8_t *P = packed ? packed_copy(W, rows, cols) : NULL;
+    const uint32_t tk = packed ? KERN_TYPE_Q8_0_R16 : t;
+    const void *Wk = packed ? (const void *)P : W;
     float *X = exact_x ? make_x_exact(n_b, cols, &s) : make_x_random(n_b, cols, &s);
     size_t ny = (size_t)n_b * rows;
     float *Y = malloc(sizeof(float) * (ny + 16));
@@ -35,17 +51,17 @@ static int check_product_how(int how, uint32_t t, int rows, int cols, int n_b, b
     for (size_t i = 0; i < ny + 16; i++)
         Y[i] = -12345.0f;
     if (ref && vec && n_b == 1)
-        kern_matvec_ref(t, W, X, Y, rows, cols);
+        kern_matvec_ref(tk, Wk, X, Y, rows, cols);
     else if (ref)
-        kern_matmul_ref(t, W, X, Y, rows, cols, n_b);
+        kern_matmul_ref(tk, Wk, X, Y, rows, cols, n_b);
     else if (how)
-        kern_matmul_how(how, t, W, X, Y, rows, cols, n_b);
+        kern_matmul_how(how, tk, Wk, X, Y, rows, cols, n_b);
     else if (vec && n_b == 1)
-        kern_matvec(t, W, X, Y, rows, cols);
+        kern_matvec(tk, Wk, X, Y, rows, cols);
     else
-        kern_matmul(t, W, X, Y, rows, cols, n_b);
+        kern_matmul(tk, Wk, X, Y, rows, cols, n_b);
     exact(t, W, X, rows, cols, n_b, Yd, A, Q);
-    bool quant_err = !ref && is_quant(t) && !exact_x && how != KERN_BY_GEMM;
+    bool quant_err = !ref && is_quant(t) && !exact_x && (how != KERN_BY_GEMM || packed);
     int bad =
         compare(t, Y, Yd, A, Q, rows, cols, n_b, ref, quant_err, 0, exact_x ? " exact-x" : "");
     for (int i = 0; i < 16; i++)
@@ -54,12 +70,19 @@ static int check_product_how(int how, uint32_t t, int rows, int cols, int n_b, b
                 check_fail_(__FILE__, __LINE__, "wrote past Y (%dx%d n_b=%d)", rows, cols, n_b);
         }
     free(W);
+    free(P);
     free(X);
     free(Y);
     free(Yd);
     free(A);
     free(Q);
     return bad;
+}
+
+static int check_product_how(int how, uint32_t t, int rows, int cols, int n_b, bool ref, bool vec,
+                             bool exact_x, uint64_t seed)
+{
+    return check_product_packed(how, t, false, rows, cols, n_b, ref, vec, exact_x, seed);
 }
 
 static int check_product(uint32_t t, int rows, int cols, int n_b, bool ref, bool vec, bool exact_x,
@@ -104,6 +127,20 @@ static void test_ref_vs_double(void)
             CHECK_INT(check_product(t, shapes[si][0], shapes[si][1], 3, true, false, false, seed++),
                       ==, 0);
         }
+        /* Q8_0 packed: the same shapes (rows not whole groups of 16 among them), batches to
+         * more than one pass and more than one block of vectors, the reference too */
+        for (int si = 0; t == DT_Q8_0 && si < N_OF(shapes); si++) {
+            int rows = shapes[si][0], cols = shapes[si][1];
+            CHECK_INT(check_product_packed(0, t, true, rows, cols, 1, false, true, false, seed++),
+                      ==, 0);
+            CHECK_INT(check_product_packed(0, t, true, rows, cols, 1, true, true, true, seed++), ==,
+                      0);
+            for (int bi = 0; bi < N_OF(batches); bi++)
+                if ((size_t)rows * cols * batches[bi] <= 1500000)
+                    CHECK_INT(check_product_packed(0, t, true, rows, cols, batches[bi], false,
+                                                   false, bi % 2 == 0, seed++),
+                              ==, 0);
+        }
         if (!is_quant(t))
             for (int si = 0; si < N_OF(ragged); si++)
                 CHECK_INT(
@@ -129,6 +166,22 @@ static void test_get_row(void)
         CHECK_MSG(bad == 0, "%s: %d elements differ", type_names[ti], bad);
         free(W);
     }
+    /* packed Q8_0: every row of whole groups and of a padded last group */
+    for (int rows = 1; rows <= 40; rows += 13) {
+        const int cols = 96;
+        uint8_t *W = make_weights(DT_Q8_0, rows, cols, &s), *P = packed_copy(W, rows, cols);
+        float out[96];
+        int bad = 0;
+        for (int r = 0; r < rows; r++) {
+            kern_get_row(KERN_TYPE_Q8_0_R16, P, cols, r, out);
+            for (int c = 0; c < cols; c++)
+                bad += out[c] != (float)decode(DT_Q8_0, W + row_size(DT_Q8_0, cols) * r, c);
+        }
+        CHECK_MSG(bad == 0, "packed q8_0, %d rows: %d elements differ", rows, bad);
+        CHECK(kern_row_bytes(KERN_TYPE_Q8_0_R16, cols) == row_size(DT_Q8_0, cols));
+        free(W);
+        free(P);
+    }
 }
 
 /* Every type, shape and batch on the current path; exact and random activations. */
@@ -152,6 +205,20 @@ static void run_fast_all(void)
                         0);
             }
         }
+        /* Q8_0 packed: the same shapes (rows not whole groups of 16 among them), batches to
+         * more than one pass and more than one block of vectors, the reference too */
+        for (int si = 0; t == DT_Q8_0 && si < N_OF(shapes); si++) {
+            int rows = shapes[si][0], cols = shapes[si][1];
+            CHECK_INT(check_product_packed(0, t, true, rows, cols, 1, false, true, false, seed++),
+                      ==, 0);
+            CHECK_INT(check_product_packed(0, t, true, rows, cols, 1, true, true, true, seed++), ==,
+                      0);
+            for (int bi = 0; bi < N_OF(batches); bi++)
+                if ((size_t)rows * cols * batches[bi] <= 1500000)
+                    CHECK_INT(check_product_packed(0, t, true, rows, cols, batches[bi], false,
+                                                   false, bi % 2 == 0, seed++),
+                              ==, 0);
+        }
         if (!is_quant(t))
             for (int si = 0; si < N_OF(ragged); si++)
                 for (int bi = 0; bi < N_OF(batches); bi += 2)
@@ -168,6 +235,10 @@ static void run_fast_all(void)
                   0);
         CHECK_INT(check_product_how(KERN_BY_GEMM, t, 300, 4096, 16, false, false, false, seed++),
                   ==, 0);
+        if (t == DT_Q8_0) /* packed rows have no f32 tiles: sgemm asked for, the rows do it */
+            CHECK_INT(check_product_packed(KERN_BY_GEMM, t, true, 33, 160, 40, false, false, false,
+                                           seed++),
+                      ==, 0);
     }
 }
 
