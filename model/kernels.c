@@ -458,8 +458,8 @@ void kern_pack(uint32_t type, uint32_t packed, const void *W, int n_rows, int n_
         const int l = r % 16;
         for (int b = 0; b < nb; b++) {
             const block_q8_0 *blk = &src[(size_t)r * nb + b];
-            memcpy(grp + (size_t)b * 32 + 2 * l, &blk->d, 2);
-            uint8_t *qb = grp + (size_t)nb * 32 + (size_t)b * 512 + 4 * l;
+            memcpy(grp + kern_r16_scales_at(b) + 2 * l, &blk->d, 2);
+            uint8_t *qb = grp + kern_r16_quants_at(nb, b) + 4 * l;
             for (int k = 0; k < 8; k++)
                 for (int j = 0; j < 4; j++)
                     qb[64 * k + j] = (uint8_t)(blk->qs[4 * k + j] ^ 0x80);
@@ -467,10 +467,10 @@ void kern_pack(uint32_t type, uint32_t packed, const void *W, int n_rows, int n_
     }
     /* the padding rows' scales are 0 and their quants 128 (zero) */
     for (int r = n_rows; r < R16_ROWS(n_rows); r++) {
-        uint8_t *qs = (uint8_t *)out + (size_t)(r / 16) * 16 * rb + (size_t)nb * 32;
+        uint8_t *grp = (uint8_t *)out + (size_t)(r / 16) * 16 * rb;
         for (int b = 0; b < nb; b++)
             for (int k = 0; k < 8; k++)
-                memset(qs + (size_t)b * 512 + 64 * k + 4 * (r % 16), 0x80, 4);
+                memset(grp + kern_r16_quants_at(nb, b) + 64 * k + 4 * (r % 16), 0x80, 4);
     }
 }
 
@@ -479,8 +479,8 @@ float kern_r16_block(const uint8_t *W, size_t rb, int nb, int r, int b, int8_t q
     const uint8_t *grp = kern_r16_group(W, rb, r / 16);
     const int l = r % 16;
     uint16_t dh;
-    memcpy(&dh, grp + (size_t)b * 32 + 2 * l, 2);
-    const uint8_t *qb = grp + (size_t)nb * 32 + (size_t)b * 512 + 4 * l;
+    memcpy(&dh, grp + kern_r16_scales_at(b) + 2 * l, 2);
+    const uint8_t *qb = grp + kern_r16_quants_at(nb, b) + 4 * l;
     for (int k = 0; k < 8; k++)
         for (int j = 0; j < 4; j++)
             q[4 * k + j] = (int8_t)(qb[64 * k + j] ^ 0x80);

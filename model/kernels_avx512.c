@@ -277,31 +277,33 @@ INLINE void rows_r16(const int kt, const int NX, const uint8_t *W, size_t w_stri
     }
     for (int g = r0 / 16; g * 16 < r1; g++) {
         const uint8_t *grp = kern_r16_group(W, w_stride, g);
-        const uint8_t *qs = grp + (size_t)nb * 32;
         __m512 acc[KERN_MAX_NX];
 #pragma GCC unroll 4
         for (int i = 0; i < NX; i++)
             acc[i] = _mm512_setzero_ps();
         for (int b = 0; b < nb; b++) {
-            const uint8_t *qb = qs + (size_t)b * 512;
+            const uint8_t *qb = grp + kern_r16_quants_at(nb, b);
             __m512i w[8];
 #pragma GCC unroll 8
             for (int k = 0; k < 8; k++) {
                 _mm_prefetch((const char *)qb + KERN_WEIGHT_AHEAD + 64 * k, _MM_HINT_T0);
                 w[k] = _mm512_loadu_si512(qb + 64 * k);
             }
-            const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(grp + 32 * b)));
+            const __m512 d =
+                _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(grp + kern_r16_scales_at(b))));
             /* block b of the activations (the pair layout): quants at 32b, bias and scale
-             * at index 8b */
+             * at index 8b; two chains of products, which one vector alone waits on */
 #pragma GCC unroll 4
             for (int i = 0; i < NX; i++) {
                 const int32_t *xw = (const int32_t *)(xq[i] + 32 * b);
-                __m512i s = _mm512_set1_epi32(xb[i][8 * b]);
-#pragma GCC unroll 8
-                for (int k = 0; k < 8; k++)
-                    s = _mm512_dpbusd_epi32(s, w[k], _mm512_set1_epi32(xw[k]));
+                __m512i s0 = _mm512_set1_epi32(xb[i][8 * b]), s1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+                for (int k = 0; k < 8; k += 2) {
+                    s0 = _mm512_dpbusd_epi32(s0, w[k], _mm512_set1_epi32(xw[k]));
+                    s1 = _mm512_dpbusd_epi32(s1, w[k + 1], _mm512_set1_epi32(xw[k + 1]));
+                }
                 acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(xd[i][8 * b])),
-                                         _mm512_cvtepi32_ps(s), acc[i]);
+                                         _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), acc[i]);
             }
         }
         /* the group's rows in [r0, r1) */

@@ -56,11 +56,12 @@ static inline int kern_slot_quant(int kt)
  * and a block's scales for 16 rows in one conversion, where a row at a time spends a scale,
  * a conversion and a horizontal sum on each row (bench/batching.md, "Weights packed 16
  * rows at a time"). Group g (rows 16g .. 16g+15) starts at byte g * 16 * row_bytes, where
- * the file has its rows, and holds
- *   - the f16 scales of its nb blocks, [nb][16]: block b of row 16g+l at [b][l];
- *   - then their quants, [nb][8][16][4]: bytes 4k .. 4k+3 of block b of row 16g+l at
- *     [b][k][l], each plus 128 (as unsigned bytes, which the int8 products multiply with
- *     the signed activations; the activations' bias undoes the 128).
+ * the file has its rows, and holds its nb blocks a pair at a time, in one stream:
+ *   - the pair's f16 scales, [2][16]: block b of row 16g+l at [b % 2][l] (64 bytes);
+ *   - the pair's quants, [2][8][16][4]: bytes 4k .. 4k+3 of block b of row 16g+l at
+ *     [b % 2][k][l], each plus 128 (as unsigned bytes, which the int8 products multiply
+ *     with the signed activations; the activations' bias undoes the 128);
+ *   - with nb odd, the last block alone: its 32 bytes of scales, then its quants.
  * A matrix whose rows are not whole groups is padded with zero rows to the next group: its
  * buffer is R16_ROWS(n_rows) * row_bytes. Kernels compute whole groups and store only the
  * rows asked for.
@@ -70,6 +71,17 @@ static inline int kern_slot_quant(int kt)
 static inline const uint8_t *kern_r16_group(const uint8_t *W, size_t row_bytes, int g)
 {
     return W + (size_t)g * 16 * row_bytes;
+}
+
+/* Where block b's 16 scales and its quants lie in a group of nb blocks. */
+static inline size_t kern_r16_scales_at(int b)
+{
+    return (size_t)(b / 2) * 1088 + (size_t)(b % 2) * 32;
+}
+
+static inline size_t kern_r16_quants_at(int nb, int b)
+{
+    return (size_t)(b / 2) * 1088 + (b / 2 * 2 + 1 < nb ? 64 : 32) + (size_t)(b % 2) * 512;
 }
 
 /* Block b of row r of a packed matrix of nb blocks a row: its 32 quants, signed, into q;
