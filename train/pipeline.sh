@@ -130,8 +130,8 @@ gist_stage() {
 }
 # train_gates.py into $RUNS/$1 on the checkpoint $RUNS/$2/ckpt.pt, ending by $3 (or empty),
 # on windows of GATES_SEQ tokens (default GIST_SEQ). At 2,048 tokens the stage trains 17 to
-# 50 times fewer tokens a minute than at 512, and its minutes train next to nothing
-# (train/README.md, "The eighth sitting" and "Gists trained at the full context").
+# 50 times fewer tokens a minute than at 512 (train/README.md, "The eighth sitting" and
+# "Gists trained at the full context", which also says what each gave).
 gates_stage() {
     local out=$RUNS/$1 model=$RUNS/$2/ckpt.pt end=$3
     mkdir -p $out
