@@ -432,9 +432,21 @@ static void rows_q4_0_portable(const uint8_t *W, size_t w_stride, const uint8_t 
 
 /* ---- Q8_0 packed 16 rows at a time (layout: kernels_impl.h) -------------------------------- */
 
+/* GISTD_PACK: "1" packs Q8_0 on every path, "0" on none, else the path decides. */
+static int pack_env = -1;
+static pthread_once_t pack_once = PTHREAD_ONCE_INIT;
+
+static void read_pack_env(void)
+{
+    const char *env = getenv("GISTD_PACK");
+    pack_env = env && !strcmp(env, "1") ? 1 : env && !strcmp(env, "0") ? 0 : -1;
+}
+
 uint32_t kern_pack_type(uint32_t type, int n_rows, int n_cols)
 {
-    if (type != DT_Q8_0 || !path()->packs_q8_0 || n_rows < 1 || n_cols < 32 || n_cols % 32)
+    pthread_once(&pack_once, read_pack_env);
+    const bool packs = pack_env >= 0 ? pack_env == 1 : path()->packs_q8_0;
+    if (type != DT_Q8_0 || !packs || n_rows < 1 || n_cols < 32 || n_cols % 32)
         return 0;
     return KERN_TYPE_Q8_0_R16;
 }
@@ -451,18 +463,18 @@ void kern_pack(uint32_t type, uint32_t packed, const void *W, int n_rows, int n_
     (void)type;
     const int nb = n_cols / 32;
     const size_t rb = row_bytes(KT_Q8_0_R16, n_cols);
-    const block_q8_0 *src = W;
     memset(out, 0, kern_packed_bytes(packed, n_rows, n_cols));
     for (int r = 0; r < n_rows; r++) {
         uint8_t *grp = (uint8_t *)out + (size_t)(r / 16) * 16 * rb;
         const int l = r % 16;
         for (int b = 0; b < nb; b++) {
-            const block_q8_0 *blk = &src[(size_t)r * nb + b];
-            memcpy(grp + kern_r16_scales_at(b) + 2 * l, &blk->d, 2);
+            /* byte by byte: a file may place a tensor at any offset */
+            const uint8_t *blk = (const uint8_t *)W + ((size_t)r * nb + b) * sizeof(block_q8_0);
+            memcpy(grp + kern_r16_scales_at(b) + 2 * l, blk, 2);
             uint8_t *qb = grp + kern_r16_quants_at(nb, b) + 4 * l;
             for (int k = 0; k < 8; k++)
                 for (int j = 0; j < 4; j++)
-                    qb[64 * k + j] = (uint8_t)(blk->qs[4 * k + j] ^ 0x80);
+                    qb[64 * k + j] = blk[2 + 4 * k + j] ^ 0x80;
         }
     }
     /* the padding rows' scales are 0 and their quants 128 (zero) */
@@ -714,10 +726,9 @@ static void rows_range(const kern_path_t *p, int kt, const kern_mat_t *m, const 
             x += p->qx_bytes(n_cols);
     }
     kern_rows_fn fn = p->rows[kt];
-    /* whole units, which packed rows need (kernels_impl.h) */
-    const int rblock = n_b <= KERN_MAX_NX
-                           ? r1 - r0
-                           : ((int)(ROW_BLOCK_BYTES / w_stride) + ROW_ALIGN) & ~(ROW_ALIGN - 1);
+    int rblock = n_b <= KERN_MAX_NX ? r1 - r0 : (int)(ROW_BLOCK_BYTES / w_stride) + 1;
+    if (kt == KT_Q8_0_R16) /* whole groups: a packed kernel computes every group it touches */
+        rblock = (rblock + ROW_ALIGN - 1) & ~(ROW_ALIGN - 1);
     for (int vb = 0; vb < n_b; vb += VEC_BLOCK) {
         int ve = n_b - vb < VEC_BLOCK ? n_b : vb + VEC_BLOCK;
         for (int rb = r0; rb < r1; rb += rblock) {

@@ -133,7 +133,8 @@ void kern_matmul_rows(const kern_mat_t *mat, const kern_act_t *a, int r0, int r1
 #define KERN_TYPE_Q8_0_R16 0x10008u
 
 /* The type `type` is packed to for the kernels in use (n_rows x n_cols), or 0 when it is
- * multiplied as stored. */
+ * multiplied as stored. GISTD_PACK=1 packs on every path (the others' loops are portable:
+ * for tests), GISTD_PACK=0 on none (to measure against). */
 uint32_t kern_pack_type(uint32_t type, int n_rows, int n_cols);
 
 /* Bytes of a matrix of `type` packed (kern_pack_type's result), n_rows x n_cols. */

@@ -152,17 +152,30 @@ def check_quantized(got, refs, what):
 
 
 def test_quantized_weight_types():
-    for wtype in ("q8_0", "q4_0"):
-        for i, shape in enumerate(LLAMA_32):
-            model = make_tiny(20 + i, wtype, shape)
-            toks = tokens(5 + i, 31, SHAPES[shape]["n_vocab"])
-            ref = ref_llama.RefModel(model).forward(toks)
-            ref_q = ref_llama.RefModel(model, act_quant=True).forward(toks)
-            # activation quantization matters here: otherwise this test proves nothing new
-            assert rel_err(ref_q, ref) > 100 * Q_TIGHT
-            check_quantized(logits(model, [toks], "--ubatch", "1"), [ref_q],
-                            f"{wtype} {shape} token by token")
-            check_quantized(logits(model, [toks]), [ref, ref_q], f"{wtype} {shape} prefill")
+    """Q8_0 and Q4_0 weights against the reference; Q8_0 also packed 16 rows at a time
+    (GISTD_PACK=1: on every path, the portable loops where the path does not pack) and not
+    packed (GISTD_PACK=0)."""
+    was = os.environ.get("GISTD_PACK")
+    try:
+        for wtype, packs in (("q8_0", ("1", "0")), ("q4_0", (None,))):
+            for i, shape in enumerate(LLAMA_32):
+                model = make_tiny(20 + i, wtype, shape)
+                toks = tokens(5 + i, 31, SHAPES[shape]["n_vocab"])
+                ref = ref_llama.RefModel(model).forward(toks)
+                ref_q = ref_llama.RefModel(model, act_quant=True).forward(toks)
+                # activation quantization matters here: otherwise this test proves nothing new
+                assert rel_err(ref_q, ref) > 100 * Q_TIGHT
+                for pack in packs:
+                    if pack is not None:
+                        os.environ["GISTD_PACK"] = pack
+                    what = f"{wtype} {shape}" + (f" GISTD_PACK={pack}" if pack else "")
+                    check_quantized(logits(model, [toks], "--ubatch", "1"), [ref_q],
+                                    f"{what} token by token")
+                    check_quantized(logits(model, [toks]), [ref, ref_q], f"{what} prefill")
+    finally:
+        os.environ.pop("GISTD_PACK", None)
+        if was is not None:
+            os.environ["GISTD_PACK"] = was
 
 
 def test_k_quants():

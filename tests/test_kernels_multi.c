@@ -5,7 +5,9 @@
  * product, odd row counts, ragged columns for the float types, batches 1..20 (row
  * kernels) and 32..64 (sgemm for float types), on every SIMD path this CPU can run and
  * 1..3 threads; the done callback's contract; the team form inside the caller's parallel
- * region with per-thread activations. Tolerances: tests/kern_fixture.h.
+ * region with per-thread activations; Q8_0 packed 16 rows at a time (KERN_TYPE_Q8_0_R16)
+ * beside the others, in rows cut into pieces that are not whole groups. Tolerances:
+ * tests/kern_fixture.h.
  */
 #include <math.h>
 #include <omp.h>
@@ -20,13 +22,15 @@
 #include "tests/kern_fixture.h"
 
 /* A fused product under test: up to 5 matrices of the given types and row counts, one X,
- * one Y per matrix (with guard elements after it), the exact products of each. */
+ * one Y per matrix (with guard elements after it), the exact products of each. A matrix of
+ * type KERN_TYPE_Q8_0_R16 is made as Q8_0 and multiplied packed; types[] holds Q8_0. */
 typedef struct multi_case {
     int n_mats, cols, n_b;
     bool exact_x;
     uint32_t types[KERN_MAX_MATS];
     int rows[KERN_MAX_MATS];
-    uint8_t *W[KERN_MAX_MATS];
+    uint8_t *W[KERN_MAX_MATS]; /* as the file stores them */
+    uint8_t *P[KERN_MAX_MATS]; /* W packed, for KERN_TYPE_Q8_0_R16 (NULL otherwise) */
     float *X, *Y[KERN_MAX_MATS];
     double *Yd[KERN_MAX_MATS], *A[KERN_MAX_MATS], *Q[KERN_MAX_MATS];
     double *Yr[KERN_MAX_MATS]; /* kern_matmul_ref's products */
@@ -45,9 +49,16 @@ static void multi_make(multi_case_t *mc, int n_mats, const uint32_t *tys, const 
     mc->X = exact_x ? make_x_exact(n_b, cols, &s) : make_x_random(n_b, cols, &s);
     for (int i = 0; i < n_mats; i++) {
         size_t ny = (size_t)(unsigned)n_b * (unsigned)rows[i];
-        mc->types[i] = tys[i];
+        const bool packed = tys[i] == KERN_TYPE_Q8_0_R16;
+        mc->types[i] = packed ? DT_Q8_0 : tys[i];
         mc->rows[i] = rows[i];
-        mc->W[i] = make_weights(tys[i], rows[i], cols, &s);
+        mc->W[i] = make_weights(mc->types[i], rows[i], cols, &s);
+        if (packed) {
+            size_t n = kern_packed_bytes(KERN_TYPE_Q8_0_R16, rows[i], cols);
+            mc->P[i] = aligned_alloc(64, (n + 63) / 64 * 64);
+            CHECK(mc->P[i] != NULL);
+            kern_pack(DT_Q8_0, KERN_TYPE_Q8_0_R16, mc->W[i], rows[i], cols, mc->P[i]);
+        }
         mc->Y[i] = malloc(sizeof(float) * (ny + 16));
         for (size_t k = 0; k < ny + 16; k++)
             mc->Y[i][k] = -12345.0f;
@@ -55,13 +66,14 @@ static void multi_make(multi_case_t *mc, int n_mats, const uint32_t *tys, const 
         mc->A[i] = malloc(sizeof(double) * ny);
         mc->Q[i] = malloc(sizeof(double) * ny);
         mc->Yr[i] = malloc(sizeof(double) * ny);
-        kern_matmul_ref(tys[i], mc->W[i], mc->X, mc->Y[i], rows[i], cols, n_b);
+        kern_matmul_ref(mc->types[i], mc->W[i], mc->X, mc->Y[i], rows[i], cols, n_b);
         for (size_t k = 0; k < ny; k++)
             mc->Yr[i][k] = mc->Y[i][k];
         for (size_t k = 0; k < ny; k++)
             mc->Y[i][k] = -12345.0f;
-        exact(tys[i], mc->W[i], mc->X, rows[i], cols, n_b, mc->Yd[i], mc->A[i], mc->Q[i]);
-        mc->mats[i] = (kern_mat_t){.type = tys[i], .W = mc->W[i], .n_rows = rows[i], .Y = mc->Y[i]};
+        exact(mc->types[i], mc->W[i], mc->X, rows[i], cols, n_b, mc->Yd[i], mc->A[i], mc->Q[i]);
+        mc->mats[i] = (kern_mat_t){
+            .type = tys[i], .W = packed ? mc->P[i] : mc->W[i], .n_rows = rows[i], .Y = mc->Y[i]};
     }
 }
 
@@ -91,6 +103,7 @@ static void multi_free(multi_case_t *mc)
     free(mc->X);
     for (int i = 0; i < mc->n_mats; i++) {
         free(mc->W[i]);
+        free(mc->P[i]);
         free(mc->Y[i]);
         free(mc->Yd[i]);
         free(mc->A[i]);
@@ -148,13 +161,14 @@ static void run_multi_all(kern_scratch_t *ks, bool quick)
                 CHECK_INT(multi_run(ks, 3, t3, rows3[ci], cols_ragged[ci], nbs[bi], false, seed++),
                           ==, 0);
     }
-    /* every type in one product: one quantisation for both Q8_0 and Q4_0, sgemm for the
-     * float types from 32 vectors on, rows for the others */
-    static const uint32_t mix[] = {DT_Q8_0, DT_F32, DT_Q4_0, DT_F16, DT_BF16, DT_Q8_0};
-    static const int mix_rows[] = {40, 3, 17, 64, 1, 200};
+    /* every type in one product: one quantisation for Q8_0 (packed too) and Q4_0, sgemm for
+     * the float types from 32 vectors on, rows for the others */
+    static const uint32_t mix[] = {DT_Q8_0, DT_F32,  DT_Q4_0,           DT_F16,
+                                   DT_BF16, DT_Q8_0, KERN_TYPE_Q8_0_R16};
+    static const int mix_rows[] = {40, 3, 17, 64, 1, 200, 33};
     for (int bi = 0; bi < N_OF(nbs); bi++) {
-        CHECK_INT(multi_run(ks, 6, mix, mix_rows, 160, nbs[bi], true, seed++), ==, 0);
-        CHECK_INT(multi_run(ks, 6, mix, mix_rows, 96, nbs[bi], false, seed++), ==, 0);
+        CHECK_INT(multi_run(ks, N_OF(mix), mix, mix_rows, 160, nbs[bi], true, seed++), ==, 0);
+        CHECK_INT(multi_run(ks, N_OF(mix), mix, mix_rows, 96, nbs[bi], false, seed++), ==, 0);
     }
 }
 
@@ -277,10 +291,11 @@ static void test_multi_done(void)
  * copy of the activations; outside any region; and kern_matmul_rows in pieces. */
 static void test_multi_team(void)
 {
-    static const uint32_t t[] = {DT_Q8_0, DT_Q4_0, DT_F32, DT_BF16};
-    static const int rows[] = {300, 65, 64, 17};
+    static const uint32_t t[] = {DT_Q8_0, DT_Q4_0, DT_F32, DT_BF16, KERN_TYPE_Q8_0_R16};
+    static const int rows[] = {300, 65, 64, 17, 45};
     static const int nbs[] = {1, 2, 6, 33};
     const int cols = 224;
+    const int n_mats = N_OF(t);
     kern_scratch_t *ks = NULL;
     CHECK_OK(kern_scratch_new(&ks));
     CHECK_OK(kern_scratch_reserve(ks, 3));
@@ -289,7 +304,7 @@ static void test_multi_team(void)
     for (int bi = 0; bi < N_OF(nbs); bi++) {
         const int n_b = nbs[bi];
         multi_case_t mc;
-        multi_make(&mc, 4, t, rows, cols, n_b, bi % 2 == 0, 300 + bi);
+        multi_make(&mc, n_mats, t, rows, cols, n_b, bi % 2 == 0, 300 + bi);
         int oom = 0;
 #pragma omp parallel num_threads(3)
         {
@@ -303,7 +318,7 @@ static void test_multi_team(void)
                 for (int b = 0; b < n_b; b++)
                     kern_qx_make(mc.X + (size_t)b * cols, cols, qx + b * qxb);
                 kern_act_t a = {.x = mc.X, .qx = qx, .n_cols = cols, .n_b = n_b};
-                kern_matmul_multi_team(4, mc.mats, &a, ks, NULL, NULL);
+                kern_matmul_multi_team(n_mats, mc.mats, &a, ks, NULL, NULL);
             }
 #pragma omp barrier
             free(qx);
@@ -316,12 +331,12 @@ static void test_multi_team(void)
         for (int b = 0; b < n_b; b++)
             kern_qx_make(mc.X + (size_t)b * cols, cols, qx + b * qxb);
         kern_act_t a = {.x = mc.X, .qx = qx, .n_cols = cols, .n_b = n_b};
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < n_mats; i++)
             for (size_t k = 0; k < (size_t)n_b * rows[i]; k++)
                 mc.Y[i][k] = NAN;
-        kern_matmul_multi_team(4, mc.mats, &a, ks, NULL, NULL);
+        kern_matmul_multi_team(n_mats, mc.mats, &a, ks, NULL, NULL);
         CHECK_INT(multi_check(&mc, " team of 1"), ==, 0);
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < n_mats; i++) {
             for (size_t k = 0; k < (size_t)n_b * rows[i]; k++)
                 mc.Y[i][k] = NAN;
             for (int r0 = 0; r0 < rows[i]; r0 += 7)
