@@ -114,8 +114,9 @@ base_stage base $CTX ${BASE_SEQ:-$CTX} "${BASE_MIN:-110}" "${BASE_END:-}" $INIT 
 
 # train_gist.py into $RUNS/$1, from the base: $2 minutes of phase 2 after $3 of phase 1,
 # ending by $4 (HH:MM UTC, or empty); the rest are further arguments. Skipped once done.
-# GIST_KINDS and GIST_OPEN: the mix's --kinds and --open for these stages (the base stage's
-# BASE_KINDS and OPEN are not passed on by themselves; without them synth.WEIGHTS and 0.5).
+# GIST_LR: phase 2's peak rate (3e-4). GIST_KINDS and GIST_OPEN: the mix's --kinds and
+# --open for these stages (the base stage's BASE_KINDS and OPEN are not passed on by
+# themselves; without them synth.WEIGHTS and 0.5).
 gist_stage() {
     local out=$RUNS/$1 minutes=$2 frozen=$3 end=$4
     shift 4
@@ -125,7 +126,7 @@ gist_stage() {
         --out $out --gists 2 --seq ${GIST_SEQ:-$CTX} --batch $((2048 / ${GIST_SEQ:-$CTX})) \
         --mix $MIX ${GIST_KINDS:+--kinds $GIST_KINDS} ${GIST_OPEN:+--open $GIST_OPEN} \
         --frozen-minutes "$frozen" --frozen-lr 1e-2 --minutes "$minutes" \
-        ${end:+--end-utc $end} --lr 3e-4 --warmup 10 --plain-frac 0.25 --eval-windows 8 \
+        ${end:+--end-utc $end} --lr ${GIST_LR:-3e-4} --warmup 10 --plain-frac 0.25 --eval-windows 8 \
         --eval-minutes 30 --threads $THREADS "$@" >> $out/log.txt 2>&1
 }
 # train_gates.py into $RUNS/$1 on the checkpoint $RUNS/$2/ckpt.pt, ending by $3 (or empty),
@@ -191,7 +192,7 @@ fi
 # the command as it was run, for the card
 CMD=""
 for v in RUNS MODELS INIT_GGUF INIT_CKPT INDUCTION_STEPS BF16 SUP ANSWER_LOSS OPEN SHORT_CTX SHORT_KINDS SHORT_MIN SHORT_END CARRY CARRY_SUP CARRY_KINDS GIST_SEQ BASE_SEQ BASE_KINDS CTX MIX CHAT THREADS BASE_MIN BASE_LR BASE_END GIST_MIN GIST_FROZEN_MIN \
-         GIST_END GIST_KINDS GIST_OPEN GATES_SEQ GATES_MIN GATES_END THOUGHT_MIN THOUGHT_PROBLEMS EVAL_WINDOWS MEMORY_ARGS \
+         GIST_END GIST_LR GIST_KINDS GIST_OPEN GATES_SEQ GATES_MIN GATES_END THOUGHT_MIN THOUGHT_PROBLEMS EVAL_WINDOWS MEMORY_ARGS \
          REASONING_ARGS THOUGHT_REASONING_ARGS; do
     [ -n "${!v:-}" ] && CMD="$CMD$v=${!v} "
 done
