@@ -130,6 +130,7 @@ def main():
                     help="what the model was trained from and on (the card's first line)")
     ap.add_argument("--base-desc", default="all; seq 1024, batch 2, AdamW 2e-3, cosine",
                     help="the base stage's row of the training table")
+    ap.add_argument("--gist-lr", default="3e-4", help="the gist stage's phase-2 peak rate")
     ap.add_argument("--quality", help="bench/quality.py's quality.csv with rows for this model")
     ap.add_argument("--memory", help="bench/memory.py's memory.md for this model")
     ap.add_argument("--memory-deep", help="bench/memory.py's memory.md of prompts 2 to 8 "
@@ -202,7 +203,7 @@ by them.
 |---|---|---|
 | base | {a.base_desc} | {stage(base)} |
 | gist, phase 1 | only the 2 gist rows of token_embd and output | {phase1} |
-| gist, phase 2 | everything, lr 3e-4; 1/4 of windows without gists | {stage(gist)} |
+| gist, phase 2 | everything, lr {a.gist_lr}; 1/4 of windows without gists | {stage(gist)} |
 | gates | only the retention gates (hidden 32, budget 128) | {stage(gates)} |
 
 Gists (Tarasov et al. 2025): 2 gist tokens after every sentence (`.`/`?`/`!` followed by

@@ -198,6 +198,7 @@ for v in RUNS MODELS INIT_GGUF INIT_CKPT INDUCTION_STEPS BF16 SUP ANSWER_LOSS OP
 done
 $PY train/make_card.py --runs $RUNS --model $MODELS/$NAME.gguf --out $MODELS/README.md \
     --command "${CMD}train/pipeline.sh" --quality $RUNS/quality/quality.csv \
+    --gist-lr "${GIST_LR:-3e-4}" \
     ${MEMORY:+--memory $RUNS/memory/memory.md} \
     ${REASONING:+--reasoning $RUNS/reasoning/reasoning.md} \
     ${THOUGHT_MIN:+--thought-model $MODELS/$NAME-thought.gguf} \
