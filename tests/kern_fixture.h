@@ -243,6 +243,16 @@ static inline int compare(uint32_t t, const float *Y, const double *Yd, const do
     return bad;
 }
 
+/* W (rows x cols of Q8_0) packed as KERN_TYPE_Q8_0_R16, in a buffer of its own. */
+static inline uint8_t *packed_copy(const uint8_t *W, int rows, int cols)
+{
+    size_t n = kern_packed_bytes(KERN_TYPE_Q8_0_R16, rows, cols);
+    uint8_t *P = aligned_alloc(64, (n + 63) / 64 * 64);
+    CHECK(P != NULL);
+    kern_pack(DT_Q8_0, KERN_TYPE_Q8_0_R16, W, rows, cols, P);
+    return P;
+}
+
 #define N_OF(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 #endif

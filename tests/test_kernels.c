@@ -20,16 +20,6 @@
 #include "tests/check.h"
 #include "tests/kern_fixture.h"
 
-/* W (rows x cols of Q8_0) packed as KERN_TYPE_Q8_0_R16, in a buffer of its own. */
-static uint8_t *packed_copy(const uint8_t *W, int rows, int cols)
-{
-    size_t n = kern_packed_bytes(KERN_TYPE_Q8_0_R16, rows, cols);
-    uint8_t *P = aligned_alloc(64, (n + 63) / 64 * 64);
-    CHECK(P != NULL);
-    kern_pack(DT_Q8_0, KERN_TYPE_Q8_0_R16, W, rows, cols, P);
-    return P;
-}
-
 /* Runs one product (kern_matvec for n_b == 1 when vec is set, else kern_matmul) on an
  * output with guard elements after it, and checks every element against the double loop.
  * quant_x: whether the error of quantising x may appear; packed: Q8_0 weights multiplied
@@ -126,20 +116,6 @@ static void test_ref_vs_double(void)
                       ==, 0);
             CHECK_INT(check_product(t, shapes[si][0], shapes[si][1], 3, true, false, false, seed++),
                       ==, 0);
-        }
-        /* Q8_0 packed: the same shapes (rows not whole groups of 16 among them), batches to
-         * more than one pass and more than one block of vectors, the reference too */
-        for (int si = 0; t == DT_Q8_0 && si < N_OF(shapes); si++) {
-            int rows = shapes[si][0], cols = shapes[si][1];
-            CHECK_INT(check_product_packed(0, t, true, rows, cols, 1, false, true, false, seed++),
-                      ==, 0);
-            CHECK_INT(check_product_packed(0, t, true, rows, cols, 1, true, true, true, seed++), ==,
-                      0);
-            for (int bi = 0; bi < N_OF(batches); bi++)
-                if ((size_t)rows * cols * batches[bi] <= 1500000)
-                    CHECK_INT(check_product_packed(0, t, true, rows, cols, batches[bi], false,
-                                                   false, bi % 2 == 0, seed++),
-                              ==, 0);
         }
         if (!is_quant(t))
             for (int si = 0; si < N_OF(ragged); si++)

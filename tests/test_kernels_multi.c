@@ -53,12 +53,8 @@ static void multi_make(multi_case_t *mc, int n_mats, const uint32_t *tys, const 
         mc->types[i] = packed ? DT_Q8_0 : tys[i];
         mc->rows[i] = rows[i];
         mc->W[i] = make_weights(mc->types[i], rows[i], cols, &s);
-        if (packed) {
-            size_t n = kern_packed_bytes(KERN_TYPE_Q8_0_R16, rows[i], cols);
-            mc->P[i] = aligned_alloc(64, (n + 63) / 64 * 64);
-            CHECK(mc->P[i] != NULL);
-            kern_pack(DT_Q8_0, KERN_TYPE_Q8_0_R16, mc->W[i], rows[i], cols, mc->P[i]);
-        }
+        if (packed)
+            mc->P[i] = packed_copy(mc->W[i], rows[i], cols);
         mc->Y[i] = malloc(sizeof(float) * (ny + 16));
         for (size_t k = 0; k < ny + 16; k++)
             mc->Y[i][k] = -12345.0f;
