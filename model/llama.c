@@ -37,6 +37,17 @@ static const gguf_tensor_t *find_tensor(const gguf_t *g, const char *name)
     return gguf_tensor_find(g, name);
 }
 
+/* Room in m->owned for one more buffer the model frees with itself (taken at once, so
+ * that the buffer, once made, can always be kept); false when there is no memory. */
+static bool room_to_own(mdl_t *m)
+{
+    void **owned = realloc(m->owned, sizeof *owned * (m->n_owned + 1));
+    if (!owned)
+        return false;
+    m->owned = owned;
+    return true;
+}
+
 /* A 1-D f32 view of tensor `name` with n elements; converts (and keeps) other types. */
 static int bind_vec(mdl_t *m, const char *name, uint64_t n, const float **out, err_info_t *e)
 {
@@ -50,10 +61,8 @@ static int bind_vec(mdl_t *m, const char *name, uint64_t n, const float **out, e
         *out = t->data;
         return 0;
     }
-    void **owned = realloc(m->owned, sizeof *owned * (m->n_owned + 1));
-    if (!owned)
+    if (!room_to_own(m))
         return err_set(e, ERR_NOMEM, "out of memory converting tensor '%s'", name);
-    m->owned = owned;
     float *v = malloc(sizeof(float) * n);
     if (!v)
         return err_set(e, ERR_NOMEM, "out of memory converting tensor '%s'", name);
@@ -95,10 +104,8 @@ static int pack_mat(mdl_t *m, mdl_mat_t *w, err_info_t *e)
     const uint32_t packed = w->data ? kern_pack_type(w->type, w->n_rows, w->n_cols) : 0;
     if (!packed)
         return 0;
-    void **owned = realloc(m->owned, sizeof *owned * (m->n_owned + 1));
-    if (!owned)
+    if (!room_to_own(m))
         return err_set(e, ERR_NOMEM, "out of memory packing the weights");
-    m->owned = owned;
     const size_t n = kern_packed_bytes(packed, w->n_rows, w->n_cols);
     void *p = aligned_alloc(64, (n + 63) & ~(size_t)63);
     if (!p)
