@@ -4,7 +4,7 @@
  *
  *   bench_attn [--types f16,q8_0] [--rows 128,1408,8192] [--lanes 90] [--block 64]
  *              [--part 256] [--threads 2] [--rounds 5] [--layouts scattered,runs,contiguous]
- *              [--run 8]
+ *              [--run 8] [--ops avx512|avx2|portable]
  *
  * Each lane (a kv-head of a layer: 90 is SmolLM2-135M's 30 layers x 3 kv-heads, so one pass
  * is one decode step's attention) holds --rows rows of head_dim 64 in blocks of --block rows,
@@ -16,6 +16,7 @@
  *   runs        a lane's blocks --run at a time in one allocation, the runs made in a
  *               prefill's order (run 0 of every lane, then run 1, ...)
  *   contiguous  each lane's blocks one after another in one allocation
+ * --ops picks the loops (model/attn_ops.h; default the fastest this CPU runs).
  * One pass runs mdl_attn_part for 3 query heads over every lane, cut into parts of --part
  * rows that the threads take one at a time (as model/attention.c does). Variants (type x
  * layout) alternate within every round, since this machine's bandwidth drifts; the table gives
@@ -156,6 +157,7 @@ int main(int argc, char **argv)
     uint32_t lanes = 90, block = 64, part = 256;
     uint32_t run = 8;
     bool lay[N_LAY] = {true, true, true};
+    const mdl_attn_ops_t *ops = mdl_attn_ops(HD);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (!val)
@@ -178,6 +180,11 @@ int main(int argc, char **argv)
             rounds = atoi(val);
         } else if (!strcmp(a, "--run")) {
             run = (uint32_t)atol(val);
+        } else if (!strcmp(a, "--ops")) {
+            if (!(ops = mdl_attn_ops_named(val)) || HD % ops->dim_multiple) {
+                fprintf(stderr, "bench_attn: no attention loops %s on this CPU\n", val);
+                return 2;
+            }
         } else if (!strcmp(a, "--layouts")) {
             for (int k = 0; k < N_LAY; k++)
                 lay[k] = strstr(val, lay_name[k]) != NULL;
@@ -193,7 +200,6 @@ int main(int argc, char **argv)
         if (rows_l[r] < 1)
             goto usage;
     omp_set_num_threads(threads);
-    const mdl_attn_ops_t *ops = mdl_attn_ops(HD);
     bench_print_machine();
     printf("# attention loops: %s; %u lanes, head_dim %d, %d query heads a kv-head, blocks of "
            "%u rows, parts of %u rows, runs of %u blocks, %d threads, %d rounds alternated\n",
@@ -235,8 +241,9 @@ int main(int argc, char **argv)
     }
     return 0;
 usage:
-    fprintf(stderr, "usage: bench_attn [--types f16,q8_0] [--rows 128,1408,8192] [--lanes 90] "
-                    "[--block 64] [--part 256] [--threads 2] [--rounds 5] "
-                    "[--layouts scattered,runs,contiguous] [--run 8]\n");
+    fprintf(stderr,
+            "usage: bench_attn [--types f16,q8_0] [--rows 128,1408,8192] [--lanes 90] "
+            "[--block 64] [--part 256] [--threads 2] [--rounds 5] "
+            "[--layouts scattered,runs,contiguous] [--run 8] [--ops avx512|avx2|portable]\n");
     return 2;
 }

@@ -134,6 +134,7 @@ INLINE void scores4(uint32_t T, int HN, const float *q, int hd, const uint8_t *k
                     __m128 vs, __m128 b, float *sc, size_t ss)
 {
     const uint8_t *k1 = k0 + ks, *k2 = k1 + ks, *k3 = k2 + ks;
+    mdl_attn_row_ahead(k0, 4 * ks);
     __m256 a[2][4];
 #pragma GCC unroll 2
     for (int j = 0; j < 2; j++)
@@ -224,6 +225,8 @@ INLINE void accum_chunk(uint32_t T, int HN, int NV, float *out, int hd, int d, c
             a[j][v] = _mm256_loadu_ps(out + (size_t)j * hd + d + 8 * v);
     for (int r = 0; r < n; r++) {
         const uint8_t *row = V + (size_t)r * vs;
+        if (d == 0)
+            mdl_attn_row_ahead(row, vs);
         __m256 x[4];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++)

@@ -170,6 +170,9 @@ INLINE void scores8(uint32_t T, int HN, const float *q, int hd, const uint8_t *k
 #pragma GCC unroll 8
         for (int r = 0; r < 8; r++)
             a[j][r] = _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; r++)
+        mdl_attn_row_ahead(k0 + (size_t)r * ks, ks);
     int d = 0;
     for (; d + 32 <= hd; d += 32)
 #pragma GCC unroll 8
@@ -200,6 +203,7 @@ INLINE void scores4(uint32_t T, int HN, const float *q, int hd, const uint8_t *k
                     __m128 vs, __m128 b, float *sc, size_t ss)
 {
     const uint8_t *k1 = k0 + ks, *k2 = k1 + ks, *k3 = k2 + ks;
+    mdl_attn_row_ahead(k0, 4 * ks);
     __m512 a[3][4];
 #pragma GCC unroll 3
     for (int j = 0; j < 3; j++)
@@ -316,6 +320,8 @@ INLINE void accum_chunk(uint32_t T, int HN, int NV, float *out, int hd, int d, c
             a[j][v] = _mm512_loadu_ps(out + (size_t)j * hd + d + 16 * v);
     for (int r = 0; r < n; r++) {
         const uint8_t *row = V + (size_t)r * vs;
+        if (d == 0)
+            mdl_attn_row_ahead(row, vs);
         __m512 x[4];
         if (NV == 1)
             x[0] = ld16(T, row, d);
