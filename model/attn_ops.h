@@ -46,10 +46,10 @@ typedef struct mdl_attn_ops {
  * The AVX2 and AVX-512 loops ask for the lines of the row this many bytes on in the payload
  * as they read each row: one row's lines at a time, a steady stream like the weights'
  * (KERN_WEIGHT_AHEAD). A run of a lane's blocks is one stream (keys, values, next block's
- * keys ...), and the hardware's prefetch stops at every 4 KB page. With these asks the loops
- * alone read a row of runs in 8.3 ns against 10.5 (f16) and 6.4 against 10.3 (q8_0), 8,192
- * rows a lane; 2 KB did about as well, 8 and 12 KB less (bench/depth.md, "Rows asked for
- * 4 KB ahead").
+ * keys ...), and the hardware's prefetch stops at every 4 KB page. With these asks the
+ * AVX-512 loops alone read a row of runs of 8,192 rows a lane in 7.98 ns against 9.57 (f16)
+ * and 6.60 against 10.28 (q8_0); 6 KB did as well, 2, 8 and 12 KB less (bench/depth.md, "Rows asked
+ * for 4 KB ahead").
  */
 #define MDL_ATTN_ROW_AHEAD 4096
 
