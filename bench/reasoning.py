@@ -114,7 +114,8 @@ def budget_bytes(q_bytes, full_bytes, pct):
     return q_bytes + pct / 100.0 * (full_bytes - q_bytes)
 
 
-def bench_probe(model, steps, i, policies, budgets, via_gistd, log, at_budget=True):
+def bench_probe(model, steps, i, policies, budgets, via_gistd, log, at_budget=True,
+                extra=None):
     """Every configuration of one problem: a list of run rows. at_budget: the soft watermark
     at the budget (else the tools' default)."""
     q, expected, trace = problem(steps, i)
@@ -144,7 +145,8 @@ def bench_probe(model, steps, i, policies, budgets, via_gistd, log, at_budget=Tr
                  "tokens_per_s": f"{full['tps']:.1f}", "compactions": full["compactions"],
                  "answer": a, "score": s,
                  "said": full["said"], "error": ""})
-    params = [f"sinks={q_tokens}", "unit=thought"]
+    params = [f"sinks={q_tokens}", "unit=thought"] + [f"{k}={v}" for k, v in
+                                                      (extra or {}).items()]
     for b in budgets:
         cap = budget_bytes(q_bytes, full_bytes, b)
         for pol in policies:
@@ -170,9 +172,9 @@ def bench_probe(model, steps, i, policies, budgets, via_gistd, log, at_budget=Tr
     return rows
 
 
-def gistd_runner(model):
+def gistd_runner(model, extra=None):
     """Runs of a problem through a real gistd: {"gistd-compact": f, "gistd-auto": f} and a
-    function that stops the daemon."""
+    function that stops the daemon. extra: more policy parameters for every session."""
     import gistc
 
     # prefill steps of one block: with --watermark default, a session's soft watermark is
@@ -187,7 +189,8 @@ def gistd_runner(model):
     def run(compact):
         def one(q, q_tokens, n_gen, pol, cap, r, expected, at_budget):
             s = c.open_session(policy=pol, budget=int(cap), soft=int(cap) if at_budget else 0,
-                               params={"sinks": q_tokens, "unit": "thought"})
+                               params={"sinks": q_tokens, "unit": "thought",
+                                       **(extra or {})})
             try:
                 t0 = time.time()
                 t = s.think(q, max_tokens=n_gen, compact=compact, temp=0)
@@ -285,6 +288,9 @@ def main():
     ap.add_argument("--watermark", choices=("budget", "default"), default="budget",
                     help="each session's soft watermark: its budget, or the tools' default "
                          "(a prefill step's blocks below it)")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a policy parameter for every compressed run (policy/policy.h), "
+                         "e.g. thought_head=12; may be repeated")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke test: 2 and 4 steps, one problem each, pool and window at "
                          "25%%, through gistd too")
@@ -297,23 +303,27 @@ def main():
     if any(s < 2 or s > 8 for s in steps):
         sys.exit("--steps: the problems have 2 to 8 steps")
     budgets = [float(x) for x in a.budgets.split(",")]
+    extra = dict(p.split("=", 1) for p in a.param if "=" in p)
+    if len(extra) != len(a.param):
+        sys.exit("--param: KEY=VALUE")
     pols = [p for p in Q.supported(a.model)[0] if p in a.policies.split(",")]
     os.makedirs(a.out, exist_ok=True)
     machine = (f"Machine: {platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, "
                f"one thread; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; soft "
-               f"watermark: {'the budget' if a.watermark == 'budget' else 'the default'}")
+               f"watermark: {'the budget' if a.watermark == 'budget' else 'the default'}"
+               + "".join(f"; {k}={v}" for k, v in extra.items()))
 
     def log(s):
         print(s, flush=True)
 
     log(machine)
-    via, stop = gistd_runner(a.model) if a.gistd else ({}, None)
+    via, stop = gistd_runner(a.model, extra) if a.gistd else ({}, None)
     runs = []
     try:
         for s in steps:
             for i in range(a.probes):
                 runs += bench_probe(a.model, s, i, pols, budgets, via, log,
-                                    a.watermark == "budget")
+                                    a.watermark == "budget", extra)
     finally:
         if stop:
             stop()

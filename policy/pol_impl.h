@@ -95,6 +95,7 @@ struct pol {
     uint32_t done_spans; /* unit=thought: spans of finished thoughts (set by pol_step) */
     uint32_t open_start; /* and the first position of the open thought */
     bool spare_open;     /* eviction spares the open thought (pol_step's first try) */
+    bool spare_gists;    /* and finished thoughts' gist and pooled rows (its first two) */
 
     /* scratch, grown as needed */
     kv_row_meta_t *meta; /* one lane's metadata */

@@ -70,9 +70,9 @@ const char *pol_param_help(void)
            "expand_lex=F   weight of the lexical match against the turn's tokens (default "
            "0.25)\n"
            "unit=U         what the schedule compresses: sentence (default) or thought (whole "
-           "finished thoughts, pooled into gist_rows rows each; the open thought is spared "
-           "while finished ones have rows to give, and stands for the recent window: recent "
-           "and recent_frac default to 0)\n";
+           "finished thoughts, pooled into gist_rows rows each; eviction takes finished "
+           "thoughts' raw rows, then the open thought's, then their gists; the open thought "
+           "stands for the recent window: recent and recent_frac default to 0)\n";
 }
 
 const char *pol_name(const pol_t *p)

@@ -20,8 +20,9 @@
  *           below)
  * Any of them with unit=thought compresses whole finished thoughts (paragraph breaks or the
  * client's markers) instead of sentences: a finished thought pools into gist_rows rows, merges
- * take whole thoughts, and eviction spares the open thought while finished ones have rows
- * to give (the open thought stands for the recent window).
+ * take whole thoughts, and eviction takes the raw rows of finished thoughts first, then the
+ * open thought's (it stands for the recent window), and only then finished thoughts' gist or
+ * pooled rows, which are all that is left of them.
  * New policies are presets of the same engine (policy/policy.c), so they slot in without
  * touching the kvstore or the model.
  *

@@ -504,6 +504,8 @@ static bool row_pinned(const pol_t *p, const kv_row_meta_t *m, uint32_t len)
         return true;
     if (p->spare_open && m->pos >= (float)p->open_start)
         return true;
+    if (p->spare_gists && m->kind != KV_KIND_RAW && m->pos < (float)p->open_start)
+        return true;
     for (uint32_t i = 0; i < p->n_pins; i++)
         if (m->pos >= (float)p->pins[i][0] && m->pos <= (float)p->pins[i][1])
             return true;
@@ -775,9 +777,16 @@ merges:
     if (p->evict == POL_EV_NONE)
         return 0;
     if (p->by_thought) {
-        p->spare_open = true;
-        int rc = evict_step(p, blocks, reason, progress, e);
-        p->spare_open = false;
+        /* the raw rows of finished thoughts first, then the open thought's, then finished
+         * thoughts' gists: a gist is what is left of a whole thought, and what the next
+         * thoughts read (train/README.md, "Gists outlast the open thought") */
+        int rc = 0;
+        for (int pass = 0; pass < 2 && !rc && !*progress; pass++) {
+            p->spare_open = pass == 0;
+            p->spare_gists = true;
+            rc = evict_step(p, blocks, reason, progress, e);
+            p->spare_open = p->spare_gists = false;
+        }
         if (rc || *progress)
             return rc;
     }

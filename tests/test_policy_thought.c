@@ -1,9 +1,9 @@
 /*
  * tests/test_policy_thought.c — thoughts as the unit of compression: paragraph breaks after
  * a sentence's end mark thoughts (the text rule), unit=thought pools and merges whole
- * finished thoughts and eviction spares the open thought, Compact{last_thought} right after
- * a paragraph break takes the thought that break ended, and learned gists of a sentence in
- * the sinks keep its rows.
+ * finished thoughts, eviction spares the open thought and finished thoughts' gists outlast it,
+ * Compact{last_thought} right after a paragraph break takes the thought that break ended, and
+ * learned gists of a sentence in the sinks keep its rows.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -200,6 +200,53 @@ static void test_evict_spares_open_thought(void)
     }
 }
 
+/* Rows of lane l: pooled, and raw at or after `open`. */
+static void lane_kinds(pt_fx_t *f, uint32_t l, uint32_t open, uint32_t *pooled, uint32_t *open_raw)
+{
+    static kv_row_meta_t m[MAXTOK];
+    uint32_t rows = pt_positions(f, l, NULL, m, MAXTOK);
+    *pooled = *open_raw = 0;
+    for (uint32_t i = 0; i < rows; i++) {
+        *pooled += m[i].kind == KV_KIND_POOLED;
+        *open_raw += m[i].kind == KV_KIND_RAW && m[i].pos >= (float)open;
+    }
+}
+
+static void test_gists_outlast_open_thought(void)
+{
+    pt_fx_t f;
+    err_info_t e;
+    pol_param_t ps[] = {{"unit", "thought"}, {"gist_rows", "1"}, {"merge", "0"}};
+    pt_opts_t o = {.name = "pool", .params = ps, .n_params = 3};
+    CHECK_OK(pt_open(&f, &o, &e));
+    const char *text[MAXTOK];
+    uint32_t n = thought_text(6, 3, text), open = 1 + 6 * TLEN;
+    CHECK_OK(pt_feed(&f, text, n, 5, &e));
+    size_t b0 = pt_bytes(&f);
+    CHECK_OK(pol_shrink(f.p, b0 / 2, &e)); /* pooling is enough (test_pool_whole_thoughts) */
+    uint32_t pooled[PT_LANES], open_raw[PT_LANES];
+    for (uint32_t l = 0; l < PT_LANES; l++)
+        lane_kinds(&f, l, open, &pooled[l], &open_raw[l]);
+    CHECK(pooled[0] > 0);
+    /* less room than the open thought takes: it gives rows, its finished thoughts' gists stay */
+    const uint32_t ev0 = f.n_ev;
+    CHECK_OK(pol_shrink(f.p, pt_bytes(&f) * 7 / 8, &e));
+    CHECK(f.n_ev > ev0);
+    for (uint32_t i = ev0; i < f.n_ev; i++) {
+        CHECK_INT(f.ev[i].action, ==, POL_EVICT);
+        CHECK(f.ev[i].first >= open);
+    }
+    for (uint32_t l = 0; l < PT_LANES; l++) {
+        uint32_t p2, o2;
+        lane_kinds(&f, l, open, &p2, &o2);
+        CHECK_INT(p2, ==, pooled[l]);
+        CHECK(o2 < open_raw[l]);
+    }
+    /* with no room left but for the sinks, the gists go too (no failure) */
+    CHECK_OK(pol_shrink(f.p, pt_bytes(&f) / 4, &e));
+    pt_close(&f);
+}
+
 static void test_unit_parameter(void)
 {
     pt_fx_t f;
@@ -364,6 +411,7 @@ int main(void)
     RUN(test_paragraph_after_sentence_end);
     RUN(test_pool_whole_thoughts);
     RUN(test_evict_spares_open_thought);
+    RUN(test_gists_outlast_open_thought);
     RUN(test_unit_parameter);
     RUN(test_compact_right_after_a_break);
     RUN(test_learned_sentence_in_sinks);
