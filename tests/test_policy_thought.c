@@ -123,21 +123,32 @@ static uint32_t check_whole_thoughts(pt_fx_t *f, uint32_t sinks, uint32_t done, 
     return pooled0;
 }
 
+/* A pool session (unit=thought, a row a thought, no merges) fed 6 thoughts and `open`
+ * sentences of a seventh, then shrunk to half its bytes. Returns its tokens; *b0: its bytes
+ * before the shrink. */
+static uint32_t pooled_session(pt_fx_t *f, uint32_t open, size_t *b0)
+{
+    err_info_t e;
+    pol_param_t ps[] = {{"unit", "thought"}, {"gist_rows", "1"}, {"merge", "0"}};
+    pt_opts_t o = {.name = "pool", .params = ps, .n_params = 3};
+    CHECK_OK(pt_open(f, &o, &e));
+    const char *text[MAXTOK];
+    uint32_t n = thought_text(6, open, text);
+    CHECK_OK(pt_feed(f, text, n, 5, &e));
+    *b0 = pt_bytes(f);
+    CHECK_OK(pol_shrink(f->p, *b0 / 2, &e));
+    return n;
+}
+
 static void test_pool_whole_thoughts(void)
 {
     pt_fx_t f;
     err_info_t e;
-    pol_param_t ps[] = {{"unit", "thought"}, {"gist_rows", "1"}, {"merge", "0"}};
-    pt_opts_t o = {.name = "pool", .params = ps, .n_params = 3};
-    CHECK_OK(pt_open(&f, &o, &e));
-    const char *text[MAXTOK];
-    uint32_t n = thought_text(6, 2, text), open = 1 + 6 * TLEN;
-    CHECK_OK(pt_feed(&f, text, n, 5, &e));
+    size_t b0;
+    uint32_t n = pooled_session(&f, 2, &b0), open = 1 + 6 * TLEN;
     pol_stats_t st;
     pol_stats(f.p, &st);
     CHECK_INT(st.thoughts, ==, 6);
-    size_t b0 = pt_bytes(&f);
-    CHECK_OK(pol_shrink(f.p, b0 / 2, &e));
     CHECK(pt_bytes(&f) <= b0 / 2);
     for (uint32_t i = 0; i < f.n_ev; i++) /* pooling was enough: nothing evicted */
         CHECK_INT(f.ev[i].action, ==, POL_GIST);
@@ -152,6 +163,7 @@ static void test_pool_whole_thoughts(void)
     pol_param_t pm[] = {{"unit", "thought"}, {"gist_rows", "2"}, {"merge", "2"}};
     pt_opts_t om = {.name = "pool", .params = pm, .n_params = 3};
     CHECK_OK(pt_open(&f, &om, &e));
+    const char *text[MAXTOK];
     n = thought_text(12, 1, text);
     open = 1 + 12 * TLEN;
     CHECK_OK(pt_feed(&f, text, n, 7, &e));
@@ -216,14 +228,9 @@ static void test_gists_outlast_open_thought(void)
 {
     pt_fx_t f;
     err_info_t e;
-    pol_param_t ps[] = {{"unit", "thought"}, {"gist_rows", "1"}, {"merge", "0"}};
-    pt_opts_t o = {.name = "pool", .params = ps, .n_params = 3};
-    CHECK_OK(pt_open(&f, &o, &e));
-    const char *text[MAXTOK];
-    uint32_t n = thought_text(6, 3, text), open = 1 + 6 * TLEN;
-    CHECK_OK(pt_feed(&f, text, n, 5, &e));
-    size_t b0 = pt_bytes(&f);
-    CHECK_OK(pol_shrink(f.p, b0 / 2, &e)); /* pooling is enough (test_pool_whole_thoughts) */
+    size_t b0;
+    pooled_session(&f, 3, &b0); /* pooling is enough (test_pool_whole_thoughts) */
+    const uint32_t open = 1 + 6 * TLEN;
     uint32_t pooled[PT_LANES], open_raw[PT_LANES];
     for (uint32_t l = 0; l < PT_LANES; l++)
         lane_kinds(&f, l, open, &pooled[l], &open_raw[l]);
