@@ -43,22 +43,22 @@ typedef struct mdl_attn_ops {
 } mdl_attn_ops_t;
 
 /*
- * The AVX2 and AVX-512 loops ask for the lines of the row this many bytes on in the payload
- * as they read each row: one row's lines at a time, a steady stream like the weights'
+ * The AVX2 and AVX-512 loops ask for the lines of the rows this many bytes on in the payload
+ * as they read them, a few rows' lines at a time: a steady stream like the weights'
  * (KERN_WEIGHT_AHEAD). A run of a lane's blocks is one stream (keys, values, next block's
  * keys ...), and the hardware's prefetch stops at every 4 KB page. With these asks the
  * AVX-512 loops alone read a row of runs of 8,192 rows a lane in 7.98 ns against 9.57 (f16)
- * and 6.60 against 10.28 (q8_0); 6 KB did as well, 2, 8 and 12 KB less (bench/depth.md, "Rows asked
- * for 4 KB ahead").
+ * and 6.60 against 10.28 (q8_0); 6 KB did as well, 2, 8 and 12 KB less (bench/depth.md,
+ * "Rows asked for 4 KB ahead").
  */
 #define MDL_ATTN_ROW_AHEAD 4096
 
-/* Asks for the lines of the bytes [row, row + bytes) MDL_ATTN_ROW_AHEAD bytes on. */
-static inline void mdl_attn_row_ahead(const void *row, size_t bytes)
+/* Asks for every line of the bytes [rows, rows + bytes) MDL_ATTN_ROW_AHEAD bytes on. */
+static inline void mdl_attn_row_ahead(const void *rows, size_t bytes)
 {
-    const char *p = (const char *)row + MDL_ATTN_ROW_AHEAD;
-    __builtin_prefetch(p, 0, 3);
-    __builtin_prefetch(p + bytes - 1, 0, 3);
+    const uintptr_t a = (uintptr_t)rows + MDL_ATTN_ROW_AHEAD;
+    for (uintptr_t l = a & ~(uintptr_t)63; l < a + bytes; l += 64)
+        __builtin_prefetch((const void *)l, 0, 3);
 }
 
 extern const mdl_attn_ops_t mdl_attn_ops_portable;

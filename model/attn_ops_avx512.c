@@ -170,9 +170,7 @@ INLINE void scores8(uint32_t T, int HN, const float *q, int hd, const uint8_t *k
 #pragma GCC unroll 8
         for (int r = 0; r < 8; r++)
             a[j][r] = _mm512_setzero_ps();
-#pragma GCC unroll 8
-    for (int r = 0; r < 8; r++)
-        mdl_attn_row_ahead(k0 + (size_t)r * ks, ks);
+    mdl_attn_row_ahead(k0, 8 * ks);
     int d = 0;
     for (; d + 32 <= hd; d += 32)
 #pragma GCC unroll 8
