@@ -134,7 +134,6 @@ INLINE void scores4(uint32_t T, int HN, const float *q, int hd, const uint8_t *k
                     __m128 vs, __m128 b, float *sc, size_t ss)
 {
     const uint8_t *k1 = k0 + ks, *k2 = k1 + ks, *k3 = k2 + ks;
-    mdl_attn_row_ahead(k0, 4 * ks);
     __m256 a[2][4];
 #pragma GCC unroll 2
     for (int j = 0; j < 2; j++)
@@ -184,6 +183,8 @@ INLINE void scores_rows_t(uint32_t T, const float *q, int g, int hd, const uint8
         const bool two = g - h >= 2;
         int r = 0;
         for (; r + 4 <= n; r += 4) {
+            if (h == 0) /* the rows' lines, once for every pair of heads */
+                mdl_attn_row_ahead(K + (size_t)r * ks, 4 * ks);
             const __m128 b = bias ? _mm_loadu_ps(bias + r) : _mm_setzero_ps();
             if (two)
                 scores4(T, 2, qh, hd, K + (size_t)r * ks, ks, vs, b, sh + r, ss);
@@ -213,9 +214,10 @@ static void scores_avx2(uint32_t type, const float *q, int g, int hd, const void
 }
 
 /* out[HN (1 or 2) heads][NV * 8 dims from d] += the rows weighted by p: HN * NV accumulators
- * held across all n rows, each row's NV vectors converted once for the HN heads. */
+ * held across all n rows, each row's NV vectors converted once for the HN heads; ahead: the
+ * rows' lines MDL_ATTN_ROW_AHEAD on are asked for (the first chunk of the first heads). */
 INLINE void accum_chunk(uint32_t T, int HN, int NV, float *out, int hd, int d, const uint8_t *V,
-                        size_t vs, int n, const float *p, size_t ps)
+                        size_t vs, int n, const float *p, size_t ps, bool ahead)
 {
     __m256 a[2][4];
 #pragma GCC unroll 2
@@ -225,7 +227,7 @@ INLINE void accum_chunk(uint32_t T, int HN, int NV, float *out, int hd, int d, c
             a[j][v] = _mm256_loadu_ps(out + (size_t)j * hd + d + 8 * v);
     for (int r = 0; r < n; r++) {
         const uint8_t *row = V + (size_t)r * vs;
-        if (d == 0)
+        if (ahead)
             mdl_attn_row_ahead(row, vs);
         __m256 x[4];
 #pragma GCC unroll 4
@@ -247,13 +249,13 @@ INLINE void accum_chunk(uint32_t T, int HN, int NV, float *out, int hd, int d, c
 }
 
 INLINE void accum_heads(uint32_t T, int HN, float *out, int hd, const uint8_t *V, size_t vs, int n,
-                        const float *p, size_t ps)
+                        const float *p, size_t ps, bool ahead)
 {
     int d = 0;
     for (; d + 32 <= hd; d += 32)
-        accum_chunk(T, HN, 4, out, hd, d, V, vs, n, p, ps);
+        accum_chunk(T, HN, 4, out, hd, d, V, vs, n, p, ps, ahead && d == 0);
     for (; d < hd; d += 8)
-        accum_chunk(T, HN, 1, out, hd, d, V, vs, n, p, ps);
+        accum_chunk(T, HN, 1, out, hd, d, V, vs, n, p, ps, ahead && d == 0);
 }
 
 INLINE void accum_rows_t(uint32_t T, float *out, int g, int hd, const uint8_t *V, size_t vs, int n,
@@ -263,9 +265,9 @@ INLINE void accum_rows_t(uint32_t T, float *out, int g, int hd, const uint8_t *V
         float *oh = out + (size_t)h * hd;
         const float *ph = p + (size_t)h * ps;
         if (g - h >= 2)
-            accum_heads(T, 2, oh, hd, V, vs, n, ph, ps);
+            accum_heads(T, 2, oh, hd, V, vs, n, ph, ps, h == 0);
         else
-            accum_heads(T, 1, oh, hd, V, vs, n, ph, ps);
+            accum_heads(T, 1, oh, hd, V, vs, n, ph, ps, h == 0);
     }
 }
 

@@ -1,6 +1,7 @@
 /* model/attn_ops_avx512.c — AVX-512 attention loops (model/attn_ops.h); head_dim % 16 == 0.
  * Compiled with AVX-512 F/BW/VL/DQ flags; called only when the CPU has them. */
 #include <immintrin.h>
+#include <stdbool.h>
 
 #include "common/dtype.h"
 #include "model/attn_ops.h"
@@ -170,7 +171,6 @@ INLINE void scores8(uint32_t T, int HN, const float *q, int hd, const uint8_t *k
 #pragma GCC unroll 8
         for (int r = 0; r < 8; r++)
             a[j][r] = _mm512_setzero_ps();
-    mdl_attn_row_ahead(k0, 8 * ks);
     int d = 0;
     for (; d + 32 <= hd; d += 32)
 #pragma GCC unroll 8
@@ -201,7 +201,6 @@ INLINE void scores4(uint32_t T, int HN, const float *q, int hd, const uint8_t *k
                     __m128 vs, __m128 b, float *sc, size_t ss)
 {
     const uint8_t *k1 = k0 + ks, *k2 = k1 + ks, *k3 = k2 + ks;
-    mdl_attn_row_ahead(k0, 4 * ks);
     __m512 a[3][4];
 #pragma GCC unroll 3
     for (int j = 0; j < 3; j++)
@@ -279,10 +278,14 @@ INLINE void scores_rows_t(uint32_t T, const float *q, int g, int hd, const uint8
         float *sh = sc + (size_t)h * ss;
         int r = 0;
         for (; r + 8 <= n; r += 8) {
+            if (h == 0) /* the rows' lines, once for every group of heads */
+                mdl_attn_row_ahead(K + (size_t)r * ks, 8 * ks);
             const __m256 b = bias ? _mm256_loadu_ps(bias + r) : _mm256_setzero_ps();
             BY_HEADS(hn, scores8, qh, hd, K + (size_t)r * ks, ks, vs8, b, sh + r, ss);
         }
         for (; r + 4 <= n; r += 4) {
+            if (h == 0)
+                mdl_attn_row_ahead(K + (size_t)r * ks, 4 * ks);
             const __m128 b = bias ? _mm_loadu_ps(bias + r) : _mm_setzero_ps();
             BY_HEADS(hn, scores4, qh, hd, K + (size_t)r * ks, ks, vs, b, sh + r, ss);
         }
@@ -306,9 +309,10 @@ static void scores_avx512(uint32_t type, const float *q, int g, int hd, const vo
 }
 
 /* out[HN heads][NV * 16 dims from d] += the rows weighted by p: HN * NV accumulators held
- * across all n rows, each row's NV vectors converted once for the HN heads. */
+ * across all n rows, each row's NV vectors converted once for the HN heads; ahead: the rows'
+ * lines MDL_ATTN_ROW_AHEAD on are asked for (the first chunk of the first heads). */
 INLINE void accum_chunk(uint32_t T, int HN, int NV, float *out, int hd, int d, const uint8_t *V,
-                        size_t vs, int n, const float *p, size_t ps)
+                        size_t vs, int n, const float *p, size_t ps, bool ahead)
 {
     __m512 a[3][4];
 #pragma GCC unroll 3
@@ -318,7 +322,7 @@ INLINE void accum_chunk(uint32_t T, int HN, int NV, float *out, int hd, int d, c
             a[j][v] = _mm512_loadu_ps(out + (size_t)j * hd + d + 16 * v);
     for (int r = 0; r < n; r++) {
         const uint8_t *row = V + (size_t)r * vs;
-        if (d == 0)
+        if (ahead)
             mdl_attn_row_ahead(row, vs);
         __m512 x[4];
         if (NV == 1)
@@ -343,17 +347,17 @@ INLINE void accum_chunk(uint32_t T, int HN, int NV, float *out, int hd, int d, c
 }
 
 INLINE void accum_heads(uint32_t T, int HN, float *out, int hd, const uint8_t *V, size_t vs, int n,
-                        const float *p, size_t ps)
+                        const float *p, size_t ps, bool ahead)
 {
     int d = 0;
     for (; d + 64 <= hd; d += 64)
-        accum_chunk(T, HN, 4, out, hd, d, V, vs, n, p, ps);
+        accum_chunk(T, HN, 4, out, hd, d, V, vs, n, p, ps, ahead && d == 0);
     if (d + 32 <= hd) {
-        accum_chunk(T, HN, 2, out, hd, d, V, vs, n, p, ps);
+        accum_chunk(T, HN, 2, out, hd, d, V, vs, n, p, ps, ahead && d == 0);
         d += 32;
     }
     if (d < hd)
-        accum_chunk(T, HN, 1, out, hd, d, V, vs, n, p, ps);
+        accum_chunk(T, HN, 1, out, hd, d, V, vs, n, p, ps, ahead && d == 0);
 }
 
 INLINE void accum_rows_t(uint32_t T, float *out, int g, int hd, const uint8_t *V, size_t vs, int n,
@@ -362,7 +366,7 @@ INLINE void accum_rows_t(uint32_t T, float *out, int g, int hd, const uint8_t *V
     for (int h = 0; h < g; h += 3) {
         const int hn = g - h < 3 ? g - h : 3;
         float *oh = out + (size_t)h * hd;
-        BY_HEADS(hn, accum_heads, oh, hd, V, vs, n, p + (size_t)h * ps, ps);
+        BY_HEADS(hn, accum_heads, oh, hd, V, vs, n, p + (size_t)h * ps, ps, h == 0);
     }
 }
 
