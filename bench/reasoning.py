@@ -290,7 +290,7 @@ def main():
                          "(a prefill step's blocks below it)")
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="a policy parameter for every compressed run (policy/policy.h), "
-                         "e.g. thought_head=12; may be repeated")
+                         "e.g. min_gist=8; may be repeated")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke test: 2 and 4 steps, one problem each, pool and window at "
                          "25%%, through gistd too")
