@@ -153,6 +153,8 @@ def main():
         if not f:
             return "not run"
         _fig, steps, tokens, minutes = f[i]
+        if steps == 0:
+            return "not run: every weight but the gist rows is the base's"
         return f"{minutes:.1f} min, {steps} steps, {tokens:,} tokens"
 
     def row(k, what):
@@ -163,6 +165,8 @@ def main():
                 f"{e['tokens']:,} |\n")
 
     phase1 = stage(gist, 0) if len(gist) > 1 else "not run"
+    tuned = ("its base weights as the base's: the gist stage trained only the gist rows"
+             if gist and gist[-1][1] == 0 else "after the gist fine-tune")
     rows = (row("base", "base, causal") + row("plain", "final, causal (no gists)")
             + row("gist", "final, gists + sentence mask")
             + row("gated", "final, causal + gate decay"))
@@ -226,7 +230,7 @@ every row scores the same {ev['base']['tokens']:,} tokens. Persuasion tokenizes 
 | model | perplexity / token | nll (nats) | bits / byte | tokens |
 |---|---|---|---|---|
 {rows}
-"final" is this file (after the gist fine-tune). "gists + sentence mask": no token sees the
+"final" is this file ({tuned}). "gists + sentence mask": no token sees the
 raw tokens of an earlier sentence, only its gists. "gate decay": key i weighs
 beta_i^(t-i) at query t (the soft form the gates are trained with).
 {engine}{quality_section(a.quality, name) if a.quality else ""}\

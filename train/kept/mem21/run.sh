@@ -2,7 +2,7 @@
 # runs/mem20's base carried on with more of training's values drawn from outside the lists
 # (--open 0.8), to weaken the prior for the listed nouns (issue 13)
 set -euo pipefail
-cd /work/main
+cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
 R=train/runs/mem21
 nice -n 10 /usr/bin/python3 train/train_base.py --corpus ../shared/corpus --tok train/runs/tok4096.model \
   --out $R/base --ctx 2048 --mix 0.6 --eval-probes 6 --attn-sup 0.5 --ov-sup 0.5 --sup-rec 3:0,4:0 \
