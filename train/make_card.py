@@ -153,8 +153,6 @@ def main():
         if not f:
             return "not run"
         _fig, steps, tokens, minutes = f[i]
-        if steps == 0:
-            return "not run: every weight but the gist rows is the base's"
         return f"{minutes:.1f} min, {steps} steps, {tokens:,} tokens"
 
     def row(k, what):
@@ -165,8 +163,11 @@ def main():
                 f"{e['tokens']:,} |\n")
 
     phase1 = stage(gist, 0) if len(gist) > 1 else "not run"
+    # GIST_MIN=0: phase 2 saved phase 1's model without a step
+    frozen = bool(gist) and gist[-1][1] == 0
+    phase2 = "not run: every weight but the gist rows is the base's" if frozen else stage(gist)
     tuned = ("its base weights as the base's: the gist stage trained only the gist rows"
-             if gist and gist[-1][1] == 0 else "after the gist fine-tune")
+             if frozen else "after the gist fine-tune")
     rows = (row("base", "base, causal") + row("plain", "final, causal (no gists)")
             + row("gist", "final, gists + sentence mask")
             + row("gated", "final, causal + gate decay"))
@@ -207,7 +208,7 @@ by them.
 |---|---|---|
 | base | {a.base_desc} | {stage(base)} |
 | gist, phase 1 | only the 2 gist rows of token_embd and output | {phase1} |
-| gist, phase 2 | everything, lr {a.gist_lr}; 1/4 of windows without gists | {stage(gist)} |
+| gist, phase 2 | everything, lr {a.gist_lr}; 1/4 of windows without gists | {phase2} |
 | gates | only the retention gates (hidden 32, budget 128) | {stage(gates)} |
 
 Gists (Tarasov et al. 2025): 2 gist tokens after every sentence (`.`/`?`/`!` followed by
