@@ -303,9 +303,10 @@ def main():
     if any(s < 2 or s > 8 for s in steps):
         sys.exit("--steps: the problems have 2 to 8 steps")
     budgets = [float(x) for x in a.budgets.split(",")]
-    extra = dict(p.split("=", 1) for p in a.param if "=" in p)
-    if len(extra) != len(a.param):
-        sys.exit("--param: KEY=VALUE")
+    bad = [p for p in a.param if "=" not in p]
+    if bad:
+        sys.exit(f"--param {bad[0]}: KEY=VALUE")
+    extra = dict(p.split("=", 1) for p in a.param)
     pols = [p for p in Q.supported(a.model)[0] if p in a.policies.split(",")]
     os.makedirs(a.out, exist_ok=True)
     machine = (f"Machine: {platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs, "
